@@ -1,0 +1,119 @@
+"""From TE computation to a compiled, cached, numpy-callable kernel.
+
+``numpy -> TE op -> schedule -> tvm.compile -> Kernel(numpy) -> numpy``. Kernels are cached
+per (op, shapes, dtypes, attributes, target) so a second call with the same arguments
+does not recompile.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import te
+
+from convforge.targets import TargetArg, resolve_target, target_key
+
+#: Builds the computation: returns (input placeholders, output tensors).
+Computation = Callable[[], tuple[Sequence[te.Tensor], Sequence[te.Tensor]]]
+
+
+def schedule_for(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+    """The default (untuned) schedule of ``func`` for ``target``."""
+    if target.kind.name == "llvm":
+        from convforge.schedules.cpu import schedule_cpu
+
+        return schedule_cpu(func, target)
+    from convforge.schedules.gpu import schedule_gpu
+
+    return schedule_gpu(func, target)
+
+
+@dataclass
+class Kernel:
+    """A compiled operator: call with numpy arrays (inputs in order), get numpy outputs."""
+
+    name: str
+    executable: tvm.runtime.Executable
+    target: tvm.target.Target
+    input_shapes: tuple[tuple[int, ...], ...]
+    output_shapes: tuple[tuple[int, ...], ...]
+    output_dtypes: tuple[str, ...]
+
+    @property
+    def device(self) -> tvm.runtime.Device:
+        return tvm.cpu() if self.target.kind.name == "llvm" else tvm.device(self.target.kind.name)
+
+    @property
+    def function(self) -> tvm.runtime.Function:
+        return self.executable.mod["main"]
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        device = self.device
+        args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays]
+        outs = [
+            tvm.runtime.tensor(np.empty(shape, dtype), device)
+            for shape, dtype in zip(self.output_shapes, self.output_dtypes)
+        ]
+        self.function(*args, *outs)
+        results = [out.numpy() for out in outs]
+        return results[0] if len(results) == 1 else results
+
+    def time(self, *arrays: np.ndarray, number: int = 10, repeat: int = 5) -> np.ndarray:
+        """Seconds per call, ``repeat`` medians of ``number`` runs (TVM's time_evaluator)."""
+        device = self.device
+        args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays]
+        outs = [
+            tvm.runtime.tensor(np.empty(shape, dtype), device)
+            for shape, dtype in zip(self.output_shapes, self.output_dtypes)
+        ]
+        timer = self.executable.mod.time_evaluator("main", device, number=number, repeat=repeat)
+        return np.array(timer(*args, *outs).results)
+
+
+def compile_computation(
+    name: str,
+    computation: Computation,
+    target: tvm.target.Target,
+    schedule: Callable[[tvm.tirx.PrimFunc, tvm.target.Target], tvm.IRModule] | None = None,
+) -> Kernel:
+    """Create the PrimFunc, schedule it (default schedule unless given) and compile it."""
+    inputs, outputs = computation()
+    func = te.create_prim_func([*inputs, *outputs]).with_attr("global_symbol", "main")
+    mod = (schedule or schedule_for)(func, target)
+    executable = tvm.compile(mod, target=target)
+    return Kernel(
+        name,
+        executable,
+        target,
+        tuple(tuple(int(v) for v in t.shape) for t in inputs),
+        tuple(tuple(int(v) for v in t.shape) for t in outputs),
+        tuple(str(t.dtype) for t in outputs),
+    )
+
+
+_cache: dict[Hashable, Kernel] = {}
+_lock = threading.Lock()
+
+
+def cached_kernel(
+    name: str, key: Hashable, computation: Computation, target: TargetArg = None
+) -> Kernel:
+    """Compile ``computation`` once per (name, key, target); later calls reuse the kernel."""
+    resolved = resolve_target(target)
+    full_key = (name, key, target_key(resolved))
+    with _lock:
+        kernel = _cache.get(full_key)
+    if kernel is None:
+        kernel = compile_computation(name, computation, resolved)
+        with _lock:
+            _cache[full_key] = kernel
+    return kernel
+
+
+def cache_size() -> int:
+    """Number of compiled kernels held (for tests of the cache)."""
+    return len(_cache)

@@ -1,0 +1,14 @@
+"""ONNX graphs of every operator, and checks against onnxruntime."""
+
+from convforge.export.check import Agreement, compare, run_onnxruntime, tolerances
+from convforge.export.onnx_graphs import conv_model, conv_transpose_model, save_model
+
+__all__ = [
+    "Agreement",
+    "compare",
+    "conv_model",
+    "conv_transpose_model",
+    "run_onnxruntime",
+    "save_model",
+    "tolerances",
+]

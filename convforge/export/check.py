@@ -1,0 +1,76 @@
+"""Run ONNX models in onnxruntime and compare results with dtype-aware tolerances."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+#: (rtol, atol) per dtype; atol is scaled by max(1, max|expected|).
+_TOLERANCES = {"float16": (5e-3, 5e-3), "float32": (1e-4, 1e-5), "float64": (1e-9, 1e-12)}
+
+
+def tolerances(dtype: str) -> tuple[float, float]:
+    """Default (rtol, atol) for results of ``dtype``."""
+    return _TOLERANCES.get(str(dtype), (1e-4, 1e-5))
+
+
+def session(model: onnx.ModelProto, threads: int = 2) -> ort.InferenceSession:
+    """A CPU onnxruntime session with its default graph optimizations."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def run_onnxruntime(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int = 2
+) -> list[np.ndarray]:
+    """Outputs of ``model`` on ``feeds`` (only the model's declared inputs are fed)."""
+    sess = session(model, threads)
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(None, {k: np.asarray(v) for k, v in feeds.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely two arrays agree: ``|a - e| <= atol * max(1, max|e|) + rtol * |e|``."""
+
+    max_abs: float
+    max_rel: float
+    rtol: float
+    atol: float
+    ok: bool
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "MISMATCH"
+        return f"max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g} ({verdict})"
+
+
+def compare(
+    actual: np.ndarray,
+    expected: np.ndarray,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> Agreement:
+    """Compare ``actual`` with ``expected`` (shapes must match) at ``expected``'s dtype tolerance."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        raise ValueError(f"shapes differ: actual {actual.shape}, expected {expected.shape}")
+    default_rtol, default_atol = tolerances(expected.dtype)
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    diff = np.abs(a - e)
+    if diff.size == 0:
+        return Agreement(0.0, 0.0, rtol, atol, True)
+    scale = max(1.0, float(np.max(np.abs(e))))
+    rel = diff / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+    ok = bool(np.all(diff <= atol * scale + rtol * np.abs(e))) and not np.isnan(a).any()
+    return Agreement(float(diff.max()), float(rel.max()), rtol, atol, ok)

@@ -1,0 +1,6 @@
+"""Computations only: every operator as a TVM tensor expression (no schedules here)."""
+
+from convforge.ops.activation import ACTIVATIONS, activate
+from convforge.ops.conv import conv, conv_transpose, pad
+
+__all__ = ["ACTIVATIONS", "activate", "conv", "conv_transpose", "pad"]

@@ -1,0 +1,118 @@
+"""Default CPU schedule for convforge's TE operators (no tuning).
+
+One rule serves every reduction-shaped op (convolutions, pools, dense): the output is
+tiled into register blocks of ``channel_tile x width_tile`` (width along the innermost
+spatial axis, a multiple of the vector width where the size allows), the outer tiles run
+in parallel, the reduction is computed at the tile with the reduction loops outside the
+register block, whose width axis is vectorized and channel axis unrolled. Element-wise
+producers (padding, zero-insertion, weight transforms) are materialized and parallelized;
+element-wise epilogues (bias, activation, cast) are fused into the tile.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+from convforge.targets import vector_lanes
+
+#: Accumulator registers a register block may use (AVX2 has 16 vector registers).
+_ACCUMULATOR_BUDGET = 8
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _vector_tile(n: int, lanes: int) -> int:
+    """Divisor of ``n`` up to two vectors, preferring whole vectors, then half vectors."""
+    divisors = [d for d in range(1, min(n, 2 * lanes) + 1) if n % d == 0]
+    return max(divisors, key=lambda d: (d % lanes == 0, d % max(1, lanes // 2) == 0, d))
+
+
+def _is_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
+    return any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _schedule_injective(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
+    loops = sch.get_loops(block)
+    if len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]))
+    elif loops:
+        sch.parallel(loops[0])
+
+
+def _register_tile(sch: s_tir.Schedule, anchor: s_tir.SBlockRV, lanes: int) -> tuple:
+    """Split ``anchor``'s loops (N, C, *spatial) into parallel outer tiles and a register block.
+
+    Returns (loop to compute the reduction at, channel-inner loop, width-inner loop).
+    """
+    loops = sch.get_loops(anchor)
+    extents = [int(sch.get(loop).extent) for loop in loops]
+    if len(loops) < 2:
+        raise ValueError("needs at least two output axes")
+    width_tile = _vector_tile(extents[-1], lanes)
+    vectors = -(-width_tile // lanes)
+    channel_tile = _largest_divisor(extents[1], max(1, _ACCUMULATOR_BUDGET // vectors))
+    c_outer, c_inner = sch.split(loops[1], [None, channel_tile])
+    w_outer, w_inner = sch.split(loops[-1], [None, width_tile])
+    middle = list(loops[2:-1])
+    if len(loops) == 2:  # (N, C): the width axis is the channel axis itself
+        sch.reorder(loops[0], w_outer, c_outer, c_inner, w_inner)
+        sch.parallel(sch.fuse(loops[0], w_outer))
+        return c_outer, c_inner, w_inner
+    sch.reorder(loops[0], c_outer, *middle, w_outer, c_inner, w_inner)
+    sch.parallel(sch.fuse(loops[0], c_outer, *middle[:1]))
+    return w_outer, c_inner, w_inner
+
+
+def _schedule_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> str:
+    """Tile one reduction block; returns the name of the block whose loops hold the tile."""
+    iter_vars = sch.get(block).iter_vars
+    n_spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in iter_vars)
+    consumers = sch.get_consumers(block)
+    if (
+        len(consumers) == 1
+        and not _is_reduction(sch, consumers[0])
+        and not sch.get_consumers(consumers[0])
+        and len(sch.get_loops(consumers[0])) == n_spatial
+    ):
+        anchor = consumers[0]  # fuse the element-wise epilogue into the tile
+    else:
+        anchor = sch.cache_write(block, 0, "global")
+    at, c_inner, w_inner = _register_tile(sch, anchor, lanes)
+    sch.vectorize(w_inner)
+    sch.unroll(c_inner)
+    sch.compute_at(block, at, preserve_unit_loops=True)
+    inner = sch.get_loops(block)[-len(iter_vars) :]  # one loop per block iterator
+    spatial, reduce_ = inner[:n_spatial], inner[n_spatial:]
+    if len(spatial) > 2:  # channel next to width: (N, *middle, C, W)
+        spatial = [spatial[0], *spatial[2:-1], spatial[1], spatial[-1]]
+    sch.reorder(*reduce_, *spatial)
+    sch.unroll(spatial[-2])
+    sch.vectorize(spatial[-1])
+    sch.decompose_reduction(block, reduce_[0])
+    return sch.get(anchor).name_hint
+
+
+def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+    """Apply the default CPU schedule to every block of ``func``.
+
+    A block the rule does not fit stays as it is (correct, slower) rather than failing.
+    """
+    sch = s_tir.Schedule(func)
+    fused: set[str] = set()
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint in fused:
+            continue
+        trial = sch.copy()
+        try:
+            if _is_reduction(trial, block):
+                lanes = vector_lanes(target, str(trial.get(block).writes[0].source.dtype))
+                fused.add(_schedule_reduction(trial, block, lanes))
+            else:
+                _schedule_injective(trial, block)
+        except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError
+            continue
+        sch = trial
+    return sch.mod

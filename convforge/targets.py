@@ -1,0 +1,68 @@
+"""Compilation targets: the host CPU (with its real ``mcpu``), CUDA, and their cache keys."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import tvm
+
+TargetArg = tvm.target.Target | dict[str, Any] | str | None
+
+
+@functools.cache
+def host_target() -> tvm.target.Target:
+    """LLVM target for this machine: its CPU name (a bare ``llvm`` emits scalar SSE code)."""
+    codegen = tvm.target.codegen
+    return tvm.target.Target(
+        {
+            "kind": "llvm",
+            "mtriple": codegen.llvm_get_system_triple(),
+            "mcpu": codegen.llvm_get_system_cpu(),
+            "num-cores": os.cpu_count() or 1,
+        }
+    )
+
+
+def resolve_target(target: TargetArg = None) -> tvm.target.Target:
+    """``None`` -> host CPU; ``"cuda"`` -> CUDA sm_90 with an LLVM host; dicts as TVM takes them."""
+    if target is None or target in ("llvm", "cpu", "host"):
+        return host_target()
+    if isinstance(target, tvm.target.Target):
+        return target
+    if isinstance(target, str):
+        if target == "cuda":
+            return tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host=host_target())
+        try:
+            target = json.loads(target)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"target must be None, 'cpu', 'cuda', a dict or a JSON object, got {target!r}"
+            ) from err
+    if target.get("kind") == "llvm" and "mcpu" not in target:
+        target = {**target, "mcpu": host_target().attrs["mcpu"]}
+    return tvm.target.Target(target)
+
+
+def target_key(target: tvm.target.Target) -> str:
+    """A stable string naming the target exactly (kind, cpu/arch, features): cache/DB key."""
+    return json.dumps(target.export(), sort_keys=True, default=str)
+
+
+def vector_lanes(target: tvm.target.Target, dtype: str) -> int:
+    """Lanes of ``dtype`` in one vector register of ``target`` (1 for non-CPU targets)."""
+    if target.kind.name != "llvm":
+        return 1
+    return max(1, vector_bits(target) // tvm.DataType(dtype).bits)
+
+
+def vector_bits(target: tvm.target.Target) -> int:
+    """Vector register width in bits (LLVM's own query answers 512 for every x86 CPU)."""
+    has = tvm.target.codegen.llvm_cpu_has_features
+    if "x86" not in str(target.attrs.get("mtriple", "x86_64")):
+        return 128  # AArch64 NEON / others
+    if has("avx512f", target):
+        return 512
+    return 256 if has("avx2", target) or has("avx", target) else 128
