@@ -72,7 +72,9 @@ def conv(
     check_activation(activation)
 
     def build():
-        tx, tw, tb = placeholders(dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape)
+        tx, tw, tb = placeholders(
+            dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
+        )
         return [t for t in (tx, tw, tb) if t is not None], [ops.conv(tx, tw, tb, geom, activation)]
 
     return _run("conv", (geom, dtype, bias is not None, activation), build, (x, w, bias), target)
@@ -107,7 +109,9 @@ def conv_transpose(
     check_activation(activation)
 
     def build():
-        tx, tw, tb = placeholders(dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape)
+        tx, tw, tb = placeholders(
+            dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
+        )
         outputs = [ops.conv_transpose(tx, tw, tb, geom, activation)]
         return [t for t in (tx, tw, tb) if t is not None], outputs
 

@@ -39,7 +39,9 @@ def conv_matrix(w: np.ndarray, geom: ConvGeometry) -> sp.csr_matrix:
             valid.append((coord >= 0) & (coord < i))
         grids = np.meshgrid(*src, indexing="ij")
         mask = np.logical_and.reduce(np.meshgrid(*valid, indexing="ij"))
-        out_pos = [g[mask] for g in np.meshgrid(*(np.arange(o) for o in geom.out_size), indexing="ij")]
+        out_pos = [
+            g[mask] for g in np.meshgrid(*(np.arange(o) for o in geom.out_size), indexing="ij")
+        ]
         in_pos = [g[mask] for g in grids]
         for n, o, c in itertools.product(range(geom.batch), range(geom.out_channels), range(cin)):
             ci = (o // opg) * cin + c

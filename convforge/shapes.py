@@ -26,7 +26,9 @@ PaddingArg = int | str | Sequence[int] | Sequence[tuple[int, int]]
 PADDING_MODES = ("valid", "same", "same_upper", "same_lower", "half", "full", "causal")
 
 
-def as_tuple(value: int | Sequence[int], ndim: int, name: str, *, minimum: int = 1) -> tuple[int, ...]:
+def as_tuple(
+    value: int | Sequence[int], ndim: int, name: str, *, minimum: int = 1
+) -> tuple[int, ...]:
     """Broadcast an int or check a length-``ndim`` sequence; every entry must be >= minimum."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         values = (value,) * ndim
@@ -81,7 +83,9 @@ def resolve_padding(
         if mode == "valid":
             return ((0, 0),) * ndim
         if mode in ("same", "same_upper", "half"):
-            return tuple(same_pads(i, k, s, d) for i, k, s, d in zip(in_size, kernel, stride, dilation))
+            return tuple(
+                same_pads(i, k, s, d) for i, k, s, d in zip(in_size, kernel, stride, dilation)
+            )
         if mode == "same_lower":
             return tuple(
                 same_pads(i, k, s, d, lower=True)
@@ -132,7 +136,9 @@ def _check_rank(x_shape: Sequence[int], w_shape: Sequence[int], ndim: int | None
     if ndim is not None and spatial != ndim:
         raise ValueError(f"x must have {ndim} spatial axes, got shape {tuple(x_shape)}")
     if any(int(v) <= 0 for v in (*x_shape, *w_shape)):
-        raise ValueError(f"shapes must be positive, got x {tuple(x_shape)}, weight {tuple(w_shape)}")
+        raise ValueError(
+            f"shapes must be positive, got x {tuple(x_shape)}, weight {tuple(w_shape)}"
+        )
     return spatial
 
 
@@ -175,7 +181,9 @@ class ConvGeometry:
     @property
     def macs(self) -> int:
         """Multiply-accumulates of the direct algorithm."""
-        return math.prod(self.out_shape) * (self.in_channels // self.groups) * math.prod(self.kernel)
+        return (
+            math.prod(self.out_shape) * (self.in_channels // self.groups) * math.prod(self.kernel)
+        )
 
 
 def conv_geometry(
@@ -315,9 +323,14 @@ def conv_transpose_geometry(
                 f"along spatial axis {axis}"
             )
     upper = isinstance(padding, str) and padding.lower() in ("same", "same_upper", "half")
-    if isinstance(padding, str) and padding.lower() in ("same", "same_upper", "same_lower", "half"):
-        if output_shape is None:
-            output_shape = tuple(i * s for i, s in zip(in_size, stride_t))
+    same = isinstance(padding, str) and padding.lower() in (
+        "same",
+        "same_upper",
+        "same_lower",
+        "half",
+    )
+    if same and output_shape is None:
+        output_shape = tuple(i * s for i, s in zip(in_size, stride_t))
     if output_shape is not None:
         target = tuple(int(v) for v in output_shape)
         if len(target) == nd + 2:

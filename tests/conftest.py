@@ -25,7 +25,9 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    settings.load_profile("slow" if config.getoption("--slow") else os.environ.get("HYPOTHESIS_PROFILE", "default"))
+    settings.load_profile(
+        "slow" if config.getoption("--slow") else os.environ.get("HYPOTHESIS_PROFILE", "default")
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,13 +1,12 @@
 """Convolution and transposed convolution against onnxruntime and the sparse-matrix form."""
 
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import convforge as cf
 from convforge import shapes
-from convforge.export import compare, conv_model, conv_transpose_model, run_onnxruntime
+from convforge.export import compare, conv_model, run_onnxruntime
 
 
 @st.composite

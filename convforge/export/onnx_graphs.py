@@ -72,7 +72,10 @@ def make_model(
             for n, (shape, dt) in inputs.items()
             if n not in initializers
         ],
-        [helper.make_tensor_value_info(n, onnx_dtype(dt), list(s)) for n, (s, dt) in outputs.items()],
+        [
+            helper.make_tensor_value_info(n, onnx_dtype(dt), list(s))
+            for n, (s, dt) in outputs.items()
+        ],
         initializer=[numpy_helper.from_array(np.asarray(a), n) for n, a in initializers.items()],
     )
     model = helper.make_model(

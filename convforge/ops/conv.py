@@ -90,7 +90,9 @@ def transpose_weight(w: te.Tensor, groups: int) -> te.Tensor:
 
     def body(o, c, *k):
         flipped = [kk - 1 - i for kk, i in zip(kernel, k)]
-        return w[((o // opg) * cpg + c if groups > 1 else c, o % opg if groups > 1 else o, *flipped)]
+        return w[
+            ((o // opg) * cpg + c if groups > 1 else c, o % opg if groups > 1 else o, *flipped)
+        ]
 
     return te.compute((opg * groups, cpg, *kernel), body, name="weight_transpose")
 

@@ -1,0 +1,1 @@
+"""Subcommands of the ``convforge`` CLI (see convforge.cli)."""
