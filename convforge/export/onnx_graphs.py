@@ -261,7 +261,7 @@ def adaptive_pool_nodes(geom: AdaptivePoolGeometry, src: str, dst: str) -> list[
     for axis in range(geom.ndim):
         onnx_axis = axis + 2
         out = dst if axis == geom.ndim - 1 else f"{dst}_axis{axis}"
-        if geom.cells(axis) == [(0, geom.in_size[axis])]:
+        if geom.in_size[axis] == geom.out_size[axis]:  # one sample per cell
             nodes.append(helper.make_node("Identity", [current], [out]))
             current = out
             continue
