@@ -28,17 +28,19 @@ def feeds(x, w, b):
     return {"x": x, "w": w} if b is None else {"x": x, "w": w, "bias": b}
 
 
-@given(
-    batch=st.integers(1, 4),
-    features=st.integers(1, 40),
-    classes=st.integers(1, 20),
-    bias=st.booleans(),
-    extra=st.lists(st.integers(1, 3), max_size=2),
-    logit_scale=st.sampled_from([1.0, 100.0, 1e4]),
-)
-def test_dense_and_softmax_match_onnxruntime_and_numpy(
-    batch, features, classes, bias, extra, logit_scale
-):
+@st.composite
+def dense_softmax_cases(draw):
+    return dict(
+        batch=draw(st.integers(1, 4)),
+        features=draw(st.integers(1, 40)),
+        classes=draw(st.integers(1, 20)),
+        bias=draw(st.booleans()),
+        extra=draw(st.lists(st.integers(1, 3), max_size=2)),
+        logit_scale=draw(st.sampled_from([1.0, 100.0, 1e4])),
+    )
+
+
+def check_dense_and_softmax(batch, features, classes, bias, extra, logit_scale):
     rng = np.random.default_rng(batch * 1000 + features * 10 + classes)
     x = rng.standard_normal((batch, features)).astype(np.float32)
     w = rng.standard_normal((classes, features)).astype(np.float32)
@@ -73,8 +75,13 @@ def head_cases(draw):
     )
 
 
-@given(head_cases())
-def test_heads_match_onnxruntime(case):
+@given(st.one_of(dense_softmax_cases(), head_cases()))
+def test_dense_softmax_and_heads_match_onnxruntime(case):
+    """One family: dense + softmax (vs onnxruntime and numpy) or one of the three heads
+    (grid_pool and fully_conv on two input sizes with the same weights)."""
+    if "head" not in case:
+        check_dense_and_softmax(**case)
+        return
     rng = np.random.default_rng(len(str(case)))
     n, c, k, grid = case["batch"], case["channels"], case["classes"], case["grid"]
     nd = len(grid)

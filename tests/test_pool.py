@@ -37,20 +37,6 @@ def pool_cases(draw):
     return kind, x_shape, kernel, args
 
 
-@given(pool_cases())
-def test_pool_matches_onnxruntime(case):
-    kind, x_shape, kernel, args = case
-    try:
-        geom = shapes.pool_geometry(x_shape, kernel, kind=kind, **args)
-    except ValueError as err:
-        assert "smaller than the kernel" in str(err) or "larger than the padded" in str(err)
-        return
-    x = np.random.default_rng(len(str(case))).standard_normal(x_shape).astype(np.float32)
-    y = (cf.max_pool if kind == "max" else cf.avg_pool)(x, kernel, **args)
-    (expected,) = run_onnxruntime(pool_model(geom), {"x": x})
-    assert compare(y, expected).ok, compare(y, expected)
-
-
 def numpy_adaptive_pool(x, out_size, kind):
     """Independent oracle: loop over cells [floor(j*I/O), ceil((j+1)*I/O)) per axis."""
     reduce = np.max if kind == "max" else np.mean
@@ -78,8 +64,7 @@ def adaptive_cases(draw):
     return kind, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *size), out
 
 
-@given(adaptive_cases())
-def test_adaptive_and_global_pool_match_numpy_and_onnxruntime(case):
+def check_adaptive(case):
     kind, x_shape, out = case
     x = np.random.default_rng(len(str(case))).standard_normal(x_shape).astype(np.float32)
     if out is None:
@@ -91,6 +76,25 @@ def test_adaptive_and_global_pool_match_numpy_and_onnxruntime(case):
     oracle = numpy_adaptive_pool(x.astype(np.float64), geom.out_size, kind)
     assert compare(y, oracle.astype(np.float32)).ok, compare(y, oracle)
     (expected,) = run_onnxruntime(adaptive_pool_model(geom), {"x": x})
+    assert compare(y, expected).ok, compare(y, expected)
+
+
+@given(st.one_of(pool_cases(), adaptive_cases()))
+def test_pooling_matches_onnxruntime_and_numpy(case):
+    """One family: max/avg pooling (vs onnxruntime), adaptive and global pooling (vs numpy
+    and onnxruntime running the exported graph)."""
+    if len(case) == 3:
+        check_adaptive(case)
+        return
+    kind, x_shape, kernel, args = case
+    try:
+        geom = shapes.pool_geometry(x_shape, kernel, kind=kind, **args)
+    except ValueError as err:
+        assert "smaller than the kernel" in str(err) or "larger than the padded" in str(err)
+        return
+    x = np.random.default_rng(len(str(case))).standard_normal(x_shape).astype(np.float32)
+    y = (cf.max_pool if kind == "max" else cf.avg_pool)(x, kernel, **args)
+    (expected,) = run_onnxruntime(pool_model(geom), {"x": x})
     assert compare(y, expected).ok, compare(y, expected)
 
 
