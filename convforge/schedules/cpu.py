@@ -14,6 +14,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.schedules.cpu_pool import schedule_named_block
 from convforge.targets import vector_lanes
 
 #: Accumulator registers a register block may use (AVX2 has 16 vector registers).
@@ -107,7 +108,10 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
             continue
         trial = sch.copy()
         try:
-            if _is_reduction(trial, block):
+            named = schedule_named_block(trial, block, target)  # dense, softmax: cpu_pool.py
+            if named is not None:
+                fused.update(named)
+            elif _is_reduction(trial, block):
                 lanes = vector_lanes(target, str(trial.get(block).writes[0].source.dtype))
                 fused.add(_schedule_reduction(trial, block, lanes))
             else:
