@@ -732,3 +732,86 @@ def check_softmax_input(x_shape: Sequence[int]) -> None:
 def flatten_features(x_shape: Sequence[int]) -> int:
     """Features of ``(N, C, *S)`` flattened from axis 1 (ONNX Flatten axis=1): ``C * prod(S)``."""
     return math.prod(int(v) for v in x_shape[1:])
+
+
+# --- Nearest upsampling + convolution as per-phase convolutions --------------------------
+
+
+def nearest_repeat_factors(geom: ResizeGeometry) -> tuple[int, ...] | None:
+    """Integer factors ``f`` when ``geom`` is exactly ``u[o] = x[o // f]`` on every axis, else None.
+
+    That holds for mode 'nearest' with integer scales (out = f * in) under 'asymmetric' +
+    'floor', and under the half-pixel modes with a rounding ``nearest_mode``: their source
+    coordinate ``(o + 0.5)/f - 0.5`` is never a tie and rounds to ``o // f``.
+    """
+    if geom.mode != "nearest":
+        return None
+    asymmetric_floor = geom.coordinate_mode == "asymmetric" and geom.nearest_mode == "floor"
+    half_pixel_round = geom.coordinate_mode in (
+        "half_pixel",
+        "half_pixel_symmetric",
+        "pytorch_half_pixel",
+    ) and geom.nearest_mode in ("round_prefer_floor", "round_prefer_ceil")
+    if not (asymmetric_floor or half_pixel_round):
+        return None
+    factors = []
+    for i, o, s in zip(geom.in_size, geom.out_size, geom.scale):
+        if not float(s).is_integer() or o != i * int(s):
+            return None
+        factors.append(int(s))
+    return tuple(factors)
+
+
+@dataclass(frozen=True)
+class PhaseConvLayout:
+    """Convolution of an x``f`` nearest-upsampled input computed on the low-resolution input.
+
+    Output ``p`` of the convolution reads upsampled samples ``t = p*s - lo + r*d``, that is
+    input samples ``t // f``. With ``t' = p*s + shift`` (``shift = pad_lo*f - lo``, so
+    ``t' >= 0``), ``phase = t' % f`` and ``base = t' // f``, tap ``r`` reads the padded
+    input at ``base + (phase + r*d) // f``: the ``k`` taps fold into ``taps`` =
+    ``(f - 1 + d*(k-1)) // f + 1`` per phase (x2 nearest + 3x3: 2x2 per phase, 2.25x fewer
+    multiply-adds), and the upsampled tensor is never formed. Stride 1: phase ``ph`` row
+    ``j`` is output ``(first_row + j)*f + ph - shift``; ``rows`` covers every output (the
+    width rounded up to a multiple of 8 rows, for whole vectors).
+    """
+
+    factors: tuple[int, ...]
+    taps: tuple[int, ...]
+    shift: tuple[int, ...]
+    first_row: tuple[int, ...]
+    rows: tuple[int, ...]
+    x_padding: tuple[tuple[int, int], ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.factors)
+
+
+def phase_conv_layout(
+    resize_geom: ResizeGeometry, conv_geom: ConvGeometry
+) -> PhaseConvLayout | None:
+    """The per-phase layout of ``conv(resize(x))``, or None unless the resize is a repeat
+    (:func:`nearest_repeat_factors`) and the convolution has stride 1."""
+    factors = nearest_repeat_factors(resize_geom)
+    if factors is None or all(f == 1 for f in factors) or any(s != 1 for s in conv_geom.stride):
+        return None
+    taps, shift, first, rows, pads = [], [], [], [], []
+    for axis, (f, i, k, d, (lo, _), o) in enumerate(
+        zip(factors, resize_geom.in_size, conv_geom.kernel, conv_geom.dilation,
+            conv_geom.padding, conv_geom.out_size)
+    ):  # fmt: skip
+        m = (f - 1 + d * (k - 1)) // f + 1
+        pad_lo = -(-lo // f)
+        q0 = (pad_lo * f - lo) // f
+        n_rows = (o - 1 + pad_lo * f - lo) // f - q0 + 1
+        if axis == len(factors) - 1 and n_rows > 8:  # whole vectors along the width
+            n_rows = -(-n_rows // 8) * 8
+        taps.append(m)
+        shift.append(pad_lo * f - lo)
+        first.append(q0)
+        rows.append(n_rows)
+        pads.append((pad_lo, max(0, q0 + n_rows + m - 1 - i - pad_lo)))
+    return PhaseConvLayout(
+        factors, tuple(taps), tuple(shift), tuple(first), tuple(rows), tuple(pads)
+    )

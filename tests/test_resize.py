@@ -13,6 +13,13 @@ from convforge import shapes
 from convforge.export import compare, resize_conv_model, resize_model, run_onnxruntime
 
 SCALES = [0.5, 0.75, 1.5, 2, 2.5, 3, 1.25, 0.6, 1.0]
+#: Coordinate/nearest modes under which nearest integer upsampling repeats every sample.
+REPEAT_MODES = [
+    dict(coordinate_mode="asymmetric", nearest_mode="floor"),
+    dict(coordinate_mode="half_pixel", nearest_mode="round_prefer_floor"),
+    dict(coordinate_mode="pytorch_half_pixel", nearest_mode="round_prefer_ceil"),
+    dict(coordinate_mode="half_pixel_symmetric", nearest_mode="round_prefer_floor"),
+]
 
 
 @st.composite
@@ -70,6 +77,13 @@ def resize_conv_cases(draw):
         activation=draw(st.sampled_from([None, "relu"])),
     )
     w_shape = (cout, x_shape[1] // groups, *kernel)
+    if draw(st.integers(0, 2)) == 0:  # a repeat + stride 1: the per-phase fast path
+        resize = dict(
+            scale=tuple(draw(st.integers(1, 3)) for _ in range(nd)), mode="nearest",
+            **draw(st.sampled_from(REPEAT_MODES)),
+        )  # fmt: skip
+        conv["stride"] = 1
+        return x_shape, w_shape, draw(st.booleans()), resize, conv
     if draw(st.booleans()):  # resize alone
         return x_shape, None, False, resize, None
     return x_shape, w_shape, draw(st.booleans()), resize, conv
@@ -77,7 +91,8 @@ def resize_conv_cases(draw):
 
 @given(resize_conv_cases())
 def test_resize_and_resize_conv_match_onnxruntime(case):
-    """One family: half the examples resize alone, half resize then convolve."""
+    """One family: resize alone, resize then convolve, and (a third of the examples) nearest
+    integer upsampling + stride-1 conv, which takes the per-phase fast path."""
     x_shape, w_shape, has_bias, resize, conv = case
     rgeom = _geometry_or_none(x_shape, resize)
     if rgeom is None:
@@ -104,6 +119,20 @@ def test_resize_and_resize_conv_match_onnxruntime(case):
     feeds = {"x": x, "w": w} if b is None else {"x": x, "w": w, "bias": b}
     expected = expected_output(model, rgeom, feeds)
     assert compare(y, expected).ok, compare(y, expected)
+
+
+def test_fast_path_is_selected_only_for_repeats():
+    x_shape, w_shape = (1, 4, 6, 5), (8, 4, 3, 3)
+    repeat = shapes.resize_geometry(x_shape, scale=2, nearest_mode="floor")
+    conv = shapes.conv_geometry(repeat.out_shape, w_shape, padding=1)
+    layout = shapes.phase_conv_layout(repeat, conv)
+    assert layout is not None and layout.factors == (2, 2) and layout.taps == (2, 2)  # 4 < 9
+    rounded = shapes.resize_geometry(x_shape, scale=3)  # asymmetric + round: o=2 -> 1
+    assert shapes.nearest_repeat_factors(rounded) is None
+    linear = shapes.resize_geometry(x_shape, scale=2, mode="linear")
+    assert shapes.nearest_repeat_factors(linear) is None
+    strided = shapes.conv_geometry(repeat.out_shape, w_shape, padding=1, stride=2)
+    assert shapes.phase_conv_layout(repeat, strided) is None
 
 
 def test_nearest_integer_upsampling_is_repeat(rng):

@@ -11,7 +11,7 @@ from convforge.ops.heads import (
     softmax,
 )
 from convforge.ops.pool import adaptive_pool, pool
-from convforge.ops.resize import resize, resize_conv
+from convforge.ops.resize import nearest_upsample_conv, resize, resize_conv
 
 __all__ = [
     "ACTIVATIONS",
@@ -24,6 +24,7 @@ __all__ = [
     "flatten_dense_head",
     "fully_conv_head",
     "grid_pool_head",
+    "nearest_upsample_conv",
     "pad",
     "pool",
     "resize",
