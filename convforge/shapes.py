@@ -137,7 +137,8 @@ def _check_rank(x_shape: Sequence[int], w_shape: Sequence[int], ndim: int | None
         raise ValueError(f"x must have {ndim} spatial axes, got shape {tuple(x_shape)}")
     if any(int(v) <= 0 for v in (*x_shape, *w_shape)):
         raise ValueError(
-            f"shapes must be positive, got x {tuple(x_shape)}, weight {tuple(w_shape)}"
+            f"every axis of x and weight must be positive (no empty axis), "
+            f"got x {tuple(x_shape)}, weight {tuple(w_shape)}"
         )
     return spatial
 
@@ -426,8 +427,8 @@ def conv_transpose_geometry(
         o = conv_transpose_output_size(i, k, s, lo, hi, d, op)
         if o < 1:
             raise ValueError(
-                f"padding {pads_t[axis]} removes the whole output along spatial axis {axis} "
-                f"(unpadded size {o + lo + hi})"
+                f"padding {pads_t[axis]} removes the whole output along spatial axis {axis}: "
+                f"lo + hi = {lo + hi} must be smaller than the unpadded output size {o + lo + hi}"
             )
         out_size.append(o)
     return ConvTransposeGeometry(
