@@ -2,5 +2,14 @@
 
 from convforge.ops.activation import ACTIVATIONS, activate
 from convforge.ops.conv import conv, conv_transpose, pad
+from convforge.ops.conv_nchwc import ChannelBlocks, conv_nchwc
 
-__all__ = ["ACTIVATIONS", "activate", "conv", "conv_transpose", "pad"]
+__all__ = [
+    "ACTIVATIONS",
+    "ChannelBlocks",
+    "activate",
+    "conv",
+    "conv_nchwc",
+    "conv_transpose",
+    "pad",
+]
