@@ -358,19 +358,26 @@ def draw_png(report: dict[str, Any], impl_names: Sequence[str], path: str) -> st
     return None
 
 
-def machine_info(threads: int) -> dict[str, Any]:
+def machine_info(threads: int, load_before: tuple[float, ...]) -> dict[str, Any]:
     from convforge.targets import host_target
 
     target = host_target()
-    load = os.getloadavg()
+    load_after = os.getloadavg()
+    busiest = max(load_before[0], load_after[0])
     return {
         "summary": f"{target.attrs['mcpu']}, {os.cpu_count()} cores, {threads} threads, "
-        f"load {load[0]:.1f}",
+        f"load {load_before[0]:.1f}-{load_after[0]:.1f}",
         "mcpu": str(target.attrs["mcpu"]),
         "cpu_count": os.cpu_count(),
         "threads": threads,
-        "load_average": load,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "busy": busiest > BUSY_LOAD_PER_CORE * (os.cpu_count() or 1),
     }
+
+
+#: 1-minute load average per core above which timings are flagged as unreliable.
+BUSY_LOAD_PER_CORE = 0.5
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -414,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not workloads:
             print(f"--only {args.only!r} matches no workload (see --list)", file=sys.stderr)
             return 2
+    load_before = os.getloadavg()
     impls, notes = implementations(args)
     for note in notes:
         print(f"note: {note}")
@@ -434,8 +442,14 @@ def main(argv: Sequence[str] | None = None) -> int:
              "gflops_before": sgemm_before, "gflops_after": sgemm_after}  # fmt: skip
     for result in results:
         add_ratios(result, sgemm["gflops"])
+    machine = machine_info(args.threads, load_before)
+    if machine["busy"]:
+        notes.append(
+            f"machine busy (load {machine['summary'].rsplit('load ', 1)[1]} on "
+            f"{machine['cpu_count']} cores): timings are unreliable, ratios less so"
+        )
     report = {
-        "machine": machine_info(args.threads),
+        "machine": machine,
         "settings": {"repeat": args.repeat, "sample_ms": args.sample_ms, "quick": args.quick,
                      "tuning_db": args.tuning_db},
         "sgemm": sgemm,
