@@ -278,7 +278,7 @@ def print_table(report: dict[str, Any], impl_names: Sequence[str]) -> None:
     table.add_column("GFLOP", justify="right")
     for name in impl_names:
         table.add_column(name, justify="right")
-    table.add_column("convforge % sgemm", justify="right")
+    table.add_column("convforge % sgemm (dense)", justify="right")
     for result in report["workloads"]:
         row = [result["description"] or result["name"], f"{result['flops'] / 1e9:.3f}"]
         for name in impl_names:
@@ -296,7 +296,8 @@ def print_table(report: dict[str, Any], impl_names: Sequence[str]) -> None:
                 cell = f"{e['median_s'] * 1e3:.3f} · {e['gflops']:.1f} · {ratio_text}"
                 row.append(f"[{colour}]{cell}[/]" if colour else cell)
         cf = result["impls"].get("convforge", {})
-        row.append(f"{cf['percent_of_sgemm']:.0f}%" if cf.get("percent_of_sgemm") else "")
+        dense = result["dense"] and cf.get("percent_of_sgemm")
+        row.append(f"{cf['percent_of_sgemm']:.0f}%" if dense else "")
         table.add_row(*row)
     console = Console(width=200)
     console.print(table)

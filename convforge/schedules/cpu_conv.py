@@ -14,6 +14,8 @@ packed weight operand.
 
 from __future__ import annotations
 
+import functools
+
 import tvm
 from tvm import s_tir
 
@@ -77,6 +79,7 @@ def schedule_conv_nchwc(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
     sch.decompose_reduction(block, reduce_[0])
 
 
+@functools.lru_cache(maxsize=1024)  # the target queries take ~1 ms: keep API calls cheap
 def dense_conv_blocks(
     geom: ConvGeometry, dtype: str, target: tvm.target.Target
 ) -> ChannelBlocks | None:
