@@ -147,8 +147,9 @@ def test_register_tile_fits_the_target(target, registers, lanes):
         blocks = channel_blocks(geom, "float32", target)
         vectors = blocks.out_block // lanes
         assert blocks.out_block % lanes == 0
-        # accumulators + weight vectors + broadcast input + one spare
-        assert vectors * blocks.width_block + vectors + 2 <= registers
+        # accumulators in at most half the registers: the rest hold weights and broadcasts
+        assert vectors in (1, 2, 4)
+        assert vectors * blocks.width_block <= registers // 2
         # a register tile large enough to hide the multiply-add latency
         assert vectors * blocks.width_block >= min(8, geom.out_size[-1])
 
@@ -161,7 +162,7 @@ def test_avx512_tiles_differ_from_avx2():
         name: b.out_block // lanes * b.width_block
         for name, b, lanes in [("avx2", avx2, 8), ("avx512", avx512, 16)]
     }
-    assert accumulators["avx2"] <= 12 < accumulators["avx512"]
+    assert accumulators["avx2"] <= 8 < accumulators["avx512"] <= 16
 
 
 def _assembly(geom, target):

@@ -3,8 +3,8 @@
 :func:`channel_blocks` picks the block sizes of :func:`convforge.ops.conv_nchwc` for a
 target: the output-channel block is ``m`` vector registers wide (the vectorized axis), the
 width block ``wb`` output positions, and the ``m * wb`` accumulators of one register tile
-plus ``m`` weight vectors and the broadcast input fit the target's vector registers (AVX2:
-16 ymm, AVX-512: 32 zmm, NEON: 32 q). :func:`schedule_conv_nchwc` orders the loops of
+take at most half the target's vector registers (AVX2: 16 ymm, AVX-512: 32 zmm, NEON: 32 q),
+leaving the rest to weight vectors and broadcast inputs. :func:`schedule_conv_nchwc` orders the loops of
 ``conv_nchwc`` as ``n, ob, *outer, wo | c, *k | wi (unrolled), oi (vectorized)``, keeps
 the tile in local (register) storage, writes it back through the fused unpack/epilogue
 block and runs the outer tiles in parallel; padding and weight packing are parallel
@@ -24,8 +24,8 @@ from convforge.ops.conv_nchwc import ChannelBlocks
 from convforge.shapes import ConvGeometry
 from convforge.targets import vector_lanes, vector_registers
 
-#: Vector registers kept free besides accumulators and weight vectors: broadcast input, spare.
-_RESERVED_REGISTERS = 2
+#: Output-channel vectors per tile: powers of two (3 x 16 lanes ran over 10x slower on Zen 4).
+_CHANNEL_VECTORS = (1, 2, 4)
 #: Independent accumulators that keep the FMA units busy (about 2 units x 4 cycles latency).
 _LATENCY_ACCUMULATORS = 8
 
@@ -37,19 +37,22 @@ def _ceil_div(a: int, b: int) -> int:
 def channel_blocks(geom: ConvGeometry, dtype: str, target: tvm.target.Target) -> ChannelBlocks:
     """Block sizes of the NCHW[x]c layout for ``geom`` on ``target``.
 
-    Chooses ``m`` output-channel vectors and ``wb`` output columns per register tile with
-    ``m * wb`` accumulators + ``m`` weight vectors + 2 <= registers, minimizing
-    (padding waste) x (1 + loads per multiply-add) x (latency stall when fewer than 8
-    accumulators).
+    Chooses ``m`` (1, 2 or 4) output-channel vectors and ``wb`` output columns per register
+    tile with at most half the vector registers as accumulators (measured on Zen 4: tiles of
+    24 zmm accumulators ran 2-3x slower than 16, LLVM spills the hoisted weight vectors and
+    broadcasts), minimizing (padding waste) x (1 + loads per multiply-add) x (latency stall
+    when fewer than 8 accumulators).
     """
     lanes = vector_lanes(target, accumulator_dtype(dtype))
     registers = vector_registers(target)
     out_channels, width = geom.out_channels, geom.out_size[-1]
     best: tuple[float, int, int] | None = None
-    for m in range(1, min(4, _ceil_div(out_channels, lanes)) + 1):
+    for m in _CHANNEL_VECTORS:
+        if m > 1 and (m // 2) * lanes >= out_channels:
+            break  # a smaller block already covers every output channel
         ob = m * lanes
         channel_waste = _ceil_div(out_channels, ob) * ob / out_channels
-        for wb in range(1, min((registers - _RESERVED_REGISTERS - m) // m, width) + 1):
+        for wb in range(1, min(registers // 2 // m, width) + 1):
             waste = channel_waste * _ceil_div(width, wb) * wb / width
             loads_per_fma = (m + wb) / (m * wb)
             latency_stall = max(1.0, _LATENCY_ACCUMULATORS / (m * wb))
