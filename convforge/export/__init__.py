@@ -1,10 +1,16 @@
 """ONNX graphs of every operator, and checks against onnxruntime."""
 
 from convforge.export.check import Agreement, compare, run_onnxruntime, tolerances
-from convforge.export.onnx_graphs import conv_model, conv_transpose_model, save_model
+from convforge.export.onnx_graphs import (
+    causal_conv1d_model,
+    conv_model,
+    conv_transpose_model,
+    save_model,
+)
 
 __all__ = [
     "Agreement",
+    "causal_conv1d_model",
     "compare",
     "conv_model",
     "conv_transpose_model",
