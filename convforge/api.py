@@ -14,7 +14,8 @@ from tvm import te
 from convforge import ops, shapes
 from convforge.build import cached_kernel
 from convforge.ops.activation import check_activation
-from convforge.targets import TargetArg
+from convforge.schedules.cpu_conv import dense_conv_blocks
+from convforge.targets import TargetArg, resolve_target
 
 #: dtypes the compiled kernels accept.
 DTYPES = ("float16", "float32", "float64")
@@ -71,14 +72,21 @@ def conv(
         bias_shape=None if bias is None else bias.shape,
     )  # fmt: skip
     check_activation(activation)
+    target = resolve_target(target)
+    blocks = dense_conv_blocks(geom, dtype, target)
 
     def build():
         tx, tw, tb = placeholders(
             dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
         )
+        if blocks is not None:
+            return [t for t in (tx, tw, tb) if t is not None], [
+                ops.conv_nchwc(tx, tw, tb, geom, blocks, activation)
+            ]
         return [t for t in (tx, tw, tb) if t is not None], [ops.conv(tx, tw, tb, geom, activation)]
 
-    return _run("conv", (geom, dtype, bias is not None, activation), build, (x, w, bias), target)
+    key = (geom, dtype, bias is not None, activation, blocks)
+    return _run("conv", key, build, (x, w, bias), target)
 
 
 def conv_transpose(
