@@ -14,7 +14,8 @@ from tvm import te
 from convforge import ops, shapes
 from convforge.build import cached_kernel
 from convforge.ops.activation import check_activation
-from convforge.targets import TargetArg
+from convforge.schedules.cpu_conv import dense_conv_blocks
+from convforge.targets import TargetArg, resolve_target
 
 #: dtypes the compiled kernels accept.
 DTYPES = ("float16", "float32", "float64")
@@ -23,13 +24,14 @@ DTYPES = ("float16", "float32", "float64")
 def as_float_arrays(**arrays: np.ndarray | None) -> tuple[str, list[np.ndarray | None]]:
     """Check that every given array is a float array of one supported dtype; return it."""
     given = {name: np.asarray(a) for name, a in arrays.items() if a is not None}
+    listing = ", ".join(f"{name}: {a.dtype}" for name, a in given.items())
+    names = ", ".join(given)
     dtypes = {str(a.dtype) for a in given.values()}
     if len(dtypes) != 1:
-        listing = ", ".join(f"{name}: {a.dtype}" for name, a in given.items())
-        raise ValueError(f"arrays must share one dtype, got {listing}")
+        raise ValueError(f"{names} must share one dtype, got {listing}")
     dtype = dtypes.pop()
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
+        raise ValueError(f"dtype of {names} must be one of {DTYPES}, got {listing}")
     return dtype, [given.get(name) for name in arrays]
 
 
@@ -70,14 +72,21 @@ def conv(
         bias_shape=None if bias is None else bias.shape,
     )  # fmt: skip
     check_activation(activation)
+    target = resolve_target(target)
+    blocks = dense_conv_blocks(geom, dtype, target)
 
     def build():
         tx, tw, tb = placeholders(
             dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
         )
+        if blocks is not None:
+            return [t for t in (tx, tw, tb) if t is not None], [
+                ops.conv_nchwc(tx, tw, tb, geom, blocks, activation)
+            ]
         return [t for t in (tx, tw, tb) if t is not None], [ops.conv(tx, tw, tb, geom, activation)]
 
-    return _run("conv", (geom, dtype, bias is not None, activation), build, (x, w, bias), target)
+    key = (geom, dtype, bias is not None, activation, blocks)
+    return _run("conv", key, build, (x, w, bias), target)
 
 
 def conv_transpose(
@@ -134,8 +143,10 @@ def causal_conv1d(
     x: (N, C, L), w: (O, C/groups, K) -> (N, O, L); the input is padded with
     ``d*(k-1)`` zeros on the left only (WaveNet, ByteNet decoder).
     """
-    if np.ndim(x) != 3:
-        raise ValueError(f"x must have shape (N, C, L) for causal_conv1d, got {np.shape(x)}")
+    shapes.causal_conv1d_geometry(
+        np.shape(x), np.shape(w), dilation=dilation, groups=groups,
+        bias_shape=None if bias is None else np.shape(bias),
+    )  # fmt: skip
     return conv(
         x, w, bias, padding="causal", dilation=dilation, groups=groups,
         activation=activation, target=target,

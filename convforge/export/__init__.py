@@ -3,6 +3,7 @@
 from convforge.export.check import Agreement, compare, run_onnxruntime, tolerances
 from convforge.export.onnx_graphs import (
     adaptive_pool_model,
+    causal_conv1d_model,
     conv_model,
     conv_transpose_model,
     dense_model,
@@ -19,6 +20,7 @@ from convforge.export.onnx_graphs import (
 __all__ = [
     "Agreement",
     "adaptive_pool_model",
+    "causal_conv1d_model",
     "compare",
     "conv_model",
     "conv_transpose_model",

@@ -2,6 +2,7 @@
 
 from convforge.ops.activation import ACTIVATIONS, activate
 from convforge.ops.conv import conv, conv_transpose, pad
+from convforge.ops.conv_nchwc import ChannelBlocks, conv_nchwc
 from convforge.ops.heads import (
     dense,
     flatten,
@@ -15,9 +16,11 @@ from convforge.ops.resize import nearest_upsample_conv, resize, resize_conv
 
 __all__ = [
     "ACTIVATIONS",
+    "ChannelBlocks",
     "activate",
     "adaptive_pool",
     "conv",
+    "conv_nchwc",
     "conv_transpose",
     "dense",
     "flatten",
