@@ -172,7 +172,7 @@ def resize(
     size: int | Sequence[int] | None = None,
     mode: str = "nearest",
     coordinate_mode: str = "asymmetric",
-    nearest_mode: str = "round_prefer_floor",
+    nearest_mode: str = "floor",
     target: TargetArg = None,
 ) -> np.ndarray:
     """N-d resize of x (N, C, *I), exactly as ONNX Resize (opset 19+) with the same attributes.
@@ -182,7 +182,9 @@ def resize(
     sizes. ``mode``: 'nearest' or 'linear' (bi-/trilinear). ``coordinate_mode``: ONNX
     ``coordinate_transformation_mode`` ('asymmetric', 'half_pixel', 'half_pixel_symmetric',
     'align_corners', 'pytorch_half_pixel'). ``nearest_mode``: 'round_prefer_floor',
-    'round_prefer_ceil', 'floor', 'ceil'.
+    'round_prefer_ceil', 'floor', 'ceil'. The defaults ('nearest', 'asymmetric', 'floor')
+    are ``torch.nn.functional.interpolate(mode="nearest")``; ONNX's own defaults are
+    'half_pixel' and 'round_prefer_floor'.
     """
     dtype, (x,) = as_float_arrays(x=x)
     geom = _resize_geometry(x.shape, scale, size, mode, coordinate_mode, nearest_mode)
@@ -203,7 +205,7 @@ def resize_conv(
     size: int | Sequence[int] | None = None,
     mode: str = "nearest",
     coordinate_mode: str = "asymmetric",
-    nearest_mode: str = "round_prefer_floor",
+    nearest_mode: str = "floor",
     stride: int | Sequence[int] = 1,
     padding: shapes.PaddingArg = 0,
     dilation: int | Sequence[int] = 1,

@@ -514,7 +514,7 @@ def resize_geometry(
     size: int | Sequence[int] | None = None,
     mode: str = "nearest",
     coordinate_mode: str = "asymmetric",
-    nearest_mode: str = "round_prefer_floor",
+    nearest_mode: str = "floor",
 ) -> ResizeGeometry:
     """Validate a resize's arguments (exactly one of ``scale``, ``size``) and compute its sizes.
 
@@ -801,12 +801,16 @@ def nearest_repeat_factors(geom: ResizeGeometry) -> tuple[int, ...] | None:
     """Integer factors ``f`` when ``geom`` is exactly ``u[o] = x[o // f]`` on every axis, else None.
 
     That holds for mode 'nearest' with integer scales (out = f * in) under 'asymmetric' +
-    'floor', and under the half-pixel modes with a rounding ``nearest_mode``: their source
-    coordinate ``(o + 0.5)/f - 0.5`` is never a tie and rounds to ``o // f``.
+    'floor' (and + 'round_prefer_floor' for f <= 2: ``o/2`` ties round down), and under the
+    half-pixel modes with a rounding ``nearest_mode``: their source coordinate
+    ``(o + 0.5)/f - 0.5`` is never a tie and rounds to ``o // f``.
     """
     if geom.mode != "nearest":
         return None
-    asymmetric_floor = geom.coordinate_mode == "asymmetric" and geom.nearest_mode == "floor"
+    asymmetric_floor = geom.coordinate_mode == "asymmetric" and (
+        geom.nearest_mode == "floor"
+        or (geom.nearest_mode == "round_prefer_floor" and all(s <= 2 for s in geom.scale))
+    )
     half_pixel_round = geom.coordinate_mode in (
         "half_pixel",
         "half_pixel_symmetric",
@@ -831,15 +835,14 @@ class PhaseConvLayout:
     ``t' >= 0``), ``phase = t' % f`` and ``base = t' // f``, tap ``r`` reads the padded
     input at ``base + (phase + r*d) // f``: the ``k`` taps fold into ``taps`` =
     ``(f - 1 + d*(k-1)) // f + 1`` per phase (x2 nearest + 3x3: 2x2 per phase, 2.25x fewer
-    multiply-adds), and the upsampled tensor is never formed. Stride 1: phase ``ph`` row
-    ``j`` is output ``(first_row + j)*f + ph - shift``; ``rows`` covers every output (the
-    width rounded up to a multiple of 8 rows, for whole vectors).
+    multiply-adds), and the upsampled tensor is never formed. Stride 1: output ``p = f*j + ph``
+    (output phase ``ph``, row ``j < rows = ceil(out/f)``) reads the padded input at
+    ``j + (ph + shift) // f + m`` with the folded kernel of input phase ``(ph + shift) % f``.
     """
 
     factors: tuple[int, ...]
     taps: tuple[int, ...]
     shift: tuple[int, ...]
-    first_row: tuple[int, ...]
     rows: tuple[int, ...]
     x_padding: tuple[tuple[int, int], ...]
 
@@ -856,22 +859,17 @@ def phase_conv_layout(
     factors = nearest_repeat_factors(resize_geom)
     if factors is None or all(f == 1 for f in factors) or any(s != 1 for s in conv_geom.stride):
         return None
-    taps, shift, first, rows, pads = [], [], [], [], []
-    for axis, (f, i, k, d, (lo, _), o) in enumerate(
-        zip(factors, resize_geom.in_size, conv_geom.kernel, conv_geom.dilation,
-            conv_geom.padding, conv_geom.out_size)
+    taps, shift, rows, pads = [], [], [], []
+    for f, i, k, d, (lo, _), o in zip(
+        factors, resize_geom.in_size, conv_geom.kernel, conv_geom.dilation, conv_geom.padding,
+        conv_geom.out_size,
     ):  # fmt: skip
         m = (f - 1 + d * (k - 1)) // f + 1
         pad_lo = -(-lo // f)
-        q0 = (pad_lo * f - lo) // f
-        n_rows = (o - 1 + pad_lo * f - lo) // f - q0 + 1
-        if axis == len(factors) - 1 and n_rows > 8:  # whole vectors along the width
-            n_rows = -(-n_rows // 8) * 8
+        sh = pad_lo * f - lo
+        n_rows = -(-o // f)
         taps.append(m)
-        shift.append(pad_lo * f - lo)
-        first.append(q0)
+        shift.append(sh)
         rows.append(n_rows)
-        pads.append((pad_lo, max(0, q0 + n_rows + m - 1 - i - pad_lo)))
-    return PhaseConvLayout(
-        factors, tuple(taps), tuple(shift), tuple(first), tuple(rows), tuple(pads)
-    )
+        pads.append((pad_lo, max(0, n_rows + (f - 1 + sh) // f + m - 1 - i - pad_lo)))
+    return PhaseConvLayout(factors, tuple(taps), tuple(shift), tuple(rows), tuple(pads))

@@ -16,6 +16,7 @@ SCALES = [0.5, 0.75, 1.5, 2, 2.5, 3, 1.25, 0.6, 1.0]
 #: Coordinate/nearest modes under which nearest integer upsampling repeats every sample.
 REPEAT_MODES = [
     dict(coordinate_mode="asymmetric", nearest_mode="floor"),
+    dict(coordinate_mode="asymmetric", nearest_mode="round_prefer_floor"),  # a repeat if f <= 2
     dict(coordinate_mode="half_pixel", nearest_mode="round_prefer_floor"),
     dict(coordinate_mode="pytorch_half_pixel", nearest_mode="round_prefer_ceil"),
     dict(coordinate_mode="half_pixel_symmetric", nearest_mode="round_prefer_floor"),
@@ -127,8 +128,10 @@ def test_fast_path_is_selected_only_for_repeats():
     conv = shapes.conv_geometry(repeat.out_shape, w_shape, padding=1)
     layout = shapes.phase_conv_layout(repeat, conv)
     assert layout is not None and layout.factors == (2, 2) and layout.taps == (2, 2)  # 4 < 9
-    rounded = shapes.resize_geometry(x_shape, scale=3)  # asymmetric + round: o=2 -> 1
-    assert shapes.nearest_repeat_factors(rounded) is None
+    rounded = shapes.resize_geometry(x_shape, scale=3, nearest_mode="round_prefer_floor")
+    assert shapes.nearest_repeat_factors(rounded) is None  # asymmetric + round: o=2 -> 1
+    halves = shapes.resize_geometry(x_shape, scale=2, nearest_mode="round_prefer_floor")
+    assert shapes.nearest_repeat_factors(halves) == (2, 2)  # o/2 ties round down
     linear = shapes.resize_geometry(x_shape, scale=2, mode="linear")
     assert shapes.nearest_repeat_factors(linear) is None
     strided = shapes.conv_geometry(repeat.out_shape, w_shape, padding=1, stride=2)
@@ -136,10 +139,10 @@ def test_fast_path_is_selected_only_for_repeats():
 
 
 def test_nearest_integer_upsampling_is_repeat(rng):
-    # asymmetric + floor is PyTorch's 'nearest': integer upsampling repeats every sample.
+    # the defaults, asymmetric + floor, are PyTorch's 'nearest': integer upsampling repeats
     x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
     expected = np.repeat(np.repeat(x, 2, axis=2), 3, axis=3)
-    np.testing.assert_array_equal(cf.resize(x, (2, 3), nearest_mode="floor"), expected)
+    np.testing.assert_array_equal(cf.resize(x, (2, 3)), expected)
 
 
 def test_align_corners_linear_keeps_corners_and_interpolates_linearly():

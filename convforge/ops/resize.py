@@ -166,11 +166,11 @@ def nearest_upsample_conv(
     low-resolution x with folded kernels (see :class:`convforge.shapes.PhaseConvLayout`);
     equal to :func:`resize_conv` wherever ``layout`` exists.
 
-    ``phase_conv[n, o, *phase, *j] = sum_{c, m} xpad[n, c, *(q0 + j + m)] * W[o, c, *phase, *m]``
-    is an ordinary convolution per phase (its width ``j`` contiguous in x), and
-    ``phase_interleave`` writes output ``p`` from phase ``(p + shift) % f``, row
-    ``(p + shift) // f - q0`` (adding bias and activation). Blocks: ``phase_weight``,
-    ``pad``, ``phase_conv``, ``phase_interleave``.
+    ``phase_conv[n, o, *ph, *j] = sum_{c, m} xpad[n, c, *(j + (ph + shift)//f + m)] *
+    W[o, c, *((ph + shift) % f), *m]`` is an ordinary convolution per output phase ``ph``
+    (its width ``j`` contiguous in x), and ``phase_interleave`` writes output
+    ``p = f*j + ph`` (adding bias and activation). Blocks: ``phase_weight``, ``pad``,
+    ``phase_conv``, ``phase_interleave``.
     """
     dtype = x.dtype
     acc = accumulator_dtype(dtype)
@@ -179,25 +179,25 @@ def nearest_upsample_conv(
     groups = conv_geom.groups
     cin = conv_geom.in_channels // groups
     opg = conv_geom.out_channels // groups
-    first = layout.first_row
     rc = te.reduce_axis((0, cin), "rc")
     rm = [te.reduce_axis((0, m), f"rm{a}") for a, m in enumerate(layout.taps)]
     nd = layout.ndim
 
     def body(n, o, *phase_row):
         phase, row = phase_row[:nd], phase_row[nd:]
-        src = [q0 + j + m for q0, j, m in zip(first, row, rm)]
+        shifted = [ph + sh for ph, sh in zip(phase, layout.shift)]
+        src = [j + t // f + m for j, t, f, m in zip(row, shifted, layout.factors, rm)]
+        tap_phase = [t % f for t, f in zip(shifted, layout.factors)]
         channel = rc if groups == 1 else (o // opg) * cin + rc
-        prod = xp[(n, channel, *src)].astype(acc) * folded[(o, rc, *phase, *rm)]
+        prod = xp[(n, channel, *src)].astype(acc) * folded[(o, rc, *tap_phase, *rm)]
         return te.sum(prod, axis=[rc, *rm])
 
     shape = (conv_geom.batch, conv_geom.out_channels, *layout.factors, *layout.rows)
     phases = te.compute(shape, body, name="phase_conv")
 
     def interleave(n, o, *pos):
-        shifted = [p + sh for p, sh in zip(pos, layout.shift)]
-        phase = [t % f for t, f in zip(shifted, layout.factors)]
-        row = [t // f - q0 for t, f, q0 in zip(shifted, layout.factors, first)]
+        phase = [p % f for p, f in zip(pos, layout.factors)]
+        row = [p // f for p, f in zip(pos, layout.factors)]
         value = phases[(n, o, *phase, *row)]
         if bias is not None:
             value = value + bias[o].astype(acc)
