@@ -166,3 +166,11 @@ def test_heads_reject_bad_arguments(call, message):
     w = np.zeros((3, 2, 1, 1), np.float32)
     with pytest.raises(ValueError, match=message):
         call(x, w)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_softmax_in_other_dtypes_matches_numpy(dtype, rng):
+    z = (rng.standard_normal((3, 11)) * 30).astype(dtype)
+    p = cf.softmax(z)
+    assert p.dtype == z.dtype
+    assert compare(p, numpy_softmax(z.astype(np.float64)).astype(dtype)).ok

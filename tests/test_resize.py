@@ -185,3 +185,11 @@ def test_resize_conv_rejects_bad_scale_before_compiling():
         cf.resize_conv(x, w, scale=(2, float("nan")))
     with pytest.raises(ValueError, match="axis 1 must be"):
         cf.resize_conv(x, np.zeros((3, 1, 3, 3), np.float32), scale=2)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_nearest_repeat_in_other_dtypes(dtype, rng):
+    x = rng.standard_normal((1, 2, 3, 4)).astype(dtype)
+    y = cf.resize(x, 2, coordinate_mode="half_pixel", nearest_mode="round_prefer_ceil")
+    assert y.dtype == x.dtype
+    np.testing.assert_array_equal(y, np.repeat(np.repeat(x, 2, axis=2), 2, axis=3))
