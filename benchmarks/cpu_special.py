@@ -1,8 +1,8 @@
 """Quick timing of the special-convolution CPU paths against onnxruntime (one process).
 
-``python -m benchmarks.cpu_special [--only NAME ...]`` prints, per workload, the median
-seconds of the convforge default (untuned) kernel and of onnxruntime (2 threads), and
-their ratio (below 1: convforge is faster).
+``python -m benchmarks.cpu_special [--only NAME ...] [--threads N]`` prints, per workload,
+the median seconds of the convforge default (untuned) kernel and of onnxruntime (both on
+N threads, default 2), and their ratio (below 1: convforge is faster).
 """
 
 from __future__ import annotations
@@ -33,14 +33,19 @@ WORKLOADS = {
 }  # fmt: skip
 
 
+#: Clock of the measurements: wall time, or process CPU time (``--cpu-time``: with one
+#: thread, the time the process actually ran, robust on a machine shared with others).
+CLOCK = time.perf_counter
+
+
 def seconds_per_call(fn, calls: int) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / calls
+    return (CLOCK() - start) / calls
 
 
-def measure(name: str, rounds: int = 9, budget: float = 0.05) -> tuple[float, float]:
+def measure(name: str, threads: int, rounds: int = 9, budget: float = 0.05) -> tuple[float, float]:
     """Median seconds of convforge and of onnxruntime, measured in alternating rounds
     (the machine is shared: alternating exposes both to the same load)."""
     kind, x_shape, w_shape, attrs = WORKLOADS[name]
@@ -61,7 +66,7 @@ def measure(name: str, rounds: int = 9, budget: float = 0.05) -> tuple[float, fl
     device = kernel.device
     args = [tvm.runtime.tensor(a, device) for a in (x, w)]
     out = tvm.runtime.tensor(np.empty(kernel.output_shapes[0], np.float32), device)
-    sess = session(model)
+    sess = session(model, threads)
     feeds = {"x": x, "w": w}
 
     def ours():
@@ -82,10 +87,15 @@ def measure(name: str, rounds: int = 9, budget: float = 0.05) -> tuple[float, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", default=list(WORKLOADS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cpu-time", action="store_true", help="process CPU time clock")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    tvm.get_global_func("runtime.config_threadpool")(0, args.threads)
     ratios = []
     for name in args.only:
-        ours, theirs = measure(name)
+        ours, theirs = measure(name, args.threads)
         ratios.append(ours / theirs)
         print(
             f"{name:22s} convforge {ours * 1e3:8.3f} ms  onnxruntime {theirs * 1e3:8.3f} ms  "

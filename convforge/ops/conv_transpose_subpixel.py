@@ -5,15 +5,16 @@ Along one spatial axis, output ``o`` of a stride-``s`` transposed convolution re
 ``phi = (o + lo) mod s``: a phase only ever meets the taps ``k`` with ``d*k = phi (mod s)``
 (every ``s/gcd(s, d)``-th tap), and for those taps ``i = m - j_k`` with ``m = (o+lo-phi)/s``
 and integer ``j_k``. Each phase is therefore a small dense stride-1 convolution of the
-un-dilated input (dilation ``d/gcd(s, d)``, the phase's taps flipped, pads that may be
-negative = crops), built with :func:`convforge.ops.conv.conv`; an N-d transposed convolution
+un-dilated input (dilation ``d/gcd(s, d)``, the phase's taps flipped), built with
+:func:`convforge.ops.conv.conv` on one zero-padded copy of the input that every phase
+shares (each phase's own ``pad`` block is then a pure crop: a window, no zeros); an N-d transposed convolution
 has ``s_1 * ... * s_d`` of them, and an interleave block writes each phase's outputs to
 their places. A phase with no taps (kernel shorter than the stride) outputs ``act(bias)``.
 
-Block names (contract with ``convforge.schedules``): per phase ``pad``/``conv``/
-``conv_epilogue`` as ``ops.conv`` makes them (TVM suffixes ``_1``, ``_2``, ...), the
-per-phase weight gathers ``subpixel_weight`` (meant to be inlined), and the final
-``subpixel_interleave``.
+Block names (contract with ``convforge.schedules``): the shared ``subpixel_pad``; per
+phase ``pad`` (a crop, meant to be inlined), ``conv``, ``conv_epilogue`` as ``ops.conv``
+makes them (TVM suffixes ``_1``, ``_2``, ...) and the weight gather ``subpixel_weight``
+(meant to be inlined); the final ``subpixel_interleave``, annotated with the ``strides``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 
 from convforge.ops.activation import activate
-from convforge.ops.conv import accumulator_dtype, conv
+from convforge.ops.conv import accumulator_dtype, conv, pad
 from convforge.shapes import ConvGeometry, ConvTransposeGeometry
 
 
@@ -98,6 +99,16 @@ def conv_transpose_subpixel(
             geom.in_size, geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size
         )
     ]
+    # one zero padding shared by every phase (each phase then reads a window: a crop)
+    shared_pads = [
+        (
+            max([0, *(p.pads[0] for p in phases if p.taps and p.count)]),
+            max([0, *(p.pads[1] for p in phases if p.taps and p.count)]),
+        )
+        for phases in per_axis
+    ]
+    padded = pad(x, shared_pads, name="subpixel_pad")
+    padded_size = tuple(int(v) for v in padded.shape[2:])
     results: dict[tuple[int, ...], te.Tensor | None] = {}
     for combo in itertools.product(*per_axis):
         key = tuple(p.phase for p in combo)
@@ -107,11 +118,13 @@ def conv_transpose_subpixel(
         taps = [p.taps for p in combo]
         phase_w = phase_weight(w, taps, geom.groups)
         phase_geom = ConvGeometry(
-            geom.batch, geom.in_channels, geom.out_channels, geom.groups, geom.in_size,
+            geom.batch, geom.in_channels, geom.out_channels, geom.groups, padded_size,
             tuple(len(t) for t in taps), (1,) * geom.ndim, tuple(p.dilation for p in combo),
-            tuple(p.pads for p in combo), tuple(p.count for p in combo),
+            tuple((lo - s_lo, hi - s_hi) for p, (s_lo, s_hi) in zip(combo, shared_pads)
+                  for lo, hi in [p.pads]),
+            tuple(p.count for p in combo),
         )  # fmt: skip
-        results[key] = conv(x, phase_w, bias, phase_geom, activation)
+        results[key] = conv(padded, phase_w, bias, phase_geom, activation)
 
     acc = accumulator_dtype(dtype)
 
@@ -140,4 +153,6 @@ def conv_transpose_subpixel(
                 value = tirx.if_then_else(selected, branch, value)
         return value
 
-    return te.compute(geom.out_shape, interleave, name="subpixel_interleave")
+    return te.compute(
+        geom.out_shape, interleave, name="subpixel_interleave", attrs={"strides": geom.stride}
+    )

@@ -1,7 +1,7 @@
 """CPU schedule of the sub-pixel transposed convolution (ops.conv_transpose_subpixel).
 
-Each phase's weight gather is inlined into its convolution (a strided read of the
-original weight, no copy), each phase convolution is register-tiled by
+Each phase's weight gather and input window (crop of the shared padded input) are
+inlined into its convolution (strided reads, no copies), each phase convolution is register-tiled by
 :func:`convforge.schedules.cpu_direct.schedule_direct`, and the interleave is split by the
 stride along every spatial axis with the phase loops unrolled, so each unrolled body
 copies one phase and its phase test folds away.
@@ -27,6 +27,9 @@ def is_subpixel(func: tirx.PrimFunc) -> bool:
 
 def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
     sch = s_tir.Schedule(func)
+    strides = [
+        int(v) for v in sch.get(sch.get_sblock("subpixel_interleave")).annotations["strides"]
+    ]
     blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
     for name, block in blocks.items():
         if name.startswith("subpixel_weight"):
@@ -37,8 +40,19 @@ def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRM
             out = sch.get(block).writes[0].source
             lanes = vector_lanes(target, str(out.dtype))
             shape = tuple(int(v) for v in out.shape)
-            schedule_direct(sch, block, default_tiles(shape, lanes, budget, pad="global"))
+            schedule_direct(sch, block, default_tiles(shape, lanes, budget, pad="inline"))
+    if "subpixel_pad" in blocks:
+        loops = sch.get_loops(blocks["subpixel_pad"])
+        sch.parallel(sch.fuse(*loops[:-1]))
     interleave = blocks["subpixel_interleave"]
-    loops = sch.get_loops(interleave)
-    sch.parallel(sch.fuse(*loops[:-1]))
+    n, channels, *spatial = sch.get_loops(interleave)
+    outer = []
+    for loop, stride in zip(spatial, strides):
+        if stride > 1:
+            loop_outer, phase = sch.split(loop, [None, stride])
+            sch.unroll(phase)
+            outer.append(loop_outer)
+        else:
+            outer.append(loop)
+    sch.parallel(sch.fuse(n, channels, outer[0]))
     return sch.mod
