@@ -41,7 +41,10 @@ def long_1d_tiles(out_shape: tuple[int, ...], lanes: int, budget: int) -> Direct
     width = width_tile(out_shape[-1], lanes)
     vectors = -(-width // lanes)
     channels = largest_divisor(out_shape[1], max(1, budget // vectors))
-    chunks = largest_divisor(out_shape[-1] // width, max(1, TIME_TILE // width))
+    tiles = -(-out_shape[-1] // width)
+    chunks = largest_divisor(tiles, max(1, TIME_TILE // width))
+    if 4 * chunks * width < TIME_TILE:  # no good divisor: a ragged last time tile
+        chunks = max(1, TIME_TILE // width)
     return DirectTiles(channels, width, time_tile=chunks * width, pad="tile")
 
 

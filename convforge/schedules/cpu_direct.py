@@ -28,7 +28,8 @@ from convforge.targets import vector_bits
 
 @dataclass(frozen=True)
 class DirectTiles:
-    """Tile sizes of one direct convolution; each divides its axis."""
+    """Tile sizes of one direct convolution. Channel and row tiles divide their axes;
+    the width and time tiles may leave a ragged last tile."""
 
     channel_tile: int
     width_tile: int
@@ -48,11 +49,13 @@ def largest_divisor(n: int, limit: int) -> int:
 
 def width_tile(n: int, lanes: int, max_vectors: int = 2) -> int:
     """Tile of the innermost axis ``n``: up to ``max_vectors`` whole vectors when they
-    divide ``n``, else the largest divisor of ``n`` that fits one vector."""
+    divide ``n``, else the largest divisor of ``n`` that fits one vector if it fills at
+    least half of it, else one vector (the last tile is then ragged)."""
     for vectors in range(max_vectors, 0, -1):
         if n % (vectors * lanes) == 0:
             return vectors * lanes
-    return largest_divisor(n, lanes)
+    divisor = largest_divisor(n, lanes)
+    return divisor if divisor == n or 2 * divisor >= lanes else lanes
 
 
 def is_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
@@ -83,6 +86,7 @@ def schedule_direct(sch: s_tir.Schedule, block: s_tir.SBlockRV, tiles: DirectTil
     anchor = epilogue if epilogue is not None else sch.cache_write(block, 0, "global")
     loops = sch.get_loops(anchor)
     n, channels, *spatial = loops
+    width = int(sch.get(spatial[-1]).extent)
     c_outer, c_inner = sch.split(channels, [None, tiles.channel_tile])
     rows_outer, rows_inner = [], []
     if len(spatial) > 1:
@@ -98,6 +102,11 @@ def schedule_direct(sch: s_tir.Schedule, block: s_tir.SBlockRV, tiles: DirectTil
         w_outer, w_inner = sch.split(spatial[-1], [None, tiles.width_tile])
         sch.reorder(n, c_outer, *rows_outer, w_outer, c_inner, *rows_inner, w_inner)
         parallel = sch.fuse(n, c_outer, *rows_outer)
+    if width % tiles.width_tile or (tiles.time_tile and width % tiles.time_tile):
+        # a ragged last tile: TVM's LoopPartition splits these loops into the full tiles
+        # (no bounds test) and the remainder
+        for loop in (parallel, w_outer):
+            sch.annotate(loop, "pragma_loop_partition_hint", 1)
     sch.parallel(parallel)
     sch.vectorize(w_inner)
     sch.unroll(c_inner)
