@@ -84,6 +84,16 @@ def test_long_1d_rule_matches_onnxruntime(x_shape, w_shape, attrs, rng):
     _check_conv_rule(geom, cpu_causal.schedule_long_1d, rng)
 
 
+@pytest.mark.parametrize(
+    "rule, case",
+    [(cpu_grouped.schedule_grouped, GROUPED[2]), (cpu_causal.schedule_long_1d, LONG_1D[2])],
+)
+def test_rules_float16_match_onnxruntime(rule, case, rng):
+    x_shape, w_shape, attrs = case
+    geom = shapes.conv_geometry(x_shape, w_shape, **attrs)
+    _check_conv_rule(geom, rule, rng, dtype="float16", activation=None)
+
+
 def test_causal_conv1d_api_matches_onnxruntime(rng):
     x = rng.standard_normal((1, 6, 1100)).astype(np.float32)
     w = rng.standard_normal((6, 6, 3)).astype(np.float32)
@@ -114,16 +124,20 @@ SUBPIXEL = [
 ]
 
 
-@pytest.mark.parametrize("x_shape, w_shape, attrs", SUBPIXEL)
-def test_subpixel_rule_matches_onnxruntime(x_shape, w_shape, attrs, rng):
+@pytest.mark.parametrize(
+    "x_shape, w_shape, attrs, dtype",
+    [(*case, "float32") for case in SUBPIXEL] + [(*SUBPIXEL[2], "float16")],
+)
+def test_subpixel_rule_matches_onnxruntime(x_shape, w_shape, attrs, dtype, rng):
     geom = shapes.conv_transpose_geometry(x_shape, w_shape, **attrs)
-    x = rng.standard_normal(geom.x_shape).astype(np.float32)
-    w = rng.standard_normal(geom.w_shape).astype(np.float32)
-    b = rng.standard_normal(geom.out_channels).astype(np.float32)
-    kernel = _subpixel_kernel(geom, "float32", True, "silu", cpu_subpixel.schedule_subpixel)
-    model = conv_transpose_model(geom, bias=True, activation="silu")
+    x = rng.standard_normal(geom.x_shape).astype(dtype)
+    w = rng.standard_normal(geom.w_shape).astype(dtype)
+    b = rng.standard_normal(geom.out_channels).astype(dtype)
+    kernel = _subpixel_kernel(geom, dtype, True, "silu", cpu_subpixel.schedule_subpixel)
+    model = conv_transpose_model(geom, dtype, bias=True, activation="silu")
     (expected,) = run_onnxruntime(model, {"x": x, "w": w, "bias": b})
-    assert compare(kernel(x, w, b), expected).ok, compare(kernel(x, w, b), expected)
+    agreement = compare(kernel(x, w, b), expected)
+    assert agreement.ok, agreement
 
 
 def test_conv_transpose_selects_subpixel_for_strides_above_one():
