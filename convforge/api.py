@@ -121,11 +121,20 @@ def conv_transpose(
         tx, tw, tb = placeholders(
             dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
         )
-        outputs = [ops.conv_transpose(tx, tw, tb, geom, activation)]
+        outputs = [conv_transpose_op(geom)(tx, tw, tb, geom, activation)]
         return [t for t in (tx, tw, tb) if t is not None], outputs
 
     key = (geom, dtype, bias is not None, activation)
     return _run("conv_transpose", key, build, (x, w, bias), target)
+
+
+def conv_transpose_op(geom: shapes.ConvTransposeGeometry):
+    """The TE form used for ``geom``: sub-pixel phases for stride > 1 (no products of
+    inserted zeros), else the plain flipped-kernel convolution (the dilate form, which
+    inserts no zeros at stride 1)."""
+    if any(s > 1 for s in geom.stride):
+        return ops.conv_transpose_subpixel
+    return ops.conv_transpose
 
 
 def causal_conv1d(

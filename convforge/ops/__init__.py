@@ -3,6 +3,7 @@
 from convforge.ops.activation import ACTIVATIONS, activate
 from convforge.ops.conv import conv, conv_transpose, pad
 from convforge.ops.conv_nchwc import ChannelBlocks, conv_nchwc
+from convforge.ops.conv_transpose_subpixel import conv_transpose_subpixel
 from convforge.ops.heads import (
     dense,
     flatten,
@@ -22,6 +23,7 @@ __all__ = [
     "conv",
     "conv_nchwc",
     "conv_transpose",
+    "conv_transpose_subpixel",
     "dense",
     "flatten",
     "flatten_dense_head",
