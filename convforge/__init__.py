@@ -4,7 +4,7 @@
 runs a TVM kernel for the host CPU on numpy arrays.
 """
 
-from convforge.api import causal_conv1d, conv, conv_transpose
+from convforge.api import causal_conv1d, causal_conv_with_state, conv, conv_transpose
 from convforge.reference import conv_matrix
 from convforge.shapes import (
     conv_geometry,
@@ -13,12 +13,16 @@ from convforge.shapes import (
     conv_transpose_output_size,
     receptive_field,
 )
+from convforge.streaming import StackSpec, StreamingCausalStack
 from convforge.targets import host_target
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "StackSpec",
+    "StreamingCausalStack",
     "causal_conv1d",
+    "causal_conv_with_state",
     "conv",
     "conv_geometry",
     "conv_matrix",
