@@ -178,7 +178,7 @@ def full_causal_pass(spec, weights, x):
 @pytest.fixture(scope="module")
 def stack_case():
     weights = SPEC.random_weights(seed=3)
-    x = np.random.default_rng(4).standard_normal((2, SPEC.in_channels, 24)).astype(np.float32)
+    x = np.random.default_rng(4).standard_normal((2, SPEC.in_channels, 40)).astype(np.float32)
     expected = full_causal_pass(SPEC, weights, x)
     (ort_full,) = run_onnxruntime(stack_model(SPEC, weights, batch=2, stateful=False), {"x": x})
     assert compare(ort_full, expected).ok  # the two oracles agree
@@ -187,7 +187,8 @@ def stack_case():
 
 @pytest.mark.parametrize(
     "chunks",
-    [[1] * 24, [24], [3, 5, 1, 7, 8], [8, 8, 8], [2, 1, 3, 5, 8, 5]],
+    # batch 2 x 40 or 32 samples: 64+ columns take the long-chunk (default CPU) schedule
+    [[1] * 40, [40], [3, 5, 1, 7, 8, 16], [8] * 5, [2, 1, 3, 5, 8, 5, 16]],
     ids=lambda c: "-".join(map(str, c)),
 )
 def test_stack_streamed_in_chunks_equals_full_causal_pass(stack_case, chunks):
@@ -205,7 +206,7 @@ def test_stack_kernel3_streamed_equals_full_pass_and_onnxruntime():
     weights = SPEC_K3.random_weights(seed=5, dtype="float64")
     x = np.random.default_rng(6).standard_normal((1, 1, 17))
     stack = cf.StreamingCausalStack(SPEC_K3, weights, dtype="float64")
-    streamed = stack.run(x, [1, 4, 12])
+    streamed = stack.run(x, [5, 12])
     assert compare(streamed, full_causal_pass(SPEC_K3, weights, x)).ok
     # onnxruntime's CPU Conv has no float64 kernel: its oracle runs the float32 model
     model = stack_model(SPEC_K3, weights, stateful=False, dtype="float32")
@@ -221,7 +222,7 @@ def test_stateful_onnx_stack_matches_compiled_stack_chunk_by_chunk(stack_case):
     states = {name: np.zeros(shape, np.float32) for name, shape in SPEC.state_shapes(2).items()}
     stack = cf.StreamingCausalStack(SPEC, weights, batch=2)
     start, ort_ys = 0, []
-    for size in [1, 6, 1, 16]:
+    for size in [1, 7, 16, 16]:
         chunk = x[:, :, start : start + size]
         y, *present = sess.run(None, {"x": chunk, **states})
         states = {n.replace("present_state", "past_state"): v for n, v in zip(names[1:], present)}
@@ -244,7 +245,7 @@ def test_stack_state_save_and_restore(stack_case, tmp_path):
     first.run(x[:, :, 10:13], [3])  # moves on; the file keeps the saved point
     second = cf.StreamingCausalStack(SPEC, weights, batch=2)
     second.restore_state(path)
-    tail = second.run(x[:, :, 10:], [1] * 14)
+    tail = second.run(x[:, :, 10:], [1] * 30)
     assert compare(np.concatenate([head, tail], 2), expected).ok
     # state_dict / load_state round trip, then reset() means a new sequence
     snapshot = second.state_dict()
@@ -253,7 +254,7 @@ def test_stack_state_save_and_restore(stack_case, tmp_path):
     for name, value in third.state_dict().items():
         assert np.array_equal(value, snapshot[name])
     third.reset()
-    assert compare(third.run(x, [24]), expected).ok
+    assert compare(third.run(x, [40]), expected).ok
 
 
 def test_bad_arguments_raise_value_error_naming_the_rule():

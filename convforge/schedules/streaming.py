@@ -5,8 +5,9 @@ along time do not apply and thread launches would cost more than the work. Rule:
 weight/bias layout views, state concatenation and bias epilogues are inlined; each
 convolution runs with its reduction loops outside and the output-channel loop innermost
 and vectorized (weights are packed ``(C, k, O)`` so that loop reads contiguous memory);
-element-wise blocks are flattened and vectorized. Only long chunks (time x batch of at
-least :data:`PARALLEL_MIN_COLUMNS`) run their convolutions in parallel.
+element-wise blocks are flattened and vectorized, the new states' copies split where
+they switch from old state to input. Long chunks (batch x time of at least
+:data:`PARALLEL_MIN_COLUMNS`) get the default CPU schedule (time tiles, threads) instead.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import contextlib
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.schedules.cpu import schedule_cpu
 from convforge.targets import vector_lanes
 
 #: Blocks computed where they are read (views, concatenation, bias epilogues).
 INLINED = ("weight_layout", "bias_layout", "concat", "pad", "conv_epilogue", "skip_relu")
 
-#: Output columns (batch x time) from which a convolution's columns run in parallel.
+#: Output columns (batch x time) from which the default (throughput) CPU schedule is used.
 PARALLEL_MIN_COLUMNS = 64
 
 
@@ -51,13 +53,17 @@ def _schedule_state_copy(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
         sch.loop_partition(t, [split, None])
 
 
+def _columns(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> int:
+    """Output columns (batch x time) of a 1-D convolution block."""
+    n, _, t, *_ = sch.get_loops(block)
+    return int(sch.get(n).extent) * int(sch.get(t).extent)
+
+
 def _schedule_conv(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
     """Loops (n, o, t, rc, rk) -> (n*t, rc, rk, o) with o vectorized."""
     n, o, t, *reduce_ = sch.get_loops(block)
     sch.reorder(n, t, *reduce_, o)
-    columns = sch.fuse(n, t)
-    if int(sch.get(columns).extent) >= PARALLEL_MIN_COLUMNS:
-        sch.parallel(columns)
+    sch.fuse(n, t)
     sch.vectorize(o)
     sch.decompose_reduction(block, reduce_[0])
 
@@ -65,6 +71,9 @@ def _schedule_conv(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
 def schedule_streaming(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
     """Schedule every block of a streaming-step PrimFunc (1-D convolutions, (N, C, L))."""
     sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if any(_columns(sch, b) >= PARALLEL_MIN_COLUMNS for b in blocks if _is_reduction(sch, b)):
+        return schedule_cpu(func, target)  # a long chunk: throughput first
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         if sch.get(block).name_hint.startswith(INLINED):
             with contextlib.suppress(RuntimeError):  # a function output stays a block
