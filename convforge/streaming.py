@@ -101,7 +101,8 @@ class StackSpec:
         }
 
     def random_weights(self, seed: int = 0, dtype: str = "float32") -> dict[str, np.ndarray]:
-        """Weights drawn as ``N(0, 1/fan_in)`` (keeps activations O(1) through the stack)."""
+        """Random weights: conv weights ``N(0, 1/fan_in)``, biases ``N(0, 1/16)`` (keeps
+        activations O(1) through the stack)."""
         rng = np.random.default_rng(seed)
         weights = {}
         for name, shape in self.weight_shapes().items():
@@ -139,7 +140,9 @@ def _weight_view(packed: te.Tensor, layer: int | None, name: str) -> te.Tensor:
     """The (O, C, k) weight of one layer, read from its packed ``([layers,] C, k, O)`` form."""
     *_, c, k, o = (int(v) for v in packed.shape)
     if layer is None:
-        return te.compute((o, c, k), lambda oo, cc, kk: packed[cc, kk, oo], name="weight_layout")
+        return te.compute(
+            (o, c, k), lambda oo, cc, kk: packed[cc, kk, oo], name=f"weight_layout_{name}"
+        )
     return te.compute(
         (o, c, k), lambda oo, cc, kk: packed[layer, cc, kk, oo], name=f"weight_layout_{name}"
     )
@@ -238,6 +241,10 @@ def compiled_step(
 ) -> Kernel:
     """:func:`stack_step` scheduled by :func:`schedule_streaming` and compiled (cached)."""
     resolved = resolve_target(target)
+    if resolved.kind.name != "llvm":
+        raise ValueError(
+            f"target must be a CPU (llvm) target for streaming, got {resolved.kind.name}"
+        )
     key = (spec, batch, length, dtype, target_key(resolved))
     if key not in _compiled:
         _compiled[key] = compile_computation(
@@ -279,6 +286,9 @@ class StreamingCausalStack:
     ``step(x)`` with x (N, in_channels, L), any L >= 1, returns y (N, out_channels, L) and
     advances the states; streaming a sequence chunk by chunk (any chunk sizes) equals the
     full-sequence causal pass from zero states. Each chunk length compiles once (cached).
+    ``weights`` (see :meth:`StackSpec.weight_shapes`) are cast to ``dtype``; states live on
+    the device and are read with :meth:`state_dict`, written with :meth:`load_state`, and
+    saved/restored with :meth:`save_state` / :meth:`restore_state` (.npz, atomic write).
     """
 
     def __init__(
@@ -295,6 +305,8 @@ class StreamingCausalStack:
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         spec.check_weights(weights)
+        if resolve_target(target).kind.name != "llvm":
+            raise ValueError(f"target must be a CPU (llvm) target for streaming, got {target!r}")
         self.spec, self.batch, self.dtype, self.target = spec, batch, dtype, target
         self.weights = {n: np.asarray(a, dtype=dtype) for n, a in weights.items()}
         device = tvm.cpu()

@@ -283,5 +283,7 @@ def test_bad_arguments_raise_value_error_naming_the_rule():
     stack = cf.StreamingCausalStack(SPEC, weights)
     with pytest.raises(ValueError, match="x must be a float32 array"):
         stack.step(np.zeros((1, 3, 2), np.float32))
+    with pytest.raises(ValueError, match="target must be a CPU"):
+        cf.StreamingCausalStack(SPEC, weights, target="cuda")
     with pytest.raises(ValueError, match=r"states\['past_state.1'\] must have shape"):
         stack.load_state({**stack.state_dict(), "past_state.1": np.zeros((1, 8, 5))})
