@@ -23,13 +23,14 @@ DTYPES = ("float16", "float32", "float64")
 def as_float_arrays(**arrays: np.ndarray | None) -> tuple[str, list[np.ndarray | None]]:
     """Check that every given array is a float array of one supported dtype; return it."""
     given = {name: np.asarray(a) for name, a in arrays.items() if a is not None}
+    listing = ", ".join(f"{name}: {a.dtype}" for name, a in given.items())
+    names = ", ".join(given)
     dtypes = {str(a.dtype) for a in given.values()}
     if len(dtypes) != 1:
-        listing = ", ".join(f"{name}: {a.dtype}" for name, a in given.items())
-        raise ValueError(f"arrays must share one dtype, got {listing}")
+        raise ValueError(f"{names} must share one dtype, got {listing}")
     dtype = dtypes.pop()
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
+        raise ValueError(f"dtype of {names} must be one of {DTYPES}, got {listing}")
     return dtype, [given.get(name) for name in arrays]
 
 
@@ -134,8 +135,10 @@ def causal_conv1d(
     x: (N, C, L), w: (O, C/groups, K) -> (N, O, L); the input is padded with
     ``d*(k-1)`` zeros on the left only (WaveNet, ByteNet decoder).
     """
-    if np.ndim(x) != 3:
-        raise ValueError(f"x must have shape (N, C, L) for causal_conv1d, got {np.shape(x)}")
+    shapes.causal_conv1d_geometry(
+        np.shape(x), np.shape(w), dilation=dilation, groups=groups,
+        bias_shape=None if bias is None else np.shape(bias),
+    )  # fmt: skip
     return conv(
         x, w, bias, padding="causal", dilation=dilation, groups=groups,
         activation=activation, target=target,

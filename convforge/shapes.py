@@ -137,7 +137,8 @@ def _check_rank(x_shape: Sequence[int], w_shape: Sequence[int], ndim: int | None
         raise ValueError(f"x must have {ndim} spatial axes, got shape {tuple(x_shape)}")
     if any(int(v) <= 0 for v in (*x_shape, *w_shape)):
         raise ValueError(
-            f"shapes must be positive, got x {tuple(x_shape)}, weight {tuple(w_shape)}"
+            f"every axis of x and weight must be positive (no empty axis), "
+            f"got x {tuple(x_shape)}, weight {tuple(w_shape)}"
         )
     return spatial
 
@@ -232,6 +233,28 @@ def conv_geometry(
     )  # fmt: skip
 
 
+def causal_conv1d_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    *,
+    dilation: int = 1,
+    groups: int = 1,
+    bias_shape: Sequence[int] | None = None,
+) -> ConvGeometry:
+    """A dilated causal 1-D convolution: x (N, C, L), w (O, C/groups, K) -> (N, O, L).
+
+    Stride 1 and pads ``(d*(k-1), 0)``: ``y[t]`` sees only ``x[t - d*(k-1) .. t]``.
+    """
+    if len(x_shape) != 3:
+        raise ValueError(
+            f"x must have shape (N, C, L) for causal_conv1d (rank 3), got {tuple(x_shape)}"
+        )
+    return conv_geometry(
+        x_shape, w_shape, padding="causal", dilation=dilation, groups=groups,
+        bias_shape=bias_shape, ndim=1,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ConvTransposeGeometry:
     """Every size of one N-d transposed convolution; weight is ``(C, O/groups, *kernel)``."""
@@ -280,6 +303,39 @@ class ConvTransposeGeometry:
         )  # fmt: skip
 
 
+def transpose_pads_for_output_shape(
+    i: int, k: int, s: int, d: int, output_padding: int, out: int, *, upper: bool, axis: int = 0
+) -> tuple[tuple[int, int], int]:
+    """Pads and output_padding giving a transposed convolution the output length ``out``.
+
+    Returns ``((lo, hi), output_padding)``. With ``total = s*(i-1) + output_padding +
+    d*(k-1) + 1 - out`` (ONNX ConvTranspose):
+
+    - ``total >= 0``: ``upper`` (ONNX ``auto_pad=SAME_UPPER``) gives ``(total//2,
+      total - total//2)``, otherwise (``NOTSET``, ``SAME_LOWER``) ``(total - total//2,
+      total//2)``; the spec text and onnxruntime 1.32 agree on this split.
+    - ``total < 0``: the spec is silent; onnxruntime pads nothing and appends ``-total``
+      zero rows at the end, accepting this while ``output_padding - total < s`` (the
+      output still maps back onto ``i`` inputs). We do the same: the extra rows join
+      ``output_padding``.
+
+    Raises ValueError if ``out`` is unreachable.
+    """
+    full = conv_transpose_output_size(i, k, s, 0, 0, d, output_padding)
+    total = full - out
+    if out < 1 or (total < 0 and output_padding - total >= s):
+        largest = max(full, full - output_padding + s - 1)
+        raise ValueError(
+            f"output_shape is unreachable along spatial axis {axis}: size {out} must be in "
+            f"[1, {largest}] for input {i}, kernel {k}, stride {s}, dilation {d}, "
+            f"output_padding {output_padding}"
+        )
+    if total < 0:
+        return (0, 0), output_padding - total
+    small, big = total // 2, total - total // 2
+    return ((small, big) if upper else (big, small)), output_padding
+
+
 def conv_transpose_geometry(
     x_shape: Sequence[int],
     w_shape: Sequence[int],
@@ -295,10 +351,17 @@ def conv_transpose_geometry(
     """Validate a transposed convolution's arguments and compute every size.
 
     ``output_shape`` (spatial sizes, or the full ``(N, C, *spatial)``) derives the pads as
-    the ONNX ConvTranspose spec does: total = s*(i-1) + output_padding + d*(k-1) + 1 - out,
-    split as the spec says: the odd pad at the end for ``padding='same'``/``'same_upper'``,
-    at the start otherwise; explicit pads are then ignored. ``padding='same'`` (or
-    ``'same_lower'``) without ``output_shape`` means output = input * stride.
+    the ONNX ConvTranspose spec does (see :func:`transpose_pads_for_output_shape`): the
+    odd pad at the end for ``padding='same'``/``'same_upper'`` (ONNX ``SAME_UPPER``), at
+    the start otherwise (``NOTSET``, ``SAME_LOWER``); explicit pads are then ignored.
+    ``padding='same'`` (or ``'same_lower'``) without ``output_shape`` means
+    ``output_shape = input * stride``, as the spec says, also where that exceeds the
+    unpadded output (then zero rows are appended). onnxruntime 1.32 differs there: with
+    ``auto_pad`` and no ``output_shape`` it clamps the total padding at 0 and returns the
+    unpadded output, shorter than ``input * stride``
+    (``convforge.export.conv_transpose_model`` writes ``output_shape`` to get the spec's
+    result). ``output_padding`` must be < max(stride, dilation) (PyTorch's rule);
+    onnxruntime refuses any ``output_padding >= stride``.
     """
     nd = _check_rank(x_shape, w_shape, None)
     batch, channels, *in_size = (int(v) for v in x_shape)
@@ -322,43 +385,40 @@ def conv_transpose_geometry(
                 f"output_padding ({op}) must be smaller than max(stride, dilation) = {max(s, d)} "
                 f"along spatial axis {axis}"
             )
-    upper = isinstance(padding, str) and padding.lower() in ("same", "same_upper", "half")
-    same = isinstance(padding, str) and padding.lower() in (
-        "same",
-        "same_upper",
-        "same_lower",
-        "half",
-    )
-    if same and output_shape is None:
+    mode = padding.lower() if isinstance(padding, str) else None
+    if mode == "causal":
+        raise ValueError("padding='causal' is not defined for transposed convolution")
+    if mode is not None and mode not in PADDING_MODES:
+        raise ValueError(f"padding mode {padding!r} is unknown; expected one of {PADDING_MODES}")
+    upper = mode in ("same", "same_upper", "half")
+    if mode in ("same", "same_upper", "same_lower", "half") and output_shape is None:
         output_shape = tuple(i * s for i, s in zip(in_size, stride_t))
     if output_shape is not None:
-        target = tuple(int(v) for v in output_shape)
+        target = tuple(output_shape)
         if len(target) == nd + 2:
-            if target[:2] != (batch, out_channels):
+            if tuple(target[:2]) != (batch, out_channels):
                 raise ValueError(
                     f"output_shape {target} must start with (N, C_out) = ({batch}, {out_channels})"
                 )
             target = target[2:]
-        if len(target) != nd:
-            raise ValueError(f"output_shape must give {nd} spatial sizes, got {output_shape!r}")
-        pads = []
+        if len(target) != nd or any(
+            isinstance(o, bool) or not float(o).is_integer() for o in target
+        ):
+            raise ValueError(
+                f"output_shape must give {nd} integer spatial sizes (or N, C_out and them), "
+                f"got {output_shape!r}"
+            )
+        pads, adjusted = [], []
         for axis, (i, k, s, d, op, o) in enumerate(
             zip(in_size, kernel, stride_t, dilation_t, out_pad, target)
         ):
-            full = conv_transpose_output_size(i, k, s, 0, 0, d, op)
-            total = full - o
-            if o < 1 or total < 0:
-                raise ValueError(
-                    f"output_shape {tuple(target)} is unreachable along spatial axis {axis}: "
-                    f"size must be in [1, {full}] for input {i}, kernel {k}, stride {s}, "
-                    f"dilation {d}, output_padding {op}"
-                )
-            small, big = total // 2, total - total // 2
-            pads.append((small, big) if upper else (big, small))
-        pads_t = tuple(pads)
+            pair, op = transpose_pads_for_output_shape(
+                i, k, s, d, op, int(o), upper=upper, axis=axis
+            )
+            pads.append(pair)
+            adjusted.append(op)
+        pads_t, out_pad = tuple(pads), tuple(adjusted)
     else:
-        if isinstance(padding, str) and padding.lower() == "causal":
-            raise ValueError("padding='causal' is not defined for transposed convolution")
         pads_t = resolve_padding(padding, in_size, kernel, stride_t, dilation_t)
     out_size = []
     for axis, (i, k, s, d, op, (lo, hi)) in enumerate(
@@ -367,8 +427,8 @@ def conv_transpose_geometry(
         o = conv_transpose_output_size(i, k, s, lo, hi, d, op)
         if o < 1:
             raise ValueError(
-                f"padding {pads_t[axis]} removes the whole output along spatial axis {axis} "
-                f"(unpadded size {o + lo + hi})"
+                f"padding {pads_t[axis]} removes the whole output along spatial axis {axis}: "
+                f"lo + hi = {lo + hi} must be smaller than the unpadded output size {o + lo + hi}"
             )
         out_size.append(o)
     return ConvTransposeGeometry(

@@ -15,7 +15,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from convforge.shapes import ConvGeometry, ConvTransposeGeometry
+from convforge.shapes import (
+    ConvGeometry,
+    ConvTransposeGeometry,
+    same_pads,
+    transpose_pads_for_output_shape,
+)
 
 DEFAULT_OPSET = 22
 
@@ -24,6 +29,10 @@ _ONNX_DTYPES = {
     "float32": TensorProto.FLOAT,
     "float64": TensorProto.DOUBLE,
 }
+
+
+#: Values of the ONNX ``auto_pad`` attribute.
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
 
 def onnx_dtype(dtype: str) -> int:
@@ -95,19 +104,44 @@ def conv_model(
     activation: str | None = None,
     weights: Mapping[str, np.ndarray] | None = None,
     opset: int = DEFAULT_OPSET,
+    auto_pad: str = "NOTSET",
+    name: str = "conv",
 ) -> onnx.ModelProto:
-    """ONNX Conv (+ activation) for ``geom``; inputs x, w[, bias] -> output y."""
+    """ONNX Conv (+ activation) for ``geom``; inputs x, w[, bias] -> output y.
+
+    ``auto_pad`` 'NOTSET' writes explicit ``pads``; 'SAME_UPPER', 'SAME_LOWER' or 'VALID'
+    writes that attribute instead, and raises ValueError unless the pads ONNX derives from
+    it are ``geom.padding`` (convforge's 'same', 'same_lower', 'valid').
+    """
     names = ["x", "w", "bias"] if bias else ["x", "w"]
-    conv = helper.make_node(
-        "Conv", names, ["conv"], kernel_shape=list(geom.kernel), strides=list(geom.stride),
-        dilations=list(geom.dilation), pads=flat_pads(geom.padding), group=geom.groups,
+    attrs = dict(
+        kernel_shape=list(geom.kernel), strides=list(geom.stride),
+        dilations=list(geom.dilation), group=geom.groups,
     )  # fmt: skip
+    if auto_pad == "NOTSET":
+        attrs["pads"] = flat_pads(geom.padding)
+    else:
+        if auto_pad == "VALID":
+            derived = ((0, 0),) * geom.ndim
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            derived = tuple(
+                same_pads(i, k, s, d, lower=auto_pad == "SAME_LOWER")
+                for i, k, s, d in zip(geom.in_size, geom.kernel, geom.stride, geom.dilation)
+            )
+        else:
+            raise ValueError(f"auto_pad must be one of {AUTO_PADS}, got {auto_pad!r}")
+        if derived != geom.padding:
+            raise ValueError(
+                f"auto_pad={auto_pad} means pads {derived}, not the geometry's {geom.padding}"
+            )
+        attrs["auto_pad"] = auto_pad
+    conv = helper.make_node("Conv", names, ["conv"], **attrs)
     inputs = {"x": (geom.x_shape, dtype), "w": (geom.w_shape, dtype)}
     if bias:
         inputs["bias"] = ((geom.out_channels,), dtype)
     return make_model(
         [conv, *activation_nodes(activation, "conv", "y")], inputs,
-        {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name="conv",
+        {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name=name,
     )  # fmt: skip
 
 
@@ -119,20 +153,98 @@ def conv_transpose_model(
     activation: str | None = None,
     weights: Mapping[str, np.ndarray] | None = None,
     opset: int = DEFAULT_OPSET,
+    auto_pad: str = "NOTSET",
+    output_shape: bool = False,
 ) -> onnx.ModelProto:
-    """ONNX ConvTranspose (explicit pads and output_padding) for ``geom``."""
+    """ONNX ConvTranspose (+ activation) for ``geom``; inputs x, w[, bias] -> output y.
+
+    By default writes explicit ``pads`` and ``output_padding``. ``output_shape=True``
+    writes the ``output_shape`` attribute (spatial sizes) instead of ``pads``;
+    ``auto_pad`` 'SAME_UPPER' / 'SAME_LOWER' / 'VALID' writes that attribute. Either way
+    raises ValueError unless the pads ONNX derives are ``geom.padding``
+    (:func:`convforge.shapes.transpose_pads_for_output_shape`). SAME_* without
+    ``output_shape`` is refused where ``input * stride`` exceeds the unpadded output
+    (onnxruntime 1.32 clamps the padding at 0 there, against the spec) and where
+    ``output_padding`` is not 0 (onnx 1.23 shape inference then says ``input * stride +
+    output_padding``, onnxruntime ``input * stride``): write ``output_shape`` there.
+    ``output_shape=True`` is refused where an output size is below the input size: onnx
+    1.23 shape inference then drops the output's remaining axes (onnxruntime is right).
+    """
+    if auto_pad not in AUTO_PADS:
+        raise ValueError(f"auto_pad must be one of {AUTO_PADS}, got {auto_pad!r}")
     names = ["x", "w", "bias"] if bias else ["x", "w"]
-    node = helper.make_node(
-        "ConvTranspose", names, ["conv"], kernel_shape=list(geom.kernel),
-        strides=list(geom.stride), dilations=list(geom.dilation), pads=flat_pads(geom.padding),
-        output_padding=list(geom.output_padding), group=geom.groups,
+    attrs = dict(
+        kernel_shape=list(geom.kernel), strides=list(geom.stride),
+        dilations=list(geom.dilation), output_padding=list(geom.output_padding),
+        group=geom.groups,
     )  # fmt: skip
+    if auto_pad != "NOTSET":
+        attrs["auto_pad"] = auto_pad
+    if output_shape:
+        if any(o < i for o, i in zip(geom.out_size, geom.in_size)):
+            raise ValueError(
+                f"output_shape {geom.out_size} below the input size {geom.in_size} breaks onnx "
+                "shape inference; export with explicit pads"
+            )
+        attrs["output_shape"] = list(geom.out_size)
+    if auto_pad == "NOTSET" and not output_shape:
+        attrs["pads"] = flat_pads(geom.padding)
+    elif auto_pad != "VALID" and not output_shape and any(geom.output_padding):
+        raise ValueError(
+            f"auto_pad={auto_pad} with output_padding {geom.output_padding} has no agreed "
+            "output size without output_shape (onnx shape inference and onnxruntime differ)"
+        )
+    elif auto_pad == "VALID" and not output_shape:
+        if any(pair != (0, 0) for pair in geom.padding):
+            raise ValueError(f"auto_pad=VALID means no pads, not the geometry's {geom.padding}")
+    else:
+        for axis, (i, k, s, d, op, o) in enumerate(
+            zip(geom.in_size, geom.kernel, geom.stride, geom.dilation, geom.output_padding,
+                geom.out_size)
+        ):  # fmt: skip
+            target = o if output_shape else i * s
+            derived, derived_op = transpose_pads_for_output_shape(
+                i, k, s, d, op, target, upper=auto_pad == "SAME_UPPER", axis=axis
+            )
+            if (derived, derived_op, target) != (geom.padding[axis], op, o):
+                raise ValueError(
+                    f"auto_pad={auto_pad}{' with output_shape' if output_shape else ''} gives "
+                    f"pads {derived} and output size {target} along spatial axis {axis}, not "
+                    f"the geometry's pads {geom.padding[axis]} and size {o}"
+                )
+    node = helper.make_node("ConvTranspose", names, ["conv"], **attrs)
     inputs = {"x": (geom.x_shape, dtype), "w": (geom.w_shape, dtype)}
     if bias:
         inputs["bias"] = ((geom.out_channels,), dtype)
     return make_model(
         [node, *activation_nodes(activation, "conv", "y")], inputs,
         {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name="conv_transpose",
+    )  # fmt: skip
+
+
+def causal_conv1d_model(
+    geom: ConvGeometry,
+    dtype: str = "float32",
+    *,
+    bias: bool = False,
+    activation: str | None = None,
+    weights: Mapping[str, np.ndarray] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """ONNX Conv with pads ``[d*(k-1), 0]`` (left only) for a causal 1-D ``geom``.
+
+    ``geom`` comes from :func:`convforge.shapes.causal_conv1d_geometry`; inputs x, w[, bias]
+    -> output y of the input's length.
+    """
+    expected = ((geom.dilation[0] * (geom.kernel[0] - 1), 0),) if geom.ndim == 1 else None
+    if geom.padding != expected or geom.stride != (1,):
+        raise ValueError(
+            "geom must be a causal 1-D convolution (stride 1, pads (d*(k-1), 0)), got "
+            f"{geom.ndim}-D with stride {geom.stride} and pads {geom.padding}"
+        )
+    return conv_model(
+        geom, dtype, bias=bias, activation=activation, weights=weights, opset=opset,
+        name="causal_conv1d",
     )  # fmt: skip
 
 
