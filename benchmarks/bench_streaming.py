@@ -188,6 +188,7 @@ def main() -> None:
 
     width = max(map(len, medians))
     print(f"stack: {SPEC.layers} layers, dilations 1..512 x3, k=2, 64 channels, RF {field}")
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}")
     print(f"compile: step {compile_step_s:.1f} s, window {compile_window_s:.1f} s")
     print(f"{'row':<{width}}  {'median per step':>16}  {'vs convforge stream':>20}")
     for label, value in medians.items():
@@ -201,6 +202,7 @@ def main() -> None:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "cpu": str(cf.host_target().attrs["mcpu"]),
+            "load_average_1_5_15min": list(os.getloadavg()),
         },
         "stack": {
             "layers": SPEC.layers,
