@@ -6,6 +6,8 @@ Oracles: onnxruntime running ``conv_transpose_model`` (written with explicit pad
 conv_transpose(y)>`` between the TVM conv and transposed-conv kernels in float64.
 """
 
+import zlib
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -98,7 +100,7 @@ def call_kwargs(case):
 
 @given(conv_transpose_cases(), st.sampled_from(["float32", "float64"]))
 def test_conv_transpose_matches_onnxruntime_sparse_form_and_adjoint(case, dtype):
-    rng = np.random.default_rng(abs(hash(str(case))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(str(case).encode()))  # stable across runs
     kwargs = call_kwargs(case)
     geom = shapes.conv_transpose_geometry(case["x_shape"], case["w_shape"], **kwargs)
     # float32 values, so the float64 kernel, onnxruntime (float32 only) and the float64
