@@ -2,8 +2,9 @@
 
 Oracles: onnxruntime running ``conv_transpose_model`` (written with explicit pads, with
 ``output_shape`` or with ``auto_pad`` as the call asks); ``C^T y`` where
-``C = conv_matrix(w, geom.adjoint())`` in float64; and ``<conv(x), y> == <x,
-conv_transpose(y)>`` between the TVM conv and transposed-conv kernels in float64.
+``C = conv_matrix(w, geom.adjoint())`` in float64; and ``<conv(u), x> == <u,
+conv_transpose(x)>`` between the TVM conv and transposed-conv kernels. Half the examples
+run the kernels in float64 (adjoint identity to 1e-12), half in float32 (to 1e-5).
 """
 
 import zlib
@@ -140,7 +141,7 @@ def test_conv_transpose_matches_onnxruntime_sparse_form_and_adjoint(case, dtype)
         conv_u = conv_u[tuple(slice(0, n) for n in geom.x_shape)]
         assert conv_u.shape == geom.x_shape
         u64 = u.astype(np.float64)
-        lhs = float(np.vdot(conv_u, x)) + float(np.sum(u64 * bias_term))
+        lhs = float(np.vdot(conv_u.astype(np.float64), x32)) + float(np.sum(u64 * bias_term))
         rhs = float(np.vdot(u64, y))
         scale = float(np.abs(u64).ravel() @ np.abs(linear).ravel()) + 1.0
         tight = 1e-12 if dtype == "float64" else 1e-5
