@@ -107,7 +107,9 @@ def conv_transpose(
 
     x: (N, C, *I), w: (C, O/groups, *K), bias: (O,) -> (N, O, *out) with
     ``out = s*(i-1) + output_padding + d*(k-1) + 1 - lo - hi``, or ``output_shape`` whose
-    pads are derived as the ONNX spec says.
+    pads are derived as the ONNX spec and onnxruntime do (``padding='same'`` puts the odd
+    pad at the end, anything else at the start); ``padding='same'``/``'same_lower'`` alone
+    means ``out = i * s``. See :func:`convforge.shapes.conv_transpose_geometry`.
     """
     dtype, (x, w, bias) = as_float_arrays(x=x, w=w, bias=bias)
     geom = shapes.conv_transpose_geometry(

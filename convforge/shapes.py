@@ -257,7 +257,12 @@ def causal_conv1d_geometry(
 
 @dataclass(frozen=True)
 class ConvTransposeGeometry:
-    """Every size of one N-d transposed convolution; weight is ``(C, O/groups, *kernel)``."""
+    """Every size of one N-d transposed convolution; weight is ``(C, O/groups, *kernel)``.
+
+    ``padding`` and ``output_padding`` are the explicit ones that give ``out_size``; where
+    an ``output_shape`` exceeds the unpadded output, ``output_padding`` includes the rows
+    appended for it (see :func:`transpose_pads_for_output_shape`).
+    """
 
     batch: int
     in_channels: int
