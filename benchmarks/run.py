@@ -329,6 +329,7 @@ def draw_png(report: dict[str, Any], impl_names: Sequence[str], path: str) -> st
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return "matplotlib not importable: no PNG"
     names = [n for n in impl_names if n != "onnxruntime"]
@@ -336,13 +337,19 @@ def draw_png(report: dict[str, Any], impl_names: Sequence[str], path: str) -> st
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(rows)), 5))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
-        ratios = [r["impls"].get(name, {}).get("ratio_to_onnxruntime") or 0 for r in rows]
-        ax.bar(np.arange(len(rows)) + i * width, ratios, width, label=name)
+        ratios = np.array(
+            [r["impls"].get(name, {}).get("ratio_to_onnxruntime") or np.nan for r in rows]
+        )
+        # bars grow from 1 (parity): up when slower than onnxruntime, down when faster
+        ax.bar(np.arange(len(rows)) + i * width, ratios - 1, width, bottom=1, label=name)
     ax.axhline(1.0, color="black", linewidth=1)
     ax.axhline(1.5, color="red", linewidth=1, linestyle="--", label="1.5x target")
     ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2)
     ax.set_xticklabels([r["name"] for r in rows], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("time / onnxruntime time (lower is better)")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
+    ax.set_ylabel("time / onnxruntime (log, lower is better)")
     ax.set_title(report["machine"]["summary"])
     ax.legend()
     fig.tight_layout()
@@ -366,7 +373,7 @@ def machine_info(threads: int, load_before: tuple[float, ...]) -> dict[str, Any]
     load_after = os.getloadavg()
     busiest = max(load_before[0], load_after[0])
     return {
-        "summary": f"{target.attrs['mcpu']}, {os.cpu_count()} cores, {threads} threads, "
+        "summary": f"{target.attrs['mcpu']}, {os.cpu_count()} cores, threads={threads}, "
         f"load {load_before[0]:.1f}-{load_after[0]:.1f}",
         "mcpu": str(target.attrs["mcpu"]),
         "cpu_count": os.cpu_count(),
