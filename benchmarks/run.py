@@ -14,13 +14,14 @@ the share of the sgemm ceiling measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +78,30 @@ def onnxruntime_impl(threads: int):
     return prepare
 
 
-def convforge_impl(extra: dict[str, Any]):
+@contextlib.contextmanager
+def tuning_scope(tuning_db: str | None) -> Iterator[None]:
+    """Compile with the records of exactly ``tuning_db`` (None: default schedules only).
+
+    Uses ``convforge.use_tuning_db`` from ``convforge.schedules.tuning`` when that module is
+    in the checkout; shipped records and ``$CONVFORGE_TUNING_DB`` are left out either way.
+    """
+    if importlib.util.find_spec("convforge.schedules.tuning") is None:
+        if tuning_db is not None:
+            raise Unavailable("convforge.schedules.tuning not in this checkout")
+        yield
+        return
+    from convforge.schedules.tuning import DB_ENV, use_tuning_db
+
+    saved = os.environ.pop(DB_ENV, None)
+    try:
+        with use_tuning_db(tuning_db, shipped=False):
+            yield
+    finally:
+        if saved is not None:
+            os.environ[DB_ENV] = saved
+
+
+def convforge_impl(tuning_db: str | None):
     import tvm
 
     from benchmarks.workloads import convforge_function
@@ -88,25 +112,29 @@ def convforge_impl(extra: dict[str, Any]):
         if fn is None:
             raise Unavailable(why)
         args = list(arrays.values())
-        try:
-            with recording_kernels() as kernels:
-                output = fn(*args, **wl.params, **extra)
-        except TypeError as err:
-            if extra and "tuning_db" in str(err):
-                raise Unavailable(f"{fn.__name__} takes no tuning_db yet") from err
-            raise
+        with tuning_scope(tuning_db), recording_kernels() as kernels:
+            output = fn(*args, **wl.params)
         shapes_ = tuple(a.shape for a in args)
-        if len(kernels) == 1 and kernels[0].input_shapes == shapes_:
-            kernel = kernels[0]
-            device = kernel.device
-            tensors = [tvm.runtime.tensor(a, device) for a in args]
-            tensors += [
-                tvm.runtime.tensor(np.empty(s, d), device)
-                for s, d in zip(kernel.output_shapes, kernel.output_dtypes)
-            ]
-            function = kernel.function
-            return Prepared(lambda: function(*tensors), output, "kernel")
-        return Prepared(lambda: fn(*args, **wl.params, **extra), output, "numpy API")
+        if len(kernels) != 1 or kernels[0].input_shapes != shapes_:
+            # several kernels (or inputs rearranged): time the numpy call as a whole
+            def run_api():
+                with tuning_scope(tuning_db):
+                    return fn(*args, **wl.params)
+
+            return Prepared(run_api, output, f"numpy API, {len(kernels)} kernels")
+        kernel = kernels[0]
+        device = kernel.device
+        tensors = [tvm.runtime.tensor(a, device) for a in args]
+        tensors += [
+            tvm.runtime.tensor(np.empty(s, d), device)
+            for s, d in zip(kernel.output_shapes, kernel.output_dtypes)
+        ]
+        function = kernel.function
+        how = "kernel"
+        if tuning_db is not None:
+            record = getattr(kernel, "tuning_record", None)
+            how += f", tuned record {record}" if record else ", no tuned record: default schedule"
+        return Prepared(lambda: function(*tensors), output, how)
 
     return prepare
 
@@ -134,13 +162,13 @@ def implementations(args) -> tuple[dict[str, Callable], list[str]]:
     """name -> prepare(workload, arrays); plus notes on implementations left out."""
     impls: dict[str, Callable] = {"onnxruntime": onnxruntime_impl(args.threads)}
     notes = []
-    impls["convforge"] = convforge_impl({})
+    impls["convforge"] = convforge_impl(None)
     if args.tuning_db is None:
         notes.append("convforge-tuned: left out (no --tuning-db given)")
     elif importlib.util.find_spec("convforge.schedules.tuning") is None:
         notes.append("convforge-tuned: left out (convforge.schedules.tuning not in this checkout)")
     else:
-        impls["convforge-tuned"] = convforge_impl({"tuning_db": args.tuning_db})
+        impls["convforge-tuned"] = convforge_impl(args.tuning_db)
     if importlib.util.find_spec("torch") is None:
         notes.append("pytorch: left out (torch not importable)")
     else:
