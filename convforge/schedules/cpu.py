@@ -96,10 +96,11 @@ def _schedule_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) 
     return sch.get(anchor).name_hint
 
 
-#: Blocks with a dedicated schedule: name -> rule(schedule, block). Other reduction blocks
-#: get the generic register tiling, element-wise blocks a parallel loop.
+#: Blocks with a dedicated schedule: name -> rule(schedule, block, target), which returns
+#: the names of the other blocks it scheduled (fused into its loops). Other reduction
+#: blocks get the generic register tiling, element-wise blocks a parallel loop.
 BLOCK_RULES = {
-    "conv_nchwc": lambda sch, block, target: schedule_conv_nchwc(sch, block),
+    "conv_nchwc": schedule_conv_nchwc,
 }
 
 
@@ -117,7 +118,7 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
         rule = BLOCK_RULES.get(trial.get(block).name_hint)
         try:
             if rule is not None:
-                rule(trial, block, target)
+                fused.update(rule(trial, block, target) or ())
             elif _is_reduction(trial, block):
                 lanes = vector_lanes(target, str(trial.get(block).writes[0].source.dtype))
                 fused.add(_schedule_reduction(trial, block, lanes))

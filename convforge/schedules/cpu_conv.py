@@ -64,8 +64,12 @@ def channel_blocks(geom: ConvGeometry, dtype: str, target: tvm.target.Target) ->
     return ChannelBlocks(m * lanes, wb)
 
 
-def schedule_conv_nchwc(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
-    """Register-tile the ``conv_nchwc`` block (see the module docstring)."""
+def schedule_conv_nchwc(
+    sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target | None = None
+) -> list[str]:
+    """Register-tile the ``conv_nchwc`` block (see the module docstring); the tile sizes are
+    those of the computation (``target`` is not needed). Returns the name of the unpack
+    block fused into the tile."""
     loops = sch.get_loops(block)
     iter_vars = sch.get(block).iter_vars
     n_reduce = sum(int(iv.iter_type) == tvm.tirx.IterVar.CommReduce for iv in iter_vars)
@@ -80,6 +84,7 @@ def schedule_conv_nchwc(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
     sch.unroll(wi)
     sch.vectorize(oi)
     sch.decompose_reduction(block, reduce_[0])
+    return [sch.get(unpack).name_hint]
 
 
 @functools.lru_cache(maxsize=1024)  # the target queries take ~1 ms: keep API calls cheap
