@@ -337,12 +337,20 @@ def print_table(report: dict[str, Any], impl_names: Sequence[str]) -> None:
         console.print(f"  note: {note}")
 
 
+def _readable(path: str) -> None:
+    """Give a mkstemp file (mode 0600) the mode a plain open() would (0666 less umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_atomic(path: str, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        _readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -386,6 +394,7 @@ def draw_png(report: dict[str, Any], impl_names: Sequence[str], path: str) -> st
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
+        _readable(tmp)
         os.replace(tmp, path)
     finally:
         plt.close(fig)
