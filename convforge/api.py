@@ -79,11 +79,11 @@ def conv(
         tx, tw, tb = placeholders(
             dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
         )
-        if blocks is not None:
-            return [t for t in (tx, tw, tb) if t is not None], [
-                ops.conv_nchwc(tx, tw, tb, geom, blocks, activation)
-            ]
-        return [t for t in (tx, tw, tb) if t is not None], [ops.conv(tx, tw, tb, geom, activation)]
+        if blocks is None:
+            out = ops.conv(tx, tw, tb, geom, activation)
+        else:  # dense conv on a CPU: output channels blocked, see convforge.ops.conv_nchwc
+            out = ops.conv_nchwc(tx, tw, tb, geom, blocks, activation)
+        return [t for t in (tx, tw, tb) if t is not None], [out]
 
     key = (geom, dtype, bias is not None, activation, blocks)
     return _run("conv", key, build, (x, w, bias), target)

@@ -109,10 +109,11 @@ def _special_rules() -> list[tuple]:
     ]
 
 
-#: Blocks with a dedicated schedule: name -> rule(schedule, block). Other reduction blocks
-#: get the generic register tiling, element-wise blocks a parallel loop.
+#: Blocks with a dedicated schedule: name -> rule(schedule, block, target), which returns
+#: the names of the other blocks it scheduled (fused into its loops). Other reduction
+#: blocks get the generic register tiling, element-wise blocks a parallel loop.
 BLOCK_RULES = {
-    "conv_nchwc": lambda sch, block, target: schedule_conv_nchwc(sch, block),
+    "conv_nchwc": schedule_conv_nchwc,
 }
 
 
@@ -139,7 +140,7 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
             if named is not None:
                 fused.update(named)
             elif rule is not None:
-                rule(trial, block, target)
+                fused.update(rule(trial, block, target) or ())
             elif _is_reduction(trial, block):
                 lanes = vector_lanes(target, str(trial.get(block).writes[0].source.dtype))
                 fused.add(_schedule_reduction(trial, block, lanes))
