@@ -159,3 +159,13 @@ def conv_blocks(sch: s_tir.Schedule) -> list[s_tir.SBlockRV]:
         if name == "conv" or (name.startswith("conv_") and name[5:].isdigit()):
             blocks.append(block)
     return blocks
+
+
+def single_conv(sch: s_tir.Schedule) -> s_tir.SBlockRV | None:
+    """The ``conv`` block of a function made of exactly ``[pad] conv [conv_epilogue]``
+    (a plain :func:`convforge.ops.conv`), else None."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    if names.count("conv") != 1 or not set(names) <= {"pad", "conv", "conv_epilogue"}:
+        return None
+    return blocks[names.index("conv")]
