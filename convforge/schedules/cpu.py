@@ -15,6 +15,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from convforge.schedules import cpu_causal, cpu_grouped, cpu_subpixel
+from convforge.schedules.cpu_conv import schedule_conv_nchwc
 from convforge.targets import vector_lanes
 
 #: Accumulator registers a register block may use (AVX2 has 16 vector registers).
@@ -105,6 +106,12 @@ SPECIAL_RULES = (
     (cpu_causal.is_long_1d, cpu_causal.schedule_long_1d),
 )
 
+#: Blocks with a dedicated schedule: name -> rule(schedule, block). Other reduction blocks
+#: get the generic register tiling, element-wise blocks a parallel loop.
+BLOCK_RULES = {
+    "conv_nchwc": lambda sch, block, target: schedule_conv_nchwc(sch, block),
+}
+
 
 def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
     """Apply the first special rule that fits ``func``, else the default CPU schedule.
@@ -123,8 +130,11 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
         if sch.get(block).name_hint in fused:
             continue
         trial = sch.copy()
+        rule = BLOCK_RULES.get(trial.get(block).name_hint)
         try:
-            if _is_reduction(trial, block):
+            if rule is not None:
+                rule(trial, block, target)
+            elif _is_reduction(trial, block):
                 lanes = vector_lanes(target, str(trial.get(block).writes[0].source.dtype))
                 fused.add(_schedule_reduction(trial, block, lanes))
             else:
