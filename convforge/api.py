@@ -6,7 +6,7 @@ Every argument is validated by :mod:`convforge.shapes` before anything is compil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from tvm import te
@@ -130,7 +130,7 @@ def conv_transpose(
     return _run("conv_transpose", key, build, (x, w, bias), target)
 
 
-def conv_transpose_op(geom: shapes.ConvTransposeGeometry):
+def conv_transpose_op(geom: shapes.ConvTransposeGeometry) -> Callable[..., te.Tensor]:
     """The TE form used for ``geom``: sub-pixel phases for stride > 1 (no products of
     inserted zeros), else the plain flipped-kernel convolution (the dilate form, which
     inserts no zeros at stride 1)."""

@@ -207,7 +207,8 @@ def test_subpixel_matches_onnxruntime_and_sparse_transpose(case):
     x = rng.standard_normal(geom.x_shape).astype(np.float32)
     w = rng.standard_normal(geom.w_shape).astype(np.float32)
     b = rng.standard_normal(geom.out_channels).astype(np.float32) if case["bias"] else None
-    kernel = _subpixel_kernel(geom, "float32", b is not None, None, None)
+    schedule = cpu_subpixel.schedule_subpixel  # directly: a schedule error fails the test
+    kernel = _subpixel_kernel(geom, "float32", b is not None, None, schedule)
     y = kernel(x, w, b) if b is not None else kernel(x, w)
     if all(op < s for op, s in zip(geom.output_padding, geom.stride)):
         # onnxruntime refuses output_padding >= stride (PyTorch allows < max(stride, dilation))

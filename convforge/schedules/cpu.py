@@ -14,6 +14,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.schedules import cpu_causal, cpu_grouped, cpu_subpixel
 from convforge.schedules.cpu_conv import schedule_conv_nchwc
 from convforge.schedules.cpu_pool import schedule_named_block
 from convforge.targets import vector_lanes
@@ -97,17 +98,14 @@ def _schedule_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) 
     return sch.get(anchor).name_hint
 
 
-def _special_rules() -> list[tuple]:
-    """(predicate on the PrimFunc, schedule of the whole PrimFunc): the first rule whose
-    predicate holds schedules ``func``; if it raises a schedule error, the generic rule does."""
-    from convforge.schedules import cpu_causal, cpu_grouped, cpu_subpixel
-
-    return [
-        (cpu_subpixel.is_subpixel, cpu_subpixel.schedule_subpixel),
-        (cpu_grouped.is_grouped, cpu_grouped.schedule_grouped),
-        (cpu_causal.is_long_1d, cpu_causal.schedule_long_1d),
-    ]
-
+#: Whole-function rules, tried in order: (predicate on the PrimFunc, its schedule). The
+#: first rule whose predicate holds schedules ``func``; on a schedule error the generic
+#: per-block rule below does.
+SPECIAL_RULES = (
+    (cpu_subpixel.is_subpixel, cpu_subpixel.schedule_subpixel),
+    (cpu_grouped.is_grouped, cpu_grouped.schedule_grouped),
+    (cpu_causal.is_long_1d, cpu_causal.schedule_long_1d),
+)
 
 #: Blocks with a dedicated schedule: name -> rule(schedule, block, target), which returns
 #: the names of the other blocks it scheduled (fused into its loops). Other reduction
@@ -122,7 +120,7 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
 
     A block the rule does not fit stays as it is (correct, slower) rather than failing.
     """
-    for applies, rule in _special_rules():
+    for applies, rule in SPECIAL_RULES:
         if applies(func):
             try:
                 return rule(func, target)

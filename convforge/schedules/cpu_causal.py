@@ -14,9 +14,9 @@ from tvm import s_tir, tirx
 from convforge.schedules.cpu_direct import (
     DirectTiles,
     accumulator_budget,
-    conv_blocks,
     largest_divisor,
     schedule_direct,
+    single_conv,
     width_tile,
 )
 from convforge.targets import vector_lanes
@@ -28,16 +28,18 @@ TIME_TILE = 1024
 
 
 def is_long_1d(func: tirx.PrimFunc) -> bool:
-    """A single 1-D convolution whose output is at least :data:`MIN_LENGTH` long."""
+    """A plain 1-D convolution whose output is at least :data:`MIN_LENGTH` long."""
     sch = s_tir.Schedule(func)
-    blocks = conv_blocks(sch)
-    if len(blocks) != 1:
+    block = single_conv(sch)
+    if block is None:
         return False
-    shape = sch.get(blocks[0]).writes[0].source.shape
+    shape = sch.get(block).writes[0].source.shape
     return len(shape) == 3 and int(shape[-1]) >= MIN_LENGTH
 
 
 def long_1d_tiles(out_shape: tuple[int, ...], lanes: int, budget: int) -> DirectTiles:
+    """Width tile, as many channels as registers allow, and a time tile of up to
+    :data:`TIME_TILE` outputs (a divisor of the width tiles when a good one exists)."""
     width = width_tile(out_shape[-1], lanes)
     vectors = -(-width // lanes)
     channels = largest_divisor(out_shape[1], max(1, budget // vectors))
@@ -49,8 +51,9 @@ def long_1d_tiles(out_shape: tuple[int, ...], lanes: int, budget: int) -> Direct
 
 
 def schedule_long_1d(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+    """Tile the long 1-D convolution of ``func`` along time, then channels (module doc)."""
     sch = s_tir.Schedule(func)
-    (block,) = conv_blocks(sch)
+    block = single_conv(sch)
     out = sch.get(block).writes[0].source
     lanes = vector_lanes(target, str(out.dtype))
     shape = tuple(int(v) for v in out.shape)

@@ -78,13 +78,29 @@ def epilogue_of(sch: s_tir.Schedule, block: s_tir.SBlockRV):
     return None
 
 
-def schedule_direct(sch: s_tir.Schedule, block: s_tir.SBlockRV, tiles: DirectTiles) -> None:
-    """Tile one ``conv`` reduction block (and fuse its epilogue) as the module doc says."""
+def schedule_direct(
+    sch: s_tir.Schedule,
+    block: s_tir.SBlockRV,
+    tiles: DirectTiles,
+    at: s_tir.LoopRV | None = None,
+) -> None:
+    """Tile one ``conv`` reduction block (and fuse its epilogue) as the module doc says.
+
+    With ``at`` (a loop of the only consumer), the output is computed there, one
+    consumer tile at a time, inside the consumer's parallel loop instead of its own.
+    """
     n_spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
     pad = producer_named(sch, block, "pad")
     epilogue = epilogue_of(sch, block)
     anchor = epilogue if epilogue is not None else sch.cache_write(block, 0, "global")
-    loops = sch.get_loops(anchor)
+    outer = 0
+    if at is not None:
+        sch.compute_at(anchor, at, preserve_unit_loops=True)
+        at_sref = sch.get_sref(at)
+        outer = 1 + [sch.get_sref(loop).same_as(at_sref) for loop in sch.get_loops(anchor)].index(
+            True
+        )
+    loops = sch.get_loops(anchor)[outer:]
     n, channels, *spatial = loops
     width = int(sch.get(spatial[-1]).extent)
     c_outer, c_inner = sch.split(channels, [None, tiles.channel_tile])
@@ -107,7 +123,8 @@ def schedule_direct(sch: s_tir.Schedule, block: s_tir.SBlockRV, tiles: DirectTil
         # (no bounds test) and the remainder
         for loop in (parallel, w_outer):
             sch.annotate(loop, "pragma_loop_partition_hint", 1)
-    sch.parallel(parallel)
+    if at is None:
+        sch.parallel(parallel)
     sch.vectorize(w_inner)
     sch.unroll(c_inner)
     for loop in rows_inner:
@@ -159,3 +176,13 @@ def conv_blocks(sch: s_tir.Schedule) -> list[s_tir.SBlockRV]:
         if name == "conv" or (name.startswith("conv_") and name[5:].isdigit()):
             blocks.append(block)
     return blocks
+
+
+def single_conv(sch: s_tir.Schedule) -> s_tir.SBlockRV | None:
+    """The ``conv`` block of a function made of exactly ``[pad] conv [conv_epilogue]``
+    (a plain :func:`convforge.ops.conv`), else None."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    if names.count("conv") != 1 or not set(names) <= {"pad", "conv", "conv_epilogue"}:
+        return None
+    return blocks[names.index("conv")]

@@ -13,9 +13,9 @@ from tvm import s_tir, tirx
 
 from convforge.schedules.cpu_direct import (
     accumulator_budget,
-    conv_blocks,
     default_tiles,
     schedule_direct,
+    single_conv,
 )
 from convforge.targets import vector_lanes
 
@@ -27,15 +27,16 @@ def conv_groups(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> int:
 
 
 def is_grouped(func: tirx.PrimFunc) -> bool:
-    """A single grouped (groups > 1) 1-D, 2-D or 3-D convolution."""
+    """A plain grouped (groups > 1) 1-D, 2-D or 3-D convolution (pad, conv, epilogue)."""
     sch = s_tir.Schedule(func)
-    blocks = conv_blocks(sch)
-    return len(blocks) == 1 and conv_groups(sch, blocks[0]) > 1
+    block = single_conv(sch)
+    return block is not None and conv_groups(sch, block) > 1
 
 
 def schedule_grouped(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+    """Register-tile the grouped convolution of ``func`` (see the module doc)."""
     sch = s_tir.Schedule(func)
-    (block,) = conv_blocks(sch)
+    block = single_conv(sch)
     out = sch.get(block).writes[0].source
     shape = tuple(int(v) for v in out.shape)
     out_per_group = shape[1] // conv_groups(sch, block)
