@@ -100,6 +100,11 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
 
     A block the rule does not fit stays as it is (correct, slower) rather than failing.
     """
+    return default_cpu_schedule(func, target).mod
+
+
+def default_cpu_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """:func:`schedule_cpu` as a Schedule whose trace replays it (tuning seeds from it)."""
     sch = s_tir.Schedule(func)
     fused: set[str] = set()
     for block in sch.get_child_blocks(sch.get_sblock("root")):
@@ -115,4 +120,4 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
         except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError
             continue
         sch = trial
-    return sch.mod
+    return sch
