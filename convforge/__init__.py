@@ -6,6 +6,7 @@ runs a TVM kernel for the host CPU on numpy arrays.
 
 from convforge.api import causal_conv1d, conv, conv_transpose
 from convforge.reference import conv_matrix
+from convforge.schedules.tuning import use_tuning_db
 from convforge.shapes import (
     conv_geometry,
     conv_output_size,
@@ -28,4 +29,5 @@ __all__ = [
     "conv_transpose_output_size",
     "host_target",
     "receptive_field",
+    "use_tuning_db",
 ]

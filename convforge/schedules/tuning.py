@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import importlib
 import json
+import logging
 import math
 import os
 import sys
@@ -383,6 +384,30 @@ def _cpu_tensor_intrinsics_only(target: tvm.target.Target) -> Iterator[None]:
             del sys.modules[package]
 
 
+@contextlib.contextmanager
+def _meta_schedule_console(verbose: bool) -> Iterator[None]:
+    """Quiet MetaSchedule's console log (task tables) unless ``verbose``, for one run.
+
+    Each run configures fresh handlers on MetaSchedule's logger (its setup chokes on
+    unnamed handlers left by others); the previous handlers and level come back after.
+    """
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    level, handlers = logger.level, list(logger.handlers)
+    for handler in handlers:
+        logger.removeHandler(handler)
+    if not verbose:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.setLevel(level)
+
+
 def _measure_default(
     mod: tvm.IRModule,
     target: tvm.target.Target,
@@ -433,6 +458,7 @@ def tune(
     jobs: int | None = None,
     seed: int | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    verbose: bool = False,
 ) -> TuningResult:
     """Tune ``func`` for ``target`` until ``db`` holds ``trials`` measured candidates.
 
@@ -440,7 +466,8 @@ def tune(
     where a previous (possibly killed) run stopped. The default schedule is measured first
     (once) and seeds the search. ``progress(done, total, best_seconds)`` is called after
     each measured batch. ``rpc`` measures on the devices of a TVM RPC tracker; ``jobs`` is
-    the number of parallel builds (and of RPC sessions).
+    the number of parallel builds (and of RPC sessions). ``verbose`` shows MetaSchedule's
+    log on stdout (it always goes to files in a temporary work directory).
     """
     if target.kind.name != "llvm":
         raise ValueError(f"target must be an llvm (CPU) target to tune, got {target.kind.name}")
@@ -450,7 +477,11 @@ def tune(
     mod = workload_module(func)
     database = TuningDatabase(db, target)
     records = database.records(mod)
-    with _workers_import_convforge(), _cpu_tensor_intrinsics_only(target):
+    with (
+        _workers_import_convforge(),
+        _cpu_tensor_intrinsics_only(target),
+        _meta_schedule_console(verbose),
+    ):
         builder, runner = make_builder(jobs), make_runner(rpc, jobs)
         if not records:
             database.commit_tuning_record(
