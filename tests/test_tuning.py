@@ -28,7 +28,7 @@ import convforge as cf
 from convforge import shapes
 from convforge.build import cached_kernel, compile_computation, prim_func
 from convforge.commands.tune import ConvWorkload, onnx_workloads, parse_conv
-from convforge.export import compare, conv_model, run_onnxruntime
+from convforge.export import compare, conv_model, conv_transpose_model, run_onnxruntime
 from convforge.export.onnx_graphs import flat_pads, make_model
 from convforge.schedules import tuning
 from convforge.targets import host_target
@@ -367,3 +367,50 @@ def test_conv_spec_parsing_and_errors():
         parse_conv(["x=1,8,10,10", "w=4,8,3,3", "groups=3"], 0)
     with pytest.raises(ValueError, match="trials"):
         tuning.tune(prim_func(WORKLOAD.computation()), host_target(), "unused", -1)
+
+
+# --------------------------------------------------------------------------- shipped records
+
+
+def test_copy_best_records_keeps_the_default_and_the_fastest(tuned, tmp_path):
+    db, result = tuned
+    assert tuning.copy_best_records(db, tmp_path) == 1
+    func = prim_func(WORKLOAD.computation())
+    copied = _records(tuning.workload_file(tmp_path, tuning.workload_module(func), host_target()))
+    assert _seconds(copied[0]) == result.default_seconds
+    assert min(_seconds(r) for r in copied) == result.best_seconds
+    assert len(copied) <= 2
+
+
+SHIPPED = sorted(p for p in tuning.SHIPPED_DB.glob("*/*.json") if not p.name.startswith("."))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_record_computes_the_onnxruntime_result(path):
+    """Every shipped schedule, replayed for this host (whatever CPU it was tuned for)."""
+    from tvm.s_tir.meta_schedule.database import TuningRecord, Workload
+
+    from convforge.commands.tune import WORKLOADS
+
+    workload = mod = None
+    for candidate in WORKLOADS.values():
+        candidate_mod = tuning.workload_module(prim_func(candidate.computation()))
+        if path.name == tuning.workload_file("", candidate_mod, host_target()).name:
+            workload, mod = candidate, candidate_mod
+    assert workload is not None, f"{path.name} matches no named workload"
+    geom = workload.geometry
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(geom.x_shape).astype(np.float32)
+    w = rng.standard_normal(geom.w_shape).astype(np.float32)
+    model = (conv_model if isinstance(geom, shapes.ConvGeometry) else conv_transpose_model)(geom)
+    (expected,) = run_onnxruntime(model, {"x": x, "w": w})
+    for raw in json.loads(path.read_text())["records"]:
+        record = TuningRecord.from_json(raw, Workload(mod))
+
+        def apply(func, target, record=record):
+            sch = tvm.s_tir.Schedule(mod)
+            record.trace.apply_to_schedule(sch, remove_postproc=False)
+            return sch.mod
+
+        kernel = compile_computation("shipped", workload.computation(), host_target(), apply)
+        assert compare(kernel(x, w), expected).ok, path

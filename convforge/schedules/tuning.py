@@ -88,6 +88,9 @@ def _write_atomically(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; records are shareable data
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -134,6 +137,11 @@ class _WorkloadRecords:
     def tuning_records(self) -> list[ms.database.TuningRecord]:
         return [ms.database.TuningRecord.from_json(r, self.workload) for r in self.records]
 
+    def best(self) -> list | None:
+        """The fastest successfully measured record (JSON), if any."""
+        valid = [r for r in self.records if _is_valid(r[1])]
+        return min(valid, key=lambda r: _mean(r[1]), default=None)
+
 
 @derived_object
 class TuningDatabase(ms.database.PyDatabase):
@@ -148,7 +156,7 @@ class TuningDatabase(ms.database.PyDatabase):
         self.path = Path(path)
         self.target = target
         self._memory = ms.database.MemoryDatabase()
-        self._files: dict[int, _WorkloadRecords] = {}  # id of the Workload object -> file
+        self._files: dict[int, _WorkloadRecords] = {}  # structural hash -> file
         self._lock = threading.Lock()
 
     def _entry(self, mod: tvm.IRModule) -> _WorkloadRecords:
@@ -258,8 +266,28 @@ def best_record(
     entry = _WorkloadRecords.load(workload_file(db, mod, target), target)
     if entry is None or not structural_equal(entry.workload.mod, mod):
         return None
-    records = [r for r in entry.tuning_records() if _is_valid(r.run_secs)]
-    return min(records, key=lambda r: _mean(r.run_secs), default=None)
+    best = entry.best()
+    return None if best is None else ms.database.TuningRecord.from_json(best, entry.workload)
+
+
+def copy_best_records(source: str | os.PathLike, destination: str | os.PathLike) -> int:
+    """Copy each (workload, target) of database ``source`` into ``destination`` with only its
+    default-schedule record and its fastest record (how ``convforge/tuned`` is made).
+
+    Returns the number of files written.
+    """
+    written = 0
+    for path in sorted(Path(source).glob("*/*.json")):
+        if path.name.startswith("."):
+            continue  # a write in progress
+        payload = json.loads(path.read_text())
+        records = payload["records"]
+        valid = [r for r in records[1:] if _is_valid(r[1])]
+        best = min(valid, key=lambda r: _mean(r[1]), default=None)
+        payload["records"] = records[:1] + ([best] if best is not None else [])
+        _write_atomically(Path(destination) / path.parent.name / path.name, json.dumps(payload))
+        written += 1
+    return written
 
 
 def tuned_module(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule | None:
