@@ -87,8 +87,13 @@ def _seconds(record: list) -> float | None:
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
+    """A small conv tuned with candidates measured by two RPC servers through a tracker."""
     db = tmp_path_factory.mktemp("tuning-db")
-    result = tuning.tune(prim_func(WORKLOAD.computation()), host_target(), db, TRIALS, seed=1)
+    with rpc_servers() as (tracker, _):
+        result = tuning.tune(
+            prim_func(WORKLOAD.computation()), host_target(), db, TRIALS, rpc=tracker, jobs=2,
+            seed=1,
+        )  # fmt: skip
     return db, result
 
 
@@ -196,21 +201,24 @@ def test_records_of_another_cpu_are_never_applied(tmp_path):
 
 def test_killed_tuning_run_leaves_a_valid_resumable_database(tmp_path):
     geom = shapes.conv_geometry((1, 8, 12, 12), (8, 8, 3, 3), padding=1)
-    db = tmp_path / "db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "convforge", "tune", "--conv", "x=1,8,12,12", "w=8,8,3,3",
-         "padding=1", "--trials", "24", "--db", str(db)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+    db, log = tmp_path / "db", tmp_path / "tune.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "convforge", "tune", "--conv", "x=1,8,12,12", "w=8,8,3,3",
+             "padding=1", "--trials", "24", "--db", str(db)],
+            env=_env(), stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         seen = 0
-        while seen < 2 and time.monotonic() < deadline and proc.poll() is None:
+        while not seen and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
             files = _database_files(db)
             seen = len(_records(files[0])) if files else 0
-        assert seen >= 2, proc.stderr.read().decode() if proc.poll() is not None else "slow"
-        time.sleep(float(np.random.default_rng().uniform(0, 1)))  # any moment after that
+        assert seen, log.read_text()
+        # Any moment of the search after the default schedule's record: sampling, building,
+        # measuring or committing the first batch.
+        time.sleep(float(np.random.default_rng().uniform(0, 6)))
         assert proc.poll() is None, "the run ended before it was killed"
     finally:
         _kill_group(proc)
@@ -248,27 +256,17 @@ def _start(*args: str) -> subprocess.Popen:
     )
 
 
-@pytest.fixture
-def rpc_tracker():
-    """A TVM RPC tracker and two RPC servers (key 'local') on 127.0.0.1."""
+@contextlib.contextmanager
+def rpc_servers():
+    """A TVM RPC tracker and two RPC servers (key 'local') on 127.0.0.1, all stopped after."""
     port = _free_port()
     procs = [_start("tvm.exec.rpc_tracker", "--port", str(port), "--port-end", str(port + 1))]
     try:
         for _ in range(2):
             server = _free_port()
-            procs.append(
-                _start(
-                    "tvm.exec.rpc_server",
-                    "--tracker",
-                    f"127.0.0.1:{port}",
-                    "--key",
-                    "local",
-                    "--port",
-                    str(server),
-                    "--port-end",
-                    str(server + 1),
-                )
-            )
+            ports = ["--port", str(server), "--port-end", str(server + 1)]
+            tracker = ["--tracker", f"127.0.0.1:{port}", "--key", "local"]
+            procs.append(_start("tvm.exec.rpc_server", *tracker, *ports))
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -286,37 +284,21 @@ def rpc_tracker():
             _kill_group(proc)
 
 
-def test_rpc_tracker_measures_candidates(rpc_tracker, tmp_path):
-    tracker, _ = rpc_tracker
-    geom = shapes.conv_geometry((1, 8, 10, 10), (8, 8, 3, 3), padding=1)
-    workload = ConvWorkload("rpc", geom)
-    result = tuning.tune(
-        prim_func(workload.computation()), host_target(), tmp_path, 4, rpc=tracker, jobs=2
-    )
-    records = _records(result.database_file)
-    assert len(records) == 5
-    assert sum(_seconds(r) is not None for r in records) >= 3
-    x, w, _ = _inputs(geom)
-    with tuning.use_tuning_db(tmp_path, shipped=False):
-        y = cf.conv(x, w, padding=1)
-    (expected,) = run_onnxruntime(conv_model(geom), {"x": x, "w": w})
-    assert compare(y, expected).ok
-
-
 @pytest.mark.slow
-def test_rpc_server_killed_mid_run_neither_aborts_tuning_nor_loses_records(rpc_tracker, tmp_path):
-    tracker, servers = rpc_tracker
+def test_rpc_server_killed_mid_run_neither_aborts_tuning_nor_loses_records(tmp_path):
     geom = shapes.conv_geometry((1, 16, 16, 16), (16, 16, 3, 3), padding=1)
     func = prim_func(ConvWorkload("rpc-kill", geom).computation())
     seen_before_kill = []
+    with rpc_servers() as (tracker, servers):
 
-    def progress(done, total, best):
-        if done >= 16 and not seen_before_kill:
-            files = _database_files(tmp_path)
-            seen_before_kill.append(len(_records(files[0])))
-            _kill_group(servers[0])
+        def progress(done, total, best):
+            if done >= 16 and not seen_before_kill:
+                seen_before_kill.append(len(_records(_database_files(tmp_path)[0])))
+                _kill_group(servers[0])
 
-    result = tuning.tune(func, host_target(), tmp_path, 48, rpc=tracker, jobs=2, progress=progress)
+        result = tuning.tune(
+            func, host_target(), tmp_path, 48, rpc=tracker, jobs=2, progress=progress
+        )
     records = _records(result.database_file)
     assert seen_before_kill and len(records) == 49 >= seen_before_kill[0]
     assert sum(_seconds(r) is not None for r in records[seen_before_kill[0] :]) > 0
