@@ -24,6 +24,7 @@ from convforge.api import (
     softmax,
 )
 from convforge.reference import conv_matrix
+from convforge.schedules.tuning import use_tuning_db
 from convforge.shapes import (
     conv_geometry,
     conv_output_size,
@@ -63,4 +64,5 @@ __all__ = [
     "resize",
     "resize_conv",
     "softmax",
+    "use_tuning_db",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 from tvm import te
 
 from convforge import ops, shapes
-from convforge.build import cached_kernel
+from convforge.build import Computation, cached_kernel
 from convforge.ops.activation import check_activation
 from convforge.schedules.cpu_conv import dense_conv_blocks
 from convforge.targets import TargetArg, resolve_target
@@ -73,11 +73,25 @@ def conv(
     )  # fmt: skip
     check_activation(activation)
     target = resolve_target(target)
-    blocks = dense_conv_blocks(geom, dtype, target)
+    build = conv_computation(geom, dtype, bias is not None, activation, target)
+    key = (geom, dtype, bias is not None, activation, dense_conv_blocks(geom, dtype, target))
+    return _run("conv", key, build, (x, w, bias), target)
+
+
+def conv_computation(
+    geom: shapes.ConvGeometry,
+    dtype: str,
+    bias: bool,
+    activation: str | None,
+    target: TargetArg = None,
+) -> Computation:
+    """The TE computation :func:`conv` compiles for ``geom`` on ``target`` (tuning uses it
+    too, so a tuned record is found for exactly the PrimFunc the API builds)."""
+    blocks = dense_conv_blocks(geom, dtype, resolve_target(target))
 
     def build():
         tx, tw, tb = placeholders(
-            dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
+            dtype, x=geom.x_shape, w=geom.w_shape, bias=(geom.out_channels,) if bias else None
         )
         if blocks is None:
             out = ops.conv(tx, tw, tb, geom, activation)
@@ -85,8 +99,7 @@ def conv(
             out = ops.conv_nchwc(tx, tw, tb, geom, blocks, activation)
         return [t for t in (tx, tw, tb) if t is not None], [out]
 
-    key = (geom, dtype, bias is not None, activation, blocks)
-    return _run("conv", key, build, (x, w, bias), target)
+    return build
 
 
 def conv_transpose(
@@ -119,15 +132,24 @@ def conv_transpose(
     )  # fmt: skip
     check_activation(activation)
 
+    build = conv_transpose_computation(geom, dtype, bias is not None, activation)
+    key = (geom, dtype, bias is not None, activation)
+    return _run("conv_transpose", key, build, (x, w, bias), target)
+
+
+def conv_transpose_computation(
+    geom: shapes.ConvTransposeGeometry, dtype: str, bias: bool, activation: str | None
+) -> Computation:
+    """The TE computation :func:`conv_transpose` compiles for ``geom``."""
+
     def build():
         tx, tw, tb = placeholders(
-            dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
+            dtype, x=geom.x_shape, w=geom.w_shape, bias=(geom.out_channels,) if bias else None
         )
         outputs = [conv_transpose_op(geom)(tx, tw, tb, geom, activation)]
         return [t for t in (tx, tw, tb) if t is not None], outputs
 
-    key = (geom, dtype, bias is not None, activation)
-    return _run("conv_transpose", key, build, (x, w, bias), target)
+    return build
 
 
 def conv_transpose_op(geom: shapes.ConvTransposeGeometry) -> Callable[..., te.Tensor]:

@@ -16,14 +16,25 @@ import numpy as np
 import tvm
 from tvm import te
 
+from convforge.schedules import tuning
 from convforge.targets import TargetArg, resolve_target, target_key
 
 #: Builds the computation: returns (input placeholders, output tensors).
 Computation = Callable[[], tuple[Sequence[te.Tensor], Sequence[te.Tensor]]]
 
 
+def prim_func(computation: Computation) -> tvm.tirx.PrimFunc:
+    """The schedulable PrimFunc ``main(*inputs, *outputs)`` of ``computation``."""
+    inputs, outputs = computation()
+    return te.create_prim_func([*inputs, *outputs]).with_attr("global_symbol", "main")
+
+
 def schedule_for(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
-    """The default (untuned) schedule of ``func`` for ``target``."""
+    """``func`` scheduled by its best tuned record for ``target`` (see
+    :func:`convforge.use_tuning_db`), else by the default schedule."""
+    tuned = tuning.tuned_module(func, target)
+    if tuned is not None:
+        return tuned
     if target.kind.name == "llvm":
         from convforge.schedules.cpu import schedule_cpu
 
@@ -43,6 +54,8 @@ class Kernel:
     input_shapes: tuple[tuple[int, ...], ...]
     output_shapes: tuple[tuple[int, ...], ...]
     output_dtypes: tuple[str, ...]
+    #: The tuning record the kernel was scheduled by (database and latency), else None.
+    tuning_record: str | None = None
 
     @property
     def device(self) -> tvm.runtime.Device:
@@ -83,9 +96,10 @@ def compile_computation(
 ) -> Kernel:
     """Create the PrimFunc, schedule it (default schedule unless given) and compile it."""
     inputs, outputs = computation()
-    func = te.create_prim_func([*inputs, *outputs]).with_attr("global_symbol", "main")
+    func = prim_func(lambda: (inputs, outputs))
     mod = (schedule or schedule_for)(func, target)
     executable = tvm.compile(mod, target=target)
+    record = mod.attrs.get(tuning.RECORD_ATTR) if mod.attrs else None
     return Kernel(
         name,
         executable,
@@ -93,6 +107,7 @@ def compile_computation(
         tuple(tuple(int(v) for v in t.shape) for t in inputs),
         tuple(tuple(int(v) for v in t.shape) for t in outputs),
         tuple(str(t.dtype) for t in outputs),
+        None if record is None else str(record),
     )
 
 
@@ -103,9 +118,10 @@ _lock = threading.Lock()
 def cached_kernel(
     name: str, key: Hashable, computation: Computation, target: TargetArg = None
 ) -> Kernel:
-    """Compile ``computation`` once per (name, key, target); later calls reuse the kernel."""
+    """Compile ``computation`` once per (name, key, target, tuning database state); later
+    calls reuse the kernel."""
     resolved = resolve_target(target)
-    full_key = (name, key, target_key(resolved))
+    full_key = (name, key, target_key(resolved), tuning.database_state(resolved))
     with _lock:
         kernel = _cache.get(full_key)
     if kernel is None:

@@ -27,7 +27,7 @@ def _conv_kernel(geom, dtype, bias, activation, schedule):
         inputs = [x, w] + ([b] if bias else [])
         return inputs, [ops.conv(x, w, b, geom, activation)]
 
-    return compile_computation("conv", build, host_target(), schedule)
+    return compile_computation("conv", build, host_target(), lambda f, t: schedule(f, t).mod)
 
 
 def _prim_func(geom):
@@ -111,7 +111,9 @@ def _subpixel_kernel(geom, dtype, bias, activation, schedule):
         inputs = [x, w] + ([b] if bias else [])
         return inputs, [ops.conv_transpose_subpixel(x, w, b, geom, activation)]
 
-    return compile_computation("conv_transpose", build, host_target(), schedule)
+    return compile_computation(
+        "conv_transpose", build, host_target(), lambda f, t: schedule(f, t).mod
+    )
 
 
 SUBPIXEL = [

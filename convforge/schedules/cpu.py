@@ -120,6 +120,11 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
 
     A block the rule does not fit stays as it is (correct, slower) rather than failing.
     """
+    return default_cpu_schedule(func, target).mod
+
+
+def default_cpu_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """:func:`schedule_cpu` as a Schedule whose trace replays it (tuning seeds from it)."""
     for applies, rule in SPECIAL_RULES:
         if applies(func):
             try:
@@ -147,4 +152,4 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
         except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError
             continue
         sch = trial
-    return sch.mod
+    return sch

@@ -50,7 +50,7 @@ def long_1d_tiles(out_shape: tuple[int, ...], lanes: int, budget: int) -> Direct
     return DirectTiles(channels, width, time_tile=chunks * width, pad="tile")
 
 
-def schedule_long_1d(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+def schedule_long_1d(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
     """Tile the long 1-D convolution of ``func`` along time, then channels (module doc)."""
     sch = s_tir.Schedule(func)
     block = single_conv(sch)
@@ -58,4 +58,4 @@ def schedule_long_1d(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRMo
     lanes = vector_lanes(target, str(out.dtype))
     shape = tuple(int(v) for v in out.shape)
     schedule_direct(sch, block, long_1d_tiles(shape, lanes, accumulator_budget(target)))
-    return sch.mod
+    return sch

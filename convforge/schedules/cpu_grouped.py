@@ -33,7 +33,7 @@ def is_grouped(func: tirx.PrimFunc) -> bool:
     return block is not None and conv_groups(sch, block) > 1
 
 
-def schedule_grouped(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+def schedule_grouped(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
     """Register-tile the grouped convolution of ``func`` (see the module doc)."""
     sch = s_tir.Schedule(func)
     block = single_conv(sch)
@@ -45,4 +45,4 @@ def schedule_grouped(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRMo
         shape, lanes, accumulator_budget(target), channel_limit=out_per_group, pad="tile"
     )
     schedule_direct(sch, block, tiles)
-    return sch.mod
+    return sch

@@ -40,7 +40,7 @@ def is_subpixel(func: tirx.PrimFunc) -> bool:
     )
 
 
-def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
     """Schedule every block of a sub-pixel transposed convolution (see the module doc)."""
     sch = s_tir.Schedule(func)
     strides = [
@@ -92,4 +92,4 @@ def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRM
             )
         tiles = dataclasses.replace(tiles, channel_tile=channel_tile)
         schedule_direct(sch, block, tiles, at=parallel)
-    return sch.mod
+    return sch

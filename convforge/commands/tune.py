@@ -1,0 +1,275 @@
+"""``convforge tune``: autotune convolutions with MetaSchedule into a tuning database.
+
+What to tune: named workloads of the benchmark suite (``--workload``), explicit shapes
+(``--conv x=1,64,56,56 w=64,64,3,3 stride=1 padding=1``) or every Conv / ConvTranspose node
+of an ONNX model (``--onnx model.onnx``). Records go to ``--db`` (default
+``$CONVFORGE_TUNING_DB``), keyed by workload and target; compile with them through
+``convforge.use_tuning_db(path)`` or ``CONVFORGE_TUNING_DB``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+
+import onnx
+
+from convforge import api, shapes
+from convforge.build import Computation, prim_func
+from convforge.schedules import tuning
+from convforge.targets import TargetArg, resolve_target
+
+HELP = "autotune convolutions (named, by shape, or from an ONNX model) into a tuning database"
+
+
+@dataclass(frozen=True)
+class ConvWorkload:
+    """One convolution to tune, built exactly as the numpy API builds it (same PrimFunc)."""
+
+    name: str
+    geometry: shapes.ConvGeometry | shapes.ConvTransposeGeometry
+    dtype: str = "float32"
+    bias: bool = False
+    activation: str | None = None
+
+    def computation(self, target: TargetArg = None) -> Computation:
+        """The TE computation ``convforge.conv`` / ``conv_transpose`` compiles for these args."""
+        if isinstance(self.geometry, shapes.ConvGeometry):
+            return api.conv_computation(
+                self.geometry, self.dtype, self.bias, self.activation, target
+            )
+        return api.conv_transpose_computation(self.geometry, self.dtype, self.bias, self.activation)
+
+
+def _conv(name: str, x, w, **kwargs) -> ConvWorkload:
+    return ConvWorkload(name, shapes.conv_geometry(x, w, **kwargs))
+
+
+#: Named workloads (ResNet / MobileNet / 1-D / decoder convolutions, batch 1, float32).
+#: Until benchmarks/workloads.py is on main this is the suite the shipped records cover.
+WORKLOADS: dict[str, ConvWorkload] = {
+    w.name: w
+    for w in (
+        _conv("resnet_3x3_64_56", (1, 64, 56, 56), (64, 64, 3, 3), padding=1),
+        _conv("resnet_3x3_128_28", (1, 128, 28, 28), (128, 128, 3, 3), padding=1),
+        _conv("resnet_3x3_s2_64_56", (1, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1),
+        _conv("resnet_1x1_256_14", (1, 256, 14, 14), (256, 256, 1, 1)),
+        _conv("mobilenet_dw3x3_128_28", (1, 128, 28, 28), (128, 1, 3, 3), padding=1, groups=128),
+        _conv("conv1d_k3_64_4096", (1, 64, 4096), (64, 64, 3), padding=1),
+        ConvWorkload(
+            "decoder_transpose_4x4_s2_64_28",
+            shapes.conv_transpose_geometry((1, 64, 28, 28), (64, 32, 4, 4), stride=2, padding=1),
+        ),
+    )
+}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def _int_or_ints(text: str) -> int | tuple[int, ...]:
+    values = _ints(text)
+    return values[0] if len(values) == 1 else values
+
+
+def parse_conv(tokens: list[str], index: int) -> ConvWorkload:
+    """``x=1,64,56,56 w=64,64,3,3 [stride=..] [padding=int|ints|mode] [dilation=..]
+    [groups=..] [bias=0|1] [activation=..] [dtype=..] [transposed=0|1] [output_padding=..]``."""
+    fields = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep:
+            raise ValueError(f"--conv entries must be key=value, got {token!r}")
+        fields[key] = value
+    unknown = set(fields) - {
+        "x", "w", "stride", "padding", "dilation", "groups", "bias", "activation", "dtype",
+        "transposed", "output_padding",
+    }  # fmt: skip
+    if unknown or "x" not in fields or "w" not in fields:
+        raise ValueError(
+            f"--conv needs x=... and w=... and knows stride, padding, dilation, groups, bias, "
+            f"activation, dtype, transposed, output_padding; got {sorted(fields)}"
+        )
+    padding: shapes.PaddingArg = fields.get("padding", "0")
+    if padding.replace(",", "").isdigit():
+        padding = _int_or_ints(padding)
+    common = dict(
+        stride=_int_or_ints(fields.get("stride", "1")), padding=padding,
+        dilation=_int_or_ints(fields.get("dilation", "1")), groups=int(fields.get("groups", "1")),
+    )  # fmt: skip
+    x, w = _ints(fields["x"]), _ints(fields["w"])
+    if fields.get("transposed", "0") == "1":
+        geom = shapes.conv_transpose_geometry(
+            x, w, output_padding=_int_or_ints(fields.get("output_padding", "0")), **common
+        )
+    else:
+        geom = shapes.conv_geometry(x, w, **common)
+    dtype = fields.get("dtype", "float32")
+    if dtype not in api.DTYPES:
+        raise ValueError(f"dtype must be one of {api.DTYPES}, got {dtype}")
+    return ConvWorkload(
+        f"conv{index}", geom, dtype, fields.get("bias", "0") == "1", fields.get("activation")
+    )
+
+
+_ONNX_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+               onnx.TensorProto.DOUBLE: "float64"}  # fmt: skip
+_AUTO_PAD = {"VALID": "valid", "SAME_UPPER": "same_upper", "SAME_LOWER": "same_lower"}
+
+
+def onnx_workloads(path: str) -> list[ConvWorkload]:
+    """One workload per distinct Conv / ConvTranspose node of the model at ``path``.
+
+    Shapes come from ONNX shape inference; attributes are mapped onto convforge.shapes.
+    Nodes whose input shapes are not static are skipped with a message.
+    """
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    graph = model.graph
+    types = {i.name: i.type.tensor_type for i in (*graph.input, *graph.value_info, *graph.output)}
+    shapes_ = {n: [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
+               for n, t in types.items()}  # fmt: skip
+    dtypes = {n: _ONNX_TYPES.get(t.elem_type) for n, t in types.items()}
+    for init in graph.initializer:
+        shapes_[init.name] = list(init.dims)
+        dtypes[init.name] = _ONNX_TYPES.get(init.data_type)
+    found: dict[tuple, ConvWorkload] = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type not in ("Conv", "ConvTranspose"):
+            continue
+        x, w = shapes_.get(node.input[0]), shapes_.get(node.input[1])
+        dtype = dtypes.get(node.input[0])
+        if not x or not w or 0 in x or 0 in w or dtype is None:
+            print(f"skipping {node.op_type} node {node.name or index}: shapes/dtype not static")
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        nd = len(x) - 2
+        auto_pad = attrs.get("auto_pad", b"NOTSET").decode()
+        pads = attrs.get("pads", [0] * 2 * nd)
+        padding = _AUTO_PAD.get(auto_pad) or [(pads[i], pads[i + nd]) for i in range(nd)]
+        common = dict(
+            stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
+            groups=attrs.get("group", 1), padding=padding,
+        )  # fmt: skip
+        if node.op_type == "Conv":
+            geom = shapes.conv_geometry(x, w, **common)
+        else:
+            geom = shapes.conv_transpose_geometry(
+                x, w, output_padding=attrs.get("output_padding", 0),
+                output_shape=attrs.get("output_shape"), **common,
+            )  # fmt: skip
+        bias = len(node.input) > 2 and bool(node.input[2])
+        name = f"{node.op_type}:{node.name or index}"
+        found.setdefault((geom, dtype, bias), ConvWorkload(name, geom, dtype, bias))
+    return list(found.values())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("what to tune (any combination)")
+    what.add_argument(
+        "--workload", nargs="+", default=[], metavar="NAME",
+        help="named workloads, or 'all': " + ", ".join(WORKLOADS),
+    )  # fmt: skip
+    what.add_argument(
+        "--conv", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+        help="one convolution: x=1,64,56,56 w=64,64,3,3 stride=1 padding=1 (repeatable)",
+    )  # fmt: skip
+    what.add_argument("--onnx", help="tune every Conv / ConvTranspose node of this ONNX model")
+    parser.add_argument("--trials", type=int, default=64, help="measured candidates per workload")
+    parser.add_argument(
+        "--db", default=os.environ.get(tuning.DB_ENV),
+        help=f"tuning database directory (default ${tuning.DB_ENV})",
+    )  # fmt: skip
+    parser.add_argument("--target", help='JSON target, e.g. {"kind": "llvm", "mcpu": "znver3"}')
+    parser.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure via a TVM RPC tracker")
+    parser.add_argument("--rpc-key", help="device key registered at the RPC tracker")
+    parser.add_argument("--jobs", type=int, help="parallel builds (and RPC sessions)")
+    parser.add_argument("--seed", type=int, help="random seed of the search")
+    parser.add_argument("--json", action="store_true", help="print results as JSON lines")
+    parser.add_argument("--verbose", action="store_true", help="show MetaSchedule's log")
+
+
+def _workloads(args: argparse.Namespace) -> list[ConvWorkload]:
+    chosen = []
+    for name in args.workload:
+        if name == "all":
+            chosen.extend(WORKLOADS.values())
+        elif name in WORKLOADS:
+            chosen.append(WORKLOADS[name])
+        else:
+            raise ValueError(f"--workload {name!r} is unknown; known: all, {', '.join(WORKLOADS)}")
+    chosen.extend(parse_conv(tokens, i) for i, tokens in enumerate(args.conv))
+    if args.onnx:
+        chosen.extend(onnx_workloads(args.onnx))
+    if not chosen:
+        raise ValueError("nothing to tune: give --workload, --conv or --onnx")
+    return chosen
+
+
+def _rpc(args: argparse.Namespace) -> tuning.RPCTracker | None:
+    if not args.rpc_tracker and not args.rpc_key:
+        return None
+    host, sep, port = (args.rpc_tracker or "").rpartition(":")
+    if not sep or not host or not port.isdigit() or not args.rpc_key:
+        raise ValueError("--rpc-tracker must be HOST:PORT and comes with --rpc-key")
+    return tuning.RPCTracker(host, int(port), args.rpc_key)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )  # fmt: skip
+
+    if not args.db:
+        raise ValueError(f"--db is required (or set ${tuning.DB_ENV})")
+    if args.trials < 0:
+        raise ValueError(f"--trials must be >= 0, got {args.trials}")
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    workloads, rpc = _workloads(args), _rpc(args)
+    target = resolve_target(args.target)
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn("left"),
+        TimeRemainingColumn(),
+    )  # fmt: skip
+    for workload in workloads:
+        with Progress(*columns, console=console, transient=not console.is_terminal) as bar:
+            task = bar.add_task(workload.name, total=args.trials, best="-")
+
+            def report(done: int, total: int, best: float, task=task, bar=bar) -> None:
+                bar.update(task, completed=min(done, total), best=f"{best * 1e3:.4f} ms")
+
+            result = tuning.tune(
+                prim_func(workload.computation(target)), target, args.db, args.trials, rpc=rpc,
+                jobs=args.jobs, seed=args.seed, progress=report, verbose=args.verbose,
+            )  # fmt: skip
+        summary = {
+            "workload": workload.name,
+            "default_ms": result.default_seconds * 1e3,
+            "best_ms": result.best_seconds * 1e3,
+            "speedup": result.default_seconds / result.best_seconds,
+            "trials": result.trials,
+            "new_trials": result.new_trials,
+            "seconds": round(result.elapsed_seconds, 1),
+            "record_file": str(result.database_file),
+        }
+        if args.json:
+            print(json.dumps(summary), flush=True)
+        else:
+            print(
+                f"{workload.name}: default {summary['default_ms']:.4f} ms -> best "
+                f"{summary['best_ms']:.4f} ms ({summary['speedup']:.2f}x), "
+                f"{result.trials} trials ({result.new_trials} new) in {summary['seconds']} s",
+                flush=True,
+            )
+    return 0

@@ -1,0 +1,550 @@
+"""Autotuning with MetaSchedule, and a tuning database keyed by workload and target.
+
+Layout on disk (one directory per database)::
+
+    <db>/<target digest>/<workload digest>.json
+
+The target digest names the exact target (kind, triple, ``mcpu``, cores: see
+:func:`convforge.targets.target_key`), so a record tuned for one CPU is never looked up for
+another. The workload digest is TVM's structural hash of the PrimFunc; the file also holds
+the workload itself and lookups check structural equality. Each file holds every measured
+record of one (workload, target) and is rewritten atomically (temp file + ``os.replace``)
+after each record: a run killed at any moment leaves a valid database with every record
+finished before the kill. Re-running a tuning run continues from the records already there.
+
+Each workload's first record is the default schedule (:func:`default_cpu_schedule`),
+measured with the same builder and runner as the candidates: it is the baseline, it seeds
+the evolutionary search (MetaSchedule starts its population from the database's best
+records) and, since a lookup picks the fastest record, tuning never makes a kernel slower
+than its default schedule as measured.
+
+Lookups (:func:`tuned_module`) consult the database set by :func:`use_tuning_db` (or the
+``CONVFORGE_TUNING_DB`` environment variable), then the records shipped in
+``convforge/tuned``; without a matching record the caller falls back to the default
+schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tvm import tirx
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+from tvm_ffi.structural import structural_equal, structural_hash
+
+from convforge.schedules.cpu import default_cpu_schedule
+from convforge.targets import target_key
+
+#: Environment variable naming a tuning database directory (used when none is set in code).
+DB_ENV = "CONVFORGE_TUNING_DB"
+#: Records shipped with the package (read-only).
+SHIPPED_DB = Path(__file__).resolve().parent.parent / "tuned"
+#: IRModule attribute naming the record a tuned module was built from.
+RECORD_ATTR = "convforge.tuning_record"
+_FORMAT = 1
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def workload_module(func: tirx.PrimFunc | tvm.IRModule) -> tvm.IRModule:
+    """The IRModule MetaSchedule tunes for ``func`` (one function named ``main``)."""
+    return _normalize_mod(func)
+
+
+def target_dir(db: str | os.PathLike, target: tvm.target.Target) -> Path:
+    """Directory of ``db`` holding the records of ``target``."""
+    return Path(db) / _digest(target_key(target))
+
+
+def workload_file(db: str | os.PathLike, mod: tvm.IRModule, target: tvm.target.Target) -> Path:
+    """File of ``db`` holding the records of workload ``mod`` on ``target``."""
+    return target_dir(db, target) / f"{structural_hash(mod) & (2**64 - 1):016x}.json"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; records are shareable data
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _is_valid(run_secs) -> bool:
+    return bool(run_secs) and all(0 < float(s) < 1e9 for s in run_secs)
+
+
+def _mean(run_secs) -> float:
+    return sum(float(s) for s in run_secs) / len(run_secs) if _is_valid(run_secs) else math.inf
+
+
+@dataclass
+class _WorkloadRecords:
+    """All records of one workload on one target, as stored in one file."""
+
+    path: Path
+    workload: ms.database.Workload
+    records: list  # TuningRecord JSON (MetaSchedule's own form)
+
+    def save(self, target: tvm.target.Target) -> None:
+        payload = {
+            "format": _FORMAT,
+            "target": target_key(target),
+            "workload": self.workload.as_json(),
+            "records": self.records,
+        }
+        _write_atomically(self.path, json.dumps(payload))
+
+    @classmethod
+    def load(cls, path: Path, target: tvm.target.Target) -> _WorkloadRecords | None:
+        """Records in ``path``, or None if it is missing or names another target."""
+        try:
+            payload = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        if payload.get("format") != _FORMAT or payload.get("target") != target_key(target):
+            return None
+        workload = ms.database.Workload.from_json(payload["workload"])
+        return cls(path, workload, list(payload["records"]))
+
+    def tuning_records(self) -> list[ms.database.TuningRecord]:
+        return [ms.database.TuningRecord.from_json(r, self.workload) for r in self.records]
+
+    def best(self) -> list | None:
+        """The fastest successfully measured record (JSON), if any."""
+        valid = [r for r in self.records if _is_valid(r[1])]
+        return min(valid, key=lambda r: _mean(r[1]), default=None)
+
+
+@derived_object
+class TuningDatabase(ms.database.PyDatabase):
+    """MetaSchedule database persisting every record of ``target`` under directory ``path``.
+
+    Queries are served by an in-memory database; every committed record is also written to
+    its workload's file at once, atomically.
+    """
+
+    def __init__(self, path: str | os.PathLike, target: tvm.target.Target) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.target = target
+        self._memory = ms.database.MemoryDatabase()
+        self._files: dict[int, _WorkloadRecords] = {}  # structural hash -> file
+        self._lock = threading.Lock()
+
+    def _entry(self, mod: tvm.IRModule) -> _WorkloadRecords:
+        """The file of ``mod``, loading its records into memory on first use."""
+        key = structural_hash(mod)
+        entry = self._files.get(key)
+        if entry is None:
+            workload = self._memory.commit_workload(mod)
+            entry = _WorkloadRecords.load(workload_file(self.path, mod, self.target), self.target)
+            if entry is None or not structural_equal(entry.workload.mod, mod):
+                entry = _WorkloadRecords(workload_file(self.path, mod, self.target), workload, [])
+            entry.workload = workload
+            for record in entry.tuning_records():
+                self._memory.commit_tuning_record(record)
+            self._files[key] = entry
+        return entry
+
+    def has_workload(self, mod: tvm.IRModule) -> bool:
+        return self._memory.has_workload(mod)
+
+    def commit_workload(self, mod: tvm.IRModule) -> ms.database.Workload:
+        with self._lock:
+            return self._entry(mod).workload
+
+    def commit_tuning_record(self, record: ms.database.TuningRecord) -> None:
+        with self._lock:
+            entry = self._entry(record.workload.mod)
+            self._memory.commit_tuning_record(record)
+            entry.records.append(record.as_json())
+            entry.save(self.target)
+
+    def get_top_k(self, workload: ms.database.Workload, top_k: int) -> list:
+        return self._memory.get_top_k(workload, top_k)
+
+    def get_all_tuning_records(self) -> list:
+        return self._memory.get_all_tuning_records()
+
+    def query_tuning_record(self, mod, target, workload_name):
+        return self._memory.query_tuning_record(mod, target, workload_name)
+
+    def query_schedule(self, mod, target, workload_name):
+        return self._memory.query_schedule(mod, target, workload_name)
+
+    def query_ir_module(self, mod, target, workload_name):
+        return self._memory.query_ir_module(mod, target, workload_name)
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def records(self, mod: tvm.IRModule) -> list[ms.database.TuningRecord]:
+        """Every record of workload ``mod`` in commit order (the first is the baseline)."""
+        with self._lock:
+            entry = self._entry(mod)
+        return entry.tuning_records()
+
+
+# --------------------------------------------------------------------------- lookups
+
+
+_active_db: list[Path | None] = [None]
+_use_shipped: list[bool] = [True]
+
+
+@contextlib.contextmanager
+def _restoring(previous: tuple[Path | None, bool]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        _active_db[0], _use_shipped[0] = previous
+
+
+def use_tuning_db(
+    path: str | os.PathLike | None, *, shipped: bool = True
+) -> contextlib.AbstractContextManager[None]:
+    """Compile with the tuned records of database directory ``path`` from now on.
+
+    ``shipped``: also use the records shipped in ``convforge/tuned`` (after ``path``).
+    ``path=None`` goes back to ``$CONVFORGE_TUNING_DB`` (if set). Used as ``with
+    use_tuning_db(p): ...`` the previous setting comes back at the end of the block.
+    """
+    previous = (_active_db[0], _use_shipped[0])
+    _active_db[0] = None if path is None else Path(path)
+    _use_shipped[0] = shipped
+    return _restoring(previous)
+
+
+def active_databases() -> list[Path]:
+    """Databases lookups consult, first match wins: the one set or in the env, then shipped."""
+    chosen = _active_db[0] or (Path(os.environ[DB_ENV]) if os.environ.get(DB_ENV) else None)
+    return [p for p in (chosen, SHIPPED_DB if _use_shipped[0] else None) if p is not None]
+
+
+def database_state(target: tvm.target.Target) -> tuple:
+    """Changes whenever lookups for ``target`` could answer differently (a cache-key part)."""
+    state = []
+    for db in active_databases():
+        folder = target_dir(db, target)
+        state.append((str(db), folder.stat().st_mtime_ns if folder.is_dir() else None))
+    return tuple(state)
+
+
+def best_record(
+    func: tirx.PrimFunc | tvm.IRModule, target: tvm.target.Target, db: str | os.PathLike
+) -> ms.database.TuningRecord | None:
+    """The fastest measured record of ``func`` on ``target`` in ``db``, if any."""
+    mod = workload_module(func)
+    entry = _WorkloadRecords.load(workload_file(db, mod, target), target)
+    if entry is None or not structural_equal(entry.workload.mod, mod):
+        return None
+    best = entry.best()
+    return None if best is None else ms.database.TuningRecord.from_json(best, entry.workload)
+
+
+def copy_best_records(source: str | os.PathLike, destination: str | os.PathLike) -> int:
+    """Copy each (workload, target) of database ``source`` into ``destination`` with only its
+    default-schedule record and its fastest record (how ``convforge/tuned`` is made).
+
+    Returns the number of files written.
+    """
+    written = 0
+    for path in sorted(Path(source).glob("*/*.json")):
+        if path.name.startswith("."):
+            continue  # a write in progress
+        payload = json.loads(path.read_text())
+        records = payload["records"]
+        valid = [r for r in records[1:] if _is_valid(r[1])]
+        best = min(valid, key=lambda r: _mean(r[1]), default=None)
+        payload["records"] = records[:1] + ([best] if best is not None else [])
+        _write_atomically(Path(destination) / path.parent.name / path.name, json.dumps(payload))
+        written += 1
+    return written
+
+
+def tuned_module(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule | None:
+    """``func`` scheduled by its best record for ``target`` in the active databases, or None.
+
+    The module carries the attribute :data:`RECORD_ATTR` naming the database and latency.
+    """
+    if target.kind.name != "llvm":
+        return None
+    for db in active_databases():
+        record = best_record(func, target, db)
+        if record is None:
+            continue
+        sch = tvm.s_tir.Schedule(workload_module(func))
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        name = f"{db}@{_mean(record.run_secs):.6g}s"
+        return sch.mod.with_attr(RECORD_ATTR, name)
+    return None
+
+
+# --------------------------------------------------------------------------- tuning
+
+
+def build_without_tensor_intrinsics(mod: tvm.IRModule, target: tvm.target.Target, _params):
+    """MetaSchedule's default build minus its ``import tvm.s_tir.tensor_intrin`` (~30 s on 2 cores).
+
+    Our CPU search space uses no tensor intrinsics; that import alone outlasts the default
+    30 s builder timeout on a loaded 2-core machine.
+    """
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+@dataclass(frozen=True)
+class RPCTracker:
+    """Measure on remote devices registered at a TVM RPC tracker under ``key``."""
+
+    host: str
+    port: int
+    key: str
+    session_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """Outcome of :func:`tune` for one workload (latencies in seconds, mean of the runs)."""
+
+    database_file: Path
+    default_seconds: float
+    best_seconds: float
+    trials: int  # measured candidates in the database (the default schedule not counted)
+    new_trials: int  # of which measured by this call
+    elapsed_seconds: float
+
+
+def make_builder(jobs: int | None = None, timeout_s: float = 60.0) -> ms.builder.LocalBuilder:
+    """Local builder with ``jobs`` processes that skips the tensor-intrinsics import."""
+    return ms.builder.LocalBuilder(
+        max_workers=jobs or os.cpu_count() or 1,
+        timeout_sec=timeout_s,
+        f_build=build_without_tensor_intrinsics,
+    )
+
+
+def make_runner(rpc: RPCTracker | None = None, jobs: int | None = None) -> ms.runner.Runner:
+    """Runner timing candidates here, or on the devices of an RPC tracker."""
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=40)
+    if rpc is None:
+        return ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=60)
+    config = ms.runner.RPCConfig(
+        tracker_host=rpc.host, tracker_port=rpc.port, tracker_key=rpc.key,
+        session_timeout_sec=int(rpc.session_timeout_s),
+    )  # fmt: skip
+    return ms.runner.RPCRunner(config, evaluator, max_workers=jobs or 1)
+
+
+@contextlib.contextmanager
+def _workers_import_convforge() -> Iterator[None]:
+    """Let builder/runner worker processes unpickle functions of this package."""
+    root = str(Path(__file__).resolve().parents[2])
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, previous) if p)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = previous
+
+
+@contextlib.contextmanager
+def _cpu_tensor_intrinsics_only(target: tvm.target.Target) -> Iterator[None]:
+    """Register only the CPU tensor intrinsics of ``target`` while tuning.
+
+    MetaSchedule's TuneContext imports ``tvm.s_tir.tensor_intrin``, whose ``__init__`` spends
+    ~16 s on 2 cores registering CUDA intrinsics a CPU search never uses. This imports the
+    package's CPU submodule under a bare package entry instead (~0.3 s) and removes that
+    entry afterwards, so a later ``import tvm.s_tir.tensor_intrin`` runs the real
+    ``__init__`` (reusing the submodule already imported).
+    """
+    package = "tvm.s_tir.tensor_intrin"
+    triple = str(target.attrs.get("mtriple", "x86_64"))
+    submodule = next(
+        (m for arch, m in (("x86", "x86"), ("aarch64", "arm_cpu"), ("arm", "arm_cpu"),
+                           ("riscv", "riscv_cpu")) if arch in triple),
+        None,
+    )  # fmt: skip
+    if package in sys.modules or submodule is None:
+        yield
+        return
+    stub = types.ModuleType(package)
+    stub.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
+    sys.modules[package] = stub
+    try:
+        importlib.import_module(f"{package}.{submodule}")
+        yield
+    finally:
+        if sys.modules.get(package) is stub:
+            del sys.modules[package]
+
+
+@contextlib.contextmanager
+def _meta_schedule_console(verbose: bool) -> Iterator[None]:
+    """Quiet MetaSchedule's console log (task tables) unless ``verbose``, for one run.
+
+    Each run configures fresh handlers on MetaSchedule's logger (its setup chokes on
+    unnamed handlers left by others); the previous handlers and level come back after.
+    """
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    level, handlers = logger.level, list(logger.handlers)
+    for handler in handlers:
+        logger.removeHandler(handler)
+    if not verbose:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.setLevel(level)
+
+
+def _measure_default(
+    mod: tvm.IRModule,
+    target: tvm.target.Target,
+    builder: ms.builder.Builder,
+    runner: ms.runner.Runner,
+    workload: ms.database.Workload,
+) -> ms.database.TuningRecord:
+    """The default schedule as a record, timed by ``builder`` and ``runner``."""
+    sch = default_cpu_schedule(mod["main"], target)
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    if built.error_msg:
+        raise RuntimeError(f"building the default schedule failed: {built.error_msg}")
+    args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    try:
+        (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])
+        result = future.result()
+    finally:
+        ms.utils.remove_build_dir(built.artifact_path)
+    if result.error_msg:
+        raise RuntimeError(f"timing the default schedule failed: {result.error_msg}")
+    return ms.database.TuningRecord(sch.trace, workload, result.run_secs, target, args_info)
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """Reports trials done and best latency after each measured batch."""
+
+    def __init__(self, report: Callable[[int, float], None], best: float) -> None:
+        super().__init__()
+        self.report = report
+        self.done = 0
+        self.best = best
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        for result in runner_results:
+            self.best = min(self.best, _mean(result.run_secs))
+        self.done += len(runner_results)
+        self.report(self.done, self.best)
+
+
+def tune(
+    func: tirx.PrimFunc,
+    target: tvm.target.Target,
+    db: str | os.PathLike,
+    trials: int,
+    *,
+    rpc: RPCTracker | None = None,
+    jobs: int | None = None,
+    seed: int | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    verbose: bool = False,
+) -> TuningResult:
+    """Tune ``func`` for ``target`` until ``db`` holds ``trials`` measured candidates.
+
+    Candidates already in ``db`` for this (workload, target) count: re-running continues
+    where a previous (possibly killed) run stopped. The default schedule is measured first
+    (once) and seeds the search. ``progress(done, total, best_seconds)`` is called after
+    each measured batch. ``rpc`` measures on the devices of a TVM RPC tracker; ``jobs`` is
+    the number of parallel builds (and of RPC sessions). ``verbose`` shows MetaSchedule's
+    log on stdout (it always goes to files in a temporary work directory).
+    """
+    if target.kind.name != "llvm":
+        raise ValueError(f"target must be an llvm (CPU) target to tune, got {target.kind.name}")
+    if trials < 0:
+        raise ValueError(f"trials must be >= 0, got {trials}")
+    start = time.perf_counter()
+    mod = workload_module(func)
+    database = TuningDatabase(db, target)
+    records = database.records(mod)
+    with (
+        _workers_import_convforge(),
+        _cpu_tensor_intrinsics_only(target),
+        _meta_schedule_console(verbose),
+    ):
+        builder, runner = make_builder(jobs), make_runner(rpc, jobs)
+        if not records:
+            database.commit_tuning_record(
+                _measure_default(mod, target, builder, runner, database.commit_workload(mod))
+            )
+            records = database.records(mod)
+        done = len(records) - 1
+        best = min(_mean(r.run_secs) for r in records)
+        remaining = max(0, trials - done)
+        if progress:
+            progress(done, trials, best)
+        if remaining:
+            callback = _Progress(lambda n, b: progress and progress(done + n, trials, b), best)
+            with tempfile.TemporaryDirectory(prefix="convforge-tune-") as work_dir:
+                ms.tune_tir(
+                    mod, target, work_dir, max_trials_global=remaining,
+                    num_trials_per_iter=min(remaining, 16), builder=builder, runner=runner,
+                    database=database,
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
+                    strategy=_search_strategy(remaining), num_tuning_cores=jobs or "physical",
+                    seed=seed,
+                )  # fmt: skip
+    records = database.records(mod)
+    return TuningResult(
+        database_file=workload_file(db, mod, target),
+        default_seconds=_mean(records[0].run_secs),
+        best_seconds=min(_mean(r.run_secs) for r in records),
+        trials=len(records) - 1,
+        new_trials=len(records) - 1 - done,
+        elapsed_seconds=time.perf_counter() - start,
+    )
+
+
+def _search_strategy(trials: int) -> ms.search_strategy.EvolutionarySearch:
+    """Evolutionary search with a population scaled to the (small) trial budget."""
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=min(512, max(64, 8 * trials)), init_min_unmeasured=min(50, 4 * trials)
+    )

@@ -1,0 +1,398 @@
+"""MetaSchedule tuning: records agree with onnxruntime, persist per target, survive kills, RPC.
+
+Every tuned schedule is checked against onnxruntime running the equivalent ONNX graph.
+Latencies compared here are MetaSchedule's own measurements stored in the database (no
+wall-clock timing in tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from onnx import helper
+
+import convforge as cf
+from convforge import shapes
+from convforge.build import cached_kernel, compile_computation, prim_func
+from convforge.commands.tune import ConvWorkload, onnx_workloads, parse_conv
+from convforge.export import compare, conv_model, conv_transpose_model, run_onnxruntime
+from convforge.export.onnx_graphs import flat_pads, make_model
+from convforge.schedules import tuning
+from convforge.targets import host_target
+
+ROOT = Path(__file__).resolve().parents[1]
+GEOM = shapes.conv_geometry((1, 16, 14, 14), (16, 16, 3, 3), padding=1)
+WORKLOAD = ConvWorkload("small", GEOM, bias=True, activation="relu")
+TRIALS = 8
+
+
+def _inputs(geom, seed=0):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal(geom.x_shape).astype(np.float32),
+        rng.standard_normal(geom.w_shape).astype(np.float32),
+        rng.standard_normal(geom.out_channels).astype(np.float32),
+    )
+
+
+def _onnxruntime(geom, x, w, b):
+    (expected,) = run_onnxruntime(
+        conv_model(geom, bias=True, activation="relu"), {"x": x, "w": w, "bias": b}
+    )
+    return expected
+
+
+def _env():
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop a process started with start_new_session=True and its children (same group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _database_files(db: Path) -> list[Path]:
+    """Record files of a database (not the temp files of a write in progress)."""
+    return [p for p in db.glob("*/*.json") if not p.name.startswith(".")]
+
+
+def _records(path: Path) -> list:
+    """Raw records of a database file (MetaSchedule's JSON: [trace, run_secs, target, args])."""
+    return json.loads(path.read_text())["records"] if path.exists() else []
+
+
+def _seconds(record: list) -> float | None:
+    """Mean latency of a raw record, None for a failed build or run."""
+    run_secs = [float(s) for s in record[1] or []]
+    return sum(run_secs) / len(run_secs) if run_secs and max(run_secs) < 1e9 else None
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """A small conv tuned with candidates measured by two RPC servers through a tracker."""
+    db = tmp_path_factory.mktemp("tuning-db")
+    with rpc_servers() as (tracker, _):
+        result = tuning.tune(
+            prim_func(WORKLOAD.computation()), host_target(), db, TRIALS, rpc=tracker, jobs=2,
+            seed=1,
+        )  # fmt: skip
+    return db, result
+
+
+def test_tuning_measures_candidates_and_never_loses_to_default(tuned):
+    _, result = tuned
+    records = _records(result.database_file)
+    assert result.trials == TRIALS and result.new_trials == TRIALS
+    assert len(records) == TRIALS + 1  # the default schedule first, then the candidates
+    measured = [_seconds(r) for r in records[1:] if _seconds(r) is not None]
+    assert measured, "no candidate was measured"
+    assert result.default_seconds == _seconds(records[0])
+    assert result.best_seconds == min([result.default_seconds, *measured])
+
+
+def test_every_tuned_record_matches_onnxruntime(tuned):
+    db, _ = tuned
+    x, w, b = _inputs(GEOM)
+    expected = _onnxruntime(GEOM, x, w, b)
+    database = tuning.TuningDatabase(db, host_target())
+    func = prim_func(WORKLOAD.computation())
+    records = [r for r in database.records(tuning.workload_module(func)) if r.run_secs]
+    assert len(records) > 1
+    for record in records:
+
+        def apply(f, target, record=record):
+            sch = tvm.s_tir.Schedule(tuning.workload_module(f))
+            record.trace.apply_to_schedule(sch, remove_postproc=False)
+            return sch.mod
+
+        kernel = compile_computation("conv", WORKLOAD.computation(), host_target(), apply)
+        assert compare(kernel(x, w, b), expected).ok
+
+
+def test_numpy_api_uses_the_best_record_and_matches_onnxruntime(tuned):
+    db, result = tuned
+    x, w, b = _inputs(GEOM, seed=1)
+    with tuning.use_tuning_db(db, shipped=False):
+        y = cf.conv(x, w, b, padding=1, activation="relu")
+        kernel = cached_kernel("conv", (GEOM, "float32", True, "relu"), WORKLOAD.computation())
+    assert kernel.tuning_record == f"{db}@{result.best_seconds:.6g}s"
+    assert compare(y, _onnxruntime(GEOM, x, w, b)).ok
+    with tuning.use_tuning_db(None, shipped=False):
+        untuned = cached_kernel("conv", (GEOM, "float32", True, "relu"), WORKLOAD.computation())
+    assert untuned.tuning_record is None
+
+
+def test_record_reloads_and_applies_in_a_new_process(tuned, tmp_path):
+    db, result = tuned
+    x, w, b = _inputs(GEOM, seed=2)
+    np.savez(tmp_path / "in.npz", x=x, w=w, b=b)
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, convforge as cf
+        from tvm.s_tir import meta_schedule as ms
+        def no_tuning(*args, **kwargs):
+            raise AssertionError("tuned in the new process")
+        ms.tune_tir = ms.tune_tasks = no_tuning
+        d = np.load({str(tmp_path / "in.npz")!r})
+        y = cf.conv(d["x"], d["w"], d["b"], padding=1, activation="relu")
+        (kernel,) = cf.build._cache.values()
+        np.save({str(tmp_path / "y.npy")!r}, y)
+        print(kernel.tuning_record)
+        """
+    )
+    env = {**_env(), tuning.DB_ENV: str(db)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{db}@{result.best_seconds:.6g}s"
+    assert compare(np.load(tmp_path / "y.npy"), _onnxruntime(GEOM, x, w, b)).ok
+
+
+def _other_target() -> tvm.target.Target:
+    """A CPU other than the host that the host can still run (to measure its baseline)."""
+    host = host_target()
+    mcpu = "znver3" if str(host.attrs["mcpu"]) == "znver4" else "x86-64"
+    return tvm.target.Target(
+        {
+            **{k: v for k, v in host.export().items() if k in ("kind", "mtriple", "num-cores")},
+            "mcpu": mcpu,
+        }
+    )
+
+
+def test_records_of_another_cpu_are_never_applied(tmp_path):
+    geom = shapes.conv_geometry((1, 8, 9, 9), (8, 8, 3, 3), padding=1)
+    work = ConvWorkload("other", geom, bias=True, activation="relu")
+    func, other = prim_func(work.computation()), _other_target()
+    result = tuning.tune(func, other, tmp_path, 0)
+    assert tuning.best_record(func, other, tmp_path) is not None
+    assert tuning.best_record(func, host_target(), tmp_path) is None
+    # Even a file moved under the host's directory names its target and is refused.
+    misplaced = tuning.workload_file(tmp_path, tuning.workload_module(func), host_target())
+    misplaced.parent.mkdir(parents=True)
+    shutil.copy(result.database_file, misplaced)
+    assert tuning.tuned_module(func, host_target()) is None
+    x, w, b = _inputs(geom)
+    with tuning.use_tuning_db(tmp_path, shipped=False):
+        y = cf.conv(x, w, b, padding=1, activation="relu")
+        kernel = cached_kernel("conv", (geom, "float32", True, "relu"), work.computation())
+    assert kernel.tuning_record is None
+    assert compare(y, _onnxruntime(geom, x, w, b)).ok
+
+
+def test_killed_tuning_run_leaves_a_valid_resumable_database(tmp_path):
+    geom = shapes.conv_geometry((1, 8, 12, 12), (8, 8, 3, 3), padding=1)
+    db, log = tmp_path / "db", tmp_path / "tune.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "convforge", "tune", "--conv", "x=1,8,12,12", "w=8,8,3,3",
+             "padding=1", "--trials", "24", "--db", str(db)],
+            env=_env(), stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        seen = 0
+        while not seen and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            files = _database_files(db)
+            seen = len(_records(files[0])) if files else 0
+        assert seen, log.read_text()
+        # Any moment of the search after the default schedule's record: sampling, building,
+        # measuring or committing the first batch.
+        time.sleep(float(np.random.default_rng().uniform(0, 6)))
+        assert proc.poll() is None, "the run ended before it was killed"
+    finally:
+        _kill_group(proc)
+    (path,) = _database_files(db)
+    records = _records(path)  # parses: the file is whole
+    assert len(records) >= seen
+    workload = ConvWorkload("killed", geom)
+    func = prim_func(workload.computation())
+    resumed = tuning.tune(func, host_target(), db, len(records) - 1)
+    assert resumed.new_trials == 0 and resumed.trials == len(records) - 1
+    x, w, _ = _inputs(geom)
+    with tuning.use_tuning_db(db, shipped=False):
+        y = cf.conv(x, w, padding=1)
+        kernel = cached_kernel("conv", (geom, "float32", False, None), workload.computation())
+    assert kernel.tuning_record is not None
+    (expected,) = run_onnxruntime(conv_model(geom), {"x": x, "w": w})
+    assert compare(y, expected).ok
+
+
+# --------------------------------------------------------------------------- RPC
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", *args, "--host", "127.0.0.1", "--silent"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@contextlib.contextmanager
+def rpc_servers():
+    """A TVM RPC tracker and two RPC servers (key 'local') on 127.0.0.1, all stopped after."""
+    port = _free_port()
+    procs = [_start("tvm.exec.rpc_tracker", "--port", str(port), "--port-end", str(port + 1))]
+    try:
+        for _ in range(2):
+            server = _free_port()
+            ports = ["--port", str(server), "--port-end", str(server + 1)]
+            tracker = ["--tracker", f"127.0.0.1:{port}", "--key", "local"]
+            procs.append(_start("tvm.exec.rpc_server", *tracker, *ports))
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                summary = tvm.rpc.connect_tracker("127.0.0.1", port).summary()
+                free = summary["queue_info"].get("local", {}).get("free", 0)
+                if free >= 2:
+                    break
+            except (RuntimeError, ConnectionError, OSError):
+                pass
+            assert time.monotonic() < deadline, "RPC servers did not register"
+            time.sleep(0.5)
+        yield tuning.RPCTracker("127.0.0.1", port, "local"), procs[1:]
+    finally:
+        for proc in procs:
+            _kill_group(proc)
+
+
+@pytest.mark.slow
+def test_rpc_server_killed_mid_run_neither_aborts_tuning_nor_loses_records(tmp_path):
+    geom = shapes.conv_geometry((1, 16, 16, 16), (16, 16, 3, 3), padding=1)
+    func = prim_func(ConvWorkload("rpc-kill", geom).computation())
+    seen_before_kill = []
+    with rpc_servers() as (tracker, servers):
+
+        def progress(done, total, best):
+            if done >= 16 and not seen_before_kill:
+                seen_before_kill.append(len(_records(_database_files(tmp_path)[0])))
+                _kill_group(servers[0])
+
+        result = tuning.tune(
+            func, host_target(), tmp_path, 48, rpc=tracker, jobs=2, progress=progress
+        )
+    records = _records(result.database_file)
+    assert seen_before_kill and len(records) == 49 >= seen_before_kill[0]
+    assert sum(_seconds(r) is not None for r in records[seen_before_kill[0] :]) > 0
+
+
+# --------------------------------------------------------------------------- CLI input
+
+
+def test_onnx_model_conv_nodes_become_workloads(tmp_path):
+    conv = shapes.conv_geometry(
+        (1, 4, 9, 9), (6, 2, 3, 3), stride=2, padding=((1, 0), (0, 1)), groups=2
+    )
+    up = shapes.conv_transpose_geometry(
+        conv.out_shape, (6, 3, 4, 4), stride=2, padding=1, output_padding=1
+    )
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "w", "bias"], ["c"], kernel_shape=list(conv.kernel),
+            strides=list(conv.stride), pads=flat_pads(conv.padding), group=conv.groups,
+        ),
+        helper.make_node(
+            "ConvTranspose", ["c", "w2"], ["y"], kernel_shape=list(up.kernel),
+            strides=list(up.stride), pads=flat_pads(up.padding),
+            output_padding=list(up.output_padding),
+        ),
+    ]  # fmt: skip
+    model = make_model(
+        nodes,
+        {"x": (conv.x_shape, "float32"), "w": (conv.w_shape, "float32"),
+         "bias": ((conv.out_channels,), "float32"), "w2": (up.w_shape, "float32")},
+        {"y": (up.out_shape, "float32")},
+    )  # fmt: skip
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    found = onnx_workloads(str(path))
+    assert [(w.geometry, w.bias) for w in found] == [(conv, True), (up, False)]
+
+
+def test_conv_spec_parsing_and_errors():
+    work = parse_conv(["x=1,8,10,10", "w=4,8,3,3", "stride=2", "padding=same", "bias=1"], 0)
+    assert work.geometry == shapes.conv_geometry(
+        (1, 8, 10, 10), (4, 8, 3, 3), stride=2, padding="same"
+    )
+    assert work.bias
+    with pytest.raises(ValueError, match=r"x=\.\.\. and w="):
+        parse_conv(["w=4,8,3,3"], 0)
+    with pytest.raises(ValueError, match="groups"):
+        parse_conv(["x=1,8,10,10", "w=4,8,3,3", "groups=3"], 0)
+    with pytest.raises(ValueError, match="trials"):
+        tuning.tune(prim_func(WORKLOAD.computation()), host_target(), "unused", -1)
+
+
+# --------------------------------------------------------------------------- shipped records
+
+
+def test_copy_best_records_keeps_the_default_and_the_fastest(tuned, tmp_path):
+    db, result = tuned
+    assert tuning.copy_best_records(db, tmp_path) == 1
+    func = prim_func(WORKLOAD.computation())
+    copied = _records(tuning.workload_file(tmp_path, tuning.workload_module(func), host_target()))
+    assert _seconds(copied[0]) == result.default_seconds
+    assert min(_seconds(r) for r in copied) == result.best_seconds
+    assert len(copied) <= 2
+
+
+SHIPPED = sorted(p for p in tuning.SHIPPED_DB.glob("*/*.json") if not p.name.startswith("."))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_record_computes_the_onnxruntime_result(path):
+    """Every shipped schedule, replayed for this host (whatever CPU it was tuned for)."""
+    from tvm.s_tir.meta_schedule.database import TuningRecord, Workload
+
+    from convforge.commands.tune import WORKLOADS
+
+    workload = mod = None
+    for candidate in WORKLOADS.values():
+        candidate_mod = tuning.workload_module(prim_func(candidate.computation()))
+        if path.name == tuning.workload_file("", candidate_mod, host_target()).name:
+            workload, mod = candidate, candidate_mod
+    assert workload is not None, f"{path.name} matches no named workload"
+    geom = workload.geometry
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(geom.x_shape).astype(np.float32)
+    w = rng.standard_normal(geom.w_shape).astype(np.float32)
+    model = (conv_model if isinstance(geom, shapes.ConvGeometry) else conv_transpose_model)(geom)
+    (expected,) = run_onnxruntime(model, {"x": x, "w": w})
+    for raw in json.loads(path.read_text())["records"]:
+        record = TuningRecord.from_json(raw, Workload(mod))
+
+        def apply(func, target, record=record):
+            sch = tvm.s_tir.Schedule(mod)
+            record.trace.apply_to_schedule(sch, remove_postproc=False)
+            return sch.mod
+
+        kernel = compile_computation("shipped", workload.computation(), host_target(), apply)
+        assert compare(kernel(x, w), expected).ok, path
