@@ -1,0 +1,291 @@
+"""ONNX node -> convforge kernel: the dispatch table behind :func:`convforge.compile_model`.
+
+Each entry of :data:`LOWERINGS` maps an ONNX ``op_type`` to a function
+``lower(ctx, node_name, inputs, attrs) -> relax.Expr`` that validates the node through
+:mod:`convforge.shapes`, builds convforge's TE computation, schedules it (default
+schedule, or the tuned one where a tuning database has a record) and emits a
+``relax.call_tir`` of the scheduled PrimFunc. The table replaces TVM's own converters for
+those op types inside TVM's relax ONNX importer (see :func:`convforge_converters`);
+every other op type keeps TVM's importer and default legalization.
+
+Adding an operator is one entry: e.g. ``"MaxPool": lower_max_pool`` once the pool TE op
+exists. Fusion of bias, batch-norm and activations happens before import on the ONNX
+graph (:mod:`convforge.export.fusion`): a fused node carries the attributes
+``convforge_activation`` and ``convforge_fused`` read here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import relax, te
+
+from convforge import ops, shapes
+from convforge.build import schedule_for
+
+#: Attribute names the fusion pass sets on a fused ONNX node.
+ACTIVATION_ATTR = "convforge_activation"
+FUSED_ATTR = "convforge_fused"
+
+#: relax's kOpaque: keeps FuseOps from merging other ops into an already scheduled kernel.
+_OPAQUE = 8
+
+
+@dataclass(frozen=True)
+class KernelRecord:
+    """Which kernel serves one ONNX node of a compiled model."""
+
+    node: str  #: ONNX node name
+    op_type: str  #: ONNX op type
+    kernel: str  #: convforge operator, e.g. ``conv2d``
+    function: str  #: name of the scheduled PrimFunc in the compiled module
+    schedule: str  #: ``default`` or ``tuned``
+    fused: tuple[str, ...] = ()  #: ONNX nodes folded into this kernel (bias, BN, activation)
+    macs: int = 0  #: multiply-accumulates of the direct algorithm
+
+
+@dataclass
+class LoweringContext:
+    """State shared by the lowerings of one model: target, block builder, records."""
+
+    target: tvm.target.Target
+    tuning_db: object | None = None
+    records: list[KernelRecord] = field(default_factory=list)
+    bb: relax.BlockBuilder | None = None
+
+    def emit_kernel(
+        self,
+        node: str,
+        op_type: str,
+        kernel: str,
+        attrs: dict,
+        args: Sequence[relax.Expr],
+        compute: Callable[..., Sequence[te.Tensor]],
+        macs: int = 0,
+    ) -> relax.Expr:
+        """Build ``compute(*placeholders)``, schedule it and emit its ``call_tir`` on ``args``."""
+        placeholders = [
+            te.placeholder(
+                static_shape(a, f"input {i} of node {node!r}"), tensor_dtype(a), f"in{i}"
+            )
+            for i, a in enumerate(args)
+        ]
+        outputs = list(compute(*placeholders))
+        func = te.create_prim_func([*placeholders, *outputs])
+        scheduled, schedule_kind = self._schedule(func)
+        prim = (
+            scheduled["main"]
+            .without_attr("global_symbol")
+            .with_attrs({"tir.is_scheduled": True, "op_pattern": _OPAQUE})
+        )
+        name = "cf_" + re.sub(r"\W", "_", node)
+        gvar = self.bb.add_func(prim, name)
+        out_ty = [relax.TensorType([int(v) for v in t.shape], str(t.dtype)) for t in outputs]
+        self.records.append(
+            KernelRecord(
+                node, op_type, kernel, gvar.name_hint, schedule_kind, fused_nodes(attrs), macs
+            )
+        )
+        return relax.call_tir(gvar, list(args), out_ty[0] if len(out_ty) == 1 else out_ty)
+
+    def _schedule(self, func: tvm.tirx.PrimFunc) -> tuple[tvm.IRModule, str]:
+        if self.tuning_db is not None:
+            tuned = self.tuning_db.query(func.with_attr("global_symbol", "main"), self.target)
+            if tuned is not None:
+                return tuned, "tuned"
+        return schedule_for(func.with_attr("global_symbol", "main"), self.target), "default"
+
+
+def static_shape(expr: relax.Expr, what: str) -> tuple[int, ...]:
+    """The static shape of a relax tensor expression (ValueError when a dimension is symbolic)."""
+    shape = expr.ty.shape
+    if shape is None:
+        raise ValueError(f"{what} has an unknown shape; give input_shapes")
+    dims = []
+    for v in shape.values:
+        if not isinstance(v, tvm.tirx.IntImm):
+            raise ValueError(f"{what} has symbolic dimension {v}; give input_shapes")
+        dims.append(int(v))
+    return tuple(dims)
+
+
+def tensor_dtype(expr: relax.Expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def fused_nodes(attrs: dict) -> tuple[str, ...]:
+    return tuple(_text(v) for v in attrs.get(FUSED_ATTR, ()))
+
+
+def activation_of(attrs: dict) -> str | None:
+    value = attrs.get(ACTIVATION_ATTR)
+    return None if value is None else _text(value)
+
+
+def onnx_padding(attrs: dict, ndim: int) -> shapes.PaddingArg:
+    """ONNX ``auto_pad``/``pads`` -> a convforge padding argument."""
+    auto_pad = _text(attrs.get("auto_pad", b"NOTSET")).upper()
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        return auto_pad.lower()
+    if auto_pad != "NOTSET":
+        raise ValueError(
+            f"auto_pad must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got {auto_pad}"
+        )
+    pads = attrs.get("pads", (0,) * (2 * ndim))
+    return tuple((int(pads[i]), int(pads[i + ndim])) for i in range(ndim))
+
+
+def _node_name(attrs: dict) -> str:
+    return attrs["tvm_custom"]["name"]
+
+
+def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
+    """ONNX Conv (1-D, 2-D, 3-D, any auto_pad, groups, bias, fused activation)."""
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    node = _node_name(attrs)
+    x_shape, w_shape = static_shape(x, f"Conv {node!r} input"), static_shape(w, "weight")
+    nd = len(x_shape) - 2
+    geom = shapes.conv_geometry(
+        x_shape, w_shape, stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
+        padding=onnx_padding(attrs, nd), groups=int(attrs.get("group", 1)),
+        bias_shape=None if bias is None else static_shape(bias, "bias"),
+    )  # fmt: skip
+    activation = activation_of(attrs)
+
+    def compute(tx, tw, tb=None):
+        return [ops.conv(tx, tw, tb, geom, activation)]
+
+    args = [x, w] if bias is None else [x, w, bias]
+    return ctx.emit_kernel(node, "Conv", f"conv{nd}d", attrs, args, compute, geom.macs)
+
+
+def lower_conv_transpose(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
+    """ONNX ConvTranspose (output_shape, output_padding, every auto_pad, groups with bias)."""
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    node = _node_name(attrs)
+    x_shape, w_shape = static_shape(x, f"ConvTranspose {node!r} input"), static_shape(w, "weight")
+    nd = len(x_shape) - 2
+    auto_pad = _text(attrs.get("auto_pad", b"NOTSET")).upper()
+    padding = onnx_padding(attrs, nd)
+    if auto_pad == "VALID":
+        padding = 0
+    output_shape = attrs.get("output_shape")
+    geom = shapes.conv_transpose_geometry(
+        x_shape, w_shape, stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
+        padding=padding, output_padding=attrs.get("output_padding", 0),
+        output_shape=None if output_shape is None else tuple(int(v) for v in output_shape),
+        groups=int(attrs.get("group", 1)),
+        bias_shape=None if bias is None else static_shape(bias, "bias"),
+    )  # fmt: skip
+    activation = activation_of(attrs)
+
+    def compute(tx, tw, tb=None):
+        return [ops.conv_transpose(tx, tw, tb, geom, activation)]
+
+    args = [x, w] if bias is None else [x, w, bias]
+    return ctx.emit_kernel(
+        node, "ConvTranspose", f"conv_transpose{nd}d", attrs, args, compute, geom.macs
+    )
+
+
+def lower_causal_conv_with_state(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
+    """ONNX CausalConvWithState (opset 27): depthwise causal conv1d carrying k-1 samples of state.
+
+    Inputs input (B, C, L), weight (C, 1, K), bias (C,)?, past_state (B, C, K-1)?; outputs
+    output (B, C, L) and present_state (B, C, K-1) = the last K-1 samples of [past, input].
+    """
+    node = _node_name(attrs)
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    past = inputs[3] if len(inputs) > 3 else None
+    x_shape, w_shape = (
+        static_shape(x, f"CausalConvWithState {node!r} input"),
+        static_shape(w, "weight"),
+    )
+    if len(x_shape) != 3:
+        raise ValueError(f"CausalConvWithState input must be (B, C, L), got {x_shape}")
+    batch, channels, length = x_shape
+    k = w_shape[-1]
+    state_shape = (batch, channels, k - 1)
+    if past is not None and static_shape(past, "past_state") != state_shape:
+        raise ValueError(
+            f"past_state must have shape {state_shape}, got {static_shape(past, 'past_state')}"
+        )
+    activation = _text(attrs.get("activation", b"none")).lower()
+    if activation not in ("none", "silu", "swish"):
+        raise ValueError(f"activation must be 'none', 'silu' or 'swish', got {activation!r}")
+    geom = shapes.conv_geometry(
+        (batch, channels, length + k - 1), w_shape, groups=channels,
+        bias_shape=None if bias is None else static_shape(bias, "bias"),
+    )  # fmt: skip
+    args = [a for a in (x, w, bias, past) if a is not None]
+
+    def compute(tx, tw, *rest):
+        tb = rest[0] if bias is not None else None
+        tpast = rest[-1] if past is not None else None
+        if tpast is None:
+            history = ops.pad(tx, [(k - 1, 0)], name="history")
+        else:
+            history = te.compute(
+                geom.x_shape,
+                lambda b, c, t: tvm.tirx.if_then_else(
+                    t < k - 1,
+                    tpast[b, c, tvm.tirx.min(t, k - 2)],
+                    tx[b, c, tvm.tirx.max(t - (k - 1), 0)],
+                ),
+                name="history",
+            )
+        out = ops.conv(history, tw, tb, geom, None if activation == "none" else "silu")
+        state = te.compute(state_shape, lambda b, c, t: history[b, c, length + t], name="state")
+        return [out, state]
+
+    return ctx.emit_kernel(
+        node, "CausalConvWithState", "causal_conv1d_with_state", attrs, args, compute, geom.macs
+    )
+
+
+#: ONNX op_type -> lowering to a convforge kernel. Everything else: TVM's importer.
+LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr]] = {
+    "Conv": lower_conv,
+    "ConvTranspose": lower_conv_transpose,
+    "CausalConvWithState": lower_causal_conv_with_state,
+}
+
+
+@contextlib.contextmanager
+def convforge_converters(ctx: LoweringContext) -> Iterator[None]:
+    """Within this context TVM's ONNX importer converts :data:`LOWERINGS` op types with ours."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    original = onnx_frontend._get_convert_map
+
+    def converter(lower):
+        class Converter:
+            @staticmethod
+            def get_converter(opset):
+                def convert(bb, inputs, attrs, params):
+                    ctx.bb = bb
+                    return lower(ctx, list(inputs), attrs)
+
+                return convert
+
+        return Converter
+
+    def patched():
+        return {**original(), **{op: converter(fn) for op, fn in LOWERINGS.items()}}
+
+    onnx_frontend._get_convert_map = patched
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = original
