@@ -17,8 +17,28 @@ from convforge.targets import host_target
 
 __version__ = "0.1.0"
 
+#: Whole-model names, imported on first use (``load`` needs neither onnx nor onnxruntime).
+_LAZY = {
+    "CompiledModel": "convforge.export.model",
+    "compile_model": "convforge.export.model",
+    "load": "convforge.export.model",
+    "check_model": "convforge.export.check_model",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'convforge' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
 __all__ = [
+    "CompiledModel",
     "causal_conv1d",
+    "check_model",
+    "compile_model",
     "conv",
     "conv_geometry",
     "conv_matrix",
@@ -27,5 +47,6 @@ __all__ = [
     "conv_transpose_geometry",
     "conv_transpose_output_size",
     "host_target",
+    "load",
     "receptive_field",
 ]

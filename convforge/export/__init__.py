@@ -1,14 +1,29 @@
-"""ONNX graphs of every operator, and checks against onnxruntime."""
+"""ONNX export, whole-model compilation and checks against onnxruntime.
 
-from convforge.export.check import Agreement, compare, run_onnxruntime, tolerances
-from convforge.export.onnx_graphs import conv_model, conv_transpose_model, save_model
+Names load lazily, so ``convforge.export.model.load`` (running an exported library) works
+in a process without onnx or onnxruntime installed.
+"""
 
-__all__ = [
-    "Agreement",
-    "compare",
-    "conv_model",
-    "conv_transpose_model",
-    "run_onnxruntime",
-    "save_model",
-    "tolerances",
-]
+import importlib
+
+_EXPORTS = {
+    "Agreement": "convforge.export.check",
+    "compare": "convforge.export.check",
+    "run_onnxruntime": "convforge.export.check",
+    "tolerances": "convforge.export.check",
+    "conv_model": "convforge.export.onnx_graphs",
+    "conv_transpose_model": "convforge.export.onnx_graphs",
+    "save_model": "convforge.export.onnx_graphs",
+    "CompiledModel": "convforge.export.model",
+    "compile_model": "convforge.export.model",
+    "load": "convforge.export.model",
+    "check_model": "convforge.export.check_model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'convforge.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -21,11 +21,14 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax, te
 
 from convforge import ops, shapes
 from convforge.build import schedule_for
+from convforge.targets import vector_lanes
 
 #: Attribute names the fusion pass sets on a fused ONNX node.
 ACTIVATION_ATTR = "convforge_activation"
@@ -56,6 +59,7 @@ class LoweringContext:
     tuning_db: object | None = None
     records: list[KernelRecord] = field(default_factory=list)
     bb: relax.BlockBuilder | None = None
+    _scheduled: dict[int, tuple[tvm.IRModule, str]] = field(default_factory=dict)
 
     def emit_kernel(
         self,
@@ -93,6 +97,13 @@ class LoweringContext:
         return relax.call_tir(gvar, list(args), out_ty[0] if len(out_ty) == 1 else out_ty)
 
     def _schedule(self, func: tvm.tirx.PrimFunc) -> tuple[tvm.IRModule, str]:
+        """Schedule ``func`` once per structure (repeated layers share the result)."""
+        key = tvm_ffi.structural_hash(func)
+        if key not in self._scheduled:
+            self._scheduled[key] = self._schedule_new(func)
+        return self._scheduled[key]
+
+    def _schedule_new(self, func: tvm.tirx.PrimFunc) -> tuple[tvm.IRModule, str]:
         if self.tuning_db is not None:
             tuned = self.tuning_db.query(func.with_attr("global_symbol", "main"), self.target)
             if tuned is not None:
@@ -254,11 +265,58 @@ def lower_causal_conv_with_state(ctx: LoweringContext, inputs: list, attrs: dict
     )
 
 
-#: ONNX op_type -> lowering to a convforge kernel. Everything else: TVM's importer.
-LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr]] = {
+def _split_width(size: int, lanes: int) -> tuple[int, int]:
+    """``size = rows * width`` with ``width`` a whole number of vectors where possible."""
+    widths = [w for w in range(1, min(size, 4 * lanes) + 1) if size % w == 0]
+    width = max(widths, key=lambda w: (w % lanes == 0, w % max(1, lanes // 2) == 0, w))
+    return size // width, width
+
+
+def lower_gemm(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
+    """ONNX Gemm ``A (N, K) @ B + C`` as a convolution over the transposed weight.
+
+    ``Y^T (O,) = sum_k B^T[k, :] * A[n, k]``: the input is ``B^T`` seen as (1, K, rows, width)
+    (output features along the vectorized width axis, rows in parallel), the kernel is ``A``
+    seen as (N, K, 1, 1). ``B^T`` is folded at compile time when B is a constant; C is added
+    by TVM. Declines (TVM's converter takes the node) for transA or alpha/beta != 1.
+    """
+    if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        return None
+    node = _node_name(attrs)
+    a, b = inputs[0], inputs[1]
+    c = inputs[2] if len(inputs) > 2 else None
+    (n, k), b_shape = static_shape(a, f"Gemm {node!r} A"), static_shape(b, "B")
+    out_features = b_shape[0] if attrs.get("transB", 0) else b_shape[1]
+    rows, width = _split_width(out_features, vector_lanes(ctx.target, tensor_dtype(a)))
+    geom = shapes.conv_geometry((1, k, rows, width), (n, k, 1, 1))
+    if isinstance(b, tvm.ir.expr.Constant):  # transpose and reshape once, at compile time
+        matrix = b.value.numpy()
+        matrix = matrix.T if attrs.get("transB", 0) else matrix
+        weight = relax.const(np.ascontiguousarray(matrix).reshape(geom.x_shape))
+    else:
+        transposed = relax.op.permute_dims(b) if attrs.get("transB", 0) else b
+        weight = relax.op.reshape(transposed, geom.x_shape)
+    bb = ctx.bb
+    args = [
+        bb.emit(weight),
+        bb.emit(relax.op.reshape(a, geom.w_shape)),
+    ]
+
+    def compute(tx, tw):
+        return [ops.conv(tx, tw, None, geom)]
+
+    out = bb.emit(ctx.emit_kernel(node, "Gemm", "dense", attrs, args, compute, geom.macs))
+    out = relax.op.reshape(out, (n, out_features))
+    return out if c is None else relax.op.add(bb.emit(out), c)
+
+
+#: ONNX op_type -> lowering to a convforge kernel; a lowering returning ``None`` declines the
+#: node, and it and every other op type go to TVM's own converter.
+LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr | None]] = {
     "Conv": lower_conv,
     "ConvTranspose": lower_conv_transpose,
     "CausalConvWithState": lower_causal_conv_with_state,
+    "Gemm": lower_gemm,
 }
 
 
@@ -269,20 +327,27 @@ def convforge_converters(ctx: LoweringContext) -> Iterator[None]:
 
     original = onnx_frontend._get_convert_map
 
-    def converter(lower):
+    def converter(lower, tvm_converter):
         class Converter:
             @staticmethod
             def get_converter(opset):
                 def convert(bb, inputs, attrs, params):
                     ctx.bb = bb
-                    return lower(ctx, list(inputs), attrs)
+                    lowered = lower(ctx, list(inputs), attrs)
+                    if lowered is None and tvm_converter is not None:
+                        return tvm_converter.get_converter(opset)(bb, inputs, attrs, params)
+                    if lowered is None:
+                        raise ValueError(f"node {_node_name(attrs)!r}: no lowering accepts it")
+                    return lowered
 
                 return convert
 
         return Converter
 
     def patched():
-        return {**original(), **{op: converter(fn) for op, fn in LOWERINGS.items()}}
+        tvm_map = original()
+        ours = {op: converter(fn, tvm_map.get(op)) for op, fn in LOWERINGS.items()}
+        return {**tvm_map, **ours}
 
     onnx_frontend._get_convert_map = patched
     try:

@@ -214,6 +214,7 @@ class ModelReport:
             for fused in k["fused"]:
                 kernels[fused] = {**k, "kernel": f"fused into {k['node']}"}
         ours = {k["function"] for k in metadata["kernels"]}
+        users = {f: sum(k["function"] == f for k in metadata["kernels"]) for f in ours}
         tvm_time = sum(
             t for f, t in per_function.items() if f not in ours and not f.startswith("vm.")
         )
@@ -224,7 +225,9 @@ class ModelReport:
                 rows.append(NodeRow(node["name"], node["op_type"], "TVM default", "-", "-", 0.0))
                 continue
             share = (
-                per_function.get(k["function"], 0.0) / total if node["name"] == k["node"] else 0.0
+                per_function.get(k["function"], 0.0) / users[k["function"]] / total
+                if node["name"] == k["node"]
+                else 0.0
             )
             rows.append(
                 NodeRow(
@@ -362,6 +365,8 @@ def compile_model(
     from convforge.export.lowering import LoweringContext, convforge_converters
 
     say = progress or (lambda message: None)
+    if isinstance(tuning_db, str | os.PathLike):
+        tuning_db = open_tuning_db(tuning_db)
     original = name_nodes(load_onnx(model))
     specs = declared_inputs(original)
     compiled = _compiled_shapes(specs, input_shapes)
@@ -428,3 +433,14 @@ def median_seconds(fn: Callable[[], object], repeat: int = 5) -> float:
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def open_tuning_db(path: str | os.PathLike) -> Any:
+    """The tuning database in directory ``path`` (``convforge.schedules.tuning``)."""
+    if not os.path.isdir(path):
+        raise ValueError(f"tuning_db: no such directory {os.fspath(path)!r}")
+    try:
+        from convforge.schedules import tuning
+    except ImportError as err:
+        raise ValueError("tuning_db: this build has no convforge.schedules.tuning") from err
+    return tuning.open_database(path)
