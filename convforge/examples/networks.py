@@ -1,7 +1,7 @@
 """The lecture's networks as ONNX graphs with seeded random weights.
 
-Every builder returns a checked ``onnx.ModelProto`` (opset 22) whose input ``x`` has a
-dynamic batch ``N``; the classifiers (b) and (c) also have dynamic spatial sizes.
+Every builder returns a checked ``onnx.ModelProto`` (opset 22) with a dynamic batch ``N``;
+classifier (c) also has dynamic spatial sizes, (b) is built for a given input size.
 Weights are He-normal (std ``sqrt(2 / fan_in)``) from ``numpy.random.default_rng(seed)``.
 """
 
@@ -103,43 +103,41 @@ def classifier_flatten(seed: int = 0) -> onnx.ModelProto:
     )
 
 
-def _adaptive_avg_pool(g: _Graph, x: str, grid: int) -> str:
-    """Average pool to a ``grid x grid`` output for any input size (PyTorch's bin rule).
+def _adaptive_avg_pool(g: _Graph, x: str, size: tuple[int, int], grid: int) -> str:
+    """Average pool a (N, C, *size) tensor to ``grid x grid`` (PyTorch's adaptive bins).
 
-    Bin i of an axis of size n spans ``[floor(i*n/grid), ceil((i+1)*n/grid))``.
+    Bin i of an axis of length n spans ``[floor(i*n/grid), ceil((i+1)*n/grid))``.
     """
-    shape = g.node("Shape", [x])
-    axis_sizes = {
-        axis: g.node("Gather", [shape, g.const("axis", np.array([axis], np.int64))], axis=0)
-        for axis in (2, 3)
-    }
-
-    def bound(axis: int, i: int, ceil: bool) -> str:
-        scaled = g.node("Mul", [axis_sizes[axis], g.const("i", np.array([i], np.int64))])
-        if ceil:
-            scaled = g.node("Add", [scaled, g.const("c", np.array([grid - 1], np.int64))])
-        return g.node("Div", [scaled, g.const("grid", np.array([grid], np.int64))])
-
     axes = g.const("axes", np.array([2, 3], np.int64))
     rows = []
     for i in range(grid):
         cells = []
         for j in range(grid):
-            starts = g.node("Concat", [bound(2, i, False), bound(3, j, False)], axis=0)
-            ends = g.node("Concat", [bound(2, i + 1, True), bound(3, j + 1, True)], axis=0)
+            lo = [i * size[0] // grid, j * size[1] // grid]
+            hi = [-(-(i + 1) * size[0] // grid), -(-(j + 1) * size[1] // grid)]
+            starts = g.const("start", np.array(lo, np.int64))
+            ends = g.const("end", np.array(hi, np.int64))
             cell = g.node("Slice", [x, starts, ends, axes])
             cells.append(g.node("ReduceMean", [cell, axes], keepdims=1))
         rows.append(g.node("Concat", cells, axis=3))
     return g.node("Concat", rows, axis=2)
 
 
-def classifier_grid(seed: int = 0) -> onnx.ModelProto:
-    """(b) features -> average pool to a 3x3 grid -> 576 -> dense 1,000 -> softmax (any size)."""
+def classifier_grid(input_size: tuple[int, int] = (256, 256), seed: int = 0) -> onnx.ModelProto:
+    """(b) features -> average pool to a 3x3 grid -> 576 -> dense 1,000 -> softmax.
+
+    The grid's bins depend on the feature map size, so the graph is built for ``input_size``
+    (H, W); the weights depend only on ``seed``, so every size runs the same network.
+    """
     g = _Graph(seed)
-    y = _adaptive_avg_pool(g, _features(g, "x"), 3)
+    height, width = input_size
+    features = ((height // 4) // 4, (width // 4) // 4)
+    y = _adaptive_avg_pool(g, _features(g, "x"), features, 3)
     probs = _dense_softmax(g, g.node("Flatten", [y], axis=1), 64 * 9)
     return g.model(
-        "classifier_grid", {"x": (("N", 3, "H", "W"), "float32")}, {probs: (("N", 1000), "float32")}
+        "classifier_grid",
+        {"x": (("N", 3, height, width), "float32")},
+        {probs: (("N", 1000), "float32")},
     )
 
 
