@@ -244,16 +244,17 @@ def bytenet(config: ByteNetConfig = ByteNetConfig(), seed: int = 0) -> onnx.Mode
 def decoder(
     upsampling: str, channels: Sequence[int] = (64, 32, 16, 3), seed: int = 0
 ) -> onnx.ModelProto:
-    """Image decoder 8x8 -> 64x64 in three x2 steps, positive weights, ReLU between steps.
+    """Image decoder 8x8 -> 64x64 in x2 steps (one per channel pair), positive weights, ReLU between.
 
     ``upsampling='transposed'``: ConvTranspose k=3, s=2, pads 1, output_padding 1;
     ``'resize'``: nearest Resize x2 followed by Conv k=3 (same padding).
-    x: (N, channels[0], 8, 8) -> (N, channels[-1], 64, 64).
+    x: (N, channels[0], 8, 8) -> (N, channels[-1], 8 * 2**steps, 8 * 2**steps).
     """
     if upsampling not in ("transposed", "resize"):
         raise ValueError(f"upsampling must be 'transposed' or 'resize', got {upsampling!r}")
     g = _Graph(seed)
     y = "x"
+    size = 8 * 2 ** (len(channels) - 1)
     for step, (cin, cout) in enumerate(itertools.pairwise(channels)):
         last = step == len(channels) - 2
         if upsampling == "transposed":
@@ -271,7 +272,7 @@ def decoder(
     return g.model(
         f"decoder_{upsampling}",
         {"x": (("N", channels[0], 8, 8), "float32")},
-        {y: (("N", channels[-1], 64, 64), "float32")},
+        {y: (("N", channels[-1], size, size), "float32")},
     )
 
 

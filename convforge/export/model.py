@@ -381,6 +381,7 @@ def compile_model(
     with convforge_converters(ctx), warnings.catch_warnings():
         # TVM's importer runs onnx's checker, which flags the fusion attributes.
         warnings.filterwarnings("ignore", message="Unrecognized attribute: convforge_")
+        warnings.filterwarnings("ignore", message="Field 'shape' of 'type' is required")
         mod = from_onnx(
             fused, shape_dict=compiled, dtype_dict={s.name: s.dtype for s in specs}, opset=opset,
             keep_params_in_input=False, sanitize_input_names=False,
