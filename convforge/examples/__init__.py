@@ -9,6 +9,7 @@ from convforge.examples.networks import (
     classifier_flatten,
     classifier_grid,
     decoder,
+    resnet50,
     wavenet,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "classifier_flatten",
     "classifier_grid",
     "decoder",
+    "resnet50",
     "wavenet",
 ]

@@ -283,3 +283,44 @@ def checkerboard_spread(image: np.ndarray, border: int = 8) -> float:
     inner = image[:, border:-border, border:-border].astype(np.float64)
     spreads = [(c.max() - c.min()) / max(abs(c.mean()), 1e-12) for c in inner]
     return float(np.mean(spreads))
+
+
+def _conv_bn(g: _Graph, x: str, cin: int, cout: int, k: int, stride: int, relu: bool) -> str:
+    w = g.he((cout, cin, k, k), cin * k * k)
+    y = g.node(
+        "Conv", [x, g.const("w", w)], kernel_shape=[k, k], strides=[stride, stride],
+        pads=[k // 2] * 4,
+    )  # fmt: skip
+    stats = [
+        (g.rng.random(cout) * 0.5 + 0.75).astype(np.float32),  # gamma
+        (g.rng.standard_normal(cout) * 0.1).astype(np.float32),  # beta
+        (g.rng.standard_normal(cout) * 0.1).astype(np.float32),  # mean
+        (g.rng.random(cout) * 0.5 + 0.75).astype(np.float32),  # var
+    ]
+    y = g.node("BatchNormalization", [y, *[g.const("bn", s) for s in stats]], epsilon=1e-5)
+    return g.node("Relu", [y]) if relu else y
+
+
+def resnet50(size: int = 224, classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
+    """ResNet-50 (v1.5: stride in the 3x3 conv) with BatchNorm, random weights.
+
+    x: (N, 3, size, size) -> softmax probabilities (N, classes).
+    """
+    g = _Graph(seed)
+    y = _conv_bn(g, "x", 3, 64, 7, 2, relu=True)
+    y = g.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin = 64
+    for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+        for block in range(blocks):
+            stride = 2 if block == 0 and stage > 0 else 1
+            h = _conv_bn(g, y, cin, width, 1, 1, relu=True)
+            h = _conv_bn(g, h, width, width, 3, stride, relu=True)
+            h = _conv_bn(g, h, width, 4 * width, 1, 1, relu=False)
+            shortcut = y if block else _conv_bn(g, y, cin, 4 * width, 1, stride, relu=False)
+            y = g.node("Relu", [g.node("Add", [h, shortcut])])
+            cin = 4 * width
+    y = g.node("Flatten", [g.node("GlobalAveragePool", [y])], axis=1)
+    probs = _dense_softmax(g, y, cin, classes)
+    return g.model(
+        "resnet50", {"x": (("N", 3, size, size), "float32")}, {probs: (("N", classes), "float32")}
+    )
