@@ -24,14 +24,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import onnxruntime  # noqa: E402
-import tvm  # noqa: E402
+import onnxruntime
+import tvm
 
-from convforge.examples import networks  # noqa: E402
-from convforge.export.check import compare, session  # noqa: E402
-from convforge.export.check_model import make_inputs  # noqa: E402
-from convforge.export.model import compile_model  # noqa: E402
-from convforge.targets import host_target  # noqa: E402
+from convforge.examples import networks
+from convforge.export.check import compare, session
+from convforge.export.check_model import make_inputs
+from convforge.export.model import compile_model
+from convforge.targets import host_target
 
 MODELS = {
     "resnet50": lambda: networks.resnet50(),
