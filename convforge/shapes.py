@@ -375,3 +375,14 @@ def conv_transpose_geometry(
         batch, channels, out_channels, groups, tuple(in_size), tuple(kernel), stride_t,
         dilation_t, pads_t, out_pad, tuple(out_size),
     )  # fmt: skip
+
+
+def resize_output_size(size: int, scale: float) -> int:
+    """ONNX Resize output length from a scale: ``floor(size * scale)``, in float32 as
+    onnxruntime computes it (also for ``tf_crop_and_resize``: the roi moves the sampling
+    positions, not the output size)."""
+    import numpy as np
+
+    if not scale > 0:
+        raise ValueError(f"scales must be positive, got {scale}")
+    return int(np.floor(np.float32(size) * np.float32(scale)))

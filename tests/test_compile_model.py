@@ -136,6 +136,57 @@ def test_fusion_of_batch_norm_bias_and_activations_matches_onnxruntime(rng):
     assert kernels["tanh"] == "TVM default"  # c3 has two consumers: no fusion
 
 
+def test_resize_non_integer_scales_every_mode_matches_onnxruntime(rng):
+    """TVM's converter resizes by out/in, not the given scale; convforge's lowering by the scale."""
+    coordinate_modes = [
+        "half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+        "asymmetric", "tf_crop_and_resize",
+    ]  # fmt: skip
+    nodes, outputs = [], []
+    for mode in ("nearest", "linear", "cubic"):
+        for coordinate_mode in coordinate_modes:
+            out = f"{mode}_{coordinate_mode}"
+            roi = "roi" if coordinate_mode == "tf_crop_and_resize" else ""
+            nodes.append(
+                helper.make_node(
+                    "Resize",
+                    ["x", roi, "scales"],
+                    [out],
+                    mode=mode,
+                    coordinate_transformation_mode=coordinate_mode,
+                    extrapolation_value=-1.0,
+                )
+            )
+            outputs.append(out)
+    extra = [
+        ("nearest_ceil", {"mode": "nearest", "nearest_mode": "ceil"}, "scales"),
+        ("nearest_floor", {"mode": "nearest", "nearest_mode": "floor"}, "scales"),
+        ("nearest_prefer_ceil", {"mode": "nearest", "nearest_mode": "round_prefer_ceil"}, "scales"),
+        (
+            "cubic_exclude_outside",
+            {"mode": "cubic", "exclude_outside": 1, "cubic_coeff_a": -0.5},
+            "scales",
+        ),
+    ]
+    for out, attrs, scales in extra:
+        nodes.append(helper.make_node("Resize", ["x", "", scales], [out], **attrs))
+        outputs.append(out)
+    nodes.append(
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["linear_sizes"], mode="linear")
+    )
+    outputs.append("linear_sizes")
+    weights = {
+        "scales": np.array([1, 1, 1.75, 0.65], np.float32),
+        "roi": np.array([0, 0, 0.1, 0.2, 1, 1, 0.9, 0.8], np.float32),
+        "sizes": np.array([1, 2, 7, 13], np.int64),
+    }
+    model = _model(nodes, {"x": (1, 2, 10, 11)}, dict.fromkeys(outputs), weights, opset=19)
+    compiled = _assert_matches_onnxruntime(
+        model, {"x": rng.standard_normal((1, 2, 10, 11)).astype(np.float32)}
+    )
+    assert {r.kernel for r in compiled.report().rows} == {"resize"}
+
+
 def test_causal_conv_with_state_matches_onnxruntime(rng):
     b, c, length, k = 2, 6, 9, 4
     nodes = [

@@ -310,6 +310,62 @@ def lower_gemm(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | 
     return out if c is None else relax.op.add(bb.emit(out), c)
 
 
+def _constant(expr: relax.Expr | None) -> np.ndarray | None:
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+
+
+def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
+    """ONNX Resize (opset >= 11) with the given scales, in every mode and coordinate mode.
+
+    TVM's own converter resizes by ``out/in`` instead of the given scale (wrong whenever
+    ``in * scale`` is not an integer) and lacks ``half_pixel_symmetric``. Declines
+    (TVM's converter takes the node) for non-constant roi/scales/sizes, ``axes``,
+    ``antialias`` or a ``keep_aspect_ratio_policy`` other than ``stretch``.
+    """
+    node = _node_name(attrs)
+    x = inputs[0]
+    extra = [inputs[i] if len(inputs) > i else None for i in (1, 2, 3)]
+    values = [_constant(e) for e in extra]
+    if any(e is not None and v is None for e, v in zip(extra, values)):
+        return None
+    policy = _text(attrs.get("keep_aspect_ratio_policy", b"stretch"))
+    if "axes" in attrs or attrs.get("antialias", 0) or policy != "stretch":
+        return None
+    roi_values, scale_values, size_values = values
+    x_shape = static_shape(x, f"Resize {node!r} input")
+    rank = len(x_shape)
+    coordinate_mode = _text(attrs.get("coordinate_transformation_mode", b"half_pixel"))
+    roi = [(0.0, 1.0)] * rank
+    if coordinate_mode == "tf_crop_and_resize" and roi_values is not None and roi_values.size:
+        roi = [(float(roi_values[k]), float(roi_values[k + rank])) for k in range(rank)]
+    if scale_values is not None and scale_values.size:
+        scales = [float(v) for v in scale_values]
+        out_shape = [shapes.resize_output_size(n, s) for n, s in zip(x_shape, scales)]
+    elif size_values is not None and size_values.size:
+        out_shape = [int(v) for v in size_values]
+        scales = [m / n for m, n in zip(out_shape, x_shape)]
+    else:
+        raise ValueError(f"Resize {node!r}: give scales or sizes")
+    if len(scales) != rank:
+        raise ValueError(
+            f"Resize {node!r}: scales/sizes must have {rank} entries, got {len(scales)}"
+        )
+
+    def compute(tx):
+        return [
+            ops.resize(
+                tx, out_shape, scales, mode=_text(attrs.get("mode", b"nearest")),
+                coordinate_mode=coordinate_mode,
+                nearest_mode=_text(attrs.get("nearest_mode", b"round_prefer_floor")),
+                cubic_coeff_a=float(attrs.get("cubic_coeff_a", -0.75)),
+                exclude_outside=bool(attrs.get("exclude_outside", 0)), roi=roi,
+                extrapolation_value=float(attrs.get("extrapolation_value", 0.0)),
+            )
+        ]  # fmt: skip
+
+    return ctx.emit_kernel(node, "Resize", "resize", attrs, [x], compute)
+
+
 #: ONNX op_type -> lowering to a convforge kernel; a lowering returning ``None`` declines the
 #: node, and it and every other op type go to TVM's own converter.
 LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr | None]] = {
@@ -317,6 +373,7 @@ LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr | None]]
     "ConvTranspose": lower_conv_transpose,
     "CausalConvWithState": lower_causal_conv_with_state,
     "Gemm": lower_gemm,
+    "Resize": lower_resize,
 }
 
 
