@@ -265,40 +265,40 @@ def lower_causal_conv_with_state(ctx: LoweringContext, inputs: list, attrs: dict
     )
 
 
-def _split_width(size: int, lanes: int) -> tuple[int, int]:
-    """``size = rows * width`` with ``width`` a whole number of vectors where possible."""
-    widths = [w for w in range(1, min(size, 4 * lanes) + 1) if size % w == 0]
-    width = max(widths, key=lambda w: (w % lanes == 0, w % max(1, lanes // 2) == 0, w))
-    return size // width, width
-
-
 def lower_gemm(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
-    """ONNX Gemm ``A (N, K) @ B + C`` as a convolution over the transposed weight.
+    """ONNX Gemm ``A (N, K) @ B + C`` with a constant B, as a convolution over packed B.
 
-    ``Y^T (O,) = sum_k B^T[k, :] * A[n, k]``: the input is ``B^T`` seen as (1, K, rows, width)
-    (output features along the vectorized width axis, rows in parallel), the kernel is ``A``
-    seen as (N, K, 1, 1). ``B^T`` is folded at compile time when B is a constant; C is added
-    by TVM. Declines (TVM's converter takes the node) for transA or alpha/beta != 1.
+    B^T (K, O) is padded to O' (a multiple of the vector width W, zero columns) and packed
+    at compile time into (O'/W, K, 1, W): block r holds the K x W slice of output features
+    r*W .. r*W+W-1, contiguous. The convolution ``out[r, n, 0, w] = sum_k P[r, k, 0, w] *
+    A[n, k]`` (input P, kernel A seen as (N, K, 1, 1)) streams each block once, vectorized
+    along W, blocks in parallel; TVM permutes (O'/W, N, W) to (N, O'), slices and adds C.
+    Declines (TVM's converter takes the node) for transA, alpha/beta != 1 or a non-constant B.
     """
-    if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+    b = inputs[1]
+    if (
+        attrs.get("transA", 0)
+        or attrs.get("alpha", 1.0) != 1.0
+        or attrs.get("beta", 1.0) != 1.0
+        or not isinstance(b, tvm.ir.expr.Constant)
+    ):
         return None
     node = _node_name(attrs)
-    a, b = inputs[0], inputs[1]
+    a = inputs[0]
     c = inputs[2] if len(inputs) > 2 else None
-    (n, k), b_shape = static_shape(a, f"Gemm {node!r} A"), static_shape(b, "B")
-    out_features = b_shape[0] if attrs.get("transB", 0) else b_shape[1]
-    rows, width = _split_width(out_features, vector_lanes(ctx.target, tensor_dtype(a)))
-    geom = shapes.conv_geometry((1, k, rows, width), (n, k, 1, 1))
-    if isinstance(b, tvm.ir.expr.Constant):  # transpose and reshape once, at compile time
-        matrix = b.value.numpy()
-        matrix = matrix.T if attrs.get("transB", 0) else matrix
-        weight = relax.const(np.ascontiguousarray(matrix).reshape(geom.x_shape))
-    else:
-        transposed = relax.op.permute_dims(b) if attrs.get("transB", 0) else b
-        weight = relax.op.reshape(transposed, geom.x_shape)
+    n, k = static_shape(a, f"Gemm {node!r} A")
+    matrix = b.value.numpy()
+    matrix = matrix.T if attrs.get("transB", 0) else matrix  # (K, O)
+    out_features = matrix.shape[1]
+    width = vector_lanes(ctx.target, tensor_dtype(a))
+    padded = -(-out_features // width) * width
+    blocks = padded // width
+    geom = shapes.conv_geometry((blocks, k, 1, width), (n, k, 1, 1))
+    packed = np.pad(matrix, ((0, 0), (0, padded - out_features)))
+    packed = packed.reshape(k, blocks, width).transpose(1, 0, 2).reshape(geom.x_shape)
     bb = ctx.bb
     args = [
-        bb.emit(weight),
+        bb.emit(relax.const(np.ascontiguousarray(packed))),
         bb.emit(relax.op.reshape(a, geom.w_shape)),
     ]
 
@@ -306,7 +306,11 @@ def lower_gemm(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | 
         return [ops.conv(tx, tw, None, geom)]
 
     out = bb.emit(ctx.emit_kernel(node, "Gemm", "dense", attrs, args, compute, geom.macs))
-    out = relax.op.reshape(out, (n, out_features))
+    if n > 1:
+        out = bb.emit(relax.op.permute_dims(out, [1, 0, 2, 3]))
+    out = relax.op.reshape(out, (n, padded))
+    if padded != out_features:
+        out = relax.op.strided_slice(bb.emit(out), axes=[1], begin=[0], end=[out_features])
     return out if c is None else relax.op.add(bb.emit(out), c)
 
 
