@@ -250,15 +250,23 @@ def _small_fully_convolutional(rng):
     return model
 
 
-def test_dynamic_batch_and_spatial_size(rng):
+def test_dynamic_batch_and_spatial_size(tmp_path, rng):
     model = _small_fully_convolutional(rng)
     with pytest.raises(ValueError, match="input_shapes"):
         cf.compile_model(model)
     compiled = cf.compile_model(model, input_shapes={"x": (1, 2, 11, 9)})
     x = rng.standard_normal((3, 2, 11, 9)).astype(np.float32)  # batch 3 on a batch-1 build
     _assert_matches_onnxruntime(model, {"x": x}, compiled)
+    other_size = rng.standard_normal((2, 2, 7, 12)).astype(np.float32)  # compiles a specialization
+    _assert_matches_onnxruntime(model, {"x": other_size}, compiled)
     with pytest.raises(ValueError, match=r"must have shape \(1, 2, 11, 9\)"):
-        compiled(x[:, :, :10])
+        compiled(x[:, :1])
+    library = tmp_path / "dynamic.so"
+    compiled.export_library(library)
+    loaded = cf.load(library)
+    _assert_matches_onnxruntime(model, {"x": x}, loaded)
+    with pytest.raises(ValueError, match=r"must have shape \(1, 2, 11, 9\)"):
+        loaded(other_size)
 
 
 def test_inputs_by_position_and_name_outputs_in_model_order(rng):

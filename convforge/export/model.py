@@ -47,12 +47,22 @@ class TensorSpec:
 class CompiledModel:
     """A compiled model: call with arrays (positionally or by input name), get a list of arrays.
 
-    Outputs come in the ONNX model's output order. Along a dimension the model declares
-    dynamic (batch size), the compiled shape is 1 and larger batches run sample by sample.
+    Outputs come in the ONNX model's output order. A dynamic batch dimension compiles as 1
+    and larger batches run sample by sample. Other dynamic dimensions (the spatial sizes of
+    a fully convolutional model): a model from :func:`compile_model` compiles (once, then
+    cached) a specialization for each new size it is called with; a loaded library runs
+    the sizes it was compiled for only.
     """
 
-    def __init__(self, module: tvm.runtime.Module | tvm.runtime.Executable, metadata: dict):
+    def __init__(
+        self,
+        module: tvm.runtime.Module | tvm.runtime.Executable,
+        metadata: dict,
+        specialize: Callable[[dict[str, tuple[int, ...]]], CompiledModel] | None = None,
+    ):
         self._module = module
+        self._specialize = specialize
+        self._specializations: dict[tuple, CompiledModel] = {}
         self.metadata = metadata
         self.inputs = [
             TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in metadata["inputs"]
@@ -95,7 +105,7 @@ class CompiledModel:
             array = np.ascontiguousarray(given[spec.name], dtype=spec.dtype)
             compiled = self.compiled_shapes[spec.name]
             fits = len(array.shape) == len(compiled) and all(
-                a == c or (declared is None and k == 0)
+                a == c or (declared is None and (k == 0 or self._specialize is not None))
                 for k, (a, c, declared) in enumerate(zip(array.shape, compiled, spec.shape))
             )
             if not fits:
@@ -113,15 +123,25 @@ class CompiledModel:
 
     def __call__(self, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
         bound = self.bind_inputs(*arrays, **named)
+        shapes = {
+            s.name: (self.compiled_shapes[s.name][0], *a.shape[1:]) if a.ndim else a.shape
+            for s, a in zip(self.inputs, bound)
+        }
+        if shapes != self.compiled_shapes:  # another size along a dynamic non-batch axis
+            key = tuple(sorted(shapes.items()))
+            if key not in self._specializations:
+                self._specializations[key] = self._specialize(shapes)
+            return self._specializations[key](*bound)
         batched = [bool(s.shape) and s.shape[0] is None for s in self.inputs]
         sizes = {a.shape[0] for a, b in zip(bound, batched) if b}
         size = sizes.pop() if sizes else None
-        if size is None or all(
-            a.shape[0] == self.compiled_shapes[s.name][0]
-            for a, s, b in zip(bound, self.inputs, batched)
-            if b
-        ):
+        compiled_batch = {
+            self.compiled_shapes[s.name][0] for s, b in zip(self.inputs, batched) if b
+        }
+        if size is None or compiled_batch == {size}:
             return self._run(bound)
+        if compiled_batch != {1}:
+            raise ValueError(f"compiled for batch {compiled_batch.pop()}, got batch {size}")
         samples = [
             self._run([a[i : i + 1] if b else a for a, b in zip(bound, batched)])
             for i in range(size)
@@ -400,7 +420,12 @@ def compile_model(
     start = time.perf_counter()
     executable = tvm.compile(mod, target=resolved)
     say(f"compiled in {time.perf_counter() - start:.1f} s")
-    return CompiledModel(executable, json.loads(json.dumps(metadata)))
+
+    def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
+        say(f"compiling a specialization for input shapes {shapes}")
+        return compile_model(original, resolved, tuning_db, shapes, progress)
+
+    return CompiledModel(executable, json.loads(json.dumps(metadata)), specialize)
 
 
 def _with_metadata(mod: tvm.IRModule, metadata: dict) -> tvm.IRModule:
