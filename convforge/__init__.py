@@ -4,7 +4,24 @@
 runs a TVM kernel for the host CPU on numpy arrays.
 """
 
-from convforge.api import causal_conv1d, conv, conv_transpose
+from convforge.api import (
+    adaptive_avg_pool,
+    adaptive_max_pool,
+    avg_pool,
+    causal_conv1d,
+    conv,
+    conv_transpose,
+    dense,
+    flatten_dense_head,
+    fully_conv_head,
+    global_avg_pool,
+    global_max_pool,
+    grid_pool_head,
+    max_pool,
+    resize,
+    resize_conv,
+    softmax,
+)
 from convforge.reference import conv_matrix
 from convforge.shapes import (
     conv_geometry,
@@ -36,6 +53,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "CompiledModel",
+    "adaptive_avg_pool",
+    "adaptive_max_pool",
+    "avg_pool",
     "causal_conv1d",
     "check_model",
     "compile_model",
@@ -46,7 +66,17 @@ __all__ = [
     "conv_transpose",
     "conv_transpose_geometry",
     "conv_transpose_output_size",
+    "dense",
+    "flatten_dense_head",
+    "fully_conv_head",
+    "global_avg_pool",
+    "global_max_pool",
+    "grid_pool_head",
     "host_target",
     "load",
+    "max_pool",
     "receptive_field",
+    "resize",
+    "resize_conv",
+    "softmax",
 ]

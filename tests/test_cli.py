@@ -117,5 +117,7 @@ def test_report_lists_every_node(model_file, capsys):
     assert list(rows) == [n.name or f"{n.op_type}_{i}" for i, n in enumerate(model.graph.node)]
     assert rows["Conv_0"]["kernel"] == "conv2d" and rows["Conv_0"]["schedule"] == "default"
     assert rows["Relu_1"]["kernel"] == "fused into Conv_0"
-    assert rows["Softmax_4"]["kernel"] == "TVM default"
+    assert rows["GlobalAveragePool_2"]["kernel"] == "global_avg_pool"
+    assert rows["Softmax_4"]["kernel"] == "softmax"
+    assert rows["Flatten_3"]["kernel"] == "TVM default"
     assert 0 < rows["Conv_0"]["share"] <= 1

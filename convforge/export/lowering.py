@@ -17,6 +17,7 @@ graph (:mod:`convforge.export.fusion`): a fused node carries the attributes
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from tvm import relax, te
 
 from convforge import ops, shapes
 from convforge.build import schedule_for
+from convforge.ops.interpolate import resize as onnx_resize
 from convforge.targets import vector_lanes
 
 #: Attribute names the fusion pass sets on a fused ONNX node.
@@ -59,6 +61,7 @@ class LoweringContext:
     tuning_db: object | None = None
     records: list[KernelRecord] = field(default_factory=list)
     bb: relax.BlockBuilder | None = None
+    opset: int = 22
     _scheduled: dict[int, tuple[tvm.IRModule, str]] = field(default_factory=dict)
 
     def emit_kernel(
@@ -342,7 +345,8 @@ def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr 
     roi = [(0.0, 1.0)] * rank
     if coordinate_mode == "tf_crop_and_resize" and roi_values is not None and roi_values.size:
         roi = [(float(roi_values[k]), float(roi_values[k + rank])) for k in range(rank)]
-    if scale_values is not None and scale_values.size:
+    by_size = scale_values is None or not scale_values.size
+    if not by_size:
         scales = [float(v) for v in scale_values]
         out_shape = [shapes.resize_output_size(n, s) for n, s in zip(x_shape, scales)]
     elif size_values is not None and size_values.size:
@@ -355,19 +359,79 @@ def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr 
             f"Resize {node!r}: scales/sizes must have {rank} entries, got {len(scales)}"
         )
 
+    mode = _text(attrs.get("mode", b"nearest"))
+    nearest_mode = _text(attrs.get("nearest_mode", b"round_prefer_floor"))
+    if (
+        mode in shapes.RESIZE_MODES
+        and coordinate_mode in shapes.COORDINATE_MODES
+        and scales[:2] == [1.0, 1.0]
+        and out_shape[:2] == list(x_shape[:2])
+    ):  # convforge.ops.resize serves nearest/linear on the spatial axes
+        spatial = {"size": out_shape[2:]} if by_size else {"scale": scales[2:]}
+        geom = shapes.resize_geometry(
+            x_shape, mode=mode, coordinate_mode=coordinate_mode, nearest_mode=nearest_mode,
+            **spatial,
+        )  # fmt: skip
+        return ctx.emit_kernel(
+            node, "Resize", "resize", attrs, [x], lambda tx: [ops.resize(tx, geom)]
+        )
+
     def compute(tx):
         return [
-            ops.resize(
-                tx, out_shape, scales, mode=_text(attrs.get("mode", b"nearest")),
-                coordinate_mode=coordinate_mode,
-                nearest_mode=_text(attrs.get("nearest_mode", b"round_prefer_floor")),
-                cubic_coeff_a=float(attrs.get("cubic_coeff_a", -0.75)),
+            onnx_resize(
+                tx, out_shape, scales, mode=mode, coordinate_mode=coordinate_mode,
+                nearest_mode=nearest_mode, cubic_coeff_a=float(attrs.get("cubic_coeff_a", -0.75)),
                 exclude_outside=bool(attrs.get("exclude_outside", 0)), roi=roi,
                 extrapolation_value=float(attrs.get("extrapolation_value", 0.0)),
             )
         ]  # fmt: skip
 
-    return ctx.emit_kernel(node, "Resize", "resize", attrs, [x], compute)
+    return ctx.emit_kernel(node, "Resize", "resize_onnx", attrs, [x], compute)
+
+
+def lower_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> relax.Expr | None:
+    """ONNX MaxPool / AveragePool (every auto_pad, ceil_mode, dilations, count_include_pad).
+
+    Declines a MaxPool asked for its Indices output or a column-major storage_order.
+    """
+    if attrs["tvm_custom"]["num_outputs"] > 1 or attrs.get("storage_order", 0):
+        return None
+    node = _node_name(attrs)
+    x = inputs[0]
+    x_shape = static_shape(x, f"{'MaxPool' if kind == 'max' else 'AveragePool'} {node!r} input")
+    geom = shapes.pool_geometry(
+        x_shape, tuple(int(k) for k in attrs["kernel_shape"]), kind=kind,
+        stride=attrs.get("strides"), padding=onnx_padding(attrs, len(x_shape) - 2),
+        dilation=attrs.get("dilations", 1), ceil_mode=bool(attrs.get("ceil_mode", 0)),
+        count_include_pad=bool(attrs.get("count_include_pad", 0)),
+    )  # fmt: skip
+    op_type = "MaxPool" if kind == "max" else "AveragePool"
+    return ctx.emit_kernel(
+        node, op_type, f"{kind}_pool{geom.ndim}d", attrs, [x], lambda tx: [ops.pool(tx, geom)]
+    )
+
+
+def lower_global_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> relax.Expr:
+    """ONNX GlobalAveragePool / GlobalMaxPool: (N, C, *S) -> (N, C, 1, ...)."""
+    node = _node_name(attrs)
+    x = inputs[0]
+    geom = shapes.global_pool_geometry(static_shape(x, f"global pool {node!r} input"), kind=kind)
+    op_type = "GlobalMaxPool" if kind == "max" else "GlobalAveragePool"
+    return ctx.emit_kernel(
+        node, op_type, f"global_{kind}_pool", attrs, [x], lambda tx: [ops.adaptive_pool(tx, geom)]
+    )
+
+
+def lower_softmax(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
+    """ONNX Softmax along axis 1 of (N, K, ...); declines any other axis."""
+    node = _node_name(attrs)
+    x = inputs[0]
+    x_shape = static_shape(x, f"Softmax {node!r} input")
+    axis = int(attrs.get("axis", -1 if ctx.opset >= 13 else 1)) % len(x_shape)
+    if axis != 1 or (ctx.opset < 13 and len(x_shape) > 2):  # before 13: over axes [axis:]
+        return None
+    shapes.check_softmax_input(x_shape)
+    return ctx.emit_kernel(node, "Softmax", "softmax", attrs, [x], lambda tx: [ops.softmax(tx)])
 
 
 #: ONNX op_type -> lowering to a convforge kernel; a lowering returning ``None`` declines the
@@ -378,6 +442,11 @@ LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr | None]]
     "CausalConvWithState": lower_causal_conv_with_state,
     "Gemm": lower_gemm,
     "Resize": lower_resize,
+    "MaxPool": functools.partial(lower_pool, kind="max"),
+    "AveragePool": functools.partial(lower_pool, kind="avg"),
+    "GlobalMaxPool": functools.partial(lower_global_pool, kind="max"),
+    "GlobalAveragePool": functools.partial(lower_global_pool, kind="avg"),
+    "Softmax": lower_softmax,
 }
 
 
@@ -393,7 +462,7 @@ def convforge_converters(ctx: LoweringContext) -> Iterator[None]:
             @staticmethod
             def get_converter(opset):
                 def convert(bb, inputs, attrs, params):
-                    ctx.bb = bb
+                    ctx.bb, ctx.opset = bb, opset
                     lowered = lower(ctx, list(inputs), attrs)
                     if lowered is None and tvm_converter is not None:
                         return tvm_converter.get_converter(opset)(bb, inputs, attrs, params)
