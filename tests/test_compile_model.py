@@ -189,6 +189,26 @@ def test_resize_non_integer_scales_every_mode_matches_onnxruntime(rng):
     assert kernels["Resize_12"] == "resize_onnx"  # cubic
 
 
+def test_pools_match_onnxruntime(rng):
+    k = {"kernel_shape": [3, 3], "strides": [2, 2]}
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["max_same"], auto_pad="SAME_UPPER", **k),
+        helper.make_node("MaxPool", ["x"], ["max_ceil_dilated"], ceil_mode=1, dilations=[2, 1], **k),
+        helper.make_node("AveragePool", ["x"], ["avg_pads"], pads=[1, 0, 1, 2], **k),
+        helper.make_node("AveragePool", ["x"], ["avg_include_pad"], pads=[1, 1, 1, 1], count_include_pad=1, **k),
+        helper.make_node("AveragePool", ["x"], ["avg_same_lower"], auto_pad="SAME_LOWER", **k),
+        helper.make_node("GlobalAveragePool", ["x"], ["global_avg"]),
+        helper.make_node("GlobalMaxPool", ["x"], ["global_max"]),
+    ]  # fmt: skip
+    outputs = dict.fromkeys(n.output[0] for n in nodes)
+    model = _model(nodes, {"x": (2, 3, 11, 10)}, outputs, {})
+    compiled = _assert_matches_onnxruntime(
+        model, {"x": rng.standard_normal((2, 3, 11, 10)).astype(np.float32)}
+    )
+    kernels = {r.kernel for r in compiled.report().rows}
+    assert kernels == {"max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool"}
+
+
 def test_causal_conv_with_state_matches_onnxruntime(rng):
     b, c, length, k = 2, 6, 9, 4
     nodes = [
