@@ -209,6 +209,31 @@ def test_pools_match_onnxruntime(rng):
     assert kernels == {"max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool"}
 
 
+def test_resize_followed_by_conv_is_one_kernel_matching_onnxruntime(rng):
+    nodes = [
+        helper.make_node("Resize", ["x", "", "twice"], ["up"], mode="nearest", name="up"),
+        helper.make_node("Conv", ["up", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["lin"], mode="linear", name="linear"),
+        helper.make_node("Conv", ["lin", "w"], ["z"], kernel_shape=[3, 3], auto_pad="SAME_UPPER", name="conv_lin"),
+    ]  # fmt: skip
+    weights = {
+        "twice": np.array([1, 1, 2, 2], np.float32),
+        "sizes": np.array([1, 4, 13, 9], np.int64),
+        "w": _he(rng, (5, 4, 3, 3)),
+        "b": rng.standard_normal(5).astype(np.float32),
+    }
+    model = _model(nodes, {"x": (1, 4, 6, 7)}, dict.fromkeys(["y", "z"]), weights)
+    compiled = _assert_matches_onnxruntime(
+        model, {"x": rng.standard_normal((1, 4, 6, 7)).astype(np.float32)}
+    )
+    kernels = {r.node: r.kernel for r in compiled.report().rows}
+    assert kernels == {
+        "up": "fused into conv", "conv": "resize_conv2d", "relu": "fused into conv",
+        "linear": "fused into conv_lin", "conv_lin": "resize_conv2d",
+    }  # fmt: skip
+
+
 def test_causal_conv_with_state_matches_onnxruntime(rng):
     b, c, length, k = 2, 6, 9, 4
     nodes = [

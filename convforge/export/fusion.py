@@ -1,5 +1,7 @@
 """Fusion on the ONNX graph, before import: what a convolution kernel absorbs.
 
+A Conv absorbs a ``Resize`` (nearest or linear, constant scales/sizes) whose output only it
+reads: it becomes one resize-convolution kernel (``convforge.ops.resize_conv``).
 A Conv or ConvTranspose absorbs, in graph order, while its output feeds exactly one node
 and is not a graph output:
 
@@ -22,7 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from convforge.export.lowering import ACTIVATION_ATTR, FUSED_ATTR
+from convforge import shapes
+from convforge.export.lowering import ACTIVATION_ATTR, FUSED_ATTR, RESIZE_ATTRS
 
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 
@@ -73,19 +76,66 @@ def _per_channel(value: np.ndarray, channels: int, rank: int) -> np.ndarray | No
 
 
 def fuse_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` (nodes named) with bias, BN and activations fused into convolutions."""
+    """A copy of ``model`` (nodes named) with resize, bias, BN and activations fused into
+    convolutions."""
     model = name_nodes(model)
     g = _Graph(model)
     for conv in list(g.graph.node):
         if conv.op_type not in ("Conv", "ConvTranspose"):
             continue
-        _absorb_followers(g, conv)
+        fused = _absorb_resize(g, conv) if conv.op_type == "Conv" else []
+        _absorb_followers(g, conv, fused)
     return model
 
 
-def _absorb_followers(g: _Graph, conv: onnx.NodeProto) -> None:
+def _absorb_resize(g: _Graph, conv: onnx.NodeProto) -> list[str]:
+    """Fold a Resize feeding ``conv`` (nearest/linear, constant spatial scales or sizes)."""
+    resize = next((n for n in g.graph.node if conv.input[0] in n.output), None)
+    if (
+        resize is None
+        or resize.op_type != "Resize"
+        or g.sole_consumer(resize.output[0]) is not conv
+    ):
+        return []
+    attrs = {a.name: helper.get_attribute_value(a) for a in resize.attribute}
+    text = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+    mode = text.get("mode", "nearest")
+    coordinate_mode = text.get("coordinate_transformation_mode", "half_pixel")
+    if (
+        set(attrs) - {"mode", "coordinate_transformation_mode", "nearest_mode"}
+        or mode not in shapes.RESIZE_MODES
+        or coordinate_mode not in shapes.COORDINATE_MODES
+    ):
+        return []
+    inputs = list(resize.input) + [""] * (4 - len(resize.input))
+    scales = g.constant(inputs[2]) if inputs[2] else None
+    sizes = g.constant(inputs[3]) if inputs[3] else None
+    by_scale = scales is not None and scales.size > 0
+    values = scales if by_scale else sizes
+    if values is None or values.size < 3 or (inputs[2] and scales is None):
+        return []
+    if by_scale and any(float(v) != 1.0 for v in values[:2]):
+        return []
+    conv.input[0] = resize.input[0]
+    conv.attribute.extend(
+        [
+            helper.make_attribute(RESIZE_ATTRS["mode"], mode),
+            helper.make_attribute(RESIZE_ATTRS["coordinate_mode"], coordinate_mode),
+            helper.make_attribute(
+                RESIZE_ATTRS["nearest_mode"], text.get("nearest_mode", "round_prefer_floor")
+            ),
+            helper.make_attribute(
+                RESIZE_ATTRS["scale" if by_scale else "size"],
+                [float(v) if by_scale else int(v) for v in values],
+            ),
+        ]
+    )
+    g.graph.node.remove(resize)
+    return [resize.name]
+
+
+def _absorb_followers(g: _Graph, conv: onnx.NodeProto, fused: list[str]) -> None:
     weight = g.constant(conv.input[1])
-    fused: list[str] = []
     activation = None
     while activation is None:
         out = conv.output[0]

@@ -36,6 +36,13 @@ from convforge.targets import vector_lanes
 ACTIVATION_ATTR = "convforge_activation"
 FUSED_ATTR = "convforge_fused"
 
+#: Attributes of a Resize folded into the Conv it feeds (mode, coordinate_mode,
+#: nearest_mode, and the full-rank scales or sizes).
+RESIZE_ATTRS = {
+    key: f"convforge_resize_{key}"
+    for key in ("mode", "coordinate_mode", "nearest_mode", "scale", "size")
+}
+
 #: relax's kOpaque: keeps FuseOps from merging other ops into an already scheduled kernel.
 _OPAQUE = 8
 
@@ -168,18 +175,32 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     node = _node_name(attrs)
     x_shape, w_shape = static_shape(x, f"Conv {node!r} input"), static_shape(w, "weight")
     nd = len(x_shape) - 2
+    resize_geom = None
+    if RESIZE_ATTRS["mode"] in attrs:  # a Resize folded into this Conv
+        by_scale = RESIZE_ATTRS["scale"] in attrs
+        values = attrs[RESIZE_ATTRS["scale" if by_scale else "size"]]
+        resize_geom = shapes.resize_geometry(
+            x_shape, mode=_text(attrs[RESIZE_ATTRS["mode"]]),
+            coordinate_mode=_text(attrs[RESIZE_ATTRS["coordinate_mode"]]),
+            nearest_mode=_text(attrs[RESIZE_ATTRS["nearest_mode"]]),
+            **({"scale": [float(v) for v in values[2:]]} if by_scale else {"size": [int(v) for v in values[2:]]}),
+        )  # fmt: skip
     geom = shapes.conv_geometry(
-        x_shape, w_shape, stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
+        x_shape if resize_geom is None else resize_geom.out_shape, w_shape,
+        stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
         padding=onnx_padding(attrs, nd), groups=int(attrs.get("group", 1)),
         bias_shape=None if bias is None else static_shape(bias, "bias"),
     )  # fmt: skip
     activation = activation_of(attrs)
 
     def compute(tx, tw, tb=None):
+        if resize_geom is not None:
+            return [ops.resize_conv(tx, tw, tb, resize_geom, geom, activation)]
         return [ops.conv(tx, tw, tb, geom, activation)]
 
     args = [x, w] if bias is None else [x, w, bias]
-    return ctx.emit_kernel(node, "Conv", f"conv{nd}d", attrs, args, compute, geom.macs)
+    kernel = f"conv{nd}d" if resize_geom is None else f"resize_conv{nd}d"
+    return ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
 
 
 def lower_conv_transpose(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
