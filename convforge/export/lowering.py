@@ -69,6 +69,7 @@ class LoweringContext:
     records: list[KernelRecord] = field(default_factory=list)
     bb: relax.BlockBuilder | None = None
     opset: int = 22
+    progress: Callable[[str], None] | None = None
     _scheduled: dict[int, tuple[tvm.IRModule, str]] = field(default_factory=dict)
 
     def emit_kernel(
@@ -104,6 +105,8 @@ class LoweringContext:
                 node, op_type, kernel, gvar.name_hint, schedule_kind, fused_nodes(attrs), macs
             )
         )
+        if self.progress is not None:
+            self.progress(f"kernel {len(self.records)}: {node} -> {kernel} ({schedule_kind})")
         return relax.call_tir(gvar, list(args), out_ty[0] if len(out_ty) == 1 else out_ty)
 
     def _schedule(self, func: tvm.tirx.PrimFunc) -> tuple[tvm.IRModule, str]:

@@ -393,7 +393,7 @@ def compile_model(
     resolved = resolve_target(target)
     say("fusing bias, batch-norm and activations into convolutions")
     fused = fuse_convolutions(original)
-    ctx = LoweringContext(resolved, tuning_db)
+    ctx = LoweringContext(resolved, tuning_db, progress=progress)
     say(
         f"importing {len(original.graph.node)} ONNX nodes (convforge kernels scheduled as they come)"
     )
