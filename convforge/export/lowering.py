@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ RESIZE_ATTRS = {
     for key in ("mode", "coordinate_mode", "nearest_mode", "scale", "size")
 }
 
+#: Module attribute ``schedule_for`` sets on a module scheduled by a tuning record.
+TUNING_RECORD_ATTR = "convforge.tuning_record"
+
 #: relax's kOpaque: keeps FuseOps from merging other ops into an already scheduled kernel.
 _OPAQUE = 8
 
@@ -65,7 +69,7 @@ class LoweringContext:
     """State shared by the lowerings of one model: target, block builder, records."""
 
     target: tvm.target.Target
-    tuning_db: object | None = None
+    tuning_db: str | os.PathLike | None = None
     records: list[KernelRecord] = field(default_factory=list)
     bb: relax.BlockBuilder | None = None
     opset: int = 22
@@ -117,11 +121,18 @@ class LoweringContext:
         return self._scheduled[key]
 
     def _schedule_new(self, func: tvm.tirx.PrimFunc) -> tuple[tvm.IRModule, str]:
+        """``schedule_for`` (which takes a tuned record where an active tuning database has
+        one), with ``tuning_db`` made the active database while it runs."""
+        func = func.with_attr("global_symbol", "main")
+        scope = contextlib.nullcontext()
         if self.tuning_db is not None:
-            tuned = self.tuning_db.query(func.with_attr("global_symbol", "main"), self.target)
-            if tuned is not None:
-                return tuned, "tuned"
-        return schedule_for(func.with_attr("global_symbol", "main"), self.target), "default"
+            from convforge.schedules import tuning
+
+            scope = tuning.use_tuning_db(self.tuning_db)
+        with scope:
+            mod = schedule_for(func, self.target)
+        tuned = mod.attrs is not None and TUNING_RECORD_ATTR in mod.attrs
+        return mod, "tuned" if tuned else "default"
 
 
 def static_shape(expr: relax.Expr, what: str) -> tuple[int, ...]:

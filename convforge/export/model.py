@@ -366,15 +366,15 @@ def _compiled_shapes(
 def compile_model(
     model: Any,
     target: TargetArg = None,
-    tuning_db: Any = None,
+    tuning_db: str | os.PathLike | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CompiledModel:
     """Compile an ONNX model (ModelProto or path) with convforge kernels for ``target``.
 
     Convolution-family nodes (:data:`convforge.export.lowering.LOWERINGS`) run convforge's
-    TE operators with its schedules (tuned where ``tuning_db`` has a record, an object
-    with ``query(prim_func, target) -> IRModule | None``); every other node keeps TVM's
+    TE operators with its schedules (tuned where the tuning database directory
+    ``tuning_db`` has a record); every other node keeps TVM's
     default lowering. Dynamic dimensions: the batch compiles as 1 (larger batches run per
     sample); other dynamic dimensions need ``input_shapes`` (name -> full shape), which
     may also override declared spatial sizes of fully convolutional models.
@@ -385,7 +385,7 @@ def compile_model(
     from convforge.export.lowering import LoweringContext, convforge_converters
 
     say = progress or (lambda message: None)
-    if isinstance(tuning_db, str | os.PathLike):
+    if tuning_db is not None:
         tuning_db = open_tuning_db(tuning_db)
     original = name_nodes(load_onnx(model))
     specs = declared_inputs(original)
@@ -461,12 +461,12 @@ def median_seconds(fn: Callable[[], object], repeat: int = 5) -> float:
     return statistics.median(samples)
 
 
-def open_tuning_db(path: str | os.PathLike) -> Any:
-    """The tuning database in directory ``path`` (``convforge.schedules.tuning``)."""
+def open_tuning_db(path: str | os.PathLike) -> str:
+    """Check that ``path`` is a tuning database directory this build can read; return it."""
     if not os.path.isdir(path):
         raise ValueError(f"tuning_db: no such directory {os.fspath(path)!r}")
     try:
-        from convforge.schedules import tuning
+        from convforge.schedules import tuning  # noqa: F401
     except ImportError as err:
         raise ValueError("tuning_db: this build has no convforge.schedules.tuning") from err
-    return tuning.open_database(path)
+    return os.fspath(path)
