@@ -121,3 +121,4 @@ def test_report_lists_every_node(model_file, capsys):
     assert rows["Softmax_4"]["kernel"] == "softmax"
     assert rows["Flatten_3"]["kernel"] == "TVM default"
     assert 0 < rows["Conv_0"]["share"] <= 1
+    assert report["tvm_functions"] == []  # Flatten became a view (vm.builtin.reshape)

@@ -134,6 +134,8 @@ def test_fusion_of_batch_norm_bias_and_activations_matches_onnxruntime(rng):
     assert kernels["bn"] == kernels["relu"] == "fused into conv1"
     assert kernels["add"] == kernels["sigmoid"] == kernels["mul"] == "fused into conv2"
     assert kernels["tanh"] == "TVM default"  # c3 has two consumers: no fusion
+    functions = [name for name, _ in compiled.report().tvm_functions]
+    assert any("tanh" in f for f in functions) and any("add" in f for f in functions)
 
 
 def test_resize_non_integer_scales_every_mode_matches_onnxruntime(rng):

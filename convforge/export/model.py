@@ -226,6 +226,8 @@ class ModelReport:
     rows: list[NodeRow]
     total_seconds: float
     tvm_default_share: float
+    #: TVM's own kernels (nodes on its default lowering, fused by TVM) with their shares.
+    tvm_functions: list[tuple[str, float]]
 
     @staticmethod
     def build(metadata: dict, per_function: Mapping[str, float], total: float) -> ModelReport:
@@ -235,9 +237,11 @@ class ModelReport:
                 kernels[fused] = {**k, "kernel": f"fused into {k['node']}"}
         ours = {k["function"] for k in metadata["kernels"]}
         users = {f: sum(k["function"] == f for k in metadata["kernels"]) for f in ours}
-        tvm_time = sum(
-            t for f, t in per_function.items() if f not in ours and not f.startswith("vm.")
-        )
+        tvm_functions = sorted(
+            ((f, t / total if total else 0.0) for f, t in per_function.items()
+             if f not in ours and not f.startswith("vm.")),
+            key=lambda item: -item[1],
+        )  # fmt: skip
         rows = []
         for node in metadata["nodes"]:
             k = kernels.get(node["name"])
@@ -254,13 +258,15 @@ class ModelReport:
                     node["name"], node["op_type"], k["kernel"], k["schedule"], k["function"], share
                 )
             )
-        return ModelReport(rows, total, tvm_time / total if total else 0.0)
+        tvm_share = sum(share for _, share in tvm_functions)
+        return ModelReport(rows, total, tvm_share, tvm_functions)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "total_seconds": self.total_seconds,
             "tvm_default_share": self.tvm_default_share,
             "nodes": [asdict(r) for r in self.rows],
+            "tvm_functions": [{"function": f, "share": share} for f, share in self.tvm_functions],
         }
 
     def __str__(self) -> str:
@@ -279,6 +285,9 @@ class ModelReport:
             f"whole model {1e3 * self.total_seconds:.2f} ms; nodes on TVM's default lowering "
             f"together {100 * self.tvm_default_share:.1f}%"
         )
+        if self.tvm_functions:
+            top = ", ".join(f"{f} {100 * share:.1f}%" for f, share in self.tvm_functions[:5])
+            lines.append(f"TVM's kernels, largest first: {top}")
         return "\n".join(lines)
 
 
