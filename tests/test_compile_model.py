@@ -255,7 +255,7 @@ def test_causal_conv_with_state_matches_onnxruntime(rng):
         "past": rng.standard_normal((b, c, k - 1)).astype(np.float32),
     }
     compiled = _assert_matches_onnxruntime(model, feeds)
-    assert {r.kernel for r in compiled.report().rows} == {"causal_conv1d_with_state"}
+    assert {r.kernel for r in compiled.report().rows} == {"causal_conv_with_state"}
 
 
 def test_gemm_as_convolution_and_declined_forms_match_onnxruntime(rng):

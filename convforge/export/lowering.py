@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -248,58 +249,28 @@ def lower_conv_transpose(ctx: LoweringContext, inputs: list, attrs: dict) -> rel
 
 
 def lower_causal_conv_with_state(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
-    """ONNX CausalConvWithState (opset 27): depthwise causal conv1d carrying k-1 samples of state.
+    """ONNX CausalConvWithState (opset 27) -> ``ops.causal_conv_with_state``.
 
     Inputs input (B, C, L), weight (C, 1, K), bias (C,)?, past_state (B, C, K-1)?; outputs
-    output (B, C, L) and present_state (B, C, K-1) = the last K-1 samples of [past, input].
+    output (B, C, L) and present_state, the last K-1 samples of [past_state, input].
     """
     node = _node_name(attrs)
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     past = inputs[3] if len(inputs) > 3 else None
-    x_shape, w_shape = (
-        static_shape(x, f"CausalConvWithState {node!r} input"),
-        static_shape(w, "weight"),
-    )
-    if len(x_shape) != 3:
-        raise ValueError(f"CausalConvWithState input must be (B, C, L), got {x_shape}")
-    batch, channels, length = x_shape
-    k = w_shape[-1]
-    state_shape = (batch, channels, k - 1)
-    if past is not None and static_shape(past, "past_state") != state_shape:
-        raise ValueError(
-            f"past_state must have shape {state_shape}, got {static_shape(past, 'past_state')}"
-        )
+    x_shape = static_shape(x, f"CausalConvWithState {node!r} input")
+    w_shape = static_shape(w, "weight")
     activation = _text(attrs.get("activation", b"none")).lower()
-    if activation not in ("none", "silu", "swish"):
-        raise ValueError(f"activation must be 'none', 'silu' or 'swish', got {activation!r}")
-    geom = shapes.conv_geometry(
-        (batch, channels, length + k - 1), w_shape, groups=channels,
-        bias_shape=None if bias is None else static_shape(bias, "bias"),
-    )  # fmt: skip
     args = [a for a in (x, w, bias, past) if a is not None]
 
     def compute(tx, tw, *rest):
         tb = rest[0] if bias is not None else None
-        tpast = rest[-1] if past is not None else None
-        if tpast is None:
-            history = ops.pad(tx, [(k - 1, 0)], name="history")
-        else:
-            history = te.compute(
-                geom.x_shape,
-                lambda b, c, t: tvm.tirx.if_then_else(
-                    t < k - 1,
-                    tpast[b, c, tvm.tirx.min(t, k - 2)],
-                    tx[b, c, tvm.tirx.max(t - (k - 1), 0)],
-                ),
-                name="history",
-            )
-        out = ops.conv(history, tw, tb, geom, None if activation == "none" else "silu")
-        state = te.compute(state_shape, lambda b, c, t: history[b, c, length + t], name="state")
-        return [out, state]
+        state = rest[-1] if past is not None else None
+        return list(ops.causal_conv_with_state(tx, tw, tb, state, activation))
 
+    macs = math.prod(x_shape) * w_shape[-1]
     return ctx.emit_kernel(
-        node, "CausalConvWithState", "causal_conv1d_with_state", attrs, args, compute, geom.macs
+        node, "CausalConvWithState", "causal_conv_with_state", attrs, args, compute, macs
     )
 
 
