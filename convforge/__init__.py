@@ -37,7 +37,25 @@ from convforge.targets import host_target
 
 __version__ = "0.1.0"
 
+#: Whole-model names, imported on first use (``load`` needs neither onnx nor onnxruntime).
+_LAZY = {
+    "CompiledModel": "convforge.export.model",
+    "compile_model": "convforge.export.model",
+    "load": "convforge.export.model",
+    "check_model": "convforge.export.check_model",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'convforge' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
 __all__ = [
+    "CompiledModel",
     "StackSpec",
     "StreamingCausalStack",
     "adaptive_avg_pool",
@@ -45,6 +63,8 @@ __all__ = [
     "avg_pool",
     "causal_conv1d",
     "causal_conv_with_state",
+    "check_model",
+    "compile_model",
     "conv",
     "conv_geometry",
     "conv_matrix",
@@ -59,6 +79,7 @@ __all__ = [
     "global_max_pool",
     "grid_pool_head",
     "host_target",
+    "load",
     "max_pool",
     "receptive_field",
     "resize",

@@ -13,6 +13,10 @@ import sys
 #: subcommand -> module under convforge.commands
 COMMANDS = {
     "shape": "shape",
+    "compile": "compile",
+    "run": "run",
+    "check": "check",
+    "report": "report",
     "tune": "tune",
 }
 

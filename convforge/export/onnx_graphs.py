@@ -33,6 +33,7 @@ _ONNX_DTYPES = {
     "float16": TensorProto.FLOAT16,
     "float32": TensorProto.FLOAT,
     "float64": TensorProto.DOUBLE,
+    "int64": TensorProto.INT64,
 }
 
 

@@ -1,0 +1,83 @@
+"""Arguments and helpers shared by the model commands (compile, run, check, report)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def add_target_arguments(parser: argparse.ArgumentParser, tuning: bool = True) -> None:
+    parser.add_argument(
+        "--target", default=None,
+        help="'cpu' (host CPU, default), 'cuda', or a TVM target as a JSON object",
+    )  # fmt: skip
+    if tuning:
+        parser.add_argument(
+            "--tuning-db", default=None, metavar="DIR",
+            help="tuning database directory: tuned schedules where it has records",
+        )  # fmt: skip
+    parser.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+        help="compile shape of an input with dynamic dimensions (repeatable)",
+    )  # fmt: skip
+
+
+def input_shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in args.input_shape:
+        name, sep, dims = item.rpartition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ValueError(f"--input-shape must look like NAME=1,3,224,224, got {item!r}")
+    return shapes
+
+
+def tuning_db(args: argparse.Namespace):
+    """The tuning database at ``--tuning-db`` (None without the option)."""
+    if getattr(args, "tuning_db", None) is None:
+        return None
+    from convforge.export.model import open_tuning_db
+
+    return open_tuning_db(args.tuning_db)
+
+
+def progress() -> Callable[[str], None]:
+    """Progress messages on stderr, with seconds since the command started."""
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    if not os.path.isfile(path):
+        raise ValueError(f"--inputs: no such file {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--inputs: {path!r} is not a readable .npz file ({err})") from err
+
+
+def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` atomically."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,29 @@
+"""``convforge run``: run a library written by ``convforge compile`` on inputs from an .npz."""
+
+from __future__ import annotations
+
+import argparse
+
+from convforge.commands._model_args import read_npz, write_npz
+
+HELP = "run a compiled model library on inputs from an .npz file"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("library", help="library written by 'convforge compile'")
+    parser.add_argument("--inputs", required=True, help=".npz file, one array per input name")
+    parser.add_argument("-o", "--output", default=None, help=".npz file for the outputs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from convforge.export.model import load
+
+    model = load(args.library)
+    outputs = model(**read_npz(args.inputs))
+    named = dict(zip(model.output_names, outputs))
+    for name, array in named.items():
+        print(f"{name}: shape {array.shape}, dtype {array.dtype}")
+    if args.output:
+        write_npz(args.output, named)
+        print(f"wrote {args.output}")
+    return 0

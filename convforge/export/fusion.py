@@ -1,0 +1,211 @@
+"""Fusion on the ONNX graph, before import: what a convolution kernel absorbs.
+
+A Conv absorbs a ``Resize`` (nearest or linear, constant scales/sizes) whose output only it
+reads: it becomes one resize-convolution kernel (``convforge.ops.resize_conv``).
+A Conv or ConvTranspose absorbs, in graph order, while its output feeds exactly one node
+and is not a graph output:
+
+- ``BatchNormalization`` (inference form, constant parameters, constant Conv weight):
+  folded into the weight and bias, ``w' = w * g/sqrt(v+eps)``, ``b' = (b - m) * g/sqrt(v+eps) + beta``;
+- ``Add`` of a constant per-channel tensor (shape ``(C, 1, ...)`` or ``(1, C, 1, ...)``):
+  folded into the bias;
+- one element-wise activation (``Relu``, ``Sigmoid``, ``Tanh``, or ``x * Sigmoid(x)`` =
+  SiLU), after which fusion stops.
+
+The fused node keeps its op type and gets two attributes read by
+:mod:`convforge.export.lowering`: ``convforge_activation`` and ``convforge_fused`` (names of
+the absorbed nodes, for the report). The result is fed only to TVM's importer; onnxruntime
+always runs the original model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from convforge import shapes
+from convforge.export.lowering import ACTIVATION_ATTR, FUSED_ATTR, RESIZE_ATTRS
+
+_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` where every node has a unique name (``<op_type>_<index>`` if unnamed)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{index}"
+        seen.add(node.name)
+    return model
+
+
+class _Graph:
+    def __init__(self, model: onnx.ModelProto):
+        self.graph = model.graph
+        self.constants = {t.name: t for t in self.graph.initializer}
+        self.outputs = {o.name for o in self.graph.output}
+
+    def consumers(self, tensor: str) -> list[onnx.NodeProto]:
+        return [n for n in self.graph.node if tensor in n.input]
+
+    def constant(self, name: str) -> np.ndarray | None:
+        tensor = self.constants.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
+
+    def add_constant(self, name: str, value: np.ndarray) -> str:
+        tensor = numpy_helper.from_array(value, name)
+        self.graph.initializer.append(tensor)
+        self.constants[name] = tensor
+        return name
+
+    def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
+        users = self.consumers(tensor)
+        return users[0] if len(users) == 1 and tensor not in self.outputs else None
+
+
+def _per_channel(value: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """``value`` as a (C,) vector when adding it to a (N, C, ...) tensor is per-channel."""
+    if value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if shape[0] != 1 or any(s != 1 for s in shape[2:]) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(value.reshape(-1), (channels,)).copy()
+
+
+def fuse_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` (nodes named) with resize, bias, BN and activations fused into
+    convolutions."""
+    model = name_nodes(model)
+    g = _Graph(model)
+    for conv in list(g.graph.node):
+        if conv.op_type not in ("Conv", "ConvTranspose"):
+            continue
+        fused = _absorb_resize(g, conv) if conv.op_type == "Conv" else []
+        _absorb_followers(g, conv, fused)
+    return model
+
+
+def _absorb_resize(g: _Graph, conv: onnx.NodeProto) -> list[str]:
+    """Fold a Resize feeding ``conv`` (nearest/linear, constant spatial scales or sizes)."""
+    resize = next((n for n in g.graph.node if conv.input[0] in n.output), None)
+    if (
+        resize is None
+        or resize.op_type != "Resize"
+        or g.sole_consumer(resize.output[0]) is not conv
+    ):
+        return []
+    attrs = {a.name: helper.get_attribute_value(a) for a in resize.attribute}
+    text = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+    mode = text.get("mode", "nearest")
+    coordinate_mode = text.get("coordinate_transformation_mode", "half_pixel")
+    if (
+        set(attrs) - {"mode", "coordinate_transformation_mode", "nearest_mode"}
+        or mode not in shapes.RESIZE_MODES
+        or coordinate_mode not in shapes.COORDINATE_MODES
+    ):
+        return []
+    inputs = list(resize.input) + [""] * (4 - len(resize.input))
+    scales = g.constant(inputs[2]) if inputs[2] else None
+    sizes = g.constant(inputs[3]) if inputs[3] else None
+    by_scale = scales is not None and scales.size > 0
+    values = scales if by_scale else sizes
+    if values is None or values.size < 3 or (inputs[2] and scales is None):
+        return []
+    if by_scale and any(float(v) != 1.0 for v in values[:2]):
+        return []
+    conv.input[0] = resize.input[0]
+    conv.attribute.extend(
+        [
+            helper.make_attribute(RESIZE_ATTRS["mode"], mode),
+            helper.make_attribute(RESIZE_ATTRS["coordinate_mode"], coordinate_mode),
+            helper.make_attribute(
+                RESIZE_ATTRS["nearest_mode"], text.get("nearest_mode", "round_prefer_floor")
+            ),
+            helper.make_attribute(
+                RESIZE_ATTRS["scale" if by_scale else "size"],
+                [float(v) if by_scale else int(v) for v in values],
+            ),
+        ]
+    )
+    g.graph.node.remove(resize)
+    return [resize.name]
+
+
+def _absorb_followers(g: _Graph, conv: onnx.NodeProto, fused: list[str]) -> None:
+    weight = g.constant(conv.input[1])
+    activation = None
+    while activation is None:
+        out = conv.output[0]
+        users = g.consumers(out)
+        if out in g.outputs or not users:
+            break
+        nxt = users[0] if len(users) == 1 else None
+        if nxt is not None and nxt.op_type in _ACTIVATIONS:
+            activation = _ACTIVATIONS[nxt.op_type]
+        elif _is_silu(g, out, users):
+            sigmoid, nxt = sorted(users, key=lambda n: n.op_type != "Sigmoid")
+            g.graph.node.remove(sigmoid)
+            fused.append(sigmoid.name)
+            activation = "silu"
+        elif nxt is not None and weight is not None and _fold_affine(g, conv, nxt, weight):
+            weight = g.constant(conv.input[1])
+        else:
+            break
+        conv.output[0] = nxt.output[0]
+        fused.append(nxt.name)
+        g.graph.node.remove(nxt)
+    if fused:
+        conv.attribute.append(helper.make_attribute(FUSED_ATTR, fused))
+    if activation is not None:
+        conv.attribute.append(helper.make_attribute(ACTIVATION_ATTR, activation))
+
+
+def _is_silu(g: _Graph, out: str, users: list[onnx.NodeProto]) -> bool:
+    if len(users) != 2 or {u.op_type for u in users} != {"Sigmoid", "Mul"}:
+        return False
+    sigmoid = next(u for u in users if u.op_type == "Sigmoid")
+    mul = next(u for u in users if u.op_type == "Mul")
+    return (
+        sorted(mul.input) == sorted([out, sigmoid.output[0]])
+        and g.sole_consumer(sigmoid.output[0]) is mul
+    )
+
+
+def _fold_affine(g: _Graph, conv: onnx.NodeProto, nxt: onnx.NodeProto, weight: np.ndarray) -> bool:
+    """Fold a BatchNormalization or per-channel constant Add into ``conv``'s weight/bias."""
+    transposed = conv.op_type == "ConvTranspose"
+    groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    channels = weight.shape[1] * groups if transposed else weight.shape[0]
+    bias = g.constant(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+    if len(conv.input) > 2 and conv.input[2] and bias is None:
+        return False
+    bias = np.zeros(channels, weight.dtype) if bias is None else bias
+    if nxt.op_type == "BatchNormalization" and len(nxt.output) == 1 and not transposed:
+        params = [g.constant(name) for name in nxt.input[1:5]]
+        if any(p is None for p in params):
+            return False
+        gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+        eps = next((a.f for a in nxt.attribute if a.name == "epsilon"), 1e-5)
+        scale = gamma / np.sqrt(var + eps)
+        weight = (weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(weight.dtype)
+        bias = ((bias - mean) * scale + beta).astype(weight.dtype)
+    elif nxt.op_type == "Add":
+        other = [name for name in nxt.input if name != conv.output[0]]
+        value = g.constant(other[0]) if len(other) == 1 else None
+        rank = weight.ndim
+        per_channel = None if value is None else _per_channel(value, channels, rank)
+        if per_channel is None or value.dtype != weight.dtype:
+            return False
+        bias = bias + per_channel
+    else:
+        return False
+    conv.input[1] = g.add_constant(f"{conv.name}__fused_weight_{nxt.name}", weight)
+    bias_name = g.add_constant(f"{conv.name}__fused_bias_{nxt.name}", bias)
+    if len(conv.input) > 2:
+        conv.input[2] = bias_name
+    else:
+        conv.input.append(bias_name)
+    return True

@@ -1,0 +1,492 @@
+"""ONNX node -> convforge kernel: the dispatch table behind :func:`convforge.compile_model`.
+
+Each entry of :data:`LOWERINGS` maps an ONNX ``op_type`` to a function
+``lower(ctx, node_name, inputs, attrs) -> relax.Expr`` that validates the node through
+:mod:`convforge.shapes`, builds convforge's TE computation, schedules it (default
+schedule, or the tuned one where a tuning database has a record) and emits a
+``relax.call_tir`` of the scheduled PrimFunc. The table replaces TVM's own converters for
+those op types inside TVM's relax ONNX importer (see :func:`convforge_converters`);
+every other op type keeps TVM's importer and default legalization.
+
+Adding an operator is one entry: e.g. ``"MaxPool": lower_max_pool`` once the pool TE op
+exists. Fusion of bias, batch-norm and activations happens before import on the ONNX
+graph (:mod:`convforge.export.fusion`): a fused node carries the attributes
+``convforge_activation`` and ``convforge_fused`` read here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax, te
+
+from convforge import ops, shapes
+from convforge.build import schedule_for
+from convforge.ops.interpolate import resize as onnx_resize
+from convforge.targets import vector_lanes
+
+#: Attribute names the fusion pass sets on a fused ONNX node.
+ACTIVATION_ATTR = "convforge_activation"
+FUSED_ATTR = "convforge_fused"
+
+#: Attributes of a Resize folded into the Conv it feeds (mode, coordinate_mode,
+#: nearest_mode, and the full-rank scales or sizes).
+RESIZE_ATTRS = {
+    key: f"convforge_resize_{key}"
+    for key in ("mode", "coordinate_mode", "nearest_mode", "scale", "size")
+}
+
+#: Module attribute ``schedule_for`` sets on a module scheduled by a tuning record.
+TUNING_RECORD_ATTR = "convforge.tuning_record"
+
+#: relax's kOpaque: keeps FuseOps from merging other ops into an already scheduled kernel.
+_OPAQUE = 8
+
+
+@dataclass(frozen=True)
+class KernelRecord:
+    """Which kernel serves one ONNX node of a compiled model."""
+
+    node: str  #: ONNX node name
+    op_type: str  #: ONNX op type
+    kernel: str  #: convforge operator, e.g. ``conv2d``
+    function: str  #: name of the scheduled PrimFunc in the compiled module
+    schedule: str  #: ``default`` or ``tuned``
+    fused: tuple[str, ...] = ()  #: ONNX nodes folded into this kernel (bias, BN, activation)
+    macs: int = 0  #: multiply-accumulates of the direct algorithm
+
+
+@dataclass
+class LoweringContext:
+    """State shared by the lowerings of one model: target, block builder, records."""
+
+    target: tvm.target.Target
+    tuning_db: str | os.PathLike | None = None
+    records: list[KernelRecord] = field(default_factory=list)
+    bb: relax.BlockBuilder | None = None
+    opset: int = 22
+    progress: Callable[[str], None] | None = None
+    _scheduled: dict[int, tuple[tvm.IRModule, str]] = field(default_factory=dict)
+
+    def emit_kernel(
+        self,
+        node: str,
+        op_type: str,
+        kernel: str,
+        attrs: dict,
+        args: Sequence[relax.Expr],
+        compute: Callable[..., Sequence[te.Tensor]],
+        macs: int = 0,
+    ) -> relax.Expr:
+        """Build ``compute(*placeholders)``, schedule it and emit its ``call_tir`` on ``args``."""
+        placeholders = [
+            te.placeholder(
+                static_shape(a, f"input {i} of node {node!r}"), tensor_dtype(a), f"in{i}"
+            )
+            for i, a in enumerate(args)
+        ]
+        outputs = list(compute(*placeholders))
+        func = te.create_prim_func([*placeholders, *outputs])
+        scheduled, schedule_kind = self._schedule(func)
+        prim = (
+            scheduled["main"]
+            .without_attr("global_symbol")
+            .with_attrs({"tir.is_scheduled": True, "op_pattern": _OPAQUE})
+        )
+        name = "cf_" + re.sub(r"\W", "_", node)
+        gvar = self.bb.add_func(prim, name)
+        out_ty = [relax.TensorType([int(v) for v in t.shape], str(t.dtype)) for t in outputs]
+        self.records.append(
+            KernelRecord(
+                node, op_type, kernel, gvar.name_hint, schedule_kind, fused_nodes(attrs), macs
+            )
+        )
+        if self.progress is not None:
+            self.progress(f"kernel {len(self.records)}: {node} -> {kernel} ({schedule_kind})")
+        return relax.call_tir(gvar, list(args), out_ty[0] if len(out_ty) == 1 else out_ty)
+
+    def _schedule(self, func: tvm.tirx.PrimFunc) -> tuple[tvm.IRModule, str]:
+        """Schedule ``func`` once per structure (repeated layers share the result)."""
+        key = tvm_ffi.structural_hash(func)
+        if key not in self._scheduled:
+            self._scheduled[key] = self._schedule_new(func)
+        return self._scheduled[key]
+
+    def _schedule_new(self, func: tvm.tirx.PrimFunc) -> tuple[tvm.IRModule, str]:
+        """``schedule_for`` (which takes a tuned record where an active tuning database has
+        one), with ``tuning_db`` made the active database while it runs."""
+        func = func.with_attr("global_symbol", "main")
+        scope = contextlib.nullcontext()
+        if self.tuning_db is not None:
+            from convforge.schedules import tuning
+
+            scope = tuning.use_tuning_db(self.tuning_db)
+        with scope:
+            mod = schedule_for(func, self.target)
+        tuned = mod.attrs is not None and TUNING_RECORD_ATTR in mod.attrs
+        return mod, "tuned" if tuned else "default"
+
+
+def static_shape(expr: relax.Expr, what: str) -> tuple[int, ...]:
+    """The static shape of a relax tensor expression (ValueError when a dimension is symbolic)."""
+    shape = expr.ty.shape
+    if shape is None:
+        raise ValueError(f"{what} has an unknown shape; give input_shapes")
+    dims = []
+    for v in shape.values:
+        if not isinstance(v, tvm.tirx.IntImm):
+            raise ValueError(f"{what} has symbolic dimension {v}; give input_shapes")
+        dims.append(int(v))
+    return tuple(dims)
+
+
+def tensor_dtype(expr: relax.Expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def fused_nodes(attrs: dict) -> tuple[str, ...]:
+    return tuple(_text(v) for v in attrs.get(FUSED_ATTR, ()))
+
+
+def activation_of(attrs: dict) -> str | None:
+    value = attrs.get(ACTIVATION_ATTR)
+    return None if value is None else _text(value)
+
+
+def onnx_padding(attrs: dict, ndim: int) -> shapes.PaddingArg:
+    """ONNX ``auto_pad``/``pads`` -> a convforge padding argument."""
+    auto_pad = _text(attrs.get("auto_pad", b"NOTSET")).upper()
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        return auto_pad.lower()
+    if auto_pad != "NOTSET":
+        raise ValueError(
+            f"auto_pad must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got {auto_pad}"
+        )
+    pads = attrs.get("pads", (0,) * (2 * ndim))
+    return tuple((int(pads[i]), int(pads[i + ndim])) for i in range(ndim))
+
+
+def _node_name(attrs: dict) -> str:
+    return attrs["tvm_custom"]["name"]
+
+
+def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
+    """ONNX Conv (1-D, 2-D, 3-D, any auto_pad, groups, bias, fused activation)."""
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    node = _node_name(attrs)
+    x_shape, w_shape = static_shape(x, f"Conv {node!r} input"), static_shape(w, "weight")
+    nd = len(x_shape) - 2
+    resize_geom = None
+    if RESIZE_ATTRS["mode"] in attrs:  # a Resize folded into this Conv
+        by_scale = RESIZE_ATTRS["scale"] in attrs
+        values = attrs[RESIZE_ATTRS["scale" if by_scale else "size"]]
+        resize_geom = shapes.resize_geometry(
+            x_shape, mode=_text(attrs[RESIZE_ATTRS["mode"]]),
+            coordinate_mode=_text(attrs[RESIZE_ATTRS["coordinate_mode"]]),
+            nearest_mode=_text(attrs[RESIZE_ATTRS["nearest_mode"]]),
+            **({"scale": [float(v) for v in values[2:]]} if by_scale else {"size": [int(v) for v in values[2:]]}),
+        )  # fmt: skip
+    geom = shapes.conv_geometry(
+        x_shape if resize_geom is None else resize_geom.out_shape, w_shape,
+        stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
+        padding=onnx_padding(attrs, nd), groups=int(attrs.get("group", 1)),
+        bias_shape=None if bias is None else static_shape(bias, "bias"),
+    )  # fmt: skip
+    activation = activation_of(attrs)
+
+    def compute(tx, tw, tb=None):
+        if resize_geom is not None:
+            return [ops.resize_conv(tx, tw, tb, resize_geom, geom, activation)]
+        return [ops.conv(tx, tw, tb, geom, activation)]
+
+    args = [x, w] if bias is None else [x, w, bias]
+    kernel = f"conv{nd}d" if resize_geom is None else f"resize_conv{nd}d"
+    return ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
+
+
+def lower_conv_transpose(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
+    """ONNX ConvTranspose (output_shape, output_padding, every auto_pad, groups with bias)."""
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    node = _node_name(attrs)
+    x_shape, w_shape = static_shape(x, f"ConvTranspose {node!r} input"), static_shape(w, "weight")
+    nd = len(x_shape) - 2
+    auto_pad = _text(attrs.get("auto_pad", b"NOTSET")).upper()
+    padding = onnx_padding(attrs, nd)
+    if auto_pad == "VALID":
+        padding = 0
+    output_shape = attrs.get("output_shape")
+    geom = shapes.conv_transpose_geometry(
+        x_shape, w_shape, stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
+        padding=padding, output_padding=attrs.get("output_padding", 0),
+        output_shape=None if output_shape is None else tuple(int(v) for v in output_shape),
+        groups=int(attrs.get("group", 1)),
+        bias_shape=None if bias is None else static_shape(bias, "bias"),
+    )  # fmt: skip
+    activation = activation_of(attrs)
+
+    def compute(tx, tw, tb=None):
+        return [ops.conv_transpose(tx, tw, tb, geom, activation)]
+
+    args = [x, w] if bias is None else [x, w, bias]
+    return ctx.emit_kernel(
+        node, "ConvTranspose", f"conv_transpose{nd}d", attrs, args, compute, geom.macs
+    )
+
+
+def lower_causal_conv_with_state(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
+    """ONNX CausalConvWithState (opset 27) -> ``ops.causal_conv_with_state``.
+
+    Inputs input (B, C, L), weight (C, 1, K), bias (C,)?, past_state (B, C, K-1)?; outputs
+    output (B, C, L) and present_state, the last K-1 samples of [past_state, input].
+    """
+    node = _node_name(attrs)
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    past = inputs[3] if len(inputs) > 3 else None
+    x_shape = static_shape(x, f"CausalConvWithState {node!r} input")
+    w_shape = static_shape(w, "weight")
+    activation = _text(attrs.get("activation", b"none")).lower()
+    args = [a for a in (x, w, bias, past) if a is not None]
+
+    def compute(tx, tw, *rest):
+        tb = rest[0] if bias is not None else None
+        state = rest[-1] if past is not None else None
+        return list(ops.causal_conv_with_state(tx, tw, tb, state, activation))
+
+    macs = math.prod(x_shape) * w_shape[-1]
+    return ctx.emit_kernel(
+        node, "CausalConvWithState", "causal_conv_with_state", attrs, args, compute, macs
+    )
+
+
+def lower_gemm(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
+    """ONNX Gemm ``A (N, K) @ B + C`` with a constant B, as a convolution over packed B.
+
+    B^T (K, O) is padded to O' (a multiple of the vector width W, zero columns) and packed
+    at compile time into (O'/W, K, 1, W): block r holds the K x W slice of output features
+    r*W .. r*W+W-1, contiguous. The convolution ``out[r, n, 0, w] = sum_k P[r, k, 0, w] *
+    A[n, k]`` (input P, kernel A seen as (N, K, 1, 1)) streams each block once, vectorized
+    along W, blocks in parallel; TVM permutes (O'/W, N, W) to (N, O'), slices and adds C.
+    Declines (TVM's converter takes the node) for transA, alpha/beta != 1 or a non-constant B.
+    """
+    b = inputs[1]
+    if (
+        attrs.get("transA", 0)
+        or attrs.get("alpha", 1.0) != 1.0
+        or attrs.get("beta", 1.0) != 1.0
+        or not isinstance(b, tvm.ir.expr.Constant)
+    ):
+        return None
+    node = _node_name(attrs)
+    a = inputs[0]
+    c = inputs[2] if len(inputs) > 2 else None
+    n, k = static_shape(a, f"Gemm {node!r} A")
+    matrix = b.value.numpy()
+    matrix = matrix.T if attrs.get("transB", 0) else matrix  # (K, O)
+    out_features = matrix.shape[1]
+    width = vector_lanes(ctx.target, tensor_dtype(a))
+    padded = -(-out_features // width) * width
+    blocks = padded // width
+    geom = shapes.conv_geometry((blocks, k, 1, width), (n, k, 1, 1))
+    packed = np.pad(matrix, ((0, 0), (0, padded - out_features)))
+    packed = packed.reshape(k, blocks, width).transpose(1, 0, 2).reshape(geom.x_shape)
+    bb = ctx.bb
+    args = [
+        bb.emit(relax.const(np.ascontiguousarray(packed))),
+        bb.emit(relax.op.reshape(a, geom.w_shape)),
+    ]
+
+    def compute(tx, tw):
+        return [ops.conv(tx, tw, None, geom)]
+
+    out = bb.emit(ctx.emit_kernel(node, "Gemm", "dense", attrs, args, compute, geom.macs))
+    if n > 1:
+        out = bb.emit(relax.op.permute_dims(out, [1, 0, 2, 3]))
+    out = relax.op.reshape(out, (n, padded))
+    if padded != out_features:
+        out = relax.op.strided_slice(bb.emit(out), axes=[1], begin=[0], end=[out_features])
+    return out if c is None else relax.op.add(bb.emit(out), c)
+
+
+def _constant(expr: relax.Expr | None) -> np.ndarray | None:
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+
+
+def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
+    """ONNX Resize (opset >= 11) with the given scales, in every mode and coordinate mode.
+
+    TVM's own converter resizes by ``out/in`` instead of the given scale (wrong whenever
+    ``in * scale`` is not an integer) and lacks ``half_pixel_symmetric``. Declines
+    (TVM's converter takes the node) for non-constant roi/scales/sizes, ``axes``,
+    ``antialias`` or a ``keep_aspect_ratio_policy`` other than ``stretch``.
+    """
+    node = _node_name(attrs)
+    x = inputs[0]
+    extra = [inputs[i] if len(inputs) > i else None for i in (1, 2, 3)]
+    values = [_constant(e) for e in extra]
+    if any(e is not None and v is None for e, v in zip(extra, values)):
+        return None
+    policy = _text(attrs.get("keep_aspect_ratio_policy", b"stretch"))
+    if "axes" in attrs or attrs.get("antialias", 0) or policy != "stretch":
+        return None
+    roi_values, scale_values, size_values = values
+    x_shape = static_shape(x, f"Resize {node!r} input")
+    rank = len(x_shape)
+    coordinate_mode = _text(attrs.get("coordinate_transformation_mode", b"half_pixel"))
+    roi = [(0.0, 1.0)] * rank
+    if coordinate_mode == "tf_crop_and_resize" and roi_values is not None and roi_values.size:
+        roi = [(float(roi_values[k]), float(roi_values[k + rank])) for k in range(rank)]
+    by_size = scale_values is None or not scale_values.size
+    if not by_size:
+        scales = [float(v) for v in scale_values]
+        out_shape = [shapes.resize_output_size(n, s) for n, s in zip(x_shape, scales)]
+    elif size_values is not None and size_values.size:
+        out_shape = [int(v) for v in size_values]
+        scales = [m / n for m, n in zip(out_shape, x_shape)]
+    else:
+        raise ValueError(f"Resize {node!r}: give scales or sizes")
+    if len(scales) != rank:
+        raise ValueError(
+            f"Resize {node!r}: scales/sizes must have {rank} entries, got {len(scales)}"
+        )
+
+    mode = _text(attrs.get("mode", b"nearest"))
+    nearest_mode = _text(attrs.get("nearest_mode", b"round_prefer_floor"))
+    if (
+        mode in shapes.RESIZE_MODES
+        and coordinate_mode in shapes.COORDINATE_MODES
+        and scales[:2] == [1.0, 1.0]
+        and out_shape[:2] == list(x_shape[:2])
+    ):  # convforge.ops.resize serves nearest/linear on the spatial axes
+        spatial = {"size": out_shape[2:]} if by_size else {"scale": scales[2:]}
+        geom = shapes.resize_geometry(
+            x_shape, mode=mode, coordinate_mode=coordinate_mode, nearest_mode=nearest_mode,
+            **spatial,
+        )  # fmt: skip
+        return ctx.emit_kernel(
+            node, "Resize", "resize", attrs, [x], lambda tx: [ops.resize(tx, geom)]
+        )
+
+    def compute(tx):
+        return [
+            onnx_resize(
+                tx, out_shape, scales, mode=mode, coordinate_mode=coordinate_mode,
+                nearest_mode=nearest_mode, cubic_coeff_a=float(attrs.get("cubic_coeff_a", -0.75)),
+                exclude_outside=bool(attrs.get("exclude_outside", 0)), roi=roi,
+                extrapolation_value=float(attrs.get("extrapolation_value", 0.0)),
+            )
+        ]  # fmt: skip
+
+    return ctx.emit_kernel(node, "Resize", "resize_onnx", attrs, [x], compute)
+
+
+def lower_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> relax.Expr | None:
+    """ONNX MaxPool / AveragePool (every auto_pad, ceil_mode, dilations, count_include_pad).
+
+    Declines a MaxPool asked for its Indices output or a column-major storage_order.
+    """
+    if attrs["tvm_custom"]["num_outputs"] > 1 or attrs.get("storage_order", 0):
+        return None
+    node = _node_name(attrs)
+    x = inputs[0]
+    x_shape = static_shape(x, f"{'MaxPool' if kind == 'max' else 'AveragePool'} {node!r} input")
+    geom = shapes.pool_geometry(
+        x_shape, tuple(int(k) for k in attrs["kernel_shape"]), kind=kind,
+        stride=attrs.get("strides"), padding=onnx_padding(attrs, len(x_shape) - 2),
+        dilation=attrs.get("dilations", 1), ceil_mode=bool(attrs.get("ceil_mode", 0)),
+        count_include_pad=bool(attrs.get("count_include_pad", 0)),
+    )  # fmt: skip
+    op_type = "MaxPool" if kind == "max" else "AveragePool"
+    return ctx.emit_kernel(
+        node, op_type, f"{kind}_pool{geom.ndim}d", attrs, [x], lambda tx: [ops.pool(tx, geom)]
+    )
+
+
+def lower_global_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> relax.Expr:
+    """ONNX GlobalAveragePool / GlobalMaxPool: (N, C, *S) -> (N, C, 1, ...)."""
+    node = _node_name(attrs)
+    x = inputs[0]
+    geom = shapes.global_pool_geometry(static_shape(x, f"global pool {node!r} input"), kind=kind)
+    op_type = "GlobalMaxPool" if kind == "max" else "GlobalAveragePool"
+    return ctx.emit_kernel(
+        node, op_type, f"global_{kind}_pool", attrs, [x], lambda tx: [ops.adaptive_pool(tx, geom)]
+    )
+
+
+def lower_softmax(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
+    """ONNX Softmax along axis 1 of (N, K, ...); declines any other axis."""
+    node = _node_name(attrs)
+    x = inputs[0]
+    x_shape = static_shape(x, f"Softmax {node!r} input")
+    axis = int(attrs.get("axis", -1 if ctx.opset >= 13 else 1)) % len(x_shape)
+    if axis != 1 or (ctx.opset < 13 and len(x_shape) > 2):  # before 13: over axes [axis:]
+        return None
+    shapes.check_softmax_input(x_shape)
+    return ctx.emit_kernel(node, "Softmax", "softmax", attrs, [x], lambda tx: [ops.softmax(tx)])
+
+
+#: ONNX op_type -> lowering to a convforge kernel; a lowering returning ``None`` declines the
+#: node, and it and every other op type go to TVM's own converter.
+LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr | None]] = {
+    "Conv": lower_conv,
+    "ConvTranspose": lower_conv_transpose,
+    "CausalConvWithState": lower_causal_conv_with_state,
+    "Gemm": lower_gemm,
+    "Resize": lower_resize,
+    "MaxPool": functools.partial(lower_pool, kind="max"),
+    "AveragePool": functools.partial(lower_pool, kind="avg"),
+    "GlobalMaxPool": functools.partial(lower_global_pool, kind="max"),
+    "GlobalAveragePool": functools.partial(lower_global_pool, kind="avg"),
+    "Softmax": lower_softmax,
+}
+
+
+@contextlib.contextmanager
+def convforge_converters(ctx: LoweringContext) -> Iterator[None]:
+    """Within this context TVM's ONNX importer converts :data:`LOWERINGS` op types with ours."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    original = onnx_frontend._get_convert_map
+
+    def converter(lower, tvm_converter):
+        class Converter:
+            @staticmethod
+            def get_converter(opset):
+                def convert(bb, inputs, attrs, params):
+                    ctx.bb, ctx.opset = bb, opset
+                    lowered = lower(ctx, list(inputs), attrs)
+                    if lowered is None and tvm_converter is not None:
+                        return tvm_converter.get_converter(opset)(bb, inputs, attrs, params)
+                    if lowered is None:
+                        raise ValueError(f"node {_node_name(attrs)!r}: no lowering accepts it")
+                    return lowered
+
+                return convert
+
+        return Converter
+
+    def patched():
+        tvm_map = original()
+        ours = {op: converter(fn, tvm_map.get(op)) for op, fn in LOWERINGS.items()}
+        return {**tvm_map, **ours}
+
+    onnx_frontend._get_convert_map = patched
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = original

@@ -1,0 +1,481 @@
+"""Compile whole ONNX models with convforge kernels; run, time, report, export and load them.
+
+``compile_model``: ONNX -> fusion on the graph (:mod:`convforge.export.fusion`) -> TVM's
+relax ONNX importer with convforge's converters for convolution-family nodes
+(:mod:`convforge.export.lowering`) -> ``tvm.compile`` (TVM's default lowering for every
+other node) -> :class:`CompiledModel`.
+
+A :class:`CompiledModel` exports as one shared library holding the code, the weights and a
+JSON description (inputs, outputs, node -> kernel table), read back by :func:`load` in a
+process that needs neither onnx nor the original model. This module imports onnx only
+inside :func:`compile_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from convforge.targets import TargetArg, resolve_target
+
+#: Name of the relax function that returns the model description as UTF-8 JSON bytes.
+METADATA_FUNCTION = "convforge_metadata"
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, shape (``None`` for a dynamic dimension), dtype."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+class CompiledModel:
+    """A compiled model: call with arrays (positionally or by input name), get a list of arrays.
+
+    Outputs come in the ONNX model's output order. A dynamic batch dimension compiles as 1
+    and larger batches run sample by sample. Other dynamic dimensions (the spatial sizes of
+    a fully convolutional model): a model from :func:`compile_model` compiles (once, then
+    cached) a specialization for each new size it is called with; a loaded library runs
+    the sizes it was compiled for only.
+    """
+
+    def __init__(
+        self,
+        module: tvm.runtime.Module | tvm.runtime.Executable,
+        metadata: dict,
+        specialize: Callable[[dict[str, tuple[int, ...]]], CompiledModel] | None = None,
+    ):
+        self._module = module
+        self._specialize = specialize
+        self._specializations: dict[tuple, CompiledModel] = {}
+        self.metadata = metadata
+        self.inputs = [
+            TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in metadata["inputs"]
+        ]
+        self.outputs = [
+            TensorSpec(o["name"], tuple(o["shape"]), o["dtype"]) for o in metadata["outputs"]
+        ]
+        self.compiled_shapes = {i["name"]: tuple(i["compiled_shape"]) for i in metadata["inputs"]}
+        self._vm = relax.VirtualMachine(module, tvm.cpu())
+        self._main = self._vm["main"]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.outputs]
+
+    def bind_inputs(self, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
+        """Inputs in model order from positional and named arrays; ValueError on any mismatch."""
+        if len(arrays) > len(self.inputs):
+            raise ValueError(f"model takes {len(self.inputs)} inputs, got {len(arrays)} arrays")
+        given = dict(zip(self.input_names, arrays))
+        for name, value in named.items():
+            if name not in self.input_names:
+                raise ValueError(
+                    f"unknown input {name!r}; the model's inputs are {self.input_names}"
+                )
+            if name in given:
+                raise ValueError(f"input {name!r} given twice")
+            given[name] = value
+        missing = [n for n in self.input_names if n not in given]
+        if missing:
+            raise ValueError(
+                f"missing input(s) {missing}; the model's inputs are {self.input_names}"
+            )
+        bound = []
+        for spec in self.inputs:
+            array = np.ascontiguousarray(given[spec.name], dtype=spec.dtype)
+            compiled = self.compiled_shapes[spec.name]
+            fits = len(array.shape) == len(compiled) and all(
+                a == c or (declared is None and (k == 0 or self._specialize is not None))
+                for k, (a, c, declared) in enumerate(zip(array.shape, compiled, spec.shape))
+            )
+            if not fits:
+                raise ValueError(
+                    f"input {spec.name!r} must have shape {compiled} "
+                    f"(declared {_shape_text(spec.shape)}), got {array.shape}"
+                )
+            bound.append(array)
+        batches = {a.shape[0] for a, s in zip(bound, self.inputs) if s.shape and s.shape[0] is None}
+        if len(batches) > 1:
+            raise ValueError(
+                f"inputs with a dynamic batch must share it, got sizes {sorted(batches)}"
+            )
+        return bound
+
+    def __call__(self, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
+        bound = self.bind_inputs(*arrays, **named)
+        shapes = {
+            s.name: (self.compiled_shapes[s.name][0], *a.shape[1:]) if a.ndim else a.shape
+            for s, a in zip(self.inputs, bound)
+        }
+        if shapes != self.compiled_shapes:  # another size along a dynamic non-batch axis
+            key = tuple(sorted(shapes.items()))
+            if key not in self._specializations:
+                self._specializations[key] = self._specialize(shapes)
+            return self._specializations[key](*bound)
+        batched = [bool(s.shape) and s.shape[0] is None for s in self.inputs]
+        sizes = {a.shape[0] for a, b in zip(bound, batched) if b}
+        size = sizes.pop() if sizes else None
+        compiled_batch = {
+            self.compiled_shapes[s.name][0] for s, b in zip(self.inputs, batched) if b
+        }
+        if size is None or compiled_batch == {size}:
+            return self._run(bound)
+        if compiled_batch != {1}:
+            raise ValueError(f"compiled for batch {compiled_batch.pop()}, got batch {size}")
+        samples = [
+            self._run([a[i : i + 1] if b else a for a, b in zip(bound, batched)])
+            for i in range(size)
+        ]
+        return [np.concatenate(parts, axis=0) for parts in zip(*samples)]
+
+    def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        device = tvm.cpu()
+        result = self._main(*[tvm.runtime.tensor(a, device) for a in arrays])
+        items = list(result) if isinstance(result, tvm.ir.Array | list | tuple) else [result]
+        return [item.numpy() for item in items]
+
+    def time(self, *arrays: np.ndarray, number: int = 5, repeat: int = 5) -> float:
+        """Median seconds per whole-model run on the compiled shapes (TVM's time_evaluator)."""
+        bound = self.bind_inputs(*arrays)
+        device = tvm.cpu()
+        args = [tvm.runtime.tensor(a, device) for a in bound]
+        self._vm.set_input("main", *args)
+        timer = self._vm.time_evaluator("invoke_stateful", device, number=number, repeat=repeat)
+        return float(np.median(timer("main").results))
+
+    def export_library(self, path: str | os.PathLike) -> None:
+        """Write one shared library (code, weights, description) atomically to ``path``."""
+        if not isinstance(self._module, tvm.runtime.Executable):
+            raise ValueError("a loaded model is already a library; copy its file instead")
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".so")
+        os.close(fd)
+        try:
+            self._module.export_library(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def report(self, *arrays: np.ndarray, runs: int = 3) -> ModelReport:
+        """Each ONNX node with the kernel serving it and that kernel's share of the run time.
+
+        Times every VM call over ``runs`` runs (random inputs of the compiled shapes unless
+        given). Nodes left to TVM's default lowering share the time of TVM's kernels.
+        """
+        bound = self.bind_inputs(*arrays) if arrays else random_inputs(self, seed=0)
+        timings: dict[str, list[float]] = {}
+        started: dict[str, float] = {}
+
+        def instrument(func, symbol, before, ret, *args):
+            if before:
+                started[symbol] = time.perf_counter()
+            else:
+                timings.setdefault(symbol, []).append(time.perf_counter() - started.pop(symbol))
+            return 0
+
+        self._run(bound)
+        self._vm.set_instrument(tvm.runtime.convert(instrument))
+        try:
+            begin = time.perf_counter()
+            for _ in range(runs):
+                self._run(bound)
+            total = (time.perf_counter() - begin) / runs
+        finally:
+            self._vm.set_instrument(tvm.runtime.convert(lambda *a: 0))
+        per_function = {name: sum(v) / runs for name, v in timings.items()}
+        return ModelReport.build(self.metadata, per_function, total)
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    node: str
+    op_type: str
+    kernel: str
+    schedule: str
+    function: str
+    share: float
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """Node -> kernel table; ``share`` is the kernel's fraction of the measured run time."""
+
+    rows: list[NodeRow]
+    total_seconds: float
+    tvm_default_share: float
+    #: TVM's own kernels (nodes on its default lowering, fused by TVM) with their shares.
+    tvm_functions: list[tuple[str, float]]
+
+    @staticmethod
+    def build(metadata: dict, per_function: Mapping[str, float], total: float) -> ModelReport:
+        kernels = {k["node"]: k for k in metadata["kernels"]}
+        for k in metadata["kernels"]:
+            for fused in k["fused"]:
+                kernels[fused] = {**k, "kernel": f"fused into {k['node']}"}
+        ours = {k["function"] for k in metadata["kernels"]}
+        users = {f: sum(k["function"] == f for k in metadata["kernels"]) for f in ours}
+        tvm_functions = sorted(
+            ((f, t / total if total else 0.0) for f, t in per_function.items()
+             if f not in ours and not f.startswith("vm.")),
+            key=lambda item: -item[1],
+        )  # fmt: skip
+        rows = []
+        for node in metadata["nodes"]:
+            k = kernels.get(node["name"])
+            if k is None:
+                rows.append(NodeRow(node["name"], node["op_type"], "TVM default", "-", "-", 0.0))
+                continue
+            share = (
+                per_function.get(k["function"], 0.0) / users[k["function"]] / total
+                if node["name"] == k["node"]
+                else 0.0
+            )
+            rows.append(
+                NodeRow(
+                    node["name"], node["op_type"], k["kernel"], k["schedule"], k["function"], share
+                )
+            )
+        tvm_share = sum(share for _, share in tvm_functions)
+        return ModelReport(rows, total, tvm_share, tvm_functions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_seconds": self.total_seconds,
+            "tvm_default_share": self.tvm_default_share,
+            "nodes": [asdict(r) for r in self.rows],
+            "tvm_functions": [{"function": f, "share": share} for f, share in self.tvm_functions],
+        }
+
+    def __str__(self) -> str:
+        header = f"{'node':<28} {'op':<20} {'kernel':<28} {'schedule':<8} {'time':>6}"
+        lines = [header, "-" * len(header)]
+        for r in self.rows:
+            share = (
+                f"{100 * r.share:5.1f}%"
+                if r.kernel not in ("TVM default",) and not r.kernel.startswith("fused")
+                else ""
+            )
+            lines.append(
+                f"{r.node[:28]:<28} {r.op_type[:20]:<20} {r.kernel[:28]:<28} {r.schedule:<8} {share:>6}"
+            )
+        lines.append(
+            f"whole model {1e3 * self.total_seconds:.2f} ms; nodes on TVM's default lowering "
+            f"together {100 * self.tvm_default_share:.1f}%"
+        )
+        if self.tvm_functions:
+            top = ", ".join(f"{f} {100 * share:.1f}%" for f, share in self.tvm_functions[:5])
+            lines.append(f"TVM's kernels, largest first: {top}")
+        return "\n".join(lines)
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def random_inputs(model: CompiledModel, seed: int = 0) -> list[np.ndarray]:
+    """Seeded standard-normal (floats) or small non-negative (ints) inputs of the compiled shapes."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in model.inputs:
+        shape = model.compiled_shapes[spec.name]
+        if spec.dtype.startswith("float"):
+            arrays.append(rng.standard_normal(shape).astype(spec.dtype))
+        elif spec.dtype == "bool":
+            arrays.append(rng.integers(0, 2, shape).astype(bool))
+        else:
+            arrays.append(rng.integers(0, 4, shape).astype(spec.dtype))
+    return arrays
+
+
+def load_onnx(model: Any) -> Any:
+    """An ``onnx.ModelProto`` from a ModelProto or a path; ValueError when it can't be read."""
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+        raise ValueError(f"model: no such file {path!r}")
+    try:
+        return onnx.load(path)
+    except Exception as err:
+        raise ValueError(f"model: {path!r} is not a readable ONNX model ({err})") from err
+
+
+def declared_inputs(model: Any) -> list[TensorSpec]:
+    """The graph inputs that are not initializers, with declared shapes and dtypes."""
+    constants = {t.name for t in model.graph.initializer}
+    return [_spec(v) for v in model.graph.input if v.name not in constants]
+
+
+def _spec(value: Any) -> TensorSpec:
+    tensor = value.type.tensor_type
+    dtype = _ONNX_DTYPES.get(tensor.elem_type)
+    if dtype is None:
+        raise ValueError(f"input {value.name!r}: element type {tensor.elem_type} is not supported")
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    return TensorSpec(value.name, shape, dtype)
+
+
+def _compiled_shapes(
+    specs: Sequence[TensorSpec], input_shapes: Mapping[str, Sequence[int]] | None
+) -> dict[str, tuple[int, ...]]:
+    input_shapes = dict(input_shapes or {})
+    names = [s.name for s in specs]
+    for name in input_shapes:
+        if name not in names:
+            raise ValueError(f"input_shapes names unknown input {name!r}; inputs are {names}")
+    result = {}
+    for spec in specs:
+        given = input_shapes.get(spec.name)
+        if given is not None:
+            shape = tuple(int(v) for v in given)
+            if len(shape) != len(spec.shape) or any(
+                d is not None and d != s for d, s in zip(spec.shape, shape)
+            ):
+                raise ValueError(
+                    f"input_shapes[{spec.name!r}] = {shape} does not fit the declared shape "
+                    f"{_shape_text(spec.shape)}"
+                )
+            result[spec.name] = shape
+            continue
+        unknown = [k for k, d in enumerate(spec.shape) if d is None and k > 0]
+        if unknown:
+            raise ValueError(
+                f"input {spec.name!r} has dynamic dimension(s) {unknown} besides the batch: "
+                f"give input_shapes={{{spec.name!r}: (...)}}"
+            )
+        result[spec.name] = tuple(1 if d is None else d for d in spec.shape)
+    return result
+
+
+def compile_model(
+    model: Any,
+    target: TargetArg = None,
+    tuning_db: str | os.PathLike | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CompiledModel:
+    """Compile an ONNX model (ModelProto or path) with convforge kernels for ``target``.
+
+    Convolution-family nodes (:data:`convforge.export.lowering.LOWERINGS`) run convforge's
+    TE operators with its schedules (tuned where the tuning database directory
+    ``tuning_db`` has a record); every other node keeps TVM's
+    default lowering. Dynamic dimensions: the batch compiles as 1 (larger batches run per
+    sample); other dynamic dimensions need ``input_shapes`` (name -> full shape), which
+    may also override declared spatial sizes of fully convolutional models.
+    """
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from convforge.export.fusion import fuse_convolutions, name_nodes
+    from convforge.export.lowering import LoweringContext, convforge_converters
+
+    say = progress or (lambda message: None)
+    if tuning_db is not None:
+        tuning_db = open_tuning_db(tuning_db)
+    original = name_nodes(load_onnx(model))
+    specs = declared_inputs(original)
+    compiled = _compiled_shapes(specs, input_shapes)
+    resolved = resolve_target(target)
+    say("fusing bias, batch-norm and activations into convolutions")
+    fused = fuse_convolutions(original)
+    ctx = LoweringContext(resolved, tuning_db, progress=progress)
+    say(
+        f"importing {len(original.graph.node)} ONNX nodes (convforge kernels scheduled as they come)"
+    )
+    opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), None)
+    with convforge_converters(ctx), warnings.catch_warnings():
+        # TVM's importer runs onnx's checker, which flags the fusion attributes.
+        warnings.filterwarnings("ignore", message="Unrecognized attribute: convforge_")
+        warnings.filterwarnings("ignore", message="Field 'shape' of 'type' is required")
+        mod = from_onnx(
+            fused, shape_dict=compiled, dtype_dict={s.name: s.dtype for s in specs}, opset=opset,
+            keep_params_in_input=False, sanitize_input_names=False,
+        )  # fmt: skip
+    outputs = [_spec(o) for o in original.graph.output]
+    metadata = {
+        "producer": "convforge",
+        "target": str(resolved.export()),
+        "inputs": [{**asdict(s), "compiled_shape": list(compiled[s.name])} for s in specs],
+        "outputs": [asdict(s) for s in outputs],
+        "nodes": [{"name": n.name, "op_type": n.op_type} for n in original.graph.node],
+        "kernels": [asdict(r) for r in ctx.records],
+    }
+    mod = _with_metadata(mod, metadata)
+    say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
+    start = time.perf_counter()
+    executable = tvm.compile(mod, target=resolved)
+    say(f"compiled in {time.perf_counter() - start:.1f} s")
+
+    def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
+        say(f"compiling a specialization for input shapes {shapes}")
+        return compile_model(original, resolved, tuning_db, shapes, progress)
+
+    return CompiledModel(executable, json.loads(json.dumps(metadata)), specialize)
+
+
+def _with_metadata(mod: tvm.IRModule, metadata: dict) -> tvm.IRModule:
+    data = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
+    bb = relax.BlockBuilder(mod)
+    with bb.function(METADATA_FUNCTION, []):
+        bb.emit_func_output(relax.const(data))
+    return bb.get()
+
+
+def load(path: str | os.PathLike) -> CompiledModel:
+    """Load a library written by :meth:`CompiledModel.export_library` (no onnx needed)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"path: no such file {path!r}")
+    module = tvm.runtime.load_module(path)
+    vm = relax.VirtualMachine(module, tvm.cpu())
+    try:
+        raw = vm[METADATA_FUNCTION]()
+    except (AttributeError, RuntimeError) as err:
+        raise ValueError(f"path: {path!r} is not a model library written by convforge") from err
+    return CompiledModel(module, json.loads(bytes(raw.numpy()).decode()))
+
+
+def median_seconds(fn: Callable[[], object], repeat: int = 5) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` calls after one warm-up call."""
+    fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def open_tuning_db(path: str | os.PathLike) -> str:
+    """Check that ``path`` is a tuning database directory this build can read; return it."""
+    if not os.path.isdir(path):
+        raise ValueError(f"tuning_db: no such directory {os.fspath(path)!r}")
+    try:
+        from convforge.schedules import tuning  # noqa: F401
+    except ImportError as err:
+        raise ValueError("tuning_db: this build has no convforge.schedules.tuning") from err
+    return os.fspath(path)

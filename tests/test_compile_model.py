@@ -1,0 +1,454 @@
+"""Whole-model compilation against onnxruntime running the same ONNX graph (the oracle)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import convforge as cf
+from convforge.examples import networks
+from convforge.export.check import compare, run_onnxruntime
+from convforge.export.onnx_graphs import save_model
+
+
+def _he(rng, shape):
+    return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+
+def _assert_matches_onnxruntime(model, feeds, compiled=None, **tolerances):
+    compiled = compiled or cf.compile_model(model)
+    ours = compiled(**feeds)
+    theirs = run_onnxruntime(model, feeds)
+    assert len(ours) == len(theirs) == len(model.graph.output)
+    for out, actual, expected in zip(model.graph.output, ours, theirs):
+        agreement = compare(actual, expected, **tolerances)
+        assert agreement.ok, f"output {out.name}: {agreement}"
+    return compiled
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_conv_every_auto_pad_matches_onnxruntime(nd, rng):
+    size = {1: (11,), 2: (9, 10), 3: (5, 6, 7)}[nd]
+    x_shape, kernel = (2, 4, *size), [3] * nd
+    common = {"kernel_shape": kernel, "strides": [2] * nd}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y_notset"], pads=[1] * nd + [0] * nd, dilations=[2] * nd, **common),
+        helper.make_node("Conv", ["x", "w", "b"], ["y_same_upper"], auto_pad="SAME_UPPER", **common),
+        helper.make_node("Conv", ["x", "w"], ["y_same_lower"], auto_pad="SAME_LOWER", **common),
+        helper.make_node("Conv", ["x", "wg"], ["y_valid_grouped"], auto_pad="VALID", group=2, **common),
+    ]  # fmt: skip
+    weights = {
+        "w": _he(rng, (6, 4, *kernel)),
+        "b": rng.standard_normal(6).astype(np.float32),
+        "wg": _he(rng, (6, 2, *kernel)),
+    }
+    outputs = {
+        name: (None, "float32")
+        for name in ("y_notset", "y_same_upper", "y_same_lower", "y_valid_grouped")
+    }
+    model = _model(nodes, {"x": x_shape}, outputs, weights)
+    compiled = _assert_matches_onnxruntime(
+        model, {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    )
+    assert {k.kernel for k in compiled.report().rows if k.op_type == "Conv"} == {f"conv{nd}d"}
+
+
+def _model(nodes, inputs, outputs, weights, opset=22):
+    """A model whose output shapes come from onnx shape inference (``None`` shapes)."""
+    graph = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(s)) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in outputs],
+        initializer=[onnx.numpy_helper.from_array(v, n) for n, v in weights.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    assert all(o.type.tensor_type.HasField("shape") for o in model.graph.output)
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_conv_transpose_importer_gaps_match_onnxruntime(rng):
+    """output_shape, grouped with bias, output_padding, every auto_pad (TVM's own gaps)."""
+    x_shape = (1, 4, 5, 6)
+    k = {"kernel_shape": [3, 3], "strides": [2, 2]}
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w"], ["y_output_shape"], output_shape=[10, 13], **k),
+        helper.make_node("ConvTranspose", ["x", "wg", "b"], ["y_grouped_bias"], group=2, pads=[1, 0, 0, 1], **k),
+        helper.make_node("ConvTranspose", ["x", "w"], ["y_output_padding"], output_padding=[1, 0], **k),
+        helper.make_node("ConvTranspose", ["x", "w"], ["y_same_upper"], auto_pad="SAME_UPPER", **k),
+        helper.make_node("ConvTranspose", ["x", "w"], ["y_same_lower"], auto_pad="SAME_LOWER", **k),
+        helper.make_node("ConvTranspose", ["x", "w"], ["y_valid"], auto_pad="VALID", **k),
+    ]  # fmt: skip
+    weights = {
+        "w": _he(rng, (4, 3, 3, 3)),
+        "wg": _he(rng, (4, 3, 3, 3)),
+        "b": rng.standard_normal(6).astype(np.float32),
+    }
+    outputs = {n.output[0]: None for n in nodes}
+    model = _model(nodes, {"x": x_shape}, outputs, weights)
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    compiled = _assert_matches_onnxruntime(model, feeds)
+    assert compiled(**feeds)[0].shape == (1, 3, 10, 13)
+
+
+def test_fusion_of_batch_norm_bias_and_activations_matches_onnxruntime(rng):
+    x_shape = (1, 3, 12, 12)
+    c = 8
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("BatchNormalization", ["c1", "g", "beta", "mean", "var"], ["bn"], name="bn", epsilon=1e-3),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["c2"], kernel_shape=[1, 1], name="conv2"),
+        helper.make_node("Add", ["c2", "channel_bias"], ["a"], name="add"),
+        helper.make_node("Sigmoid", ["a"], ["s"], name="sigmoid"),
+        helper.make_node("Mul", ["a", "s"], ["silu"], name="mul"),
+        helper.make_node("Conv", ["silu", "w3"], ["c3"], kernel_shape=[3, 3], name="conv3"),
+        helper.make_node("Tanh", ["c3"], ["t"], name="tanh"),
+        helper.make_node("Add", ["t", "c3"], ["y"], name="uses_c3_twice"),
+    ]  # fmt: skip
+    weights = {
+        "w1": _he(rng, (c, 3, 3, 3)),
+        "b1": rng.standard_normal(c).astype(np.float32),
+        "g": rng.random(c).astype(np.float32) + 0.5,
+        "beta": rng.standard_normal(c).astype(np.float32),
+        "mean": rng.standard_normal(c).astype(np.float32),
+        "var": rng.random(c).astype(np.float32) + 0.5,
+        "w2": _he(rng, (c, c, 1, 1)),
+        "channel_bias": rng.standard_normal((c, 1, 1)).astype(np.float32),
+        "w3": _he(rng, (c, c, 3, 3)),
+    }
+    model = _model(nodes, {"x": x_shape}, {"y": None}, weights)
+    compiled = _assert_matches_onnxruntime(
+        model, {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    )
+    kernels = {r.node: r.kernel for r in compiled.report().rows}
+    assert kernels["bn"] == kernels["relu"] == "fused into conv1"
+    assert kernels["add"] == kernels["sigmoid"] == kernels["mul"] == "fused into conv2"
+    assert kernels["tanh"] == "TVM default"  # c3 has two consumers: no fusion
+    functions = [name for name, _ in compiled.report().tvm_functions]
+    assert any("tanh" in f for f in functions) and any("add" in f for f in functions)
+
+
+def test_resize_non_integer_scales_every_mode_matches_onnxruntime(rng):
+    """TVM's converter resizes by out/in, not the given scale; convforge's lowering by the scale."""
+    coordinate_modes = [
+        "half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+        "asymmetric", "tf_crop_and_resize",
+    ]  # fmt: skip
+    nodes, outputs = [], []
+    for mode in ("nearest", "linear", "cubic"):
+        for coordinate_mode in coordinate_modes:
+            out = f"{mode}_{coordinate_mode}"
+            roi = "roi" if coordinate_mode == "tf_crop_and_resize" else ""
+            nodes.append(
+                helper.make_node(
+                    "Resize",
+                    ["x", roi, "scales"],
+                    [out],
+                    mode=mode,
+                    coordinate_transformation_mode=coordinate_mode,
+                    extrapolation_value=-1.0,
+                )
+            )
+            outputs.append(out)
+    extra = [
+        ("nearest_ceil", {"mode": "nearest", "nearest_mode": "ceil"}, "scales"),
+        ("nearest_floor", {"mode": "nearest", "nearest_mode": "floor"}, "scales"),
+        ("nearest_prefer_ceil", {"mode": "nearest", "nearest_mode": "round_prefer_ceil"}, "scales"),
+        (
+            "cubic_exclude_outside",
+            {"mode": "cubic", "exclude_outside": 1, "cubic_coeff_a": -0.5},
+            "scales",
+        ),
+    ]
+    for out, attrs, scales in extra:
+        nodes.append(helper.make_node("Resize", ["x", "", scales], [out], **attrs))
+        outputs.append(out)
+    nodes.append(
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["linear_sizes"], mode="linear")
+    )
+    outputs.append("linear_sizes")
+    weights = {
+        "scales": np.array([1, 1, 1.75, 0.65], np.float32),
+        "roi": np.array([0, 0, 0.1, 0.2, 1, 1, 0.9, 0.8], np.float32),
+        "sizes": np.array([1, 2, 7, 13], np.int64),
+    }
+    model = _model(nodes, {"x": (1, 2, 10, 11)}, dict.fromkeys(outputs), weights, opset=19)
+    compiled = _assert_matches_onnxruntime(
+        model, {"x": rng.standard_normal((1, 2, 10, 11)).astype(np.float32)}
+    )
+    kernels = {r.node: r.kernel for r in compiled.report().rows}
+    assert kernels["Resize_0"] == "resize" and kernels["Resize_5"] == "resize_onnx"  # tf_crop
+    assert kernels["Resize_12"] == "resize_onnx"  # cubic
+
+
+def test_pools_match_onnxruntime(rng):
+    k = {"kernel_shape": [3, 3], "strides": [2, 2]}
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["max_same"], auto_pad="SAME_UPPER", **k),
+        helper.make_node("MaxPool", ["x"], ["max_ceil_dilated"], ceil_mode=1, dilations=[2, 1], **k),
+        helper.make_node("AveragePool", ["x"], ["avg_pads"], pads=[1, 0, 1, 2], **k),
+        helper.make_node("AveragePool", ["x"], ["avg_include_pad"], pads=[1, 1, 1, 1], count_include_pad=1, **k),
+        helper.make_node("AveragePool", ["x"], ["avg_same_lower"], auto_pad="SAME_LOWER", **k),
+        helper.make_node("GlobalAveragePool", ["x"], ["global_avg"]),
+        helper.make_node("GlobalMaxPool", ["x"], ["global_max"]),
+    ]  # fmt: skip
+    outputs = dict.fromkeys(n.output[0] for n in nodes)
+    model = _model(nodes, {"x": (2, 3, 11, 10)}, outputs, {})
+    compiled = _assert_matches_onnxruntime(
+        model, {"x": rng.standard_normal((2, 3, 11, 10)).astype(np.float32)}
+    )
+    kernels = {r.kernel for r in compiled.report().rows}
+    assert kernels == {"max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool"}
+
+
+def test_resize_followed_by_conv_is_one_kernel_matching_onnxruntime(rng):
+    nodes = [
+        helper.make_node("Resize", ["x", "", "twice"], ["up"], mode="nearest", name="up"),
+        helper.make_node("Conv", ["up", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["lin"], mode="linear", name="linear"),
+        helper.make_node("Conv", ["lin", "w"], ["z"], kernel_shape=[3, 3], auto_pad="SAME_UPPER", name="conv_lin"),
+    ]  # fmt: skip
+    weights = {
+        "twice": np.array([1, 1, 2, 2], np.float32),
+        "sizes": np.array([1, 4, 13, 9], np.int64),
+        "w": _he(rng, (5, 4, 3, 3)),
+        "b": rng.standard_normal(5).astype(np.float32),
+    }
+    model = _model(nodes, {"x": (1, 4, 6, 7)}, dict.fromkeys(["y", "z"]), weights)
+    compiled = _assert_matches_onnxruntime(
+        model, {"x": rng.standard_normal((1, 4, 6, 7)).astype(np.float32)}
+    )
+    kernels = {r.node: r.kernel for r in compiled.report().rows}
+    assert kernels == {
+        "up": "fused into conv", "conv": "resize_conv2d", "relu": "fused into conv",
+        "linear": "fused into conv_lin", "conv_lin": "resize_conv2d",
+    }  # fmt: skip
+
+
+def test_causal_conv_with_state_matches_onnxruntime(rng):
+    b, c, length, k = 2, 6, 9, 4
+    nodes = [
+        helper.make_node("CausalConvWithState", ["x", "w", "bias", "past"], ["y1", "state1"], activation="silu"),
+        helper.make_node("CausalConvWithState", ["x", "w"], ["y2", "state2"]),
+    ]  # fmt: skip
+    weights = {"w": _he(rng, (c, 1, k)), "bias": rng.standard_normal(c).astype(np.float32)}
+    model = _model(
+        nodes,
+        {"x": (b, c, length), "past": (b, c, k - 1)},
+        dict.fromkeys(["y1", "state1", "y2", "state2"]),
+        weights,
+        opset=27,
+    )
+    feeds = {
+        "x": rng.standard_normal((b, c, length)).astype(np.float32),
+        "past": rng.standard_normal((b, c, k - 1)).astype(np.float32),
+    }
+    compiled = _assert_matches_onnxruntime(model, feeds)
+    assert {r.kernel for r in compiled.report().rows} == {"causal_conv_with_state"}
+
+
+def test_gemm_as_convolution_and_declined_forms_match_onnxruntime(rng):
+    nodes = [
+        helper.make_node("Gemm", ["x", "wt", "b"], ["y_transb"], transB=1, name="dense"),
+        helper.make_node("Gemm", ["x", "w"], ["y_plain"], name="plain"),
+        helper.make_node("Gemm", ["x", "w", "b"], ["y_scaled"], alpha=0.5, name="scaled"),
+    ]
+    weights = {
+        "wt": _he(rng, (40, 30)),
+        "w": _he(rng, (30, 40)),
+        "b": rng.standard_normal(40).astype(np.float32),
+    }
+    model = _model(
+        nodes, {"x": (3, 30)}, dict.fromkeys(["y_transb", "y_plain", "y_scaled"]), weights
+    )
+    compiled = _assert_matches_onnxruntime(
+        model, {"x": rng.standard_normal((3, 30)).astype(np.float32)}
+    )
+    kernels = {r.node: r.kernel for r in compiled.report().rows}
+    assert kernels == {"dense": "dense", "plain": "dense", "scaled": "TVM default"}
+
+
+def _small_fully_convolutional(rng):
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["y"], ["g"]),
+    ]
+    weights = {"w1": _he(rng, (4, 2, 3, 3)), "w2": _he(rng, (5, 4, 3, 3))}
+    graph = helper.make_graph(
+        nodes, "dyn",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("g", onnx.TensorProto.FLOAT, None)],
+        initializer=[onnx.numpy_helper.from_array(v, n) for n, v in weights.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    model.ir_version = 10
+    return model
+
+
+def test_dynamic_batch_and_spatial_size(tmp_path, rng):
+    model = _small_fully_convolutional(rng)
+    with pytest.raises(ValueError, match="input_shapes"):
+        cf.compile_model(model)
+    compiled = cf.compile_model(model, input_shapes={"x": (1, 2, 11, 9)})
+    x = rng.standard_normal((3, 2, 11, 9)).astype(np.float32)  # batch 3 on a batch-1 build
+    _assert_matches_onnxruntime(model, {"x": x}, compiled)
+    other_size = rng.standard_normal((2, 2, 7, 12)).astype(np.float32)  # compiles a specialization
+    _assert_matches_onnxruntime(model, {"x": other_size}, compiled)
+    with pytest.raises(ValueError, match=r"must have shape \(1, 2, 11, 9\)"):
+        compiled(x[:, :1])
+    library = tmp_path / "dynamic.so"
+    compiled.export_library(library)
+    loaded = cf.load(library)
+    _assert_matches_onnxruntime(model, {"x": x}, loaded)
+    with pytest.raises(ValueError, match=r"must have shape \(1, 2, 11, 9\)"):
+        loaded(other_size)
+
+
+def test_inputs_by_position_and_name_outputs_in_model_order(rng):
+    model = _model(
+        [helper.make_node("Conv", ["a", "w"], ["first"], kernel_shape=[1]),
+         helper.make_node("Sub", ["first", "b"], ["second"])],
+        {"a": (1, 2, 5), "b": (1, 3, 5)}, {"second": None, "first": None},
+        {"w": _he(rng, (3, 2, 1))},
+    )  # fmt: skip
+    compiled = cf.compile_model(model)
+    a = rng.standard_normal((1, 2, 5)).astype(np.float32)
+    b = rng.standard_normal((1, 3, 5)).astype(np.float32)
+    expected = run_onnxruntime(model, {"a": a, "b": b})
+    for ours in (compiled(a, b), compiled(b=b, a=a), compiled(a, b=b)):
+        assert [o.shape for o in ours] == [(1, 3, 5), (1, 3, 5)]
+        for actual, theirs in zip(ours, expected):
+            assert compare(actual, theirs).ok
+    assert compiled.output_names == ["second", "first"]
+    with pytest.raises(ValueError, match="missing input"):
+        compiled(a)
+    with pytest.raises(ValueError, match="unknown input 'c'"):
+        compiled(a, b, c=b)
+    with pytest.raises(ValueError, match="given twice"):
+        compiled(a, a=a, b=b)
+
+
+def test_export_library_loads_in_a_process_without_onnx(tmp_path, rng):
+    model = networks.decoder("transposed", channels=(4, 3, 2))
+    compiled = cf.compile_model(model)
+    library = tmp_path / "decoder.so"
+    compiled.export_library(library)
+    x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np\n"
+        "sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None  # importing them fails\n"
+        "import convforge as cf\n"
+        f"model = cf.load({str(library)!r})\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, model(x=np.load({str(tmp_path / 'x.npy')!r}))[0])\n"
+        "print(model.input_names, model.output_names)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert compare(np.load(tmp_path / "y.npy"), run_onnxruntime(model, {"x": x})[0]).ok
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".tmp-")] == []
+
+
+def test_check_model_finds_the_diverging_node(rng):
+    model = _small_fully_convolutional(rng)
+    other = onnx.ModelProto.FromString(model.SerializeToString())
+    other.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(_he(rng, (5, 4, 3, 3)), "w2"))
+    x = rng.standard_normal((1, 2, 8, 8)).astype(np.float32)
+    assert cf.check_model(model, {"x": x}).ok
+    wrong = cf.compile_model(other, input_shapes={"x": x.shape})
+    result = cf.check_model(model, {"x": x}, compiled=wrong)
+    assert not result.ok and not result.outputs[0].ok
+    assert json.loads(json.dumps(result.to_dict()))["ok"] is False
+    assert cf.check_model(model, {"x": x}, per_node=True).first_divergence is None
+
+
+def test_per_node_check_names_the_first_diverging_tensor(monkeypatch, rng):
+    """onnxruntime's intermediate ``r`` (Relu) is perturbed: the check must point at it."""
+    from convforge.export import check_model as module
+
+    def perturbed(model, feeds):
+        outputs = run_onnxruntime(model, feeds)
+        names = [o.name for o in model.graph.output]
+        outputs[names.index("r")] = outputs[names.index("r")] + 1.0
+        return outputs
+
+    monkeypatch.setattr(module, "run_onnxruntime", perturbed)
+    x = rng.standard_normal((1, 2, 8, 8)).astype(np.float32)
+    result = cf.check_model(_small_fully_convolutional(rng), {"x": x}, per_node=True)
+    assert result.ok  # declared outputs are not perturbed
+    assert [n.name for n in result.nodes if not n.ok] == ["r"]
+    assert result.first_divergence.node == "Relu_1"
+
+
+def test_check_model_rejects_bad_input_before_compiling(tmp_path, rng):
+    model = _small_fully_convolutional(rng)
+    with pytest.raises(ValueError, match="missing input"):
+        cf.check_model(model, {})
+    with pytest.raises(ValueError, match=r"'x' must have shape \(\?, 2, \?, \?\)"):
+        cf.check_model(model, {"x": np.zeros((1, 3, 8, 8), np.float32)})
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a readable ONNX model"):
+        cf.check_model(tmp_path / "broken.onnx")
+    with pytest.raises(ValueError, match="no such file"):
+        cf.check_model(tmp_path / "missing.onnx")
+
+
+def test_top1_agreement_of_classifier_outputs():
+    from convforge.export.check_model import top1_agreement
+
+    expected = np.array([[0.1, 0.9], [0.8, 0.2]])
+    assert top1_agreement(np.array([[0.2, 0.8], [0.4, 0.6]]), expected) == 0.5
+    assert top1_agreement(np.ones((2, 3, 4)), np.ones((2, 3, 4))) is None
+
+
+def test_example_networks_match_onnxruntime(tmp_path):
+    small_wavenet = networks.WaveNetConfig(
+        length=64, channels=8, skip_channels=8, classes=16, blocks=1, layers_per_block=4
+    )
+    small_bytenet = networks.ByteNetConfig(
+        length=32, vocabulary=20, channels=8, dilations=(1, 2, 4)
+    )
+    models = {
+        "wavenet": networks.wavenet(small_wavenet),
+        "bytenet": networks.bytenet(small_bytenet),
+        "classifier_conv": networks.classifier_conv(),
+    }  # fmt: skip
+    assert small_wavenet.receptive_field == 2 + 1 + 2 + 4 + 8
+    for name, model in models.items():
+        save_model(model, tmp_path / f"{name}.onnx")
+        feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 32, 48)).astype(np.float32)}
+        if name != "classifier_conv":
+            feeds = None
+        result = cf.check_model(tmp_path / f"{name}.onnx", feeds)
+        assert result.ok, f"{name}:\n{result}"
+    probabilities = run_onnxruntime(models["classifier_conv"], feeds)[0]
+    assert probabilities.shape == (2, 1000)
+
+
+def test_checkerboard_measure_separates_transposed_from_resize_convolution():
+    spreads = {}
+    for kind in ("transposed", "resize"):
+        model = networks.decoder(kind)
+        x = np.ones((1, 64, 8, 8), np.float32)
+        image = run_onnxruntime(model, {"x": x})[0][0]
+        assert image.shape == (3, 64, 64)
+        spreads[kind] = networks.checkerboard_spread(image)
+    assert spreads["transposed"] > 0.1 > 1e-5 > spreads["resize"]
+    assert networks.checkerboard_spread(np.full((3, 20, 20), 2.0)) == 0.0
