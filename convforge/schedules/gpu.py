@@ -1,0 +1,287 @@
+"""Default CUDA schedules for convforge's TE operators (no tuning).
+
+TVM 0.27's dlight has no convolution rule (its Fallback is one thread per output), so
+convolutions get an implicit-GEMM schedule of our own (:func:`schedule_conv`):
+
+* a thread block computes a tile of ``out-channels x output pixels`` (pixels tiled along
+  the two innermost spatial axes, outer spatial axes and batch spread over blocks);
+* each thread accumulates a register tile (``channels x rows x columns``) in ``local``
+  memory;
+* the reduction runs over chunks of input channels; for every chunk the block stages the
+  input tile (padding, zero-insertion of transposed convolution inlined into the copy) and
+  the weight tile (kernel flip of transposed convolution inlined) in ``shared`` memory,
+  either for the whole kernel window at once or one kernel tap at a time when the window
+  does not fit the shared-memory budget;
+* the epilogue (bias, activation, cast) runs on the register tile before the store.
+
+Depthwise convolutions (one input channel per group) use the same rule with a tile shaped
+for them: one block per tile of channels, the whole kernel window staged once, no
+channel reduction. Causal and dilated 1-D convolutions tile the time axis. Functions
+without a ``conv`` block (pools, heads, resize, element-wise) get dlight's reduction and
+fallback rules.
+
+float16 inputs keep float32 accumulators (the TE op casts); staging stays in float16.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
+from tvm.sym.pattern import detect_linear_equation
+
+#: Threads per block the tile policy aims at.
+_THREADS = 256
+#: Bytes of shared memory one block may stage (the static limit is 48 KiB on sm_80/sm_90).
+_SHARED_BUDGET = 32 * 1024
+#: Static shared memory a kernel may declare on every CUDA architecture.
+STATIC_SHARED_LIMIT = 48 * 1024
+
+
+@dataclass(frozen=True)
+class AxisTile:
+    """One output axis split into ``blocks x threads x registers``."""
+
+    threads: int
+    registers: int
+
+
+@dataclass(frozen=True)
+class ConvTiles:
+    """Tile sizes of one convolution: channel and pixel tiles, channels staged per step."""
+
+    channels: AxisTile
+    rows: AxisTile | None  # second innermost spatial axis (None for 1-D)
+    cols: AxisTile
+    reduce_inner: int
+    stage_window: bool  # stage the whole kernel window (else one kernel tap at a time)
+
+    @property
+    def threads(self) -> int:
+        rows = self.rows.threads if self.rows else 1
+        return self.channels.threads * rows * self.cols.threads
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def _axis_tile(extent: int, threads: int, registers: int) -> AxisTile:
+    """Clamp a preferred tile to ``extent`` so that few threads idle."""
+    registers = min(registers, extent)
+    threads = min(threads, _pow2_floor(-(-extent // registers)))
+    return AxisTile(max(1, threads), registers)
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """What the tile policy needs to know about a ``conv`` block."""
+
+    out_channels: int
+    out_size: tuple[int, ...]
+    reduce_channels: int
+    kernel: tuple[int, ...]
+    input_span: tuple[int, ...]  # input elements one output step advances (stride)
+    dilation: tuple[int, ...]
+    bytes_per_element: int
+
+    @property
+    def depthwise(self) -> bool:
+        return self.reduce_channels == 1
+
+
+def _window(tile: int, stride: int, kernel: int, dilation: int) -> int:
+    return (tile - 1) * stride + (kernel - 1) * dilation + 1
+
+
+def _shared_bytes(shape: ConvShape, tiles: ConvTiles, stage_window: bool) -> int:
+    spatial = [tiles.cols] if tiles.rows is None else [tiles.rows, tiles.cols]
+    inner = shape.kernel[-len(spatial) :]
+    strides = shape.input_span[-len(spatial) :]
+    dilations = shape.dilation[-len(spatial) :]
+    pixels = 1
+    for tile, k, s, d in zip(spatial, inner, strides, dilations):
+        extent = tile.threads * tile.registers
+        pixels *= _window(extent, s, k, d) if stage_window else (extent - 1) * s + 1
+    channels = tiles.channels.threads * tiles.channels.registers
+    taps = math.prod(shape.kernel) if stage_window else 1
+    data_channels = channels if shape.depthwise else tiles.reduce_inner
+    weights = channels * tiles.reduce_inner * taps
+    return (data_channels * pixels + weights) * shape.bytes_per_element
+
+
+def _output_tiles(shape: ConvShape, scale: int) -> tuple[AxisTile, AxisTile | None, AxisTile]:
+    """Channel, row and column tiles with the preferred register counts divided by ``scale``."""
+
+    def regs(n: int) -> int:
+        return max(1, n // scale)
+
+    if len(shape.out_size) == 1:
+        rows = None
+        cols = _axis_tile(shape.out_size[-1], 64 if shape.depthwise else 16, regs(4))
+        spatial_threads = cols.threads
+    else:
+        rows = _axis_tile(shape.out_size[-2], 8 if shape.depthwise else 4, regs(2))
+        cols = _axis_tile(
+            shape.out_size[-1], 8 if shape.depthwise else 4, regs(4 if shape.depthwise else 2)
+        )
+        spatial_threads = rows.threads * cols.threads
+    channels = _axis_tile(
+        shape.out_channels, max(1, _THREADS // spatial_threads), 1 if shape.depthwise else regs(4)
+    )
+    return channels, rows, cols
+
+
+def conv_tiles(shape: ConvShape) -> ConvTiles:
+    """The tile policy: 256 threads, 4x2x2 (dense) or 1x2x4 (depthwise) outputs per thread.
+
+    Small outputs trade registers for threads (at least 64 threads where the output has
+    that many elements); the reduction stage is the largest that fits the shared budget.
+    """
+    scale = 1
+    channels, rows, cols = _output_tiles(shape, scale)
+    while ConvTiles(channels, rows, cols, 1, True).threads < 64 and scale < 2:
+        scale *= 2
+        channels, rows, cols = _output_tiles(shape, scale)
+    reduce_inner = 1 if shape.depthwise else _largest_divisor(shape.reduce_channels, 16)
+    for stage_window in (True, False):  # prefer staging the whole window (more reuse)
+        inner = reduce_inner
+        while True:
+            tiles = ConvTiles(channels, rows, cols, inner, stage_window)
+            if _shared_bytes(shape, tiles, stage_window) <= _SHARED_BUDGET:
+                return tiles
+            if inner == 1 or (stage_window and inner <= 4):
+                break
+            inner = _largest_divisor(shape.reduce_channels, inner // 2)
+    return tiles  # one channel, one tap: the smallest stage there is
+
+
+def _conv_shape(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> ConvShape:
+    stmt = sch.get(block)
+    spatial = [iv for iv in stmt.iter_vars if int(iv.iter_type) != tirx.IterVar.CommReduce]
+    reduce_ = [iv for iv in stmt.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
+    data = stmt.reads[0]
+    ndim = len(spatial) - 2
+    # index of data along spatial axis i is p*s + r*d: read the stride/dilation back from
+    # the TE op's geometry via the buffer region is brittle; take them from the index.
+    strides, dilations = [], []
+    for axis in range(ndim):
+        index = data.region[2 + axis].min
+        p_var, r_var = spatial[2 + axis].var, reduce_[1 + axis].var
+        strides.append(_coefficient(index, p_var))
+        dilations.append(_coefficient(index, r_var))
+    return ConvShape(
+        out_channels=int(spatial[1].dom.extent),
+        out_size=tuple(int(iv.dom.extent) for iv in spatial[2:]),
+        reduce_channels=int(reduce_[0].dom.extent),
+        kernel=tuple(int(iv.dom.extent) for iv in reduce_[1:]),
+        input_span=tuple(strides),
+        dilation=tuple(dilations),
+        bytes_per_element=tvm.DataType(str(data.source.dtype)).bits // 8,
+    )
+
+
+def _coefficient(expr: tirx.PrimExpr, var: tirx.Var) -> int:
+    """Coefficient of ``var`` in the affine index ``expr`` (1 when not affine)."""
+    coeffs = detect_linear_equation(expr, [var])
+    return int(coeffs[0]) if len(coeffs) == 2 and isinstance(coeffs[0], tirx.IntImm) else 1
+
+
+def _inline_producers(sch: s_tir.Schedule, keep: set[str]) -> None:
+    """Inline every element-wise block (padding, dilation, weight flip) into its consumer."""
+    changed = True
+    while changed:
+        changed = False
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            name = sch.get(block).name_hint
+            if name in keep or not sch.get_consumers(block):
+                continue
+            sch.compute_inline(block)
+            changed = True
+            break
+
+
+def _cooperative_fetch(
+    sch: s_tir.Schedule, cache: s_tir.SBlockRV, at: s_tir.LoopRV, depth: int, threads: int
+) -> None:
+    """Copy ``cache``'s region at loop ``at`` (the ``depth``-th loop) with all threads."""
+    sch.compute_at(cache, at, preserve_unit_loops=True)
+    copy = sch.fuse(*sch.get_loops(cache)[depth:])
+    _, tx = sch.split(copy, [None, threads])
+    sch.bind(tx, "threadIdx.x")
+
+
+def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> ConvTiles:
+    """Implicit-GEMM tiling of the ``conv`` block (and its epilogue) in place; returns tiles."""
+    shape = _conv_shape(sch, conv)
+    tiles = conv_tiles(shape)
+    ndim = len(shape.out_size)
+    epilogues = sch.get_consumers(conv)
+    if epilogues:
+        (epilogue,) = epilogues
+        sch.set_scope(conv, 0, "local")
+    else:
+        epilogue = sch.cache_write(conv, 0, "local")
+    data_shared = sch.cache_read(conv, 0, "shared")
+    weight_shared = sch.cache_read(conv, 1, "shared")
+    keep = {sch.get(b).name_hint for b in (conv, epilogue, data_shared, weight_shared)}
+    _inline_producers(sch, keep)
+
+    loops = sch.get_loops(conv)
+    n, o, *pos = loops[: 2 + ndim]
+    rc, *rk = loops[2 + ndim :]
+    outer_spatial = pos[:-2] if ndim >= 2 else []
+    o_b, o_t, o_r = sch.split(o, [None, tiles.channels.threads, tiles.channels.registers])
+    c_b, c_t, c_r = sch.split(pos[-1], [None, tiles.cols.threads, tiles.cols.registers])
+    if tiles.rows is not None:
+        r_b, r_t, r_r = sch.split(pos[-2], [None, tiles.rows.threads, tiles.rows.registers])
+        block_axes = [n, *outer_spatial, o_b, r_b, c_b]
+        thread_axes, register_axes = [o_t, r_t, c_t], [o_r, r_r, c_r]
+    else:
+        block_axes = [n, o_b, c_b]
+        thread_axes, register_axes = [o_t, c_t], [o_r, c_r]
+    rc_o, rc_i = sch.split(rc, [None, tiles.reduce_inner])
+    if tiles.stage_window:
+        reduction = [rc_o, rc_i, *rk]
+        stage_at = rc_o
+    else:
+        reduction = [rc_o, *rk, rc_i]
+        stage_at = rk[-1] if rk else rc_o
+    sch.reorder(*block_axes, *thread_axes, *reduction, *register_axes)
+    bx = sch.fuse(*block_axes)
+    tx = sch.fuse(*thread_axes)
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+    depth = [sch.get(loop) for loop in sch.get_loops(conv)].index(sch.get(stage_at)) + 1
+    for cache in (data_shared, weight_shared):
+        _cooperative_fetch(sch, cache, stage_at, depth, tiles.threads)
+    for loop in register_axes:
+        sch.unroll(loop)
+    sch.reverse_compute_at(epilogue, tx, preserve_unit_loops=True)
+    sch.decompose_reduction(conv, rc_o)
+    return tiles
+
+
+def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+    """Apply the default GPU schedule: implicit-GEMM for ``conv`` blocks, dlight otherwise."""
+    sch = s_tir.Schedule(func)
+    convs = [
+        b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint == "conv"
+    ]
+    if len(convs) == 1:
+        schedule_conv(sch, convs[0])
+        return sch.mod
+    mod = tvm.IRModule({"main": func})
+    with target:
+        return dlight.ApplyDefaultSchedule(
+            dlight.gpu.Reduction(),
+            dlight.gpu.GeneralReduction(),
+            dlight.gpu.Fallback(),
+        )(mod)
