@@ -5,7 +5,11 @@ per block) and nvcc/ptxas, which must accept the generated source. The numeric c
 the kernels against numpy runs on a GPU machine (benchmarks/gpu_bench.py).
 """
 
+import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,8 +17,17 @@ import tvm
 from tvm import te
 
 import convforge as cf
+from benchmarks.gpu_package import numpy_reference, package
 from convforge import ops, shapes
 from convforge.build import compile_computation
+from convforge.export import conv_model, conv_transpose_model, run_onnxruntime
+from convforge.export.aot import (
+    AotWorkload,
+    compile_workload,
+    export_suite,
+    portable_target,
+    source_hash,
+)
 from convforge.schedules.gpu_source import (
     MAX_THREADS_PER_BLOCK,
     REGISTERS_PER_BLOCK,
@@ -124,3 +137,71 @@ def test_api_cuda_target_compiles_then_refuses_to_run_without_a_gpu():
     w = np.ones((4, 4, 3, 3), np.float32)
     with pytest.raises(RuntimeError, match="no such device"):
         cf.conv(x, w, padding=1, target="cuda")
+
+
+# --- ahead-of-time export and the GPU package, exercised on the CPU ---------------------
+
+SMALL_WORKLOADS = [
+    AotWorkload("grouped_asym_silu", "conv", {"x": (1, 8, 10, 10), "w": (6, 4, 3, 3), "bias": (6,)}, {"padding": ((1, 0), (2, 1)), "groups": 2, "stride": 2, "activation": "silu"}),
+    AotWorkload("dilated3d", "conv", {"x": (2, 3, 5, 6, 7), "w": (4, 3, 2, 3, 2)}, {"dilation": (2, 1, 3), "padding": 1}),
+    AotWorkload("transposed_outpad", "conv_transpose", {"x": (2, 4, 7), "w": (4, 3, 3)}, {"stride": 2, "padding": 1, "output_padding": 1}),
+    AotWorkload("transposed_grouped_dilated", "conv_transpose", {"x": (1, 4, 5, 4), "w": (4, 2, 3, 2), "bias": (4,)}, {"stride": (2, 3), "dilation": 2, "groups": 2, "padding": ((2, 0), (1, 1))}),
+    AotWorkload("causal_fp16", "causal_conv1d", {"x": (1, 4, 20), "w": (4, 4, 2), "bias": (4,)}, {"dilation": 4}, dtype="float16"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("workload", SMALL_WORKLOADS, ids=lambda w: w.name)
+def test_package_numpy_oracle_agrees_with_onnxruntime(workload):
+    """The expected values shipped to the GPU machine come from a correct numpy oracle."""
+    arrays = workload.arrays(seed=3)
+    geom = workload.geometry()
+    activation = workload.params.get("activation")
+    model_fn = conv_transpose_model if workload.op == "conv_transpose" else conv_model
+    model = model_fn(geom, bias="bias" in arrays, activation=activation)
+    inputs = {k: v.astype(np.float32) for k, v in arrays.items()}
+    (expected,) = run_onnxruntime(model, {"bias": None, **inputs})
+    got = numpy_reference(workload, arrays)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_runtime_only_package_checks_cpu_exports(tmp_path):
+    """gpu_package + gpu_bench end to end, with a CPU target: runtime-only TVM in a clean
+    subprocess loads every exported library and agrees with the numpy values."""
+    folder = tmp_path / "package"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    summary = package(folder, target="llvm", python_version=version, workloads=SMALL_WORKLOADS)
+    assert summary["workloads"] == len(SMALL_WORKLOADS)
+    assert not list((folder / "site" / "tvm").rglob("libtvm_compiler*"))
+    manifest = json.loads((folder / "libs" / "manifest.json").read_text())
+    for entry in manifest["workloads"]:
+        for spec in entry["inputs"]:
+            stored = np.load(folder / "data" / f"{entry['name']}.{spec['name']}.npy")
+            assert list(stored.shape) == spec["shape"] and str(stored.dtype) == entry["dtype"]
+        samples = np.load(folder / "data" / f"{entry['name']}.expected.npz")
+        assert samples["indices"].max() < np.prod(entry["output_shape"])
+    results = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, str(folder / "gpu_bench.py"), str(results), "--device", "cpu"],
+        cwd=tmp_path, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads((results / "gpu_bench.json").read_text())
+    assert report["tvm"]["package"] == str(folder / "site" / "tvm")
+    assert report["tvm"]["libraries"] == ["tvm_runtime"]  # no compiler library loaded
+    assert [r["name"] for r in report["results"]] == [w.name for w in SMALL_WORKLOADS]
+    assert all(r["ok"] and r["convforge_ms"] > 0 for r in report["results"])
+
+
+@pytest.mark.skipif(nvcc_path() is None, reason="nvcc is not installed on this machine")
+def test_cuda_export_ships_kernel_source_and_matching_fatbin(tmp_path):
+    """The exported CUDA library embeds the kernel source whose hash keys the fat binary
+    that gpu_bench hands to TVM's CUDA runtime on the GPU machine."""
+    manifest = export_suite(tmp_path, "cuda", SMALL_WORKLOADS[:2])
+    assert '"arch":"sm_90"' in manifest["target"].replace(" ", "")
+    for workload, entry in zip(SMALL_WORKLOADS, manifest["workloads"]):
+        source = cuda_source(compile_workload(workload, portable_target("cuda")).executable.mod)
+        assert entry["source_sha256"] == source_hash(source)
+        assert source.encode() in (tmp_path / entry["library"]).read_bytes()
+        assert (tmp_path / entry["fatbin"]).read_bytes()[:4] == bytes.fromhex("50ed55ba")
+        assert entry["output_shape"] == list(workload.geometry().out_shape)
