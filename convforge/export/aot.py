@@ -30,8 +30,8 @@ import tvm
 from tvm import te
 
 from convforge import ops, shapes
-from convforge.build import Kernel, compile_computation
-from convforge.schedules.gpu_source import compile_fatbin, cuda_source, nvcc_path
+from convforge.build import Kernel, compile_computation, schedule_for
+from convforge.schedules.gpu_source import compile_fatbin, cuda_source, launch_config, nvcc_path
 from convforge.targets import TargetArg, resolve_target
 
 #: Operators an AOT workload may name (convforge API function names).
@@ -109,8 +109,7 @@ GPU_SUITE: tuple[AotWorkload, ...] = (
 )  # fmt: skip
 
 
-def compile_workload(workload: AotWorkload, target: TargetArg = "cuda") -> Kernel:
-    """Compile one workload for ``target`` with the default schedule of that target."""
+def _computation(workload: AotWorkload):
     geom = workload.geometry()
     activation = workload.params.get("activation")
     build = ops.conv_transpose if workload.op == "conv_transpose" else ops.conv
@@ -124,7 +123,12 @@ def compile_workload(workload: AotWorkload, target: TargetArg = "cuda") -> Kerne
         out = build(named["x"], named["w"], named.get("bias"), geom, activation)
         return inputs, [out]
 
-    return compile_computation(workload.name, computation, resolve_target(target))
+    return computation
+
+
+def compile_workload(workload: AotWorkload, target: TargetArg = "cuda") -> Kernel:
+    """Compile one workload for ``target`` with the default schedule of that target."""
+    return compile_computation(workload.name, _computation(workload), resolve_target(target))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -156,7 +160,13 @@ def export_workload(workload: AotWorkload, out_dir: Path, target: TargetArg = "c
     CUDA targets also get ``<name>.fatbin`` (nvcc must be installed; RuntimeError if not).
     """
     resolved = portable_target(target)
-    kernel = compile_workload(workload, resolved)
+    scheduled: list[tvm.IRModule] = []
+
+    def schedule(func, tgt):
+        scheduled.append(schedule_for(func, tgt))
+        return scheduled[-1]
+
+    kernel = compile_computation(workload.name, _computation(workload), resolved, schedule)
     geom = workload.geometry()
     library = out_dir / f"{workload.name}.so"
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{library.name}.", suffix=".so")
@@ -196,6 +206,7 @@ def export_workload(workload: AotWorkload, out_dir: Path, target: TargetArg = "c
             arch=arch,
             fatbin=binary.name,
             source_sha256=source_hash(source),
+            launch=launch_config(source, scheduled[0]),
             ptxas=[vars(r) for r in reports],
         )
     return entry

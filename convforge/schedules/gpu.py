@@ -84,6 +84,7 @@ def _largest_divisor(n: int, limit: int) -> int:
 class ConvShape:
     """What the tile policy needs to know about a ``conv`` block."""
 
+    batch: int
     out_channels: int
     out_size: tuple[int, ...]
     reduce_channels: int
@@ -117,8 +118,11 @@ def _shared_bytes(shape: ConvShape, tiles: ConvTiles, stage_window: bool) -> int
     return (data_channels * pixels + weights) * shape.bytes_per_element
 
 
-def _output_tiles(shape: ConvShape, scale: int) -> tuple[AxisTile, AxisTile | None, AxisTile]:
-    """Channel, row and column tiles with the preferred register counts divided by ``scale``."""
+def _output_tiles(
+    shape: ConvShape, thread_cap: int, scale: int
+) -> tuple[AxisTile, AxisTile | None, AxisTile]:
+    """Channel, row and column tiles: up to ``thread_cap`` threads per block, the preferred
+    register counts divided by ``scale``."""
 
     def regs(n: int) -> int:
         return max(1, n // scale)
@@ -134,22 +138,46 @@ def _output_tiles(shape: ConvShape, scale: int) -> tuple[AxisTile, AxisTile | No
         )
         spatial_threads = rows.threads * cols.threads
     channels = _axis_tile(
-        shape.out_channels, max(1, _THREADS // spatial_threads), 1 if shape.depthwise else regs(4)
+        shape.out_channels,
+        max(1, thread_cap // spatial_threads),
+        1 if shape.depthwise else regs(4),
     )
     return channels, rows, cols
 
 
-def conv_tiles(shape: ConvShape) -> ConvTiles:
+def _blocks(shape: ConvShape, channels: AxisTile, rows: AxisTile | None, cols: AxisTile) -> int:
+    """Thread blocks of the launch: batch x outer spatial x channel, row, column tiles."""
+    tiled = [(shape.out_channels, channels), (shape.out_size[-1], cols)]
+    outer = shape.out_size[:-1]
+    if rows is not None:
+        tiled.append((shape.out_size[-2], rows))
+        outer = shape.out_size[:-2]
+    count = shape.batch * math.prod(outer)
+    for extent, tile in tiled:
+        count *= -(-extent // (tile.threads * tile.registers))
+    return count
+
+
+#: Block shapes tried in turn until the launch has enough blocks: (thread cap, scale).
+_BLOCK_SHAPES = ((256, 1), (128, 1), (64, 1), (128, 2), (64, 2))
+
+
+def conv_tiles(shape: ConvShape, min_blocks: int = 1) -> ConvTiles:
     """The tile policy: 256 threads, 4x2x2 (dense) or 1x2x4 (depthwise) outputs per thread.
 
-    Small outputs trade registers for threads (at least 64 threads where the output has
-    that many elements); the reduction stage is the largest that fits the shared budget.
+    Launches with fewer than ``min_blocks`` blocks (small batch-1 layers) take smaller
+    blocks, then fewer registers per thread, until they have enough; blocks keep at least
+    64 threads where the output has that many elements. The reduction stage is the
+    largest that fits the shared-memory budget.
     """
-    scale = 1
-    channels, rows, cols = _output_tiles(shape, scale)
-    while ConvTiles(channels, rows, cols, 1, True).threads < 64 and scale < 2:
-        scale *= 2
-        channels, rows, cols = _output_tiles(shape, scale)
+    for thread_cap, scale in _BLOCK_SHAPES:
+        channels, rows, cols = _output_tiles(shape, thread_cap, scale)
+        threads = ConvTiles(channels, rows, cols, 1, True).threads
+        if threads >= 64 and _blocks(shape, channels, rows, cols) >= min_blocks:
+            break
+        if threads < 64 and scale == 1 and thread_cap == 256:
+            channels, rows, cols = _output_tiles(shape, thread_cap, 2)
+            break
     reduce_inner = 1 if shape.depthwise else _largest_divisor(shape.reduce_channels, 16)
     for stage_window in (True, False):  # prefer staging the whole window (more reuse)
         inner = reduce_inner
@@ -178,6 +206,7 @@ def _conv_shape(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> ConvShape:
         strides.append(_coefficient(index, p_var))
         dilations.append(_coefficient(index, r_var))
     return ConvShape(
+        batch=int(spatial[0].dom.extent),
         out_channels=int(spatial[1].dom.extent),
         out_size=tuple(int(iv.dom.extent) for iv in spatial[2:]),
         reduce_channels=int(reduce_[0].dom.extent),
@@ -218,10 +247,22 @@ def _cooperative_fetch(
     sch.bind(tx, "threadIdx.x")
 
 
-def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> ConvTiles:
-    """Implicit-GEMM tiling of the ``conv`` block (and its epilogue) in place; returns tiles."""
+#: Streaming multiprocessors per architecture (the most common part of each).
+_MULTIPROCESSORS = {"sm_70": 80, "sm_75": 68, "sm_80": 108, "sm_86": 84, "sm_89": 128, "sm_90": 132}
+
+
+def multiprocessors(target: tvm.target.Target) -> int:
+    """SM count assumed for ``target``'s architecture (100 when unknown)."""
+    return _MULTIPROCESSORS.get(str(target.attrs.get("arch", "")), 100)
+
+
+def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV, min_blocks: int = 1) -> ConvTiles:
+    """Implicit-GEMM tiling of the ``conv`` block (and its epilogue) in place; returns tiles.
+
+    ``min_blocks``: the launch should have at least this many thread blocks.
+    """
     shape = _conv_shape(sch, conv)
-    tiles = conv_tiles(shape)
+    tiles = conv_tiles(shape, min_blocks)
     ndim = len(shape.out_size)
     epilogues = sch.get_consumers(conv)
     if epilogues:
@@ -276,7 +317,7 @@ def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
         b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint == "conv"
     ]
     if len(convs) == 1:
-        schedule_conv(sch, convs[0])
+        schedule_conv(sch, convs[0], min_blocks=2 * multiprocessors(target))
         return sch.mod
     mod = tvm.IRModule({"main": func})
     with target:

@@ -9,6 +9,7 @@ architecture plus its PTX) and reports what ptxas says about registers and spill
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -122,6 +123,42 @@ def compile_fatbin(source: str, arch: str) -> tuple[bytes, list[PtxasReport]]:
         return out.read_bytes(), parse_ptxas(result.stderr + result.stdout, arch)
 
 
+def launch_config(source: str, scheduled: tvm.IRModule) -> dict:
+    """How to launch the single kernel of ``source`` by hand (CUDA driver API).
+
+    Returns ``{"kernel", "params", "grid", "block"}``: ``params`` are the buffer names in
+    the kernel's argument order (all pointers), ``grid``/``block`` the (x, y, z) extents of
+    the thread bindings of ``scheduled`` (the module before lowering). ValueError when the
+    source holds several kernels or non-pointer arguments.
+    """
+    found = kernels(source)
+    if len(found) != 1:
+        raise ValueError(f"expected one kernel, found {[k.name for k in found]}")
+    signature = re.search(rf"void __launch_bounds__\(\d+\) {found[0].name}\(([^)]*)\)", source)
+    params = []
+    for arg in signature.group(1).split(","):
+        match = re.fullmatch(r"\s*[\w ]+\* __restrict__ (\w+)_ptr\s*", arg)
+        if match is None:
+            raise ValueError(f"kernel argument {arg.strip()!r} is not a buffer pointer")
+        params.append(match.group(1))
+    extents: dict[str, int] = {}
+    for extent, tag in _THREAD_BINDING.findall(scheduled.script()):
+        extents[tag] = max(extents.get(tag, 1), int(extent))
+    dims = {
+        kind: [extents.get(f"{kind}.{axis}", 1) for axis in "xyz"]
+        for kind in ("blockIdx", "threadIdx")
+    }
+    if math.prod(dims["threadIdx"]) != found[0].launch_bounds:
+        raise ValueError(f"thread extents {dims['threadIdx']} disagree with the launch bounds")
+    return {
+        "kernel": found[0].name,
+        "params": params,
+        "grid": dims["blockIdx"],
+        "block": dims["threadIdx"],
+    }
+
+
+_THREAD_BINDING = re.compile(r'T\.thread_binding\((?:0, )?(\d+), thread="(\w+\.[xyz])"\)')
 _PTXAS_FUNC = re.compile(r"Compiling entry function '(\w+)' for '(\w+)'")
 _PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _PTXAS_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
