@@ -13,12 +13,18 @@ and times it (TVM's time_evaluator) and the same operator in PyTorch (cuDNN, TF3
 events), both as medians. Prints a table and writes ``gpu_bench.json`` and ``gpu_bench.md``
 to RESULTS_DIR. Exit status 1 when any output disagrees or any workload fails.
 ``--device cpu`` runs a package built for the CPU (the packaging test does).
+
+Runners (``--runner``): ``tvm`` (TVM's runtime, as above), ``driver`` (the CUDA driver API
+through ctypes: ``cuModuleLoadData`` on the fat binary, ``cuLaunchKernel`` with the grid,
+block and argument order recorded in the manifest; needs only ``libcuda``), ``auto``
+(default: TVM's runtime, then the driver for any workload TVM's runtime failed to run).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -81,17 +87,57 @@ def register_prebuilt_kernels(tvm_ffi, manifest: dict, libs: Path) -> None:
         return bytearray(binaries[key].read_bytes())
 
 
-def _loaded(tvm) -> list[str]:
+def tvm_info() -> dict:
+    """Where the imported TVM came from and which of its libraries are loaded."""
+    tvm = sys.modules.get("tvm")
+    if tvm is None:
+        return {}
     from tvm.base import _LOADED_LIBS
 
-    return list(_LOADED_LIBS)
+    return {"package": str(Path(tvm.__file__).parent), "libraries": sorted(_LOADED_LIBS)}
 
 
-def device_name(tvm, dev, torch) -> str:
-    if torch is not None and torch.cuda.is_available():
+def device_name(runners, torch, device: str) -> str:
+    if torch is not None:
         return torch.cuda.get_device_name(0)
-    name = getattr(dev, "device_name", None)
-    return str(name) if name else f"{platform.machine()} CPU ({platform.processor() or 'unknown'})"
+    for _, runner in runners:
+        driver = getattr(runner, "driver", None)
+        if driver is not None:
+            return driver.name()
+    if device == "cpu":
+        return f"{platform.machine()} CPU ({platform.processor() or 'unknown'})"
+    return "CUDA device (name not reported)"
+
+
+def make_runners(choice: str, package: Path, manifest: dict, device: str):
+    """The runners to try in order, as (name, callable) pairs, and notes on any that failed."""
+    runners, notes = [], []
+    if choice in ("auto", "tvm"):
+        try:
+            tvm, tvm_ffi = load_tvm_runtime(package, device)
+            if device == "cuda":
+                register_prebuilt_kernels(tvm_ffi, manifest, package / "libs")
+            dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+            if not dev.exist:
+                raise RuntimeError(f"TVM's runtime sees no {device} device")
+            runners.append(("tvm", functools.partial(run_with_tvm, tvm, dev)))
+        except Exception as err:
+            if choice == "tvm":
+                raise
+            notes.append(f"TVM runtime unavailable: {err!r}")
+    if choice in ("auto", "driver") and device == "cuda":
+        try:
+            driver = CudaDriver()
+            runner = functools.partial(run_with_driver, driver)
+            runner.driver = driver
+            runners.append(("driver", runner))
+        except Exception as err:
+            if choice == "driver":
+                raise
+            notes.append(f"CUDA driver API unavailable: {err!r}")
+    if not runners:
+        raise RuntimeError("no way to run the kernels here: " + "; ".join(notes))
+    return runners, notes
 
 
 def check(y: np.ndarray, expected: dict, dtype: str) -> tuple[bool, float]:
@@ -110,6 +156,132 @@ def time_tvm(module, dev, args) -> float:
     number = max(1, int(0.02 / once))
     timer = module.time_evaluator("main", dev, number=number, repeat=7)
     return float(statistics.median(timer(*args).results))
+
+
+# --- fallback runner: the CUDA driver API through ctypes ---------------------------------
+
+
+class CudaDriver:
+    """Loads the prebuilt fat binaries and launches them with ``libcuda`` alone.
+
+    Used when TVM's CUDA runtime cannot be loaded here (``--runner driver``, or ``auto``
+    after a failure); the launch shape and argument order come from the manifest.
+    """
+
+    def __init__(self) -> None:
+        self.lib = ctypes.CDLL("libcuda.so.1")
+        self._modules: list[tuple[ctypes.c_void_p, bytes]] = []
+        self.check(self.lib.cuInit(0), "cuInit")
+        self.device = ctypes.c_int()
+        self.check(self.lib.cuDeviceGet(ctypes.byref(self.device), 0), "cuDeviceGet")
+        self.context = ctypes.c_void_p()
+        self.check(
+            self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(self.context), self.device),
+            "cuDevicePrimaryCtxRetain",
+        )
+        self.check(self.lib.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
+
+    def check(self, code: int, what: str) -> None:
+        if code != 0:
+            message = ctypes.c_char_p()
+            self.lib.cuGetErrorString(code, ctypes.byref(message))
+            raise RuntimeError(f"{what} failed: CUDA error {code} ({message.value})")
+
+    def name(self) -> str:
+        buffer = ctypes.create_string_buffer(256)
+        self.check(self.lib.cuDeviceGetName(buffer, 256, self.device), "cuDeviceGetName")
+        return buffer.value.decode()
+
+    def function(self, fatbin: bytes, kernel: str) -> ctypes.c_void_p:
+        module = ctypes.c_void_p()
+        self.check(self.lib.cuModuleLoadData(ctypes.byref(module), fatbin), "cuModuleLoadData")
+        self._modules.append((module, fatbin))  # keep the image alive with its module
+        function = ctypes.c_void_p()
+        self.check(
+            self.lib.cuModuleGetFunction(ctypes.byref(function), module, kernel.encode()),
+            "cuModuleGetFunction",
+        )
+        return function
+
+    def upload(self, array: np.ndarray) -> ctypes.c_uint64:
+        pointer = ctypes.c_uint64()
+        self.check(self.lib.cuMemAlloc_v2(ctypes.byref(pointer), max(1, array.nbytes)), "alloc")
+        data = np.ascontiguousarray(array)
+        self.check(
+            self.lib.cuMemcpyHtoD_v2(pointer, data.ctypes.data_as(ctypes.c_void_p), data.nbytes),
+            "cuMemcpyHtoD",
+        )
+        return pointer
+
+    def download(self, pointer: ctypes.c_uint64, like: np.ndarray) -> np.ndarray:
+        out = np.empty_like(like)
+        self.check(
+            self.lib.cuMemcpyDtoH_v2(out.ctypes.data_as(ctypes.c_void_p), pointer, out.nbytes),
+            "cuMemcpyDtoH",
+        )
+        return out
+
+    def free(self, pointer: ctypes.c_uint64) -> None:
+        self.check(self.lib.cuMemFree_v2(pointer), "cuMemFree")
+
+    def launch(self, function, grid, block, pointers) -> None:
+        args = (ctypes.c_void_p * len(pointers))(
+            *[ctypes.cast(ctypes.byref(p), ctypes.c_void_p) for p in pointers]
+        )
+        self.check(
+            self.lib.cuLaunchKernel(
+                function, *[ctypes.c_uint(v) for v in grid], *[ctypes.c_uint(v) for v in block],
+                ctypes.c_uint(0), None, args, None,
+            ),
+            "cuLaunchKernel",
+        )  # fmt: skip
+
+    def synchronize(self) -> None:
+        self.check(self.lib.cuCtxSynchronize(), "cuCtxSynchronize")
+
+    def seconds(self, run, number: int) -> float:
+        """Seconds per call of ``run`` over ``number`` calls, timed with CUDA events."""
+        start, end = ctypes.c_void_p(), ctypes.c_void_p()
+        self.check(self.lib.cuEventCreate(ctypes.byref(start), 0), "cuEventCreate")
+        self.check(self.lib.cuEventCreate(ctypes.byref(end), 0), "cuEventCreate")
+        self.check(self.lib.cuEventRecord(start, None), "cuEventRecord")
+        for _ in range(number):
+            run()
+        self.check(self.lib.cuEventRecord(end, None), "cuEventRecord")
+        self.check(self.lib.cuEventSynchronize(end), "cuEventSynchronize")
+        ms = ctypes.c_float()
+        self.check(self.lib.cuEventElapsedTime(ctypes.byref(ms), start, end), "elapsed")
+        self.lib.cuEventDestroy_v2(start)
+        self.lib.cuEventDestroy_v2(end)
+        return ms.value / 1e3 / number
+
+
+def run_with_driver(driver: CudaDriver, entry: dict, libs: Path, arrays: dict, timed: bool):
+    """(output, seconds per call or None) of the workload's fat binary launched by hand."""
+    launch = entry["launch"]
+    function = driver.function((libs / entry["fatbin"]).read_bytes(), launch["kernel"])
+    output = np.zeros(entry["output_shape"], entry["output_dtype"])
+    buffers = {name: driver.upload(array) for name, array in arrays.items()}
+    out_names = [p for p in launch["params"] if p not in arrays]
+    if len(out_names) != 1:
+        raise ValueError(f"kernel arguments {launch['params']} do not name one output")
+    buffers[out_names[0]] = driver.upload(output)
+    pointers = [buffers[p] for p in launch["params"]]
+
+    def run():
+        driver.launch(function, launch["grid"], launch["block"], pointers)
+
+    run()
+    driver.synchronize()
+    result = driver.download(buffers[out_names[0]], output)
+    seconds = None
+    if timed:
+        once = max(driver.seconds(run, 1), 1e-6)
+        number = max(1, int(0.02 / once))
+        seconds = statistics.median(driver.seconds(run, number) for _ in range(7))
+    for pointer in buffers.values():
+        driver.free(pointer)
+    return result, seconds
 
 
 # --- PyTorch -------------------------------------------------------------------------
@@ -191,21 +363,29 @@ def import_torch(device: str):
 # --- the run ---------------------------------------------------------------------------
 
 
-def run_workload(tvm, dev, torch, entry: dict, package: Path, timed: bool) -> dict:
-    data, libs = package / "data", package / "libs"
-    arrays = {
-        i["name"]: np.load(data / f"{entry['name']}.{i['name']}.npy") for i in entry["inputs"]
-    }
-    expected = dict(np.load(data / f"{entry['name']}.expected.npz"))
+def run_with_tvm(tvm, dev, entry: dict, libs: Path, arrays: dict, timed: bool):
+    """(output, seconds per call or None) of the exported library run by TVM's runtime."""
     module = tvm.runtime.load_module(str(libs / entry["library"]))
     args = [tvm.runtime.tensor(arrays[i["name"]], dev) for i in entry["inputs"]]
     out = tvm.runtime.tensor(np.zeros(entry["output_shape"], entry["output_dtype"]), dev)
     module["main"](*args, out)
-    ok, err = check(out.numpy(), expected, entry["dtype"])
+    result = out.numpy()
+    return result, time_tvm(module, dev, [*args, out]) if timed else None
+
+
+def run_workload(runner, torch, entry: dict, package: Path, timed: bool) -> dict:
+    """Check (and time) one workload with ``runner`` (``run_with_*`` bound to its device)."""
+    data = package / "data"
+    arrays = {
+        i["name"]: np.load(data / f"{entry['name']}.{i['name']}.npy") for i in entry["inputs"]
+    }
+    expected = dict(np.load(data / f"{entry['name']}.expected.npz"))
+    y, seconds = runner(entry, package / "libs", arrays, timed)
+    ok, err = check(y, expected, entry["dtype"])
     result = {"name": entry["name"], "dtype": entry["dtype"], "ok": ok, "max_abs_err": err}
-    if not timed:
+    if seconds is None:
         return result
-    result["convforge_ms"] = 1e3 * time_tvm(module, dev, [*args, out])
+    result["convforge_ms"] = 1e3 * seconds
     result["convforge_gflops"] = 2 * entry["macs"] / (result["convforge_ms"] * 1e6)
     if torch is not None:
         tensors = {k: torch.from_numpy(v).cuda() for k, v in arrays.items()}
@@ -251,6 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop timing after this")
     parser.add_argument("--no-timing", action="store_true", help="check results only")
+    parser.add_argument(
+        "--runner",
+        choices=("auto", "tvm", "driver"),
+        default="auto",
+        help="TVM's runtime, the CUDA driver API via ctypes, or TVM then the driver",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     package = Path(args.package).resolve()
@@ -258,30 +444,32 @@ def main(argv: list[str] | None = None) -> int:
     results_dir.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((package / "libs" / "manifest.json").read_text())
 
-    tvm, tvm_ffi = load_tvm_runtime(package, args.device)
-    if args.device == "cuda":
-        register_prebuilt_kernels(tvm_ffi, manifest, package / "libs")
-    dev = tvm.cuda(0) if args.device == "cuda" else tvm.cpu(0)
-    if not dev.exist:
-        print(f"error: no {args.device} device visible to TVM's runtime", file=sys.stderr)
-        return 1
+    runners, notes = make_runners(args.runner, package, manifest, args.device)
     torch, torch_note = import_torch(args.device)
 
     results = []
     for entry in manifest["workloads"]:
         timed = not args.no_timing and time.monotonic() - started < args.budget_s
-        try:
-            results.append(run_workload(tvm, dev, torch, entry, package, timed))
-        except Exception as err:  # report and go on: one failure must not hide the others
-            results.append({"name": entry["name"], "dtype": entry["dtype"], "error": repr(err)})
+        result = None
+        for runner_name, runner in runners:
+            try:
+                result = run_workload(runner, torch, entry, package, timed)
+                result["runner"] = runner_name
+                break
+            except Exception as err:  # try the next runner; report if none works
+                notes.append(f"{entry['name']}: {runner_name} failed: {err!r}")
+                result = {"name": entry["name"], "dtype": entry["dtype"], "error": repr(err)}
+        results.append(result)
         print(table(results[-1:]).splitlines()[-1], flush=True)
 
     report = {
-        "device": device_name(tvm, dev, torch),
+        "device": device_name(runners, torch, args.device),
+        "runners": [name for name, _ in runners],
+        "notes": notes,
         "target": manifest["target"],
         "torch": torch.__version__ if torch is not None else torch_note,
         "python": platform.python_version(),
-        "tvm": {"package": str(Path(tvm.__file__).parent), "libraries": sorted(_loaded(tvm))},
+        "tvm": tvm_info(),
         "seconds": time.monotonic() - started,
         "results": results,
     }
