@@ -205,3 +205,31 @@ def test_cuda_export_ships_kernel_source_and_matching_fatbin(tmp_path):
         assert source.encode() in (tmp_path / entry["library"]).read_bytes()
         assert (tmp_path / entry["fatbin"]).read_bytes()[:4] == bytes.fromhex("50ed55ba")
         assert entry["output_shape"] == list(workload.geometry().out_shape)
+
+
+@pytest.mark.slow
+def test_meta_schedule_cuda_candidates_build_for_sm90():
+    """Two MetaSchedule candidates of the CUDA search space (no GPU: built, not run) compile
+    to CUDA within the architecture's limits: tuning needs only a runner on a GPU machine."""
+    from tvm.s_tir import meta_schedule as ms
+
+    _, geom, dtype, *_ = FAMILIES["dense2d_3x3"]
+    x = te.placeholder(geom.x_shape, dtype, name="x")
+    w = te.placeholder(geom.w_shape, dtype, name="w")
+    func = te.create_prim_func([x, w, ops.conv(x, w, None, geom, "relu")])
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    target = resolve_target({"kind": "cuda", "arch": "sm_90"})
+    context = ms.TuneContext(
+        mod=mod, target=target, space_generator="post-order-apply",
+        search_strategy=ms.search_strategy.ReplayTrace(), task_name="conv", num_threads=1,
+    )  # fmt: skip
+    strategy = context.search_strategy
+    strategy.pre_tuning(2, 2, context.space_generator.generate_design_space(mod))
+    candidates = strategy.generate_measure_candidates()
+    strategy.post_tuning()
+    assert candidates and len(candidates) <= 2
+    for candidate in candidates:
+        executable = tvm.compile(candidate.sch.mod, target=target)
+        for kernel in kernels(cuda_source(executable.mod)):
+            assert kernel.launch_bounds <= MAX_THREADS_PER_BLOCK
+            assert kernel.shared_bytes <= STATIC_SHARED_BYTES
