@@ -28,6 +28,7 @@ from convforge.export.aot import (
     portable_target,
     source_hash,
 )
+from convforge.schedules.gpu import SHARED_BUDGET
 from convforge.schedules.gpu_source import (
     MAX_THREADS_PER_BLOCK,
     REGISTERS_PER_BLOCK,
@@ -83,6 +84,7 @@ def test_conv_cuda_source_within_architecture_limits(family, arch):
     (kernel,) = kernels(source)  # one fused kernel: padding/dilation/epilogue inlined
     assert 16 <= kernel.launch_bounds <= MAX_THREADS_PER_BLOCK
     assert 0 < kernel.shared_bytes <= STATIC_SHARED_BYTES, "input/weight tiles staged in shared"
+    assert kernel.shared_bytes <= SHARED_BUDGET, "the tile policy's estimate undercounts"
     assert "__syncthreads()" in kernel.body
     accumulators = [n for n in kernel.local_arrays if n.startswith("conv_local")]
     assert accumulators, "no register tile: the one-thread-per-output fallback"

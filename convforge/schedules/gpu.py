@@ -36,9 +36,7 @@ from tvm.sym.pattern import detect_linear_equation
 #: Threads per block the tile policy aims at.
 _THREADS = 256
 #: Bytes of shared memory one block may stage (the static limit is 48 KiB on sm_80/sm_90).
-_SHARED_BUDGET = 32 * 1024
-#: Static shared memory a kernel may declare on every CUDA architecture.
-STATIC_SHARED_LIMIT = 48 * 1024
+SHARED_BUDGET = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,6 +83,7 @@ class ConvShape:
     """What the tile policy needs to know about a ``conv`` block."""
 
     batch: int
+    in_channels: int
     out_channels: int
     out_size: tuple[int, ...]
     reduce_channels: int
@@ -103,17 +102,23 @@ def _window(tile: int, stride: int, kernel: int, dilation: int) -> int:
 
 
 def _shared_bytes(shape: ConvShape, tiles: ConvTiles, stage_window: bool) -> int:
-    spatial = [tiles.cols] if tiles.rows is None else [tiles.rows, tiles.cols]
-    inner = shape.kernel[-len(spatial) :]
-    strides = shape.input_span[-len(spatial) :]
-    dilations = shape.dilation[-len(spatial) :]
+    """Bytes of the input and weight tiles one reduction step stages in shared memory."""
+    tiled = [tiles.cols] if tiles.rows is None else [tiles.rows, tiles.cols]
+    outer = [AxisTile(1, 1)] * (len(shape.out_size) - len(tiled))  # one output per block
     pixels = 1
-    for tile, k, s, d in zip(spatial, inner, strides, dilations):
+    for tile, k, s, d in zip([*outer, *tiled], shape.kernel, shape.input_span, shape.dilation):
         extent = tile.threads * tile.registers
         pixels *= _window(extent, s, k, d) if stage_window else (extent - 1) * s + 1
     channels = tiles.channels.threads * tiles.channels.registers
     taps = math.prod(shape.kernel) if stage_window else 1
-    data_channels = channels if shape.depthwise else tiles.reduce_inner
+    # the input channels a tile of output channels reads span several groups when grouped
+    groups = shape.in_channels // shape.reduce_channels
+    per_group = shape.out_channels // groups
+    if channels % per_group == 0 or per_group % channels == 0:
+        spanned = max(1, channels // per_group)
+    else:
+        spanned = min(groups, -(-channels // per_group) + 1)
+    data_channels = (spanned - 1) * shape.reduce_channels + tiles.reduce_inner
     weights = channels * tiles.reduce_inner * taps
     return (data_channels * pixels + weights) * shape.bytes_per_element
 
@@ -183,7 +188,7 @@ def conv_tiles(shape: ConvShape, min_blocks: int = 1) -> ConvTiles:
         inner = reduce_inner
         while True:
             tiles = ConvTiles(channels, rows, cols, inner, stage_window)
-            if _shared_bytes(shape, tiles, stage_window) <= _SHARED_BUDGET:
+            if _shared_bytes(shape, tiles, stage_window) <= SHARED_BUDGET:
                 return tiles
             if inner == 1 or (stage_window and inner <= 4):
                 break
@@ -207,6 +212,7 @@ def _conv_shape(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> ConvShape:
         dilations.append(_coefficient(index, r_var))
     return ConvShape(
         batch=int(spatial[0].dom.extent),
+        in_channels=int(data.source.shape[1]),
         out_channels=int(spatial[1].dom.extent),
         out_size=tuple(int(iv.dom.extent) for iv in spatial[2:]),
         reduce_channels=int(reduce_[0].dom.extent),
