@@ -62,6 +62,10 @@ FAMILIES = {
 }  # fmt: skip
 
 
+#: Families whose weight tiles are provably 16-byte aligned rows (see _weight_vector).
+VECTOR_WEIGHT_LOADS = {"dense2d_3x3", "dense2d_1x1_no_epilogue", "dilated2d", "dense3d"}
+
+
 def _compile(family: str, arch: str):
     op, geom, dtype, bias, activation = FAMILIES[family]
 
@@ -90,6 +94,8 @@ def test_conv_cuda_source_within_architecture_limits(family, arch):
     assert accumulators, "no register tile: the one-thread-per-output fallback"
     assert kernel.local_arrays[accumulators[0]] > 1, "one output per thread"
     assert re.search(r"threadIdx\.x", kernel.body) and re.search(r"blockIdx\.x", kernel.body)
+    if family in VECTOR_WEIGHT_LOADS:  # aligned float4 loads of the weight tile
+        assert "*(float4*)(w_ptr + " in kernel.body
     if dtype == "float16":
         assert "half* __restrict__ x_ptr" in source
         assert re.search(r"float conv_local_ptr\[\d+\]", kernel.body), "float32 accumulators"

@@ -12,7 +12,10 @@ convolutions get an implicit-GEMM schedule of our own (:func:`schedule_conv`):
   the weight tile (kernel flip of transposed convolution inlined) in ``shared`` memory,
   either for the whole kernel window at once or one kernel tap at a time when the window
   does not fit the shared-memory budget;
-* the epilogue (bias, activation, cast) runs on the register tile before the store.
+* weight tiles whose rows are provably 16-byte aligned load as ``float4``;
+* the epilogue (bias, activation, cast) runs on the register tile before the store;
+* small launches (batch 1) take smaller blocks and register tiles until there are two
+  blocks per SM of the target's architecture.
 
 Depthwise convolutions (one input channel per group) use the same rule with a tile shaped
 for them: one block per tile of channels, the whole kernel window staged once, no
@@ -21,6 +24,8 @@ without a ``conv`` block (pools, heads, resize, element-wise) get dlight's reduc
 fallback rules.
 
 float16 inputs keep float32 accumulators (the TE op casts); staging stays in float16.
+Not done yet: tensor cores, sub-pixel decomposition of strided transposed convolutions
+(the zero-inserted input is staged instead, so s^d of the products are zeros).
 """
 
 from __future__ import annotations
@@ -244,13 +249,44 @@ def _inline_producers(sch: s_tir.Schedule, keep: set[str]) -> None:
 
 
 def _cooperative_fetch(
-    sch: s_tir.Schedule, cache: s_tir.SBlockRV, at: s_tir.LoopRV, depth: int, threads: int
+    sch: s_tir.Schedule,
+    cache: s_tir.SBlockRV,
+    at: s_tir.LoopRV,
+    depth: int,
+    threads: int,
+    vector: int = 1,
 ) -> None:
-    """Copy ``cache``'s region at loop ``at`` (the ``depth``-th loop) with all threads."""
+    """Copy ``cache``'s region at loop ``at`` (the ``depth``-th loop) with all threads,
+    ``vector`` consecutive elements per thread and load (the caller proves alignment)."""
     sch.compute_at(cache, at, preserve_unit_loops=True)
     copy = sch.fuse(*sch.get_loops(cache)[depth:])
-    _, tx = sch.split(copy, [None, threads])
+    if vector > 1:
+        _, tx, lanes = sch.split(copy, [None, threads, vector])
+        sch.vectorize(lanes)
+    else:
+        _, tx = sch.split(copy, [None, threads])
     sch.bind(tx, "threadIdx.x")
+
+
+def _weight_vector(shape: ConvShape, tiles: ConvTiles, weight_is_input: bool) -> int:
+    """Lanes for loading the weight tile: 4 where every load is 16-byte aligned and the tile
+    splits evenly among the threads, else 1.
+
+    The staged window of output channel ``o`` is the contiguous run
+    ``w[o, c0 : c0 + reduce_inner, *taps]`` starting at ``(o * C_in/g + c0) * taps``;
+    with ``c0`` a multiple of ``reduce_inner``, the run's length and both strides being
+    multiples of 4 elements makes every 4-element group aligned and contiguous.
+    """
+    lanes = 4
+    if not (weight_is_input and tiles.stage_window) or shape.bytes_per_element != 4:
+        return 1
+    taps = math.prod(shape.kernel)
+    run, row = tiles.reduce_inner * taps, shape.reduce_channels * taps
+    channels = tiles.channels.threads * tiles.channels.registers
+    whole = channels * run
+    aligned = run % lanes == 0 and row % lanes == 0
+    even = whole % lanes == 0 and shape.out_channels % channels == 0
+    return lanes if aligned and even else 1
 
 
 #: Streaming multiprocessors per architecture (the most common part of each).
@@ -276,6 +312,9 @@ def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV, min_blocks: int = 1
         sch.set_scope(conv, 0, "local")
     else:
         epilogue = sch.cache_write(conv, 0, "local")
+    weight_is_input = not any(
+        sch.get(p).name_hint == "weight_transpose" for p in sch.get_producers(conv)
+    )
     data_shared = sch.cache_read(conv, 0, "shared")
     weight_shared = sch.cache_read(conv, 1, "shared")
     keep = {sch.get(b).name_hint for b in (conv, epilogue, data_shared, weight_shared)}
@@ -307,8 +346,9 @@ def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV, min_blocks: int = 1
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
     depth = [sch.get(loop) for loop in sch.get_loops(conv)].index(sch.get(stage_at)) + 1
-    for cache in (data_shared, weight_shared):
-        _cooperative_fetch(sch, cache, stage_at, depth, tiles.threads)
+    _cooperative_fetch(sch, data_shared, stage_at, depth, tiles.threads)
+    vector = _weight_vector(shape, tiles, weight_is_input)
+    _cooperative_fetch(sch, weight_shared, stage_at, depth, tiles.threads, vector)
     for loop in register_axes:
         sch.unroll(loop)
     sch.reverse_compute_at(epilogue, tx, preserve_unit_loops=True)
