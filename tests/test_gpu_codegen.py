@@ -241,3 +241,56 @@ def test_meta_schedule_cuda_candidates_build_for_sm90():
         for kernel in kernels(cuda_source(executable.mod)):
             assert kernel.launch_bounds <= MAX_THREADS_PER_BLOCK
             assert kernel.shared_bytes <= STATIC_SHARED_BYTES
+
+
+class _HostDriver:
+    """Stands in for CudaDriver: 'device memory' is host arrays; launching evaluates the
+    numpy oracle on the arrays bound to the kernel's arguments, by name."""
+
+    def __init__(self, workload):
+        self.workload, self.memory, self.launches = workload, {}, []
+
+    def function(self, fatbin, kernel):
+        assert fatbin[:4] == bytes.fromhex("50ed55ba")
+        return kernel
+
+    def upload(self, array):
+        self.memory[len(self.memory)] = array.copy()
+        return len(self.memory) - 1
+
+    def download(self, pointer, like):
+        assert self.memory[pointer].shape == like.shape
+        return self.memory[pointer]
+
+    def launch(self, function, grid, block, pointers):
+        self.launches.append((function, grid, block))
+        params = self.manifest_entry["launch"]["params"]
+        named = {name: self.memory[p] for name, p in zip(params, pointers)}
+        (out_name,) = [n for n in params if n not in self.workload.shapes]
+        inputs = {k: named[k] for k in self.workload.shapes}
+        named[out_name][...] = numpy_reference(self.workload, inputs)
+
+    def synchronize(self):
+        pass
+
+    def free(self, pointer):
+        del self.memory[pointer]
+
+
+@pytest.mark.skipif(nvcc_path() is None, reason="nvcc is not installed on this machine")
+def test_driver_runner_binds_arguments_from_the_manifest(tmp_path):
+    """gpu_bench's CUDA-driver runner passes each stored array to the kernel argument of
+    the same name and reads the output back (a host stand-in replaces libcuda)."""
+    from benchmarks.gpu_bench import check, run_with_driver
+
+    workload = SMALL_WORKLOADS[0]
+    (entry,) = export_suite(tmp_path, "cuda", [workload])["workloads"]
+    assert sorted(entry["launch"]["params"]) == sorted([*workload.shapes, "conv_epilogue"])
+    driver = _HostDriver(workload)
+    driver.manifest_entry = entry
+    arrays = workload.arrays(seed=5)
+    y, seconds = run_with_driver(driver, entry, tmp_path, arrays, timed=False)
+    assert seconds is None and driver.launches and not driver.memory
+    expected = numpy_reference(workload, arrays).ravel()
+    ok, _ = check(y, {"indices": np.arange(expected.size), "values": expected}, "float32")
+    assert ok
