@@ -4,7 +4,24 @@
 runs a TVM kernel for the host CPU on numpy arrays.
 """
 
-from convforge.api import causal_conv1d, conv, conv_transpose
+from convforge.api import (
+    adaptive_avg_pool,
+    adaptive_max_pool,
+    avg_pool,
+    causal_conv1d,
+    conv,
+    conv_transpose,
+    dense,
+    flatten_dense_head,
+    fully_conv_head,
+    global_avg_pool,
+    global_max_pool,
+    grid_pool_head,
+    max_pool,
+    resize,
+    resize_conv,
+    softmax,
+)
 from convforge.reference import conv_matrix
 from convforge.shapes import (
     conv_geometry,
@@ -18,6 +35,9 @@ from convforge.targets import host_target
 __version__ = "0.1.0"
 
 __all__ = [
+    "adaptive_avg_pool",
+    "adaptive_max_pool",
+    "avg_pool",
     "causal_conv1d",
     "conv",
     "conv_geometry",
@@ -26,6 +46,16 @@ __all__ = [
     "conv_transpose",
     "conv_transpose_geometry",
     "conv_transpose_output_size",
+    "dense",
+    "flatten_dense_head",
+    "fully_conv_head",
+    "global_avg_pool",
+    "global_max_pool",
+    "grid_pool_head",
     "host_target",
+    "max_pool",
     "receptive_field",
+    "resize",
+    "resize_conv",
+    "softmax",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.schedules.cpu_conv import schedule_conv_nchwc
 from convforge.targets import vector_lanes
 
 #: Accumulator registers a register block may use (AVX2 has 16 vector registers).
@@ -95,6 +96,13 @@ def _schedule_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) 
     return sch.get(anchor).name_hint
 
 
+#: Blocks with a dedicated schedule: name -> rule(schedule, block). Other reduction blocks
+#: get the generic register tiling, element-wise blocks a parallel loop.
+BLOCK_RULES = {
+    "conv_nchwc": lambda sch, block, target: schedule_conv_nchwc(sch, block),
+}
+
+
 def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
     """Apply the default CPU schedule to every block of ``func``.
 
@@ -106,8 +114,11 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
         if sch.get(block).name_hint in fused:
             continue
         trial = sch.copy()
+        rule = BLOCK_RULES.get(trial.get(block).name_hint)
         try:
-            if _is_reduction(trial, block):
+            if rule is not None:
+                rule(trial, block, target)
+            elif _is_reduction(trial, block):
                 lanes = vector_lanes(target, str(trial.get(block).writes[0].source.dtype))
                 fused.add(_schedule_reduction(trial, block, lanes))
             else:
