@@ -234,18 +234,51 @@ def _coefficient(expr: tirx.PrimExpr, var: tirx.Var) -> int:
     return int(coeffs[0]) if len(coeffs) == 2 and isinstance(coeffs[0], tirx.IntImm) else 1
 
 
-def _inline_producers(sch: s_tir.Schedule, keep: set[str]) -> None:
-    """Inline every element-wise block (padding, dilation, weight flip) into its consumer."""
-    changed = True
-    while changed:
-        changed = False
-        for block in sch.get_child_blocks(sch.get_sblock("root")):
-            name = sch.get(block).name_hint
-            if name in keep or not sch.get_consumers(block):
-                continue
-            sch.compute_inline(block)
-            changed = True
-            break
+def _producers_by_distance(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> list[str]:
+    """Names of every block ``block`` depends on, farthest first (the order to inline)."""
+    order: list[str] = []
+    frontier = [block]
+    while frontier:
+        nxt = []
+        for b in frontier:
+            for producer in sch.get_producers(b):
+                name = sch.get(producer).name_hint
+                if name in order:
+                    order.remove(name)
+                order.append(name)
+                nxt.append(producer)
+        frontier = nxt
+    return order[::-1]
+
+
+def _is_elementwise_epilogue(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> bool:
+    """Whether ``conv`` has exactly one consumer, element-wise over conv's output."""
+    consumers = sch.get_consumers(conv)
+    if len(consumers) != 1 or _is_reduction(sch, consumers[0]):
+        return False
+    spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in sch.get(conv).iter_vars)
+    return len(sch.get(consumers[0]).iter_vars) == spatial
+
+
+def _is_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
+    return any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _bind_one_thread_per_output(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
+    """Blocks after a convolution's epilogue (pooling, softmax of a head): each thread
+    computes whole outputs, reductions run serially inside the thread."""
+    iter_vars = sch.get(block).iter_vars
+    loops = sch.get_loops(block)
+    spatial = [
+        loop for loop, iv in zip(loops, iter_vars) if int(iv.iter_type) != tirx.IterVar.CommReduce
+    ]
+    if not spatial:
+        spatial = [sch.add_unit_loop(block)]
+    fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    extent = int(sch.get(fused).extent)
+    bx, tx = sch.split(fused, [None, min(256, extent)])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
 
 
 def _cooperative_fetch(
@@ -306,9 +339,9 @@ def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV, min_blocks: int = 1
     shape = _conv_shape(sch, conv)
     tiles = conv_tiles(shape, min_blocks)
     ndim = len(shape.out_size)
-    epilogues = sch.get_consumers(conv)
-    if epilogues:
-        (epilogue,) = epilogues
+    producers = _producers_by_distance(sch, conv)
+    if _is_elementwise_epilogue(sch, conv):
+        (epilogue,) = sch.get_consumers(conv)
         sch.set_scope(conv, 0, "local")
     else:
         epilogue = sch.cache_write(conv, 0, "local")
@@ -317,8 +350,8 @@ def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV, min_blocks: int = 1
     )
     data_shared = sch.cache_read(conv, 0, "shared")
     weight_shared = sch.cache_read(conv, 1, "shared")
-    keep = {sch.get(b).name_hint for b in (conv, epilogue, data_shared, weight_shared)}
-    _inline_producers(sch, keep)
+    for name in producers:  # padding, zero insertion, resizing, weight flip: into the copies
+        sch.compute_inline(sch.get_sblock(name))
 
     loops = sch.get_loops(conv)
     n, o, *pos = loops[: 2 + ndim]
@@ -364,6 +397,11 @@ def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
     ]
     if len(convs) == 1:
         schedule_conv(sch, convs[0], min_blocks=2 * multiprocessors(target))
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            if not any(  # anything not yet inside a kernel: blocks after the epilogue
+                sch.get(loop).thread_binding is not None for loop in sch.get_loops(block)
+            ):
+                _bind_one_thread_per_output(sch, block)
         return sch.mod
     mod = tvm.IRModule({"main": func})
     with target:

@@ -27,7 +27,7 @@ MAX_THREADS_PER_BLOCK = 1024
 REGISTERS_PER_BLOCK = 64 * 1024
 
 _C_BYTES = {"float": 4, "half": 2, "double": 8, "int": 4, "int8_t": 1, "uint8_t": 1, "bool": 1}
-_KERNEL = re.compile(r'extern "C" __global__ void __launch_bounds__\((\d+)\) (\w+)\(')
+_KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\((\d+)\) )?(\w+)\(')
 _ARRAY = re.compile(r"^\s*(__shared__ )?(?:alignas\(\d+\) )?(\w+) (\w+)\[(\d+)\];", re.M)
 
 
@@ -71,7 +71,9 @@ def kernels(source: str) -> list[CudaKernel]:
                 shared += _C_BYTES.get(ctype, 4) * int(count)
             else:
                 local[name] = int(count)
-        found.append(CudaKernel(match.group(2), int(match.group(1)), shared, local, body))
+        # TVM leaves out the bounds of single-thread kernels
+        threads = int(match.group(1) or 1)
+        found.append(CudaKernel(match.group(2), threads, shared, local, body))
     return found
 
 
@@ -134,7 +136,7 @@ def launch_config(source: str, scheduled: tvm.IRModule) -> dict:
     found = kernels(source)
     if len(found) != 1:
         raise ValueError(f"expected one kernel, found {[k.name for k in found]}")
-    signature = re.search(rf"void __launch_bounds__\(\d+\) {found[0].name}\(([^)]*)\)", source)
+    signature = re.search(rf"void (?:__launch_bounds__\(\d+\) )?{found[0].name}\(([^)]*)\)", source)
     params = []
     for arg in signature.group(1).split(","):
         match = re.fullmatch(r"\s*[\w ]+\* __restrict__ (\w+)_ptr\s*", arg)
