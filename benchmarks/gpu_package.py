@@ -116,11 +116,33 @@ def numpy_conv_transpose(
     return y
 
 
+def numpy_nearest_upsample(x: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour resize by an integer factor (ONNX asymmetric coordinates)."""
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"the numpy oracle resizes by integer factors only, got {scale}")
+    for axis in range(2, x.ndim):
+        x = np.repeat(x, int(scale), axis=axis)
+    return x
+
+
+def numpy_classifier_head(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """softmax(mean over spatial axes of x @ w.T + bias), in float64."""
+    pooled = x.astype(np.float64).mean(axis=tuple(range(2, x.ndim)))
+    logits = pooled @ w.astype(np.float64).T + bias.astype(np.float64)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def numpy_reference(workload: AotWorkload, arrays: dict[str, np.ndarray]) -> np.ndarray:
     """The workload's output in float64, computed by numpy alone."""
+    if workload.op == "classifier_head":
+        return numpy_classifier_head(arrays["x"], arrays["w"], arrays["bias"])
     geom = workload.geometry()
+    x = arrays["x"]
+    if workload.op == "resize_conv":
+        x = numpy_nearest_upsample(x, workload.params.get("scale", 2))
     reference = numpy_conv_transpose if workload.op == "conv_transpose" else numpy_conv
-    y = reference(arrays["x"], arrays["w"], arrays.get("bias"), geom)
+    y = reference(x, arrays["w"], arrays.get("bias"), geom)
     return _activate(y, workload.params.get("activation"))
 
 

@@ -34,8 +34,9 @@ from convforge.build import Kernel, compile_computation, schedule_for
 from convforge.schedules.gpu_source import compile_fatbin, cuda_source, launch_config, nvcc_path
 from convforge.targets import TargetArg, resolve_target
 
-#: Operators an AOT workload may name (convforge API function names).
-AOT_OPS = ("conv", "conv_transpose", "causal_conv1d")
+#: Operators an AOT workload may name: convforge API functions, and ``classifier_head``
+#: (global average pool, dense, softmax: ``grid_pool_head`` with a 1x1 grid).
+AOT_OPS = ("conv", "conv_transpose", "causal_conv1d", "resize_conv", "classifier_head")
 
 
 @dataclass(frozen=True)
@@ -54,18 +55,44 @@ class AotWorkload:
     description: str = ""
 
     def geometry(self) -> shapes.ConvGeometry | shapes.ConvTransposeGeometry:
-        """The validated geometry (raises ValueError naming the bad parameter)."""
+        """The validated convolution geometry (for ``resize_conv``: of the convolution on the
+        resized input; raises ValueError naming the bad parameter, also for the head)."""
         if self.op not in AOT_OPS:
             raise ValueError(f"op must be one of {AOT_OPS}, got {self.op!r}")
-        p = {k: v for k, v in self.params.items() if k != "activation"}
+        if self.op == "classifier_head":
+            raise ValueError("classifier_head has no convolution geometry")
+        p = {k: v for k, v in self.params.items() if k not in ("activation", "scale")}
         bias = self.shapes.get("bias")
         if self.op == "conv_transpose":
             return shapes.conv_transpose_geometry(
                 self.shapes["x"], self.shapes["w"], bias_shape=bias, **p
             )
+        x_shape = self.shapes["x"]
+        if self.op == "resize_conv":
+            x_shape = self.resize_geometry().out_shape
         if self.op == "causal_conv1d":
             p["padding"] = "causal"
-        return shapes.conv_geometry(self.shapes["x"], self.shapes["w"], bias_shape=bias, **p)
+        return shapes.conv_geometry(x_shape, self.shapes["w"], bias_shape=bias, **p)
+
+    def resize_geometry(self) -> shapes.ResizeGeometry:
+        """``resize_conv``'s nearest-neighbour resize (asymmetric, round_prefer_floor)."""
+        return shapes.resize_geometry(self.shapes["x"], scale=self.params.get("scale", 2))
+
+    def pool_geometry(self) -> shapes.AdaptivePoolGeometry:
+        """``classifier_head``'s global average pool (the dense layer is checked too)."""
+        geom = shapes.global_pool_geometry(self.shapes["x"], kind="avg")
+        shapes.dense_geometry(
+            (geom.batch, geom.channels), self.shapes["w"], self.shapes.get("bias")
+        )
+        return geom
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates (a pooling add counts as one)."""
+        if self.op == "classifier_head":
+            n, c, *size = self.shapes["x"]
+            return n * c * (math.prod(size) + self.shapes["w"][0])
+        return self.geometry().macs
 
     def arrays(self, seed: int = 0) -> dict[str, np.ndarray]:
         """Random inputs in ``dtype``, weights scaled by 1/sqrt(fan-in) so outputs stay O(1)."""
@@ -103,6 +130,8 @@ GPU_SUITE: tuple[AotWorkload, ...] = (
     AotWorkload("causal1d_k3_d512", "causal_conv1d", {"x": (1, 64, 16000), "w": (64, 64, 3), "bias": (64,)}, {"dilation": 512}, description="causal 1-D 64->64 L=16000 k=3 d=512"),
     AotWorkload("convT_256_128_16", "conv_transpose", {"x": (1, 256, 16, 16), "w": (256, 128, 4, 4), "bias": (128,)}, {"stride": 2, "padding": 1}, description="transposed 256->128 k4 s2 16->32"),
     AotWorkload("convT_64_3_64", "conv_transpose", {"x": (1, 64, 64, 64), "w": (64, 3, 4, 4), "bias": (3,)}, {"stride": 2, "padding": 1}, description="transposed 64->3 k4 s2 64->128"),
+    AotWorkload("resize2_conv3x3_256_128_16", "resize_conv", {"x": (1, 256, 16, 16), "w": (128, 256, 3, 3), "bias": (128,)}, {"scale": 2, "padding": 1}, description="nearest x2 + 3x3 256->128 16->32"),
+    AotWorkload("head_gap_dense_softmax_512_1000", "classifier_head", {"x": (1, 512, 7, 7), "w": (1000, 512), "bias": (1000,)}, description="global avg pool + 512->1000 dense + softmax"),
     _conv("conv3x3_64_56_b8", 64, 64, 56, 3, batch=8, padding=1, desc="ResNet-50 3x3 64->64 56x56, batch 8"),
     _conv("conv3x3_64_56_fp16", 64, 64, 56, 3, padding=1, dtype="float16", desc="3x3 64->64 56x56 float16 (float32 accumulation)"),
     _conv("depthwise3x3_128_56_fp16", 128, 128, 56, 3, groups=128, padding=1, dtype="float16", desc="depthwise 3x3 128ch 56x56 float16"),
@@ -110,9 +139,25 @@ GPU_SUITE: tuple[AotWorkload, ...] = (
 
 
 def _computation(workload: AotWorkload):
-    geom = workload.geometry()
     activation = workload.params.get("activation")
-    build = ops.conv_transpose if workload.op == "conv_transpose" else ops.conv
+    if workload.op == "classifier_head":
+        pool_geom = workload.pool_geometry()
+
+        def build(x, w, bias):
+            return ops.grid_pool_head(x, w, bias, pool_geom)
+    elif workload.op == "resize_conv":
+        resize_geom, geom = workload.resize_geometry(), workload.geometry()
+
+        def build(x, w, bias):
+            return ops.resize_conv(x, w, bias, resize_geom, geom, activation)
+    else:
+        op, geom = (
+            getattr(ops, "conv_transpose" if workload.op == "conv_transpose" else "conv"),
+            workload.geometry(),
+        )
+
+        def build(x, w, bias):
+            return op(x, w, bias, geom, activation)
 
     def computation():
         inputs = [
@@ -120,8 +165,7 @@ def _computation(workload: AotWorkload):
             for name, shape in workload.shapes.items()
         ]
         named = {t.name: t for t in inputs}
-        out = build(named["x"], named["w"], named.get("bias"), geom, activation)
-        return inputs, [out]
+        return inputs, [build(named["x"], named["w"], named.get("bias"))]
 
     return computation
 
@@ -154,6 +198,29 @@ def portable_target(target: TargetArg) -> tvm.target.Target:
     )
 
 
+def _launch_or_none(source: str, scheduled: tvm.IRModule) -> dict | None:
+    """The launch of a single-kernel source; None for several kernels (TVM's runtime runs
+    those)."""
+    try:
+        return launch_config(source, scheduled)
+    except ValueError:
+        return None
+
+
+def _geometry_record(workload: AotWorkload) -> dict | None:
+    """The convolution's sizes as plain JSON (what a runner needs to call PyTorch)."""
+    if workload.op == "classifier_head":
+        return None
+    geom = workload.geometry()
+    return {
+        "stride": list(geom.stride),
+        "dilation": list(geom.dilation),
+        "groups": geom.groups,
+        "padding": [list(pair) for pair in geom.padding],
+        "output_padding": list(getattr(geom, "output_padding", (0,) * geom.ndim)),
+    }
+
+
 def export_workload(workload: AotWorkload, out_dir: Path, target: TargetArg = "cuda") -> dict:
     """Compile and export one workload into ``out_dir``; returns its manifest entry.
 
@@ -167,7 +234,6 @@ def export_workload(workload: AotWorkload, out_dir: Path, target: TargetArg = "c
         return scheduled[-1]
 
     kernel = compile_computation(workload.name, _computation(workload), resolved, schedule)
-    geom = workload.geometry()
     library = out_dir / f"{workload.name}.so"
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{library.name}.", suffix=".so")
     os.close(fd)
@@ -183,14 +249,8 @@ def export_workload(workload: AotWorkload, out_dir: Path, target: TargetArg = "c
         "params": dict(workload.params),
         "output_shape": list(kernel.output_shapes[0]),
         "output_dtype": kernel.output_dtypes[0],
-        "macs": geom.macs,
-        "geometry": {
-            "stride": list(geom.stride),
-            "dilation": list(geom.dilation),
-            "groups": geom.groups,
-            "padding": [list(pair) for pair in geom.padding],
-            "output_padding": list(getattr(geom, "output_padding", (0,) * geom.ndim)),
-        },
+        "macs": workload.macs,
+        "geometry": _geometry_record(workload),
         "device": resolved.kind.name,
         "library": library.name,
     }
@@ -206,7 +266,7 @@ def export_workload(workload: AotWorkload, out_dir: Path, target: TargetArg = "c
             arch=arch,
             fatbin=binary.name,
             source_sha256=source_hash(source),
-            launch=launch_config(source, scheduled[0]),
+            launch=_launch_or_none(source, scheduled[0]),
             ptxas=[vars(r) for r in reports],
         )
     return entry
