@@ -46,6 +46,8 @@ SIZE_LIMIT = 64 * 1024 * 1024
 SAMPLES = 16384
 
 _TVM_SKIP_TOP = {"3rdparty", "include", "src", "web", "licenses", "cmake"}
+#: Build-time parts of tvm_ffi (headers, sources) a runner does not need.
+_FFI_SKIP = ("3rdparty", "include", "src", "cython")
 
 
 def _activate(y: np.ndarray, activation: str | None) -> np.ndarray:
@@ -208,7 +210,19 @@ def _cuda_runtime_library(runtime_cuda: Path) -> Path | None:
 
 
 def copy_tvm_ffi(site: Path, python_version: str) -> str:
-    """``tvm_ffi`` for ``python_version``: this environment's, or the wheel's contents."""
+    """``tvm_ffi`` for ``python_version`` (this environment's, or the wheel's contents),
+    without its build-time parts."""
+    how = _fetch_tvm_ffi(site, python_version)
+    for part in _FFI_SKIP:
+        path = site / "tvm_ffi" / part
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return how
+
+
+def _fetch_tvm_ffi(site: Path, python_version: str) -> str:
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if python_version == here:
         import tvm_ffi
