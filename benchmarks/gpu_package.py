@@ -252,6 +252,13 @@ def _fetch_tvm_ffi(site: Path, python_version: str) -> str:
         return f"unpacked from {wheel.name}"
 
 
+def copy_pure_python_dependencies(site: Path) -> None:
+    """``typing_extensions`` (tvm_ffi imports it; one version-independent file)."""
+    import typing_extensions
+
+    shutil.copy2(typing_extensions.__file__, site / "typing_extensions.py")
+
+
 def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -274,6 +281,7 @@ def package(
     site.mkdir(parents=True)
     copy_tvm_runtime(site)
     ffi = copy_tvm_ffi(site, python_version)
+    copy_pure_python_dependencies(site)
     shutil.copy2(Path(__file__).with_name("gpu_bench.py"), out / "gpu_bench.py")
     size = folder_size(out)
     summary = {
