@@ -13,6 +13,7 @@ import sys
 #: subcommand -> module under convforge.commands
 COMMANDS = {
     "shape": "shape",
+    "aot": "aot",
 }
 
 

@@ -349,3 +349,16 @@ def test_api_operator_cuda_source_compiles_with_nvcc(name):
     fatbin, reports = compile_fatbin(source, "sm_90")
     assert fatbin[:4] == bytes.fromhex("50ed55ba")
     assert {r.kernel for r in reports} == {k.name for k in kernels(source)}
+
+
+@pytest.mark.skipif(nvcc_path() is None, reason="nvcc is not installed on this machine")
+def test_cli_aot_builds_for_the_requested_architecture(tmp_path, capsys):
+    from convforge.cli import main
+
+    assert main(["aot", str(tmp_path), "--arch", "sm_80", "--only", "depthwise3x3_128_56"]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (entry,) = manifest["workloads"]
+    assert entry["arch"] == "sm_80" and (tmp_path / entry["fatbin"]).exists()
+    assert main(["aot", str(tmp_path), "--arch", "90"]) == 2
+    assert "--arch must look like sm_90" in capsys.readouterr().err
+    assert main(["aot", str(tmp_path), "--only", "nonexistent"]) == 2
