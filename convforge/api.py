@@ -107,7 +107,9 @@ def conv_transpose(
 
     x: (N, C, *I), w: (C, O/groups, *K), bias: (O,) -> (N, O, *out) with
     ``out = s*(i-1) + output_padding + d*(k-1) + 1 - lo - hi``, or ``output_shape`` whose
-    pads are derived as the ONNX spec says.
+    pads are derived as the ONNX spec and onnxruntime do (``padding='same'`` puts the odd
+    pad at the end, anything else at the start); ``padding='same'``/``'same_lower'`` alone
+    means ``out = i * s``. See :func:`convforge.shapes.conv_transpose_geometry`.
     """
     dtype, (x, w, bias) = as_float_arrays(x=x, w=w, bias=bias)
     geom = shapes.conv_transpose_geometry(
@@ -121,11 +123,20 @@ def conv_transpose(
         tx, tw, tb = placeholders(
             dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
         )
-        outputs = [ops.conv_transpose(tx, tw, tb, geom, activation)]
+        outputs = [conv_transpose_op(geom)(tx, tw, tb, geom, activation)]
         return [t for t in (tx, tw, tb) if t is not None], outputs
 
     key = (geom, dtype, bias is not None, activation)
     return _run("conv_transpose", key, build, (x, w, bias), target)
+
+
+def conv_transpose_op(geom: shapes.ConvTransposeGeometry):
+    """The TE form used for ``geom``: sub-pixel phases for stride > 1 (no products of
+    inserted zeros), else the plain flipped-kernel convolution (the dilate form, which
+    inserts no zeros at stride 1)."""
+    if any(s > 1 for s in geom.stride):
+        return ops.conv_transpose_subpixel
+    return ops.conv_transpose
 
 
 def causal_conv1d(
@@ -428,3 +439,51 @@ def fully_conv_head(
         return ops.fully_conv_head(tx, tw, tb, geom)
 
     return _head("fully_conv_head", x, w, bias, geom, make, target)
+
+
+def causal_conv_with_state(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    state: np.ndarray | None = None,
+    *,
+    dilation: int = 1,
+    groups: int | None = None,
+    activation: str | None = None,
+    target: TargetArg = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Causal 1-D convolution carrying its past input: returns ``(y, present_state)``.
+
+    ``y = act(conv(concat(state, x), w) + bias)`` with 'valid' padding and ``present_state``
+    = the last ``d*(k-1)`` samples of ``concat(state, x)``; a ``None`` state is zeros, so
+    feeding a sequence chunk by chunk (passing each present_state on) equals
+    :func:`causal_conv1d` on the whole sequence. x: (N, C, L), w: (O, C/groups, k),
+    state: (N, C, d*(k-1)). ``groups=None`` is depthwise (groups = C, w: (C, 1, k)): with
+    ``dilation=1`` that is ONNX CausalConvWithState (opset 27), whose activation names
+    'none' and 'swish' are accepted too.
+    """
+    dtype, (x, w, bias, state) = as_float_arrays(x=x, w=w, bias=bias, state=state)
+    activation = {"none": None, "swish": "silu"}.get(activation, activation)
+    check_activation(activation)
+    if groups is None:
+        if np.ndim(x) != 3:
+            raise ValueError(f"x must have shape (N, C, L), got {x.shape}")
+        groups = x.shape[1]
+    geom = shapes.causal_state_geometry(
+        x.shape, w.shape, dilation=dilation, groups=groups,
+        bias_shape=None if bias is None else bias.shape,
+        state_shape=None if state is None else state.shape,
+    )  # fmt: skip
+
+    def build():
+        tx, tw, tb, ts = placeholders(
+            dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape,
+            state=None if state is None else state.shape,
+        )  # fmt: skip
+        outputs = ops.causal_conv_state(tx, tw, tb, ts, geom, activation)
+        return [t for t in (tx, tw, tb, ts) if t is not None], list(outputs)
+
+    key = (geom, dtype, bias is not None, state is not None, activation)
+    kernel = cached_kernel("causal_conv_with_state", key, build, target)
+    y, new_state = kernel(*[a for a in (x, w, bias, state) if a is not None])
+    return y, new_state

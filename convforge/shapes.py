@@ -257,7 +257,12 @@ def causal_conv1d_geometry(
 
 @dataclass(frozen=True)
 class ConvTransposeGeometry:
-    """Every size of one N-d transposed convolution; weight is ``(C, O/groups, *kernel)``."""
+    """Every size of one N-d transposed convolution; weight is ``(C, O/groups, *kernel)``.
+
+    ``padding`` and ``output_padding`` are the explicit ones that give ``out_size``; where
+    an ``output_shape`` exceeds the unpadded output, ``output_padding`` includes the rows
+    appended for it (see :func:`transpose_pads_for_output_shape`).
+    """
 
     batch: int
     in_channels: int
@@ -792,3 +797,94 @@ def check_softmax_input(x_shape: Sequence[int]) -> None:
 def flatten_features(x_shape: Sequence[int]) -> int:
     """Features of ``(N, C, *S)`` flattened from axis 1 (ONNX Flatten axis=1): ``C * prod(S)``."""
     return math.prod(int(v) for v in x_shape[1:])
+
+
+def causal_state_length(kernel: int, dilation: int = 1) -> int:
+    """Past input samples a causal convolution needs to continue a sequence: ``d*(k-1)``."""
+    return dilation * (kernel - 1)
+
+
+@dataclass(frozen=True)
+class CausalStateGeometry:
+    """A causal 1-D convolution that carries its past input as a state.
+
+    ``y = conv(concat(state, x), w)`` with 'valid' padding, so ``y`` has the length of ``x``;
+    ``present_state`` is the last ``d*(k-1)`` samples of ``concat(state, x)``. With a zero
+    state this is :func:`causal_conv1d` (left padding ``d*(k-1)``). ``conv`` is the geometry
+    of the valid convolution over the concatenation (length ``state_length + L``).
+    """
+
+    conv: ConvGeometry
+    state_length: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int]:
+        c = self.conv
+        return (c.batch, c.in_channels, c.in_size[0] - self.state_length)
+
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        return (self.conv.batch, self.conv.in_channels, self.state_length)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self.conv.out_shape
+
+    @property
+    def length(self) -> int:
+        """Samples per call (the length of ``x`` and ``y``)."""
+        return self.conv.out_size[0]
+
+
+def causal_state_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    *,
+    dilation: int = 1,
+    groups: int = 1,
+    bias_shape: Sequence[int] | None = None,
+    state_shape: Sequence[int] | None = None,
+) -> CausalStateGeometry:
+    """Validate a causal convolution with state: x (N, C, L), w (O, C/groups, k),
+    state (N, C, d*(k-1)) (``None``: not given, zeros)."""
+    if len(x_shape) != 3:
+        raise ValueError(f"x must have shape (N, C, L), got {tuple(x_shape)}")
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+    _check_rank(x_shape, w_shape, 1)
+    batch, channels, length = (int(v) for v in x_shape)
+    state_length = causal_state_length(int(w_shape[2]), dilation)
+    expected = (batch, channels, state_length)
+    if state_shape is not None and tuple(int(v) for v in state_shape) != expected:
+        raise ValueError(
+            f"state must have shape (N, C, dilation*(k-1)) = {expected}, got {tuple(state_shape)}"
+        )
+    conv = conv_geometry(
+        (batch, channels, state_length + length), w_shape, padding="valid",
+        dilation=dilation, groups=groups, bias_shape=bias_shape,
+    )  # fmt: skip
+    return CausalStateGeometry(conv, state_length)
+
+
+def depthwise_causal_state_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    *,
+    bias_shape: Sequence[int] | None = None,
+    state_shape: Sequence[int] | None = None,
+) -> CausalStateGeometry:
+    """ONNX CausalConvWithState (opset 27): depthwise, no dilation.
+
+    x (N, C, L), weight (C, 1, k), bias (C,), past_state (N, C, k-1).
+    """
+    if len(x_shape) != 3:
+        raise ValueError(f"x must have shape (N, C, L), got {tuple(x_shape)}")
+    channels = int(x_shape[1])
+    if len(w_shape) != 3 or int(w_shape[0]) != channels or int(w_shape[1]) != 1:
+        raise ValueError(
+            f"weight must have shape (C, 1, k) = ({channels}, 1, k) for a depthwise causal "
+            f"convolution, got {tuple(w_shape)}"
+        )
+    return causal_state_geometry(
+        x_shape, w_shape, groups=channels, bias_shape=bias_shape, state_shape=state_shape
+    )

@@ -1,8 +1,10 @@
 """Computations only: every operator as a TVM tensor expression (no schedules here)."""
 
 from convforge.ops.activation import ACTIVATIONS, activate
+from convforge.ops.causal import causal_conv_state, causal_conv_with_state
 from convforge.ops.conv import conv, conv_transpose, pad
 from convforge.ops.conv_nchwc import ChannelBlocks, conv_nchwc
+from convforge.ops.conv_transpose_subpixel import conv_transpose_subpixel
 from convforge.ops.heads import (
     dense,
     flatten,
@@ -19,9 +21,12 @@ __all__ = [
     "ChannelBlocks",
     "activate",
     "adaptive_pool",
+    "causal_conv_state",
+    "causal_conv_with_state",
     "conv",
     "conv_nchwc",
     "conv_transpose",
+    "conv_transpose_subpixel",
     "dense",
     "flatten",
     "flatten_dense_head",

@@ -96,6 +96,18 @@ def _schedule_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) 
     return sch.get(anchor).name_hint
 
 
+def _special_rules() -> list[tuple]:
+    """(predicate on the PrimFunc, schedule of the whole PrimFunc): the first rule whose
+    predicate holds schedules ``func``; if it raises a schedule error, the generic rule does."""
+    from convforge.schedules import cpu_causal, cpu_grouped, cpu_subpixel
+
+    return [
+        (cpu_subpixel.is_subpixel, cpu_subpixel.schedule_subpixel),
+        (cpu_grouped.is_grouped, cpu_grouped.schedule_grouped),
+        (cpu_causal.is_long_1d, cpu_causal.schedule_long_1d),
+    ]
+
+
 #: Blocks with a dedicated schedule: name -> rule(schedule, block). Other reduction blocks
 #: get the generic register tiling, element-wise blocks a parallel loop.
 BLOCK_RULES = {
@@ -104,10 +116,16 @@ BLOCK_RULES = {
 
 
 def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
-    """Apply the default CPU schedule to every block of ``func``.
+    """Apply the first special rule that fits ``func``, else the default CPU schedule.
 
     A block the rule does not fit stays as it is (correct, slower) rather than failing.
     """
+    for applies, rule in _special_rules():
+        if applies(func):
+            try:
+                return rule(func, target)
+            except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError
+                break
     sch = s_tir.Schedule(func)
     fused: set[str] = set()
     for block in sch.get_child_blocks(sch.get_sblock("root")):
