@@ -311,14 +311,26 @@ API_CALLS = {
     "grid_pool_head": lambda t: cf.grid_pool_head(_a(1, 8, 9, 9), _a(10, 72), _a(10), grid=3, target=t),
     "fully_conv_head": lambda t: cf.fully_conv_head(_a(1, 16, 7, 7), _a(10, 16, 1, 1), _a(10), target=t),
     "conv": lambda t: cf.conv(_a(1, 8, 9, 9), _a(8, 8, 3, 3), padding=1, target=t),
-    "conv_transpose": lambda t: cf.conv_transpose(_a(1, 8, 5, 5), _a(8, 4, 3, 3), stride=2, target=t),
+    "conv_transpose": lambda t: cf.conv_transpose(_a(1, 8, 5, 5), _a(8, 4, 3, 3), target=t),
+    "conv_transpose_subpixel_2d": lambda t: cf.conv_transpose(_a(1, 16, 9, 9), _a(16, 8, 4, 4), _a(8), stride=2, padding=1, target=t),
+    "conv_transpose_subpixel_1d_grouped": lambda t: cf.conv_transpose(_a(1, 8, 20), _a(8, 3, 3), stride=3, groups=2, target=t),
+    "conv_transpose_subpixel_3d_relu": lambda t: cf.conv_transpose(_a(1, 4, 4, 5, 5), _a(4, 4, 2, 2, 2), stride=2, activation="relu", target=t),
+    "conv_transpose_subpixel_empty_phases": lambda t: cf.conv_transpose(_a(1, 4, 5, 5), _a(4, 4, 2, 2), stride=3, target=t),
     "causal_conv1d": lambda t: cf.causal_conv1d(_a(1, 8, 40), _a(8, 8, 3), dilation=2, target=t),
 }  # fmt: skip
 
-#: Operators whose kernels must come from the implicit-GEMM convolution rule.
-CONV_RULE = {"resize_conv", "fully_conv_head", "conv", "conv_transpose", "causal_conv1d"}
+#: Operators whose convolutions must come from the implicit-GEMM rule: how many kernels
+#: (sub-pixel transposed convolutions: one per phase that has kernel taps).
+CONV_RULE = {
+    "resize_conv": 1, "fully_conv_head": 1, "conv": 1, "conv_transpose": 1, "causal_conv1d": 1,
+    "conv_transpose_subpixel_2d": 4, "conv_transpose_subpixel_1d_grouped": 3,
+    "conv_transpose_subpixel_3d_relu": 8, "conv_transpose_subpixel_empty_phases": 4,
+}  # fmt: skip
 #: Checked with nvcc too (one per kind of rule; the conv families are compiled above).
-NVCC_CALLS = ("resize_conv", "fully_conv_head", "global_avg_pool", "softmax", "max_pool")
+NVCC_CALLS = (
+    "resize_conv", "fully_conv_head", "global_avg_pool", "softmax", "max_pool",
+    "conv_transpose_subpixel_2d",
+)  # fmt: skip
 
 
 def _cuda_kernel_of(call, arch: str = "sm_90"):
@@ -337,9 +349,10 @@ def test_api_operator_compiles_for_cuda_within_limits(name):
         assert 1 <= k.launch_bounds <= MAX_THREADS_PER_BLOCK
         assert k.shared_bytes <= STATIC_SHARED_BYTES
         assert "threadIdx.x" in k.body or k.launch_bounds == 1  # a scalar result
-    if name in CONV_RULE:
-        conv_kernel = found[0]
-        assert conv_kernel.shared_bytes > 0 and conv_kernel.local_arrays["conv_local_ptr"] > 1
+    conv_kernels = [k for k in found if "conv_local_ptr" in k.local_arrays]
+    assert len(conv_kernels) == CONV_RULE.get(name, 0)
+    for k in conv_kernels:
+        assert k.shared_bytes > 0 and k.local_arrays["conv_local_ptr"] > 1
 
 
 @pytest.mark.skipif(nvcc_path() is None, reason="nvcc is not installed on this machine")

@@ -30,6 +30,7 @@ import tvm
 from tvm import te
 
 from convforge import ops, shapes
+from convforge.api import conv_transpose_op
 from convforge.build import Kernel, compile_computation, schedule_for
 from convforge.schedules.gpu_source import compile_fatbin, cuda_source, launch_config, nvcc_path
 from convforge.targets import TargetArg, resolve_target
@@ -151,10 +152,9 @@ def _computation(workload: AotWorkload):
         def build(x, w, bias):
             return ops.resize_conv(x, w, bias, resize_geom, geom, activation)
     else:
-        op, geom = (
-            getattr(ops, "conv_transpose" if workload.op == "conv_transpose" else "conv"),
-            workload.geometry(),
-        )
+        geom = workload.geometry()
+        # the API's form: sub-pixel phases for strided transposed convolutions
+        op = conv_transpose_op(geom) if workload.op == "conv_transpose" else ops.conv
 
         def build(x, w, bias):
             return op(x, w, bias, geom, activation)

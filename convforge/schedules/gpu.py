@@ -24,13 +24,16 @@ without a ``conv`` block (pools, heads, resize, element-wise) get dlight's reduc
 fallback rules.
 
 float16 inputs keep float32 accumulators (the TE op casts); staging stays in float16.
-Not done yet: tensor cores, sub-pixel decomposition of strided transposed convolutions
-(the zero-inserted input is staged instead, so s^d of the products are zeros).
+Strided transposed convolutions arrive as sub-pixel phases (``ops.conv_transpose_subpixel``:
+blocks ``conv``, ``conv_1``, ...): each phase gets the rule above as its own kernel, the
+shared padded input and the weight gathers are inlined into every phase's tile copies,
+and the interleave runs one thread per output. Not done yet: tensor cores.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import tvm
@@ -251,17 +254,13 @@ def _producers_by_distance(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> list[s
     return order[::-1]
 
 
-def _is_elementwise_epilogue(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> bool:
-    """Whether ``conv`` has exactly one consumer, element-wise over conv's output."""
+def _epilogue_of(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> s_tir.SBlockRV | None:
+    """``conv``'s element-wise epilogue (the op's ``conv_epilogue`` block), if it has one."""
     consumers = sch.get_consumers(conv)
-    if len(consumers) != 1 or _is_reduction(sch, consumers[0]):
-        return False
-    spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in sch.get(conv).iter_vars)
-    return len(sch.get(consumers[0]).iter_vars) == spatial
-
-
-def _is_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
-    return any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+    if len(consumers) != 1:
+        return None
+    name = sch.get(consumers[0]).name_hint
+    return consumers[0] if re.fullmatch(r"conv_epilogue(_\d+)?", name) else None
 
 
 def _bind_one_thread_per_output(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
@@ -340,16 +339,18 @@ def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV, min_blocks: int = 1
     tiles = conv_tiles(shape, min_blocks)
     ndim = len(shape.out_size)
     producers = _producers_by_distance(sch, conv)
-    if _is_elementwise_epilogue(sch, conv):
-        (epilogue,) = sch.get_consumers(conv)
+    epilogue = _epilogue_of(sch, conv)
+    if epilogue is not None:
         sch.set_scope(conv, 0, "local")
     else:
         epilogue = sch.cache_write(conv, 0, "local")
-    weight_is_input = not any(
-        sch.get(p).name_hint == "weight_transpose" for p in sch.get_producers(conv)
+    weight = sch.get(conv).reads[1].source
+    weight_is_input = not any(  # read straight from the argument (no flip, no gather)
+        sch.get(p).writes[0].source.same_as(weight) for p in sch.get_producers(conv)
     )
-    data_shared = sch.cache_read(conv, 0, "shared")
-    weight_shared = sch.cache_read(conv, 1, "shared")
+    # only this conv reads the copies (sub-pixel phases share their producers)
+    data_shared = sch.cache_read(conv, 0, "shared", consumer_blocks=[conv])
+    weight_shared = sch.cache_read(conv, 1, "shared", consumer_blocks=[conv])
     for name in producers:  # padding, zero insertion, resizing, weight flip: into the copies
         sch.compute_inline(sch.get_sblock(name))
 
@@ -392,11 +393,14 @@ def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV, min_blocks: int = 1
 def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
     """Apply the default GPU schedule: implicit-GEMM for ``conv`` blocks, dlight otherwise."""
     sch = s_tir.Schedule(func)
-    convs = [
-        b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint == "conv"
+    convs = [  # one conv block, or one per phase of a sub-pixel transposed convolution
+        sch.get(b).name_hint
+        for b in sch.get_child_blocks(sch.get_sblock("root"))
+        if re.fullmatch(r"conv(_\d+)?", sch.get(b).name_hint)
     ]
-    if len(convs) == 1:
-        schedule_conv(sch, convs[0], min_blocks=2 * multiprocessors(target))
+    if convs:
+        for name in convs:
+            schedule_conv(sch, sch.get_sblock(name), min_blocks=2 * multiprocessors(target))
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             if not any(  # anything not yet inside a kernel: blocks after the epilogue
                 sch.get(loop).thread_binding is not None for loop in sch.get_loops(block)
