@@ -317,12 +317,14 @@ API_CALLS = {
     "conv_transpose_subpixel_3d_relu": lambda t: cf.conv_transpose(_a(1, 4, 4, 5, 5), _a(4, 4, 2, 2, 2), stride=2, activation="relu", target=t),
     "conv_transpose_subpixel_empty_phases": lambda t: cf.conv_transpose(_a(1, 4, 5, 5), _a(4, 4, 2, 2), stride=3, target=t),
     "causal_conv1d": lambda t: cf.causal_conv1d(_a(1, 8, 40), _a(8, 8, 3), dilation=2, target=t),
+    "causal_conv_with_state": lambda t: cf.causal_conv_with_state(_a(1, 8, 16), _a(8, 1, 3), _a(8), _a(1, 8, 4), dilation=2, target=t),
 }  # fmt: skip
 
 #: Operators whose convolutions must come from the implicit-GEMM rule: how many kernels
 #: (sub-pixel transposed convolutions: one per phase that has kernel taps).
 CONV_RULE = {
     "resize_conv": 1, "fully_conv_head": 1, "conv": 1, "conv_transpose": 1, "causal_conv1d": 1,
+    "causal_conv_with_state": 1,
     "conv_transpose_subpixel_2d": 4, "conv_transpose_subpixel_1d_grouped": 3,
     "conv_transpose_subpixel_3d_relu": 8, "conv_transpose_subpixel_empty_phases": 4,
 }  # fmt: skip
