@@ -65,8 +65,17 @@ class Kernel:
     def function(self) -> tvm.runtime.Function:
         return self.executable.mod["main"]
 
-    def __call__(self, *arrays: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    def _runnable_device(self) -> tvm.runtime.Device:
         device = self.device
+        if not device.exist:
+            raise RuntimeError(
+                f"kernel {self.name!r} was compiled for {self.target.kind.name} but this machine "
+                f"has no such device; export it (convforge.export.aot) and run it on one"
+            )
+        return device
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        device = self._runnable_device()
         args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays]
         outs = [
             tvm.runtime.tensor(np.empty(shape, dtype), device)
@@ -78,7 +87,7 @@ class Kernel:
 
     def time(self, *arrays: np.ndarray, number: int = 10, repeat: int = 5) -> np.ndarray:
         """Seconds per call, ``repeat`` medians of ``number`` runs (TVM's time_evaluator)."""
-        device = self.device
+        device = self._runnable_device()
         args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays]
         outs = [
             tvm.runtime.tensor(np.empty(shape, dtype), device)

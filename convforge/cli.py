@@ -18,6 +18,7 @@ COMMANDS = {
     "check": "check",
     "report": "report",
     "tune": "tune",
+    "aot": "aot",
 }
 
 

@@ -11,6 +11,15 @@ import tvm
 
 TargetArg = tvm.target.Target | dict[str, Any] | str | None
 
+#: Per-block limits shared by every CUDA architecture since sm_70 (MetaSchedule's GPU
+#: rules need them in the target); a CUDA target without ``arch`` gets sm_90.
+CUDA_DEFAULTS = {
+    "arch": "sm_90",
+    "max_threads_per_block": 1024,
+    "max_shared_memory_per_block": 48 * 1024,
+    "thread_warp_size": 32,
+}
+
 
 @functools.cache
 def host_target() -> tvm.target.Target:
@@ -27,20 +36,23 @@ def host_target() -> tvm.target.Target:
 
 
 def resolve_target(target: TargetArg = None) -> tvm.target.Target:
-    """``None`` -> host CPU; ``"cuda"`` -> CUDA sm_90 with an LLVM host; dicts as TVM takes them."""
+    """``None`` -> host CPU; ``"cuda"`` -> CUDA sm_90 with an LLVM host; dicts as TVM takes them.
+
+    CUDA dicts get :data:`CUDA_DEFAULTS` for what they leave out, and the host CPU as host.
+    """
     if target is None or target in ("llvm", "cpu", "host"):
         return host_target()
     if isinstance(target, tvm.target.Target):
         return target
     if isinstance(target, str):
-        if target == "cuda":
-            return tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host=host_target())
         try:
-            target = json.loads(target)
+            target = {"kind": "cuda"} if target == "cuda" else json.loads(target)
         except json.JSONDecodeError as err:
             raise ValueError(
                 f"target must be None, 'cpu', 'cuda', a dict or a JSON object, got {target!r}"
             ) from err
+    if target.get("kind") == "cuda":
+        return tvm.target.Target({**CUDA_DEFAULTS, **target}, host=host_target())
     if target.get("kind") == "llvm" and "mcpu" not in target:
         target = {**target, "mcpu": host_target().attrs["mcpu"]}
     return tvm.target.Target(target)
