@@ -14,13 +14,14 @@ the share of the sgemm ceiling measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +78,30 @@ def onnxruntime_impl(threads: int):
     return prepare
 
 
-def convforge_impl(extra: dict[str, Any]):
+@contextlib.contextmanager
+def tuning_scope(tuning_db: str | None) -> Iterator[None]:
+    """Compile with the records of exactly ``tuning_db`` (None: default schedules only).
+
+    Uses ``convforge.use_tuning_db`` from ``convforge.schedules.tuning`` when that module is
+    in the checkout; shipped records and ``$CONVFORGE_TUNING_DB`` are left out either way.
+    """
+    if importlib.util.find_spec("convforge.schedules.tuning") is None:
+        if tuning_db is not None:
+            raise Unavailable("convforge.schedules.tuning not in this checkout")
+        yield
+        return
+    from convforge.schedules.tuning import DB_ENV, use_tuning_db
+
+    saved = os.environ.pop(DB_ENV, None)
+    try:
+        with use_tuning_db(tuning_db, shipped=False):
+            yield
+    finally:
+        if saved is not None:
+            os.environ[DB_ENV] = saved
+
+
+def convforge_impl(tuning_db: str | None):
     import tvm
 
     from benchmarks.workloads import convforge_function
@@ -88,25 +112,29 @@ def convforge_impl(extra: dict[str, Any]):
         if fn is None:
             raise Unavailable(why)
         args = list(arrays.values())
-        try:
-            with recording_kernels() as kernels:
-                output = fn(*args, **wl.params, **extra)
-        except TypeError as err:
-            if extra and "tuning_db" in str(err):
-                raise Unavailable(f"{fn.__name__} takes no tuning_db yet") from err
-            raise
+        with tuning_scope(tuning_db), recording_kernels() as kernels:
+            output = fn(*args, **wl.params)
         shapes_ = tuple(a.shape for a in args)
-        if len(kernels) == 1 and kernels[0].input_shapes == shapes_:
-            kernel = kernels[0]
-            device = kernel.device
-            tensors = [tvm.runtime.tensor(a, device) for a in args]
-            tensors += [
-                tvm.runtime.tensor(np.empty(s, d), device)
-                for s, d in zip(kernel.output_shapes, kernel.output_dtypes)
-            ]
-            function = kernel.function
-            return Prepared(lambda: function(*tensors), output, "kernel")
-        return Prepared(lambda: fn(*args, **wl.params, **extra), output, "numpy API")
+        if len(kernels) != 1 or kernels[0].input_shapes != shapes_:
+            # several kernels (or inputs rearranged): time the numpy call as a whole
+            def run_api():
+                with tuning_scope(tuning_db):
+                    return fn(*args, **wl.params)
+
+            return Prepared(run_api, output, f"numpy API, {len(kernels)} kernels")
+        kernel = kernels[0]
+        device = kernel.device
+        tensors = [tvm.runtime.tensor(a, device) for a in args]
+        tensors += [
+            tvm.runtime.tensor(np.empty(s, d), device)
+            for s, d in zip(kernel.output_shapes, kernel.output_dtypes)
+        ]
+        function = kernel.function
+        how = "kernel"
+        if tuning_db is not None:
+            record = getattr(kernel, "tuning_record", None)
+            how += f", tuned record {record}" if record else ", no tuned record: default schedule"
+        return Prepared(lambda: function(*tensors), output, how)
 
     return prepare
 
@@ -134,13 +162,13 @@ def implementations(args) -> tuple[dict[str, Callable], list[str]]:
     """name -> prepare(workload, arrays); plus notes on implementations left out."""
     impls: dict[str, Callable] = {"onnxruntime": onnxruntime_impl(args.threads)}
     notes = []
-    impls["convforge"] = convforge_impl({})
+    impls["convforge"] = convforge_impl(None)
     if args.tuning_db is None:
         notes.append("convforge-tuned: left out (no --tuning-db given)")
     elif importlib.util.find_spec("convforge.schedules.tuning") is None:
         notes.append("convforge-tuned: left out (convforge.schedules.tuning not in this checkout)")
     else:
-        impls["convforge-tuned"] = convforge_impl({"tuning_db": args.tuning_db})
+        impls["convforge-tuned"] = convforge_impl(args.tuning_db)
     if importlib.util.find_spec("torch") is None:
         notes.append("pytorch: left out (torch not importable)")
     else:
@@ -309,12 +337,20 @@ def print_table(report: dict[str, Any], impl_names: Sequence[str]) -> None:
         console.print(f"  note: {note}")
 
 
+def _readable(path: str) -> None:
+    """Give a mkstemp file (mode 0600) the mode a plain open() would (0666 less umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_atomic(path: str, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        _readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -329,6 +365,7 @@ def draw_png(report: dict[str, Any], impl_names: Sequence[str], path: str) -> st
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return "matplotlib not importable: no PNG"
     names = [n for n in impl_names if n != "onnxruntime"]
@@ -336,13 +373,19 @@ def draw_png(report: dict[str, Any], impl_names: Sequence[str], path: str) -> st
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(rows)), 5))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
-        ratios = [r["impls"].get(name, {}).get("ratio_to_onnxruntime") or 0 for r in rows]
-        ax.bar(np.arange(len(rows)) + i * width, ratios, width, label=name)
+        ratios = np.array(
+            [r["impls"].get(name, {}).get("ratio_to_onnxruntime") or np.nan for r in rows]
+        )
+        # bars grow from 1 (parity): up when slower than onnxruntime, down when faster
+        ax.bar(np.arange(len(rows)) + i * width, ratios - 1, width, bottom=1, label=name)
     ax.axhline(1.0, color="black", linewidth=1)
     ax.axhline(1.5, color="red", linewidth=1, linestyle="--", label="1.5x target")
     ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2)
     ax.set_xticklabels([r["name"] for r in rows], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("time / onnxruntime time (lower is better)")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
+    ax.set_ylabel("time / onnxruntime (log, lower is better)")
     ax.set_title(report["machine"]["summary"])
     ax.legend()
     fig.tight_layout()
@@ -351,6 +394,7 @@ def draw_png(report: dict[str, Any], impl_names: Sequence[str], path: str) -> st
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
+        _readable(tmp)
         os.replace(tmp, path)
     finally:
         plt.close(fig)
@@ -366,7 +410,7 @@ def machine_info(threads: int, load_before: tuple[float, ...]) -> dict[str, Any]
     load_after = os.getloadavg()
     busiest = max(load_before[0], load_after[0])
     return {
-        "summary": f"{target.attrs['mcpu']}, {os.cpu_count()} cores, {threads} threads, "
+        "summary": f"{target.attrs['mcpu']}, {os.cpu_count()} cores, threads={threads}, "
         f"load {load_before[0]:.1f}-{load_after[0]:.1f}",
         "mcpu": str(target.attrs["mcpu"]),
         "cpu_count": os.cpu_count(),
@@ -408,7 +452,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))  # before tvm starts its pool
+    # Before TVM starts its thread pool. TVM pins its workers to cores by default; on a
+    # shared machine a pinned worker waits for its busy core while the parallel loop's
+    # static partition waits for it: 3x slower here at load 12 than unpinned (onnxruntime
+    # does not pin either).
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
     from benchmarks.workloads import SUITE
 
     if args.list:
@@ -452,7 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "machine": machine,
         "settings": {"repeat": args.repeat, "sample_ms": args.sample_ms, "quick": args.quick,
-                     "tuning_db": args.tuning_db},
+                     "tuning_db": args.tuning_db,
+                     "TVM_BIND_THREADS": os.environ.get("TVM_BIND_THREADS")},
         "sgemm": sgemm,
         "notes": notes,
         "workloads": results,

@@ -160,7 +160,8 @@ def _resize_conv_onnx(wl: Workload, arrays: Arrays) -> onnx.ModelProto:
     nodes = [
         helper.make_node(
             "Resize", ["x", "", "scales"], ["up"], mode="nearest",
-            coordinate_transformation_mode="asymmetric", nearest_mode="floor",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode=wl.params.get("nearest_mode", "round_prefer_floor"),
         ),
         helper.make_node(
             "Conv", names, ["y"], kernel_shape=list(geom.kernel),
@@ -210,19 +211,6 @@ def _head_torch(torch, t, params):
     return torch.softmax(torch.nn.functional.linear(pooled, t["w"], t["bias"]), dim=-1)
 
 
-def classifier_head(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """``softmax(dense(global_avg_pool(x)))`` from convforge's pooling/dense/softmax ops.
-
-    x: (N, C, *spatial), w: (classes, C), bias: (classes,) -> (N, classes).
-    """
-    pooled = cf.global_avg_pool(x)
-    return cf.softmax(cf.dense(pooled.reshape(pooled.shape[0], -1), w, bias))
-
-
-def _head_available() -> bool:
-    return all(hasattr(cf, name) for name in ("global_avg_pool", "dense", "softmax"))
-
-
 OPS: dict[str, OpSpec] = {
     "conv": OpSpec("conv", lambda wl: _conv_geometry(wl).macs, _conv_onnx, _conv_torch),
     "causal_conv1d": OpSpec(
@@ -243,16 +231,13 @@ OPS: dict[str, OpSpec] = {
         _resize_conv_onnx,
         _resize_conv_torch,
     ),
-    "classifier_head": OpSpec("classifier_head", _head_macs, _head_onnx, _head_torch),
+    # grid_pool_head with grid=1: global average pool + flatten + dense + softmax
+    "classifier_head": OpSpec("grid_pool_head", _head_macs, _head_onnx, _head_torch),
 }
 
 
 def convforge_function(wl: Workload) -> tuple[Callable[..., np.ndarray] | None, str]:
     """(function, "") or (None, why it is unavailable) for ``wl`` in this checkout."""
-    if wl.op == "classifier_head":
-        if _head_available():
-            return classifier_head, ""
-        return None, "cf.global_avg_pool / cf.dense / cf.softmax not in this checkout yet"
     fn = wl.spec.convforge_function()
     if fn is None:
         return None, f"cf.{wl.spec.convforge} not in this checkout yet"
@@ -282,8 +267,8 @@ SUITE: tuple[Workload, ...] = (
     Workload("causal1d_k3_d512", "causal_conv1d", {"x": (1, 64, 16000), "w": (64, 64, 3), "bias": (64,)}, {"dilation": 512}, description="causal 1-D 64->64 L=16000 k=3 d=512"),
     Workload("convT_256_128_16", "conv_transpose", {"x": (1, 256, 16, 16), "w": (256, 128, 4, 4), "bias": (128,)}, {"stride": 2, "padding": 1}, description="transposed 256->128 k4 s2 16->32"),
     Workload("convT_64_3_64", "conv_transpose", {"x": (1, 64, 64, 64), "w": (64, 3, 4, 4), "bias": (3,)}, {"stride": 2, "padding": 1}, description="transposed 64->3 k4 s2 64->128"),
-    Workload("resize2_conv3x3_256_128_16", "resize_conv", {"x": (1, 256, 16, 16), "w": (128, 256, 3, 3), "bias": (128,)}, {"scale": 2, "padding": 1}, description="nearest x2 + 3x3 256->128 16->32"),
-    Workload("head_gap_dense_softmax_512_1000", "classifier_head", {"x": (1, 512, 7, 7), "w": (1000, 512), "bias": (1000,)}, description="global avg pool + 512->1000 dense + softmax"),
+    Workload("resize2_conv3x3_256_128_16", "resize_conv", {"x": (1, 256, 16, 16), "w": (128, 256, 3, 3), "bias": (128,)}, {"scale": 2, "padding": 1, "nearest_mode": "floor"}, description="nearest x2 + 3x3 256->128 16->32"),
+    Workload("head_gap_dense_softmax_512_1000", "classifier_head", {"x": (1, 512, 7, 7), "w": (1000, 512), "bias": (1000,)}, {"grid": 1}, description="global avg pool + 512->1000 dense + softmax"),
     _conv("conv3x3_64_56_b8", 64, 64, 56, 3, batch=8, padding=1, desc="ResNet-50 3x3 64->64 56x56, batch 8"),
 )  # fmt: skip
 

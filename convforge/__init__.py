@@ -9,6 +9,7 @@ from convforge.api import (
     adaptive_max_pool,
     avg_pool,
     causal_conv1d,
+    causal_conv_with_state,
     conv,
     conv_transpose,
     dense,
@@ -30,15 +31,19 @@ from convforge.shapes import (
     conv_transpose_output_size,
     receptive_field,
 )
+from convforge.streaming import StackSpec, StreamingCausalStack
 from convforge.targets import host_target
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "StackSpec",
+    "StreamingCausalStack",
     "adaptive_avg_pool",
     "adaptive_max_pool",
     "avg_pool",
     "causal_conv1d",
+    "causal_conv_with_state",
     "conv",
     "conv_geometry",
     "conv_matrix",

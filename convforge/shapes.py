@@ -257,7 +257,12 @@ def causal_conv1d_geometry(
 
 @dataclass(frozen=True)
 class ConvTransposeGeometry:
-    """Every size of one N-d transposed convolution; weight is ``(C, O/groups, *kernel)``."""
+    """Every size of one N-d transposed convolution; weight is ``(C, O/groups, *kernel)``.
+
+    ``padding`` and ``output_padding`` are the explicit ones that give ``out_size``; where
+    an ``output_shape`` exceeds the unpadded output, ``output_padding`` includes the rows
+    appended for it (see :func:`transpose_pads_for_output_shape`).
+    """
 
     batch: int
     in_channels: int
@@ -514,7 +519,7 @@ def resize_geometry(
     size: int | Sequence[int] | None = None,
     mode: str = "nearest",
     coordinate_mode: str = "asymmetric",
-    nearest_mode: str = "round_prefer_floor",
+    nearest_mode: str = "floor",
 ) -> ResizeGeometry:
     """Validate a resize's arguments (exactly one of ``scale``, ``size``) and compute its sizes.
 
@@ -792,3 +797,175 @@ def check_softmax_input(x_shape: Sequence[int]) -> None:
 def flatten_features(x_shape: Sequence[int]) -> int:
     """Features of ``(N, C, *S)`` flattened from axis 1 (ONNX Flatten axis=1): ``C * prod(S)``."""
     return math.prod(int(v) for v in x_shape[1:])
+
+
+# --- Nearest upsampling + convolution as per-phase convolutions --------------------------
+
+
+def nearest_repeat_factors(geom: ResizeGeometry) -> tuple[int, ...] | None:
+    """Integer factors ``f`` when ``geom`` is exactly ``u[o] = x[o // f]`` on every axis, else None.
+
+    That holds for mode 'nearest' with integer scales (out = f * in) under 'asymmetric' +
+    'floor' (and + 'round_prefer_floor' for f <= 2: ``o/2`` ties round down), and under the
+    half-pixel modes with a rounding ``nearest_mode``: their source coordinate
+    ``(o + 0.5)/f - 0.5`` is never a tie and rounds to ``o // f``.
+    """
+    if geom.mode != "nearest":
+        return None
+    asymmetric_floor = geom.coordinate_mode == "asymmetric" and (
+        geom.nearest_mode == "floor"
+        or (geom.nearest_mode == "round_prefer_floor" and all(s <= 2 for s in geom.scale))
+    )
+    half_pixel_round = geom.coordinate_mode in (
+        "half_pixel",
+        "half_pixel_symmetric",
+        "pytorch_half_pixel",
+    ) and geom.nearest_mode in ("round_prefer_floor", "round_prefer_ceil")
+    if not (asymmetric_floor or half_pixel_round):
+        return None
+    factors = []
+    for i, o, s in zip(geom.in_size, geom.out_size, geom.scale):
+        if not float(s).is_integer() or o != i * int(s):
+            return None
+        factors.append(int(s))
+    return tuple(factors)
+
+
+@dataclass(frozen=True)
+class PhaseConvLayout:
+    """Convolution of an x``f`` nearest-upsampled input computed on the low-resolution input.
+
+    Output ``p`` of the convolution reads upsampled samples ``t = p*s - lo + r*d``, that is
+    input samples ``t // f``. With ``t' = p*s + shift`` (``shift = pad_lo*f - lo``, so
+    ``t' >= 0``), ``phase = t' % f`` and ``base = t' // f``, tap ``r`` reads the padded
+    input at ``base + (phase + r*d) // f``: the ``k`` taps fold into ``taps`` =
+    ``(f - 1 + d*(k-1)) // f + 1`` per phase (x2 nearest + 3x3: 2x2 per phase, 2.25x fewer
+    multiply-adds), and the upsampled tensor is never formed. Stride 1: output ``p = f*j + ph``
+    (output phase ``ph``, row ``j < rows = ceil(out/f)``) reads the padded input at
+    ``j + (ph + shift) // f + m`` with the folded kernel of input phase ``(ph + shift) % f``.
+    """
+
+    factors: tuple[int, ...]
+    taps: tuple[int, ...]
+    shift: tuple[int, ...]
+    rows: tuple[int, ...]
+    x_padding: tuple[tuple[int, int], ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.factors)
+
+
+def phase_conv_layout(
+    resize_geom: ResizeGeometry, conv_geom: ConvGeometry
+) -> PhaseConvLayout | None:
+    """The per-phase layout of ``conv(resize(x))``, or None unless the resize is a repeat
+    (:func:`nearest_repeat_factors`) and the convolution has stride 1."""
+    factors = nearest_repeat_factors(resize_geom)
+    if factors is None or all(f == 1 for f in factors) or any(s != 1 for s in conv_geom.stride):
+        return None
+    taps, shift, rows, pads = [], [], [], []
+    for f, i, k, d, (lo, _), o in zip(
+        factors, resize_geom.in_size, conv_geom.kernel, conv_geom.dilation, conv_geom.padding,
+        conv_geom.out_size,
+    ):  # fmt: skip
+        m = (f - 1 + d * (k - 1)) // f + 1
+        pad_lo = -(-lo // f)
+        sh = pad_lo * f - lo
+        n_rows = -(-o // f)
+        taps.append(m)
+        shift.append(sh)
+        rows.append(n_rows)
+        pads.append((pad_lo, max(0, n_rows + (f - 1 + sh) // f + m - 1 - i - pad_lo)))
+    return PhaseConvLayout(factors, tuple(taps), tuple(shift), tuple(rows), tuple(pads))
+
+
+def causal_state_length(kernel: int, dilation: int = 1) -> int:
+    """Past input samples a causal convolution needs to continue a sequence: ``d*(k-1)``."""
+    return dilation * (kernel - 1)
+
+
+@dataclass(frozen=True)
+class CausalStateGeometry:
+    """A causal 1-D convolution that carries its past input as a state.
+
+    ``y = conv(concat(state, x), w)`` with 'valid' padding, so ``y`` has the length of ``x``;
+    ``present_state`` is the last ``d*(k-1)`` samples of ``concat(state, x)``. With a zero
+    state this is :func:`causal_conv1d` (left padding ``d*(k-1)``). ``conv`` is the geometry
+    of the valid convolution over the concatenation (length ``state_length + L``).
+    """
+
+    conv: ConvGeometry
+    state_length: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int]:
+        c = self.conv
+        return (c.batch, c.in_channels, c.in_size[0] - self.state_length)
+
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        return (self.conv.batch, self.conv.in_channels, self.state_length)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self.conv.out_shape
+
+    @property
+    def length(self) -> int:
+        """Samples per call (the length of ``x`` and ``y``)."""
+        return self.conv.out_size[0]
+
+
+def causal_state_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    *,
+    dilation: int = 1,
+    groups: int = 1,
+    bias_shape: Sequence[int] | None = None,
+    state_shape: Sequence[int] | None = None,
+) -> CausalStateGeometry:
+    """Validate a causal convolution with state: x (N, C, L), w (O, C/groups, k),
+    state (N, C, d*(k-1)) (``None``: not given, zeros)."""
+    if len(x_shape) != 3:
+        raise ValueError(f"x must have shape (N, C, L), got {tuple(x_shape)}")
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+    _check_rank(x_shape, w_shape, 1)
+    batch, channels, length = (int(v) for v in x_shape)
+    state_length = causal_state_length(int(w_shape[2]), dilation)
+    expected = (batch, channels, state_length)
+    if state_shape is not None and tuple(int(v) for v in state_shape) != expected:
+        raise ValueError(
+            f"state must have shape (N, C, dilation*(k-1)) = {expected}, got {tuple(state_shape)}"
+        )
+    conv = conv_geometry(
+        (batch, channels, state_length + length), w_shape, padding="valid",
+        dilation=dilation, groups=groups, bias_shape=bias_shape,
+    )  # fmt: skip
+    return CausalStateGeometry(conv, state_length)
+
+
+def depthwise_causal_state_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    *,
+    bias_shape: Sequence[int] | None = None,
+    state_shape: Sequence[int] | None = None,
+) -> CausalStateGeometry:
+    """ONNX CausalConvWithState (opset 27): depthwise, no dilation.
+
+    x (N, C, L), weight (C, 1, k), bias (C,), past_state (N, C, k-1).
+    """
+    if len(x_shape) != 3:
+        raise ValueError(f"x must have shape (N, C, L), got {tuple(x_shape)}")
+    channels = int(x_shape[1])
+    if len(w_shape) != 3 or int(w_shape[0]) != channels or int(w_shape[1]) != 1:
+        raise ValueError(
+            f"weight must have shape (C, 1, k) = ({channels}, 1, k) for a depthwise causal "
+            f"convolution, got {tuple(w_shape)}"
+        )
+    return causal_state_geometry(
+        x_shape, w_shape, groups=channels, bias_shape=bias_shape, state_shape=state_shape
+    )

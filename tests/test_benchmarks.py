@@ -50,7 +50,10 @@ def test_head_graph_matches_numpy():
     assert compare(y, expected.astype(np.float32)).ok
 
 
-def test_runner_checks_and_times_one_workload(tmp_path, capsys):
+def test_runner_checks_and_times_one_workload(tmp_path, capsys, monkeypatch):
+    # the runner sets these for TVM's thread pool: keep them out of the test session's env
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    monkeypatch.setenv("TVM_BIND_THREADS", "0")
     out = tmp_path / "bench.json"
     code = run.main(
         ["--quick", "--only", "conv1x1", "--repeat", "1", "--sample-ms", "1", "--json", str(out)]

@@ -1,5 +1,7 @@
 """Dilated causal 1-D convolution against onnxruntime (Conv with pads [d*(k-1), 0]), and causality."""
 
+import zlib
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -29,7 +31,7 @@ def causal_cases(draw):
 
 @given(causal_cases())
 def test_causal_conv1d_matches_onnxruntime_and_is_causal(case):
-    rng = np.random.default_rng(abs(hash(str(case))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(str(case).encode()))  # stable across runs
     geom = shapes.causal_conv1d_geometry(
         case["x_shape"], case["w_shape"], dilation=case["dilation"], groups=case["groups"]
     )

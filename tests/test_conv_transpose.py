@@ -2,9 +2,12 @@
 
 Oracles: onnxruntime running ``conv_transpose_model`` (written with explicit pads, with
 ``output_shape`` or with ``auto_pad`` as the call asks); ``C^T y`` where
-``C = conv_matrix(w, geom.adjoint())`` in float64; and ``<conv(x), y> == <x,
-conv_transpose(y)>`` between the TVM conv and transposed-conv kernels in float64.
+``C = conv_matrix(w, geom.adjoint())`` in float64; and ``<conv(u), x> == <u,
+conv_transpose(x)>`` between the TVM conv and transposed-conv kernels. Half the examples
+run the kernels in float64 (adjoint identity to 1e-12), half in float32 (to 1e-5).
 """
+
+import zlib
 
 import numpy as np
 from hypothesis import given
@@ -98,7 +101,7 @@ def call_kwargs(case):
 
 @given(conv_transpose_cases(), st.sampled_from(["float32", "float64"]))
 def test_conv_transpose_matches_onnxruntime_sparse_form_and_adjoint(case, dtype):
-    rng = np.random.default_rng(abs(hash(str(case))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(str(case).encode()))  # stable across runs
     kwargs = call_kwargs(case)
     geom = shapes.conv_transpose_geometry(case["x_shape"], case["w_shape"], **kwargs)
     # float32 values, so the float64 kernel, onnxruntime (float32 only) and the float64
@@ -138,7 +141,7 @@ def test_conv_transpose_matches_onnxruntime_sparse_form_and_adjoint(case, dtype)
         conv_u = conv_u[tuple(slice(0, n) for n in geom.x_shape)]
         assert conv_u.shape == geom.x_shape
         u64 = u.astype(np.float64)
-        lhs = float(np.vdot(conv_u, x)) + float(np.sum(u64 * bias_term))
+        lhs = float(np.vdot(conv_u.astype(np.float64), x32)) + float(np.sum(u64 * bias_term))
         rhs = float(np.vdot(u64, y))
         scale = float(np.abs(u64).ravel() @ np.abs(linear).ravel()) + 1.0
         tight = 1e-12 if dtype == "float64" else 1e-5

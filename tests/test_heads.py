@@ -37,25 +37,28 @@ def dense_softmax_cases(draw):
         bias=draw(st.booleans()),
         extra=draw(st.lists(st.integers(1, 3), max_size=2)),
         logit_scale=draw(st.sampled_from([1.0, 100.0, 1e4])),
+        op=draw(st.sampled_from(["dense", "softmax"])),
     )
 
 
-def check_dense_and_softmax(batch, features, classes, bias, extra, logit_scale):
+def check_dense_or_softmax(batch, features, classes, bias, extra, logit_scale, op):
     rng = np.random.default_rng(batch * 1000 + features * 10 + classes)
     x = rng.standard_normal((batch, features)).astype(np.float32)
     w = rng.standard_normal((classes, features)).astype(np.float32)
     b = rng.standard_normal(classes).astype(np.float32) if bias else None
+    if op == "softmax":
+        # softmax of (N, K, *extra) along axis 1; large logits check the max subtraction
+        z = (rng.standard_normal((batch, classes, *extra)) * logit_scale).astype(np.float32)
+        p = cf.softmax(z)
+        (expected,) = run_onnxruntime(softmax_model(z.shape), {"x": z})
+        assert np.isfinite(p).all()
+        assert compare(p, expected).ok, compare(p, expected)
+        assert compare(p, numpy_softmax(z.astype(np.float64)).astype(np.float32)).ok
+        return
     y = cf.dense(x, w, b)
     geom = shapes.dense_geometry(x.shape, w.shape, None if b is None else b.shape)
     (expected,) = run_onnxruntime(dense_model(geom, bias=bias), feeds(x, w, b))
     assert compare(y, expected).ok, compare(y, expected)
-    # softmax of (N, K, *extra) along axis 1; large logits check the max subtraction
-    z = (rng.standard_normal((batch, classes, *extra)) * logit_scale).astype(np.float32)
-    p = cf.softmax(z)
-    (expected,) = run_onnxruntime(softmax_model(z.shape), {"x": z})
-    assert np.isfinite(p).all()
-    assert compare(p, expected).ok, compare(p, expected)
-    assert compare(p, numpy_softmax(z.astype(np.float64)).astype(np.float32)).ok
 
 
 @st.composite
@@ -63,6 +66,8 @@ def head_cases(draw):
     nd = draw(st.integers(1, 3))
     max_size = {1: 12, 2: 7, 3: 4}[nd]
     sizes = [tuple(draw(st.integers(1, max_size)) for _ in range(nd)) for _ in range(2)]
+    if draw(st.integers(0, 3)):  # a quarter of the examples run the same weights on 2 sizes
+        sizes = sizes[:1]
     return dict(
         head=draw(st.sampled_from(["flatten_dense", "grid_pool", "fully_conv"])),
         batch=draw(st.integers(1, 2)),
@@ -77,10 +82,11 @@ def head_cases(draw):
 
 @given(st.one_of(dense_softmax_cases(), head_cases()))
 def test_dense_softmax_and_heads_match_onnxruntime(case):
-    """One family: dense + softmax (vs onnxruntime and numpy) or one of the three heads
-    (grid_pool and fully_conv on two input sizes with the same weights)."""
+    """One family: dense or softmax (vs onnxruntime and numpy) or one of the three heads
+    (grid_pool and fully_conv: in a quarter of the examples, the same weights on two input
+    sizes)."""
     if "head" not in case:
-        check_dense_and_softmax(**case)
+        check_dense_or_softmax(**case)
         return
     rng = np.random.default_rng(len(str(case)))
     n, c, k, grid = case["batch"], case["channels"], case["classes"], case["grid"]
@@ -116,6 +122,25 @@ def test_dense_softmax_and_heads_match_onnxruntime(case):
         assert compare(y, expected).ok, compare(y, expected)
 
 
+@pytest.mark.parametrize("head", ["grid_pool", "fully_conv"])
+def test_size_agnostic_heads_on_two_input_sizes(head, rng):
+    # the same weights on a 7x9 and a 12x5 input (3x3 grid: cells of unequal length)
+    w = rng.standard_normal((4, 3 * 9) if head == "grid_pool" else (4, 3, 1, 1)).astype("f4")
+    b = rng.standard_normal(4).astype("f4")
+    for size in [(7, 9), (12, 5)]:
+        x = rng.standard_normal((2, 3, *size)).astype("f4")
+        if head == "grid_pool":
+            y = cf.grid_pool_head(x, w, b, grid=3)
+            geom = shapes.adaptive_pool_geometry(x.shape, 3, kind="avg")
+            model = grid_pool_head_model(geom, 4, bias=True)
+        else:
+            y = cf.fully_conv_head(x, w, b)
+            model = fully_conv_head_model(shapes.conv_geometry(x.shape, w.shape), bias=True)
+        (expected,) = run_onnxruntime(model, feeds(x, w, b))
+        assert y.shape == (2, 4)
+        assert compare(y, expected).ok, compare(y, expected)
+
+
 def test_fully_conv_head_is_softmax_of_mean_class_scores(rng):
     x = rng.standard_normal((2, 3, 5, 6))
     w = rng.standard_normal((4, 3, 1, 1))
@@ -141,3 +166,11 @@ def test_heads_reject_bad_arguments(call, message):
     w = np.zeros((3, 2, 1, 1), np.float32)
     with pytest.raises(ValueError, match=message):
         call(x, w)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_softmax_in_other_dtypes_matches_numpy(dtype, rng):
+    z = (rng.standard_normal((3, 11)) * 30).astype(dtype)
+    p = cf.softmax(z)
+    assert p.dtype == z.dtype
+    assert compare(p, numpy_softmax(z.astype(np.float64)).astype(dtype)).ok

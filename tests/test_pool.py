@@ -146,3 +146,13 @@ def test_pool_rejects_bad_arguments(call, message):
 def test_avg_pool_has_no_dilation():
     with pytest.raises(ValueError, match="dilation must be 1 for average pooling"):
         shapes.pool_geometry((1, 1, 6), 2, kind="avg", dilation=2)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_adaptive_pools_in_other_dtypes_match_numpy(dtype, rng):
+    x = rng.standard_normal((2, 3, 7, 5)).astype(dtype)
+    for kind, fn in (("avg", cf.adaptive_avg_pool), ("max", cf.adaptive_max_pool)):
+        y = fn(x, (3, 2))
+        assert y.dtype == x.dtype
+        oracle = numpy_adaptive_pool(x.astype(np.float64), (3, 2), kind).astype(dtype)
+        assert compare(y, oracle).ok, (kind, compare(y, oracle))

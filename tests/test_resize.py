@@ -13,6 +13,14 @@ from convforge import shapes
 from convforge.export import compare, resize_conv_model, resize_model, run_onnxruntime
 
 SCALES = [0.5, 0.75, 1.5, 2, 2.5, 3, 1.25, 0.6, 1.0]
+#: Coordinate/nearest modes under which nearest integer upsampling repeats every sample.
+REPEAT_MODES = [
+    dict(coordinate_mode="asymmetric", nearest_mode="floor"),
+    dict(coordinate_mode="asymmetric", nearest_mode="round_prefer_floor"),  # a repeat if f <= 2
+    dict(coordinate_mode="half_pixel", nearest_mode="round_prefer_floor"),
+    dict(coordinate_mode="pytorch_half_pixel", nearest_mode="round_prefer_ceil"),
+    dict(coordinate_mode="half_pixel_symmetric", nearest_mode="round_prefer_floor"),
+]
 
 
 @st.composite
@@ -70,6 +78,13 @@ def resize_conv_cases(draw):
         activation=draw(st.sampled_from([None, "relu"])),
     )
     w_shape = (cout, x_shape[1] // groups, *kernel)
+    if draw(st.integers(0, 2)) == 0:  # a repeat + stride 1: the per-phase fast path
+        resize = dict(
+            scale=tuple(draw(st.integers(1, 3)) for _ in range(nd)), mode="nearest",
+            **draw(st.sampled_from(REPEAT_MODES)),
+        )  # fmt: skip
+        conv["stride"] = 1
+        return x_shape, w_shape, draw(st.booleans()), resize, conv
     if draw(st.booleans()):  # resize alone
         return x_shape, None, False, resize, None
     return x_shape, w_shape, draw(st.booleans()), resize, conv
@@ -77,7 +92,8 @@ def resize_conv_cases(draw):
 
 @given(resize_conv_cases())
 def test_resize_and_resize_conv_match_onnxruntime(case):
-    """One family: half the examples resize alone, half resize then convolve."""
+    """One family: resize alone, resize then convolve, and (a third of the examples) nearest
+    integer upsampling + stride-1 conv, which takes the per-phase fast path."""
     x_shape, w_shape, has_bias, resize, conv = case
     rgeom = _geometry_or_none(x_shape, resize)
     if rgeom is None:
@@ -106,11 +122,27 @@ def test_resize_and_resize_conv_match_onnxruntime(case):
     assert compare(y, expected).ok, compare(y, expected)
 
 
+def test_fast_path_is_selected_only_for_repeats():
+    x_shape, w_shape = (1, 4, 6, 5), (8, 4, 3, 3)
+    repeat = shapes.resize_geometry(x_shape, scale=2, nearest_mode="floor")
+    conv = shapes.conv_geometry(repeat.out_shape, w_shape, padding=1)
+    layout = shapes.phase_conv_layout(repeat, conv)
+    assert layout is not None and layout.factors == (2, 2) and layout.taps == (2, 2)  # 4 < 9
+    rounded = shapes.resize_geometry(x_shape, scale=3, nearest_mode="round_prefer_floor")
+    assert shapes.nearest_repeat_factors(rounded) is None  # asymmetric + round: o=2 -> 1
+    halves = shapes.resize_geometry(x_shape, scale=2, nearest_mode="round_prefer_floor")
+    assert shapes.nearest_repeat_factors(halves) == (2, 2)  # o/2 ties round down
+    linear = shapes.resize_geometry(x_shape, scale=2, mode="linear")
+    assert shapes.nearest_repeat_factors(linear) is None
+    strided = shapes.conv_geometry(repeat.out_shape, w_shape, padding=1, stride=2)
+    assert shapes.phase_conv_layout(repeat, strided) is None
+
+
 def test_nearest_integer_upsampling_is_repeat(rng):
-    # asymmetric + floor is PyTorch's 'nearest': integer upsampling repeats every sample.
+    # the defaults, asymmetric + floor, are PyTorch's 'nearest': integer upsampling repeats
     x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
     expected = np.repeat(np.repeat(x, 2, axis=2), 3, axis=3)
-    np.testing.assert_array_equal(cf.resize(x, (2, 3), nearest_mode="floor"), expected)
+    np.testing.assert_array_equal(cf.resize(x, (2, 3)), expected)
 
 
 def test_align_corners_linear_keeps_corners_and_interpolates_linearly():
@@ -153,3 +185,11 @@ def test_resize_conv_rejects_bad_scale_before_compiling():
         cf.resize_conv(x, w, scale=(2, float("nan")))
     with pytest.raises(ValueError, match="axis 1 must be"):
         cf.resize_conv(x, np.zeros((3, 1, 3, 3), np.float32), scale=2)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_nearest_repeat_in_other_dtypes(dtype, rng):
+    x = rng.standard_normal((1, 2, 3, 4)).astype(dtype)
+    y = cf.resize(x, 2, coordinate_mode="half_pixel", nearest_mode="round_prefer_ceil")
+    assert y.dtype == x.dtype
+    np.testing.assert_array_equal(y, np.repeat(np.repeat(x, 2, axis=2), 2, axis=3))

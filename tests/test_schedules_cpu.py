@@ -79,6 +79,23 @@ def test_dense_conv_matches_onnxruntime(case):
     assert agreement.ok, agreement
 
 
+def _host_has(feature: str) -> bool:
+    return bool(tvm.target.codegen.llvm_cpu_has_features(feature, host_target()))
+
+
+@pytest.mark.skipif(not _host_has("avx2"), reason="host CPU cannot run AVX2 code")
+@pytest.mark.parametrize("case", ["3x3_stride2", "odd_channels_width", "3d"])
+def test_avx2_tiles_run_and_match_onnxruntime(case):
+    """The AVX2 register tiles (16 ymm), built for Zen 3 and run on this x86 host."""
+    x_shape, w_shape, kwargs = DENSE_CASES[case]
+    x, w, b = _arrays(x_shape, w_shape)
+    geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
+    assert dense_conv_blocks(geom, "float32", tvm.target.Target(ZEN3)).out_block % 8 == 0
+    y = cf.conv(x, w, b, target=ZEN3, **kwargs)
+    agreement = compare(y, _ort_reference(x, w, b, geom))
+    assert agreement.ok, agreement
+
+
 @pytest.mark.parametrize(
     "blocks", [(8, 1), (16, 3), (32, 7), (64, 4)], ids=lambda b: f"ob{b[0]}_wb{b[1]}"
 )

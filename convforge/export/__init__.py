@@ -16,11 +16,18 @@ from convforge.export.onnx_graphs import (
     save_model,
     softmax_model,
 )
+from convforge.export.streaming import (
+    causal_conv_state_model,
+    causal_conv_with_state_model,
+    stack_model,
+)
 
 __all__ = [
     "Agreement",
     "adaptive_pool_model",
     "causal_conv1d_model",
+    "causal_conv_state_model",
+    "causal_conv_with_state_model",
     "compare",
     "conv_model",
     "conv_transpose_model",
@@ -34,5 +41,6 @@ __all__ = [
     "run_onnxruntime",
     "save_model",
     "softmax_model",
+    "stack_model",
     "tolerances",
 ]

@@ -116,7 +116,8 @@ def conv_model(
 
     ``auto_pad`` 'NOTSET' writes explicit ``pads``; 'SAME_UPPER', 'SAME_LOWER' or 'VALID'
     writes that attribute instead, and raises ValueError unless the pads ONNX derives from
-    it are ``geom.padding`` (convforge's 'same', 'same_lower', 'valid').
+    it are ``geom.padding`` (convforge's 'same', 'same_lower', 'valid'). onnxruntime 1.32
+    refuses SAME_* with a dilation above 1 ("Dilation not supported"); explicit pads work.
     """
     names = ["x", "w", "bias"] if bias else ["x", "w"]
     attrs = dict(

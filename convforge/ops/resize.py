@@ -3,7 +3,9 @@
 Layout ``(N, C, *spatial)``. Source coordinates are computed in float32 with the operation
 order of the ONNX spec (as onnxruntime does), so nearest-neighbour ties round exactly as
 there. Block names (the contract with ``convforge.schedules``): ``resize``, then the
-convolution's own blocks (``pad``, ``conv``, ``conv_epilogue``).
+convolution's own blocks (``pad``, ``conv``, ``conv_epilogue``); the per-phase fast path
+of nearest integer upsampling + conv: ``phase_weight``, ``pad``, ``phase_conv``,
+``phase_conv_epilogue``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import itertools
 import numpy as np
 from tvm import te, tirx
 
-from convforge.ops.conv import conv
-from convforge.shapes import ConvGeometry, ResizeGeometry
+from convforge.ops.activation import activate
+from convforge.ops.conv import accumulator_dtype, conv, pad
+from convforge.shapes import ConvGeometry, PhaseConvLayout, ResizeGeometry
 
 
 def _f32(value: float) -> tirx.PrimExpr:
@@ -126,3 +129,78 @@ def resize_conv(
     geometry of the convolution on the resized tensor.
     """
     return conv(resize(x, resize_geom), w, bias, conv_geom, activation)
+
+
+def fold_phase_weights(
+    w: te.Tensor, layout: PhaseConvLayout, dilation: tuple[int, ...]
+) -> te.Tensor:
+    """(O, C/g, *K) -> (O, C/g, *f, *taps): ``W[phase, m] = sum of w[r] over the taps r with
+    (phase + r*d) // f == m`` (per axis), summed in the accumulator dtype."""
+    out_channels, cin, *kernel = (int(v) for v in w.shape)
+    acc = accumulator_dtype(w.dtype)
+    nd = layout.ndim
+    rk = [te.reduce_axis((0, k), f"rk{a}") for a, k in enumerate(kernel)]
+
+    def body(o, c, *phase_tap):
+        phases, taps = phase_tap[:nd], phase_tap[nd:]
+        lands = [
+            (ph + r * d) // f == m
+            for ph, m, r, d, f in zip(phases, taps, rk, dilation, layout.factors)
+        ]
+        value = tirx.if_then_else(tirx.all(*lands), w[(o, c, *rk)].astype(acc), tirx.const(0, acc))
+        return te.sum(value, axis=rk)
+
+    shape = (out_channels, cin, *layout.factors, *layout.taps)
+    return te.compute(shape, body, name="phase_weight")
+
+
+def nearest_upsample_conv(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor | None,
+    layout: PhaseConvLayout,
+    conv_geom: ConvGeometry,
+    activation: str | None = None,
+) -> te.Tensor:
+    """``conv(nearest_upsample(x, f))`` (stride 1) as per-phase convolutions of the
+    low-resolution x with folded kernels (see :class:`convforge.shapes.PhaseConvLayout`);
+    equal to :func:`resize_conv` wherever ``layout`` exists.
+
+    ``phase_conv[n, o, *ph, *j] = sum_{c, m} xpad[n, c, *(j + (ph + shift)//f + m)] *
+    W[o, c, *((ph + shift) % f), *m]`` is an ordinary convolution per output phase ``ph``
+    (its width ``j`` contiguous in x), and ``phase_interleave`` writes output
+    ``p = f*j + ph`` (adding bias and activation). Blocks: ``phase_weight``, ``pad``,
+    ``phase_conv``, ``phase_interleave``.
+    """
+    dtype = x.dtype
+    acc = accumulator_dtype(dtype)
+    folded = fold_phase_weights(w, layout, conv_geom.dilation)
+    xp = pad(x, layout.x_padding)
+    groups = conv_geom.groups
+    cin = conv_geom.in_channels // groups
+    opg = conv_geom.out_channels // groups
+    rc = te.reduce_axis((0, cin), "rc")
+    rm = [te.reduce_axis((0, m), f"rm{a}") for a, m in enumerate(layout.taps)]
+    nd = layout.ndim
+
+    def body(n, o, *phase_row):
+        phase, row = phase_row[:nd], phase_row[nd:]
+        shifted = [ph + sh for ph, sh in zip(phase, layout.shift)]
+        src = [j + t // f + m for j, t, f, m in zip(row, shifted, layout.factors, rm)]
+        tap_phase = [t % f for t, f in zip(shifted, layout.factors)]
+        channel = rc if groups == 1 else (o // opg) * cin + rc
+        prod = xp[(n, channel, *src)].astype(acc) * folded[(o, rc, *tap_phase, *rm)]
+        return te.sum(prod, axis=[rc, *rm])
+
+    shape = (conv_geom.batch, conv_geom.out_channels, *layout.factors, *layout.rows)
+    phases = te.compute(shape, body, name="phase_conv")
+
+    def interleave(n, o, *pos):
+        phase = [p % f for p, f in zip(pos, layout.factors)]
+        row = [p // f for p, f in zip(pos, layout.factors)]
+        value = phases[(n, o, *phase, *row)]
+        if bias is not None:
+            value = value + bias[o].astype(acc)
+        return activate(value, activation, acc).astype(dtype)
+
+    return te.compute(conv_geom.out_shape, interleave, name="phase_interleave")

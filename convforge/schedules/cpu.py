@@ -16,6 +16,7 @@ from tvm import s_tir, tirx
 
 from convforge.schedules import cpu_causal, cpu_grouped, cpu_subpixel
 from convforge.schedules.cpu_conv import schedule_conv_nchwc
+from convforge.schedules.cpu_pool import schedule_named_block
 from convforge.targets import vector_lanes
 
 #: Accumulator registers a register block may use (AVX2 has 16 vector registers).
@@ -106,10 +107,11 @@ SPECIAL_RULES = (
     (cpu_causal.is_long_1d, cpu_causal.schedule_long_1d),
 )
 
-#: Blocks with a dedicated schedule: name -> rule(schedule, block). Other reduction blocks
-#: get the generic register tiling, element-wise blocks a parallel loop.
+#: Blocks with a dedicated schedule: name -> rule(schedule, block, target), which returns
+#: the names of the other blocks it scheduled (fused into its loops). Other reduction
+#: blocks get the generic register tiling, element-wise blocks a parallel loop.
 BLOCK_RULES = {
-    "conv_nchwc": lambda sch, block, target: schedule_conv_nchwc(sch, block),
+    "conv_nchwc": schedule_conv_nchwc,
 }
 
 
@@ -132,8 +134,11 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
         trial = sch.copy()
         rule = BLOCK_RULES.get(trial.get(block).name_hint)
         try:
-            if rule is not None:
-                rule(trial, block, target)
+            named = schedule_named_block(trial, block, target)  # pool, dense, softmax
+            if named is not None:
+                fused.update(named)
+            elif rule is not None:
+                fused.update(rule(trial, block, target) or ())
             elif _is_reduction(trial, block):
                 lanes = vector_lanes(target, str(trial.get(block).writes[0].source.dtype))
                 fused.add(_schedule_reduction(trial, block, lanes))

@@ -1,0 +1,98 @@
+"""Default CPU schedule rules for the blocks of pooling, dense and softmax.
+
+``schedule_cpu`` tries :func:`schedule_named_block` first for every block; a rule applies
+by block name (the contract of ``convforge.ops.pool`` and ``convforge.ops.heads``) and
+returns the names of the blocks it scheduled, or ``None`` when the block is not its own.
+``pool_pad`` and ``resize`` fit the generic injective rule of ``schedule_cpu`` (parallel
+outer loops).
+
+- ``pool`` (max, average, adaptive, global): (N, C) run in parallel, each output row in
+  the plain loop order (LLVM vectorizes it; the register-tiled conv rule was 5-20x slower
+  on pools, its vector lanes gathering strided taps), the ``pool_epilogue`` division fused
+  per row.
+- ``dense`` (x (N, F) @ w (K, F)^T): the reduction over F is split by a vector of lanes and
+  ``rfactor``-ed, so ``lanes`` partial sums run as one vector along contiguous x and w
+  rows; the output classes run in parallel and the epilogue is fused per class.
+- ``softmax_*``: one pass per row (parallel over rows): max, exp and sum, normalize, the
+  element-wise steps vectorized along the classes when they are the innermost axis."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+from convforge.targets import vector_lanes
+
+
+def _divisor_up_to(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _schedule_dense(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> set[str]:
+    consumers = sch.get_consumers(block)
+    epilogue = consumers[0] if len(consumers) == 1 else None
+    if epilogue is not None and sch.get(epilogue).name_hint != "dense_epilogue":
+        epilogue = None
+    last = epilogue if epilogue is not None else block
+    _, _, rf = sch.get_loops(block)
+    vector = _divisor_up_to(int(sch.get(rf).extent), lanes)
+    names = {sch.get(last).name_hint, "dense"}
+    partial = None
+    if vector > 1:  # rfactor first: it refuses a block already moved by compute_at
+        partial = sch.rfactor(sch.split(rf, [None, vector])[1], factor_axis=2)
+        names.add(sch.get(partial).name_hint)
+    n, k = sch.get_loops(last)[:2]
+    sch.reorder(k, n)
+    sch.parallel(k)
+    if epilogue is not None:
+        sch.compute_at(block, n, preserve_unit_loops=True)
+    if partial is not None:
+        sch.compute_at(partial, sch.get_loops(block)[1], preserve_unit_loops=True)
+        lane, *units, outer = sch.get_loops(partial)[-4:]  # (rf_inner, n, k, rf_outer)
+        sch.reorder(*units, outer, lane)
+        sch.vectorize(lane)
+        sch.decompose_reduction(partial, outer)
+    return names
+
+
+def _schedule_pool(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> set[str]:
+    names = {"pool"}
+    loops = sch.get_loops(block)
+    spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+    sch.parallel(sch.fuse(*loops[:2]))
+    consumers = sch.get_consumers(block)
+    if len(consumers) == 1 and sch.get(consumers[0]).name_hint == "pool_epilogue":
+        sch.reverse_compute_at(consumers[0], sch.get_loops(block)[spatial - 2])
+        names.add("pool_epilogue")
+    return names
+
+
+def _schedule_softmax(sch: s_tir.Schedule, lanes: int) -> set[str]:
+    names = ("softmax_max", "softmax_exp", "softmax_sum", "softmax_norm")
+    loops = sch.get_loops(sch.get_sblock("softmax_norm"))  # (N, K, *rest)
+    sch.parallel(loops[0])
+    for name in reversed(names[:-1]):
+        sch.compute_at(sch.get_sblock(name), loops[0], preserve_unit_loops=True)
+    if len(loops) == 2:  # classes innermost: vectorize the element-wise steps along them
+        for name in ("softmax_exp", "softmax_norm"):
+            inner = sch.get_loops(sch.get_sblock(name))[-1]
+            vector = _divisor_up_to(int(sch.get(inner).extent), lanes)
+            if vector > 1:
+                sch.vectorize(sch.split(inner, [None, vector])[1])
+    return set(names)
+
+
+def schedule_named_block(
+    sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+) -> set[str] | None:
+    """Schedule ``block`` by its name if a rule here owns it; return the blocks scheduled."""
+    name = sch.get(block).name_hint
+    dtype = str(sch.get(block).writes[0].source.dtype)
+    lanes = vector_lanes(target, dtype)
+    if name == "dense":
+        return _schedule_dense(sch, block, lanes)
+    if name == "pool":
+        return _schedule_pool(sch, block)
+    if name == "softmax_max":
+        return _schedule_softmax(sch, lanes)
+    return None
