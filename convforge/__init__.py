@@ -4,7 +4,25 @@
 runs a TVM kernel for the host CPU on numpy arrays.
 """
 
-from convforge.api import causal_conv1d, conv, conv_transpose
+from convforge.api import (
+    adaptive_avg_pool,
+    adaptive_max_pool,
+    avg_pool,
+    causal_conv1d,
+    causal_conv_with_state,
+    conv,
+    conv_transpose,
+    dense,
+    flatten_dense_head,
+    fully_conv_head,
+    global_avg_pool,
+    global_max_pool,
+    grid_pool_head,
+    max_pool,
+    resize,
+    resize_conv,
+    softmax,
+)
 from convforge.reference import conv_matrix
 from convforge.schedules.tuning import use_tuning_db
 from convforge.shapes import (
@@ -14,12 +32,19 @@ from convforge.shapes import (
     conv_transpose_output_size,
     receptive_field,
 )
+from convforge.streaming import StackSpec, StreamingCausalStack
 from convforge.targets import host_target
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "StackSpec",
+    "StreamingCausalStack",
+    "adaptive_avg_pool",
+    "adaptive_max_pool",
+    "avg_pool",
     "causal_conv1d",
+    "causal_conv_with_state",
     "conv",
     "conv_geometry",
     "conv_matrix",
@@ -27,7 +52,17 @@ __all__ = [
     "conv_transpose",
     "conv_transpose_geometry",
     "conv_transpose_output_size",
+    "dense",
+    "flatten_dense_head",
+    "fully_conv_head",
+    "global_avg_pool",
+    "global_max_pool",
+    "grid_pool_head",
     "host_target",
+    "max_pool",
     "receptive_field",
+    "resize",
+    "resize_conv",
+    "softmax",
     "use_tuning_db",
 ]

@@ -14,7 +14,8 @@ from tvm import te
 from convforge import ops, shapes
 from convforge.build import cached_kernel
 from convforge.ops.activation import check_activation
-from convforge.targets import TargetArg
+from convforge.schedules.cpu_conv import dense_conv_blocks
+from convforge.targets import TargetArg, resolve_target
 
 #: dtypes the compiled kernels accept.
 DTYPES = ("float16", "float32", "float64")
@@ -23,13 +24,14 @@ DTYPES = ("float16", "float32", "float64")
 def as_float_arrays(**arrays: np.ndarray | None) -> tuple[str, list[np.ndarray | None]]:
     """Check that every given array is a float array of one supported dtype; return it."""
     given = {name: np.asarray(a) for name, a in arrays.items() if a is not None}
+    listing = ", ".join(f"{name}: {a.dtype}" for name, a in given.items())
+    names = ", ".join(given)
     dtypes = {str(a.dtype) for a in given.values()}
     if len(dtypes) != 1:
-        listing = ", ".join(f"{name}: {a.dtype}" for name, a in given.items())
-        raise ValueError(f"arrays must share one dtype, got {listing}")
+        raise ValueError(f"{names} must share one dtype, got {listing}")
     dtype = dtypes.pop()
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
+        raise ValueError(f"dtype of {names} must be one of {DTYPES}, got {listing}")
     return dtype, [given.get(name) for name in arrays]
 
 
@@ -70,14 +72,21 @@ def conv(
         bias_shape=None if bias is None else bias.shape,
     )  # fmt: skip
     check_activation(activation)
+    target = resolve_target(target)
+    blocks = dense_conv_blocks(geom, dtype, target)
 
     def build():
         tx, tw, tb = placeholders(
             dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
         )
+        if blocks is not None:
+            return [t for t in (tx, tw, tb) if t is not None], [
+                ops.conv_nchwc(tx, tw, tb, geom, blocks, activation)
+            ]
         return [t for t in (tx, tw, tb) if t is not None], [ops.conv(tx, tw, tb, geom, activation)]
 
-    return _run("conv", (geom, dtype, bias is not None, activation), build, (x, w, bias), target)
+    key = (geom, dtype, bias is not None, activation, blocks)
+    return _run("conv", key, build, (x, w, bias), target)
 
 
 def conv_transpose(
@@ -98,7 +107,9 @@ def conv_transpose(
 
     x: (N, C, *I), w: (C, O/groups, *K), bias: (O,) -> (N, O, *out) with
     ``out = s*(i-1) + output_padding + d*(k-1) + 1 - lo - hi``, or ``output_shape`` whose
-    pads are derived as the ONNX spec says.
+    pads are derived as the ONNX spec and onnxruntime do (``padding='same'`` puts the odd
+    pad at the end, anything else at the start); ``padding='same'``/``'same_lower'`` alone
+    means ``out = i * s``. See :func:`convforge.shapes.conv_transpose_geometry`.
     """
     dtype, (x, w, bias) = as_float_arrays(x=x, w=w, bias=bias)
     geom = shapes.conv_transpose_geometry(
@@ -112,11 +123,20 @@ def conv_transpose(
         tx, tw, tb = placeholders(
             dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
         )
-        outputs = [ops.conv_transpose(tx, tw, tb, geom, activation)]
+        outputs = [conv_transpose_op(geom)(tx, tw, tb, geom, activation)]
         return [t for t in (tx, tw, tb) if t is not None], outputs
 
     key = (geom, dtype, bias is not None, activation)
     return _run("conv_transpose", key, build, (x, w, bias), target)
+
+
+def conv_transpose_op(geom: shapes.ConvTransposeGeometry):
+    """The TE form used for ``geom``: sub-pixel phases for stride > 1 (no products of
+    inserted zeros), else the plain flipped-kernel convolution (the dilate form, which
+    inserts no zeros at stride 1)."""
+    if any(s > 1 for s in geom.stride):
+        return ops.conv_transpose_subpixel
+    return ops.conv_transpose
 
 
 def causal_conv1d(
@@ -134,9 +154,336 @@ def causal_conv1d(
     x: (N, C, L), w: (O, C/groups, K) -> (N, O, L); the input is padded with
     ``d*(k-1)`` zeros on the left only (WaveNet, ByteNet decoder).
     """
-    if np.ndim(x) != 3:
-        raise ValueError(f"x must have shape (N, C, L) for causal_conv1d, got {np.shape(x)}")
+    shapes.causal_conv1d_geometry(
+        np.shape(x), np.shape(w), dilation=dilation, groups=groups,
+        bias_shape=None if bias is None else np.shape(bias),
+    )  # fmt: skip
     return conv(
         x, w, bias, padding="causal", dilation=dilation, groups=groups,
         activation=activation, target=target,
     )  # fmt: skip
+
+
+# --- Resize ------------------------------------------------------------------------------
+
+
+def _resize_geometry(x_shape, scale, size, mode, coordinate_mode, nearest_mode):
+    if scale is None and size is None:
+        scale = 2
+    return shapes.resize_geometry(
+        x_shape, scale=scale, size=size, mode=mode, coordinate_mode=coordinate_mode,
+        nearest_mode=nearest_mode,
+    )  # fmt: skip
+
+
+def resize(
+    x: np.ndarray,
+    scale: float | Sequence[float] | None = None,
+    *,
+    size: int | Sequence[int] | None = None,
+    mode: str = "nearest",
+    coordinate_mode: str = "asymmetric",
+    nearest_mode: str = "round_prefer_floor",
+    target: TargetArg = None,
+) -> np.ndarray:
+    """N-d resize of x (N, C, *I), exactly as ONNX Resize (opset 19+) with the same attributes.
+
+    ``scale`` (one number or one per spatial axis, rounded to float32 as ONNX scales are;
+    default 2 unless ``size`` is given): output = floor(I * scale). ``size``: output spatial
+    sizes. ``mode``: 'nearest' or 'linear' (bi-/trilinear). ``coordinate_mode``: ONNX
+    ``coordinate_transformation_mode`` ('asymmetric', 'half_pixel', 'half_pixel_symmetric',
+    'align_corners', 'pytorch_half_pixel'). ``nearest_mode``: 'round_prefer_floor',
+    'round_prefer_ceil', 'floor', 'ceil'.
+    """
+    dtype, (x,) = as_float_arrays(x=x)
+    geom = _resize_geometry(x.shape, scale, size, mode, coordinate_mode, nearest_mode)
+
+    def build():
+        (tx,) = placeholders(dtype, x=x.shape)
+        return [tx], [ops.resize(tx, geom)]
+
+    return _run("resize", (geom, dtype), build, (x,), target)
+
+
+def resize_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    scale: float | Sequence[float] | None = None,
+    size: int | Sequence[int] | None = None,
+    mode: str = "nearest",
+    coordinate_mode: str = "asymmetric",
+    nearest_mode: str = "round_prefer_floor",
+    stride: int | Sequence[int] = 1,
+    padding: shapes.PaddingArg = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    activation: str | None = None,
+    target: TargetArg = None,
+) -> np.ndarray:
+    """``conv(resize(x), w, bias)`` compiled as one kernel (ONNX Resize followed by Conv).
+
+    Resize arguments as :func:`resize` (``scale`` defaults to 2), convolution arguments as
+    :func:`conv`, applied to the resized tensor. x: (N, C, *I), w: (O, C/groups, *K).
+    """
+    dtype, (x, w, bias) = as_float_arrays(x=x, w=w, bias=bias)
+    rgeom = _resize_geometry(x.shape, scale, size, mode, coordinate_mode, nearest_mode)
+    cgeom = shapes.conv_geometry(
+        rgeom.out_shape, w.shape, stride=stride, padding=padding, dilation=dilation,
+        groups=groups, bias_shape=None if bias is None else bias.shape,
+    )  # fmt: skip
+    check_activation(activation)
+
+    def build():
+        tx, tw, tb = placeholders(
+            dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
+        )
+        outputs = [ops.resize_conv(tx, tw, tb, rgeom, cgeom, activation)]
+        return [t for t in (tx, tw, tb) if t is not None], outputs
+
+    key = (rgeom, cgeom, dtype, bias is not None, activation)
+    return _run("resize_conv", key, build, (x, w, bias), target)
+
+
+# --- Pooling -----------------------------------------------------------------------------
+
+
+def _pool(x, geom, target):
+    dtype, (x,) = as_float_arrays(x=x)
+
+    def build():
+        (tx,) = placeholders(dtype, x=x.shape)
+        if isinstance(geom, shapes.PoolGeometry):
+            return [tx], [ops.pool(tx, geom)]
+        return [tx], [ops.adaptive_pool(tx, geom)]
+
+    return _run("pool", (geom, dtype), build, (x,), target)
+
+
+def max_pool(
+    x: np.ndarray,
+    kernel: int | Sequence[int],
+    *,
+    stride: int | Sequence[int] | None = None,
+    padding: shapes.PaddingArg = 0,
+    dilation: int | Sequence[int] = 1,
+    ceil_mode: bool = False,
+    target: TargetArg = None,
+) -> np.ndarray:
+    """N-d max pooling as ONNX MaxPool: x (N, C, *I) -> (N, C, *out).
+
+    ``stride`` defaults to 1 (ONNX; pass ``stride=kernel`` for PyTorch's default);
+    ``padding`` takes every form of :func:`conv` and pads with -inf; ``ceil_mode`` rounds the
+    output size up, dropping a last window that would start in the high padding.
+    """
+    geom = shapes.pool_geometry(
+        np.shape(x), kernel, kind="max", stride=stride, padding=padding, dilation=dilation,
+        ceil_mode=ceil_mode,
+    )  # fmt: skip
+    return _pool(x, geom, target)
+
+
+def avg_pool(
+    x: np.ndarray,
+    kernel: int | Sequence[int],
+    *,
+    stride: int | Sequence[int] | None = None,
+    padding: shapes.PaddingArg = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = False,
+    target: TargetArg = None,
+) -> np.ndarray:
+    """N-d average pooling as ONNX AveragePool / ``torch.nn.functional.avg_poolNd``.
+
+    The divisor is the window clipped to the input (``count_include_pad=False``) or to the
+    padded input (``True``); ``ceil_mode`` as :func:`max_pool`.
+    """
+    geom = shapes.pool_geometry(
+        np.shape(x), kernel, kind="avg", stride=stride, padding=padding, ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+    )  # fmt: skip
+    return _pool(x, geom, target)
+
+
+def adaptive_avg_pool(
+    x: np.ndarray, output_size: int | Sequence[int], *, target: TargetArg = None
+) -> np.ndarray:
+    """Adaptive average pooling to a fixed grid (``torch.nn.AdaptiveAvgPoolNd``): x (N, C, *I)
+    -> (N, C, *output_size); cell j of an axis spans ``[floor(j*I/O), ceil((j+1)*I/O))``."""
+    geom = shapes.adaptive_pool_geometry(np.shape(x), output_size, kind="avg")
+    return _pool(x, geom, target)
+
+
+def adaptive_max_pool(
+    x: np.ndarray, output_size: int | Sequence[int], *, target: TargetArg = None
+) -> np.ndarray:
+    """Adaptive max pooling to a fixed grid (``torch.nn.AdaptiveMaxPoolNd``), cells as
+    :func:`adaptive_avg_pool`."""
+    geom = shapes.adaptive_pool_geometry(np.shape(x), output_size, kind="max")
+    return _pool(x, geom, target)
+
+
+def global_avg_pool(x: np.ndarray, *, target: TargetArg = None) -> np.ndarray:
+    """Mean over all spatial axes (ONNX GlobalAveragePool): (N, C, *I) -> (N, C, 1, ...)."""
+    return _pool(x, shapes.global_pool_geometry(np.shape(x), kind="avg"), target)
+
+
+def global_max_pool(x: np.ndarray, *, target: TargetArg = None) -> np.ndarray:
+    """Max over all spatial axes (ONNX GlobalMaxPool): (N, C, *I) -> (N, C, 1, ...)."""
+    return _pool(x, shapes.global_pool_geometry(np.shape(x), kind="max"), target)
+
+
+# --- Dense layers and classifier heads ---------------------------------------------------
+
+
+def dense(
+    x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, *, target: TargetArg = None
+) -> np.ndarray:
+    """``x @ w.T + bias`` (ONNX Gemm transB=1, ``torch.nn.functional.linear``): x (N, F),
+    w (K, F), bias (K,) -> (N, K)."""
+    dtype, (x, w, bias) = as_float_arrays(x=x, w=w, bias=bias)
+    geom = shapes.dense_geometry(x.shape, w.shape, None if bias is None else bias.shape)
+
+    def build():
+        tx, tw, tb = placeholders(
+            dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
+        )
+        return [t for t in (tx, tw, tb) if t is not None], [ops.dense(tx, tw, tb)]
+
+    return _run("dense", (geom, dtype, bias is not None), build, (x, w, bias), target)
+
+
+def softmax(x: np.ndarray, *, target: TargetArg = None) -> np.ndarray:
+    """Numerically stable softmax along axis 1 (classes) of x (N, K, ...) (ONNX Softmax axis=1)."""
+    dtype, (x,) = as_float_arrays(x=x)
+    shapes.check_softmax_input(x.shape)
+
+    def build():
+        (tx,) = placeholders(dtype, x=x.shape)
+        return [tx], [ops.softmax(tx)]
+
+    return _run("softmax", (x.shape, dtype), build, (x,), target)
+
+
+def _head(name, x, w, bias, key, make, target):
+    dtype, (x, w, bias) = as_float_arrays(x=x, w=w, bias=bias)
+
+    def build():
+        tx, tw, tb = placeholders(
+            dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
+        )
+        return [t for t in (tx, tw, tb) if t is not None], [make(tx, tw, tb)]
+
+    full_key = (x.shape, w.shape, dtype, bias is not None, key)
+    return _run(name, full_key, build, (x, w, bias), target)
+
+
+def _check_head_input(x_shape) -> None:
+    if len(x_shape) < 3 or any(int(v) <= 0 for v in x_shape):
+        raise ValueError(
+            f"x must have rank >= 3 (N, C, *spatial) and a positive shape, got {tuple(x_shape)}"
+        )
+
+
+def flatten_dense_head(
+    x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, *, target: TargetArg = None
+) -> np.ndarray:
+    """Classifier head ``softmax(flatten(x) @ w.T + bias)``: x (N, C, *S), w (K, C*prod(S))
+    -> (N, K) class probabilities (flatten in row-major order, as ONNX Flatten axis=1)."""
+    _check_head_input(np.shape(x))
+    features = shapes.flatten_features(np.shape(x))
+    shapes.dense_geometry(
+        (np.shape(x)[0], features), np.shape(w), None if bias is None else np.shape(bias)
+    )
+    return _head("flatten_dense_head", x, w, bias, None, ops.flatten_dense_head, target)
+
+
+def grid_pool_head(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    grid: int | Sequence[int] = 3,
+    pool: str = "avg",
+    target: TargetArg = None,
+) -> np.ndarray:
+    """Classifier head for any input size: adaptive ``pool`` ('avg' or 'max') of x (N, C, *S)
+    to ``grid`` G, flatten, dense with w (K, C*prod(G)), softmax -> (N, K)."""
+    _check_head_input(np.shape(x))
+    geom = shapes.adaptive_pool_geometry(np.shape(x), grid, kind=pool)
+    shapes.dense_geometry(
+        (geom.batch, shapes.flatten_features(geom.out_shape)), np.shape(w),
+        None if bias is None else np.shape(bias),
+    )  # fmt: skip
+
+    def make(tx, tw, tb):
+        return ops.grid_pool_head(tx, tw, tb, geom)
+
+    return _head("grid_pool_head", x, w, bias, geom, make, target)
+
+
+def fully_conv_head(
+    x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, *, target: TargetArg = None
+) -> np.ndarray:
+    """Fully convolutional classifier head for any input size: 1x1 convolution to K classes
+    with w (K, C, 1, ...), global average pooling, softmax -> (N, K)."""
+    _check_head_input(np.shape(x))
+    geom = shapes.conv_geometry(
+        np.shape(x), np.shape(w), bias_shape=None if bias is None else np.shape(bias)
+    )
+    if any(k != 1 for k in geom.kernel):
+        raise ValueError(f"w must be a 1x1 kernel (K, C, 1, ...), got shape {np.shape(w)}")
+
+    def make(tx, tw, tb):
+        return ops.fully_conv_head(tx, tw, tb, geom)
+
+    return _head("fully_conv_head", x, w, bias, geom, make, target)
+
+
+def causal_conv_with_state(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    state: np.ndarray | None = None,
+    *,
+    dilation: int = 1,
+    groups: int | None = None,
+    activation: str | None = None,
+    target: TargetArg = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Causal 1-D convolution carrying its past input: returns ``(y, present_state)``.
+
+    ``y = act(conv(concat(state, x), w) + bias)`` with 'valid' padding and ``present_state``
+    = the last ``d*(k-1)`` samples of ``concat(state, x)``; a ``None`` state is zeros, so
+    feeding a sequence chunk by chunk (passing each present_state on) equals
+    :func:`causal_conv1d` on the whole sequence. x: (N, C, L), w: (O, C/groups, k),
+    state: (N, C, d*(k-1)). ``groups=None`` is depthwise (groups = C, w: (C, 1, k)): with
+    ``dilation=1`` that is ONNX CausalConvWithState (opset 27), whose activation names
+    'none' and 'swish' are accepted too.
+    """
+    dtype, (x, w, bias, state) = as_float_arrays(x=x, w=w, bias=bias, state=state)
+    activation = {"none": None, "swish": "silu"}.get(activation, activation)
+    check_activation(activation)
+    if groups is None:
+        if np.ndim(x) != 3:
+            raise ValueError(f"x must have shape (N, C, L), got {x.shape}")
+        groups = x.shape[1]
+    geom = shapes.causal_state_geometry(
+        x.shape, w.shape, dilation=dilation, groups=groups,
+        bias_shape=None if bias is None else bias.shape,
+        state_shape=None if state is None else state.shape,
+    )  # fmt: skip
+
+    def build():
+        tx, tw, tb, ts = placeholders(
+            dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape,
+            state=None if state is None else state.shape,
+        )  # fmt: skip
+        outputs = ops.causal_conv_state(tx, tw, tb, ts, geom, activation)
+        return [t for t in (tx, tw, tb, ts) if t is not None], list(outputs)
+
+    key = (geom, dtype, bias is not None, state is not None, activation)
+    kernel = cached_kernel("causal_conv_with_state", key, build, target)
+    y, new_state = kernel(*[a for a in (x, w, bias, state) if a is not None])
+    return y, new_state

@@ -8,7 +8,8 @@ does not recompile.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,8 @@ class Kernel:
     output_dtypes: tuple[str, ...]
     #: The tuning record the kernel was scheduled by (database and latency), else None.
     tuning_record: str | None = None
+    #: The unscheduled PrimFunc (what tuning tunes for this kernel).
+    func: tvm.tirx.PrimFunc | None = None
 
     @property
     def device(self) -> tvm.runtime.Device:
@@ -107,6 +110,7 @@ def compile_computation(
         tuple(tuple(int(v) for v in t.shape) for t in outputs),
         tuple(str(t.dtype) for t in outputs),
         None if record is None else str(record),
+        func,
     )
 
 
@@ -127,7 +131,28 @@ def cached_kernel(
         kernel = compile_computation(name, computation, resolved)
         with _lock:
             _cache[full_key] = kernel
+    for record in getattr(_recording, "stack", ()):
+        record.append(kernel)
     return kernel
+
+
+_recording = threading.local()
+
+
+@contextmanager
+def recording_kernels() -> Iterator[list[Kernel]]:
+    """Collect, in call order, the kernels ``cached_kernel`` hands out in this thread.
+
+    Benchmarks use it to time the compiled kernel of a numpy API call without the call's
+    argument conversion.
+    """
+    record: list[Kernel] = []
+    stack = _recording.__dict__.setdefault("stack", [])
+    stack.append(record)
+    try:
+        yield record
+    finally:
+        stack.remove(record)
 
 
 def cache_size() -> int:

@@ -137,7 +137,8 @@ def _check_rank(x_shape: Sequence[int], w_shape: Sequence[int], ndim: int | None
         raise ValueError(f"x must have {ndim} spatial axes, got shape {tuple(x_shape)}")
     if any(int(v) <= 0 for v in (*x_shape, *w_shape)):
         raise ValueError(
-            f"shapes must be positive, got x {tuple(x_shape)}, weight {tuple(w_shape)}"
+            f"every axis of x and weight must be positive (no empty axis), "
+            f"got x {tuple(x_shape)}, weight {tuple(w_shape)}"
         )
     return spatial
 
@@ -232,9 +233,36 @@ def conv_geometry(
     )  # fmt: skip
 
 
+def causal_conv1d_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    *,
+    dilation: int = 1,
+    groups: int = 1,
+    bias_shape: Sequence[int] | None = None,
+) -> ConvGeometry:
+    """A dilated causal 1-D convolution: x (N, C, L), w (O, C/groups, K) -> (N, O, L).
+
+    Stride 1 and pads ``(d*(k-1), 0)``: ``y[t]`` sees only ``x[t - d*(k-1) .. t]``.
+    """
+    if len(x_shape) != 3:
+        raise ValueError(
+            f"x must have shape (N, C, L) for causal_conv1d (rank 3), got {tuple(x_shape)}"
+        )
+    return conv_geometry(
+        x_shape, w_shape, padding="causal", dilation=dilation, groups=groups,
+        bias_shape=bias_shape, ndim=1,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ConvTransposeGeometry:
-    """Every size of one N-d transposed convolution; weight is ``(C, O/groups, *kernel)``."""
+    """Every size of one N-d transposed convolution; weight is ``(C, O/groups, *kernel)``.
+
+    ``padding`` and ``output_padding`` are the explicit ones that give ``out_size``; where
+    an ``output_shape`` exceeds the unpadded output, ``output_padding`` includes the rows
+    appended for it (see :func:`transpose_pads_for_output_shape`).
+    """
 
     batch: int
     in_channels: int
@@ -280,6 +308,39 @@ class ConvTransposeGeometry:
         )  # fmt: skip
 
 
+def transpose_pads_for_output_shape(
+    i: int, k: int, s: int, d: int, output_padding: int, out: int, *, upper: bool, axis: int = 0
+) -> tuple[tuple[int, int], int]:
+    """Pads and output_padding giving a transposed convolution the output length ``out``.
+
+    Returns ``((lo, hi), output_padding)``. With ``total = s*(i-1) + output_padding +
+    d*(k-1) + 1 - out`` (ONNX ConvTranspose):
+
+    - ``total >= 0``: ``upper`` (ONNX ``auto_pad=SAME_UPPER``) gives ``(total//2,
+      total - total//2)``, otherwise (``NOTSET``, ``SAME_LOWER``) ``(total - total//2,
+      total//2)``; the spec text and onnxruntime 1.32 agree on this split.
+    - ``total < 0``: the spec is silent; onnxruntime pads nothing and appends ``-total``
+      zero rows at the end, accepting this while ``output_padding - total < s`` (the
+      output still maps back onto ``i`` inputs). We do the same: the extra rows join
+      ``output_padding``.
+
+    Raises ValueError if ``out`` is unreachable.
+    """
+    full = conv_transpose_output_size(i, k, s, 0, 0, d, output_padding)
+    total = full - out
+    if out < 1 or (total < 0 and output_padding - total >= s):
+        largest = max(full, full - output_padding + s - 1)
+        raise ValueError(
+            f"output_shape is unreachable along spatial axis {axis}: size {out} must be in "
+            f"[1, {largest}] for input {i}, kernel {k}, stride {s}, dilation {d}, "
+            f"output_padding {output_padding}"
+        )
+    if total < 0:
+        return (0, 0), output_padding - total
+    small, big = total // 2, total - total // 2
+    return ((small, big) if upper else (big, small)), output_padding
+
+
 def conv_transpose_geometry(
     x_shape: Sequence[int],
     w_shape: Sequence[int],
@@ -295,10 +356,17 @@ def conv_transpose_geometry(
     """Validate a transposed convolution's arguments and compute every size.
 
     ``output_shape`` (spatial sizes, or the full ``(N, C, *spatial)``) derives the pads as
-    the ONNX ConvTranspose spec does: total = s*(i-1) + output_padding + d*(k-1) + 1 - out,
-    split as the spec says: the odd pad at the end for ``padding='same'``/``'same_upper'``,
-    at the start otherwise; explicit pads are then ignored. ``padding='same'`` (or
-    ``'same_lower'``) without ``output_shape`` means output = input * stride.
+    the ONNX ConvTranspose spec does (see :func:`transpose_pads_for_output_shape`): the
+    odd pad at the end for ``padding='same'``/``'same_upper'`` (ONNX ``SAME_UPPER``), at
+    the start otherwise (``NOTSET``, ``SAME_LOWER``); explicit pads are then ignored.
+    ``padding='same'`` (or ``'same_lower'``) without ``output_shape`` means
+    ``output_shape = input * stride``, as the spec says, also where that exceeds the
+    unpadded output (then zero rows are appended). onnxruntime 1.32 differs there: with
+    ``auto_pad`` and no ``output_shape`` it clamps the total padding at 0 and returns the
+    unpadded output, shorter than ``input * stride``
+    (``convforge.export.conv_transpose_model`` writes ``output_shape`` to get the spec's
+    result). ``output_padding`` must be < max(stride, dilation) (PyTorch's rule);
+    onnxruntime refuses any ``output_padding >= stride``.
     """
     nd = _check_rank(x_shape, w_shape, None)
     batch, channels, *in_size = (int(v) for v in x_shape)
@@ -322,43 +390,40 @@ def conv_transpose_geometry(
                 f"output_padding ({op}) must be smaller than max(stride, dilation) = {max(s, d)} "
                 f"along spatial axis {axis}"
             )
-    upper = isinstance(padding, str) and padding.lower() in ("same", "same_upper", "half")
-    same = isinstance(padding, str) and padding.lower() in (
-        "same",
-        "same_upper",
-        "same_lower",
-        "half",
-    )
-    if same and output_shape is None:
+    mode = padding.lower() if isinstance(padding, str) else None
+    if mode == "causal":
+        raise ValueError("padding='causal' is not defined for transposed convolution")
+    if mode is not None and mode not in PADDING_MODES:
+        raise ValueError(f"padding mode {padding!r} is unknown; expected one of {PADDING_MODES}")
+    upper = mode in ("same", "same_upper", "half")
+    if mode in ("same", "same_upper", "same_lower", "half") and output_shape is None:
         output_shape = tuple(i * s for i, s in zip(in_size, stride_t))
     if output_shape is not None:
-        target = tuple(int(v) for v in output_shape)
+        target = tuple(output_shape)
         if len(target) == nd + 2:
-            if target[:2] != (batch, out_channels):
+            if tuple(target[:2]) != (batch, out_channels):
                 raise ValueError(
                     f"output_shape {target} must start with (N, C_out) = ({batch}, {out_channels})"
                 )
             target = target[2:]
-        if len(target) != nd:
-            raise ValueError(f"output_shape must give {nd} spatial sizes, got {output_shape!r}")
-        pads = []
+        if len(target) != nd or any(
+            isinstance(o, bool) or not float(o).is_integer() for o in target
+        ):
+            raise ValueError(
+                f"output_shape must give {nd} integer spatial sizes (or N, C_out and them), "
+                f"got {output_shape!r}"
+            )
+        pads, adjusted = [], []
         for axis, (i, k, s, d, op, o) in enumerate(
             zip(in_size, kernel, stride_t, dilation_t, out_pad, target)
         ):
-            full = conv_transpose_output_size(i, k, s, 0, 0, d, op)
-            total = full - o
-            if o < 1 or total < 0:
-                raise ValueError(
-                    f"output_shape {tuple(target)} is unreachable along spatial axis {axis}: "
-                    f"size must be in [1, {full}] for input {i}, kernel {k}, stride {s}, "
-                    f"dilation {d}, output_padding {op}"
-                )
-            small, big = total // 2, total - total // 2
-            pads.append((small, big) if upper else (big, small))
-        pads_t = tuple(pads)
+            pair, op = transpose_pads_for_output_shape(
+                i, k, s, d, op, int(o), upper=upper, axis=axis
+            )
+            pads.append(pair)
+            adjusted.append(op)
+        pads_t, out_pad = tuple(pads), tuple(adjusted)
     else:
-        if isinstance(padding, str) and padding.lower() == "causal":
-            raise ValueError("padding='causal' is not defined for transposed convolution")
         pads_t = resolve_padding(padding, in_size, kernel, stride_t, dilation_t)
     out_size = []
     for axis, (i, k, s, d, op, (lo, hi)) in enumerate(
@@ -367,11 +432,459 @@ def conv_transpose_geometry(
         o = conv_transpose_output_size(i, k, s, lo, hi, d, op)
         if o < 1:
             raise ValueError(
-                f"padding {pads_t[axis]} removes the whole output along spatial axis {axis} "
-                f"(unpadded size {o + lo + hi})"
+                f"padding {pads_t[axis]} removes the whole output along spatial axis {axis}: "
+                f"lo + hi = {lo + hi} must be smaller than the unpadded output size {o + lo + hi}"
             )
         out_size.append(o)
     return ConvTransposeGeometry(
         batch, channels, out_channels, groups, tuple(in_size), tuple(kernel), stride_t,
         dilation_t, pads_t, out_pad, tuple(out_size),
     )  # fmt: skip
+
+
+# --- Resize ------------------------------------------------------------------------------
+
+#: Interpolation modes of :func:`resize_geometry` (ONNX Resize ``mode``).
+RESIZE_MODES = ("nearest", "linear")
+#: ONNX Resize ``coordinate_transformation_mode`` values supported.
+COORDINATE_MODES = (
+    "half_pixel",
+    "half_pixel_symmetric",
+    "asymmetric",
+    "align_corners",
+    "pytorch_half_pixel",
+)
+#: ONNX Resize ``nearest_mode`` values.
+NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+def as_float32(value: float) -> float:
+    """The float32 value nearest ``value`` (ONNX Resize scales are float32 tensors)."""
+    import numpy as np
+
+    return float(np.float32(value))
+
+
+def resize_output_size(i: int, scale: float) -> int:
+    """ONNX Resize output length: ``floor(i * scale)`` with ``scale`` rounded to float32."""
+    return math.floor(i * as_float32(scale))
+
+
+@dataclass(frozen=True)
+class ResizeGeometry:
+    """Every size and attribute of one N-d resize of ``(N, C, *in_size)``.
+
+    ``scale`` holds the float32 per-axis scales the coordinate transform uses: the given
+    scales, or ``float32(out) / float32(in)`` when output sizes were given
+    (``sizes_given``; the ONNX export then feeds ``sizes`` instead of ``scales``).
+    """
+
+    batch: int
+    channels: int
+    in_size: tuple[int, ...]
+    out_size: tuple[int, ...]
+    scale: tuple[float, ...]
+    mode: str
+    coordinate_mode: str
+    nearest_mode: str
+    sizes_given: bool
+
+    @property
+    def ndim(self) -> int:
+        return len(self.in_size)
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.channels, *self.in_size)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.channels, *self.out_size)
+
+
+def _check_data_rank(x_shape: Sequence[int], name: str = "x") -> int:
+    if len(x_shape) < 3 or len(x_shape) > 5:
+        raise ValueError(
+            f"{name} must have rank 3, 4 or 5 (N, C, *spatial), got shape {tuple(x_shape)}"
+        )
+    if any(int(v) <= 0 for v in x_shape):
+        raise ValueError(f"{name} shape must be positive, got {tuple(x_shape)}")
+    return len(x_shape) - 2
+
+
+def resize_geometry(
+    x_shape: Sequence[int],
+    *,
+    scale: float | Sequence[float] | None = None,
+    size: int | Sequence[int] | None = None,
+    mode: str = "nearest",
+    coordinate_mode: str = "asymmetric",
+    nearest_mode: str = "round_prefer_floor",
+) -> ResizeGeometry:
+    """Validate a resize's arguments (exactly one of ``scale``, ``size``) and compute its sizes.
+
+    ``scale``: a positive finite number or one per spatial axis; output = floor(i * scale).
+    ``size``: output spatial sizes (an int or one per axis).
+    """
+    nd = _check_data_rank(x_shape)
+    batch, channels, *in_size = (int(v) for v in x_shape)
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
+    if coordinate_mode not in COORDINATE_MODES:
+        raise ValueError(
+            f"coordinate_mode must be one of {COORDINATE_MODES}, got {coordinate_mode!r}"
+        )
+    if nearest_mode not in NEAREST_MODES:
+        raise ValueError(f"nearest_mode must be one of {NEAREST_MODES}, got {nearest_mode!r}")
+    if (scale is None) == (size is None):
+        raise ValueError("give exactly one of scale and size")
+    if size is not None:
+        out_size = as_tuple(size, nd, "size")
+        scales = tuple(as_float32(as_float32(o) / as_float32(i)) for o, i in zip(out_size, in_size))
+    else:
+        if isinstance(scale, int | float) and not isinstance(scale, bool):
+            raw = (scale,) * nd
+        else:
+            raw = tuple(scale)
+            if len(raw) != nd:
+                raise ValueError(
+                    f"scale must be a number or a sequence of {nd} numbers (one per spatial "
+                    f"axis), got {scale!r}"
+                )
+        for s in raw:
+            if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s):
+                raise ValueError(f"scale must hold finite numbers, got {scale!r}")
+            if s <= 0:
+                raise ValueError(f"scale must be positive, got {scale!r}")
+        scales = tuple(as_float32(s) for s in raw)
+        out_size = tuple(resize_output_size(i, s) for i, s in zip(in_size, scales))
+        for axis, (i, s, o) in enumerate(zip(in_size, raw, out_size)):
+            if o < 1:
+                raise ValueError(
+                    f"scale {s} leaves no output along spatial axis {axis}: floor({i} * {s}) = {o}"
+                )
+    return ResizeGeometry(
+        batch, channels, tuple(in_size), tuple(out_size), scales, mode, coordinate_mode,
+        nearest_mode, size is not None,
+    )  # fmt: skip
+
+
+# --- Pooling -----------------------------------------------------------------------------
+
+#: Pooling kinds of :func:`pool_geometry`.
+POOL_KINDS = ("max", "avg")
+
+
+def pool_output_size(
+    i: int, k: int, s: int = 1, lo: int = 0, hi: int = 0, d: int = 1, ceil_mode: bool = False
+) -> int:
+    """Output length of a pooling along one axis (ONNX / PyTorch).
+
+    ``floor`` (or ``ceil`` with ``ceil_mode``) of ``(i + lo + hi - d*(k-1) - 1) / s``, plus
+    one; with ``ceil_mode`` a last window that would start past ``i + lo`` (inside the high
+    padding or beyond) is dropped.
+    """
+    span = i + lo + hi - d * (k - 1) - 1
+    if not ceil_mode:
+        return span // s + 1
+    o = -(-span // s) + 1
+    if (o - 1) * s >= i + lo:
+        o -= 1
+    return o
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Every size of one N-d max or average pooling of ``(N, C, *in_size)``."""
+
+    kind: str
+    batch: int
+    channels: int
+    in_size: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    ceil_mode: bool
+    count_include_pad: bool
+    out_size: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.in_size)
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.channels, *self.in_size)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.channels, *self.out_size)
+
+    @property
+    def reach(self) -> tuple[int, ...]:
+        """Padded length each axis must have so every window lies inside it (ceil_mode may
+        need more than ``i + lo + hi``)."""
+        return tuple(
+            max(i + lo + hi, (o - 1) * s + d * (k - 1) + 1)
+            for i, k, s, d, (lo, hi), o in zip(
+                self.in_size, self.kernel, self.stride, self.dilation, self.padding, self.out_size
+            )
+        )
+
+
+def pool_geometry(
+    x_shape: Sequence[int],
+    kernel: int | Sequence[int],
+    *,
+    kind: str,
+    stride: int | Sequence[int] | None = None,
+    padding: PaddingArg = 0,
+    dilation: int | Sequence[int] = 1,
+    ceil_mode: bool = False,
+    count_include_pad: bool = False,
+) -> PoolGeometry:
+    """Validate a pooling's arguments and compute every size.
+
+    ``stride`` defaults to 1 (ONNX); ``dilation`` must be 1 for average pooling; every
+    explicit pad must be smaller than the kernel (ONNX Runtime and PyTorch require it).
+    """
+    nd = _check_data_rank(x_shape)
+    if kind not in POOL_KINDS:
+        raise ValueError(f"kind must be one of {POOL_KINDS}, got {kind!r}")
+    batch, channels, *in_size = (int(v) for v in x_shape)
+    kernel_t = as_tuple(kernel, nd, "kernel")
+    stride_t = as_tuple(1 if stride is None else stride, nd, "stride")
+    dilation_t = as_tuple(dilation, nd, "dilation")
+    if kind == "avg" and any(d != 1 for d in dilation_t):
+        raise ValueError(f"dilation must be 1 for average pooling, got {dilation!r}")
+    for flag, name in ((ceil_mode, "ceil_mode"), (count_include_pad, "count_include_pad")):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {flag!r}")
+    pads = resolve_padding(padding, in_size, kernel_t, stride_t, dilation_t)
+    out_size = []
+    for axis, (i, k, s, d, (lo, hi)) in enumerate(
+        zip(in_size, kernel_t, stride_t, dilation_t, pads)
+    ):
+        if lo >= k or hi >= k:
+            raise ValueError(
+                f"padding ({lo}, {hi}) must be smaller than the kernel ({k}) along spatial axis {axis}"
+            )
+        span = d * (k - 1) + 1
+        if span > i + lo + hi:
+            raise ValueError(
+                f"kernel is larger than the padded input along spatial axis {axis}: "
+                f"dilated kernel {span} (k={k}, dilation={d}) > padded input {i + lo + hi} "
+                f"(size {i} + padding {lo}+{hi})"
+            )
+        out_size.append(pool_output_size(i, k, s, lo, hi, d, ceil_mode))
+    return PoolGeometry(
+        kind, batch, channels, tuple(in_size), kernel_t, stride_t, dilation_t, pads, ceil_mode,
+        count_include_pad, tuple(out_size),
+    )  # fmt: skip
+
+
+def adaptive_cell(index: int, in_len: int, out_len: int) -> tuple[int, int]:
+    """Input range ``[floor(index*I/O), ceil((index+1)*I/O))`` of adaptive-pooling cell ``index``."""
+    return (index * in_len) // out_len, -(-((index + 1) * in_len) // out_len)
+
+
+def adaptive_max_cell(in_len: int, out_len: int) -> int:
+    """Length of the longest adaptive-pooling cell along one axis."""
+    return max(e - s for s, e in (adaptive_cell(i, in_len, out_len) for i in range(out_len)))
+
+
+@dataclass(frozen=True)
+class AdaptivePoolGeometry:
+    """Adaptive pooling of ``(N, C, *in_size)`` to the grid ``out_size`` (PyTorch semantics)."""
+
+    kind: str
+    batch: int
+    channels: int
+    in_size: tuple[int, ...]
+    out_size: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.in_size)
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.channels, *self.in_size)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.channels, *self.out_size)
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        """Longest cell along each axis (the reduction extent)."""
+        return tuple(adaptive_max_cell(i, o) for i, o in zip(self.in_size, self.out_size))
+
+    def cells(self, axis: int) -> list[tuple[int, int]]:
+        """``[start, end)`` of every cell along spatial ``axis``."""
+        i, o = self.in_size[axis], self.out_size[axis]
+        return [adaptive_cell(j, i, o) for j in range(o)]
+
+
+def adaptive_pool_geometry(
+    x_shape: Sequence[int], output_size: int | Sequence[int], *, kind: str
+) -> AdaptivePoolGeometry:
+    """Validate an adaptive pooling: ``output_size`` is an int or one positive int per axis."""
+    nd = _check_data_rank(x_shape)
+    if kind not in POOL_KINDS:
+        raise ValueError(f"kind must be one of {POOL_KINDS}, got {kind!r}")
+    batch, channels, *in_size = (int(v) for v in x_shape)
+    out = as_tuple(output_size, nd, "output_size")
+    return AdaptivePoolGeometry(kind, batch, channels, tuple(in_size), out)
+
+
+def global_pool_geometry(x_shape: Sequence[int], *, kind: str) -> AdaptivePoolGeometry:
+    """Global pooling = adaptive pooling to a grid of ones: ``(N, C, *S) -> (N, C, 1, ...)``."""
+    nd = _check_data_rank(x_shape)
+    return adaptive_pool_geometry(x_shape, (1,) * nd, kind=kind)
+
+
+# --- Dense layers and classifier heads ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DenseGeometry:
+    """``y = x @ w.T + b``: x ``(N, F)``, w ``(K, F)``, b ``(K,)`` -> ``(N, K)`` (ONNX Gemm transB=1)."""
+
+    batch: int
+    features: int
+    classes: int
+
+    @property
+    def x_shape(self) -> tuple[int, int]:
+        return (self.batch, self.features)
+
+    @property
+    def w_shape(self) -> tuple[int, int]:
+        return (self.classes, self.features)
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        return (self.batch, self.classes)
+
+
+def dense_geometry(
+    x_shape: Sequence[int], w_shape: Sequence[int], bias_shape: Sequence[int] | None = None
+) -> DenseGeometry:
+    """Validate a dense layer: x ``(N, F)``, w ``(K, F)``, optional bias ``(K,)``."""
+    if len(x_shape) != 2 or any(int(v) <= 0 for v in x_shape):
+        raise ValueError(f"x must have a positive shape (N, F), got {tuple(x_shape)}")
+    if len(w_shape) != 2 or any(int(v) <= 0 for v in w_shape):
+        raise ValueError(f"w must have a positive shape (K, F), got {tuple(w_shape)}")
+    if int(w_shape[1]) != int(x_shape[1]):
+        raise ValueError(
+            f"w shape {tuple(w_shape)} does not match: axis 1 must be the features of x "
+            f"({int(x_shape[1])})"
+        )
+    _check_bias(bias_shape, int(w_shape[0]))
+    return DenseGeometry(int(x_shape[0]), int(x_shape[1]), int(w_shape[0]))
+
+
+def check_softmax_input(x_shape: Sequence[int]) -> None:
+    """Softmax runs along axis 1 (classes) of a ``(N, K, ...)`` array."""
+    if len(x_shape) < 2 or any(int(v) <= 0 for v in x_shape):
+        raise ValueError(
+            f"x must have rank >= 2 (N, classes, ...) and a positive shape, got {tuple(x_shape)}"
+        )
+
+
+def flatten_features(x_shape: Sequence[int]) -> int:
+    """Features of ``(N, C, *S)`` flattened from axis 1 (ONNX Flatten axis=1): ``C * prod(S)``."""
+    return math.prod(int(v) for v in x_shape[1:])
+
+
+def causal_state_length(kernel: int, dilation: int = 1) -> int:
+    """Past input samples a causal convolution needs to continue a sequence: ``d*(k-1)``."""
+    return dilation * (kernel - 1)
+
+
+@dataclass(frozen=True)
+class CausalStateGeometry:
+    """A causal 1-D convolution that carries its past input as a state.
+
+    ``y = conv(concat(state, x), w)`` with 'valid' padding, so ``y`` has the length of ``x``;
+    ``present_state`` is the last ``d*(k-1)`` samples of ``concat(state, x)``. With a zero
+    state this is :func:`causal_conv1d` (left padding ``d*(k-1)``). ``conv`` is the geometry
+    of the valid convolution over the concatenation (length ``state_length + L``).
+    """
+
+    conv: ConvGeometry
+    state_length: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int]:
+        c = self.conv
+        return (c.batch, c.in_channels, c.in_size[0] - self.state_length)
+
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        return (self.conv.batch, self.conv.in_channels, self.state_length)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self.conv.out_shape
+
+    @property
+    def length(self) -> int:
+        """Samples per call (the length of ``x`` and ``y``)."""
+        return self.conv.out_size[0]
+
+
+def causal_state_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    *,
+    dilation: int = 1,
+    groups: int = 1,
+    bias_shape: Sequence[int] | None = None,
+    state_shape: Sequence[int] | None = None,
+) -> CausalStateGeometry:
+    """Validate a causal convolution with state: x (N, C, L), w (O, C/groups, k),
+    state (N, C, d*(k-1)) (``None``: not given, zeros)."""
+    if len(x_shape) != 3:
+        raise ValueError(f"x must have shape (N, C, L), got {tuple(x_shape)}")
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+    _check_rank(x_shape, w_shape, 1)
+    batch, channels, length = (int(v) for v in x_shape)
+    state_length = causal_state_length(int(w_shape[2]), dilation)
+    expected = (batch, channels, state_length)
+    if state_shape is not None and tuple(int(v) for v in state_shape) != expected:
+        raise ValueError(
+            f"state must have shape (N, C, dilation*(k-1)) = {expected}, got {tuple(state_shape)}"
+        )
+    conv = conv_geometry(
+        (batch, channels, state_length + length), w_shape, padding="valid",
+        dilation=dilation, groups=groups, bias_shape=bias_shape,
+    )  # fmt: skip
+    return CausalStateGeometry(conv, state_length)
+
+
+def depthwise_causal_state_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    *,
+    bias_shape: Sequence[int] | None = None,
+    state_shape: Sequence[int] | None = None,
+) -> CausalStateGeometry:
+    """ONNX CausalConvWithState (opset 27): depthwise, no dilation.
+
+    x (N, C, L), weight (C, 1, k), bias (C,), past_state (N, C, k-1).
+    """
+    if len(x_shape) != 3:
+        raise ValueError(f"x must have shape (N, C, L), got {tuple(x_shape)}")
+    channels = int(x_shape[1])
+    if len(w_shape) != 3 or int(w_shape[0]) != channels or int(w_shape[1]) != 1:
+        raise ValueError(
+            f"weight must have shape (C, 1, k) = ({channels}, 1, k) for a depthwise causal "
+            f"convolution, got {tuple(w_shape)}"
+        )
+    return causal_state_geometry(
+        x_shape, w_shape, groups=channels, bias_shape=bias_shape, state_shape=state_shape
+    )

@@ -66,3 +66,12 @@ def vector_bits(target: tvm.target.Target) -> int:
     if has("avx512f", target):
         return 512
     return 256 if has("avx2", target) or has("avx", target) else 128
+
+
+def vector_registers(target: tvm.target.Target) -> int:
+    """Architectural vector registers: 32 with AVX-512 (zmm) or on AArch64 (NEON q), else 16."""
+    if target.kind.name != "llvm":
+        return 0
+    if "x86" not in str(target.attrs.get("mtriple", "x86_64")):
+        return 32
+    return 32 if tvm.target.codegen.llvm_cpu_has_features("avx512f", target) else 16

@@ -1,5 +1,7 @@
 """Convolution and transposed convolution against onnxruntime and the sparse-matrix form."""
 
+import zlib
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -43,7 +45,7 @@ def conv_cases(draw):
 
 @given(conv_cases())
 def test_conv_matches_onnxruntime_and_sparse_matrix(case):
-    rng = np.random.default_rng(abs(hash(str(case))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
     try:
         geom = shapes.conv_geometry(
             case["x_shape"], case["w_shape"], stride=case["stride"], padding=case["padding"],

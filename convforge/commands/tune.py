@@ -14,10 +14,12 @@ import json
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
+import tvm
 
-from convforge import api, ops, shapes
-from convforge.build import Computation, prim_func
+from convforge import api, shapes
+from convforge.build import recording_kernels
 from convforge.schedules import tuning
 from convforge.targets import resolve_target
 
@@ -26,7 +28,7 @@ HELP = "autotune convolutions (named, by shape, or from an ONNX model) into a tu
 
 @dataclass(frozen=True)
 class ConvWorkload:
-    """One convolution to tune, built exactly as the numpy API builds it (same PrimFunc)."""
+    """One convolution to tune, exactly as the numpy API computes it (same PrimFunc)."""
 
     name: str
     geometry: shapes.ConvGeometry | shapes.ConvTransposeGeometry
@@ -34,21 +36,25 @@ class ConvWorkload:
     bias: bool = False
     activation: str | None = None
 
-    def computation(self) -> Computation:
-        """The TE computation ``convforge.conv`` / ``conv_transpose`` compiles for these args."""
+    def prim_func(self, target: tvm.target.Target) -> tvm.tirx.PrimFunc:
+        """The PrimFunc ``convforge.conv`` / ``conv_transpose`` compiles for these arguments
+        on ``target`` (taken from the numpy API itself, which picks the computation: direct,
+        NCHWc, sub-pixel...; the API compiles and runs it once on zeros)."""
         geom = self.geometry
-
-        def build():
-            tx, tw, tb = api.placeholders(
-                self.dtype, x=geom.x_shape, w=geom.w_shape,
-                bias=(geom.out_channels,) if self.bias else None,
-            )  # fmt: skip
-            op = ops.conv if isinstance(geom, shapes.ConvGeometry) else ops.conv_transpose
-            return [t for t in (tx, tw, tb) if t is not None], [
-                op(tx, tw, tb, geom, self.activation)
-            ]
-
-        return build
+        arrays = [np.zeros(geom.x_shape, self.dtype), np.zeros(geom.w_shape, self.dtype)]
+        if self.bias:
+            arrays.append(np.zeros(geom.out_channels, self.dtype))
+        common = dict(
+            stride=geom.stride, padding=geom.padding, dilation=geom.dilation,
+            groups=geom.groups, activation=self.activation, target=target,
+        )  # fmt: skip
+        with recording_kernels() as kernels:
+            if isinstance(geom, shapes.ConvGeometry):
+                api.conv(*arrays, **common)
+            else:
+                api.conv_transpose(*arrays, output_padding=geom.output_padding, **common)
+        (kernel,) = kernels
+        return kernel.func
 
 
 def _conv(name: str, x, w, **kwargs) -> ConvWorkload:
@@ -258,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(task, completed=min(done, total), best=f"{best * 1e3:.4f} ms")
 
             result = tuning.tune(
-                prim_func(workload.computation()), target, args.db, args.trials, rpc=rpc,
+                workload.prim_func(target), target, args.db, args.trials, rpc=rpc,
                 jobs=args.jobs, seed=args.seed, progress=report, verbose=args.verbose,
             )  # fmt: skip
         summary = {

@@ -7,6 +7,7 @@ inference. Attributes come from the validated geometry, never recomputed here.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from convforge.shapes import ConvGeometry, ConvTransposeGeometry
+from convforge.shapes import (
+    AdaptivePoolGeometry,
+    ConvGeometry,
+    ConvTransposeGeometry,
+    DenseGeometry,
+    PoolGeometry,
+    ResizeGeometry,
+    same_pads,
+    transpose_pads_for_output_shape,
+)
 
 DEFAULT_OPSET = 22
 
@@ -24,6 +34,10 @@ _ONNX_DTYPES = {
     "float32": TensorProto.FLOAT,
     "float64": TensorProto.DOUBLE,
 }
+
+
+#: Values of the ONNX ``auto_pad`` attribute.
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
 
 def onnx_dtype(dtype: str) -> int:
@@ -95,19 +109,45 @@ def conv_model(
     activation: str | None = None,
     weights: Mapping[str, np.ndarray] | None = None,
     opset: int = DEFAULT_OPSET,
+    auto_pad: str = "NOTSET",
+    name: str = "conv",
 ) -> onnx.ModelProto:
-    """ONNX Conv (+ activation) for ``geom``; inputs x, w[, bias] -> output y."""
+    """ONNX Conv (+ activation) for ``geom``; inputs x, w[, bias] -> output y.
+
+    ``auto_pad`` 'NOTSET' writes explicit ``pads``; 'SAME_UPPER', 'SAME_LOWER' or 'VALID'
+    writes that attribute instead, and raises ValueError unless the pads ONNX derives from
+    it are ``geom.padding`` (convforge's 'same', 'same_lower', 'valid'). onnxruntime 1.32
+    refuses SAME_* with a dilation above 1 ("Dilation not supported"); explicit pads work.
+    """
     names = ["x", "w", "bias"] if bias else ["x", "w"]
-    conv = helper.make_node(
-        "Conv", names, ["conv"], kernel_shape=list(geom.kernel), strides=list(geom.stride),
-        dilations=list(geom.dilation), pads=flat_pads(geom.padding), group=geom.groups,
+    attrs = dict(
+        kernel_shape=list(geom.kernel), strides=list(geom.stride),
+        dilations=list(geom.dilation), group=geom.groups,
     )  # fmt: skip
+    if auto_pad == "NOTSET":
+        attrs["pads"] = flat_pads(geom.padding)
+    else:
+        if auto_pad == "VALID":
+            derived = ((0, 0),) * geom.ndim
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            derived = tuple(
+                same_pads(i, k, s, d, lower=auto_pad == "SAME_LOWER")
+                for i, k, s, d in zip(geom.in_size, geom.kernel, geom.stride, geom.dilation)
+            )
+        else:
+            raise ValueError(f"auto_pad must be one of {AUTO_PADS}, got {auto_pad!r}")
+        if derived != geom.padding:
+            raise ValueError(
+                f"auto_pad={auto_pad} means pads {derived}, not the geometry's {geom.padding}"
+            )
+        attrs["auto_pad"] = auto_pad
+    conv = helper.make_node("Conv", names, ["conv"], **attrs)
     inputs = {"x": (geom.x_shape, dtype), "w": (geom.w_shape, dtype)}
     if bias:
         inputs["bias"] = ((geom.out_channels,), dtype)
     return make_model(
         [conv, *activation_nodes(activation, "conv", "y")], inputs,
-        {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name="conv",
+        {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name=name,
     )  # fmt: skip
 
 
@@ -119,20 +159,98 @@ def conv_transpose_model(
     activation: str | None = None,
     weights: Mapping[str, np.ndarray] | None = None,
     opset: int = DEFAULT_OPSET,
+    auto_pad: str = "NOTSET",
+    output_shape: bool = False,
 ) -> onnx.ModelProto:
-    """ONNX ConvTranspose (explicit pads and output_padding) for ``geom``."""
+    """ONNX ConvTranspose (+ activation) for ``geom``; inputs x, w[, bias] -> output y.
+
+    By default writes explicit ``pads`` and ``output_padding``. ``output_shape=True``
+    writes the ``output_shape`` attribute (spatial sizes) instead of ``pads``;
+    ``auto_pad`` 'SAME_UPPER' / 'SAME_LOWER' / 'VALID' writes that attribute. Either way
+    raises ValueError unless the pads ONNX derives are ``geom.padding``
+    (:func:`convforge.shapes.transpose_pads_for_output_shape`). SAME_* without
+    ``output_shape`` is refused where ``input * stride`` exceeds the unpadded output
+    (onnxruntime 1.32 clamps the padding at 0 there, against the spec) and where
+    ``output_padding`` is not 0 (onnx 1.23 shape inference then says ``input * stride +
+    output_padding``, onnxruntime ``input * stride``): write ``output_shape`` there.
+    ``output_shape=True`` is refused where an output size is below the input size: onnx
+    1.23 shape inference then drops the output's remaining axes (onnxruntime is right).
+    """
+    if auto_pad not in AUTO_PADS:
+        raise ValueError(f"auto_pad must be one of {AUTO_PADS}, got {auto_pad!r}")
     names = ["x", "w", "bias"] if bias else ["x", "w"]
-    node = helper.make_node(
-        "ConvTranspose", names, ["conv"], kernel_shape=list(geom.kernel),
-        strides=list(geom.stride), dilations=list(geom.dilation), pads=flat_pads(geom.padding),
-        output_padding=list(geom.output_padding), group=geom.groups,
+    attrs = dict(
+        kernel_shape=list(geom.kernel), strides=list(geom.stride),
+        dilations=list(geom.dilation), output_padding=list(geom.output_padding),
+        group=geom.groups,
     )  # fmt: skip
+    if auto_pad != "NOTSET":
+        attrs["auto_pad"] = auto_pad
+    if output_shape:
+        if any(o < i for o, i in zip(geom.out_size, geom.in_size)):
+            raise ValueError(
+                f"output_shape {geom.out_size} below the input size {geom.in_size} breaks onnx "
+                "shape inference; export with explicit pads"
+            )
+        attrs["output_shape"] = list(geom.out_size)
+    if auto_pad == "NOTSET" and not output_shape:
+        attrs["pads"] = flat_pads(geom.padding)
+    elif auto_pad != "VALID" and not output_shape and any(geom.output_padding):
+        raise ValueError(
+            f"auto_pad={auto_pad} with output_padding {geom.output_padding} has no agreed "
+            "output size without output_shape (onnx shape inference and onnxruntime differ)"
+        )
+    elif auto_pad == "VALID" and not output_shape:
+        if any(pair != (0, 0) for pair in geom.padding):
+            raise ValueError(f"auto_pad=VALID means no pads, not the geometry's {geom.padding}")
+    else:
+        for axis, (i, k, s, d, op, o) in enumerate(
+            zip(geom.in_size, geom.kernel, geom.stride, geom.dilation, geom.output_padding,
+                geom.out_size)
+        ):  # fmt: skip
+            target = o if output_shape else i * s
+            derived, derived_op = transpose_pads_for_output_shape(
+                i, k, s, d, op, target, upper=auto_pad == "SAME_UPPER", axis=axis
+            )
+            if (derived, derived_op, target) != (geom.padding[axis], op, o):
+                raise ValueError(
+                    f"auto_pad={auto_pad}{' with output_shape' if output_shape else ''} gives "
+                    f"pads {derived} and output size {target} along spatial axis {axis}, not "
+                    f"the geometry's pads {geom.padding[axis]} and size {o}"
+                )
+    node = helper.make_node("ConvTranspose", names, ["conv"], **attrs)
     inputs = {"x": (geom.x_shape, dtype), "w": (geom.w_shape, dtype)}
     if bias:
         inputs["bias"] = ((geom.out_channels,), dtype)
     return make_model(
         [node, *activation_nodes(activation, "conv", "y")], inputs,
         {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name="conv_transpose",
+    )  # fmt: skip
+
+
+def causal_conv1d_model(
+    geom: ConvGeometry,
+    dtype: str = "float32",
+    *,
+    bias: bool = False,
+    activation: str | None = None,
+    weights: Mapping[str, np.ndarray] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """ONNX Conv with pads ``[d*(k-1), 0]`` (left only) for a causal 1-D ``geom``.
+
+    ``geom`` comes from :func:`convforge.shapes.causal_conv1d_geometry`; inputs x, w[, bias]
+    -> output y of the input's length.
+    """
+    expected = ((geom.dilation[0] * (geom.kernel[0] - 1), 0),) if geom.ndim == 1 else None
+    if geom.padding != expected or geom.stride != (1,):
+        raise ValueError(
+            "geom must be a causal 1-D convolution (stride 1, pads (d*(k-1), 0)), got "
+            f"{geom.ndim}-D with stride {geom.stride} and pads {geom.padding}"
+        )
+    return conv_model(
+        geom, dtype, bias=bias, activation=activation, weights=weights, opset=opset,
+        name="causal_conv1d",
     )  # fmt: skip
 
 
@@ -150,3 +268,246 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+# --- Resize, pooling, dense layers, heads ------------------------------------------------
+
+
+def _constant(name: str, values: Sequence[int | float], dtype=np.int64) -> onnx.NodeProto:
+    return helper.make_node(
+        "Constant", [], [name], value=numpy_helper.from_array(np.asarray(values, dtype), name)
+    )
+
+
+def resize_nodes(geom: ResizeGeometry, src: str, dst: str) -> list[onnx.NodeProto]:
+    """ONNX Resize of ``src`` with ``geom``'s attributes; ``scales`` (float32, 1 for N and C)
+    or, when output sizes were given, ``sizes``."""
+    if geom.sizes_given:
+        target = _constant(f"{dst}_sizes", geom.out_shape)
+        operands = [src, "", "", f"{dst}_sizes"]
+    else:
+        target = _constant(f"{dst}_scales", [1.0, 1.0, *geom.scale], np.float32)
+        operands = [src, "", f"{dst}_scales"]
+    resize = helper.make_node(
+        "Resize", operands, [dst], mode=geom.mode,
+        coordinate_transformation_mode=geom.coordinate_mode, nearest_mode=geom.nearest_mode,
+    )  # fmt: skip
+    return [target, resize]
+
+
+def resize_model(
+    geom: ResizeGeometry, dtype: str = "float32", *, opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
+    """ONNX Resize for ``geom``: input x -> output y."""
+    return make_model(
+        resize_nodes(geom, "x", "y"), {"x": (geom.x_shape, dtype)},
+        {"y": (geom.out_shape, dtype)}, opset=opset, name="resize",
+    )  # fmt: skip
+
+
+def resize_conv_model(
+    resize_geom: ResizeGeometry,
+    conv_geom: ConvGeometry,
+    dtype: str = "float32",
+    *,
+    bias: bool = False,
+    activation: str | None = None,
+    weights: Mapping[str, np.ndarray] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """ONNX Resize followed by Conv (+ activation); inputs x, w[, bias] -> output y."""
+    names = ["resized", "w", "bias"] if bias else ["resized", "w"]
+    conv = helper.make_node(
+        "Conv", names, ["conv"], kernel_shape=list(conv_geom.kernel),
+        strides=list(conv_geom.stride), dilations=list(conv_geom.dilation),
+        pads=flat_pads(conv_geom.padding), group=conv_geom.groups,
+    )  # fmt: skip
+    inputs = {"x": (resize_geom.x_shape, dtype), "w": (conv_geom.w_shape, dtype)}
+    if bias:
+        inputs["bias"] = ((conv_geom.out_channels,), dtype)
+    nodes = [
+        *resize_nodes(resize_geom, "x", "resized"), conv,
+        *activation_nodes(activation, "conv", "y"),
+    ]  # fmt: skip
+    return make_model(
+        nodes, inputs, {"y": (conv_geom.out_shape, dtype)}, initializers=weights, opset=opset,
+        name="resize_conv",
+    )  # fmt: skip
+
+
+def pool_model(
+    geom: PoolGeometry, dtype: str = "float32", *, opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
+    """ONNX MaxPool or AveragePool (explicit pads, ceil_mode, count_include_pad) for ``geom``."""
+    attrs = dict(
+        kernel_shape=list(geom.kernel), strides=list(geom.stride),
+        pads=flat_pads(geom.padding), ceil_mode=int(geom.ceil_mode),
+    )  # fmt: skip
+    if geom.kind == "max":
+        node = helper.make_node("MaxPool", ["x"], ["y"], dilations=list(geom.dilation), **attrs)
+    else:
+        node = helper.make_node(
+            "AveragePool", ["x"], ["y"], count_include_pad=int(geom.count_include_pad), **attrs
+        )
+    return make_model(
+        [node], {"x": (geom.x_shape, dtype)}, {"y": (geom.out_shape, dtype)}, opset=opset,
+        name=f"{geom.kind}_pool",
+    )  # fmt: skip
+
+
+def adaptive_pool_nodes(geom: AdaptivePoolGeometry, src: str, dst: str) -> list[onnx.NodeProto]:
+    """Adaptive pooling as standard ONNX (it has no operator of its own).
+
+    Global pooling is GlobalAveragePool/GlobalMaxPool. Otherwise the pooling is separable
+    (a cell is a product of intervals): one axis at a time, each cell ``[start, end)`` is a
+    Slice reduced by ReduceMean/ReduceMax (keepdims), and the cells are concatenated.
+    """
+    if all(o == 1 for o in geom.out_size):
+        op = "GlobalAveragePool" if geom.kind == "avg" else "GlobalMaxPool"
+        return [helper.make_node(op, [src], [dst])]
+    reduce_op = "ReduceMean" if geom.kind == "avg" else "ReduceMax"
+    nodes: list[onnx.NodeProto] = []
+    current = src
+    for axis in range(geom.ndim):
+        onnx_axis = axis + 2
+        out = dst if axis == geom.ndim - 1 else f"{dst}_axis{axis}"
+        if geom.in_size[axis] == geom.out_size[axis]:  # one sample per cell
+            nodes.append(helper.make_node("Identity", [current], [out]))
+            current = out
+            continue
+        prefix = f"{dst}_a{axis}"
+        nodes.append(_constant(f"{prefix}_axes", [onnx_axis]))
+        parts = []
+        for j, (start, end) in enumerate(geom.cells(axis)):
+            name = f"{prefix}_c{j}"
+            nodes += [
+                _constant(f"{name}_start", [start]),
+                _constant(f"{name}_end", [end]),
+                helper.make_node(
+                    "Slice", [current, f"{name}_start", f"{name}_end", f"{prefix}_axes"],
+                    [f"{name}_slice"],
+                ),
+                helper.make_node(
+                    reduce_op, [f"{name}_slice", f"{prefix}_axes"], [f"{name}_pooled"],
+                    keepdims=1,
+                ),
+            ]  # fmt: skip
+            parts.append(f"{name}_pooled")
+        nodes.append(helper.make_node("Concat", parts, [out], axis=onnx_axis))
+        current = out
+    return nodes
+
+
+def adaptive_pool_model(
+    geom: AdaptivePoolGeometry, dtype: str = "float32", *, opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
+    """The ONNX graph of an adaptive (or global) pooling: input x -> output y."""
+    return make_model(
+        adaptive_pool_nodes(geom, "x", "y"), {"x": (geom.x_shape, dtype)},
+        {"y": (geom.out_shape, dtype)}, opset=opset, name=f"adaptive_{geom.kind}_pool",
+    )  # fmt: skip
+
+
+def _gemm(src: str, dst: str, bias: bool) -> onnx.NodeProto:
+    return helper.make_node("Gemm", [src, "w", "bias"] if bias else [src, "w"], [dst], transB=1)
+
+
+def _inputs(x_shape, w_shape, classes, dtype, bias):
+    inputs = {"x": (tuple(x_shape), dtype), "w": (tuple(w_shape), dtype)}
+    if bias:
+        inputs["bias"] = ((classes,), dtype)
+    return inputs
+
+
+def dense_model(
+    geom: DenseGeometry,
+    dtype: str = "float32",
+    *,
+    bias: bool = False,
+    weights: Mapping[str, np.ndarray] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """ONNX Gemm (transB=1): inputs x (N, F), w (K, F)[, bias (K,)] -> y (N, K)."""
+    return make_model(
+        [_gemm("x", "y", bias)], _inputs(geom.x_shape, geom.w_shape, geom.classes, dtype, bias),
+        {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name="dense",
+    )  # fmt: skip
+
+
+def softmax_model(
+    shape: Sequence[int], dtype: str = "float32", *, opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
+    """ONNX Softmax along axis 1: x -> y of the same shape."""
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=1)
+    return make_model(
+        [node], {"x": (shape, dtype)}, {"y": (shape, dtype)}, opset=opset, name="softmax"
+    )
+
+
+def flatten_dense_head_model(
+    x_shape: Sequence[int],
+    geom: DenseGeometry,
+    dtype: str = "float32",
+    *,
+    bias: bool = False,
+    weights: Mapping[str, np.ndarray] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """Flatten (axis 1) -> Gemm -> Softmax: x (N, C, *S) -> y (N, K)."""
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["flat"], axis=1), _gemm("flat", "scores", bias),
+        helper.make_node("Softmax", ["scores"], ["y"], axis=1),
+    ]  # fmt: skip
+    return make_model(
+        nodes, _inputs(x_shape, geom.w_shape, geom.classes, dtype, bias),
+        {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset,
+        name="flatten_dense_head",
+    )  # fmt: skip
+
+
+def grid_pool_head_model(
+    pool_geom: AdaptivePoolGeometry,
+    classes: int,
+    dtype: str = "float32",
+    *,
+    bias: bool = False,
+    weights: Mapping[str, np.ndarray] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """Adaptive pooling graph -> Flatten -> Gemm -> Softmax: x (N, C, *S) -> y (N, K)."""
+    features = math.prod(pool_geom.out_shape[1:])
+    nodes = [
+        *adaptive_pool_nodes(pool_geom, "x", "pooled"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1), _gemm("flat", "scores", bias),
+        helper.make_node("Softmax", ["scores"], ["y"], axis=1),
+    ]  # fmt: skip
+    return make_model(
+        nodes, _inputs(pool_geom.x_shape, (classes, features), classes, dtype, bias),
+        {"y": ((pool_geom.batch, classes), dtype)}, initializers=weights, opset=opset,
+        name="grid_pool_head",
+    )  # fmt: skip
+
+
+def fully_conv_head_model(
+    geom: ConvGeometry,
+    dtype: str = "float32",
+    *,
+    bias: bool = False,
+    weights: Mapping[str, np.ndarray] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """1x1 Conv -> GlobalAveragePool -> Flatten -> Softmax: x (N, C, *S) -> y (N, K)."""
+    conv = helper.make_node(
+        "Conv", ["x", "w", "bias"] if bias else ["x", "w"], ["scores"],
+        kernel_shape=list(geom.kernel),
+    )  # fmt: skip
+    nodes = [
+        conv, helper.make_node("GlobalAveragePool", ["scores"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Softmax", ["flat"], ["y"], axis=1),
+    ]  # fmt: skip
+    return make_model(
+        nodes, _inputs(geom.x_shape, geom.w_shape, geom.out_channels, dtype, bias),
+        {"y": ((geom.batch, geom.out_channels), dtype)}, initializers=weights, opset=opset,
+        name="fully_conv_head",
+    )  # fmt: skip

@@ -1,6 +1,40 @@
 """Computations only: every operator as a TVM tensor expression (no schedules here)."""
 
 from convforge.ops.activation import ACTIVATIONS, activate
+from convforge.ops.causal import causal_conv_state, causal_conv_with_state
 from convforge.ops.conv import conv, conv_transpose, pad
+from convforge.ops.conv_nchwc import ChannelBlocks, conv_nchwc
+from convforge.ops.conv_transpose_subpixel import conv_transpose_subpixel
+from convforge.ops.heads import (
+    dense,
+    flatten,
+    flatten_dense_head,
+    fully_conv_head,
+    grid_pool_head,
+    softmax,
+)
+from convforge.ops.pool import adaptive_pool, pool
+from convforge.ops.resize import resize, resize_conv
 
-__all__ = ["ACTIVATIONS", "activate", "conv", "conv_transpose", "pad"]
+__all__ = [
+    "ACTIVATIONS",
+    "ChannelBlocks",
+    "activate",
+    "adaptive_pool",
+    "causal_conv_state",
+    "causal_conv_with_state",
+    "conv",
+    "conv_nchwc",
+    "conv_transpose",
+    "conv_transpose_subpixel",
+    "dense",
+    "flatten",
+    "flatten_dense_head",
+    "fully_conv_head",
+    "grid_pool_head",
+    "pad",
+    "pool",
+    "resize",
+    "resize_conv",
+    "softmax",
+]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.schedules.cpu_conv import schedule_conv_nchwc
 from convforge.targets import vector_lanes
 
 #: Accumulator registers a register block may use (AVX2 has 16 vector registers).
@@ -95,24 +96,53 @@ def _schedule_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) 
     return sch.get(anchor).name_hint
 
 
+def _special_rules() -> list[tuple]:
+    """(predicate on the PrimFunc, schedule of the whole PrimFunc): the first rule whose
+    predicate holds schedules ``func``; if it raises a schedule error, the generic rule does."""
+    from convforge.schedules import cpu_causal, cpu_grouped, cpu_subpixel
+
+    return [
+        (cpu_subpixel.is_subpixel, cpu_subpixel.schedule_subpixel),
+        (cpu_grouped.is_grouped, cpu_grouped.schedule_grouped),
+        (cpu_causal.is_long_1d, cpu_causal.schedule_long_1d),
+    ]
+
+
+#: Blocks with a dedicated schedule: name -> rule(schedule, block). Other reduction blocks
+#: get the generic register tiling, element-wise blocks a parallel loop.
+BLOCK_RULES = {
+    "conv_nchwc": lambda sch, block, target: schedule_conv_nchwc(sch, block),
+}
+
+
 def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
-    """Apply the default CPU schedule to every block of ``func``.
+    """Apply the first special rule that fits ``func``, else the default CPU schedule.
 
     A block the rule does not fit stays as it is (correct, slower) rather than failing.
     """
-    return default_cpu_schedule(func, target).mod
+    for applies, rule in _special_rules():
+        if applies(func):
+            try:
+                return rule(func, target)
+            except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError
+                break
+    return generic_cpu_schedule(func, target).mod
 
 
-def default_cpu_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-    """:func:`schedule_cpu` as a Schedule whose trace replays it (tuning seeds from it)."""
+def generic_cpu_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """The block-by-block rules of :func:`schedule_cpu` (no special rule), as a Schedule
+    whose trace replays them (tuning seeds its search from it)."""
     sch = s_tir.Schedule(func)
     fused: set[str] = set()
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         if sch.get(block).name_hint in fused:
             continue
         trial = sch.copy()
+        rule = BLOCK_RULES.get(trial.get(block).name_hint)
         try:
-            if _is_reduction(trial, block):
+            if rule is not None:
+                rule(trial, block, target)
+            elif _is_reduction(trial, block):
                 lanes = vector_lanes(target, str(trial.get(block).writes[0].source.dtype))
                 fused.add(_schedule_reduction(trial, block, lanes))
             else:

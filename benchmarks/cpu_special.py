@@ -1,0 +1,109 @@
+"""Quick timing of the special-convolution CPU paths against onnxruntime (one process).
+
+``python -m benchmarks.cpu_special [--only NAME ...] [--threads N]`` prints, per workload,
+the median seconds of the convforge default (untuned) kernel and of onnxruntime (both on
+N threads, default 2), and their ratio (below 1: convforge is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import tvm
+
+from convforge import api, shapes
+from convforge.build import cached_kernel
+from convforge.export import conv_model, conv_transpose_model
+from convforge.export.check import session
+
+#: name -> (kind, x_shape, w_shape, attributes)
+WORKLOADS = {
+    "depthwise3x3": ("conv", (1, 128, 56, 56), (128, 1, 3, 3), dict(padding=1, groups=128)),
+    "grouped8": ("conv", (1, 128, 28, 28), (128, 16, 3, 3), dict(padding=1, groups=8)),
+    "causal_k2_d8": ("conv", (1, 64, 16000), (64, 64, 2), dict(padding="causal", dilation=8)),
+    "causal_k3_d512": ("conv", (1, 64, 16000), (64, 64, 3), dict(padding="causal", dilation=512)),
+    "transposed_256_128": (
+        "conv_transpose", (1, 256, 16, 16), (256, 128, 4, 4), dict(stride=2, padding=1),
+    ),
+    "transposed_64_3": (
+        "conv_transpose", (1, 64, 64, 64), (64, 3, 4, 4), dict(stride=2, padding=1),
+    ),
+}  # fmt: skip
+
+
+#: Clock of the measurements: wall time, or process CPU time (``--cpu-time``: with one
+#: thread, the time the process actually ran, robust on a machine shared with others).
+CLOCK = time.perf_counter
+
+
+def seconds_per_call(fn, calls: int) -> float:
+    start = CLOCK()
+    for _ in range(calls):
+        fn()
+    return (CLOCK() - start) / calls
+
+
+def measure(name: str, threads: int, rounds: int = 9, budget: float = 0.05) -> tuple[float, float]:
+    """Median seconds of convforge and of onnxruntime, measured in alternating rounds
+    (the machine is shared: alternating exposes both to the same load)."""
+    kind, x_shape, w_shape, attrs = WORKLOADS[name]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    if kind == "conv":
+        geom = shapes.conv_geometry(x_shape, w_shape, **attrs)
+        model = conv_model(geom)
+        api.conv(x, w, **attrs)
+        key = ("conv", (geom, "float32", False, None))
+    else:
+        geom = shapes.conv_transpose_geometry(x_shape, w_shape, **attrs)
+        model = conv_transpose_model(geom)
+        api.conv_transpose(x, w, **attrs)
+        key = ("conv_transpose", (geom, "float32", False, None))
+    kernel = cached_kernel(*key, computation=None)
+    device = kernel.device
+    args = [tvm.runtime.tensor(a, device) for a in (x, w)]
+    out = tvm.runtime.tensor(np.empty(kernel.output_shapes[0], np.float32), device)
+    sess = session(model, threads)
+    feeds = {"x": x, "w": w}
+
+    def ours():
+        kernel.function(*args, out)
+
+    def theirs():
+        sess.run(None, feeds)
+
+    ours(), theirs()
+    calls = [max(1, int(budget / max(seconds_per_call(f, 3), 1e-6))) for f in (ours, theirs)]
+    samples = [[], []]
+    for _ in range(rounds):
+        for i, f in enumerate((ours, theirs)):
+            samples[i].append(seconds_per_call(f, calls[i]))
+    return float(np.median(samples[0])), float(np.median(samples[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", nargs="*", default=list(WORKLOADS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cpu-time", action="store_true", help="process CPU time clock")
+    args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    tvm.get_global_func("runtime.config_threadpool")(0, args.threads)
+    ratios = []
+    for name in args.only:
+        ours, theirs = measure(name, args.threads)
+        ratios.append(ours / theirs)
+        print(
+            f"{name:22s} convforge {ours * 1e3:8.3f} ms  onnxruntime {theirs * 1e3:8.3f} ms  "
+            f"ratio {ours / theirs:5.2f}",
+            flush=True,
+        )
+    print(f"geometric mean ratio {float(np.exp(np.mean(np.log(ratios)))):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,471 @@
+"""Run the benchmark suite: convforge (default and tuned schedules), onnxruntime, PyTorch.
+
+``python -m benchmarks.run [--quick] [--only NAME[,NAME]] [--json out.json] [--png out.png]
+[--repeat N] [--tuning-db DIR] [--threads 2]``
+
+Every implementation of a workload is first checked against onnxruntime (``compare``),
+then timed interleaved in one process: each repeat runs one timed sample of every
+implementation in turn (in a rotating order), so all of them see the same machine noise.
+A sample is the mean of enough back-to-back calls to last ``--sample-ms``; the table shows
+the median over repeats, GFLOP/s, the time ratio to onnxruntime (lower is better) and
+the share of the sgemm ceiling measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Prepared:
+    """A ready-to-time implementation: ``run()`` computes the workload once."""
+
+    run: Callable[[], Any]
+    output: np.ndarray
+    how: str = ""
+
+
+class Unavailable(Exception):
+    """An implementation cannot run this workload (the message says why)."""
+
+
+@dataclass
+class Measurement:
+    status: str = "ok"  # ok | skipped | mismatch | error
+    note: str = ""
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float | None:
+        return float(np.median(self.samples)) if self.samples else None
+
+
+# --- implementations -----------------------------------------------------------------
+
+
+def onnxruntime_impl(threads: int):
+    import onnxruntime as ort
+
+    def prepare(wl, arrays) -> Prepared:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        model = wl.spec.onnx(wl, arrays)
+        sess = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        binding = sess.io_binding()
+        x = ort.OrtValue.ortvalue_from_numpy(arrays["x"])
+        binding.bind_ortvalue_input("x", x)
+        out_meta = sess.get_outputs()[0]
+        (output,) = sess.run(None, {"x": arrays["x"]})
+        y = ort.OrtValue.ortvalue_from_numpy(np.empty_like(output))
+        binding.bind_ortvalue_output(out_meta.name, y)
+        return Prepared(lambda: sess.run_with_iobinding(binding), output, "io_binding")
+
+    return prepare
+
+
+def convforge_impl(extra: dict[str, Any]):
+    import tvm
+
+    from benchmarks.workloads import convforge_function
+    from convforge.build import recording_kernels
+
+    def prepare(wl, arrays) -> Prepared:
+        fn, why = convforge_function(wl)
+        if fn is None:
+            raise Unavailable(why)
+        args = list(arrays.values())
+        try:
+            with recording_kernels() as kernels:
+                output = fn(*args, **wl.params, **extra)
+        except TypeError as err:
+            if extra and "tuning_db" in str(err):
+                raise Unavailable(f"{fn.__name__} takes no tuning_db yet") from err
+            raise
+        shapes_ = tuple(a.shape for a in args)
+        if len(kernels) == 1 and kernels[0].input_shapes == shapes_:
+            kernel = kernels[0]
+            device = kernel.device
+            tensors = [tvm.runtime.tensor(a, device) for a in args]
+            tensors += [
+                tvm.runtime.tensor(np.empty(s, d), device)
+                for s, d in zip(kernel.output_shapes, kernel.output_dtypes)
+            ]
+            function = kernel.function
+            return Prepared(lambda: function(*tensors), output, "kernel")
+        return Prepared(lambda: fn(*args, **wl.params, **extra), output, "numpy API")
+
+    return prepare
+
+
+def torch_impl(threads: int):
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def prepare(wl, arrays) -> Prepared:
+        if wl.spec.torch is None:
+            raise Unavailable("no PyTorch form")
+        tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+        def run():
+            with torch.inference_mode():
+                return wl.spec.torch(torch, tensors, wl.params)
+
+        return Prepared(run, run().numpy(), "torch.nn.functional")
+
+    return prepare
+
+
+def implementations(args) -> tuple[dict[str, Callable], list[str]]:
+    """name -> prepare(workload, arrays); plus notes on implementations left out."""
+    impls: dict[str, Callable] = {"onnxruntime": onnxruntime_impl(args.threads)}
+    notes = []
+    impls["convforge"] = convforge_impl({})
+    if args.tuning_db is None:
+        notes.append("convforge-tuned: left out (no --tuning-db given)")
+    elif importlib.util.find_spec("convforge.schedules.tuning") is None:
+        notes.append("convforge-tuned: left out (convforge.schedules.tuning not in this checkout)")
+    else:
+        impls["convforge-tuned"] = convforge_impl({"tuning_db": args.tuning_db})
+    if importlib.util.find_spec("torch") is None:
+        notes.append("pytorch: left out (torch not importable)")
+    else:
+        impls["pytorch"] = torch_impl(args.threads)
+    return impls, notes
+
+
+# --- timing ----------------------------------------------------------------------------
+
+
+def calls_per_sample(run: Callable[[], Any], sample_s: float) -> int:
+    """Calls that fill one sample of ``sample_s`` seconds (after two warm-up calls)."""
+    run()
+    start = time.perf_counter()
+    run()
+    once = max(time.perf_counter() - start, 1e-7)
+    return max(1, round(sample_s / once))
+
+
+def timed_sample(run: Callable[[], Any], number: int) -> float:
+    start = time.perf_counter()
+    for _ in range(number):
+        run()
+    return (time.perf_counter() - start) / number
+
+
+def sgemm_timer(size: int, threads: int) -> tuple[Callable[[], Any], str]:
+    """A call of onnxruntime's MatMul (MLAS sgemm) on size^3 float32, checked against numpy."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    from convforge.export.onnx_graphs import make_model
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(np.float32)
+    b = rng.standard_normal((size, size)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        {"a": ((size, size), "float32"), "b": ((size, size), "float32")},
+        {"c": ((size, size), "float32")}, initializers={"b": b}, name="sgemm",
+    )  # fmt: skip
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    sess = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    (c,) = sess.run(None, {"a": a})
+    expected = a.astype(np.float64) @ b
+    error = float(np.max(np.abs(c - expected)) / np.max(np.abs(expected)))
+    if error > 1e-5:
+        raise RuntimeError(f"onnxruntime MatMul disagrees with numpy: relative error {error:.3g}")
+    how = f"onnxruntime MatMul (MLAS sgemm) {size}x{size}x{size} float32, {threads} threads"
+    return (lambda: sess.run(None, {"a": a})), how
+
+
+def sgemm_gflops(run: Callable[[], Any], size: int, repeat: int, sample_s: float) -> float:
+    """Median GFLOP/s over ``repeat`` samples (at least 5)."""
+    number = calls_per_sample(run, sample_s)
+    samples = [timed_sample(run, number) for _ in range(max(5, repeat))]
+    return 2 * size**3 / float(np.median(samples)) / 1e9
+
+
+def measure_workload(wl, impls, repeat: int, sample_s: float, seed: int = 0) -> dict[str, Any]:
+    from convforge.export import compare
+
+    arrays = wl.arrays(seed)
+    prepared: dict[str, Prepared] = {}
+    results: dict[str, Measurement] = {}
+    for name, prepare in impls.items():
+        try:
+            prepared[name] = prepare(wl, arrays)
+        except Unavailable as why:
+            results[name] = Measurement("skipped", str(why))
+        except Exception as err:  # one broken implementation must not stop the suite
+            results[name] = Measurement("error", f"{type(err).__name__}: {err}"[:300])
+    reference = prepared.get("onnxruntime")
+    for name, p in list(prepared.items()):
+        if name == "onnxruntime" or reference is None:
+            continue
+        try:
+            agreement = compare(p.output, reference.output)
+        except ValueError as err:
+            agreement, message = None, str(err)
+        if agreement is None or not agreement.ok:
+            results[name] = Measurement("mismatch", str(agreement) if agreement else message)
+            del prepared[name]
+    for name in prepared:
+        results[name] = Measurement("ok", prepared[name].how)
+    numbers = {name: calls_per_sample(p.run, sample_s) for name, p in prepared.items()}
+    order = list(prepared)
+    for r in range(repeat):
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            results[name].samples.append(timed_sample(prepared[name].run, numbers[name]))
+    return {
+        "name": wl.name,
+        "description": wl.description,
+        "op": wl.op,
+        "dense": wl.dense,
+        "flops": wl.flops,
+        "impls": {
+            name: {
+                "status": m.status,
+                "note": m.note,
+                "median_s": m.median,
+                "samples_s": m.samples,
+                "gflops": wl.flops / m.median / 1e9 if m.median else None,
+            }
+            for name, m in results.items()
+        },
+    }
+
+
+def add_ratios(result: dict[str, Any], sgemm_gflops: float) -> None:
+    ort = result["impls"].get("onnxruntime", {}).get("median_s")
+    for entry in result["impls"].values():
+        t = entry["median_s"]
+        entry["ratio_to_onnxruntime"] = t / ort if t and ort else None
+        entry["percent_of_sgemm"] = 100 * entry["gflops"] / sgemm_gflops if t else None
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+def print_table(report: dict[str, Any], impl_names: Sequence[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    sgemm = report["sgemm"]
+    table = Table(
+        title=f"median ms · GFLOP/s · time / onnxruntime  (sgemm ceiling {sgemm['gflops']:.0f} "
+        f"GFLOP/s: {sgemm['how']})"
+    )
+    table.add_column("workload")
+    table.add_column("GFLOP", justify="right")
+    for name in impl_names:
+        table.add_column(name, justify="right")
+    table.add_column("convforge % sgemm (dense)", justify="right")
+    for result in report["workloads"]:
+        row = [result["description"] or result["name"], f"{result['flops'] / 1e9:.3f}"]
+        for name in impl_names:
+            e = result["impls"].get(name)
+            if e is None:
+                row.append("")
+            elif e["median_s"] is None:
+                row.append(f"[yellow]{e['status']}[/]")
+            else:
+                ratio = e["ratio_to_onnxruntime"]
+                colour = (
+                    "green" if ratio and ratio <= 1.0 else "red" if ratio and ratio > 1.5 else ""
+                )
+                ratio_text = f"{ratio:.2f}x" if ratio else "-"
+                cell = f"{e['median_s'] * 1e3:.3f} · {e['gflops']:.1f} · {ratio_text}"
+                row.append(f"[{colour}]{cell}[/]" if colour else cell)
+        cf = result["impls"].get("convforge", {})
+        dense = result["dense"] and cf.get("percent_of_sgemm")
+        row.append(f"{cf['percent_of_sgemm']:.0f}%" if dense else "")
+        table.add_row(*row)
+    console = Console(width=200)
+    console.print(table)
+    for result in report["workloads"]:
+        for name, e in result["impls"].items():
+            if e["status"] != "ok":
+                console.print(f"  {result['name']} / {name}: {e['status']}: {e['note']}")
+    for note in report["notes"]:
+        console.print(f"  note: {note}")
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def draw_png(report: dict[str, Any], impl_names: Sequence[str], path: str) -> str | None:
+    """Bar chart of time / onnxruntime per workload; returns why not drawn, or None."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not importable: no PNG"
+    names = [n for n in impl_names if n != "onnxruntime"]
+    rows = report["workloads"]
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(rows)), 5))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        ratios = [r["impls"].get(name, {}).get("ratio_to_onnxruntime") or 0 for r in rows]
+        ax.bar(np.arange(len(rows)) + i * width, ratios, width, label=name)
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.axhline(1.5, color="red", linewidth=1, linestyle="--", label="1.5x target")
+    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2)
+    ax.set_xticklabels([r["name"] for r in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("time / onnxruntime time (lower is better)")
+    ax.set_title(report["machine"]["summary"])
+    ax.legend()
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return None
+
+
+def machine_info(threads: int, load_before: tuple[float, ...]) -> dict[str, Any]:
+    from convforge.targets import host_target
+
+    target = host_target()
+    load_after = os.getloadavg()
+    busiest = max(load_before[0], load_after[0])
+    return {
+        "summary": f"{target.attrs['mcpu']}, {os.cpu_count()} cores, {threads} threads, "
+        f"load {load_before[0]:.1f}-{load_after[0]:.1f}",
+        "mcpu": str(target.attrs["mcpu"]),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "busy": busiest > BUSY_LOAD_PER_CORE * (os.cpu_count() or 1),
+    }
+
+
+#: 1-minute load average per core above which timings are flagged as unreliable.
+BUSY_LOAD_PER_CORE = 0.5
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter samples")
+    parser.add_argument("--only", help="comma-separated workload names (substrings match)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--png", help="draw the ratio chart here (needs matplotlib)")
+    parser.add_argument("--repeat", type=int, help="timed samples per implementation")
+    parser.add_argument("--sample-ms", type=float, help="length of one timed sample")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tuning-db", help="tuning database for the convforge-tuned column")
+    parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+    args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else 9
+    if args.sample_ms is None:
+        args.sample_ms = 20.0 if args.quick else 100.0
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))  # before tvm starts its pool
+    from benchmarks.workloads import SUITE
+
+    if args.list:
+        for wl in SUITE:
+            print(f"{wl.name:36s} {wl.description}")
+        return 0
+    workloads = list(SUITE)
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        workloads = [wl for wl in SUITE if any(w in wl.name for w in wanted)]
+        if not workloads:
+            print(f"--only {args.only!r} matches no workload (see --list)", file=sys.stderr)
+            return 2
+    load_before = os.getloadavg()
+    impls, notes = implementations(args)
+    for note in notes:
+        print(f"note: {note}")
+    sample_s = args.sample_ms / 1e3
+    size = 1024 if args.quick else 2048
+    sgemm_run, sgemm_how = sgemm_timer(size, args.threads)
+    sgemm_before = sgemm_gflops(sgemm_run, size, args.repeat, sample_s)
+    print(f"sgemm: {sgemm_before:.1f} GFLOP/s ({sgemm_how})")
+    results = []
+    for wl in workloads:
+        started = time.perf_counter()
+        result = measure_workload(wl, impls, args.repeat, sample_s)
+        results.append(result)
+        print(f"  {wl.name}: done in {time.perf_counter() - started:.1f} s", flush=True)
+    sgemm_after = sgemm_gflops(sgemm_run, size, args.repeat, sample_s)
+    # Noise only slows a run down: the faster of the two measurements is the ceiling.
+    sgemm = {"how": sgemm_how, "gflops": max(sgemm_before, sgemm_after),
+             "gflops_before": sgemm_before, "gflops_after": sgemm_after}  # fmt: skip
+    for result in results:
+        add_ratios(result, sgemm["gflops"])
+    machine = machine_info(args.threads, load_before)
+    if machine["busy"]:
+        notes.append(
+            f"machine busy (load {machine['summary'].rsplit('load ', 1)[1]} on "
+            f"{machine['cpu_count']} cores): timings are unreliable, ratios less so"
+        )
+    report = {
+        "machine": machine,
+        "settings": {"repeat": args.repeat, "sample_ms": args.sample_ms, "quick": args.quick,
+                     "tuning_db": args.tuning_db},
+        "sgemm": sgemm,
+        "notes": notes,
+        "workloads": results,
+    }  # fmt: skip
+    print_table(report, list(impls))
+    if args.json:
+        write_atomic(args.json, json.dumps(report, indent=2).encode())
+        print(f"wrote {args.json}")
+    if args.png:
+        why = draw_png(report, list(impls), args.png)
+        print(why or f"wrote {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Default CPU schedule of dense convolutions with blocked output channels (no tuning).
+
+:func:`channel_blocks` picks the block sizes of :func:`convforge.ops.conv_nchwc` for a
+target: the output-channel block is ``m`` vector registers wide (the vectorized axis), the
+width block ``wb`` output positions, and the ``m * wb`` accumulators of one register tile
+take at most half the target's vector registers (AVX2: 16 ymm, AVX-512: 32 zmm, NEON: 32 q),
+leaving the rest to weight vectors and broadcast inputs. :func:`schedule_conv_nchwc` orders the loops of
+``conv_nchwc`` as ``n, ob, *outer, wo | c, *k | wi (unrolled), oi (vectorized)``, keeps
+the tile in local (register) storage, writes it back through the fused unpack/epilogue
+block and runs the outer tiles in parallel; padding and weight packing are parallel
+element-wise passes. A 1x1 convolution is the same loop nest: a matrix multiply with a
+packed weight operand.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tvm
+from tvm import s_tir
+
+from convforge.ops.conv import accumulator_dtype
+from convforge.ops.conv_nchwc import ChannelBlocks
+from convforge.shapes import ConvGeometry
+from convforge.targets import vector_lanes, vector_registers
+
+#: Output-channel vectors per tile: powers of two (3 x 16 lanes ran over 10x slower on Zen 4).
+_CHANNEL_VECTORS = (1, 2, 4)
+#: Independent accumulators that keep the FMA units busy (about 2 units x 4 cycles latency).
+_LATENCY_ACCUMULATORS = 8
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def channel_blocks(geom: ConvGeometry, dtype: str, target: tvm.target.Target) -> ChannelBlocks:
+    """Block sizes of the NCHW[x]c layout for ``geom`` on ``target``.
+
+    Chooses ``m`` (1, 2 or 4) output-channel vectors and ``wb`` output columns per register
+    tile with at most half the vector registers as accumulators (measured on Zen 4: tiles of
+    24 zmm accumulators ran 2-3x slower than 16, LLVM spills the hoisted weight vectors and
+    broadcasts), minimizing (padding waste) x (1 + loads per multiply-add) x (latency stall
+    when fewer than 8 accumulators).
+    """
+    lanes = vector_lanes(target, accumulator_dtype(dtype))
+    registers = vector_registers(target)
+    out_channels, width = geom.out_channels, geom.out_size[-1]
+    best: tuple[float, int, int] | None = None
+    for m in _CHANNEL_VECTORS:
+        if m > 1 and (m // 2) * lanes >= out_channels:
+            break  # a smaller block already covers every output channel
+        ob = m * lanes
+        channel_waste = _ceil_div(out_channels, ob) * ob / out_channels
+        for wb in range(1, min(registers // 2 // m, width) + 1):
+            waste = channel_waste * _ceil_div(width, wb) * wb / width
+            loads_per_fma = (m + wb) / (m * wb)
+            latency_stall = max(1.0, _LATENCY_ACCUMULATORS / (m * wb))
+            score = waste * (1 + loads_per_fma) * latency_stall
+            if best is None or score < best[0] - 1e-9:
+                best = (score, m, wb)
+    assert best is not None
+    _, m, wb = best
+    return ChannelBlocks(m * lanes, wb)
+
+
+def schedule_conv_nchwc(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
+    """Register-tile the ``conv_nchwc`` block (see the module docstring)."""
+    loops = sch.get_loops(block)
+    iter_vars = sch.get(block).iter_vars
+    n_reduce = sum(int(iv.iter_type) == tvm.tirx.IterVar.CommReduce for iv in iter_vars)
+    n_spatial = len(iter_vars) - n_reduce
+    spatial, reduce_ = loops[:n_spatial], loops[n_spatial:]
+    n, ob, *outer, wo, wi, oi = spatial
+    sch.reorder(n, ob, *outer, wo, *reduce_, wi, oi)
+    sch.parallel(sch.fuse(n, ob, *outer[:2]))
+    (unpack,) = sch.get_consumers(block)
+    sch.reverse_compute_at(unpack, wo)
+    sch.set_scope(block, 0, "local")  # the accumulators: one register tile
+    sch.unroll(wi)
+    sch.vectorize(oi)
+    sch.decompose_reduction(block, reduce_[0])
+
+
+@functools.lru_cache(maxsize=1024)  # the target queries take ~1 ms: keep API calls cheap
+def dense_conv_blocks(
+    geom: ConvGeometry, dtype: str, target: tvm.target.Target
+) -> ChannelBlocks | None:
+    """NCHW[x]c blocks when ``geom`` is computed in that layout on ``target``, else None.
+
+    Dense (groups == 1) 2-D and 3-D convolutions on CPU targets; 1-D (causal) convolutions
+    and grouped/depthwise ones keep the generic computation and their own schedules.
+    """
+    if target.kind.name != "llvm" or geom.groups != 1 or geom.ndim not in (2, 3):
+        return None
+    return channel_blocks(geom, dtype, target)

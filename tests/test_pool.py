@@ -1,0 +1,148 @@
+"""Max/average, adaptive and global pooling against onnxruntime and numpy."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import convforge as cf
+from convforge import shapes
+from convforge.export import adaptive_pool_model, compare, pool_model, run_onnxruntime
+
+
+@st.composite
+def pool_cases(draw):
+    nd = draw(st.integers(1, 3))
+    kind = draw(st.sampled_from(shapes.POOL_KINDS))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd)) if kind == "max" else 1
+    padding = draw(
+        st.one_of(
+            st.sampled_from(["valid", "same", "same_lower"]),
+            st.integers(0, 1),
+            st.tuples(*[st.tuples(st.integers(0, 2), st.integers(0, 2)) for _ in range(nd)]),
+        )
+    )
+    max_size = {1: 12, 2: 8, 3: 5}[nd]
+    size = tuple(draw(st.integers(1, max_size)) for _ in range(nd))
+    args = dict(stride=stride, padding=padding, ceil_mode=draw(st.booleans()))
+    if kind == "max":
+        args["dilation"] = dilation
+    else:
+        args["count_include_pad"] = draw(st.booleans())
+    x_shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *size)
+    return kind, x_shape, kernel, args
+
+
+def numpy_adaptive_pool(x, out_size, kind):
+    """Independent oracle: loop over cells [floor(j*I/O), ceil((j+1)*I/O)) per axis."""
+    reduce = np.max if kind == "max" else np.mean
+    in_size = x.shape[2:]
+    y = np.empty(x.shape[:2] + tuple(out_size), x.dtype)
+    for cell in itertools.product(*[range(o) for o in out_size]):
+        window = tuple(
+            slice(j * i // o, -(-(j + 1) * i // o)) for j, i, o in zip(cell, in_size, out_size)
+        )
+        axes = tuple(range(2, x.ndim))
+        y[(slice(None), slice(None), *cell)] = reduce(x[(slice(None), slice(None), *window)], axes)
+    return y
+
+
+@st.composite
+def adaptive_cases(draw):
+    nd = draw(st.integers(1, 3))
+    max_size = {1: 12, 2: 8, 3: 5}[nd]
+    size = tuple(draw(st.integers(1, max_size)) for _ in range(nd))
+    kind = draw(st.sampled_from(shapes.POOL_KINDS))
+    if draw(st.integers(0, 4)) == 0:
+        out = None  # global pooling
+    else:
+        out = tuple(draw(st.integers(1, max_size)) for _ in range(nd))
+    return kind, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *size), out
+
+
+def check_adaptive(case):
+    kind, x_shape, out = case
+    x = np.random.default_rng(len(str(case))).standard_normal(x_shape).astype(np.float32)
+    if out is None:
+        geom = shapes.global_pool_geometry(x_shape, kind=kind)
+        y = (cf.global_max_pool if kind == "max" else cf.global_avg_pool)(x)
+    else:
+        geom = shapes.adaptive_pool_geometry(x_shape, out, kind=kind)
+        y = (cf.adaptive_max_pool if kind == "max" else cf.adaptive_avg_pool)(x, out)
+    oracle = numpy_adaptive_pool(x.astype(np.float64), geom.out_size, kind)
+    assert compare(y, oracle.astype(np.float32)).ok, compare(y, oracle)
+    (expected,) = run_onnxruntime(adaptive_pool_model(geom), {"x": x})
+    assert compare(y, expected).ok, compare(y, expected)
+
+
+@given(st.one_of(pool_cases(), adaptive_cases()))
+def test_pooling_matches_onnxruntime_and_numpy(case):
+    """One family: max/avg pooling (vs onnxruntime), adaptive and global pooling (vs numpy
+    and onnxruntime running the exported graph)."""
+    if len(case) == 3:
+        check_adaptive(case)
+        return
+    kind, x_shape, kernel, args = case
+    try:
+        geom = shapes.pool_geometry(x_shape, kernel, kind=kind, **args)
+    except ValueError as err:
+        assert "smaller than the kernel" in str(err) or "larger than the padded" in str(err)
+        return
+    x = np.random.default_rng(len(str(case))).standard_normal(x_shape).astype(np.float32)
+    y = (cf.max_pool if kind == "max" else cf.avg_pool)(x, kernel, **args)
+    (expected,) = run_onnxruntime(pool_model(geom), {"x": x})
+    assert compare(y, expected).ok, compare(y, expected)
+
+
+def test_ceil_mode_drops_a_window_starting_in_the_padding():
+    # PyTorch: L=5, k=2, s=2, pad=1, ceil_mode -> ceil(5/2)+1 = 4 windows, the last would
+    # start at 6 - 1 = 5 = L (in the high padding): dropped, 3 remain.
+    assert shapes.pool_output_size(5, 2, 2, 1, 1, ceil_mode=True) == 3
+    assert shapes.pool_output_size(6, 2, 2, 1, 1, ceil_mode=True) == 4
+    x = np.arange(5, dtype=np.float32).reshape(1, 1, 5)
+    np.testing.assert_array_equal(
+        cf.max_pool(x, 2, stride=2, padding=1, ceil_mode=True).ravel(), [0, 2, 4]
+    )
+    # count_include_pad counts the padding but not the overhang beyond it: [pad, 0], [1, 2],
+    # [3, 4] -> divisors 2, 2, 2; with L=4: [pad,0],[1,2],[3,pad] -> 2, 2, 2.
+    np.testing.assert_allclose(
+        cf.avg_pool(x, 2, stride=2, padding=1, ceil_mode=True, count_include_pad=True).ravel(),
+        [0 / 2, 3 / 2, 7 / 2],
+    )
+
+
+def test_adaptive_cells_follow_pytorch():
+    assert shapes.adaptive_pool_geometry((1, 1, 5), 3, kind="avg").cells(0) == [
+        (0, 2), (1, 4), (3, 5),
+    ]  # fmt: skip
+    assert shapes.adaptive_pool_geometry((1, 1, 2), 5, kind="max").cells(0) == [
+        (0, 1), (0, 1), (0, 2), (1, 2), (1, 2),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda x: cf.max_pool(x, 0), "kernel must be positive"),
+        (lambda x: cf.max_pool(x, 2, padding=2), "smaller than the kernel"),
+        (lambda x: cf.max_pool(x, 7), "kernel is larger than the padded input"),
+        (lambda x: cf.avg_pool(x, 2, stride=(1, 1, 1)), "stride must be an int or a sequence of 2"),
+        (lambda x: cf.max_pool(x, 2, padding="wide"), "padding mode 'wide' is unknown"),
+        (lambda x: cf.max_pool(x, 2, ceil_mode=1), "ceil_mode must be a bool"),
+        (lambda x: cf.adaptive_avg_pool(x, (2, 0)), "output_size must be positive"),
+        (lambda x: cf.global_avg_pool(x[0, 0]), "rank 3, 4 or 5"),
+    ],
+)
+def test_pool_rejects_bad_arguments(call, message):
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    with pytest.raises(ValueError, match=message):
+        call(x)
+
+
+def test_avg_pool_has_no_dilation():
+    with pytest.raises(ValueError, match="dilation must be 1 for average pooling"):
+        shapes.pool_geometry((1, 1, 6), 2, kind="avg", dilation=2)

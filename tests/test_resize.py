@@ -1,0 +1,155 @@
+"""Resize and resize+conv against onnxruntime (ONNX Resize, opset 22) and numpy."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from onnx.reference import ReferenceEvaluator
+
+import convforge as cf
+from convforge import shapes
+from convforge.export import compare, resize_conv_model, resize_model, run_onnxruntime
+
+SCALES = [0.5, 0.75, 1.5, 2, 2.5, 3, 1.25, 0.6, 1.0]
+
+
+@st.composite
+def resize_cases(draw, max_sizes=(9, 6, 4)):
+    nd = draw(st.integers(1, 3))
+    in_size = tuple(draw(st.integers(1, max_sizes[nd - 1])) for _ in range(nd))
+    if draw(st.integers(0, 3)) == 0:
+        resize = dict(size=tuple(draw(st.integers(1, 2 * max_sizes[nd - 1])) for _ in range(nd)))
+    elif draw(st.booleans()):
+        resize = dict(scale=draw(st.sampled_from(SCALES)))
+    else:
+        resize = dict(scale=tuple(draw(st.sampled_from(SCALES)) for _ in range(nd)))
+    resize.update(
+        mode=draw(st.sampled_from(shapes.RESIZE_MODES)),
+        coordinate_mode=draw(st.sampled_from(shapes.COORDINATE_MODES)),
+        nearest_mode=draw(st.sampled_from(shapes.NEAREST_MODES)),
+    )
+    x_shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *in_size)
+    return x_shape, resize
+
+
+def _geometry_or_none(x_shape, resize):
+    try:
+        return shapes.resize_geometry(x_shape, **resize)
+    except ValueError as err:  # a downscale of a short axis leaves nothing
+        assert "leaves no output" in str(err)
+        return None
+
+
+def expected_output(model, geom, feeds):
+    """onnxruntime's result, or the ONNX reference evaluator's where onnxruntime departs from
+    the spec: when every output size equals the input size it returns the input unchanged
+    (whatever the scale: e.g. linear half_pixel x1.25 of length 3). The reference evaluator
+    in turn measures align_corners with the fractional length ``scale * I`` (the spec and
+    onnxruntime use the output size), but there equal sizes make it the identity anyway.
+    """
+    if geom.out_size == geom.in_size and geom.coordinate_mode != "align_corners":
+        return ReferenceEvaluator(model).run(None, feeds)[0]
+    return run_onnxruntime(model, feeds)[0]
+
+
+@st.composite
+def resize_conv_cases(draw):
+    x_shape, resize = draw(resize_cases(max_sizes=(8, 5, 4)))
+    nd = len(x_shape) - 2
+    groups = draw(st.sampled_from([1, 1, 2]))
+    x_shape = (x_shape[0], groups * draw(st.integers(1, 2)), *x_shape[2:])
+    cout = groups * draw(st.integers(1, 3))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    conv = dict(
+        stride=draw(st.integers(1, 2)),
+        padding=draw(st.sampled_from([0, 1, "same", "valid"])),
+        dilation=draw(st.integers(1, 2)),
+        groups=groups,
+        activation=draw(st.sampled_from([None, "relu"])),
+    )
+    w_shape = (cout, x_shape[1] // groups, *kernel)
+    if draw(st.booleans()):  # resize alone
+        return x_shape, None, False, resize, None
+    return x_shape, w_shape, draw(st.booleans()), resize, conv
+
+
+@given(resize_conv_cases())
+def test_resize_and_resize_conv_match_onnxruntime(case):
+    """One family: half the examples resize alone, half resize then convolve."""
+    x_shape, w_shape, has_bias, resize, conv = case
+    rgeom = _geometry_or_none(x_shape, resize)
+    if rgeom is None:
+        return
+    rng = np.random.default_rng(len(str(case)))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    if conv is None:
+        y = cf.resize(x, **resize)
+        expected = expected_output(resize_model(rgeom), rgeom, {"x": x})
+        assert compare(y, expected).ok, compare(y, expected)
+        return
+    try:
+        cgeom = shapes.conv_geometry(
+            rgeom.out_shape, w_shape, stride=conv["stride"], padding=conv["padding"],
+            dilation=conv["dilation"], groups=conv["groups"],
+        )  # fmt: skip
+    except ValueError as err:
+        assert "larger than the padded input" in str(err)
+        return
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32) if has_bias else None
+    y = cf.resize_conv(x, w, b, **resize, **conv)
+    model = resize_conv_model(rgeom, cgeom, bias=has_bias, activation=conv["activation"])
+    feeds = {"x": x, "w": w} if b is None else {"x": x, "w": w, "bias": b}
+    expected = expected_output(model, rgeom, feeds)
+    assert compare(y, expected).ok, compare(y, expected)
+
+
+def test_nearest_integer_upsampling_is_repeat(rng):
+    # asymmetric + floor is PyTorch's 'nearest': integer upsampling repeats every sample.
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    expected = np.repeat(np.repeat(x, 2, axis=2), 3, axis=3)
+    np.testing.assert_array_equal(cf.resize(x, (2, 3), nearest_mode="floor"), expected)
+
+
+def test_align_corners_linear_keeps_corners_and_interpolates_linearly():
+    x = np.arange(4, dtype=np.float64).reshape(1, 1, 4)  # a linear ramp stays a ramp
+    y = cf.resize(x, size=7, mode="linear", coordinate_mode="align_corners")
+    np.testing.assert_allclose(y.ravel(), np.linspace(0, 3, 7), rtol=1e-6)
+
+
+def test_output_size_is_floor_of_float32_scale():
+    # float32(0.7) = 0.69999998..., so floor(10 * 0.7) is 6, as onnxruntime computes it.
+    assert shapes.resize_output_size(10, 0.7) == 6 == math.floor(10 * float(np.float32(0.7)))
+    assert shapes.resize_geometry((1, 1, 5, 3), scale=1.5).out_size == (7, 4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(scale=float("nan")), "scale"),
+        (dict(scale=float("inf")), "scale"),
+        (dict(scale=0), "scale must be positive"),
+        (dict(scale=-2.0), "scale must be positive"),
+        (dict(scale=(2, 2, 2)), "scale must be a number or a sequence of 2"),
+        (dict(scale=0.1), "leaves no output"),
+        (dict(scale=2, size=(4, 4)), "exactly one of scale and size"),
+        (dict(scale=2, mode="cubic"), "mode must be one of"),
+        (dict(scale=2, coordinate_mode="tf_crop_and_resize"), "coordinate_mode must be one of"),
+        (dict(scale=2, nearest_mode="round"), "nearest_mode must be one of"),
+    ],
+)
+def test_resize_rejects_bad_arguments(kwargs, message):
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=message):
+        cf.resize(x, **kwargs)
+
+
+def test_resize_conv_rejects_bad_scale_before_compiling():
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="scale must hold finite numbers"):
+        cf.resize_conv(x, w, scale=(2, float("nan")))
+    with pytest.raises(ValueError, match="axis 1 must be"):
+        cf.resize_conv(x, np.zeros((3, 1, 3, 3), np.float32), scale=2)

@@ -1,0 +1,221 @@
+"""Dense-convolution CPU schedules: results against onnxruntime, tile choices, code generation.
+
+Every case runs the NCHW[x]c computation under its schedule and compares it with
+onnxruntime running the equivalent ONNX Conv (an independent implementation).
+"""
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+import convforge as cf
+from convforge import ops, shapes
+from convforge.build import compile_computation
+from convforge.export import compare, conv_model, run_onnxruntime
+from convforge.schedules.cpu import schedule_cpu
+from convforge.schedules.cpu_conv import channel_blocks, dense_conv_blocks
+from convforge.targets import host_target, vector_lanes, vector_registers
+
+AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
+ZEN3 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}
+AVX512 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}
+ZEN4 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}
+NEON = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}
+
+# The suite's dense workloads at reduced sizes, plus sizes that do not divide the tiles.
+# (x shape, w shape, conv keyword arguments)
+DENSE_CASES = {
+    "3x3_pad1": ((1, 16, 14, 14), (16, 16, 3, 3), dict(padding=1)),
+    "1x1": ((1, 32, 14, 14), (16, 32, 1, 1), {}),
+    "3x3_stride2": ((1, 16, 15, 15), (24, 16, 3, 3), dict(stride=2, padding=1)),
+    "7x7_stride2_stem": ((1, 3, 30, 30), (16, 3, 7, 7), dict(stride=2, padding=3)),
+    "3x3_dilated2": ((1, 16, 17, 17), (16, 16, 3, 3), dict(dilation=2, padding=2)),
+    "3x3_batch2": ((2, 8, 9, 9), (16, 8, 3, 3), dict(padding=1)),
+    "odd_channels_width": ((1, 5, 11, 13), (13, 5, 3, 3), dict(padding=1)),
+    "odd_stride_dilation_asym_pad": (
+        (1, 7, 19, 23),
+        (9, 7, 3, 2),
+        dict(stride=(2, 3), dilation=(2, 1), padding=((1, 0), (2, 1))),
+    ),
+    "3d": ((1, 8, 5, 6, 9), (12, 8, 3, 3, 3), dict(stride=(1, 2, 1), padding=1)),
+    "3d_dilated_odd": ((1, 3, 6, 7, 7), (5, 3, 2, 3, 3), dict(dilation=(1, 2, 1))),
+}
+
+
+def _ort_reference(x, w, b, geom, activation=None):
+    model = conv_model(geom, x.dtype.name, bias=b is not None, activation=activation)
+    (expected,) = run_onnxruntime(model, {"x": x, "w": w, "bias": b})
+    return expected
+
+
+def _arrays(x_shape, w_shape, dtype="float32", seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    return x, w, b
+
+
+def _scheduled_source(geom, blocks, target):
+    """TIR of the scheduled NCHW[x]c conv; the rule must have applied (no silent fallback)."""
+    x = te.placeholder(geom.x_shape, "float32", name="x")
+    w = te.placeholder(geom.w_shape, "float32", name="w")
+    func = te.create_prim_func([x, w, ops.conv_nchwc(x, w, None, geom, blocks)])
+    return str(schedule_cpu(func.with_attr("global_symbol", "main"), target))
+
+
+@pytest.mark.parametrize("case", list(DENSE_CASES), ids=list(DENSE_CASES))
+def test_dense_conv_matches_onnxruntime(case):
+    x_shape, w_shape, kwargs = DENSE_CASES[case]
+    x, w, b = _arrays(x_shape, w_shape)
+    geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
+    assert dense_conv_blocks(geom, "float32", host_target()) is not None
+    activation = "relu" if case.startswith("odd") else None
+    y = cf.conv(x, w, b, activation=activation, **kwargs)
+    agreement = compare(y, _ort_reference(x, w, b, geom, activation))
+    assert agreement.ok, agreement
+
+
+@pytest.mark.parametrize(
+    "blocks", [(8, 1), (16, 3), (32, 7), (64, 4)], ids=lambda b: f"ob{b[0]}_wb{b[1]}"
+)
+def test_every_block_size_matches_onnxruntime(blocks):
+    """Blocks that do and do not divide the channels / width, under the schedule."""
+    x, w, b = _arrays((1, 6, 10, 11), (20, 6, 3, 3))
+    geom = shapes.conv_geometry(x.shape, w.shape, padding=1, stride=(1, 2))
+    chosen = ops.ChannelBlocks(*blocks)
+    assert "conv_nchwc_update" in _scheduled_source(geom, chosen, host_target())
+
+    def computation():
+        tx = te.placeholder(x.shape, "float32", name="x")
+        tw = te.placeholder(w.shape, "float32", name="w")
+        tb = te.placeholder(b.shape, "float32", name="bias")
+        return [tx, tw, tb], [ops.conv_nchwc(tx, tw, tb, geom, chosen, "silu")]
+
+    kernel = compile_computation("conv_nchwc", computation, host_target())
+    agreement = compare(kernel(x, w, b), _ort_reference(x, w, b, geom, "silu"))
+    assert agreement.ok, agreement
+
+
+def test_float16_matches_onnxruntime():
+    x, w, b = _arrays((1, 8, 9, 10), (12, 8, 3, 3), "float16")
+    geom = shapes.conv_geometry(x.shape, w.shape, padding=1)
+    agreement = compare(cf.conv(x, w, b, padding=1), _ort_reference(x, w, b, geom))
+    assert agreement.ok, agreement
+
+
+def test_float64_matches_sparse_matrix():
+    """onnxruntime has no float64 Conv: the oracle is the sparse-matrix form."""
+    x, w, b = _arrays((1, 8, 9, 10), (12, 8, 3, 3), "float64")
+    geom = shapes.conv_geometry(x.shape, w.shape, padding=1)
+    expected = (cf.conv_matrix(w, geom) @ x.ravel()).reshape(geom.out_shape)
+    expected += b.reshape(1, -1, 1, 1)
+    agreement = compare(cf.conv(x, w, b, padding=1), expected)
+    assert agreement.ok, agreement
+
+
+def test_schedule_rule_applies_to_every_dense_case():
+    """The dedicated rule, not the fallback, scheduled each case: parallel tiles in registers."""
+    target = host_target()
+    for x_shape, w_shape, kwargs in DENSE_CASES.values():
+        geom = shapes.conv_geometry(x_shape, w_shape, **kwargs)
+        source = _scheduled_source(geom, channel_blocks(geom, "float32", target), target)
+        assert "conv_nchwc_update" in source
+        assert "T.parallel" in source and "T.vectorized" in source
+        assert 'scope="local"' in source
+
+
+@pytest.mark.parametrize(
+    "target, registers, lanes",
+    [(AVX2, 16, 8), (ZEN3, 16, 8), (AVX512, 32, 16), (ZEN4, 32, 16), (NEON, 32, 4)],
+    ids=["haswell", "znver3", "skylake-avx512", "znver4", "neoverse-n1"],
+)
+def test_register_tile_fits_the_target(target, registers, lanes):
+    target = tvm.target.Target(target)
+    assert vector_registers(target) == registers
+    assert vector_lanes(target, "float32") == lanes
+    for x_shape, w_shape, kwargs in [
+        ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1)),
+        ((1, 256, 56, 56), (64, 256, 1, 1), {}),
+        ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
+        *DENSE_CASES.values(),
+    ]:
+        geom = shapes.conv_geometry(x_shape, w_shape, **kwargs)
+        blocks = channel_blocks(geom, "float32", target)
+        vectors = blocks.out_block // lanes
+        assert blocks.out_block % lanes == 0
+        # accumulators in at most half the registers: the rest hold weights and broadcasts
+        assert vectors in (1, 2, 4)
+        assert vectors * blocks.width_block <= registers // 2
+        # a register tile large enough to hide the multiply-add latency
+        assert vectors * blocks.width_block >= min(8, geom.out_size[-1])
+
+
+def test_avx512_tiles_differ_from_avx2():
+    geom = shapes.conv_geometry((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    avx2 = channel_blocks(geom, "float32", tvm.target.Target(ZEN3))
+    avx512 = channel_blocks(geom, "float32", tvm.target.Target(ZEN4))
+    accumulators = {
+        name: b.out_block // lanes * b.width_block
+        for name, b, lanes in [("avx2", avx2, 8), ("avx512", avx512, 16)]
+    }
+    assert accumulators["avx2"] <= 8 < accumulators["avx512"] <= 16
+
+
+def _assembly(geom, target):
+    target = tvm.target.Target(target)
+    blocks = channel_blocks(geom, "float32", target)
+
+    def computation():
+        x = te.placeholder(geom.x_shape, "float32", name="x")
+        w = te.placeholder(geom.w_shape, "float32", name="w")
+        return [x, w], [ops.conv_nchwc(x, w, None, geom, blocks)]
+
+    kernel = compile_computation("conv_nchwc", computation, target)
+    return kernel.executable.mod.inspect_source("asm")
+
+
+def test_aarch64_neon_code_generation():
+    """Cross-compiled for Neoverse N1 (not run): NEON fused multiply-adds on 4 x f32 lanes."""
+    geom = shapes.conv_geometry((1, 16, 10, 12), (16, 16, 3, 3), padding=1)
+    asm = _assembly(geom, NEON)
+    assert re.search(r"\bfmla\s+v\d+\.4s", asm), "no NEON vector fmla"
+    assert "ymm" not in asm and "zmm" not in asm
+
+
+@pytest.mark.parametrize(
+    "target, register, absent",
+    [(AVX2, "ymm", "zmm"), (AVX512, "zmm", None)],
+    ids=["avx2", "avx512"],
+)
+def test_x86_vector_code_generation(target, register, absent):
+    geom = shapes.conv_geometry((1, 16, 10, 12), (16, 16, 3, 3), padding=1)
+    asm = _assembly(geom, target)
+    assert re.search(rf"vfmadd\w+\s+.*%{register}\d+", asm), f"no {register} FMA"
+    if absent:
+        assert absent not in asm
+
+
+def test_grouped_and_1d_convolutions_keep_the_generic_computation():
+    target = host_target()
+    depthwise = shapes.conv_geometry((1, 8, 9, 9), (8, 1, 3, 3), groups=8)
+    causal = shapes.conv_geometry((1, 4, 20), (4, 4, 2), padding="causal", dilation=2)
+    assert dense_conv_blocks(depthwise, "float32", target) is None
+    assert dense_conv_blocks(causal, "float32", target) is None
+    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host=target)
+    dense = shapes.conv_geometry((1, 8, 9, 9), (8, 8, 3, 3))
+    assert dense_conv_blocks(dense, "float32", cuda) is None
+
+
+def test_channel_blocks_reject_bad_sizes():
+    with pytest.raises(ValueError, match="out_block must be a positive int"):
+        ops.ChannelBlocks(0, 4)
+    with pytest.raises(ValueError, match="width_block must be a positive int"):
+        ops.ChannelBlocks(16, -1)
+    geom = shapes.conv_geometry((1, 4, 6, 6), (4, 2, 3, 3), groups=2)
+    x, w = te.placeholder(geom.x_shape, name="x"), te.placeholder(geom.w_shape, name="w")
+    with pytest.raises(ValueError, match="groups == 1"):
+        ops.conv_nchwc(x, w, None, geom, ops.ChannelBlocks(8, 2))
