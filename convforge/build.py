@@ -98,8 +98,9 @@ def compile_computation(
 ) -> Kernel:
     """Create the PrimFunc, schedule it (default schedule unless given) and compile it."""
     inputs, outputs = computation()
+    # Scheduling may rewrite the PrimFunc it is given in place: keep a separate one.
     func = prim_func(lambda: (inputs, outputs))
-    mod = (schedule or schedule_for)(func, target)
+    mod = (schedule or schedule_for)(prim_func(lambda: (inputs, outputs)), target)
     executable = tvm.compile(mod, target=target)
     record = mod.attrs.get(tuning.RECORD_ATTR) if mod.attrs else None
     return Kernel(
