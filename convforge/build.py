@@ -57,6 +57,8 @@ class Kernel:
     output_dtypes: tuple[str, ...]
     #: The tuning record the kernel was scheduled by (database and latency), else None.
     tuning_record: str | None = None
+    #: The unscheduled PrimFunc (what tuning tunes for this kernel).
+    func: tvm.tirx.PrimFunc | None = None
 
     @property
     def device(self) -> tvm.runtime.Device:
@@ -136,8 +138,9 @@ def compile_computation(
 ) -> Kernel:
     """Create the PrimFunc, schedule it (default schedule unless given) and compile it."""
     inputs, outputs = computation()
+    # Scheduling may rewrite the PrimFunc it is given in place: keep a separate one.
     func = prim_func(lambda: (inputs, outputs))
-    mod = (schedule or schedule_for)(func, target)
+    mod = (schedule or schedule_for)(prim_func(lambda: (inputs, outputs)), target)
     executable = tvm.compile(mod, target=target)
     record = mod.attrs.get(tuning.RECORD_ATTR) if mod.attrs else None
     return Kernel(
@@ -148,6 +151,7 @@ def compile_computation(
         tuple(tuple(int(v) for v in t.shape) for t in outputs),
         tuple(str(t.dtype) for t in outputs),
         None if record is None else str(record),
+        func,
     )
 
 

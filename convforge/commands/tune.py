@@ -15,18 +15,19 @@ import os
 from dataclasses import dataclass
 
 import onnx
+import tvm
 
 from convforge import api, shapes
-from convforge.build import Computation, prim_func
+from convforge.build import prim_func
 from convforge.schedules import tuning
-from convforge.targets import TargetArg, resolve_target
+from convforge.targets import resolve_target
 
 HELP = "autotune convolutions (named, by shape, or from an ONNX model) into a tuning database"
 
 
 @dataclass(frozen=True)
 class ConvWorkload:
-    """One convolution to tune, built exactly as the numpy API builds it (same PrimFunc)."""
+    """One convolution to tune, exactly as the numpy API computes it (same PrimFunc)."""
 
     name: str
     geometry: shapes.ConvGeometry | shapes.ConvTransposeGeometry
@@ -34,13 +35,15 @@ class ConvWorkload:
     bias: bool = False
     activation: str | None = None
 
-    def computation(self, target: TargetArg = None) -> Computation:
-        """The TE computation ``convforge.conv`` / ``conv_transpose`` compiles for these args."""
-        if isinstance(self.geometry, shapes.ConvGeometry):
-            return api.conv_computation(
-                self.geometry, self.dtype, self.bias, self.activation, target
-            )
-        return api.conv_transpose_computation(self.geometry, self.dtype, self.bias, self.activation)
+    def prim_func(self, target: tvm.target.Target) -> tvm.tirx.PrimFunc:
+        """The PrimFunc ``convforge.conv`` / ``conv_transpose`` compiles for these arguments
+        on ``target`` (the API's own computation: direct, NCHWc, sub-pixel...)."""
+        geom = self.geometry
+        if isinstance(geom, shapes.ConvGeometry):
+            build = api.conv_computation(geom, self.dtype, self.bias, self.activation, target)
+        else:
+            build = api.conv_transpose_computation(geom, self.dtype, self.bias, self.activation)
+        return prim_func(build)
 
 
 def _conv(name: str, x, w, **kwargs) -> ConvWorkload:
@@ -250,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(task, completed=min(done, total), best=f"{best * 1e3:.4f} ms")
 
             result = tuning.tune(
-                prim_func(workload.computation(target)), target, args.db, args.trials, rpc=rpc,
+                workload.prim_func(target), target, args.db, args.trials, rpc=rpc,
                 jobs=args.jobs, seed=args.seed, progress=report, verbose=args.verbose,
             )  # fmt: skip
         summary = {

@@ -120,17 +120,18 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
 
     A block the rule does not fit stays as it is (correct, slower) rather than failing.
     """
-    return default_cpu_schedule(func, target).mod
-
-
-def default_cpu_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-    """:func:`schedule_cpu` as a Schedule whose trace replays it (tuning seeds from it)."""
     for applies, rule in SPECIAL_RULES:
         if applies(func):
             try:
-                return rule(func, target)
+                return rule(func, target).mod
             except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError
                 break
+    return generic_cpu_schedule(func, target).mod
+
+
+def generic_cpu_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """The block-by-block rules of :func:`schedule_cpu` (no special rule), as a Schedule
+    whose trace replays them (tuning seeds its search from it)."""
     sch = s_tir.Schedule(func)
     fused: set[str] = set()
     for block in sch.get_child_blocks(sch.get_sblock("root")):

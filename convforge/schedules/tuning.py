@@ -12,11 +12,13 @@ record of one (workload, target) and is rewritten atomically (temp file + ``os.r
 after each record: a run killed at any moment leaves a valid database with every record
 finished before the kill. Re-running a tuning run continues from the records already there.
 
-Each workload's first record is the default schedule (:func:`default_cpu_schedule`),
-measured with the same builder and runner as the candidates: it is the baseline, it seeds
-the evolutionary search (MetaSchedule starts its population from the database's best
-records) and, since a lookup picks the fastest record, tuning never makes a kernel slower
-than its default schedule as measured.
+Before searching, the default schedule (:func:`schedule_cpu`) is measured with the same
+builder and runner as the candidates and stored as the file's ``default_seconds``; a lookup
+uses the fastest record only if it beats that, so tuning never makes a kernel slower than
+its default schedule as measured. Each workload's first record is the trace of the generic
+default rules (:func:`generic_cpu_schedule`, equal to the default unless a special rule
+applies): it seeds the evolutionary search, which starts its population from the
+database's best records.
 
 Lookups (:func:`tuned_module`) consult the database set by :func:`use_tuning_db` (or the
 ``CONVFORGE_TUNING_DB`` environment variable), then the records shipped in
@@ -49,7 +51,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm_ffi.structural import structural_equal, structural_hash
 
-from convforge.schedules.cpu import default_cpu_schedule
+from convforge.schedules.cpu import generic_cpu_schedule, schedule_cpu
 from convforge.targets import target_key
 
 #: Environment variable naming a tuning database directory (used when none is set in code).
@@ -112,12 +114,16 @@ class _WorkloadRecords:
     path: Path
     workload: ms.database.Workload
     records: list  # TuningRecord JSON (MetaSchedule's own form)
+    default_seconds: float | None = None  # the default schedule's latency
+    seeded: bool = False  # records[0] is the seed (not a searched candidate)
 
     def save(self, target: tvm.target.Target) -> None:
         payload = {
             "format": _FORMAT,
             "target": target_key(target),
             "workload": self.workload.as_json(),
+            "default_seconds": self.default_seconds,
+            "seeded": self.seeded,
             "records": self.records,
         }
         _write_atomically(self.path, json.dumps(payload))
@@ -132,15 +138,22 @@ class _WorkloadRecords:
         if payload.get("format") != _FORMAT or payload.get("target") != target_key(target):
             return None
         workload = ms.database.Workload.from_json(payload["workload"])
-        return cls(path, workload, list(payload["records"]))
+        return cls(
+            path, workload, list(payload["records"]), payload.get("default_seconds"),
+            bool(payload.get("seeded")),
+        )  # fmt: skip
 
     def tuning_records(self) -> list[ms.database.TuningRecord]:
         return [ms.database.TuningRecord.from_json(r, self.workload) for r in self.records]
 
-    def best(self) -> list | None:
-        """The fastest successfully measured record (JSON), if any."""
+    def faster_than_default(self) -> list[list]:
+        """Measured records (JSON) that beat the default schedule, fastest first."""
+        if self.default_seconds is None:
+            return []
         valid = [r for r in self.records if _is_valid(r[1])]
-        return min(valid, key=lambda r: _mean(r[1]), default=None)
+        return sorted(
+            (r for r in valid if _mean(r[1]) < self.default_seconds), key=lambda r: _mean(r[1])
+        )
 
 
 @derived_object
@@ -207,10 +220,28 @@ class TuningDatabase(ms.database.PyDatabase):
         return len(self._memory)
 
     def records(self, mod: tvm.IRModule) -> list[ms.database.TuningRecord]:
-        """Every record of workload ``mod`` in commit order (the first is the baseline)."""
+        """Every record of workload ``mod`` in commit order (the first is the seed)."""
         with self._lock:
             entry = self._entry(mod)
         return entry.tuning_records()
+
+    def default_seconds(self, mod: tvm.IRModule) -> float | None:
+        """The default schedule's measured latency for workload ``mod``, if measured."""
+        with self._lock:
+            return self._entry(mod).default_seconds
+
+    def candidates(self, mod: tvm.IRModule) -> int:
+        """Searched candidates stored for workload ``mod`` (the seed not counted)."""
+        with self._lock:
+            entry = self._entry(mod)
+            return max(0, len(entry.records) - entry.seeded)
+
+    def set_default_seconds(self, mod: tvm.IRModule, seconds: float, seeded: bool) -> None:
+        """Store the default schedule's latency; ``seeded``: a seed record follows."""
+        with self._lock:
+            entry = self._entry(mod)
+            entry.default_seconds, entry.seeded = seconds, seeded
+            entry.save(self.target)
 
 
 # --------------------------------------------------------------------------- lookups
@@ -258,21 +289,32 @@ def database_state(target: tvm.target.Target) -> tuple:
     return tuple(state)
 
 
-def best_record(
+def ranked_records(
     func: tirx.PrimFunc | tvm.IRModule, target: tvm.target.Target, db: str | os.PathLike
-) -> ms.database.TuningRecord | None:
-    """The fastest measured record of ``func`` on ``target`` in ``db``, if any."""
+) -> list[ms.database.TuningRecord]:
+    """Records of ``func`` on ``target`` in ``db`` that beat the default schedule, fastest
+    first."""
     mod = workload_module(func)
     entry = _WorkloadRecords.load(workload_file(db, mod, target), target)
     if entry is None or not structural_equal(entry.workload.mod, mod):
-        return None
-    best = entry.best()
-    return None if best is None else ms.database.TuningRecord.from_json(best, entry.workload)
+        return []
+    return [
+        ms.database.TuningRecord.from_json(r, entry.workload) for r in entry.faster_than_default()
+    ]
+
+
+def best_record(
+    func: tirx.PrimFunc | tvm.IRModule, target: tvm.target.Target, db: str | os.PathLike
+) -> ms.database.TuningRecord | None:
+    """The fastest record of ``func`` on ``target`` in ``db`` if it beats the default
+    schedule, else None."""
+    return next(iter(ranked_records(func, target, db)), None)
 
 
 def copy_best_records(source: str | os.PathLike, destination: str | os.PathLike) -> int:
     """Copy each (workload, target) of database ``source`` into ``destination`` with only its
-    default-schedule record and its fastest record (how ``convforge/tuned`` is made).
+    seed record and its three fastest candidates (how ``convforge/tuned`` is made; more than
+    one because some candidates' traces do not replay in a new process).
 
     Returns the number of files written.
     """
@@ -282,45 +324,35 @@ def copy_best_records(source: str | os.PathLike, destination: str | os.PathLike)
             continue  # a write in progress
         payload = json.loads(path.read_text())
         records = payload["records"]
-        valid = [r for r in records[1:] if _is_valid(r[1])]
-        best = min(valid, key=lambda r: _mean(r[1]), default=None)
-        payload["records"] = records[:1] + ([best] if best is not None else [])
+        seed = records[:1] if payload.get("seeded") else []
+        valid = [r for r in records[len(seed) :] if _is_valid(r[1])]
+        payload["records"] = seed + sorted(valid, key=lambda r: _mean(r[1]))[:3]
         _write_atomically(Path(destination) / path.parent.name / path.name, json.dumps(payload))
         written += 1
     return written
 
 
 def tuned_module(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule | None:
-    """``func`` scheduled by its best record for ``target`` in the active databases, or None.
+    """``func`` scheduled by its fastest replayable record for ``target`` in the active
+    databases that beats the default schedule, or None.
 
     The module carries the attribute :data:`RECORD_ATTR` naming the database and latency.
     """
     if target.kind.name != "llvm":
         return None
     for db in active_databases():
-        record = best_record(func, target, db)
-        if record is None:
-            continue
-        sch = tvm.s_tir.Schedule(workload_module(func))
-        record.trace.apply_to_schedule(sch, remove_postproc=False)
-        name = f"{db}@{_mean(record.run_secs):.6g}s"
-        return sch.mod.with_attr(RECORD_ATTR, name)
+        for record in ranked_records(func, target, db):
+            sch = tvm.s_tir.Schedule(workload_module(func))
+            try:
+                record.trace.apply_to_schedule(sch, remove_postproc=False)
+            except (RuntimeError, ValueError):  # some candidates' traces do not replay
+                continue
+            name = f"{db}@{_mean(record.run_secs):.6g}s"
+            return sch.mod.with_attr(RECORD_ATTR, name)
     return None
 
 
 # --------------------------------------------------------------------------- tuning
-
-
-def build_without_tensor_intrinsics(mod: tvm.IRModule, target: tvm.target.Target, _params):
-    """MetaSchedule's default build minus its ``import tvm.s_tir.tensor_intrin`` (~30 s on 2 cores).
-
-    Our CPU search space uses no tensor intrinsics; that import alone outlasts the default
-    30 s builder timeout on a loaded 2-core machine.
-    """
-    from tvm.driver import build
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
 @dataclass(frozen=True)
@@ -340,13 +372,24 @@ class TuningResult:
     database_file: Path
     default_seconds: float
     best_seconds: float
-    trials: int  # measured candidates in the database (the default schedule not counted)
+    trials: int  # measured candidates in the database (the seed not counted)
     new_trials: int  # of which measured by this call
     elapsed_seconds: float
 
 
 def make_builder(jobs: int | None = None, timeout_s: float = 60.0) -> ms.builder.LocalBuilder:
     """Local builder with ``jobs`` processes that skips the tensor-intrinsics import."""
+
+    def build_without_tensor_intrinsics(mod, target, _params):
+        """MetaSchedule's default build minus ``import tvm.s_tir.tensor_intrin`` (~30 s on a
+        loaded 2-core machine, longer than the builder's default timeout; a CPU search uses
+        no tensor intrinsics). Nested so that it is pickled by value: the worker processes
+        need not import convforge (whose import path may differ from ours)."""
+        from tvm.driver import build
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+        return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
     return ms.builder.LocalBuilder(
         max_workers=jobs or os.cpu_count() or 1,
         timeout_sec=timeout_s,
@@ -364,21 +407,6 @@ def make_runner(rpc: RPCTracker | None = None, jobs: int | None = None) -> ms.ru
         session_timeout_sec=int(rpc.session_timeout_s),
     )  # fmt: skip
     return ms.runner.RPCRunner(config, evaluator, max_workers=jobs or 1)
-
-
-@contextlib.contextmanager
-def _workers_import_convforge() -> Iterator[None]:
-    """Let builder/runner worker processes unpickle functions of this package."""
-    root = str(Path(__file__).resolve().parents[2])
-    previous = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, previous) if p)
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = previous
 
 
 @contextlib.contextmanager
@@ -436,16 +464,14 @@ def _meta_schedule_console(verbose: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _measure_default(
+def _time(
     mod: tvm.IRModule,
     target: tvm.target.Target,
     builder: ms.builder.Builder,
     runner: ms.runner.Runner,
-    workload: ms.database.Workload,
-) -> ms.database.TuningRecord:
-    """The default schedule as a record, timed by ``builder`` and ``runner``."""
-    sch = default_cpu_schedule(mod["main"], target)
-    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+) -> list[float]:
+    """Seconds per run of the scheduled ``mod``, timed by ``builder`` and ``runner``."""
+    (built,) = builder.build([ms.builder.BuilderInput(mod, target)])
     if built.error_msg:
         raise RuntimeError(f"building the default schedule failed: {built.error_msg}")
     args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
@@ -456,7 +482,36 @@ def _measure_default(
         ms.utils.remove_build_dir(built.artifact_path)
     if result.error_msg:
         raise RuntimeError(f"timing the default schedule failed: {result.error_msg}")
-    return ms.database.TuningRecord(sch.trace, workload, result.run_secs, target, args_info)
+    return [float(s) for s in result.run_secs]
+
+
+def _measure_default(
+    database: TuningDatabase,
+    mod: tvm.IRModule,
+    target: tvm.target.Target,
+    builder: ms.builder.Builder,
+    runner: ms.runner.Runner,
+) -> None:
+    """Store the default schedule's latency, then the generic rules' trace as the seed
+    (if that trace replays: some hand rules do not record a replayable trace)."""
+    seed = generic_cpu_schedule(mod["main"], target)
+    replayed = tvm.s_tir.Schedule(mod)
+    try:
+        seed.trace.apply_to_schedule(replayed, remove_postproc=False)
+        seeded = structural_equal(replayed.mod, seed.mod)
+    except (RuntimeError, ValueError):
+        seeded = False
+    seed_secs = _time(seed.mod, target, builder, runner)
+    default = schedule_cpu(mod["main"], target)
+    same = structural_equal(default, seed.mod)
+    default_secs = seed_secs if same else _time(default, target, builder, runner)
+    database.set_default_seconds(mod, _mean(default_secs), seeded)
+    if seeded:
+        args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+        workload = database.commit_workload(mod)
+        database.commit_tuning_record(
+            ms.database.TuningRecord(seed.trace, workload, seed_secs, target, args_info)
+        )
 
 
 @derived_object
@@ -492,8 +547,8 @@ def tune(
 
     Candidates already in ``db`` for this (workload, target) count: re-running continues
     where a previous (possibly killed) run stopped. The default schedule is measured first
-    (once) and seeds the search. ``progress(done, total, best_seconds)`` is called after
-    each measured batch. ``rpc`` measures on the devices of a TVM RPC tracker; ``jobs`` is
+    (once); the generic default rules' trace seeds the search. ``progress(done, total,
+    best_seconds)`` is called after each measured batch. ``rpc`` measures on the devices of a TVM RPC tracker; ``jobs`` is
     the number of parallel builds (and of RPC sessions). ``verbose`` shows MetaSchedule's
     log on stdout (it always goes to files in a temporary work directory).
     """
@@ -505,19 +560,13 @@ def tune(
     mod = workload_module(func)
     database = TuningDatabase(db, target)
     records = database.records(mod)
-    with (
-        _workers_import_convforge(),
-        _cpu_tensor_intrinsics_only(target),
-        _meta_schedule_console(verbose),
-    ):
+    with _cpu_tensor_intrinsics_only(target), _meta_schedule_console(verbose):
         builder, runner = make_builder(jobs), make_runner(rpc, jobs)
-        if not records:
-            database.commit_tuning_record(
-                _measure_default(mod, target, builder, runner, database.commit_workload(mod))
-            )
-            records = database.records(mod)
-        done = len(records) - 1
-        best = min(_mean(r.run_secs) for r in records)
+        if database.default_seconds(mod) is None:
+            _measure_default(database, mod, target, builder, runner)
+        done = database.candidates(mod)
+        records = database.records(mod)
+        best = min(database.default_seconds(mod), *(_mean(r.run_secs) for r in records))
         remaining = max(0, trials - done)
         if progress:
             progress(done, trials, best)
@@ -532,13 +581,13 @@ def tune(
                     strategy=_search_strategy(remaining), num_tuning_cores=jobs or "physical",
                     seed=seed,
                 )  # fmt: skip
-    records = database.records(mod)
+    records, default = database.records(mod), database.default_seconds(mod)
     return TuningResult(
         database_file=workload_file(db, mod, target),
-        default_seconds=_mean(records[0].run_secs),
-        best_seconds=min(_mean(r.run_secs) for r in records),
-        trials=len(records) - 1,
-        new_trials=len(records) - 1 - done,
+        default_seconds=default,
+        best_seconds=min(default, *(_mean(r.run_secs) for r in records)),
+        trials=database.candidates(mod),
+        new_trials=database.candidates(mod) - done,
         elapsed_seconds=time.perf_counter() - start,
     )
 
