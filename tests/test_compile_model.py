@@ -187,8 +187,8 @@ def test_resize_non_integer_scales_every_mode_matches_onnxruntime(rng):
         model, {"x": rng.standard_normal((1, 2, 10, 11)).astype(np.float32)}
     )
     kernels = {r.node: r.kernel for r in compiled.report().rows}
-    assert kernels["Resize_0"] == "resize" and kernels["Resize_5"] == "resize_onnx"  # tf_crop
-    assert kernels["Resize_12"] == "resize_onnx"  # cubic
+    assert kernels["Resize_0"] == kernels["Resize_5"] == "resize"  # tf_crop
+    assert kernels["Resize_12"] == "resize"  # cubic
 
 
 def test_pools_match_onnxruntime(rng):
