@@ -7,6 +7,7 @@ does not recompile.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
@@ -74,27 +75,57 @@ class Kernel:
             )
         return device
 
-    def __call__(self, *arrays: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    def _bind(self, arrays: Sequence[np.ndarray]) -> tuple[list, list[np.ndarray] | list]:
+        """TVM arguments for ``arrays`` and the outputs; on the CPU both share numpy memory."""
         device = self._runnable_device()
-        args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays]
-        outs = [
-            tvm.runtime.tensor(np.empty(shape, dtype), device)
-            for shape, dtype in zip(self.output_shapes, self.output_dtypes)
-        ]
-        self.function(*args, *outs)
-        results = [out.numpy() for out in outs]
+        if device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
+            args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays]
+            outs = [
+                tvm.runtime.tensor(np.empty(shape, dtype), device)
+                for shape, dtype in zip(self.output_shapes, self.output_dtypes)
+            ]
+            return args + outs, outs
+        results = [aligned_empty(s, d) for s, d in zip(self.output_shapes, self.output_dtypes)]
+        return [cpu_argument(a) for a in (*arrays, *results)], results
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        args, results = self._bind(arrays)
+        self.function(*args)
+        results = [r if isinstance(r, np.ndarray) else r.numpy() for r in results]
         return results[0] if len(results) == 1 else results
 
     def time(self, *arrays: np.ndarray, number: int = 10, repeat: int = 5) -> np.ndarray:
         """Seconds per call, ``repeat`` medians of ``number`` runs (TVM's time_evaluator)."""
-        device = self._runnable_device()
-        args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays]
-        outs = [
-            tvm.runtime.tensor(np.empty(shape, dtype), device)
-            for shape, dtype in zip(self.output_shapes, self.output_dtypes)
-        ]
-        timer = self.executable.mod.time_evaluator("main", device, number=number, repeat=repeat)
-        return np.array(timer(*args, *outs).results)
+        args, _ = self._bind(arrays)
+        timer = self.executable.mod.time_evaluator(
+            "main", self.device, number=number, repeat=repeat
+        )
+        return np.array(timer(*args).results)
+
+
+#: Byte alignment TVM's generated code assumes for buffer data (aligned vector loads).
+ALIGNMENT = 64
+
+
+def aligned_empty(shape: Sequence[int], dtype: str) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data starts on an ALIGNMENT boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def cpu_argument(array: np.ndarray) -> tvm.runtime.Tensor:
+    """``array`` as a TVM CPU tensor: shared memory when it is contiguous, aligned and
+    writeable (no copy), else an aligned copy."""
+    if array.size == 0:  # numpy places empty arrays anywhere: let TVM allocate
+        return tvm.runtime.empty(array.shape, str(array.dtype), tvm.cpu())
+    if array.flags.c_contiguous and array.flags.writeable and array.ctypes.data % ALIGNMENT == 0:
+        return tvm.runtime.from_dlpack(array)
+    copy = aligned_empty(array.shape, array.dtype)
+    copy[...] = array
+    return tvm.runtime.from_dlpack(copy)
 
 
 def compile_computation(

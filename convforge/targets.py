@@ -58,6 +58,7 @@ def resolve_target(target: TargetArg = None) -> tvm.target.Target:
     return tvm.target.Target(target)
 
 
+@functools.lru_cache(maxsize=256)
 def target_key(target: tvm.target.Target) -> str:
     """A stable string naming the target exactly (kind, cpu/arch, features): cache/DB key."""
     return json.dumps(target.export(), sort_keys=True, default=str)

@@ -299,6 +299,7 @@ API_CALLS = {
     "resize_linear": lambda t: cf.resize(_a(1, 4, 6, 6), 2, mode="linear", target=t),
     "resize_cubic": lambda t: cf.resize(_a(1, 4, 6, 6), 1.5, mode="cubic", coordinate_mode="half_pixel", target=t),
     "resize_conv": lambda t: cf.resize_conv(_a(1, 16, 8, 8), _a(16, 16, 3, 3), _a(16), scale=2, padding=1, target=t),
+    "resize_conv_linear": lambda t: cf.resize_conv(_a(1, 16, 8, 8), _a(16, 16, 3, 3), _a(16), scale=2, mode="linear", padding=1, target=t),
     "max_pool": lambda t: cf.max_pool(_a(1, 8, 12, 12), 3, stride=2, padding=1, target=t),
     "avg_pool_1d": lambda t: cf.avg_pool(_a(1, 8, 30), 3, stride=2, padding=1, target=t),
     "max_pool_3d": lambda t: cf.max_pool(_a(1, 4, 6, 6, 6), 2, stride=2, target=t),
@@ -322,9 +323,11 @@ API_CALLS = {
 }  # fmt: skip
 
 #: Operators whose convolutions must come from the implicit-GEMM rule: how many kernels
-#: (sub-pixel transposed convolutions: one per phase that has kernel taps).
+#: (sub-pixel transposed convolutions: one per phase that has kernel taps). Nearest
+#: integer resize_conv takes the per-phase folded-kernel form (block ``phase_conv``),
+#: which the rule does not cover yet: dlight schedules it.
 CONV_RULE = {
-    "resize_conv": 1, "fully_conv_head": 1, "conv": 1, "conv_transpose": 1, "causal_conv1d": 1,
+    "resize_conv_linear": 1, "fully_conv_head": 1, "conv": 1, "conv_transpose": 1, "causal_conv1d": 1,
     "causal_conv_with_state": 1,
     "conv_transpose_subpixel_2d": 4, "conv_transpose_subpixel_1d_grouped": 3,
     "conv_transpose_subpixel_3d_relu": 8, "conv_transpose_subpixel_empty_phases": 4,

@@ -14,6 +14,8 @@ while every reduction step loads ``row_tile * width_tile / lanes`` input vectors
 broadcasts ``channel_tile`` weights. Tiling the time axis outside the channel tiles keeps
 one input window in cache for every output channel (long 1-D sequences). The zero padding
 is computed per parallel tile (never a full padded copy) or inlined, as the rule says.
+A ragged last width/time tile is split off by TVM's LoopPartition (loop hints), so the
+full tiles run without bounds tests.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ class DirectTiles:
     width_tile: int
     row_tile: int = 1
     time_tile: int | None = None  # outer tile of the innermost axis, parallel with N
-    pad: str = "tile"  # "tile": padded window per parallel tile; "inline"; "global"
+    #: "tile": the zero-padded input window is written per parallel tile (measured faster
+    #: than one whole padded copy, and far faster than "inline" for real padding, whose
+    #: bounds test stays in the vector loop); "inline": for pure crops (no zeros)
+    pad: str = "tile"
 
 
 def accumulator_budget(target: tvm.target.Target) -> int:
@@ -141,14 +146,11 @@ def schedule_direct(
     if pad is not None:
         if tiles.pad == "inline":
             sch.compute_inline(pad)
-        elif tiles.pad == "tile":
+        else:
             sch.compute_at(pad, parallel, preserve_unit_loops=True)
             pad_loops = sch.get_loops(pad)[1:]
             if pad_loops:
                 sch.vectorize(pad_loops[-1])
-        else:
-            pad_loops = sch.get_loops(pad)
-            sch.parallel(sch.fuse(*pad_loops[:-1]))
 
 
 def default_tiles(
