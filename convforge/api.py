@@ -212,7 +212,8 @@ def resize(
 
     ``scale`` (one number or one per spatial axis, rounded to float32 as ONNX scales are;
     default 2 unless ``size`` is given): output = floor(I * scale). ``size``: output spatial
-    sizes. ``mode``: 'nearest' or 'linear' (bi-/trilinear). ``coordinate_mode``: ONNX
+    sizes. ``mode``: 'nearest', 'linear' (bi-/trilinear) or 'cubic' (Keys, a = -0.75, per
+    axis; onnxruntime runs cubic on 2 spatial axes only). ``coordinate_mode``: ONNX
     ``coordinate_transformation_mode`` ('asymmetric', 'half_pixel', 'half_pixel_symmetric',
     'align_corners', 'pytorch_half_pixel'). ``nearest_mode``: 'round_prefer_floor',
     'round_prefer_ceil', 'floor', 'ceil'. The defaults ('nearest', 'asymmetric', 'floor')

@@ -16,6 +16,7 @@ All validation raises :class:`ValueError` naming the parameter and the rule brok
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -445,8 +446,9 @@ def conv_transpose_geometry(
 # --- Resize ------------------------------------------------------------------------------
 
 #: Interpolation modes of :func:`resize_geometry` (ONNX Resize ``mode``).
-RESIZE_MODES = ("nearest", "linear")
-#: ONNX Resize ``coordinate_transformation_mode`` values supported.
+RESIZE_MODES = ("nearest", "linear", "cubic")
+#: ONNX Resize ``coordinate_transformation_mode`` values that need no ``roi``; the
+#: remaining one, :data:`CROP_COORDINATE_MODE`, is accepted together with a ``roi``.
 COORDINATE_MODES = (
     "half_pixel",
     "half_pixel_symmetric",
@@ -454,6 +456,8 @@ COORDINATE_MODES = (
     "align_corners",
     "pytorch_half_pixel",
 )
+#: ONNX Resize's coordinate mode that samples a region of interest (``roi``).
+CROP_COORDINATE_MODE = "tf_crop_and_resize"
 #: ONNX Resize ``nearest_mode`` values.
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
@@ -477,6 +481,9 @@ class ResizeGeometry:
     ``scale`` holds the float32 per-axis scales the coordinate transform uses: the given
     scales, or ``float32(out) / float32(in)`` when output sizes were given
     (``sizes_given``; the ONNX export then feeds ``sizes`` instead of ``scales``).
+    ``cubic_coeff_a`` and ``exclude_outside`` shape the 'cubic' kernel; ``roi`` (one
+    ``(start, end)`` per spatial axis, normalized) and ``extrapolation_value`` belong to
+    'tf_crop_and_resize' (``roi`` is None under every other coordinate mode).
     """
 
     batch: int
@@ -488,6 +495,10 @@ class ResizeGeometry:
     coordinate_mode: str
     nearest_mode: str
     sizes_given: bool
+    cubic_coeff_a: float = -0.75
+    exclude_outside: bool = False
+    extrapolation_value: float = 0.0
+    roi: tuple[tuple[float, float], ...] | None = None
 
     @property
     def ndim(self) -> int:
@@ -520,22 +531,60 @@ def resize_geometry(
     mode: str = "nearest",
     coordinate_mode: str = "asymmetric",
     nearest_mode: str = "floor",
+    cubic_coeff_a: float = -0.75,
+    exclude_outside: bool = False,
+    extrapolation_value: float = 0.0,
+    roi: Sequence[tuple[float, float]] | None = None,
 ) -> ResizeGeometry:
     """Validate a resize's arguments (exactly one of ``scale``, ``size``) and compute its sizes.
 
     ``scale``: a positive finite number or one per spatial axis; output = floor(i * scale).
-    ``size``: output spatial sizes (an int or one per axis).
+    ``size``: output spatial sizes (an int or one per axis). ``cubic_coeff_a``,
+    ``exclude_outside``, ``extrapolation_value``: the ONNX Resize attributes. ``roi``: one
+    finite ``(start, end)`` per spatial axis, given exactly when ``coordinate_mode`` is
+    'tf_crop_and_resize' (ONNX's ``roi`` input restricted to the spatial axes).
     """
     nd = _check_data_rank(x_shape)
     batch, channels, *in_size = (int(v) for v in x_shape)
     if mode not in RESIZE_MODES:
         raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
-    if coordinate_mode not in COORDINATE_MODES:
+    if coordinate_mode not in COORDINATE_MODES and (
+        coordinate_mode != CROP_COORDINATE_MODE or roi is None
+    ):
         raise ValueError(
-            f"coordinate_mode must be one of {COORDINATE_MODES}, got {coordinate_mode!r}"
+            f"coordinate_mode must be one of {COORDINATE_MODES} (or {CROP_COORDINATE_MODE!r} "
+            f"with a roi), got {coordinate_mode!r}"
         )
     if nearest_mode not in NEAREST_MODES:
         raise ValueError(f"nearest_mode must be one of {NEAREST_MODES}, got {nearest_mode!r}")
+    for name, value in (
+        ("cubic_coeff_a", cubic_coeff_a),
+        ("extrapolation_value", extrapolation_value),
+    ):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not isinstance(exclude_outside, bool):
+        raise ValueError(f"exclude_outside must be a bool, got {exclude_outside!r}")
+    roi_t = None
+    if roi is not None:
+        if coordinate_mode != CROP_COORDINATE_MODE:
+            raise ValueError(
+                f"roi is used only by coordinate_mode {CROP_COORDINATE_MODE!r}, got "
+                f"coordinate_mode {coordinate_mode!r}"
+            )
+        try:
+            roi_t = tuple((float(start), float(end)) for start, end in roi)
+        except (TypeError, ValueError):
+            roi_t = ()
+        if len(roi_t) != nd or not all(map(math.isfinite, itertools.chain(*roi_t))):
+            raise ValueError(
+                f"roi must hold {nd} (start, end) pairs of finite numbers (one per spatial "
+                f"axis), got {roi!r}"
+            )
     if (scale is None) == (size is None):
         raise ValueError("give exactly one of scale and size")
     if size is not None:
@@ -565,7 +614,8 @@ def resize_geometry(
                 )
     return ResizeGeometry(
         batch, channels, tuple(in_size), tuple(out_size), scales, mode, coordinate_mode,
-        nearest_mode, size is not None,
+        nearest_mode, size is not None, float(cubic_coeff_a), exclude_outside,
+        float(extrapolation_value), roi_t,
     )  # fmt: skip
 
 

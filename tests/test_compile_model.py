@@ -187,8 +187,8 @@ def test_resize_non_integer_scales_every_mode_matches_onnxruntime(rng):
         model, {"x": rng.standard_normal((1, 2, 10, 11)).astype(np.float32)}
     )
     kernels = {r.node: r.kernel for r in compiled.report().rows}
-    assert kernels["Resize_0"] == "resize" and kernels["Resize_5"] == "resize_onnx"  # tf_crop
-    assert kernels["Resize_12"] == "resize_onnx"  # cubic
+    assert kernels["Resize_0"] == kernels["Resize_5"] == "resize"  # tf_crop
+    assert kernels["Resize_12"] == "resize"  # cubic
 
 
 def test_pools_match_onnxruntime(rng):
@@ -218,14 +218,17 @@ def test_resize_followed_by_conv_is_one_kernel_matching_onnxruntime(rng):
         helper.make_node("Relu", ["c"], ["y"], name="relu"),
         helper.make_node("Resize", ["x", "", "", "sizes"], ["lin"], mode="linear", name="linear"),
         helper.make_node("Conv", ["lin", "w"], ["z"], kernel_shape=[3, 3], auto_pad="SAME_UPPER", name="conv_lin"),
+        helper.make_node("Resize", ["x", "", "by_1_5"], ["cub"], mode="cubic", name="cubic"),
+        helper.make_node("Conv", ["cub", "w"], ["v"], kernel_shape=[3, 3], name="conv_cubic"),
     ]  # fmt: skip
     weights = {
         "twice": np.array([1, 1, 2, 2], np.float32),
+        "by_1_5": np.array([1, 1, 1.5, 1.5], np.float32),
         "sizes": np.array([1, 4, 13, 9], np.int64),
         "w": _he(rng, (5, 4, 3, 3)),
         "b": rng.standard_normal(5).astype(np.float32),
     }
-    model = _model(nodes, {"x": (1, 4, 6, 7)}, dict.fromkeys(["y", "z"]), weights)
+    model = _model(nodes, {"x": (1, 4, 6, 7)}, dict.fromkeys(["y", "z", "v"]), weights)
     compiled = _assert_matches_onnxruntime(
         model, {"x": rng.standard_normal((1, 4, 6, 7)).astype(np.float32)}
     )
@@ -233,6 +236,7 @@ def test_resize_followed_by_conv_is_one_kernel_matching_onnxruntime(rng):
     assert kernels == {
         "up": "fused into conv", "conv": "resize_conv2d", "relu": "fused into conv",
         "linear": "fused into conv_lin", "conv_lin": "resize_conv2d",
+        "cubic": "fused into conv_cubic", "conv_cubic": "resize_conv2d",
     }  # fmt: skip
 
 

@@ -297,6 +297,7 @@ def _a(*shape):
 
 API_CALLS = {
     "resize_linear": lambda t: cf.resize(_a(1, 4, 6, 6), 2, mode="linear", target=t),
+    "resize_cubic": lambda t: cf.resize(_a(1, 4, 6, 6), 1.5, mode="cubic", coordinate_mode="half_pixel", target=t),
     "resize_conv": lambda t: cf.resize_conv(_a(1, 16, 8, 8), _a(16, 16, 3, 3), _a(16), scale=2, padding=1, target=t),
     "resize_conv_linear": lambda t: cf.resize_conv(_a(1, 16, 8, 8), _a(16, 16, 3, 3), _a(16), scale=2, mode="linear", padding=1, target=t),
     "max_pool": lambda t: cf.max_pool(_a(1, 8, 12, 12), 3, stride=2, padding=1, target=t),

@@ -25,7 +25,8 @@ REPEAT_MODES = [
 
 @st.composite
 def resize_cases(draw, max_sizes=(9, 6, 4)):
-    nd = draw(st.integers(1, 3))
+    mode = draw(st.sampled_from(shapes.RESIZE_MODES))
+    nd = 2 if mode == "cubic" else draw(st.integers(1, 3))  # onnxruntime: 2-D cubic only
     in_size = tuple(draw(st.integers(1, max_sizes[nd - 1])) for _ in range(nd))
     if draw(st.integers(0, 3)) == 0:
         resize = dict(size=tuple(draw(st.integers(1, 2 * max_sizes[nd - 1])) for _ in range(nd)))
@@ -34,7 +35,7 @@ def resize_cases(draw, max_sizes=(9, 6, 4)):
     else:
         resize = dict(scale=tuple(draw(st.sampled_from(SCALES)) for _ in range(nd)))
     resize.update(
-        mode=draw(st.sampled_from(shapes.RESIZE_MODES)),
+        mode=mode,
         coordinate_mode=draw(st.sampled_from(shapes.COORDINATE_MODES)),
         nearest_mode=draw(st.sampled_from(shapes.NEAREST_MODES)),
     )
@@ -122,6 +123,43 @@ def test_resize_and_resize_conv_match_onnxruntime(case):
     assert compare(y, expected).ok, compare(y, expected)
 
 
+@pytest.mark.parametrize(
+    ("x_shape", "resize"),
+    [
+        ((2, 3, 9), dict(scale=2.5, coordinate_mode="half_pixel")),
+        ((1, 2, 9), dict(scale=0.6, coordinate_mode="asymmetric")),
+        ((1, 2, 4, 3, 4), dict(scale=(1.25, 2.5, 0.75), coordinate_mode="pytorch_half_pixel")),
+        ((1, 2, 3, 4, 2), dict(size=(5, 7, 3), coordinate_mode="align_corners")),
+    ],
+)
+def test_cubic_on_one_and_three_axes_matches_reference_evaluator(x_shape, resize, rng):
+    """onnxruntime runs cubic on two spatial axes only; the ONNX reference evaluator on any
+    (where its coordinate transform follows the spec: it measures align_corners and
+    half_pixel_symmetric with the fractional length ``scale * I``, hence sizes here)."""
+    geom = shapes.resize_geometry(x_shape, mode="cubic", **resize)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    expected = ReferenceEvaluator(resize_model(geom)).run(None, {"x": x})[0]
+    y = cf.resize(x, mode="cubic", **resize)
+    assert compare(y, expected).ok, compare(y, expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(cubic_coeff_a=float("nan")), "cubic_coeff_a must be a finite number"),
+        (dict(extrapolation_value="0"), "extrapolation_value must be a finite number"),
+        (dict(exclude_outside=1), "exclude_outside must be a bool"),
+        (dict(roi=[(0, 1), (0, 1)]), "roi is used only by coordinate_mode"),
+        (dict(coordinate_mode="tf_crop_and_resize", roi=[(0, 1)]), "roi must hold 2"),
+        (dict(coordinate_mode="tf_crop_and_resize", roi=[(0, 1), (0, "a")]), "roi must hold"),
+        (dict(coordinate_mode="tf_crop_and_resize", roi=[(0, 1), 3]), "roi must hold"),
+    ],
+)
+def test_resize_geometry_rejects_bad_onnx_attributes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        shapes.resize_geometry((1, 1, 4, 4), scale=2, **kwargs)
+
+
 def test_fast_path_is_selected_only_for_repeats():
     x_shape, w_shape = (1, 4, 6, 5), (8, 4, 3, 3)
     repeat = shapes.resize_geometry(x_shape, scale=2, nearest_mode="floor")
@@ -167,7 +205,7 @@ def test_output_size_is_floor_of_float32_scale():
         (dict(scale=(2, 2, 2)), "scale must be a number or a sequence of 2"),
         (dict(scale=0.1), "leaves no output"),
         (dict(scale=2, size=(4, 4)), "exactly one of scale and size"),
-        (dict(scale=2, mode="cubic"), "mode must be one of"),
+        (dict(scale=2, mode="area"), "mode must be one of"),
         (dict(scale=2, coordinate_mode="tf_crop_and_resize"), "coordinate_mode must be one of"),
         (dict(scale=2, nearest_mode="round"), "nearest_mode must be one of"),
     ],

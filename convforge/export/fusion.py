@@ -1,6 +1,6 @@
 """Fusion on the ONNX graph, before import: what a convolution kernel absorbs.
 
-A Conv absorbs a ``Resize`` (nearest or linear, constant scales/sizes) whose output only it
+A Conv absorbs a ``Resize`` (nearest, linear or cubic, constant scales/sizes) whose output only it
 reads: it becomes one resize-convolution kernel (``convforge.ops.resize_conv``).
 A Conv or ConvTranspose absorbs, in graph order, while its output feeds exactly one node
 and is not a graph output:
@@ -89,7 +89,7 @@ def fuse_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _absorb_resize(g: _Graph, conv: onnx.NodeProto) -> list[str]:
-    """Fold a Resize feeding ``conv`` (nearest/linear, constant spatial scales or sizes)."""
+    """Fold a Resize feeding ``conv`` (nearest/linear/cubic, constant spatial scales or sizes)."""
     resize = next((n for n in g.graph.node if conv.input[0] in n.output), None)
     if (
         resize is None

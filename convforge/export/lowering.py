@@ -31,7 +31,6 @@ from tvm import relax, te
 
 from convforge import ops, shapes
 from convforge.build import schedule_for
-from convforge.ops.interpolate import resize as onnx_resize
 from convforge.targets import vector_lanes
 
 #: Attribute names the fusion pass sets on a fused ONNX node.
@@ -328,12 +327,14 @@ def _constant(expr: relax.Expr | None) -> np.ndarray | None:
 
 
 def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
-    """ONNX Resize (opset >= 11) with the given scales, in every mode and coordinate mode.
+    """ONNX Resize (opset >= 11) of the spatial axes with the given scales, in every mode and
+    coordinate mode (:func:`convforge.ops.resize`).
 
     TVM's own converter resizes by ``out/in`` instead of the given scale (wrong whenever
     ``in * scale`` is not an integer) and lacks ``half_pixel_symmetric``. Declines
     (TVM's converter takes the node) for non-constant roi/scales/sizes, ``axes``,
-    ``antialias`` or a ``keep_aspect_ratio_policy`` other than ``stretch``.
+    ``antialias``, a ``keep_aspect_ratio_policy`` other than ``stretch``, an input rank
+    outside 3..5, or a resize (or roi crop) of the batch or channel axis.
     """
     node = _node_name(attrs)
     x = inputs[0]
@@ -349,7 +350,11 @@ def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr 
     rank = len(x_shape)
     coordinate_mode = _text(attrs.get("coordinate_transformation_mode", b"half_pixel"))
     roi = [(0.0, 1.0)] * rank
-    if coordinate_mode == "tf_crop_and_resize" and roi_values is not None and roi_values.size:
+    if (
+        coordinate_mode == shapes.CROP_COORDINATE_MODE
+        and roi_values is not None
+        and roi_values.size
+    ):
         roi = [(float(roi_values[k]), float(roi_values[k + rank])) for k in range(rank)]
     by_size = scale_values is None or not scale_values.size
     if not by_size:
@@ -364,35 +369,23 @@ def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr 
         raise ValueError(
             f"Resize {node!r}: scales/sizes must have {rank} entries, got {len(scales)}"
         )
-
-    mode = _text(attrs.get("mode", b"nearest"))
-    nearest_mode = _text(attrs.get("nearest_mode", b"round_prefer_floor"))
     if (
-        mode in shapes.RESIZE_MODES
-        and coordinate_mode in shapes.COORDINATE_MODES
-        and scales[:2] == [1.0, 1.0]
-        and out_shape[:2] == list(x_shape[:2])
-    ):  # convforge.ops.resize serves nearest/linear on the spatial axes
-        spatial = {"size": out_shape[2:]} if by_size else {"scale": scales[2:]}
-        geom = shapes.resize_geometry(
-            x_shape, mode=mode, coordinate_mode=coordinate_mode, nearest_mode=nearest_mode,
-            **spatial,
-        )  # fmt: skip
-        return ctx.emit_kernel(
-            node, "Resize", "resize", attrs, [x], lambda tx: [ops.resize(tx, geom)]
-        )
-
-    def compute(tx):
-        return [
-            onnx_resize(
-                tx, out_shape, scales, mode=mode, coordinate_mode=coordinate_mode,
-                nearest_mode=nearest_mode, cubic_coeff_a=float(attrs.get("cubic_coeff_a", -0.75)),
-                exclude_outside=bool(attrs.get("exclude_outside", 0)), roi=roi,
-                extrapolation_value=float(attrs.get("extrapolation_value", 0.0)),
-            )
-        ]  # fmt: skip
-
-    return ctx.emit_kernel(node, "Resize", "resize_onnx", attrs, [x], compute)
+        not 3 <= rank <= 5
+        or scales[:2] != [1.0, 1.0]
+        or out_shape[:2] != list(x_shape[:2])
+        or roi[:2] != [(0.0, 1.0)] * 2
+    ):
+        return None
+    geom = shapes.resize_geometry(
+        x_shape, **({"size": out_shape[2:]} if by_size else {"scale": scales[2:]}),
+        mode=_text(attrs.get("mode", b"nearest")), coordinate_mode=coordinate_mode,
+        nearest_mode=_text(attrs.get("nearest_mode", b"round_prefer_floor")),
+        cubic_coeff_a=float(attrs.get("cubic_coeff_a", -0.75)),
+        exclude_outside=bool(attrs.get("exclude_outside", 0)),
+        extrapolation_value=float(attrs.get("extrapolation_value", 0.0)),
+        roi=roi[2:] if coordinate_mode == shapes.CROP_COORDINATE_MODE else None,
+    )  # fmt: skip
+    return ctx.emit_kernel(node, "Resize", "resize", attrs, [x], lambda tx: [ops.resize(tx, geom)])
 
 
 def lower_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> relax.Expr | None:

@@ -282,18 +282,26 @@ def _constant(name: str, values: Sequence[int | float], dtype=np.int64) -> onnx.
 
 def resize_nodes(geom: ResizeGeometry, src: str, dst: str) -> list[onnx.NodeProto]:
     """ONNX Resize of ``src`` with ``geom``'s attributes; ``scales`` (float32, 1 for N and C)
-    or, when output sizes were given, ``sizes``."""
+    or, when output sizes were given, ``sizes``; a ``roi`` ((0, 1) for N and C) under
+    'tf_crop_and_resize'."""
+    nodes, roi = [], ""
+    if geom.roi is not None:
+        roi = f"{dst}_roi"
+        starts, ends = zip(*geom.roi)
+        nodes.append(_constant(roi, [0.0, 0.0, *starts, 1.0, 1.0, *ends], np.float32))
     if geom.sizes_given:
-        target = _constant(f"{dst}_sizes", geom.out_shape)
-        operands = [src, "", "", f"{dst}_sizes"]
+        nodes.append(_constant(f"{dst}_sizes", geom.out_shape))
+        operands = [src, roi, "", f"{dst}_sizes"]
     else:
-        target = _constant(f"{dst}_scales", [1.0, 1.0, *geom.scale], np.float32)
-        operands = [src, "", f"{dst}_scales"]
+        nodes.append(_constant(f"{dst}_scales", [1.0, 1.0, *geom.scale], np.float32))
+        operands = [src, roi, f"{dst}_scales"]
     resize = helper.make_node(
         "Resize", operands, [dst], mode=geom.mode,
         coordinate_transformation_mode=geom.coordinate_mode, nearest_mode=geom.nearest_mode,
+        cubic_coeff_a=geom.cubic_coeff_a, exclude_outside=int(geom.exclude_outside),
+        extrapolation_value=geom.extrapolation_value,
     )  # fmt: skip
-    return [target, resize]
+    return [*nodes, resize]
 
 
 def resize_model(

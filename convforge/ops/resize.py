@@ -1,8 +1,10 @@
 """N-d resize (ONNX Resize, opset 19+) in TE, and resize followed by a convolution.
 
-Layout ``(N, C, *spatial)``. Source coordinates are computed in float32 with the operation
-order of the ONNX spec (as onnxruntime does), so nearest-neighbour ties round exactly as
-there. Block names (the contract with ``convforge.schedules``): ``resize``, then the
+Layout ``(N, C, *spatial)``; modes nearest, linear and cubic under every coordinate mode,
+'tf_crop_and_resize' included. Source coordinates are computed in float32 with the
+operation order of the ONNX spec (as onnxruntime does), so nearest-neighbour ties round
+exactly as there. Separable: each spatial axis contributes taps (1 nearest, 2 linear,
+4 cubic) and an N-d resize sums the products of per-axis weights. Block names (the contract with ``convforge.schedules``): ``resize``, then the
 convolution's own blocks (``pad``, ``conv``, ``conv_epilogue``); the per-phase fast path
 of nearest integer upsampling + conv: ``phase_weight``, ``pad``, ``phase_conv``,
 ``phase_conv_epilogue``.
@@ -52,6 +54,11 @@ def source_coordinate(position: tirx.PrimExpr, axis: int, geom: ResizeGeometry) 
         x64 = position.astype("float64")
         f64 = [tirx.const(float(v), "float64") for v in (offset, 0.5, f32(geom.scale[axis]))]
         return (f64[0] + (x64 + f64[1]) / f64[2] - f64[1]).astype("float32")
+    if mode == "tf_crop_and_resize":
+        start, end = geom.roi[axis]
+        if out_len == 1:
+            return _f32(0.5 * (start + end) * (in_len - 1))
+        return _f32(start * (in_len - 1)) + x * _f32((end - start) * (in_len - 1) / (out_len - 1))
     raise ValueError(f"coordinate_mode {mode!r} is not supported")
 
 
@@ -77,40 +84,88 @@ def nearest_index(coord: tirx.PrimExpr, length: int, nearest_mode: str) -> tirx.
     return _clamp(index, length)
 
 
-def resize(x: te.Tensor, geom: ResizeGeometry, name: str = "resize") -> te.Tensor:
-    """Resize the spatial axes of ``x`` (N, C, *I) to ``geom.out_size`` (nearest or N-linear).
+def _cubic_weights(frac: tirx.PrimExpr, a: float, dtype: str) -> list[tirx.PrimExpr]:
+    """Keys' cubic convolution weights (coefficient ``a``) of the taps at offsets -1, 0, 1, 2
+    from ``floor(coord)``, ``frac = coord - floor(coord)``."""
+    coeff = tirx.const(a, dtype)
+    one = tirx.const(1.0, dtype)
 
-    Linear mode clamps the source coordinate to ``[0, I-1]`` and blends the ``2^ndim``
-    neighbours with float32 weights (computed in ``x``'s dtype for float64).
+    def outer(t):  # |t| in [1, 2)
+        return ((coeff * t - 5 * coeff) * t + 8 * coeff) * t - 4 * coeff
+
+    def inner(t):  # |t| in [0, 1)
+        return ((coeff + 2) * t - (coeff + 3)) * t * t + one
+
+    return [outer(frac + one), inner(frac), inner(one - frac), outer(2 * one - frac)]
+
+
+def axis_taps(
+    coord: tirx.PrimExpr, length: int, geom: ResizeGeometry, weight_dtype: str
+) -> list[tuple[tirx.PrimExpr, tirx.PrimExpr | None]]:
+    """``(input index, weight)`` of each tap of a float32 source coordinate along an axis of
+    ``length`` samples (weight None: the single nearest tap). Linear clamps the coordinate
+    to ``[0, length-1]``; cubic clamps its tap indices (edge padding) and, with
+    ``exclude_outside``, zeroes the weights of taps outside the input and renormalizes."""
+    if geom.mode == "nearest":
+        return [(nearest_index(coord, length, geom.nearest_mode), None)]
+    one = tirx.const(1, weight_dtype)
+    if geom.mode == "linear":
+        clamped = tirx.max(tirx.min(coord, _f32(length - 1)), _f32(0.0))
+        low = tirx.floor(clamped)
+        high_weight = (clamped - low).astype(weight_dtype)
+        low_index = low.astype("int32")
+        high_index = tirx.min(low_index + 1, length - 1)
+        return [(low_index, one - high_weight), (high_index, high_weight)]
+    low = tirx.floor(coord)
+    weights = _cubic_weights((coord - low).astype(weight_dtype), geom.cubic_coeff_a, weight_dtype)
+    indices = [low.astype("int32") + offset for offset in (-1, 0, 1, 2)]
+    if geom.exclude_outside:
+        zero = tirx.const(0, weight_dtype)
+        weights = [
+            tirx.if_then_else(tirx.all(i >= 0, i <= length - 1), w, zero)
+            for i, w in zip(indices, weights)
+        ]
+        total = weights[0] + weights[1] + weights[2] + weights[3]
+        weights = [w / total for w in weights]
+    return [(_clamp(i, length), w) for i, w in zip(indices, weights)]
+
+
+def resize(x: te.Tensor, geom: ResizeGeometry, name: str = "resize") -> te.Tensor:
+    """Resize the spatial axes of ``x`` (N, C, *I) to ``geom.out_size`` (nearest, N-linear or
+    N-cubic; taps as :func:`axis_taps`).
+
+    Weights are float32 (``x``'s dtype for float64). Under 'tf_crop_and_resize' an output
+    whose source coordinate lies outside ``[0, I-1]`` on some axis is
+    ``geom.extrapolation_value``.
     """
     dtype = x.dtype
     weight_dtype = "float64" if dtype == "float64" else "float32"
 
     def body(n, c, *pos):
         coords = [source_coordinate(p, a, geom) for a, p in enumerate(pos)]
-        if geom.mode == "nearest":
-            src = [
-                nearest_index(cd, length, geom.nearest_mode)
-                for cd, length in zip(coords, geom.in_size)
-            ]
-            return x[(n, c, *src)]
-        corners = []
-        for cd, length in zip(coords, geom.in_size):
-            clamped = tirx.max(tirx.min(cd, _f32(length - 1)), _f32(0.0))
-            low = tirx.floor(clamped)
-            high_weight = (clamped - low).astype(weight_dtype)
-            low_index = low.astype("int32")
-            high_index = tirx.min(low_index + 1, length - 1)
-            one = tirx.const(1, weight_dtype)
-            corners.append(((low_index, one - high_weight), (high_index, high_weight)))
+        taps = [
+            axis_taps(cd, length, geom, weight_dtype) for cd, length in zip(coords, geom.in_size)
+        ]
         total = None
-        for choice in itertools.product(*corners):
-            weight = choice[0][1]
-            for _, w in choice[1:]:
-                weight = weight * w
-            term = weight * x[(n, c, *(idx for idx, _ in choice))].astype(weight_dtype)
+        for choice in itertools.product(*taps):
+            term = x[(n, c, *(index for index, _ in choice))]
+            weights = [w for _, w in choice if w is not None]
+            if weights:
+                weight = weights[0]
+                for w in weights[1:]:
+                    weight = weight * w
+                term = weight * term.astype(weight_dtype)
             total = term if total is None else total + term
-        return total.astype(dtype)
+        value = total.astype(dtype)
+        if geom.coordinate_mode != "tf_crop_and_resize":
+            return value
+        inside = [
+            tirx.all(cd >= _f32(0.0), cd <= _f32(length - 1))
+            for cd, length in zip(coords, geom.in_size)
+        ]
+        return tirx.if_then_else(
+            tirx.all(*inside), value, tirx.const(geom.extrapolation_value, dtype)
+        )
 
     return te.compute(geom.out_shape, body, name=name)
 
