@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,7 +34,7 @@ from convforge.commands.tune import ConvWorkload, onnx_workloads, parse_conv
 from convforge.export import compare, conv_model, conv_transpose_model, run_onnxruntime
 from convforge.export.onnx_graphs import flat_pads, make_model
 from convforge.schedules import tuning
-from convforge.targets import host_target
+from convforge.targets import host_target, target_key
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOM = shapes.conv_geometry((1, 16, 14, 14), (16, 16, 3, 3), padding=1)
@@ -395,6 +396,25 @@ def test_copy_best_records_keeps_the_default_and_the_fastest(tuned, tmp_path):
     assert best == result.best_seconds
 
 
+def _recorded_target(key: str) -> tvm.target.Target:
+    """The LLVM target a shipped record was tuned for (its key holds TVM's print of it)."""
+    printed = json.loads(key)
+
+    def field(name: str) -> str:
+        return re.search(rf'"{name}": "?([\w.-]+)', printed).group(1)
+
+    target = tvm.target.Target(
+        {
+            "kind": "llvm",
+            "mtriple": field("mtriple"),
+            "mcpu": field("mcpu"),
+            "num-cores": int(field("num-cores")),
+        }
+    )
+    assert target_key(target) == key
+    return target
+
+
 SHIPPED = sorted(p for p in tuning.SHIPPED_DB.glob("*/*.json") if not p.name.startswith("."))
 
 
@@ -403,10 +423,11 @@ def test_shipped_record_computes_the_onnxruntime_result(path):
     """Every shipped schedule, replayed for this host (whatever CPU it was tuned for)."""
     from convforge.commands.tune import WORKLOADS
 
+    recorded = _recorded_target(json.loads(path.read_text())["target"])
     workload = mod = None
     for candidate in WORKLOADS.values():
-        candidate_mod = tuning.workload_module(candidate.prim_func(host_target()))
-        if path.name == tuning.workload_file("", candidate_mod, host_target()).name:
+        candidate_mod = tuning.workload_module(candidate.prim_func(recorded))
+        if path.name == tuning.workload_file("", candidate_mod, recorded).name:
             workload, mod = candidate, candidate_mod
     assert workload is not None, f"{path.name} matches no named workload"
     geom = workload.geometry
