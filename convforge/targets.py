@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+import psutil
 import tvm
 
 TargetArg = tvm.target.Target | dict[str, Any] | str | None
@@ -19,6 +20,20 @@ CUDA_DEFAULTS = {
     "max_shared_memory_per_block": 48 * 1024,
     "thread_warp_size": 32,
 }
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hardware threads of one core count once)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(usable or 1, psutil.cpu_count(logical=False) or usable or 1))
+
+
+# TVM's runtime starts one worker per two hardware threads on x86 unless told otherwise (it
+# assumes hyper-threading): a single thread on a 2-core machine, which halves every parallel
+# kernel. Run one worker per physical core unless the user chose (TVM reads these variables
+# when its thread pool starts, at the first parallel kernel).
+if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["TVM_NUM_THREADS"] = str(physical_cores())
 
 
 @functools.cache

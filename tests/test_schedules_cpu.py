@@ -236,3 +236,23 @@ def test_channel_blocks_reject_bad_sizes():
     x, w = te.placeholder(geom.x_shape, name="x"), te.placeholder(geom.w_shape, name="w")
     with pytest.raises(ValueError, match="groups == 1"):
         ops.conv_nchwc(x, w, None, geom, ops.ChannelBlocks(8, 2))
+
+
+@pytest.mark.parametrize("user_threads", [None, "1"])
+def test_kernels_run_one_thread_per_physical_core_unless_the_user_chose(user_threads):
+    """TVM alone starts half the hardware threads on x86 (one on a 2-core machine)."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    if user_threads is not None:
+        env["TVM_NUM_THREADS"] = user_threads
+    script = "import convforge, tvm_ffi; print(tvm_ffi.get_global_func('runtime.NumThreads')())"
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    cores = min(len(os.sched_getaffinity(0)), psutil.cpu_count(logical=False))
+    assert int(out.stdout) == (cores if user_threads is None else int(user_threads))
