@@ -28,7 +28,7 @@ import onnxruntime
 import tvm
 
 from convforge.examples import networks
-from convforge.export.check import compare, session
+from convforge.export.check import compare, quiet_thread_pools, session
 from convforge.export.check_model import make_inputs
 from convforge.export.model import compile_model
 from convforge.targets import host_target
@@ -57,7 +57,7 @@ def measure(name: str, rounds: int, tuning_db: str | None) -> dict:
     start = time.perf_counter()
     compiled = compile_model(model, tuning_db=tuning_db)
     compile_seconds = time.perf_counter() - start
-    sess = session(model)
+    sess = session(model, spinning=False)
     ours, theirs = compiled(**feeds), sess.run(None, feeds)
     agreement = [compare(a, e) for a, e in zip(ours, theirs)]
     args = list(feeds.values())
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuning-db", default=None, help="tuning database directory")
     parser.add_argument("--out", default="bench-results/models.json", help="JSON results")
     args = parser.parse_args(argv)
+    quiet_thread_pools()  # idle workers must not take the cores of the runtime being timed
     names = args.models.split(",")
     unknown = [n for n in names if n not in MODELS]
     if unknown:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import convforge as cf
 from convforge.export import stack_model
-from convforge.export.check import session
+from convforge.export.check import quiet_thread_pools, session
 
 SPEC = cf.StackSpec(
     in_channels=1,
@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--recompute-repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/streaming.json")
     args = parser.parse_args()
+    quiet_thread_pools()  # idle workers must not take the cores of the runtime being timed
 
     field = SPEC.receptive_field
     span = -(-field // 32) * 32  # convforge's recompute window
@@ -154,7 +155,7 @@ def main() -> None:
     stack.reset()
     rows["convforge stream step"] = per_call(lambda: stack.step(sample), args.steps, args.repeats)
     for threads in (1, 2):
-        sess = session(stateful, threads=threads)
+        sess = session(stateful, threads=threads, spinning=False)
         for binding in (False, True):
             label = f"onnxruntime stream step ({threads}t{', IO binding' if binding else ''})"
             rows[label] = per_call(ort_step_runner(sess, sample, binding), args.steps, args.repeats)
@@ -167,7 +168,7 @@ def main() -> None:
     rows["convforge recompute window"] = per_call(recompute_convforge, 1, args.recompute_repeats)
     full = stack_model(SPEC, weights, stateful=False)
     for threads in (1, 2):
-        sess = session(full, threads=threads)
+        sess = session(full, threads=threads, spinning=False)
         rows[f"onnxruntime recompute window ({threads}t)"] = per_call(
             lambda sess=sess: sess.run(None, {"x": history[:, :, -field:]}),
             1,

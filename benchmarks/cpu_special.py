@@ -17,7 +17,7 @@ import tvm
 from convforge import api, shapes
 from convforge.build import recording_kernels
 from convforge.export import conv_model, conv_transpose_model
-from convforge.export.check import session
+from convforge.export.check import quiet_thread_pools, session
 
 #: name -> (kind, x_shape, w_shape, attributes)
 WORKLOADS = {
@@ -65,7 +65,7 @@ def measure(name: str, threads: int, rounds: int = 9, budget: float = 0.05) -> t
     device = kernel.device
     args = [tvm.runtime.tensor(a, device) for a in (x, w)]
     out = tvm.runtime.tensor(np.empty(kernel.output_shapes[0], np.float32), device)
-    sess = session(model, threads)
+    sess = session(model, threads, spinning=False)
     feeds = {"x": x}
 
     def ours():
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cpu-time", action="store_true", help="process CPU time clock")
     args = parser.parse_args()
+    quiet_thread_pools()  # idle workers must not take the cores of the runtime being timed
     global CLOCK
     CLOCK = time.process_time if args.cpu_time else time.perf_counter
     tvm.get_global_func("runtime.config_threadpool")(0, args.threads)

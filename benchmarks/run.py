@@ -8,7 +8,9 @@ then timed interleaved in one process: each repeat runs one timed sample of ever
 implementation in turn (in a rotating order), so all of them see the same machine noise.
 A sample is the mean of enough back-to-back calls to last ``--sample-ms``; the table shows
 the median over repeats, GFLOP/s, the time ratio to onnxruntime (lower is better) and
-the share of the sgemm ceiling measured in the same run.
+the share of the sgemm ceiling measured in the same run. Every thread pool (TVM's,
+onnxruntime's, PyTorch's OpenMP) blocks when idle instead of spin-waiting, so the
+implementation being timed is not sharing the cores with another one's idle workers.
 """
 
 from __future__ import annotations
@@ -58,14 +60,10 @@ class Measurement:
 def onnxruntime_impl(threads: int):
     import onnxruntime as ort
 
+    from convforge.export.check import session
+
     def prepare(wl, arrays) -> Prepared:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        model = wl.spec.onnx(wl, arrays)
-        sess = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        sess = session(wl.spec.onnx(wl, arrays), threads, spinning=False)
         binding = sess.io_binding()
         x = ort.OrtValue.ortvalue_from_numpy(arrays["x"])
         binding.bind_ortvalue_input("x", x)
@@ -202,9 +200,9 @@ def timed_sample(run: Callable[[], Any], number: int) -> float:
 
 def sgemm_timer(size: int, threads: int) -> tuple[Callable[[], Any], str]:
     """A call of onnxruntime's MatMul (MLAS sgemm) on size^3 float32, checked against numpy."""
-    import onnxruntime as ort
     from onnx import helper
 
+    from convforge.export.check import session
     from convforge.export.onnx_graphs import make_model
 
     rng = np.random.default_rng(0)
@@ -215,12 +213,7 @@ def sgemm_timer(size: int, threads: int) -> tuple[Callable[[], Any], str]:
         {"a": ((size, size), "float32"), "b": ((size, size), "float32")},
         {"c": ((size, size), "float32")}, initializers={"b": b}, name="sgemm",
     )  # fmt: skip
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    sess = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    sess = session(model, threads, spinning=False)
     (c,) = sess.run(None, {"a": a})
     expected = a.astype(np.float64) @ b
     error = float(np.max(np.abs(c - expected)) / np.max(np.abs(expected)))
@@ -463,6 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # does not pin either).
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     os.environ.setdefault("TVM_BIND_THREADS", "0")
+    # Idle pools block instead of spinning (onnxruntime sessions too: spinning=False), so
+    # the implementation being timed has every core.
+    from convforge.export.check import quiet_thread_pools
+
+    quiet_thread_pools()
     from benchmarks.workloads import SUITE
 
     if args.list:
@@ -507,7 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine,
         "settings": {"repeat": args.repeat, "sample_ms": args.sample_ms, "quick": args.quick,
                      "tuning_db": args.tuning_db,
-                     "TVM_BIND_THREADS": os.environ.get("TVM_BIND_THREADS")},
+                     **{k: os.environ.get(k) for k in (
+                         "TVM_NUM_THREADS", "TVM_BIND_THREADS", "TVM_THREAD_POOL_SPIN_COUNT",
+                         "OMP_WAIT_POLICY")},
+                     "onnxruntime_spinning": False},
         "sgemm": sgemm,
         "notes": notes,
         "workloads": results,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convforge.examples import networks
-from convforge.export.check import compare, session
+from convforge.export.check import compare, quiet_thread_pools, session
 from convforge.export.check_model import make_inputs
 from convforge.export.model import CompiledModel, compile_model, load, median_seconds
 from convforge.export.onnx_graphs import save_model
@@ -39,7 +39,7 @@ class Row:
 
 
 def onnxruntime_latency(model, feeds: dict, repeat: int = 5) -> float:
-    sess = session(model)
+    sess = session(model, spinning=False)
     return median_seconds(lambda: sess.run(None, feeds), repeat)
 
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=5, help="timing repeats (medians)")
     args = parser.parse_args(argv)
+    quiet_thread_pools()  # idle workers must not take the cores of the runtime being timed
     os.makedirs(args.output_dir, exist_ok=True)
 
     wavenet_config = networks.WaveNetConfig()

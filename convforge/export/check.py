@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,14 +19,36 @@ def tolerances(dtype: str) -> tuple[float, float]:
     return _TOLERANCES.get(str(dtype), (1e-4, 1e-5))
 
 
-def session(model: onnx.ModelProto, threads: int = 2) -> ort.InferenceSession:
-    """A CPU onnxruntime session with its default graph optimizations."""
+def session(
+    model: onnx.ModelProto, threads: int = 2, spinning: bool = True
+) -> ort.InferenceSession:
+    """A CPU onnxruntime session with its default graph optimizations.
+
+    ``spinning=False``: its idle workers block instead of spin-waiting (for timing it beside
+    another runtime in one process; see :func:`quiet_thread_pools`).
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
+
+
+def quiet_thread_pools() -> None:
+    """Make idle TVM (and OpenMP, i.e. PyTorch) workers block instead of spin-waiting.
+
+    For timing runtimes side by side in one process, together with onnxruntime sessions
+    made with ``spinning=False``: on a 2-core machine one runtime's spinning idle workers
+    took a core from the one being timed (convforge's depthwise kernel ran 13x slower right
+    after onnxruntime, onnxruntime's 1x1 conv 1.6x slower after convforge). Call it before
+    the first TVM kernel runs (TVM reads the setting when its thread pool starts); settings
+    the user made stay.
+    """
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def run_onnxruntime(
