@@ -87,19 +87,33 @@ def conv_computation(
 ) -> Computation:
     """The TE computation :func:`conv` compiles for ``geom`` on ``target`` (tuning uses it
     too, so a tuned record is found for exactly the PrimFunc the API builds)."""
-    blocks = dense_conv_blocks(geom, dtype, resolve_target(target))
+    resolved = resolve_target(target)
 
     def build():
         tx, tw, tb = placeholders(
             dtype, x=geom.x_shape, w=geom.w_shape, bias=(geom.out_channels,) if bias else None
         )
-        if blocks is None:
-            out = ops.conv(tx, tw, tb, geom, activation)
-        else:  # dense conv on a CPU: output channels blocked, see convforge.ops.conv_nchwc
-            out = ops.conv_nchwc(tx, tw, tb, geom, blocks, activation)
+        out = conv_for_target(tx, tw, tb, geom, activation, resolved)
         return [t for t in (tx, tw, tb) if t is not None], [out]
 
     return build
+
+
+def conv_for_target(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor | None,
+    geom: shapes.ConvGeometry,
+    activation: str | None,
+    target: TargetArg = None,
+) -> te.Tensor:
+    """The convolution computation for ``target`` (the numpy API's and compiled models'):
+    dense 2-D/3-D on a CPU with output channels blocked (:func:`convforge.ops.conv_nchwc`),
+    else the generic :func:`convforge.ops.conv`. x (N, C, *I), w (O, C/groups, *K)."""
+    blocks = dense_conv_blocks(geom, str(x.dtype), resolve_target(target))
+    if blocks is None:
+        return ops.conv(x, w, bias, geom, activation)
+    return ops.conv_nchwc(x, w, bias, geom, blocks, activation)
 
 
 def conv_transpose(

@@ -30,6 +30,7 @@ import tvm_ffi
 from tvm import relax, te
 
 from convforge import ops, shapes
+from convforge.api import conv_for_target
 from convforge.build import schedule_for
 from convforge.targets import vector_lanes
 
@@ -210,7 +211,7 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     def compute(tx, tw, tb=None):
         if resize_geom is not None:
             return [ops.resize_conv(tx, tw, tb, resize_geom, geom, activation)]
-        return [ops.conv(tx, tw, tb, geom, activation)]
+        return [conv_for_target(tx, tw, tb, geom, activation, ctx.target)]
 
     args = [x, w] if bias is None else [x, w, bias]
     kernel = f"conv{nd}d" if resize_geom is None else f"resize_conv{nd}d"
