@@ -4,9 +4,13 @@ Every case runs the NCHW[x]c computation under its schedule and compares it with
 onnxruntime running the equivalent ONNX Conv (an independent implementation).
 """
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
+import psutil
 import pytest
 import tvm
 from tvm import te
@@ -241,12 +245,6 @@ def test_channel_blocks_reject_bad_sizes():
 @pytest.mark.parametrize("user_threads", [None, "1"])
 def test_kernels_run_one_thread_per_physical_core_unless_the_user_chose(user_threads):
     """TVM alone starts half the hardware threads on x86 (one on a 2-core machine)."""
-    import os
-    import subprocess
-    import sys
-
-    import psutil
-
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
     if user_threads is not None:
         env["TVM_NUM_THREADS"] = user_threads
