@@ -87,13 +87,12 @@ def conv_computation(
 ) -> Computation:
     """The TE computation :func:`conv` compiles for ``geom`` on ``target`` (tuning uses it
     too, so a tuned record is found for exactly the PrimFunc the API builds)."""
-    resolved = resolve_target(target)
 
     def build():
         tx, tw, tb = placeholders(
             dtype, x=geom.x_shape, w=geom.w_shape, bias=(geom.out_channels,) if bias else None
         )
-        out = conv_for_target(tx, tw, tb, geom, activation, resolved)
+        out = conv_for_target(tx, tw, tb, geom, activation, target)
         return [t for t in (tx, tw, tb) if t is not None], [out]
 
     return build
