@@ -11,6 +11,7 @@ import math
 
 from tvm import te
 
+from convforge.ops.activation import exp
 from convforge.ops.conv import accumulator_dtype, conv
 from convforge.ops.pool import adaptive_pool
 from convforge.shapes import AdaptivePoolGeometry, ConvGeometry, global_pool_geometry
@@ -70,7 +71,7 @@ def softmax(x: te.Tensor) -> te.Tensor:
     peak = te.compute(rest, lambda n, *tail: te.max(x[(n, rk, *tail)], axis=rk), name="softmax_max")
     exps = te.compute(
         shape,
-        lambda n, k, *tail: te.exp((x[(n, k, *tail)] - peak[(n, *tail)]).astype(acc)),
+        lambda n, k, *tail: exp((x[(n, k, *tail)] - peak[(n, *tail)]).astype(acc), acc),
         name="softmax_exp",
     )
     rs = te.reduce_axis((0, shape[1]), "rs")
