@@ -174,3 +174,13 @@ def test_softmax_in_other_dtypes_matches_numpy(dtype, rng):
     p = cf.softmax(z)
     assert p.dtype == z.dtype
     assert compare(p, numpy_softmax(z.astype(np.float64)).astype(dtype)).ok
+
+
+@pytest.mark.parametrize("shape", [(1, 256, 1024), (2, 7, 1000), (1, 3, 5, 33), (2, 4, 8, 64)])
+def test_softmax_over_classes_of_long_rows_matches_onnxruntime(shape):
+    """(N, K, ..., L): positions tiled in parallel (whole vectors, ragged and odd L)."""
+    z = (np.random.default_rng(3).standard_normal(shape) * 8).astype(np.float32)
+    p = cf.softmax(z)
+    (expected,) = run_onnxruntime(softmax_model(z.shape), {"x": z})
+    assert compare(p, expected).ok
+    assert compare(p, numpy_softmax(z.astype(np.float64)).astype(np.float32)).ok

@@ -13,8 +13,10 @@ outer loops).
 - ``dense`` (x (N, F) @ w (K, F)^T): the reduction over F is split by a vector of lanes and
   ``rfactor``-ed, so ``lanes`` partial sums run as one vector along contiguous x and w
   rows; the output classes run in parallel and the epilogue is fused per class.
-- ``softmax_*``: one pass per row (parallel over rows): max, exp and sum, normalize, the
-  element-wise steps vectorized along the classes when they are the innermost axis."""
+- ``softmax_*``: for (N, K) one pass per row (parallel over rows): max, exp and sum,
+  normalize, the element-wise steps vectorized along the classes. For (N, K, ..., L) the
+  positions along L are tiled, tiles run in parallel and every step is vectorized along
+  the positions of a tile (WaveNet's per-step softmax over 256 classes)."""
 
 from __future__ import annotations
 
@@ -67,18 +69,44 @@ def _schedule_pool(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> set[str]:
     return names
 
 
+#: Positions along the last axis of (N, K, ..., L) that one softmax tile normalizes at once.
+_SOFTMAX_TILE = 64
+
+
 def _schedule_softmax(sch: s_tir.Schedule, lanes: int) -> set[str]:
     names = ("softmax_max", "softmax_exp", "softmax_sum", "softmax_norm")
     loops = sch.get_loops(sch.get_sblock("softmax_norm"))  # (N, K, *rest)
-    sch.parallel(loops[0])
-    for name in reversed(names[:-1]):
-        sch.compute_at(sch.get_sblock(name), loops[0], preserve_unit_loops=True)
-    if len(loops) == 2:  # classes innermost: vectorize the element-wise steps along them
+    if len(loops) == 2:  # classes innermost: one row per task, vectorized along the classes
+        sch.parallel(loops[0])
+        for name in reversed(names[:-1]):
+            sch.compute_at(sch.get_sblock(name), loops[0], preserve_unit_loops=True)
         for name in ("softmax_exp", "softmax_norm"):
             inner = sch.get_loops(sch.get_sblock(name))[-1]
             vector = _divisor_up_to(int(sch.get(inner).extent), lanes)
             if vector > 1:
                 sch.vectorize(sch.split(inner, [None, vector])[1])
+        return set(names)
+    # (N, K, *outer, L): tiles of positions along L run in parallel; in a tile every step
+    # walks the classes with the positions as the vectorized inner axis (contiguous in x).
+    n, k, *outer, last = loops
+    length = int(sch.get(last).extent)
+    divisors = [d for d in range(1, min(length, _SOFTMAX_TILE) + 1) if length % d == 0]
+    tile = max(divisors, key=lambda d: (d % lanes == 0, d))  # whole vectors where possible
+    last_outer, last_inner = sch.split(last, [None, tile])
+    sch.reorder(n, *outer, last_outer, k, last_inner)
+    sch.parallel(sch.fuse(n, *outer, last_outer))
+    at = sch.get_loops(sch.get_sblock("softmax_norm"))[0]
+    for name in reversed(names[:-1]):
+        sch.compute_at(sch.get_sblock(name), at, preserve_unit_loops=True)
+    for name in names:
+        block = sch.get_sblock(name)
+        inner = sch.get_loops(block)[1:]  # below the parallel loop
+        if name in ("softmax_max", "softmax_sum"):
+            # the reduction outside, the contiguous positions inside: LLVM vectorizes them
+            # (the vectorize primitive refuses a reduction's spatial loop)
+            sch.reorder(inner[-1], inner[-2])
+        else:
+            sch.vectorize(inner[-1])
     return set(names)
 
 
