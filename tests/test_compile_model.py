@@ -15,7 +15,9 @@ from onnx import helper
 import convforge as cf
 from convforge.examples import networks
 from convforge.export.check import compare, run_onnxruntime
+from convforge.export.model import import_model
 from convforge.export.onnx_graphs import save_model
+from convforge.targets import host_target
 
 
 def _he(rng, shape):
@@ -456,3 +458,29 @@ def test_checkerboard_measure_separates_transposed_from_resize_convolution():
         spreads[kind] = networks.checkerboard_spread(image)
     assert spreads["transposed"] > 0.1 > 1e-5 > spreads["resize"]
     assert networks.checkerboard_spread(np.full((3, 20, 20), 2.0)) == 0.0
+
+
+def test_constant_weights_are_packed_at_compile_time_and_match_onnxruntime(rng):
+    """Dense 2-D/3-D convolutions with constant weights take them packed once (no pack
+    block in the kernel), output channels not a multiple of the block included; a weight
+    given as a graph input is packed by the kernel."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 0, 1, 2], strides=[2, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[1, 1], name="conv2"),
+        helper.make_node("Conv", ["c2", "w_input"], ["y"], kernel_shape=[3, 3], name="conv3"),
+        helper.make_node("Conv", ["v", "w3d"], ["y3d"], kernel_shape=[2, 3, 3], pads=[1] * 6, name="conv3d"),
+    ]  # fmt: skip
+    weights = {
+        "w1": _he(rng, (5, 3, 3, 3)),
+        "b1": rng.standard_normal(5).astype(np.float32),
+        "w2": _he(rng, (13, 5, 1, 1)),
+        "w3d": _he(rng, (11, 2, 2, 3, 3)),
+    }
+    inputs = {"x": (1, 3, 15, 14), "w_input": (6, 13, 3, 3), "v": (1, 2, 4, 6, 7)}
+    model = _model(nodes, inputs, {"y": None, "y3d": None}, weights)
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in inputs.items()}
+    _assert_matches_onnxruntime(model, feeds)
+    _, ctx, _ = import_model(model, host_target())
+    packs = {r.node: '"nchwc_pack_w"' in ctx.functions[r.function].script() for r in ctx.records}
+    assert packs == {"conv1": False, "conv2": False, "conv3": True, "conv3d": False}

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
+import tvm_ffi
 from onnx import helper
 from tvm.s_tir.meta_schedule.database import TuningRecord, Workload
 from tvm_ffi.structural import structural_equal
@@ -338,12 +339,15 @@ def test_rpc_server_killed_mid_run_neither_aborts_tuning_nor_loses_records(tmp_p
 # --------------------------------------------------------------------------- CLI input
 
 
-def test_onnx_model_conv_nodes_become_workloads(tmp_path):
+def test_onnx_workloads_are_the_kernels_compile_model_looks_up(tmp_path, monkeypatch):
+    """``convforge tune --onnx`` tunes exactly the PrimFuncs compile_model asks the tuning
+    database for: fused epilogues, constant weights packed, grouped and transposed forms."""
     conv = shapes.conv_geometry(
         (1, 4, 9, 9), (6, 2, 3, 3), stride=2, padding=((1, 0), (0, 1)), groups=2
     )
+    dense = shapes.conv_geometry(conv.out_shape, (5, 6, 3, 3), padding=1)
     up = shapes.conv_transpose_geometry(
-        conv.out_shape, (6, 3, 4, 4), stride=2, padding=1, output_padding=1
+        dense.out_shape, (5, 3, 4, 4), stride=2, padding=1, output_padding=1
     )
     nodes = [
         helper.make_node(
@@ -351,21 +355,39 @@ def test_onnx_model_conv_nodes_become_workloads(tmp_path):
             strides=list(conv.stride), pads=flat_pads(conv.padding), group=conv.groups,
         ),
         helper.make_node(
-            "ConvTranspose", ["c", "w2"], ["y"], kernel_shape=list(up.kernel),
+            "Conv", ["c", "w_dense"], ["d"], kernel_shape=list(dense.kernel),
+            pads=flat_pads(dense.padding),
+        ),
+        helper.make_node("Relu", ["d"], ["r"]),
+        helper.make_node(
+            "ConvTranspose", ["r", "w2"], ["y"], kernel_shape=list(up.kernel),
             strides=list(up.stride), pads=flat_pads(up.padding),
             output_padding=list(up.output_padding),
         ),
     ]  # fmt: skip
+    w_dense = np.random.default_rng(0).standard_normal(dense.w_shape).astype(np.float32)
     model = make_model(
         nodes,
         {"x": (conv.x_shape, "float32"), "w": (conv.w_shape, "float32"),
          "bias": ((conv.out_channels,), "float32"), "w2": (up.w_shape, "float32")},
-        {"y": (up.out_shape, "float32")},
+        {"y": (up.out_shape, "float32")}, initializers={"w_dense": w_dense},
     )  # fmt: skip
     path = tmp_path / "m.onnx"
     path.write_bytes(model.SerializeToString())
     found = onnx_workloads(str(path))
-    assert [(w.geometry, w.bias) for w in found] == [(conv, True), (up, False)]
+    assert [w.name.split(":")[0] for w in found] == ["Conv", "Conv", "ConvTranspose"]
+    looked_up = []
+    lookup = tuning.tuned_module
+
+    def recording(func, target):
+        looked_up.append(tvm_ffi.structural_hash(tuning.workload_module(func)))
+        return lookup(func, target)
+
+    monkeypatch.setattr(tuning, "tuned_module", recording)
+    cf.compile_model(str(path))
+    for workload in found:
+        func = workload.prim_func(host_target())
+        assert tvm_ffi.structural_hash(tuning.workload_module(func)) in looked_up, workload.name
 
 
 def test_conv_spec_parsing_and_errors():

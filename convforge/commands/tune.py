@@ -1,8 +1,8 @@
 """``convforge tune``: autotune convolutions with MetaSchedule into a tuning database.
 
 What to tune: named workloads of the benchmark suite (``--workload``), explicit shapes
-(``--conv x=1,64,56,56 w=64,64,3,3 stride=1 padding=1``) or every Conv / ConvTranspose node
-of an ONNX model (``--onnx model.onnx``). Records go to ``--db`` (default
+(``--conv x=1,64,56,56 w=64,64,3,3 stride=1 padding=1``) or every convolution kernel
+of an ONNX model as ``convforge compile`` builds it (``--onnx model.onnx``). Records go to ``--db`` (default
 ``$CONVFORGE_TUNING_DB``), keyed by workload and target; compile with them through
 ``convforge.use_tuning_db(path)`` or ``CONVFORGE_TUNING_DB``.
 """
@@ -118,54 +118,36 @@ def parse_conv(tokens: list[str], index: int) -> ConvWorkload:
     )
 
 
-_ONNX_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-               onnx.TensorProto.DOUBLE: "float64"}  # fmt: skip
-_AUTO_PAD = {"VALID": "valid", "SAME_UPPER": "same_upper", "SAME_LOWER": "same_lower"}
+@dataclass(frozen=True)
+class ModelKernel:
+    """One convolution kernel of an ONNX model, exactly as :func:`convforge.compile_model`
+    builds it for the target it was found for (fused epilogue, packed constant weights)."""
+
+    name: str
+    func: tvm.tirx.PrimFunc
+
+    def prim_func(self, target: tvm.target.Target) -> tvm.tirx.PrimFunc:
+        return self.func
 
 
-def onnx_workloads(path: str) -> list[ConvWorkload]:
-    """One workload per distinct Conv / ConvTranspose node of the model at ``path``.
+#: ONNX op types whose kernels ``--onnx`` tunes.
+TUNED_OP_TYPES = ("Conv", "ConvTranspose", "CausalConvWithState")
 
-    Shapes come from ONNX shape inference; attributes are mapped onto convforge.shapes.
-    Nodes whose input shapes are not static are skipped with a message.
-    """
-    model = onnx.shape_inference.infer_shapes(onnx.load(path))
-    graph = model.graph
-    types = {i.name: i.type.tensor_type for i in (*graph.input, *graph.value_info, *graph.output)}
-    shapes_ = {n: [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
-               for n, t in types.items()}  # fmt: skip
-    dtypes = {n: _ONNX_TYPES.get(t.elem_type) for n, t in types.items()}
-    for init in graph.initializer:
-        shapes_[init.name] = list(init.dims)
-        dtypes[init.name] = _ONNX_TYPES.get(init.data_type)
-    found: dict[tuple, ConvWorkload] = {}
-    for index, node in enumerate(graph.node):
-        if node.op_type not in ("Conv", "ConvTranspose"):
-            continue
-        x, w = shapes_.get(node.input[0]), shapes_.get(node.input[1])
-        dtype = dtypes.get(node.input[0])
-        if not x or not w or 0 in x or 0 in w or dtype is None:
-            print(f"skipping {node.op_type} node {node.name or index}: shapes/dtype not static")
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        nd = len(x) - 2
-        auto_pad = attrs.get("auto_pad", b"NOTSET").decode()
-        pads = attrs.get("pads", [0] * 2 * nd)
-        padding = _AUTO_PAD.get(auto_pad) or [(pads[i], pads[i + nd]) for i in range(nd)]
-        common = dict(
-            stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
-            groups=attrs.get("group", 1), padding=padding,
-        )  # fmt: skip
-        if node.op_type == "Conv":
-            geom = shapes.conv_geometry(x, w, **common)
-        else:
-            geom = shapes.conv_transpose_geometry(
-                x, w, output_padding=attrs.get("output_padding", 0),
-                output_shape=attrs.get("output_shape"), **common,
-            )  # fmt: skip
-        bias = len(node.input) > 2 and bool(node.input[2])
-        name = f"{node.op_type}:{node.name or index}"
-        found.setdefault((geom, dtype, bias), ConvWorkload(name, geom, dtype, bias))
+
+def onnx_workloads(
+    model: onnx.ModelProto | str, target: tvm.target.Target | None = None
+) -> list[ModelKernel]:
+    """One workload per distinct convolution kernel of ``model`` (ModelProto or path) as
+    :func:`convforge.compile_model` lowers it for ``target`` (the host by default), so that
+    compiling the model with the tuning database finds every record tuned here."""
+    from convforge.export.model import import_model
+
+    _, ctx, _ = import_model(model, resolve_target(target))
+    found: dict[str, ModelKernel] = {}
+    for record in ctx.records:
+        if record.op_type in TUNED_OP_TYPES and record.function not in found:
+            name = f"{record.op_type}:{record.node}"
+            found[record.function] = ModelKernel(name, ctx.functions[record.function])
     return list(found.values())
 
 
@@ -179,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--conv", nargs="+", action="append", default=[], metavar="KEY=VALUE",
         help="one convolution: x=1,64,56,56 w=64,64,3,3 stride=1 padding=1 (repeatable)",
     )  # fmt: skip
-    what.add_argument("--onnx", help="tune every Conv / ConvTranspose node of this ONNX model")
+    what.add_argument("--onnx", help="tune every convolution kernel of this ONNX model")
     parser.add_argument("--trials", type=int, default=64, help="measured candidates per workload")
     parser.add_argument(
         "--db", default=os.environ.get(tuning.DB_ENV),
@@ -194,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show MetaSchedule's log")
 
 
-def _workloads(args: argparse.Namespace) -> list[ConvWorkload]:
+def _workloads(args: argparse.Namespace) -> list[ConvWorkload | ModelKernel]:
     chosen = []
     for name in args.workload:
         if name == "all":
@@ -205,7 +187,7 @@ def _workloads(args: argparse.Namespace) -> list[ConvWorkload]:
             raise ValueError(f"--workload {name!r} is unknown; known: all, {', '.join(WORKLOADS)}")
     chosen.extend(parse_conv(tokens, i) for i, tokens in enumerate(args.conv))
     if args.onnx:
-        chosen.extend(onnx_workloads(args.onnx))
+        chosen.extend(onnx_workloads(args.onnx, resolve_target(args.target)))
     if not chosen:
         raise ValueError("nothing to tune: give --workload, --conv or --onnx")
     return chosen

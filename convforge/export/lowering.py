@@ -32,6 +32,7 @@ from tvm import relax, te
 from convforge import ops, shapes
 from convforge.api import conv_for_target
 from convforge.build import schedule_for
+from convforge.schedules.cpu_conv import dense_conv_blocks
 from convforge.targets import vector_lanes
 
 #: Attribute names the fusion pass sets on a fused ONNX node.
@@ -72,6 +73,8 @@ class LoweringContext:
     target: tvm.target.Target
     tuning_db: str | os.PathLike | None = None
     records: list[KernelRecord] = field(default_factory=list)
+    #: Function name -> the PrimFunc before scheduling (what ``convforge tune --onnx`` tunes).
+    functions: dict[str, tvm.tirx.PrimFunc] = field(default_factory=dict)
     bb: relax.BlockBuilder | None = None
     opset: int = 22
     progress: Callable[[str], None] | None = None
@@ -104,6 +107,7 @@ class LoweringContext:
         )
         name = "cf_" + re.sub(r"\W", "_", node)
         gvar = self.bb.add_func(prim, name)
+        self.functions.setdefault(gvar.name_hint, func.with_attr("global_symbol", "main"))
         out_ty = [relax.TensorType([int(v) for v in t.shape], str(t.dtype)) for t in outputs]
         self.records.append(
             KernelRecord(
@@ -207,10 +211,16 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
         bias_shape=None if bias is None else static_shape(bias, "bias"),
     )  # fmt: skip
     activation = activation_of(attrs)
+    blocks = dense_conv_blocks(geom, tensor_dtype(x), ctx.target)
+    packed = resize_geom is None and blocks is not None and isinstance(w, tvm.ir.expr.Constant)
+    if packed:  # pack the constant weight once, here, not on every inference
+        w = relax.const(ops.pack_weight_array(w.value.numpy(), blocks))
 
     def compute(tx, tw, tb=None):
         if resize_geom is not None:
             return [ops.resize_conv(tx, tw, tb, resize_geom, geom, activation)]
+        if packed:
+            return [ops.conv_nchwc(tx, tw, tb, geom, blocks, activation, weight_packed=True)]
         return [conv_for_target(tx, tw, tb, geom, activation, ctx.target)]
 
     args = [x, w] if bias is None else [x, w, bias]

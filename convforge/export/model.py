@@ -21,13 +21,16 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tvm
 from tvm import relax
 
 from convforge.targets import TargetArg, resolve_target
+
+if TYPE_CHECKING:
+    from convforge.export.lowering import LoweringContext
 
 #: Name of the relax function that returns the model description as UTF-8 JSON bytes.
 METADATA_FUNCTION = "convforge_metadata"
@@ -388,21 +391,46 @@ def compile_model(
     sample); other dynamic dimensions need ``input_shapes`` (name -> full shape), which
     may also override declared spatial sizes of fully convolutional models.
     """
+    say = progress or (lambda message: None)
+    if tuning_db is not None:
+        tuning_db = open_tuning_db(tuning_db)
+    resolved = resolve_target(target)
+    original = load_onnx(model)
+    mod, ctx, metadata = import_model(original, resolved, tuning_db, input_shapes, progress)
+    mod = _with_metadata(mod, metadata)
+    say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
+    start = time.perf_counter()
+    executable = tvm.compile(mod, target=resolved)
+    say(f"compiled in {time.perf_counter() - start:.1f} s")
+
+    def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
+        say(f"compiling a specialization for input shapes {shapes}")
+        return compile_model(original, resolved, tuning_db, shapes, progress)
+
+    return CompiledModel(executable, json.loads(json.dumps(metadata)), specialize)
+
+
+def import_model(
+    model: Any,
+    target: tvm.target.Target,
+    tuning_db: str | os.PathLike | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[tvm.IRModule, LoweringContext, dict]:
+    """The relax module of ``model`` with convforge's kernels (scheduled, not compiled),
+    the lowering context (its ``records`` and unscheduled ``functions``) and the metadata."""
     from tvm.relax.frontend.onnx import from_onnx
 
     from convforge.export.fusion import fuse_convolutions, name_nodes
     from convforge.export.lowering import LoweringContext, convforge_converters
 
     say = progress or (lambda message: None)
-    if tuning_db is not None:
-        tuning_db = open_tuning_db(tuning_db)
     original = name_nodes(load_onnx(model))
     specs = declared_inputs(original)
     compiled = _compiled_shapes(specs, input_shapes)
-    resolved = resolve_target(target)
     say("fusing bias, batch-norm and activations into convolutions")
     fused = fuse_convolutions(original)
-    ctx = LoweringContext(resolved, tuning_db, progress=progress)
+    ctx = LoweringContext(target, tuning_db, progress=progress)
     say(
         f"importing {len(original.graph.node)} ONNX nodes (convforge kernels scheduled as they come)"
     )
@@ -418,23 +446,13 @@ def compile_model(
     outputs = [_spec(o) for o in original.graph.output]
     metadata = {
         "producer": "convforge",
-        "target": str(resolved.export()),
+        "target": str(target.export()),
         "inputs": [{**asdict(s), "compiled_shape": list(compiled[s.name])} for s in specs],
         "outputs": [asdict(s) for s in outputs],
         "nodes": [{"name": n.name, "op_type": n.op_type} for n in original.graph.node],
         "kernels": [asdict(r) for r in ctx.records],
     }
-    mod = _with_metadata(mod, metadata)
-    say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
-    start = time.perf_counter()
-    executable = tvm.compile(mod, target=resolved)
-    say(f"compiled in {time.perf_counter() - start:.1f} s")
-
-    def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
-        say(f"compiling a specialization for input shapes {shapes}")
-        return compile_model(original, resolved, tuning_db, shapes, progress)
-
-    return CompiledModel(executable, json.loads(json.dumps(metadata)), specialize)
+    return mod, ctx, metadata
 
 
 def _with_metadata(mod: tvm.IRModule, metadata: dict) -> tvm.IRModule:

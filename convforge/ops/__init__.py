@@ -3,7 +3,7 @@
 from convforge.ops.activation import ACTIVATIONS, activate
 from convforge.ops.causal import causal_conv_state, causal_conv_with_state
 from convforge.ops.conv import conv, conv_transpose, pad
-from convforge.ops.conv_nchwc import ChannelBlocks, conv_nchwc
+from convforge.ops.conv_nchwc import ChannelBlocks, conv_nchwc, pack_weight, pack_weight_array
 from convforge.ops.conv_transpose_subpixel import conv_transpose_subpixel
 from convforge.ops.heads import (
     dense,
@@ -33,6 +33,8 @@ __all__ = [
     "fully_conv_head",
     "grid_pool_head",
     "nearest_upsample_conv",
+    "pack_weight",
+    "pack_weight_array",
     "pad",
     "pool",
     "resize",

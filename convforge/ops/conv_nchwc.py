@@ -7,7 +7,8 @@ in and out), computed as four TE blocks (names are the contract with
 - ``nchwc_pad_x``: the input zero-padded (NCHW; also extended on the high side so that the
   rounded-up output width reads inside it);
 - ``nchwc_pack_w``: ``wp[ob, c, *k, oi] = w[ob*OB + oi, c, *k]`` (zeros past the last
-  output channel);
+  output channel); a compiled model packs its constant weights once instead
+  (:func:`pack_weight_array`, ``weight_packed=True``);
 - ``conv_nchwc``: ``y[n, ob, *s, wo, wi, oi] = sum_{c, *k} xp[n, c, *(s*stride + k*dil)] *
   wp[ob, c, *k, oi]``: output channels in blocks of OB (the vectorized axis), the innermost
   output axis in tiles of ``width_block`` positions;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from tvm import te, tirx
 
 from convforge.ops.activation import activate
@@ -50,35 +52,9 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def conv_nchwc(
-    x: te.Tensor,
-    w: te.Tensor,
-    bias: te.Tensor | None,
-    geom: ConvGeometry,
-    blocks: ChannelBlocks,
-    activation: str | None = None,
-) -> te.Tensor:
-    """Dense convolution through blocked output channels: x (N, C, *I), w (O, C, *K) -> (N, O, *out).
-
-    Equal to ``conv(x, w, bias, geom, activation)`` up to float summation order; needs
-    ``geom.groups == 1``.
-    """
-    if geom.groups != 1:
-        raise ValueError(f"conv_nchwc needs groups == 1, got groups={geom.groups}")
-    dtype = x.dtype
-    acc = accumulator_dtype(dtype)
-    ob, wb = blocks.out_block, blocks.width_block
-    out_channels = geom.out_channels
-    out_chunks = _ceil_div(out_channels, ob)
-    width_chunks = _ceil_div(geom.out_size[-1], wb)
-    padded_out = (*geom.out_size[:-1], width_chunks * wb)
-    # Padded input extent that the rounded-up output grid reads, per axis.
-    extents = [
-        (o - 1) * s + (k - 1) * d + 1
-        for o, k, s, d in zip(padded_out, geom.kernel, geom.stride, geom.dilation)
-    ]
-    pads = [(lo, e - i - lo) for e, i, (lo, _) in zip(extents, geom.in_size, geom.padding)]
-    xp = pad(x, pads, name="nchwc_pad_x")
+def pack_weight(w: te.Tensor, geom: ConvGeometry, blocks: ChannelBlocks) -> te.Tensor:
+    """``nchwc_pack_w``: w (O, C, *K) -> (ceil(O/OB), C, *K, OB), zeros past channel O."""
+    ob, out_channels = blocks.out_block, geom.out_channels
 
     def pack_w(obi, c, *rest):
         *k, oi = rest
@@ -88,7 +64,52 @@ def conv_nchwc(
         value = w[(tirx.min(o, out_channels - 1), c, *k)]
         return tirx.if_then_else(o < out_channels, value, tirx.const(0, w.dtype))
 
-    wp = te.compute((out_chunks, geom.in_channels, *geom.kernel, ob), pack_w, name="nchwc_pack_w")
+    shape = (_ceil_div(out_channels, ob), geom.in_channels, *geom.kernel, ob)
+    return te.compute(shape, pack_w, name="nchwc_pack_w")
+
+
+def pack_weight_array(w: np.ndarray, blocks: ChannelBlocks) -> np.ndarray:
+    """:func:`pack_weight` of a constant weight, in numpy (done once, at compile time)."""
+    ob = blocks.out_block
+    chunks = _ceil_div(w.shape[0], ob)
+    padded = np.zeros((chunks * ob, *w.shape[1:]), w.dtype)
+    padded[: w.shape[0]] = w
+    blocked = padded.reshape(chunks, ob, *w.shape[1:])
+    return np.ascontiguousarray(np.moveaxis(blocked, 1, -1))
+
+
+def conv_nchwc(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor | None,
+    geom: ConvGeometry,
+    blocks: ChannelBlocks,
+    activation: str | None = None,
+    *,
+    weight_packed: bool = False,
+) -> te.Tensor:
+    """Dense convolution through blocked output channels: x (N, C, *I), w (O, C, *K) -> (N, O, *out).
+
+    Equal to ``conv(x, w, bias, geom, activation)`` up to float summation order; needs
+    ``geom.groups == 1``. ``weight_packed``: w is already :func:`pack_weight`'s
+    (ceil(O/OB), C, *K, OB) (a constant packed by :func:`pack_weight_array`).
+    """
+    if geom.groups != 1:
+        raise ValueError(f"conv_nchwc needs groups == 1, got groups={geom.groups}")
+    dtype = x.dtype
+    acc = accumulator_dtype(dtype)
+    ob, wb = blocks.out_block, blocks.width_block
+    out_chunks = _ceil_div(geom.out_channels, ob)
+    width_chunks = _ceil_div(geom.out_size[-1], wb)
+    padded_out = (*geom.out_size[:-1], width_chunks * wb)
+    # Padded input extent that the rounded-up output grid reads, per axis.
+    extents = [
+        (o - 1) * s + (k - 1) * d + 1
+        for o, k, s, d in zip(padded_out, geom.kernel, geom.stride, geom.dilation)
+    ]
+    pads = [(lo, e - i - lo) for e, i, (lo, _) in zip(extents, geom.in_size, geom.padding)]
+    xp = pad(x, pads, name="nchwc_pad_x")
+    wp = w if weight_packed else pack_weight(w, geom, blocks)
     rc = te.reduce_axis((0, geom.in_channels), "rc")
     rk = [te.reduce_axis((0, k), f"rk{i}") for i, k in enumerate(geom.kernel)]
 
