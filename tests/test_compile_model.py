@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+import tvm
 from onnx import helper
 
 import convforge as cf
@@ -17,6 +18,7 @@ from convforge.examples import networks
 from convforge.export.check import compare, run_onnxruntime
 from convforge.export.model import import_model
 from convforge.export.onnx_graphs import save_model
+from convforge.schedules.cpu_elementwise import schedule_elementwise
 from convforge.targets import host_target
 
 
@@ -484,3 +486,38 @@ def test_constant_weights_are_packed_at_compile_time_and_match_onnxruntime(rng):
     _, ctx, _ = import_model(model, host_target())
     packs = {r.node: '"nchwc_pack_w"' in ctx.functions[r.function].script() for r in ctx.records}
     assert packs == {"conv1": False, "conv2": False, "conv3": True, "conv3d": False}
+
+
+def test_operators_left_to_tvm_are_scheduled_and_match_onnxruntime(rng):
+    """Element-wise nodes on TVM's lowering run parallel and vectorized; results agree with
+    onnxruntime for vector-sized, ragged and tiny tensors, with broadcasting, transposes,
+    concatenation, and a reduction the rule leaves alone."""
+    nodes = [
+        helper.make_node("Add", ["a", "b"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r"]),
+        helper.make_node("Mul", ["r", "scale"], ["m"]),
+        helper.make_node("Transpose", ["m"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("Concat", ["t", "t"], ["cat"], axis=3),
+        helper.make_node("Tanh", ["cat"], ["y"]),
+        helper.make_node("Sigmoid", ["tiny"], ["y_tiny"]),
+        helper.make_node("ReduceMean", ["a", "axes"], ["y_mean"], keepdims=1),
+    ]
+    weights = {"axes": np.array([2, 3], np.int64)}
+    inputs = {"a": (1, 6, 37, 40), "b": (1, 6, 1, 40), "scale": (1, 6, 37, 1), "tiny": (3, 5)}
+    model = _model(nodes, inputs, {"y": None, "y_tiny": None, "y_mean": None}, weights)
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in inputs.items()}
+    _assert_matches_onnxruntime(model, feeds)
+
+
+def test_elementwise_rule_parallelizes_and_vectorizes_and_declines_reductions():
+    from tvm import te
+
+    x = te.placeholder((4, 64, 64), "float32", "x")
+    y = te.compute(x.shape, lambda *i: x(*i) * 2.0, name="double")
+    z = te.compute(x.shape, lambda *i: tvm.tirx.max(y(*i), 0.0), name="relu")
+    scheduled = schedule_elementwise(te.create_prim_func([x, z]), host_target())
+    text = scheduled.script()
+    assert "T.parallel" in text and "T.vectorized" in text and "double" not in text
+    k = te.reduce_axis((0, 64), "k")
+    total = te.compute((4, 64), lambda i, j: te.sum(x[i, j, k], axis=k), name="total")
+    assert schedule_elementwise(te.create_prim_func([x, total]), host_target()) is None

@@ -391,6 +391,8 @@ def compile_model(
     sample); other dynamic dimensions need ``input_shapes`` (name -> full shape), which
     may also override declared spatial sizes of fully convolutional models.
     """
+    from convforge.export.pipeline import relax_pipeline
+
     say = progress or (lambda message: None)
     if tuning_db is not None:
         tuning_db = open_tuning_db(tuning_db)
@@ -400,7 +402,7 @@ def compile_model(
     mod = _with_metadata(mod, metadata)
     say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
     start = time.perf_counter()
-    executable = tvm.compile(mod, target=resolved)
+    executable = tvm.compile(mod, target=resolved, relax_pipeline=relax_pipeline(resolved))
     say(f"compiled in {time.perf_counter() - start:.1f} s")
 
     def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
