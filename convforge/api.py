@@ -6,6 +6,7 @@ Every argument is validated by :mod:`convforge.shapes` before anything is compil
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -74,8 +75,41 @@ def conv(
     check_activation(activation)
     target = resolve_target(target)
     build = conv_computation(geom, dtype, bias is not None, activation, target)
-    key = (geom, dtype, bias is not None, activation, dense_conv_blocks(geom, dtype, target))
-    return _run("conv", key, build, (x, w, bias), target)
+    computed = kernel_geometry(geom, dtype, target)
+    key = (
+        computed,
+        dtype,
+        bias is not None,
+        activation,
+        dense_conv_blocks(computed, dtype, target),
+    )
+    arrays = (x.reshape(computed.x_shape), w.reshape(computed.w_shape), bias)
+    return _run("conv", key, build, arrays, target).reshape(geom.out_shape)
+
+
+def kernel_geometry(
+    geom: shapes.ConvGeometry, dtype: str, target: TargetArg = None
+) -> shapes.ConvGeometry:
+    """The geometry the kernel for ``geom`` computes (x, w and the output reshaped to it).
+
+    On a CPU a dense 2-D/3-D 1x1 convolution with stride 1 and no padding is a matrix
+    multiply over the positions: it is computed over one row of prod(spatial) positions, so
+    that 14- and 7-wide maps do not cap the register tile's width (ResNet-50's 14x14 1x1
+    convolutions: up to 2x faster). Any other ``geom`` is computed as it is.
+    """
+    pointwise = (
+        geom.ndim in (2, 3)
+        and all(k == 1 for k in geom.kernel)
+        and all(s == 1 for s in geom.stride)
+        and all(p == (0, 0) for p in geom.padding)
+        and any(n > 1 for n in geom.in_size[:-1])
+    )
+    if not pointwise or dense_conv_blocks(geom, dtype, resolve_target(target)) is None:
+        return geom
+    positions = math.prod(geom.in_size)
+    return shapes.conv_geometry(
+        (geom.batch, geom.in_channels, 1, positions), (geom.out_channels, geom.in_channels, 1, 1)
+    )
 
 
 def conv_computation(
@@ -85,8 +119,10 @@ def conv_computation(
     activation: str | None,
     target: TargetArg = None,
 ) -> Computation:
-    """The TE computation :func:`conv` compiles for ``geom`` on ``target`` (tuning uses it
-    too, so a tuned record is found for exactly the PrimFunc the API builds)."""
+    """The TE computation :func:`conv` compiles for ``geom`` on ``target``, over
+    :func:`kernel_geometry`'s shapes (tuning uses it too, so a tuned record is found for
+    exactly the PrimFunc the API builds)."""
+    geom = kernel_geometry(geom, dtype, target)
 
     def build():
         tx, tw, tb = placeholders(

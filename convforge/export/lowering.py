@@ -30,7 +30,7 @@ import tvm_ffi
 from tvm import relax, te
 
 from convforge import ops, shapes
-from convforge.api import conv_for_target
+from convforge.api import conv_for_target, kernel_geometry
 from convforge.build import schedule_for
 from convforge.schedules.cpu_conv import dense_conv_blocks
 from convforge.targets import vector_lanes
@@ -211,6 +211,15 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
         bias_shape=None if bias is None else static_shape(bias, "bias"),
     )  # fmt: skip
     activation = activation_of(attrs)
+    node_geom, bb = geom, ctx.bb
+    if resize_geom is None:  # e.g. 1x1 convolutions run over one row of positions
+        geom = kernel_geometry(geom, tensor_dtype(x), ctx.target)
+    if geom != node_geom:
+        x = bb.emit(relax.op.reshape(x, geom.x_shape))
+        if isinstance(w, tvm.ir.expr.Constant):
+            w = relax.const(w.value.numpy().reshape(geom.w_shape))
+        else:
+            w = bb.emit(relax.op.reshape(w, geom.w_shape))
     blocks = dense_conv_blocks(geom, tensor_dtype(x), ctx.target)
     packed = resize_geom is None and blocks is not None and isinstance(w, tvm.ir.expr.Constant)
     if packed:  # pack the constant weight once, here, not on every inference
@@ -225,7 +234,8 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
 
     args = [x, w] if bias is None else [x, w, bias]
     kernel = f"conv{nd}d" if resize_geom is None else f"resize_conv{nd}d"
-    return ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
+    out = ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
+    return out if geom == node_geom else relax.op.reshape(bb.emit(out), node_geom.out_shape)
 
 
 def lower_conv_transpose(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
