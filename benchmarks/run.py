@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import tempfile
@@ -112,8 +113,8 @@ def convforge_impl(tuning_db: str | None):
         args = list(arrays.values())
         with tuning_scope(tuning_db), recording_kernels() as kernels:
             output = fn(*args, **wl.params)
-        shapes_ = tuple(a.shape for a in args)
-        if len(kernels) != 1 or kernels[0].input_shapes != shapes_:
+        sizes = [a.size for a in args]
+        if len(kernels) != 1 or [math.prod(s) for s in kernels[0].input_shapes] != sizes:
             # several kernels (or inputs rearranged): time the numpy call as a whole
             def run_api():
                 with tuning_scope(tuning_db):
@@ -122,7 +123,9 @@ def convforge_impl(tuning_db: str | None):
             return Prepared(run_api, output, f"numpy API, {len(kernels)} kernels")
         kernel = kernels[0]
         device = kernel.device
-        tensors = [tvm.runtime.tensor(a, device) for a in args]
+        # the kernel may take the arrays reshaped (e.g. 1x1 convolutions over H*W): free views
+        shaped = [a.reshape(s) for a, s in zip(args, kernel.input_shapes)]
+        tensors = [tvm.runtime.tensor(a, device) for a in shaped]
         tensors += [
             tvm.runtime.tensor(np.empty(s, d), device)
             for s, d in zip(kernel.output_shapes, kernel.output_dtypes)
