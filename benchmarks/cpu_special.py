@@ -63,7 +63,7 @@ def measure(name: str, threads: int, rounds: int = 9, budget: float = 0.05) -> t
             api.conv_transpose(x, w, **attrs)
     (kernel,) = kernels
     device = kernel.device
-    args = [tvm.runtime.tensor(a, device) for a in (x, w)]
+    args = [tvm.runtime.tensor(a.reshape(s), device) for a, s in zip((x, w), kernel.input_shapes)]
     out = tvm.runtime.tensor(np.empty(kernel.output_shapes[0], np.float32), device)
     sess = session(model, threads, spinning=False)
     feeds = {"x": x}
