@@ -456,8 +456,11 @@ def test_shipped_record_computes_the_onnxruntime_result(path):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(geom.x_shape).astype(np.float32)
     w = rng.standard_normal(geom.w_shape).astype(np.float32)
-    model = (conv_model if isinstance(geom, shapes.ConvGeometry) else conv_transpose_model)(geom)
-    (expected,) = run_onnxruntime(model, {"x": x, "w": w})
+    feeds = {"x": x, "w": w}
+    if workload.bias:
+        feeds["bias"] = rng.standard_normal(geom.out_channels).astype(np.float32)
+    to_onnx = conv_model if isinstance(geom, shapes.ConvGeometry) else conv_transpose_model
+    (expected,) = run_onnxruntime(to_onnx(geom, bias=workload.bias), feeds)
     for raw in json.loads(path.read_text())["records"]:
         record = TuningRecord.from_json(raw, Workload(mod))
 
@@ -466,5 +469,5 @@ def test_shipped_record_computes_the_onnxruntime_result(path):
             record.trace.apply_to_schedule(sch, remove_postproc=False)
             return sch.mod
 
-        kernel = _kernel(apply(mod, host_target()), geom, bias=False)
-        assert compare(kernel(x, w), expected).ok, path
+        kernel = _kernel(apply(mod, host_target()), geom, bias=workload.bias)
+        assert compare(kernel(*feeds.values()), expected).ok, path

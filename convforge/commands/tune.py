@@ -1,10 +1,11 @@
 """``convforge tune``: autotune convolutions with MetaSchedule into a tuning database.
 
 What to tune: named workloads of the benchmark suite (``--workload``), explicit shapes
-(``--conv x=1,64,56,56 w=64,64,3,3 stride=1 padding=1``) or every convolution kernel
-of an ONNX model as ``convforge compile`` builds it (``--onnx model.onnx``). Records go to ``--db`` (default
-``$CONVFORGE_TUNING_DB``), keyed by workload and target; compile with them through
-``convforge.use_tuning_db(path)`` or ``CONVFORGE_TUNING_DB``.
+(``--conv x=1,64,56,56 w=64,64,3,3 stride=1 padding=1``) or every convolution kernel of an
+ONNX model as ``convforge compile`` builds it (``--onnx model.onnx``). Records go to
+``--db`` (default ``$CONVFORGE_TUNING_DB``), keyed by workload and target; compile with
+them through ``convforge.use_tuning_db(path)``, ``CONVFORGE_TUNING_DB`` or
+``convforge compile --tuning-db``.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def _conv(name: str, x, w, **kwargs) -> ConvWorkload:
     return ConvWorkload(name, shapes.conv_geometry(x, w, **kwargs))
 
 
-#: Named workloads (ResNet / MobileNet / 1-D / decoder convolutions, batch 1, float32).
-#: Until benchmarks/workloads.py is on main this is the suite the shipped records cover.
+#: Named workloads (ResNet / MobileNet / 1-D / decoder convolutions, batch 1, float32): the
+#: shipped records in convforge/tuned are for these.
 WORKLOADS: dict[str, ConvWorkload] = {
     w.name: w
     for w in (
@@ -64,6 +65,11 @@ WORKLOADS: dict[str, ConvWorkload] = {
         ConvWorkload(
             "decoder_transpose_4x4_s2_64_28",
             shapes.conv_transpose_geometry((1, 64, 28, 28), (64, 32, 4, 4), stride=2, padding=1),
+        ),
+        ConvWorkload(  # the benchmark suite's convT_256_128_16
+            "transpose_4x4_s2_256_16_bias",
+            shapes.conv_transpose_geometry((1, 256, 16, 16), (256, 128, 4, 4), stride=2, padding=1),
+            bias=True,
         ),
     )
 }

@@ -37,10 +37,10 @@ def _ceil_div(a: int, b: int) -> int:
 def channel_blocks(geom: ConvGeometry, dtype: str, target: tvm.target.Target) -> ChannelBlocks:
     """Block sizes of the NCHW[x]c layout for ``geom`` on ``target``.
 
-    Chooses ``m`` (1, 2 or, with 32 registers, 4) output-channel vectors and ``wb`` output columns per register
-    tile with at most half the vector registers as accumulators (measured on Zen 4: tiles of
-    24 zmm accumulators ran 2-3x slower than 16, LLVM spills the hoisted weight vectors and
-    broadcasts), minimizing (padding waste)^3 x (1 + loads per multiply-add) x (latency
+    Chooses ``m`` (1, 2 or, with 32 registers, 4) output-channel vectors and ``wb`` output
+    columns per register tile with at most half the vector registers as accumulators
+    (measured on Zen 4: tiles of 24 zmm accumulators ran 2-3x slower than 16, LLVM spills
+    the hoisted weight vectors and broadcasts), minimizing (padding waste)^3 x (1 + loads per multiply-add) x (latency
     stall when fewer than 8 accumulators). Waste counts thrice: on Zen 3 the 8x7 tile of a
     14- or 7-wide map ran 12-15% faster than the 16x4 tile that rounds it up to 16 or 8,
     and 16x3 on a 9-wide map up to 20% faster than 16x4, though the model without the cube

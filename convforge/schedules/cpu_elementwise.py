@@ -24,21 +24,27 @@ MIN_PARALLEL = 4096
 def schedule_elementwise(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc | None:
     """``func`` with its producers inlined, outer loops parallel and the innermost loop
     vectorized (by whole vectors), or None when ``func`` is not element-wise."""
+    try:
+        return _schedule(func, target)
+    except (RuntimeError, ValueError):  # ScheduleError is a RuntimeError
+        return None
+
+
+def _schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc | None:
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     if not blocks:
         return None
-    try:
-        for block in blocks[:-1]:
-            sch.compute_inline(block)
-    except (RuntimeError, ValueError):  # ScheduleError is a RuntimeError
-        return None
+    for block in blocks[:-1]:
+        sch.compute_inline(block)
     last = blocks[-1]
     if any(int(iv.iter_type) != tirx.IterVar.DataPar for iv in sch.get(last).iter_vars):
         return None
     loops = sch.get_loops(last)
     if not loops:
         return None
+    if not all(isinstance(sch.get(loop).extent, tirx.IntImm) for loop in loops):
+        return None  # symbolic sizes: left as TVM made them
     extents = [int(sch.get(loop).extent) for loop in loops]
     lanes = vector_lanes(target, str(sch.get(last).writes[0].source.dtype))
     if extents[-1] % lanes == 0 and extents[-1] > lanes:
