@@ -521,3 +521,12 @@ def test_elementwise_rule_parallelizes_and_vectorizes_and_declines_reductions():
     k = te.reduce_axis((0, 64), "k")
     total = te.compute((4, 64), lambda i, j: te.sum(x[i, j, k], axis=k), name="total")
     assert schedule_elementwise(te.create_prim_func([x, total]), host_target()) is None
+
+
+def test_strided_conv_transpose_nodes_take_the_sub_pixel_computation():
+    """Like the numpy API: no multiplications by the zeros a stride inserts."""
+    _, ctx, _ = import_model(networks.decoder("transposed"), host_target())
+    kernels = [r for r in ctx.records if r.op_type == "ConvTranspose"]
+    assert len(kernels) == 3
+    for record in kernels:
+        assert '"subpixel_interleave"' in ctx.functions[record.function].script(), record.node

@@ -30,7 +30,7 @@ import tvm_ffi
 from tvm import relax, te
 
 from convforge import ops, shapes
-from convforge.api import conv_for_target, kernel_geometry
+from convforge.api import conv_for_target, conv_transpose_op, kernel_geometry
 from convforge.build import schedule_for
 from convforge.schedules.cpu_conv import dense_conv_blocks
 from convforge.targets import vector_lanes
@@ -260,7 +260,7 @@ def lower_conv_transpose(ctx: LoweringContext, inputs: list, attrs: dict) -> rel
     activation = activation_of(attrs)
 
     def compute(tx, tw, tb=None):
-        return [ops.conv_transpose(tx, tw, tb, geom, activation)]
+        return [conv_transpose_op(geom)(tx, tw, tb, geom, activation)]
 
     args = [x, w] if bias is None else [x, w, bias]
     return ctx.emit_kernel(
