@@ -18,7 +18,7 @@ from tvm import te
 
 import convforge as cf
 from convforge import ops, shapes
-from convforge.build import compile_computation, recording_kernels
+from convforge.build import compile_computation, prim_func, recording_kernels
 from convforge.export import compare, conv_model, run_onnxruntime
 from convforge.schedules.cpu import schedule_cpu
 from convforge.schedules.cpu_conv import channel_blocks, dense_conv_blocks
@@ -272,3 +272,19 @@ def test_pointwise_convolutions_run_over_one_row_of_positions(x_shape, w_shape):
         y = cf.conv(x, w, b, activation="relu")
     assert kernels[0].input_shapes[0] == (x_shape[0], x_shape[1], 1, math.prod(x_shape[2:]))
     assert compare(y, _ort_reference(x, w, b, geom, "relu")).ok
+
+
+def test_small_kernels_run_on_one_thread_and_large_ones_in_parallel():
+    """Below MIN_PARALLEL_ITERATIONS block iterations the default schedule has no parallel
+    loop (waking idle workers would cost more); both agree with onnxruntime."""
+    from convforge.schedules.cpu import MIN_PARALLEL_ITERATIONS, block_iterations
+
+    target = host_target()
+    for x_shape, expect_parallel in [((1, 8, 10, 12), False), ((1, 64, 56, 56), True)]:
+        geom = shapes.conv_geometry(x_shape, (x_shape[1], x_shape[1], 3, 3), padding=1)
+        func = prim_func(cf.api.conv_computation(geom, "float32", True, "relu", target))
+        assert (block_iterations(func) >= MIN_PARALLEL_ITERATIONS) == expect_parallel
+        assert ("T.parallel" in schedule_cpu(func, target).script()) == expect_parallel
+        x, w, b = _arrays(x_shape, geom.w_shape)
+        y = cf.conv(x, w, b, padding=1, activation="relu")
+        assert compare(y, _ort_reference(x, w, b, geom, "relu")).ok
