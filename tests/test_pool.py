@@ -156,3 +156,24 @@ def test_adaptive_pools_in_other_dtypes_match_numpy(dtype, rng):
         assert y.dtype == x.dtype
         oracle = numpy_adaptive_pool(x.astype(np.float64), (3, 2), kind).astype(dtype)
         assert compare(y, oracle).ok, (kind, compare(y, oracle))
+
+
+@pytest.mark.parametrize(
+    "kind, x_shape, kernel, args",
+    [
+        ("max", (1, 8, 64, 64), (4, 4), dict(stride=4)),
+        ("avg", (2, 3, 33, 30), (3, 3), dict(stride=3, padding=1, count_include_pad=False)),
+        ("avg", (1, 4, 9, 10), (2, 2), dict(stride=2, padding=(1, 0), ceil_mode=True)),
+        ("max", (1, 2, 4, 6, 8), (2, 2, 2), dict(stride=2)),
+        ("avg", (1, 3, 40), (5,), dict(stride=5)),
+        ("max", (1, 64, 128, 128), (2, 2), dict(stride=2)),  # large: runs in parallel
+    ],
+)
+def test_pools_whose_windows_tile_the_input_match_onnxruntime(kind, x_shape, kernel, args):
+    """kernel == stride: the schedule walks window rows across output rows (1-D, 2-D, 3-D,
+    padding, ceil_mode, average divisors)."""
+    geom = shapes.pool_geometry(x_shape, kernel, kind=kind, **args)
+    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
+    y = (cf.max_pool if kind == "max" else cf.avg_pool)(x, kernel, **args)
+    (expected,) = run_onnxruntime(pool_model(geom), {"x": x})
+    assert compare(y, expected).ok, compare(y, expected)

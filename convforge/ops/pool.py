@@ -2,7 +2,8 @@
 
 Layout ``(N, C, *spatial)``. Block names (the contract with ``convforge.schedules``):
 ``pool_pad`` (fills the padding and any ``ceil_mode`` overhang: 0 for average, the
-lowest value for max), ``pool`` (the reduction), ``pool_epilogue`` (the division of
+lowest value for max), ``pool`` (the reduction; annotated :data:`WINDOWS_TILE_ATTR` when
+the windows tile the input), ``pool_epilogue`` (the division of
 average pooling, the cast of float16 sums).
 """
 
@@ -15,6 +16,9 @@ from tvm import te, tirx
 
 from convforge.ops.conv import accumulator_dtype
 from convforge.shapes import AdaptivePoolGeometry, PoolGeometry
+
+#: Annotation of a ``pool`` block whose windows tile the input (kernel == stride, no dilation).
+WINDOWS_TILE_ATTR = "pool_windows_tile"
 
 
 def fill_pad(
@@ -62,7 +66,9 @@ def pool(x: te.Tensor, geom: PoolGeometry) -> te.Tensor:
         value = xp[(n, c, *src)]
         return te.max(value, axis=taps) if is_max else te.sum(value.astype(acc), axis=taps)
 
-    out = te.compute(geom.out_shape, reduce_body, name="pool")
+    tiling = all(k == s for k, s in zip(geom.kernel, geom.stride)) and set(geom.dilation) == {1}
+    attrs = {WINDOWS_TILE_ATTR: 1} if tiling else None
+    out = te.compute(geom.out_shape, reduce_body, name="pool", attrs=attrs)
     if is_max:
         return out
 
