@@ -20,7 +20,12 @@ import convforge as cf
 from convforge import ops, shapes
 from convforge.build import compile_computation, prim_func, recording_kernels
 from convforge.export import compare, conv_model, run_onnxruntime
-from convforge.schedules.cpu import schedule_cpu
+from convforge.schedules.cpu import (
+    MIN_PARALLEL_ITERATIONS,
+    block_iterations,
+    generic_cpu_schedule,
+    schedule_cpu,
+)
 from convforge.schedules.cpu_conv import channel_blocks, dense_conv_blocks
 from convforge.targets import host_target, vector_lanes, vector_registers
 
@@ -64,12 +69,16 @@ def _arrays(x_shape, w_shape, dtype="float32", seed=0):
     return x, w, b
 
 
-def _scheduled_source(geom, blocks, target):
-    """TIR of the scheduled NCHW[x]c conv; the rule must have applied (no silent fallback)."""
+def _nchwc_func(geom, blocks):
     x = te.placeholder(geom.x_shape, "float32", name="x")
     w = te.placeholder(geom.w_shape, "float32", name="w")
     func = te.create_prim_func([x, w, ops.conv_nchwc(x, w, None, geom, blocks)])
-    return str(schedule_cpu(func.with_attr("global_symbol", "main"), target))
+    return func.with_attr("global_symbol", "main")
+
+
+def _scheduled_source(geom, blocks, target):
+    """TIR of the scheduled NCHW[x]c conv; the rule must have applied (no silent fallback)."""
+    return str(schedule_cpu(_nchwc_func(geom, blocks), target))
 
 
 @pytest.mark.parametrize("case", list(DENSE_CASES), ids=list(DENSE_CASES))
@@ -144,10 +153,13 @@ def test_schedule_rule_applies_to_every_dense_case():
     target = host_target()
     for x_shape, w_shape, kwargs in DENSE_CASES.values():
         geom = shapes.conv_geometry(x_shape, w_shape, **kwargs)
-        source = _scheduled_source(geom, channel_blocks(geom, "float32", target), target)
-        assert "conv_nchwc_update" in source
-        assert "T.parallel" in source and "T.vectorized" in source
+        func = _nchwc_func(geom, channel_blocks(geom, "float32", target))
+        source = str(schedule_cpu(func, target))
+        assert "conv_nchwc_update" in source and "T.vectorized" in source
         assert 'scope="local"' in source
+        # the rule runs the tiles in parallel; these small cases then run on one thread
+        assert "T.parallel" in str(generic_cpu_schedule(func, target).mod)
+        assert ("T.parallel" in source) == (block_iterations(func) >= MIN_PARALLEL_ITERATIONS)
 
 
 @pytest.mark.parametrize(
@@ -277,8 +289,6 @@ def test_pointwise_convolutions_run_over_one_row_of_positions(x_shape, w_shape):
 def test_small_kernels_run_on_one_thread_and_large_ones_in_parallel():
     """Below MIN_PARALLEL_ITERATIONS block iterations the default schedule has no parallel
     loop (waking idle workers would cost more); both agree with onnxruntime."""
-    from convforge.schedules.cpu import MIN_PARALLEL_ITERATIONS, block_iterations
-
     target = host_target()
     for x_shape, expect_parallel in [((1, 8, 10, 12), False), ((1, 64, 56, 56), True)]:
         geom = shapes.conv_geometry(x_shape, (x_shape[1], x_shape[1], 3, 3), padding=1)
