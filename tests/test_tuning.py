@@ -134,7 +134,7 @@ def _expected_record(db, func) -> str | None:
     """What a lookup must answer: the fastest replayable record beating the default."""
     for record in tuning.ranked_records(func, host_target(), db):
         if _replayed(record, func) is not None:
-            return f"{db}@{sum(record.run_secs) / len(record.run_secs):.6g}s"
+            return f"{db}@{sum(map(float, record.run_secs)) / len(record.run_secs):.6g}s"
     return None
 
 
@@ -188,7 +188,7 @@ def test_record_reloads_and_applies_in_a_new_process(tuned, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     ranked = tuning.ranked_records(WORKLOAD.prim_func(host_target()), host_target(), db)
-    names = {f"{db}@{sum(r.run_secs) / len(r.run_secs):.6g}s" for r in ranked}
+    names = {f"{db}@{sum(map(float, r.run_secs)) / len(r.run_secs):.6g}s" for r in ranked}
     assert out.stdout.strip() in (names or {"None"})
     assert compare(np.load(tmp_path / "y.npy"), _onnxruntime(GEOM, x, w, b)).ok
 
