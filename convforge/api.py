@@ -74,8 +74,8 @@ def conv(
     )  # fmt: skip
     check_activation(activation)
     target = resolve_target(target)
-    build = conv_computation(geom, dtype, bias is not None, activation, target)
     computed = kernel_geometry(geom, dtype, target)
+    build = conv_computation(computed, dtype, bias is not None, activation, target)
     key = (
         computed,
         dtype,
@@ -141,14 +141,20 @@ def conv_for_target(
     geom: shapes.ConvGeometry,
     activation: str | None,
     target: TargetArg = None,
+    *,
+    weight_packed: bool = False,
 ) -> te.Tensor:
     """The convolution computation for ``target`` (the numpy API's and compiled models'):
     dense 2-D/3-D on a CPU with output channels blocked (:func:`convforge.ops.conv_nchwc`),
-    else the generic :func:`convforge.ops.conv`. x (N, C, *I), w (O, C/groups, *K)."""
+    else the generic :func:`convforge.ops.conv`. x (N, C, *I), w (O, C/groups, *K), or with
+    ``weight_packed`` w already packed for the blocked form (:func:`ops.pack_weight_array`
+    with :func:`dense_conv_blocks`' blocks)."""
     blocks = dense_conv_blocks(geom, str(x.dtype), resolve_target(target))
     if blocks is None:
+        if weight_packed:
+            raise ValueError("weight_packed needs the blocked computation (dense_conv_blocks)")
         return ops.conv(x, w, bias, geom, activation)
-    return ops.conv_nchwc(x, w, bias, geom, blocks, activation)
+    return ops.conv_nchwc(x, w, bias, geom, blocks, activation, weight_packed=weight_packed)
 
 
 def conv_transpose(

@@ -228,9 +228,7 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     def compute(tx, tw, tb=None):
         if resize_geom is not None:
             return [ops.resize_conv(tx, tw, tb, resize_geom, geom, activation)]
-        if packed:
-            return [ops.conv_nchwc(tx, tw, tb, geom, blocks, activation, weight_packed=True)]
-        return [conv_for_target(tx, tw, tb, geom, activation, ctx.target)]
+        return [conv_for_target(tx, tw, tb, geom, activation, ctx.target, weight_packed=packed)]
 
     args = [x, w] if bias is None else [x, w, bias]
     kernel = f"conv{nd}d" if resize_geom is None else f"resize_conv{nd}d"

@@ -15,8 +15,8 @@ finished before the kill. Re-running a tuning run continues from the records alr
 Before searching, the default schedule (:func:`schedule_cpu`) is measured with the same
 builder and runner as the candidates and stored as the file's ``default_seconds`` (timed
 again after each search, keeping the faster: one slow timing on a shared machine made a
-no-better candidate look faster); a lookup uses the fastest record only if it beats that, so tuning never makes a kernel slower than
-its default schedule as measured. Each workload's first record is the trace of the generic
+no-better candidate look faster); a lookup uses the fastest record only if it beats that,
+so tuning never makes a kernel slower than its default schedule as measured. Each workload's first record is the trace of the generic
 default rules (:func:`generic_cpu_schedule`, equal to the default unless a special rule
 applies): it seeds the evolutionary search, which starts its population from the
 database's best records.
@@ -559,8 +559,8 @@ def tune(
     and again after a search (the faster timing is kept); the generic default rules' trace
     seeds the search. ``progress(done, total, best_seconds)`` is called after each measured
     batch. ``rpc`` measures on the devices of a TVM RPC tracker; ``jobs`` is the number of
-    parallel builds (and of RPC sessions). ``verbose`` shows MetaSchedule's
-    log on stdout (it always goes to files in a temporary work directory).
+    parallel builds (and of RPC sessions). ``verbose`` shows MetaSchedule's log on stdout
+    (it always goes to files in a temporary work directory).
     """
     if target.kind.name != "llvm":
         raise ValueError(f"target must be an llvm (CPU) target to tune, got {target.kind.name}")
