@@ -16,6 +16,7 @@ from convforge import ops, shapes
 from convforge.build import Computation, cached_kernel
 from convforge.ops.activation import check_activation
 from convforge.schedules.cpu_conv import dense_conv_blocks
+from convforge.schedules.cpu_winograd import winograd_tiles
 from convforge.targets import TargetArg, resolve_target
 
 #: dtypes the compiled kernels accept.
@@ -76,13 +77,7 @@ def conv(
     target = resolve_target(target)
     computed = kernel_geometry(geom, dtype, target)
     build = conv_computation(computed, dtype, bias is not None, activation, target)
-    key = (
-        computed,
-        dtype,
-        bias is not None,
-        activation,
-        dense_conv_blocks(computed, dtype, target),
-    )
+    key = (computed, dtype, bias is not None, activation, conv_layout(computed, dtype, target))
     arrays = (x.reshape(computed.x_shape), w.reshape(computed.w_shape), bias)
     return _run("conv", key, build, arrays, target).reshape(geom.out_shape)
 
@@ -97,6 +92,7 @@ def kernel_geometry(
     that 14- and 7-wide maps do not cap the register tile's width (ResNet-50's 14x14 1x1
     convolutions: up to 1.6x faster). Any other ``geom`` is computed as it is.
     """
+    target = resolve_target(target)
     pointwise = (
         geom.ndim in (2, 3)
         and all(k == 1 for k in geom.kernel)
@@ -104,7 +100,7 @@ def kernel_geometry(
         and all(p == (0, 0) for p in geom.padding)
         and any(n > 1 for n in geom.in_size[:-1])
     )
-    if not pointwise or dense_conv_blocks(geom, dtype, resolve_target(target)) is None:
+    if not pointwise or dense_conv_blocks(geom, dtype, target) is None:
         return geom
     positions = math.prod(geom.in_size)
     return shapes.conv_geometry(
@@ -134,6 +130,18 @@ def conv_computation(
     return build
 
 
+def conv_layout(
+    geom: shapes.ConvGeometry, dtype: str, target: TargetArg = None, constant_weight: bool = False
+) -> ops.WinogradTiles | ops.ChannelBlocks | None:
+    """How :func:`conv_for_target` computes ``geom`` on ``target``: Winograd tiles
+    (:func:`winograd_tiles`: 3x3 stride-1 float32 on a CPU; more of them with a
+    ``constant_weight``, transformed once), else NCHW[x]c blocks (:func:`dense_conv_blocks`:
+    other dense 2-D/3-D on a CPU), else None (generic)."""
+    target = resolve_target(target)
+    winograd = winograd_tiles(geom, dtype, target, constant_weight)
+    return winograd or dense_conv_blocks(geom, dtype, target)
+
+
 def conv_for_target(
     x: te.Tensor,
     w: te.Tensor,
@@ -144,17 +152,32 @@ def conv_for_target(
     *,
     weight_packed: bool = False,
 ) -> te.Tensor:
-    """The convolution computation for ``target`` (the numpy API's and compiled models'):
-    dense 2-D/3-D on a CPU with output channels blocked (:func:`convforge.ops.conv_nchwc`),
-    else the generic :func:`convforge.ops.conv`. x (N, C, *I), w (O, C/groups, *K), or with
-    ``weight_packed`` w already packed for the blocked form (:func:`ops.pack_weight_array`
-    with :func:`dense_conv_blocks`' blocks)."""
-    blocks = dense_conv_blocks(geom, str(x.dtype), resolve_target(target))
-    if blocks is None:
+    """The convolution computation for ``target`` (the numpy API's and compiled models'),
+    chosen by :func:`conv_layout`: :func:`convforge.ops.conv2d_winograd`,
+    :func:`convforge.ops.conv_nchwc` or the generic :func:`convforge.ops.conv`.
+    x (N, C, *I), w (O, C/groups, *K), or with ``weight_packed`` w already in the layout
+    the computation reads (:func:`pack_conv_weight`, a constant)."""
+    layout = conv_layout(geom, str(x.dtype), target, constant_weight=weight_packed)
+    if isinstance(layout, ops.WinogradTiles):
+        return ops.conv2d_winograd(
+            x, w, bias, geom, layout, activation, weight_transformed=weight_packed
+        )
+    if layout is None:
         if weight_packed:
-            raise ValueError("weight_packed needs the blocked computation (dense_conv_blocks)")
+            raise ValueError("weight_packed needs a CPU layout (conv_layout is None)")
         return ops.conv(x, w, bias, geom, activation)
-    return ops.conv_nchwc(x, w, bias, geom, blocks, activation, weight_packed=weight_packed)
+    return ops.conv_nchwc(x, w, bias, geom, layout, activation, weight_packed=weight_packed)
+
+
+def pack_conv_weight(
+    w: np.ndarray, geom: shapes.ConvGeometry, target: TargetArg = None
+) -> np.ndarray | None:
+    """A constant weight (O, C, *K) in the layout :func:`conv_for_target` reads with
+    ``weight_packed=True`` (packed once, at compile time), or None where it reads w as is."""
+    layout = conv_layout(geom, str(w.dtype), target, constant_weight=True)
+    if isinstance(layout, ops.WinogradTiles):
+        return ops.transform_weight_array(w, layout)
+    return None if layout is None else ops.pack_weight_array(w, layout)
 
 
 def conv_transpose(

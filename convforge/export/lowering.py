@@ -30,9 +30,8 @@ import tvm_ffi
 from tvm import relax, te
 
 from convforge import ops, shapes
-from convforge.api import conv_for_target, conv_transpose_op, kernel_geometry
+from convforge.api import conv_for_target, conv_transpose_op, kernel_geometry, pack_conv_weight
 from convforge.build import schedule_for
-from convforge.schedules.cpu_conv import dense_conv_blocks
 from convforge.targets import vector_lanes
 
 #: Attribute names the fusion pass sets on a fused ONNX node.
@@ -220,10 +219,12 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
             w = relax.const(w.value.numpy().reshape(geom.w_shape))
         else:
             w = bb.emit(relax.op.reshape(w, geom.w_shape))
-    blocks = dense_conv_blocks(geom, tensor_dtype(x), ctx.target)
-    packed = resize_geom is None and blocks is not None and isinstance(w, tvm.ir.expr.Constant)
+    packed_w = None
+    if resize_geom is None and isinstance(w, tvm.ir.expr.Constant):
+        packed_w = pack_conv_weight(w.value.numpy(), geom, ctx.target)
+    packed = packed_w is not None
     if packed:  # pack the constant weight once, here, not on every inference
-        w = relax.const(ops.pack_weight_array(w.value.numpy(), blocks))
+        w = relax.const(packed_w)
 
     def compute(tx, tw, tb=None):
         if resize_geom is not None:

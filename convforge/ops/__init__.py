@@ -15,15 +15,18 @@ from convforge.ops.heads import (
 )
 from convforge.ops.pool import adaptive_pool, pool
 from convforge.ops.resize import nearest_upsample_conv, resize, resize_conv
+from convforge.ops.winograd import WinogradTiles, conv2d_winograd, transform_weight_array
 
 __all__ = [
     "ACTIVATIONS",
     "ChannelBlocks",
+    "WinogradTiles",
     "activate",
     "adaptive_pool",
     "causal_conv_state",
     "causal_conv_with_state",
     "conv",
+    "conv2d_winograd",
     "conv_nchwc",
     "conv_transpose",
     "conv_transpose_subpixel",
@@ -40,4 +43,5 @@ __all__ = [
     "resize",
     "resize_conv",
     "softmax",
+    "transform_weight_array",
 ]

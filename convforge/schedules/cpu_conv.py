@@ -47,8 +47,15 @@ def channel_blocks(geom: ConvGeometry, dtype: str, target: tvm.target.Target) ->
     prefers 16x4 (fewer loads, 8 accumulators); on 27- and 56-wide maps 16x4 stays.
     """
     lanes = vector_lanes(target, accumulator_dtype(dtype))
-    registers = vector_registers(target)
-    out_channels, width = geom.out_channels, geom.out_size[-1]
+    return ChannelBlocks(
+        *register_tile(geom.out_channels, geom.out_size[-1], lanes, vector_registers(target))
+    )
+
+
+def register_tile(out_channels: int, width: int, lanes: int, registers: int) -> tuple[int, int]:
+    """``(out_block, width_block)`` of :func:`channel_blocks`' rule for a multiply of
+    ``out_channels`` (vectorized, in blocks of 1, 2 or 4 vectors of ``lanes``) by ``width``
+    columns (broadcast) on a target with ``registers`` vector registers."""
     best: tuple[float, int, int] | None = None
     for m in _CHANNEL_VECTORS:
         if m > 2 and registers <= 16:
@@ -66,7 +73,7 @@ def channel_blocks(geom: ConvGeometry, dtype: str, target: tvm.target.Target) ->
                 best = (score, m, wb)
     assert best is not None
     _, m, wb = best
-    return ChannelBlocks(m * lanes, wb)
+    return m * lanes, wb
 
 
 def schedule_conv_nchwc(

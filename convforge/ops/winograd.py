@@ -1,0 +1,262 @@
+"""Winograd minimal-filtering convolution F(m x m, r x s) for stride-1 2-D convolutions.
+
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). Along one axis,
+``m`` outputs of an ``r``-tap correlation come from ``a = m + r - 1`` inputs with ``a``
+multiplications instead of ``m * r``: ``y = A^T [(G g) * (B^T d)]``, and in 2-D
+``Y = A^T [(G g G^T) * (B^T d B)] A``. Summed over the input channels, the products are one
+matrix multiply per transform point, so a 3x3 convolution with ``m = 4`` does 36 instead of
+144 multiply-adds per 4x4 output tile and channel pair. The matrices are those of the
+Cook-Toom construction on the points 0, 1, -1, 2, -2, 1/2, -1/2 (and infinity), built
+exactly in rationals (:func:`winograd_matrices`).
+
+Dilation ``d`` is a tiling choice: a tile holds the ``m`` outputs ``t*m*d + p + j*d``
+(``j < m``) of one phase ``p < d``, which read the inputs ``t*m*d + p + i*d`` (``i < a``): an
+undilated convolution on every ``d``-th input. Tiles are indexed ``(n, qh, tb, pw, ti)``:
+``qh = th * dh + ph`` the tile row with its phase, ``tw = tb * TB + ti`` the tile column in
+blocks of ``TB`` (the register tile of the matrix multiply) and ``pw`` its phase.
+
+Blocks (the contract with ``convforge.schedules.cpu_winograd``):
+
+- ``winograd_pad``: the zero-padded input, channels last: ``xp[n, h, w, c]``;
+- ``winograd_weight_rows``, ``winograd_weight``: ``U[a, b, kb, c, ki] = (G w[kb*OB + ki, c]
+  G^T)[a, b]`` in two separable passes (zeros past the last output channel); compiled
+  models transform constant weights once instead (:func:`transform_weight_array`,
+  ``weight_transformed=True``);
+- ``winograd_input_rows``, ``winograd_input``: ``V[n, qh, tb, pw, a, b, ti, c] = (B^T d B)[a, b]``
+  in two separable passes;
+- ``winograd_gemm``: ``M[n, qh, tb, pw, a, b, kb, ti, ki] = sum_c V[..., a, b, ti, c] *
+  U[a, b, kb, c, ki]`` (output channels in blocks of OB, the vectorized axis);
+- ``winograd_output_rows``, ``winograd_output``: ``Y[n, qh, tb, pw, kb, jh, jw, ti, ki] =
+  (A^T M A)[jh, jw]`` (annotated with the dilation, :data:`DILATION_ATTR`);
+- ``winograd_unpack``: ``out[n, k, oh, ow] = act(Y[...] + bias[k])`` in NCHW.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+from tvm import te, tirx
+
+from convforge.ops.activation import activate
+from convforge.ops.conv import accumulator_dtype
+from convforge.shapes import ConvGeometry
+
+#: Interpolation points, in the order used (infinity is always the last one).
+POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))
+#: Annotation of ``winograd_output``: the (dh, dw) dilation its tiles are spaced by.
+DILATION_ATTR = "winograd_dilation"
+
+
+@dataclass(frozen=True)
+class WinogradTiles:
+    """``m x m`` outputs per transform tile; the matrix multiply's register tile is
+    ``out_block`` output channels (vectorized) x ``tile_block`` tiles."""
+
+    m: int
+    out_block: int
+    tile_block: int
+
+    def __post_init__(self) -> None:
+        for name in ("m", "out_block", "tile_block"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _inverse(rows: list[list[Fraction]]) -> list[list[Fraction]]:
+    """Exact inverse by Gauss-Jordan elimination."""
+    n = len(rows)
+    a = [[*row, *(Fraction(int(i == j)) for j in range(n))] for i, row in enumerate(rows)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if a[r][col] != 0)
+        a[col], a[pivot] = a[pivot], a[col]
+        a[col] = [v / a[col][col] for v in a[col]]
+        for r in range(n):
+            if r != col and a[r][col] != 0:
+                factor = a[r][col]
+                a[r] = [v - factor * u for v, u in zip(a[r], a[col])]
+    return [row[n:] for row in a]
+
+
+@functools.cache
+def winograd_matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A^T (m, a), G (a, r), B^T (a, a))`` of F(m, r), a = m + r - 1, such that
+    ``A^T @ ((G @ g) * (B^T @ d))[i] = sum_k g[k] d[i + k]`` for ``i < m``.
+
+    Linear convolution by evaluation at the points and interpolation (Toom-Cook); the
+    correlation is its transpose. The rows of B^T are scaled to coprime integers, their
+    scale moved into G (applied to the weights, once).
+    """
+    alpha = m + r - 1
+    if not 1 <= alpha - 1 <= len(POINTS):
+        raise ValueError(f"F({m}, {r}) needs {alpha - 1} points; up to {len(POINTS)} are known")
+    points = POINTS[: alpha - 1]
+
+    def evaluation(k: int) -> list[list[Fraction]]:  # a polynomial of k coefficients at the points
+        rows = [[Fraction(p) ** j for j in range(k)] for p in points]
+        return [*rows, [Fraction(int(j == k - 1)) for j in range(k)]]  # infinity: top coefficient
+
+    vm, g, vinv = evaluation(m), evaluation(r), _inverse(evaluation(alpha))
+    at = [[vm[j][i] for j in range(alpha)] for i in range(m)]
+    bt = [[vinv[j][i] for j in range(alpha)] for i in range(alpha)]
+    for i, row in enumerate(bt):
+        scale = Fraction(
+            math.lcm(*(v.denominator for v in row)), math.gcd(*(v.numerator for v in row))
+        )
+        bt[i] = [v * scale for v in row]
+        g[i] = [v / scale for v in g[i]]
+    return tuple(np.array([[float(v) for v in row] for row in rows]) for rows in (at, g, bt))
+
+
+def _combine(matrix: np.ndarray, row: tirx.PrimExpr, term, dtype: str) -> tirx.PrimExpr:
+    """``sum_j matrix[row, j] * term(j)`` with zero terms left out and +-1 as add/subtract:
+    one expression per row, selected by ``row`` (the schedule unrolls it, so the selection
+    folds away)."""
+    exprs = []
+    for coefficients in matrix:
+        total = None
+        for j, c in enumerate(coefficients):
+            if c == 0:
+                continue
+            t = term(j)
+            if c == -1:
+                total = -t if total is None else total - t
+                continue
+            if c != 1:
+                t = t * tirx.const(float(c), dtype)
+            total = t if total is None else total + t
+        exprs.append(tirx.const(0, dtype) if total is None else total)
+    out = exprs[-1]
+    for i in range(len(exprs) - 2, -1, -1):
+        out = tirx.Select(row == i, exprs[i], out)
+    return out
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def transform_weight_array(w: np.ndarray, tiles: WinogradTiles) -> np.ndarray:
+    """``winograd_weight`` of a constant w (K, C, r, s), in float64 then w's dtype:
+    (a, b, ceil(K/OB), C, OB)."""
+    m, out_block = tiles.m, tiles.out_block
+    _, gh, _ = winograd_matrices(m, w.shape[2])
+    _, gw, _ = winograd_matrices(m, w.shape[3])
+    chunks = _ceil_div(w.shape[0], out_block)
+    padded = np.zeros((chunks * out_block, *w.shape[1:]))
+    padded[: w.shape[0]] = w
+    u = np.einsum("ai,kcij,bj->abkc", gh, padded, gw)
+    u = u.reshape(*u.shape[:2], chunks, out_block, w.shape[1]).transpose(0, 1, 2, 4, 3)
+    return np.ascontiguousarray(u, dtype=w.dtype)
+
+
+def conv2d_winograd(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor | None,
+    geom: ConvGeometry,
+    tiles: WinogradTiles,
+    activation: str | None = None,
+    *,
+    weight_transformed: bool = False,
+) -> te.Tensor:
+    """Stride-1 2-D convolution by F(m x m, r x s): x (N, C, H, W), w (K, C, r, s) -> (N, K, *out).
+
+    Equal to ``conv(x, w, bias, geom, activation)`` up to float rounding (the transforms
+    add a few ulp per channel sum). ``weight_transformed``: w is already
+    :func:`transform_weight_array`'s (a, b, ceil(K/OB), C, OB).
+    """
+    if geom.ndim != 2 or geom.groups != 1 or any(s != 1 for s in geom.stride):
+        raise ValueError("conv2d_winograd needs a 2-D convolution with groups=1 and stride 1")
+    dtype, acc = x.dtype, accumulator_dtype(x.dtype)
+    ob, tb_size = tiles.out_block, tiles.tile_block
+    (r, s), (dh, dw) = geom.kernel, geom.dilation
+    m = tiles.m
+    at_h, g_h, bt_h = winograd_matrices(m, r)
+    at_w, g_w, bt_w = winograd_matrices(m, s)
+    ah, aw = m + r - 1, m + s - 1
+    (out_h, out_w), (in_h, in_w) = geom.out_size, geom.in_size
+    (lo_h, _), (lo_w, _) = geom.padding
+    th_n = _ceil_div(out_h, m * dh)
+    tb_n = _ceil_div(_ceil_div(out_w, m * dw), tb_size)
+    k_out, c_in, batch = geom.out_channels, geom.in_channels, geom.batch
+    kb_n = _ceil_div(k_out, ob)
+    # Padded input extent read by the rounded-up tile grid.
+    ext_h, ext_w = th_n * m * dh + (r - 1) * dh, tb_n * tb_size * m * dw + (s - 1) * dw
+
+    def pad_nhwc(n, h, w_, c):
+        inside = tirx.all(h >= lo_h, h < in_h + lo_h, w_ >= lo_w, w_ < in_w + lo_w)
+        hs = tirx.min(tirx.max(h - lo_h, 0), in_h - 1)
+        ws = tirx.min(tirx.max(w_ - lo_w, 0), in_w - 1)
+        return tirx.if_then_else(inside, x[n, c, hs, ws], tirx.const(0, dtype))
+
+    xp = te.compute((batch, ext_h, ext_w, c_in), pad_nhwc, name="winograd_pad")
+    tile_shape = (batch, th_n * dh, tb_n, dw)
+
+    def input_rows(n, qh, tb, pw, a, j, ti, c):
+        h0 = qh // dh * m * dh + qh % dh
+        w0 = (tb * tb_size + ti) * m * dw + pw
+        return _combine(bt_h, a, lambda i: xp[n, h0 + i * dh, w0 + j * dw, c].astype(acc), acc)
+
+    rows = te.compute((*tile_shape, ah, aw, tb_size, c_in), input_rows, name="winograd_input_rows")
+    v = te.compute(
+        (*tile_shape, ah, aw, tb_size, c_in),
+        lambda n, qh, tb, pw, a, b, ti, c: _combine(
+            bt_w, b, lambda j: rows[n, qh, tb, pw, a, j, ti, c], acc
+        ),
+        name="winograd_input",
+    )
+
+    def weight_rows(a, j, kb, c, ki):
+        k = kb * ob + ki
+        value = _combine(g_h, a, lambda i: w[tirx.min(k, k_out - 1), c, i, j].astype(acc), acc)
+        if k_out % ob:
+            value = tirx.if_then_else(k < k_out, value, tirx.const(0, acc))
+        return value
+
+    if weight_transformed:
+        u = w
+    else:
+        rows_w = te.compute((ah, s, kb_n, c_in, ob), weight_rows, name="winograd_weight_rows")
+        u = te.compute(
+            (ah, aw, kb_n, c_in, ob),
+            lambda a, b, kb, c, ki: _combine(g_w, b, lambda j: rows_w[a, j, kb, c, ki], acc),
+            name="winograd_weight",
+        )
+    rc = te.reduce_axis((0, c_in), "rc")
+    product = te.compute(
+        (*tile_shape, ah, aw, kb_n, tb_size, ob),
+        lambda n, qh, tb, pw, a, b, kb, ti, ki: te.sum(
+            v[n, qh, tb, pw, a, b, ti, rc] * u[a, b, kb, rc, ki].astype(acc), axis=rc
+        ),
+        name="winograd_gemm",
+    )
+    out_rows = te.compute(
+        (*tile_shape, kb_n, m, aw, tb_size, ob),
+        lambda n, qh, tb, pw, kb, jh, b, ti, ki: _combine(
+            at_h, jh, lambda a: product[n, qh, tb, pw, a, b, kb, ti, ki], acc
+        ),
+        name="winograd_output_rows",
+    )
+    y = te.compute(
+        (*tile_shape, kb_n, m, m, tb_size, ob),
+        lambda n, qh, tb, pw, kb, jh, jw, ti, ki: _combine(
+            at_w, jw, lambda b: out_rows[n, qh, tb, pw, kb, jh, b, ti, ki], acc
+        ),
+        name="winograd_output",
+        attrs={DILATION_ATTR: [dh, dw]},
+    )
+
+    def unpack(n, k, oh, ow):
+        qh, jh = oh // (m * dh) * dh + oh % dh, oh // dh % m
+        tw, pw, jw = ow // (m * dw), ow % dw, ow // dw % m
+        value = y[n, qh, tw // tb_size, pw, k // ob, jh, jw, tw % tb_size, k % ob]
+        if bias is not None:
+            value = value + bias[k].astype(acc)
+        return activate(value, activation, acc).astype(dtype)
+
+    return te.compute(geom.out_shape, unpack, name="winograd_unpack")

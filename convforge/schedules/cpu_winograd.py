@@ -1,0 +1,227 @@
+"""CPU schedule of the Winograd convolution (ops.winograd), and when to use it.
+
+One parallel loop over tasks (batch x tile rows x blocks of tiles, about 256 KB of
+intermediates each) runs the whole pipeline for its task while it is in cache: the
+channels-last input transform (vectorized along the channels, both separable passes in
+registers), the matrix multiply of every transform point (register tiles of ``out_block``
+channels x ``tile_block`` tiles, like ``cpu_conv.schedule_conv_nchwc``), and the output
+transform (vectorized along the channel block) written back in NCHW with bias and
+activation, the tile's columns vectorized. With dilation the output is written back by its
+own parallel pass (the phase of an output column is not an affine function of the tile
+loops). Where every task would read more of the transformed weight than the pipeline's
+intermediates weigh, the three steps run as passes instead (:func:`_fuse_tasks`). The
+padding (a blocked transpose to channels last) and the weight transform are parallel
+passes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tvm
+from tvm import s_tir, tirx
+
+from convforge.ops.conv import accumulator_dtype
+from convforge.ops.winograd import DILATION_ATTR, WinogradTiles
+from convforge.schedules.cpu_conv import register_tile
+from convforge.shapes import ConvGeometry
+from convforge.targets import vector_lanes, vector_registers
+
+
+@functools.lru_cache(maxsize=1024)
+def winograd_tiles(
+    geom: ConvGeometry, dtype: str, target: tvm.target.Target, constant_weight: bool = False
+) -> WinogradTiles | None:
+    """The Winograd tiles for ``geom`` on ``target``, or None where the direct
+    convolution is used: dense float32 3x3 stride-1 2-D convolutions on CPUs.
+
+    A weight given on every call is transformed on every call, which costs about as much
+    as the multiplies of 16 tiles (ResNet-50's 3x3 256->256 at 14x14: 2.1 ms against 1.8 ms
+    direct, 0.7 ms with the weight transformed once): such convolutions need
+    :data:`MIN_TILES_PER_CALL_WEIGHT` tiles; a ``constant_weight`` (transformed at
+    compile time) needs none.
+
+    F(4x4, 3x3) up to 256 input channels, F(2x2, 3x3) above: F(4x4)'s rounding grows with
+    the channel sum (measured max error / max |output|, random normal data: 4e-6 at 64
+    channels, 1.4e-5 at 512, against a float32 tolerance of 1e-5; F(2x2) 5e-7).
+    """
+    if (
+        target.kind.name != "llvm"
+        or dtype != "float32"
+        or geom.ndim != 2
+        or geom.groups != 1
+        or geom.kernel != (3, 3)
+        or geom.stride != (1, 1)
+        or min(geom.in_channels, geom.out_channels) < MIN_CHANNELS
+    ):
+        return None
+    m = 4 if geom.in_channels <= 256 else 2
+    (oh, ow), (dh, dw) = geom.out_size, geom.dilation
+    if oh < m * dh or ow < m * dw:
+        return None
+    tiles_w = -(-ow // (m * dw))
+    tiles = geom.batch * -(-oh // (m * dh)) * dh * tiles_w * dw
+    if not constant_weight and tiles < MIN_TILES_PER_CALL_WEIGHT:
+        return None
+    lanes = vector_lanes(target, accumulator_dtype(dtype))
+    out_block, tile_block = register_tile(
+        geom.out_channels, tiles_w, lanes, vector_registers(target)
+    )
+    return WinogradTiles(m, out_block, tile_block)
+
+
+#: Fewer channels than this keep the direct convolution (the transforms would dominate).
+MIN_CHANNELS = 8
+#: Tiles a convolution whose weight is transformed on every call needs (see winograd_tiles).
+MIN_TILES_PER_CALL_WEIGHT = 32
+
+
+def is_winograd(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` is a Winograd convolution."""
+    sch = s_tir.Schedule(func)
+    return any(
+        sch.get(b).name_hint == "winograd_gemm"
+        for b in sch.get_child_blocks(sch.get_sblock("root"))
+    )
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+#: Input columns per block of the padding's transpose to channels last.
+TRANSPOSE_COLUMNS = 16
+#: Parallel tasks wanted (at least), and the floats of V and M one task may hold (256 KB:
+#: half of Zen 3's L2).
+MIN_TASKS = 8
+TASK_FLOATS = 64 * 1024
+
+
+def _groups_per_task(inner: int, groups: int, group_floats: int) -> int:
+    """Tile blocks per task: the largest divisor of the ``inner`` tile loop whose V and M fit
+    :data:`TASK_FLOATS` and that leaves :data:`MIN_TASKS` of the ``groups`` tile blocks' tasks."""
+    limit = max(1, min(TASK_FLOATS // group_floats, groups // MIN_TASKS))
+    return _largest_divisor(inner, limit)
+
+
+def _fuse_tasks(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, tasks: int) -> bool:
+    """Whether to run the whole pipeline per task (every task reads all of the transformed
+    weight U) rather than in passes (V and M written out and read back once, the multiply
+    parallel over transform points and channel blocks, U read once): the one moving less
+    data. ResNet-50's 56x56 64-channel 3x3 convolution streams least by tile rows; its
+    7x7 512-channel one, whose U is 17 MB, ran in 4.2 ms by rows and 2.1 ms by passes.
+    """
+    n, rows, tb, pw, a, b, kb, ti, ki, c = (
+        int(sch.get(loop).extent) for loop in sch.get_loops(gemm)
+    )
+    tiles = n * rows * tb * pw * ti
+    u_size, v_size, m_size = a * b * kb * ki * c, a * b * tiles * c, a * b * tiles * kb * ki
+    return tasks * u_size <= u_size + 2 * (v_size + m_size)
+
+
+def _separable_in_registers(
+    sch: s_tir.Schedule, first: s_tir.SBlockRV, at: s_tir.LoopRV, n_loops: int, second: list
+) -> None:
+    """A two-pass transform in registers: the ``first`` pass computed at ``at`` in local
+    storage, its last ``n_loops`` loops unrolled but the innermost (vectorized); the second
+    pass's ``second`` loops likewise (point loops unrolled, so every selection of a matrix
+    row folds to its own expression, and the vector loop last)."""
+    sch.compute_at(first, at, preserve_unit_loops=True)
+    sch.set_scope(first, 0, "local")
+    for loops in (sch.get_loops(first)[-n_loops:], second):
+        for loop in loops[:-1]:
+            sch.unroll(loop)
+        sch.vectorize(loops[-1])
+
+
+def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """Schedule every block of a Winograd convolution (see the module docstring)."""
+    sch = s_tir.Schedule(func)
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    block = sch.get_sblock
+    lanes = vector_lanes(target, str(sch.get(block("winograd_gemm")).writes[0].source.dtype))
+    # padding to channels last: a blocked transpose, 16 columns x (a vector of) channels at a
+    # time (a plain loop read one channel row per element: 19 ms for 64 x 16000 floats)
+    n, h, w, c = sch.get_loops(block("winograd_pad"))
+    c_vector = _largest_divisor(int(sch.get(c).extent), lanes)
+    w_outer, w_inner = sch.split(w, [None, TRANSPOSE_COLUMNS])
+    c_outer, c_inner = sch.split(c, [None, c_vector])
+    sch.reorder(n, h, w_outer, c_outer, w_inner, c_inner)
+    sch.parallel(sch.fuse(n, h, w_outer))
+    sch.vectorize(c_inner)
+    if "winograd_weight" in names:  # per (channel block, channel): G w G^T, vectorized
+        weight = block("winograd_weight")
+        a, b, kb, c, ki = sch.get_loops(weight)
+        sch.reorder(kb, c, a, b, ki)
+        kc = sch.fuse(kb, c)
+        sch.parallel(kc)
+        _separable_in_registers(sch, block("winograd_weight_rows"), kc, 5, [a, b, ki])
+
+    y = block("winograd_output")
+    dh, dw = (int(d) for d in sch.get(y).annotations[DILATION_ATTR])
+    n_n, qh_n, tb_n, pw_n, kb_n, mh, mw, tile_block, ob = (
+        int(sch.get(loop).extent) for loop in sch.get_loops(y)
+    )
+    *_, a_n, b_n, _, _, c_n = (
+        int(sch.get(loop).extent) for loop in sch.get_loops(block("winograd_gemm"))
+    )
+    group = a_n * b_n * tile_block * (c_n + kb_n * ob)  # V and M floats of one tile block
+    unpack = block("winograd_unpack")
+    if dh == dw == 1:  # write back inside the task: (n, th, tbo) | tbi, kb | jh, ki, (ti, jw)
+        n, k, oh, ow = sch.get_loops(unpack)
+        kb, ki = sch.split(k, [kb_n, ob])
+        th, jh = sch.split(oh, [qh_n, mh])
+        tb, ti, jw = sch.split(ow, [tb_n, tile_block, mw])
+        sch.reorder(n, th, tb, kb, jh, ki, ti, jw)
+        per_task = _groups_per_task(tb_n, n_n * qh_n * tb_n, group)
+        tb_outer, _ = sch.split(tb, [None, per_task])
+        task = sch.fuse(n, th, tb_outer)
+        sch.compute_at(y, kb, preserve_unit_loops=True)
+        sch.vectorize(sch.fuse(ti, jw))
+    else:  # (n, qh, tb, pwo) | pwi, kb, ...; written back by its own pass
+        n, qh, tb, pw, *_ = sch.get_loops(y)
+        per_task = _groups_per_task(pw_n, n_n * qh_n * tb_n * pw_n, group)
+        pw_outer, _ = sch.split(pw, [None, per_task])
+        task = sch.fuse(n, qh, tb, pw_outer)
+        sch.parallel(sch.fuse(*sch.get_loops(unpack)[:2]))
+    sch.parallel(task)
+    out_rows = block("winograd_output_rows")
+    sch.compute_at(out_rows, sch.get_loops(y)[-5], preserve_unit_loops=True)  # at kb
+    *_, jh, b, ti, ki = sch.get_loops(out_rows)
+    sch.unroll(jh)
+    sch.unroll(b)
+    sch.vectorize(ki)
+    *_, jh, jw, ti, ki = sch.get_loops(y)
+    sch.unroll(jh)
+    sch.unroll(jw)
+    sch.vectorize(ki)
+
+    gemm = block("winograd_gemm")
+    v = block("winograd_input")
+    if _fuse_tasks(sch, gemm, int(sch.get(task).extent)):
+        sch.compute_at(gemm, task, preserve_unit_loops=True)
+        sch.compute_at(v, task, preserve_unit_loops=True)
+    else:
+        sch.parallel(sch.fuse(*sch.get_loops(v)[:4]))
+        n, qh, tb, pw, a, b, kb, ti, ki, rc = sch.get_loops(gemm)
+        sch.reorder(a, b, kb, n, qh, tb, pw, ti, ki, rc)
+        sch.parallel(sch.fuse(a, b, kb))
+
+    # input transform: per (tile, channel vector), both passes unrolled in registers
+    a, b, ti, c = sch.get_loops(v)[-4:]
+    c_in = int(sch.get(c).extent)
+    c_outer, c_inner = sch.split(c, [None, _largest_divisor(c_in, lanes)])
+    sch.reorder(ti, c_outer, a, b, c_inner)
+    _separable_in_registers(sch, block("winograd_input_rows"), c_outer, 4, [a, b, c_inner])
+
+    # matrix multiply per transform point, channel block and tile block: c | ti (unrolled),
+    # ki (vectorized)
+    *_, tile, ti, ki, rc = sch.get_loops(gemm)  # tile: kb by rows, pw by passes
+    sch.reorder(rc, ti, ki)
+    accumulators = sch.cache_write(gemm, 0, "local")
+    sch.reverse_compute_at(accumulators, tile, preserve_unit_loops=True)
+    sch.unroll(ti)
+    sch.vectorize(ki)
+    sch.decompose_reduction(gemm, rc)
+    sch.vectorize(sch.get_loops(accumulators)[-1])
+    return sch

@@ -1,0 +1,175 @@
+"""Winograd convolution: its matrices against numpy, its kernels against onnxruntime.
+
+The matrices are checked on their defining identity (``A^T [(G g) * (B^T d)]`` is the
+correlation of d with g, numpy's ``np.correlate``); every kernel, with the weight given per
+call or transformed once at compile time, against onnxruntime running the equivalent ONNX
+Conv. Each case asserts that the Winograd computation was the one chosen and that its
+schedule applied (``schedule_winograd`` raises instead of falling back).
+"""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+import convforge as cf
+from convforge import api, ops, shapes
+from convforge.build import compile_computation
+from convforge.export import compare, conv_model, run_onnxruntime
+from convforge.ops.winograd import winograd_matrices
+from convforge.schedules.cpu_winograd import (
+    MIN_TILES_PER_CALL_WEIGHT,
+    schedule_winograd,
+    winograd_tiles,
+)
+from convforge.targets import host_target
+
+ZEN3 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}
+
+
+@pytest.mark.parametrize("m, r", [(2, 3), (4, 3), (6, 3), (2, 2), (3, 2), (4, 2), (2, 5)])
+def test_matrices_compute_the_correlation(m, r):
+    at, g, bt = winograd_matrices(m, r)
+    assert at.shape == (m, m + r - 1) and g.shape == (m + r - 1, r) and bt.shape == (m + r - 1,) * 2
+    rng = np.random.default_rng(m * 10 + r)
+    for _ in range(5):
+        d, w = rng.standard_normal(m + r - 1), rng.standard_normal(r)
+        np.testing.assert_allclose(
+            at @ ((g @ w) * (bt @ d)), np.correlate(d, w, "valid"), atol=1e-12
+        )
+
+
+def test_input_transform_has_integer_entries():
+    """The transforms applied to activations at run time are small integers (exact in float)."""
+    at, _, bt = winograd_matrices(4, 3)
+    assert np.array_equal(bt, np.round(bt)) and np.array_equal(at, np.round(at))
+    assert np.abs(bt).max() <= 5
+
+
+def _arrays(x_shape, w_shape, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    return x, w, b
+
+
+def _ort_reference(x, w, b, geom, activation=None):
+    model = conv_model(geom, "float32", bias=b is not None, activation=activation)
+    (expected,) = run_onnxruntime(model, {"x": x, "w": w, "bias": b})
+    return expected
+
+
+# (x shape, w shape, conv keyword arguments, activation): every case has >= 32 tiles, so
+# the numpy API computes it by Winograd with the weight given per call.
+CASES = {
+    "pad1": ((1, 16, 24, 24), (16, 16, 3, 3), dict(padding=1), None),
+    "valid_odd_sizes_relu": ((1, 8, 27, 23), (20, 8, 3, 3), {}, "relu"),
+    "same_upper_batch3": ((3, 12, 13, 14), (9, 12, 3, 3), dict(padding="same"), "sigmoid"),
+    "asymmetric_pads": ((1, 10, 21, 25), (24, 10, 3, 3), dict(padding=((2, 0), (0, 1))), None),
+    "dilated2": ((1, 16, 33, 30), (16, 16, 3, 3), dict(padding=2, dilation=2), None),
+    "dilated_mixed": ((2, 8, 19, 26), (12, 8, 3, 3), dict(padding=(1, 3), dilation=(1, 3)), "tanh"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_per_call_weight_matches_onnxruntime(case):
+    x_shape, w_shape, kwargs, activation = CASES[case]
+    x, w, b = _arrays(x_shape, w_shape)
+    geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
+    tiles = api.conv_layout(geom, "float32")
+    assert isinstance(tiles, ops.WinogradTiles), tiles
+    _check_schedule_applies(geom, tiles, weight_transformed=False)
+    y = cf.conv(x, w, b, activation=activation, **kwargs)
+    agreement = compare(y, _ort_reference(x, w, b, geom, activation))
+    assert agreement.ok, agreement
+
+
+def _check_schedule_applies(geom, tiles, weight_transformed):
+    tx = te.placeholder(geom.x_shape, "float32", name="x")
+    a, kb = tiles.m + 2, -(-geom.out_channels // tiles.out_block)
+    w_shape = (a, a, kb, geom.in_channels, tiles.out_block) if weight_transformed else geom.w_shape
+    tw = te.placeholder(w_shape, "float32", name="w")
+    out = ops.conv2d_winograd(tx, tw, None, geom, tiles, weight_transformed=weight_transformed)
+    func = te.create_prim_func([tx, tw, out])
+    schedule_winograd(func, host_target())  # raises a ScheduleError if a step does not apply
+
+
+def _constant_weight_conv(x, w, b, geom, activation=None, target=None):
+    """The compiled-model path: the weight transformed once (pack_conv_weight), then the
+    computation that reads it (conv_for_target with weight_packed)."""
+    target = tvm.target.Target(target) if target else host_target()
+    packed = api.pack_conv_weight(w, geom, target)
+
+    def computation():
+        tx = te.placeholder(x.shape, "float32", name="x")
+        tw = te.placeholder(packed.shape, "float32", name="w")
+        tb = te.placeholder(b.shape, "float32", name="b")
+        out = api.conv_for_target(tx, tw, tb, geom, activation, target, weight_packed=True)
+        return [tx, tw, tb], [out]
+
+    return compile_computation("conv", computation, target)(x, packed, b)
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, m",
+    [((1, 16, 9, 11), (24, 16, 3, 3), 4), ((1, 320, 6, 7), (20, 320, 3, 3), 2)],
+    ids=["few_tiles_f4", "many_channels_f2"],
+)
+def test_constant_weight_matches_onnxruntime(x_shape, w_shape, m):
+    """Few tiles take Winograd when the weight is transformed once; over 256 input channels
+    F(2x2, 3x3) keeps the float32 rounding within tolerance."""
+    x, w, b = _arrays(x_shape, w_shape, seed=1)
+    geom = shapes.conv_geometry(x.shape, w.shape, padding=1)
+    assert not isinstance(api.conv_layout(geom, "float32"), ops.WinogradTiles)
+    tiles = api.conv_layout(geom, "float32", constant_weight=True)
+    assert isinstance(tiles, ops.WinogradTiles) and tiles.m == m
+    _check_schedule_applies(geom, tiles, weight_transformed=True)
+    y = _constant_weight_conv(x, w, b, geom, activation="relu")
+    agreement = compare(y, _ort_reference(x, w, b, geom, "relu"))
+    assert agreement.ok, agreement
+
+
+def test_transformed_weight_equals_g_w_gt():
+    """transform_weight_array against G w G^T written out with numpy, channel blocks padded."""
+    w = np.random.default_rng(2).standard_normal((10, 3, 3, 3))
+    u = ops.transform_weight_array(w, ops.WinogradTiles(4, 8, 1))
+    _, g, _ = winograd_matrices(4, 3)
+    assert u.shape == (6, 6, 2, 3, 8)
+    for k in range(16):
+        for c in range(3):
+            expected = g @ w[k, c] @ g.T if k < 10 else np.zeros((6, 6))
+            np.testing.assert_allclose(u[:, :, k // 8, c, k % 8], expected, atol=1e-12)
+
+
+def test_avx2_build_matches_onnxruntime():
+    """The Zen 3 (AVX2) build of both weight paths, run on this x86 host."""
+    x, w, b = _arrays((1, 16, 20, 20), (16, 16, 3, 3), seed=3)
+    geom = shapes.conv_geometry(x.shape, w.shape, padding=1)
+    expected = _ort_reference(x, w, b, geom)
+    assert compare(cf.conv(x, w, b, padding=1, target=ZEN3), expected).ok
+    assert compare(_constant_weight_conv(x, w, b, geom, target=ZEN3), expected).ok
+
+
+def test_chooser_keeps_the_direct_convolution_elsewhere():
+    target = host_target()
+    big = dict(x_shape=(1, 16, 32, 32), w_shape=(16, 16, 3, 3))
+
+    def tiles(dtype="float32", constant=True, x_shape=big["x_shape"], w_shape=big["w_shape"], **kw):
+        geom = shapes.conv_geometry(x_shape, w_shape, **kw)
+        return winograd_tiles(geom, dtype, target, constant)
+
+    assert tiles(padding=1) is not None
+    assert tiles(stride=2, padding=1) is None
+    assert tiles(w_shape=(16, 4, 3, 3), groups=4, padding=1) is None
+    assert tiles(w_shape=(16, 16, 5, 5), padding=2) is None
+    assert tiles(dtype="float64", padding=1) is None
+    assert tiles(x_shape=(1, 4, 32, 32), w_shape=(16, 4, 3, 3), padding=1) is None
+    assert tiles(x_shape=(1, 16, 3, 3), padding=0) is None  # one output: no whole tile
+    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host=target)
+    geom = shapes.conv_geometry(big["x_shape"], big["w_shape"], padding=1)
+    assert winograd_tiles(geom, "float32", cuda, True) is None
+    small = shapes.conv_geometry((1, 16, 14, 14), (16, 16, 3, 3), padding=1)  # 16 tiles
+    assert MIN_TILES_PER_CALL_WEIGHT > 16
+    assert winograd_tiles(small, "float32", target) is None
+    assert winograd_tiles(small, "float32", target, True) is not None
