@@ -104,19 +104,32 @@ def _groups_per_task(inner: int, groups: int, group_floats: int) -> int:
     return _largest_divisor(inner, limit)
 
 
+#: A transformed weight up to this size (1 MB) is re-read from cache by every task: the
+#: dilated 64x64 64-channel 3x3 (U 0.6 MB, 32 tasks) ran in 1.7 ms by rows and 2.2-2.6 ms
+#: by passes, which the traffic count below preferred.
+CACHED_WEIGHT_FLOATS = 256 * 1024
+#: Memory traffic of an intermediate written out and read back, in units of its size
+#: (write-allocate, write back, read). With 2, the 56x56 64-channel 3x3 convolution went to
+#: passes and ran in 1.36 ms instead of 1.09 ms by rows (medians, one process, Zen 3).
+PASS_TRAFFIC = 3
+
+
 def _fuse_tasks(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, tasks: int) -> bool:
     """Whether to run the whole pipeline per task (every task reads all of the transformed
     weight U) rather than in passes (V and M written out and read back once, the multiply
-    parallel over transform points and channel blocks, U read once): the one moving less
-    data. ResNet-50's 56x56 64-channel 3x3 convolution streams least by tile rows; its
-    7x7 512-channel one, whose U is 17 MB, ran in 4.2 ms by rows and 2.1 ms by passes.
+    parallel over transform points and channel blocks, U read once): by rows while U stays
+    in cache (:data:`CACHED_WEIGHT_FLOATS`), else the one moving less data. ResNet-50's
+    7x7 512-channel 3x3 convolution, whose U is 17 MB, ran in 4.2 ms by rows and 2.1 ms by
+    passes.
     """
     n, rows, tb, pw, a, b, kb, ti, ki, c = (
         int(sch.get(loop).extent) for loop in sch.get_loops(gemm)
     )
     tiles = n * rows * tb * pw * ti
     u_size, v_size, m_size = a * b * kb * ki * c, a * b * tiles * c, a * b * tiles * kb * ki
-    return tasks * u_size <= u_size + 2 * (v_size + m_size)
+    if u_size <= CACHED_WEIGHT_FLOATS:
+        return True
+    return tasks * u_size <= u_size + PASS_TRAFFIC * (v_size + m_size)
 
 
 def _separable_in_registers(
@@ -140,15 +153,6 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     block = sch.get_sblock
     lanes = vector_lanes(target, str(sch.get(block("winograd_gemm")).writes[0].source.dtype))
-    # padding to channels last: a blocked transpose, 16 columns x (a vector of) channels at a
-    # time (a plain loop read one channel row per element: 19 ms for 64 x 16000 floats)
-    n, h, w, c = sch.get_loops(block("winograd_pad"))
-    c_vector = _largest_divisor(int(sch.get(c).extent), lanes)
-    w_outer, w_inner = sch.split(w, [None, TRANSPOSE_COLUMNS])
-    c_outer, c_inner = sch.split(c, [None, c_vector])
-    sch.reorder(n, h, w_outer, c_outer, w_inner, c_inner)
-    sch.parallel(sch.fuse(n, h, w_outer))
-    sch.vectorize(c_inner)
     if "winograd_weight" in names:  # per (channel block, channel): G w G^T, vectorized
         weight = block("winograd_weight")
         a, b, kb, c, ki = sch.get_loops(weight)
@@ -162,9 +166,8 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     n_n, qh_n, tb_n, pw_n, kb_n, mh, mw, tile_block, ob = (
         int(sch.get(loop).extent) for loop in sch.get_loops(y)
     )
-    *_, a_n, b_n, _, _, c_n = (
-        int(sch.get(loop).extent) for loop in sch.get_loops(block("winograd_gemm"))
-    )
+    gemm = block("winograd_gemm")
+    *_, a_n, b_n, _, _, _, c_n = (int(sch.get(loop).extent) for loop in sch.get_loops(gemm))
     group = a_n * b_n * tile_block * (c_n + kb_n * ob)  # V and M floats of one tile block
     unpack = block("winograd_unpack")
     if dh == dw == 1:  # write back inside the task: (n, th, tbo) | tbi, kb | jh, ki, (ti, jw)
@@ -196,13 +199,14 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     sch.unroll(jw)
     sch.vectorize(ki)
 
-    gemm = block("winograd_gemm")
     v = block("winograd_input")
     if _fuse_tasks(sch, gemm, int(sch.get(task).extent)):
         sch.compute_at(gemm, task, preserve_unit_loops=True)
         sch.compute_at(v, task, preserve_unit_loops=True)
+        input_task = task
     else:
-        sch.parallel(sch.fuse(*sch.get_loops(v)[:4]))
+        input_task = sch.fuse(*sch.get_loops(v)[:4])
+        sch.parallel(input_task)
         n, qh, tb, pw, a, b, kb, ti, ki, rc = sch.get_loops(gemm)
         sch.reorder(a, b, kb, n, qh, tb, pw, ti, ki, rc)
         sch.parallel(sch.fuse(a, b, kb))
@@ -213,6 +217,21 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     c_outer, c_inner = sch.split(c, [None, _largest_divisor(c_in, lanes)])
     sch.reorder(ti, c_outer, a, b, c_inner)
     _separable_in_registers(sch, block("winograd_input_rows"), c_outer, 4, [a, b, c_inner])
+
+    # padding to channels last, per undilated task, so that its input rows stay in cache (with one
+    # padded copy of the whole input, the 56x56 3x3 took 1.5 ms at batch 1 and 2.3 ms per
+    # image at batch 8; per task, and by rows, 1.1 and 1.2 ms), as a blocked transpose of
+    # 16 columns x a vector of channels (a plain loop reads one channel row per element)
+    pad = block("winograd_pad")
+    if dh == dw == 1:
+        sch.compute_at(pad, input_task, preserve_unit_loops=True)
+    n, h, w, c = sch.get_loops(pad)[-4:]
+    c_outer, c_inner = sch.split(c, [None, _largest_divisor(int(sch.get(c).extent), lanes)])
+    w_outer, w_inner = sch.split(w, [None, TRANSPOSE_COLUMNS])
+    sch.reorder(h, w_outer, c_outer, w_inner, c_inner)
+    sch.vectorize(c_inner)
+    if dh != dw or dh > 1:  # a dilated task reads a sparse box of rows: pad once, in parallel
+        sch.parallel(sch.fuse(n, h, w_outer))
 
     # matrix multiply per transform point, channel block and tile block: c | ti (unrolled),
     # ki (vectorized)
