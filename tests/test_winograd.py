@@ -69,6 +69,7 @@ CASES = {
     "asymmetric_pads": ((1, 10, 21, 25), (24, 10, 3, 3), dict(padding=((2, 0), (0, 1))), None),
     "dilated2": ((1, 16, 33, 30), (16, 16, 3, 3), dict(padding=2, dilation=2), None),
     "dilated_mixed": ((2, 8, 19, 26), (12, 8, 3, 3), dict(padding=(1, 3), dilation=(1, 3)), "tanh"),
+    "padding_beyond_kernel": ((1, 8, 17, 18), (8, 8, 3, 3), dict(padding=((4, 3), (0, 5))), None),
 }
 
 
