@@ -10,6 +10,7 @@ schedule applied (``schedule_winograd`` raises instead of falling back).
 import numpy as np
 import pytest
 import tvm
+from onnx import TensorProto, helper, numpy_helper
 from tvm import te
 
 import convforge as cf
@@ -128,6 +129,39 @@ def test_constant_weight_matches_onnxruntime(x_shape, w_shape, m):
     _check_schedule_applies(geom, tiles, weight_transformed=True)
     y = _constant_weight_conv(x, w, b, geom, activation="relu")
     agreement = compare(y, _ort_reference(x, w, b, geom, "relu"))
+    assert agreement.ok, agreement
+
+
+def test_compiled_model_uses_winograd_and_matches_onnxruntime():
+    """A model's 3x3 conv (BN and ReLU fused) on a small map: Winograd with the weight
+    transformed at compile time, named so in the report, against onnxruntime."""
+    rng = np.random.default_rng(5)
+    c = 16
+    weights = {
+        "w": (rng.standard_normal((c, c, 3, 3)) / 12).astype(np.float32),
+        "scale": rng.uniform(0.5, 1.5, c).astype(np.float32),
+        "shift": rng.standard_normal(c).astype(np.float32),
+        "mean": rng.standard_normal(c).astype(np.float32),
+        "var": rng.uniform(0.5, 1.5, c).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"]),
+        helper.make_node("Relu", ["n"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 10, 10])],
+        [numpy_helper.from_array(a, name) for name, a in weights.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = cf.compile_model(model)
+    rows = {row.node: row for row in compiled.report().rows}
+    assert rows["Conv_0"].kernel == "conv2d (winograd F4x4)", rows["Conv_0"]
+    x = rng.standard_normal((1, c, 10, 10)).astype(np.float32)
+    (expected,) = run_onnxruntime(model, {"x": x})
+    agreement = compare(compiled(x)[0], expected)
     assert agreement.ok, agreement
 
 

@@ -30,7 +30,13 @@ import tvm_ffi
 from tvm import relax, te
 
 from convforge import ops, shapes
-from convforge.api import conv_for_target, conv_transpose_op, kernel_geometry, pack_conv_weight
+from convforge.api import (
+    conv_for_target,
+    conv_layout,
+    conv_transpose_op,
+    kernel_geometry,
+    pack_conv_weight,
+)
 from convforge.build import schedule_for
 from convforge.targets import vector_lanes
 
@@ -233,6 +239,9 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
 
     args = [x, w] if bias is None else [x, w, bias]
     kernel = f"conv{nd}d" if resize_geom is None else f"resize_conv{nd}d"
+    layout = None if resize_geom else conv_layout(geom, tensor_dtype(x), ctx.target, packed)
+    if isinstance(layout, ops.WinogradTiles):
+        kernel += f" (winograd F{layout.m}x{layout.m})"
     out = ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
     return out if geom == node_geom else relax.op.reshape(bb.emit(out), node_geom.out_shape)
 
