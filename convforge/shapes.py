@@ -27,6 +27,12 @@ PaddingArg = int | str | Sequence[int] | Sequence[tuple[int, int]]
 PADDING_MODES = ("valid", "same", "same_upper", "same_lower", "half", "full", "causal")
 
 
+def check_positive_int(value: object, name: str) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is an int >= 1 (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def as_tuple(
     value: int | Sequence[int], ndim: int, name: str, *, minimum: int = 1
 ) -> tuple[int, ...]:
@@ -205,8 +211,7 @@ def conv_geometry(
     out_channels, w_in, *kernel = (int(v) for v in w_shape)
     stride_t = as_tuple(stride, nd, "stride")
     dilation_t = as_tuple(dilation, nd, "dilation")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    check_positive_int(groups, "groups")
     if channels % groups:
         raise ValueError(f"groups ({groups}) must divide the input channels ({channels})")
     if out_channels % groups:
@@ -375,8 +380,7 @@ def conv_transpose_geometry(
     stride_t = as_tuple(stride, nd, "stride")
     dilation_t = as_tuple(dilation, nd, "dilation")
     out_pad = as_tuple(output_padding, nd, "output_padding", minimum=0)
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    check_positive_int(groups, "groups")
     if channels % groups:
         raise ValueError(f"groups ({groups}) must divide the input channels ({channels})")
     if w_in != channels:
@@ -980,8 +984,7 @@ def causal_state_geometry(
     state (N, C, d*(k-1)) (``None``: not given, zeros)."""
     if len(x_shape) != 3:
         raise ValueError(f"x must have shape (N, C, L), got {tuple(x_shape)}")
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+    check_positive_int(dilation, "dilation")
     _check_rank(x_shape, w_shape, 1)
     batch, channels, length = (int(v) for v in x_shape)
     state_length = causal_state_length(int(w_shape[2]), dilation)

@@ -52,9 +52,7 @@ class StackSpec:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "channels", "skip_channels", "out_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            shapes.check_positive_int(getattr(self, name), name)
         if not isinstance(self.kernel_size, int) or self.kernel_size < 2:
             raise ValueError(
                 f"kernel_size must be an int >= 2 (a 1-tap layer has no state), "
@@ -300,8 +298,7 @@ class StreamingCausalStack:
         dtype: str = "float32",
         target: TargetArg = None,
     ) -> None:
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        shapes.check_positive_int(batch, "batch")
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         spec.check_weights(weights)
@@ -334,8 +331,7 @@ class StreamingCausalStack:
     def _runner(self, length: int) -> _ChunkRunner:
         runner = self._chunks.get(length)
         if runner is None:
-            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-                raise ValueError(f"length must be a positive int, got {length!r}")
+            shapes.check_positive_int(length, "length")
             kernel = compiled_step(self.spec, self.batch, length, self.dtype, self.target)
             x = tvm.runtime.tensor(
                 np.zeros((self.batch, self.spec.in_channels, length), self.dtype), self._device

@@ -29,7 +29,7 @@ from tvm import te, tirx
 
 from convforge.ops.activation import activate
 from convforge.ops.conv import accumulator_dtype, pad
-from convforge.shapes import ConvGeometry
+from convforge.shapes import ConvGeometry, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,7 @@ class ChannelBlocks:
 
     def __post_init__(self) -> None:
         for name in ("out_block", "width_block"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(getattr(self, name), name)
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -43,7 +43,7 @@ from tvm import te, tirx
 
 from convforge.ops.activation import activate
 from convforge.ops.conv import accumulator_dtype
-from convforge.shapes import ConvGeometry
+from convforge.shapes import ConvGeometry, check_positive_int
 
 #: Interpolation points, in the order used (infinity is always the last one).
 POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))
@@ -62,9 +62,7 @@ class WinogradTiles:
 
     def __post_init__(self) -> None:
         for name in ("m", "out_block", "tile_block"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(getattr(self, name), name)
 
 
 def _inverse(rows: list[list[Fraction]]) -> list[list[Fraction]]:

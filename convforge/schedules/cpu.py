@@ -19,15 +19,12 @@ from tvm import s_tir, tirx
 
 from convforge.schedules import cpu_causal, cpu_grouped, cpu_subpixel, cpu_winograd
 from convforge.schedules.cpu_conv import schedule_conv_nchwc
+from convforge.schedules.cpu_direct import largest_divisor
 from convforge.schedules.cpu_pool import schedule_named_block
 from convforge.targets import vector_lanes
 
 #: Accumulator registers a register block may use (AVX2 has 16 vector registers).
 _ACCUMULATOR_BUDGET = 8
-
-
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
 def _vector_tile(n: int, lanes: int) -> int:
@@ -59,7 +56,7 @@ def _register_tile(sch: s_tir.Schedule, anchor: s_tir.SBlockRV, lanes: int) -> t
         raise ValueError("needs at least two output axes")
     width_tile = _vector_tile(extents[-1], lanes)
     vectors = -(-width_tile // lanes)
-    channel_tile = _largest_divisor(extents[1], max(1, _ACCUMULATOR_BUDGET // vectors))
+    channel_tile = largest_divisor(extents[1], max(1, _ACCUMULATOR_BUDGET // vectors))
     c_outer, c_inner = sch.split(loops[1], [None, channel_tile])
     w_outer, w_inner = sch.split(loops[-1], [None, width_tile])
     middle = list(loops[2:-1])

@@ -48,6 +48,13 @@ def accumulator_budget(target: tvm.target.Target) -> int:
     return 24 if vector_bits(target) >= 512 else 12
 
 
+def has_block(func: tirx.PrimFunc, name: str) -> bool:
+    """Whether ``func``'s root holds a block named ``name`` (block names are the contract
+    between ops/ and schedules/)."""
+    sch = s_tir.Schedule(func)
+    return any(sch.get(b).name_hint == name for b in sch.get_child_blocks(sch.get_sblock("root")))
+
+
 def largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 

@@ -21,6 +21,7 @@ from convforge.schedules.cpu_direct import (
     accumulator_budget,
     conv_blocks,
     default_tiles,
+    has_block,
     largest_divisor,
     schedule_direct,
     width_tile,
@@ -33,11 +34,7 @@ PARALLEL_TASKS = 8
 
 def is_subpixel(func: tirx.PrimFunc) -> bool:
     """Whether ``func`` is a sub-pixel transposed convolution."""
-    sch = s_tir.Schedule(func)
-    return any(
-        sch.get(b).name_hint == "subpixel_interleave"
-        for b in sch.get_child_blocks(sch.get_sblock("root"))
-    )
+    return has_block(func, "subpixel_interleave")
 
 
 def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:

@@ -24,6 +24,7 @@ from tvm import s_tir, tirx
 from convforge.ops.conv import accumulator_dtype
 from convforge.ops.winograd import DILATION_ATTR, WinogradTiles
 from convforge.schedules.cpu_conv import register_tile
+from convforge.schedules.cpu_direct import has_block, largest_divisor
 from convforge.shapes import ConvGeometry
 from convforge.targets import vector_lanes, vector_registers
 
@@ -78,15 +79,7 @@ MIN_TILES_PER_CALL_WEIGHT = 32
 
 def is_winograd(func: tirx.PrimFunc) -> bool:
     """Whether ``func`` is a Winograd convolution."""
-    sch = s_tir.Schedule(func)
-    return any(
-        sch.get(b).name_hint == "winograd_gemm"
-        for b in sch.get_child_blocks(sch.get_sblock("root"))
-    )
-
-
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+    return has_block(func, "winograd_gemm")
 
 
 #: Input columns per block of the padding's transpose to channels last.
@@ -101,7 +94,7 @@ def _groups_per_task(inner: int, groups: int, group_floats: int) -> int:
     """Tile blocks per task: the largest divisor of the ``inner`` tile loop whose V and M fit
     :data:`TASK_FLOATS` and that leaves :data:`MIN_TASKS` of the ``groups`` tile blocks' tasks."""
     limit = max(1, min(TASK_FLOATS // group_floats, groups // MIN_TASKS))
-    return _largest_divisor(inner, limit)
+    return largest_divisor(inner, limit)
 
 
 #: A transformed weight up to this size (1 MB) is re-read from cache by every task: the
@@ -214,7 +207,7 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     # input transform: per (tile, channel vector), both passes unrolled in registers
     a, b, ti, c = sch.get_loops(v)[-4:]
     c_in = int(sch.get(c).extent)
-    c_outer, c_inner = sch.split(c, [None, _largest_divisor(c_in, lanes)])
+    c_outer, c_inner = sch.split(c, [None, largest_divisor(c_in, lanes)])
     sch.reorder(ti, c_outer, a, b, c_inner)
     _separable_in_registers(sch, block("winograd_input_rows"), c_outer, 4, [a, b, c_inner])
 
@@ -226,7 +219,7 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     if dh == dw == 1:
         sch.compute_at(pad, input_task, preserve_unit_loops=True)
     n, h, w, c = sch.get_loops(pad)[-4:]
-    c_outer, c_inner = sch.split(c, [None, _largest_divisor(int(sch.get(c).extent), lanes)])
+    c_outer, c_inner = sch.split(c, [None, largest_divisor(int(sch.get(c).extent), lanes)])
     w_outer, w_inner = sch.split(w, [None, TRANSPOSE_COLUMNS])
     sch.reorder(h, w_outer, c_outer, w_inner, c_inner)
     sch.vectorize(c_inner)
