@@ -169,15 +169,13 @@ def conv_for_target(
     return ops.conv_nchwc(x, w, bias, geom, layout, activation, weight_packed=weight_packed)
 
 
-def pack_conv_weight(
-    w: np.ndarray, geom: shapes.ConvGeometry, target: TargetArg = None
-) -> np.ndarray | None:
-    """A constant weight (O, C, *K) in the layout :func:`conv_for_target` reads with
-    ``weight_packed=True`` (packed once, at compile time), or None where it reads w as is."""
-    layout = conv_layout(geom, str(w.dtype), target, constant_weight=True)
+def pack_conv_weight(w: np.ndarray, layout: ops.WinogradTiles | ops.ChannelBlocks) -> np.ndarray:
+    """A constant weight (O, C, *K) in ``layout`` (:func:`conv_layout` with
+    ``constant_weight=True``), as :func:`conv_for_target` reads it with ``weight_packed``
+    (packed once, at compile time)."""
     if isinstance(layout, ops.WinogradTiles):
         return ops.transform_weight_array(w, layout)
-    return None if layout is None else ops.pack_weight_array(w, layout)
+    return ops.pack_weight_array(w, layout)
 
 
 def conv_transpose(

@@ -101,7 +101,7 @@ def _constant_weight_conv(x, w, b, geom, activation=None, target=None):
     """The compiled-model path: the weight transformed once (pack_conv_weight), then the
     computation that reads it (conv_for_target with weight_packed)."""
     target = tvm.target.Target(target) if target else host_target()
-    packed = api.pack_conv_weight(w, geom, target)
+    packed = api.pack_conv_weight(w, api.conv_layout(geom, "float32", target, True))
 
     def computation():
         tx = te.placeholder(x.shape, "float32", name="x")

@@ -225,12 +225,11 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
             w = relax.const(w.value.numpy().reshape(geom.w_shape))
         else:
             w = bb.emit(relax.op.reshape(w, geom.w_shape))
-    packed_w = None
-    if resize_geom is None and isinstance(w, tvm.ir.expr.Constant):
-        packed_w = pack_conv_weight(w.value.numpy(), geom, ctx.target)
-    packed = packed_w is not None
+    constant = resize_geom is None and isinstance(w, tvm.ir.expr.Constant)
+    layout = None if resize_geom else conv_layout(geom, tensor_dtype(x), ctx.target, constant)
+    packed = constant and layout is not None
     if packed:  # pack the constant weight once, here, not on every inference
-        w = relax.const(packed_w)
+        w = relax.const(pack_conv_weight(w.value.numpy(), layout))
 
     def compute(tx, tw, tb=None):
         if resize_geom is not None:
@@ -239,7 +238,6 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
 
     args = [x, w] if bias is None else [x, w, bias]
     kernel = f"conv{nd}d" if resize_geom is None else f"resize_conv{nd}d"
-    layout = None if resize_geom else conv_layout(geom, tensor_dtype(x), ctx.target, packed)
     if isinstance(layout, ops.WinogradTiles):
         kernel += f" (winograd F{layout.m}x{layout.m})"
     out = ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
