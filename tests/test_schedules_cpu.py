@@ -298,3 +298,29 @@ def test_small_kernels_run_on_one_thread_and_large_ones_in_parallel():
         x, w, b = _arrays(x_shape, geom.w_shape)
         y = cf.conv(x, w, b, padding=1, activation="relu")
         assert compare(y, _ort_reference(x, w, b, geom, "relu")).ok
+
+
+def test_one_channel_block_over_one_row_splits_the_width_into_parallel_tasks():
+    """A 1x1 conv in one output-channel block over one row of positions (ResNet-50's
+    256->64 56x56 on AVX-512) has a single (batch x block x row) tile: its width tiles are
+    split into PARALLEL_TASKS parallel tasks, and the result agrees with onnxruntime."""
+    from convforge.schedules.cpu_conv import PARALLEL_TASKS
+
+    geom = shapes.conv_geometry((1, 32, 1, 392), (16, 32, 1, 1))
+    blocks = ops.ChannelBlocks(16, 7)  # 392 = 8 tasks x 7 tiles of 7 positions
+    schedule = generic_cpu_schedule(_nchwc_func(geom, blocks), host_target())
+    # parallel loops in block order: the weight packing (32 channels), then the conv
+    parallel = re.findall(r"T\.parallel\((\d+)\)", schedule.mod.script())
+    assert parallel == ["32", str(PARALLEL_TASKS)]
+
+    def computation():
+        tx = te.placeholder(geom.x_shape, "float32", name="x")
+        tw = te.placeholder(geom.w_shape, "float32", name="w")
+        return [tx, tw], [ops.conv_nchwc(tx, tw, None, geom, blocks)]
+
+    kernel = compile_computation(
+        "conv_nchwc", computation, host_target(), lambda f, t: generic_cpu_schedule(f, t).mod
+    )
+    x, w, _ = _arrays(geom.x_shape, geom.w_shape)
+    agreement = compare(kernel(x, w), _ort_reference(x, w, None, geom))
+    assert agreement.ok, agreement

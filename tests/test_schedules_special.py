@@ -16,6 +16,7 @@ from convforge import api, ops, shapes
 from convforge.build import compile_computation
 from convforge.export import compare, conv_model, conv_transpose_model, run_onnxruntime
 from convforge.schedules import cpu_causal, cpu_grouped, cpu_subpixel
+from convforge.schedules.cpu_direct import has_block
 from convforge.targets import host_target
 
 
@@ -103,13 +104,13 @@ def test_causal_conv1d_api_matches_onnxruntime(rng):
     assert compare(y, expected).ok, compare(y, expected)
 
 
-def _subpixel_kernel(geom, dtype, bias, activation, schedule):
+def _subpixel_kernel(geom, dtype, bias, activation, schedule, op=ops.conv_transpose_subpixel):
     def build():
         x = te.placeholder(geom.x_shape, dtype, name="x")
         w = te.placeholder(geom.w_shape, dtype, name="w")
         b = te.placeholder((geom.out_channels,), dtype, name="bias") if bias else None
         inputs = [x, w] + ([b] if bias else [])
-        return inputs, [ops.conv_transpose_subpixel(x, w, b, geom, activation)]
+        return inputs, [op(x, w, b, geom, activation)]
 
     return compile_computation(
         "conv_transpose", build, host_target(), lambda f, t: schedule(f, t).mod
@@ -127,15 +128,30 @@ SUBPIXEL = [
 
 
 @pytest.mark.parametrize(
-    "x_shape, w_shape, attrs, dtype",
-    [(*case, "float32") for case in SUBPIXEL] + [(*SUBPIXEL[2], "float16")],
+    "x_shape, w_shape, attrs, dtype, blocked",
+    [(*case, "float32", False) for case in SUBPIXEL]
+    + [(*SUBPIXEL[2], "float16", False)]
+    # dense 2-D/3-D: phases in NCHW[x]c blocks, as the API builds them on a CPU
+    + [(*SUBPIXEL[0], "float32", True)]
+    + [
+        (
+            (2, 8, 7, 7),
+            (8, 16, 3, 3),
+            dict(stride=2, padding=1),
+            "float32",
+            True,
+        ),  # 7/6-wide phases
+        ((1, 4, 3, 4, 5), (4, 16, 2, 3, 2), dict(stride=(2, 1, 3), padding=1), "float32", True),
+    ],
 )
-def test_subpixel_rule_matches_onnxruntime(x_shape, w_shape, attrs, dtype, rng):
+def test_subpixel_rule_matches_onnxruntime(x_shape, w_shape, attrs, dtype, blocked, rng):
     geom = shapes.conv_transpose_geometry(x_shape, w_shape, **attrs)
     x = rng.standard_normal(geom.x_shape).astype(dtype)
     w = rng.standard_normal(geom.w_shape).astype(dtype)
     b = rng.standard_normal(geom.out_channels).astype(dtype)
-    kernel = _subpixel_kernel(geom, dtype, True, "silu", cpu_subpixel.schedule_subpixel)
+    op = api.conv_transpose_op(geom, host_target()) if blocked else ops.conv_transpose_subpixel
+    kernel = _subpixel_kernel(geom, dtype, True, "silu", cpu_subpixel.schedule_subpixel, op)
+    assert blocked == has_block(kernel.func, "conv_nchwc")
     model = conv_transpose_model(geom, dtype, bias=True, activation="silu")
     (expected,) = run_onnxruntime(model, {"x": x, "w": w, "bias": b})
     agreement = compare(kernel(x, w, b), expected)
@@ -145,8 +161,27 @@ def test_subpixel_rule_matches_onnxruntime(x_shape, w_shape, attrs, dtype, rng):
 def test_conv_transpose_selects_subpixel_for_strides_above_one():
     strided = shapes.conv_transpose_geometry((1, 2, 4, 4), (2, 2, 3, 3), stride=(1, 2))
     unit = shapes.conv_transpose_geometry((1, 2, 4, 4), (2, 2, 3, 3), stride=1)
-    assert api.conv_transpose_op(strided) is ops.conv_transpose_subpixel
+    assert api.conv_transpose_op(strided).func is ops.conv_transpose_subpixel
     assert api.conv_transpose_op(unit) is ops.conv_transpose
+
+
+@pytest.mark.parametrize(
+    "w_shape, groups, target, blocked",
+    [
+        ((4, 32, 4, 4), 1, host_target(), True),
+        ((4, 3, 4, 4), 1, host_target(), False),  # a ragged channel block: direct phases
+        ((4, 16, 4, 4), 2, host_target(), False),  # grouped: direct phases
+        ((4, 32, 4, 4), 1, {"kind": "cuda", "arch": "sm_80"}, False),
+    ],
+)
+def test_subpixel_phases_blocked_for_dense_cpu_convolutions(w_shape, groups, target, blocked):
+    geom = shapes.conv_transpose_geometry((1, 4, 5, 5), w_shape, stride=2, groups=groups)
+    x = te.placeholder(geom.x_shape, "float32", name="x")
+    w = te.placeholder(geom.w_shape, "float32", name="w")
+    y = api.conv_transpose_op(geom, target)(x, w, None, geom)
+    func = te.create_prim_func([x, w, y])
+    assert has_block(func, "conv_nchwc") == blocked
+    assert has_block(func, "subpixel_interleave")
 
 
 def _reduction_macs(op, geom):

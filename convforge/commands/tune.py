@@ -43,7 +43,9 @@ class ConvWorkload:
         if isinstance(geom, shapes.ConvGeometry):
             build = api.conv_computation(geom, self.dtype, self.bias, self.activation, target)
         else:
-            build = api.conv_transpose_computation(geom, self.dtype, self.bias, self.activation)
+            build = api.conv_transpose_computation(
+                geom, self.dtype, self.bias, self.activation, target
+            )
         return prim_func(build)
 
 

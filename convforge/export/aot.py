@@ -139,7 +139,7 @@ GPU_SUITE: tuple[AotWorkload, ...] = (
 )  # fmt: skip
 
 
-def _computation(workload: AotWorkload):
+def _computation(workload: AotWorkload, target: tvm.target.Target):
     activation = workload.params.get("activation")
     if workload.op == "classifier_head":
         pool_geom = workload.pool_geometry()
@@ -154,7 +154,7 @@ def _computation(workload: AotWorkload):
     else:
         geom = workload.geometry()
         # the API's form: sub-pixel phases for strided transposed convolutions
-        op = conv_transpose_op(geom) if workload.op == "conv_transpose" else ops.conv
+        op = conv_transpose_op(geom, target) if workload.op == "conv_transpose" else ops.conv
 
         def build(x, w, bias):
             return op(x, w, bias, geom, activation)
@@ -172,7 +172,8 @@ def _computation(workload: AotWorkload):
 
 def compile_workload(workload: AotWorkload, target: TargetArg = "cuda") -> Kernel:
     """Compile one workload for ``target`` with the default schedule of that target."""
-    return compile_computation(workload.name, _computation(workload), resolve_target(target))
+    resolved = resolve_target(target)
+    return compile_computation(workload.name, _computation(workload, resolved), resolved)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -233,7 +234,9 @@ def export_workload(workload: AotWorkload, out_dir: Path, target: TargetArg = "c
         scheduled.append(schedule_for(func, tgt))
         return scheduled[-1]
 
-    kernel = compile_computation(workload.name, _computation(workload), resolved, schedule)
+    kernel = compile_computation(
+        workload.name, _computation(workload, resolved), resolved, schedule
+    )
     library = out_dir / f"{workload.name}.so"
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{library.name}.", suffix=".so")
     os.close(fd)

@@ -266,7 +266,7 @@ def lower_conv_transpose(ctx: LoweringContext, inputs: list, attrs: dict) -> rel
     activation = activation_of(attrs)
 
     def compute(tx, tw, tb=None):
-        return [conv_transpose_op(geom)(tx, tw, tb, geom, activation)]
+        return [conv_transpose_op(geom, ctx.target)(tx, tw, tb, geom, activation)]
 
     args = [x, w] if bias is None else [x, w, bias]
     return ctx.emit_kernel(

@@ -5,22 +5,25 @@ Along one spatial axis, output ``o`` of a stride-``s`` transposed convolution re
 ``phi = (o + lo) mod s``: a phase only ever meets the taps ``k`` with ``d*k = phi (mod s)``
 (every ``s/gcd(s, d)``-th tap), and for those taps ``i = m - j_k`` with ``m = (o+lo-phi)/s``
 and integer ``j_k``. Each phase is therefore a small dense stride-1 convolution of the
-un-dilated input (dilation ``d/gcd(s, d)``, the phase's taps flipped), built with
-:func:`convforge.ops.conv.conv` on one zero-padded copy of the input that every phase
+un-dilated input (dilation ``d/gcd(s, d)``, the phase's taps flipped), built by
+``phase_conv`` (:func:`convforge.ops.conv.conv`, or a target's layout such as
+:func:`convforge.ops.conv_nchwc`) on one zero-padded copy of the input that every phase
 shares (each phase's own ``pad`` block is then a pure crop: a window, no zeros); an N-d transposed convolution
 has ``s_1 * ... * s_d`` of them, and an interleave block writes each phase's outputs to
 their places. A phase with no taps (kernel shorter than the stride) outputs ``act(bias)``.
 
 Block names (contract with ``convforge.schedules``): the shared ``subpixel_pad``; per
-phase ``pad`` (a crop, meant to be inlined), ``conv``, ``conv_epilogue`` as ``ops.conv``
-makes them (TVM suffixes ``_1``, ``_2``, ...) and the weight gather ``subpixel_weight``
-(meant to be inlined); the final ``subpixel_interleave``, annotated with the ``strides``.
+phase the blocks ``phase_conv`` makes (``ops.conv``: ``pad``, a crop meant to be inlined,
+``conv``, ``conv_epilogue``; ``ops.conv_nchwc``: its four blocks; TVM suffixes ``_1``,
+``_2``, ...) and the weight gather ``subpixel_weight`` (meant to be inlined); the final
+``subpixel_interleave``, annotated with the ``strides``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tvm import te, tirx
@@ -28,6 +31,12 @@ from tvm import te, tirx
 from convforge.ops.activation import activate
 from convforge.ops.conv import accumulator_dtype, conv, pad
 from convforge.shapes import ConvGeometry, ConvTransposeGeometry
+
+#: A dense convolution builder with :func:`convforge.ops.conv.conv`'s signature
+#: ``(x, w, bias, geom, activation) -> y``.
+PhaseConv = Callable[
+    [te.Tensor, te.Tensor, "te.Tensor | None", ConvGeometry, "str | None"], te.Tensor
+]
 
 
 @dataclass(frozen=True)
@@ -85,12 +94,15 @@ def conv_transpose_subpixel(
     bias: te.Tensor | None,
     geom: ConvTransposeGeometry,
     activation: str | None = None,
+    *,
+    phase_conv: PhaseConv = conv,
 ) -> te.Tensor:
     """Transposed convolution as ``prod(stride)`` dense phase convolutions, interleaved.
 
     x: (N, C, *I), w: (C, O/groups, *K), bias: (O,) or None -> (N, O, *out_size); the
     same result as :func:`convforge.ops.conv.conv_transpose` (groups, dilation, padding,
-    output_padding all supported) with no products of inserted zeros.
+    output_padding all supported) with no products of inserted zeros. ``phase_conv``
+    builds each phase's convolution (x (N, C, *P), w (O, C/groups, *taps)).
     """
     dtype = x.dtype
     per_axis = [
@@ -124,7 +136,7 @@ def conv_transpose_subpixel(
                   for lo, hi in [p.pads]),
             tuple(p.count for p in combo),
         )  # fmt: skip
-        results[key] = conv(padded, phase_w, bias, phase_geom, activation)
+        results[key] = phase_conv(padded, phase_w, bias, phase_geom, activation)
 
     acc = accumulator_dtype(dtype)
 

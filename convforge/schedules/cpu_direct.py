@@ -59,6 +59,11 @@ def largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
 
+def smallest_divisor_at_least(n: int, least: int) -> int:
+    """The smallest divisor of ``n`` that is at least ``least`` (``n`` itself if none is)."""
+    return min([d for d in range(max(1, least), n + 1) if n % d == 0] or [n])
+
+
 def width_tile(n: int, lanes: int, max_vectors: int = 2) -> int:
     """Tile of the innermost axis ``n``: up to ``max_vectors`` whole vectors when they
     divide ``n``, else the largest divisor of ``n`` that fits one vector if it fills at

@@ -1,8 +1,18 @@
 """CPU schedule of the sub-pixel transposed convolution (ops.conv_transpose_subpixel).
 
-Each phase's weight gather and input window (a crop of the shared padded input) are
-inlined into its convolution (strided reads, no copies), each phase convolution is
-register-tiled by :func:`convforge.schedules.cpu_direct.schedule_direct`, the shared
+Phases in NCHW[x]c blocks (dense 2-D/3-D, ``conv_nchwc``): one parallel loop over
+(batch, output-channel blocks) of the interleave, inside which every phase packs its
+weight slice (the gather inlined), computes its register tiles (reductions outside an
+unrolled width x vectorized channel tile, the accumulators in registers), writes them
+back and the block is interleaved; the shared padding is one parallel copy that each
+phase reads through a crop. With the TVM pool not spinning (as the benchmark runs), one
+parallel region per pass cost more than the phases: on AVX-512 (2 cores) the 256->128 k4
+s2 16->32 transposed convolution took 1.08 ms in one region, 1.5 ms in thirteen, 1.70 ms
+with the direct phases below.
+
+Direct phases (``conv``: grouped, 1-D, ragged channel blocks): each phase's weight
+gather and input window (a crop of the shared padded input) are inlined into its
+convolution (strided reads, no copies), each phase convolution is register-tiled by :func:`convforge.schedules.cpu_direct.schedule_direct`, the shared
 padding is one parallel copy, and the interleave is split by the stride along every
 spatial axis with the phase loops unrolled, so each unrolled body copies one phase and
 its phase test folds away. The phases are computed inside the interleave's one parallel
@@ -23,6 +33,7 @@ from convforge.schedules.cpu_direct import (
     default_tiles,
     has_block,
     largest_divisor,
+    producer_named,
     schedule_direct,
     width_tile,
 )
@@ -47,6 +58,9 @@ def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     for name, block in blocks.items():
         if name.startswith("subpixel_weight"):
             sch.compute_inline(block)
+    if any(name.startswith("conv_nchwc") for name in blocks):
+        _schedule_blocked_phases(sch, blocks, strides, target)
+        return sch
     budget = accumulator_budget(target)
     phases = []  # (block, output shape, lanes, tiles)
     for block in conv_blocks(sch):
@@ -58,17 +72,9 @@ def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     if "subpixel_pad" in blocks:
         loops = sch.get_loops(blocks["subpixel_pad"])
         sch.parallel(sch.fuse(*loops[:-1]))
-    interleave = blocks["subpixel_interleave"]
-    n, channels, *spatial = sch.get_loops(interleave)
-    c_outer, c_inner = sch.split(channels, [None, channel_tile])
-    outer = []  # per spatial axis: the loop over the positions of one phase
-    for loop, stride in zip(spatial, strides):
-        if stride > 1:
-            loop_outer, phase = sch.split(loop, [None, stride])
-            sch.unroll(phase)
-            outer.append(loop_outer)
-        else:
-            outer.append(loop)
+    n, c_outer, c_inner, outer = _split_interleave(
+        sch, blocks["subpixel_interleave"], strides, channel_tile
+    )
     # one parallel loop over (batch, channel tiles, bands of rows), with
     # every phase computing its share of the tile inside it
     tasks = int(sch.get(n).extent) * int(sch.get(c_outer).extent)
@@ -90,3 +96,68 @@ def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
         tiles = dataclasses.replace(tiles, channel_tile=channel_tile)
         schedule_direct(sch, block, tiles, at=parallel)
     return sch
+
+
+def _split_interleave(sch, interleave, strides, channel_tile):
+    """Split the interleave's channels by ``channel_tile`` and each strided axis by its
+    stride (the phase loop unrolled, so each body copies one phase). Returns the loops
+    (n, channel outer, channel inner, [per axis: the loop over one phase's positions])."""
+    n, channels, *spatial = sch.get_loops(interleave)
+    c_outer, c_inner = sch.split(channels, [None, channel_tile])
+    outer = []
+    for loop, stride in zip(spatial, strides):
+        if stride > 1:
+            loop_outer, phase = sch.split(loop, [None, stride])
+            sch.unroll(phase)
+            outer.append(loop_outer)
+        else:
+            outer.append(loop)
+    return n, c_outer, c_inner, outer
+
+
+def _schedule_blocked_phases(sch, blocks, strides, target) -> None:
+    """The NCHW[x]c-phase schedule of the module doc (weight gathers already inlined):
+    one parallel loop over (batch, output-channel blocks) of the interleave, inside which
+    every phase packs its weight slice, computes its register tiles and writes them back."""
+    if "subpixel_pad" in blocks:  # one parallel copy; each phase's own padding is a crop
+        loops = sch.get_loops(blocks["subpixel_pad"])
+        sch.parallel(sch.fuse(*loops[:-1]))
+        sch.vectorize(loops[-1])
+    phases = []  # (pad, pack, conv, unpack) per phase
+    for name, conv in blocks.items():
+        if name.startswith("conv_nchwc"):
+            pad = producer_named(sch, conv, "nchwc_pad_x")
+            pack = producer_named(sch, conv, "nchwc_pack_w")
+            (unpack,) = sch.get_consumers(conv)
+            phases.append((pad, pack, conv, unpack))
+    out_blocks = {int(sch.get(conv).writes[0].source.shape[-1]) for _, _, conv, _ in phases}
+    if len(out_blocks) != 1:
+        raise ValueError(f"phases with different output-channel blocks {sorted(out_blocks)}")
+    (out_block,) = out_blocks
+    n, c_outer, _, _ = _split_interleave(sch, blocks["subpixel_interleave"], strides, out_block)
+    task = sch.fuse(n, c_outer)
+    sch.parallel(task)
+    for pad, pack, conv, unpack in phases:
+        if pad is not None:  # a crop of subpixel_pad (none when the crop is empty)
+            sch.compute_inline(pad)
+        sch.compute_at(unpack, task, preserve_unit_loops=True)
+        *_, channels, rows, width = sch.get_loops(unpack)
+        width_block = int(sch.get(conv).writes[0].source.shape[-2])
+        wo, wi = sch.split(width, [None, width_block])
+        sch.reorder(rows, wo, channels, wi)
+        sch.vectorize(wi)
+        sch.compute_at(conv, wo, preserve_unit_loops=True)
+        # the conv's own loops at the tile: (n, ob, *outer, wo) of extent 1, wi, oi, reductions
+        loops = sch.get_loops(conv)
+        n_reduce = sum(
+            int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(conv).iter_vars
+        )
+        tile_wi, tile_oi = loops[-n_reduce - 2 : -n_reduce]
+        reduce_ = loops[-n_reduce:]
+        sch.reorder(*reduce_, tile_wi, tile_oi)
+        sch.set_scope(conv, 0, "local")
+        sch.unroll(tile_wi)
+        sch.vectorize(tile_oi)
+        sch.decompose_reduction(conv, reduce_[0])
+        sch.compute_at(pack, task, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(pack)[-1])
