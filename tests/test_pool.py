@@ -177,3 +177,32 @@ def test_pools_whose_windows_tile_the_input_match_onnxruntime(kind, x_shape, ker
     y = (cf.max_pool if kind == "max" else cf.avg_pool)(x, kernel, **args)
     (expected,) = run_onnxruntime(pool_model(geom), {"x": x})
     assert compare(y, expected).ok, compare(y, expected)
+
+
+@pytest.mark.parametrize(
+    "kind, x_shape, kernel, args",
+    [
+        ("max", (1, 64, 112, 112), (3, 3), dict(stride=2, padding=1)),  # ResNet-50's
+        ("avg", (2, 3, 37, 41), (3, 2), dict(stride=(2, 1), padding=1, count_include_pad=False)),
+        ("max", (1, 4, 3, 20, 41), (2, 3, 3), dict(stride=(1, 2, 2), padding=(0, 1, 1), dilation=(1, 2, 1))),
+    ],
+)
+def test_sliding_windows_run_vectorized_rows_and_match_onnxruntime(kind, x_shape, kernel, args):
+    """Overlapping windows over rows of at least a vector: the rule applied (every tap
+    outside a vectorized output row, no silent fallback) and agrees with onnxruntime."""
+    from tvm import s_tir, te
+
+    from convforge import ops
+    from convforge.schedules.cpu_pool import schedule_named_block
+    from convforge.targets import host_target, vector_lanes
+
+    geom = shapes.pool_geometry(x_shape, kernel, kind=kind, **args)
+    tx = te.placeholder(x_shape, "float32", name="x")
+    sch = s_tir.Schedule(te.create_prim_func([tx, ops.pool(tx, geom)]))
+    assert geom.out_size[-1] >= vector_lanes(host_target(), "float32")
+    assert "pool_pad" in schedule_named_block(sch, sch.get_sblock("pool"), host_target())
+    assert "T.vectorized" in sch.mod.script()
+    x = np.random.default_rng(2).standard_normal(x_shape).astype(np.float32)
+    y = (cf.max_pool if kind == "max" else cf.avg_pool)(x, kernel, **args)
+    (expected,) = run_onnxruntime(pool_model(geom), {"x": x})
+    assert compare(y, expected).ok, compare(y, expected)

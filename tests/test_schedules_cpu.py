@@ -324,3 +324,43 @@ def test_one_channel_block_over_one_row_splits_the_width_into_parallel_tasks():
     x, w, _ = _arrays(geom.x_shape, geom.w_shape)
     agreement = compare(kernel(x, w), _ort_reference(x, w, None, geom))
     assert agreement.ok, agreement
+
+
+def test_long_pointwise_rows_are_computed_directly_on_avx512():
+    """A 1x1 conv over one row of >= POINTWISE_ROW_POSITIONS positions keeps the generic
+    computation on AVX-512 (positions vectorized, weights broadcast), NCHW[x]c elsewhere;
+    a shorter row, or a 1x1 conv with a map, is unchanged."""
+    from convforge.schedules.cpu_conv import POINTWISE_ROW_POSITIONS
+
+    row = shapes.conv_geometry((1, 16, 1, POINTWISE_ROW_POSITIONS), (8, 16, 1, 1))
+    short = shapes.conv_geometry((1, 16, 1, POINTWISE_ROW_POSITIONS - 1), (8, 16, 1, 1))
+    for target, direct in [(AVX512, True), (ZEN4, True), (ZEN3, False), (NEON, False)]:
+        target = tvm.target.Target(target)
+        assert (dense_conv_blocks(row, "float32", target) is None) == direct
+        assert dense_conv_blocks(short, "float32", target) is not None
+
+
+@pytest.mark.parametrize("bias, activation", [(False, None), (True, "relu")])
+def test_pointwise_row_rule_matches_onnxruntime(bias, activation):
+    """The rule's direct time-tiled schedule (here on the host, whatever its vectors),
+    with a ragged last time tile and bias + activation fused."""
+    from convforge.schedules.cpu_conv import is_pointwise_row, schedule_pointwise_row
+
+    geom = shapes.conv_geometry((2, 24, 1, 700), (40, 24, 1, 1))
+    x, w, b = _arrays(geom.x_shape, geom.w_shape)
+    b = b if bias else None
+
+    def computation():
+        tx = te.placeholder(x.shape, "float32", name="x")
+        tw = te.placeholder(w.shape, "float32", name="w")
+        tb = te.placeholder((geom.out_channels,), "float32", name="bias") if bias else None
+        inputs = [t for t in (tx, tw, tb) if t is not None]
+        return inputs, [ops.conv(tx, tw, tb, geom, activation)]
+
+    assert is_pointwise_row(prim_func(computation))
+    kernel = compile_computation(
+        "conv", computation, host_target(), lambda f, t: schedule_pointwise_row(f, t).mod
+    )
+    y = kernel(*[a for a in (x, w, b) if a is not None])
+    agreement = compare(y, _ort_reference(x, w, b, geom, activation))
+    assert agreement.ok, agreement
