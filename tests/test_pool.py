@@ -184,7 +184,12 @@ def test_pools_whose_windows_tile_the_input_match_onnxruntime(kind, x_shape, ker
     [
         ("max", (1, 64, 112, 112), (3, 3), dict(stride=2, padding=1)),  # ResNet-50's
         ("avg", (2, 3, 37, 41), (3, 2), dict(stride=(2, 1), padding=1, count_include_pad=False)),
-        ("max", (1, 4, 3, 20, 41), (2, 3, 3), dict(stride=(1, 2, 2), padding=(0, 1, 1), dilation=(1, 2, 1))),
+        (
+            "max",
+            (1, 4, 3, 20, 41),
+            (2, 3, 3),
+            dict(stride=(1, 2, 2), padding=(0, 1, 1), dilation=(1, 2, 1)),
+        ),
     ],
 )
 def test_sliding_windows_run_vectorized_rows_and_match_onnxruntime(kind, x_shape, kernel, args):

@@ -5,10 +5,10 @@ Phases in NCHW[x]c blocks (dense 2-D/3-D, ``conv_nchwc``): one parallel loop ove
 weight slice (the gather inlined), computes its register tiles (reductions outside an
 unrolled width x vectorized channel tile, the accumulators in registers), writes them
 back and the block is interleaved; the shared padding is one parallel copy that each
-phase reads through a crop. With the TVM pool not spinning (as the benchmark runs), one
-parallel region per pass cost more than the phases: on AVX-512 (2 cores) the 256->128 k4
-s2 16->32 transposed convolution took 1.08 ms in one region, 1.5 ms in thirteen, 1.70 ms
-with the direct phases below.
+phase reads through a crop. With the TVM pool's workers blocking between parallel loops
+(``TVM_THREAD_POOL_SPIN_COUNT=0``), one parallel region per pass cost more than the
+phases: on AVX-512 (2 cores) the 256->128 k4 s2 16->32 transposed convolution took 1.08 ms
+in one region, 1.5 ms in thirteen, 1.70 ms with the direct phases below.
 
 Direct phases (``conv``: grouped, 1-D, ragged channel blocks): each phase's weight
 gather and input window (a crop of the shared padded input) are inlined into its
