@@ -152,22 +152,27 @@ def conv_for_target(
     target: TargetArg = None,
     *,
     weight_packed: bool = False,
+    residual: te.Tensor | None = None,
 ) -> te.Tensor:
     """The convolution computation for ``target`` (the numpy API's and compiled models'),
     chosen by :func:`conv_layout`: :func:`convforge.ops.conv2d_winograd`,
     :func:`convforge.ops.conv_nchwc` or the generic :func:`convforge.ops.conv`.
     x (N, C, *I), w (O, C/groups, *K), or with ``weight_packed`` w already in the layout
-    the computation reads (:func:`pack_conv_weight`, a constant)."""
+    the computation reads (:func:`pack_conv_weight`, a constant); ``residual`` (N, O, *out)
+    is added before the activation."""
     layout = conv_layout(geom, str(x.dtype), target, constant_weight=weight_packed)
     if isinstance(layout, ops.WinogradTiles):
         return ops.conv2d_winograd(
-            x, w, bias, geom, layout, activation, weight_transformed=weight_packed
-        )
+            x, w, bias, geom, layout, activation,
+            weight_transformed=weight_packed, residual=residual,
+        )  # fmt: skip
     if layout is None:
         if weight_packed:
             raise ValueError("weight_packed needs a CPU layout (conv_layout is None)")
-        return ops.conv(x, w, bias, geom, activation)
-    return ops.conv_nchwc(x, w, bias, geom, layout, activation, weight_packed=weight_packed)
+        return ops.conv(x, w, bias, geom, activation, residual=residual)
+    return ops.conv_nchwc(
+        x, w, bias, geom, layout, activation, weight_packed=weight_packed, residual=residual
+    )
 
 
 def pack_conv_weight(w: np.ndarray, layout: ops.WinogradTiles | ops.ChannelBlocks) -> np.ndarray:

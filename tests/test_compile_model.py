@@ -144,6 +144,53 @@ def test_fusion_of_batch_norm_bias_and_activations_matches_onnxruntime(rng):
     assert any("tanh" in f for f in functions) and any("add" in f for f in functions)
 
 
+def test_residual_adds_fuse_into_convolutions_and_match_onnxruntime(rng):
+    """ResNet's blocks: Conv -> BN -> Add(shortcut) -> Relu is one kernel for a Winograd
+    3x3, a 1x1 over a map (computed over one row) and a strided 3x3; the projection
+    shortcut's conv comes after the Add's other operand's conv in graph order (the fused
+    conv moves after it); a broadcast Add and an Add of a constant are not residuals."""
+    c, x_shape = 16, (1, 16, 12, 12)
+    bn = ["g", "beta", "mean", "var"]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], kernel_shape=[3, 3], pads=[1] * 4, name="wino"),
+        helper.make_node("BatchNormalization", ["c1", *bn], ["b1"], name="bn1"),
+        helper.make_node("Add", ["x", "b1"], ["a1"], name="add1"),  # identity shortcut first
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[1, 1], name="pointwise"),
+        helper.make_node("Conv", ["r1", "w3"], ["c3"], kernel_shape=[1, 1], name="projection"),
+        helper.make_node("Add", ["c2", "c3"], ["a2"], name="add2"),
+        helper.make_node("Relu", ["a2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w4", "b4"], ["c4"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4, name="strided"),
+        helper.make_node("Add", ["c4", "row"], ["a4"], name="broadcast_add"),
+        helper.make_node("Conv", ["a4", "w5"], ["c5"], kernel_shape=[1, 1], name="last"),
+        helper.make_node("Add", ["c5", "constant"], ["y"], name="constant_add"),
+    ]  # fmt: skip
+    weights = {
+        "w1": _he(rng, (c, c, 3, 3)),
+        "g": rng.random(c).astype(np.float32) + 0.5,
+        "beta": rng.standard_normal(c).astype(np.float32),
+        "mean": rng.standard_normal(c).astype(np.float32),
+        "var": rng.random(c).astype(np.float32) + 0.5,
+        "w2": _he(rng, (2 * c, c, 1, 1)),
+        "w3": _he(rng, (2 * c, c, 1, 1)),
+        "w4": _he(rng, (2 * c, 2 * c, 3, 3)),
+        "b4": rng.standard_normal(2 * c).astype(np.float32),
+        "row": rng.standard_normal((1, 1, 1, 6)).astype(np.float32),
+        "w5": _he(rng, (c, 2 * c, 1, 1)),
+        "constant": rng.standard_normal((1, c, 6, 6)).astype(np.float32),
+    }
+    model = _model(nodes, {"x": x_shape}, {"y": None}, weights)
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    compiled = _assert_matches_onnxruntime(model, feeds)
+    kernels = {r.node: r.kernel for r in compiled.report().rows}
+    assert kernels["wino"] == "conv2d (winograd F4x4)"
+    assert kernels["bn1"] == kernels["add1"] == kernels["relu1"] == "fused into wino"
+    # the first conv reached in graph order takes the Add: the pointwise one, whose
+    # residual (the projection's output) is computed after it in the original graph
+    assert kernels["add2"] == kernels["relu2"] == "fused into pointwise"
+    assert kernels["broadcast_add"] == kernels["constant_add"] == "TVM default"
+
+
 def test_resize_non_integer_scales_every_mode_matches_onnxruntime(rng):
     """TVM's converter resizes by out/in, not the given scale; convforge's lowering by the scale."""
     coordinate_modes = [

@@ -9,12 +9,16 @@ and is not a graph output:
   folded into the weight and bias, ``w' = w * g/sqrt(v+eps)``, ``b' = (b - m) * g/sqrt(v+eps) + beta``;
 - ``Add`` of a constant per-channel tensor (shape ``(C, 1, ...)`` or ``(1, C, 1, ...)``):
   folded into the bias;
+- ``Add`` of a tensor of exactly the convolution's output shape (a residual connection;
+  Conv only, not a resize-convolution), which becomes the Conv's 4th input: after it only
+  an activation is absorbed, and the Conv moves to just before its first consumer (after
+  the residual's producer);
 - one element-wise activation (``Relu``, ``Sigmoid``, ``Tanh``, or ``x * Sigmoid(x)`` =
   SiLU), after which fusion stops.
 
-The fused node keeps its op type and gets two attributes read by
-:mod:`convforge.export.lowering`: ``convforge_activation`` and ``convforge_fused`` (names of
-the absorbed nodes, for the report). The result is fed only to TVM's importer; onnxruntime
+The fused node keeps its op type and gets attributes read by
+:mod:`convforge.export.lowering`: ``convforge_activation``, ``convforge_residual`` and
+``convforge_fused`` (names of the absorbed nodes, for the report). The result is fed only to TVM's importer; onnxruntime
 always runs the original model.
 """
 
@@ -25,7 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from convforge import shapes
-from convforge.export.lowering import ACTIVATION_ATTR, FUSED_ATTR, RESIZE_ATTRS
+from convforge.export.lowering import ACTIVATION_ATTR, FUSED_ATTR, RESIDUAL_ATTR, RESIZE_ATTRS
 
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 
@@ -46,6 +50,25 @@ class _Graph:
         self.graph = model.graph
         self.constants = {t.name: t for t in self.graph.initializer}
         self.outputs = {o.name for o in self.graph.output}
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+        self.types = {
+            v.name: v.type.tensor_type
+            for v in (*inferred.input, *inferred.value_info, *inferred.output)
+        }
+
+    def same_type(self, a: str, b: str) -> bool:
+        """Whether tensors ``a`` and ``b`` have one known element type and shape (a
+        symbolic dimension matches only the same symbol)."""
+        types = [self.types.get(name) for name in (a, b)]
+        if any(t is None or not t.HasField("shape") for t in types):
+            return False
+        dims = [
+            [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in t.shape.dim]
+            for t in types
+        ]
+        return (
+            types[0].elem_type == types[1].elem_type and dims[0] == dims[1] and None not in dims[0]
+        )
 
     def consumers(self, tensor: str) -> list[onnx.NodeProto]:
         return [n for n in self.graph.node if tensor in n.input]
@@ -84,7 +107,7 @@ def fuse_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
         if conv.op_type not in ("Conv", "ConvTranspose"):
             continue
         fused = _absorb_resize(g, conv) if conv.op_type == "Conv" else []
-        _absorb_followers(g, conv, fused)
+        _absorb_followers(g, conv, fused, residual=conv.op_type == "Conv" and not fused)
     return model
 
 
@@ -134,9 +157,11 @@ def _absorb_resize(g: _Graph, conv: onnx.NodeProto) -> list[str]:
     return [resize.name]
 
 
-def _absorb_followers(g: _Graph, conv: onnx.NodeProto, fused: list[str]) -> None:
+def _absorb_followers(g: _Graph, conv: onnx.NodeProto, fused: list[str], residual: bool) -> None:
+    """Absorb what follows ``conv`` (module doc); ``residual``: a residual Add may be."""
     weight = g.constant(conv.input[1])
     activation = None
+    added = False  # a residual was absorbed: only an activation may follow
     while activation is None:
         out = conv.output[0]
         users = g.consumers(out)
@@ -150,8 +175,12 @@ def _absorb_followers(g: _Graph, conv: onnx.NodeProto, fused: list[str]) -> None
             g.graph.node.remove(sigmoid)
             fused.append(sigmoid.name)
             activation = "silu"
+        elif added:
+            break
         elif nxt is not None and weight is not None and _fold_affine(g, conv, nxt, weight):
             weight = g.constant(conv.input[1])
+        elif residual and nxt is not None and _add_residual(g, conv, nxt):
+            added = True
         else:
             break
         conv.output[0] = nxt.output[0]
@@ -161,6 +190,33 @@ def _absorb_followers(g: _Graph, conv: onnx.NodeProto, fused: list[str]) -> None
         conv.attribute.append(helper.make_attribute(FUSED_ATTR, fused))
     if activation is not None:
         conv.attribute.append(helper.make_attribute(ACTIVATION_ATTR, activation))
+    if added:  # run after the residual's producer: just before the first consumer
+        moved = onnx.NodeProto()
+        moved.CopyFrom(conv)
+        g.graph.node.remove(conv)
+        users = g.consumers(moved.output[0])
+        nodes = list(g.graph.node)
+        g.graph.node.insert(nodes.index(users[0]) if users else len(nodes), moved)
+
+
+def _add_residual(g: _Graph, conv: onnx.NodeProto, add: onnx.NodeProto) -> bool:
+    """Make the other input of ``add`` (a tensor of ``conv``'s output type) ``conv``'s
+    residual: its 4th input, after a bias (zeros when it had none)."""
+    out = conv.output[0]
+    if add.op_type != "Add" or len(add.input) != 2 or list(add.input).count(out) != 1:
+        return False
+    other = add.input[1] if add.input[0] == out else add.input[0]
+    if other in g.constants or not g.same_type(out, other):
+        return False
+    if len(conv.input) < 3 or not conv.input[2]:
+        channels = g.types[out].shape.dim[1].dim_value
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(g.types[out].elem_type)
+        zeros = g.add_constant(f"{conv.name}__zero_bias", np.zeros(channels, dtype))
+        del conv.input[2:]
+        conv.input.append(zeros)
+    conv.input.append(other)
+    conv.attribute.append(helper.make_attribute(RESIDUAL_ATTR, 1))
+    return True
 
 
 def _is_silu(g: _Graph, out: str, users: list[onnx.NodeProto]) -> bool:

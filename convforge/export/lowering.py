@@ -43,6 +43,9 @@ from convforge.targets import vector_lanes
 #: Attribute names the fusion pass sets on a fused ONNX node.
 ACTIVATION_ATTR = "convforge_activation"
 FUSED_ATTR = "convforge_fused"
+#: Set on a Conv whose 4th input (a tensor of its output's shape) is added to its output
+#: before the activation (a residual connection).
+RESIDUAL_ATTR = "convforge_residual"
 
 #: Attributes of a Resize folded into the Conv it feeds (mode, coordinate_mode,
 #: nearest_mode, and the full-rank scales or sizes).
@@ -193,9 +196,10 @@ def _node_name(attrs: dict) -> str:
 
 
 def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
-    """ONNX Conv (1-D, 2-D, 3-D, any auto_pad, groups, bias, fused activation)."""
+    """ONNX Conv (1-D, 2-D, 3-D, any auto_pad, groups, bias, fused residual and activation)."""
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
+    residual = inputs[3] if RESIDUAL_ATTR in attrs else None
     node = _node_name(attrs)
     x_shape, w_shape = static_shape(x, f"Conv {node!r} input"), static_shape(w, "weight")
     nd = len(x_shape) - 2
@@ -225,18 +229,26 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
             w = relax.const(w.value.numpy().reshape(geom.w_shape))
         else:
             w = bb.emit(relax.op.reshape(w, geom.w_shape))
+        if residual is not None:
+            residual = bb.emit(relax.op.reshape(residual, geom.out_shape))
     constant = resize_geom is None and isinstance(w, tvm.ir.expr.Constant)
     layout = None if resize_geom else conv_layout(geom, tensor_dtype(x), ctx.target, constant)
     packed = constant and layout is not None
     if packed:  # pack the constant weight once, here, not on every inference
         w = relax.const(pack_conv_weight(w.value.numpy(), layout))
 
-    def compute(tx, tw, tb=None):
+    def compute(tx, tw, *rest):
+        tb = rest[0] if bias is not None else None
+        tr = rest[-1] if residual is not None else None
         if resize_geom is not None:
             return [ops.resize_conv(tx, tw, tb, resize_geom, geom, activation)]
-        return [conv_for_target(tx, tw, tb, geom, activation, ctx.target, weight_packed=packed)]
+        return [
+            conv_for_target(
+                tx, tw, tb, geom, activation, ctx.target, weight_packed=packed, residual=tr
+            )
+        ]
 
-    args = [x, w] if bias is None else [x, w, bias]
+    args = [a for a in (x, w, bias, residual) if a is not None]
     kernel = f"conv{nd}d" if resize_geom is None else f"resize_conv{nd}d"
     if isinstance(layout, ops.WinogradTiles):
         kernel += f" (winograd F{layout.m}x{layout.m})"

@@ -438,8 +438,12 @@ def import_model(
     )
     opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), None)
     with convforge_converters(ctx), warnings.catch_warnings():
-        # TVM's importer runs onnx's checker, which flags the fusion attributes.
+        # TVM's importer runs onnx's checker, which flags the fusion attributes and a
+        # fused residual (a Conv's 4th input).
         warnings.filterwarnings("ignore", message="Unrecognized attribute: convforge_")
+        warnings.filterwarnings(
+            "ignore", message=r"Node\(.*\) with schema\(::Conv:\d+\) has input size 4"
+        )
         warnings.filterwarnings("ignore", message="Field 'shape' of 'type' is required")
         mod = from_onnx(
             fused, shape_dict=compiled, dtype_dict={s.name: s.dtype for s in specs}, opset=opset,

@@ -86,3 +86,21 @@ def activate(value: tirx.PrimExpr, activation: str | None, dtype: str) -> tirx.P
     if activation == "tanh":
         return tanh(value, dtype)
     raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {activation!r}")
+
+
+def conv_epilogue_value(
+    value: tirx.PrimExpr,
+    index: tuple,
+    bias: te.Tensor | None,
+    residual: te.Tensor | None,
+    activation: str | None,
+    acc: str,
+    dtype: str,
+) -> tirx.PrimExpr:
+    """``act(value + bias[o] + residual[n, o, *p])`` as ``dtype`` for the accumulated
+    ``value`` at output ``index = (n, o, *p)``: the epilogue every convolution shares."""
+    if bias is not None:
+        value = value + bias[index[1]].astype(acc)
+    if residual is not None:
+        value = value + residual[index].astype(acc)
+    return activate(value, activation, acc).astype(dtype)

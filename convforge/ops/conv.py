@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from tvm import te, tirx
 
-from convforge.ops.activation import activate
+from convforge.ops.activation import conv_epilogue_value
 from convforge.shapes import ConvGeometry, ConvTransposeGeometry
 
 
@@ -51,10 +51,14 @@ def conv(
     bias: te.Tensor | None,
     geom: ConvGeometry,
     activation: str | None = None,
+    *,
+    residual: te.Tensor | None = None,
 ) -> te.Tensor:
-    """``out[n, o, *p] = act(bias[o] + sum_{c,r} xpad[n, g*C/g + c, *(p*s + r*d)] * w[o, c, *r])``.
+    """``out[n, o, *p] = act(bias[o] + sum_{c,r} xpad[n, g*C/g + c, *(p*s + r*d)] * w[o, c, *r]
+    + residual[n, o, *p])``.
 
-    x: (N, C, *I), w: (O, C/groups, *K), bias: (O,) or None -> (N, O, *out_size).
+    x: (N, C, *I), w: (O, C/groups, *K), bias: (O,) or None, residual: (N, O, *out_size)
+    or None (a tensor added before the activation, as ResNet's shortcut) -> (N, O, *out_size).
     """
     dtype = x.dtype
     acc = accumulator_dtype(dtype)
@@ -71,14 +75,11 @@ def conv(
         return te.sum(prod, axis=[rc, *rk])
 
     out = te.compute(geom.out_shape, body, name="conv")
-    if bias is None and activation is None and acc == dtype:
+    if bias is None and residual is None and activation is None and acc == dtype:
         return out
 
-    def epilogue(n, o, *pos):
-        value = out[(n, o, *pos)]
-        if bias is not None:
-            value = value + bias[o].astype(acc)
-        return activate(value, activation, acc).astype(dtype)
+    def epilogue(*index):
+        return conv_epilogue_value(out[index], index, bias, residual, activation, acc, dtype)
 
     return te.compute(geom.out_shape, epilogue, name="conv_epilogue")
 

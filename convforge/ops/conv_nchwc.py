@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from convforge.ops.activation import activate
+from convforge.ops.activation import conv_epilogue_value
 from convforge.ops.conv import accumulator_dtype, pad
 from convforge.shapes import ConvGeometry, check_positive_int
 
@@ -85,12 +85,14 @@ def conv_nchwc(
     activation: str | None = None,
     *,
     weight_packed: bool = False,
+    residual: te.Tensor | None = None,
 ) -> te.Tensor:
     """Dense convolution through blocked output channels: x (N, C, *I), w (O, C, *K) -> (N, O, *out).
 
     Equal to ``conv(x, w, bias, geom, activation)`` up to float summation order; needs
     ``geom.groups == 1``. ``weight_packed``: w is already :func:`pack_weight`'s
-    (ceil(O/OB), C, *K, OB) (a constant packed by :func:`pack_weight_array`).
+    (ceil(O/OB), C, *K, OB) (a constant packed by :func:`pack_weight_array`); ``residual``:
+    as in :func:`convforge.ops.conv`.
     """
     if geom.groups != 1:
         raise ValueError(f"conv_nchwc needs groups == 1, got groups={geom.groups}")
@@ -125,8 +127,6 @@ def conv_nchwc(
     def unpack(n, o, *pos):
         *outer, last = pos
         value = y[(n, o // ob, *outer, last // wb, last % wb, o % ob)]
-        if bias is not None:
-            value = value + bias[o].astype(acc)
-        return activate(value, activation, acc).astype(dtype)
+        return conv_epilogue_value(value, (n, o, *pos), bias, residual, activation, acc, dtype)
 
     return te.compute(geom.out_shape, unpack, name="nchwc_unpack")

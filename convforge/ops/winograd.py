@@ -28,7 +28,7 @@ Blocks (the contract with ``convforge.schedules.cpu_winograd``):
   U[a, b, kb, c, ki]`` (output channels in blocks of OB, the vectorized axis);
 - ``winograd_output_rows``, ``winograd_output``: ``Y[n, qh, tb, pw, kb, jh, jw, ti, ki] =
   (A^T M A)[jh, jw]`` (annotated with the dilation, :data:`DILATION_ATTR`);
-- ``winograd_unpack``: ``out[n, k, oh, ow] = act(Y[...] + bias[k])`` in NCHW.
+- ``winograd_unpack``: ``out[n, k, oh, ow] = act(Y[...] + bias[k] + residual[n, k, oh, ow])`` in NCHW.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from fractions import Fraction
 import numpy as np
 from tvm import te, tirx
 
-from convforge.ops.activation import activate
+from convforge.ops.activation import conv_epilogue_value
 from convforge.ops.conv import accumulator_dtype
 from convforge.shapes import ConvGeometry, check_positive_int
 
@@ -161,13 +161,15 @@ def conv2d_winograd(
     activation: str | None = None,
     *,
     weight_transformed: bool = False,
+    residual: te.Tensor | None = None,
 ) -> te.Tensor:
     """Stride-1 2-D convolution by F(m x m, r x s): x (N, C, H, W), w (K, C, r, s) -> (N, K, *out).
 
     Equal to ``conv(x, w, bias, geom, activation)`` up to float rounding, which the
     transforms raise (float32, F(4x4, 3x3), random data: about 4e-6 of the output's range
     at 64 channels, 1.4e-5 at 512). ``weight_transformed``: w is already
-    :func:`transform_weight_array`'s (a, b, ceil(K/OB), C, OB).
+    :func:`transform_weight_array`'s (a, b, ceil(K/OB), C, OB); ``residual``: as in
+    :func:`convforge.ops.conv`.
     """
     if geom.ndim != 2 or geom.groups != 1 or any(s != 1 for s in geom.stride):
         raise ValueError("conv2d_winograd needs a 2-D convolution with groups=1 and stride 1")
@@ -254,8 +256,6 @@ def conv2d_winograd(
         qh, jh = oh // (m * dh) * dh + oh % dh, oh // dh % m
         tw, pw, jw = ow // (m * dw), ow % dw, ow // dw % m
         value = y[n, qh, tw // tb_size, pw, k // ob, jh, jw, tw % tb_size, k % ob]
-        if bias is not None:
-            value = value + bias[k].astype(acc)
-        return activate(value, activation, acc).astype(dtype)
+        return conv_epilogue_value(value, (n, k, oh, ow), bias, residual, activation, acc, dtype)
 
     return te.compute(geom.out_shape, unpack, name="winograd_unpack")
