@@ -191,6 +191,28 @@ def test_residual_adds_fuse_into_convolutions_and_match_onnxruntime(rng):
     assert kernels["broadcast_add"] == kernels["constant_add"] == "TVM default"
 
 
+@pytest.mark.parametrize(
+    "x_shape, strides",
+    [((1, 8, 17), [2]), ((2, 8, 15, 12), [2, 3]), ((1, 4, 5, 7, 9), [2, 1, 2])],
+)
+def test_strided_pointwise_convs_run_on_the_subsampled_input_and_match_onnxruntime(
+    x_shape, strides, rng
+):
+    """A strided unpadded 1x1 Conv (1-D, 2-D, 3-D, odd sizes) is a slice then a stride-1
+    1x1 kernel: the kernel's input is the subsampled map."""
+    from convforge.export.lowering import subsampled_pointwise
+
+    nd = len(x_shape) - 2
+    w = _he(rng, (6, x_shape[1], *[1] * nd))
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1] * nd, strides=strides)
+    model = _model([node], {"x": x_shape}, {"y": None}, {"w": w})
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    _assert_matches_onnxruntime(model, feeds)
+    geom = cf.shapes.conv_geometry(x_shape, w.shape, stride=strides)
+    sub = subsampled_pointwise(geom, host_target())
+    assert sub.stride == (1,) * nd and sub.in_size == sub.out_size == geom.out_size
+
+
 def test_resize_non_integer_scales_every_mode_matches_onnxruntime(rng):
     """TVM's converter resizes by out/in, not the given scale; convforge's lowering by the scale."""
     coordinate_modes = [

