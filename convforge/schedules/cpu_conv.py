@@ -61,19 +61,36 @@ def channel_blocks(geom: ConvGeometry, dtype: str, target: tvm.target.Target) ->
     prefers 16x4 (fewer loads, 8 accumulators); on 27- and 56-wide maps 16x4 stays.
     """
     lanes = vector_lanes(target, accumulator_dtype(dtype))
+    reduction = geom.in_channels // geom.groups * math.prod(geom.kernel)
     return ChannelBlocks(
-        *register_tile(geom.out_channels, geom.out_size[-1], lanes, vector_registers(target))
+        *register_tile(
+            geom.out_channels, geom.out_size[-1], lanes, vector_registers(target), reduction
+        )
     )
 
 
-def register_tile(out_channels: int, width: int, lanes: int, registers: int) -> tuple[int, int]:
+#: Multiply-adds per output at most which a register tile takes at most 2 channel
+#: vectors: with a short reduction the tile's write-back dominates, and a tile of 2 x 8
+#: (AVX-512, 2 cores) ran faster than 4 x 4: 3x3 3->64 on 256x256 (27 multiply-adds)
+#: 1.16 vs 2.05 ms, 8->64 (72) 0.54 vs 0.63, 16->64 (144) 0.95 vs 1.13; the 7x7 stride-2
+#: 3->64 stem (147) 0.79 vs 0.78 alone, 0.92 vs 0.87 onnxruntime's in the benchmark; 3x3
+#: 128->128 (1152) ran 1.35 vs 0.89.
+SHORT_REDUCTION = 144
+
+
+def register_tile(
+    out_channels: int, width: int, lanes: int, registers: int, reduction: int | None = None
+) -> tuple[int, int]:
     """``(out_block, width_block)`` of :func:`channel_blocks`' rule for a multiply of
     ``out_channels`` (vectorized, in blocks of 1, 2 or 4 vectors of ``lanes``) by ``width``
-    columns (broadcast) on a target with ``registers`` vector registers."""
+    columns (broadcast) over ``reduction`` multiply-adds (None: long) on a target with
+    ``registers`` vector registers."""
     best: tuple[float, int, int] | None = None
     for m in _CHANNEL_VECTORS:
         if m > 2 and registers <= 16:
             break  # 4 vectors of 16 registers ran 1.2-2.3x slower than 2 (AVX2, Zen 3)
+        if m > 2 and reduction is not None and reduction <= SHORT_REDUCTION:
+            break  # see SHORT_REDUCTION
         if m > 1 and (m // 2) * lanes >= out_channels:
             break  # a smaller block already covers every output channel
         ob = m * lanes
