@@ -18,8 +18,8 @@ and is not a graph output:
 
 The fused node keeps its op type and gets attributes read by
 :mod:`convforge.export.lowering`: ``convforge_activation``, ``convforge_residual`` and
-``convforge_fused`` (names of the absorbed nodes, for the report). The result is fed only to TVM's importer; onnxruntime
-always runs the original model.
+``convforge_fused`` (names of the absorbed nodes, for the report). The result is fed only
+to TVM's importer; onnxruntime always runs the original model.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ Blocks (the contract with ``convforge.schedules.cpu_winograd``):
   U[a, b, kb, c, ki]`` (output channels in blocks of OB, the vectorized axis);
 - ``winograd_output_rows``, ``winograd_output``: ``Y[n, qh, tb, pw, kb, jh, jw, ti, ki] =
   (A^T M A)[jh, jw]`` (annotated with the dilation, :data:`DILATION_ATTR`);
-- ``winograd_unpack``: ``out[n, k, oh, ow] = act(Y[...] + bias[k] + residual[n, k, oh, ow])`` in NCHW.
+- ``winograd_unpack``: ``out[n, k, oh, ow] = act(Y[...] + bias[k] + residual[n, k, oh, ow])``
+  in NCHW.
 """
 
 from __future__ import annotations

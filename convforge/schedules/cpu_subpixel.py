@@ -12,10 +12,10 @@ in one region, 1.5 ms in thirteen, 1.70 ms with the direct phases below.
 
 Direct phases (``conv``: grouped, 1-D, ragged channel blocks): each phase's weight
 gather and input window (a crop of the shared padded input) are inlined into its
-convolution (strided reads, no copies), each phase convolution is register-tiled by :func:`convforge.schedules.cpu_direct.schedule_direct`, the shared
-padding is one parallel copy, and the interleave is split by the stride along every
-spatial axis with the phase loops unrolled, so each unrolled body copies one phase and
-its phase test folds away. The phases are computed inside the interleave's one parallel
+convolution (strided reads, no copies), each phase convolution is register-tiled by
+:func:`convforge.schedules.cpu_direct.schedule_direct`, the shared padding is one parallel
+copy, and the interleave is split by the stride along every spatial axis with the phase
+loops unrolled, so each unrolled body copies one phase and its phase test folds away. The phases are computed inside the interleave's one parallel
 loop over output tiles (batch x channel tiles x row bands): one parallel region instead
 of one per phase, and each tile is interleaved while in cache.
 """
