@@ -377,3 +377,22 @@ def test_short_reductions_take_at_most_two_channel_vectors():
     assert short.in_channels * 9 <= SHORT_REDUCTION < long.in_channels * 9
     assert channel_blocks(short, "float32", target).out_block == 2 * 16
     assert channel_blocks(long, "float32", target).out_block == 4 * 16
+
+
+@pytest.mark.parametrize("positions", [512, 700, 784, 3136, 12544])
+def test_pointwise_time_tiles_leave_enough_tasks(positions):
+    """Whole width tiles, at least POINTWISE_TIME_TILE positions, and the longest that
+    still gives PARALLEL_TASKS tasks when the row is long enough."""
+    from convforge.schedules.cpu_conv import (
+        PARALLEL_TASKS,
+        POINTWISE_TIME_TILE,
+        pointwise_time_tile,
+    )
+
+    for width in (16, 32):
+        tile = pointwise_time_tile(positions, width)
+        assert tile % width == 0 and tile >= POINTWISE_TIME_TILE
+        tasks = -(-positions // tile)
+        assert tasks >= PARALLEL_TASKS or tile == -(-POINTWISE_TIME_TILE // width) * width
+        if positions >= 2048:  # long rows get longer tiles than the minimum
+            assert tile > POINTWISE_TIME_TILE
