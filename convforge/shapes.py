@@ -193,6 +193,18 @@ class ConvGeometry:
             math.prod(self.out_shape) * (self.in_channels // self.groups) * math.prod(self.kernel)
         )
 
+    @property
+    def is_row_pointwise(self) -> bool:
+        """A 1x1, stride-1, unpadded 2-D convolution over one row (N, C, 1, P): the matrix
+        multiply ``W (O x C/groups) @ X (C x P)`` per group (how the CPU computes 1x1s)."""
+        return (
+            self.ndim == 2
+            and self.in_size[0] == 1
+            and all(k == 1 for k in self.kernel)
+            and all(s == 1 for s in self.stride)
+            and all(p == (0, 0) for p in self.padding)
+        )
+
 
 def conv_geometry(
     x_shape: Sequence[int],

@@ -396,3 +396,34 @@ def test_pointwise_time_tiles_leave_enough_tasks(positions):
         assert tasks >= PARALLEL_TASKS or tile == -(-POINTWISE_TIME_TILE // width) * width
         if positions >= 2048:  # long rows get longer tiles than the minimum
             assert tile > POINTWISE_TIME_TILE
+
+
+def test_short_pointwise_rows_pack_their_input_and_match_onnxruntime():
+    """A 1x1 over a row shorter than POINTWISE_ROW_POSITIONS reads its input through
+    nchwc_pack_x (contiguous panels); other convolutions do not, and refuse the flag."""
+    from convforge.schedules.cpu_conv import POINTWISE_ROW_POSITIONS
+
+    short = shapes.conv_geometry((2, 24, 1, 196), (40, 24, 1, 1))
+    long = shapes.conv_geometry((1, 24, 1, POINTWISE_ROW_POSITIONS), (40, 24, 1, 1))
+    grid = shapes.conv_geometry((1, 24, 14, 14), (40, 24, 3, 3), padding=1)
+    target = tvm.target.Target(ZEN3)
+    assert channel_blocks(short, "float32", target).pack_input
+    assert not channel_blocks(long, "float32", target).pack_input
+    assert not channel_blocks(grid, "float32", target).pack_input
+    blocks = channel_blocks(short, "float32", host_target())
+    assert blocks.pack_input and "nchwc_pack_x" in _scheduled_source(short, blocks, host_target())
+    x, w, b = _arrays(short.x_shape, short.w_shape)
+
+    def computation():
+        tx = te.placeholder(x.shape, "float32", name="x")
+        tw = te.placeholder(w.shape, "float32", name="w")
+        tb = te.placeholder(b.shape, "float32", name="bias")
+        return [tx, tw, tb], [ops.conv_nchwc(tx, tw, tb, short, blocks, "relu")]
+
+    kernel = compile_computation("conv_nchwc", computation, host_target())
+    agreement = compare(kernel(x, w, b), _ort_reference(x, w, b, short, "relu"))
+    assert agreement.ok, agreement
+    tx = te.placeholder(grid.x_shape, "float32", name="x")
+    tw = te.placeholder(grid.w_shape, "float32", name="w")
+    with pytest.raises(ValueError, match="pack_input"):
+        ops.conv_nchwc(tx, tw, None, grid, ops.ChannelBlocks(16, 4, pack_input=True))

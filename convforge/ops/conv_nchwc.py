@@ -6,6 +6,7 @@ in and out), computed as four TE blocks (names are the contract with
 
 - ``nchwc_pad_x``: the input zero-padded (NCHW; also extended on the high side so that the
   rounded-up output width reads inside it);
+- ``nchwc_pack_x`` (with ``pack_input``): ``xb[n, wo, c, wi] = xp[n, c, 0, wo*WB + wi]``;
 - ``nchwc_pack_w``: ``wp[ob, c, *k, oi] = w[ob*OB + oi, c, *k]`` (zeros past the last
   output channel); a compiled model packs its constant weights once instead
   (:func:`pack_weight_array`, ``weight_packed=True``);
@@ -36,10 +37,13 @@ from convforge.shapes import ConvGeometry, check_positive_int
 class ChannelBlocks:
     """Block sizes: ``out_block`` output channels (the vectorized axis, a multiple of the
     vector lanes) x ``width_block`` output positions along the innermost spatial axis make
-    one register tile of accumulators."""
+    one register tile of accumulators. ``pack_input`` (a 1x1 over one row only,
+    ``ConvGeometry.is_row_pointwise``): the input is first copied to ``nchwc_pack_x``
+    ``(N, P/WB, C, WB)``, so each width tile reads one contiguous panel."""
 
     out_block: int
     width_block: int
+    pack_input: bool = False
 
     def __post_init__(self) -> None:
         for name in ("out_block", "width_block"):
@@ -96,6 +100,8 @@ def conv_nchwc(
     """
     if geom.groups != 1:
         raise ValueError(f"conv_nchwc needs groups == 1, got groups={geom.groups}")
+    if blocks.pack_input and not geom.is_row_pointwise:
+        raise ValueError("ChannelBlocks.pack_input needs a 1x1 stride-1 convolution over one row")
     dtype = x.dtype
     acc = accumulator_dtype(dtype)
     ob, wb = blocks.out_block, blocks.width_block
@@ -112,12 +118,25 @@ def conv_nchwc(
     wp = w if weight_packed else pack_weight(w, geom, blocks)
     rc = te.reduce_axis((0, geom.in_channels), "rc")
     rk = [te.reduce_axis((0, k), f"rk{i}") for i, k in enumerate(geom.kernel)]
+    if blocks.pack_input:
+        xb = te.compute(
+            (geom.batch, width_chunks, geom.in_channels, wb),
+            lambda n, wo, c, wi: xp[n, c, 0, wo * wb + wi],
+            name="nchwc_pack_x",
+        )
+
+        def read_x(n, outer, wo, wi):
+            return xb[n, wo, rc, wi]
+    else:
+
+        def read_x(n, outer, wo, wi):
+            pos = [*outer, wo * wb + wi]
+            src = [p * s + r * d for p, r, s, d in zip(pos, rk, geom.stride, geom.dilation)]
+            return xp[(n, rc, *src)]
 
     def body(n, obi, *rest):
         *outer, wo, wi, oi = rest
-        pos = [*outer, wo * wb + wi]
-        src = [p * s + r * d for p, r, s, d in zip(pos, rk, geom.stride, geom.dilation)]
-        prod = xp[(n, rc, *src)].astype(acc) * wp[(obi, rc, *rk, oi)].astype(acc)
+        prod = read_x(n, outer, wo, wi).astype(acc) * wp[(obi, rc, *rk, oi)].astype(acc)
         return te.sum(prod, axis=[rc, *rk])
 
     y = te.compute(
