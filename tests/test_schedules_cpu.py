@@ -76,6 +76,18 @@ def _nchwc_func(geom, blocks):
     return func.with_attr("global_symbol", "main")
 
 
+def _nchwc_bias_kernel(geom, blocks, activation):
+    """The NCHW[x]c conv with bias and ``activation``, compiled for the host."""
+
+    def computation():
+        tx = te.placeholder(geom.x_shape, "float32", name="x")
+        tw = te.placeholder(geom.w_shape, "float32", name="w")
+        tb = te.placeholder((geom.out_channels,), "float32", name="bias")
+        return [tx, tw, tb], [ops.conv_nchwc(tx, tw, tb, geom, blocks, activation)]
+
+    return compile_computation("conv_nchwc", computation, host_target())
+
+
 def _scheduled_source(geom, blocks, target):
     """TIR of the scheduled NCHW[x]c conv; the rule must have applied (no silent fallback)."""
     return str(schedule_cpu(_nchwc_func(geom, blocks), target))
@@ -120,13 +132,7 @@ def test_every_block_size_matches_onnxruntime(blocks):
     chosen = ops.ChannelBlocks(*blocks)
     assert "conv_nchwc_update" in _scheduled_source(geom, chosen, host_target())
 
-    def computation():
-        tx = te.placeholder(x.shape, "float32", name="x")
-        tw = te.placeholder(w.shape, "float32", name="w")
-        tb = te.placeholder(b.shape, "float32", name="bias")
-        return [tx, tw, tb], [ops.conv_nchwc(tx, tw, tb, geom, chosen, "silu")]
-
-    kernel = compile_computation("conv_nchwc", computation, host_target())
+    kernel = _nchwc_bias_kernel(geom, chosen, "silu")
     agreement = compare(kernel(x, w, b), _ort_reference(x, w, b, geom, "silu"))
     assert agreement.ok, agreement
 
@@ -414,13 +420,7 @@ def test_short_pointwise_rows_pack_their_input_and_match_onnxruntime():
     assert blocks.pack_input and "nchwc_pack_x" in _scheduled_source(short, blocks, host_target())
     x, w, b = _arrays(short.x_shape, short.w_shape)
 
-    def computation():
-        tx = te.placeholder(x.shape, "float32", name="x")
-        tw = te.placeholder(w.shape, "float32", name="w")
-        tb = te.placeholder(b.shape, "float32", name="bias")
-        return [tx, tw, tb], [ops.conv_nchwc(tx, tw, tb, short, blocks, "relu")]
-
-    kernel = compile_computation("conv_nchwc", computation, host_target())
+    kernel = _nchwc_bias_kernel(short, blocks, "relu")
     agreement = compare(kernel(x, w, b), _ort_reference(x, w, b, short, "relu"))
     assert agreement.ok, agreement
     tx = te.placeholder(grid.x_shape, "float32", name="x")
