@@ -94,13 +94,7 @@ def kernel_geometry(
     convolutions: up to 1.6x faster). Any other ``geom`` is computed as it is.
     """
     target = resolve_target(target)
-    pointwise = (
-        geom.ndim in (2, 3)
-        and all(k == 1 for k in geom.kernel)
-        and all(s == 1 for s in geom.stride)
-        and all(p == (0, 0) for p in geom.padding)
-        and any(n > 1 for n in geom.in_size[:-1])
-    )
+    pointwise = geom.ndim in (2, 3) and geom.is_pointwise and any(n > 1 for n in geom.in_size[:-1])
     if not pointwise or dense_conv_blocks(geom, dtype, target) is None:
         return geom
     positions = math.prod(geom.in_size)

@@ -194,16 +194,20 @@ class ConvGeometry:
         )
 
     @property
+    def is_unpadded_1x1(self) -> bool:
+        """Every kernel extent 1 and no padding (any stride)."""
+        return all(k == 1 for k in self.kernel) and all(p == (0, 0) for p in self.padding)
+
+    @property
+    def is_pointwise(self) -> bool:
+        """An unpadded 1x1 convolution with stride 1: a matrix multiply over the positions."""
+        return self.is_unpadded_1x1 and all(s == 1 for s in self.stride)
+
+    @property
     def is_row_pointwise(self) -> bool:
-        """A 1x1, stride-1, unpadded 2-D convolution over one row (N, C, 1, P): the matrix
-        multiply ``W (O x C/groups) @ X (C x P)`` per group (how the CPU computes 1x1s)."""
-        return (
-            self.ndim == 2
-            and self.in_size[0] == 1
-            and all(k == 1 for k in self.kernel)
-            and all(s == 1 for s in self.stride)
-            and all(p == (0, 0) for p in self.padding)
-        )
+        """A pointwise 2-D convolution over one row (N, C, 1, P): the matrix multiply
+        ``W (O x C/groups) @ X (C x P)`` per group (how the CPU computes 1x1s)."""
+        return self.is_pointwise and self.ndim == 2 and self.in_size[0] == 1
 
 
 def conv_geometry(

@@ -272,12 +272,7 @@ def subsampled_pointwise(
     then read contiguous rows. ResNet-50's projection shortcuts on 2 AVX-512 cores, with
     the slice: 256->512 s2 56x56 1.14 instead of 1.33 ms, 512->1024 28x28 0.90 instead of
     1.07, 1024->2048 14x14 0.78 instead of 0.90."""
-    if (
-        target.kind.name != "llvm"
-        or any(k != 1 for k in geom.kernel)
-        or all(s == 1 for s in geom.stride)
-        or any(p != (0, 0) for p in geom.padding)
-    ):
+    if target.kind.name != "llvm" or not geom.is_unpadded_1x1 or geom.is_pointwise:
         return None
     return shapes.conv_geometry(
         (geom.batch, geom.in_channels, *geom.out_size), geom.w_shape, groups=geom.groups
