@@ -35,7 +35,7 @@ from convforge.shapes import (
 from convforge.streaming import StackSpec, StreamingCausalStack
 from convforge.targets import host_target
 
-__version__ = "0.1.4"
+__version__ = "0.1.5"
 
 #: Whole-model names, imported on first use (``load`` needs neither onnx nor onnxruntime).
 _LAZY = {
