@@ -236,11 +236,10 @@ def mlas_sgemm_timer(size: int, threads: int) -> tuple[Callable[[], Any], str]:
 
 
 def blas_sgemm_timer(size: int, threads: int) -> tuple[Callable[[], Any], str]:
-    """A call of numpy's BLAS sgemm (OpenBLAS in numpy's wheels) on size^3 float32, on
-    ``threads`` threads (threadpoolctl sets the BLAS pool for the whole run)."""
-    from threadpoolctl import threadpool_info, threadpool_limits
+    """A call of numpy's BLAS sgemm (OpenBLAS in numpy's wheels) on size^3 float32 (``main``
+    holds the BLAS pool to ``threads`` threads)."""
+    from threadpoolctl import threadpool_info
 
-    threadpool_limits(threads, user_api="blas")
     a, b, expected = sgemm_operands(size)
     out = np.empty_like(a)
     checked(np.matmul(a, b, out=out), expected, "numpy matmul")
@@ -497,8 +496,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TVM_BIND_THREADS", "0")
     # Idle pools block (TVM's after a 0.2 ms spin; onnxruntime sessions: spinning=False),
     # so the implementation being timed has every core.
+    from threadpoolctl import threadpool_limits
+
     from convforge.export.check import quiet_thread_pools
 
+    threadpool_limits(args.threads, user_api="blas")  # numpy's sgemm, for the ceiling
     quiet_thread_pools()
     from benchmarks.workloads import SUITE
 

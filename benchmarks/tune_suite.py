@@ -6,8 +6,9 @@ Each workload of :data:`benchmarks.workloads.SUITE` is run once through the nump
 PrimFunc of the kernel it compiles is tuned (:func:`convforge.schedules.tuning.tune`,
 resumable), and one JSON line per workload reports the default and best latencies as
 MetaSchedule measured them and how long this run took to come within 10% of its best
-(``seconds_to_within_10pct``, from the progress reports after each measured batch). ``python -m benchmarks.run --tuning-db DIR`` then times the
-records against the default schedules and onnxruntime in one run.
+(``seconds_to_within_10pct``, from the progress reports after each measured batch).
+``python -m benchmarks.run --tuning-db DIR`` then times the records against the default
+schedules and onnxruntime in one run.
 """
 
 from __future__ import annotations
