@@ -216,14 +216,16 @@ def checked(c: np.ndarray, expected: np.ndarray, who: str) -> None:
         raise RuntimeError(f"{who} disagrees with the float64 product: relative error {error:.3g}")
 
 
-def mlas_sgemm_timer(size: int, threads: int) -> tuple[Callable[[], Any], str]:
-    """A call of onnxruntime's MatMul (MLAS sgemm) on size^3 float32."""
+def mlas_sgemm_timer(
+    a: np.ndarray, b: np.ndarray, expected: np.ndarray, threads: int
+) -> tuple[Callable[[], Any], str]:
+    """A call of onnxruntime's MatMul (MLAS sgemm) on :func:`sgemm_operands`."""
     from onnx import helper
 
     from convforge.export.check import session
     from convforge.export.onnx_graphs import make_model
 
-    a, b, expected = sgemm_operands(size)
+    size = len(a)
     model = make_model(
         [helper.make_node("MatMul", ["a", "b"], ["c"])],
         {"a": ((size, size), "float32"), "b": ((size, size), "float32")},
@@ -235,12 +237,14 @@ def mlas_sgemm_timer(size: int, threads: int) -> tuple[Callable[[], Any], str]:
     return (lambda: sess.run(None, {"a": a})), how
 
 
-def blas_sgemm_timer(size: int, threads: int) -> tuple[Callable[[], Any], str]:
-    """A call of numpy's BLAS sgemm (OpenBLAS in numpy's wheels) on size^3 float32 (``main``
-    holds the BLAS pool to ``threads`` threads)."""
+def blas_sgemm_timer(
+    a: np.ndarray, b: np.ndarray, expected: np.ndarray, threads: int
+) -> tuple[Callable[[], Any], str]:
+    """A call of numpy's BLAS sgemm (OpenBLAS in numpy's wheels) on :func:`sgemm_operands`
+    (``main`` holds the BLAS pool to ``threads`` threads)."""
     from threadpoolctl import threadpool_info
 
-    a, b, expected = sgemm_operands(size)
+    size = len(a)
     out = np.empty_like(a)
     checked(np.matmul(a, b, out=out), expected, "numpy matmul")
     blas = next((i for i in threadpool_info() if i["user_api"] == "blas"), {})
@@ -263,9 +267,8 @@ def sgemm_ceiling(
     down, and a library tuned less well for this CPU must not lower the bar)."""
     measured = [{"how": how, "gflops_before": b, "gflops_after": a}
                 for (_, how), b, a in zip(timers, before, after)]  # fmt: skip
-    best = max(measured, key=lambda m: max(m["gflops_before"], m["gflops_after"]))
-    gflops = max(best["gflops_before"], best["gflops_after"])
-    return {"how": best["how"], "gflops": gflops, "measured": measured}
+    gflops, how = max((max(m["gflops_before"], m["gflops_after"]), m["how"]) for m in measured)
+    return {"how": how, "gflops": gflops, "measured": measured}
 
 
 def measure_workload(wl, impls, repeat: int, sample_s: float, seed: int = 0) -> dict[str, Any]:
@@ -494,14 +497,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # does not pin either).
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     os.environ.setdefault("TVM_BIND_THREADS", "0")
-    # Idle pools block (TVM's after a 0.2 ms spin; onnxruntime sessions: spinning=False),
-    # so the implementation being timed has every core.
     from threadpoolctl import threadpool_limits
 
     from convforge.export.check import quiet_thread_pools
 
-    threadpool_limits(args.threads, user_api="blas")  # numpy's sgemm, for the ceiling
+    # Idle pools block (TVM's after a 0.2 ms spin; onnxruntime sessions: spinning=False),
+    # so the implementation being timed has every core.
     quiet_thread_pools()
+    threadpool_limits(args.threads, user_api="blas")  # numpy's sgemm, for the ceiling
     from benchmarks.workloads import SUITE
 
     if args.list:
@@ -521,7 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {note}")
     sample_s = args.sample_ms / 1e3
     size = 1024 if args.quick else 2048
-    timers = [mlas_sgemm_timer(size, args.threads), blas_sgemm_timer(size, args.threads)]
+    operands = sgemm_operands(size)
+    timers = [mlas_sgemm_timer(*operands, args.threads), blas_sgemm_timer(*operands, args.threads)]
     sgemm_before = [sgemm_gflops(run, size, args.repeat, sample_s) for run, _ in timers]
     for (_, how), gflops in zip(timers, sgemm_before):
         print(f"sgemm: {gflops:.1f} GFLOP/s ({how})")

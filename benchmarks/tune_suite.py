@@ -39,9 +39,9 @@ def tune_timed(func, target, db: str, trials: int) -> tuple[tuning.TuningResult,
 
     result = tuning.tune(func, target, db, trials, seed=0, progress=progress)
     if result.best_seconds == result.default_seconds:  # the default, known from the start
-        return result, curve[0][0] if curve else result.elapsed_seconds
-    within = next((t for t, best in curve if best <= 1.1 * result.best_seconds), None)
-    return result, result.elapsed_seconds if within is None else within
+        return result, curve[0][0]  # tune reports once before searching
+    within = (t for t, best in curve if best <= 1.1 * result.best_seconds)
+    return result, next(within, result.elapsed_seconds)
 
 
 def main() -> int:
