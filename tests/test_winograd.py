@@ -17,8 +17,9 @@ import convforge as cf
 from convforge import api, ops, shapes
 from convforge.build import compile_computation
 from convforge.export import compare, conv_model, run_onnxruntime
-from convforge.ops.winograd import winograd_matrices
+from convforge.ops.winograd import phase_weight_array, winograd_matrices
 from convforge.schedules.cpu_winograd import (
+    MAX_STRIDED_CHANNELS,
     MIN_TILES_PER_CALL_WEIGHT,
     schedule_winograd,
     winograd_tiles,
@@ -89,8 +90,10 @@ def test_per_call_weight_matches_onnxruntime(case):
 
 def _check_schedule_applies(geom, tiles, weight_transformed):
     tx = te.placeholder(geom.x_shape, "float32", name="x")
-    a, kb = tiles.m + 2, -(-geom.out_channels // tiles.out_block)
-    w_shape = (a, a, kb, geom.in_channels, tiles.out_block) if weight_transformed else geom.w_shape
+    (sh, sw), kb = tiles.stride, -(-geom.out_channels // tiles.out_block)
+    a = tiles.m + -(-3 // sh) - 1  # 3x3 kernels: ceil(3/s) taps per stride phase
+    channels = sh * sw * geom.in_channels
+    w_shape = (a, a, kb, channels, tiles.out_block) if weight_transformed else geom.w_shape
     tw = te.placeholder(w_shape, "float32", name="w")
     out = ops.conv2d_winograd(tx, tw, None, geom, tiles, weight_transformed=weight_transformed)
     func = te.create_prim_func([tx, tw, out])
@@ -132,7 +135,68 @@ def test_constant_weight_matches_onnxruntime(x_shape, w_shape, m):
     assert agreement.ok, agreement
 
 
-def test_compiled_model_uses_winograd_and_matches_onnxruntime():
+# (x shape, w shape, conv keyword arguments): 3x3 stride-2 convolutions, computed by
+# F(4x4, 2x2) over the four stride phases when the weight is transformed once.
+STRIDED_CASES = {
+    "resnet_128ch": ((1, 128, 28, 28), (128, 128, 3, 3), dict(stride=2, padding=1)),
+    "asymmetric_pads_batch2": ((2, 16, 23, 18), (24, 16, 3, 3), dict(stride=2, padding=((1, 0), (2, 1)))),
+    "valid_odd_sizes": ((1, 8, 21, 17), (8, 8, 3, 3), dict(stride=2)),
+    "same_upper": ((1, 12, 19, 20), (40, 12, 3, 3), dict(stride=2, padding="same")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(STRIDED_CASES), ids=list(STRIDED_CASES))
+def test_strided_constant_weight_matches_onnxruntime(case):
+    x_shape, w_shape, kwargs = STRIDED_CASES[case]
+    x, w, b = _arrays(x_shape, w_shape, seed=4)
+    geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
+    assert not isinstance(api.conv_layout(geom, "float32"), ops.WinogradTiles)
+    tiles = api.conv_layout(geom, "float32", constant_weight=True)
+    assert isinstance(tiles, ops.WinogradTiles) and tiles.stride == (2, 2), tiles
+    _check_schedule_applies(geom, tiles, weight_transformed=True)
+    _check_schedule_applies(geom, tiles, weight_transformed=False)
+    y = _constant_weight_conv(x, w, b, geom, activation="relu")
+    agreement = compare(y, _ort_reference(x, w, b, geom, "relu"))
+    assert agreement.ok, agreement
+
+
+def test_strided_winograd_with_weight_per_call_matches_onnxruntime():
+    """The computation also transforms a weight given per call (which the chooser leaves to
+    the direct convolution, for speed): checked on its own."""
+    x, w, b = _arrays((1, 16, 26, 25), (20, 16, 3, 3), seed=6)
+    geom = shapes.conv_geometry(x.shape, w.shape, stride=2, padding=1)
+    tiles = ops.WinogradTiles(4, 16, 2, stride=(2, 2))
+
+    def computation():
+        tx, tw, tb = api.placeholders("float32", x=x.shape, w=w.shape, b=b.shape)
+        return [tx, tw, tb], [ops.conv2d_winograd(tx, tw, tb, geom, tiles)]
+
+    y = compile_computation("conv", computation, host_target())(x, w, b)
+    agreement = compare(y, _ort_reference(x, w, b, geom))
+    assert agreement.ok, agreement
+
+
+def test_phase_weight_array_holds_the_taps_of_each_phase():
+    w = np.random.default_rng(7).standard_normal((5, 3, 3, 3))
+    phases = phase_weight_array(w, (2, 2))
+    assert phases.shape == (5, 12, 2, 2)
+    for ph, pw, c, u, v in np.ndindex(2, 2, 3, 2, 2):
+        i, j = 2 * u + ph, 2 * v + pw
+        expected = w[:, c, i, j] if i < 3 and j < 3 else 0
+        np.testing.assert_array_equal(phases[:, (ph * 2 + pw) * 3 + c, u, v], expected)
+
+
+def test_winograd_refuses_strided_dilation():
+    geom = shapes.conv_geometry((1, 8, 16, 16), (8, 8, 3, 3), stride=2, dilation=2)
+    tx, tw = api.placeholders("float32", x=geom.x_shape, w=geom.w_shape)
+    with pytest.raises(ValueError, match="undilated"):
+        ops.conv2d_winograd(tx, tw, None, geom, ops.WinogradTiles(4, 8, 1, stride=(2, 2)))
+    with pytest.raises(ValueError, match=r"tiles\.stride=\(1, 1\)"):
+        ops.conv2d_winograd(tx, tw, None, geom, ops.WinogradTiles(4, 8, 1))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_compiled_model_uses_winograd_and_matches_onnxruntime(stride):
     """A model's 3x3 conv (BN and ReLU fused) on a small map: Winograd with the weight
     transformed at compile time, named so in the report, against onnxruntime."""
     rng = np.random.default_rng(5)
@@ -145,20 +209,28 @@ def test_compiled_model_uses_winograd_and_matches_onnxruntime():
         "var": rng.uniform(0.5, 1.5, c).astype(np.float32),
     }
     nodes = [
-        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv",
+            ["x", "w"],
+            ["c"],
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+            strides=[stride, stride],
+        ),
         helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"]),
         helper.make_node("Relu", ["n"], ["y"]),
     ]
     graph = helper.make_graph(
         nodes, "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 10, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 10 // stride, 10 // stride])],
         [numpy_helper.from_array(a, name) for name, a in weights.items()],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     compiled = cf.compile_model(model)
     rows = {row.node: row for row in compiled.report().rows}
-    assert rows["Conv_0"].kernel == "conv2d (winograd F4x4)", rows["Conv_0"]
+    phases = ", stride 2x2 phases" if stride == 2 else ""
+    assert rows["Conv_0"].kernel == f"conv2d (winograd F4x4{phases})", rows["Conv_0"]
     x = rng.standard_normal((1, c, 10, 10)).astype(np.float32)
     (expected,) = run_onnxruntime(model, {"x": x})
     agreement = compare(compiled(x)[0], expected)
@@ -195,7 +267,14 @@ def test_chooser_keeps_the_direct_convolution_elsewhere():
         return winograd_tiles(geom, dtype, target, constant)
 
     assert tiles(padding=1) is not None
-    assert tiles(stride=2, padding=1) is None
+    strided = tiles(stride=2, padding=1)
+    assert (strided.m, strided.stride) == (4, (2, 2)), strided
+    assert tiles(stride=2, padding=1, constant=False) is None  # per call: too large a U
+    assert tiles(stride=2, padding=2, dilation=2) is None
+    assert tiles(stride=3, padding=1) is None
+    assert tiles(stride=(1, 2), padding=1) is None
+    assert MAX_STRIDED_CHANNELS < 256
+    assert tiles(x_shape=(1, 256, 32, 32), w_shape=(16, 256, 3, 3), stride=2) is None
     assert tiles(w_shape=(16, 4, 3, 3), groups=4, padding=1) is None
     assert tiles(w_shape=(16, 16, 5, 5), padding=2) is None
     assert tiles(dtype="float64", padding=1) is None

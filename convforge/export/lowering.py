@@ -259,7 +259,8 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     args = [a for a in (x, w, bias, residual) if a is not None]
     kernel = f"conv{nd}d" if resize_geom is None else f"resize_conv{nd}d"
     if isinstance(layout, ops.WinogradTiles):
-        kernel += f" (winograd F{layout.m}x{layout.m})"
+        phases = "" if layout.stride == (1, 1) else ", stride {}x{} phases".format(*layout.stride)
+        kernel += f" (winograd F{layout.m}x{layout.m}{phases})"
     out = ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
     return out if geom == node_geom else relax.op.reshape(bb.emit(out), node_geom.out_shape)
 

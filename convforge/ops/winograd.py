@@ -1,4 +1,4 @@
-"""Winograd minimal-filtering convolution F(m x m, r x s) for stride-1 2-D convolutions.
+"""Winograd minimal-filtering convolution F(m x m, r x s) for 2-D convolutions.
 
 Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). Along one axis,
 ``m`` outputs of an ``r``-tap correlation come from ``a = m + r - 1`` inputs with ``a``
@@ -15,9 +15,17 @@ undilated convolution on every ``d``-th input. Tiles are indexed ``(n, qh, tb, p
 ``qh = th * dh + ph`` the tile row with its phase, ``tw = tb * TB + ti`` the tile column in
 blocks of ``TB`` (the register tile of the matrix multiply) and ``pw`` its phase.
 
+Stride ``(sh, sw)`` is a change of input channels (space to depth): output ``o`` reads the
+padded input at ``s*o + i``, ``i = s*u + p``, so the convolution is the stride-1
+convolution of the ``sh*sw`` input phases ``xp[s*h + p]``, stacked as channels, with the
+``ceil(r/s)``-tap kernels ``w[s*u + p]`` (zeros past the kernel: :func:`phase_weight_array`).
+A 3x3 stride-2 convolution becomes a 2x2 convolution over 4x the channels: F(4x4, 2x2)
+does 4 * 25/16 = 6.25 instead of 9 multiply-adds per output and input channel.
+
 Blocks (the contract with ``convforge.schedules.cpu_winograd``):
 
-- ``winograd_pad``: the zero-padded input, channels last: ``xp[n, h, w, c]``;
+- ``winograd_pad``: the zero-padded input, channels last, its stride phases as channel
+  groups: ``xp[n, h, w, (ph*sw + pw)*C + c] = x_padded[n, c, sh*h + ph, sw*w + pw]``;
 - ``winograd_weight_rows``, ``winograd_weight``: ``U[a, b, kb, c, ki] = (G w[kb*OB + ki, c]
   G^T)[a, b]`` in two separable passes (zeros past the last output channel); compiled
   models transform constant weights once instead (:func:`transform_weight_array`,
@@ -55,15 +63,19 @@ DILATION_ATTR = "winograd_dilation"
 @dataclass(frozen=True)
 class WinogradTiles:
     """``m x m`` outputs per transform tile; the matrix multiply's register tile is
-    ``out_block`` output channels (vectorized) x ``tile_block`` tiles."""
+    ``out_block`` output channels (vectorized) x ``tile_block`` tiles. ``stride``: the
+    convolution's, whose phases are channel groups of the transformed input and weight."""
 
     m: int
     out_block: int
     tile_block: int
+    stride: tuple[int, int] = (1, 1)
 
     def __post_init__(self) -> None:
         for name in ("m", "out_block", "tile_block"):
             check_positive_int(getattr(self, name), name)
+        for s in self.stride:
+            check_positive_int(s, "stride")
 
 
 def _inverse(rows: list[list[Fraction]]) -> list[list[Fraction]]:
@@ -139,10 +151,23 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def phase_weight_array(w: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
+    """w (K, C, r, s) as the stride-1 weight over the input's stride phases:
+    (K, sh*sw*C, ceil(r/sh), ceil(s/sw)), channel ``(ph*sw + pw)*C + c`` holding the taps
+    ``w[:, c, sh*u + ph, sw*v + pw]`` (zero past the kernel)."""
+    (sh, sw), (k, c, r, s) = stride, w.shape
+    rh, rw = _ceil_div(r, sh), _ceil_div(s, sw)
+    padded = np.zeros((k, c, rh * sh, rw * sw), w.dtype)
+    padded[:, :, :r, :s] = w
+    phases = padded.reshape(k, c, rh, sh, rw, sw).transpose(0, 3, 5, 1, 2, 4)
+    return phases.reshape(k, sh * sw * c, rh, rw)
+
+
 def transform_weight_array(w: np.ndarray, tiles: WinogradTiles) -> np.ndarray:
     """``winograd_weight`` of a constant w (K, C, r, s), in float64 then w's dtype:
-    (a, b, ceil(K/OB), C, OB)."""
+    (a, b, ceil(K/OB), C', OB), C' = sh*sw*C input channels of the stride phases."""
     m, out_block = tiles.m, tiles.out_block
+    w = phase_weight_array(w, tiles.stride)
     _, gh, _ = winograd_matrices(m, w.shape[2])
     _, gw, _ = winograd_matrices(m, w.shape[3])
     chunks = _ceil_div(w.shape[0], out_block)
@@ -164,19 +189,30 @@ def conv2d_winograd(
     weight_transformed: bool = False,
     residual: te.Tensor | None = None,
 ) -> te.Tensor:
-    """Stride-1 2-D convolution by F(m x m, r x s): x (N, C, H, W), w (K, C, r, s) -> (N, K, *out).
+    """2-D convolution by F(m x m, r x s): x (N, C, H, W), w (K, C, r, s) -> (N, K, *out);
+    a strided one over its stride phases (``tiles.stride``, which must be ``geom``'s;
+    undilated).
 
     Equal to ``conv(x, w, bias, geom, activation)`` up to float rounding, which the
-    transforms raise (float32, F(4x4, 3x3), random data: about 4e-6 of the output's range
-    at 64 channels, 1.4e-5 at 512). ``weight_transformed``: w is already
-    :func:`transform_weight_array`'s (a, b, ceil(K/OB), C, OB); ``residual``: as in
-    :func:`convforge.ops.conv`.
+    transforms raise (float32, random data: F(4x4, 3x3) about 4e-6 of the output's range
+    at 64 channels, 1.4e-5 at 512; F(4x4, 2x2) of a 3x3 stride-2 convolution 8e-6 at 128).
+    ``weight_transformed``: w is already :func:`transform_weight_array`'s
+    (a, b, ceil(K/OB), C', OB); ``residual``: as in :func:`convforge.ops.conv`.
     """
-    if geom.ndim != 2 or geom.groups != 1 or any(s != 1 for s in geom.stride):
-        raise ValueError("conv2d_winograd needs a 2-D convolution with groups=1 and stride 1")
+    strided = geom.stride != (1, 1)
+    if geom.ndim != 2 or geom.groups != 1 or tiles.stride != geom.stride:
+        raise ValueError(
+            f"conv2d_winograd needs a 2-D convolution with groups=1 and tiles of its stride, "
+            f"got ndim={geom.ndim}, groups={geom.groups}, stride={geom.stride}, "
+            f"tiles.stride={tiles.stride}"
+        )
+    if strided and geom.dilation != (1, 1):
+        raise ValueError(f"conv2d_winograd: a strided convolution must be undilated, got {geom}")
     dtype, acc = x.dtype, accumulator_dtype(x.dtype)
     ob, tb_size = tiles.out_block, tiles.tile_block
-    (r, s), (dh, dw) = geom.kernel, geom.dilation
+    (sh, sw), (dh, dw) = geom.stride, geom.dilation
+    # the stride-1 convolution over the input's stride phases: C' channels, (r, s) taps
+    r, s = (_ceil_div(k, st) for k, st in zip(geom.kernel, geom.stride))
     m = tiles.m
     at_h, g_h, bt_h = winograd_matrices(m, r)
     at_w, g_w, bt_w = winograd_matrices(m, s)
@@ -185,16 +221,25 @@ def conv2d_winograd(
     (lo_h, _), (lo_w, _) = geom.padding
     th_n = _ceil_div(out_h, m * dh)
     tb_n = _ceil_div(_ceil_div(out_w, m * dw), tb_size)
-    k_out, c_in, batch = geom.out_channels, geom.in_channels, geom.batch
+    k_out, batch = geom.out_channels, geom.batch
+    c_x = geom.in_channels
+    c_in = sh * sw * c_x
     kb_n = _ceil_div(k_out, ob)
-    # Padded input extent read by the rounded-up tile grid.
+    # Padded input extent read by the rounded-up tile grid (in phase rows and columns).
     ext_h, ext_w = th_n * m * dh + (r - 1) * dh, tb_n * tb_size * m * dw + (s - 1) * dw
 
+    def phase(c):  # channel c of the phases -> (row phase, column phase, channel of x)
+        if not strided:
+            return 0, 0, c
+        return c // (sw * c_x), c // c_x % sw, c % c_x
+
     def pad_nhwc(n, h, w_, c):
+        ph, pw, cx = phase(c)
+        h, w_ = h * sh + ph, w_ * sw + pw
         inside = tirx.all(h >= lo_h, h < in_h + lo_h, w_ >= lo_w, w_ < in_w + lo_w)
         hs = tirx.min(tirx.max(h - lo_h, 0), in_h - 1)
         ws = tirx.min(tirx.max(w_ - lo_w, 0), in_w - 1)
-        return tirx.if_then_else(inside, x[n, c, hs, ws], tirx.const(0, dtype))
+        return tirx.if_then_else(inside, x[n, cx, hs, ws], tirx.const(0, dtype))
 
     xp = te.compute((batch, ext_h, ext_w, c_in), pad_nhwc, name="winograd_pad")
     tile_shape = (batch, th_n * dh, tb_n, dw)
@@ -213,9 +258,17 @@ def conv2d_winograd(
         name="winograd_input",
     )
 
+    def weight_tap(k, c, i, j):  # phase_weight_array(w)[k, c, i, j]
+        if not strided:
+            return w[k, c, i, j].astype(acc)
+        ph, pw, cx = phase(c)
+        (kh, kw), i, j = geom.kernel, i * sh + ph, j * sw + pw
+        tap = w[k, cx, tirx.min(i, kh - 1), tirx.min(j, kw - 1)].astype(acc)
+        return tirx.if_then_else(tirx.all(i < kh, j < kw), tap, tirx.const(0, acc))
+
     def weight_rows(a, j, kb, c, ki):
         k = kb * ob + ki
-        value = _combine(g_h, a, lambda i: w[tirx.min(k, k_out - 1), c, i, j].astype(acc), acc)
+        value = _combine(g_h, a, lambda i: weight_tap(tirx.min(k, k_out - 1), c, i, j), acc)
         if k_out % ob:
             value = tirx.if_then_else(k < k_out, value, tirx.const(0, acc))
         return value
