@@ -101,28 +101,40 @@ def tuning_scope(tuning_db: str | None) -> Iterator[None]:
             os.environ[DB_ENV] = saved
 
 
-def convforge_impl(tuning_db: str | None):
+def convforge_impl(tuning_db: str | None, packed: bool = True):
+    """Times the kernel the numpy API compiles for a workload. A convolution's weight is
+    packed once with ``packed`` (``cf.prepare_conv``: as compiled models pack a constant
+    weight and onnxruntime prepacks its initializers), on every call without (and then
+    only convolutions are timed: other workloads are the same in both)."""
     import tvm
 
     from benchmarks.workloads import convforge_function
     from convforge.build import recording_kernels
 
     def prepare(wl, arrays) -> Prepared:
-        fn, why = convforge_function(wl)
-        if fn is None:
-            raise Unavailable(why)
-        args = list(arrays.values())
-        with tuning_scope(tuning_db), recording_kernels() as kernels:
-            output = fn(*args, **wl.params)
-        sizes = [a.size for a in args]
-        if len(kernels) != 1 or [math.prod(s) for s in kernels[0].input_shapes] != sizes:
-            # several kernels (or inputs rearranged): time the numpy call as a whole
-            def run_api():
-                with tuning_scope(tuning_db):
-                    return fn(*args, **wl.params)
+        if packed and wl.spec.prepared is not None:
+            with tuning_scope(tuning_db):
+                op = wl.spec.prepared(wl, arrays)
+            kernel, args = op.kernel, [arrays["x"], *op.constants]
+            output, how = op(arrays["x"]), "kernel, weights packed once"
+        else:
+            if not packed and wl.spec.prepared is None:
+                raise Unavailable("no weight to pack: the convforge column times the same")
+            fn, why = convforge_function(wl)
+            if fn is None:
+                raise Unavailable(why)
+            args = list(arrays.values())
+            with tuning_scope(tuning_db), recording_kernels() as kernels:
+                output = fn(*args, **wl.params)
+            sizes = [a.size for a in args]
+            if len(kernels) != 1 or [math.prod(s) for s in kernels[0].input_shapes] != sizes:
+                # several kernels (or inputs rearranged): time the numpy call as a whole
+                def run_api():
+                    with tuning_scope(tuning_db):
+                        return fn(*args, **wl.params)
 
-            return Prepared(run_api, output, f"numpy API, {len(kernels)} kernels")
-        kernel = kernels[0]
+                return Prepared(run_api, output, f"numpy API, {len(kernels)} kernels")
+            kernel, how = kernels[0], "kernel, weights per call" if wl.spec.prepared else "kernel"
         device = kernel.device
         # the kernel may take the arrays reshaped (e.g. 1x1 convolutions over H*W): free views
         shaped = [a.reshape(s) for a, s in zip(args, kernel.input_shapes)]
@@ -132,7 +144,6 @@ def convforge_impl(tuning_db: str | None):
             for s, d in zip(kernel.output_shapes, kernel.output_dtypes)
         ]
         function = kernel.function
-        how = "kernel"
         if tuning_db is not None:
             record = getattr(kernel, "tuning_record", None)
             how += f", tuned record {record}" if record else ", no tuned record: default schedule"
@@ -165,6 +176,7 @@ def implementations(args) -> tuple[dict[str, Callable], list[str]]:
     impls: dict[str, Callable] = {"onnxruntime": onnxruntime_impl(args.threads)}
     notes = []
     impls["convforge"] = convforge_impl(None)
+    impls["convforge-per-call"] = convforge_impl(None, packed=False)
     if args.tuning_db is None:
         notes.append("convforge-tuned: left out (no --tuning-db given)")
     elif importlib.util.find_spec("convforge.schedules.tuning") is None:

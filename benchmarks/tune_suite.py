@@ -2,8 +2,9 @@
 
     python benchmarks/tune_suite.py --db DIR [--trials 32] [--only NAME,...]
 
-Each workload of :data:`benchmarks.workloads.SUITE` is run once through the numpy API; the
-PrimFunc of the kernel it compiles is tuned (:func:`convforge.schedules.tuning.tune`,
+Each workload of :data:`benchmarks.workloads.SUITE` is run once through the numpy API (a
+convolution through ``cf.prepare_conv``, as ``benchmarks.run`` times it); the PrimFunc of
+the kernel it compiles is tuned (:func:`convforge.schedules.tuning.tune`,
 resumable), and one JSON line per workload reports the default and best latencies as
 MetaSchedule measured them and how long this run took to come within 10% of its best
 (``seconds_to_within_10pct``, from the progress reports after each measured batch).
@@ -60,7 +61,10 @@ def main() -> int:
             print(json.dumps({"workload": workload.name, "skipped": why}), flush=True)
             continue
         with tuning.use_tuning_db(None, shipped=False), recording_kernels() as kernels:
-            fn(*workload.arrays().values(), **workload.params)
+            if workload.spec.prepared is None:
+                fn(*workload.arrays().values(), **workload.params)
+            else:  # the kernel benchmarks.run times: weights packed once
+                workload.spec.prepared(workload, workload.arrays())
         if len(kernels) != 1:
             why = f"{len(kernels)} kernels"
             print(json.dumps({"workload": workload.name, "skipped": why}), flush=True)

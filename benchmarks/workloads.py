@@ -70,12 +70,15 @@ class OpSpec:
     ``fn(*arrays, **params, **extra)`` with arrays in the order of ``Workload.shapes``.
     ``onnx``: the equivalent ONNX model with the weights as initializers (input ``x``).
     ``torch``: ``fn(torch_module, tensors, params) -> tensor`` or None.
+    ``prepared``: the same computation with its weight packed once (``cf.prepare_conv``,
+    called with x only), or None.
     """
 
     convforge: str
     macs: Callable[[Workload], int]
     onnx: Callable[[Workload, Arrays], onnx.ModelProto]
     torch: Callable[[Any, dict[str, Any], Mapping[str, Any]], Any] | None = None
+    prepared: Callable[[Workload, Arrays], cf.PreparedConv] | None = None
 
     def convforge_function(self) -> Callable[..., np.ndarray] | None:
         """The convforge function, or None while it is not available in this checkout."""
@@ -89,13 +92,22 @@ def _weights(arrays: Arrays) -> Arrays:
 # --- convolution -------------------------------------------------------------------
 
 
+def _conv_arguments(wl: Workload) -> dict[str, Any]:
+    """``cf.conv``'s keyword arguments for a conv or causal_conv1d workload."""
+    return {**wl.params, "padding": "causal"} if wl.op == "causal_conv1d" else dict(wl.params)
+
+
 def _conv_geometry(wl: Workload) -> shapes.ConvGeometry:
-    p = dict(wl.params)
-    if wl.op == "causal_conv1d":
-        p["padding"] = "causal"
+    p = _conv_arguments(wl)
     p.pop("activation", None)
     return shapes.conv_geometry(
         wl.shapes["x"], wl.shapes["w"], bias_shape=wl.shapes.get("bias"), **p
+    )
+
+
+def _prepared_conv(wl: Workload, arrays: Arrays) -> cf.PreparedConv:
+    return cf.prepare_conv(
+        arrays["w"], arrays.get("bias"), x_shape=arrays["x"].shape, **_conv_arguments(wl)
     )
 
 
@@ -212,12 +224,15 @@ def _head_torch(torch, t, params):
 
 
 OPS: dict[str, OpSpec] = {
-    "conv": OpSpec("conv", lambda wl: _conv_geometry(wl).macs, _conv_onnx, _conv_torch),
+    "conv": OpSpec(
+        "conv", lambda wl: _conv_geometry(wl).macs, _conv_onnx, _conv_torch, _prepared_conv
+    ),
     "causal_conv1d": OpSpec(
         "causal_conv1d",
         lambda wl: _conv_geometry(wl).macs,
         _conv_onnx,
         lambda torch, t, p: _conv_torch(torch, t, {**p, "causal": True}),
+        _prepared_conv,
     ),
     "conv_transpose": OpSpec(
         "conv_transpose",

@@ -5,6 +5,7 @@ runs a TVM kernel for the host CPU on numpy arrays.
 """
 
 from convforge.api import (
+    PreparedConv,
     adaptive_avg_pool,
     adaptive_max_pool,
     avg_pool,
@@ -19,6 +20,7 @@ from convforge.api import (
     global_max_pool,
     grid_pool_head,
     max_pool,
+    prepare_conv,
     resize,
     resize_conv,
     softmax,
@@ -56,6 +58,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "CompiledModel",
+    "PreparedConv",
     "StackSpec",
     "StreamingCausalStack",
     "adaptive_avg_pool",
@@ -81,6 +84,7 @@ __all__ = [
     "host_target",
     "load",
     "max_pool",
+    "prepare_conv",
     "receptive_field",
     "resize",
     "resize_conv",

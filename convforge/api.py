@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from tvm import te
 
 from convforge import ops, shapes
-from convforge.build import Computation, cached_kernel
+from convforge.build import Computation, Kernel, cached_kernel
 from convforge.ops.activation import check_activation
 from convforge.schedules.cpu_conv import dense_conv_blocks
 from convforge.schedules.cpu_winograd import winograd_tiles
@@ -109,17 +110,22 @@ def conv_computation(
     bias: bool,
     activation: str | None,
     target: TargetArg = None,
+    packed_weight_shape: tuple[int, ...] | None = None,
 ) -> Computation:
     """The TE computation :func:`conv` compiles for ``geom`` on ``target``, over
     :func:`kernel_geometry`'s shapes (tuning uses it too, so a tuned record is found for
-    exactly the PrimFunc the API builds)."""
+    exactly the PrimFunc the API builds); with ``packed_weight_shape``, the one
+    :func:`prepare_conv` compiles, reading a weight :func:`pack_conv_weight` packed."""
     geom = kernel_geometry(geom, dtype, target)
 
     def build():
         tx, tw, tb = placeholders(
-            dtype, x=geom.x_shape, w=geom.w_shape, bias=(geom.out_channels,) if bias else None
+            dtype, x=geom.x_shape, w=packed_weight_shape or geom.w_shape,
+            bias=(geom.out_channels,) if bias else None,
+        )  # fmt: skip
+        out = conv_for_target(
+            tx, tw, tb, geom, activation, target, weight_packed=packed_weight_shape is not None
         )
-        out = conv_for_target(tx, tw, tb, geom, activation, target)
         return [t for t in (tx, tw, tb) if t is not None], [out]
 
     return build
@@ -176,6 +182,64 @@ def pack_conv_weight(w: np.ndarray, layout: ops.WinogradTiles | ops.ChannelBlock
     if isinstance(layout, ops.WinogradTiles):
         return ops.transform_weight_array(w, layout)
     return ops.pack_weight_array(w, layout)
+
+
+@dataclass(frozen=True)
+class PreparedConv:
+    """:func:`conv` with one weight, packed once (:func:`prepare_conv`): ``op(x)`` for x of
+    ``geom.x_shape`` runs only the compiled ``kernel`` on x and ``constants`` (the packed
+    weight, then the bias if any)."""
+
+    geom: shapes.ConvGeometry
+    kernel: Kernel
+    constants: tuple[np.ndarray, ...]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        dtype = self.constants[0].dtype
+        if x.shape != self.geom.x_shape or x.dtype != dtype:
+            raise ValueError(
+                f"x must have shape {self.geom.x_shape} and dtype {dtype} (the shape and "
+                f"dtype the convolution was prepared for), got {x.shape} {x.dtype}"
+            )
+        y = self.kernel(x.reshape(self.kernel.input_shapes[0]), *self.constants)
+        return y.reshape(self.geom.out_shape)
+
+
+def prepare_conv(
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    x_shape: Sequence[int],
+    stride: int | Sequence[int] = 1,
+    padding: shapes.PaddingArg = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    activation: str | None = None,
+    target: TargetArg = None,
+) -> PreparedConv:
+    """:func:`conv` of inputs of ``x_shape`` with a fixed weight: w (and its Winograd
+    transform or channel blocks) is packed once, here, as a compiled model packs a constant
+    weight and onnxruntime prepacks an initializer; the result computes ``conv(x, w, bias,
+    ...)`` with the same arguments. It holds a copy: later changes to w do not reach it.
+    """
+    dtype, (w, bias) = as_float_arrays(w=w, bias=bias)
+    geom = shapes.conv_geometry(
+        tuple(x_shape), w.shape, stride=stride, padding=padding, dilation=dilation,
+        groups=groups, bias_shape=None if bias is None else bias.shape,
+    )  # fmt: skip
+    check_activation(activation)
+    target = resolve_target(target)
+    computed = kernel_geometry(geom, dtype, target)
+    layout = conv_layout(computed, dtype, target, constant_weight=True)
+    w = w.reshape(computed.w_shape)
+    packed = w.copy() if layout is None else pack_conv_weight(w, layout)
+    packed_shape = None if layout is None else packed.shape
+    build = conv_computation(computed, dtype, bias is not None, activation, target, packed_shape)
+    key = (computed, dtype, bias is not None, activation, layout, packed_shape)
+    kernel = cached_kernel("prepared_conv", key, build, target)
+    constants = (packed,) if bias is None else (packed, bias.copy())
+    return PreparedConv(geom, kernel, constants)
 
 
 def conv_transpose(

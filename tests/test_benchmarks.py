@@ -62,9 +62,12 @@ def test_runner_checks_and_times_one_workload(tmp_path, capsys, monkeypatch):
     report = json.loads(out.read_text())
     (result,) = report["workloads"]
     assert result["name"] == "conv1x1_256_64_56"
-    # convforge ran, agreed with onnxruntime (else its status would be "mismatch") and was timed
-    assert result["impls"]["convforge"]["status"] == "ok"
-    assert result["impls"]["convforge"]["median_s"] > 0
+    # convforge ran, agreed with onnxruntime (else its status would be "mismatch") and was
+    # timed, with its weight packed once and given per call
+    for name, how in [("convforge", "weights packed once"), ("convforge-per-call", "per call")]:
+        assert result["impls"][name]["status"] == "ok", result["impls"][name]
+        assert how in result["impls"][name]["note"]
+        assert result["impls"][name]["median_s"] > 0
     assert result["impls"]["onnxruntime"]["ratio_to_onnxruntime"] == pytest.approx(1.0)
     measured = report["sgemm"]["measured"]
     assert [m["how"].split()[0] for m in measured] == ["onnxruntime", "numpy"]

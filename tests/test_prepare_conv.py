@@ -1,0 +1,95 @@
+"""cf.prepare_conv (weight packed once) against onnxruntime, and its argument checks."""
+
+import numpy as np
+import pytest
+
+import convforge as cf
+from convforge import api, ops, shapes
+from convforge.export import compare, conv_model, run_onnxruntime
+
+# (x shape, w shape, conv keyword arguments): each packed form of a weight (Winograd at
+# stride 1 and over stride phases, NCHW[x]c blocks, a 1x1 over one row, generic), with
+# bias and activation, and the dtypes without a CPU packing.
+CASES = {
+    "winograd_few_tiles": ((1, 16, 9, 11), (24, 16, 3, 3), dict(padding=1)),
+    "winograd_stride_phases": ((1, 32, 20, 18), (40, 32, 3, 3), dict(stride=2, padding=1)),
+    "nchwc_stem": ((2, 3, 21, 19), (16, 3, 7, 7), dict(stride=2, padding=3)),
+    "pointwise_row": ((1, 32, 14, 14), (64, 32, 1, 1), {}),
+    "dilated_3d": ((1, 8, 7, 8, 9), (16, 8, 3, 3, 3), dict(padding="same", dilation=(1, 2, 1))),
+    "grouped": ((1, 16, 12, 12), (16, 4, 3, 3), dict(padding=1, groups=4)),
+    "causal_1d": ((1, 8, 50), (8, 8, 2), dict(padding="causal", dilation=4)),
+}  # fmt: skip
+
+
+def _arrays(x_shape, w_shape, dtype="float32", seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(dtype)
+    return x, w, rng.standard_normal(w_shape[0]).astype(dtype)
+
+
+def _onnxruntime(x, w, b, geom, activation):
+    model = conv_model(geom, "float32", bias=b is not None, activation=activation)
+    (expected,) = run_onnxruntime(model, {"x": x, "w": w, "bias": b})
+    return expected
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+@pytest.mark.parametrize("bias, activation", [(True, "relu"), (False, None)])
+def test_prepared_conv_matches_onnxruntime(case, bias, activation):
+    x_shape, w_shape, kwargs = CASES[case]
+    x, w, b = _arrays(x_shape, w_shape)
+    b = b if bias else None
+    op = cf.prepare_conv(w, b, x_shape=x.shape, activation=activation, **kwargs)
+    geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
+    assert op.geom == geom
+    agreement = compare(op(x), _onnxruntime(x, w, b, geom, activation))
+    assert agreement.ok, agreement
+
+
+def test_stride_phase_winograd_is_what_a_prepared_conv_runs():
+    """The packed weight is the F(4x4, 2x2) transform of the four stride phases
+    (4 x 32 = 128 channels), where the per-call API keeps the direct convolution."""
+    x_shape, w_shape, kwargs = CASES["winograd_stride_phases"]
+    geom = shapes.conv_geometry(x_shape, w_shape, **kwargs)
+    tiles = api.conv_layout(geom, "float32", constant_weight=True)
+    assert isinstance(tiles, ops.WinogradTiles) and tiles.stride == (2, 2)
+    assert not isinstance(api.conv_layout(geom, "float32"), ops.WinogradTiles)
+    _, w, _ = _arrays(x_shape, w_shape)
+    op = cf.prepare_conv(w, x_shape=x_shape, **kwargs)
+    assert op.constants[0].shape == (5, 5, -(-40 // tiles.out_block), 128, tiles.out_block)
+
+
+def test_float64_and_later_weight_changes():
+    """A dtype with no packed form runs the generic kernel on a copy of the weight:
+    changing w afterwards does not change the prepared convolution (oracle: the sparse
+    matrix form; onnxruntime has no float64 Conv)."""
+    x, w, b = _arrays((2, 6, 10, 9), (4, 6, 3, 3), dtype="float64", seed=1)
+    op = cf.prepare_conv(w, b, x_shape=x.shape, stride=(1, 2), padding="same")
+    geom = shapes.conv_geometry(x.shape, w.shape, stride=(1, 2), padding="same")
+    expected = (cf.conv_matrix(w, geom) @ x.ravel()).reshape(geom.out_shape)
+    expected += b.reshape(1, -1, 1, 1)
+    w[...], b[...] = 0, 0
+    agreement = compare(op(x), expected)
+    assert agreement.ok, agreement
+
+
+def test_bad_arguments_are_refused_before_compiling():
+    from convforge.build import cache_size
+
+    x, w, b = _arrays((1, 8, 10, 10), (8, 8, 3, 3))
+    before = cache_size()
+    with pytest.raises(ValueError, match="groups"):
+        cf.prepare_conv(w, x_shape=x.shape, groups=3)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        cf.prepare_conv(w, x_shape=(1, 8, 2, 2))
+    with pytest.raises(ValueError, match="activation"):
+        cf.prepare_conv(w, x_shape=x.shape, activation="gelu")
+    with pytest.raises(ValueError, match="dtype"):
+        cf.prepare_conv(w, b.astype(np.float64), x_shape=x.shape)
+    assert cache_size() == before
+    op = cf.prepare_conv(w, b, x_shape=x.shape, padding=1)
+    with pytest.raises(ValueError, match=r"x must have shape \(1, 8, 10, 10\) and dtype float32"):
+        op(x[:, :, :9])
+    with pytest.raises(ValueError, match="dtype float32"):
+        op(x.astype(np.float64))
