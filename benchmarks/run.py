@@ -119,7 +119,7 @@ def convforge_impl(tuning_db: str | None, packed: bool = True):
             output, how = op(arrays["x"]), "kernel, weights packed once"
         else:
             if not packed and wl.spec.prepared is None:
-                raise Unavailable("no weight to pack: the convforge column times the same")
+                raise Unavailable("no prepared form: the convforge column times the same kernel")
             fn, why = convforge_function(wl)
             if fn is None:
                 raise Unavailable(why)
