@@ -692,6 +692,22 @@ class PoolGeometry:
         return (self.batch, self.channels, *self.out_size)
 
     @property
+    def windows_tile(self) -> bool:
+        """Whether the windows are disjoint and adjacent (kernel == stride, no dilation)."""
+        return self.kernel == self.stride and set(self.dilation) == {1}
+
+    @property
+    def windows_inside(self) -> bool:
+        """Whether the windows tile the unpadded input from its origin, every one inside it
+        (no padding, no ``ceil_mode`` overhang; a remainder past the last window is dropped):
+        output ``p`` reads exactly the inputs ``[p*k, p*k + k)``."""
+        return (
+            self.windows_tile
+            and all(lo == 0 and hi == 0 for lo, hi in self.padding)
+            and all(o * k <= i for o, k, i in zip(self.out_size, self.kernel, self.in_size))
+        )
+
+    @property
     def reach(self) -> tuple[int, ...]:
         """Padded length each axis must have so every window lies inside it (ceil_mode may
         need more than ``i + lo + hi``)."""

@@ -14,12 +14,17 @@ and is not a graph output:
   an activation is absorbed, and the Conv moves to just before its first consumer (after
   the residual's producer);
 - one element-wise activation (``Relu``, ``Sigmoid``, ``Tanh``, or ``x * Sigmoid(x)`` =
-  SiLU), after which fusion stops.
+  SiLU), after which only a pool may follow;
+- last, a ``MaxPool`` (Conv only, not a resize-convolution) whose windows tile its input
+  (kernel == strides, no pads, no dilation, no Indices output): the lowering computes the
+  pool inside the convolution's kernel where the shapes allow (no ``ceil_mode`` overhang;
+  see :func:`convforge.export.lowering.lower_conv`), else as its own kernel.
 
 The fused node keeps its op type and gets attributes read by
-:mod:`convforge.export.lowering`: ``convforge_activation``, ``convforge_residual`` and
-``convforge_fused`` (names of the absorbed nodes, for the report). The result is fed only
-to TVM's importer; onnxruntime always runs the original model.
+:mod:`convforge.export.lowering`: ``convforge_activation``, ``convforge_residual``,
+``convforge_max_pool_*`` and ``convforge_fused`` (names of the absorbed nodes, for the
+report). The result is fed only to TVM's importer; onnxruntime always runs the original
+model.
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from convforge import shapes
-from convforge.export.lowering import ACTIVATION_ATTR, FUSED_ATTR, RESIDUAL_ATTR, RESIZE_ATTRS
+from convforge.export.lowering import (
+    ACTIVATION_ATTR,
+    FUSED_ATTR,
+    MAX_POOL_ATTRS,
+    RESIDUAL_ATTR,
+    RESIZE_ATTRS,
+)
 
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 
@@ -107,7 +118,7 @@ def fuse_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
         if conv.op_type not in ("Conv", "ConvTranspose"):
             continue
         fused = _absorb_resize(g, conv) if conv.op_type == "Conv" else []
-        _absorb_followers(g, conv, fused, residual=conv.op_type == "Conv" and not fused)
+        _absorb_followers(g, conv, fused, plain=conv.op_type == "Conv" and not fused)
     return model
 
 
@@ -157,8 +168,9 @@ def _absorb_resize(g: _Graph, conv: onnx.NodeProto) -> list[str]:
     return [resize.name]
 
 
-def _absorb_followers(g: _Graph, conv: onnx.NodeProto, fused: list[str], residual: bool) -> None:
-    """Absorb what follows ``conv`` (module doc); ``residual``: a residual Add may be."""
+def _absorb_followers(g: _Graph, conv: onnx.NodeProto, fused: list[str], plain: bool) -> None:
+    """Absorb what follows ``conv`` (module doc); ``plain`` (a Conv, not a
+    resize-convolution): a residual Add and a MaxPool may be."""
     weight = g.constant(conv.input[1])
     activation = None
     added = False  # a residual was absorbed: only an activation may follow
@@ -179,13 +191,15 @@ def _absorb_followers(g: _Graph, conv: onnx.NodeProto, fused: list[str], residua
             break
         elif nxt is not None and weight is not None and _fold_affine(g, conv, nxt, weight):
             weight = g.constant(conv.input[1])
-        elif residual and nxt is not None and _add_residual(g, conv, nxt):
+        elif plain and nxt is not None and _add_residual(g, conv, nxt):
             added = True
         else:
             break
         conv.output[0] = nxt.output[0]
         fused.append(nxt.name)
         g.graph.node.remove(nxt)
+    if plain:
+        _absorb_max_pool(g, conv, fused)
     if fused:
         conv.attribute.append(helper.make_attribute(FUSED_ATTR, fused))
     if activation is not None:
@@ -197,6 +211,32 @@ def _absorb_followers(g: _Graph, conv: onnx.NodeProto, fused: list[str], residua
         users = g.consumers(moved.output[0])
         nodes = list(g.graph.node)
         g.graph.node.insert(nodes.index(users[0]) if users else len(nodes), moved)
+
+
+def _absorb_max_pool(g: _Graph, conv: onnx.NodeProto, fused: list[str]) -> None:
+    """Absorb the MaxPool that alone reads ``conv``'s output if its windows tile it."""
+    pool = g.sole_consumer(conv.output[0])
+    if pool is None or pool.op_type != "MaxPool" or len(pool.output) != 1:
+        return
+    attrs = {a.name: helper.get_attribute_value(a) for a in pool.attribute}
+    kernel = list(attrs["kernel_shape"])
+    if (
+        list(attrs.get("strides", [1] * len(kernel))) != kernel
+        or any(attrs.get("pads", ()))
+        or any(d != 1 for d in attrs.get("dilations", ()))
+        or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+    ):
+        return
+    conv.attribute.extend(
+        [
+            helper.make_attribute(MAX_POOL_ATTRS["node"], pool.name),
+            helper.make_attribute(MAX_POOL_ATTRS["kernel_shape"], kernel),
+            helper.make_attribute(MAX_POOL_ATTRS["ceil_mode"], attrs.get("ceil_mode", 0)),
+        ]
+    )
+    conv.output[0] = pool.output[0]
+    fused.append(pool.name)
+    g.graph.node.remove(pool)
 
 
 def _add_residual(g: _Graph, conv: onnx.NodeProto, add: onnx.NodeProto) -> bool:

@@ -38,6 +38,7 @@ from convforge.api import (
     pack_conv_weight,
 )
 from convforge.build import schedule_for
+from convforge.schedules.cpu_conv import channel_blocks
 from convforge.targets import vector_lanes
 
 #: Attribute names the fusion pass sets on a fused ONNX node.
@@ -53,6 +54,11 @@ RESIZE_ATTRS = {
     key: f"convforge_resize_{key}"
     for key in ("mode", "coordinate_mode", "nearest_mode", "scale", "size")
 }
+
+#: Attributes of a MaxPool folded into the Conv it follows (its windows tile the Conv's
+#: output: strides == kernel_shape, no pads or dilation): the pool's node name, its
+#: kernel_shape and ceil_mode.
+MAX_POOL_ATTRS = {key: f"convforge_max_pool_{key}" for key in ("node", "kernel_shape", "ceil_mode")}
 
 #: Module attribute ``schedule_for`` sets on a module scheduled by a tuning record.
 TUNING_RECORD_ATTR = "convforge.tuning_record"
@@ -196,7 +202,9 @@ def _node_name(attrs: dict) -> str:
 
 
 def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
-    """ONNX Conv (1-D, 2-D, 3-D, any auto_pad, groups, bias, fused residual and activation)."""
+    """ONNX Conv (1-D, 2-D, 3-D, any auto_pad, groups, bias, fused residual and activation,
+    and a fused max pool: inside the convolution's kernel where :func:`pooled_layout`
+    allows, else as its own kernel after the convolution's)."""
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     residual = inputs[3] if RESIDUAL_ATTR in attrs else None
@@ -241,6 +249,11 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
             residual = bb.emit(relax.op.reshape(residual, geom.out_shape))
     constant = resize_geom is None and isinstance(w, tvm.ir.expr.Constant)
     layout = None if resize_geom else conv_layout(geom, tensor_dtype(x), ctx.target, constant)
+    pool_node, pool_geom = _fused_max_pool(attrs, node_geom)
+    pooled = None
+    if pool_geom is not None and geom == node_geom:
+        pooled = pooled_layout(layout, geom, pool_geom, tensor_dtype(x), ctx.target)
+    layout = pooled or layout
     packed = constant and layout is not None
     if packed:  # pack the constant weight once, here, not on every inference
         w = relax.const(pack_conv_weight(w.value.numpy(), layout))
@@ -250,19 +263,75 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
         tr = rest[-1] if residual is not None else None
         if resize_geom is not None:
             return [ops.resize_conv(tx, tw, tb, resize_geom, geom, activation)]
-        return [
-            conv_for_target(
-                tx, tw, tb, geom, activation, ctx.target, weight_packed=packed, residual=tr
-            )
-        ]
+        if isinstance(pooled, ops.ChannelBlocks):
+            out = ops.conv_nchwc_max_pool(
+                tx, tw, tb, geom, pooled, pool_geom, activation,
+                weight_packed=packed, residual=tr,
+            )  # fmt: skip
+            return [out]
+        out = conv_for_target(
+            tx, tw, tb, geom, activation, ctx.target, weight_packed=packed, residual=tr
+        )
+        return [out if pooled is None else ops.window_max(out, pool_geom)]
 
     args = [a for a in (x, w, bias, residual) if a is not None]
     kernel = f"conv{nd}d" if resize_geom is None else f"resize_conv{nd}d"
     if isinstance(layout, ops.WinogradTiles):
         phases = "" if layout.stride == (1, 1) else ", stride {}x{} phases".format(*layout.stride)
         kernel += f" (winograd F{layout.m}x{layout.m}{phases})"
+    if pooled is not None:
+        kernel += f" + max_pool{nd}d"
+    elif pool_node is not None:  # the pool runs as its own kernel
+        unpooled = tuple(name for name in fused_nodes(attrs) if name != pool_node)
+        attrs = {**attrs, FUSED_ATTR: unpooled}
     out = ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
-    return out if geom == node_geom else relax.op.reshape(bb.emit(out), node_geom.out_shape)
+    if geom != node_geom:
+        out = relax.op.reshape(bb.emit(out), node_geom.out_shape)
+    if pool_node is None or pooled is not None:
+        return out
+    return _emit_pool(ctx, pool_node, "MaxPool", bb.emit(out), pool_geom)
+
+
+def _fused_max_pool(
+    attrs: dict, conv: shapes.ConvGeometry
+) -> tuple[str | None, shapes.PoolGeometry | None]:
+    """The node name and geometry of the MaxPool fused into a Conv of geometry ``conv``
+    (:data:`MAX_POOL_ATTRS`), or (None, None)."""
+    if MAX_POOL_ATTRS["node"] not in attrs:
+        return None, None
+    kernel = tuple(int(k) for k in attrs[MAX_POOL_ATTRS["kernel_shape"]])
+    geom = shapes.pool_geometry(
+        conv.out_shape, kernel, kind="max", stride=kernel,
+        ceil_mode=bool(attrs[MAX_POOL_ATTRS["ceil_mode"]]),
+    )  # fmt: skip
+    return _text(attrs[MAX_POOL_ATTRS["node"]]), geom
+
+
+def pooled_layout(
+    layout: ops.WinogradTiles | ops.ChannelBlocks | None,
+    geom: shapes.ConvGeometry,
+    pool: shapes.PoolGeometry,
+    dtype: str,
+    target: tvm.target.Target,
+) -> ops.WinogradTiles | ops.ChannelBlocks | None:
+    """The layout (:func:`convforge.api.conv_layout`'s ``layout`` for ``geom``) in which the
+    max ``pool`` of the convolution's output is computed inside its kernel, or None where
+    the pool runs as its own kernel. It needs windows inside the output
+    (``PoolGeometry.windows_inside``), and NCHW[x]c blocks in whole output channel blocks
+    (the pooled channels are vectorized by blocks; the width block is re-chosen to divide
+    the pool's width or be a multiple of it: :func:`convforge.ops.conv_nchwc_max_pool`),
+    or undilated Winograd tiles that each hold whole windows (the pool runs in the tasks
+    that write them: ``cpu_pool.schedule_winograd_pool``); the generic convolution never.
+    """
+    if not pool.windows_inside:
+        return None
+    if isinstance(layout, ops.WinogradTiles):
+        whole = all(layout.m % k == 0 for k in pool.kernel) and geom.dilation == (1, 1)
+        return layout if whole else None
+    if isinstance(layout, ops.ChannelBlocks):
+        blocks = channel_blocks(geom, dtype, target, pool_width=pool.kernel[-1])
+        return blocks if geom.out_channels % blocks.out_block == 0 else None
+    return None
 
 
 def subsampled_pointwise(
@@ -467,10 +536,15 @@ def lower_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> re
         dilation=attrs.get("dilations", 1), ceil_mode=bool(attrs.get("ceil_mode", 0)),
         count_include_pad=bool(attrs.get("count_include_pad", 0)),
     )  # fmt: skip
-    op_type = "MaxPool" if kind == "max" else "AveragePool"
-    return ctx.emit_kernel(
-        node, op_type, f"{kind}_pool{geom.ndim}d", attrs, [x], lambda tx: [ops.pool(tx, geom)]
-    )
+    return _emit_pool(ctx, node, "MaxPool" if kind == "max" else "AveragePool", x, geom)
+
+
+def _emit_pool(
+    ctx: LoweringContext, node: str, op_type: str, x: relax.Expr, geom: shapes.PoolGeometry
+) -> relax.Expr:
+    """The ``ops.pool`` kernel of ``geom`` on ``x`` for ONNX node ``node``."""
+    kernel = f"{geom.kind}_pool{geom.ndim}d"
+    return ctx.emit_kernel(node, op_type, kernel, {}, [x], lambda tx: [ops.pool(tx, geom)])
 
 
 def lower_global_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> relax.Expr:

@@ -3,7 +3,13 @@
 from convforge.ops.activation import ACTIVATIONS, activate
 from convforge.ops.causal import causal_conv_state, causal_conv_with_state
 from convforge.ops.conv import conv, conv_transpose, pad
-from convforge.ops.conv_nchwc import ChannelBlocks, conv_nchwc, pack_weight, pack_weight_array
+from convforge.ops.conv_nchwc import (
+    ChannelBlocks,
+    conv_nchwc,
+    conv_nchwc_max_pool,
+    pack_weight,
+    pack_weight_array,
+)
 from convforge.ops.conv_transpose_subpixel import conv_transpose_subpixel
 from convforge.ops.heads import (
     dense,
@@ -13,7 +19,7 @@ from convforge.ops.heads import (
     grid_pool_head,
     softmax,
 )
-from convforge.ops.pool import adaptive_pool, pool
+from convforge.ops.pool import adaptive_pool, pool, window_max
 from convforge.ops.resize import nearest_upsample_conv, resize, resize_conv
 from convforge.ops.winograd import WinogradTiles, conv2d_winograd, transform_weight_array
 
@@ -28,6 +34,7 @@ __all__ = [
     "conv",
     "conv2d_winograd",
     "conv_nchwc",
+    "conv_nchwc_max_pool",
     "conv_transpose",
     "conv_transpose_subpixel",
     "dense",
@@ -44,4 +51,5 @@ __all__ = [
     "resize_conv",
     "softmax",
     "transform_weight_array",
+    "window_max",
 ]

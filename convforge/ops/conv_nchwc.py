@@ -13,7 +13,9 @@ in and out), computed as four TE blocks (names are the contract with
 - ``conv_nchwc``: ``y[n, ob, *s, wo, wi, oi] = sum_{c, *k} xp[n, c, *(s*stride + k*dil)] *
   wp[ob, c, *k, oi]``: output channels in blocks of OB (the vectorized axis), the innermost
   output axis in tiles of ``width_block`` positions;
-- ``nchwc_unpack``: ``out[n, o, *s] = act(y[n, o // OB, ..., o % OB] + bias[o])``.
+- ``nchwc_unpack``: ``out[n, o, *s] = act(y[n, o // OB, ..., o % OB] + bias[o])``;
+- or, in :func:`conv_nchwc_max_pool`, ``nchwc_max_pool`` instead of the unpack: the max
+  over each pooling window of the same values, read from ``y``.
 
 The input is not blocked: the kernel only broadcasts single input values, so the packing
 pass would cost more than it saves (measured on Zen 4). Output channels and the output
@@ -30,7 +32,7 @@ from tvm import te, tirx
 
 from convforge.ops.activation import conv_epilogue_value
 from convforge.ops.conv import accumulator_dtype, pad
-from convforge.shapes import ConvGeometry, check_positive_int
+from convforge.shapes import ConvGeometry, PoolGeometry, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,62 @@ def conv_nchwc(
     (ceil(O/OB), C, *K, OB) (a constant packed by :func:`pack_weight_array`); ``residual``:
     as in :func:`convforge.ops.conv`.
     """
+    y = _accumulate(x, w, geom, blocks, weight_packed)
+    ob, wb = blocks.out_block, blocks.width_block
+    acc = accumulator_dtype(x.dtype)
+
+    def unpack(n, o, *pos):
+        *outer, last = pos
+        value = y[(n, o // ob, *outer, last // wb, last % wb, o % ob)]
+        return conv_epilogue_value(value, (n, o, *pos), bias, residual, activation, acc, x.dtype)
+
+    return te.compute(geom.out_shape, unpack, name="nchwc_unpack")
+
+
+def conv_nchwc_max_pool(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor | None,
+    geom: ConvGeometry,
+    blocks: ChannelBlocks,
+    pool: PoolGeometry,
+    activation: str | None = None,
+    *,
+    weight_packed: bool = False,
+    residual: te.Tensor | None = None,
+) -> te.Tensor:
+    """:func:`conv_nchwc` followed by a max pool whose windows tile its output
+    (``pool.windows_inside``): x (N, C, *I) -> (N, O, *pool.out_size).
+
+    ``nchwc_max_pool``: ``out[n, o, *p] = max_r act(y[n, o // OB, *(p*k + r) ...] + bias[o]
+    + residual[n, o, *(p*k + r)])``, read from the blocked accumulators (no ``nchwc_unpack``),
+    so a schedule can pool each register tile as it is computed.
+    """
+    if pool.kind != "max" or pool.x_shape != geom.out_shape or not pool.windows_inside:
+        raise ValueError(
+            f"conv_nchwc_max_pool needs a max pool of the {geom.out_shape} output whose "
+            f"windows tile it without padding or overhang, got {pool}"
+        )
+    y = _accumulate(x, w, geom, blocks, weight_packed)
+    ob, wb = blocks.out_block, blocks.width_block
+    dtype, acc = x.dtype, accumulator_dtype(x.dtype)
+    taps = [te.reduce_axis((0, k), f"rp{a}") for a, k in enumerate(pool.kernel)]
+
+    def body(n, o, *pos):
+        *outer, last = (p * k + r for p, k, r in zip(pos, pool.kernel, taps))
+        value = y[(n, o // ob, *outer, last // wb, last % wb, o % ob)]
+        index = (n, o, *outer, last)
+        value = conv_epilogue_value(value, index, bias, residual, activation, acc, dtype)
+        return te.max(value, axis=taps)
+
+    return te.compute(pool.out_shape, body, name="nchwc_max_pool")
+
+
+def _accumulate(
+    x: te.Tensor, w: te.Tensor, geom: ConvGeometry, blocks: ChannelBlocks, weight_packed: bool
+) -> te.Tensor:
+    """The ``conv_nchwc`` block (with its padding and packing):
+    (N, ceil(O/OB), *out[:-1], ceil(out[-1]/WB), WB, OB) accumulators."""
     if geom.groups != 1:
         raise ValueError(f"conv_nchwc needs groups == 1, got groups={geom.groups}")
     if blocks.pack_input and not geom.is_row_pointwise:
@@ -139,13 +197,6 @@ def conv_nchwc(
         prod = read_x(n, outer, wo, wi).astype(acc) * wp[(obi, rc, *rk, oi)].astype(acc)
         return te.sum(prod, axis=[rc, *rk])
 
-    y = te.compute(
+    return te.compute(
         (geom.batch, out_chunks, *padded_out[:-1], width_chunks, wb, ob), body, name="conv_nchwc"
     )
-
-    def unpack(n, o, *pos):
-        *outer, last = pos
-        value = y[(n, o // ob, *outer, last // wb, last % wb, o % ob)]
-        return conv_epilogue_value(value, (n, o, *pos), bias, residual, activation, acc, dtype)
-
-    return te.compute(geom.out_shape, unpack, name="nchwc_unpack")

@@ -4,11 +4,13 @@ Layout ``(N, C, *spatial)``. Block names (the contract with ``convforge.schedule
 ``pool_pad`` (fills the padding and any ``ceil_mode`` overhang: 0 for average, the
 lowest value for max), ``pool`` (the reduction; annotated :data:`WINDOWS_TILE_ATTR` when
 the windows tile the input), ``pool_epilogue`` (the division of
-average pooling, the cast of float16 sums).
+average pooling, the cast of float16 sums); ``window_max`` (:func:`window_max`).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -66,8 +68,7 @@ def pool(x: te.Tensor, geom: PoolGeometry) -> te.Tensor:
         value = xp[(n, c, *src)]
         return te.max(value, axis=taps) if is_max else te.sum(value.astype(acc), axis=taps)
 
-    tiling = all(k == s for k, s in zip(geom.kernel, geom.stride)) and set(geom.dilation) == {1}
-    attrs = {WINDOWS_TILE_ATTR: 1} if tiling else None
+    attrs = {WINDOWS_TILE_ATTR: 1} if geom.windows_tile else None
     out = te.compute(geom.out_shape, reduce_body, name="pool", attrs=attrs)
     if is_max:
         return out
@@ -85,6 +86,24 @@ def pool(x: te.Tensor, geom: PoolGeometry) -> te.Tensor:
         return (out[(n, c, *pos)] / count.astype(acc)).astype(dtype)
 
     return te.compute(geom.out_shape, epilogue, name="pool_epilogue")
+
+
+def window_max(x: te.Tensor, geom: PoolGeometry) -> te.Tensor:
+    """Max pooling of windows inside the input (``geom.windows_inside``): (N, C, *I) ->
+    (N, C, *geom.out_size), each output the max of its taps written out, with no reduction
+    axis: a schedule may compute the block at whichever loop writes its windows (TVM
+    derives a reduction's extents wrongly there where that loop's last region is clipped).
+    """
+    if geom.kind != "max" or not geom.windows_inside:
+        raise ValueError(f"window_max needs max pooling with windows inside the input, got {geom}")
+    taps = list(itertools.product(*(range(k) for k in geom.kernel)))
+
+    def body(n, c, *pos):
+        starts = [p * k for p, k in zip(pos, geom.kernel)]
+        values = (x[(n, c, *(s + r for s, r in zip(starts, tap)))] for tap in taps)
+        return functools.reduce(tirx.max, values)
+
+    return te.compute(geom.out_shape, body, name="window_max")
 
 
 def adaptive_pool(x: te.Tensor, geom: AdaptivePoolGeometry) -> te.Tensor:
