@@ -13,7 +13,8 @@ from convforge.export import compare, conv_model, run_onnxruntime
 CASES = {
     "winograd_few_tiles": ((1, 16, 9, 11), (24, 16, 3, 3), dict(padding=1)),
     "winograd_stride_phases": ((1, 32, 20, 18), (40, 32, 3, 3), dict(stride=2, padding=1)),
-    "nchwc_stem": ((2, 3, 21, 19), (16, 3, 7, 7), dict(stride=2, padding=3)),
+    "winograd_stem": ((2, 3, 21, 19), (16, 3, 7, 7), dict(stride=2, padding=3)),
+    "nchwc_5x5": ((2, 4, 13, 11), (16, 4, 5, 5), dict(stride=(1, 2), padding=2)),
     "pointwise_row": ((1, 32, 14, 14), (64, 32, 1, 1), {}),
     "dilated_3d": ((1, 8, 7, 8, 9), (16, 8, 3, 3, 3), dict(padding="same", dilation=(1, 2, 1))),
     "grouped": ((1, 16, 12, 12), (16, 4, 3, 3), dict(padding=1, groups=4)),

@@ -19,7 +19,7 @@ from convforge.build import compile_computation
 from convforge.export import compare, conv_model, run_onnxruntime
 from convforge.ops.winograd import phase_weight_array, winograd_matrices
 from convforge.schedules.cpu_winograd import (
-    MAX_STRIDED_CHANNELS,
+    MAX_PHASE_CHANNELS,
     MIN_TILES_PER_CALL_WEIGHT,
     schedule_winograd,
     winograd_tiles,
@@ -91,7 +91,7 @@ def test_per_call_weight_matches_onnxruntime(case):
 def _check_schedule_applies(geom, tiles, weight_transformed):
     tx = te.placeholder(geom.x_shape, "float32", name="x")
     (sh, sw), kb = tiles.stride, -(-geom.out_channels // tiles.out_block)
-    a = tiles.m + -(-3 // sh) - 1  # 3x3 kernels: ceil(3/s) taps per stride phase
+    a = tiles.m + -(-geom.kernel[0] // sh) - 1  # ceil(k/s) taps per stride phase
     channels = sh * sw * geom.in_channels
     w_shape = (a, a, kb, channels, tiles.out_block) if weight_transformed else geom.w_shape
     tw = te.placeholder(w_shape, "float32", name="w")
@@ -135,13 +135,16 @@ def test_constant_weight_matches_onnxruntime(x_shape, w_shape, m):
     assert agreement.ok, agreement
 
 
-# (x shape, w shape, conv keyword arguments): 3x3 stride-2 convolutions, computed by
-# F(4x4, 2x2) over the four stride phases when the weight is transformed once.
+# (x shape, w shape, conv keyword arguments): stride-2 convolutions, computed by F(4x4,
+# r x r) over the four stride phases (r = ceil(k/2)) when the weight is transformed once.
 STRIDED_CASES = {
     "resnet_128ch": ((1, 128, 28, 28), (128, 128, 3, 3), dict(stride=2, padding=1)),
     "asymmetric_pads_batch2": ((2, 16, 23, 18), (24, 16, 3, 3), dict(stride=2, padding=((1, 0), (2, 1)))),
     "valid_odd_sizes": ((1, 8, 21, 17), (8, 8, 3, 3), dict(stride=2)),
     "same_upper": ((1, 12, 19, 20), (40, 12, 3, 3), dict(stride=2, padding="same")),
+    "stem_7x7": ((1, 3, 45, 38), (24, 3, 7, 7), dict(stride=2, padding=3)),
+    "kernel_5x5_valid": ((2, 16, 23, 21), (16, 16, 5, 5), dict(stride=2)),
+    "kernel_4x4": ((1, 8, 22, 22), (8, 8, 4, 4), dict(stride=2, padding=1)),
 }  # fmt: skip
 
 
@@ -150,7 +153,6 @@ def test_strided_constant_weight_matches_onnxruntime(case):
     x_shape, w_shape, kwargs = STRIDED_CASES[case]
     x, w, b = _arrays(x_shape, w_shape, seed=4)
     geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
-    assert not isinstance(api.conv_layout(geom, "float32"), ops.WinogradTiles)
     tiles = api.conv_layout(geom, "float32", constant_weight=True)
     assert isinstance(tiles, ops.WinogradTiles) and tiles.stride == (2, 2), tiles
     _check_schedule_applies(geom, tiles, weight_transformed=True)
@@ -273,8 +275,14 @@ def test_chooser_keeps_the_direct_convolution_elsewhere():
     assert tiles(stride=2, padding=2, dilation=2) is None
     assert tiles(stride=3, padding=1) is None
     assert tiles(stride=(1, 2), padding=1) is None
-    assert MAX_STRIDED_CHANNELS < 256
+    assert MAX_PHASE_CHANNELS[2] < 4 * 256
     assert tiles(x_shape=(1, 256, 32, 32), w_shape=(16, 256, 3, 3), stride=2) is None
+    stem = dict(x_shape=(1, 3, 64, 64), w_shape=(16, 3, 7, 7), stride=2, padding=3)
+    assert tiles(**stem, constant=False).stride == (2, 2)  # a small U: also per call
+    assert tiles(x_shape=(1, 1, 64, 64), w_shape=(16, 1, 7, 7), stride=2) is None  # 4 phases
+    assert MAX_PHASE_CHANNELS[4] < 4 * 32
+    assert tiles(x_shape=(1, 32, 64, 64), w_shape=(16, 32, 7, 7), stride=2) is None
+    assert tiles(x_shape=(1, 3, 64, 64), w_shape=(16, 3, 9, 9), stride=2) is None  # r=5
     assert tiles(w_shape=(16, 4, 3, 3), groups=4, padding=1) is None
     assert tiles(w_shape=(16, 16, 5, 5), padding=2) is None
     assert tiles(dtype="float64", padding=1) is None

@@ -17,6 +17,7 @@ passes.
 from __future__ import annotations
 
 import functools
+import math
 
 import tvm
 from tvm import s_tir, tirx
@@ -34,8 +35,8 @@ def winograd_tiles(
     geom: ConvGeometry, dtype: str, target: tvm.target.Target, constant_weight: bool = False
 ) -> WinogradTiles | None:
     """The Winograd tiles for ``geom`` on ``target``, or None where the direct
-    convolution is used: dense float32 3x3 2-D convolutions on CPUs, stride 1, or stride 2
-    (undilated, up to :data:`MAX_STRIDED_CHANNELS` input channels) with a constant weight.
+    convolution is used: dense float32 2-D convolutions on CPUs, 3x3 with stride 1, or
+    square kernels with stride 2 (undilated; :data:`MAX_PHASE_CHANNELS`).
 
     A weight given on every call is transformed on every call, which costs about as much
     as the multiplies of 16 tiles (ResNet-50's 3x3 256->256 at 14x14: 2.1 ms against 1.8 ms
@@ -47,25 +48,32 @@ def winograd_tiles(
     the channel sum (measured max error / max |output|, random normal data: 4e-6 at 64
     channels, 1.4e-5 at 512, against a float32 tolerance of 1e-5; F(2x2) 5e-7).
 
-    Stride 2 is F(4x4, 2x2) over the four stride phases (``ops.winograd``): 6.25 instead
-    of 9 multiply-adds per output and input channel, and a transformed weight of 25 * 4C *
-    K values, too large to transform on every call (3x3 s2 128->128 56->28 on 2 Zen 4
-    cores: 0.88 ms with the weight transformed once, 1.43 ms per call, 1.14 ms direct).
+    Stride 2 is F(4x4, r x r) over the four stride phases (``ops.winograd``), r = ceil(k/2):
+    a 3x3 kernel does 4 * 25/16 = 6.25 instead of 9 multiply-adds per output and input
+    channel, the 7x7 stem 4 * 49/16 = 12.25 instead of 49. Its transformed weight holds
+    (4 + r - 1)^2 * 4C * K values: one larger than :data:`CACHED_WEIGHT_FLOATS` is
+    transformed once or not at all (3x3 s2 128->128 56->28 on 2 Zen 4 cores: 0.87 ms with
+    the weight transformed once, 1.43 ms per call, 1.14 ms direct; the 7x7 s2 3->64 stem
+    at 224: 0.89 ms against 1.14 ms direct).
     """
     if (
         target.kind.name != "llvm"
         or dtype != "float32"
         or geom.ndim != 2
         or geom.groups != 1
-        or geom.kernel != (3, 3)
-        or geom.stride not in ((1, 1), (2, 2))
-        or min(geom.in_channels, geom.out_channels) < MIN_CHANNELS
+        or min(geom.in_channels * math.prod(geom.stride), geom.out_channels) < MIN_CHANNELS
     ):
         return None
-    if geom.stride == (1, 1):
+    if geom.stride == (1, 1) and geom.kernel == (3, 3):
         m = 4 if geom.in_channels <= 256 else 2
-    elif constant_weight and geom.dilation == (1, 1) and geom.in_channels <= MAX_STRIDED_CHANNELS:
-        m = 4
+    elif geom.stride == (2, 2) and geom.dilation == (1, 1) and len(set(geom.kernel)) == 1:
+        m, taps, channels = 4, -(-geom.kernel[0] // 2), 4 * geom.in_channels
+        if channels > MAX_PHASE_CHANNELS.get(taps, 0):
+            return None
+        if not constant_weight and (m + taps - 1) ** 2 * channels * geom.out_channels > (
+            CACHED_WEIGHT_FLOATS
+        ):
+            return None
     else:
         return None
     (oh, ow), (dh, dw) = geom.out_size, geom.dilation
@@ -84,9 +92,11 @@ def winograd_tiles(
 
 #: Fewer channels than this keep the direct convolution (the transforms would dominate).
 MIN_CHANNELS = 8
-#: Input channels of a stride-2 convolution computed by F(4x4, 2x2) at most: its 4x as many
-#: phase channels round like F(4x4, 3x3)'s (8e-6 of the output's range at 128 channels).
-MAX_STRIDED_CHANNELS = 128
+#: Stride-2 convolutions by F(4x4, r x r) over their stride phases: the most phase channels
+#: (4 x input channels) per phase kernel size r. The rounding grows with both (max error /
+#: max |output|, random normal data): r=2 (3x3, 4x4 kernels) 7.5e-6 at 512, r=3 (5x5) 7.4e-6
+#: at 128 and 3.3e-6 at 64, r=4 (7x7) 4.6e-6 at 128 and 1.9e-6 at 12.
+MAX_PHASE_CHANNELS = {2: 512, 3: 64, 4: 64}
 #: Tiles a convolution whose weight is transformed on every call needs (see winograd_tiles).
 MIN_TILES_PER_CALL_WEIGHT = 32
 
