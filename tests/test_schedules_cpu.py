@@ -24,6 +24,7 @@ from convforge.schedules.cpu import (
     MIN_PARALLEL_ITERATIONS,
     block_iterations,
     generic_cpu_schedule,
+    is_small,
     schedule_cpu,
 )
 from convforge.schedules.cpu_conv import channel_blocks, dense_conv_blocks
@@ -165,7 +166,7 @@ def test_schedule_rule_applies_to_every_dense_case():
         assert 'scope="local"' in source
         # the rule runs the tiles in parallel; these small cases then run on one thread
         assert "T.parallel" in str(generic_cpu_schedule(func, target).mod)
-        assert ("T.parallel" in source) == (block_iterations(func) >= MIN_PARALLEL_ITERATIONS)
+        assert ("T.parallel" in source) == (not is_small(func))
 
 
 @pytest.mark.parametrize(
@@ -304,6 +305,23 @@ def test_small_kernels_run_on_one_thread_and_large_ones_in_parallel():
         x, w, b = _arrays(x_shape, geom.w_shape)
         y = cf.conv(x, w, b, padding=1, activation="relu")
         assert compare(y, _ort_reference(x, w, b, geom, "relu")).ok
+
+
+def test_few_iterations_over_a_large_operand_run_in_parallel():
+    """The classifier head's 512 -> 1000 dense (0.5M iterations, a 2 MB weight) streams its
+    weight on every core; its result agrees with numpy."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 512, 7, 7)).astype(np.float32)
+    w = (rng.standard_normal((1000, 512)) / 23).astype(np.float32)
+    b = rng.standard_normal(1000).astype(np.float32)
+    with recording_kernels() as kernels:
+        y = cf.grid_pool_head(x, w, b, grid=1)
+    func = kernels[0].func
+    assert block_iterations(func) < MIN_PARALLEL_ITERATIONS and not is_small(func)
+    assert "T.parallel" in schedule_cpu(func, host_target()).script()
+    logits = x.astype(np.float64).mean(axis=(2, 3)) @ w.T + b
+    expected = np.exp(logits - logits.max())
+    assert compare(y, (expected / expected.sum()).astype(np.float32)).ok
 
 
 def test_one_channel_block_over_one_row_splits_the_width_into_parallel_tasks():
