@@ -421,11 +421,13 @@ def test_inputs_by_position_and_name_outputs_in_model_order(rng):
         compiled(a, a=a, b=b)
 
 
-def test_export_library_loads_in_a_process_without_onnx(tmp_path, rng):
+def test_export_library_loads_in_a_process_without_onnx(tmp_path, rng, capfd):
     model = networks.decoder("transposed", channels=(4, 3, 2))
     compiled = cf.compile_model(model)
     library = tmp_path / "decoder.so"
+    capfd.readouterr()
     compiled.export_library(library)
+    assert "Scope Saving" not in capfd.readouterr().err  # TVM's per-constant warnings
     x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     script = (
@@ -441,8 +443,21 @@ def test_export_library_loads_in_a_process_without_onnx(tmp_path, rng):
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120
     )
     assert done.returncode == 0, done.stderr
+    assert "Scope Loaded" not in done.stderr
     assert compare(np.load(tmp_path / "y.npy"), run_onnxruntime(model, {"x": x})[0]).ok
     assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".tmp-")] == []
+
+
+def test_scope_warning_filter_keeps_every_other_line(capfd):
+    from convforge.export.model import without_scope_warnings
+
+    with without_scope_warnings():
+        os.write(2, b"[02:00:00] /src/runtime/vm/executable.cc:340: Warning: Scope Loaded:\n")
+        os.write(2, b"a real warning\n[02:00:00] executable.cc:276: Warning: Scope Saving: x\n")
+    assert (
+        capfd.readouterr().err
+        == "a real warning\n[02:00:00] executable.cc:276: Warning: Scope Saving: x\n"
+    )
 
 
 def test_check_model_finds_the_diverging_node(rng):

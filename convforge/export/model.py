@@ -13,9 +13,12 @@ inside :func:`compile_model`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -175,7 +178,8 @@ class CompiledModel:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".so")
         os.close(fd)
         try:
-            self._module.export_library(tmp)
+            with without_scope_warnings():
+                self._module.export_library(tmp)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -474,13 +478,40 @@ def load(path: str | os.PathLike) -> CompiledModel:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"path: no such file {path!r}")
-    module = tvm.runtime.load_module(path)
+    with without_scope_warnings():
+        module = tvm.runtime.load_module(path)
     vm = relax.VirtualMachine(module, tvm.cpu())
     try:
         raw = vm[METADATA_FUNCTION]()
     except (AttributeError, RuntimeError) as err:
         raise ValueError(f"path: {path!r} is not a model library written by convforge") from err
     return CompiledModel(module, json.loads(bytes(raw.numpy()).decode()))
+
+
+#: TVM 0.27's VM executable logs an empty warning per constant when it saves or loads a
+#: library (``executable.cc:...: Warning: Scope Saving:`` / ``Scope Loaded:``): hundreds of
+#: lines per model, saying nothing.
+_SCOPE_WARNING = re.compile(rb"executable\.cc:\d+: Warning: Scope (?:Saving|Loaded):\s*$")
+
+
+@contextlib.contextmanager
+def without_scope_warnings():
+    """Run the body with the process's stderr (file descriptor 2) captured, then write back
+    every line of it but TVM's per-constant scope warnings (:data:`_SCOPE_WARNING`)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().splitlines(keepends=True)
+            kept = b"".join(line for line in lines if not _SCOPE_WARNING.search(line))
+            if kept:
+                os.write(2, kept)
 
 
 def median_seconds(fn: Callable[[], object], repeat: int = 5) -> float:
