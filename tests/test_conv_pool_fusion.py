@@ -240,3 +240,24 @@ def test_windows_inside():
     assert not geometry(18, 2, stride=2, padding=1).windows_inside
     assert not geometry(18, 3, stride=2).windows_inside
     assert not geometry(18, 2, stride=2, dilation=2).windows_inside
+
+
+def test_nchwc_pool_builds_for_aarch64_neon():
+    """Cross-compiled for Neoverse N1 (not run): the pooled convolution's register tiles are
+    NEON fused multiply-adds and its pool NEON maxima, on 4 x f32 lanes."""
+    neon = tvm.target.Target(
+        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}
+    )
+    geom = shapes.conv_geometry((1, 3, 16, 16), (16, 3, 3, 3), padding=1)
+    pool = shapes.pool_geometry(geom.out_shape, 4, kind="max", stride=4)
+    blocks = ops.ChannelBlocks(16, 4)
+
+    def computation():
+        x, w = te.placeholder(geom.x_shape, "float32", "x"), te.placeholder(geom.w_shape, "float32", "w")  # fmt: skip
+        return [x, w], [ops.conv_nchwc_max_pool(x, w, None, geom, blocks, pool, "relu")]
+
+    asm = compile_computation("conv_max_pool", computation, neon).executable.mod.inspect_source(
+        "asm"
+    )
+    assert re.search(r"\bfmla\s+v\d+\.4s", asm), "no NEON vector fmla"
+    assert re.search(r"\bfmax(nm)?\s+v\d+\.4s", asm), "no NEON vector fmax"

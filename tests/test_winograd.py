@@ -7,6 +7,8 @@ Conv. Each case asserts that the Winograd computation was the one chosen and tha
 schedule applied (``schedule_winograd`` raises instead of falling back).
 """
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -27,6 +29,7 @@ from convforge.schedules.cpu_winograd import (
 from convforge.targets import host_target
 
 ZEN3 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}
+NEON = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}
 
 
 @pytest.mark.parametrize("m, r", [(2, 3), (4, 3), (6, 3), (2, 2), (3, 2), (4, 2), (2, 5)])
@@ -258,6 +261,26 @@ def test_avx2_build_matches_onnxruntime():
     expected = _ort_reference(x, w, b, geom)
     assert compare(cf.conv(x, w, b, padding=1, target=ZEN3), expected).ok
     assert compare(_constant_weight_conv(x, w, b, geom, target=ZEN3), expected).ok
+
+
+def test_stride_phases_build_for_avx2_and_neon():
+    """The Zen 3 (AVX2) build of the stride-phase computation, run on this x86 host against
+    onnxruntime, and its AArch64 build (cross-compiled, not run): vector multiply-adds."""
+    x, w, b = _arrays((1, 16, 22, 20), (24, 16, 3, 3), seed=8)
+    geom = shapes.conv_geometry(x.shape, w.shape, stride=2, padding=1)
+    y = _constant_weight_conv(x, w, b, geom, "relu", target=ZEN3)
+    assert compare(y, _ort_reference(x, w, b, geom, "relu")).ok
+    neon = tvm.target.Target(NEON)
+    tiles = api.conv_layout(geom, "float32", neon, constant_weight=True)
+    assert isinstance(tiles, ops.WinogradTiles) and tiles.stride == (2, 2)
+    packed = api.pack_conv_weight(w, tiles)
+
+    def computation():
+        tx, tw = api.placeholders("float32", x=x.shape, w=packed.shape)
+        return [tx, tw], [api.conv_for_target(tx, tw, None, geom, None, neon, weight_packed=True)]
+
+    asm = compile_computation("conv", computation, neon).executable.mod.inspect_source("asm")
+    assert re.search(r"\bfmla\s+v\d+\.4s", asm), "no NEON vector fmla"
 
 
 def test_chooser_keeps_the_direct_convolution_elsewhere():
