@@ -37,7 +37,7 @@ from convforge.shapes import (
 from convforge.streaming import StackSpec, StreamingCausalStack
 from convforge.targets import host_target
 
-__version__ = "0.1.5"
+__version__ = "0.1.6"
 
 #: Whole-model names, imported on first use (``load`` needs neither onnx nor onnxruntime).
 _LAZY = {
