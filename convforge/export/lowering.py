@@ -321,7 +321,7 @@ def pooled_layout(
     (the pooled channels are vectorized by blocks; the width block is re-chosen to divide
     the pool's width or be a multiple of it: :func:`convforge.ops.conv_nchwc_max_pool`),
     or undilated Winograd tiles that each hold whole windows (the pool runs in the tasks
-    that write them: ``cpu_pool.schedule_winograd_pool``); the generic convolution never.
+    that write them: ``cpu_winograd.schedule_winograd_pool``); the generic convolution never.
     """
     if not pool.windows_inside:
         return None

@@ -17,14 +17,7 @@ import math
 import tvm
 from tvm import s_tir, tirx
 
-from convforge.schedules import (
-    cpu_causal,
-    cpu_conv,
-    cpu_grouped,
-    cpu_pool,
-    cpu_subpixel,
-    cpu_winograd,
-)
+from convforge.schedules import cpu_causal, cpu_conv, cpu_grouped, cpu_subpixel, cpu_winograd
 from convforge.schedules.cpu_conv import schedule_conv_nchwc
 from convforge.schedules.cpu_direct import largest_divisor
 from convforge.schedules.cpu_pool import schedule_named_block
@@ -109,7 +102,7 @@ def _schedule_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) 
 #: first rule whose predicate holds schedules ``func``; on a schedule error the generic
 #: per-block rule below does.
 SPECIAL_RULES = (
-    (cpu_pool.is_winograd_pool, cpu_pool.schedule_winograd_pool),
+    (cpu_winograd.is_winograd_pool, cpu_winograd.schedule_winograd_pool),
     (cpu_winograd.is_winograd, cpu_winograd.schedule_winograd),
     (cpu_subpixel.is_subpixel, cpu_subpixel.schedule_subpixel),
     (cpu_grouped.is_grouped, cpu_grouped.schedule_grouped),

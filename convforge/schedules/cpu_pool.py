@@ -20,10 +20,7 @@ outer loops).
 - ``softmax_*``: for (N, K) one pass per row (parallel over rows): max, exp and sum,
   normalize, the element-wise steps vectorized along the classes. For (N, K, ..., L) the
   positions along L are tiled, tiles run in parallel and every step is vectorized along
-  the positions of a tile (WaveNet's per-step softmax over 256 classes).
-- ``window_max`` of a Winograd convolution's output (:func:`schedule_winograd_pool`, a
-  whole-function rule) runs inside the convolution's parallel tasks, on the output tiles
-  each task has just written (still in cache, never stored as a whole)."""
+  the positions of a tile (WaveNet's per-step softmax over 256 classes)."""
 
 from __future__ import annotations
 
@@ -31,8 +28,6 @@ import tvm
 from tvm import s_tir, tirx
 
 from convforge.ops.pool import WINDOWS_TILE_ATTR
-from convforge.schedules.cpu_direct import has_block
-from convforge.schedules.cpu_winograd import is_winograd, schedule_winograd
 from convforge.targets import vector_lanes
 
 
@@ -99,21 +94,6 @@ def _schedule_pool(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> se
         sch.reverse_compute_at(consumers[0], sch.get_loops(block)[at])
         names.add("pool_epilogue")
     return names
-
-
-def is_winograd_pool(func: tirx.PrimFunc) -> bool:
-    """Whether ``func`` is a Winograd convolution followed by a ``window_max``."""
-    return is_winograd(func) and has_block(func, "window_max")
-
-
-def schedule_winograd_pool(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-    """The Winograd schedule with the ``window_max`` computed in each of its tasks (the
-    lowering pools only windows inside one output tile of the undilated convolution, so
-    each task pools the tiles it wrote)."""
-    sch = schedule_winograd(func, target)
-    task = sch.get_loops(sch.get_sblock("winograd_unpack"))[0]
-    sch.reverse_compute_at(sch.get_sblock("window_max"), task)
-    return sch
 
 
 #: Positions along the last axis of (N, K, ..., L) that one softmax tile normalizes at once.

@@ -11,7 +11,8 @@ own parallel pass (the phase of an output column is not an affine function of th
 loops). Where every task would read more of the transformed weight than the pipeline's
 intermediates weigh, the three steps run as passes instead (:func:`_fuse_tasks`). The
 padding (a blocked transpose to channels last) and the weight transform are parallel
-passes.
+passes. A ``window_max`` of the output (a max pool whose windows each lie in one tile)
+runs in the tasks that wrote its tiles (:func:`schedule_winograd_pool`).
 """
 
 from __future__ import annotations
@@ -260,4 +261,19 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     sch.vectorize(ki)
     sch.decompose_reduction(gemm, rc)
     sch.vectorize(sch.get_loops(accumulators)[-1])
+    return sch
+
+
+def is_winograd_pool(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` is a Winograd convolution followed by a ``window_max``."""
+    return is_winograd(func) and has_block(func, "window_max")
+
+
+def schedule_winograd_pool(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """The Winograd schedule with the ``window_max`` computed in each of its tasks (the
+    lowering pools only windows inside one output tile of the undilated convolution, so
+    each task pools the tiles it wrote)."""
+    sch = schedule_winograd(func, target)
+    task = sch.get_loops(sch.get_sblock("winograd_unpack"))[0]
+    sch.reverse_compute_at(sch.get_sblock("window_max"), task)
     return sch
