@@ -236,6 +236,7 @@ def test_compiled_model_uses_winograd_and_matches_onnxruntime(stride):
     rows = {row.node: row for row in compiled.report().rows}
     phases = ", stride 2x2 phases" if stride == 2 else ""
     assert rows["Conv_0"].kernel == f"conv2d (winograd F4x4{phases})", rows["Conv_0"]
+    assert rows["Conv_0"].kernel in str(compiled.report())  # the table shows it whole
     x = rng.standard_normal((1, c, 10, 10)).astype(np.float32)
     (expected,) = run_onnxruntime(model, {"x": x})
     agreement = compare(compiled(x)[0], expected)

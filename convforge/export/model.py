@@ -277,7 +277,8 @@ class ModelReport:
         }
 
     def __str__(self) -> str:
-        header = f"{'node':<28} {'op':<20} {'kernel':<28} {'schedule':<8} {'time':>6}"
+        width = max([28, *(len(r.kernel) for r in self.rows)])  # kernel names whole
+        header = f"{'node':<28} {'op':<20} {'kernel':<{width}} {'schedule':<8} {'time':>6}"
         lines = [header, "-" * len(header)]
         for r in self.rows:
             share = (
@@ -286,7 +287,7 @@ class ModelReport:
                 else ""
             )
             lines.append(
-                f"{r.node[:28]:<28} {r.op_type[:20]:<20} {r.kernel[:28]:<28} {r.schedule:<8} {share:>6}"
+                f"{r.node[:28]:<28} {r.op_type[:20]:<20} {r.kernel:<{width}} {r.schedule:<8} {share:>6}"
             )
         lines.append(
             f"whole model {1e3 * self.total_seconds:.2f} ms; nodes on TVM's default lowering "
