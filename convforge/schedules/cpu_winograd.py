@@ -53,9 +53,11 @@ def winograd_tiles(
     a 3x3 kernel does 4 * 25/16 = 6.25 instead of 9 multiply-adds per output and input
     channel, the 7x7 stem 4 * 49/16 = 12.25 instead of 49. Its transformed weight holds
     (4 + r - 1)^2 * 4C * K values: one larger than :data:`CACHED_WEIGHT_FLOATS` is
-    transformed once or not at all (3x3 s2 128->128 56->28 on 2 Zen 4 cores: 0.87 ms with
-    the weight transformed once, 1.43 ms per call, 1.14 ms direct; the 7x7 s2 3->64 stem
-    at 224: 0.89 ms against 1.14 ms direct).
+    transformed once or not at all. On 2 Zen 4 cores, 3x3 s2 128->128 56->28 took 0.86 ms
+    with the weight transformed once, 1.14 ms direct; transformed per call it took 0.90x
+    the direct time at 128 channels, 0.92-1.05x at 64 and 0.97-1.01x at 32 (batch 1-8):
+    too little, too unevenly, to take. The 7x7 s2 3->64 stem at 224 (a small transformed
+    weight): 0.89 ms against 1.14 ms direct.
     """
     if (
         target.kind.name != "llvm"
