@@ -236,7 +236,7 @@ def prepare_conv(
     packed = w.copy() if layout is None else pack_conv_weight(w, layout)
     packed_shape = None if layout is None else packed.shape
     build = conv_computation(computed, dtype, bias is not None, activation, target, packed_shape)
-    key = (computed, dtype, bias is not None, activation, layout, packed_shape)
+    key = (computed, dtype, bias is not None, activation, layout)  # layout fixes the packing
     kernel = cached_kernel("prepared_conv", key, build, target)
     constants = (packed,) if bias is None else (packed, bias.copy())
     return PreparedConv(geom, kernel, constants)
