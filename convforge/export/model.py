@@ -30,6 +30,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from convforge.shapes import as_shape
 from convforge.targets import TargetArg, resolve_target
 
 if TYPE_CHECKING:
@@ -387,7 +388,7 @@ def _compiled_shapes(
     for spec in specs:
         given = input_shapes.get(spec.name)
         if given is not None:
-            shape = tuple(int(v) for v in given)
+            shape = as_shape(given, f"input_shapes[{spec.name!r}]")
             if len(shape) != len(spec.shape) or any(
                 d is not None and d != s for d, s in zip(spec.shape, shape)
             ):
