@@ -225,8 +225,8 @@ def prepare_conv(
     """
     dtype, (w, bias) = as_float_arrays(w=w, bias=bias)
     geom = shapes.conv_geometry(
-        shapes.as_shape(x_shape, "x_shape"), w.shape, stride=stride, padding=padding, dilation=dilation,
-        groups=groups, bias_shape=None if bias is None else bias.shape,
+        shapes.as_shape(x_shape, "x_shape"), w.shape, stride=stride, padding=padding,
+        dilation=dilation, groups=groups, bias_shape=None if bias is None else bias.shape,
     )  # fmt: skip
     check_activation(activation)
     target = resolve_target(target)

@@ -134,8 +134,8 @@ def _warn_corrupt(path: Path, err: BaseException, what: str = "the file") -> Non
     message = " ".join(str(err).split())[:200] or type(err).__name__
     warnings.warn(
         f"tuning database {os.fspath(path)!r}: {what} could not be used (unreadable or "
-        f"corrupt) and was skipped ({type(err).__name__}: {message}); the default schedule is used where no "
-        f"other record applies",
+        f"corrupt) and was skipped ({type(err).__name__}: {message}); the default schedule "
+        f"is used where no other record applies",
         CorruptRecordWarning,
         stacklevel=3,
     )
