@@ -11,7 +11,11 @@ pads ``(lo, hi)``::
     convolution:             o = floor((i + lo + hi - d*(k-1) - 1) / s) + 1
     transposed convolution:  o = s*(i-1) + output_padding + d*(k-1) + 1 - lo - hi
 
-All validation raises :class:`ValueError` naming the parameter and the rule broken.
+All validation raises :class:`ValueError` naming the parameter and the rule broken. Every
+size (stride, padding, dilation, kernel, output_shape, output sizes, shapes such as
+``x_shape``) is parsed by one helper, :func:`as_ints`: ints, numpy integer scalars and
+sequences (tuples, lists, 1-d integer arrays) of them are accepted; floats (even ``2.0``),
+strings, bools and None are refused.
 """
 
 from __future__ import annotations
