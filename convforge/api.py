@@ -225,8 +225,8 @@ def prepare_conv(
     """
     dtype, (w, bias) = as_float_arrays(w=w, bias=bias)
     geom = shapes.conv_geometry(
-        tuple(x_shape), w.shape, stride=stride, padding=padding, dilation=dilation,
-        groups=groups, bias_shape=None if bias is None else bias.shape,
+        shapes.as_shape(x_shape, "x_shape"), w.shape, stride=stride, padding=padding,
+        dilation=dilation, groups=groups, bias_shape=None if bias is None else bias.shape,
     )  # fmt: skip
     check_activation(activation)
     target = resolve_target(target)
@@ -603,6 +603,7 @@ def grid_pool_head(
     """Classifier head for any input size: adaptive ``pool`` ('avg' or 'max') of x (N, C, *S)
     to ``grid`` G, flatten, dense with w (K, C*prod(G)), softmax -> (N, K)."""
     _check_head_input(np.shape(x))
+    grid = shapes.as_tuple(grid, len(np.shape(x)) - 2, "grid")
     geom = shapes.adaptive_pool_geometry(np.shape(x), grid, kind=pool)
     shapes.dense_geometry(
         (geom.batch, shapes.flatten_features(geom.out_shape)), np.shape(w),

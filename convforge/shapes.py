@@ -11,15 +11,22 @@ pads ``(lo, hi)``::
     convolution:             o = floor((i + lo + hi - d*(k-1) - 1) / s) + 1
     transposed convolution:  o = s*(i-1) + output_padding + d*(k-1) + 1 - lo - hi
 
-All validation raises :class:`ValueError` naming the parameter and the rule broken.
+All validation raises :class:`ValueError` naming the parameter and the rule broken. Every
+size (stride, padding, dilation, kernel, output_shape, output sizes, shapes such as
+``x_shape``) is parsed by one helper, :func:`as_ints`: ints, numpy integer scalars and
+sequences (tuples, lists, 1-d integer arrays) of them are accepted; floats (even ``2.0``),
+strings, bools and None are refused.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 PaddingArg = int | str | Sequence[int] | Sequence[tuple[int, int]]
 
@@ -27,29 +34,107 @@ PaddingArg = int | str | Sequence[int] | Sequence[tuple[int, int]]
 PADDING_MODES = ("valid", "same", "same_upper", "same_lower", "half", "full", "causal")
 
 
-def check_positive_int(value: object, name: str) -> None:
-    """Raise ValueError naming ``name`` unless ``value`` is an int >= 1 (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer as numpy users pass one: an ``int``, a numpy integer
+    scalar or a 0-d integer array (``bool`` and ``numpy.bool_`` are not integers here)."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu"
+
+
+def _is_sequence(value: object) -> bool:
+    """A list, tuple or other sequence, or a 1-d+ numpy array; never a string or bytes."""
+    if isinstance(value, str | bytes | bytearray):
+        return False
+    if isinstance(value, np.ndarray):
+        return value.ndim >= 1
+    return isinstance(value, Sequence)
+
+
+def as_int(value: object, name: str, *, minimum: int | None = None) -> int:
+    """``value`` as a Python int: the one place sizes are parsed (see :func:`as_ints`).
+
+    Accepts an int, a numpy integer or a 0-d integer array; refuses bools, floats (even
+    ``2.0``), strings and None with a ValueError naming ``name``; with ``minimum``, refuses
+    smaller values.
+    """
+    if not is_int(value):
+        raise ValueError(f"{name} must be an integer (int or numpy integer), got {value!r}")
+    result = int(value)
+    if minimum is not None and result < minimum:
+        rule = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    return result
+
+
+def as_ints(
+    value: object,
+    name: str,
+    ndim: int | None = None,
+    *,
+    minimum: int | None = None,
+    broadcast: bool = True,
+) -> tuple[int, ...]:
+    """The single size-normalizing helper: ``value`` as a tuple of Python ints.
+
+    ``value`` is one integer (broadcast to ``ndim`` entries when ``broadcast`` and ``ndim``
+    are given) or a sequence (list, tuple, 1-d numpy integer array) of integers, each as
+    :func:`as_int` accepts them. Anything else (floats, strings such as ``"16"``, bools,
+    None, nested sequences) raises ValueError naming ``name`` and the rule; so do a length
+    other than ``ndim`` and entries below ``minimum``.
+    """
+    counted = "ints" if ndim is None else f"{ndim} ints"
+    if is_int(value):
+        if not broadcast or ndim is None:
+            raise ValueError(f"{name} must be a sequence of {counted}, got {value!r}")
+        values: tuple = (value,) * ndim
+    elif _is_sequence(value):
+        values = tuple(value)
+        if ndim is not None and len(values) != ndim:
+            form = "an int or a sequence" if broadcast else "a sequence"
+            raise ValueError(f"{name} must be {form} of {counted}, got {value!r}")
+    else:
+        form = "an int or a sequence" if broadcast and ndim is not None else "a sequence"
+        raise ValueError(f"{name} must be {form} of {counted} (integers), got {value!r}")
+    if not all(is_int(v) for v in values):
+        raise ValueError(f"{name} must hold integers (int or numpy integer), got {value!r}")
+    result = tuple(int(v) for v in values)
+    if minimum is not None and any(v < minimum for v in result):
+        rule = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    return result
+
+
+def _is_real(value: object) -> bool:
+    """A real number as numpy users pass one (int, float, numpy scalar; no bool, no str)."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0 and value.dtype.kind in "iuf"
+    return isinstance(value, numbers.Real)
+
+
+def as_shape(value: object, name: str) -> tuple[int, ...]:
+    """An array shape given as a sequence of integers (``x_shape``): every entry an integer."""
+    return as_ints(value, name, broadcast=False)
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` as an int >= 1 (numpy integers accepted; bools, floats refused), else a
+    ValueError naming ``name``."""
+    if not is_int(value) or int(value) < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def as_tuple(
     value: int | Sequence[int], ndim: int, name: str, *, minimum: int = 1
 ) -> tuple[int, ...]:
-    """Broadcast an int or check a length-``ndim`` sequence; every entry must be >= minimum."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        values = (value,) * ndim
-    else:
-        values = tuple(value)
-        if len(values) != ndim:
-            raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}")
-    for v in values:
-        if isinstance(v, bool) or not float(v).is_integer():
-            raise ValueError(f"{name} must hold integers, got {value!r}")
-        if v < minimum:
-            rule = "positive" if minimum == 1 else f">= {minimum}"
-            raise ValueError(f"{name} must be {rule}, got {value!r}")
-    return tuple(int(v) for v in values)
+    """Broadcast an int or check a length-``ndim`` sequence; every entry must be >= minimum
+    (:func:`as_ints` with broadcasting)."""
+    return as_ints(value, name, ndim, minimum=minimum)
 
 
 def conv_output_size(i: int, k: int, s: int = 1, lo: int = 0, hi: int = 0, d: int = 1) -> int:
@@ -105,20 +190,27 @@ def resolve_padding(
                 raise ValueError(f"padding='causal' applies to 1-D convolution only, got {ndim}-D")
             return ((dilation[0] * (kernel[0] - 1), 0),)
         raise ValueError(f"padding mode {padding!r} is unknown; expected one of {PADDING_MODES}")
-    if isinstance(padding, int) and not isinstance(padding, bool):
+    if is_int(padding):
         pairs = ((padding, padding),) * ndim
-    else:
+    elif _is_sequence(padding):
         items = tuple(padding)
         if len(items) != ndim:
             raise ValueError(
                 f"padding must be an int, a mode, {ndim} ints or {ndim} (lo, hi) pairs; got {padding!r}"
             )
-        pairs = tuple((p, p) if isinstance(p, int) else tuple(p) for p in items)
+        pairs = tuple(
+            (p, p) if is_int(p) else tuple(p) if _is_sequence(p) else (p, p) for p in items
+        )
         if any(len(p) != 2 for p in pairs):
             raise ValueError(f"padding pairs must be (lo, hi), got {padding!r}")
+    else:
+        raise ValueError(
+            f"padding must be an int, a mode {PADDING_MODES}, {ndim} ints or {ndim} (lo, hi) "
+            f"pairs of integers; got {padding!r}"
+        )
     for pair in pairs:
         for p in pair:
-            if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+            if not is_int(p) or p < 0:
                 raise ValueError(f"padding must be non-negative integers, got {padding!r}")
     return tuple((int(lo), int(hi)) for lo, hi in pairs)
 
@@ -221,13 +313,18 @@ def conv_geometry(
     bias_shape: Sequence[int] | None = None,
     ndim: int | None = None,
 ) -> ConvGeometry:
-    """Validate a convolution's arguments and compute every size."""
+    """Validate a convolution's arguments and compute every size.
+
+    Sizes are ints, numpy integers or sequences (lists, tuples, integer arrays) of them
+    (see :func:`as_ints`); anything else raises ValueError naming the parameter.
+    """
+    x_shape, w_shape = as_shape(x_shape, "x_shape"), as_shape(w_shape, "w_shape")
     nd = _check_rank(x_shape, w_shape, ndim)
     batch, channels, *in_size = (int(v) for v in x_shape)
     out_channels, w_in, *kernel = (int(v) for v in w_shape)
     stride_t = as_tuple(stride, nd, "stride")
     dilation_t = as_tuple(dilation, nd, "dilation")
-    check_positive_int(groups, "groups")
+    groups = check_positive_int(groups, "groups")
     if channels % groups:
         raise ValueError(f"groups ({groups}) must divide the input channels ({channels})")
     if out_channels % groups:
@@ -390,13 +487,14 @@ def conv_transpose_geometry(
     result). ``output_padding`` must be < max(stride, dilation) (PyTorch's rule);
     onnxruntime refuses any ``output_padding >= stride``.
     """
+    x_shape, w_shape = as_shape(x_shape, "x_shape"), as_shape(w_shape, "w_shape")
     nd = _check_rank(x_shape, w_shape, None)
     batch, channels, *in_size = (int(v) for v in x_shape)
     w_in, w_out, *kernel = (int(v) for v in w_shape)
     stride_t = as_tuple(stride, nd, "stride")
     dilation_t = as_tuple(dilation, nd, "dilation")
     out_pad = as_tuple(output_padding, nd, "output_padding", minimum=0)
-    check_positive_int(groups, "groups")
+    groups = check_positive_int(groups, "groups")
     if channels % groups:
         raise ValueError(f"groups ({groups}) must divide the input channels ({channels})")
     if w_in != channels:
@@ -420,16 +518,14 @@ def conv_transpose_geometry(
     if mode in ("same", "same_upper", "same_lower", "half") and output_shape is None:
         output_shape = tuple(i * s for i, s in zip(in_size, stride_t))
     if output_shape is not None:
-        target = tuple(output_shape)
+        target = as_ints(output_shape, "output_shape", broadcast=False)
         if len(target) == nd + 2:
             if tuple(target[:2]) != (batch, out_channels):
                 raise ValueError(
                     f"output_shape {target} must start with (N, C_out) = ({batch}, {out_channels})"
                 )
             target = target[2:]
-        if len(target) != nd or any(
-            isinstance(o, bool) or not float(o).is_integer() for o in target
-        ):
+        if len(target) != nd:
             raise ValueError(
                 f"output_shape must give {nd} integer spatial sizes (or N, C_out and them), "
                 f"got {output_shape!r}"
@@ -484,8 +580,6 @@ NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 def as_float32(value: float) -> float:
     """The float32 value nearest ``value`` (ONNX Resize scales are float32 tensors)."""
-    import numpy as np
-
     return float(np.float32(value))
 
 
@@ -534,6 +628,7 @@ class ResizeGeometry:
 
 
 def _check_data_rank(x_shape: Sequence[int], name: str = "x") -> int:
+    x_shape = as_shape(x_shape, f"{name}_shape")
     if len(x_shape) < 3 or len(x_shape) > 5:
         raise ValueError(
             f"{name} must have rank 3, 4 or 5 (N, C, *spatial), got shape {tuple(x_shape)}"
@@ -565,7 +660,7 @@ def resize_geometry(
     'tf_crop_and_resize' (ONNX's ``roi`` input restricted to the spatial axes).
     """
     nd = _check_data_rank(x_shape)
-    batch, channels, *in_size = (int(v) for v in x_shape)
+    batch, channels, *in_size = as_shape(x_shape, "x_shape")
     if mode not in RESIZE_MODES:
         raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
     if coordinate_mode not in COORDINATE_MODES and (
@@ -581,11 +676,7 @@ def resize_geometry(
         ("cubic_coeff_a", cubic_coeff_a),
         ("extrapolation_value", extrapolation_value),
     ):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        if not _is_real(value) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
     if not isinstance(exclude_outside, bool):
         raise ValueError(f"exclude_outside must be a bool, got {exclude_outside!r}")
@@ -611,20 +702,21 @@ def resize_geometry(
         out_size = as_tuple(size, nd, "size")
         scales = tuple(as_float32(as_float32(o) / as_float32(i)) for o, i in zip(out_size, in_size))
     else:
-        if isinstance(scale, int | float) and not isinstance(scale, bool):
+        if _is_real(scale):
             raw = (scale,) * nd
         else:
-            raw = tuple(scale)
+            raw = tuple(scale) if _is_sequence(scale) else ()
             if len(raw) != nd:
                 raise ValueError(
                     f"scale must be a number or a sequence of {nd} numbers (one per spatial "
                     f"axis), got {scale!r}"
                 )
         for s in raw:
-            if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s):
+            if not _is_real(s) or not math.isfinite(s):
                 raise ValueError(f"scale must hold finite numbers, got {scale!r}")
             if s <= 0:
                 raise ValueError(f"scale must be positive, got {scale!r}")
+        raw = tuple(float(s) for s in raw)
         scales = tuple(as_float32(s) for s in raw)
         out_size = tuple(resize_output_size(i, s) for i, s in zip(in_size, scales))
         for axis, (i, s, o) in enumerate(zip(in_size, raw, out_size)):
@@ -738,15 +830,16 @@ def pool_geometry(
     nd = _check_data_rank(x_shape)
     if kind not in POOL_KINDS:
         raise ValueError(f"kind must be one of {POOL_KINDS}, got {kind!r}")
-    batch, channels, *in_size = (int(v) for v in x_shape)
+    batch, channels, *in_size = as_shape(x_shape, "x_shape")
     kernel_t = as_tuple(kernel, nd, "kernel")
     stride_t = as_tuple(1 if stride is None else stride, nd, "stride")
     dilation_t = as_tuple(dilation, nd, "dilation")
     if kind == "avg" and any(d != 1 for d in dilation_t):
         raise ValueError(f"dilation must be 1 for average pooling, got {dilation!r}")
     for flag, name in ((ceil_mode, "ceil_mode"), (count_include_pad, "count_include_pad")):
-        if not isinstance(flag, bool):
+        if not isinstance(flag, bool | np.bool_):
             raise ValueError(f"{name} must be a bool, got {flag!r}")
+    ceil_mode, count_include_pad = bool(ceil_mode), bool(count_include_pad)
     pads = resolve_padding(padding, in_size, kernel_t, stride_t, dilation_t)
     out_size = []
     for axis, (i, k, s, d, (lo, hi)) in enumerate(
@@ -820,7 +913,7 @@ def adaptive_pool_geometry(
     nd = _check_data_rank(x_shape)
     if kind not in POOL_KINDS:
         raise ValueError(f"kind must be one of {POOL_KINDS}, got {kind!r}")
-    batch, channels, *in_size = (int(v) for v in x_shape)
+    batch, channels, *in_size = as_shape(x_shape, "x_shape")
     out = as_tuple(output_size, nd, "output_size")
     return AdaptivePoolGeometry(kind, batch, channels, tuple(in_size), out)
 
@@ -1016,12 +1109,13 @@ def causal_state_geometry(
     state (N, C, d*(k-1)) (``None``: not given, zeros)."""
     if len(x_shape) != 3:
         raise ValueError(f"x must have shape (N, C, L), got {tuple(x_shape)}")
-    check_positive_int(dilation, "dilation")
+    dilation = check_positive_int(dilation, "dilation")
+    x_shape, w_shape = as_shape(x_shape, "x_shape"), as_shape(w_shape, "w_shape")
     _check_rank(x_shape, w_shape, 1)
     batch, channels, length = (int(v) for v in x_shape)
     state_length = causal_state_length(int(w_shape[2]), dilation)
     expected = (batch, channels, state_length)
-    if state_shape is not None and tuple(int(v) for v in state_shape) != expected:
+    if state_shape is not None and as_shape(state_shape, "state_shape") != expected:
         raise ValueError(
             f"state must have shape (N, C, dilation*(k-1)) = {expected}, got {tuple(state_shape)}"
         )

@@ -52,16 +52,16 @@ class StackSpec:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "channels", "skip_channels", "out_channels"):
-            shapes.check_positive_int(getattr(self, name), name)
-        if not isinstance(self.kernel_size, int) or self.kernel_size < 2:
+            object.__setattr__(self, name, shapes.check_positive_int(getattr(self, name), name))
+        if not shapes.is_int(self.kernel_size) or self.kernel_size < 2:
             raise ValueError(
                 f"kernel_size must be an int >= 2 (a 1-tap layer has no state), "
                 f"got {self.kernel_size!r}"
             )
-        dilations = tuple(self.dilations)
+        object.__setattr__(self, "kernel_size", int(self.kernel_size))
+        dilations = shapes.as_ints(self.dilations, "dilations", minimum=1, broadcast=False)
         if not dilations:
             raise ValueError("dilations must name at least one layer")
-        shapes.as_tuple(dilations, len(dilations), "dilations")
         object.__setattr__(self, "dilations", dilations)
 
     @property
@@ -298,7 +298,7 @@ class StreamingCausalStack:
         dtype: str = "float32",
         target: TargetArg = None,
     ) -> None:
-        shapes.check_positive_int(batch, "batch")
+        batch = shapes.check_positive_int(batch, "batch")
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         spec.check_weights(weights)
@@ -329,9 +329,9 @@ class StreamingCausalStack:
         return self._runner(length).kernel
 
     def _runner(self, length: int) -> _ChunkRunner:
+        length = shapes.check_positive_int(length, "length")
         runner = self._chunks.get(length)
         if runner is None:
-            shapes.check_positive_int(length, "length")
             kernel = compiled_step(self.spec, self.batch, length, self.dtype, self.target)
             x = tvm.runtime.tensor(
                 np.zeros((self.batch, self.spec.in_channels, length), self.dtype), self._device
@@ -371,8 +371,12 @@ class StreamingCausalStack:
         """Stream ``x`` (N, in_channels, T) in chunks of the given sizes (default: one chunk)
         from the current state; returns the concatenated outputs (N, out_channels, T)."""
         total = np.shape(x)[-1]
-        chunks = [total] if chunks is None else list(chunks)
-        if sum(chunks) != total or any(c < 1 for c in chunks):
+        chunks = (
+            [total]
+            if chunks is None
+            else list(shapes.as_ints(chunks, "chunks", minimum=1, broadcast=False))
+        )
+        if sum(chunks) != total:
             raise ValueError(f"chunks must be positive and sum to the length {total}, got {chunks}")
         bounds = np.cumsum([0, *chunks])
         return np.concatenate([self.step(x[:, :, a:b]) for a, b in itertools.pairwise(bounds)], 2)
@@ -389,15 +393,38 @@ class StreamingCausalStack:
         }
 
     def load_state(self, states: Mapping[str, np.ndarray]) -> None:
-        """Restore states from :meth:`state_dict`'s form (exact names and shapes)."""
+        """Restore states from :meth:`state_dict`'s form (exact names and shapes).
+
+        All or nothing: every key, shape and value is checked first (the exact key set, the
+        shape ``(N, C, d_i*(k-1))``, a real numeric dtype that casts to the stack's dtype
+        without overflow, finite values), and a refused ``states`` raises ValueError before
+        any state changes.
+        """
         expected = self.spec.state_shapes(self.batch)
+        if not isinstance(states, Mapping):
+            raise ValueError(f"states must be a mapping name -> array, got {type(states).__name__}")
         if set(states) != set(expected):
             raise ValueError(f"states must have keys {sorted(expected)}, got {sorted(states)}")
-        for (name, shape), state in zip(expected.items(), self._states):
+        converted = []
+        for name, shape in expected.items():
             value = np.asarray(states[name])
             if value.shape != shape:
                 raise ValueError(f"states[{name!r}] must have shape {shape}, got {value.shape}")
-            state.copyfrom(np.ascontiguousarray(value, dtype=self.dtype))
+            if value.dtype.kind not in "iuf":
+                raise ValueError(
+                    f"states[{name!r}] must hold real numbers (float or int), got dtype "
+                    f"{value.dtype}"
+                )
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = np.ascontiguousarray(value, dtype=self.dtype)
+            if not np.isfinite(cast).all():
+                raise ValueError(
+                    f"states[{name!r}] must be finite in {self.dtype} (a state carries a "
+                    f"sequence's past samples), got NaN/inf or values out of range"
+                )
+            converted.append(cast)
+        for state, value in zip(self._states, converted):
+            state.copyfrom(value)
 
     def save_state(self, path: str | os.PathLike) -> None:
         """Write the states to an .npz file atomically (temp file + os.replace)."""

@@ -28,6 +28,24 @@ def add_target_arguments(parser: argparse.ArgumentParser, tuning: bool = True) -
     )  # fmt: skip
 
 
+def resolved_target(args: argparse.Namespace):
+    """``--target`` as a TVM target, refused (ValueError) where this machine cannot run its
+    kernels: a GPU target without the GPU runtime or device (build those with ``aot``)."""
+    import tvm
+
+    from convforge.targets import resolve_target
+
+    target = resolve_target(args.target)
+    kind = target.kind.name
+    if kind != "llvm" and not tvm.device(kind).exist:
+        raise ValueError(
+            f"--target {kind}: this machine has no {kind} runtime or device, so {kind} "
+            f"kernels cannot run here (use the host CPU, or 'convforge aot' to build CUDA "
+            f"libraries without a GPU)"
+        )
+    return target
+
+
 def input_shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for item in args.input_shape:

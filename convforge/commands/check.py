@@ -1,6 +1,7 @@
 """``convforge check``: compile a model with convforge and compare it with onnxruntime.
 
-Exit status: 0 when every output agrees within tolerance, 1 when not, 2 on bad input.
+Exit status: 0 when every output agrees within tolerance, 1 when not, 2 on bad input or a
+model convforge or the reference runtime (onnxruntime) refuses, 3 on an internal error.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from convforge.commands._model_args import (
     add_target_arguments,
     progress,
     read_npz,
+    resolved_target,
     tuning_db,
 )
 
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     inputs = read_npz(args.inputs) if args.inputs else None
     result = check_model(
-        args.model, inputs, rtol=args.rtol, atol=args.atol, target=args.target,
+        args.model, inputs, rtol=args.rtol, atol=args.atol, target=resolved_target(args),
         tuning_db=tuning_db(args), per_node=args.per_node,
         progress=None if args.json else progress(),
     )  # fmt: skip

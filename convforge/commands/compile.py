@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from convforge.commands._model_args import add_target_arguments, input_shapes, progress, tuning_db
+from convforge.commands._model_args import (
+    add_target_arguments,
+    input_shapes,
+    progress,
+    resolved_target,
+    tuning_db,
+)
 
 HELP = "compile an ONNX model with convforge kernels into one shared library"
 
@@ -20,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     say = progress()
     compiled = compile_model(
-        args.model, target=args.target, tuning_db=tuning_db(args),
+        args.model, target=resolved_target(args), tuning_db=tuning_db(args),
         input_shapes=input_shapes(args), progress=say,
     )  # fmt: skip
     compiled.export_library(args.output)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from convforge.commands._model_args import add_target_arguments, input_shapes, progress, tuning_db
+from convforge.commands._model_args import (
+    add_target_arguments,
+    input_shapes,
+    progress,
+    resolved_target,
+    tuning_db,
+)
 
 HELP = "list each ONNX node, the kernel serving it (convforge or TVM default) and its time share"
 
@@ -20,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from convforge.export.model import compile_model
 
     compiled = compile_model(
-        args.model, target=args.target, tuning_db=tuning_db(args),
+        args.model, target=resolved_target(args), tuning_db=tuning_db(args),
         input_shapes=input_shapes(args), progress=None if args.json else progress(),
     )  # fmt: skip
     report = compiled.report()

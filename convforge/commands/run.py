@@ -18,7 +18,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from convforge.export.model import load
 
-    model = load(args.library)
+    try:
+        model = load(args.library)
+    except ValueError:
+        raise
+    except Exception as err:  # TVM's loader: not a library, or one it cannot load
+        first = str(err).strip().splitlines()[-1:] or [type(err).__name__]
+        raise ValueError(
+            f"library: {args.library!r} is not a model library written by convforge "
+            f"({first[0][:200]})"
+        ) from err
     outputs = model(**read_npz(args.inputs))
     named = dict(zip(model.output_names, outputs))
     for name, array in named.items():

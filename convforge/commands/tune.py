@@ -178,6 +178,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help='JSON target, e.g. {"kind": "llvm", "mcpu": "znver3"}')
     parser.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure via a TVM RPC tracker")
     parser.add_argument("--rpc-key", help="device key registered at the RPC tracker")
+    parser.add_argument(
+        "--rpc-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="seconds to wait for the RPC tracker to answer before giving up (default 10)",
+    )  # fmt: skip
     parser.add_argument("--jobs", type=int, help="parallel builds (and RPC sessions)")
     parser.add_argument("--seed", type=int, help="random seed of the search")
     parser.add_argument("--json", action="store_true", help="print results as JSON lines")
@@ -207,7 +211,9 @@ def _rpc(args: argparse.Namespace) -> tuning.RPCTracker | None:
     host, sep, port = (args.rpc_tracker or "").rpartition(":")
     if not sep or not host or not port.isdigit() or not args.rpc_key:
         raise ValueError("--rpc-tracker must be HOST:PORT and comes with --rpc-key")
-    return tuning.RPCTracker(host, int(port), args.rpc_key)
+    tracker = tuning.RPCTracker(host, int(port), args.rpc_key)
+    tuning.check_tracker_reachable(tracker, timeout_s=args.rpc_timeout)
+    return tracker
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.db:
         raise ValueError(f"--db is required (or set ${tuning.DB_ENV})")
+    tuning.check_database_path(args.db, "--db")
     if args.trials < 0:
         raise ValueError(f"--trials must be >= 0, got {args.trials}")
     if args.jobs is not None and args.jobs < 1:

@@ -176,7 +176,8 @@ def check_model(
     """Compile ``model`` with convforge (unless ``compiled`` is given), run it and onnxruntime.
 
     Tolerances default per dtype (:func:`convforge.export.check.tolerances`). Bad input
-    (unreadable model, missing/unknown input, wrong shape) raises ValueError before compiling.
+    (unreadable model, missing/unknown input, wrong shape) raises ValueError before compiling;
+    so does a model onnxruntime (the reference) refuses.
     """
     original = name_nodes(load_onnx(model))
     feeds = make_inputs(original, inputs)
@@ -184,13 +185,20 @@ def check_model(
     if per_node:
         original, producers = expose_intermediates(original)
         compiled = None
+    try:  # the reference first: a model it refuses is refused before compiling
+        theirs = run_onnxruntime(original, feeds)
+    except Exception as err:  # onnxruntime's own exception types (Fail, NotImplemented, ...)
+        message = " ".join(str(err).split())[:300]
+        raise ValueError(
+            f"model: the reference runtime (onnxruntime) refuses it, so there is nothing to "
+            f"check against: {type(err).__name__}: {message}"
+        ) from err
     if compiled is None:
         shapes = {name: array.shape for name, array in feeds.items()}
         compiled = compile_model(
             original, target=target, tuning_db=tuning_db, input_shapes=shapes, progress=progress
         )
     ours = compiled(**feeds)
-    theirs = run_onnxruntime(original, feeds)
     results = []
     for spec, actual, expected in zip(compiled.outputs, ours, theirs):
         agreement = compare(actual, expected, rtol=rtol, atol=atol)

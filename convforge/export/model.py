@@ -30,6 +30,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from convforge.shapes import as_shape
 from convforge.targets import TargetArg, resolve_target
 
 if TYPE_CHECKING:
@@ -323,14 +324,41 @@ def load_onnx(model: Any) -> Any:
     import onnx
 
     if isinstance(model, onnx.ModelProto):
-        return model
+        return check_graph(model)
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise ValueError(f"model: no such file {path!r}")
     try:
-        return onnx.load(path)
+        loaded = onnx.load(path)
     except Exception as err:
         raise ValueError(f"model: {path!r} is not a readable ONNX model ({err})") from err
+    return check_graph(loaded)
+
+
+def check_graph(model: Any) -> Any:
+    """``model`` if its main graph is well formed, else ValueError naming the flaw: an opset
+    import for every domain its nodes use (the default one included), and every node input
+    produced by a node, an initializer or a graph input (no dangling input)."""
+    imported = {o.domain or "ai.onnx" for o in model.opset_import}
+    known = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
+    known |= {out for node in model.graph.node for out in node.output if out}
+    for node in model.graph.node:
+        domain = node.domain or "ai.onnx"
+        if domain not in imported:
+            raise ValueError(
+                f"model: node {node.name or node.op_type!r} ({node.op_type}) uses domain "
+                f"{domain!r}, which the model does not import (no opset_import for it)"
+            )
+        missing = [name for name in node.input if name and name not in known]
+        if missing:
+            raise ValueError(
+                f"model: node {node.name or node.op_type!r} ({node.op_type}) reads {missing}, "
+                f"which no node, initializer or graph input produces (a dangling input)"
+            )
+    outputs = [o.name for o in model.graph.output if o.name not in known]
+    if outputs:
+        raise ValueError(f"model: graph output(s) {outputs} are produced by nothing")
+    return model
 
 
 def declared_inputs(model: Any) -> list[TensorSpec]:
@@ -360,7 +388,7 @@ def _compiled_shapes(
     for spec in specs:
         given = input_shapes.get(spec.name)
         if given is not None:
-            shape = tuple(int(v) for v in given)
+            shape = as_shape(given, f"input_shapes[{spec.name!r}]")
             if len(shape) != len(spec.shape) or any(
                 d is not None and d != s for d, s in zip(spec.shape, shape)
             ):

@@ -24,12 +24,25 @@ database's best records.
 Lookups (:func:`tuned_module`) consult the database set by :func:`use_tuning_db` (or the
 ``CONVFORGE_TUNING_DB`` environment variable), then the records shipped in
 ``convforge/tuned``; without a matching record the caller falls back to the default
-schedule.
+schedule. The database set by :func:`use_tuning_db` belongs to the calling thread or
+``contextvars`` context (a ``ContextVar``): another thread's calls keep their own (a new
+thread starts from ``CONVFORGE_TUNING_DB``).
+
+A database cannot hurt a compile: a record file that cannot be read or parsed (bad JSON,
+binary garbage, a wrong structure, a record whose trace does not apply) is skipped with a
+``warnings.warn`` naming the file, and the next record or the default schedule is used.
+
+Concurrent writers (two ``convforge tune`` processes on one database) lose no record: each
+write takes an exclusive ``fcntl.flock`` on ``<db>/<target>/.<workload>.json.lock``, re-reads
+the file, merges in the records it lacks (a record already there is not added twice; the
+faster ``default_seconds`` is kept) and replaces the file atomically, all under the lock.
+On a platform without ``fcntl`` the merge still runs, without the lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import importlib
 import json
@@ -41,6 +54,7 @@ import tempfile
 import threading
 import time
 import types
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +68,11 @@ from tvm_ffi.structural import structural_equal, structural_hash
 
 from convforge.schedules.cpu import generic_cpu_schedule, schedule_cpu
 from convforge.targets import target_key
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
 
 #: Environment variable naming a tuning database directory (used when none is set in code).
 DB_ENV = "CONVFORGE_TUNING_DB"
@@ -101,7 +120,151 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _is_valid(run_secs) -> bool:
-    return bool(run_secs) and all(0 < float(s) < 1e9 for s in run_secs)
+    try:
+        return bool(run_secs) and all(0 < float(s) < 1e9 for s in run_secs)
+    except (TypeError, ValueError):
+        return False
+
+
+class CorruptRecordWarning(UserWarning):
+    """A tuning database file (or one record in it) could not be used and was skipped."""
+
+
+def _warn_corrupt(path: Path, err: BaseException, what: str = "the file") -> None:
+    message = " ".join(str(err).split())[:200] or type(err).__name__
+    warnings.warn(
+        f"tuning database {os.fspath(path)!r}: {what} could not be used (unreadable or "
+        f"corrupt) and was skipped ({type(err).__name__}: {message}); the default schedule "
+        f"is used where no other record applies",
+        CorruptRecordWarning,
+        stacklevel=3,
+    )
+
+
+def _read_payload(path: Path) -> dict:
+    """The JSON object in ``path``, its structure checked (ValueError when it is wrong)."""
+    payload = json.loads(path.read_bytes().decode("utf-8"))
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
+    records = payload.get("records")
+    if not isinstance(records, list) or not all(
+        isinstance(r, list) and len(r) >= 2 for r in records
+    ):
+        raise ValueError("'records' must be a list of [trace, run_secs, ...] lists")
+    default = payload.get("default_seconds")
+    if default is not None and not isinstance(default, int | float):
+        raise ValueError(f"'default_seconds' must be a number, got {default!r}")
+    if "workload" not in payload:
+        raise ValueError("no 'workload'")
+    return payload
+
+
+def _record_key(record) -> str:
+    return json.dumps(record, sort_keys=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path``'s workload file across processes (``fcntl.flock`` on a
+    hidden lock file beside it; no lock where ``fcntl`` is missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def merge_records(
+    path: Path,
+    target: tvm.target.Target,
+    workload: ms.database.Workload,
+    records: list,
+    *,
+    default_seconds: float | None = None,
+    seeded: bool = False,
+) -> _WorkloadRecords:
+    """Write ``records`` of ``workload`` on ``target`` to ``path`` without losing any record
+    another writer put there: under an exclusive file lock, read the file, append the
+    records it lacks (in order; equal records are stored once), keep the faster
+    ``default_seconds``, and replace the file atomically. A file that is corrupt, of another
+    format or target, or of another workload is replaced (with a warning if corrupt).
+
+    Returns what was written (the merged records).
+    """
+    path = Path(path)
+    with _file_lock(path):
+        current = _WorkloadRecords.load(path, target)
+        workload_json = workload.as_json()
+        if current is not None and json.dumps(current.workload.as_json()) != json.dumps(
+            workload_json
+        ):
+            current = None  # a hash collision or another workload: ours replaces it
+        merged = list(current.records) if current is not None else []
+        seen = {_record_key(r) for r in merged}
+        for record in records:
+            key = _record_key(record)
+            if key not in seen:
+                seen.add(key)
+                merged.append(record)
+        timings = [t for t in (default_seconds, current and current.default_seconds) if t]
+        result = _WorkloadRecords(
+            path, workload, merged, min(timings) if timings else None,
+            bool(seeded or (current is not None and current.seeded)),
+        )  # fmt: skip
+        payload = {
+            "format": _FORMAT,
+            "target": target_key(target),
+            "workload": workload_json,
+            "default_seconds": result.default_seconds,
+            "seeded": result.seeded,
+            "records": merged,
+        }
+        _write_atomically(path, json.dumps(payload))
+    return result
+
+
+def check_database_path(path: str | os.PathLike, name: str = "db") -> Path:
+    """``path`` as a tuning database directory (it may not exist yet); ValueError if it is a
+    file or another non-directory."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"{name}: {os.fspath(path)!r} is not a directory (a tuning database is a folder)"
+        )
+    return path
+
+
+def check_tracker_reachable(tracker: RPCTracker, timeout_s: float = 10.0) -> None:
+    """ValueError unless a TVM RPC tracker answers at ``tracker.host:port`` within
+    ``timeout_s`` seconds (TVM's own client retries for a minute, then hangs in a runner)."""
+    import socket
+    import struct
+
+    from tvm.rpc import base
+
+    address = f"{tracker.host}:{tracker.port}"
+    try:
+        with socket.create_connection((tracker.host, tracker.port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+            reply = b""
+            while len(reply) < 4:
+                chunk = sock.recv(4 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError as err:
+        raise ValueError(
+            f"--rpc-tracker: cannot reach an RPC tracker at {address} within {timeout_s:g} s "
+            f"({err.strerror or err})"
+        ) from err
+    if len(reply) != 4 or struct.unpack("<i", reply)[0] != base.RPC_TRACKER_MAGIC:
+        raise ValueError(f"--rpc-tracker: {address} answers, but is not a TVM RPC tracker")
 
 
 def _mean(run_secs) -> float:
@@ -119,39 +282,49 @@ class _WorkloadRecords:
     seeded: bool = False  # records[0] is the seed (not a searched candidate)
 
     def save(self, target: tvm.target.Target) -> None:
-        payload = {
-            "format": _FORMAT,
-            "target": target_key(target),
-            "workload": self.workload.as_json(),
-            "default_seconds": self.default_seconds,
-            "seeded": self.seeded,
-            "records": self.records,
-        }
-        _write_atomically(self.path, json.dumps(payload))
+        """Write the records, merged with what the file holds now (see :func:`merge_records`):
+        afterwards ``self.records`` also holds the records other writers added."""
+        merged = merge_records(
+            self.path, target, self.workload, self.records,
+            default_seconds=self.default_seconds, seeded=self.seeded,
+        )  # fmt: skip
+        self.records, self.default_seconds = merged.records, merged.default_seconds
+        self.seeded = merged.seeded
 
     @classmethod
     def load(cls, path: Path, target: tvm.target.Target) -> _WorkloadRecords | None:
-        """Records in ``path``, or None if it is missing or names another target."""
+        """Records in ``path``, or None if it is missing, names another target or cannot be
+        read (then with a warning naming the file: a corrupt database never stops a compile)."""
         try:
-            payload = json.loads(path.read_text())
+            payload = _read_payload(path)
+            if payload.get("format") != _FORMAT or payload.get("target") != target_key(target):
+                return None
+            workload = ms.database.Workload.from_json(payload["workload"])
         except FileNotFoundError:
             return None
-        if payload.get("format") != _FORMAT or payload.get("target") != target_key(target):
+        except Exception as err:  # unreadable, not JSON, wrong structure, TVM parse error
+            _warn_corrupt(path, err)
             return None
-        workload = ms.database.Workload.from_json(payload["workload"])
         return cls(
-            path, workload, list(payload["records"]), payload.get("default_seconds"),
+            path, workload, payload["records"], payload.get("default_seconds"),
             bool(payload.get("seeded")),
         )  # fmt: skip
 
     def tuning_records(self) -> list[ms.database.TuningRecord]:
-        return [ms.database.TuningRecord.from_json(r, self.workload) for r in self.records]
+        """The records MetaSchedule can parse (one that it cannot is skipped with a warning)."""
+        parsed = []
+        for record in self.records:
+            try:
+                parsed.append(ms.database.TuningRecord.from_json(record, self.workload))
+            except Exception as err:
+                _warn_corrupt(self.path, err, "a record")
+        return parsed
 
     def faster_than_default(self) -> list[list]:
         """Measured records (JSON) that beat the default schedule, fastest first."""
         if self.default_seconds is None:
             return []
-        valid = [r for r in self.records if _is_valid(r[1])]
+        valid = [r for r in self.records if isinstance(r, list) and len(r) > 1 and _is_valid(r[1])]
         return sorted(
             (r for r in valid if _mean(r[1]) < self.default_seconds), key=lambda r: _mean(r[1])
         )
@@ -256,8 +429,11 @@ class TuningDatabase(ms.database.PyDatabase):
 # --------------------------------------------------------------------------- lookups
 
 
-_active_db: list[Path | None] = [None]
-_use_shipped: list[bool] = [True]
+#: (database set by use_tuning_db or None, whether to use the shipped records): one value
+#: per thread / contextvars context, so that one thread's database never reaches another's.
+_active: contextvars.ContextVar[tuple[Path | None, bool]] = contextvars.ContextVar(
+    "convforge_tuning_db", default=(None, True)
+)
 
 
 @contextlib.contextmanager
@@ -265,28 +441,33 @@ def _restoring(previous: tuple[Path | None, bool]) -> Iterator[None]:
     try:
         yield
     finally:
-        _active_db[0], _use_shipped[0] = previous
+        _active.set(previous)
 
 
 def use_tuning_db(
     path: str | os.PathLike | None, *, shipped: bool = True
 ) -> contextlib.AbstractContextManager[None]:
-    """Compile with the tuned records of database directory ``path`` from now on.
+    """Compile with the tuned records of database directory ``path`` from now on, in the
+    calling thread (or ``contextvars`` context) only: other threads keep their own setting,
+    and a new thread starts from ``$CONVFORGE_TUNING_DB``.
 
     ``shipped``: also use the records shipped in ``convforge/tuned`` (after ``path``).
     ``path=None`` goes back to ``$CONVFORGE_TUNING_DB`` (if set). Used as ``with
     use_tuning_db(p): ...`` the previous setting comes back at the end of the block.
+    ``path`` naming a file (not a directory) raises ValueError.
     """
-    previous = (_active_db[0], _use_shipped[0])
-    _active_db[0] = None if path is None else Path(path)
-    _use_shipped[0] = shipped
+    if path is not None:
+        check_database_path(path, "path")
+    previous = _active.get()
+    _active.set((None if path is None else Path(path), shipped))
     return _restoring(previous)
 
 
 def active_databases() -> list[Path]:
     """Databases lookups consult, first match wins: the one set or in the env, then shipped."""
-    chosen = _active_db[0] or (Path(os.environ[DB_ENV]) if os.environ.get(DB_ENV) else None)
-    return [p for p in (chosen, SHIPPED_DB if _use_shipped[0] else None) if p is not None]
+    active, shipped = _active.get()
+    chosen = active or (Path(os.environ[DB_ENV]) if os.environ.get(DB_ENV) else None)
+    return [p for p in (chosen, SHIPPED_DB if shipped else None) if p is not None]
 
 
 def database_state(target: tvm.target.Target) -> tuple:
@@ -307,9 +488,13 @@ def ranked_records(
     entry = _WorkloadRecords.load(workload_file(db, mod, target), target)
     if entry is None or not structural_equal(entry.workload.mod, mod):
         return []
-    return [
-        ms.database.TuningRecord.from_json(r, entry.workload) for r in entry.faster_than_default()
-    ]
+    ranked = []
+    for record in entry.faster_than_default():
+        try:
+            ranked.append(ms.database.TuningRecord.from_json(record, entry.workload))
+        except Exception as err:  # a record MetaSchedule cannot parse: skip it
+            _warn_corrupt(entry.path, err, "a record")
+    return ranked
 
 
 def best_record(
@@ -354,7 +539,10 @@ def tuned_module(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
             sch = tvm.s_tir.Schedule(workload_module(func))
             try:
                 record.trace.apply_to_schedule(sch, remove_postproc=False)
-            except (RuntimeError, ValueError):  # some candidates' traces do not replay
+            except Exception as err:  # some candidates' traces do not replay; a corrupt one
+                if db != SHIPPED_DB:  # (IndexError, TypeError, ...) is skipped too
+                    path = workload_file(db, workload_module(func), target)
+                    _warn_corrupt(path, err, "a record whose trace does not apply")
                 continue
             name = f"{db}@{_mean(record.run_secs):.6g}s"
             return sch.mod.with_attr(RECORD_ATTR, name)
@@ -566,6 +754,7 @@ def tune(
         raise ValueError(f"target must be an llvm (CPU) target to tune, got {target.kind.name}")
     if trials < 0:
         raise ValueError(f"trials must be >= 0, got {trials}")
+    check_database_path(db, "db")
     start = time.perf_counter()
     mod = workload_module(func)
     database = TuningDatabase(db, target)
