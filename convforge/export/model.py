@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 #: Name of the relax function that returns the model description as UTF-8 JSON bytes.
 METADATA_FUNCTION = "convforge_metadata"
 
-_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool"}
+_ONNX_DTYPES = {
+    1: "float32", 10: "float16", 11: "float64", 2: "uint8", 3: "int8", 6: "int32", 7: "int64",
+    9: "bool",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,9 @@ class CompiledModel:
         return [spec.name for spec in self.outputs]
 
     def bind_inputs(self, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
-        """Inputs in model order from positional and named arrays; ValueError on any mismatch."""
+        """Inputs in model order from positional and named arrays; ValueError on any shape or
+        name mismatch, TypeError on a dtype other than the declared one (no implicit cast,
+        as onnxruntime: a float64 or complex array for a float32 input is refused)."""
         if len(arrays) > len(self.inputs):
             raise ValueError(f"model takes {len(self.inputs)} inputs, got {len(arrays)} arrays")
         given = dict(zip(self.input_names, arrays))
@@ -108,7 +113,14 @@ class CompiledModel:
             )
         bound = []
         for spec in self.inputs:
-            array = np.ascontiguousarray(given[spec.name], dtype=spec.dtype)
+            array = np.asarray(given[spec.name])
+            if array.dtype != np.dtype(spec.dtype):  # as onnxruntime: no implicit casts
+                raise TypeError(
+                    f"input {spec.name!r} has dtype {array.dtype}, the model declares "
+                    f"{spec.dtype}: cast it explicitly"
+                )
+            # np.ascontiguousarray would turn a scalar (shape ()) into shape (1,)
+            array = np.require(array, requirements="C")
             compiled = self.compiled_shapes[spec.name]
             fits = len(array.shape) == len(compiled) and all(
                 a == c or (declared is None and (k == 0 or self._specialize is not None))
@@ -129,6 +141,9 @@ class CompiledModel:
 
     def __call__(self, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
         bound = self.bind_inputs(*arrays, **named)
+        empty = self._empty_outputs(bound)
+        if empty is not None:
+            return empty
         shapes = {
             s.name: (self.compiled_shapes[s.name][0], *a.shape[1:]) if a.ndim else a.shape
             for s, a in zip(self.inputs, bound)
@@ -153,6 +168,36 @@ class CompiledModel:
             for i in range(size)
         ]
         return [np.concatenate(parts, axis=0) for parts in zip(*samples)]
+
+    def _empty_outputs(self, bound: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+        """For an empty dynamic batch, onnxruntime's answer: every output with batch 0.
+
+        None when no input is empty. ValueError (naming the input and dimension) for any
+        other empty input, or when an output has no dynamic batch to make empty.
+        """
+        found = None
+        for spec, array in zip(self.inputs, bound):
+            for axis, size in enumerate(array.shape):
+                if size != 0:
+                    continue
+                if axis != 0 or spec.shape[0] is not None:
+                    raise ValueError(
+                        f"input {spec.name!r} is empty along dimension {axis} (shape "
+                        f"{array.shape}): only an empty dynamic batch (dimension 0) is supported"
+                    )
+                found = spec.name
+        if found is None:
+            return None
+        if any(not o.shape or o.shape[0] is not None for o in self.outputs):
+            raise ValueError(
+                f"input {found!r} has batch 0, but not every output has a dynamic batch: "
+                "the empty outputs' shapes are unknown"
+            )
+        batched = [bool(s.shape) and s.shape[0] is None for s in self.inputs]
+        sample = [
+            np.zeros((1, *a.shape[1:]), a.dtype) if b else a for a, b in zip(bound, batched)
+        ]
+        return [out[:0] for out in self(*sample)]
 
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         device = tvm.cpu()
@@ -430,11 +475,15 @@ def import_model(
 
     from convforge.export.fusion import fuse_convolutions, name_nodes
     from convforge.export.lowering import LoweringContext, convforge_converters
+    from convforge.export.prepare import check_graph, check_shape_inputs, fold_static_shapes
 
     say = progress or (lambda message: None)
     original = name_nodes(load_onnx(model))
+    check_graph(original)
     specs = declared_inputs(original)
     compiled = _compiled_shapes(specs, input_shapes)
+    original = fold_static_shapes(original, compiled)
+    check_shape_inputs(original)
     say("fusing bias, batch-norm and activations into convolutions")
     fused = fuse_convolutions(original)
     ctx = LoweringContext(target, tuning_db, progress=progress)

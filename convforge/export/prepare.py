@@ -1,0 +1,286 @@
+"""ONNX-level checks and rewrites that run before TVM's importer sees a model.
+
+:func:`check_graph` refuses, with one ``ValueError`` naming the node, op and rule, what
+TVM's importer would fail on with a traceback or silently compute wrongly: a missing
+default-domain opset, a dangling input, an op neither convforge nor TVM converts, and the
+node forms known to be wrong or unsupported (:data:`REFUSED_NODES`).
+
+:func:`fold_static_shapes` evaluates static shape arithmetic (``Shape`` of a tensor whose
+shape is known once the inputs have their compiled shapes, and the small integer ops fed
+only by constants: ``Gather``, ``Sub``, ``Concat``, ``Unsqueeze``, ``Slice``, ``Cast``, ...)
+with ONNX's reference evaluator and replaces it by initializers, so that TVM's importer
+(which fails with "cannot handle ShapeExpr inputs" on such graphs, common in PyTorch
+exports) sees constants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+#: Ops evaluated ahead of time when every input is a (small) constant.
+FOLDABLE_OPS = frozenset(
+    {
+        "Shape", "Size", "Gather", "Sub", "Add", "Mul", "Div", "Mod", "Neg", "Abs",
+        "Floor", "Ceil", "Sqrt", "Pow", "Min", "Max", "Concat", "Unsqueeze", "Squeeze",
+        "Slice", "Cast", "Reshape", "Identity", "Range", "ConstantOfShape", "Equal", "Less",
+        "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Where", "Expand",
+        "Tile", "Transpose", "ReduceProd", "ReduceSum", "ReduceMin", "ReduceMax",
+        "GatherElements", "Constant",
+    }
+)  # fmt: skip
+
+#: Constants larger than this (elements) are not folded through: shape arithmetic is small.
+MAX_FOLDED_ELEMENTS = 4096
+
+#: Inputs (by position) that fix an op's output shape and so must be constants.
+SHAPE_INPUTS = {
+    "Resize": {1: "roi", 2: "scales", 3: "sizes"},
+    "Upsample": {1: "scales"},
+    "MaxUnpool": {2: "output_shape"},
+    "Col2Im": {1: "image_shape", 2: "block_shape"},
+}
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _refusal(node: onnx.NodeProto) -> str | None:
+    """Why ``node`` is refused, or None."""
+    op = node.op_type
+    if op in ("ConvInteger", "QLinearConv"):
+        return "integer (int8/uint8) convolution is not supported yet (no integer kernels)"
+    if op == "BatchNormalization" and _attr(node, "training_mode", 0):
+        return (
+            "training_mode=1 is not supported (TVM's converter returns wrong running "
+            "statistics); export the model in inference mode"
+        )
+    if op == "MaxUnpool" and len(node.input) > 2 and node.input[2]:
+        return "the output_shape input is not supported (TVM's converter cannot read it)"
+    return None
+
+
+def check_shape_inputs(model: onnx.ModelProto) -> None:
+    """Refuse (``ValueError`` naming node, op and input) a Resize, Upsample, MaxUnpool or
+    Col2Im whose shape-defining input is not a constant after :func:`fold_static_shapes`:
+    its output shape would be dynamic, which TVM's importer cannot convert."""
+    constants = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            constants.update(node.output)
+        for position, what in SHAPE_INPUTS.get(node.op_type, {}).items():
+            name = node.input[position] if len(node.input) > position else ""
+            if name and name not in constants:
+                raise ValueError(
+                    f"node {node.name!r} ({node.op_type}): input {what!r} ({name!r}) must be "
+                    "a constant (an initializer, a Constant or static shape arithmetic): it "
+                    "fixes the output shape"
+                )
+
+
+#: Op types refused whatever their attributes, with the reason (checked before TVM).
+UNSUPPORTED_OPS = {
+    "DeformConv": "deformable convolution is not supported (neither convforge nor TVM)",
+    "Col2Im": "Col2Im is not supported (neither convforge nor TVM)",
+}
+
+
+def check_graph(model: onnx.ModelProto) -> None:
+    """Refuse (``ValueError`` naming node and op) a model TVM's importer cannot import
+    correctly: no default-domain opset, a dangling input, an unconvertible op, a refused
+    node form (integer convolutions, BatchNormalization training mode, MaxUnpool with
+    output_shape, DeformConv, Col2Im). Shape-defining inputs are checked after folding by
+    :func:`check_shape_inputs`."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    from convforge.export.lowering import LOWERINGS
+
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        raise ValueError("model: no opset_import for the default ONNX domain ('' / 'ai.onnx')")
+    graph = model.graph
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    convertible = set(_get_convert_map()) | set(LOWERINGS)
+    for node in graph.node:
+        where = f"node {node.name!r} ({node.op_type})"
+        if node.op_type in UNSUPPORTED_OPS:
+            raise ValueError(f"{where}: {UNSUPPORTED_OPS[node.op_type]}")
+        why = _refusal(node)
+        if why:
+            raise ValueError(f"{where}: {why}")
+        if node.op_type not in convertible or node.domain not in ("", "ai.onnx"):
+            domain = f" of domain {node.domain!r}" if node.domain else ""
+            raise ValueError(f"{where}: op {node.op_type!r}{domain} is not supported")
+        for name in node.input:
+            if name and name not in available:
+                raise ValueError(
+                    f"{where}: input {name!r} is dangling (no graph input, initializer or "
+                    "earlier node produces it)"
+                )
+        available.update(o for o in node.output if o)
+    for out in graph.output:
+        if out.name not in available:
+            raise ValueError(f"model: output {out.name!r} is produced by no node or input")
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Fully static tensor shapes after ONNX shape inference (name -> (shape, elem_type))."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is an aid only: fold nothing it cannot see
+        return {}
+    graph = inferred.graph
+    result = {t.name: (tuple(t.dims), t.data_type) for t in graph.initializer}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        t = value.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        dims = t.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            result[value.name] = (tuple(d.dim_value for d in dims), t.elem_type)
+    return result
+
+
+def _empty_outputs(node: onnx.NodeProto, shapes: dict) -> list[np.ndarray] | None:
+    """The outputs of ``node`` when every one is statically empty (a 0 in its shape)."""
+    outs = []
+    for name in node.output:
+        found = shapes.get(name)
+        if not name or found is None or 0 not in found[0] or not found[1]:
+            return None
+        outs.append(np.zeros(found[0], onnx.helper.tensor_dtype_to_np_dtype(found[1])))
+    return outs or None
+
+
+def _evaluate(node: onnx.NodeProto, values: Sequence[np.ndarray | None], opsets) -> list:
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{k}" if name else "" for k, name in enumerate(node.input)]
+    clone = onnx.NodeProto()
+    clone.CopyFrom(node)
+    del clone.input[:]
+    clone.input.extend(names)
+    del clone.output[:]
+    clone.output.extend(f"out{k}" for k in range(len(node.output)))
+    graph = onnx.helper.make_graph(
+        [clone],
+        "fold",
+        [
+            onnx.helper.make_tensor_value_info(
+                n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape
+            )
+            for n, v in zip(names, values)
+            if n
+        ],
+        [onnx.helper.make_empty_tensor_value_info(o) for o in clone.output],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=list(opsets))
+    feeds = {n: v for n, v in zip(names, values) if n}
+    return list(ReferenceEvaluator(model).run(None, feeds))
+
+
+def fold_static_shapes(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> onnx.ModelProto:
+    """``model`` with static shape arithmetic replaced by initializers (a new model; the
+    argument is not changed). ``input_shapes`` (name -> the compiled shape) fixes the
+    graph inputs' dynamic dimensions first, as the compiled model will see them. Returns
+    ``model`` itself when nothing folds."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    for value in work.graph.input:
+        shape = (input_shapes or {}).get(value.name)
+        if shape is None:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, shape):
+            dim.Clear()
+            dim.dim_value = int(size)
+    opsets = [o for o in work.opset_import if o.domain in ("", "ai.onnx")]
+    known: dict[str, np.ndarray] = {
+        t.name: numpy_helper.to_array(t)
+        for t in work.graph.initializer
+        if np.prod(t.dims, dtype=np.int64) <= MAX_FOLDED_ELEMENTS
+    }
+    folded: set[int] = set()
+    changed = False
+    for _ in range(8):  # each round may expose static shapes to the next one
+        shapes = _static_shapes(work)
+        progress = False
+        for index, node in enumerate(work.graph.node):
+            if (
+                index in folded
+                or node.domain not in ("", "ai.onnx")
+                or any(
+                    a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                    for a in node.attribute
+                )
+            ):
+                continue
+            if node.op_type == "Concat":  # empty operands add nothing (TVM fails on them)
+                inputs = [n for n in node.input if 0 not in shapes.get(n, ((1,), 0))[0]]
+                if inputs and len(inputs) < len(node.input):
+                    del node.input[:]
+                    node.input.extend(inputs)
+                    progress = True
+            empty = _empty_outputs(node, shapes)
+            if empty is not None:  # statically empty: known without evaluating
+                outs = empty
+            elif node.op_type not in FOLDABLE_OPS:
+                continue
+            elif node.op_type in ("Shape", "Size"):
+                shape = shapes.get(node.input[0], (None,))[0]
+                if shape is None:
+                    continue
+                if node.op_type == "Size":
+                    outs = [np.array(int(np.prod(shape, dtype=np.int64)), np.int64)]
+                else:
+                    start, end = _attr(node, "start", 0), _attr(node, "end", None)
+                    outs = [np.array(shape[slice(start, end)], np.int64)]
+            else:
+                values = [known.get(name) if name else None for name in node.input]
+                if any(name and v is None for name, v in zip(node.input, values)):
+                    continue
+                try:
+                    outs = _evaluate(node, values, opsets)
+                except Exception:  # leave it to the importer, which reports it
+                    continue
+            if any(np.asarray(o).size > MAX_FOLDED_ELEMENTS for o in outs):
+                continue
+            for name, value in zip(node.output, outs):
+                if name:
+                    known[name] = np.asarray(value)
+            folded.add(index)
+            progress = True
+        if not progress:
+            break
+        _replace_folded(work, folded, known)
+        folded = set()
+        changed = True
+    return work if changed else model
+
+
+def _replace_folded(work: onnx.ModelProto, folded: set[int], known: dict) -> None:
+    """Drop the folded nodes; their outputs that are still read become initializers."""
+    graph = work.graph
+    removed = [graph.node[i] for i in sorted(folded)]
+    kept = [n for i, n in enumerate(graph.node) if i not in folded]
+    read = {name for n in kept for name in n.input} | {o.name for o in graph.output}
+    existing = {t.name for t in graph.initializer}
+    for node in removed:
+        for name in node.output:
+            if name and name in read and name not in existing:
+                graph.initializer.append(numpy_helper.from_array(known[name], name))
+                existing.add(name)
+    del graph.node[:]
+    graph.node.extend(kept)
+    value_names = {t.name for t in graph.initializer}
+    keep_info = [v for v in graph.value_info if v.name not in value_names]
+    del graph.value_info[:]
+    graph.value_info.extend(keep_info)
