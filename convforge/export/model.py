@@ -194,9 +194,7 @@ class CompiledModel:
                 "the empty outputs' shapes are unknown"
             )
         batched = [bool(s.shape) and s.shape[0] is None for s in self.inputs]
-        sample = [
-            np.zeros((1, *a.shape[1:]), a.dtype) if b else a for a, b in zip(bound, batched)
-        ]
+        sample = [np.zeros((1, *a.shape[1:]), a.dtype) if b else a for a, b in zip(bound, batched)]
         return [out[:0] for out in self(*sample)]
 
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
