@@ -53,9 +53,6 @@ REFUSED: dict[str, tuple[str, str]] = {
     "test_convinteger_without_padding": ("ConvInteger.*integer", "int8 kernels not built yet"),
     "test_convinteger_with_padding": ("ConvInteger.*integer", "int8 kernels not built yet"),
     "test_qlinearconv": ("QLinearConv.*integer", "int8 kernels not built yet"),
-    # TVM's converter computes wrong running statistics in training mode; refused before it.
-    "test_batchnorm_example_training_mode": ("training_mode=1", "TVM converter wrong"),
-    "test_batchnorm_epsilon_training_mode": ("training_mode=1", "TVM converter wrong"),
     # Neither convforge nor TVM's importer has these ops.
     **{
         f"test_{name}": ("DeformConv.*not supported", "no DeformConv kernel (convforge nor TVM)")

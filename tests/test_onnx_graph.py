@@ -256,3 +256,63 @@ def test_complex_input_refused_in_fresh_interpreter(tmp_path):
         )
     )
     assert_refused(outcome, "TypeError", "input 'x' has dtype complex128", "float32")
+
+
+def training_bn_model(opset: int, batch) -> onnx.ModelProto:
+    """Conv -> BatchNormalization(training_mode=1) with all three outputs."""
+    rng = np.random.default_rng(opset)
+    c = 4
+    weights = {
+        "w": rng.standard_normal((c, 3, 3, 3)).astype(np.float32),
+        "scale": rng.random(c).astype(np.float32) + 0.5,
+        "bias": rng.standard_normal(c).astype(np.float32),
+        "mean": rng.standard_normal(c).astype(np.float32),
+        "var": rng.random(c).astype(np.float32) + 0.5,
+    }
+    graph = h.make_graph(
+        [
+            h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            h.make_node(
+                "BatchNormalization",
+                ["c", "scale", "bias", "mean", "var"],
+                ["y", "running_mean", "running_var"],
+                training_mode=1,
+                epsilon=1e-3,
+                momentum=0.8,
+            ),
+        ],
+        "bn_training",
+        [h.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 6, 5])],
+        [
+            h.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            h.make_tensor_value_info("running_mean", TensorProto.FLOAT, None),
+            h.make_tensor_value_info("running_var", TensorProto.FLOAT, None),
+        ],
+        [nh.from_array(v, k) for k, v in weights.items()],
+    )
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset", [15, 18])
+def test_batch_norm_training_mode_matches_onnxruntime(opset):
+    """Batch statistics for Y and momentum-updated running statistics, as onnxruntime."""
+    model = training_bn_model(opset, 3)
+    x = np.random.default_rng(4).standard_normal((3, 3, 6, 5)).astype(np.float32) * 2 + 1
+    want = _ort(model, {"x": x})
+    got = cf.compile_model(model)(x)
+    assert len(got) == 3
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_training_mode_dynamic_batch_refused():
+    """Run sample by sample, a dynamic batch would give per-sample statistics: refused,
+    unless input_shapes fixes the batch to compile for."""
+    model = training_bn_model(15, "N")
+    with pytest.raises(ValueError, match=r"BatchNormalization.*training_mode=1.*dynamic batch"):
+        cf.compile_model(model)
+    x = np.random.default_rng(5).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    got = cf.compile_model(model, input_shapes={"x": x.shape})(x)
+    for g, w in zip(got, _ort(model, {"x": x}), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)

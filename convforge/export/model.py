@@ -473,7 +473,12 @@ def import_model(
 
     from convforge.export.fusion import fuse_convolutions, name_nodes
     from convforge.export.lowering import LoweringContext, convforge_converters
-    from convforge.export.prepare import check_graph, check_shape_inputs, fold_static_shapes
+    from convforge.export.prepare import (
+        check_graph,
+        check_shape_inputs,
+        expand_training_batch_norm,
+        fold_static_shapes,
+    )
 
     say = progress or (lambda message: None)
     original = name_nodes(load_onnx(model))
@@ -482,6 +487,8 @@ def import_model(
     compiled = _compiled_shapes(specs, input_shapes)
     original = fold_static_shapes(original, compiled)
     check_shape_inputs(original)
+    dynamic_batch = any(s.shape and s.shape[0] is None and compiled[s.name][0] == 1 for s in specs)
+    original = expand_training_batch_norm(original, compiled, dynamic_batch)
     say("fusing bias, batch-norm and activations into convolutions")
     fused = fuse_convolutions(original)
     ctx = LoweringContext(target, tuning_db, progress=progress)

@@ -57,11 +57,6 @@ def _refusal(node: onnx.NodeProto) -> str | None:
     op = node.op_type
     if op in ("ConvInteger", "QLinearConv"):
         return "integer (int8/uint8) convolution is not supported yet (no integer kernels)"
-    if op == "BatchNormalization" and _attr(node, "training_mode", 0):
-        return (
-            "training_mode=1 is not supported (TVM's converter returns wrong running "
-            "statistics); export the model in inference mode"
-        )
     if op == "MaxUnpool" and len(node.input) > 2 and node.input[2]:
         return "the output_shape input is not supported (TVM's converter cannot read it)"
     return None
@@ -185,13 +180,10 @@ def _evaluate(node: onnx.NodeProto, values: Sequence[np.ndarray | None], opsets)
     return list(ReferenceEvaluator(model).run(None, feeds))
 
 
-def fold_static_shapes(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+def _with_input_shapes(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None
 ) -> onnx.ModelProto:
-    """``model`` with static shape arithmetic replaced by initializers (a new model; the
-    argument is not changed). ``input_shapes`` (name -> the compiled shape) fixes the
-    graph inputs' dynamic dimensions first, as the compiled model will see them. Returns
-    ``model`` itself when nothing folds."""
+    """A copy of ``model`` whose graph inputs have the given (compiled) static shapes."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
     for value in work.graph.input:
@@ -202,6 +194,17 @@ def fold_static_shapes(
         for dim, size in zip(dims, shape):
             dim.Clear()
             dim.dim_value = int(size)
+    return work
+
+
+def fold_static_shapes(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> onnx.ModelProto:
+    """``model`` with static shape arithmetic replaced by initializers (a new model; the
+    argument is not changed). ``input_shapes`` (name -> the compiled shape) fixes the
+    graph inputs' dynamic dimensions first, as the compiled model will see them. Returns
+    ``model`` itself when nothing folds."""
+    work = _with_input_shapes(model, input_shapes)
     opsets = [o for o in work.opset_import if o.domain in ("", "ai.onnx")]
     known: dict[str, np.ndarray] = {
         t.name: numpy_helper.to_array(t)
@@ -284,3 +287,105 @@ def _replace_folded(work: onnx.ModelProto, folded: set[int], known: dict) -> Non
     keep_info = [v for v in graph.value_info if v.name not in value_names]
     del graph.value_info[:]
     graph.value_info.extend(keep_info)
+
+
+def expand_training_batch_norm(
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    dynamic_batch: bool = False,
+) -> onnx.ModelProto:
+    """``model`` with every ``BatchNormalization`` of ``training_mode=1`` written out in
+    primitive ops with ONNX's (and onnxruntime's) semantics: Y normalized by the batch's
+    mean and population variance over every axis but 1; running_mean/var outputs
+    ``input * momentum + batch statistic * (1 - momentum)`` (TVM's converter gets the
+    running statistics wrong). Returns ``model`` itself when there is none.
+
+    ``input_shapes``: the compiled input shapes (the statistics' axes need the rank).
+    ``dynamic_batch``: the compiled model may run a larger batch sample by sample, which
+    would compute the statistics per sample: refused (``ValueError``) then.
+    """
+    graph = model.graph
+    if not any(
+        n.op_type == "BatchNormalization" and _attr(n, "training_mode", 0) for n in graph.node
+    ):
+        return model
+    work = _with_input_shapes(model, input_shapes)
+    shapes = _static_shapes(work)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    nodes: list[onnx.NodeProto] = []
+    for node in work.graph.node:
+        if node.op_type != "BatchNormalization" or not _attr(node, "training_mode", 0):
+            nodes.append(node)
+            continue
+        where = f"node {node.name!r} (BatchNormalization)"
+        if dynamic_batch:
+            raise ValueError(
+                f"{where}: training_mode=1 with a dynamic batch would compute the batch "
+                "statistics per sample: give input_shapes with the batch to compile for"
+            )
+        found = shapes.get(node.input[0])
+        if found is None:
+            raise ValueError(f"{where}: training_mode=1 needs a static input shape")
+        nodes += _training_batch_norm_nodes(node, work, len(found[0]), found[1], opset)
+    del work.graph.node[:]
+    work.graph.node.extend(nodes)
+    return work
+
+
+def _training_batch_norm_nodes(
+    node: onnx.NodeProto, work: onnx.ModelProto, rank: int, elem: int, opset: int
+) -> list[onnx.NodeProto]:
+    """The primitive ops of one training-mode BatchNormalization (constants added to
+    ``work``'s initializers)."""
+    x, scale, bias, mean, var = node.input[:5]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    axes = [0, *range(2, rank)]
+    p = f"{node.name}__bn_"
+    made: set[str] = set()
+
+    def const(name, value, dt=dtype):
+        if p + name not in made:
+            made.add(p + name)
+            tensor = numpy_helper.from_array(np.array(value, dt), p + name)
+            work.graph.initializer.append(tensor)
+        return p + name
+
+    def reduce_mean(src, out):
+        if opset >= 18:
+            return onnx.helper.make_node(
+                "ReduceMean", [src, const("axes", axes, np.int64)], [out], keepdims=1
+            )
+        return onnx.helper.make_node("ReduceMean", [src], [out], axes=axes, keepdims=1)
+
+    eps = float(_attr(node, "epsilon", 1e-5))
+    momentum = float(_attr(node, "momentum", 0.9))
+    channel = const("channel_shape", [1, -1] + [1] * (rank - 2), np.int64)
+    flat = const("flat_shape", [-1], np.int64)
+    mk = onnx.helper.make_node
+    nodes = [
+        reduce_mean(x, p + "mean"),
+        mk("Sub", [x, p + "mean"], [p + "centered"]),
+        mk("Mul", [p + "centered", p + "centered"], [p + "squared"]),
+        reduce_mean(p + "squared", p + "var"),
+        mk("Add", [p + "var", const("eps", eps)], [p + "var_eps"]),
+        mk("Sqrt", [p + "var_eps"], [p + "std"]),
+        mk("Div", [p + "centered", p + "std"], [p + "normalized"]),
+        mk("Reshape", [scale, channel], [p + "scale"]),
+        mk("Reshape", [bias, channel], [p + "bias"]),
+        mk("Mul", [p + "normalized", p + "scale"], [p + "scaled"]),
+        mk("Add", [p + "scaled", p + "bias"], [node.output[0]]),
+    ]
+    for k, (running, batch) in enumerate(((mean, "mean"), (var, "var")), start=1):
+        if len(node.output) <= k or not node.output[k]:
+            continue
+        nodes += [
+            mk("Reshape", [p + batch, flat], [p + batch + "_flat"]),
+            mk("Mul", [running, const("momentum", momentum)], [p + batch + "_kept"]),
+            mk(
+                "Mul",
+                [p + batch + "_flat", const("one_minus_momentum", 1.0 - momentum)],
+                [p + batch + "_new"],
+            ),
+            mk("Add", [p + batch + "_kept", p + batch + "_new"], [node.output[k]]),
+        ]
+    return nodes
