@@ -476,6 +476,7 @@ def import_model(
     from convforge.export.prepare import (
         check_graph,
         check_shape_inputs,
+        expand_max_unpool,
         expand_training_batch_norm,
         fold_static_shapes,
     )
@@ -489,6 +490,7 @@ def import_model(
     check_shape_inputs(original)
     dynamic_batch = any(s.shape and s.shape[0] is None and compiled[s.name][0] == 1 for s in specs)
     original = expand_training_batch_norm(original, compiled, dynamic_batch)
+    original = expand_max_unpool(original)
     say("fusing bias, batch-norm and activations into convolutions")
     fused = fuse_convolutions(original)
     ctx = LoweringContext(target, tuning_db, progress=progress)

@@ -57,8 +57,6 @@ def _refusal(node: onnx.NodeProto) -> str | None:
     op = node.op_type
     if op in ("ConvInteger", "QLinearConv"):
         return "integer (int8/uint8) convolution is not supported yet (no integer kernels)"
-    if op == "MaxUnpool" and len(node.input) > 2 and node.input[2]:
-        return "the output_shape input is not supported (TVM's converter cannot read it)"
     return None
 
 
@@ -90,8 +88,7 @@ UNSUPPORTED_OPS = {
 def check_graph(model: onnx.ModelProto) -> None:
     """Refuse (``ValueError`` naming node and op) a model TVM's importer cannot import
     correctly: no default-domain opset, a dangling input, an unconvertible op, a refused
-    node form (integer convolutions, BatchNormalization training mode, MaxUnpool with
-    output_shape, DeformConv, Col2Im). Shape-defining inputs are checked after folding by
+    node form (integer convolutions, DeformConv, Col2Im). Shape-defining inputs are checked after folding by
     :func:`check_shape_inputs`."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
@@ -390,3 +387,84 @@ def _training_batch_norm_nodes(
             mk("Add", [p + batch + "_kept", p + batch + "_new"], [node.output[k]]),
         ]
     return nodes
+
+
+def expand_max_unpool(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every MaxUnpool that has a constant ``output_shape`` input written as
+    ONNX defines it (and onnxruntime computes it): ``Y.flat[I.flat] = X.flat`` in a zero
+    tensor of the unpooled shape (from kernel_shape, strides, pads), zero-padded at the end
+    of each axis to ``output_shape`` (ConstantOfShape, ScatterElements, Reshape, Pad):
+    TVM's converter cannot read that input.
+    Call after :func:`check_shape_inputs` (a non-constant output_shape is refused there).
+    Returns ``model`` itself when there is none."""
+    graph = model.graph
+    targets = [
+        n for n in graph.node if n.op_type == "MaxUnpool" and len(n.input) > 2 and n.input[2]
+    ]
+    if not targets:
+        return model
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    constants = {t.name: t for t in work.graph.initializer}
+    for node in work.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    shapes = _static_shapes(work)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    nodes: list[onnx.NodeProto] = []
+    mk = onnx.helper.make_node
+    for node in work.graph.node:
+        if node.op_type != "MaxUnpool" or len(node.input) < 3 or not node.input[2]:
+            nodes.append(node)
+            continue
+        x, indices, output_shape = node.input[:3]
+        where = f"node {node.name!r} (MaxUnpool)"
+        found = shapes.get(x)
+        if found is None:
+            raise ValueError(f"{where}: an output_shape input needs a static input shape")
+        x_shape, elem = found
+        inferred = _unpooled_shape(node, x_shape)
+        shape = [int(v) for v in numpy_helper.to_array(constants[output_shape])]
+        if len(shape) != len(inferred) or any(o < i for o, i in zip(shape, inferred)):
+            raise ValueError(
+                f"{where}: output_shape {shape} is smaller than the unpooled shape {inferred}"
+            )
+        p = f"{node.name}__unpool_"
+        pads = [0] * len(shape) + [o - i for o, i in zip(shape, inferred)]
+        for name, value in (
+            ("size", [int(np.prod(inferred))]),
+            ("flat", [-1]),
+            ("inferred", inferred),
+            ("pads", pads),
+        ):
+            work.graph.initializer.append(
+                numpy_helper.from_array(np.array(value, np.int64), p + name)
+            )
+        zero = onnx.helper.make_tensor("zero", elem, [1], [0])
+        pad = (
+            mk("Pad", [p + "unpooled", p + "pads"], [node.output[0]])
+            if opset >= 11
+            else mk("Pad", [p + "unpooled"], [node.output[0]], pads=pads)
+        )
+        nodes += [
+            mk("ConstantOfShape", [p + "size"], [p + "zeros"], value=zero),
+            mk("Reshape", [x, p + "flat"], [p + "x"]),
+            mk("Reshape", [indices, p + "flat"], [p + "indices"]),
+            mk("ScatterElements", [p + "zeros", p + "indices", p + "x"], [p + "y"], axis=0),
+            mk("Reshape", [p + "y", p + "inferred"], [p + "unpooled"]),
+            pad,
+        ]
+    del work.graph.node[:]
+    work.graph.node.extend(nodes)
+    return work
+
+
+def _unpooled_shape(node: onnx.NodeProto, x_shape: Sequence[int]) -> list[int]:
+    """MaxUnpool's output shape without output_shape: (in - 1) * stride - pads + kernel."""
+    kernel = list(_attr(node, "kernel_shape"))
+    n = len(kernel)
+    strides = list(_attr(node, "strides", [1] * n))
+    pads = list(_attr(node, "pads", [0] * 2 * n))
+    return [int(x_shape[0]), int(x_shape[1])] + [
+        (x_shape[d + 2] - 1) * strides[d] - (pads[d] + pads[n + d]) + kernel[d] for d in range(n)
+    ]
