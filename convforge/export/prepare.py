@@ -390,13 +390,13 @@ def _training_batch_norm_nodes(
 
 
 def expand_max_unpool(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with every MaxUnpool that has a constant ``output_shape`` input written as
-    ONNX defines it (and onnxruntime computes it): ``Y.flat[I.flat] = X.flat`` in a zero
-    tensor of the unpooled shape (from kernel_shape, strides, pads), zero-padded at the end
-    of each axis to ``output_shape`` (ConstantOfShape, ScatterElements, Reshape, Pad):
-    TVM's converter cannot read that input.
-    Call after :func:`check_shape_inputs` (a non-constant output_shape is refused there).
-    Returns ``model`` itself when there is none."""
+    """``model`` with every MaxUnpool that has a constant ``output_shape`` input computed
+    as onnxruntime does: ``Y.flat[I.flat] = X.flat`` in a zero tensor of ``output_shape``
+    (ConstantOfShape, ScatterElements, Reshape); TVM's converter cannot read that input.
+    (ONNX's reference instead scatters into the unpooled shape and zero-pads that to
+    ``output_shape``; convforge follows onnxruntime.) Call after :func:`check_shape_inputs`
+    (a non-constant output_shape is refused there). Returns ``model`` itself when there
+    is none."""
     graph = model.graph
     targets = [
         n for n in graph.node if n.op_type == "MaxUnpool" and len(n.input) > 2 and n.input[2]
@@ -410,7 +410,6 @@ def expand_max_unpool(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = node.attribute[0].t
     shapes = _static_shapes(work)
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     nodes: list[onnx.NodeProto] = []
     mk = onnx.helper.make_node
     for node in work.graph.node:
@@ -418,53 +417,21 @@ def expand_max_unpool(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(node)
             continue
         x, indices, output_shape = node.input[:3]
-        where = f"node {node.name!r} (MaxUnpool)"
-        found = shapes.get(x)
-        if found is None:
-            raise ValueError(f"{where}: an output_shape input needs a static input shape")
-        x_shape, elem = found
-        inferred = _unpooled_shape(node, x_shape)
-        shape = [int(v) for v in numpy_helper.to_array(constants[output_shape])]
-        if len(shape) != len(inferred) or any(o < i for o, i in zip(shape, inferred)):
-            raise ValueError(
-                f"{where}: output_shape {shape} is smaller than the unpooled shape {inferred}"
-            )
+        elem = shapes.get(x, ((), onnx.TensorProto.FLOAT))[1] or onnx.TensorProto.FLOAT
+        size = int(np.prod(numpy_helper.to_array(constants[output_shape]), dtype=np.int64))
         p = f"{node.name}__unpool_"
-        pads = [0] * len(shape) + [o - i for o, i in zip(shape, inferred)]
-        for name, value in (
-            ("size", [int(np.prod(inferred))]),
-            ("flat", [-1]),
-            ("inferred", inferred),
-            ("pads", pads),
-        ):
+        for name, value in (("size", [size]), ("flat", [-1])):
             work.graph.initializer.append(
                 numpy_helper.from_array(np.array(value, np.int64), p + name)
             )
         zero = onnx.helper.make_tensor("zero", elem, [1], [0])
-        pad = (
-            mk("Pad", [p + "unpooled", p + "pads"], [node.output[0]])
-            if opset >= 11
-            else mk("Pad", [p + "unpooled"], [node.output[0]], pads=pads)
-        )
         nodes += [
             mk("ConstantOfShape", [p + "size"], [p + "zeros"], value=zero),
             mk("Reshape", [x, p + "flat"], [p + "x"]),
             mk("Reshape", [indices, p + "flat"], [p + "indices"]),
             mk("ScatterElements", [p + "zeros", p + "indices", p + "x"], [p + "y"], axis=0),
-            mk("Reshape", [p + "y", p + "inferred"], [p + "unpooled"]),
-            pad,
+            mk("Reshape", [p + "y", output_shape], [node.output[0]]),
         ]
     del work.graph.node[:]
     work.graph.node.extend(nodes)
     return work
-
-
-def _unpooled_shape(node: onnx.NodeProto, x_shape: Sequence[int]) -> list[int]:
-    """MaxUnpool's output shape without output_shape: (in - 1) * stride - pads + kernel."""
-    kernel = list(_attr(node, "kernel_shape"))
-    n = len(kernel)
-    strides = list(_attr(node, "strides", [1] * n))
-    pads = list(_attr(node, "pads", [0] * 2 * n))
-    return [int(x_shape[0]), int(x_shape[1])] + [
-        (x_shape[d + 2] - 1) * strides[d] - (pads[d] + pads[n + d]) + kernel[d] for d in range(n)
-    ]
