@@ -316,3 +316,38 @@ def test_batch_norm_training_mode_dynamic_batch_refused():
     got = cf.compile_model(model, input_shapes={"x": x.shape})(x)
     for g, w in zip(got, _ort(model, {"x": x}), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_folding_never_builds_huge_constants():
+    """ConstantOfShape / Range / Expand / Tile of constants with a huge result stay in the
+    graph, checked before evaluating: folding them would exhaust memory. The results here
+    (1.6 GB each) would fit, so the peak memory shows whether any was built."""
+    outcome = run_isolated(
+        """
+        import resource
+        import numpy as np
+        from onnx import TensorProto, helper as h, numpy_helper as nh
+        from convforge.export.prepare import fold_static_shapes
+
+        def i64(name, v):
+            return nh.from_array(np.array(v, np.int64), name)
+
+        big = [20000, 20000]
+        cases = [
+            ("ConstantOfShape", ["s"], [i64("s", big)]),
+            ("Range", ["a", "b", "c"], [i64("a", 0), i64("b", 4 * 10**8), i64("c", 1)]),
+            ("Expand", ["v", "s"], [nh.from_array(np.ones(1, np.float32), "v"), i64("s", big)]),
+            ("Tile", ["v", "s"], [nh.from_array(np.ones((2, 2), np.float32), "v"), i64("s", [10000, 10000])]),
+        ]
+        for op, inputs, inits in cases:
+            g = h.make_graph([h.make_node(op, inputs, ["y"])], "g", [],
+                             [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+            m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+            assert [n.op_type for n in fold_static_shapes(m).graph.node] == [op], op
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("KEPT", peak_mb)
+        assert peak_mb < 1200, peak_mb
+        """,
+        timeout=60,
+    )
+    assert outcome.returncode == 0 and "KEPT" in outcome.stdout, outcome.describe()

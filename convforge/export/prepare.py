@@ -151,6 +151,28 @@ def _empty_outputs(node: onnx.NodeProto, shapes: dict) -> list[np.ndarray] | Non
     return outs or None
 
 
+def _output_too_large(node: onnx.NodeProto, values: Sequence[np.ndarray | None]) -> bool:
+    """Whether ``node`` (inputs ``values``) would make a tensor past
+    :data:`MAX_FOLDED_ELEMENTS`: checked before evaluating, so that a hostile
+    ``ConstantOfShape``/``Range``/``Expand``/``Tile`` cannot exhaust memory here."""
+    try:
+        if node.op_type == "ConstantOfShape":
+            count = np.prod(values[0].astype(np.float64))
+        elif node.op_type == "Range":
+            start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in values[:3])
+            count = 0 if delta == 0 else max(np.ceil((limit - start) / delta), 0)
+        elif node.op_type == "Expand":
+            shape = np.broadcast_shapes(values[0].shape, tuple(int(d) for d in values[1]))
+            count = np.prod(np.array(shape, np.float64))
+        elif node.op_type == "Tile":
+            count = values[0].size * np.prod(values[1].astype(np.float64))
+        else:
+            return False
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return True  # malformed: leave it to the importer, which reports it
+    return not np.isfinite(count) or count > MAX_FOLDED_ELEMENTS
+
+
 def _evaluate(node: onnx.NodeProto, values: Sequence[np.ndarray | None], opsets) -> list:
     from onnx.reference import ReferenceEvaluator
 
@@ -247,6 +269,8 @@ def fold_static_shapes(
             else:
                 values = [known.get(name) if name else None for name in node.input]
                 if any(name and v is None for name, v in zip(node.input, values)):
+                    continue
+                if _output_too_large(node, values):
                     continue
                 try:
                     outs = _evaluate(node, values, opsets)
