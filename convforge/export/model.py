@@ -61,6 +61,11 @@ class CompiledModel:
     a fully convolutional model): a model from :func:`compile_model` compiles (once, then
     cached) a specialization for each new size it is called with; a loaded library runs
     the sizes it was compiled for only.
+
+    Inputs must have the declared dtype (``TypeError`` otherwise: no implicit cast, as
+    onnxruntime); scalar inputs (shape ``()``) are passed as 0-d arrays. An empty dynamic
+    batch (size 0) returns every output with batch 0, as onnxruntime; any other empty
+    dimension is refused with a ``ValueError`` naming the input and dimension.
     """
 
     def __init__(
@@ -438,6 +443,15 @@ def compile_model(
     default lowering. Dynamic dimensions: the batch compiles as 1 (larger batches run per
     sample); other dynamic dimensions need ``input_shapes`` (name -> full shape), which
     may also override declared spatial sizes of fully convolutional models.
+
+    Before TVM's importer sees the model (:mod:`convforge.export.prepare`): a missing
+    default opset, a dangling input, an op neither convforge nor TVM converts, integer
+    convolutions, DeformConv, Col2Im and shape-defining inputs (Resize scales/sizes/roi,
+    Upsample scales, MaxUnpool output_shape) that are not constants are refused with one
+    ``ValueError`` naming the node and op; static shape arithmetic (Shape of statically
+    shaped tensors and small integer ops on constants) is folded into initializers;
+    BatchNormalization with ``training_mode=1`` and MaxUnpool with ``output_shape`` are
+    written out in primitive ops with onnxruntime's semantics.
     """
     from convforge.export.pipeline import relax_pipeline
 
