@@ -351,3 +351,11 @@ def test_folding_never_builds_huge_constants():
         timeout=60,
     )
     assert outcome.returncode == 0 and "KEPT" in outcome.stdout, outcome.describe()
+
+
+def test_check_model_refuses_another_dtype_kind():
+    """``check_model`` casts within a kind (float64 -> float32, as its docstring says) but
+    refuses a complex array for a float input rather than dropping the imaginary part."""
+    x = np.ones((1, 3, 8, 8), np.complex64)
+    with pytest.raises(ValueError, match=r"inputs: 'x' has dtype complex64.*float32"):
+        cf.check_model(scalar_model(), {"x": x, "s": np.array(1.0, np.float32)})
