@@ -359,3 +359,29 @@ def test_check_model_refuses_another_dtype_kind():
     x = np.ones((1, 3, 8, 8), np.complex64)
     with pytest.raises(ValueError, match=r"inputs: 'x' has dtype complex64.*float32"):
         cf.check_model(scalar_model(), {"x": x, "s": np.array(1.0, np.float32)})
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (AttributeError("'GenericConst' object has no attribute 'tolist'"), ValueError),
+        (ValueError("first line\nsecond line: the reason"), ValueError),
+        (NotImplementedError("no such mode"), NotImplementedError),
+    ],
+)
+def test_converter_failure_is_one_line_naming_the_node(monkeypatch, error, expected):
+    """A converter that fails (TVM's or a convforge lowering) surfaces as one line
+    ``node 'NAME' (OP): ...``, not a traceback through TVM's importer."""
+    from convforge.export import lowering
+
+    def broken(ctx, inputs, attrs):
+        raise error
+
+    monkeypatch.setitem(lowering.LOWERINGS, "Conv", broken)
+    with pytest.raises(expected) as info:
+        cf.compile_model(_conv_graph([h.make_node("Relu", ["c"], ["y"])], _OUT))
+    message = str(info.value)
+    assert message.startswith("node 'Conv_0' (Conv): "), message
+    assert "\n" not in message
+    last = str(error).splitlines()[-1]
+    assert last in message

@@ -14,6 +14,7 @@ inside :func:`compile_model`.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -512,7 +513,7 @@ def import_model(
         f"importing {len(original.graph.node)} ONNX nodes (convforge kernels scheduled as they come)"
     )
     opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), None)
-    with convforge_converters(ctx), warnings.catch_warnings():
+    with convforge_converters(ctx), naming_node_errors(), warnings.catch_warnings():
         # TVM's importer runs onnx's checker, which flags the fusion attributes and a
         # fused residual (a Conv's 4th input).
         warnings.filterwarnings("ignore", message="Unrecognized attribute: convforge_")
@@ -534,6 +535,56 @@ def import_model(
         "kernels": [asdict(r) for r in ctx.records],
     }
     return mod, ctx, metadata
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (a TVM traceback: its last line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    text = lines[-1] if any(line.startswith("Traceback") for line in lines) else " ".join(lines)
+    return (
+        text
+        if isinstance(err, ValueError | NotImplementedError)
+        else (f"{type(err).__name__}: {text}")
+    )
+
+
+@contextlib.contextmanager
+def naming_node_errors():
+    """Within this context a node that fails to convert in TVM's ONNX importer (a
+    convforge lowering's refusal or a TVM converter's failure) raises one ``ValueError``
+    (``NotImplementedError`` where the converter raised one) ``node 'NAME' (OP): why`` on
+    one line, and TVM's "Error converting operator" print is dropped. Any other failure
+    of the importer becomes a one-line ``ValueError`` too."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    importer = onnx_frontend.ONNXGraphImporter
+    original = importer._convert_operator
+
+    def convert(self, op_name, inputs, attrs, opset):
+        try:
+            return original(self, op_name, inputs, attrs, opset)
+        except Exception as err:
+            name = (attrs.get("tvm_custom") or {}).get("name", "?")
+            message = f"node {name!r} ({op_name}): {_one_line(err)}"
+            if isinstance(err, NotImplementedError):
+                raise NotImplementedError(message) from err
+            raise ValueError(message) from err
+
+    importer._convert_operator = convert
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    except (ValueError, NotImplementedError):
+        raise
+    except Exception as err:  # raised by the importer outside a converter
+        raise ValueError(f"TVM's ONNX importer: {_one_line(err)}") from err
+    finally:
+        importer._convert_operator = original
+        text = captured.getvalue()
+        sys.stdout.write(text.split("Error converting operator", 1)[0])
 
 
 def _with_metadata(mod: tvm.IRModule, metadata: dict) -> tvm.IRModule:
