@@ -337,7 +337,8 @@ def test_folding_never_builds_huge_constants():
             ("ConstantOfShape", ["s"], [i64("s", big)]),
             ("Range", ["a", "b", "c"], [i64("a", 0), i64("b", 4 * 10**8), i64("c", 1)]),
             ("Expand", ["v", "s"], [nh.from_array(np.ones(1, np.float32), "v"), i64("s", big)]),
-            ("Tile", ["v", "s"], [nh.from_array(np.ones((2, 2), np.float32), "v"), i64("s", [10000, 10000])]),
+            ("Tile", ["v", "s"],
+             [nh.from_array(np.ones((2, 2), np.float32), "v"), i64("s", [10000, 10000])]),
         ]
         for op, inputs, inits in cases:
             g = h.make_graph([h.make_node(op, inputs, ["y"])], "g", [],

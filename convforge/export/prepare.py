@@ -1,16 +1,20 @@
 """ONNX-level checks and rewrites that run before TVM's importer sees a model.
 
 :func:`check_graph` refuses, with one ``ValueError`` naming the node, op and rule, what
-TVM's importer would fail on with a traceback or silently compute wrongly: a missing
-default-domain opset, a dangling input, an op neither convforge nor TVM converts, and the
-node forms known to be wrong or unsupported (:data:`REFUSED_NODES`).
+TVM's importer would fail on with a traceback or compute wrongly: a missing default-domain
+opset, a dangling input, an op neither convforge nor TVM converts, and the ops refused
+whatever their attributes (:data:`UNSUPPORTED_OPS`).
 
 :func:`fold_static_shapes` evaluates static shape arithmetic (``Shape`` of a tensor whose
-shape is known once the inputs have their compiled shapes, and the small integer ops fed
-only by constants: ``Gather``, ``Sub``, ``Concat``, ``Unsqueeze``, ``Slice``, ``Cast``, ...)
-with ONNX's reference evaluator and replaces it by initializers, so that TVM's importer
-(which fails with "cannot handle ShapeExpr inputs" on such graphs, common in PyTorch
-exports) sees constants.
+shape is known once the inputs have their compiled shapes, and the small ops fed only by
+constants: ``Gather``, ``Sub``, ``Concat``, ``Unsqueeze``, ``Slice``, ``Cast``, ...) with
+ONNX's reference evaluator and replaces it by initializers, so that TVM's importer (which
+fails with "cannot handle ShapeExpr inputs" on such graphs, common in PyTorch exports)
+sees constants; statically empty tensors become empty initializers.
+:func:`check_shape_inputs` then refuses shape-defining inputs that are still not constant.
+
+:func:`expand_training_batch_norm` and :func:`expand_max_unpool` write out, in primitive
+ops with onnxruntime's semantics, two node forms TVM's converters get wrong or cannot read.
 """
 
 from __future__ import annotations
@@ -52,14 +56,6 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def _refusal(node: onnx.NodeProto) -> str | None:
-    """Why ``node`` is refused, or None."""
-    op = node.op_type
-    if op in ("ConvInteger", "QLinearConv"):
-        return "integer (int8/uint8) convolution is not supported yet (no integer kernels)"
-    return None
-
-
 def check_shape_inputs(model: onnx.ModelProto) -> None:
     """Refuse (``ValueError`` naming node, op and input) a Resize, Upsample, MaxUnpool or
     Col2Im whose shape-defining input is not a constant after :func:`fold_static_shapes`:
@@ -80,6 +76,8 @@ def check_shape_inputs(model: onnx.ModelProto) -> None:
 
 #: Op types refused whatever their attributes, with the reason (checked before TVM).
 UNSUPPORTED_OPS = {
+    "ConvInteger": "integer (int8/uint8) convolution is not supported yet (no integer kernels)",
+    "QLinearConv": "integer (int8/uint8) convolution is not supported yet (no integer kernels)",
     "DeformConv": "deformable convolution is not supported (neither convforge nor TVM)",
     "Col2Im": "Col2Im is not supported (neither convforge nor TVM)",
 }
@@ -87,9 +85,9 @@ UNSUPPORTED_OPS = {
 
 def check_graph(model: onnx.ModelProto) -> None:
     """Refuse (``ValueError`` naming node and op) a model TVM's importer cannot import
-    correctly: no default-domain opset, a dangling input, an unconvertible op, a refused
-    node form (integer convolutions, DeformConv, Col2Im). Shape-defining inputs are checked after folding by
-    :func:`check_shape_inputs`."""
+    correctly: no default-domain opset, a dangling input, an unconvertible op, an op of
+    :data:`UNSUPPORTED_OPS` (integer convolutions, DeformConv, Col2Im). Shape-defining
+    inputs are checked after folding by :func:`check_shape_inputs`."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     from convforge.export.lowering import LOWERINGS
@@ -104,9 +102,6 @@ def check_graph(model: onnx.ModelProto) -> None:
         where = f"node {node.name!r} ({node.op_type})"
         if node.op_type in UNSUPPORTED_OPS:
             raise ValueError(f"{where}: {UNSUPPORTED_OPS[node.op_type]}")
-        why = _refusal(node)
-        if why:
-            raise ValueError(f"{where}: {why}")
         if node.op_type not in convertible or node.domain not in ("", "ai.onnx"):
             domain = f" of domain {node.domain!r}" if node.domain else ""
             raise ValueError(f"{where}: op {node.op_type!r}{domain} is not supported")
@@ -122,7 +117,7 @@ def check_graph(model: onnx.ModelProto) -> None:
             raise ValueError(f"model: output {out.name!r} is produced by no node or input")
 
 
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], int]]:
     """Fully static tensor shapes after ONNX shape inference (name -> (shape, elem_type))."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
