@@ -386,3 +386,37 @@ def test_converter_failure_is_one_line_naming_the_node(monkeypatch, error, expec
     assert "\n" not in message
     last = str(error).splitlines()[-1]
     assert last in message
+
+
+def _gather_model(indices) -> onnx.ModelProto:
+    graph = h.make_graph(
+        [h.make_node("Gather", ["x", "i"], ["y"], axis=1)],
+        "gather",
+        [h.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [nh.from_array(np.array(indices, np.int64), "i")],
+    )
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_gather_negative_constant_indices_match_onnxruntime():
+    model = _gather_model([-4, 3, -1])
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    (want,) = _ort(model, {"x": x})
+    (got,) = cf.compile_model(model)(x)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_gather_out_of_range_constant_index_refused(tmp_path):
+    """onnxruntime refuses it at run time; TVM's Gather would read out of bounds."""
+    model = _gather_model([0, 7])
+    with pytest.raises(Exception, match="out of data bounds"):
+        _ort(model, {"x": np.zeros((2, 4), np.float32)})
+    path = _save(tmp_path, model)
+    outcome = run_isolated(
+        refusal_snippet(
+            "import numpy as np, convforge as cf",
+            f"cf.compile_model({path!r})(np.zeros((2, 4), np.float32))",
+        )
+    )
+    assert_refused(outcome, r"node 'Gather_0' \(Gather\)", r"index 7 is outside \[-4, 3\]")

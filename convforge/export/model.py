@@ -489,6 +489,7 @@ def import_model(
     from convforge.export.fusion import fuse_convolutions, name_nodes
     from convforge.export.lowering import LoweringContext, convforge_converters
     from convforge.export.prepare import (
+        check_constant_indices,
         check_graph,
         check_shape_inputs,
         expand_max_unpool,
@@ -503,6 +504,7 @@ def import_model(
     compiled = _compiled_shapes(specs, input_shapes)
     original = fold_static_shapes(original, compiled)
     check_shape_inputs(original)
+    check_constant_indices(original)
     dynamic_batch = any(s.shape and s.shape[0] is None and compiled[s.name][0] == 1 for s in specs)
     original = expand_training_batch_norm(original, compiled, dynamic_batch)
     original = expand_max_unpool(original)

@@ -454,3 +454,28 @@ def expand_max_unpool(model: onnx.ModelProto) -> onnx.ModelProto:
     del work.graph.node[:]
     work.graph.node.extend(nodes)
     return work
+
+
+def check_constant_indices(model: onnx.ModelProto) -> None:
+    """Refuse (``ValueError`` naming node, index and range) a ``Gather`` whose constant
+    indices fall outside ``[-s, s - 1]`` of its statically shaped data axis: onnxruntime
+    refuses such a node, and TVM's Gather reads out of bounds (a wrong number or a crash).
+    Indices computed at run time cannot be checked here."""
+    constants = {t.name: t for t in model.graph.initializer}
+    targets = [n for n in model.graph.node if n.op_type == "Gather" and n.input[1] in constants]
+    if not targets:
+        return
+    shapes = _static_shapes(model)
+    for node in targets:
+        data = shapes.get(node.input[0])
+        if data is None:
+            continue
+        axis = int(_attr(node, "axis", 0))
+        size = data[0][axis]
+        indices = numpy_helper.to_array(constants[node.input[1]])
+        bad = indices[(indices < -size) | (indices >= size)]
+        if bad.size:
+            raise ValueError(
+                f"node {node.name!r} (Gather): index {int(bad.reshape(-1)[0])} is outside "
+                f"[{-size}, {size - 1}] (axis {axis} of size {size})"
+            )
