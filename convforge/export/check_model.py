@@ -125,6 +125,11 @@ def make_inputs(
                 raise ValueError(
                     f"inputs: {spec.name!r} must have shape {shape}, got {array.shape}"
                 )
+            if array.dtype.kind != np.dtype(spec.dtype).kind:  # e.g. complex for float
+                raise ValueError(
+                    f"inputs: {spec.name!r} has dtype {array.dtype}, the model declares "
+                    f"{spec.dtype}"
+                )
             result[spec.name] = array.astype(spec.dtype, copy=False)
             continue
         shape = (input_shapes or {}).get(spec.name)

@@ -14,6 +14,7 @@ inside :func:`compile_model`.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -39,7 +40,10 @@ if TYPE_CHECKING:
 #: Name of the relax function that returns the model description as UTF-8 JSON bytes.
 METADATA_FUNCTION = "convforge_metadata"
 
-_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool"}
+_ONNX_DTYPES = {
+    1: "float32", 10: "float16", 11: "float64", 2: "uint8", 3: "int8", 6: "int32", 7: "int64",
+    9: "bool",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,11 @@ class CompiledModel:
     a fully convolutional model): a model from :func:`compile_model` compiles (once, then
     cached) a specialization for each new size it is called with; a loaded library runs
     the sizes it was compiled for only.
+
+    Inputs must have the declared dtype (``TypeError`` otherwise: no implicit cast, as
+    onnxruntime); scalar inputs (shape ``()``) are passed as 0-d arrays. An empty dynamic
+    batch (size 0) returns every output with batch 0, as onnxruntime; any other empty
+    dimension is refused with a ``ValueError`` naming the input and dimension.
     """
 
     def __init__(
@@ -90,7 +99,9 @@ class CompiledModel:
         return [spec.name for spec in self.outputs]
 
     def bind_inputs(self, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
-        """Inputs in model order from positional and named arrays; ValueError on any mismatch."""
+        """Inputs in model order from positional and named arrays; ValueError on any shape or
+        name mismatch, TypeError on a dtype other than the declared one (no implicit cast,
+        as onnxruntime: a float64 or complex array for a float32 input is refused)."""
         if len(arrays) > len(self.inputs):
             raise ValueError(f"model takes {len(self.inputs)} inputs, got {len(arrays)} arrays")
         given = dict(zip(self.input_names, arrays))
@@ -109,7 +120,14 @@ class CompiledModel:
             )
         bound = []
         for spec in self.inputs:
-            array = np.ascontiguousarray(given[spec.name], dtype=spec.dtype)
+            array = np.asarray(given[spec.name])
+            if array.dtype != np.dtype(spec.dtype):  # as onnxruntime: no implicit casts
+                raise TypeError(
+                    f"input {spec.name!r} has dtype {array.dtype}, the model declares "
+                    f"{spec.dtype}: cast it explicitly"
+                )
+            # np.ascontiguousarray would turn a scalar (shape ()) into shape (1,)
+            array = np.require(array, requirements="C")
             compiled = self.compiled_shapes[spec.name]
             fits = len(array.shape) == len(compiled) and all(
                 a == c or (declared is None and (k == 0 or self._specialize is not None))
@@ -130,6 +148,9 @@ class CompiledModel:
 
     def __call__(self, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
         bound = self.bind_inputs(*arrays, **named)
+        empty = self._empty_outputs(bound)
+        if empty is not None:
+            return empty
         shapes = {
             s.name: (self.compiled_shapes[s.name][0], *a.shape[1:]) if a.ndim else a.shape
             for s, a in zip(self.inputs, bound)
@@ -154,6 +175,34 @@ class CompiledModel:
             for i in range(size)
         ]
         return [np.concatenate(parts, axis=0) for parts in zip(*samples)]
+
+    def _empty_outputs(self, bound: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+        """For an empty dynamic batch, onnxruntime's answer: every output with batch 0.
+
+        None when no input is empty. ValueError (naming the input and dimension) for any
+        other empty input, or when an output has no dynamic batch to make empty.
+        """
+        found = None
+        for spec, array in zip(self.inputs, bound):
+            for axis, size in enumerate(array.shape):
+                if size != 0:
+                    continue
+                if axis != 0 or spec.shape[0] is not None:
+                    raise ValueError(
+                        f"input {spec.name!r} is empty along dimension {axis} (shape "
+                        f"{array.shape}): only an empty dynamic batch (dimension 0) is supported"
+                    )
+                found = spec.name
+        if found is None:
+            return None
+        if any(not o.shape or o.shape[0] is not None for o in self.outputs):
+            raise ValueError(
+                f"input {found!r} has batch 0, but not every output has a dynamic batch: "
+                "the empty outputs' shapes are unknown"
+            )
+        batched = [bool(s.shape) and s.shape[0] is None for s in self.inputs]
+        sample = [np.zeros((1, *a.shape[1:]), a.dtype) if b else a for a, b in zip(bound, batched)]
+        return [out[:0] for out in self(*sample)]
 
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         device = tvm.cpu()
@@ -423,6 +472,15 @@ def compile_model(
     default lowering. Dynamic dimensions: the batch compiles as 1 (larger batches run per
     sample); other dynamic dimensions need ``input_shapes`` (name -> full shape), which
     may also override declared spatial sizes of fully convolutional models.
+
+    Before TVM's importer sees the model (:mod:`convforge.export.prepare`): a missing
+    default opset, a dangling input, an op neither convforge nor TVM converts, integer
+    convolutions, DeformConv, Col2Im and shape-defining inputs (Resize scales/sizes/roi,
+    Upsample scales, MaxUnpool output_shape) that are not constants are refused with one
+    ``ValueError`` naming the node and op; static shape arithmetic (Shape of statically
+    shaped tensors and small integer ops on constants) is folded into initializers;
+    BatchNormalization with ``training_mode=1`` and MaxUnpool with ``output_shape`` are
+    written out in primitive ops with onnxruntime's semantics.
     """
     from convforge.export.pipeline import relax_pipeline
 
@@ -458,11 +516,26 @@ def import_model(
 
     from convforge.export.fusion import fuse_convolutions, name_nodes
     from convforge.export.lowering import LoweringContext, convforge_converters
+    from convforge.export.prepare import (
+        check_constant_indices,
+        check_graph,
+        check_shape_inputs,
+        expand_max_unpool,
+        expand_training_batch_norm,
+        fold_static_shapes,
+    )
 
     say = progress or (lambda message: None)
     original = name_nodes(load_onnx(model))
+    check_graph(original)
     specs = declared_inputs(original)
     compiled = _compiled_shapes(specs, input_shapes)
+    original = fold_static_shapes(original, compiled)
+    check_shape_inputs(original)
+    check_constant_indices(original)
+    dynamic_batch = any(s.shape and s.shape[0] is None and compiled[s.name][0] == 1 for s in specs)
+    original = expand_training_batch_norm(original, compiled, dynamic_batch)
+    original = expand_max_unpool(original)
     say("fusing bias, batch-norm and activations into convolutions")
     fused = fuse_convolutions(original)
     ctx = LoweringContext(target, tuning_db, progress=progress)
@@ -470,7 +543,7 @@ def import_model(
         f"importing {len(original.graph.node)} ONNX nodes (convforge kernels scheduled as they come)"
     )
     opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), None)
-    with convforge_converters(ctx), warnings.catch_warnings():
+    with convforge_converters(ctx), naming_node_errors(), warnings.catch_warnings():
         # TVM's importer runs onnx's checker, which flags the fusion attributes and a
         # fused residual (a Conv's 4th input).
         warnings.filterwarnings("ignore", message="Unrecognized attribute: convforge_")
@@ -492,6 +565,56 @@ def import_model(
         "kernels": [asdict(r) for r in ctx.records],
     }
     return mod, ctx, metadata
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (a TVM traceback: its last line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    text = lines[-1] if any(line.startswith("Traceback") for line in lines) else " ".join(lines)
+    return (
+        text
+        if isinstance(err, ValueError | NotImplementedError)
+        else (f"{type(err).__name__}: {text}")
+    )
+
+
+@contextlib.contextmanager
+def naming_node_errors():
+    """Within this context a node that fails to convert in TVM's ONNX importer (a
+    convforge lowering's refusal or a TVM converter's failure) raises one ``ValueError``
+    (``NotImplementedError`` where the converter raised one) ``node 'NAME' (OP): why`` on
+    one line, and TVM's "Error converting operator" print is dropped. Any other failure
+    of the importer becomes a one-line ``ValueError`` too."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    importer = onnx_frontend.ONNXGraphImporter
+    original = importer._convert_operator
+
+    def convert(self, op_name, inputs, attrs, opset):
+        try:
+            return original(self, op_name, inputs, attrs, opset)
+        except Exception as err:
+            name = (attrs.get("tvm_custom") or {}).get("name", "?")
+            message = f"node {name!r} ({op_name}): {_one_line(err)}"
+            if isinstance(err, NotImplementedError):
+                raise NotImplementedError(message) from err
+            raise ValueError(message) from err
+
+    importer._convert_operator = convert
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    except (ValueError, NotImplementedError):
+        raise
+    except Exception as err:  # raised by the importer outside a converter
+        raise ValueError(f"TVM's ONNX importer: {_one_line(err)}") from err
+    finally:
+        importer._convert_operator = original
+        text = captured.getvalue()
+        sys.stdout.write(text.split("Error converting operator", 1)[0])
 
 
 def _with_metadata(mod: tvm.IRModule, metadata: dict) -> tvm.IRModule:
