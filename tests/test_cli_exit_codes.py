@@ -179,3 +179,14 @@ def test_internal_error_exits_3_with_one_line_and_a_traceback_only_with_debug():
 def test_ctrl_c_exits_130():
     outcome = run_isolated(RAISING.format(error="KeyboardInterrupt()"), args=SHAPE)
     assert_one_line(outcome, 130, "interrupted")
+
+
+def test_an_input_of_the_wrong_dtype_is_bad_input():
+    """A compiled model refuses another dtype with a TypeError (numpy's convention) that the
+    CLI counts as bad input (exit 2), not as an internal error."""
+    from convforge.cli import exit_code
+    from convforge.export.model import InputDtypeError
+
+    err = InputDtypeError("input 'x' has dtype float64, the model declares float32")
+    assert isinstance(err, TypeError) and exit_code(err) == 2
+    assert exit_code(TypeError("a bug")) == 3

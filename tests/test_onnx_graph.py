@@ -255,7 +255,7 @@ def test_complex_input_refused_in_fresh_interpreter(tmp_path):
             exceptions="TypeError",
         )
     )
-    assert_refused(outcome, "TypeError", "input 'x' has dtype complex128", "float32")
+    assert_refused(outcome, "InputDtypeError", "input 'x' has dtype complex128", "float32")
 
 
 def training_bn_model(opset: int, batch) -> onnx.ModelProto:

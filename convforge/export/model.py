@@ -46,6 +46,11 @@ _ONNX_DTYPES = {
 }  # fmt: skip
 
 
+class InputDtypeError(TypeError, ValueError):
+    """An input array of another dtype than the model declares: a ``TypeError`` as numpy
+    users expect, and bad input (a ``ValueError``, exit code 2) to the CLI."""
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One model input or output: name, shape (``None`` for a dynamic dimension), dtype."""
@@ -122,7 +127,7 @@ class CompiledModel:
         for spec in self.inputs:
             array = np.asarray(given[spec.name])
             if array.dtype != np.dtype(spec.dtype):  # as onnxruntime: no implicit casts
-                raise TypeError(
+                raise InputDtypeError(
                     f"input {spec.name!r} has dtype {array.dtype}, the model declares "
                     f"{spec.dtype}: cast it explicitly"
                 )
@@ -369,11 +374,15 @@ def random_inputs(model: CompiledModel, seed: int = 0) -> list[np.ndarray]:
 
 
 def load_onnx(model: Any) -> Any:
-    """An ``onnx.ModelProto`` from a ModelProto or a path; ValueError when it can't be read."""
+    """An ``onnx.ModelProto`` from a ModelProto or a path; ValueError when it can't be read or
+    :func:`convforge.export.prepare.check_graph` refuses it."""
     import onnx
 
+    from convforge.export.prepare import check_graph
+
     if isinstance(model, onnx.ModelProto):
-        return check_graph(model)
+        check_graph(model)
+        return model
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise ValueError(f"model: no such file {path!r}")
@@ -381,33 +390,8 @@ def load_onnx(model: Any) -> Any:
         loaded = onnx.load(path)
     except Exception as err:
         raise ValueError(f"model: {path!r} is not a readable ONNX model ({err})") from err
-    return check_graph(loaded)
-
-
-def check_graph(model: Any) -> Any:
-    """``model`` if its main graph is well formed, else ValueError naming the flaw: an opset
-    import for every domain its nodes use (the default one included), and every node input
-    produced by a node, an initializer or a graph input (no dangling input)."""
-    imported = {o.domain or "ai.onnx" for o in model.opset_import}
-    known = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
-    known |= {out for node in model.graph.node for out in node.output if out}
-    for node in model.graph.node:
-        domain = node.domain or "ai.onnx"
-        if domain not in imported:
-            raise ValueError(
-                f"model: node {node.name or node.op_type!r} ({node.op_type}) uses domain "
-                f"{domain!r}, which the model does not import (no opset_import for it)"
-            )
-        missing = [name for name in node.input if name and name not in known]
-        if missing:
-            raise ValueError(
-                f"model: node {node.name or node.op_type!r} ({node.op_type}) reads {missing}, "
-                f"which no node, initializer or graph input produces (a dangling input)"
-            )
-    outputs = [o.name for o in model.graph.output if o.name not in known]
-    if outputs:
-        raise ValueError(f"model: graph output(s) {outputs} are produced by nothing")
-    return model
+    check_graph(loaded)
+    return loaded
 
 
 def declared_inputs(model: Any) -> list[TensorSpec]:
@@ -518,7 +502,6 @@ def import_model(
     from convforge.export.lowering import LoweringContext, convforge_converters
     from convforge.export.prepare import (
         check_constant_indices,
-        check_graph,
         check_shape_inputs,
         expand_max_unpool,
         expand_training_batch_norm,
@@ -527,7 +510,6 @@ def import_model(
 
     say = progress or (lambda message: None)
     original = name_nodes(load_onnx(model))
-    check_graph(original)
     specs = declared_inputs(original)
     compiled = _compiled_shapes(specs, input_shapes)
     original = fold_static_shapes(original, compiled)
