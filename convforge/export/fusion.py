@@ -45,13 +45,19 @@ from convforge.export.lowering import (
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 
 
+def default_node_name(node: onnx.NodeProto, index: int) -> str:
+    """The name :func:`name_nodes` gives the ``index``-th node when it has none."""
+    return node.name or f"{node.op_type}_{index}"
+
+
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` where every node has a unique name (``<op_type>_<index>`` if unnamed)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     seen: set[str] = set()
     for index, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{index}"
+        if node.name in seen:
+            node.name = ""
+        node.name = default_node_name(node, index)
         seen.add(node.name)
     return model
 

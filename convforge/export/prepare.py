@@ -90,6 +90,7 @@ def check_graph(model: onnx.ModelProto) -> None:
     inputs are checked after folding by :func:`check_shape_inputs`."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
+    from convforge.export.fusion import default_node_name
     from convforge.export.lowering import LOWERINGS
 
     if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
@@ -98,8 +99,8 @@ def check_graph(model: onnx.ModelProto) -> None:
     available = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     # TVM's importer handles If and Constant itself, outside its converter map.
     convertible = set(_get_convert_map()) | set(LOWERINGS) | {"If", "Constant"}
-    for node in graph.node:
-        where = f"node {node.name!r} ({node.op_type})"
+    for index, node in enumerate(graph.node):
+        where = f"node {default_node_name(node, index)!r} ({node.op_type})"
         if node.op_type in UNSUPPORTED_OPS:
             raise ValueError(f"{where}: {UNSUPPORTED_OPS[node.op_type]}")
         if node.op_type not in convertible or node.domain not in ("", "ai.onnx"):
