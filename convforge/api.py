@@ -484,16 +484,18 @@ def avg_pool(
     padding: shapes.PaddingArg = 0,
     ceil_mode: bool = False,
     count_include_pad: bool = False,
+    dilation: int | Sequence[int] = 1,
     target: TargetArg = None,
 ) -> np.ndarray:
     """N-d average pooling as ONNX AveragePool / ``torch.nn.functional.avg_poolNd``.
 
-    The divisor is the window clipped to the input (``count_include_pad=False``) or to the
-    padded input (``True``); ``ceil_mode`` as :func:`max_pool`.
+    The divisor is the number of the window's taps inside the input
+    (``count_include_pad=False``) or inside the padded input (``True``); ``ceil_mode`` as
+    :func:`max_pool`; ``dilation`` spaces the taps (ONNX AveragePool-19).
     """
     geom = shapes.pool_geometry(
         np.shape(x), kernel, kind="avg", stride=stride, padding=padding, ceil_mode=ceil_mode,
-        count_include_pad=count_include_pad,
+        count_include_pad=count_include_pad, dilation=dilation,
     )  # fmt: skip
     return _pool(x, geom, target)
 

@@ -50,7 +50,7 @@ def pool(x: te.Tensor, geom: PoolGeometry) -> te.Tensor:
     """Max or average pooling: (N, C, *I) -> (N, C, *geom.out_size).
 
     Max: the largest tap ``x[p*s - lo + r*d]`` inside the input. Average: the window sum
-    divided by the window length clipped to ``[0, I)`` (``count_include_pad=False``) or to
+    divided by the number of taps inside ``[0, I)`` (``count_include_pad=False``) or inside
     ``[-lo, I + hi)`` (``True``; PyTorch / ONNX), per axis, multiplied over axes.
     """
     dtype = x.dtype
@@ -74,12 +74,17 @@ def pool(x: te.Tensor, geom: PoolGeometry) -> te.Tensor:
         return out
 
     def window_length(p, axis):
-        i, k, s = geom.in_size[axis], geom.kernel[axis], geom.stride[axis]
+        """Taps ``start + r*d`` (r < k) inside ``[0, I)``, or ``[-lo, I + hi)`` with
+        ``count_include_pad`` (a ``ceil_mode`` overhang past the padding never counts)."""
+        i, k, s, d = geom.in_size[axis], geom.kernel[axis], geom.stride[axis], geom.dilation[axis]
         lo, hi = geom.padding[axis]
         start = p * s - lo
-        if geom.count_include_pad:
-            return tirx.min(start + k, i + hi) - start
-        return tirx.min(start + k, i) - tirx.max(start, 0)
+        low, high = (-lo, i + hi) if geom.count_include_pad else (0, i)
+        if d == 1:
+            return tirx.min(start + k, high) - tirx.max(start, low)
+        first = tirx.max(tirx.floordiv(low - start + d - 1, d), 0)
+        last = tirx.min(tirx.floordiv(high - 1 - start, d), k - 1)
+        return tirx.max(last - first + 1, 0)
 
     def epilogue(n, c, *pos):
         count = math.prod(window_length(p, a) for a, p in enumerate(pos))
@@ -155,3 +160,99 @@ def adaptive_pool(x: te.Tensor, geom: AdaptivePoolGeometry) -> te.Tensor:
         return (out[(n, c, *pos)] / count.astype(acc)).astype(dtype)
 
     return te.compute(geom.out_shape, epilogue, name="pool_epilogue")
+
+
+def max_pool_with_indices(
+    x: te.Tensor, geom: PoolGeometry, storage_order: int = 0
+) -> tuple[te.Tensor, te.Tensor]:
+    """Max pooling and ONNX MaxPool's ``Indices`` output: (N, C, *I) -> two (N, C, *out).
+
+    The index of a maximum is its flat position in ``x`` (batch and channel included):
+    row-major (``storage_order=0``), or with the spatial axes in reverse order, the first
+    fastest (``storage_order=1``, onnxruntime's column-major). Only taps inside the input
+    compete; among equal maxima the first in row-major order wins (onnxruntime's strict
+    ``>`` scan), whatever order the reduction runs in. Blocks ``max_pool_argmax`` (the
+    (row-major index, value) reduction) and ``max_pool_indices``.
+    """
+    if geom.kind != "max":
+        raise ValueError(f"max_pool_with_indices needs max pooling, got kind {geom.kind!r}")
+    if storage_order not in (0, 1):
+        raise ValueError(f"storage_order must be 0 or 1, got {storage_order!r}")
+    dtype = x.dtype
+    sizes = geom.in_size
+    lowest = tirx.min_value(dtype)
+    none = tirx.const(2**62, "int64")
+
+    def combine(lhs, rhs):
+        take = tirx.Or(rhs[1] > lhs[1], tirx.And(rhs[1] == lhs[1], rhs[0] < lhs[0]))
+        return tirx.Select(take, rhs[0], lhs[0]), tirx.Select(take, rhs[1], lhs[1])
+
+    def identity(index_dtype, value_dtype):
+        return tirx.const(2**62, index_dtype), tirx.min_value(value_dtype)
+
+    argmax = te.comm_reducer(combine, identity, name="argmax")
+    taps = [te.reduce_axis((0, k), f"rk{a}") for a, k in enumerate(geom.kernel)]
+
+    def reduce_body(n, c, *pos):
+        src = [
+            p * s - lo + r * d
+            for p, r, s, d, (lo, _) in zip(pos, taps, geom.stride, geom.dilation, geom.padding)
+        ]
+        inside = tirx.all(*(tirx.all(i >= 0, i < size) for i, size in zip(src, sizes)))
+        clamped = [tirx.max(tirx.min(i, size - 1), 0) for i, size in zip(src, sizes)]
+        flat = (n * geom.channels + c).astype("int64")
+        for i, size in zip(src, sizes):
+            flat = flat * size + i.astype("int64")
+        index = tirx.if_then_else(inside, flat, none)
+        value = tirx.if_then_else(inside, x[(n, c, *clamped)], lowest)
+        return argmax((index, value), axis=taps)
+
+    index, values = te.compute(geom.out_shape, reduce_body, name="max_pool_argmax")
+    plane = math.prod(sizes)
+
+    def indices_body(*idx):
+        row = index[idx]
+        if storage_order == 0:
+            return row
+        column, stride = row // plane * plane, 1
+        coords, rem = [], row % plane
+        for size in reversed(sizes):  # row-major: the last axis is fastest
+            coords.append(rem % size)
+            rem = rem // size
+        coords.reverse()
+        for coord, size in zip(coords, sizes):  # column-major: the first axis is fastest
+            column = column + coord * stride
+            stride *= size
+        return column
+
+    indices = te.compute(geom.out_shape, indices_body, name="max_pool_indices")
+    return values, indices
+
+
+def lp_pool(x: te.Tensor, geom: PoolGeometry, p: float) -> te.Tensor:
+    """ONNX LpPool: ``(sum of |x|^p over the window's taps inside the input)^(1/p)``
+    (padding adds nothing), as onnxruntime computes it. ``geom`` is an average pooling's
+    geometry (its padding, strides, dilations, ceil_mode); (N, C, *I) -> (N, C, *out).
+    Blocks ``pool_pad``, ``pool`` and ``pool_epilogue``."""
+    if geom.kind != "avg":
+        raise ValueError(f"lp_pool takes an average pooling's geometry, got kind {geom.kind!r}")
+    dtype = x.dtype
+    acc = accumulator_dtype(dtype)
+    pads = [
+        (lo, reach - i - lo) for i, (lo, _), reach in zip(geom.in_size, geom.padding, geom.reach)
+    ]
+    xp = fill_pad(x, pads, tirx.const(0, dtype))
+    taps = [te.reduce_axis((0, k), f"rk{a}") for a, k in enumerate(geom.kernel)]
+    power = tirx.const(float(p), acc)
+
+    def reduce_body(n, c, *pos):
+        src = [q * s + r * d for q, r, s, d in zip(pos, taps, geom.stride, geom.dilation)]
+        return te.sum(tirx.power(tirx.abs(xp[(n, c, *src)].astype(acc)), power), axis=taps)
+
+    out = te.compute(geom.out_shape, reduce_body, name="pool")
+    inverse = tirx.const(1.0 / float(p), acc)
+    return te.compute(
+        geom.out_shape,
+        lambda *idx: tirx.power(out[idx], inverse).astype(dtype),
+        name="pool_epilogue",
+    )
