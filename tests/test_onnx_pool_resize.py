@@ -1,0 +1,408 @@
+"""ONNX Resize, Upsample and the pools through ``cf.compile_model`` against onnxruntime and
+ONNX's reference implementation.
+
+First ONNX's own backend node cases of these operators (generated from
+``onnx.backend.test.case.node``: the wheel ships no data/node), each in both forms: inputs
+after X (roi, scales, sizes) as initializers, and as graph inputs (convforge needs them
+constant: a clear refusal). Then targeted cases of what the node cases miss (antialias on
+larger inputs, axes, keep_aspect_ratio_policy, Resize-10, Upsample-7/9, ranks other than
+NCHW, MaxPool Indices ties and storage_order, LpPool), and the refusals, each in a fresh
+interpreter.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import inspect
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import convforge as cf
+from convforge.export import run_onnxruntime
+from tests.isolated import assert_refused, refusal_snippet, run_isolated
+
+#: ONNX backend node modules of the operators convforge lowers here.
+NODE_MODULES = (
+    "resize", "upsample", "averagepool", "maxpool", "lppool", "globalaveragepool",
+    "globalmaxpool",
+)  # fmt: skip
+#: Exports whose ONNX reference takes seconds to generate (1x3x32x32x32 pools): --slow.
+SLOW_EXPORTS = {
+    "export_averagepool_3d_default", "export_maxpool_3d_default", "export_lppool_3d_default",
+}  # fmt: skip
+
+#: Node cases convforge refuses with a one-line error, and why.
+REFUSED_CASES = {
+    # Compiled models take float tensors; a uint8 MaxPool is refused at the graph input.
+    "test_maxpool_2d_uint8": r"input 'x': element type 2 is not supported",
+}
+#: Node cases where onnxruntime and ONNX's reference disagree: convforge follows
+#: onnxruntime (checked on every case) and these skip the comparison with the reference.
+ORT_NOT_REFERENCE = {
+    # align_corners when downscaling by a scale: onnxruntime maps x -> x * (in-1)/(out-1)
+    # with the integer output length, the reference with in*scale - 1 (0.8*4-1 = 2.2).
+    "test_resize_downsample_scales_cubic_align_corners",
+    "test_resize_downsample_scales_linear_align_corners",
+}
+
+
+def _node_exports() -> list[tuple[str, str, str]]:
+    """(module, class, export method) of every node case export of :data:`NODE_MODULES`."""
+    found = []
+    for name in NODE_MODULES:
+        module = importlib.import_module(f"onnx.backend.test.case.node.{name}")
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__:
+                continue
+            found += [(name, cls_name, m) for m in dir(cls) if m.startswith("export")]
+    return found
+
+
+@functools.cache
+def node_cases(module_name: str, cls_name: str, export: str) -> list[tuple]:
+    """The (name, model, inputs, outputs) of each ``expect`` call of one export (ONNX's
+    ``expect`` patched to capture, building the model as it does)."""
+    import onnx.backend.test.case.node as node_pkg
+
+    module = importlib.import_module(f"onnx.backend.test.case.node.{module_name}")
+    captured = []
+
+    def capture(node, inputs, outputs, name, **kwargs):
+        kwargs.pop("input_type_protos", None)
+        kwargs.pop("output_type_protos", None)
+        present_in = [n for n in node.input if n]
+        present_out = [n for n in node.output if n]
+        graph = helper.make_graph(
+            [node], name,
+            [node_pkg._extract_value_info(a, n) for a, n in zip(inputs, present_in)],
+            [node_pkg._extract_value_info(a, n) for a, n in zip(outputs, present_out)],
+        )  # fmt: skip
+        if "opset_imports" not in kwargs:
+            version = onnx.defs.get_schema(node.op_type, domain=node.domain).since_version
+            kwargs["opset_imports"] = [helper.make_operatorsetid(node.domain, version)]
+        kwargs["producer_name"] = "backend-test"
+        model = node_pkg._make_test_model_gen_version(graph, **kwargs)
+        captured.append((name, model, list(inputs), list(outputs)))
+
+    original = module.expect
+    module.expect = capture
+    try:
+        np.random.seed(0)
+        getattr(getattr(module, cls_name), export)()
+    finally:
+        module.expect = original
+    return captured
+
+
+def with_initializers(model: onnx.ModelProto, inputs: list) -> onnx.ModelProto:
+    """``model`` with every graph input after the first turned into an initializer."""
+    model = copy.deepcopy(model)
+    for value_info, array in list(zip(model.graph.input, inputs))[1:]:
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(array), value_info.name))
+        model.graph.input.remove(value_info)
+    return model
+
+
+def assert_close(
+    got: np.ndarray, expected: np.ndarray, what: str, rtol: float = 1e-4, atol: float = 1e-5
+) -> None:
+    expected = np.asarray(expected)
+    assert got.shape == expected.shape, f"{what}: shape {got.shape} != {expected.shape}"
+    if expected.dtype.kind in "iu":
+        np.testing.assert_array_equal(got, expected, err_msg=what)
+    else:
+        np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def run_node_case(name, model, inputs, outputs, form):
+    """One node case in one form, against onnxruntime and the case's reference outputs."""
+    compiled_model = with_initializers(model, inputs) if form == "initializers" else model
+    feeds = inputs[:1] if form == "initializers" else inputs
+    if name in REFUSED_CASES:
+        with pytest.raises(ValueError, match=REFUSED_CASES[name]):
+            cf.compile_model(compiled_model)(*feeds)
+        return
+    if form == "graph inputs" and len(inputs) > 1:  # roi/scales/sizes computed at run time
+        op = model.graph.node[0].op_type
+        with pytest.raises(ValueError, match=rf"^{op} node .*: input '\w+': must be a constant"):
+            cf.compile_model(compiled_model)
+        return
+    got = cf.compile_model(compiled_model)(*feeds)
+    names = [i.name for i in model.graph.input]
+    oracle = run_onnxruntime(model, dict(zip(names, inputs)), threads=1)
+    assert len(got) == len(oracle) == len(outputs)
+    for g, o, e in zip(got, oracle, outputs):
+        assert_close(g, o, f"{name} [{form}] vs onnxruntime")
+        if name not in ORT_NOT_REFERENCE:  # the node cases' own tolerance (some are rounded)
+            assert_close(g, e, f"{name} [{form}] vs ONNX reference", rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("module", "cls", "export"),
+    [
+        pytest.param(*e, marks=[pytest.mark.slow] if e[2] in SLOW_EXPORTS else [])
+        for e in _node_exports()
+    ],
+    ids=lambda v: v if isinstance(v, str) and v.startswith("export") else "",
+)
+def test_onnx_node_cases(module, cls, export):
+    """Every Resize/Upsample/pool node case: 0 mismatches; the only failures are clear
+    refusals (:data:`REFUSED_CASES`, and computed roi/scales/sizes in the graph-input
+    form)."""
+    cases = node_cases(module, cls, export)
+    assert cases
+    for name, model, inputs, outputs in cases:
+        for form in ("initializers", "graph inputs"):
+            if form == "initializers" and len(inputs) == 1:
+                continue
+            run_node_case(name, model, inputs, outputs, form)
+
+
+# --- targeted cases ----------------------------------------------------------------------
+
+
+def make_model(
+    op: str,
+    x_shape: tuple[int, ...],
+    attrs: dict,
+    *,
+    opset: int = 19,
+    constants: dict[str, np.ndarray] | None = None,
+    operands: list[str] | None = None,
+    outputs: int = 1,
+) -> onnx.ModelProto:
+    """One node ``op`` on float input X; ``constants`` become initializers and ``operands``
+    (default X then the constants) its inputs."""
+    constants = constants or {}
+    operands = operands if operands is not None else ["X", *constants]
+    out_names = ["Y", "Indices"][:outputs]
+    node = helper.make_node(op, operands, out_names, **attrs)
+    outs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)]
+    if outputs == 2:
+        outs.append(helper.make_tensor_value_info("Indices", TensorProto.INT64, None))
+    graph = helper.make_graph(
+        [node], op, [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)], outs,
+        [numpy_helper.from_array(v, k) for k, v in constants.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def check_model(model: onnx.ModelProto, x: np.ndarray, *, reference: bool = True) -> None:
+    """convforge's outputs equal onnxruntime's and (``reference``) the ONNX reference's."""
+    got = cf.compile_model(model)(x)
+    for g, o in zip(got, run_onnxruntime(model, {"X": x}, threads=1), strict=True):
+        assert_close(g, o, "vs onnxruntime")
+    if reference:
+        for g, e in zip(got, ReferenceEvaluator(model).run(None, {"X": x}), strict=True):
+            assert_close(g, e, "vs ONNX reference")
+
+
+def resize_model(x_shape, attrs, *, scales=None, sizes=None, roi=None, opset=19):
+    constants, operands = {}, ["X", "", "", ""]
+    if roi is not None:
+        constants["roi"], operands[1] = np.array(roi, np.float32), "roi"
+    if scales is not None:
+        constants["scales"], operands[2] = np.array(scales, np.float32), "scales"
+    if sizes is not None:
+        constants["sizes"], operands[3] = np.array(sizes, np.int64), "sizes"
+    while operands[-1] == "":
+        operands.pop()
+    return make_model("Resize", x_shape, attrs, opset=opset, constants=constants, operands=operands)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "attrs", "resize"),
+    [
+        ((2, 3, 17, 13), {"mode": "linear"}, {"scales": [1, 1, 0.3, 0.45]}),
+        ((1, 2, 12, 15), {"mode": "cubic"}, {"sizes": [1, 2, 5, 4]}),
+        ((1, 2, 12, 15), {"mode": "cubic", "exclude_outside": 1, "cubic_coeff_a": -0.5},
+         {"scales": [1, 1, 0.25, 1.5]}),  # one axis down, one up
+        ((1, 2, 9, 10, 11), {"mode": "linear"}, {"scales": [1, 1, 0.5, 1, 0.4]}),
+        ((1, 1, 14, 12), {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"},
+         {"scales": [1, 1, 0.2, 0.75]}),
+    ],
+)  # fmt: skip
+def test_antialias_matches_onnxruntime_and_reference(x_shape, attrs, resize, rng):
+    """Resize-18 ``antialias=1``: the filter's support stretched by 1/scale when downscaling
+    (TVM's converter ignored it: errors 0.14-2.6)."""
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    check_model(resize_model(x_shape, {**attrs, "antialias": 1}, **resize), x)
+
+
+def test_antialias_crop_and_resize_matches_onnxruntime(rng):
+    """tf_crop_and_resize with antialias: the roi reaches outside the input, where the
+    output is the extrapolation value (the reference skips antialias there)."""
+    x = rng.standard_normal((1, 1, 12, 12)).astype(np.float32)
+    attrs = dict(
+        mode="linear", antialias=1, coordinate_transformation_mode="tf_crop_and_resize",
+        extrapolation_value=-3.0,
+    )  # fmt: skip
+    roi = [0, 0, -0.1, 0.2, 1, 1, 0.9, 1.3]
+    check_model(resize_model(x.shape, attrs, sizes=[1, 1, 5, 4], roi=roi), x)
+
+
+@pytest.mark.parametrize(
+    ("policy", "sizes", "axes", "mode"),
+    [
+        ("not_larger", [20, 13], [3, 2], "linear"),
+        ("not_smaller", [3, 16], [2, 3], "cubic"),
+        ("not_larger", [4], [3], "nearest"),
+        ("stretch", [4, 11], [-1, -2], "linear"),
+    ],
+)
+def test_axes_and_keep_aspect_ratio_policy(policy, sizes, axes, mode, rng):
+    """One scale for all of ``axes`` (min or max of sizes/in), output round(in * scale)."""
+    x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    attrs = dict(mode=mode, keep_aspect_ratio_policy=policy, axes=axes)
+    # the reference fails on negative axes (it transposes by them): onnxruntime only there
+    check_model(resize_model(x.shape, attrs, sizes=sizes), x, reference=min(axes) >= 0)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "scales", "axes"),
+    [
+        ((7, 9), [1.3, 0.5], None),  # rank 2
+        ((2, 7, 9, 3), [1, 1.3, 0.5, 1], None),  # channels last
+        ((2, 3, 7, 9), [2.0], [1]),  # the channel axis
+    ],
+)
+def test_resize_of_other_axes_than_nchw_spatial(x_shape, scales, axes, rng):
+    """Leading unchanged axes fold into (N, C): rank 2, NHWC and a channel resize run in
+    convforge's kernel."""
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    attrs = {"mode": "linear" if axes is None else "nearest"}
+    if axes is not None:
+        attrs["axes"] = axes
+    check_model(resize_model(x_shape, attrs, scales=scales), x)
+
+
+@pytest.mark.parametrize(
+    ("op", "opset", "mode", "scales"),
+    [
+        ("Resize", 10, "nearest", [1, 1, 0.5, 0.6]),  # Resize-10 rounds up when downscaling
+        ("Resize", 10, "linear", [1, 1, 2, 1.5]),
+        ("Upsample", 7, "nearest", [1, 1, 2, 1.5]),  # scales attribute
+        ("Upsample", 9, "linear", [1, 1, 2, 3.5]),  # scales input
+        ("Upsample", 9, "nearest", [1, 2, 2, 2]),  # the channel axis too
+    ],
+)
+def test_resize_10_and_upsample_match_onnxruntime(op, opset, mode, scales, rng):
+    """Upsample as Resize with asymmetric coordinates (nearest rounds down), as onnxruntime."""
+    x = rng.standard_normal((1, 2, 4, 5)).astype(np.float32)
+    if opset == 7:
+        model = make_model(op, x.shape, {"mode": mode, "scales": scales}, opset=7)
+    else:
+        model = make_model(
+            op, x.shape, {"mode": mode}, opset=opset,
+            constants={"scales": np.array(scales, np.float32)},
+        )  # fmt: skip
+    check_model(model, x, reference=False)  # the reference has no Resize-10 / Upsample-7
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "dilation", "pads", "ceil_mode", "storage_order"),
+    [
+        ((3,), (2,), (2,), (1, 1), 1, 1),
+        ((3, 3), (2, 2), (2, 2), (1, 1, 1, 1), 1, 1),
+        ((2, 2), (2, 2), (1, 1), (0, 0, 0, 0), 0, 0),
+        ((2, 2, 2), (1, 1, 1), (2, 2, 2), (1, 1, 1, 1, 1, 1), 1, 1),
+    ],
+)
+def test_max_pool_indices_with_ties_and_storage_order(
+    kernel, stride, dilation, pads, ceil_mode, storage_order, rng
+):
+    """Indices: flat positions in X (batch and channel included), row-major or with the
+    spatial axes reversed (storage_order=1); equal maxima (small integers) pick the first
+    in row-major order, as onnxruntime."""
+    x_shape = (2, 3, *(9, 11, 8)[: len(kernel)]) if len(kernel) < 3 else (1, 2, 6, 7, 5)
+    x = rng.integers(-3, 3, x_shape).astype(np.float32)
+    attrs = dict(
+        kernel_shape=kernel, strides=stride, dilations=dilation, pads=pads,
+        ceil_mode=ceil_mode, storage_order=storage_order,
+    )  # fmt: skip
+    check_model(make_model("MaxPool", x_shape, attrs, opset=12, outputs=2), x, reference=False)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "dilation", "pads", "ceil_mode", "p"),
+    [((3, 3), (2, 2), (2, 2), (1, 1, 1, 1), 1, 3), ((3,), (2,), (1,), (1, 1), 1, 1)],
+)
+def test_lp_pool_matches_onnxruntime(kernel, stride, dilation, pads, ceil_mode, p, rng):
+    """LpPool in convforge's kernel: (sum |x|^p over the taps inside the input)^(1/p)."""
+    x = rng.standard_normal((1, 2, *(9, 11)[: len(kernel)])).astype(np.float32)
+    attrs = dict(
+        kernel_shape=kernel, strides=stride, dilations=dilation, pads=pads, ceil_mode=ceil_mode,
+        p=p,
+    )  # fmt: skip
+    check_model(make_model("LpPool", x.shape, attrs, opset=18), x)
+
+
+# --- refusals, each in a fresh interpreter ------------------------------------------------
+
+_SETUP = """
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+import convforge as cf
+
+def model(op, attrs, consts=(), opset=19, shape=(1, 2, 9, 10), operands=None):
+    inits = [numpy_helper.from_array(np.array(v, dtype=d), k) for k, v, d in consts]
+    names = operands or ["X", *[k for k, _, _ in consts]]
+    node = helper.make_node(op, names, ["Y"], **attrs)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+"""
+
+_SCALES = "[('roi', [], np.float32), ('scales', [1, 1, 0.5, 0.5], np.float32)]"
+
+
+@pytest.mark.parametrize(
+    ("call", "patterns"),
+    [
+        (f"model('Resize', dict(mode='nearest', antialias=1), {_SCALES})",
+         [r"Resize node .*antialias=1", "linear' and 'cubic' only"]),
+        ("model('AveragePool', dict(kernel_shape=[3, 3], dilations=[2, 2], auto_pad='SAME_UPPER'))",
+         [r"AveragePool node .*auto_pad=SAME_UPPER with dilations", "undilated"]),
+        ("model('MaxPool', dict(kernel_shape=[2, 2], dilation=[2, 2]))",
+         [r"MaxPool node .*attribute 'dilation'", "not an attribute"]),
+    ],
+)  # fmt: skip
+def test_unsupported_attributes_are_refused_in_one_line(call, patterns):
+    """What convforge cannot run as onnxruntime does is refused with one line naming the
+    op, the attribute and why, before any compilation, never handed to TVM's converter."""
+    outcome = run_isolated(refusal_snippet(_SETUP, f"cf.compile_model({call})"), timeout=120)
+    assert_refused(outcome, r"REFUSED: ValueError", *patterns)
+
+
+@pytest.mark.parametrize(
+    ("model", "pattern"),
+    [
+        (make_model("Resize", (1, 2, 4, 5), {"mode": "nearest"}, operands=["X", "", "scales"],
+                    constants={"scales": np.array([2, 1, 1, 1], np.float32)}),
+         r"^Resize node .*resized to \(2, 2, 4, 5\): convforge resizes at most 3 axes"),
+        (make_model("Upsample", (1, 2, 4, 5), {"mode": "nearest"}, opset=9,
+                    constants={"scales": np.array([1, 1, 0.5, 2], np.float32)}),
+         r"^Upsample node .*scales=\[1.0, 1.0, 0.5, 2.0\]: must be finite and >= 1"),
+        (make_model("Resize", (1, 2, 4, 5), {"mode": "linear", "axes": [2, 2]},
+                    constants={"roi": np.zeros(0, np.float32),
+                               "scales": np.array([2, 2], np.float32)}),
+         r"^Resize node .*axes=\[2, 2\]: must be distinct axes"),
+        (make_model("MaxPool", (1, 2, 4, 5), {"kernel_shape": [2, 2], "storage_order": 2},
+                    outputs=2, opset=12),
+         r"^MaxPool node .*storage_order=2: must be 0 or 1"),
+    ],
+)  # fmt: skip
+def test_refusals_name_the_op_and_the_attribute(model, pattern):
+    """More refusals (in-process: they raise while the graph is imported, before TVM)."""
+    with pytest.raises(ValueError, match=pattern):
+        cf.compile_model(model)
