@@ -406,3 +406,45 @@ def test_refusals_name_the_op_and_the_attribute(model, pattern):
     """More refusals (in-process: they raise while the graph is imported, before TVM)."""
     with pytest.raises(ValueError, match=pattern):
         cf.compile_model(model)
+
+
+@pytest.mark.parametrize("kernel", ["indices", "antialias", "lp", "avg_dilated"])
+def test_new_kernels_generate_cuda_with_bound_threads(kernel):
+    """The new kernels build for CUDA (sm_90) through the GPU rules, every kernel with a
+    thread bound (no GPU here: the source is generated and inspected)."""
+    from tvm import te
+
+    from convforge import ops, shapes
+    from convforge.build import compile_computation
+    from convforge.schedules.gpu_source import MAX_THREADS_PER_BLOCK, cuda_source, kernels
+    from convforge.targets import resolve_target
+
+    pool = dict(stride=2, padding=1, dilation=2)
+    x_shape = (1, 4, 19, 10)
+    build = {
+        "indices": lambda x: list(
+            ops.max_pool_with_indices(
+                x, shapes.pool_geometry(x_shape, 3, kind="max", **pool), storage_order=1
+            )
+        ),
+        "antialias": lambda x: [
+            ops.resize(
+                x,
+                shapes.resize_geometry(
+                    x_shape, scale=[0.4, 0.7], mode="cubic", coordinate_mode="half_pixel",
+                    antialias=True,
+                ),
+            )
+        ],
+        "lp": lambda x: [ops.lp_pool(x, shapes.pool_geometry(x_shape, 3, kind="avg", **pool), 3)],
+        "avg_dilated": lambda x: [ops.pool(x, shapes.pool_geometry(x_shape, 3, kind="avg", **pool))],
+    }[kernel]  # fmt: skip
+
+    def computation():
+        x = te.placeholder(x_shape, "float32", name="x")
+        return [x], build(x)
+
+    target = resolve_target({"kind": "cuda", "arch": "sm_90"})
+    compiled = compile_computation(kernel, computation, target)
+    found = kernels(cuda_source(compiled.executable.mod))
+    assert found and all(1 < k.launch_bounds <= MAX_THREADS_PER_BLOCK for k in found)

@@ -171,8 +171,10 @@ def max_pool_with_indices(
     row-major (``storage_order=0``), or with the spatial axes in reverse order, the first
     fastest (``storage_order=1``, onnxruntime's column-major). Only taps inside the input
     compete; among equal maxima the first in row-major order wins (onnxruntime's strict
-    ``>`` scan), whatever order the reduction runs in. Blocks ``max_pool_argmax`` (the
-    (row-major index, value) reduction) and ``max_pool_indices``.
+    ``>`` scan): the smallest row-major index holding the maximum, whatever order the
+    reductions run in. Two plain reductions (no tuple reduction, which GPU schedules
+    refuse): blocks ``max_pool_value``, ``max_pool_argmax`` (the smallest row-major
+    index of a tap equal to the maximum), ``max_pool_indices`` and ``max_pool_output``.
     """
     if geom.kind != "max":
         raise ValueError(f"max_pool_with_indices needs max pooling, got kind {geom.kind!r}")
@@ -183,31 +185,33 @@ def max_pool_with_indices(
     lowest = tirx.min_value(dtype)
     none = tirx.const(2**62, "int64")
 
-    def combine(lhs, rhs):
-        take = tirx.Or(rhs[1] > lhs[1], tirx.And(rhs[1] == lhs[1], rhs[0] < lhs[0]))
-        return tirx.Select(take, rhs[0], lhs[0]), tirx.Select(take, rhs[1], lhs[1])
-
-    def identity(index_dtype, value_dtype):
-        return tirx.const(2**62, index_dtype), tirx.min_value(value_dtype)
-
-    argmax = te.comm_reducer(combine, identity, name="argmax")
-    taps = [te.reduce_axis((0, k), f"rk{a}") for a, k in enumerate(geom.kernel)]
-
-    def reduce_body(n, c, *pos):
+    def window(pos, taps):
         src = [
             p * s - lo + r * d
             for p, r, s, d, (lo, _) in zip(pos, taps, geom.stride, geom.dilation, geom.padding)
         ]
         inside = tirx.all(*(tirx.all(i >= 0, i < size) for i, size in zip(src, sizes)))
         clamped = [tirx.max(tirx.min(i, size - 1), 0) for i, size in zip(src, sizes)]
+        return src, inside, clamped
+
+    value_taps = [te.reduce_axis((0, k), f"rk{a}") for a, k in enumerate(geom.kernel)]
+
+    def value_body(n, c, *pos):
+        _, inside, clamped = window(pos, value_taps)
+        return te.max(tirx.if_then_else(inside, x[(n, c, *clamped)], lowest), axis=value_taps)
+
+    values = te.compute(geom.out_shape, value_body, name="max_pool_value")
+    index_taps = [te.reduce_axis((0, k), f"ri{a}") for a, k in enumerate(geom.kernel)]
+
+    def index_body(n, c, *pos):
+        src, inside, clamped = window(pos, index_taps)
         flat = (n * geom.channels + c).astype("int64")
         for i, size in zip(src, sizes):
             flat = flat * size + i.astype("int64")
-        index = tirx.if_then_else(inside, flat, none)
-        value = tirx.if_then_else(inside, x[(n, c, *clamped)], lowest)
-        return argmax((index, value), axis=taps)
+        hit = tirx.all(inside, x[(n, c, *clamped)] == values[(n, c, *pos)])
+        return te.min(tirx.if_then_else(hit, flat, none), axis=index_taps)
 
-    index, values = te.compute(geom.out_shape, reduce_body, name="max_pool_argmax")
+    index = te.compute(geom.out_shape, index_body, name="max_pool_argmax")
     plane = math.prod(sizes)
 
     def indices_body(*idx):
@@ -226,7 +230,10 @@ def max_pool_with_indices(
         return column
 
     indices = te.compute(geom.out_shape, indices_body, name="max_pool_indices")
-    return values, indices
+    # the outputs are written by their own blocks: GPU rules cannot schedule a block whose
+    # buffer is both a function output and another block's input
+    output = te.compute(geom.out_shape, lambda *idx: values[idx], name="max_pool_output")
+    return output, indices
 
 
 def lp_pool(x: te.Tensor, geom: PoolGeometry, p: float) -> te.Tensor:
