@@ -307,6 +307,16 @@ def test_resize_of_other_axes_than_nchw_spatial(x_shape, scales, axes, rng):
     check_model(resize_model(x_shape, attrs, scales=scales), x)
 
 
+def test_tricubic_resize_matches_the_reference(rng):
+    """Cubic on 3 axes (onnxruntime runs cubic on 2 axes only): the ONNX reference."""
+    x = rng.standard_normal((1, 2, 4, 5, 3)).astype(np.float32)
+    model = resize_model(x.shape, {"mode": "cubic"}, scales=[1, 1, 2, 1.5, 0.7])
+    for got, expected in zip(
+        cf.compile_model(model)(x), ReferenceEvaluator(model).run(None, {"X": x})
+    ):
+        assert_close(got, expected, "vs ONNX reference")
+
+
 @pytest.mark.parametrize(
     ("op", "opset", "mode", "scales"),
     [
@@ -423,6 +433,12 @@ def test_unsupported_attributes_are_refused_in_one_line(call, patterns):
         (make_model("MaxPool", (1, 2, 4, 5), {"kernel_shape": [2, 2], "storage_order": 2},
                     outputs=2, opset=12),
          r"^MaxPool node .*storage_order=2: must be 0 or 1"),
+        (make_model("MaxPool", (1, 2, 4, 5), {"kernel_shape": [2, 2], "pads": [1, 1]}),
+         r"^MaxPool node .*pads=\[1, 1\]: must have 4 entries"),
+        (resize_model((1, 1, 4, 4), {"mode": "nearest"}, sizes=[1, 1, 100000, 100000]),
+         r"^Resize node .*10000000000 elements need 64-bit indices"),
+        (resize_model((1, 1, 4, 4), {}, scales=[1, 1, 2, 2], sizes=[1, 1, 8, 8]),
+         r"^Resize node .*scales and sizes: give exactly one"),
     ],
 )  # fmt: skip
 def test_refusals_name_the_op_and_the_attribute(model, pattern):

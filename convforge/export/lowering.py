@@ -535,10 +535,24 @@ def emit_resize(
         )  # fmt: skip
     inner = (1, math.prod(x_shape[:lead]), *x_shape[lead:]) if lead != 2 else tuple(x_shape)
     spatial = slice(lead, rank)  # the axes of ``inner`` after (N, C)
-    geom = shapes.resize_geometry(
-        inner, size=list(out_shape[spatial]),
-        roi=full_roi[spatial] if roi is not None else None, **attributes,
-    )  # fmt: skip
+    if math.prod(out_shape) >= 2**31:
+        raise refuse(
+            op_type, node, f"output shape {tuple(out_shape)}",
+            f"{math.prod(out_shape)} elements need 64-bit indices, which convforge's kernels lack",
+        )  # fmt: skip
+    dtype = tensor_dtype(x)
+    if attributes.get("mode", "nearest") != "nearest" and not dtype.startswith("float"):
+        raise refuse(
+            op_type, node, f"mode={attributes['mode']!r} on {dtype}",
+            "interpolating integers needs onnxruntime's rounding, which convforge lacks",
+        )  # fmt: skip
+    try:
+        geom = shapes.resize_geometry(
+            inner, size=list(out_shape[spatial]),
+            roi=full_roi[spatial] if roi is not None else None, **attributes,
+        )  # fmt: skip
+    except ValueError as error:
+        raise refuse(op_type, node, "attributes", str(error)) from None
     if not by_size:  # the given scales drive the coordinate transform
         geom = dataclasses.replace(geom, scale=tuple(shapes.as_float32(v) for v in scales[spatial]))
     if tuple(inner) != tuple(x_shape):
@@ -602,7 +616,8 @@ def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     axes = [a % rank for a in axes]
     by_size = scale_values is None or not scale_values.size
     given = size_values if by_size else scale_values
-    if given is None or not given.size:
+    both = not by_size and size_values is not None and size_values.size
+    if given is None or not given.size or both:
         raise refuse(op, node, "scales and sizes", "give exactly one of them (non-empty)")
     if given.size != len(axes):
         raise refuse(
@@ -736,6 +751,9 @@ def lower_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> re
     x = inputs[0]
     x_shape = static_shape(x, f"{op} {node!r} input")
     auto_pad = _text(attrs.get("auto_pad", b"NOTSET")).upper()
+    pads = list(attrs.get("pads", ()))
+    if pads and len(pads) != 2 * (len(x_shape) - 2):
+        raise refuse(op, node, f"pads={pads}", f"must have {2 * (len(x_shape) - 2)} entries")
     dilations = [int(d) for d in attrs.get("dilations", ())]
     if auto_pad.startswith("SAME") and any(d != 1 for d in dilations):
         raise refuse(
