@@ -487,3 +487,25 @@ def test_new_kernels_generate_cuda_with_bound_threads(kernel):
     compiled = compile_computation(kernel, computation, target)
     found = kernels(cuda_source(compiled.executable.mod))
     assert found and all(1 < k.launch_bounds <= MAX_THREADS_PER_BLOCK for k in found)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "resize"),
+    [
+        ((2, 3, 15, 11), dict(scale=(0.4, 0.7), mode="linear", coordinate_mode="half_pixel")),
+        ((1, 2, 13, 9), dict(size=(4, 3), mode="cubic", coordinate_mode="asymmetric")),
+        ((1, 2, 20), dict(scale=0.3, mode="linear", coordinate_mode="align_corners")),
+    ],
+)
+def test_cf_resize_antialias_and_its_onnx_export_match_onnxruntime(x_shape, resize, rng):
+    """``cf.resize(..., antialias=True)`` equals onnxruntime running the exported Resize
+    (which carries ``antialias=1``)."""
+    from convforge import shapes
+    from convforge.export import resize_model as export_resize_model
+
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    geom = shapes.resize_geometry(x_shape, antialias=True, **resize)
+    model = export_resize_model(geom)
+    assert any(a.name == "antialias" and a.i == 1 for a in model.graph.node[-1].attribute)
+    (expected,) = run_onnxruntime(model, {"x": x}, threads=1)
+    assert_close(cf.resize(x, antialias=True, **resize), expected, "vs onnxruntime")
