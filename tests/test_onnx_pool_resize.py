@@ -509,3 +509,23 @@ def test_cf_resize_antialias_and_its_onnx_export_match_onnxruntime(x_shape, resi
     assert any(a.name == "antialias" and a.i == 1 for a in model.graph.node[-1].attribute)
     (expected,) = run_onnxruntime(model, {"x": x}, threads=1)
     assert_close(cf.resize(x, antialias=True, **resize), expected, "vs onnxruntime")
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        dict(kernel_shape=[2, 2], strides=[2, 2]),
+        dict(kernel_shape=[2, 2], pads=[1, 1, 1, 1], storage_order=1),
+        dict(kernel_shape=[2, 2], dilations=[2, 1], pads=[1, 0, 1, 0]),
+    ],
+)
+def test_max_pool_indices_with_nan_and_inf_follow_onnxruntime(attrs):
+    """onnxruntime's MaxPool with Indices scans a window from its first tap inside the
+    input, keeping strictly greater ones: a NaN first tap wins, later NaNs are skipped,
+    windows of -inf give -inf and the first -inf's index."""
+    n, i = np.nan, np.inf
+    x = np.array([[[[n, 2, n, n], [1, 3, n, n], [-i, n, 5, -i], [-i, -i, 7, 5]]]], np.float32)
+    model = make_model("MaxPool", x.shape, attrs, opset=12, outputs=2)
+    got = cf.compile_model(model)(x)
+    for g, o in zip(got, run_onnxruntime(model, {"X": x}, threads=1), strict=True):
+        np.testing.assert_array_equal(g, o)  # NaN == NaN here, -inf exactly
