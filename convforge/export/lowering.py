@@ -594,15 +594,17 @@ def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     extra = [inputs[i] if len(inputs) > i else None for i in range(1, 4)]
     if ctx.opset < 11:  # Resize-10: (X, scales)
         extra = [None, extra[0], None]
-    roi_values, scale_values, size_values = (
-        _constant_input(op, node, e, name) for e, name in zip(extra, ("roi", "scales", "sizes"))
-    )
     mode = _text_attr(op, node, attrs, "mode", "nearest", shapes.RESIZE_MODES)
     coordinate_modes = {*shapes.COORDINATE_MODES, shapes.CROP_COORDINATE_MODE}
     coordinate_mode = _text_attr(
         op, node, attrs, "coordinate_transformation_mode",
         "half_pixel" if ctx.opset >= 11 else "asymmetric", coordinate_modes,
     )  # fmt: skip
+    if coordinate_mode != shapes.CROP_COORDINATE_MODE:
+        extra[0] = None  # only tf_crop_and_resize reads the roi: it may be computed
+    roi_values, scale_values, size_values = (
+        _constant_input(op, node, e, name) for e, name in zip(extra, ("roi", "scales", "sizes"))
+    )
     nearest_mode = _text_attr(
         op, node, attrs, "nearest_mode", "round_prefer_floor", shapes.NEAREST_MODES
     )
