@@ -321,6 +321,7 @@ def test_tricubic_resize_matches_the_reference(rng):
     ("op", "opset", "mode", "scales"),
     [
         ("Resize", 10, "nearest", [1, 1, 0.5, 0.6]),  # Resize-10 rounds up when downscaling
+        ("Resize", 10, "nearest", [1, 1, 0.5, 1.6]),  # ... and down when upscaling
         ("Resize", 10, "linear", [1, 1, 2, 1.5]),
         ("Upsample", 7, "nearest", [1, 1, 2, 1.5]),  # scales attribute
         ("Upsample", 9, "linear", [1, 1, 2, 3.5]),  # scales input

@@ -579,9 +579,11 @@ def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
 
     TVM's own converter resizes by ``out/in`` instead of the given scale and ignores
     ``antialias``; it never takes a Resize. Refused with a one-line ValueError: a roi,
-    scales or sizes computed at run time, an unknown attribute or value, a resize of more
-    than 3 axes (after the unchanged leading ones), Resize-10's nearest mode with
-    upscaled and downscaled axes mixed.
+    scales or sizes computed at run time (a roi too under 'tf_crop_and_resize'), scales
+    together with sizes, an unknown attribute or value, a resize of more than 3 axes (after
+    the unchanged leading ones), an output past int32 indexing, linear/cubic on integers.
+    Resize-10 'nearest' rounds as onnxruntime's 'simple' mode (down when upscaling, up when
+    downscaling; mixed axes run as two resizes).
     """
     op = "Resize"
     node = _node_name(attrs)
@@ -668,18 +670,22 @@ def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
             roi[a] = (float(roi_values[i]), float(roi_values[i + k]))
     if attrs.get("antialias", 0) and mode == "nearest":
         raise refuse(op, node, "antialias=1", "is defined for modes 'linear' and 'cubic' only")
-    if ctx.opset < 11 and mode == "nearest":  # onnxruntime's Resize-10 'simple' rounding
-        down = {
-            np.float32(s) < np.float32(1.0) for s, m, n in zip(scales, out_shape, x_shape) if m != n
-        }
-        if len(down) > 1:
-            raise refuse(
-                op,
-                node,
-                "mode='nearest'",
-                "Resize-10 rounds down when upscaling and up when downscaling: mixed axes are not supported",
-            )
-        nearest_mode = "ceil" if down == {True} else "floor"
+    if ctx.opset < 11 and mode == "nearest":  # onnxruntime's Resize-10 'simple' rounding:
+        # per axis down when upscaling, up when downscaling; nearest is separable, so mixed
+        # axes run as two resizes, the downscaled axes first
+        down = [np.float32(sc) < np.float32(1.0) for sc in scales]
+        if any(down) and not all(d for d, m, n in zip(down, out_shape, x_shape) if m != n):
+            partial = [m if d else n for d, m, n in zip(down, out_shape, x_shape)]
+            x = ctx.bb.emit(
+                emit_resize(
+                    ctx, f"{node}_down", op, x, partial,
+                    [sc if d else 1.0 for d, sc in zip(down, scales)], by_size=False,
+                    mode=mode, coordinate_mode=coordinate_mode, nearest_mode="ceil",
+                )
+            )  # fmt: skip
+            scales = [1.0 if d else sc for d, sc in zip(down, scales)]
+            down = [False] * rank
+        nearest_mode = "ceil" if any(down) else "floor"
     return emit_resize(
         ctx, node, op, x, out_shape, scales, by_size=by_size, roi=roi,
         mode=mode, coordinate_mode=coordinate_mode, nearest_mode=nearest_mode,
