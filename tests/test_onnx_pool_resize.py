@@ -53,11 +53,12 @@ ORT_NOT_REFERENCE = {
 
 
 @functools.cache
-def node_cases() -> dict[str, list[tuple]]:
+def node_cases(reference_limit: int | None = REFERENCE_LIMIT) -> dict[str, list[tuple]]:
     """module -> the (name, model, inputs, outputs) of each ``expect`` call of its exports.
 
     ONNX's node case classes run every export when their module is imported; ``expect``
-    (and the pooling reference, see :data:`REFERENCE_LIMIT`) are patched while that
+    (and the pooling reference past ``reference_limit`` input elements, see
+    :data:`REFERENCE_LIMIT`; None: never) are patched while that
     happens, so each export runs once (a module imported earlier has its exports called
     again under the same patches). The model is built as ``expect`` builds it.
     """
@@ -89,7 +90,7 @@ def node_cases() -> dict[str, list[tuple]]:
     real_pool = pool_common.pool
 
     def pool(padded, x_shape, kernel, strides, out_shape, *args, **kwargs):
-        if math.prod(x_shape) > REFERENCE_LIMIT:  # NaN: "no reference output"
+        if reference_limit is not None and math.prod(x_shape) > reference_limit:  # NaN: none
             return np.full((*x_shape[:2], *out_shape), np.nan, np.float32)
         return real_pool(padded, x_shape, kernel, strides, out_shape, *args, **kwargs)
 
@@ -185,6 +186,17 @@ def test_onnx_node_cases(module):
             except (AssertionError, ValueError, pytest.fail.Exception) as error:
                 failures.append(f"{name} [{form}]: {str(error).strip()[:600]}")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["averagepool", "maxpool", "lppool"])
+def test_large_pool_node_cases_match_the_reference(module):
+    """The node cases past :data:`REFERENCE_LIMIT` against the ONNX reference too (its
+    Python loops take seconds each)."""
+    large = [c for c in node_cases(None)[module] if np.asarray(c[2][0]).size > REFERENCE_LIMIT]
+    assert large
+    for name, model, inputs, outputs in large:
+        run_node_case(name, model, inputs, outputs, "graph inputs")
 
 
 # --- targeted cases ----------------------------------------------------------------------
