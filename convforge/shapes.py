@@ -504,8 +504,9 @@ class ResizeGeometry:
     ``cubic_coeff_a`` and ``exclude_outside`` shape the 'cubic' kernel; ``roi`` (one
     ``(start, end)`` per spatial axis, normalized) and ``extrapolation_value`` belong to
     'tf_crop_and_resize' (``roi`` is None under every other coordinate mode).
-    ``antialias`` (ONNX Resize-18, 'linear' and 'cubic' only): a downscaled axis interpolates with the filter's support
-    stretched by ``1/scale`` (:func:`convforge.ops.resize_antialias`).
+    ``antialias`` (ONNX Resize-18, 'linear' and 'cubic' only): a downscaled axis
+    interpolates with the filter's support stretched by ``1/scale``
+    (:func:`convforge.ops.resize.resize_antialias`).
     """
 
     batch: int
