@@ -346,12 +346,12 @@ def causal_conv1d(
 # --- Resize ------------------------------------------------------------------------------
 
 
-def _resize_geometry(x_shape, scale, size, mode, coordinate_mode, nearest_mode):
+def _resize_geometry(x_shape, scale, size, mode, coordinate_mode, nearest_mode, antialias=False):
     if scale is None and size is None:
         scale = 2
     return shapes.resize_geometry(
         x_shape, scale=scale, size=size, mode=mode, coordinate_mode=coordinate_mode,
-        nearest_mode=nearest_mode,
+        nearest_mode=nearest_mode, antialias=antialias,
     )  # fmt: skip
 
 
@@ -363,6 +363,7 @@ def resize(
     mode: str = "nearest",
     coordinate_mode: str = "asymmetric",
     nearest_mode: str = "floor",
+    antialias: bool = False,
     target: TargetArg = None,
 ) -> np.ndarray:
     """N-d resize of x (N, C, *I), exactly as ONNX Resize (opset 19+) with the same attributes.
@@ -375,10 +376,12 @@ def resize(
     'align_corners', 'pytorch_half_pixel'). ``nearest_mode``: 'round_prefer_floor',
     'round_prefer_ceil', 'floor', 'ceil'. The defaults ('nearest', 'asymmetric', 'floor')
     are ``torch.nn.functional.interpolate(mode="nearest")``; ONNX's own defaults are
-    'half_pixel' and 'round_prefer_floor'.
+    'half_pixel' and 'round_prefer_floor'. ``antialias`` ('linear' and 'cubic'; ONNX
+    Resize-18): a downscaled axis is filtered with the kernel stretched by ``1/scale``, as
+    onnxruntime does (an axis whose length does not change is copied).
     """
     dtype, (x,) = as_float_arrays(x=x)
-    geom = _resize_geometry(x.shape, scale, size, mode, coordinate_mode, nearest_mode)
+    geom = _resize_geometry(x.shape, scale, size, mode, coordinate_mode, nearest_mode, antialias)
 
     def build():
         (tx,) = placeholders(dtype, x=x.shape)
@@ -484,16 +487,18 @@ def avg_pool(
     padding: shapes.PaddingArg = 0,
     ceil_mode: bool = False,
     count_include_pad: bool = False,
+    dilation: int | Sequence[int] = 1,
     target: TargetArg = None,
 ) -> np.ndarray:
     """N-d average pooling as ONNX AveragePool / ``torch.nn.functional.avg_poolNd``.
 
-    The divisor is the window clipped to the input (``count_include_pad=False``) or to the
-    padded input (``True``); ``ceil_mode`` as :func:`max_pool`.
+    The divisor is the number of the window's taps inside the input
+    (``count_include_pad=False``) or inside the padded input (``True``); ``ceil_mode`` as
+    :func:`max_pool`; ``dilation`` spaces the taps (ONNX AveragePool-19).
     """
     geom = shapes.pool_geometry(
         np.shape(x), kernel, kind="avg", stride=stride, padding=padding, ceil_mode=ceil_mode,
-        count_include_pad=count_include_pad,
+        count_include_pad=count_include_pad, dilation=dilation,
     )  # fmt: skip
     return _pool(x, geom, target)
 

@@ -598,6 +598,9 @@ class ResizeGeometry:
     ``cubic_coeff_a`` and ``exclude_outside`` shape the 'cubic' kernel; ``roi`` (one
     ``(start, end)`` per spatial axis, normalized) and ``extrapolation_value`` belong to
     'tf_crop_and_resize' (``roi`` is None under every other coordinate mode).
+    ``antialias`` (ONNX Resize-18, 'linear' and 'cubic' only): a downscaled axis
+    interpolates with the filter's support stretched by ``1/scale``
+    (:func:`convforge.ops.resize.resize_antialias`).
     """
 
     batch: int
@@ -613,6 +616,7 @@ class ResizeGeometry:
     exclude_outside: bool = False
     extrapolation_value: float = 0.0
     roi: tuple[tuple[float, float], ...] | None = None
+    antialias: bool = False
 
     @property
     def ndim(self) -> int:
@@ -650,6 +654,7 @@ def resize_geometry(
     exclude_outside: bool = False,
     extrapolation_value: float = 0.0,
     roi: Sequence[tuple[float, float]] | None = None,
+    antialias: bool = False,
 ) -> ResizeGeometry:
     """Validate a resize's arguments (exactly one of ``scale``, ``size``) and compute its sizes.
 
@@ -658,6 +663,8 @@ def resize_geometry(
     ``exclude_outside``, ``extrapolation_value``: the ONNX Resize attributes. ``roi``: one
     finite ``(start, end)`` per spatial axis, given exactly when ``coordinate_mode`` is
     'tf_crop_and_resize' (ONNX's ``roi`` input restricted to the spatial axes).
+    ``antialias``: ONNX Resize-18's attribute (a bool; modes 'linear' and 'cubic' only,
+    as onnxruntime and ONNX's reference define it).
     """
     nd = _check_data_rank(x_shape)
     batch, channels, *in_size = as_shape(x_shape, "x_shape")
@@ -680,6 +687,10 @@ def resize_geometry(
             raise ValueError(f"{name} must be a finite number, got {value!r}")
     if not isinstance(exclude_outside, bool):
         raise ValueError(f"exclude_outside must be a bool, got {exclude_outside!r}")
+    if not isinstance(antialias, bool):
+        raise ValueError(f"antialias must be a bool, got {antialias!r}")
+    if antialias and mode == "nearest":
+        raise ValueError("antialias applies to modes 'linear' and 'cubic' only, got 'nearest'")
     roi_t = None
     if roi is not None:
         if coordinate_mode != CROP_COORDINATE_MODE:
@@ -727,7 +738,7 @@ def resize_geometry(
     return ResizeGeometry(
         batch, channels, tuple(in_size), tuple(out_size), scales, mode, coordinate_mode,
         nearest_mode, size is not None, float(cubic_coeff_a), exclude_outside,
-        float(extrapolation_value), roi_t,
+        float(extrapolation_value), roi_t, antialias,
     )  # fmt: skip
 
 
@@ -824,8 +835,9 @@ def pool_geometry(
 ) -> PoolGeometry:
     """Validate a pooling's arguments and compute every size.
 
-    ``stride`` defaults to 1 (ONNX); ``dilation`` must be 1 for average pooling; every
-    explicit pad must be smaller than the kernel (ONNX Runtime and PyTorch require it).
+    ``stride`` defaults to 1 (ONNX); ``dilation`` applies to both kinds (ONNX AveragePool
+    allows it since opset 19); every explicit pad must be smaller than the kernel (ONNX
+    Runtime and PyTorch require it).
     """
     nd = _check_data_rank(x_shape)
     if kind not in POOL_KINDS:
@@ -834,8 +846,6 @@ def pool_geometry(
     kernel_t = as_tuple(kernel, nd, "kernel")
     stride_t = as_tuple(1 if stride is None else stride, nd, "stride")
     dilation_t = as_tuple(dilation, nd, "dilation")
-    if kind == "avg" and any(d != 1 for d in dilation_t):
-        raise ValueError(f"dilation must be 1 for average pooling, got {dilation!r}")
     for flag, name in ((ceil_mode, "ceil_mode"), (count_include_pad, "count_include_pad")):
         if not isinstance(flag, bool | np.bool_):
             raise ValueError(f"{name} must be a bool, got {flag!r}")

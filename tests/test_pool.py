@@ -18,7 +18,7 @@ def pool_cases(draw):
     kind = draw(st.sampled_from(shapes.POOL_KINDS))
     kernel = tuple(draw(st.integers(1, 3)) for _ in range(nd))
     stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
-    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd)) if kind == "max" else 1
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
     padding = draw(
         st.one_of(
             st.sampled_from(["valid", "same", "same_lower"]),
@@ -28,10 +28,8 @@ def pool_cases(draw):
     )
     max_size = {1: 12, 2: 8, 3: 5}[nd]
     size = tuple(draw(st.integers(1, max_size)) for _ in range(nd))
-    args = dict(stride=stride, padding=padding, ceil_mode=draw(st.booleans()))
-    if kind == "max":
-        args["dilation"] = dilation
-    else:
+    args = dict(stride=stride, padding=padding, ceil_mode=draw(st.booleans()), dilation=dilation)
+    if kind == "avg":
         args["count_include_pad"] = draw(st.booleans())
     x_shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *size)
     return kind, x_shape, kernel, args
@@ -143,9 +141,23 @@ def test_pool_rejects_bad_arguments(call, message):
         call(x)
 
 
-def test_avg_pool_has_no_dilation():
-    with pytest.raises(ValueError, match="dilation must be 1 for average pooling"):
-        shapes.pool_geometry((1, 1, 6), 2, kind="avg", dilation=2)
+@pytest.mark.parametrize("count_include_pad", [False, True])
+def test_dilated_avg_pool_divides_by_the_taps_it_counts(count_include_pad):
+    """Average pooling with dilation 3 (ONNX AveragePool-19) against a loop over the taps:
+    L=7, k=3, d=3, pad (2, 2), stride 2, ceil_mode. The divisor counts the taps inside the
+    input, or inside the padded input with count_include_pad."""
+    x = np.arange(1, 8, dtype=np.float64).reshape(1, 1, 7) ** 2
+    y = cf.avg_pool(
+        x, 3, stride=2, padding=((2, 2),), dilation=3, ceil_mode=True,
+        count_include_pad=count_include_pad,
+    )  # fmt: skip
+    expected = []
+    for p in range(shapes.pool_output_size(7, 3, 2, 2, 2, 3, ceil_mode=True)):
+        taps = [p * 2 - 2 + r * 3 for r in range(3)]
+        inside = [t for t in taps if 0 <= t < 7]
+        counted = [t for t in taps if (-2 <= t < 9 if count_include_pad else 0 <= t < 7)]
+        expected.append(sum(x[0, 0, t] for t in inside) / len(counted))
+    np.testing.assert_allclose(y.ravel(), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float64"])

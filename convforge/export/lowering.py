@@ -17,6 +17,7 @@ graph (:mod:`convforge.export.fusion`): a fused node carries the attributes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -458,85 +459,341 @@ def _constant(expr: relax.Expr | None) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
 
 
-def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
-    """ONNX Resize (opset >= 11) of the spatial axes with the given scales, in every mode and
-    coordinate mode (:func:`convforge.ops.resize`).
+#: Attributes of ONNX Resize (opset 10-19) that :func:`lower_resize` honours; any other
+#: attribute is refused (TVM's converter would drop it).
+RESIZE_ATTRIBUTES = frozenset(
+    {
+        "mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a",
+        "exclude_outside", "extrapolation_value", "antialias", "axes",
+        "keep_aspect_ratio_policy",
+    }
+)  # fmt: skip
 
-    TVM's own converter resizes by ``out/in`` instead of the given scale (wrong whenever
-    ``in * scale`` is not an integer) and lacks ``half_pixel_symmetric``. Declines
-    (TVM's converter takes the node) for non-constant roi/scales/sizes, ``axes``,
-    ``antialias``, a ``keep_aspect_ratio_policy`` other than ``stretch``, an input rank
-    outside 3..5, or a resize (or roi crop) of the batch or channel axis.
+
+def refuse(op_type: str, node: str, what: str, why: str) -> ValueError:
+    """The one-line error of a node convforge cannot run exactly as onnxruntime does."""
+    return ValueError(f"{op_type} node {node!r}: {what}: {why}")
+
+
+def _unknown_attributes(attrs: dict, known: frozenset[str]) -> list[str]:
+    return sorted(k for k in attrs if k != "tvm_custom" and k not in known)
+
+
+def _constant_input(
+    op_type: str, node: str, expr: relax.Expr | None, name: str
+) -> np.ndarray | None:
+    """The value of an optional constant input (None when absent); refuses a computed one."""
+    if expr is None:
+        return None
+    value = _constant(expr)
+    if value is None:
+        raise refuse(
+            op_type, node, f"input {name!r}",
+            "must be a constant (an initializer or Constant node): convforge compiles the "
+            "output shape and the interpolation weights ahead of time",
+        )  # fmt: skip
+    return value
+
+
+def _leading_identity(
+    x_shape: Sequence[int], out_shape: Sequence[int], scales: Sequence[float], roi
+) -> int:
+    """How many leading axes a resize leaves untouched (same length, scale 1, full roi)."""
+    lead = 0
+    for n, m, sc, r in zip(x_shape, out_shape, scales, roi):
+        if n != m or np.float32(sc) != np.float32(1.0) or r != (0.0, 1.0):
+            break
+        lead += 1
+    return lead
+
+
+def emit_resize(
+    ctx: LoweringContext,
+    node: str,
+    op_type: str,
+    x: relax.Expr,
+    out_shape: Sequence[int],
+    scales: Sequence[float],
+    *,
+    by_size: bool,
+    roi: Sequence[tuple[float, float]] | None = None,
+    **attributes,
+) -> relax.Expr:
+    """The convforge resize of ``x`` (any rank) to ``out_shape`` with full-rank float32
+    ``scales`` (the coordinate transform's; ``by_size``: the sizes were given) and
+    ``roi`` (full rank, 'tf_crop_and_resize' only). Leading untouched axes fold into
+    (N, C); at most 3 axes after them may change (ValueError otherwise). ``attributes``
+    go to :func:`convforge.shapes.resize_geometry`."""
+    x_shape = static_shape(x, f"{op_type} {node!r} input")
+    rank = len(x_shape)
+    full_roi = list(roi) if roi is not None else [(0.0, 1.0)] * rank
+    lead = min(_leading_identity(x_shape, out_shape, scales, full_roi), rank - 1)
+    if rank == 0 or rank - lead > 3:
+        raise refuse(
+            op_type, node, f"input of shape {tuple(x_shape)} resized to {tuple(out_shape)}",
+            "convforge resizes at most 3 axes, all after every unchanged leading axis",
+        )  # fmt: skip
+    inner = (1, math.prod(x_shape[:lead]), *x_shape[lead:]) if lead != 2 else tuple(x_shape)
+    spatial = slice(lead, rank)  # the axes of ``inner`` after (N, C)
+    if math.prod(out_shape) >= 2**31:
+        raise refuse(
+            op_type, node, f"output shape {tuple(out_shape)}",
+            f"{math.prod(out_shape)} elements need 64-bit indices, which convforge's kernels lack",
+        )  # fmt: skip
+    dtype = tensor_dtype(x)
+    if attributes.get("mode", "nearest") != "nearest" and not dtype.startswith("float"):
+        raise refuse(
+            op_type, node, f"mode={attributes['mode']!r} on {dtype}",
+            "interpolating integers needs onnxruntime's rounding, which convforge lacks",
+        )  # fmt: skip
+    try:
+        geom = shapes.resize_geometry(
+            inner, size=list(out_shape[spatial]),
+            roi=full_roi[spatial] if roi is not None else None, **attributes,
+        )  # fmt: skip
+    except ValueError as error:
+        raise refuse(op_type, node, "attributes", str(error)) from None
+    if not by_size:  # the given scales drive the coordinate transform
+        geom = dataclasses.replace(geom, scale=tuple(shapes.as_float32(v) for v in scales[spatial]))
+    if tuple(inner) != tuple(x_shape):
+        x = ctx.bb.emit(relax.op.reshape(x, inner))
+    out = ctx.emit_kernel(node, op_type, "resize", {}, [x], lambda tx: [ops.resize(tx, geom)])
+    if tuple(inner) != tuple(x_shape):
+        out = relax.op.reshape(ctx.bb.emit(out), list(out_shape))
+    return out
+
+
+def _text_attr(op_type: str, node: str, attrs: dict, name: str, default: str, allowed) -> str:
+    value = _text(attrs.get(name, default))
+    if value not in allowed:
+        raise refuse(op_type, node, f"{name}={value!r}", f"must be one of {sorted(allowed)}")
+    return value
+
+
+def lower_resize(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
+    """ONNX Resize (opset 10-19+) with onnxruntime's semantics, in convforge's own kernel
+    (:func:`convforge.ops.resize`): every mode and coordinate mode, ``axes``,
+    ``keep_aspect_ratio_policy`` (with sizes: one scale for all of ``axes``, the min or
+    the max of ``sizes/in``, output ``round_half_up(in * scale)``), ``antialias``
+    (linear/cubic), ``cubic_coeff_a``, ``exclude_outside``, ``extrapolation_value``.
+
+    TVM's own converter resizes by ``out/in`` instead of the given scale and ignores
+    ``antialias``; it never takes a Resize. Refused with a one-line ValueError: a roi,
+    scales or sizes computed at run time (a roi too under 'tf_crop_and_resize'), scales
+    together with sizes, an unknown attribute or value, a resize of more than 3 axes (after
+    the unchanged leading ones), an output past int32 indexing, linear/cubic on integers.
+    Resize-10 'nearest' rounds as onnxruntime's 'simple' mode (down when upscaling, up when
+    downscaling; mixed axes run as two resizes).
     """
+    op = "Resize"
     node = _node_name(attrs)
     x = inputs[0]
-    extra = [inputs[i] if len(inputs) > i else None for i in (1, 2, 3)]
-    values = [_constant(e) for e in extra]
-    if any(e is not None and v is None for e, v in zip(extra, values)):
-        return None
-    policy = _text(attrs.get("keep_aspect_ratio_policy", b"stretch"))
-    if "axes" in attrs or attrs.get("antialias", 0) or policy != "stretch":
-        return None
-    roi_values, scale_values, size_values = values
     x_shape = static_shape(x, f"Resize {node!r} input")
     rank = len(x_shape)
-    coordinate_mode = _text(attrs.get("coordinate_transformation_mode", b"half_pixel"))
-    roi = [(0.0, 1.0)] * rank
-    if (
-        coordinate_mode == shapes.CROP_COORDINATE_MODE
-        and roi_values is not None
-        and roi_values.size
-    ):
-        roi = [(float(roi_values[k]), float(roi_values[k + rank])) for k in range(rank)]
+    unknown = _unknown_attributes(attrs, RESIZE_ATTRIBUTES)
+    if unknown:
+        raise refuse(op, node, f"attribute {unknown[0]!r}", "is not an attribute convforge knows")
+    extra = [inputs[i] if len(inputs) > i else None for i in range(1, 4)]
+    if ctx.opset < 11:  # Resize-10: (X, scales)
+        extra = [None, extra[0], None]
+    mode = _text_attr(op, node, attrs, "mode", "nearest", shapes.RESIZE_MODES)
+    coordinate_modes = {*shapes.COORDINATE_MODES, shapes.CROP_COORDINATE_MODE}
+    coordinate_mode = _text_attr(
+        op, node, attrs, "coordinate_transformation_mode",
+        "half_pixel" if ctx.opset >= 11 else "asymmetric", coordinate_modes,
+    )  # fmt: skip
+    if coordinate_mode != shapes.CROP_COORDINATE_MODE:
+        extra[0] = None  # only tf_crop_and_resize reads the roi: it may be computed
+    roi_values, scale_values, size_values = (
+        _constant_input(op, node, e, name) for e, name in zip(extra, ("roi", "scales", "sizes"))
+    )
+    nearest_mode = _text_attr(
+        op, node, attrs, "nearest_mode", "round_prefer_floor", shapes.NEAREST_MODES
+    )
+    policy = _text_attr(
+        op, node, attrs, "keep_aspect_ratio_policy", "stretch",
+        {"stretch", "not_larger", "not_smaller"},
+    )  # fmt: skip
+    axes = [int(a) for a in attrs.get("axes", range(rank))]
+    if any(not -rank <= a < rank for a in axes) or len({a % rank for a in axes}) != len(axes):
+        raise refuse(op, node, f"axes={axes}", f"must be distinct axes of a rank-{rank} input")
+    axes = [a % rank for a in axes]
     by_size = scale_values is None or not scale_values.size
+    given = size_values if by_size else scale_values
+    both = not by_size and size_values is not None and size_values.size
+    if given is None or not given.size or both:
+        raise refuse(op, node, "scales and sizes", "give exactly one of them (non-empty)")
+    if given.size != len(axes):
+        raise refuse(
+            op, node, "scales" if not by_size else "sizes",
+            f"must have {len(axes)} entries (one per axis), got {given.size}",
+        )  # fmt: skip
+    scales = [1.0] * rank
+    out_shape = list(x_shape)
     if not by_size:
-        scales = [float(v) for v in scale_values]
-        out_shape = [shapes.resize_output_size(n, s) for n, s in zip(x_shape, scales)]
-    elif size_values is not None and size_values.size:
-        out_shape = [int(v) for v in size_values]
-        scales = [m / n for m, n in zip(out_shape, x_shape)]
+        for a, v in zip(axes, given.tolist()):
+            if not (math.isfinite(v) and v > 0):
+                raise refuse(op, node, f"scales={given.tolist()}", "must be positive and finite")
+            scales[a] = shapes.as_float32(v)
+            out_shape[a] = shapes.resize_output_size(x_shape[a], v)
     else:
-        raise ValueError(f"Resize {node!r}: give scales or sizes")
-    if len(scales) != rank:
-        raise ValueError(
-            f"Resize {node!r}: scales/sizes must have {rank} entries, got {len(scales)}"
-        )
-    if (
-        not 3 <= rank <= 5
-        or scales[:2] != [1.0, 1.0]
-        or out_shape[:2] != list(x_shape[:2])
-        or roi[:2] != [(0.0, 1.0)] * 2
-    ):
-        return None
-    geom = shapes.resize_geometry(
-        x_shape, **({"size": out_shape[2:]} if by_size else {"scale": scales[2:]}),
-        mode=_text(attrs.get("mode", b"nearest")), coordinate_mode=coordinate_mode,
-        nearest_mode=_text(attrs.get("nearest_mode", b"round_prefer_floor")),
+        sizes = [int(v) for v in given.tolist()]
+        if any(v <= 0 for v in sizes):
+            raise refuse(op, node, f"sizes={sizes}", "must be positive")
+        if policy == "stretch":
+            for a, v in zip(axes, sizes):
+                out_shape[a] = v
+        else:
+            f32 = np.float32
+            ratios = [f32(v) / f32(x_shape[a]) for a, v in zip(axes, sizes)]
+            common = min(ratios) if policy == "not_larger" else max(ratios)
+            for a in axes:
+                out_shape[a] = math.floor(float(common) * x_shape[a] + 0.5)
+                scales[a] = float(common)
+            by_size = False  # the common scale drives the coordinate transform
+    if any(v <= 0 for v in out_shape):
+        raise refuse(op, node, f"output shape {out_shape}", "has an empty axis")
+    if by_size:
+        scales = [float(np.float32(m) / np.float32(n)) for m, n in zip(out_shape, x_shape)]
+    roi = None
+    if coordinate_mode == shapes.CROP_COORDINATE_MODE:
+        if roi_values is None or roi_values.size != 2 * len(axes):
+            raise refuse(
+                op,
+                node,
+                "roi",
+                f"tf_crop_and_resize needs {2 * len(axes)} values (start, end per axis)",
+            )
+        k = len(axes)
+        roi = [(0.0, 1.0)] * rank
+        for i, a in enumerate(axes):
+            roi[a] = (float(roi_values[i]), float(roi_values[i + k]))
+    if attrs.get("antialias", 0) and mode == "nearest":
+        raise refuse(op, node, "antialias=1", "is defined for modes 'linear' and 'cubic' only")
+    if ctx.opset < 11 and mode == "nearest":  # onnxruntime's Resize-10 'simple' rounding:
+        # per axis down when upscaling, up when downscaling; nearest is separable, so mixed
+        # axes run as two resizes, the downscaled axes first
+        down = [np.float32(sc) < np.float32(1.0) for sc in scales]
+        if any(down) and not all(d for d, m, n in zip(down, out_shape, x_shape) if m != n):
+            partial = [m if d else n for d, m, n in zip(down, out_shape, x_shape)]
+            x = ctx.bb.emit(
+                emit_resize(
+                    ctx, f"{node}_down", op, x, partial,
+                    [sc if d else 1.0 for d, sc in zip(down, scales)], by_size=False,
+                    mode=mode, coordinate_mode=coordinate_mode, nearest_mode="ceil",
+                )
+            )  # fmt: skip
+            scales = [1.0 if d else sc for d, sc in zip(down, scales)]
+            down = [False] * rank
+        nearest_mode = "ceil" if any(down) else "floor"
+    return emit_resize(
+        ctx, node, op, x, out_shape, scales, by_size=by_size, roi=roi,
+        mode=mode, coordinate_mode=coordinate_mode, nearest_mode=nearest_mode,
         cubic_coeff_a=float(attrs.get("cubic_coeff_a", -0.75)),
         exclude_outside=bool(attrs.get("exclude_outside", 0)),
         extrapolation_value=float(attrs.get("extrapolation_value", 0.0)),
-        roi=roi[2:] if coordinate_mode == shapes.CROP_COORDINATE_MODE else None,
+        antialias=bool(attrs.get("antialias", 0)),
     )  # fmt: skip
-    return ctx.emit_kernel(node, "Resize", "resize", attrs, [x], lambda tx: [ops.resize(tx, geom)])
 
 
-def lower_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> relax.Expr | None:
-    """ONNX MaxPool / AveragePool (every auto_pad, ceil_mode, dilations, count_include_pad).
-
-    Declines a MaxPool asked for its Indices output or a column-major storage_order.
-    """
-    if attrs["tvm_custom"]["num_outputs"] > 1 or attrs.get("storage_order", 0):
-        return None
+def lower_upsample(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
+    """ONNX Upsample (deprecated; opset 7: ``scales`` attribute, opset 9: ``scales`` input)
+    as the equivalent Resize, as onnxruntime runs it: 'asymmetric' coordinates, nearest
+    rounds down (Upsample's scales are >= 1), 'linear' interpolates. Refused: a computed ``scales`` input, a scale below 1 (ONNX requires
+    >= 1), an unknown mode or attribute."""
+    op = "Upsample"
     node = _node_name(attrs)
     x = inputs[0]
-    x_shape = static_shape(x, f"{'MaxPool' if kind == 'max' else 'AveragePool'} {node!r} input")
-    geom = shapes.pool_geometry(
-        x_shape, tuple(int(k) for k in attrs["kernel_shape"]), kind=kind,
-        stride=attrs.get("strides"), padding=onnx_padding(attrs, len(x_shape) - 2),
-        dilation=attrs.get("dilations", 1), ceil_mode=bool(attrs.get("ceil_mode", 0)),
-        count_include_pad=bool(attrs.get("count_include_pad", 0)),
+    x_shape = static_shape(x, f"Upsample {node!r} input")
+    unknown = _unknown_attributes(attrs, frozenset({"mode", "scales"}))
+    if unknown:
+        raise refuse(op, node, f"attribute {unknown[0]!r}", "is not an attribute convforge knows")
+    mode = _text_attr(op, node, attrs, "mode", "nearest", {"nearest", "linear"})
+    if "scales" in attrs:
+        values = [float(v) for v in attrs["scales"]]
+    else:
+        given = _constant_input(op, node, inputs[1] if len(inputs) > 1 else None, "scales")
+        if given is None:
+            raise refuse(
+                op, node, "scales", "missing (an attribute before opset 9, an input since)"
+            )
+        values = [float(v) for v in given.ravel()]
+    if len(values) != len(x_shape):
+        raise refuse(
+            op, node, f"scales={values}", f"must have {len(x_shape)} entries (one per axis)"
+        )
+    if any(not (math.isfinite(v) and v >= 1) for v in values):
+        raise refuse(op, node, f"scales={values}", "must be finite and >= 1 (ONNX Upsample)")
+    out_shape = [shapes.resize_output_size(n, v) for n, v in zip(x_shape, values)]
+    return emit_resize(
+        ctx, node, op, x, out_shape, [shapes.as_float32(v) for v in values], by_size=False,
+        mode="nearest" if mode == "nearest" else "linear", coordinate_mode="asymmetric",
+        nearest_mode="floor",
     )  # fmt: skip
-    return _emit_pool(ctx, node, "MaxPool" if kind == "max" else "AveragePool", x, geom)
+
+
+#: Attributes of ONNX MaxPool / AveragePool that :func:`lower_pool` honours.
+POOL_ATTRIBUTES = frozenset(
+    {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides"}
+)
+
+
+def lower_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> relax.Expr:
+    """ONNX MaxPool / AveragePool / LpPool in convforge's kernels: every auto_pad,
+    ceil_mode, dilations (AveragePool-19 included), count_include_pad, LpPool's ``p``,
+    and MaxPool's ``Indices`` output with either ``storage_order``
+    (:func:`convforge.ops.max_pool_with_indices`). Refused with a one-line ValueError
+    (TVM's converter never takes the node): an unknown attribute, a bad value, and
+    ``auto_pad`` SAME_UPPER/SAME_LOWER with a dilation > 1, where onnxruntime pads as if
+    the kernel were undilated (its output shape contradicts ONNX's shape inference)."""
+    op = {"max": "MaxPool", "avg": "AveragePool", "lp": "LpPool"}[kind]
+    node = _node_name(attrs)
+    known = POOL_ATTRIBUTES | {
+        {"max": "storage_order", "avg": "count_include_pad", "lp": "p"}[kind]
+    }
+    unknown = _unknown_attributes(attrs, known)
+    if unknown:
+        raise refuse(op, node, f"attribute {unknown[0]!r}", "is not an attribute convforge knows")
+    if "kernel_shape" not in attrs:
+        raise refuse(op, node, "kernel_shape", "is required")
+    x = inputs[0]
+    x_shape = static_shape(x, f"{op} {node!r} input")
+    auto_pad = _text(attrs.get("auto_pad", b"NOTSET")).upper()
+    pads = list(attrs.get("pads", ()))
+    if pads and len(pads) != 2 * (len(x_shape) - 2):
+        raise refuse(op, node, f"pads={pads}", f"must have {2 * (len(x_shape) - 2)} entries")
+    dilations = [int(d) for d in attrs.get("dilations", ())]
+    if auto_pad.startswith("SAME") and any(d != 1 for d in dilations):
+        raise refuse(
+            op, node, f"auto_pad={auto_pad} with dilations={dilations}",
+            "onnxruntime pads as if undilated, against ONNX's output shape; give explicit pads",
+        )  # fmt: skip
+    try:
+        geom = shapes.pool_geometry(
+            x_shape, tuple(int(k) for k in attrs["kernel_shape"]),
+            kind="max" if kind == "max" else "avg",
+            stride=attrs.get("strides"), padding=onnx_padding(attrs, len(x_shape) - 2),
+            dilation=attrs.get("dilations", 1), ceil_mode=bool(attrs.get("ceil_mode", 0)),
+            count_include_pad=bool(attrs.get("count_include_pad", 0)),
+        )  # fmt: skip
+    except ValueError as error:
+        raise refuse(op, node, "attributes", str(error)) from None
+    if kind == "lp":
+        p = attrs.get("p", 2)
+        if not (isinstance(p, int | float) and math.isfinite(p) and p > 0):
+            raise refuse(op, node, f"p={p!r}", "must be a positive finite number")
+        return ctx.emit_kernel(
+            node, op, f"lp_pool{geom.ndim}d", {}, [x], lambda tx: [ops.lp_pool(tx, geom, p)]
+        )
+    if kind == "max" and attrs["tvm_custom"]["num_outputs"] > 1:
+        storage_order = int(attrs.get("storage_order", 0))
+        if storage_order not in (0, 1):
+            raise refuse(op, node, f"storage_order={storage_order}", "must be 0 or 1")
+        return ctx.emit_kernel(
+            node, op, f"max_pool{geom.ndim}d_with_indices", {}, [x],
+            lambda tx: list(ops.max_pool_with_indices(tx, geom, storage_order)),
+        )  # fmt: skip
+    return _emit_pool(ctx, node, op, x, geom)
 
 
 def _emit_pool(
@@ -578,8 +835,10 @@ LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr | None]]
     "CausalConvWithState": lower_causal_conv_with_state,
     "Gemm": lower_gemm,
     "Resize": lower_resize,
+    "Upsample": lower_upsample,
     "MaxPool": functools.partial(lower_pool, kind="max"),
     "AveragePool": functools.partial(lower_pool, kind="avg"),
+    "LpPool": functools.partial(lower_pool, kind="lp"),
     "GlobalMaxPool": functools.partial(lower_global_pool, kind="max"),
     "GlobalAveragePool": functools.partial(lower_global_pool, kind="avg"),
     "Softmax": lower_softmax,

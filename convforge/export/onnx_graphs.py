@@ -300,6 +300,7 @@ def resize_nodes(geom: ResizeGeometry, src: str, dst: str) -> list[onnx.NodeProt
         coordinate_transformation_mode=geom.coordinate_mode, nearest_mode=geom.nearest_mode,
         cubic_coeff_a=geom.cubic_coeff_a, exclude_outside=int(geom.exclude_outside),
         extrapolation_value=geom.extrapolation_value,
+        **({"antialias": 1} if geom.antialias else {}),
     )  # fmt: skip
     return [*nodes, resize]
 
@@ -347,7 +348,8 @@ def resize_conv_model(
 def pool_model(
     geom: PoolGeometry, dtype: str = "float32", *, opset: int = DEFAULT_OPSET
 ) -> onnx.ModelProto:
-    """ONNX MaxPool or AveragePool (explicit pads, ceil_mode, count_include_pad) for ``geom``."""
+    """ONNX MaxPool or AveragePool (explicit pads, ceil_mode, count_include_pad, dilations:
+    AveragePool's only where one is not 1, as opset 19 added them) for ``geom``."""
     attrs = dict(
         kernel_shape=list(geom.kernel), strides=list(geom.stride),
         pads=flat_pads(geom.padding), ceil_mode=int(geom.ceil_mode),
@@ -355,6 +357,8 @@ def pool_model(
     if geom.kind == "max":
         node = helper.make_node("MaxPool", ["x"], ["y"], dilations=list(geom.dilation), **attrs)
     else:
+        if any(d != 1 for d in geom.dilation):
+            attrs["dilations"] = list(geom.dilation)
         node = helper.make_node(
             "AveragePool", ["x"], ["y"], count_include_pad=int(geom.count_include_pad), **attrs
         )

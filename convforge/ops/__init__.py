@@ -19,7 +19,13 @@ from convforge.ops.heads import (
     grid_pool_head,
     softmax,
 )
-from convforge.ops.pool import adaptive_pool, pool, window_max
+from convforge.ops.pool import (
+    adaptive_pool,
+    lp_pool,
+    max_pool_with_indices,
+    pool,
+    window_max,
+)
 from convforge.ops.resize import nearest_upsample_conv, resize, resize_conv
 from convforge.ops.winograd import WinogradTiles, conv2d_winograd, transform_weight_array
 
@@ -42,6 +48,8 @@ __all__ = [
     "flatten_dense_head",
     "fully_conv_head",
     "grid_pool_head",
+    "lp_pool",
+    "max_pool_with_indices",
     "nearest_upsample_conv",
     "pack_weight",
     "pack_weight_array",

@@ -4,7 +4,10 @@ Layout ``(N, C, *spatial)``; modes nearest, linear and cubic under every coordin
 'tf_crop_and_resize' included. Source coordinates are computed in float32 with the
 operation order of the ONNX spec (as onnxruntime does), so nearest-neighbour ties round
 exactly as there. Separable: each spatial axis contributes taps (1 nearest, 2 linear,
-4 cubic) and an N-d resize sums the products of per-axis weights. Block names (the contract with ``convforge.schedules``): ``resize``, then the
+4 cubic) and an N-d resize sums the products of per-axis weights. With ``antialias``
+(linear and cubic, ONNX Resize-18) the resize runs one pass per resized axis, each a
+reduction over a window of the filter stretched by ``1/scale`` (blocks ``resize_weight<a>``,
+``resize_weight_sum<a>``, ``resize_pass<a>``) and then ``resize``. Block names (the contract with ``convforge.schedules``): ``resize``, then the
 convolution's own blocks (``pad``, ``conv``, ``conv_epilogue``); the per-phase fast path
 of nearest integer upsampling + conv: ``phase_weight``, ``pad``, ``phase_conv``,
 ``phase_conv_epilogue``.
@@ -130,14 +133,126 @@ def axis_taps(
     return [(_clamp(i, length), w) for i, w in zip(indices, weights)]
 
 
+def _f32_value(value: float) -> float:
+    return float(np.float32(value))
+
+
+def antialias_window(geom: ResizeGeometry, axis: int) -> tuple[int, float, float]:
+    """``(taps, support, inv_scale)`` of the antialiasing filter along spatial ``axis``, in
+    onnxruntime's float32 arithmetic: the filter (tent of half-width 1 for 'linear', Keys'
+    cubic of half-width 2) reaches ``support = half_width / scale`` input samples when
+    downscaling (``half_width`` when upscaling) and is evaluated at ``distance *
+    inv_scale`` (``inv_scale = scale`` when downscaling, else 1); ``taps = 2 *
+    ceil(support) + 1`` samples bound every window."""
+    f32 = np.float32
+    half_width = f32(1.0 if geom.mode == "linear" else 2.0)
+    inverse = f32(1.0) / f32(geom.scale[axis])  # onnxruntime's "scale" (input per output)
+    support = half_width * inverse if inverse >= f32(1.0) else half_width
+    inv_scale = f32(1.0) / inverse if inverse >= f32(1.0) else f32(1.0)
+    return int(np.ceil(support)) * 2 + 1, float(support), float(inv_scale)
+
+
+def _antialias_filter(t: tirx.PrimExpr, mode: str, a: float, dtype: str) -> tirx.PrimExpr:
+    """The tent (linear) or Keys' cubic (coefficient ``a``) filter at distance ``t``."""
+    t = tirx.abs(t)
+    one, zero = tirx.const(1.0, dtype), tirx.const(0.0, dtype)
+    if mode == "linear":
+        return tirx.if_then_else(t < one, one - t, zero)
+    coeff = tirx.const(a, dtype)
+    inner = ((coeff + 2) * t - (coeff + 3)) * t * t + one
+    outer = (((t - 5) * t + 8) * t - 4) * coeff
+    return tirx.if_then_else(t < one, inner, tirx.if_then_else(t < 2 * one, outer, zero))
+
+
+def _antialias_pass(t: te.Tensor, axis: int, geom: ResizeGeometry, dtype: str) -> te.Tensor:
+    """Resize spatial ``axis`` of ``t`` with the antialiasing filter (onnxruntime's
+    ``SetupUpsampleFilterAntiAlias``): output ``p`` centred at ``c = coord(p) + 0.5`` reads
+    the samples ``[floor(c - support + 0.5), floor(c + support + 0.5))`` (at most ``taps``),
+    weighted by the filter at ``(i - c + 0.5) * inv_scale`` and normalized by the weights'
+    sum. Samples outside the input read the nearest edge sample (onnxruntime folds their
+    weights onto the edge), or with ``exclude_outside`` weigh nothing."""
+    in_len, out_len = geom.in_size[axis], geom.out_size[axis]
+    taps, support, inv_scale = antialias_window(geom, axis)
+    identity = np.float32(geom.scale[axis]) == np.float32(1.0)
+    half = _f32(0.5)
+
+    def window(p):
+        coord = p.astype("float32") if identity else source_coordinate(p, axis, geom)
+        center = coord + half
+        first = tirx.floor(center - _f32(support) + half).astype("int32")
+        last = tirx.floor(center + _f32(support) + half).astype("int32")
+        return center, first, tirx.max(tirx.min(last - first, taps), 0)
+
+    def weight(p, j):
+        center, first, count = window(p)
+        distance = ((first + j).astype("float32") - center + half) * _f32(inv_scale)
+        w = _antialias_filter(distance, geom.mode, geom.cubic_coeff_a, "float32")
+        valid = [j < count]
+        if geom.exclude_outside:
+            valid += [first + j >= 0, first + j < in_len]
+        return tirx.if_then_else(tirx.all(*valid), w, _f32(0.0))
+
+    weights = te.compute((out_len, taps), weight, name=f"resize_weight{axis}")
+    rk = te.reduce_axis((0, taps), f"rw{axis}")
+    total = te.compute(
+        (out_len,), lambda p: te.sum(weights[p, rk], axis=rk), name=f"resize_weight_sum{axis}"
+    )
+    rj = te.reduce_axis((0, taps), f"rj{axis}")
+
+    def body(n, c, *pos):
+        p = pos[axis]
+        _, first, count = window(p)
+        norm = tirx.if_then_else(total[p] == _f32(0.0), _f32(1.0), _f32(1.0) / total[p])
+        src = list(pos)
+        src[axis] = _clamp(first + rj, in_len)
+        value = (weights[p, rj] * norm).astype(dtype) * t[(n, c, *src)].astype(dtype)
+        # taps past the window weigh nothing: also not a non-finite sample's 0 * inf
+        return te.sum(tirx.if_then_else(rj < count, value, tirx.const(0, dtype)), axis=rj)
+
+    shape = [int(v) for v in t.shape]
+    shape[axis + 2] = out_len
+    return te.compute(shape, body, name=f"resize_pass{axis}")
+
+
+def resize_antialias(x: te.Tensor, geom: ResizeGeometry, name: str = "resize") -> te.Tensor:
+    """Antialiased linear or cubic resize (``geom.antialias``): one filter pass
+    (:func:`_antialias_pass`) per axis whose length changes (onnxruntime copies an axis of
+    unchanged length), in float32 (float64 for float64 ``x``), then the ``resize`` block
+    (cast, and 'tf_crop_and_resize''s ``extrapolation_value`` where a source coordinate
+    lies outside the input)."""
+    dtype = x.dtype
+    acc = "float64" if dtype == "float64" else "float32"
+    t = x
+    for axis, (i, o) in enumerate(zip(geom.in_size, geom.out_size)):
+        if i != o:
+            t = _antialias_pass(t, axis, geom, acc)
+
+    def body(n, c, *pos):
+        value = t[(n, c, *pos)].astype(dtype)
+        if geom.coordinate_mode != "tf_crop_and_resize":
+            return value
+        coords = [source_coordinate(p, a, geom) for a, p in enumerate(pos)]
+        inside = [
+            tirx.all(cd >= _f32(0.0), cd <= _f32(length - 1))
+            for cd, length in zip(coords, geom.in_size)
+        ]
+        return tirx.if_then_else(
+            tirx.all(*inside), value, tirx.const(geom.extrapolation_value, dtype)
+        )
+
+    return te.compute(geom.out_shape, body, name=name)
+
+
 def resize(x: te.Tensor, geom: ResizeGeometry, name: str = "resize") -> te.Tensor:
     """Resize the spatial axes of ``x`` (N, C, *I) to ``geom.out_size`` (nearest, N-linear or
-    N-cubic; taps as :func:`axis_taps`).
+    N-cubic; taps as :func:`axis_taps`; with ``geom.antialias``: :func:`resize_antialias`).
 
     Weights are float32 (``x``'s dtype for float64). Under 'tf_crop_and_resize' an output
     whose source coordinate lies outside ``[0, I-1]`` on some axis is
     ``geom.extrapolation_value``.
     """
+    if geom.antialias:
+        return resize_antialias(x, geom, name)
     dtype = x.dtype
     weight_dtype = "float64" if dtype == "float64" else "float32"
 
