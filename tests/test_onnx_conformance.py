@@ -105,37 +105,6 @@ REFUSED.update(
     }
 )
 
-#: Failing for reasons fixed in /work/wt-onnxops (Resize antialias / axes /
-#: keep_aspect_ratio_policy, Upsample, AveragePool dilations, MaxPool Indices): allowed to
-#: fail (not to crash) until that branch is merged; the lead empties this set then.
-PENDING_ONNXOPS: dict[str, str] = {
-    **{
-        f"test_averagepool_{name}": "AveragePool dilations"
-        for name in (
-            "2d_dilations",
-            "3d_dilations_small",
-            "3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True",
-            "3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False",
-            "3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True",
-            "3d_dilations_large_count_include_pad_is_1_ceil_mode_is_False",
-        )
-    },
-    "test_maxpool_with_argmax_2d_precomputed_pads": "MaxPool Indices output",
-    "test_maxpool_with_argmax_2d_precomputed_strides": "MaxPool Indices output",
-    **{
-        f"test_resize_{name}[init]": "Resize antialias (handed to TVM, which ignores it)"
-        for name in RESIZE_CASES
-        if name.endswith("antialias")
-    },
-    **{f"test_resize_{name}[init]": "Resize axes" for name in RESIZE_CASES if "axes" in name},
-    **{
-        f"test_resize_{name}[init]": "Resize keep_aspect_ratio_policy"
-        for name in RESIZE_CASES
-        if name.endswith(("not_larger", "not_smaller"))
-    },
-    "test_upsample_nearest[init]": "Upsample-9 (as Resize)",
-}
-
 #: Cases whose expected output (ONNX's reference) differs from onnxruntime, where convforge
 #: follows onnxruntime (the project's oracle): checked against onnxruntime, and the
 #: disagreement itself is asserted, so the entry cannot go stale. align_corners with a
@@ -214,10 +183,9 @@ def _close(got, want, rtol, atol) -> str | None:
 
 
 def check_run(case, form: str, model, inputs) -> tuple[str, str]:
-    """(outcome, detail): outcome 'pass', 'refused', 'pending', or 'FAIL'."""
+    """(outcome, detail): outcome 'pass', 'refused', or 'FAIL'."""
     key = f"{case.name}[{form}]"
     refused = REFUSED.get(key) or REFUSED.get(case.name)
-    pending = PENDING_ONNXOPS.get(key) or PENDING_ONNXOPS.get(case.name)
     expected = case.data_sets[0][1]
     try:
         with warnings.catch_warnings():
@@ -225,8 +193,6 @@ def check_run(case, form: str, model, inputs) -> tuple[str, str]:
             got = cf.compile_model(model)(*inputs)
     except (ValueError, NotImplementedError) as err:
         message = str(err).strip()
-        if pending:
-            return "pending", f"{pending}: {message.splitlines()[-1] if message else ''}"
         if refused is None:
             return "FAIL", f"unlisted refusal: {type(err).__name__}: {message}"
         pattern, _ = refused
@@ -234,8 +200,6 @@ def check_run(case, form: str, model, inputs) -> tuple[str, str]:
             return "FAIL", f"refusal not one line matching {pattern!r}: {message}"
         return "refused", message
     except Exception as err:  # a TVM error, a converter's AttributeError, ...
-        if pending:
-            return "pending", f"{pending}: {type(err).__name__}"
         return "FAIL", f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
     if refused:
         return "FAIL", f"listed in REFUSED ({refused[1]}) but ran: remove it from REFUSED"
@@ -257,7 +221,7 @@ def check_run(case, form: str, model, inputs) -> tuple[str, str]:
         if bad := _close(g, e, case.rtol, case.atol):
             problems.append(f"output {k}: {bad}")
     if problems:
-        return ("pending", f"{pending}: mismatch") if pending else ("FAIL", "; ".join(problems))
+        return "FAIL", "; ".join(problems)
     return "pass", ""
 
 
@@ -286,13 +250,13 @@ def test_node_cases(op_type):
 
 
 def test_lists_name_real_cases():
-    """Every key of REFUSED / PENDING_ONNXOPS / ORT_SEMANTICS / CRASHES is a generated run."""
+    """Every key of REFUSED / ORT_SEMANTICS / CRASHES is a generated run."""
     keys = set()
     for cases in node_cases().values():
         for case in cases:
             keys.add(case.name)
             keys.update(f"{case.name}[{form}]" for form, _, _ in forms(case))
-    for table in (REFUSED, PENDING_ONNXOPS, ORT_SEMANTICS, CRASHES):
+    for table in (REFUSED, ORT_SEMANTICS, CRASHES):
         unknown = sorted(set(table) - keys)
         assert not unknown, unknown
 

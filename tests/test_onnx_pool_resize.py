@@ -1,22 +1,13 @@
 """ONNX Resize, Upsample and the pools through ``cf.compile_model`` against onnxruntime and
 ONNX's reference implementation.
 
-First ONNX's own backend node cases of these operators (generated from
-``onnx.backend.test.case.node``: the wheel ships no data/node), each in both forms: inputs
-after X (roi, scales, sizes) as initializers, and as graph inputs (convforge needs them
-constant: a clear refusal). Then targeted cases of what the node cases miss (antialias on
-larger inputs, axes, keep_aspect_ratio_policy, Resize-10, Upsample-7/9, ranks other than
-NCHW, MaxPool Indices ties and storage_order, LpPool), and the refusals, each in a fresh
-interpreter.
+ONNX's own backend node cases of these operators run in test_onnx_conformance.py; here
+are targeted cases of what the node cases miss (antialias on larger inputs, axes,
+keep_aspect_ratio_policy, Resize-10, Upsample-7/9, ranks other than NCHW, MaxPool Indices
+ties and storage_order, LpPool), and the refusals, each in a fresh interpreter.
 """
 
 from __future__ import annotations
-
-import copy
-import functools
-import importlib
-import inspect
-import math
 
 import numpy as np
 import onnx
@@ -28,111 +19,6 @@ import convforge as cf
 from convforge.export import run_onnxruntime
 from tests.isolated import assert_refused, refusal_snippet, run_isolated
 
-#: ONNX backend node modules of the operators convforge lowers here.
-NODE_MODULES = (
-    "resize", "upsample", "averagepool", "maxpool", "lppool", "globalaveragepool",
-    "globalmaxpool",
-)  # fmt: skip
-#: Inputs above this many elements (the 1x3x32x32x32 pools) get no ONNX reference output
-#: (its Python loops take seconds): those cases are checked against onnxruntime only.
-REFERENCE_LIMIT = 10_000
-
-#: Node cases convforge refuses with a one-line error, and why.
-REFUSED_CASES = {
-    # Compiled models take float tensors; a uint8 MaxPool is refused at the graph input.
-    "test_maxpool_2d_uint8": r"input 'x': element type 2 is not supported",
-}
-#: Node cases where onnxruntime and ONNX's reference disagree: convforge follows
-#: onnxruntime (checked on every case) and these skip the comparison with the reference.
-ORT_NOT_REFERENCE = {
-    # align_corners when downscaling by a scale: onnxruntime maps x -> x * (in-1)/(out-1)
-    # with the integer output length, the reference with in*scale - 1 (0.8*4-1 = 2.2).
-    "test_resize_downsample_scales_cubic_align_corners",
-    "test_resize_downsample_scales_linear_align_corners",
-}
-
-
-@functools.cache
-def node_cases(reference_limit: int | None = REFERENCE_LIMIT) -> dict[str, list[tuple]]:
-    """module -> the (name, model, inputs, outputs) of each ``expect`` call of its exports.
-
-    ONNX's node case classes run every export when their module is imported; ``expect``
-    (and the pooling reference past ``reference_limit`` input elements, see
-    :data:`REFERENCE_LIMIT`; None: never) are patched while that
-    happens, so each export runs once (a module imported earlier has its exports called
-    again under the same patches). The model is built as ``expect`` builds it.
-    """
-    import sys
-
-    import onnx.backend.test.case.node as node_pkg
-    import onnx.reference.ops.op_pool_common as pool_common
-
-    found: dict[str, list[tuple]] = {}
-    current: list[tuple] = []
-
-    def capture(node, inputs, outputs, name, **kwargs):
-        kwargs.pop("input_type_protos", None)
-        kwargs.pop("output_type_protos", None)
-        present_in = [n for n in node.input if n]
-        present_out = [n for n in node.output if n]
-        graph = helper.make_graph(
-            [node], name,
-            [node_pkg._extract_value_info(a, n) for a, n in zip(inputs, present_in)],
-            [node_pkg._extract_value_info(a, n) for a, n in zip(outputs, present_out)],
-        )  # fmt: skip
-        if "opset_imports" not in kwargs:
-            version = onnx.defs.get_schema(node.op_type, domain=node.domain).since_version
-            kwargs["opset_imports"] = [helper.make_operatorsetid(node.domain, version)]
-        kwargs["producer_name"] = "backend-test"
-        model = node_pkg._make_test_model_gen_version(graph, **kwargs)
-        current.append((name, model, list(inputs), list(outputs)))
-
-    real_pool = pool_common.pool
-
-    def pool(padded, x_shape, kernel, strides, out_shape, *args, **kwargs):
-        if reference_limit is not None and math.prod(x_shape) > reference_limit:  # NaN: none
-            return np.full((*x_shape[:2], *out_shape), np.nan, np.float32)
-        return real_pool(padded, x_shape, kernel, strides, out_shape, *args, **kwargs)
-
-    saved = node_pkg.expect
-    node_pkg.expect, pool_common.pool = capture, pool
-    try:
-        for name in NODE_MODULES:
-            current = found[name] = []
-            full = f"onnx.backend.test.case.node.{name}"
-            if full not in sys.modules:
-                module = importlib.import_module(full)  # runs the exports
-                module.expect = saved  # what the module bound: the real ones again
-                if hasattr(module, "pool"):
-                    module.pool = real_pool
-                continue
-            module = sys.modules[full]
-            patched = {"expect": capture, "pool": pool}
-            originals = {k: getattr(module, k) for k in patched if hasattr(module, k)}
-            for key in originals:
-                setattr(module, key, patched[key])
-            try:
-                for _, cls in inspect.getmembers(module, inspect.isclass):
-                    if cls.__module__ == full:
-                        for method in sorted(m for m in vars(cls) if m.startswith("export")):
-                            np.random.seed(0)
-                            getattr(cls, method)()
-            finally:
-                for key, value in originals.items():
-                    setattr(module, key, value)
-    finally:
-        node_pkg.expect, pool_common.pool = saved, real_pool
-    return found
-
-
-def with_initializers(model: onnx.ModelProto, inputs: list) -> onnx.ModelProto:
-    """``model`` with every graph input after the first turned into an initializer."""
-    model = copy.deepcopy(model)
-    for value_info, array in list(zip(model.graph.input, inputs))[1:]:
-        model.graph.initializer.append(numpy_helper.from_array(np.asarray(array), value_info.name))
-        model.graph.input.remove(value_info)
-    return model
-
 
 def assert_close(
     got: np.ndarray, expected: np.ndarray, what: str, rtol: float = 1e-4, atol: float = 1e-5
@@ -143,63 +29,6 @@ def assert_close(
         np.testing.assert_array_equal(got, expected, err_msg=what)
     else:
         np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol, err_msg=what)
-
-
-def run_node_case(name, model, inputs, outputs, form):
-    """One node case in one form, against onnxruntime and the case's reference outputs."""
-    compiled_model = with_initializers(model, inputs) if form == "initializers" else model
-    feeds = inputs[:1] if form == "initializers" else inputs
-    if name in REFUSED_CASES:
-        with pytest.raises(ValueError, match=REFUSED_CASES[name]):
-            cf.compile_model(compiled_model)(*feeds)
-        return
-    if form == "graph inputs" and len(inputs) > 1:  # roi/scales/sizes computed at run time
-        op = model.graph.node[0].op_type
-        with pytest.raises(ValueError, match=rf"^{op} node .*: input '\w+': must be a constant"):
-            cf.compile_model(compiled_model)
-        return
-    got = cf.compile_model(compiled_model)(*feeds)
-    names = [i.name for i in model.graph.input]
-    oracle = run_onnxruntime(model, dict(zip(names, inputs)), threads=1)
-    assert len(got) == len(oracle) == len(outputs)
-    for g, o, e in zip(got, oracle, outputs):
-        assert_close(g, o, f"{name} [{form}] vs onnxruntime")
-        reference = not np.isnan(np.asarray(e, np.float64)).all()  # see REFERENCE_LIMIT
-        if reference and name not in ORT_NOT_REFERENCE:  # the cases' tolerance (some rounded)
-            assert_close(g, e, f"{name} [{form}] vs ONNX reference", rtol=1e-3, atol=1e-7)
-
-
-@pytest.mark.parametrize("module", NODE_MODULES)
-def test_onnx_node_cases(module):
-    """Every Resize/Upsample/pool node case of ``module`` in both forms: 0 mismatches; the
-    only failures are clear refusals (:data:`REFUSED_CASES`, and computed roi/scales/sizes
-    in the graph-input form). Failures of all cases are reported together."""
-    cases = node_cases()[module]
-    assert cases
-    failures = []
-    for name, model, inputs, outputs in cases:
-        for form in ("initializers", "graph inputs"):
-            if form == "initializers" and len(inputs) == 1:
-                continue
-            try:
-                run_node_case(name, model, inputs, outputs, form)
-            except (AssertionError, ValueError, pytest.fail.Exception) as error:
-                failures.append(f"{name} [{form}]: {str(error).strip()[:600]}")
-    assert not failures, "\n".join(failures)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("module", ["averagepool", "maxpool", "lppool"])
-def test_large_pool_node_cases_match_the_reference(module):
-    """The node cases past :data:`REFERENCE_LIMIT` against the ONNX reference too (its
-    Python loops take seconds each)."""
-    large = [c for c in node_cases(None)[module] if np.asarray(c[2][0]).size > REFERENCE_LIMIT]
-    assert large
-    for name, model, inputs, outputs in large:
-        run_node_case(name, model, inputs, outputs, "graph inputs")
-
-
-# --- targeted cases ----------------------------------------------------------------------
 
 
 def make_model(
@@ -416,11 +245,11 @@ _SCALES = "[('roi', [], np.float32), ('scales', [1, 1, 0.5, 0.5], np.float32)]"
     ("call", "patterns"),
     [
         (f"model('Resize', dict(mode='nearest', antialias=1), {_SCALES})",
-         [r"Resize node .*antialias=1", "linear' and 'cubic' only"]),
+         [r"node .* \(Resize\): .*antialias=1", "linear' and 'cubic' only"]),
         ("model('AveragePool', dict(kernel_shape=[3, 3], dilations=[2, 2], auto_pad='SAME_UPPER'))",
-         [r"AveragePool node .*auto_pad=SAME_UPPER with dilations", "undilated"]),
+         [r"node .* \(AveragePool\): .*auto_pad=SAME_UPPER with dilations", "undilated"]),
         ("model('MaxPool', dict(kernel_shape=[2, 2], dilation=[2, 2]))",
-         [r"MaxPool node .*attribute 'dilation'", "not an attribute"]),
+         [r"node .* \(MaxPool\): .*attribute 'dilation'", "not an attribute"]),
     ],
 )  # fmt: skip
 def test_unsupported_attributes_are_refused_in_one_line(call, patterns):
@@ -435,23 +264,23 @@ def test_unsupported_attributes_are_refused_in_one_line(call, patterns):
     [
         (make_model("Resize", (1, 2, 4, 5), {"mode": "nearest"}, operands=["X", "", "scales"],
                     constants={"scales": np.array([2, 1, 1, 1], np.float32)}),
-         r"^Resize node .*resized to \(2, 2, 4, 5\): convforge resizes at most 3 axes"),
+         r"^node .* \(Resize\): .*resized to \(2, 2, 4, 5\): convforge resizes at most 3 axes"),
         (make_model("Upsample", (1, 2, 4, 5), {"mode": "nearest"}, opset=9,
                     constants={"scales": np.array([1, 1, 0.5, 2], np.float32)}),
-         r"^Upsample node .*scales=\[1.0, 1.0, 0.5, 2.0\]: must be finite and >= 1"),
+         r"^node .* \(Upsample\): .*scales=\[1.0, 1.0, 0.5, 2.0\]: must be finite and >= 1"),
         (make_model("Resize", (1, 2, 4, 5), {"mode": "linear", "axes": [2, 2]},
                     constants={"roi": np.zeros(0, np.float32),
                                "scales": np.array([2, 2], np.float32)}),
-         r"^Resize node .*axes=\[2, 2\]: must be distinct axes"),
+         r"^node .* \(Resize\): .*axes=\[2, 2\]: must be distinct axes"),
         (make_model("MaxPool", (1, 2, 4, 5), {"kernel_shape": [2, 2], "storage_order": 2},
                     outputs=2, opset=12),
-         r"^MaxPool node .*storage_order=2: must be 0 or 1"),
+         r"^node .* \(MaxPool\): .*storage_order=2: must be 0 or 1"),
         (make_model("MaxPool", (1, 2, 4, 5), {"kernel_shape": [2, 2], "pads": [1, 1]}),
-         r"^MaxPool node .*pads=\[1, 1\]: must have 4 entries"),
+         r"^node .* \(MaxPool\): .*pads=\[1, 1\]: must have 4 entries"),
         (resize_model((1, 1, 4, 4), {"mode": "nearest"}, sizes=[1, 1, 100000, 100000]),
-         r"^Resize node .*10000000000 elements need 64-bit indices"),
+         r"^node .* \(Resize\): .*10000000000 elements need 64-bit indices"),
         (resize_model((1, 1, 4, 4), {}, scales=[1, 1, 2, 2], sizes=[1, 1, 8, 8]),
-         r"^Resize node .*scales and sizes: give exactly one"),
+         r"^node .* \(Resize\): .*scales and sizes: give exactly one"),
     ],
 )  # fmt: skip
 def test_refusals_name_the_op_and_the_attribute(model, pattern):

@@ -472,7 +472,7 @@ RESIZE_ATTRIBUTES = frozenset(
 
 def refuse(op_type: str, node: str, what: str, why: str) -> ValueError:
     """The one-line error of a node convforge cannot run exactly as onnxruntime does."""
-    return ValueError(f"{op_type} node {node!r}: {what}: {why}")
+    return ValueError(f"node {node!r} ({op_type}): {what}: {why}")
 
 
 def _unknown_attributes(attrs: dict, known: frozenset[str]) -> list[str]:

@@ -579,7 +579,9 @@ def naming_node_errors():
             return original(self, op_name, inputs, attrs, opset)
         except Exception as err:
             name = (attrs.get("tvm_custom") or {}).get("name", "?")
-            message = f"node {name!r} ({op_name}): {_one_line(err)}"
+            message = _one_line(err)
+            if not message.startswith(f"node {name!r} ({op_name}): "):  # not named yet
+                message = f"node {name!r} ({op_name}): {message}"
             if isinstance(err, NotImplementedError):
                 raise NotImplementedError(message) from err
             raise ValueError(message) from err
