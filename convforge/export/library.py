@@ -119,12 +119,11 @@ def host_features() -> set[str]:
     """The LLVM names (keys of :data:`CPUINFO_FLAGS`) of the extensions this CPU has: from
     ``/proc/cpuinfo``'s flags, else LLVM's features of the host CPU."""
     flags = None
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", errors="replace") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
     if flags is None:
         from convforge.targets import host_target
 
