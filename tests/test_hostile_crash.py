@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import convforge as cf
 from convforge import ops
-from convforge.api import conv_transpose_op, placeholders
+from convforge.api import conv_transpose_computation, conv_transpose_op, placeholders
 from convforge.build import compile_computation
 from convforge.export.check import run_onnxruntime
 from convforge.export.library import host_features, target_record
@@ -105,6 +105,14 @@ def test_conv_transpose_above_the_phase_limit_gathers():
     large = cf.shapes.conv_transpose_geometry((1, 2, 4, 4), (2, 2, 3, 3), stride=(4, 5))
     assert conv_transpose_op(large) is ops.conv_transpose_gather
     assert conv_transpose_op(small) is not ops.conv_transpose_gather
+
+
+def test_conv_transpose_large_stride_generates_cuda():
+    # CUDA source only (no GPU needed; running it on a GPU is not checked here)
+    geom = cf.shapes.conv_transpose_geometry((1, 4, 3, 3), (4, 3, 3, 3), stride=40, padding=1)
+    computation = conv_transpose_computation(geom, "float32", True, "relu", "cuda")
+    kernel = compile_computation("convT_s40", computation, resolve_target("cuda"))
+    assert "threadIdx.x" in kernel.executable.mod.imports[0].inspect_source("cuda")
 
 
 def _conv_transpose_model(path) -> str:
