@@ -296,9 +296,11 @@ def conv_transpose_computation(
     return build
 
 
-#: Sub-pixel transposed convolutions have at most this many stride phases; above it
-#: (stride 40 in 2-D: 1600 phases, one branch each, crashed TVM; 16x16 took 5 s to compile)
-#: each output gathers its taps (``ops.conv_transpose_gather``, stride-independent size).
+#: Sub-pixel transposed convolutions have at most this many stride phases; above it each
+#: output gathers its taps (``ops.conv_transpose_gather``, stride-independent size). The
+#: phases' interleave crashed TVM at stride 40 in 2-D (1600 branches), and compile time
+#: grows with them (2 Zen 3 cores: k3 s8 3.7 s, k16 s8 145 s; the gather 0.2-0.5 s, as
+#: fast at k16 s8, 1.7-2.5x slower on the suite's s2 workloads, which stay sub-pixel).
 MAX_SUBPIXEL_PHASES = 16
 
 
