@@ -713,7 +713,9 @@ class PoolGeometry:
     out_size: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        check_index_range(x=self.x_shape, output=self.out_shape, padded_x=(*self.x_shape[:2], *self.reach))
+        check_index_range(
+            x=self.x_shape, output=self.out_shape, padded_x=(*self.x_shape[:2], *self.reach)
+        )
 
     @property
     def ndim(self) -> int:
