@@ -262,7 +262,9 @@ def test_onnx_model_past_int32_is_refused(tmp_path):
     code = refusal_snippet(
         "import convforge as cf", f"cf.compile_model({str(tmp_path / 'huge.onnx')!r})"
     )
-    assert_refused(run_isolated(code, timeout=60), "ValueError", "4294967296", INT32_LIMIT)
+    assert_refused(
+        run_isolated(code, timeout=60), "ValueError", "input 'x'", "4294967296", INT32_LIMIT
+    )
 
 
 def test_cli_shape_past_int32_exits_2():

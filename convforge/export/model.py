@@ -32,6 +32,7 @@ import tvm
 from tvm import relax
 
 from convforge.export.library import append_trailer, verified_library
+from convforge.shapes import check_index_range
 from convforge.targets import TargetArg, resolve_target
 
 if TYPE_CHECKING:
@@ -445,6 +446,8 @@ def import_model(
     original = name_nodes(load_onnx(model))
     specs = declared_inputs(original)
     compiled = _compiled_shapes(specs, input_shapes)
+    for name, shape in compiled.items():  # TVM indexes with int32: refuse before importing
+        check_index_range(**{f"input {name!r}": shape})
     say("fusing bias, batch-norm and activations into convolutions")
     fused = fuse_convolutions(original)
     ctx = LoweringContext(target, tuning_db, progress=progress)
