@@ -304,6 +304,8 @@ def test_load_good_library_runs_and_matches_onnxruntime(library):
     assert outcome.returncode == 0, outcome.describe()
     ran = [line for line in outcome.stdout.splitlines() if line.startswith("RAN")]
     assert ran and float(ran[0].split()[1]) <= 1e-5, outcome.describe()
+    # the verified copy that was loaded is gone
+    assert [f.name for f in library.parent.iterdir() if "convforge-load" in f.name] == []
 
 
 def _truncated(good, bad):

@@ -152,6 +152,16 @@ def check_target(record: dict, path: str) -> None:
         )
 
 
+def _private_file(path: str) -> tuple[int, str]:
+    """A new file beside ``path`` (a folder libraries load from), else in the temporary
+    folder (which may be mounted noexec) where that folder is not writable."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        return tempfile.mkstemp(prefix=".convforge-load-", suffix=".so", dir=folder)
+    except OSError:
+        return tempfile.mkstemp(prefix="convforge-load-", suffix=".so")
+
+
 @contextlib.contextmanager
 def verified_library(path: str) -> Iterator[str]:
     """Check ``path`` (trailer, size, SHA-256, target; ValueError naming the file and the
@@ -171,7 +181,7 @@ def verified_library(path: str) -> Iterator[str]:
     if hashlib.sha256(memoryview(data)[:start]).hexdigest() != record.get("sha256"):
         raise ValueError(f"path: {path!r} is damaged: its SHA-256 differs from the one recorded")
     check_target(record, path)
-    fd, copy = tempfile.mkstemp(prefix="convforge-", suffix=".so")
+    fd, copy = _private_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(memoryview(data)[:start])
