@@ -175,7 +175,10 @@ class CompiledModel:
     @property
     def target(self) -> tvm.target.Target:
         """The target the model was compiled for (from its metadata)."""
-        return tvm.target.Target(ast.literal_eval(self.metadata["target"]))
+        try:
+            return tvm.target.Target(ast.literal_eval(self.metadata["target"]))
+        except (ValueError, SyntaxError) as err:
+            raise ValueError(f"cannot read the model's target {self.metadata['target']!r}") from err
 
     def export_library(self, path: str | os.PathLike) -> None:
         """Write one shared library (code, weights, description) atomically to ``path``,
