@@ -296,17 +296,29 @@ def conv_transpose_computation(
     return build
 
 
+#: Sub-pixel transposed convolutions have at most this many stride phases; above it each
+#: output gathers its taps (``ops.conv_transpose_gather``, stride-independent size). The
+#: phases' interleave crashed TVM at stride 40 in 2-D (1600 branches), and compile time
+#: grows with them (2 Zen 3 cores: k3 s8 3.7 s, k16 s8 145 s; the gather 0.2-0.5 s, as
+#: fast at k16 s8, 1.7-2.5x slower on the suite's s2 workloads, which stay sub-pixel).
+MAX_SUBPIXEL_PHASES = 16
+
+
 def conv_transpose_op(
     geom: shapes.ConvTransposeGeometry, target: TargetArg = None
 ) -> Callable[..., te.Tensor]:
     """The TE form used for ``geom`` on ``target``: sub-pixel phases for stride > 1 (no
-    products of inserted zeros), else the plain flipped-kernel convolution (the dilate
-    form, which inserts no zeros at stride 1). The phases are NCHW[x]c convolutions where
+    products of inserted zeros) up to :data:`MAX_SUBPIXEL_PHASES` phases, a gather per
+    output above (bounded compile time for any stride), else the plain flipped-kernel
+    convolution (the dilate form, which inserts no zeros at stride 1). The phases are
+    NCHW[x]c convolutions where
     :func:`dense_conv_blocks` has blocks that the output channels fill (AVX-512, 2 cores:
     256->128 k4 s2 16->32 in 1.08 instead of 1.70 ms), else direct ones (64->3 k4 s2
     64->128, one ragged block: 0.22 ms direct, 0.80 blocked)."""
     if not any(s > 1 for s in geom.stride):
         return ops.conv_transpose
+    if math.prod(geom.stride) > MAX_SUBPIXEL_PHASES:
+        return ops.conv_transpose_gather
     target = resolve_target(target)
 
     def phase_conv(x, w, bias, phase_geom, activation):

@@ -121,6 +121,24 @@ def as_shape(value: object, name: str) -> tuple[int, ...]:
     return as_ints(value, name, broadcast=False)
 
 
+#: Elements any one tensor may have: TVM indexes buffers with int32 (a larger tensor failed
+#: inside TVM with "Literal value ... exceeds range of int32"). Every geometry refuses a
+#: larger input, weight, output or padded input when it is made, before any compilation.
+MAX_ELEMENTS = 2**31 - 1
+
+
+def check_index_range(**tensors: Sequence[int]) -> None:
+    """Refuse (ValueError naming the tensor, its size and the limit) any of the named
+    shapes with more than :data:`MAX_ELEMENTS` elements."""
+    for name, shape in tensors.items():
+        count = math.prod(int(v) for v in shape)
+        if count > MAX_ELEMENTS:
+            raise ValueError(
+                f"{name} of shape {tuple(int(v) for v in shape)} has {count} elements, more "
+                f"than {MAX_ELEMENTS} (2**31 - 1, the int32 index limit of convforge's kernels)"
+            )
+
+
 def check_positive_int(value: object, name: str) -> int:
     """``value`` as an int >= 1 (numpy integers accepted; bools, floats refused), else a
     ValueError naming ``name``."""
@@ -278,6 +296,15 @@ class ConvGeometry:
     def out_shape(self) -> tuple[int, ...]:
         return (self.batch, self.out_channels, *self.out_size)
 
+    def __post_init__(self) -> None:
+        padded = (
+            self.batch,
+            self.in_channels,
+            *(i + max(lo, 0) + max(hi, 0) for i, (lo, hi) in zip(self.in_size, self.padding)),
+        )
+        check_index_range(x=self.x_shape, weight=self.w_shape, output=self.out_shape)
+        check_index_range(padded_x=padded)
+
     @property
     def macs(self) -> int:
         """Multiply-accumulates of the direct algorithm."""
@@ -410,6 +437,9 @@ class ConvTransposeGeometry:
     @property
     def out_shape(self) -> tuple[int, ...]:
         return (self.batch, self.out_channels, *self.out_size)
+
+    def __post_init__(self) -> None:
+        check_index_range(x=self.x_shape, weight=self.w_shape, output=self.out_shape)
 
     @property
     def macs(self) -> int:
@@ -618,6 +648,9 @@ class ResizeGeometry:
     roi: tuple[tuple[float, float], ...] | None = None
     antialias: bool = False
 
+    def __post_init__(self) -> None:
+        check_index_range(x=self.x_shape, output=self.out_shape)
+
     @property
     def ndim(self) -> int:
         return len(self.in_size)
@@ -782,6 +815,11 @@ class PoolGeometry:
     count_include_pad: bool
     out_size: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        check_index_range(
+            x=self.x_shape, output=self.out_shape, padded_x=(*self.x_shape[:2], *self.reach)
+        )
+
     @property
     def ndim(self) -> int:
         return len(self.in_size)
@@ -893,6 +931,9 @@ class AdaptivePoolGeometry:
     in_size: tuple[int, ...]
     out_size: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        check_index_range(x=self.x_shape, output=self.out_shape)
+
     @property
     def ndim(self) -> int:
         return len(self.in_size)
@@ -944,6 +985,9 @@ class DenseGeometry:
     batch: int
     features: int
     classes: int
+
+    def __post_init__(self) -> None:
+        check_index_range(x=self.x_shape, weight=self.w_shape, output=self.out_shape)
 
     @property
     def x_shape(self) -> tuple[int, int]:

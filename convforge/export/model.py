@@ -13,6 +13,7 @@ inside :func:`compile_model`.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -31,7 +32,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from convforge.shapes import as_shape
+from convforge.export.library import append_trailer, verified_library
+from convforge.shapes import as_shape, check_index_range
 from convforge.targets import TargetArg, resolve_target
 
 if TYPE_CHECKING:
@@ -224,8 +226,18 @@ class CompiledModel:
         timer = self._vm.time_evaluator("invoke_stateful", device, number=number, repeat=repeat)
         return float(np.median(timer("main").results))
 
+    @property
+    def target(self) -> tvm.target.Target:
+        """The target the model was compiled for (from its metadata)."""
+        try:
+            return tvm.target.Target(ast.literal_eval(self.metadata["target"]))
+        except (ValueError, SyntaxError) as err:
+            raise ValueError(f"cannot read the model's target {self.metadata['target']!r}") from err
+
     def export_library(self, path: str | os.PathLike) -> None:
-        """Write one shared library (code, weights, description) atomically to ``path``."""
+        """Write one shared library (code, weights, description) atomically to ``path``,
+        followed by a trailer holding its SHA-256 and target, which :func:`load` verifies
+        (see :mod:`convforge.export.library`)."""
         if not isinstance(self._module, tvm.runtime.Executable):
             raise ValueError("a loaded model is already a library; copy its file instead")
         path = os.fspath(path)
@@ -235,6 +247,7 @@ class CompiledModel:
         try:
             with without_scope_warnings():
                 self._module.export_library(tmp)
+            append_trailer(tmp, self.target)  # checksum and target, which load() verifies
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -512,6 +525,8 @@ def import_model(
     original = name_nodes(load_onnx(model))
     specs = declared_inputs(original)
     compiled = _compiled_shapes(specs, input_shapes)
+    for name, shape in compiled.items():  # TVM indexes with int32: refuse before importing
+        check_index_range(**{f"input {name!r}": shape})
     original = fold_static_shapes(original, compiled)
     check_shape_inputs(original)
     check_constant_indices(original)
@@ -610,12 +625,17 @@ def _with_metadata(mod: tvm.IRModule, metadata: dict) -> tvm.IRModule:
 
 
 def load(path: str | os.PathLike) -> CompiledModel:
-    """Load a library written by :meth:`CompiledModel.export_library` (no onnx needed)."""
+    """Load a library written by :meth:`CompiledModel.export_library` (no onnx needed).
+
+    The file is verified before anything in it is loaded or run: its trailer, size and
+    SHA-256, and its target against this CPU (the rule is in
+    :mod:`convforge.export.library`); a ValueError names the file and the reason.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"path: no such file {path!r}")
-    with without_scope_warnings():
-        module = tvm.runtime.load_module(path)
+    with verified_library(path) as verified, without_scope_warnings():
+        module = tvm.runtime.load_module(verified)
     vm = relax.VirtualMachine(module, tvm.cpu())
     try:
         raw = vm[METADATA_FUNCTION]()

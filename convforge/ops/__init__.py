@@ -10,6 +10,7 @@ from convforge.ops.conv_nchwc import (
     pack_weight,
     pack_weight_array,
 )
+from convforge.ops.conv_transpose_gather import conv_transpose_gather
 from convforge.ops.conv_transpose_subpixel import conv_transpose_subpixel
 from convforge.ops.heads import (
     dense,
@@ -42,6 +43,7 @@ __all__ = [
     "conv_nchwc",
     "conv_nchwc_max_pool",
     "conv_transpose",
+    "conv_transpose_gather",
     "conv_transpose_subpixel",
     "dense",
     "flatten",

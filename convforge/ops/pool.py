@@ -135,14 +135,20 @@ def adaptive_pool(x: te.Tensor, geom: AdaptivePoolGeometry) -> te.Tensor:
     dtype = x.dtype
     is_max = geom.kind == "max"
     acc = dtype if is_max else accumulator_dtype(dtype)
-    taps = [te.reduce_axis((0, w), f"rk{a}") for a, w in enumerate(geom.window)]
+    # the window and the exactness once per axis, O(out_size) each: asked per cell, they
+    # cost O(out_size^2) in Python (a 20000x20000 grid took minutes before compiling)
+    window = geom.window
+    exact = [  # every cell has the longest length: no mask needed
+        all(e - s == window[axis] for s, e in geom.cells(axis)) for axis in range(geom.ndim)
+    ]
+    taps = [te.reduce_axis((0, w), f"rk{a}") for a, w in enumerate(window)]
 
     def bounds(p, axis):
         i, o = geom.in_size[axis], geom.out_size[axis]
         return (p * i) // o, ((p + 1) * i + o - 1) // o
 
-    def cell_is_exact(axis):  # every cell has the longest length: no mask needed
-        return all(e - s == geom.window[axis] for s, e in geom.cells(axis))
+    def cell_is_exact(axis):
+        return exact[axis]
 
     def reduce_body(n, c, *pos):
         src, inside = [], []

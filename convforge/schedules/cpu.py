@@ -17,7 +17,14 @@ import math
 import tvm
 from tvm import s_tir, tirx
 
-from convforge.schedules import cpu_causal, cpu_conv, cpu_grouped, cpu_subpixel, cpu_winograd
+from convforge.schedules import (
+    cpu_causal,
+    cpu_conv,
+    cpu_gather,
+    cpu_grouped,
+    cpu_subpixel,
+    cpu_winograd,
+)
 from convforge.schedules.cpu_conv import schedule_conv_nchwc
 from convforge.schedules.cpu_direct import largest_divisor
 from convforge.schedules.cpu_pool import schedule_named_block
@@ -105,6 +112,7 @@ SPECIAL_RULES = (
     (cpu_winograd.is_winograd_pool, cpu_winograd.schedule_winograd_pool),
     (cpu_winograd.is_winograd, cpu_winograd.schedule_winograd),
     (cpu_subpixel.is_subpixel, cpu_subpixel.schedule_subpixel),
+    (cpu_gather.is_gather, cpu_gather.schedule_gather),
     (cpu_grouped.is_grouped, cpu_grouped.schedule_grouped),
     (cpu_conv.is_pointwise_row, cpu_conv.schedule_pointwise_row),
     (cpu_causal.is_long_1d, cpu_causal.schedule_long_1d),

@@ -393,6 +393,13 @@ def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV, min_blocks: int = 1
 def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
     """Apply the default GPU schedule: implicit-GEMM for ``conv`` blocks, dlight otherwise."""
     sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if any(sch.get(b).name_hint == "conv_transpose_gather" for b in blocks):
+        # a large-stride transposed convolution (ops.conv_transpose_gather): dlight refuses
+        # its chained reductions; products, gather and epilogue, one thread per output each
+        for block in blocks:
+            _bind_one_thread_per_output(sch, block)
+        return sch.mod
     convs = [  # one conv block, or one per phase of a sub-pixel transposed convolution
         sch.get(b).name_hint
         for b in sch.get_child_blocks(sch.get_sblock("root"))

@@ -1,0 +1,191 @@
+"""The integrity trailer of an exported model library, and the checks ``cf.load`` runs.
+
+A library written by :meth:`convforge.CompiledModel.export_library` is TVM's shared
+library followed by a trailer (ELF loaders ignore bytes past the image)::
+
+    <library bytes> <JSON, UTF-8> <JSON length: 8 bytes, little-endian> <MAGIC: 16 bytes>
+
+The JSON holds ``format``, ``size`` and ``sha256`` (of the library bytes before the
+trailer) and the target the code was built for: ``kind``, ``mtriple``, ``mcpu`` and
+``features``, the instruction-set extensions its code may use (LLVM's features of
+``mcpu`` with the target's ``mattr`` applied, restricted to :data:`CPUINFO_FLAGS`).
+
+:func:`verified_library` refuses (ValueError naming the file and the reason), before
+anything is loaded: a file without the trailer (truncated, not written by convforge, or
+any other shared library: loading those crashed the process with SIGBUS or SIGABRT), a
+size or SHA-256 that differs (a truncated or altered file), a target that is not a CPU
+(``kind`` other than ``llvm``), another architecture (the ``mtriple``'s first component
+differs from the host's), and a library whose ``features`` include one the host CPU lacks
+(``/proc/cpuinfo`` flags; LLVM's features of the host CPU where that file is missing): its
+first call died with SIGILL. A library built for another ``mcpu`` whose features the host
+has loads (its code is tuned for another CPU, and correct here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+
+import tvm
+
+#: Last bytes of every library convforge writes.
+MAGIC = b"CONVFORGE-LIB\x00v1"
+#: Version of the trailer's JSON.
+FORMAT = 1
+_LENGTH = struct.Struct("<Q")
+
+#: LLVM x86 feature -> the Linux /proc/cpuinfo flag of the same instruction-set extension.
+CPUINFO_FLAGS = {
+    "sse3": "pni", "ssse3": "ssse3", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "popcnt": "popcnt",
+    "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2",
+    "lzcnt": "abm", "movbe": "movbe", "adx": "adx", "aes": "aes", "pclmul": "pclmulqdq",
+    "sha": "sha_ni", "gfni": "gfni", "vaes": "vaes", "vpclmulqdq": "vpclmulqdq",
+    "avxvnni": "avx_vnni", "avx512f": "avx512f", "avx512cd": "avx512cd",
+    "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
+    "avx512ifma": "avx512ifma", "avx512vbmi": "avx512vbmi", "avx512vbmi2": "avx512_vbmi2",
+    "avx512vnni": "avx512_vnni", "avx512bitalg": "avx512_bitalg",
+    "avx512vpopcntdq": "avx512_vpopcntdq", "avx512bf16": "avx512_bf16",
+    "avx512fp16": "avx512_fp16", "amx-tile": "amx_tile", "amx-int8": "amx_int8",
+    "amx-bf16": "amx_bf16",
+}  # fmt: skip
+
+
+def target_record(target: tvm.target.Target) -> dict:
+    """What the trailer records of ``target``: kind, mtriple, mcpu and ISA ``features``."""
+    kind = target.kind.name
+    record = {"kind": kind}
+    if kind != "llvm":
+        return record
+    attrs = target.attrs
+    record["mtriple"] = str(attrs.get("mtriple", "") or tvm.target.codegen.llvm_get_system_triple())
+    record["mcpu"] = str(attrs.get("mcpu", "") or "generic")
+    record["features"] = sorted(_llvm_features(target) & set(CPUINFO_FLAGS))
+    return record
+
+
+def _llvm_features(target: tvm.target.Target) -> set[str]:
+    features = {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(target)}
+    for attr in target.attrs.get("mattr", None) or ():
+        attr = str(attr)
+        if attr.startswith("+"):
+            features.add(attr[1:])
+        elif attr.startswith("-"):
+            features.discard(attr[1:])
+    return features
+
+
+def append_trailer(path: str, target: tvm.target.Target) -> None:
+    """Append the trailer (checksum of the file as it is, and ``target``) to ``path``."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    record = {"format": FORMAT, "size": size, "sha256": digest.hexdigest(), **target_record(target)}
+    payload = json.dumps(record, sort_keys=True).encode()
+    with open(path, "ab") as f:
+        f.write(payload + _LENGTH.pack(len(payload)) + MAGIC)
+
+
+def read_trailer(data: bytes, path: str) -> tuple[dict, int]:
+    """The trailer's record and the length of the library before it (ValueError if none)."""
+    tail = _LENGTH.size + len(MAGIC)
+    if len(data) < tail or not data.endswith(MAGIC):
+        raise ValueError(
+            f"path: {path!r} is not a model library written by convforge's export_library "
+            "(no convforge trailer: a truncated file, another shared library, or a library "
+            "exported before convforge checked its libraries)"
+        )
+    (length,) = _LENGTH.unpack(data[-tail : -len(MAGIC)])
+    start = len(data) - tail - length
+    try:
+        if start < 0:
+            raise ValueError("trailer longer than the file")
+        record = json.loads(data[start : len(data) - tail].decode())
+        if not isinstance(record, dict):
+            raise ValueError("trailer is not a JSON object")
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"path: {path!r} has a damaged convforge trailer ({err})") from err
+    return record, start
+
+
+def host_features() -> set[str]:
+    """The LLVM names (keys of :data:`CPUINFO_FLAGS`) of the extensions this CPU has: from
+    ``/proc/cpuinfo``'s flags, else LLVM's features of the host CPU."""
+    flags = None
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", errors="replace") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if flags is None:
+        from convforge.targets import host_target
+
+        return _llvm_features(host_target()) & set(CPUINFO_FLAGS)
+    return {feature for feature, flag in CPUINFO_FLAGS.items() if flag in flags}
+
+
+def check_target(record: dict, path: str) -> None:
+    """Refuse a library whose recorded target this CPU cannot run (see the module doc)."""
+    kind = record.get("kind")
+    if kind != "llvm":
+        raise ValueError(f"path: {path!r} was built for target kind {kind!r}, not this CPU")
+    host_triple = tvm.target.codegen.llvm_get_system_triple()
+    arch, host_arch = str(record.get("mtriple", "")).split("-")[0], host_triple.split("-")[0]
+    if arch != host_arch:
+        raise ValueError(
+            f"path: {path!r} was built for {record.get('mtriple')!r}, this machine is "
+            f"{host_triple!r}"
+        )
+    needed = set(record.get("features", ()))
+    missing = sorted(needed - host_features()) if host_arch in ("x86_64", "i686") else []
+    if missing:
+        raise ValueError(
+            f"path: {path!r} was built for CPU {record.get('mcpu')!r}, whose instructions "
+            f"{', '.join(missing)} this CPU lacks (recompile it here)"
+        )
+
+
+def _private_file(path: str) -> tuple[int, str]:
+    """A new file beside ``path`` (a folder libraries load from), else in the temporary
+    folder (which may be mounted noexec) where that folder is not writable."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        return tempfile.mkstemp(prefix=".convforge-load-", suffix=".so", dir=folder)
+    except OSError:
+        return tempfile.mkstemp(prefix="convforge-load-", suffix=".so")
+
+
+@contextlib.contextmanager
+def verified_library(path: str) -> Iterator[str]:
+    """Check ``path`` (trailer, size, SHA-256, target; ValueError naming the file and the
+    reason) and yield a private copy of the verified library bytes to load: what is
+    loaded is what was checked, even if ``path`` changes meanwhile."""
+    with open(path, "rb") as f:
+        data = f.read()
+    record, start = read_trailer(data, path)
+    if record.get("format") != FORMAT:
+        raise ValueError(f"path: {path!r} has trailer format {record.get('format')!r}, "
+                         f"this convforge reads {FORMAT}")  # fmt: skip
+    if record.get("size") != start:
+        raise ValueError(
+            f"path: {path!r} is damaged: {start} library bytes, the trailer says "
+            f"{record.get('size')}"
+        )
+    if hashlib.sha256(memoryview(data)[:start]).hexdigest() != record.get("sha256"):
+        raise ValueError(f"path: {path!r} is damaged: its SHA-256 differs from the one recorded")
+    check_target(record, path)
+    fd, copy = _private_file(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(memoryview(data)[:start])
+        del data
+        yield copy
+    finally:
+        os.unlink(copy)

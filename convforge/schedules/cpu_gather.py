@@ -1,0 +1,53 @@
+"""CPU schedule of the gather-form transposed convolution (ops.conv_transpose_gather).
+
+``conv_transpose_taps`` (every product, summed over the channels: a matrix multiply) gets
+the generic register tiling of :mod:`convforge.schedules.cpu`. The per-output gather
+(``conv_transpose_gather``, a few masked taps chosen by ``%`` and ``//`` of the position)
+and its ``conv_epilogue`` run per output in one parallel loop over (batch, channels and
+the outer spatial axes), with no ``vectorize``: with the gather vectorized by the
+generic rule, a 1-D stride-2000 case died with SIGSEGV (unscheduled it ran correctly), so
+vectorizing the ``//`` and ``%`` of a vector of positions is not trusted here. LLVM may
+still vectorize the plain loop, correctly.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+from convforge.schedules.cpu_direct import has_block
+from convforge.targets import vector_lanes
+
+
+def is_gather(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` is a gather-form transposed convolution."""
+    return has_block(func, "conv_transpose_gather")
+
+
+def schedule_gather(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """Schedule the products by the generic tiling and the gather per output (module doc).
+
+    Never vectorizes the gather, so it never fails over to the generic schedule (which
+    would): a step that does not apply leaves its block as it is (correct, slower).
+    """
+    from convforge.schedules.cpu import _schedule_reduction
+
+    sch = s_tir.Schedule(func)
+    taps = sch.get_sblock("conv_transpose_taps")
+    trial = sch.copy()
+    try:
+        lanes = vector_lanes(target, str(trial.get(taps).writes[0].source.dtype))
+        _schedule_reduction(trial, trial.get_sblock("conv_transpose_taps"), lanes)
+        sch = trial
+    except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError
+        pass
+    gather = sch.get_sblock("conv_transpose_gather")
+    consumers = sch.get_consumers(gather)
+    anchor = consumers[0] if consumers else gather
+    spatial = len(sch.get(anchor).iter_vars)
+    loops = sch.get_loops(anchor)[:spatial]
+    outer = loops[:-1] if len(loops) > 2 else loops[:1]
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    if anchor is not gather:
+        sch.compute_at(gather, loops[-1], preserve_unit_loops=True)
+    return sch
