@@ -6,6 +6,7 @@ Every argument is validated by :mod:`convforge.shapes` before anything is compil
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -320,11 +321,24 @@ def conv_transpose_op(
     if math.prod(geom.stride) > MAX_SUBPIXEL_PHASES:
         return ops.conv_transpose_gather
     target = resolve_target(target)
+    phase_geoms = [g for _, _, g in ops.subpixel_phases(geom)[2] if g is not None]
+
+    @functools.cache
+    def shared_out_block(dtype: str) -> int | None:
+        """The phases share one output-channel block (the interleave's schedule splits the
+        channels by it): the smallest any phase's register tile takes, so every phase's
+        tile stays within the registers its own choice fits; None: direct phases."""
+        blocks = [dense_conv_blocks(g, dtype, target) for g in phase_geoms]
+        if not blocks or any(b is None or geom.out_channels % b.out_block for b in blocks):
+            return None
+        return min(b.out_block for b in blocks)
 
     def phase_conv(x, w, bias, phase_geom, activation):
-        blocks = dense_conv_blocks(phase_geom, str(x.dtype), target)
-        if blocks is None or phase_geom.out_channels % blocks.out_block:
+        out_block = shared_out_block(str(x.dtype))
+        if out_block is None:
             return ops.conv(x, w, bias, phase_geom, activation)
+        blocks = dense_conv_blocks(phase_geom, str(x.dtype), target)
+        blocks = dataclasses.replace(blocks, out_block=out_block)
         return ops.conv_nchwc(x, w, bias, phase_geom, blocks, activation)
 
     return functools.partial(ops.conv_transpose_subpixel, phase_conv=phase_conv)

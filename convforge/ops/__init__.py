@@ -11,7 +11,7 @@ from convforge.ops.conv_nchwc import (
     pack_weight_array,
 )
 from convforge.ops.conv_transpose_gather import conv_transpose_gather
-from convforge.ops.conv_transpose_subpixel import conv_transpose_subpixel
+from convforge.ops.conv_transpose_subpixel import conv_transpose_subpixel, subpixel_phases
 from convforge.ops.heads import (
     dense,
     flatten,
@@ -60,6 +60,7 @@ __all__ = [
     "resize",
     "resize_conv",
     "softmax",
+    "subpixel_phases",
     "transform_weight_array",
     "window_max",
 ]

@@ -88,6 +88,49 @@ def phase_weight(w: te.Tensor, taps: list[tuple[int, ...]], groups: int) -> te.T
     return te.compute((opg * groups, cpg, *(len(t) for t in taps)), gather, name="subpixel_weight")
 
 
+def subpixel_phases(
+    geom: ConvTransposeGeometry,
+) -> tuple[
+    list[list[AxisPhase]],
+    list[tuple[int, int]],
+    list[tuple[tuple[int, ...], list[tuple[int, ...]], ConvGeometry | None]],
+]:
+    """The phase decomposition of ``geom``: the phases of each axis, the zero padding every
+    phase shares, and per phase combination ``(key, taps, phase geometry)``, the geometry
+    None where the phase has no outputs or sees no input (its outputs are ``act(bias)``)."""
+    per_axis = [
+        axis_phases(i, k, s, d, lo, o)
+        for i, k, s, d, (lo, _), o in zip(
+            geom.in_size, geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size
+        )
+    ]
+    # one zero padding shared by every phase (each phase then reads a window: a crop)
+    shared_pads = [
+        (
+            max([0, *(p.pads[0] for p in phases if p.taps and p.count)]),
+            max([0, *(p.pads[1] for p in phases if p.taps and p.count)]),
+        )
+        for phases in per_axis
+    ]
+    padded_size = tuple(i + lo + hi for i, (lo, hi) in zip(geom.in_size, shared_pads))
+    phases = []
+    for combo in itertools.product(*per_axis):
+        key = tuple(p.phase for p in combo)
+        taps = [p.taps for p in combo]
+        if any(p.count == 0 for p in combo) or any(not p.taps for p in combo):
+            phases.append((key, taps, None))
+            continue
+        phase_geom = ConvGeometry(
+            geom.batch, geom.in_channels, geom.out_channels, geom.groups, padded_size,
+            tuple(len(t) for t in taps), (1,) * geom.ndim, tuple(p.dilation for p in combo),
+            tuple((lo - s_lo, hi - s_hi) for p, (s_lo, s_hi) in zip(combo, shared_pads)
+                  for lo, hi in [p.pads]),
+            tuple(p.count for p in combo),
+        )  # fmt: skip
+        phases.append((key, taps, phase_geom))
+    return per_axis, shared_pads, phases
+
+
 def conv_transpose_subpixel(
     x: te.Tensor,
     w: te.Tensor,
@@ -105,37 +148,14 @@ def conv_transpose_subpixel(
     builds each phase's convolution (x (N, C, *P), w (O, C/groups, *taps)).
     """
     dtype = x.dtype
-    per_axis = [
-        axis_phases(i, k, s, d, lo, o)
-        for i, k, s, d, (lo, _), o in zip(
-            geom.in_size, geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size
-        )
-    ]
-    # one zero padding shared by every phase (each phase then reads a window: a crop)
-    shared_pads = [
-        (
-            max([0, *(p.pads[0] for p in phases if p.taps and p.count)]),
-            max([0, *(p.pads[1] for p in phases if p.taps and p.count)]),
-        )
-        for phases in per_axis
-    ]
+    per_axis, shared_pads, phases = subpixel_phases(geom)
     padded = pad(x, shared_pads, name="subpixel_pad")
-    padded_size = tuple(int(v) for v in padded.shape[2:])
     results: dict[tuple[int, ...], te.Tensor | None] = {}
-    for combo in itertools.product(*per_axis):
-        key = tuple(p.phase for p in combo)
-        if any(p.count == 0 for p in combo) or any(not p.taps for p in combo):
+    for key, taps, phase_geom in phases:
+        if phase_geom is None:
             results[key] = None  # no outputs, or outputs that see no input (bias only)
             continue
-        taps = [p.taps for p in combo]
         phase_w = phase_weight(w, taps, geom.groups)
-        phase_geom = ConvGeometry(
-            geom.batch, geom.in_channels, geom.out_channels, geom.groups, padded_size,
-            tuple(len(t) for t in taps), (1,) * geom.ndim, tuple(p.dilation for p in combo),
-            tuple((lo - s_lo, hi - s_hi) for p, (s_lo, s_hi) in zip(combo, shared_pads)
-                  for lo, hi in [p.pads]),
-            tuple(p.count for p in combo),
-        )  # fmt: skip
         results[key] = phase_conv(padded, phase_w, bias, phase_geom, activation)
 
     acc = accumulator_dtype(dtype)
