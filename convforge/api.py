@@ -18,11 +18,45 @@ from convforge import ops, shapes
 from convforge.build import Computation, Kernel, cached_kernel
 from convforge.ops.activation import check_activation
 from convforge.schedules.cpu_conv import dense_conv_blocks
+from convforge.schedules.cpu_winograd import MIN_CHANNELS as MIN_WINOGRAD_CHANNELS
 from convforge.schedules.cpu_winograd import winograd_tiles
 from convforge.targets import TargetArg, resolve_target
 
 #: dtypes the compiled kernels accept.
 DTYPES = ("float16", "float32", "float64")
+
+#: Values of every ``algorithm=`` argument: ``auto`` (Winograd where :func:`conv_layout`
+#: finds it faster), ``direct`` (never Winograd) or ``winograd`` (wherever it applies).
+ALGORITHMS = ("auto", "direct", "winograd")
+
+#: Winograd's measured float32 error bound: ``|y - y_exact| <= WINOGRAD_ERROR_BOUND[kind] *
+#: max|x| * sum|w|`` over an output's receptive field (``sum|w|`` over the input channels
+#: and taps of its output channel), the largest ratio seen over random, outlier and
+#: cancelling inputs (benchmarks/winograd_error.py); direct float32 convolution: about
+#: 1e-7 of the same scale. The rounding of the input transform grows with max|x| over the
+#: whole tile, not the output's own inputs, so an output next to a large outlier can lose
+#: all its digits (and its sign): use ``algorithm="direct"`` for such data.
+WINOGRAD_ERROR_BOUND = {"F(4x4,3x3)": 2e-5, "F(2x2,3x3)": 1e-6, "stride-2 phases": 2e-5}
+
+
+def check_algorithm(algorithm: str) -> None:
+    """ValueError unless ``algorithm`` is one of :data:`ALGORITHMS`."""
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+
+
+def input_is_finite(x: np.ndarray, target: TargetArg = None) -> bool:
+    """Whether every value of the float32 x is finite: one compiled pass over x's exponent
+    bits (:func:`convforge.ops.winograd.nonfinite_flag`), as compiled models check a
+    Winograd convolution's input."""
+    x = np.asarray(x)
+
+    def build():
+        (tx,) = placeholders(str(x.dtype), x=(x.size,))
+        return [tx], [ops.winograd.nonfinite_flag(tx)]
+
+    kernel = cached_kernel("nonfinite_flag", (x.size, str(x.dtype)), build, target)
+    return not bool(kernel(x.reshape(-1)))
 
 
 def as_float_arrays(**arrays: np.ndarray | None) -> tuple[str, list[np.ndarray | None]]:
@@ -63,12 +97,21 @@ def conv(
     groups: int = 1,
     activation: str | None = None,
     target: TargetArg = None,
+    algorithm: str = "auto",
 ) -> np.ndarray:
     """N-d convolution (1-D, 2-D, 3-D), as ``torch.nn.functional.conv{1,2,3}d`` / ONNX Conv.
 
     x: (N, C, *I), w: (O, C/groups, *K), bias: (O,) -> (N, O, *out). ``padding`` is an int,
     per-axis ints, per-axis (lo, hi) pairs or a mode ('valid', 'same', 'same_lower', 'full').
     ``activation``: None, 'relu', 'silu', 'sigmoid' or 'tanh', fused into the kernel.
+
+    ``algorithm``: 'auto' (Winograd where :func:`conv_layout` picks it, as before), 'direct'
+    (never Winograd: float32 rounding about 1e-7 of ``max|x| * sum|w|``), or 'winograd'
+    (wherever it applies, else ValueError): its error is bounded by
+    :data:`WINOGRAD_ERROR_BOUND` ``* max|x| * sum|w|`` (up to 2e-5 for F(4x4, 3x3)), which
+    next to an outlier can exceed a small output. Non-finite inputs: an output is NaN or
+    +-inf exactly where the direct convolution gives one (a Winograd call whose x holds a
+    NaN or an infinity runs the direct kernel instead, which the check of x decides).
     """
     dtype, (x, w, bias) = as_float_arrays(x=x, w=w, bias=bias)
     geom = shapes.conv_geometry(
@@ -76,10 +119,17 @@ def conv(
         bias_shape=None if bias is None else bias.shape,
     )  # fmt: skip
     check_activation(activation)
+    check_algorithm(algorithm)
     target = resolve_target(target)
     computed = kernel_geometry(geom, dtype, target)
-    build = conv_computation(computed, dtype, bias is not None, activation, target)
-    key = (computed, dtype, bias is not None, activation, conv_layout(computed, dtype, target))
+    layout = conv_layout(computed, dtype, target, algorithm=algorithm)
+    if isinstance(layout, ops.WinogradTiles) and not input_is_finite(x, target):
+        algorithm = "direct"  # Winograd would spread a NaN/inf over its whole tile
+        layout = conv_layout(computed, dtype, target, algorithm=algorithm)
+    build = conv_computation(
+        computed, dtype, bias is not None, activation, target, algorithm=algorithm
+    )
+    key = (computed, dtype, bias is not None, activation, layout)  # layout: the algorithm
     arrays = (x.reshape(computed.x_shape), w.reshape(computed.w_shape), bias)
     return _run("conv", key, build, arrays, target).reshape(geom.out_shape)
 
@@ -111,11 +161,13 @@ def conv_computation(
     activation: str | None,
     target: TargetArg = None,
     packed_weight_shape: tuple[int, ...] | None = None,
+    algorithm: str = "auto",
 ) -> Computation:
     """The TE computation :func:`conv` compiles for ``geom`` on ``target``, over
     :func:`kernel_geometry`'s shapes (tuning uses it too, so a tuned record is found for
     exactly the PrimFunc the API builds); with ``packed_weight_shape``, the one
-    :func:`prepare_conv` compiles, reading a weight :func:`pack_conv_weight` packed."""
+    :func:`prepare_conv` compiles, reading a weight :func:`pack_conv_weight` packed.
+    ``algorithm`` as :func:`conv_layout`'s."""
     geom = kernel_geometry(geom, dtype, target)
 
     def build():
@@ -124,21 +176,48 @@ def conv_computation(
             bias=(geom.out_channels,) if bias else None,
         )  # fmt: skip
         out = conv_for_target(
-            tx, tw, tb, geom, activation, target, weight_packed=packed_weight_shape is not None
-        )
+            tx, tw, tb, geom, activation, target,
+            weight_packed=packed_weight_shape is not None, algorithm=algorithm,
+        )  # fmt: skip
         return [t for t in (tx, tw, tb) if t is not None], [out]
 
     return build
 
 
 def conv_layout(
-    geom: shapes.ConvGeometry, dtype: str, target: TargetArg = None, constant_weight: bool = False
+    geom: shapes.ConvGeometry,
+    dtype: str,
+    target: TargetArg = None,
+    constant_weight: bool = False,
+    algorithm: str = "auto",
 ) -> ops.WinogradTiles | ops.ChannelBlocks | None:
     """How :func:`conv_for_target` computes ``geom`` on ``target``: Winograd tiles
     (:func:`winograd_tiles`: 3x3 stride-1 float32 on a CPU; more of them with a
     ``constant_weight``, transformed once), else NCHW[x]c blocks (:func:`dense_conv_blocks`:
-    other dense 2-D/3-D on a CPU), else None (generic)."""
+    other dense 2-D/3-D on a CPU), else None (generic).
+
+    ``algorithm`` (:data:`ALGORITHMS`): 'auto' is the choice above; 'direct' never takes
+    Winograd; 'winograd' takes it wherever it applies (as for a constant weight, whatever
+    the weight) and raises ValueError naming ``algorithm`` where it does not."""
+    check_algorithm(algorithm)
     target = resolve_target(target)
+    if algorithm == "direct":
+        return dense_conv_blocks(geom, dtype, target)
+    if algorithm == "winograd":
+        winograd = winograd_tiles(geom, dtype, target, True)
+        if winograd is None:
+            raise ValueError(
+                f"algorithm='winograd' does not apply to this convolution ({dtype}, "
+                f"{geom.ndim}-D, kernel {geom.kernel}, stride {geom.stride}, dilation "
+                f"{geom.dilation}, groups {geom.groups}, {geom.in_channels}->"
+                f"{geom.out_channels} channels, output {geom.out_size}) on target "
+                f"{target.kind.name}: Winograd needs a CPU, float32, an ungrouped 2-D "
+                f"convolution with at least {MIN_WINOGRAD_CHANNELS} channels in and out, 3x3 "
+                "with stride 1 or a square kernel with stride 2 (undilated, within the "
+                "channel limits of cpu_winograd.MAX_PHASE_CHANNELS), and an output of at "
+                "least one tile per axis; use algorithm='auto' or 'direct'"
+            )
+        return winograd
     winograd = winograd_tiles(geom, dtype, target, constant_weight)
     return winograd or dense_conv_blocks(geom, dtype, target)
 
@@ -153,14 +232,17 @@ def conv_for_target(
     *,
     weight_packed: bool = False,
     residual: te.Tensor | None = None,
+    algorithm: str = "auto",
 ) -> te.Tensor:
     """The convolution computation for ``target`` (the numpy API's and compiled models'),
-    chosen by :func:`conv_layout`: :func:`convforge.ops.conv2d_winograd`,
+    chosen by :func:`conv_layout` (with ``algorithm``): :func:`convforge.ops.conv2d_winograd`,
     :func:`convforge.ops.conv_nchwc` or the generic :func:`convforge.ops.conv`.
     x (N, C, *I), w (O, C/groups, *K), or with ``weight_packed`` w already in the layout
     the computation reads (:func:`pack_conv_weight`, a constant); ``residual`` (N, O, *out)
     is added before the activation."""
-    layout = conv_layout(geom, str(x.dtype), target, constant_weight=weight_packed)
+    layout = conv_layout(
+        geom, str(x.dtype), target, constant_weight=weight_packed, algorithm=algorithm
+    )
     if isinstance(layout, ops.WinogradTiles):
         return ops.conv2d_winograd(
             x, w, bias, geom, layout, activation,
@@ -188,11 +270,21 @@ def pack_conv_weight(w: np.ndarray, layout: ops.WinogradTiles | ops.ChannelBlock
 class PreparedConv:
     """:func:`conv` with one weight, packed once (:func:`prepare_conv`): ``op(x)`` for x of
     ``geom.x_shape`` runs only the compiled ``kernel`` on x and ``constants`` (the packed
-    weight, then the bias if any)."""
+    weight, then the bias if any). A Winograd kernel has a ``direct`` fallback (prepared on
+    its first use) that runs where x holds a NaN or an infinity."""
 
     geom: shapes.ConvGeometry
     kernel: Kernel
     constants: tuple[np.ndarray, ...]
+    #: The layout the kernel computes in (Winograd tiles, channel blocks or None: generic).
+    layout: ops.WinogradTiles | ops.ChannelBlocks | None = None
+    #: For a Winograd kernel: prepares the same convolution with algorithm='direct'.
+    direct: Callable[[], PreparedConv] | None = None
+
+    @property
+    def algorithm(self) -> str:
+        """'winograd' or 'direct': how :attr:`kernel` computes (finite inputs)."""
+        return "winograd" if isinstance(self.layout, ops.WinogradTiles) else "direct"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -202,6 +294,8 @@ class PreparedConv:
                 f"x must have shape {self.geom.x_shape} and dtype {dtype} (the shape and "
                 f"dtype the convolution was prepared for), got {x.shape} {x.dtype}"
             )
+        if self.direct is not None and not input_is_finite(x, self.kernel.target):
+            return self.direct()(x)
         y = self.kernel(x.reshape(self.kernel.input_shapes[0]), *self.constants)
         return y.reshape(self.geom.out_shape)
 
@@ -217,11 +311,15 @@ def prepare_conv(
     groups: int = 1,
     activation: str | None = None,
     target: TargetArg = None,
+    algorithm: str = "auto",
 ) -> PreparedConv:
     """:func:`conv` of inputs of ``x_shape`` with a fixed weight: w (and its Winograd
     transform or channel blocks) is packed once, here, as a compiled model packs a constant
     weight and onnxruntime prepacks an initializer; the result computes ``conv(x, w, bias,
     ...)`` with the same arguments. It holds a copy: later changes to w do not reach it.
+
+    ``algorithm`` and non-finite inputs as in :func:`conv` (a constant weight admits
+    Winograd on more shapes under 'auto'); ``op.algorithm`` says which one was taken.
     """
     dtype, (w, bias) = as_float_arrays(w=w, bias=bias)
     geom = shapes.conv_geometry(
@@ -229,17 +327,32 @@ def prepare_conv(
         groups=groups, bias_shape=None if bias is None else bias.shape,
     )  # fmt: skip
     check_activation(activation)
+    check_algorithm(algorithm)
     target = resolve_target(target)
     computed = kernel_geometry(geom, dtype, target)
-    layout = conv_layout(computed, dtype, target, constant_weight=True)
+    layout = conv_layout(computed, dtype, target, constant_weight=True, algorithm=algorithm)
+    original = w
     w = w.reshape(computed.w_shape)
     packed = w.copy() if layout is None else pack_conv_weight(w, layout)
     packed_shape = None if layout is None else packed.shape
-    build = conv_computation(computed, dtype, bias is not None, activation, target, packed_shape)
+    build = conv_computation(
+        computed, dtype, bias is not None, activation, target, packed_shape, algorithm
+    )
     key = (computed, dtype, bias is not None, activation, layout)  # layout fixes the packing
     kernel = cached_kernel("prepared_conv", key, build, target)
     constants = (packed,) if bias is None else (packed, bias.copy())
-    return PreparedConv(geom, kernel, constants)
+    direct = None
+    if isinstance(layout, ops.WinogradTiles):
+        direct_args = dict(
+            x_shape=geom.x_shape, stride=geom.stride, padding=geom.padding,
+            dilation=geom.dilation, groups=geom.groups, activation=activation, target=target,
+            algorithm="direct",
+        )  # fmt: skip
+        bias_copy = None if bias is None else bias.copy()
+        direct = functools.cache(
+            functools.partial(prepare_conv, original.copy(), bias_copy, **direct_args)
+        )
+    return PreparedConv(geom, kernel, constants, layout, direct)
 
 
 def conv_transpose(

@@ -8,7 +8,7 @@ Eigen (and TVM's ``fast_tanh``), exact to a few ulp. float64 keeps the libm func
 
 Non-finite values follow onnxruntime (the same op of the exported ONNX graph) exactly: every
 activation maps NaN to NaN (the polynomial forms clamp their argument, so a select on
-``isnan(x)`` passes NaN through); ``relu(+inf) = +inf``, ``relu(-inf) = 0``; ``sigmoid(+-inf) =
+a bit test passes NaN through); ``relu(+inf) = +inf``, ``relu(-inf) = 0``; ``sigmoid(+-inf) =
 1, 0``; ``tanh(+-inf) = +-1``; ``silu(+inf) = +inf``, ``silu(-inf) = NaN`` (``-inf * 0``, as
 ONNX's ``x * Sigmoid(x)``). ``exp`` overflows to +inf above 88.72 and is 0 below -87.34
 (where expf's subnormal results begin), so ``silu`` of a large negative number is -0, as in
@@ -52,10 +52,22 @@ def _horner(x: tirx.PrimExpr, coefficients: tuple[float, ...], dtype: str) -> ti
     return result
 
 
-def is_nan(value: tirx.PrimExpr) -> tirx.PrimExpr:
-    """Whether ``value`` is NaN: ``tirx.isnan``, one unordered compare per lane (a written
-    ``x != x`` is simplified away by TVM's arithmetic, which treats floats as reals)."""
-    return tirx.isnan(value)
+#: float dtype -> (its integer twin, the mask of all but the sign bit, +inf's bits).
+_FLOAT_BITS = {
+    "float32": ("int32", 0x7FFFFFFF, 0x7F800000),
+    "float64": ("int64", 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000),
+}
+
+
+def is_nan(value: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
+    """Whether ``value`` (of ``dtype``) is NaN, as integer operations on its bits (``|bits| > bits(inf)``),
+    which vectorize: ``tirx.isnan`` is a call that makes TVM scalarize the whole loop, and
+    a written ``x != x`` is simplified away by TVM's arithmetic (floats taken as reals)."""
+    if dtype not in _FLOAT_BITS:
+        return tirx.isnan(value)
+    int_dtype, mask, inf = _FLOAT_BITS[dtype]
+    bits = tirx.reinterpret(int_dtype, value) & tirx.const(mask, int_dtype)
+    return bits > tirx.const(inf, int_dtype)
 
 
 #: float32 ``exp`` overflows to +inf above this (the largest x with a finite expf) ...
@@ -80,7 +92,7 @@ def exp(value: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
     result = poly * tirx.reinterpret(dtype, exponent)
     result = tirx.Select(value < const(_EXP_UNDERFLOW), const(0.0), result)
     result = tirx.Select(value > const(_EXP_OVERFLOW), const(math.inf), result)
-    return tirx.Select(is_nan(value), value, result)
+    return tirx.Select(is_nan(value, dtype), value, result)
 
 
 def tanh(value: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
@@ -91,7 +103,7 @@ def tanh(value: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
     x = tirx.max(tirx.min(value, tirx.const(9.0, dtype)), tirx.const(-9.0, dtype))
     x2 = x * x
     return tirx.Select(
-        is_nan(value), value, x * _horner(x2, _TANH_P, dtype) / _horner(x2, _TANH_Q, dtype)
+        is_nan(value, dtype), value, x * _horner(x2, _TANH_P, dtype) / _horner(x2, _TANH_Q, dtype)
     )
 
 
@@ -105,9 +117,8 @@ def activate(value: tirx.PrimExpr, activation: str | None, dtype: str) -> tirx.P
     """Apply ``activation`` to one scalar expression of ``dtype`` (``None``: identity)."""
     if activation is None:
         return value
-    if activation == "relu":  # not max(value, 0), which LLVM makes 0 for NaN
-        zero = tirx.const(0, dtype)
-        return tirx.Select(value < zero, zero, value)
+    if activation == "relu":  # max(value, 0) alone is 0 for NaN (LLVM's maxnum)
+        return tirx.Select(is_nan(value, dtype), value, tirx.max(value, tirx.const(0, dtype)))
     if activation == "sigmoid":
         return sigmoid(value, dtype)
     if activation == "silu":

@@ -104,6 +104,7 @@ def _schedule_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) 
 SPECIAL_RULES = (
     (cpu_winograd.is_winograd_pool, cpu_winograd.schedule_winograd_pool),
     (cpu_winograd.is_winograd, cpu_winograd.schedule_winograd),
+    (cpu_winograd.is_nonfinite_flag, cpu_winograd.schedule_nonfinite_flag),
     (cpu_subpixel.is_subpixel, cpu_subpixel.schedule_subpixel),
     (cpu_grouped.is_grouped, cpu_grouped.schedule_grouped),
     (cpu_conv.is_pointwise_row, cpu_conv.schedule_pointwise_row),
