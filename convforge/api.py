@@ -15,7 +15,7 @@ import numpy as np
 from tvm import te
 
 from convforge import ops, shapes
-from convforge.build import Computation, Kernel, cached_kernel
+from convforge.build import ALIGNMENT, Computation, Kernel, aligned_empty, cached_kernel
 from convforge.ops.activation import check_activation
 from convforge.schedules.cpu_conv import dense_conv_blocks
 from convforge.schedules.cpu_winograd import MIN_CHANNELS as MIN_WINOGRAD_CHANNELS
@@ -45,18 +45,26 @@ def check_algorithm(algorithm: str) -> None:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
 
 
-def input_is_finite(x: np.ndarray, target: TargetArg = None) -> bool:
-    """Whether every value of the float32 x is finite: one compiled pass over x's exponent
-    bits (:func:`convforge.ops.winograd.nonfinite_flag`), as compiled models check a
-    Winograd convolution's input."""
-    x = np.asarray(x)
+def nonfinite_check(size: int, target: TargetArg = None) -> Kernel:
+    """The compiled check of a float32 array of ``size`` values for a NaN or an infinity:
+    one vectorized pass over the exponent bits (:func:`convforge.ops.winograd.nonfinite_flag`),
+    as compiled models check a Winograd convolution's input; takes x flat, returns a bool."""
 
     def build():
-        (tx,) = placeholders(str(x.dtype), x=(x.size,))
+        (tx,) = placeholders("float32", x=(size,))
         return [tx], [ops.winograd.nonfinite_flag(tx)]
 
-    kernel = cached_kernel("nonfinite_flag", (x.size, str(x.dtype)), build, target)
-    return not bool(kernel(x.reshape(-1)))
+    return cached_kernel("nonfinite_flag", size, build, target)
+
+
+def aligned(x: np.ndarray) -> np.ndarray:
+    """x, or a copy of it, C-contiguous on an ALIGNMENT boundary (what kernels read in
+    place): aligned once here, x is not copied again by each kernel it is passed to."""
+    if x.flags.c_contiguous and x.flags.writeable and x.ctypes.data % ALIGNMENT == 0:
+        return x
+    copy = aligned_empty(x.shape, x.dtype)
+    copy[...] = x
+    return copy
 
 
 def as_float_arrays(**arrays: np.ndarray | None) -> tuple[str, list[np.ndarray | None]]:
@@ -123,9 +131,11 @@ def conv(
     target = resolve_target(target)
     computed = kernel_geometry(geom, dtype, target)
     layout = conv_layout(computed, dtype, target, algorithm=algorithm)
-    if isinstance(layout, ops.WinogradTiles) and not input_is_finite(x, target):
-        algorithm = "direct"  # Winograd would spread a NaN/inf over its whole tile
-        layout = conv_layout(computed, dtype, target, algorithm=algorithm)
+    if isinstance(layout, ops.WinogradTiles):
+        x = aligned(x)
+        if nonfinite_check(x.size, target)(x.reshape(-1)):
+            algorithm = "direct"  # Winograd would spread a NaN/inf over its whole tile
+            layout = conv_layout(computed, dtype, target, algorithm=algorithm)
     build = conv_computation(
         computed, dtype, bias is not None, activation, target, algorithm=algorithm
     )
@@ -280,6 +290,8 @@ class PreparedConv:
     layout: ops.WinogradTiles | ops.ChannelBlocks | None = None
     #: For a Winograd kernel: prepares the same convolution with algorithm='direct'.
     direct: Callable[[], PreparedConv] | None = None
+    #: For a Winograd kernel: :func:`nonfinite_check` of x.
+    check: Kernel | None = None
 
     @property
     def algorithm(self) -> str:
@@ -294,8 +306,10 @@ class PreparedConv:
                 f"x must have shape {self.geom.x_shape} and dtype {dtype} (the shape and "
                 f"dtype the convolution was prepared for), got {x.shape} {x.dtype}"
             )
-        if self.direct is not None and not input_is_finite(x, self.kernel.target):
-            return self.direct()(x)
+        if self.direct is not None and self.check is not None:
+            x = aligned(x)
+            if self.check(x.reshape(-1)):
+                return self.direct()(x)
         y = self.kernel(x.reshape(self.kernel.input_shapes[0]), *self.constants)
         return y.reshape(self.geom.out_shape)
 
@@ -341,8 +355,9 @@ def prepare_conv(
     key = (computed, dtype, bias is not None, activation, layout)  # layout fixes the packing
     kernel = cached_kernel("prepared_conv", key, build, target)
     constants = (packed,) if bias is None else (packed, bias.copy())
-    direct = None
+    direct = check = None
     if isinstance(layout, ops.WinogradTiles):
+        check = nonfinite_check(math.prod(geom.x_shape), target)
         direct_args = dict(
             x_shape=geom.x_shape, stride=geom.stride, padding=geom.padding,
             dilation=geom.dilation, groups=geom.groups, activation=activation, target=target,
@@ -352,7 +367,7 @@ def prepare_conv(
         direct = functools.cache(
             functools.partial(prepare_conv, original.copy(), bias_copy, **direct_args)
         )
-    return PreparedConv(geom, kernel, constants, layout, direct)
+    return PreparedConv(geom, kernel, constants, layout, direct, check)
 
 
 def conv_transpose(
