@@ -11,7 +11,9 @@ one process, medians of ``--rounds`` rounds:
   before) and with it (``op(x)``, after);
 - compiled model (``cf.compile_model`` of the ONNX Conv): the Winograd kernel alone, as
   compiled before (the lowering's ``_finite_or_direct`` replaced by a plain call), and the
-  model with the check and the ``relax.If`` (after).
+  model with the check and the ``relax.If`` (after);
+- the check kernel and the Winograd kernel alone (TVM's time_evaluator), whose ratio is
+  the check's cost with the least noise on a shared machine.
 """
 
 from __future__ import annotations
@@ -67,8 +69,13 @@ def main() -> None:
             before_model = cf.compile_model(model)
         after_model = cf.compile_model(model)
         np.testing.assert_allclose(after_model(x)[0], before_model(x)[0], rtol=0, atol=0)
-        timings = {k: [] for k in ("api_before", "api_after", "model_before", "model_after")}
+        names = ("api_before", "api_after", "model_before", "model_after", "check", "kernel")
+        timings = {k: [] for k in names}
+        xk = x.reshape(op.kernel.input_shapes[0])
         for _ in range(args.rounds):
+            # the kernels alone (TVM's time_evaluator: no Python, a warm thread pool)
+            timings["check"].append(float(np.median(op.check.time(x.reshape(-1), number=20))))
+            timings["kernel"].append(float(np.median(op.kernel.time(xk, *op.constants))))
             timings["api_before"].append(_median_call(functools.partial(unchecked, x), args.number))
             timings["api_after"].append(_median_call(functools.partial(op, x), args.number))
             timings["model_before"].append(before_model.time(x, number=args.number, repeat=1))
@@ -77,11 +84,14 @@ def main() -> None:
         row = {"workload": wl.name, **{k: v * 1e3 for k, v in med.items()}}
         row["api_ratio"] = med["api_after"] / med["api_before"]
         row["model_ratio"] = med["model_after"] / med["model_before"]
+        row["check_share"] = med["check"] / med["kernel"]
         rows.append(row)
         print(
-            f"{wl.name:<24} api {row['api_before']:.3f} -> {row['api_after']:.3f} ms "
-            f"({row['api_ratio']:.3f}x)   model {row['model_before']:.3f} -> "
-            f"{row['model_after']:.3f} ms ({row['model_ratio']:.3f}x)",
+            f"{wl.name:<22} api {row['api_before']:.3f} -> {row['api_after']:.3f} ms "
+            f"({row['api_ratio']:.3f}x)  model {row['model_before']:.3f} -> "
+            f"{row['model_after']:.3f} ms ({row['model_ratio']:.3f}x)  check "
+            f"{row['check']:.4f} ms = {100 * row['check_share']:.1f}% of the kernel's "
+            f"{row['kernel']:.3f} ms",
             flush=True,
         )
     if args.json:
