@@ -15,12 +15,19 @@ import numpy as np
 from tvm import te
 
 from convforge import ops, shapes
-from convforge.build import ALIGNMENT, Computation, Kernel, aligned_empty, cached_kernel
+from convforge.build import (
+    ALIGNMENT,
+    Computation,
+    Kernel,
+    aligned_empty,
+    cached_kernel,
+    compile_computation,
+)
 from convforge.ops.activation import check_activation
 from convforge.schedules.cpu_conv import dense_conv_blocks
 from convforge.schedules.cpu_winograd import MIN_CHANNELS as MIN_WINOGRAD_CHANNELS
 from convforge.schedules.cpu_winograd import winograd_tiles
-from convforge.targets import TargetArg, resolve_target
+from convforge.targets import TargetArg, resolve_target, target_key
 
 #: dtypes the compiled kernels accept.
 DTYPES = ("float16", "float32", "float64")
@@ -56,11 +63,23 @@ def nonfinite_check(size: int, target: TargetArg = None) -> Kernel:
     one vectorized pass over the exponent bits (:func:`convforge.ops.winograd.nonfinite_flag`),
     as compiled models check a Winograd convolution's input; takes x flat, returns a bool."""
 
-    def build():
-        (tx,) = placeholders("float32", x=(size,))
-        return [tx], [ops.winograd.nonfinite_flag(tx)]
+    target = resolve_target(target)
+    key = (size, target_key(target))
+    kernel = _nonfinite_checks.get(key)
+    if kernel is None:  # not cached_kernel: its tuning-database lookup costs more than the check
 
-    return cached_kernel("nonfinite_flag", size, build, target)
+        def build():
+            (tx,) = placeholders("float32", x=(size,))
+            return [tx], [ops.winograd.nonfinite_flag(tx)]
+
+        kernel = _nonfinite_checks.setdefault(
+            key, compile_computation("nonfinite_flag", build, target)
+        )
+    return kernel
+
+
+#: (size, target key) -> :func:`nonfinite_check`'s kernel.
+_nonfinite_checks: dict[tuple[int, str], Kernel] = {}
 
 
 def aligned(x: np.ndarray) -> np.ndarray:

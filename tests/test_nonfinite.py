@@ -17,6 +17,7 @@ import re
 import numpy as np
 import pytest
 from isolated import run_cli
+from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 import convforge as cf
@@ -31,6 +32,7 @@ from convforge.export import (
     save_model,
     softmax_model,
 )
+from convforge.export.onnx_graphs import make_model
 from convforge.ops import WinogradTiles
 
 #: Every special float32 value, and large finite ones either side of exp's range.
@@ -196,6 +198,31 @@ def test_compiled_winograd_nonfinite_outputs_are_the_direct_convolutions(name):
         expected = run_onnxruntime(model, {"x": poisoned})[0]
         assert_like(compiled(poisoned)[0], expected)
     assert_like(compiled(x)[0], run_onnxruntime(model, {"x": x})[0])
+
+
+def test_compiled_winograd_with_fused_pool_and_an_unfused_relu():
+    """Conv -> Relu -> MaxPool in one Winograd kernel (its direct fallback pools too), and
+    a Relu no convolution absorbs (TVM's lowering, legalized as convforge's relu)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Relu", ["x"], ["z"]),
+    ]
+    model = make_model(
+        nodes, {"x": (x.shape, "float32"), "w": (w.shape, "float32")},
+        {"y": ((1, 16, 8, 8), "float32"), "z": (x.shape, "float32")}, initializers={"w": w},
+    )  # fmt: skip
+    compiled = cf.compile_model(model)
+    conv = next(r.kernel for r in compiled.report(x).rows if r.op_type == "Conv")
+    assert conv == "conv2d (winograd F4x4) + max_pool2d"
+    for placement in ("nan", "+inf", "-inf", "mixed"):
+        poisoned = _poisoned(x, placement)
+        for ours, theirs in zip(compiled(poisoned), run_onnxruntime(model, {"x": poisoned})):
+            assert_like(ours, theirs)
 
 
 # --- the algorithm choice ------------------------------------------------------------------
