@@ -335,6 +335,10 @@ def test_cli_algorithm(tmp_path):
     )
     assert outcome.returncode == 0, outcome.describe()
     assert "conv2d" in outcome.stdout or "ok" in outcome.stdout.lower(), outcome.describe()
+    # NaN and infinities through Winograd (auto, a constant weight): outputs agree exactly
+    np.savez(tmp_path / "nan.npz", x=_poisoned(x, "mixed"))
+    outcome = run_cli(["check", str(path), "--inputs", str(tmp_path / "nan.npz")])
+    assert outcome.returncode == 0, outcome.describe()
     outcome = run_cli(["compile", str(path), "-o", str(tmp_path / "m.so"), "--algorithm", "best"])
     assert outcome.returncode == 2, outcome.describe()
     assert "--algorithm" in outcome.stderr and "invalid choice" in outcome.stderr
