@@ -16,14 +16,81 @@ import numpy as np
 from tvm import te
 
 from convforge import ops, shapes
-from convforge.build import Computation, Kernel, cached_kernel
+from convforge.build import (
+    ALIGNMENT,
+    Computation,
+    Kernel,
+    aligned_empty,
+    cached_kernel,
+    compile_computation,
+)
 from convforge.ops.activation import check_activation
 from convforge.schedules.cpu_conv import dense_conv_blocks
+from convforge.schedules.cpu_winograd import MIN_CHANNELS as MIN_WINOGRAD_CHANNELS
 from convforge.schedules.cpu_winograd import winograd_tiles
-from convforge.targets import TargetArg, resolve_target
+from convforge.targets import TargetArg, resolve_target, target_key
 
 #: dtypes the compiled kernels accept.
 DTYPES = ("float16", "float32", "float64")
+
+#: Values of every ``algorithm=`` argument: ``auto`` (Winograd where :func:`conv_layout`
+#: finds it faster), ``direct`` (never Winograd) or ``winograd`` (wherever it applies).
+ALGORITHMS = ("auto", "direct", "winograd")
+
+#: Winograd's float32 error bound, measured (``benchmarks/winograd_error.py``):
+#: ``|y - y_exact| <= WINOGRAD_ERROR_BOUND[form] * max|x| * sum|w_k|`` for every output of
+#: output channel k, max|x| over the whole input, sum|w_k| over k's weight. The largest ratios
+#: seen over normal, uniform, single-outlier and 1%-outlier inputs, 8-320 channels: F(4x4,
+#: 3x3) 7.5e-7 (dilated too), F(2x2, 3x3) 3e-8, F(4x4, r x r) over the stride phases 4e-7
+#: (3x3, 5x5, 7x7); the bounds below are these, rounded up about 3x. The direct float32
+#: convolution: 1.3e-7. First-order worst case from the transforms, ``2**-24 * (|A^T|_inf
+#: |G|_inf |B^T|_inf)**2``: F(4x4, 3x3) 2.2e-3, F(2x2, 3x3) 4.8e-6, F(4x4, 2x2) 2.6e-4,
+#: F(4x4, 4x4) 3.5e-2 (not reached by any data measured). The error of an output scales
+#: with max|x| over its tile's input window, not its receptive field: next to an outlier
+#: (1e3 in 1e-3 noise) it reached 9% of the output's own scale ``max|x_receptive| * sum|w_k|``
+#: (the direct convolution's 1e-7), enough to flip the sign of small outputs. Such data
+#: wants ``algorithm="direct"``.
+WINOGRAD_ERROR_BOUND = {"F(4x4,3x3)": 2e-6, "F(2x2,3x3)": 1e-7, "stride-2 phases": 1.5e-6}
+
+
+def check_algorithm(algorithm: str) -> None:
+    """ValueError unless ``algorithm`` is one of :data:`ALGORITHMS`."""
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+
+
+def nonfinite_check(size: int, target: TargetArg = None) -> Kernel:
+    """The compiled check of a float32 array of ``size`` values for a NaN or an infinity:
+    one vectorized pass over the exponent bits (:func:`convforge.ops.winograd.nonfinite_flag`),
+    as compiled models check a Winograd convolution's input; takes x flat, returns a bool."""
+
+    target = resolve_target(target)
+    key = (size, target_key(target))
+    kernel = _nonfinite_checks.get(key)
+    if kernel is None:  # not cached_kernel: its tuning-database lookup costs more than the check
+
+        def build():
+            (tx,) = placeholders("float32", x=(size,))
+            return [tx], [ops.winograd.nonfinite_flag(tx)]
+
+        kernel = _nonfinite_checks.setdefault(
+            key, compile_computation("nonfinite_flag", build, target)
+        )
+    return kernel
+
+
+#: (size, target key) -> :func:`nonfinite_check`'s kernel.
+_nonfinite_checks: dict[tuple[int, str], Kernel] = {}
+
+
+def aligned(x: np.ndarray) -> np.ndarray:
+    """x, or a copy of it, C-contiguous on an ALIGNMENT boundary (what kernels read in
+    place): aligned once here, x is not copied again by each kernel it is passed to."""
+    if x.flags.c_contiguous and x.flags.writeable and x.ctypes.data % ALIGNMENT == 0:
+        return x
+    copy = aligned_empty(x.shape, x.dtype)
+    copy[...] = x
+    return copy
 
 
 def as_float_arrays(**arrays: np.ndarray | None) -> tuple[str, list[np.ndarray | None]]:
@@ -64,12 +131,21 @@ def conv(
     groups: int = 1,
     activation: str | None = None,
     target: TargetArg = None,
+    algorithm: str = "auto",
 ) -> np.ndarray:
     """N-d convolution (1-D, 2-D, 3-D), as ``torch.nn.functional.conv{1,2,3}d`` / ONNX Conv.
 
     x: (N, C, *I), w: (O, C/groups, *K), bias: (O,) -> (N, O, *out). ``padding`` is an int,
     per-axis ints, per-axis (lo, hi) pairs or a mode ('valid', 'same', 'same_lower', 'full').
     ``activation``: None, 'relu', 'silu', 'sigmoid' or 'tanh', fused into the kernel.
+
+    ``algorithm``: 'auto' (Winograd where :func:`conv_layout` picks it, as before), 'direct'
+    (never Winograd: float32 rounding about 1e-7 of ``max|x| * sum|w|``), or 'winograd'
+    (wherever it applies, else ValueError): its error is bounded by
+    :data:`WINOGRAD_ERROR_BOUND` ``* max|x| * sum|w|`` (2e-6 for F(4x4, 3x3), measured),
+    which next to an outlier can exceed a small output and flip its sign. Non-finite inputs: an output is NaN or
+    +-inf exactly where the direct convolution gives one (a Winograd call whose x holds a
+    NaN or an infinity runs the direct kernel instead, which the check of x decides).
     """
     dtype, (x, w, bias) = as_float_arrays(x=x, w=w, bias=bias)
     geom = shapes.conv_geometry(
@@ -77,10 +153,19 @@ def conv(
         bias_shape=None if bias is None else bias.shape,
     )  # fmt: skip
     check_activation(activation)
+    check_algorithm(algorithm)
     target = resolve_target(target)
     computed = kernel_geometry(geom, dtype, target)
-    build = conv_computation(computed, dtype, bias is not None, activation, target)
-    key = (computed, dtype, bias is not None, activation, conv_layout(computed, dtype, target))
+    layout = conv_layout(computed, dtype, target, algorithm=algorithm)
+    if isinstance(layout, ops.WinogradTiles):
+        x = aligned(x)
+        if nonfinite_check(x.size, target)(x.reshape(-1)):
+            algorithm = "direct"  # Winograd would spread a NaN/inf over its whole tile
+            layout = conv_layout(computed, dtype, target, algorithm=algorithm)
+    build = conv_computation(
+        computed, dtype, bias is not None, activation, target, algorithm=algorithm
+    )
+    key = (computed, dtype, bias is not None, activation, layout)  # layout: the algorithm
     arrays = (x.reshape(computed.x_shape), w.reshape(computed.w_shape), bias)
     return _run("conv", key, build, arrays, target).reshape(geom.out_shape)
 
@@ -112,11 +197,13 @@ def conv_computation(
     activation: str | None,
     target: TargetArg = None,
     packed_weight_shape: tuple[int, ...] | None = None,
+    algorithm: str = "auto",
 ) -> Computation:
     """The TE computation :func:`conv` compiles for ``geom`` on ``target``, over
     :func:`kernel_geometry`'s shapes (tuning uses it too, so a tuned record is found for
     exactly the PrimFunc the API builds); with ``packed_weight_shape``, the one
-    :func:`prepare_conv` compiles, reading a weight :func:`pack_conv_weight` packed."""
+    :func:`prepare_conv` compiles, reading a weight :func:`pack_conv_weight` packed.
+    ``algorithm`` as :func:`conv_layout`'s."""
     geom = kernel_geometry(geom, dtype, target)
 
     def build():
@@ -125,21 +212,48 @@ def conv_computation(
             bias=(geom.out_channels,) if bias else None,
         )  # fmt: skip
         out = conv_for_target(
-            tx, tw, tb, geom, activation, target, weight_packed=packed_weight_shape is not None
-        )
+            tx, tw, tb, geom, activation, target,
+            weight_packed=packed_weight_shape is not None, algorithm=algorithm,
+        )  # fmt: skip
         return [t for t in (tx, tw, tb) if t is not None], [out]
 
     return build
 
 
 def conv_layout(
-    geom: shapes.ConvGeometry, dtype: str, target: TargetArg = None, constant_weight: bool = False
+    geom: shapes.ConvGeometry,
+    dtype: str,
+    target: TargetArg = None,
+    constant_weight: bool = False,
+    algorithm: str = "auto",
 ) -> ops.WinogradTiles | ops.ChannelBlocks | None:
     """How :func:`conv_for_target` computes ``geom`` on ``target``: Winograd tiles
     (:func:`winograd_tiles`: 3x3 stride-1 float32 on a CPU; more of them with a
     ``constant_weight``, transformed once), else NCHW[x]c blocks (:func:`dense_conv_blocks`:
-    other dense 2-D/3-D on a CPU), else None (generic)."""
+    other dense 2-D/3-D on a CPU), else None (generic).
+
+    ``algorithm`` (:data:`ALGORITHMS`): 'auto' is the choice above; 'direct' never takes
+    Winograd; 'winograd' takes it wherever it applies (as for a constant weight, whatever
+    the weight) and raises ValueError naming ``algorithm`` where it does not."""
+    check_algorithm(algorithm)
     target = resolve_target(target)
+    if algorithm == "direct":
+        return dense_conv_blocks(geom, dtype, target)
+    if algorithm == "winograd":
+        winograd = winograd_tiles(geom, dtype, target, True)
+        if winograd is None:
+            raise ValueError(
+                f"algorithm='winograd' does not apply to this convolution ({dtype}, "
+                f"{geom.ndim}-D, kernel {geom.kernel}, stride {geom.stride}, dilation "
+                f"{geom.dilation}, groups {geom.groups}, {geom.in_channels}->"
+                f"{geom.out_channels} channels, output {geom.out_size}) on target "
+                f"{target.kind.name}: Winograd needs a CPU, float32, an ungrouped 2-D "
+                f"convolution with at least {MIN_WINOGRAD_CHANNELS} channels in and out, 3x3 "
+                "with stride 1 or a square kernel with stride 2 (undilated, within the "
+                "channel limits of cpu_winograd.MAX_PHASE_CHANNELS), and an output of at "
+                "least one tile per axis; use algorithm='auto' or 'direct'"
+            )
+        return winograd
     winograd = winograd_tiles(geom, dtype, target, constant_weight)
     return winograd or dense_conv_blocks(geom, dtype, target)
 
@@ -154,14 +268,17 @@ def conv_for_target(
     *,
     weight_packed: bool = False,
     residual: te.Tensor | None = None,
+    algorithm: str = "auto",
 ) -> te.Tensor:
     """The convolution computation for ``target`` (the numpy API's and compiled models'),
-    chosen by :func:`conv_layout`: :func:`convforge.ops.conv2d_winograd`,
+    chosen by :func:`conv_layout` (with ``algorithm``): :func:`convforge.ops.conv2d_winograd`,
     :func:`convforge.ops.conv_nchwc` or the generic :func:`convforge.ops.conv`.
     x (N, C, *I), w (O, C/groups, *K), or with ``weight_packed`` w already in the layout
     the computation reads (:func:`pack_conv_weight`, a constant); ``residual`` (N, O, *out)
     is added before the activation."""
-    layout = conv_layout(geom, str(x.dtype), target, constant_weight=weight_packed)
+    layout = conv_layout(
+        geom, str(x.dtype), target, constant_weight=weight_packed, algorithm=algorithm
+    )
     if isinstance(layout, ops.WinogradTiles):
         return ops.conv2d_winograd(
             x, w, bias, geom, layout, activation,
@@ -189,11 +306,23 @@ def pack_conv_weight(w: np.ndarray, layout: ops.WinogradTiles | ops.ChannelBlock
 class PreparedConv:
     """:func:`conv` with one weight, packed once (:func:`prepare_conv`): ``op(x)`` for x of
     ``geom.x_shape`` runs only the compiled ``kernel`` on x and ``constants`` (the packed
-    weight, then the bias if any)."""
+    weight, then the bias if any). A Winograd kernel has a ``direct`` fallback (prepared on
+    its first use) that runs where x holds a NaN or an infinity."""
 
     geom: shapes.ConvGeometry
     kernel: Kernel
     constants: tuple[np.ndarray, ...]
+    #: The layout the kernel computes in (Winograd tiles, channel blocks or None: generic).
+    layout: ops.WinogradTiles | ops.ChannelBlocks | None = None
+    #: For a Winograd kernel: prepares the same convolution with algorithm='direct'.
+    direct: Callable[[], PreparedConv] | None = None
+    #: For a Winograd kernel: :func:`nonfinite_check` of x.
+    check: Kernel | None = None
+
+    @property
+    def algorithm(self) -> str:
+        """'winograd' or 'direct': how :attr:`kernel` computes (finite inputs)."""
+        return "winograd" if isinstance(self.layout, ops.WinogradTiles) else "direct"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -203,6 +332,10 @@ class PreparedConv:
                 f"x must have shape {self.geom.x_shape} and dtype {dtype} (the shape and "
                 f"dtype the convolution was prepared for), got {x.shape} {x.dtype}"
             )
+        if self.direct is not None and self.check is not None:
+            x = aligned(x)
+            if self.check(x.reshape(-1)):
+                return self.direct()(x)
         y = self.kernel(x.reshape(self.kernel.input_shapes[0]), *self.constants)
         return y.reshape(self.geom.out_shape)
 
@@ -218,11 +351,15 @@ def prepare_conv(
     groups: int = 1,
     activation: str | None = None,
     target: TargetArg = None,
+    algorithm: str = "auto",
 ) -> PreparedConv:
     """:func:`conv` of inputs of ``x_shape`` with a fixed weight: w (and its Winograd
     transform or channel blocks) is packed once, here, as a compiled model packs a constant
     weight and onnxruntime prepacks an initializer; the result computes ``conv(x, w, bias,
     ...)`` with the same arguments. It holds a copy: later changes to w do not reach it.
+
+    ``algorithm`` and non-finite inputs as in :func:`conv` (a constant weight admits
+    Winograd on more shapes under 'auto'); ``op.algorithm`` says which one was taken.
     """
     dtype, (w, bias) = as_float_arrays(w=w, bias=bias)
     geom = shapes.conv_geometry(
@@ -230,17 +367,33 @@ def prepare_conv(
         dilation=dilation, groups=groups, bias_shape=None if bias is None else bias.shape,
     )  # fmt: skip
     check_activation(activation)
+    check_algorithm(algorithm)
     target = resolve_target(target)
     computed = kernel_geometry(geom, dtype, target)
-    layout = conv_layout(computed, dtype, target, constant_weight=True)
+    layout = conv_layout(computed, dtype, target, constant_weight=True, algorithm=algorithm)
+    original = w
     w = w.reshape(computed.w_shape)
     packed = w.copy() if layout is None else pack_conv_weight(w, layout)
     packed_shape = None if layout is None else packed.shape
-    build = conv_computation(computed, dtype, bias is not None, activation, target, packed_shape)
+    build = conv_computation(
+        computed, dtype, bias is not None, activation, target, packed_shape, algorithm
+    )
     key = (computed, dtype, bias is not None, activation, layout)  # layout fixes the packing
     kernel = cached_kernel("prepared_conv", key, build, target)
     constants = (packed,) if bias is None else (packed, bias.copy())
-    return PreparedConv(geom, kernel, constants)
+    direct = check = None
+    if isinstance(layout, ops.WinogradTiles):
+        check = nonfinite_check(math.prod(geom.x_shape), target)
+        direct_args = dict(
+            x_shape=geom.x_shape, stride=geom.stride, padding=geom.padding,
+            dilation=geom.dilation, groups=geom.groups, activation=activation, target=target,
+            algorithm="direct",
+        )  # fmt: skip
+        bias_copy = None if bias is None else bias.copy()
+        direct = functools.cache(
+            functools.partial(prepare_conv, original.copy(), bias_copy, **direct_args)
+        )
+    return PreparedConv(geom, kernel, constants, layout, direct, check)
 
 
 def conv_transpose(

@@ -26,6 +26,16 @@ def add_target_arguments(parser: argparse.ArgumentParser, tuning: bool = True) -
         "--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
         help="compile shape of an input with dynamic dimensions (repeatable)",
     )  # fmt: skip
+    add_algorithm_argument(parser)
+
+
+def add_algorithm_argument(parser: argparse.ArgumentParser) -> None:
+    """``--algorithm auto|direct|winograd`` (``compile_model``'s ``algorithm``)."""
+    parser.add_argument(
+        "--algorithm", choices=("auto", "direct", "winograd"), default="auto",
+        help="convolution algorithm: auto (Winograd where faster, default), direct (no "
+        "Winograd: exact to float32 rounding next to outliers), winograd (wherever it applies)",
+    )  # fmt: skip
 
 
 def resolved_target(args: argparse.Namespace):

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     result = check_model(
         args.model, inputs, rtol=args.rtol, atol=args.atol, target=resolved_target(args),
         tuning_db=tuning_db(args), per_node=args.per_node,
-        progress=None if args.json else progress(),
+        progress=None if args.json else progress(), algorithm=args.algorithm,
     )  # fmt: skip
     print(json.dumps(result.to_dict()) if args.json else result)
     return 0 if result.ok else 1

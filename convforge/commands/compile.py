@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     say = progress()
     compiled = compile_model(
         args.model, target=resolved_target(args), tuning_db=tuning_db(args),
-        input_shapes=input_shapes(args), progress=say,
+        input_shapes=input_shapes(args), progress=say, algorithm=args.algorithm,
     )  # fmt: skip
     compiled.export_library(args.output)
     say(f"wrote {args.output}")

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     compiled = compile_model(
         args.model, target=resolved_target(args), tuning_db=tuning_db(args),
         input_shapes=input_shapes(args), progress=None if args.json else progress(),
+        algorithm=args.algorithm,
     )  # fmt: skip
     report = compiled.report()
     print(json.dumps(report.to_dict()) if args.json else report)

@@ -20,6 +20,7 @@ import tvm
 
 from convforge import api, shapes
 from convforge.build import prim_func
+from convforge.commands._model_args import add_algorithm_argument
 from convforge.schedules import tuning
 from convforge.targets import resolve_target
 
@@ -143,14 +144,17 @@ TUNED_OP_TYPES = ("Conv", "ConvTranspose", "CausalConvWithState")
 
 
 def onnx_workloads(
-    model: onnx.ModelProto | str, target: tvm.target.Target | None = None
+    model: onnx.ModelProto | str,
+    target: tvm.target.Target | None = None,
+    algorithm: str = "auto",
 ) -> list[ModelKernel]:
     """One workload per distinct convolution kernel of ``model`` (ModelProto or path) as
-    :func:`convforge.compile_model` lowers it for ``target`` (the host by default), so that
-    compiling the model with the tuning database finds every record tuned here."""
+    :func:`convforge.compile_model` lowers it for ``target`` (the host by default) with
+    ``algorithm``, so that compiling the model with the tuning database (and the same
+    ``algorithm``) finds every record tuned here."""
     from convforge.export.model import import_model
 
-    _, ctx, _ = import_model(model, resolve_target(target))
+    _, ctx, _ = import_model(model, resolve_target(target), algorithm=algorithm)
     found: dict[str, ModelKernel] = {}
     for record in ctx.records:
         if record.op_type in TUNED_OP_TYPES and record.function not in found:
@@ -170,6 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one convolution: x=1,64,56,56 w=64,64,3,3 stride=1 padding=1 (repeatable)",
     )  # fmt: skip
     what.add_argument("--onnx", help="tune every convolution kernel of this ONNX model")
+    add_algorithm_argument(what)
     parser.add_argument("--trials", type=int, default=64, help="measured candidates per workload")
     parser.add_argument(
         "--db", default=os.environ.get(tuning.DB_ENV),
@@ -199,7 +204,7 @@ def _workloads(args: argparse.Namespace) -> list[ConvWorkload | ModelKernel]:
             raise ValueError(f"--workload {name!r} is unknown; known: all, {', '.join(WORKLOADS)}")
     chosen.extend(parse_conv(tokens, i) for i, tokens in enumerate(args.conv))
     if args.onnx:
-        chosen.extend(onnx_workloads(args.onnx, resolve_target(args.target)))
+        chosen.extend(onnx_workloads(args.onnx, resolve_target(args.target), args.algorithm))
     if not chosen:
         raise ValueError("nothing to tune: give --workload, --conv or --onnx")
     return chosen

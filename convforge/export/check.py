@@ -73,7 +73,9 @@ def run_onnxruntime(
 
 @dataclass(frozen=True)
 class Agreement:
-    """How closely two arrays agree: ``|a - e| <= atol * max(1, max|e|) + rtol * |e|``."""
+    """How closely two arrays agree: ``|a - e| <= atol * max(1, max|e|) + rtol * |e|`` for
+    finite values (max over the finite ones); a NaN or an infinity agrees only with the same
+    non-finite value at the same position (max_abs is inf where one does not)."""
 
     max_abs: float
     max_rel: float
@@ -101,10 +103,14 @@ def compare(
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
     a, e = actual.astype(np.float64), expected.astype(np.float64)
-    diff = np.abs(a - e)
-    if diff.size == 0:
+    if a.size == 0:
         return Agreement(0.0, 0.0, rtol, atol, True)
-    scale = max(1.0, float(np.max(np.abs(e))))
-    rel = diff / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
-    ok = bool(np.all(diff <= atol * scale + rtol * np.abs(e))) and not np.isnan(a).any()
+    # a NaN, +inf or -inf agrees with the same value only; the finite values set the scale
+    same = (np.isnan(a) & np.isnan(e)) | (np.isinf(e) & (a == e))
+    finite = np.isfinite(a) & np.isfinite(e)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(same, 0.0, np.where(finite, np.abs(a - e), np.inf))
+    scale = max(1.0, float(np.max(np.abs(e[finite]), initial=0.0)))
+    rel = diff / np.maximum(np.abs(np.where(finite, e, 1.0)), np.finfo(np.float64).tiny)
+    ok = bool(np.all(same | (finite & (diff <= atol * scale + rtol * np.abs(e)))))
     return Agreement(float(diff.max()), float(rel.max()), rtol, atol, ok)

@@ -177,8 +177,10 @@ def check_model(
     per_node: bool = False,
     compiled: CompiledModel | None = None,
     progress: Callable[[str], None] | None = None,
+    algorithm: str = "auto",
 ) -> ModelCheck:
     """Compile ``model`` with convforge (unless ``compiled`` is given), run it and onnxruntime.
+    ``algorithm``: as :func:`convforge.compile_model`'s.
 
     Tolerances default per dtype (:func:`convforge.export.check.tolerances`). Bad input
     (unreadable model, missing/unknown input, wrong shape) raises ValueError before compiling;
@@ -201,8 +203,9 @@ def check_model(
     if compiled is None:
         shapes = {name: array.shape for name, array in feeds.items()}
         compiled = compile_model(
-            original, target=target, tuning_db=tuning_db, input_shapes=shapes, progress=progress
-        )
+            original, target=target, tuning_db=tuning_db, input_shapes=shapes, progress=progress,
+            algorithm=algorithm,
+        )  # fmt: skip
     ours = compiled(**feeds)
     results = []
     for spec, actual, expected in zip(compiled.outputs, ours, theirs):

@@ -93,6 +93,8 @@ class LoweringContext:
     bb: relax.BlockBuilder | None = None
     opset: int = 22
     progress: Callable[[str], None] | None = None
+    #: ``api.ALGORITHMS``: 'winograd' takes Winograd for every convolution it applies to.
+    algorithm: str = "auto"
     _scheduled: dict[int, tuple[tvm.IRModule, str]] = field(default_factory=dict)
 
     def emit_kernel(
@@ -106,6 +108,25 @@ class LoweringContext:
         macs: int = 0,
     ) -> relax.Expr:
         """Build ``compute(*placeholders)``, schedule it and emit its ``call_tir`` on ``args``."""
+        gvar, out_ty = self.add_kernel(node, op_type, kernel, attrs, args, compute, macs)
+        return relax.call_tir(gvar, list(args), out_ty)
+
+    def add_kernel(
+        self,
+        node: str,
+        op_type: str,
+        kernel: str,
+        attrs: dict,
+        args: Sequence[relax.Expr],
+        compute: Callable[..., Sequence[te.Tensor]],
+        macs: int = 0,
+        *,
+        suffix: str = "",
+        record: bool = True,
+    ) -> tuple[relax.GlobalVar, relax.TensorType | list[relax.TensorType]]:
+        """Add the scheduled PrimFunc of ``compute`` on ``args``' shapes (its name the
+        node's, plus ``suffix``); return it and its output type. ``record``: list it in
+        :attr:`records` and :attr:`functions` (the kernel of the node, reported and tuned)."""
         placeholders = [
             te.placeholder(
                 static_shape(a, f"input {i} of node {node!r}"), tensor_dtype(a), f"in{i}"
@@ -120,10 +141,13 @@ class LoweringContext:
             .without_attr("global_symbol")
             .with_attrs({"tir.is_scheduled": True, "op_pattern": _OPAQUE})
         )
-        name = "cf_" + re.sub(r"\W", "_", node)
+        name = "cf_" + re.sub(r"\W", "_", node) + suffix
         gvar = self.bb.add_func(prim, name)
-        self.functions.setdefault(gvar.name_hint, func.with_attr("global_symbol", "main"))
         out_ty = [relax.TensorType([int(v) for v in t.shape], str(t.dtype)) for t in outputs]
+        out_ty = out_ty[0] if len(out_ty) == 1 else out_ty
+        if not record:
+            return gvar, out_ty
+        self.functions.setdefault(gvar.name_hint, func.with_attr("global_symbol", "main"))
         self.records.append(
             KernelRecord(
                 node, op_type, kernel, gvar.name_hint, schedule_kind, fused_nodes(attrs), macs
@@ -131,7 +155,7 @@ class LoweringContext:
         )
         if self.progress is not None:
             self.progress(f"kernel {len(self.records)}: {node} -> {kernel} ({schedule_kind})")
-        return relax.call_tir(gvar, list(args), out_ty[0] if len(out_ty) == 1 else out_ty)
+        return gvar, out_ty
 
     def _schedule(self, func: tvm.tirx.PrimFunc) -> tuple[tvm.IRModule, str]:
         """Schedule ``func`` once per structure (repeated layers share the result)."""
@@ -249,13 +273,17 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
         if residual is not None:
             residual = bb.emit(relax.op.reshape(residual, geom.out_shape))
     constant = resize_geom is None and isinstance(w, tvm.ir.expr.Constant)
-    layout = None if resize_geom else conv_layout(geom, tensor_dtype(x), ctx.target, constant)
+    algorithm = _conv_algorithm(ctx, geom, tensor_dtype(x))
+    layout = (
+        None if resize_geom else conv_layout(geom, tensor_dtype(x), ctx.target, constant, algorithm)
+    )
     pool_node, pool_geom = _fused_max_pool(attrs, node_geom)
     pooled = None
     if pool_geom is not None and geom == node_geom:
         pooled = pooled_layout(layout, geom, pool_geom, tensor_dtype(x), ctx.target)
     layout = pooled or layout
     packed = constant and layout is not None
+    unpacked = w
     if packed:  # pack the constant weight once, here, not on every inference
         w = relax.const(pack_conv_weight(w.value.numpy(), layout))
 
@@ -271,8 +299,9 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
             )  # fmt: skip
             return [out]
         out = conv_for_target(
-            tx, tw, tb, geom, activation, ctx.target, weight_packed=packed, residual=tr
-        )
+            tx, tw, tb, geom, activation, ctx.target, weight_packed=packed, residual=tr,
+            algorithm=algorithm,
+        )  # fmt: skip
         return [out if pooled is None else ops.window_max(out, pool_geom)]
 
     args = [a for a in (x, w, bias, residual) if a is not None]
@@ -285,12 +314,131 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     elif pool_node is not None:  # the pool runs as its own kernel
         unpooled = tuple(name for name in fused_nodes(attrs) if name != pool_node)
         attrs = {**attrs, FUSED_ATTR: unpooled}
-    out = ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
+    if isinstance(layout, ops.WinogradTiles):  # the direct kernel where x is not finite
+        fused_pool = None if pooled is None else pool_geom
+        direct = _direct_conv(ctx, node, geom, x, unpacked, bias, residual, activation, fused_pool)
+        out = _finite_or_direct(ctx, node, x, (kernel, attrs, args, compute, geom.macs), direct)
+    else:
+        out = ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
     if geom != node_geom:
         out = relax.op.reshape(bb.emit(out), node_geom.out_shape)
     if pool_node is None or pooled is not None:
         return out
     return _emit_pool(ctx, pool_node, "MaxPool", bb.emit(out), pool_geom)
+
+
+def _conv_algorithm(ctx: LoweringContext, geom: shapes.ConvGeometry, dtype: str) -> str:
+    """The ``algorithm`` for one convolution of a model compiled with ``ctx.algorithm``:
+    a model's 'winograd' means Winograd wherever it applies ('auto' elsewhere)."""
+    if ctx.algorithm != "winograd":
+        return ctx.algorithm
+    try:
+        conv_layout(geom, dtype, ctx.target, True, "winograd")
+    except ValueError:
+        return "auto"
+    return "winograd"
+
+
+#: One kernel call: (kernel name, attrs, args, compute, macs), as :meth:`LoweringContext.add_kernel`.
+_Step = tuple[str, dict, list, Callable[..., Sequence[te.Tensor]], int]
+
+
+def _direct_conv(
+    ctx: LoweringContext,
+    node: str,
+    geom: shapes.ConvGeometry,
+    x: relax.Expr,
+    w: relax.Expr,
+    bias: relax.Expr | None,
+    residual: relax.Expr | None,
+    activation: str | None,
+    pool_geom: shapes.PoolGeometry | None,
+) -> list[_Step]:
+    """The kernel calls of the convolution ``geom`` by the direct algorithm (w unpacked:
+    packed here for it when constant), then its fused max pool ``pool_geom`` if any (in
+    the same kernel where :func:`pooled_layout` allows, else a second one); the first
+    call's args are x, w, bias, residual, the second's the first's output (None)."""
+    dtype = tensor_dtype(x)
+    constant = isinstance(w, tvm.ir.expr.Constant)
+    layout = conv_layout(geom, dtype, ctx.target, constant, "direct")
+    packed = constant and layout is not None
+    if packed:
+        w = relax.const(pack_conv_weight(w.value.numpy(), layout))
+    pooled = (
+        None if pool_geom is None else pooled_layout(layout, geom, pool_geom, dtype, ctx.target)
+    )
+
+    def compute(tx, tw, *rest):
+        tb = rest[0] if bias is not None else None
+        tr = rest[-1] if residual is not None else None
+        if isinstance(pooled, ops.ChannelBlocks):
+            out = ops.conv_nchwc_max_pool(
+                tx, tw, tb, geom, pooled, pool_geom, activation, weight_packed=packed, residual=tr
+            )
+            return [out]
+        out = conv_for_target(
+            tx, tw, tb, geom, activation, ctx.target, weight_packed=packed, residual=tr,
+            algorithm="direct",
+        )  # fmt: skip
+        return [out]
+
+    args = [a for a in (x, w, bias, residual) if a is not None]
+    steps: list[_Step] = [(f"conv{geom.ndim}d (direct)", {}, args, compute, geom.macs)]
+    if pool_geom is not None and pooled is None:
+        steps.append(("max_pool (direct)", {}, [None], lambda t: [ops.pool(t, pool_geom)], 0))
+    return steps
+
+
+def _finite_or_direct(
+    ctx: LoweringContext, node: str, x: relax.Expr, winograd: _Step, direct: list[_Step]
+) -> relax.Expr:
+    """A call of a relax function that runs the Winograd kernel ``winograd`` where x is
+    finite and the ``direct`` kernels where x holds a NaN or an infinity
+    (:func:`convforge.ops.winograd.nonfinite_flag`, then a ``relax.If``): Winograd's
+    outputs are non-finite only where the direct convolution's are. The Winograd kernel is
+    the node's (recorded, reported, tuned); the check and the direct kernels are not."""
+    kernel, attrs, args, compute, macs = winograd
+    wino_gv, wino_ty = ctx.add_kernel(node, "Conv", kernel, attrs, args, compute, macs)
+    size = math.prod(static_shape(x, "x"))
+    flat = relax.Var("x_flat", relax.TensorType([size], tensor_dtype(x)))
+    flag_gv, flag_ty = ctx.add_kernel(
+        node, "Conv", "nonfinite_flag", {}, [flat], lambda t: [ops.winograd.nonfinite_flag(t)],
+        suffix="_nonfinite", record=False,
+    )  # fmt: skip
+    direct_calls = []
+    for i, (name, _attrs, step_args, step_compute, step_macs) in enumerate(direct):
+        if step_args == [None]:  # the previous step's output
+            _, prev_ty = direct_calls[-1]
+            step_args = [relax.Var("prev", prev_ty)]
+        gv_ty = ctx.add_kernel(
+            node, "Conv", name, {}, step_args, step_compute, step_macs,
+            suffix=f"_direct{i or ''}", record=False,
+        )  # fmt: skip
+        direct_calls.append(gv_ty)
+    inputs: list[relax.Expr] = []  # the function's parameters: every non-constant argument
+    for a in [*args, *(a for step in direct for a in step[2] if a is not None)]:
+        if not isinstance(a, tvm.ir.expr.Constant) and not any(a.same_as(b) for b in inputs):
+            inputs.append(a)
+    params = [relax.Var(f"arg{i}", a.ty) for i, a in enumerate(inputs)]
+
+    def bound(values):
+        return [next((p for p, b in zip(params, inputs) if b.same_as(a)), a) for a in values]
+
+    sub = relax.BlockBuilder()
+    with sub.function("main", params):
+        with sub.dataflow():  # where a reshape is a view, not a copy
+            xf = sub.emit(relax.op.reshape(bound([x])[0], [size]))
+            flag = sub.emit_output(relax.call_tir(flag_gv, [xf], flag_ty))
+        then = None
+        for (gv, ty), step in zip(direct_calls, direct):
+            step_args = [then] if step[2] == [None] else bound(step[2])
+            then = relax.call_tir(gv, step_args, ty)
+        other = relax.call_tir(wino_gv, bound(args), wino_ty)
+        y = sub.emit(relax.If(flag, then, other))
+        sub.emit_func_output(y)
+    func = sub.get()["main"].without_attr("global_symbol")  # private to the module
+    gvar = ctx.bb.add_func(func, "cf_" + re.sub(r"\W", "_", node) + "_finite_or_direct")
+    return relax.Call(gvar, inputs)
 
 
 def _fused_max_pool(

@@ -284,6 +284,10 @@ class CompiledModel:
         return ModelReport.build(self.metadata, per_function, total)
 
 
+#: A Winograd kernel's input check (``lowering._finite_or_direct``), counted in its share.
+NONFINITE_CHECK_SUFFIX = "_nonfinite"
+
+
 @dataclass(frozen=True)
 class NodeRow:
     node: str
@@ -314,7 +318,7 @@ class ModelReport:
         users = {f: sum(k["function"] == f for k in metadata["kernels"]) for f in ours}
         tvm_functions = sorted(
             ((f, t / total if total else 0.0) for f, t in per_function.items()
-             if f not in ours and not f.startswith("vm.")),
+             if f not in ours and not f.startswith(("vm.", "cf_"))),
             key=lambda item: -item[1],
         )  # fmt: skip
         rows = []
@@ -323,11 +327,9 @@ class ModelReport:
             if k is None:
                 rows.append(NodeRow(node["name"], node["op_type"], "TVM default", "-", "-", 0.0))
                 continue
-            share = (
-                per_function.get(k["function"], 0.0) / users[k["function"]] / total
-                if node["name"] == k["node"]
-                else 0.0
-            )
+            own = per_function.get(k["function"], 0.0)
+            own += per_function.get(k["function"] + NONFINITE_CHECK_SUFFIX, 0.0)
+            share = own / users[k["function"]] / total if node["name"] == k["node"] else 0.0
             rows.append(
                 NodeRow(
                     node["name"], node["op_type"], k["kernel"], k["schedule"], k["function"], share
@@ -460,6 +462,7 @@ def compile_model(
     tuning_db: str | os.PathLike | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     progress: Callable[[str], None] | None = None,
+    algorithm: str = "auto",
 ) -> CompiledModel:
     """Compile an ONNX model (ModelProto or path) with convforge kernels for ``target``.
 
@@ -478,7 +481,17 @@ def compile_model(
     shaped tensors and small integer ops on constants) is folded into initializers;
     BatchNormalization with ``training_mode=1`` and MaxUnpool with ``output_shape`` are
     written out in primitive ops with onnxruntime's semantics.
+
+    ``algorithm`` (``convforge.api.ALGORITHMS``): 'auto' (Winograd where
+    :func:`convforge.api.conv_layout` picks it), 'direct' (no Winograd anywhere: the
+    precise choice for data with outliers, see ``convforge.api.WINOGRAD_ERROR_BOUND``) or
+    'winograd' (for every convolution it applies to, 'auto' elsewhere). A Winograd kernel
+    first checks its input: where it holds a NaN or an infinity the direct kernel runs, so
+    non-finite outputs are exactly onnxruntime's (report() counts the check in its share).
     """
+    from convforge.api import check_algorithm
+
+    check_algorithm(algorithm)
     from convforge.export.pipeline import relax_pipeline
 
     say = progress or (lambda message: None)
@@ -486,7 +499,9 @@ def compile_model(
         tuning_db = open_tuning_db(tuning_db)
     resolved = resolve_target(target)
     original = load_onnx(model)
-    mod, ctx, metadata = import_model(original, resolved, tuning_db, input_shapes, progress)
+    mod, ctx, metadata = import_model(
+        original, resolved, tuning_db, input_shapes, progress, algorithm=algorithm
+    )
     mod = _with_metadata(mod, metadata)
     say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
     start = time.perf_counter()
@@ -495,7 +510,7 @@ def compile_model(
 
     def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
         say(f"compiling a specialization for input shapes {shapes}")
-        return compile_model(original, resolved, tuning_db, shapes, progress)
+        return compile_model(original, resolved, tuning_db, shapes, progress, algorithm)
 
     return CompiledModel(executable, json.loads(json.dumps(metadata)), specialize)
 
@@ -506,9 +521,12 @@ def import_model(
     tuning_db: str | os.PathLike | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     progress: Callable[[str], None] | None = None,
+    *,
+    algorithm: str = "auto",
 ) -> tuple[tvm.IRModule, LoweringContext, dict]:
     """The relax module of ``model`` with convforge's kernels (scheduled, not compiled),
-    the lowering context (its ``records`` and unscheduled ``functions``) and the metadata."""
+    the lowering context (its ``records`` and unscheduled ``functions``) and the metadata;
+    ``algorithm`` as :func:`compile_model`'s."""
     from tvm.relax.frontend.onnx import from_onnx
 
     from convforge.export.fusion import fuse_convolutions, name_nodes
@@ -535,7 +553,7 @@ def import_model(
     original = expand_max_unpool(original)
     say("fusing bias, batch-norm and activations into convolutions")
     fused = fuse_convolutions(original)
-    ctx = LoweringContext(target, tuning_db, progress=progress)
+    ctx = LoweringContext(target, tuning_db, progress=progress, algorithm=algorithm)
     say(
         f"importing {len(original.graph.node)} ONNX nodes (convforge kernels scheduled as they come)"
     )
@@ -560,6 +578,7 @@ def import_model(
         "outputs": [asdict(s) for s in outputs],
         "nodes": [{"name": n.name, "op_type": n.op_type} for n in original.graph.node],
         "kernels": [asdict(r) for r in ctx.records],
+        "algorithm": algorithm,
     }
     return mod, ctx, metadata
 

@@ -5,11 +5,20 @@ LLVM turns ``exp`` and ``tanh`` of a float32 vector into one libm call per lane 
 convolution it ends. :func:`exp` and :func:`tanh` are polynomial forms that vectorize: the
 Cephes ``expf`` range reduction and polynomial (about 2 ulp), and the rational ``tanh`` of
 Eigen (and TVM's ``fast_tanh``), exact to a few ulp. float64 keeps the libm functions.
+
+Non-finite values follow onnxruntime (the same op of the exported ONNX graph) exactly: every
+activation maps NaN to NaN (the polynomial forms clamp their argument, so a select on
+a bit test passes NaN through); ``relu(+inf) = +inf``, ``relu(-inf) = 0``; ``sigmoid(+-inf) =
+1, 0``; ``tanh(+-inf) = +-1``; ``silu(+inf) = +inf``, ``silu(-inf) = NaN`` (``-inf * 0``, as
+ONNX's ``x * Sigmoid(x)``). ``exp`` overflows to +inf above 88.72 and is 0 below -87.34
+(where expf's subnormal results begin), so ``silu`` of a large negative number is -0, as in
+onnxruntime, not ``x * 2**-126``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 from tvm import te, tirx
 
@@ -43,28 +52,59 @@ def _horner(x: tirx.PrimExpr, coefficients: tuple[float, ...], dtype: str) -> ti
     return result
 
 
+#: float dtype -> (its integer twin, the mask of all but the sign bit, +inf's bits).
+_FLOAT_BITS = {
+    "float32": ("int32", 0x7FFFFFFF, 0x7F800000),
+    "float64": ("int64", 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000),
+}
+
+
+def is_nan(value: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
+    """Whether ``value`` (of ``dtype``) is NaN, as integer operations on its bits (``|bits| > bits(inf)``),
+    which vectorize: ``tirx.isnan`` is a call that makes TVM scalarize the whole loop, and
+    a written ``x != x`` is simplified away by TVM's arithmetic (floats taken as reals)."""
+    if dtype not in _FLOAT_BITS:
+        return tirx.isnan(value)
+    int_dtype, mask, inf = _FLOAT_BITS[dtype]
+    bits = tirx.reinterpret(int_dtype, value) & tirx.const(mask, int_dtype)
+    return bits > tirx.const(inf, int_dtype)
+
+
+#: float32 ``exp`` overflows to +inf above this (the largest x with a finite expf) ...
+_EXP_OVERFLOW = 88.72283935546875
+#: ... and the polynomial form returns 0 below this (ln 2**-126: expf's subnormal range).
+_EXP_UNDERFLOW = -87.33654475
+
+
 def exp(value: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
     """``e**value`` for a scalar of ``dtype``; float32 as a vectorizable polynomial:
     clamped to [ln 2**-126, 88.38], ``n = round(value / ln 2)``, ``2**n`` built in the exponent
-    bits, times exp of the remainder (Cephes ``expf``)."""
+    bits, times exp of the remainder (Cephes ``expf``). NaN gives NaN, x > 88.72 (+inf
+    included) +inf, x < -87.34 (-inf included) 0."""
     if dtype != "float32":
         return te.exp(value)
     const = functools.partial(tirx.const, dtype=dtype)
-    x = tirx.max(tirx.min(value, const(88.3762626647949)), const(-87.33654475))
+    x = tirx.max(tirx.min(value, const(88.3762626647949)), const(_EXP_UNDERFLOW))
     n = tirx.floor(x * const(_LOG2E) + const(0.5))
     r = x - n * const(_LN2_HI) - n * const(_LN2_LO)
     poly = _horner(r, _EXP_P, dtype) * r * r + r + const(1.0)
     exponent = (n.astype("int32") + 127) << 23
-    return poly * tirx.reinterpret(dtype, exponent)
+    result = poly * tirx.reinterpret(dtype, exponent)
+    result = tirx.Select(value < const(_EXP_UNDERFLOW), const(0.0), result)
+    result = tirx.Select(value > const(_EXP_OVERFLOW), const(math.inf), result)
+    return tirx.Select(is_nan(value, dtype), value, result)
 
 
 def tanh(value: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
-    """``tanh(value)`` for a scalar of ``dtype``; float32 as Eigen's rational form."""
+    """``tanh(value)`` for a scalar of ``dtype``; float32 as Eigen's rational form (NaN
+    passed through, +-inf give +-1)."""
     if dtype != "float32":
         return te.tanh(value)
     x = tirx.max(tirx.min(value, tirx.const(9.0, dtype)), tirx.const(-9.0, dtype))
     x2 = x * x
-    return x * _horner(x2, _TANH_P, dtype) / _horner(x2, _TANH_Q, dtype)
+    return tirx.Select(
+        is_nan(value, dtype), value, x * _horner(x2, _TANH_P, dtype) / _horner(x2, _TANH_Q, dtype)
+    )
 
 
 def sigmoid(value: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
@@ -77,8 +117,8 @@ def activate(value: tirx.PrimExpr, activation: str | None, dtype: str) -> tirx.P
     """Apply ``activation`` to one scalar expression of ``dtype`` (``None``: identity)."""
     if activation is None:
         return value
-    if activation == "relu":
-        return tirx.max(value, tirx.const(0, dtype))
+    if activation == "relu":  # max(value, 0) alone is 0 for NaN (LLVM's maxnum)
+        return tirx.Select(is_nan(value, dtype), value, tirx.max(value, tirx.const(0, dtype)))
     if activation == "sigmoid":
         return sigmoid(value, dtype)
     if activation == "silu":

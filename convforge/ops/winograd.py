@@ -313,3 +313,35 @@ def conv2d_winograd(
         return conv_epilogue_value(value, (n, k, oh, ow), bias, residual, activation, acc, dtype)
 
     return te.compute(geom.out_shape, unpack, name="winograd_unpack")
+
+
+def nonfinite_flag(x: te.Tensor, lanes: int = 16, chunks: int = 64) -> te.Tensor:
+    """A bool scalar (shape ()): whether the flat float32 x (T,) holds a NaN or an infinity
+    (whose exponent bits, alone among float32 values, are all ones: a max of the exponent
+    bits, integer operations only).
+
+    Compiled models run it on a Winograd convolution's input (reshaped to one axis) and take
+    the direct convolution where it is true: a Winograd tile mixes all its inputs, so one
+    NaN or infinity would make every output of the tile non-finite. x is split as
+    (P, I, L): L = ``lanes`` or the largest power of two below it dividing T, P <= ``chunks``
+    parallel chunks. Blocks: ``nonfinite_rows`` ((P, L): the max exponent bits over I),
+    ``nonfinite_any`` (their max), ``nonfinite_flag``.
+    """
+    (total,) = (int(v) for v in x.shape)
+    while total % lanes:
+        lanes //= 2
+    parts = max(d for d in range(1, min(chunks, total // lanes) + 1) if total // lanes % d == 0)
+    inner = total // lanes // parts
+    ri = te.reduce_axis((0, inner), "ri")
+    # float32's exponent bits, all ones only for an infinity or a NaN
+    exponent = tirx.const(0x7F800000, "int32")
+    rows = te.compute(
+        (parts, lanes),
+        lambda p, j: te.max(
+            tirx.reinterpret("int32", x[(p * inner + ri) * lanes + j]) & exponent, axis=ri
+        ),
+        name="nonfinite_rows",
+    )
+    rp, rj = te.reduce_axis((0, parts), "rp"), te.reduce_axis((0, lanes), "rj")
+    flag = te.compute((), lambda: te.max(rows[rp, rj], axis=[rp, rj]), name="nonfinite_any")
+    return te.compute((), lambda: flag[()] == exponent, name="nonfinite_flag")

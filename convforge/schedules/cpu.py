@@ -111,6 +111,7 @@ def _schedule_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) 
 SPECIAL_RULES = (
     (cpu_winograd.is_winograd_pool, cpu_winograd.schedule_winograd_pool),
     (cpu_winograd.is_winograd, cpu_winograd.schedule_winograd),
+    (cpu_winograd.is_nonfinite_flag, cpu_winograd.schedule_nonfinite_flag),
     (cpu_subpixel.is_subpixel, cpu_subpixel.schedule_subpixel),
     (cpu_gather.is_gather, cpu_gather.schedule_gather),
     (cpu_grouped.is_grouped, cpu_grouped.schedule_grouped),

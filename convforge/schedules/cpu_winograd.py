@@ -279,3 +279,21 @@ def schedule_winograd_pool(func: tirx.PrimFunc, target: tvm.target.Target) -> s_
     task = sch.get_loops(sch.get_sblock("winograd_unpack"))[0]
     sch.reverse_compute_at(sch.get_sblock("window_max"), task)
     return sch
+
+
+def is_nonfinite_flag(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` is ``ops.winograd.nonfinite_flag`` (the check before a Winograd call)."""
+    return has_block(func, "nonfinite_rows")
+
+
+def schedule_nonfinite_flag(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """``ops.winograd.nonfinite_flag``'s schedule: its chunks in parallel, each a pass over
+    its part of x vectorized along the lanes (one read of x; the other blocks are tiny)."""
+    sch = s_tir.Schedule(func)
+    rows = sch.get_sblock("nonfinite_rows")
+    p, j, i = sch.get_loops(rows)
+    sch.parallel(p)
+    sch.reorder(p, i, j)
+    sch.vectorize(j)
+    sch.decompose_reduction(rows, i)
+    return sch
