@@ -321,10 +321,11 @@ def test_batch_norm_training_mode_dynamic_batch_refused():
 def test_folding_never_builds_huge_constants():
     """ConstantOfShape / Range / Expand / Tile of constants with a huge result stay in the
     graph, checked before evaluating: folding them would exhaust memory. The results here
-    (1.6 GB each) would fit, so the peak memory shows whether any was built."""
+    (1.6 GB each) would fit, so the peak of traced allocations (numpy's included) shows
+    whether any was built (not ru_maxrss: a child inherits pytest's high-water mark)."""
     outcome = run_isolated(
         """
-        import resource
+        import tracemalloc
         import numpy as np
         from onnx import TensorProto, helper as h, numpy_helper as nh
         from convforge.export.prepare import fold_static_shapes
@@ -340,14 +341,15 @@ def test_folding_never_builds_huge_constants():
             ("Tile", ["v", "s"],
              [nh.from_array(np.ones((2, 2), np.float32), "v"), i64("s", [10000, 10000])]),
         ]
+        tracemalloc.start()
         for op, inputs, inits in cases:
             g = h.make_graph([h.make_node(op, inputs, ["y"])], "g", [],
                              [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
             m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
             assert [n.op_type for n in fold_static_shapes(m).graph.node] == [op], op
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
         print("KEPT", peak_mb)
-        assert peak_mb < 1200, peak_mb
+        assert peak_mb < 200, peak_mb
         """,
         timeout=60,
     )
