@@ -984,8 +984,9 @@ def _float_input(x: relax.Expr) -> str | None:
 def lower_clip(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
     """ONNX Clip on float32/float64 as ``minimum(maximum(x, lo), hi)``, which the CPU
     pipeline legalizes with NaN propagating (onnxruntime keeps a NaN input; TVM's converter
-    emits ``topi.maximum``/``topi.minimum``, which turn it into a bound). A NaN bound means
-    no bound, as in TVM's converter. Other dtypes: TVM's converter."""
+    emits ``topi.maximum``/``topi.minimum``, which turn it into a bound). As onnxruntime: a
+    missing bound is the dtype's lowest/largest finite value (so +-inf become finite), a NaN
+    bound is no bound (+-inf). Other dtypes: TVM's converter."""
     x = inputs[0]
     dtype = _float_input(x)
     if dtype is None:
@@ -995,14 +996,13 @@ def lower_clip(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | 
         bounds = [None if b is None else relax.const(float(b), dtype) for b in bounds]
     else:
         bounds = [inputs[k] if len(inputs) > k else None for k in (1, 2)]
+    finfo = np.finfo(dtype)
     result = x
-    for bound, op, unbounded in (
-        (bounds[0], relax.op.maximum, -np.inf),
-        (bounds[1], relax.op.minimum, np.inf),
+    for bound, op, missing, unbounded in (
+        (bounds[0], relax.op.maximum, finfo.min, -np.inf),
+        (bounds[1], relax.op.minimum, finfo.max, np.inf),
     ):
-        if bound is None:
-            continue
-        value = _constant(bound)
+        value = np.array(missing, dtype) if bound is None else _constant(bound)
         if value is not None:
             value = np.where(np.isnan(value), unbounded, value).astype(dtype)
             bound = relax.const(value, dtype)
