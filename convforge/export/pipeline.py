@@ -41,13 +41,14 @@ def _is_float(expr: relax.Expr) -> bool:
 
 
 def nan_max(a: tirx.PrimExpr, b: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
-    """``max(a, b)``, NaN when either is NaN (onnxruntime's Max; TVM's drops NaN)."""
-    return tirx.Select(is_nan(a, dtype) | is_nan(b, dtype), a + b, tirx.max(a, b))
+    """``max(a, b)``, NaN when either is NaN (onnxruntime's Max; TVM's drops NaN): ``b`` if
+    it is NaN, else ``a > b`` keeps a NaN ``a`` (one bit test and two selects)."""
+    return tirx.Select(is_nan(b, dtype), b, tirx.Select(b > a, b, a))
 
 
 def nan_min(a: tirx.PrimExpr, b: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
     """``min(a, b)``, NaN when either is NaN (onnxruntime's Min; TVM's drops NaN)."""
-    return tirx.Select(is_nan(a, dtype) | is_nan(b, dtype), a + b, tirx.min(a, b))
+    return tirx.Select(is_nan(b, dtype), b, tirx.Select(b < a, b, a))
 
 
 def _scalar_or_tensor(expr: relax.Expr, dtype: str):
