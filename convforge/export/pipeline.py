@@ -136,8 +136,9 @@ def _legalize_sign(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
 def nan_reduce(x: te.Tensor, axis: list[int] | None, keepdims: bool, kind: str) -> te.Tensor:
     """``max``/``min`` (``kind``) of ``x`` over ``axis`` (None: all; negative counts from
     the end) as TVM's ``topi.max``/``topi.min`` shape it (``keepdims``: reduced axes kept
-    with extent 1), but NaN when the slice holds a NaN, as onnxruntime's ReduceMax/ReduceMin
-    (TVM's drop NaN). The identity is -inf (max) or +inf (min)."""
+    with extent 1), but NaN when the slice holds a NaN (TVM's drop NaN): ONNX's reference
+    semantics (numpy's). onnxruntime 1.32's is order-dependent (NaN for a row that starts
+    with NaN, NaN dropped elsewhere). The identity is -inf (max) or +inf (min)."""
     dtype = str(x.dtype)
     ndim = len(x.shape)
     axes = sorted({int(a) % ndim for a in axis} if axis is not None else range(ndim))
