@@ -975,6 +975,65 @@ def lower_softmax(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr
     return ctx.emit_kernel(node, "Softmax", "softmax", attrs, [x], lambda tx: [ops.softmax(tx)])
 
 
+def _float_input(x: relax.Expr) -> str | None:
+    """The dtype of ``x`` when it is float32/float64 (the dtypes with NaN handled), else None."""
+    dtype = str(getattr(x.ty, "dtype", ""))
+    return dtype if dtype in ("float32", "float64") else None
+
+
+def lower_clip(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
+    """ONNX Clip on float32/float64 as ``minimum(maximum(x, lo), hi)``, which the CPU
+    pipeline legalizes with NaN propagating (onnxruntime keeps a NaN input; TVM's converter
+    emits ``topi.maximum``/``topi.minimum``, which turn it into a bound). As onnxruntime: a
+    missing bound is the dtype's lowest/largest finite value (so +-inf become finite), a NaN
+    bound is no bound (+-inf). Other dtypes: TVM's converter."""
+    x = inputs[0]
+    dtype = _float_input(x)
+    if dtype is None:
+        return None
+    if ctx.opset < 11:
+        bounds = [attrs.get("min"), attrs.get("max")]
+        bounds = [None if b is None else relax.const(float(b), dtype) for b in bounds]
+    else:
+        bounds = [inputs[k] if len(inputs) > k else None for k in (1, 2)]
+    finfo = np.finfo(dtype)
+    result = x
+    for bound, op, missing, unbounded in (
+        (bounds[0], relax.op.maximum, finfo.min, -np.inf),
+        (bounds[1], relax.op.minimum, finfo.max, np.inf),
+    ):
+        value = np.array(missing, dtype) if bound is None else _constant(bound)
+        if value is not None:
+            value = np.where(np.isnan(value), unbounded, value).astype(dtype)
+            bound = relax.const(value, dtype)
+        else:
+            bound = ctx.bb.normalize(
+                relax.op.where(relax.op.isnan(bound), relax.const(unbounded, dtype), bound)
+            )
+        result = ctx.bb.normalize(op(result, bound))
+    return result
+
+
+def lower_thresholded_relu(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
+    """ONNX ThresholdedRelu as ``x if x > alpha else 0``: NaN and -inf give 0 as in
+    onnxruntime (TVM's converter computes ``x * (x > alpha)``: NaN for both)."""
+    x = inputs[0]
+    dtype = _float_input(x)
+    if dtype is None:
+        return None
+    alpha = float(attrs.get("alpha", 1.0))
+
+    def thresholded(tx: te.Tensor) -> te.Tensor:
+        zero, threshold = tvm.tirx.const(0, dtype), tvm.tirx.const(alpha, dtype)
+        return te.compute(
+            tx.shape,
+            lambda *i: tvm.tirx.Select(tx(*i) > threshold, tx(*i), zero),
+            name="thresholded_relu",
+        )
+
+    return ctx.bb.call_te(thresholded, x, primfunc_name_hint="thresholded_relu")
+
+
 #: ONNX op_type -> lowering to a convforge kernel; a lowering returning ``None`` declines the
 #: node, and it and every other op type go to TVM's own converter.
 LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr | None]] = {
@@ -990,6 +1049,8 @@ LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr | None]]
     "GlobalMaxPool": functools.partial(lower_global_pool, kind="max"),
     "GlobalAveragePool": functools.partial(lower_global_pool, kind="avg"),
     "Softmax": lower_softmax,
+    "Clip": lower_clip,
+    "ThresholdedRelu": lower_thresholded_relu,
 }
 
 
