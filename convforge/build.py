@@ -78,10 +78,16 @@ class Kernel:
             )
         return device
 
+    @functools.cached_property
+    def _on_cpu(self) -> bool:
+        """Whether the kernel runs on the host CPU (its device checked once, not per call)."""
+        device = self._runnable_device()
+        return device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
+
     def _bind(self, arrays: Sequence[np.ndarray]) -> tuple[list, list[np.ndarray] | list]:
         """TVM arguments for ``arrays`` and the outputs; on the CPU both share numpy memory."""
-        device = self._runnable_device()
-        if device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
+        if not self._on_cpu:
+            device = self._runnable_device()
             args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays]
             outs = [
                 tvm.runtime.tensor(np.empty(shape, dtype), device)
