@@ -232,15 +232,21 @@ def resize_antialias(x: te.Tensor, geom: ResizeGeometry, name: str = "resize") -
         if geom.coordinate_mode != "tf_crop_and_resize":
             return value
         coords = [source_coordinate(p, a, geom) for a, p in enumerate(pos)]
-        inside = [
-            tirx.all(cd >= _f32(0.0), cd <= _f32(length - 1))
-            for cd, length in zip(coords, geom.in_size)
-        ]
-        return tirx.if_then_else(
-            tirx.all(*inside), value, tirx.const(geom.extrapolation_value, dtype)
-        )
+        return _extrapolated(value, coords, geom, dtype)
 
     return te.compute(geom.out_shape, body, name=name)
+
+
+def _extrapolated(
+    value: tirx.PrimExpr, coords: list, geom: ResizeGeometry, dtype: str
+) -> tirx.PrimExpr:
+    """'tf_crop_and_resize': ``value`` where every source coordinate lies in ``[0, I-1]``,
+    else ``geom.extrapolation_value``."""
+    inside = [
+        tirx.all(cd >= _f32(0.0), cd <= _f32(length - 1))
+        for cd, length in zip(coords, geom.in_size)
+    ]
+    return tirx.if_then_else(tirx.all(*inside), value, tirx.const(geom.extrapolation_value, dtype))
 
 
 def resize(x: te.Tensor, geom: ResizeGeometry, name: str = "resize") -> te.Tensor:
@@ -274,13 +280,7 @@ def resize(x: te.Tensor, geom: ResizeGeometry, name: str = "resize") -> te.Tenso
         value = total.astype(dtype)
         if geom.coordinate_mode != "tf_crop_and_resize":
             return value
-        inside = [
-            tirx.all(cd >= _f32(0.0), cd <= _f32(length - 1))
-            for cd, length in zip(coords, geom.in_size)
-        ]
-        return tirx.if_then_else(
-            tirx.all(*inside), value, tirx.const(geom.extrapolation_value, dtype)
-        )
+        return _extrapolated(value, coords, geom, dtype)
 
     return te.compute(geom.out_shape, body, name=name)
 
