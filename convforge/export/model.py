@@ -33,6 +33,7 @@ import tvm
 from tvm import relax
 
 from convforge.export.library import append_trailer, verified_library
+from convforge.filemode import publish
 from convforge.shapes import as_shape, check_index_range
 from convforge.targets import TargetArg, resolve_target
 
@@ -248,6 +249,7 @@ class CompiledModel:
             with without_scope_warnings():
                 self._module.export_library(tmp)
             append_trailer(tmp, self.target)  # checksum and target, which load() verifies
+            publish(tmp, executable=True)  # mkstemp's 0600 would be the library's mode
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
