@@ -114,7 +114,7 @@ def test_bad_names_and_feeds_are_refused_by_name(compiled):
 def test_report_milliseconds_add_up_to_the_measured_whole(compiled):
     _, cm, _ = compiled
     x = _x(1)
-    report = cm.report(x, runs=5)
+    report = cm.report({"input": x}, runs=5)  # a feed dict, as everywhere
     rows_ms = sum(r.milliseconds for r in report.rows)
     total = rows_ms + report.tvm_default_ms + report.unattributed_ms
     assert total == pytest.approx(report.total_ms, rel=1e-9)
@@ -128,6 +128,9 @@ def test_report_milliseconds_add_up_to_the_measured_whole(compiled):
     parts += sum(r["milliseconds"] for r in data["summary_rows"])
     assert parts == pytest.approx(data["total_ms"], rel=1e-9)
     assert "ms" in str(report) and "not attributed" in str(report)
+    with pytest.raises(ValueError, match="runs must be an integer of at least 1"):
+        cm.report(x, runs=0)
+    assert cm.time({"input": x}, number=2, repeat=2) > 0
 
 
 PERMISSIONS = """

@@ -141,6 +141,12 @@ class CompiledModel:
         names = self.output_names if output_names is None else list(output_names)
         return dict(zip(names, self.run(output_names, feeds)))
 
+    def _bind_any(self, arrays: Sequence[Any]) -> list[np.ndarray]:
+        """:meth:`bind_inputs` of positional arrays or of one feed dict."""
+        if len(arrays) == 1 and isinstance(arrays[0], Mapping):
+            return self.bind_inputs(**self._feeds(arrays[0]))
+        return self.bind_inputs(*arrays)
+
     def _output_indices(self, output_names: Sequence[str] | None) -> list[int]:
         if output_names is None:
             return list(range(len(self.outputs)))
@@ -288,8 +294,9 @@ class CompiledModel:
         return [item.numpy() for item in items]
 
     def time(self, *arrays: np.ndarray, number: int = 5, repeat: int = 5) -> float:
-        """Median seconds per whole-model run on the compiled shapes (TVM's time_evaluator)."""
-        bound = self.bind_inputs(*arrays)
+        """Median seconds per whole-model run on the compiled shapes (TVM's time_evaluator);
+        inputs as arrays in model order or one feed dict."""
+        bound = self._bind_any(arrays)
         device = tvm.cpu()
         args = [tvm.runtime.tensor(a, device) for a in bound]
         self._vm.set_input("main", *args)
@@ -329,7 +336,8 @@ class CompiledModel:
         """Each ONNX node with the kernel serving it and that kernel's time, in milliseconds
         and as a share of the measured whole.
 
-        Runs the model ``runs`` times (random inputs of the compiled shapes unless given)
+        Runs the model ``runs`` (>= 1) times (random inputs of the compiled shapes unless
+        given, as arrays in model order or one feed dict)
         with the VM instrumented: every VM call of a compiled function is timed, and the
         whole is the wall time of each whole run (inputs in, outputs out) averaged over the
         runs. A convforge kernel's time goes to the node it serves (split evenly where one
@@ -338,7 +346,9 @@ class CompiledModel:
         the inputs and outputs, the VM's own work, the timing callbacks) is the
         unattributed row, the whole minus the other rows: the rows add up to the whole.
         """
-        bound = self.bind_inputs(*arrays) if arrays else random_inputs(self, seed=0)
+        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+            raise ValueError(f"runs must be an integer of at least 1, got {runs!r}")
+        bound = self._bind_any(arrays) if arrays else random_inputs(self, seed=0)
         timings: dict[str, list[float]] = {}
         started: dict[str, float] = {}
 
