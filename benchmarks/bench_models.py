@@ -31,6 +31,7 @@ from convforge.examples import networks
 from convforge.export.check import compare, quiet_thread_pools, session
 from convforge.export.check_model import make_inputs
 from convforge.export.model import compile_model
+from convforge.filemode import publish
 from convforge.targets import host_target
 
 MODELS = {
@@ -95,6 +96,7 @@ def write_json(path: str, data: dict) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
+        publish(tmp)  # mkstemp's 0600 -> a normal file's mode under the umask
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import convforge as cf
 from convforge.export import stack_model
 from convforge.export.check import quiet_thread_pools, session
+from convforge.filemode import publish
 
 SPEC = cf.StackSpec(
     in_channels=1,
@@ -224,6 +225,7 @@ def main() -> None:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(result, f, indent=2)
+    publish(tmp)  # mkstemp's 0600 -> a normal file's mode under the umask
     os.replace(tmp, out)
     print(f"wrote {out}")
 

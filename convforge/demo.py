@@ -25,6 +25,7 @@ from convforge.export.check import compare, quiet_thread_pools, session
 from convforge.export.check_model import make_inputs
 from convforge.export.model import CompiledModel, compile_model, load, median_seconds
 from convforge.export.onnx_graphs import save_model
+from convforge.filemode import publish
 
 
 @dataclass
@@ -94,6 +95,7 @@ def save_png(image: np.ndarray, path: str) -> None:
     os.close(fd)
     try:
         plt.imsave(tmp, rgb, format="png")
+        publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

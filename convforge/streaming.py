@@ -34,6 +34,7 @@ from tvm import te, tirx
 
 from convforge import shapes
 from convforge.build import Kernel, compile_computation
+from convforge.filemode import publish
 from convforge.ops import causal_conv_state, conv
 from convforge.schedules.streaming import schedule_streaming
 from convforge.targets import TargetArg, resolve_target, target_key
@@ -261,6 +262,7 @@ def _save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) 
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

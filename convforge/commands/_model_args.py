@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from convforge.filemode import publish
+
 
 def add_target_arguments(parser: argparse.ArgumentParser, tuning: bool = True) -> None:
     parser.add_argument(
@@ -105,6 +107,7 @@ def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -1,4 +1,4 @@
-"""``convforge report``: which kernel serves each ONNX node, and its share of the run time."""
+"""``convforge report``: which kernel serves each ONNX node, its milliseconds and share."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from convforge.commands._model_args import (
     tuning_db,
 )
 
-HELP = "list each ONNX node, the kernel serving it (convforge or TVM default) and its time share"
+HELP = "list each ONNX node, the kernel serving it (convforge or TVM default), its ms and share"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ from tvm import te
 from convforge import ops, shapes
 from convforge.api import conv_transpose_op
 from convforge.build import Kernel, compile_computation, schedule_for
+from convforge.filemode import publish
 from convforge.schedules.gpu_source import compile_fatbin, cuda_source, launch_config, nvcc_path
 from convforge.targets import TargetArg, resolve_target
 
@@ -180,7 +181,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    os.chmod(tmp, 0o644)
+    publish(tmp)
     os.replace(tmp, path)
 
 
@@ -241,7 +242,7 @@ def export_workload(workload: AotWorkload, out_dir: Path, target: TargetArg = "c
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{library.name}.", suffix=".so")
     os.close(fd)
     kernel.executable.export_library(tmp)
-    os.chmod(tmp, 0o755)
+    publish(tmp, executable=True)
     os.replace(tmp, library)
     entry: dict[str, Any] = {
         "name": workload.name,

@@ -33,6 +33,7 @@ import tvm
 from tvm import relax
 
 from convforge.export.library import append_trailer, verified_library
+from convforge.filemode import publish
 from convforge.shapes import as_shape, check_index_range
 from convforge.targets import TargetArg, resolve_target
 
@@ -63,7 +64,9 @@ class TensorSpec:
 
 
 class CompiledModel:
-    """A compiled model: call with arrays (positionally or by input name), get a list of arrays.
+    """A compiled model: call with arrays (positionally, by input name, or as one feed dict
+    ``{name: array}``), get a list of arrays; or ``run(output_names, feeds)`` as
+    onnxruntime's ``InferenceSession.run``, and ``run_dict(feeds)`` for outputs by name.
 
     Outputs come in the ONNX model's output order. A dynamic batch dimension compiles as 1
     and larger batches run sample by sample. Other dynamic dimensions (the spatial sizes of
@@ -99,13 +102,79 @@ class CompiledModel:
 
     @property
     def input_names(self) -> list[str]:
+        """The inputs' names in the model's order (what positional arrays bind to)."""
         return [spec.name for spec in self.inputs]
 
     @property
     def output_names(self) -> list[str]:
+        """The outputs' names in the model's order (the order of every returned list)."""
         return [spec.name for spec in self.outputs]
 
-    def bind_inputs(self, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
+    @property
+    def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """Each input's declared shape, ``None`` for a dynamic dimension (where onnxruntime's
+        ``get_inputs()[i].shape`` gives the symbolic name, e.g. ``'N'``: convforge keeps no
+        names). The shapes the library was compiled for are :attr:`compiled_shapes`."""
+        return {spec.name: spec.shape for spec in self.inputs}
+
+    def run(
+        self,
+        output_names: Sequence[str] | None,
+        feeds: Mapping[str, np.ndarray],
+    ) -> list[np.ndarray]:
+        """onnxruntime's ``InferenceSession.run``: the outputs named in ``output_names``, in
+        that order (``None``: every output, in the model's order), for the inputs in
+        ``feeds`` (input name -> array, every input exactly once).
+
+        ValueError naming them for unknown output names or a ``feeds`` that is not a
+        mapping; inputs are checked as :meth:`__call__` checks them.
+        """
+        indices = self._output_indices(output_names)
+        outputs = self(self._feeds(feeds))
+        return [outputs[i] for i in indices]
+
+    def run_dict(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Outputs by name: ``{output name: array}`` for ``output_names`` (``None``: every
+        output), in that order; arguments and refusals as :meth:`run`."""
+        names = self.output_names if output_names is None else list(output_names)
+        return dict(zip(names, self.run(output_names, feeds)))
+
+    def _bind_any(self, arrays: Sequence[Any]) -> list[np.ndarray]:
+        """:meth:`bind_inputs` of positional arrays or of one feed dict."""
+        if len(arrays) == 1 and isinstance(arrays[0], Mapping):
+            return self.bind_inputs(**self._feeds(arrays[0]))
+        return self.bind_inputs(*arrays)
+
+    def _output_indices(self, output_names: Sequence[str] | None) -> list[int]:
+        if output_names is None:
+            return list(range(len(self.outputs)))
+        if isinstance(output_names, str):
+            raise ValueError(
+                f"output_names must be a list of names or None, got the string {output_names!r}"
+            )
+        names = list(output_names)
+        unknown = [n for n in names if n not in self.output_names]
+        if unknown:
+            raise ValueError(
+                f"output_names: unknown output(s) {unknown}; the model's outputs are "
+                f"{self.output_names}"
+            )
+        return [self.output_names.index(n) for n in names]
+
+    @staticmethod
+    def _feeds(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not isinstance(feeds, Mapping):
+            raise ValueError(
+                f"feeds must be a mapping of input name to array, got {type(feeds).__name__}"
+            )
+        bad = [k for k in feeds if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"feeds: input names must be strings, got {bad}")
+        return dict(feeds)
+
+    def bind_inputs(self, /, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
         """Inputs in model order from positional and named arrays; ValueError on any shape or
         name mismatch, TypeError on a dtype other than the declared one (no implicit cast,
         as onnxruntime: a float64 or complex array for a float32 input is refused)."""
@@ -153,7 +222,14 @@ class CompiledModel:
             )
         return bound
 
-    def __call__(self, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, /, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
+        """Every output, in the model's order. Inputs: arrays in the model's input order,
+        by name (``model(input=x)``), or one feed dict (``model({"input": x})``, for names
+        that are not Python identifiers too); see :meth:`bind_inputs` for the checks."""
+        if len(arrays) == 1 and isinstance(arrays[0], Mapping):
+            if named:
+                raise ValueError("give the inputs as one feed dict or as keywords, not both")
+            return self(**self._feeds(arrays[0]))
         bound = self.bind_inputs(*arrays, **named)
         empty = self._empty_outputs(bound)
         if empty is not None:
@@ -218,8 +294,9 @@ class CompiledModel:
         return [item.numpy() for item in items]
 
     def time(self, *arrays: np.ndarray, number: int = 5, repeat: int = 5) -> float:
-        """Median seconds per whole-model run on the compiled shapes (TVM's time_evaluator)."""
-        bound = self.bind_inputs(*arrays)
+        """Median seconds per whole-model run on the compiled shapes (TVM's time_evaluator);
+        inputs as arrays in model order or one feed dict."""
+        bound = self._bind_any(arrays)
         device = tvm.cpu()
         args = [tvm.runtime.tensor(a, device) for a in bound]
         self._vm.set_input("main", *args)
@@ -248,6 +325,7 @@ class CompiledModel:
             with without_scope_warnings():
                 self._module.export_library(tmp)
             append_trailer(tmp, self.target)  # checksum and target, which load() verifies
+            publish(tmp, executable=True)  # mkstemp's 0600 would be the library's mode
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -255,12 +333,22 @@ class CompiledModel:
             raise
 
     def report(self, *arrays: np.ndarray, runs: int = 3) -> ModelReport:
-        """Each ONNX node with the kernel serving it and that kernel's share of the run time.
+        """Each ONNX node with the kernel serving it and that kernel's time, in milliseconds
+        and as a share of the measured whole.
 
-        Times every VM call over ``runs`` runs (random inputs of the compiled shapes unless
-        given). Nodes left to TVM's default lowering share the time of TVM's kernels.
+        Runs the model ``runs`` (>= 1) times (random inputs of the compiled shapes unless
+        given, as arrays in model order or one feed dict)
+        with the VM instrumented: every VM call of a compiled function is timed, and the
+        whole is the wall time of each whole run (inputs in, outputs out) averaged over the
+        runs. A convforge kernel's time goes to the node it serves (split evenly where one
+        kernel serves several nodes); nodes left to TVM's default lowering are fused by TVM,
+        so their time is one row, TVM's kernels; what no kernel accounts for (copies of
+        the inputs and outputs, the VM's own work, the timing callbacks) is the
+        unattributed row, the whole minus the other rows: the rows add up to the whole.
         """
-        bound = self.bind_inputs(*arrays) if arrays else random_inputs(self, seed=0)
+        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+            raise ValueError(f"runs must be an integer of at least 1, got {runs!r}")
+        bound = self._bind_any(arrays) if arrays else random_inputs(self, seed=0)
         timings: dict[str, list[float]] = {}
         started: dict[str, float] = {}
 
@@ -284,29 +372,60 @@ class CompiledModel:
         return ModelReport.build(self.metadata, per_function, total)
 
 
+#: Report rows that are not nodes: TVM's own kernels, and the whole minus every kernel.
+TVM_ROW = "(TVM's kernels: nodes on TVM's default lowering)"
+UNATTRIBUTED_ROW = "(not attributed to a node: copies, VM, timing)"
+
 #: A Winograd kernel's input check (``lowering._finite_or_direct``), counted in its share.
 NONFINITE_CHECK_SUFFIX = "_nonfinite"
 
 
 @dataclass(frozen=True)
 class NodeRow:
+    """One ONNX node: the kernel serving it, its time (``milliseconds`` per run) and that
+    time's ``share`` of the whole. Nodes fused into another node's kernel, and nodes on
+    TVM's default lowering, have 0 (their time is in the kernel's node or TVM's row)."""
+
     node: str
     op_type: str
     kernel: str
     schedule: str
     function: str
     share: float
+    milliseconds: float = 0.0
 
 
 @dataclass(frozen=True)
 class ModelReport:
-    """Node -> kernel table; ``share`` is the kernel's fraction of the measured run time."""
+    """Node -> kernel table with times. The rows add up to the measured whole:
+    ``sum(r.milliseconds for r in rows) + tvm_default_ms + unattributed_ms == total_ms``
+    (to float rounding), and the same for the shares (1.0).
+
+    ``unattributed_ms`` is the whole minus every kernel's time (copies in and out, the VM,
+    the timing callbacks); it is what is left, not separately measured.
+    """
 
     rows: list[NodeRow]
     total_seconds: float
     tvm_default_share: float
     #: TVM's own kernels (nodes on its default lowering, fused by TVM) with their shares.
     tvm_functions: list[tuple[str, float]]
+    #: Per run, seconds in TVM's own kernels (the sum over ``tvm_functions``).
+    tvm_default_seconds: float = 0.0
+    #: Per run, the whole minus the node rows and TVM's kernels.
+    unattributed_seconds: float = 0.0
+
+    @property
+    def total_ms(self) -> float:
+        return 1e3 * self.total_seconds
+
+    @property
+    def tvm_default_ms(self) -> float:
+        return 1e3 * self.tvm_default_seconds
+
+    @property
+    def unattributed_ms(self) -> float:
+        return 1e3 * self.unattributed_seconds
 
     @staticmethod
     def build(metadata: dict, per_function: Mapping[str, float], total: float) -> ModelReport:
@@ -321,6 +440,9 @@ class ModelReport:
              if f not in ours and not f.startswith(("vm.", "cf_"))),
             key=lambda item: -item[1],
         )  # fmt: skip
+        tvm_seconds = sum(
+            t for f, t in per_function.items() if f not in ours and not f.startswith(("vm.", "cf_"))
+        )
         rows = []
         for node in metadata["nodes"]:
             k = kernels.get(node["name"])
@@ -329,39 +451,60 @@ class ModelReport:
                 continue
             own = per_function.get(k["function"], 0.0)
             own += per_function.get(k["function"] + NONFINITE_CHECK_SUFFIX, 0.0)
-            share = own / users[k["function"]] / total if node["name"] == k["node"] else 0.0
+            seconds = own / users[k["function"]] if node["name"] == k["node"] else 0.0
             rows.append(
                 NodeRow(
-                    node["name"], node["op_type"], k["kernel"], k["schedule"], k["function"], share
+                    node["name"], node["op_type"], k["kernel"], k["schedule"], k["function"],
+                    seconds / total if total else 0.0, 1e3 * seconds,
                 )
-            )
-        tvm_share = sum(share for _, share in tvm_functions)
-        return ModelReport(rows, total, tvm_share, tvm_functions)
+            )  # fmt: skip
+        tvm_share = tvm_seconds / total if total else 0.0
+        attributed = sum(r.milliseconds for r in rows) / 1e3 + tvm_seconds
+        return ModelReport(rows, total, tvm_share, tvm_functions, tvm_seconds, total - attributed)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data: ``nodes`` (each with ``milliseconds`` and
+        ``share``), ``tvm_default_ms``/``unattributed_ms`` (the two rows that are not nodes,
+        also as ``summary_rows``), ``total_ms``; the rows add up to ``total_ms``."""
+        share = self.unattributed_seconds / self.total_seconds if self.total_seconds else 0.0
         return {
             "total_seconds": self.total_seconds,
+            "total_ms": self.total_ms,
             "tvm_default_share": self.tvm_default_share,
+            "tvm_default_ms": self.tvm_default_ms,
+            "unattributed_ms": self.unattributed_ms,
+            "unattributed_share": share,
             "nodes": [asdict(r) for r in self.rows],
+            "summary_rows": [
+                {"row": TVM_ROW, "milliseconds": self.tvm_default_ms,
+                 "share": self.tvm_default_share},
+                {"row": UNATTRIBUTED_ROW, "milliseconds": self.unattributed_ms, "share": share},
+            ],
             "tvm_functions": [{"function": f, "share": share} for f, share in self.tvm_functions],
-        }
+        }  # fmt: skip
 
     def __str__(self) -> str:
         width = max([28, *(len(r.kernel) for r in self.rows)])  # kernel names whole
-        header = f"{'node':<28} {'op':<20} {'kernel':<{width}} {'schedule':<8} {'time':>6}"
+        header = (
+            f"{'node':<28} {'op':<20} {'kernel':<{width}} {'schedule':<8} {'ms':>9} {'share':>6}"
+        )
         lines = [header, "-" * len(header)]
         for r in self.rows:
-            share = (
-                f"{100 * r.share:5.1f}%"
-                if r.kernel not in ("TVM default",) and not r.kernel.startswith("fused")
-                else ""
-            )
+            timed = r.kernel not in ("TVM default",) and not r.kernel.startswith("fused")
+            ms, share = (f"{r.milliseconds:9.3f}", f"{100 * r.share:5.1f}%") if timed else ("", "")
             lines.append(
-                f"{r.node[:28]:<28} {r.op_type[:20]:<20} {r.kernel:<{width}} {r.schedule:<8} {share:>6}"
+                f"{r.node[:28]:<28} {r.op_type[:20]:<20} {r.kernel:<{width}} {r.schedule:<8} "
+                f"{ms:>9} {share:>6}"
             )
+        unattributed = self.unattributed_seconds / self.total_seconds if self.total_seconds else 0
+        for label, ms, share in (
+            (TVM_ROW, self.tvm_default_ms, self.tvm_default_share),
+            (UNATTRIBUTED_ROW, self.unattributed_ms, unattributed),
+        ):
+            lines.append(f"{label:<{59 + width}} {ms:9.3f} {100 * share:5.1f}%")
         lines.append(
-            f"whole model {1e3 * self.total_seconds:.2f} ms; nodes on TVM's default lowering "
-            f"together {100 * self.tvm_default_share:.1f}%"
+            f"whole model {self.total_ms:.3f} ms per run (the rows above add up to it); "
+            f"nodes on TVM's default lowering together {100 * self.tvm_default_share:.1f}%"
         )
         if self.tvm_functions:
             top = ", ".join(f"{f} {100 * share:.1f}%" for f, share in self.tvm_functions[:5])

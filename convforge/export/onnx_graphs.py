@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from convforge.filemode import publish
 from convforge.shapes import (
     AdaptivePoolGeometry,
     ConvGeometry,
@@ -265,6 +266,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
             f.write(model.SerializeToString())
             f.flush()
             os.fsync(f.fileno())
+        publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

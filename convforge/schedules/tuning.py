@@ -66,6 +66,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm_ffi.structural import structural_equal, structural_hash
 
+from convforge.filemode import publish
 from convforge.schedules.cpu import generic_cpu_schedule, schedule_cpu
 from convforge.targets import target_key
 
@@ -110,9 +111,7 @@ def _write_atomically(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; records are shareable data
+        publish(tmp)  # mkstemp creates 0600; records are shareable data
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
