@@ -136,7 +136,7 @@ def load(parts: dict) -> tvm.runtime.Module | None:
             module = tvm.runtime.load_module(copy)
     except FileNotFoundError:  # evicted or replaced meanwhile
         return None
-    except (ValueError, OSError, tvm.error.TVMError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: TVM could not load it
         _discard(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
         return None
     with contextlib.suppress(OSError):
@@ -175,8 +175,11 @@ def store(parts: dict, executable: tvm.runtime.Executable, target: tvm.target.Ta
         tmp = None
         evict(limit)
     except OSError as err:
-        warnings.warn(f"convforge kernel cache: cannot write to {str(folder)!r}: {err}",
-                      UserWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"convforge kernel cache: cannot write to {str(folder)!r}: {err}",
+            UserWarning,
+            stacklevel=2,
+        )
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
