@@ -151,29 +151,31 @@ def compile_computation(
 ) -> Kernel:
     """Create the PrimFunc, schedule it (default schedule unless given) and compile it.
 
-    ``persistent``: for a CPU target, load the compiled code from the on-disk kernel cache
-    when it holds this scheduled module (same TIR, tuning record, target, versions), else
-    compile and store it there (:mod:`convforge.kernel_cache`). The kernel's executable is
-    then a loaded library, which cannot be exported again: callers that export (AOT) leave
-    ``persistent`` False.
+    ``persistent``: for a CPU target scheduled by :func:`schedule_for` (``schedule`` None),
+    load the compiled code from the on-disk kernel cache when it holds this computation
+    (same TIR, schedule code, tuning databases, target, versions: scheduling and TVM's
+    compile are both skipped), else compile and store it there (:mod:`convforge.kernel_cache`).
+    The kernel's executable is then a loaded library, which cannot be exported again:
+    callers that export (AOT) leave ``persistent`` False.
     """
     inputs, outputs = computation()
     # Scheduling may rewrite the PrimFunc it is given in place: keep a separate one.
     func = prim_func(lambda: (inputs, outputs))
-    mod = (schedule or schedule_for)(prim_func(lambda: (inputs, outputs)), target)
-    record = mod.attrs.get(tuning.RECORD_ATTR) if mod.attrs else None
-    record = None if record is None else str(record)
-    executable = None
-    if persistent and target.kind.name == "llvm" and kernel_cache.enabled():
-        parts = kernel_cache.key_parts(mod, target, record)
-        module = kernel_cache.load(parts)
-        if module is not None:
-            executable = tvm.runtime.Executable(module)
-        else:
-            executable = tvm.compile(mod, target=target)
-            kernel_cache.store(parts, executable, target)
+    executable = parts = record = None
+    if persistent and schedule is None and target.kind.name == "llvm" and kernel_cache.enabled():
+        how = [kernel_cache.schedule_code_digest(), tuning.database_state(target)]
+        parts = kernel_cache.key_parts(func, target, how)
+        hit = kernel_cache.load(parts)
+        if hit is not None:
+            executable = tvm.runtime.Executable(hit[0])
+            record = hit[1].get("record")
     if executable is None:
+        mod = (schedule or schedule_for)(prim_func(lambda: (inputs, outputs)), target)
+        record = mod.attrs.get(tuning.RECORD_ATTR) if mod.attrs else None
+        record = None if record is None else str(record)
         executable = tvm.compile(mod, target=target)
+        if parts is not None:
+            kernel_cache.store(parts, executable, target, {"record": record})
     return Kernel(
         name,
         executable,

@@ -6,9 +6,13 @@ holds the key's parts under ``"cache"``. The key is the SHA-256 of those parts:
 
 - ``convforge``: convforge's version; ``tvm``: TVM's version;
 - ``target``: :func:`convforge.targets.target_key` of the exact target;
-- ``tir``: SHA-256 of the *scheduled* module's printed TIR (it changes when the computation
-  or its schedule changes);
-- ``record``: the tuning record the schedule came from (``None`` for the default schedule).
+- ``tir``: SHA-256 of the computation's printed (unscheduled) TIR;
+- ``schedule``: how it is scheduled: the SHA-256 of convforge's schedule code
+  (:func:`schedule_code_digest`) and the state of the active tuning databases
+  (:func:`convforge.schedules.tuning.database_state`: a database that gains a record is
+  another key). The tuning record a kernel was scheduled by is stored with the entry.
+
+A hit therefore skips scheduling as well as TVM's compile.
 
 Contract:
 
@@ -29,6 +33,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -83,18 +88,38 @@ def size_limit() -> int:
     return int(number) * _SUFFIXES[suffix]
 
 
-def key_parts(mod: tvm.IRModule, target: tvm.target.Target, record: str | None) -> dict:
-    """The parts of a scheduled module's key (see the module doc)."""
+def key_parts(
+    func: tvm.tirx.PrimFunc | tvm.IRModule, target: tvm.target.Target, schedule: object
+) -> dict:
+    """The parts of a kernel's key (see the module doc): ``func`` is the unscheduled
+    PrimFunc (or a module), ``schedule`` a JSON-serializable identity of how it is
+    scheduled (:func:`convforge.build.compile_computation` passes the digest of the
+    schedule code and the tuning databases' state)."""
     import convforge
 
-    tir = hashlib.sha256(mod.script(show_meta=True).encode()).hexdigest()
     return {
         "convforge": convforge.__version__,
         "tvm": tvm.__version__,
         "target": target_key(target),
-        "tir": tir,
-        "record": record,
+        "tir": hashlib.sha256(func.script(show_meta=True).encode()).hexdigest(),
+        "schedule": json.loads(json.dumps(schedule, default=str)),
     }
+
+
+@functools.cache
+def schedule_code_digest() -> str:
+    """SHA-256 of the code that picks and applies default schedules (``convforge/build.py``,
+    ``targets.py`` and ``schedules/*.py``): a changed schedule is another key even when
+    convforge's version string stays."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in [
+        root / "build.py",
+        root / "targets.py",
+        *sorted((root / "schedules").glob("*.py")),
+    ]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def entry_key(parts: dict) -> str:
@@ -120,9 +145,10 @@ def _discard(path: Path, reason: str) -> None:
         path.unlink()
 
 
-def load(parts: dict) -> tvm.runtime.Module | None:
-    """The cached module of ``parts``, else None (missing, disabled, or corrupt: see the
-    module doc). A hit marks the entry as used now."""
+def load(parts: dict) -> tuple[tvm.runtime.Module, dict] | None:
+    """The cached module of ``parts`` and its entry's ``extra`` record (see :func:`store`),
+    else None (missing, disabled, or corrupt: see the module doc). A hit marks the entry as
+    used now."""
     if not enabled():
         return None
     from convforge.export.library import verified_library
@@ -132,7 +158,7 @@ def load(parts: dict) -> tvm.runtime.Module | None:
         return None
     try:
         with verified_library(str(path)) as copy:
-            _check_parts(path, parts)
+            extra = _check_parts(path, parts)
             module = tvm.runtime.load_module(copy)
     except FileNotFoundError:  # evicted or replaced meanwhile
         return None
@@ -141,10 +167,10 @@ def load(parts: dict) -> tvm.runtime.Module | None:
         return None
     with contextlib.suppress(OSError):
         os.utime(path)
-    return module
+    return module, extra
 
 
-def _check_parts(path: Path, parts: dict) -> None:
+def _check_parts(path: Path, parts: dict) -> dict:
     from convforge.export.library import read_trailer
 
     with open(path, "rb") as f:
@@ -152,10 +178,20 @@ def _check_parts(path: Path, parts: dict) -> None:
         record, _ = read_trailer(f.read(), str(path))
     if record.get("cache") != parts:
         raise ValueError("its recorded key differs from its file name's")
+    extra = record.get("extra", {})
+    if not isinstance(extra, dict):
+        raise ValueError("its extra record is not a JSON object")
+    return extra
 
 
-def store(parts: dict, executable: tvm.runtime.Executable, target: tvm.target.Target) -> None:
-    """Write ``executable`` as the entry of ``parts`` (atomically), then evict down to the
+def store(
+    parts: dict,
+    executable: tvm.runtime.Executable,
+    target: tvm.target.Target,
+    extra: dict | None = None,
+) -> None:
+    """Write ``executable`` as the entry of ``parts`` (atomically), with ``extra`` (a JSON
+    object :func:`load` hands back, e.g. the tuning record used), then evict down to the
     bound. Does nothing when the cache is disabled; an OSError (read-only or full disk) is
     a warning, never a failure of the caller."""
     if not enabled():
@@ -170,7 +206,7 @@ def store(parts: dict, executable: tvm.runtime.Executable, target: tvm.target.Ta
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=folder)
         os.close(fd)
         executable.export_library(tmp)
-        append_trailer(tmp, target, extra={"cache": parts})
+        append_trailer(tmp, target, extra={"cache": parts, "extra": extra or {}})
         os.replace(tmp, folder / f"{entry_key(parts)}.so")
         tmp = None
         evict(limit)

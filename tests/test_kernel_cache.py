@@ -22,6 +22,7 @@ import convforge as cf
 from convforge import build, kernel_cache
 from convforge.cli import main
 from convforge.export.library import verified_library
+from convforge.schedules import tuning
 from convforge.targets import host_target, resolve_target
 from tests.isolated import run_isolated
 
@@ -205,33 +206,39 @@ def test_disabled_cache_writes_nothing(cache, monkeypatch, compiles):
         _run_axpy(23, 4.0)
 
 
-def test_key_changes_with_target_tuning_record_and_computation(cache, compiles):
-    func = build.prim_func(_axpy(64, 2.0))
+def test_key_changes_with_target_tuning_state_schedule_and_computation(cache, compiles, tmp_path):
     target = host_target()
-    mod = build.schedule_for(func, target)
-    parts = kernel_cache.key_parts(mod, target, None)
-    assert kernel_cache.entry_key(parts) == kernel_cache.entry_key(
-        kernel_cache.key_parts(
-            build.schedule_for(build.prim_func(_axpy(64, 2.0)), target), target, None
-        )
-    )
     other_cpu = resolve_target({"kind": "llvm", "mcpu": "x86-64"})
+    how = [kernel_cache.schedule_code_digest(), tuning.database_state(target)]
+
+    def key(n=64, scale=2.0, tgt=target, how=how):
+        return kernel_cache.entry_key(
+            kernel_cache.key_parts(build.prim_func(_axpy(n, scale)), tgt, how)
+        )
+
+    assert key() == key()  # stable for one computation
     keys = {
-        kernel_cache.entry_key(parts),
-        kernel_cache.entry_key(kernel_cache.key_parts(mod, other_cpu, None)),
-        kernel_cache.entry_key(kernel_cache.key_parts(mod, target, "db-a latency 1.0 us")),
-        kernel_cache.entry_key(kernel_cache.key_parts(mod, target, "db-b latency 1.0 us")),
-        kernel_cache.entry_key(
-            kernel_cache.key_parts(
-                build.schedule_for(build.prim_func(_axpy(64, 3.0)), target), target, None
-            )
-        ),
+        key(),
+        key(tgt=other_cpu),
+        key(scale=3.0),
+        key(n=65),
+        key(how=["another schedule code", how[1]]),
+        key(how=[how[0], [["/some/tuning/db", 12345]]]),
     }
-    assert len(keys) == 5
-    # End to end: another target is another entry (and both compute the right values).
+    assert len(keys) == 6
+    # End to end: another target, or a tuning database in use, is another entry (and each
+    # computes the right values).
     _run_axpy(64, 2.0)
     _run_axpy(64, 2.0, other_cpu)
-    assert len(_entries(cache)) == 2 and compiles[0] == 2
+    db = tmp_path / "tuning-db"
+    db.mkdir()
+    with cf.use_tuning_db(db):
+        _run_axpy(64, 2.0)
+    assert len(_entries(cache)) == 3 and compiles[0] == 3
+    _run_axpy(64, 2.0)
+    with cf.use_tuning_db(db):
+        _run_axpy(64, 2.0)
+    assert compiles[0] == 3
 
 
 def test_in_process_cache_is_lru_bounded_and_clearable(cache, monkeypatch, rng):
