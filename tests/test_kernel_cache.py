@@ -292,3 +292,18 @@ def test_cache_folder_defaults(monkeypatch, tmp_path):
     for text, size in (("2048", 2048), ("3K", 3072), ("5M", 5 << 20), ("1G", 1 << 30)):
         monkeypatch.setenv("CONVFORGE_CACHE_SIZE", text)
         assert kernel_cache.size_limit() == size
+
+
+def test_tuning_record_used_is_kept_with_the_entry(cache, compiles, monkeypatch):
+    real = build.schedule_for
+
+    def tuned(func, target):  # stands in for a tuned record's schedule
+        return real(func, target).with_attr(tuning.RECORD_ATTR, "db-x 1.5 us")
+
+    monkeypatch.setattr(build, "schedule_for", tuned)
+    first = build.compile_computation("axpy", _axpy(48, 2.0), host_target(), persistent=True)
+    again = build.compile_computation("axpy", _axpy(48, 2.0), host_target(), persistent=True)
+    assert compiles[0] == 1  # the second came from the cache ...
+    assert first.tuning_record == again.tuning_record == "db-x 1.5 us"  # ... with its record
+    x = np.linspace(-1, 1, 48).astype(np.float32)
+    np.testing.assert_allclose(again(x), x * np.float32(2) + 1, rtol=1e-6)
