@@ -224,8 +224,10 @@ def store(
 
 def evict(limit: int | None = None) -> int:
     """Delete least-recently-used entries until their total is at most ``limit`` bytes
-    (default :func:`size_limit`); returns how many were deleted."""
+    (default :func:`size_limit`), and temporary files of writers killed over an hour ago;
+    returns how many entries were deleted."""
     limit = size_limit() if limit is None else limit
+    _remove_stale_temporaries()
     stats = []
     for path in _entries(cache_dir()):
         with contextlib.suppress(FileNotFoundError):
@@ -266,15 +268,19 @@ def info() -> Info:
 def clear() -> int:
     """Delete every entry (and temporary files over an hour old, left by killed writers);
     returns the entries deleted."""
-    folder = cache_dir()
     deleted = 0
-    for path in _entries(folder):
+    for path in _entries(cache_dir()):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             deleted += 1
-    with contextlib.suppress(FileNotFoundError):
-        for path in folder.glob(".tmp-*.so"):
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - path.stat().st_mtime > 3600:
-                    path.unlink()
+    _remove_stale_temporaries()
     return deleted
+
+
+def _remove_stale_temporaries(age: float = 3600) -> None:
+    """Delete the temporary files of writers killed over ``age`` seconds ago."""
+    with contextlib.suppress(OSError):
+        for path in cache_dir().glob(".tmp-*.so"):
+            with contextlib.suppress(OSError):
+                if time.time() - path.stat().st_mtime > age:
+                    path.unlink()

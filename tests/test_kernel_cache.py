@@ -155,8 +155,13 @@ def test_eviction_keeps_the_bound_and_drops_the_least_recently_used(cache, compi
     left = _entries(cache)
     assert a in left and b not in left and len(left) == 2
     assert sum(p.stat().st_size for p in left) <= int(2.5 * size)
+    stale, fresh = cache / ".tmp-killed.so", cache / ".tmp-writing.so"  # writers' temporaries
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(stale, (now - 7200, now - 7200))
     monkeypatch.setenv("CONVFORGE_CACHE_SIZE", "0")
     assert kernel_cache.evict() == 2 and not _entries(cache)
+    assert not stale.exists() and fresh.exists()  # a killed writer's, not a live one's
 
 
 _WRITER = """
