@@ -25,6 +25,7 @@ from convforge.api import (
     resize_conv,
     softmax,
 )
+from convforge.build import clear_cache
 from convforge.reference import conv_matrix
 from convforge.schedules.tuning import use_tuning_db
 from convforge.shapes import (
@@ -67,6 +68,7 @@ __all__ = [
     "causal_conv1d",
     "causal_conv_with_state",
     "check_model",
+    "clear_cache",
     "compile_model",
     "conv",
     "conv_geometry",

@@ -74,7 +74,7 @@ def nonfinite_check(size: int, target: TargetArg = None) -> Kernel:
             return [tx], [ops.winograd.nonfinite_flag(tx)]
 
         kernel = _nonfinite_checks.setdefault(
-            key, compile_computation("nonfinite_flag", build, target)
+            key, compile_computation("nonfinite_flag", build, target, persistent=True)
         )
     return kernel
 

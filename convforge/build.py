@@ -2,14 +2,18 @@
 
 ``numpy -> TE op -> schedule -> tvm.compile -> Kernel(numpy) -> numpy``. Kernels are cached
 per (op, shapes, dtypes, attributes, target) so a second call with the same arguments
-does not recompile.
+does not recompile: in this process (an LRU of ``$CONVFORGE_MEMORY_CACHE`` kernels, default
+256; :func:`clear_cache`), and for CPU targets on disk across processes
+(:mod:`convforge.kernel_cache`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +22,7 @@ import numpy as np
 import tvm
 from tvm import te
 
+from convforge import kernel_cache
 from convforge.schedules import tuning
 from convforge.targets import TargetArg, resolve_target, target_key
 
@@ -142,14 +147,35 @@ def compile_computation(
     computation: Computation,
     target: tvm.target.Target,
     schedule: Callable[[tvm.tirx.PrimFunc, tvm.target.Target], tvm.IRModule] | None = None,
+    persistent: bool = False,
 ) -> Kernel:
-    """Create the PrimFunc, schedule it (default schedule unless given) and compile it."""
+    """Create the PrimFunc, schedule it (default schedule unless given) and compile it.
+
+    ``persistent``: for a CPU target scheduled by :func:`schedule_for` (``schedule`` None),
+    load the compiled code from the on-disk kernel cache when it holds this computation
+    (same TIR, schedule code, tuning databases, target, versions: scheduling and TVM's
+    compile are both skipped), else compile and store it there (:mod:`convforge.kernel_cache`).
+    The kernel's executable is then a loaded library, which cannot be exported again:
+    callers that export (AOT) leave ``persistent`` False.
+    """
     inputs, outputs = computation()
     # Scheduling may rewrite the PrimFunc it is given in place: keep a separate one.
     func = prim_func(lambda: (inputs, outputs))
-    mod = (schedule or schedule_for)(prim_func(lambda: (inputs, outputs)), target)
-    executable = tvm.compile(mod, target=target)
-    record = mod.attrs.get(tuning.RECORD_ATTR) if mod.attrs else None
+    executable = parts = record = None
+    if persistent and schedule is None and target.kind.name == "llvm" and kernel_cache.enabled():
+        how = [kernel_cache.schedule_code_digest(), tuning.database_state(target)]
+        parts = kernel_cache.key_parts(func, target, how)
+        hit = kernel_cache.load(parts)
+        if hit is not None:
+            executable = tvm.runtime.Executable(hit[0])
+            record = hit[1].get("record")
+    if executable is None:
+        mod = (schedule or schedule_for)(prim_func(lambda: (inputs, outputs)), target)
+        record = mod.attrs.get(tuning.RECORD_ATTR) if mod.attrs else None
+        record = None if record is None else str(record)
+        executable = tvm.compile(mod, target=target)
+        if parts is not None:
+            kernel_cache.store(parts, executable, target, {"record": record})
     return Kernel(
         name,
         executable,
@@ -157,28 +183,55 @@ def compile_computation(
         tuple(tuple(int(v) for v in t.shape) for t in inputs),
         tuple(tuple(int(v) for v in t.shape) for t in outputs),
         tuple(str(t.dtype) for t in outputs),
-        None if record is None else str(record),
+        record,
         func,
     )
 
 
-_cache: dict[Hashable, Kernel] = {}
+#: Default bound of the in-process kernel cache (entries).
+DEFAULT_MEMORY_CACHE = 256
+_cache: OrderedDict[Hashable, Kernel] = OrderedDict()
 _lock = threading.Lock()
+
+
+def memory_cache_limit() -> int:
+    """Kernels the in-process cache holds at most: ``$CONVFORGE_MEMORY_CACHE`` (a positive
+    integer; default :data:`DEFAULT_MEMORY_CACHE`). ValueError for another value."""
+    text = os.environ.get("CONVFORGE_MEMORY_CACHE", "").strip()
+    if not text:
+        return DEFAULT_MEMORY_CACHE
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"CONVFORGE_MEMORY_CACHE must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def clear_cache() -> None:
+    """Drop every kernel the in-process cache holds (the on-disk cache stays: ``convforge
+    cache clear`` or :func:`convforge.kernel_cache.clear` empties it). Kernels already
+    handed out stay usable."""
+    with _lock:
+        _cache.clear()
 
 
 def cached_kernel(
     name: str, key: Hashable, computation: Computation, target: TargetArg = None
 ) -> Kernel:
     """Compile ``computation`` once per (name, key, target, tuning database state); later
-    calls reuse the kernel."""
+    calls reuse the kernel (least recently used dropped beyond :func:`memory_cache_limit`).
+    A kernel not held in memory comes from the on-disk cache when it is there."""
     resolved = resolve_target(target)
     full_key = (name, key, target_key(resolved), tuning.database_state(resolved))
     with _lock:
         kernel = _cache.get(full_key)
+        if kernel is not None:
+            _cache.move_to_end(full_key)
     if kernel is None:
-        kernel = compile_computation(name, computation, resolved)
+        limit = memory_cache_limit()
+        kernel = compile_computation(name, computation, resolved, persistent=True)
         with _lock:
             _cache[full_key] = kernel
+            while len(_cache) > limit:
+                _cache.popitem(last=False)
     for record in getattr(_recording, "stack", ()):
         record.append(kernel)
     return kernel

@@ -21,6 +21,7 @@ COMMANDS = {
     "report": "report",
     "tune": "tune",
     "aot": "aot",
+    "cache": "cache",
 }
 
 #: Exit codes of every command.

@@ -1,8 +1,24 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+# Hermetic runs: the persistent kernel cache (and every subprocess a test starts) uses a
+# temporary folder for the session, never the user's cache; removed at exit. Writing entries
+# is off outside tests/test_kernel_cache.py (which turns it on): exporting each kernel's
+# library costs about as much as compiling it (test_pool.py: 29 s -> 49 s with it on).
+_KERNEL_CACHE = tempfile.mkdtemp(prefix="convforge-test-cache-")
+os.environ["CONVFORGE_CACHE_DIR"] = _KERNEL_CACHE
+os.environ["CONVFORGE_CACHE"] = "0"
+os.environ.pop("CONVFORGE_CACHE_SIZE", None)
+atexit.register(shutil.rmtree, _KERNEL_CACHE, ignore_errors=True)
+# Tests count compiled kernels with build.cache_size(): the in-process LRU must not drop one
+# meanwhile (tests/test_kernel_cache.py sets its own bound).
+os.environ["CONVFORGE_MEMORY_CACHE"] = "1000000"
 
 # Default run: >= 200 examples per property family; --slow: thousands.
 settings.register_profile(

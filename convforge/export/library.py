@@ -79,15 +79,17 @@ def _llvm_features(target: tvm.target.Target) -> set[str]:
     return features
 
 
-def append_trailer(path: str, target: tvm.target.Target) -> None:
-    """Append the trailer (checksum of the file as it is, and ``target``) to ``path``."""
+def append_trailer(path: str, target: tvm.target.Target, extra: dict | None = None) -> None:
+    """Append the trailer (checksum of the file as it is, and ``target``) to ``path``;
+    ``extra`` (JSON-serializable) is recorded in the trailer's JSON too."""
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
             size += len(chunk)
-    record = {"format": FORMAT, "size": size, "sha256": digest.hexdigest(), **target_record(target)}
+    record = {**(extra or {}), "format": FORMAT, "size": size, "sha256": digest.hexdigest(),
+              **target_record(target)}  # fmt: skip
     payload = json.dumps(record, sort_keys=True).encode()
     with open(path, "ab") as f:
         f.write(payload + _LENGTH.pack(len(payload)) + MAGIC)

@@ -1,0 +1,288 @@
+"""The persistent kernel cache: compiled CPU kernels as exported libraries on disk.
+
+An entry is ``<dir>/<key>.so``: TVM's exported shared library followed by convforge's
+integrity trailer (:mod:`convforge.export.library`: size, SHA-256, target), whose JSON also
+holds the key's parts under ``"cache"``. The key is the SHA-256 of those parts:
+
+- ``convforge``: convforge's version; ``tvm``: TVM's version;
+- ``target``: :func:`convforge.targets.target_key` of the exact target;
+- ``tir``: SHA-256 of the computation's printed (unscheduled) TIR;
+- ``schedule``: how it is scheduled: the SHA-256 of convforge's schedule code
+  (:func:`schedule_code_digest`) and the state of the active tuning databases
+  (:func:`convforge.schedules.tuning.database_state`: a database that gains a record is
+  another key). The tuning record a kernel was scheduled by is stored with the entry.
+
+A hit therefore skips scheduling as well as TVM's compile.
+
+Contract:
+
+- Folder: ``$CONVFORGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/convforge``, else
+  ``~/.cache/convforge``. ``CONVFORGE_CACHE=0`` (or ``false``/``off``/``no``) disables it:
+  nothing is read or written. Only ``llvm`` (CPU) targets are cached.
+- Writes are atomic (export to a temporary file in the folder, trailer, ``os.replace``): a
+  reader sees a whole entry or none; two processes writing one key both succeed and the
+  entry left is valid (both wrote the same kernel).
+- Reads verify the trailer (size, SHA-256, target) before anything is loaded; an entry that
+  fails (truncated, garbage, altered byte, or TVM cannot load it) is skipped with a
+  :class:`UserWarning` naming the file, deleted, and the caller rebuilds.
+- Bounded: after each write, least-recently-used entries (by mtime, touched on every hit)
+  are deleted until the total is at most ``$CONVFORGE_CACHE_SIZE`` bytes (default 1 GiB;
+  a suffix K, M or G is accepted). Bad values of these variables raise ValueError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+
+from convforge.targets import target_key
+
+#: Default bound of the folder's entries, bytes.
+DEFAULT_SIZE = 1 << 30
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def enabled() -> bool:
+    """False when ``CONVFORGE_CACHE`` is 0/false/off/no (ValueError for other values than
+    those and 1/true/on/yes/empty)."""
+    value = os.environ.get("CONVFORGE_CACHE", "1").strip().lower()
+    if value in ("0", "false", "off", "no"):
+        return False
+    if value in ("", "1", "true", "on", "yes"):
+        return True
+    raise ValueError(f"CONVFORGE_CACHE must be 0 or 1, got {value!r}")
+
+
+def cache_dir() -> Path:
+    """The cache folder (not created here): see the module doc."""
+    explicit = os.environ.get("CONVFORGE_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "convforge"
+
+
+def size_limit() -> int:
+    """The bound in bytes: ``CONVFORGE_CACHE_SIZE`` (integer, optional K/M/G suffix)."""
+    text = os.environ.get("CONVFORGE_CACHE_SIZE", "").strip().upper().removesuffix("B")
+    if not text:
+        return DEFAULT_SIZE
+    suffix = text[-1] if text[-1] in "KMG" else ""
+    number = text[: len(text) - len(suffix)]
+    if not number.isdigit():
+        raise ValueError(
+            "CONVFORGE_CACHE_SIZE must be a non-negative integer of bytes with an optional "
+            f"K, M or G suffix, got {os.environ['CONVFORGE_CACHE_SIZE']!r}"
+        )
+    return int(number) * _SUFFIXES[suffix]
+
+
+def key_parts(
+    func: tvm.tirx.PrimFunc | tvm.IRModule, target: tvm.target.Target, schedule: object
+) -> dict:
+    """The parts of a kernel's key (see the module doc): ``func`` is the unscheduled
+    PrimFunc (or a module), ``schedule`` a JSON-serializable identity of how it is
+    scheduled (:func:`convforge.build.compile_computation` passes the digest of the
+    schedule code and the tuning databases' state)."""
+    import convforge
+
+    return {
+        "convforge": convforge.__version__,
+        "tvm": tvm.__version__,
+        "target": target_key(target),
+        "tir": hashlib.sha256(func.script(show_meta=True).encode()).hexdigest(),
+        "schedule": json.loads(json.dumps(schedule, default=str)),
+    }
+
+
+@functools.cache
+def schedule_code_digest() -> str:
+    """SHA-256 of the code that picks and applies default schedules (``convforge/build.py``,
+    ``targets.py`` and ``schedules/*.py``): a changed schedule is another key even when
+    convforge's version string stays."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in [
+        root / "build.py",
+        root / "targets.py",
+        *sorted((root / "schedules").glob("*.py")),
+    ]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def entry_key(parts: dict) -> str:
+    """The file stem of an entry: SHA-256 of its parts (first 32 hex digits)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.suffix == ".so" and not p.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
+def _discard(path: Path, reason: str) -> None:
+    warnings.warn(
+        f"convforge kernel cache: skipping corrupt entry {str(path)!r} ({reason}); "
+        "deleted, the kernel is rebuilt",
+        UserWarning,
+        stacklevel=3,
+    )
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def load(parts: dict) -> tuple[tvm.runtime.Module, dict] | None:
+    """The cached module of ``parts`` and its entry's ``extra`` record (see :func:`store`),
+    else None (missing, disabled, or corrupt: see the module doc). A hit marks the entry as
+    used now."""
+    if not enabled():
+        return None
+    from convforge.export.library import verified_library
+
+    path = cache_dir() / f"{entry_key(parts)}.so"
+    if not path.is_file():
+        return None
+    try:
+        with verified_library(str(path)) as copy:
+            extra = _check_parts(path, parts)
+            module = tvm.runtime.load_module(copy)
+    except FileNotFoundError:  # evicted or replaced meanwhile
+        return None
+    except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: TVM could not load it
+        _discard(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    return module, extra
+
+
+def _check_parts(path: Path, parts: dict) -> dict:
+    from convforge.export.library import read_trailer
+
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - (1 << 16)))
+        record, _ = read_trailer(f.read(), str(path))
+    if record.get("cache") != parts:
+        raise ValueError("its recorded key differs from its file name's")
+    extra = record.get("extra", {})
+    if not isinstance(extra, dict):
+        raise ValueError("its extra record is not a JSON object")
+    return extra
+
+
+def store(
+    parts: dict,
+    executable: tvm.runtime.Executable,
+    target: tvm.target.Target,
+    extra: dict | None = None,
+) -> None:
+    """Write ``executable`` as the entry of ``parts`` (atomically), with ``extra`` (a JSON
+    object :func:`load` hands back, e.g. the tuning record used), then evict down to the
+    bound. Does nothing when the cache is disabled; an OSError (read-only or full disk) is
+    a warning, never a failure of the caller."""
+    if not enabled():
+        return
+    from convforge.export.library import append_trailer
+    from convforge.filemode import publish
+
+    folder = cache_dir()
+    limit = size_limit()
+    tmp = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=folder)
+        os.close(fd)
+        executable.export_library(tmp)
+        append_trailer(tmp, target, extra={"cache": parts, "extra": extra or {}})
+        publish(tmp, executable=True)
+        os.replace(tmp, folder / f"{entry_key(parts)}.so")
+        tmp = None
+        evict(limit)
+    except OSError as err:
+        warnings.warn(
+            f"convforge kernel cache: cannot write to {str(folder)!r}: {err}",
+            UserWarning,
+            stacklevel=2,
+        )
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def evict(limit: int | None = None) -> int:
+    """Delete least-recently-used entries until their total is at most ``limit`` bytes
+    (default :func:`size_limit`), and temporary files of writers killed over an hour ago;
+    returns how many entries were deleted."""
+    limit = size_limit() if limit is None else limit
+    _remove_stale_temporaries()
+    stats = []
+    for path in _entries(cache_dir()):
+        with contextlib.suppress(FileNotFoundError):
+            st = path.stat()
+            stats.append((st.st_mtime, st.st_size, path))
+    total = sum(size for _, size, _ in stats)
+    deleted = 0
+    for _, size, path in sorted(stats, key=lambda s: s[0]):
+        if total <= limit:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            deleted += 1
+        total -= size
+    return deleted
+
+
+@dataclass
+class Info:
+    """What ``convforge cache info`` prints."""
+
+    folder: Path
+    enabled: bool
+    entries: int
+    total_bytes: int
+    limit_bytes: int
+
+
+def info() -> Info:
+    """The folder, whether enabled, its entries and their total size, and the bound."""
+    sizes = []
+    for path in _entries(cache_dir()):
+        with contextlib.suppress(FileNotFoundError):
+            sizes.append(path.stat().st_size)
+    return Info(cache_dir(), enabled(), len(sizes), sum(sizes), size_limit())
+
+
+def clear() -> int:
+    """Delete every entry (and temporary files over an hour old, left by killed writers);
+    returns the entries deleted."""
+    deleted = 0
+    for path in _entries(cache_dir()):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            deleted += 1
+    _remove_stale_temporaries()
+    return deleted
+
+
+def _remove_stale_temporaries(age: float = 3600) -> None:
+    """Delete the temporary files of writers killed over ``age`` seconds ago."""
+    with contextlib.suppress(OSError):
+        for path in cache_dir().glob(".tmp-*.so"):
+            with contextlib.suppress(OSError):
+                if time.time() - path.stat().st_mtime > age:
+                    path.unlink()
