@@ -95,6 +95,9 @@ FAST_TESTS: dict[str, set[str] | str] = {
     "test_onnx_pool_resize": {
         "test_refusals_name_the_op_and_the_attribute",
     },
+    "test_packaging": {
+        "test_version_comes_from_pyproject_only",
+    },
     "test_pool": {
         "test_adaptive_cells_follow_pytorch",
         "test_pool_rejects_bad_arguments",

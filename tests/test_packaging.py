@@ -170,3 +170,14 @@ def _pyproject_version() -> str:
     import tomllib
 
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_version_comes_from_pyproject_only():
+    """One version: convforge.__version__ is pyproject.toml's, and no module repeats it."""
+    import convforge
+
+    version = _pyproject_version()
+    assert convforge.__version__ == version
+    literal = f'"{version}"'
+    holders = [p for p in (ROOT / "convforge").rglob("*.py") if literal in p.read_text()]
+    assert holders == [], holders
