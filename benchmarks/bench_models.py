@@ -24,15 +24,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import onnxruntime
 import tvm
 
 from convforge.examples import networks
 from convforge.export.check import compare, quiet_thread_pools, session
 from convforge.export.check_model import make_inputs
 from convforge.export.model import compile_model
+from convforge.extras import require
 from convforge.filemode import publish
 from convforge.targets import host_target
+
+onnxruntime = require("onnxruntime", "the model benchmark", extra="check,bench")
 
 MODELS = {
     "resnet50": lambda: networks.resnet50(),

@@ -503,6 +503,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from convforge.extras import require
+
+    for module in ("onnxruntime", "matplotlib", "threadpoolctl", "rich"):
+        require(module, "the benchmarks", extra="check,bench")
     # Before TVM starts its thread pool. TVM pins its workers to cores by default; on a
     # shared machine a pinned worker waits for its busy core while the parallel loop's
     # static partition waits for it: 3x slower here at load 12 than unpinned (onnxruntime

@@ -38,7 +38,32 @@ from convforge.shapes import (
 from convforge.streaming import StackSpec, StreamingCausalStack
 from convforge.targets import host_target
 
-__version__ = "0.1.6"
+
+def _version() -> str:
+    """This package's version; pyproject.toml is its one source.
+
+    In a source checkout (pyproject.toml of project convforge beside the package: a clone,
+    an editable install) that file is read, as installed metadata may be stale or belong to
+    another checkout; otherwise ``importlib.metadata.version("convforge")`` (a wheel).
+    """
+    import pathlib
+    import tomllib
+    from importlib import metadata
+
+    pyproject = pathlib.Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        project = tomllib.loads(pyproject.read_text())["project"]
+        if project.get("name") == "convforge":
+            return str(project["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        pass
+    try:
+        return metadata.version("convforge")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
 
 #: Whole-model names, imported on first use (``load`` needs neither onnx nor onnxruntime).
 _LAZY = {

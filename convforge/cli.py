@@ -44,8 +44,11 @@ exit status:
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input or unsupported model" (exit 2): ValueError (what
     convforge raises for bad input), missing or unreadable files, and ops TVM's importer
-    does not implement (``tvm.error.OpNotImplemented`` is a NotImplementedError)."""
-    return (ValueError, OSError, NotImplementedError)
+    does not implement (``tvm.error.OpNotImplemented`` is a NotImplementedError), and a
+    missing install extra (:class:`convforge.extras.MissingExtraError`)."""
+    from convforge.extras import MissingExtraError
+
+    return (ValueError, OSError, NotImplementedError, MissingExtraError)
 
 
 def one_line(err: BaseException) -> str:

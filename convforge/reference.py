@@ -1,4 +1,4 @@
-"""Independent references: the convolution as a sparse matrix (scipy.sparse).
+"""Independent references: the convolution as a sparse matrix (scipy.sparse, ``[check]`` extra).
 
 ``conv(x) = C @ x.ravel()`` and ``conv_transpose(y) = C.T @ y.ravel()``, where C is built
 by enumerating every (output, input, weight) triple of the definition, sharing no code
@@ -8,18 +8,25 @@ with the TE operators beyond the shape arithmetic.
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
+from convforge.extras import require
 from convforge.shapes import ConvGeometry
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 def conv_matrix(w: np.ndarray, geom: ConvGeometry) -> sp.csr_matrix:
     """Sparse C of shape (prod(out_shape), prod(x_shape)) with ``conv(x) = C @ x.ravel()``.
 
     w: (O, C/groups, *K) as for :func:`convforge.conv`; bias and activation excluded.
+    Needs scipy (``pip install 'convforge[check]'``): MissingExtraError (an ImportError)
+    without it.
     """
+    sp = require("scipy.sparse", "convforge.conv_matrix")
     w = np.asarray(w)
     if w.shape != geom.w_shape:
         raise ValueError(f"weight must have shape {geom.w_shape}, got {w.shape}")

@@ -7,7 +7,6 @@ import json
 import os
 from typing import Any
 
-import psutil
 import tvm
 
 TargetArg = tvm.target.Target | dict[str, Any] | str | None
@@ -25,7 +24,22 @@ CUDA_DEFAULTS = {
 def physical_cores() -> int:
     """Physical cores this process may run on (hardware threads of one core count once)."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(usable or 1, psutil.cpu_count(logical=False) or usable or 1))
+    return max(1, min(usable or 1, _core_count() or usable or 1))
+
+
+def _core_count() -> int | None:
+    """Physical cores of the machine: psutil's count if installed, else Linux's sysfs topology."""
+    try:
+        import psutil  # the [tune] extra; the base install reads sysfs below
+    except ImportError:
+        import glob
+
+        siblings = set()
+        for path in glob.glob("/sys/devices/system/cpu/cpu[0-9]*/topology/thread_siblings_list"):
+            with open(path) as f:
+                siblings.add(f.read().strip())
+        return len(siblings) or None
+    return psutil.cpu_count(logical=False)
 
 
 # TVM's runtime starts one worker per two hardware threads on x86 unless told otherwise (it

@@ -46,13 +46,151 @@ def pytest_configure(config):
     )
 
 
+#: The fast tier, ``pytest -m "not compile"`` (shapes, fusion planning, CLI parsing, error
+#: tables, tuning-database and graph checks; under a minute): module -> the test functions
+#: that compile no kernel or model and start no interpreter ("*": all of them). Every other test is marked ``compile``
+#: here, so a new test starts in the full run only; list it here when it compiles nothing (the
+#: guard below fails it if it calls ``tvm.compile``, and a test that compiles in a subprocess
+#: belongs in the full run too).
+FAST_TESTS: dict[str, set[str] | str] = {
+    "test_benchmarks": {
+        "test_dense_flops_follow_the_direct_algorithm",
+        "test_head_graph_matches_numpy",
+        "test_resize_conv_graph_matches_numpy",
+        "test_runner_rejects_unknown_workload",
+        "test_suite_names_are_unique_and_ops_known",
+    },
+    "test_cli": {
+        "test_bad_input_exits_2_with_a_clear_message",
+        "test_help",
+    },
+    "test_compile_model": {
+        "test_check_model_rejects_bad_input_before_compiling",
+        "test_checkerboard_measure_separates_transposed_from_resize_convolution",
+        "test_elementwise_rule_parallelizes_and_vectorizes_and_declines_reductions",
+        "test_scope_warning_filter_keeps_every_other_line",
+        "test_strided_conv_transpose_nodes_take_the_sub_pixel_computation",
+        "test_top1_agreement_of_classifier_outputs",
+    },
+    "test_contract": {
+        "test_compile_model_input_shapes_take_numpy_integers_and_refuse_fractions",
+        "test_geometry_of_numpy_integers_is_the_geometry_of_ints",
+    },
+    "test_conv_pool_fusion": {
+        "test_windows_inside",
+        "test_winograd_pool_runs_in_the_tasks_that_write_its_tiles",
+    },
+    "test_dtypes": {
+        "test_onnxruntime_cpu_dtypes",
+    },
+    "test_errors": {
+        "test_bad_input_raises_value_error_before_compiling",
+    },
+    "test_export_forms": {
+        "test_exporters_refuse_forms_that_do_not_state_the_geometry",
+    },
+    "test_gpu_codegen": {
+        "test_meta_schedule_cuda_candidates_build_for_sm90",
+        "test_target_key_names_the_architecture",
+    },
+    "test_heads": {
+        "test_heads_reject_bad_arguments",
+    },
+    "test_nonfinite": {
+        "test_algorithm_refusals",
+    },
+    "test_onnx_graph": {
+        "test_batch_zero_gives_empty_outputs_as_onnxruntime",
+        "test_check_model_refuses_another_dtype_kind",
+        "test_converter_failure_is_one_line_naming_the_node",
+        "test_empty_non_batch_dimension_refused",
+        "test_fold_static_shapes_removes_shape_arithmetic",
+        "test_scalar_input",
+        "test_wrong_dtype_refused_like_onnxruntime",
+    },
+    "test_onnx_pool_resize": {
+        "test_refusals_name_the_op_and_the_attribute",
+    },
+    "test_packaging": {
+        "test_version_comes_from_pyproject_only",
+    },
+    "test_pool": {
+        "test_adaptive_cells_follow_pytorch",
+        "test_pool_rejects_bad_arguments",
+    },
+    "test_resize": {
+        "test_fast_path_is_selected_only_for_repeats",
+        "test_output_size_is_floor_of_float32_scale",
+        "test_resize_conv_rejects_bad_scale_before_compiling",
+        "test_resize_geometry_rejects_bad_onnx_attributes",
+        "test_resize_rejects_bad_arguments",
+    },
+    "test_schedules_cpu": {
+        "test_avx512_tiles_differ_from_avx2",
+        "test_channel_blocks_reject_bad_sizes",
+        "test_grouped_and_1d_convolutions_keep_the_generic_computation",
+        "test_long_pointwise_rows_are_computed_directly_on_avx512",
+        "test_pointwise_time_tiles_leave_enough_tasks",
+        "test_register_tile_fits_the_target",
+        "test_schedule_rule_applies_to_every_dense_case",
+        "test_short_reductions_take_at_most_two_channel_vectors",
+    },
+    "test_schedules_special": {
+        "test_conv_transpose_selects_subpixel_for_strides_above_one",
+        "test_subpixel_phases_blocked_for_dense_cpu_convolutions",
+        "test_subpixel_skips_the_inserted_zeros",
+    },
+    "test_shapes": "*",
+    "test_streaming": {
+        "test_bad_arguments_raise_value_error_naming_the_rule",
+    },
+    "test_tuning_db": {
+        "test_active_database_is_per_thread",
+        "test_use_tuning_db_refuses_a_file",
+    },
+    "test_winograd": {
+        "test_chooser_keeps_the_direct_convolution_elsewhere",
+        "test_input_transform_has_integer_entries",
+        "test_matrices_compute_the_correlation",
+        "test_phase_weight_array_holds_the_taps_of_each_phase",
+        "test_transformed_weight_equals_g_w_gt",
+        "test_winograd_refuses_strided_dilation",
+    },
+}
+
+
+def _is_fast(item: pytest.Item) -> bool:
+    fast = FAST_TESTS.get(item.module.__name__.rpartition(".")[2], ())
+    return fast == "*" or getattr(item, "originalname", item.name) in fast
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not _is_fast(item):
+            item.add_marker(pytest.mark.compile)
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="opt-in: run with --slow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_compile_unless_marked(request, monkeypatch):
+    """A test not marked ``compile`` that calls ``tvm.compile`` fails at once (in this
+    process; snippets run by tests/isolated.py are not watched): the fast tier stays fast."""
+    if "compile" in request.keywords:
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(
+            f"{request.node.nodeid} compiles: take it out of FAST_TESTS in tests/conftest.py"
+        )
+
+    import tvm
+
+    monkeypatch.setattr(tvm, "compile", refuse)
 
 
 @pytest.fixture

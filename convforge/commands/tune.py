@@ -21,6 +21,7 @@ import tvm
 from convforge import api, shapes
 from convforge.build import prim_func
 from convforge.commands._model_args import add_algorithm_argument
+from convforge.extras import require
 from convforge.schedules import tuning
 from convforge.targets import resolve_target
 
@@ -222,6 +223,8 @@ def _rpc(args: argparse.Namespace) -> tuning.RPCTracker | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("rich", "convforge tune", extra="tune")
+    tuning.require_tuning_extra()
     from rich.console import Console
     from rich.progress import (
         BarColumn,

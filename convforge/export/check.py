@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+from convforge.extras import require
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 #: (rtol, atol) per dtype; atol is scaled by max(1, max|expected|).
 _TOLERANCES = {"float16": (5e-3, 5e-3), "float32": (1e-4, 1e-5), "float64": (1e-9, 1e-12)}
@@ -25,8 +30,10 @@ def session(
     """A CPU onnxruntime session with its default graph optimizations.
 
     ``spinning=False``: its idle workers block instead of spin-waiting (for timing it beside
-    another runtime in one process; see :func:`quiet_thread_pools`).
+    another runtime in one process; see :func:`quiet_thread_pools`). Needs onnxruntime
+    (``pip install 'convforge[check]'``): MissingExtraError (an ImportError) without it.
     """
+    ort = require("onnxruntime", "checking against onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -21,6 +21,7 @@ import onnx
 from convforge.export.check import compare, run_onnxruntime
 from convforge.export.fusion import name_nodes
 from convforge.export.model import CompiledModel, compile_model, declared_inputs, load_onnx
+from convforge.extras import require
 from convforge.targets import TargetArg
 
 
@@ -184,8 +185,10 @@ def check_model(
 
     Tolerances default per dtype (:func:`convforge.export.check.tolerances`). Bad input
     (unreadable model, missing/unknown input, wrong shape) raises ValueError before compiling;
-    so does a model onnxruntime (the reference) refuses.
+    so does a model onnxruntime (the reference) refuses. Needs onnxruntime: MissingExtraError
+    (``pip install 'convforge[check]'``) first without it.
     """
+    require("onnxruntime", "cf.check_model")
     original = name_nodes(load_onnx(model))
     feeds = make_inputs(original, inputs)
     producers: dict[str, str] = {}

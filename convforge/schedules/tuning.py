@@ -66,6 +66,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm_ffi.structural import structural_equal, structural_hash
 
+from convforge.extras import require
 from convforge.filemode import publish
 from convforge.schedules.cpu import generic_cpu_schedule, schedule_cpu
 from convforge.targets import target_key
@@ -727,6 +728,12 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
         self.report(self.done, self.best)
 
 
+def require_tuning_extra() -> None:
+    """Raise MissingExtraError unless MetaSchedule's search dependencies (``[tune]``) import."""
+    for module in ("xgboost", "cloudpickle", "psutil", "tornado"):
+        require(module, "tuning (MetaSchedule)")
+
+
 def tune(
     func: tirx.PrimFunc,
     target: tvm.target.Target,
@@ -751,6 +758,7 @@ def tune(
     """
     if target.kind.name != "llvm":
         raise ValueError(f"target must be an llvm (CPU) target to tune, got {target.kind.name}")
+    require_tuning_extra()
     if trials < 0:
         raise ValueError(f"trials must be >= 0, got {trials}")
     check_database_path(db, "db")
