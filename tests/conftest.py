@@ -111,6 +111,10 @@ FAST_TESTS: dict[str, set[str] | str] = {
     "test_onnx_pool_resize": {
         "test_refusals_name_the_op_and_the_attribute",
     },
+    "test_lazy_import": {
+        "test_every_public_name_resolves_to_its_modules_object",
+        "test_unknown_name_is_an_attribute_error",
+    },
     "test_packaging": {
         "test_version_comes_from_pyproject_only",
     },
