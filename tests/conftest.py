@@ -76,6 +76,9 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_compile_model_input_shapes_take_numpy_integers_and_refuse_fractions",
         "test_geometry_of_numpy_integers_is_the_geometry_of_ints",
     },
+    "test_compile_time": {
+        "test_profile_table_rows_add_up_to_the_total",
+    },
     "test_conv_pool_fusion": {
         "test_windows_inside",
         "test_winograd_pool_runs_in_the_tasks_that_write_its_tiles",
