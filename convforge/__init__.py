@@ -4,7 +4,44 @@
 runs a TVM kernel for the host CPU on numpy arrays.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time every name is lazy (_LAZY)
+    from convforge.api import (
+        PreparedConv,
+        adaptive_avg_pool,
+        adaptive_max_pool,
+        avg_pool,
+        causal_conv1d,
+        causal_conv_with_state,
+        conv,
+        conv_transpose,
+        dense,
+        flatten_dense_head,
+        fully_conv_head,
+        global_avg_pool,
+        global_max_pool,
+        grid_pool_head,
+        max_pool,
+        prepare_conv,
+        resize,
+        resize_conv,
+        softmax,
+    )
+    from convforge.build import clear_cache
+    from convforge.export.check_model import check_model
+    from convforge.export.model import CompiledModel, compile_model, load
+    from convforge.reference import conv_matrix
+    from convforge.schedules.tuning import use_tuning_db
+    from convforge.shapes import (
+        conv_geometry,
+        conv_output_size,
+        conv_transpose_geometry,
+        conv_transpose_output_size,
+        receptive_field,
+    )
+    from convforge.streaming import StackSpec, StreamingCausalStack
+    from convforge.targets import host_target
 
 
 def _version() -> str:
