@@ -4,39 +4,44 @@
 runs a TVM kernel for the host CPU on numpy arrays.
 """
 
-from convforge.api import (
-    PreparedConv,
-    adaptive_avg_pool,
-    adaptive_max_pool,
-    avg_pool,
-    causal_conv1d,
-    causal_conv_with_state,
-    conv,
-    conv_transpose,
-    dense,
-    flatten_dense_head,
-    fully_conv_head,
-    global_avg_pool,
-    global_max_pool,
-    grid_pool_head,
-    max_pool,
-    prepare_conv,
-    resize,
-    resize_conv,
-    softmax,
-)
-from convforge.build import clear_cache
-from convforge.reference import conv_matrix
-from convforge.schedules.tuning import use_tuning_db
-from convforge.shapes import (
-    conv_geometry,
-    conv_output_size,
-    conv_transpose_geometry,
-    conv_transpose_output_size,
-    receptive_field,
-)
-from convforge.streaming import StackSpec, StreamingCausalStack
-from convforge.targets import host_target
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time every name is lazy (_LAZY)
+    from convforge.api import (
+        PreparedConv,
+        adaptive_avg_pool,
+        adaptive_max_pool,
+        avg_pool,
+        causal_conv1d,
+        causal_conv_with_state,
+        conv,
+        conv_transpose,
+        dense,
+        flatten_dense_head,
+        fully_conv_head,
+        global_avg_pool,
+        global_max_pool,
+        grid_pool_head,
+        max_pool,
+        prepare_conv,
+        resize,
+        resize_conv,
+        softmax,
+    )
+    from convforge.build import clear_cache
+    from convforge.export.check_model import check_model
+    from convforge.export.model import CompiledModel, compile_model, load
+    from convforge.reference import conv_matrix
+    from convforge.schedules.tuning import use_tuning_db
+    from convforge.shapes import (
+        conv_geometry,
+        conv_output_size,
+        conv_transpose_geometry,
+        conv_transpose_output_size,
+        receptive_field,
+    )
+    from convforge.streaming import StackSpec, StreamingCausalStack
+    from convforge.targets import host_target
 
 
 def _version() -> str:
@@ -48,7 +53,6 @@ def _version() -> str:
     """
     import pathlib
     import tomllib
-    from importlib import metadata
 
     pyproject = pathlib.Path(__file__).resolve().parent.parent / "pyproject.toml"
     try:
@@ -57,6 +61,8 @@ def _version() -> str:
             return str(project["version"])
     except (OSError, KeyError, tomllib.TOMLDecodeError):
         pass
+    from importlib import metadata  # only here: importing it costs ~40 ms
+
     try:
         return metadata.version("convforge")
     except metadata.PackageNotFoundError:
@@ -65,8 +71,41 @@ def _version() -> str:
 
 __version__ = _version()
 
-#: Whole-model names, imported on first use (``load`` needs neither onnx nor onnxruntime).
-_LAZY = {
+#: Every public name -> the module that defines it, imported on first use (PEP 562), so that
+#: ``import convforge`` imports neither TVM nor onnx (about 3 s -> well under 1 s): TVM is
+#: imported by the first name that needs it (``cf.conv``, ``cf.compile_model``, ...), while
+#: ``cf.load`` needs neither onnx nor onnxruntime and ``cf.conv_geometry`` needs no TVM.
+_LAZY: dict[str, str] = {
+    "PreparedConv": "convforge.api",
+    "adaptive_avg_pool": "convforge.api",
+    "adaptive_max_pool": "convforge.api",
+    "avg_pool": "convforge.api",
+    "causal_conv1d": "convforge.api",
+    "causal_conv_with_state": "convforge.api",
+    "conv": "convforge.api",
+    "conv_transpose": "convforge.api",
+    "dense": "convforge.api",
+    "flatten_dense_head": "convforge.api",
+    "fully_conv_head": "convforge.api",
+    "global_avg_pool": "convforge.api",
+    "global_max_pool": "convforge.api",
+    "grid_pool_head": "convforge.api",
+    "max_pool": "convforge.api",
+    "prepare_conv": "convforge.api",
+    "resize": "convforge.api",
+    "resize_conv": "convforge.api",
+    "softmax": "convforge.api",
+    "clear_cache": "convforge.build",
+    "conv_matrix": "convforge.reference",
+    "use_tuning_db": "convforge.schedules.tuning",
+    "conv_geometry": "convforge.shapes",
+    "conv_output_size": "convforge.shapes",
+    "conv_transpose_geometry": "convforge.shapes",
+    "conv_transpose_output_size": "convforge.shapes",
+    "receptive_field": "convforge.shapes",
+    "StackSpec": "convforge.streaming",
+    "StreamingCausalStack": "convforge.streaming",
+    "host_target": "convforge.targets",
     "CompiledModel": "convforge.export.model",
     "compile_model": "convforge.export.model",
     "load": "convforge.export.model",
@@ -74,12 +113,20 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
+def __getattr__(name: str) -> Any:
+    """Resolve a public name by importing its module once; later lookups find it in globals."""
+    module = _LAZY.get(name)
+    if module is None:
         raise AttributeError(f"module 'convforge' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(_LAZY[name]), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

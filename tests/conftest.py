@@ -76,6 +76,9 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_compile_model_input_shapes_take_numpy_integers_and_refuse_fractions",
         "test_geometry_of_numpy_integers_is_the_geometry_of_ints",
     },
+    "test_compile_time": {
+        "test_profile_table_rows_add_up_to_the_total",
+    },
     "test_conv_pool_fusion": {
         "test_windows_inside",
         "test_winograd_pool_runs_in_the_tasks_that_write_its_tiles",
@@ -110,6 +113,10 @@ FAST_TESTS: dict[str, set[str] | str] = {
     },
     "test_onnx_pool_resize": {
         "test_refusals_name_the_op_and_the_attribute",
+    },
+    "test_lazy_import": {
+        "test_every_public_name_resolves_to_its_modules_object",
+        "test_unknown_name_is_an_attribute_error",
     },
     "test_packaging": {
         "test_version_comes_from_pyproject_only",

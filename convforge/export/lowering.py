@@ -22,8 +22,10 @@ import functools
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tvm
@@ -95,6 +97,12 @@ class LoweringContext:
     progress: Callable[[str], None] | None = None
     #: ``api.ALGORITHMS``: 'winograd' takes Winograd for every convolution it applies to.
     algorithm: str = "auto"
+    #: ``CompileProfile`` that gets 'kernel compute' and 'kernel schedule' seconds, or None.
+    profile: Any = None
+    #: Names of the PrimFuncs added to the module (the block builder adds a PrimFunc that is
+    #: structurally equal to one already added under the first one's name: identical kernels
+    #: of several nodes are one function, compiled once).
+    added_functions: set[str] = field(default_factory=set)
     _scheduled: dict[int, tuple[tvm.IRModule, str]] = field(default_factory=dict)
 
     def emit_kernel(
@@ -127,6 +135,7 @@ class LoweringContext:
         """Add the scheduled PrimFunc of ``compute`` on ``args``' shapes (its name the
         node's, plus ``suffix``); return it and its output type. ``record``: list it in
         :attr:`records` and :attr:`functions` (the kernel of the node, reported and tuned)."""
+        start = time.perf_counter()
         placeholders = [
             te.placeholder(
                 static_shape(a, f"input {i} of node {node!r}"), tensor_dtype(a), f"in{i}"
@@ -135,7 +144,11 @@ class LoweringContext:
         ]
         outputs = list(compute(*placeholders))
         func = te.create_prim_func([*placeholders, *outputs])
+        built = time.perf_counter()
         scheduled, schedule_kind = self._schedule(func)
+        if self.profile is not None:
+            self.profile.add("kernel compute", built - start)
+            self.profile.add("kernel schedule", time.perf_counter() - built)
         prim = (
             scheduled["main"]
             .without_attr("global_symbol")
@@ -143,6 +156,7 @@ class LoweringContext:
         )
         name = "cf_" + re.sub(r"\W", "_", node) + suffix
         gvar = self.bb.add_func(prim, name)
+        self.added_functions.add(gvar.name_hint)
         out_ty = [relax.TensorType([int(v) for v in t.shape], str(t.dtype)) for t in outputs]
         out_ty = out_ty[0] if len(out_ty) == 1 else out_ty
         if not record:

@@ -22,6 +22,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -85,7 +86,10 @@ class CompiledModel:
         module: tvm.runtime.Module | tvm.runtime.Executable,
         metadata: dict,
         specialize: Callable[[dict[str, tuple[int, ...]]], CompiledModel] | None = None,
+        *,
+        lazy: bool = False,
     ):
+        """``lazy``: create the VM on first use, not here (see :attr:`_vm`)."""
         self._module = module
         self._specialize = specialize
         self._specializations: dict[tuple, CompiledModel] = {}
@@ -97,8 +101,35 @@ class CompiledModel:
             TensorSpec(o["name"], tuple(o["shape"]), o["dtype"]) for o in metadata["outputs"]
         ]
         self.compiled_shapes = {i["name"]: tuple(i["compiled_shape"]) for i in metadata["inputs"]}
-        self._vm = relax.VirtualMachine(module, tvm.cpu())
-        self._main = self._vm["main"]
+        self._vm_lock = threading.Lock()
+        self._vm_main: tuple[relax.VirtualMachine, Any] | None = None
+        if not lazy:
+            self._vm_main = self._make_vm()
+        #: Seconds per compile phase (:class:`convforge.export.compile_profile.CompileProfile`)
+        #: when this model came from :func:`compile_model`; None for a loaded library.
+        self.compile_profile = None
+
+    def _make_vm(self) -> tuple[relax.VirtualMachine, Any]:
+        vm = relax.VirtualMachine(self._module, tvm.cpu())
+        return vm, vm["main"]
+
+    def _vm_and_main(self) -> tuple[relax.VirtualMachine, Any]:
+        """The VM and its ``main``, created once. Creating the VM JIT-compiles every kernel's
+        machine code (LLVM's back end: seconds for a ResNet), which a compile that is only
+        exported (``convforge compile``) never needs: :func:`compile_model` defers it."""
+        if self._vm_main is None:
+            with self._vm_lock:
+                if self._vm_main is None:
+                    self._vm_main = self._make_vm()
+        return self._vm_main
+
+    @property
+    def _vm(self) -> relax.VirtualMachine:
+        return self._vm_and_main()[0]
+
+    @property
+    def _main(self) -> Any:
+        return self._vm_and_main()[1]
 
     @property
     def input_names(self) -> list[str]:
@@ -635,27 +666,39 @@ def compile_model(
     from convforge.api import check_algorithm
 
     check_algorithm(algorithm)
+    from convforge.export.compile_profile import CompileProfile, tvm_compile
     from convforge.export.pipeline import relax_pipeline
 
     say = progress or (lambda message: None)
+    profile = CompileProfile()
+    began = time.perf_counter()
     if tuning_db is not None:
         tuning_db = open_tuning_db(tuning_db)
     resolved = resolve_target(target)
-    original = load_onnx(model)
+    with profile.phase("load"):
+        original = load_onnx(model)
     mod, ctx, metadata = import_model(
-        original, resolved, tuning_db, input_shapes, progress, algorithm=algorithm
-    )
+        original, resolved, tuning_db, input_shapes, progress, algorithm=algorithm,
+        profile=profile,
+    )  # fmt: skip
     mod = _with_metadata(mod, metadata)
     say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
     start = time.perf_counter()
-    executable = tvm.compile(mod, target=resolved, relax_pipeline=relax_pipeline(resolved))
+    executable = tvm_compile(mod, resolved, relax_pipeline(resolved, profile), profile)
     say(f"compiled in {time.perf_counter() - start:.1f} s")
 
     def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
         say(f"compiling a specialization for input shapes {shapes}")
         return compile_model(original, resolved, tuning_db, shapes, progress, algorithm)
 
-    return CompiledModel(executable, json.loads(json.dumps(metadata)), specialize)
+    # The VM (and the JIT compile of the machine code) on first use: an export needs neither.
+    compiled = CompiledModel(executable, json.loads(json.dumps(metadata)), specialize, lazy=True)
+    profile.total = time.perf_counter() - began
+    profile.kernels = len(ctx.records)
+    profile.distinct_kernels = len(ctx.added_functions)
+    profile.print_if_enabled()
+    compiled.compile_profile = profile
+    return compiled
 
 
 def import_model(
@@ -666,10 +709,15 @@ def import_model(
     progress: Callable[[str], None] | None = None,
     *,
     algorithm: str = "auto",
+    profile: Any = None,
 ) -> tuple[tvm.IRModule, LoweringContext, dict]:
     """The relax module of ``model`` with convforge's kernels (scheduled, not compiled),
     the lowering context (its ``records`` and unscheduled ``functions``) and the metadata;
-    ``algorithm`` as :func:`compile_model`'s."""
+    ``algorithm`` as :func:`compile_model`'s; ``profile`` (a
+    :class:`convforge.export.compile_profile.CompileProfile`) gets the phases' seconds."""
+    from convforge.export.compile_profile import CompileProfile
+
+    profile = profile if profile is not None else CompileProfile()
     from tvm.relax.frontend.onnx import from_onnx
 
     from convforge.export.fusion import fuse_convolutions, name_nodes
@@ -683,6 +731,7 @@ def import_model(
     )
 
     say = progress or (lambda message: None)
+    prepare_started = time.perf_counter()
     original = name_nodes(load_onnx(model))
     specs = declared_inputs(original)
     compiled = _compiled_shapes(specs, input_shapes)
@@ -694,9 +743,17 @@ def import_model(
     dynamic_batch = any(s.shape and s.shape[0] is None and compiled[s.name][0] == 1 for s in specs)
     original = expand_training_batch_norm(original, compiled, dynamic_batch)
     original = expand_max_unpool(original)
+    profile.add("prepare", time.perf_counter() - prepare_started)
     say("fusing bias, batch-norm and activations into convolutions")
-    fused = fuse_convolutions(original)
-    ctx = LoweringContext(target, tuning_db, progress=progress, algorithm=algorithm)
+    with profile.phase("fusion"):
+        fused = fuse_convolutions(original)
+    ctx = LoweringContext(
+        target, tuning_db, progress=progress, algorithm=algorithm, profile=profile
+    )
+    import_started = time.perf_counter()
+    kernel_seconds = profile.phases.get("kernel compute", 0.0) + profile.phases.get(
+        "kernel schedule", 0.0
+    )
     say(
         f"importing {len(original.graph.node)} ONNX nodes (convforge kernels scheduled as they come)"
     )
@@ -713,6 +770,12 @@ def import_model(
             fused, shape_dict=compiled, dtype_dict={s.name: s.dtype for s in specs}, opset=opset,
             keep_params_in_input=False, sanitize_input_names=False,
         )  # fmt: skip
+    kernel_seconds = (
+        profile.phases.get("kernel compute", 0.0)
+        + profile.phases.get("kernel schedule", 0.0)
+        - kernel_seconds
+    )
+    profile.add("import", time.perf_counter() - import_started - kernel_seconds)
     outputs = [_spec(o) for o in original.graph.output]
     metadata = {
         "producer": "convforge",

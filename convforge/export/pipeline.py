@@ -14,6 +14,8 @@ and float64 they are legalized here with NaN propagating (tested bit-wise with
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import tvm
 from tvm import relax, te, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
@@ -226,14 +228,17 @@ def schedule_tvm_elementwise(target: tvm.target.Target) -> tvm.transform.Pass:
     return apply
 
 
-def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass | str:
-    """The pipeline for ``tvm.compile(mod, target, relax_pipeline=...)``."""
+def relax_pipeline(target: tvm.target.Target, profile=None) -> tvm.transform.Pass | str:
+    """The pipeline for ``tvm.compile(mod, target, relax_pipeline=...)``; ``profile`` (a
+    :class:`convforge.export.compile_profile.CompileProfile`) gets its seconds as
+    'relax pipeline'."""
     if target.kind.name != "llvm":
         return "default"
 
     @tvm.transform.module_pass(opt_level=0, name="ConvforgeCPUPipeline")
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target:
+        timed = profile.phase("relax pipeline") if profile is not None else nullcontext()
+        with target, timed:
             passes = [
                 *cpu_generic.library_dispatch_passes(target),
                 relax.transform.LegalizeOps(LEGALIZE),

@@ -1,0 +1,112 @@
+"""Where a cold ``cf.compile_model`` spends its time (issue #17), one model per process.
+
+    python benchmarks/bench_compile.py [--model resnet15|resnet50] [--json OUT]
+
+Run it in a fresh interpreter per measurement (it is one: "cold" means TVM imported and every
+kernel built and scheduled in this process; the persistent kernel cache is off). Prints the
+phases of :class:`convforge.export.compile_profile.CompileProfile` (with the detailed split:
+``CONVFORGE_PROFILE_COMPILE=1`` is set here) plus the import of convforge and TVM before the
+compile, then ``export_library`` and the first call (which creates the VM: LLVM's JIT of
+every kernel) after it, and writes them as JSON with ``--json``.
+
+``resnet15``: a ResNet-style model of 15 convolutions (a 7x7 stem, three stages of two basic
+blocks of 3x3 convolutions, 64/128/256 channels, two 1x1 projection shortcuts; BatchNorm and
+Relu after each conv; 3x112x112 input), built here. ``resnet50``:
+:func:`convforge.examples.networks.resnet50` (224x224).
+"""
+
+from __future__ import annotations
+
+import time
+
+_STARTED = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ["CONVFORGE_PROFILE_COMPILE"] = "1"
+os.environ["CONVFORGE_CACHE"] = "0"
+
+
+def resnet15(size: int = 112, classes: int = 1000, seed: int = 0):
+    """A ResNet-style model with 15 Conv nodes (see the module docstring)."""
+    from convforge.examples.networks import _conv_bn, _dense_softmax, _Graph
+
+    g = _Graph(seed)
+    y = _conv_bn(g, "x", 3, 64, 7, 2, relu=True)
+    y = g.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin = 64
+    for stage, width in enumerate((64, 128, 256)):
+        for block in range(2):
+            stride = 2 if block == 0 and stage > 0 else 1
+            h = _conv_bn(g, y, cin, width, 3, stride, relu=True)
+            h = _conv_bn(g, h, width, width, 3, 1, relu=False)
+            shortcut = y if cin == width else _conv_bn(g, y, cin, width, 1, stride, relu=False)
+            y = g.node("Relu", [g.node("Add", [h, shortcut])])
+            cin = width
+    y = g.node("Flatten", [g.node("GlobalAveragePool", [y])], axis=1)
+    probs = _dense_softmax(g, y, cin, classes)
+    return g.model(
+        "resnet15", {"x": (("N", 3, size, size), "float32")}, {probs: (("N", classes), "float32")}
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("resnet15", "resnet50"), default="resnet15")
+    parser.add_argument("--json", help="write the phases here (JSON)")
+    args = parser.parse_args(argv)
+
+    import_started = time.perf_counter()
+    import convforge as cf
+
+    compile_model = cf.compile_model  # imports TVM, onnx and the exporter
+    imported = time.perf_counter() - import_started
+
+    from convforge.examples import networks
+
+    model = resnet15() if args.model == "resnet15" else networks.resnet50()
+    convs = sum(n.op_type == "Conv" for n in model.graph.node)
+    compiled = compile_model(model)
+    profile = compiled.compile_profile
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        compiled.export_library(os.path.join(tmp, "model.so"))
+        exported = time.perf_counter() - started
+    from convforge.export.model import random_inputs
+
+    inputs = random_inputs(compiled)
+    started = time.perf_counter()
+    compiled(*inputs)  # creates the VM: LLVM's JIT of every kernel, then one run
+    first_call = time.perf_counter() - started
+    phases = {"import convforge + tvm": imported, **profile.phases}
+    phases["other (compile_model)"] = profile.total - sum(profile.phases.values())
+    phases["export_library"] = exported
+    phases["first call (VM, JIT)"] = first_call
+    whole = imported + profile.total + exported + first_call
+    print(f"\n{args.model}: {convs} Conv nodes, {profile.kernels} convforge kernels "
+          f"({profile.distinct_kernels} functions), load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    for name, seconds in phases.items():
+        print(f"  {name:<24} {seconds:7.2f} s  {100 * seconds / whole:5.1f}%")
+    print(f"  {'total':<24} {whole:7.2f} s")
+    if args.json:
+        data = {"model": args.model, "convs": convs, **profile.to_dict(), "phases": phases}
+        data["whole"] = whole
+        data["loadavg"] = os.getloadavg()[0]
+        from convforge.filemode import publish
+
+        with tempfile.NamedTemporaryFile(
+            "w", dir=os.path.dirname(os.path.abspath(args.json)), delete=False
+        ) as f:
+            json.dump(data, f, indent=1)
+        publish(f.name)
+        os.replace(f.name, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

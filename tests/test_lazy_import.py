@@ -1,0 +1,61 @@
+"""``import convforge`` is lazy (issue #17): no TVM, no onnx until a name that needs them.
+
+The package maps each public name to its module (PEP 562 ``__getattr__``); these tests check
+that every name in ``__all__`` still resolves to the object its module defines, and, in a fresh
+interpreter, that the bare import leaves ``tvm``, ``onnx`` and ``onnxruntime`` out of
+``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+
+import convforge as cf
+from tests.isolated import run_isolated
+
+
+def test_every_public_name_resolves_to_its_modules_object():
+    assert sorted(cf.__all__) == sorted(cf._LAZY), "__all__ and the lazy table disagree"
+    listed = dir(cf)
+    for name in cf.__all__:
+        assert name in listed, name
+        owner = importlib.import_module(cf._LAZY[name])
+        assert getattr(cf, name) is getattr(owner, name), name
+    ns: dict[str, object] = {}
+    exec("from convforge import *", ns)
+    assert {n for n in ns if not n.startswith("__")} == set(cf.__all__)
+
+
+def test_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        cf.not_a_name  # noqa: B018
+    with pytest.raises(ImportError):
+        exec("from convforge import not_a_name", {})
+
+
+def test_bare_import_loads_neither_tvm_nor_onnx():
+    out = run_isolated(
+        """
+        import json, sys
+        import convforge as cf
+        heavy = ("tvm", "tvm_ffi", "onnx", "onnxruntime")
+        after_import = [m for m in heavy if m in sys.modules]
+        geometry = cf.conv_output_size(8, 3, 2, 1, 1)  # shapes: still no TVM
+        after_shapes = [m for m in heavy if m in sys.modules]
+        from convforge import clear_cache  # a name that needs TVM imports it on first use
+        print(json.dumps([after_import, after_shapes, geometry, "tvm" in sys.modules,
+                          callable(clear_cache), cf.__version__]))
+        """
+    )
+    assert out.returncode == 0, out.describe()
+    after_import, after_shapes, size, tvm_loaded, ok, version = json.loads(
+        out.stdout.strip().splitlines()[-1]
+    )
+    assert after_import == [], f"import convforge loaded {after_import}"
+    assert after_shapes == []
+    assert size == (8 + 2 * 1 - 3) // 2 + 1
+    assert tvm_loaded and ok
+    assert version == cf.__version__
