@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ from tvm import te, tirx
 
 from convforge import shapes
 from convforge.build import Kernel, compile_computation
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 from convforge.ops import causal_conv_state, conv
 from convforge.schedules.streaming import schedule_streaming
 from convforge.targets import TargetArg, resolve_target, target_key
@@ -254,19 +253,7 @@ def compiled_step(
 
 
 def _save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 from convforge.shapes import (
     AdaptivePoolGeometry,
     ConvGeometry,
@@ -258,19 +257,7 @@ def causal_conv1d_model(
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Write ``model`` atomically: a crash leaves either the old file or the new one."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".onnx")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, model.SerializeToString(), suffix=".onnx")
 
 
 # --- Resize, pooling, dense layers, heads ------------------------------------------------

@@ -67,7 +67,7 @@ from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm_ffi.structural import structural_equal, structural_hash
 
 from convforge.extras import require
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 from convforge.schedules.cpu import generic_cpu_schedule, schedule_cpu
 from convforge.targets import target_key
 
@@ -106,17 +106,7 @@ def workload_file(db: str | os.PathLike, mod: tvm.IRModule, target: tvm.target.T
 
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp)  # mkstemp creates 0600; records are shareable data
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, text, suffix=".json")
 
 
 def _is_valid(run_secs) -> bool:
