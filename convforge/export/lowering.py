@@ -40,6 +40,7 @@ from convforge.api import (
 )
 from convforge.build import schedule_for
 from convforge.schedules.cpu_conv import channel_blocks
+from convforge.schedules.tuning import RECORD_ATTR
 from convforge.targets import vector_lanes
 
 #: Attribute names the fusion pass sets on a fused ONNX node.
@@ -60,9 +61,6 @@ RESIZE_ATTRS = {
 #: output: strides == kernel_shape, no pads or dilation): the pool's node name, its
 #: kernel_shape and ceil_mode.
 MAX_POOL_ATTRS = {key: f"convforge_max_pool_{key}" for key in ("node", "kernel_shape", "ceil_mode")}
-
-#: Module attribute ``schedule_for`` sets on a module scheduled by a tuning record.
-TUNING_RECORD_ATTR = "convforge.tuning_record"
 
 #: relax's kOpaque: keeps FuseOps from merging other ops into an already scheduled kernel.
 _OPAQUE = 8
@@ -175,7 +173,7 @@ class LoweringContext:
             scope = tuning.use_tuning_db(self.tuning_db)
         with scope:
             mod = schedule_for(func, self.target)
-        tuned = mod.attrs is not None and TUNING_RECORD_ATTR in mod.attrs
+        tuned = mod.attrs is not None and RECORD_ATTR in mod.attrs
         return mod, "tuned" if tuned else "default"
 
 
