@@ -159,6 +159,7 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_active_database_is_per_thread",
         "test_use_tuning_db_refuses_a_file",
     },
+    "test_targets": "*",
     "test_winograd": {
         "test_chooser_keeps_the_direct_convolution_elsewhere",
         "test_input_transform_has_integer_entries",

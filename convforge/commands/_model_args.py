@@ -44,11 +44,11 @@ def resolved_target(args: argparse.Namespace):
     kernels: a GPU target without the GPU runtime or device (build those with ``aot``)."""
     import tvm
 
-    from convforge.targets import resolve_target
+    from convforge.targets import is_cpu, resolve_target
 
     target = resolve_target(args.target)
     kind = target.kind.name
-    if kind != "llvm" and not tvm.device(kind).exist:
+    if not is_cpu(target) and not tvm.device(kind).exist:
         raise ValueError(
             f"--target {kind}: this machine has no {kind} runtime or device, so {kind} "
             f"kernels cannot run here (use the host CPU, or 'convforge aot' to build CUDA "

@@ -33,7 +33,7 @@ from convforge.api import conv_transpose_op
 from convforge.build import Kernel, compile_computation, schedule_for
 from convforge.filemode import atomic_write
 from convforge.schedules.gpu_source import compile_fatbin, cuda_source, launch_config, nvcc_path
-from convforge.targets import TargetArg, resolve_target
+from convforge.targets import TargetArg, is_gpu, resolve_target
 
 #: Operators an AOT workload may name: convforge API functions, and ``classifier_head``
 #: (global average pool, dense, softmax: ``grid_pool_head`` with a 1x1 grid).
@@ -184,7 +184,7 @@ def source_hash(source: str) -> str:
 def portable_target(target: TargetArg) -> tvm.target.Target:
     """``target`` with a generic x86-64 host: the GPU machine's CPU is not this one."""
     resolved = resolve_target(target)
-    if resolved.kind.name != "cuda":
+    if not is_gpu(resolved):
         return resolved
     return tvm.target.Target(
         {"kind": "cuda", "arch": str(resolved.attrs["arch"])}, host={"kind": "llvm"}
@@ -245,7 +245,7 @@ def export_workload(workload: AotWorkload, out_dir: Path, target: TargetArg = "c
         "device": resolved.kind.name,
         "library": library.name,
     }
-    if resolved.kind.name == "cuda":
+    if is_gpu(resolved):
         if nvcc_path() is None:
             raise RuntimeError("nvcc is needed to prebuild the CUDA kernels; none found")
         source = cuda_source(kernel.executable.mod)

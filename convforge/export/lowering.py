@@ -41,7 +41,7 @@ from convforge.api import (
 from convforge.build import schedule_for
 from convforge.schedules.cpu_conv import channel_blocks
 from convforge.schedules.tuning import RECORD_ATTR
-from convforge.targets import vector_lanes
+from convforge.targets import is_cpu, vector_lanes
 
 #: Attribute names the fusion pass sets on a fused ONNX node.
 ACTIVATION_ATTR = "convforge_activation"
@@ -489,7 +489,7 @@ def subsampled_pointwise(
     then read contiguous rows. ResNet-50's projection shortcuts on 2 AVX-512 cores, with
     the slice: 256->512 s2 56x56 1.14 instead of 1.33 ms, 512->1024 28x28 0.90 instead of
     1.07, 1024->2048 14x14 0.78 instead of 0.90."""
-    if target.kind.name != "llvm" or not geom.is_unpadded_1x1 or geom.is_pointwise:
+    if not is_cpu(target) or not geom.is_unpadded_1x1 or geom.is_pointwise:
         return None
     return shapes.conv_geometry(
         (geom.batch, geom.in_channels, *geom.out_size), geom.w_shape, groups=geom.groups

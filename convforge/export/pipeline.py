@@ -20,6 +20,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from convforge.ops.activation import _FLOAT_BITS, activate, is_nan
 from convforge.schedules.cpu_elementwise import schedule_elementwise
+from convforge.targets import is_cpu
 
 
 def _legalize_relu(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -228,7 +229,7 @@ def schedule_tvm_elementwise(target: tvm.target.Target) -> tvm.transform.Pass:
 
 def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass | str:
     """The pipeline for ``tvm.compile(mod, target, relax_pipeline=...)``."""
-    if target.kind.name != "llvm":
+    if not is_cpu(target):
         return "default"
 
     @tvm.transform.module_pass(opt_level=0, name="ConvforgeCPUPipeline")

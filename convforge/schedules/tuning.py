@@ -69,7 +69,7 @@ from tvm_ffi.structural import structural_equal, structural_hash
 from convforge.extras import require
 from convforge.filemode import atomic_write
 from convforge.schedules.cpu import generic_cpu_schedule, schedule_cpu
-from convforge.targets import target_key
+from convforge.targets import is_cpu, target_key
 
 try:
     import fcntl
@@ -522,7 +522,7 @@ def tuned_module(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
 
     The module carries the attribute :data:`RECORD_ATTR` naming the database and latency.
     """
-    if target.kind.name != "llvm":
+    if not is_cpu(target):
         return None
     for db in active_databases():
         for record in ranked_records(func, target, db):
@@ -746,7 +746,7 @@ def tune(
     parallel builds (and of RPC sessions). ``verbose`` shows MetaSchedule's log on stdout
     (it always goes to files in a temporary work directory).
     """
-    if target.kind.name != "llvm":
+    if not is_cpu(target):
         raise ValueError(f"target must be an llvm (CPU) target to tune, got {target.kind.name}")
     require_tuning_extra()
     if trials < 0:
