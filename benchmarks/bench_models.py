@@ -19,7 +19,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +30,7 @@ from convforge.export.check import compare, quiet_thread_pools, session
 from convforge.export.check_model import make_inputs
 from convforge.export.model import compile_model
 from convforge.extras import require
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 from convforge.targets import host_target
 
 onnxruntime = require("onnxruntime", "the model benchmark", extra="check,bench")
@@ -94,15 +93,7 @@ def measure(name: str, rounds: int, tuning_db: str | None) -> dict:
 def write_json(path: str, data: dict) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        publish(tmp)  # mkstemp's 0600 -> a normal file's mode under the umask
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(data, indent=2), suffix=".json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import convforge as cf
 from convforge.export import stack_model
 from convforge.export.check import quiet_thread_pools, session
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 
 SPEC = cf.StackSpec(
     in_channels=1,
@@ -222,11 +221,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    publish(tmp)  # mkstemp's 0600 -> a normal file's mode under the umask
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(result, indent=2), suffix=".json")
     print(f"wrote {out}")
 
 

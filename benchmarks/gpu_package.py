@@ -37,6 +37,7 @@ import numpy as np
 
 from convforge import shapes
 from convforge.export.aot import GPU_SUITE, AotWorkload, export_suite
+from convforge.filemode import atomic_write
 
 #: Version of apache-tvm-ffi that TVM 0.27 works with (0.1.15 segfaults).
 TVM_FFI_VERSION = "0.1.14.post1"
@@ -149,11 +150,7 @@ def numpy_reference(workload: AotWorkload, arrays: dict[str, np.ndarray]) -> np.
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, array)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.save(tmp, array), suffix=".npy")
 
 
 def write_data(data_dir: Path, workloads: list[AotWorkload], seed: int = 0) -> None:
@@ -168,11 +165,8 @@ def write_data(data_dir: Path, workloads: list[AotWorkload], seed: int = 0) -> N
         count = min(SAMPLES, expected.size)
         indices = np.sort(rng.choice(expected.size, count, replace=False))
         path = data_dir / f"{workload.name}.expected.npz"
-        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{path.name}.", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, indices=indices.astype(np.int32), values=expected[indices])
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        sample = {"indices": indices.astype(np.int32), "values": expected[indices]}
+        atomic_write(path, lambda tmp, sample=sample: np.savez(tmp, **sample), suffix=".npz")
 
 
 def copy_tvm_runtime(site: Path) -> None:

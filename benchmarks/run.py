@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -388,27 +387,6 @@ def print_table(report: dict[str, Any], impl_names: Sequence[str]) -> None:
         console.print(f"  note: {note}")
 
 
-def _readable(path: str) -> None:
-    """Give a mkstemp file (mode 0600) the mode a plain open() would (0666 less umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def draw_png(report: dict[str, Any], impl_names: Sequence[str], path: str) -> str | None:
     """Bar chart of time / onnxruntime per workload; returns why not drawn, or None."""
     try:
@@ -440,17 +418,12 @@ def draw_png(report: dict[str, Any], impl_names: Sequence[str], path: str) -> st
     ax.set_title(report["machine"]["summary"])
     ax.legend()
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    os.close(fd)
+    from convforge.filemode import atomic_write
+
     try:
-        fig.savefig(tmp, dpi=120)
-        _readable(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120), suffix=".png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return None
 
 
@@ -575,7 +548,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }  # fmt: skip
     print_table(report, list(impls))
     if args.json:
-        write_atomic(args.json, json.dumps(report, indent=2).encode())
+        from convforge.filemode import atomic_write
+
+        atomic_write(args.json, json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     if args.png:
         why = draw_png(report, list(impls), args.png)

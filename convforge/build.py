@@ -24,7 +24,7 @@ from tvm import te
 
 from convforge import kernel_cache
 from convforge.schedules import tuning
-from convforge.targets import TargetArg, resolve_target, target_key
+from convforge.targets import TargetArg, family, is_cpu, resolve_target, target_key
 
 #: Builds the computation: returns (input placeholders, output tensors).
 Computation = Callable[[], tuple[Sequence[te.Tensor], Sequence[te.Tensor]]]
@@ -42,7 +42,7 @@ def schedule_for(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRMo
     tuned = tuning.tuned_module(func, target)
     if tuned is not None:
         return tuned
-    if target.kind.name == "llvm":
+    if family(target) == "cpu":  # a ValueError naming an unsupported target
         from convforge.schedules.cpu import schedule_cpu
 
         return schedule_cpu(func, target)
@@ -68,7 +68,7 @@ class Kernel:
 
     @property
     def device(self) -> tvm.runtime.Device:
-        return tvm.cpu() if self.target.kind.name == "llvm" else tvm.device(self.target.kind.name)
+        return tvm.cpu() if is_cpu(self.target) else tvm.device(self.target.kind.name)
 
     @functools.cached_property
     def function(self) -> tvm.runtime.Function:
@@ -162,7 +162,7 @@ def compile_computation(
     # Scheduling may rewrite the PrimFunc it is given in place: keep a separate one.
     func = prim_func(lambda: (inputs, outputs))
     executable = parts = record = None
-    if persistent and schedule is None and target.kind.name == "llvm" and kernel_cache.enabled():
+    if persistent and schedule is None and is_cpu(target) and kernel_cache.enabled():
         how = [kernel_cache.schedule_code_digest(), tuning.database_state(target)]
         parts = kernel_cache.key_parts(func, target, how)
         hit = kernel_cache.load(parts)

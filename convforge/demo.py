@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from convforge.export.check import compare, quiet_thread_pools, session
 from convforge.export.check_model import make_inputs
 from convforge.export.model import CompiledModel, compile_model, load, median_seconds
 from convforge.export.onnx_graphs import save_model
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 
 
 @dataclass
@@ -91,15 +90,7 @@ def save_png(image: np.ndarray, path: str) -> None:
 
     low, high = float(image.min()), float(image.max())
     rgb = (image.transpose(1, 2, 0) - low) / max(high - low, 1e-12)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
-    os.close(fd)
-    try:
-        plt.imsave(tmp, rgb, format="png")
-        publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: plt.imsave(tmp, rgb, format="png"), suffix=".png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -197,20 +196,17 @@ def store(
     if not enabled():
         return
     from convforge.export.library import append_trailer
-    from convforge.filemode import publish
+    from convforge.filemode import atomic_write
+
+    def write(tmp: str) -> None:
+        executable.export_library(tmp)
+        append_trailer(tmp, target, extra={"cache": parts, "extra": extra or {}})
 
     folder = cache_dir()
     limit = size_limit()
-    tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=folder)
-        os.close(fd)
-        executable.export_library(tmp)
-        append_trailer(tmp, target, extra={"cache": parts, "extra": extra or {}})
-        publish(tmp, executable=True)
-        os.replace(tmp, folder / f"{entry_key(parts)}.so")
-        tmp = None
+        atomic_write(folder / f"{entry_key(parts)}.so", write, executable=True, suffix=".so")
         evict(limit)
     except OSError as err:
         warnings.warn(
@@ -218,10 +214,6 @@ def store(
             UserWarning,
             stacklevel=2,
         )
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def evict(limit: int | None = None) -> int:

@@ -265,19 +265,15 @@ def _check_bias(bias_shape: Sequence[int] | None, channels: int) -> None:
         raise ValueError(f"bias must have shape ({channels},), got {tuple(bias_shape)}")
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Every size of one N-d convolution, validated. Shapes are ``(N, C, *spatial)``."""
+class _BatchChannelShapes:
+    """The shapes of a geometry of ``(N, C, *in_size) -> (N, O, *out_size)``, from the
+    ``batch``, ``in_channels``, ``out_channels``, ``in_size`` and ``out_size`` its subclass
+    declares (as fields or properties)."""
 
     batch: int
     in_channels: int
     out_channels: int
-    groups: int
     in_size: tuple[int, ...]
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    dilation: tuple[int, ...]
-    padding: tuple[tuple[int, int], ...]
     out_size: tuple[int, ...]
 
     @property
@@ -289,12 +285,35 @@ class ConvGeometry:
         return (self.batch, self.in_channels, *self.in_size)
 
     @property
-    def w_shape(self) -> tuple[int, ...]:
-        return (self.out_channels, self.in_channels // self.groups, *self.kernel)
-
-    @property
     def out_shape(self) -> tuple[int, ...]:
         return (self.batch, self.out_channels, *self.out_size)
+
+
+@dataclass(frozen=True)
+class _ConvFields(_BatchChannelShapes):
+    """The fields a convolution and a transposed convolution share (in this order; each
+    subclass appends its own, ending with ``out_size``)."""
+
+    batch: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    in_size: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class ConvGeometry(_ConvFields):
+    """Every size of one N-d convolution, validated. Shapes are ``(N, C, *spatial)``."""
+
+    out_size: tuple[int, ...]
+
+    @property
+    def w_shape(self) -> tuple[int, ...]:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel)
 
     def __post_init__(self) -> None:
         padded = (
@@ -402,7 +421,7 @@ def causal_conv1d_geometry(
 
 
 @dataclass(frozen=True)
-class ConvTransposeGeometry:
+class ConvTransposeGeometry(_ConvFields):
     """Every size of one N-d transposed convolution; weight is ``(C, O/groups, *kernel)``.
 
     ``padding`` and ``output_padding`` are the explicit ones that give ``out_size``; where
@@ -410,33 +429,12 @@ class ConvTransposeGeometry:
     appended for it (see :func:`transpose_pads_for_output_shape`).
     """
 
-    batch: int
-    in_channels: int
-    out_channels: int
-    groups: int
-    in_size: tuple[int, ...]
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    dilation: tuple[int, ...]
-    padding: tuple[tuple[int, int], ...]
     output_padding: tuple[int, ...]
     out_size: tuple[int, ...]
 
     @property
-    def ndim(self) -> int:
-        return len(self.in_size)
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return (self.batch, self.in_channels, *self.in_size)
-
-    @property
     def w_shape(self) -> tuple[int, ...]:
         return (self.in_channels, self.out_channels // self.groups, *self.kernel)
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        return (self.batch, self.out_channels, *self.out_size)
 
     def __post_init__(self) -> None:
         check_index_range(x=self.x_shape, weight=self.w_shape, output=self.out_shape)
@@ -618,8 +616,28 @@ def resize_output_size(i: int, scale: float) -> int:
     return math.floor(i * as_float32(scale))
 
 
+class _ChannelwiseShapes(_BatchChannelShapes):
+    """Shapes of an op that keeps the channels, ``(N, C, *in_size) -> (N, C, *out_size)``
+    (resize and pooling geometries, which declare ``batch``, ``channels``, ``in_size`` and
+    ``out_size``); by default ``__post_init__`` checks that every index fits in int32/int64
+    as :func:`check_index_range` requires."""
+
+    channels: int
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels
+
+    def __post_init__(self) -> None:
+        check_index_range(x=self.x_shape, output=self.out_shape)
+
+
 @dataclass(frozen=True)
-class ResizeGeometry:
+class ResizeGeometry(_ChannelwiseShapes):
     """Every size and attribute of one N-d resize of ``(N, C, *in_size)``.
 
     ``scale`` holds the float32 per-axis scales the coordinate transform uses: the given
@@ -647,21 +665,6 @@ class ResizeGeometry:
     extrapolation_value: float = 0.0
     roi: tuple[tuple[float, float], ...] | None = None
     antialias: bool = False
-
-    def __post_init__(self) -> None:
-        check_index_range(x=self.x_shape, output=self.out_shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.in_size)
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return (self.batch, self.channels, *self.in_size)
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        return (self.batch, self.channels, *self.out_size)
 
 
 def _check_data_rank(x_shape: Sequence[int], name: str = "x") -> int:
@@ -800,13 +803,20 @@ def pool_output_size(
 
 
 @dataclass(frozen=True)
-class PoolGeometry:
-    """Every size of one N-d max or average pooling of ``(N, C, *in_size)``."""
+class _PoolFields(_ChannelwiseShapes):
+    """The fields every pooling geometry starts with (each appends its own, ending with
+    ``out_size``)."""
 
     kind: str
     batch: int
     channels: int
     in_size: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PoolGeometry(_PoolFields):
+    """Every size of one N-d max or average pooling of ``(N, C, *in_size)``."""
+
     kernel: tuple[int, ...]
     stride: tuple[int, ...]
     dilation: tuple[int, ...]
@@ -819,18 +829,6 @@ class PoolGeometry:
         check_index_range(
             x=self.x_shape, output=self.out_shape, padded_x=(*self.x_shape[:2], *self.reach)
         )
-
-    @property
-    def ndim(self) -> int:
-        return len(self.in_size)
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return (self.batch, self.channels, *self.in_size)
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        return (self.batch, self.channels, *self.out_size)
 
     @property
     def windows_tile(self) -> bool:
@@ -922,29 +920,10 @@ def adaptive_max_cell(in_len: int, out_len: int) -> int:
 
 
 @dataclass(frozen=True)
-class AdaptivePoolGeometry:
+class AdaptivePoolGeometry(_PoolFields):
     """Adaptive pooling of ``(N, C, *in_size)`` to the grid ``out_size`` (PyTorch semantics)."""
 
-    kind: str
-    batch: int
-    channels: int
-    in_size: tuple[int, ...]
     out_size: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        check_index_range(x=self.x_shape, output=self.out_shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.in_size)
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return (self.batch, self.channels, *self.in_size)
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        return (self.batch, self.channels, *self.out_size)
 
     @property
     def window(self) -> tuple[int, ...]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,10 +33,10 @@ from tvm import te, tirx
 
 from convforge import shapes
 from convforge.build import Kernel, compile_computation
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 from convforge.ops import causal_conv_state, conv
 from convforge.schedules.streaming import schedule_streaming
-from convforge.targets import TargetArg, resolve_target, target_key
+from convforge.targets import TargetArg, is_cpu, resolve_target, target_key
 
 
 @dataclass(frozen=True)
@@ -240,7 +239,7 @@ def compiled_step(
 ) -> Kernel:
     """:func:`stack_step` scheduled by :func:`schedule_streaming` and compiled (cached)."""
     resolved = resolve_target(target)
-    if resolved.kind.name != "llvm":
+    if not is_cpu(resolved):
         raise ValueError(
             f"target must be a CPU (llvm) target for streaming, got {resolved.kind.name}"
         )
@@ -254,19 +253,7 @@ def compiled_step(
 
 
 def _save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 @dataclass(frozen=True)
@@ -304,7 +291,7 @@ class StreamingCausalStack:
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         spec.check_weights(weights)
-        if resolve_target(target).kind.name != "llvm":
+        if not is_cpu(resolve_target(target)):
             raise ValueError(f"target must be a CPU (llvm) target for streaming, got {target!r}")
         self.spec, self.batch, self.dtype, self.target = spec, batch, dtype, target
         self.weights = {n: np.asarray(a, dtype=dtype) for n, a in weights.items()}

@@ -64,14 +64,44 @@ def host_target() -> tvm.target.Target:
     )
 
 
+#: The target kind of each family convforge schedules: CPUs through LLVM, GPUs through CUDA.
+FAMILY_KINDS = {"cpu": "llvm", "gpu": "cuda"}
+
+
+def family(target: tvm.target.Target) -> str:
+    """``"cpu"`` for an LLVM target, ``"gpu"`` for a CUDA one; any other kind (ROCm, OpenCL,
+    Vulkan, C, ...) is a ValueError naming the target: convforge has no schedules for it, and
+    never takes it for one of these."""
+    kind = target.kind.name
+    for name, family_kind in FAMILY_KINDS.items():
+        if kind == family_kind:
+            return name
+    raise ValueError(
+        f"target: kind {kind!r} is not supported (convforge compiles for CPU 'llvm' and GPU "
+        f"'cuda' targets only), got target {str(target)!r}"
+    )
+
+
+def is_cpu(target: tvm.target.Target) -> bool:
+    """Whether ``target`` is a CPU (LLVM) target; False for every other kind, supported or not."""
+    return target.kind.name == FAMILY_KINDS["cpu"]
+
+
+def is_gpu(target: tvm.target.Target) -> bool:
+    """Whether ``target`` is a GPU (CUDA) target; False for every other kind, supported or not."""
+    return target.kind.name == FAMILY_KINDS["gpu"]
+
+
 def resolve_target(target: TargetArg = None) -> tvm.target.Target:
     """``None`` -> host CPU; ``"cuda"`` -> CUDA sm_90 with an LLVM host; dicts as TVM takes them.
 
     CUDA dicts get :data:`CUDA_DEFAULTS` for what they leave out, and the host CPU as host.
+    A target of any kind other than LLVM or CUDA is a ValueError naming it (:func:`family`).
     """
     if target is None or target in ("llvm", "cpu", "host"):
         return host_target()
     if isinstance(target, tvm.target.Target):
+        family(target)
         return target
     if isinstance(target, str):
         try:
@@ -84,7 +114,9 @@ def resolve_target(target: TargetArg = None) -> tvm.target.Target:
         return tvm.target.Target({**CUDA_DEFAULTS, **target}, host=host_target())
     if target.get("kind") == "llvm" and "mcpu" not in target:
         target = {**target, "mcpu": host_target().attrs["mcpu"]}
-    return tvm.target.Target(target)
+    resolved = tvm.target.Target(target)
+    family(resolved)
+    return resolved
 
 
 @functools.lru_cache(maxsize=256)
@@ -95,7 +127,7 @@ def target_key(target: tvm.target.Target) -> str:
 
 def vector_lanes(target: tvm.target.Target, dtype: str) -> int:
     """Lanes of ``dtype`` in one vector register of ``target`` (1 for non-CPU targets)."""
-    if target.kind.name != "llvm":
+    if not is_cpu(target):
         return 1
     return max(1, vector_bits(target) // tvm.DataType(dtype).bits)
 
@@ -112,7 +144,7 @@ def vector_bits(target: tvm.target.Target) -> int:
 
 def vector_registers(target: tvm.target.Target) -> int:
     """Architectural vector registers: 32 with AVX-512 (zmm) or on AArch64 (NEON q), else 16."""
-    if target.kind.name != "llvm":
+    if not is_cpu(target):
         return 0
     if "x86" not in str(target.attrs.get("mtriple", "x86_64")):
         return 32

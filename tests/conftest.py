@@ -53,6 +53,17 @@ def pytest_configure(config):
 #: guard below fails it if it calls ``tvm.compile``, and a test that compiles in a subprocess
 #: belongs in the full run too).
 FAST_TESTS: dict[str, set[str] | str] = {
+    "test_atomic_write": {
+        "test_bytes_and_text_are_written_whole",
+        "test_an_existing_file_is_replaced_whole",
+        "test_a_callable_fills_a_temporary_file_of_the_given_suffix",
+        "test_a_writer_that_recreates_its_file_is_published",
+        "test_a_failing_writer_leaves_no_file_and_no_temporary",
+        "test_a_writer_that_removes_its_temporary_then_fails_raises_its_own_error",
+        "test_a_missing_folder_is_an_error_and_creates_nothing",
+        "test_the_mode_follows_the_umask",
+        "test_replacing_a_file_gives_the_umask_mode_not_the_old_one",
+    },
     "test_benchmarks": {
         "test_dense_flops_follow_the_direct_algorithm",
         "test_head_graph_matches_numpy",
@@ -155,6 +166,7 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_active_database_is_per_thread",
         "test_use_tuning_db_refuses_a_file",
     },
+    "test_targets": "*",
     "test_winograd": {
         "test_chooser_keeps_the_direct_convolution_elsewhere",
         "test_input_transform_has_integer_entries",

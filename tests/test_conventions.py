@@ -139,9 +139,9 @@ import numpy as np
 from pathlib import Path
 from convforge.commands._model_args import write_npz
 from convforge.commands.run import write_json
-from convforge.export.aot import _write_atomic
 from convforge.export.model import compile_model
 from convforge.export.onnx_graphs import save_model
+from convforge.filemode import atomic_write
 from convforge.schedules.tuning import _write_atomically
 from convforge.streaming import _save_npz_atomic
 from tests.test_conventions import _two_output_model
@@ -157,7 +157,7 @@ for mask in (0o022, 0o077):
     compiled.export_library(d / "model.so")
     write_npz(str(d / "out.npz"), {"a": np.zeros(2)})
     write_json(str(d / "t.json"), {})
-    _write_atomic(d / "kernel.bin", b"x")
+    atomic_write(d / "kernel.bin", b"x")
     _write_atomically(d / "record.json", "{}")
     _save_npz_atomic(d / "state.npz", {"a": np.zeros(2)})
     save_model(model, d / "model.onnx")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, tuning: bool = True) -> None:
@@ -45,11 +44,11 @@ def resolved_target(args: argparse.Namespace):
     kernels: a GPU target without the GPU runtime or device (build those with ``aot``)."""
     import tvm
 
-    from convforge.targets import resolve_target
+    from convforge.targets import is_cpu, resolve_target
 
     target = resolve_target(args.target)
     kind = target.kind.name
-    if kind != "llvm" and not tvm.device(kind).exist:
+    if not is_cpu(target) and not tvm.device(kind).exist:
         raise ValueError(
             f"--target {kind}: this machine has no {kind} runtime or device, so {kind} "
             f"kernels cannot run here (use the host CPU, or 'convforge aot' to build CUDA "
@@ -102,13 +101,4 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")

@@ -16,13 +16,12 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from convforge.commands._model_args import read_npz, write_npz
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 
 HELP = "run a compiled model library (inputs from an .npz or filled) and time it"
 
@@ -141,19 +140,7 @@ def versions() -> dict[str, str]:
 
 def write_json(path: str, data: dict) -> None:
     """Write ``data`` as JSON to ``path`` atomically, with a normal file's mode."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(data, indent=2) + "\n", suffix=".json")
 
 
 def run(args: argparse.Namespace) -> int:

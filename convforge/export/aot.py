@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +31,9 @@ from tvm import te
 from convforge import ops, shapes
 from convforge.api import conv_transpose_op
 from convforge.build import Kernel, compile_computation, schedule_for
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 from convforge.schedules.gpu_source import compile_fatbin, cuda_source, launch_config, nvcc_path
-from convforge.targets import TargetArg, resolve_target
+from convforge.targets import TargetArg, is_gpu, resolve_target
 
 #: Operators an AOT workload may name: convforge API functions, and ``classifier_head``
 #: (global average pool, dense, softmax: ``grid_pool_head`` with a 1x1 grid).
@@ -177,14 +176,6 @@ def compile_workload(workload: AotWorkload, target: TargetArg = "cuda") -> Kerne
     return compile_computation(workload.name, _computation(workload, resolved), resolved)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    publish(tmp)
-    os.replace(tmp, path)
-
-
 def source_hash(source: str) -> str:
     """The key under which a kernel source's prebuilt binary is found (sha256 of the text)."""
     return hashlib.sha256(source.encode()).hexdigest()
@@ -193,7 +184,7 @@ def source_hash(source: str) -> str:
 def portable_target(target: TargetArg) -> tvm.target.Target:
     """``target`` with a generic x86-64 host: the GPU machine's CPU is not this one."""
     resolved = resolve_target(target)
-    if resolved.kind.name != "cuda":
+    if not is_gpu(resolved):
         return resolved
     return tvm.target.Target(
         {"kind": "cuda", "arch": str(resolved.attrs["arch"])}, host={"kind": "llvm"}
@@ -239,11 +230,7 @@ def export_workload(workload: AotWorkload, out_dir: Path, target: TargetArg = "c
         workload.name, _computation(workload, resolved), resolved, schedule
     )
     library = out_dir / f"{workload.name}.so"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{library.name}.", suffix=".so")
-    os.close(fd)
-    kernel.executable.export_library(tmp)
-    publish(tmp, executable=True)
-    os.replace(tmp, library)
+    atomic_write(library, kernel.executable.export_library, executable=True, suffix=".so")
     entry: dict[str, Any] = {
         "name": workload.name,
         "op": workload.op,
@@ -258,14 +245,14 @@ def export_workload(workload: AotWorkload, out_dir: Path, target: TargetArg = "c
         "device": resolved.kind.name,
         "library": library.name,
     }
-    if resolved.kind.name == "cuda":
+    if is_gpu(resolved):
         if nvcc_path() is None:
             raise RuntimeError("nvcc is needed to prebuild the CUDA kernels; none found")
         source = cuda_source(kernel.executable.mod)
         arch = str(resolved.attrs["arch"])
         fatbin, reports = compile_fatbin(source, arch)
         binary = out_dir / f"{workload.name}.fatbin"
-        _write_atomic(binary, fatbin)
+        atomic_write(binary, fatbin)
         entry.update(
             arch=arch,
             fatbin=binary.name,
@@ -295,5 +282,5 @@ def export_suite(
         "target": str(resolved),
         "workloads": [export_workload(w, out, resolved) for w in workloads],
     }
-    _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest

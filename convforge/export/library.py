@@ -33,6 +33,8 @@ from collections.abc import Iterator
 
 import tvm
 
+from convforge.targets import is_cpu
+
 #: Last bytes of every library convforge writes.
 MAGIC = b"CONVFORGE-LIB\x00v1"
 #: Version of the trailer's JSON.
@@ -57,9 +59,8 @@ CPUINFO_FLAGS = {
 
 def target_record(target: tvm.target.Target) -> dict:
     """What the trailer records of ``target``: kind, mtriple, mcpu and ISA ``features``."""
-    kind = target.kind.name
-    record = {"kind": kind}
-    if kind != "llvm":
+    record = {"kind": target.kind.name}
+    if not is_cpu(target):
         return record
     attrs = target.attrs
     record["mtriple"] = str(attrs.get("mtriple", "") or tvm.target.codegen.llvm_get_system_triple())

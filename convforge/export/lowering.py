@@ -42,7 +42,8 @@ from convforge.api import (
 )
 from convforge.build import schedule_for
 from convforge.schedules.cpu_conv import channel_blocks
-from convforge.targets import vector_lanes
+from convforge.schedules.tuning import RECORD_ATTR
+from convforge.targets import is_cpu, vector_lanes
 
 #: Attribute names the fusion pass sets on a fused ONNX node.
 ACTIVATION_ATTR = "convforge_activation"
@@ -62,9 +63,6 @@ RESIZE_ATTRS = {
 #: output: strides == kernel_shape, no pads or dilation): the pool's node name, its
 #: kernel_shape and ceil_mode.
 MAX_POOL_ATTRS = {key: f"convforge_max_pool_{key}" for key in ("node", "kernel_shape", "ceil_mode")}
-
-#: Module attribute ``schedule_for`` sets on a module scheduled by a tuning record.
-TUNING_RECORD_ATTR = "convforge.tuning_record"
 
 #: relax's kOpaque: keeps FuseOps from merging other ops into an already scheduled kernel.
 _OPAQUE = 8
@@ -189,7 +187,7 @@ class LoweringContext:
             scope = tuning.use_tuning_db(self.tuning_db)
         with scope:
             mod = schedule_for(func, self.target)
-        tuned = mod.attrs is not None and TUNING_RECORD_ATTR in mod.attrs
+        tuned = mod.attrs is not None and RECORD_ATTR in mod.attrs
         return mod, "tuned" if tuned else "default"
 
 
@@ -505,7 +503,7 @@ def subsampled_pointwise(
     then read contiguous rows. ResNet-50's projection shortcuts on 2 AVX-512 cores, with
     the slice: 256->512 s2 56x56 1.14 instead of 1.33 ms, 512->1024 28x28 0.90 instead of
     1.07, 1024->2048 14x14 0.78 instead of 0.90."""
-    if target.kind.name != "llvm" or not geom.is_unpadded_1x1 or geom.is_pointwise:
+    if not is_cpu(target) or not geom.is_unpadded_1x1 or geom.is_pointwise:
         return None
     return shapes.conv_geometry(
         (geom.batch, geom.in_channels, *geom.out_size), geom.w_shape, groups=geom.groups

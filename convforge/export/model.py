@@ -34,7 +34,7 @@ import tvm
 from tvm import relax
 
 from convforge.export.library import append_trailer, verified_library
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 from convforge.shapes import as_shape, check_index_range
 from convforge.targets import TargetArg, resolve_target
 
@@ -348,20 +348,13 @@ class CompiledModel:
         (see :mod:`convforge.export.library`)."""
         if not isinstance(self._module, tvm.runtime.Executable):
             raise ValueError("a loaded model is already a library; copy its file instead")
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".so")
-        os.close(fd)
-        try:
+
+        def write(tmp: str) -> None:
             with without_scope_warnings():
                 self._module.export_library(tmp)
             append_trailer(tmp, self.target)  # checksum and target, which load() verifies
-            publish(tmp, executable=True)  # mkstemp's 0600 would be the library's mode
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+
+        atomic_write(path, write, executable=True, suffix=".so")
 
     def report(self, *arrays: np.ndarray, runs: int = 3) -> ModelReport:
         """Each ONNX node with the kernel serving it and that kernel's time, in milliseconds

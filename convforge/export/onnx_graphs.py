@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 from convforge.shapes import (
     AdaptivePoolGeometry,
     ConvGeometry,
@@ -121,7 +120,6 @@ def conv_model(
     it are ``geom.padding`` (convforge's 'same', 'same_lower', 'valid'). onnxruntime 1.32
     refuses SAME_* with a dilation above 1 ("Dilation not supported"); explicit pads work.
     """
-    names = ["x", "w", "bias"] if bias else ["x", "w"]
     attrs = dict(
         kernel_shape=list(geom.kernel), strides=list(geom.stride),
         dilations=list(geom.dilation), group=geom.groups,
@@ -143,14 +141,7 @@ def conv_model(
                 f"auto_pad={auto_pad} means pads {derived}, not the geometry's {geom.padding}"
             )
         attrs["auto_pad"] = auto_pad
-    conv = helper.make_node("Conv", names, ["conv"], **attrs)
-    inputs = {"x": (geom.x_shape, dtype), "w": (geom.w_shape, dtype)}
-    if bias:
-        inputs["bias"] = ((geom.out_channels,), dtype)
-    return make_model(
-        [conv, *activation_nodes(activation, "conv", "y")], inputs,
-        {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name=name,
-    )  # fmt: skip
+    return _single_conv_model("Conv", attrs, geom, dtype, bias, activation, weights, opset, name)
 
 
 def conv_transpose_model(
@@ -180,7 +171,6 @@ def conv_transpose_model(
     """
     if auto_pad not in AUTO_PADS:
         raise ValueError(f"auto_pad must be one of {AUTO_PADS}, got {auto_pad!r}")
-    names = ["x", "w", "bias"] if bias else ["x", "w"]
     attrs = dict(
         kernel_shape=list(geom.kernel), strides=list(geom.stride),
         dilations=list(geom.dilation), output_padding=list(geom.output_padding),
@@ -220,13 +210,31 @@ def conv_transpose_model(
                     f"pads {derived} and output size {target} along spatial axis {axis}, not "
                     f"the geometry's pads {geom.padding[axis]} and size {o}"
                 )
-    node = helper.make_node("ConvTranspose", names, ["conv"], **attrs)
+    return _single_conv_model(
+        "ConvTranspose", attrs, geom, dtype, bias, activation, weights, opset, "conv_transpose"
+    )
+
+
+def _single_conv_model(
+    op_type: str,
+    attrs: dict,
+    geom: ConvGeometry | ConvTransposeGeometry,
+    dtype: str,
+    bias: bool,
+    activation: str | None,
+    weights: Mapping[str, np.ndarray] | None,
+    opset: int,
+    name: str,
+) -> onnx.ModelProto:
+    """One ``op_type`` node with ``attrs`` on inputs x, w[, bias] (+ activation) -> y."""
+    names = ["x", "w", "bias"] if bias else ["x", "w"]
+    node = helper.make_node(op_type, names, ["conv"], **attrs)
     inputs = {"x": (geom.x_shape, dtype), "w": (geom.w_shape, dtype)}
     if bias:
         inputs["bias"] = ((geom.out_channels,), dtype)
     return make_model(
         [node, *activation_nodes(activation, "conv", "y")], inputs,
-        {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name="conv_transpose",
+        {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name=name,
     )  # fmt: skip
 
 
@@ -258,19 +266,7 @@ def causal_conv1d_model(
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Write ``model`` atomically: a crash leaves either the old file or the new one."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".onnx")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, model.SerializeToString(), suffix=".onnx")
 
 
 # --- Resize, pooling, dense layers, heads ------------------------------------------------

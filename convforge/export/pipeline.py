@@ -22,6 +22,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from convforge.ops.activation import _FLOAT_BITS, activate, is_nan
 from convforge.schedules.cpu_elementwise import schedule_elementwise
+from convforge.targets import is_cpu
 
 
 def _legalize_relu(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -232,7 +233,7 @@ def relax_pipeline(target: tvm.target.Target, profile=None) -> tvm.transform.Pas
     """The pipeline for ``tvm.compile(mod, target, relax_pipeline=...)``; ``profile`` (a
     :class:`convforge.export.compile_profile.CompileProfile`) gets its seconds as
     'relax pipeline'."""
-    if target.kind.name != "llvm":
+    if not is_cpu(target):
         return "default"
 
     @tvm.transform.module_pass(opt_level=0, name="ConvforgeCPUPipeline")

@@ -35,7 +35,7 @@ from convforge.schedules.cpu_direct import (
     smallest_divisor_at_least,
 )
 from convforge.shapes import ConvGeometry
-from convforge.targets import vector_bits, vector_lanes, vector_registers
+from convforge.targets import is_cpu, vector_bits, vector_lanes, vector_registers
 
 #: Output-channel vectors per tile: powers of two (3 x 16 lanes ran over 10x slower on Zen 4).
 _CHANNEL_VECTORS = (1, 2, 4)
@@ -233,7 +233,7 @@ def dense_conv_blocks(
     over one long row on AVX-512 (:func:`is_pointwise_row`); 1-D (causal) convolutions and
     grouped/depthwise ones keep the generic computation and their own schedules.
     """
-    if target.kind.name != "llvm" or geom.groups != 1 or geom.ndim not in (2, 3):
+    if not is_cpu(target) or geom.groups != 1 or geom.ndim not in (2, 3):
         return None
     long_row = geom.is_row_pointwise and geom.out_size[-1] >= POINTWISE_ROW_POSITIONS
     if long_row and vector_bits(target) >= 512:

@@ -28,7 +28,7 @@ from convforge.ops.winograd import DILATION_ATTR, WinogradTiles
 from convforge.schedules.cpu_conv import register_tile
 from convforge.schedules.cpu_direct import has_block, largest_divisor
 from convforge.shapes import ConvGeometry
-from convforge.targets import vector_lanes, vector_registers
+from convforge.targets import is_cpu, vector_lanes, vector_registers
 
 
 @functools.lru_cache(maxsize=1024)
@@ -60,7 +60,7 @@ def winograd_tiles(
     weight): 0.89 ms against 1.14 ms direct.
     """
     if (
-        target.kind.name != "llvm"
+        not is_cpu(target)
         or dtype != "float32"
         or geom.ndim != 2
         or geom.groups != 1

@@ -67,9 +67,9 @@ from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm_ffi.structural import structural_equal, structural_hash
 
 from convforge.extras import require
-from convforge.filemode import publish
+from convforge.filemode import atomic_write
 from convforge.schedules.cpu import generic_cpu_schedule, schedule_cpu
-from convforge.targets import target_key
+from convforge.targets import is_cpu, target_key
 
 try:
     import fcntl
@@ -106,17 +106,7 @@ def workload_file(db: str | os.PathLike, mod: tvm.IRModule, target: tvm.target.T
 
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp)  # mkstemp creates 0600; records are shareable data
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, text, suffix=".json")
 
 
 def _is_valid(run_secs) -> bool:
@@ -532,7 +522,7 @@ def tuned_module(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
 
     The module carries the attribute :data:`RECORD_ATTR` naming the database and latency.
     """
-    if target.kind.name != "llvm":
+    if not is_cpu(target):
         return None
     for db in active_databases():
         for record in ranked_records(func, target, db):
@@ -756,7 +746,7 @@ def tune(
     parallel builds (and of RPC sessions). ``verbose`` shows MetaSchedule's log on stdout
     (it always goes to files in a temporary work directory).
     """
-    if target.kind.name != "llvm":
+    if not is_cpu(target):
         raise ValueError(f"target must be an llvm (CPU) target to tune, got {target.kind.name}")
     require_tuning_extra()
     if trials < 0:
