@@ -97,14 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         data = {"model": args.model, "convs": convs, **profile.to_dict(), "phases": phases}
         data["whole"] = whole
         data["loadavg"] = os.getloadavg()[0]
-        from convforge.filemode import publish
+        from convforge.filemode import atomic_write
 
-        with tempfile.NamedTemporaryFile(
-            "w", dir=os.path.dirname(os.path.abspath(args.json)), delete=False
-        ) as f:
-            json.dump(data, f, indent=1)
-        publish(f.name)
-        os.replace(f.name, args.json)
+        atomic_write(args.json, json.dumps(data, indent=1))
     return 0
 
 
