@@ -6,6 +6,8 @@ runs a TVM kernel for the host CPU on numpy arrays.
 
 from typing import TYPE_CHECKING, Any
 
+from convforge import threads as _threads  # noqa: F401  one TVM thread per physical core
+
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time every name is lazy (_LAZY)
     from convforge.api import (
         PreparedConv,

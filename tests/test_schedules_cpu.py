@@ -270,7 +270,10 @@ def test_kernels_run_one_thread_per_physical_core_unless_the_user_chose(user_thr
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
     if user_threads is not None:
         env["TVM_NUM_THREADS"] = user_threads
-    script = "import convforge, tvm_ffi; print(tvm_ffi.get_global_func('runtime.NumThreads')())"
+    # import convforge is lazy: it sets the default, tvm (imported after it) reads it
+    script = (
+        "import convforge, tvm, tvm_ffi; print(tvm_ffi.get_global_func('runtime.NumThreads')())"
+    )
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
