@@ -17,10 +17,9 @@ from tvm import te
 
 from convforge import ops, shapes
 from convforge.build import (
-    ALIGNMENT,
     Computation,
     Kernel,
-    aligned_empty,
+    aligned,
     cached_kernel,
     compile_computation,
 )
@@ -81,16 +80,6 @@ def nonfinite_check(size: int, target: TargetArg = None) -> Kernel:
 
 #: (size, target key) -> :func:`nonfinite_check`'s kernel.
 _nonfinite_checks: dict[tuple[int, str], Kernel] = {}
-
-
-def aligned(x: np.ndarray) -> np.ndarray:
-    """x, or a copy of it, C-contiguous on an ALIGNMENT boundary (what kernels read in
-    place): aligned once here, x is not copied again by each kernel it is passed to."""
-    if x.flags.c_contiguous and x.flags.writeable and x.ctypes.data % ALIGNMENT == 0:
-        return x
-    copy = aligned_empty(x.shape, x.dtype)
-    copy[...] = x
-    return copy
 
 
 def as_float_arrays(**arrays: np.ndarray | None) -> tuple[str, list[np.ndarray | None]]:

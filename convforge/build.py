@@ -130,16 +130,22 @@ def aligned_empty(shape: Sequence[int], dtype: str) -> np.ndarray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
+def aligned(x: np.ndarray) -> np.ndarray:
+    """x, or a copy of it, C-contiguous, writeable and on an ALIGNMENT boundary (what kernels
+    read in place): aligned once, x is not copied again by each kernel it is passed to."""
+    if x.flags.c_contiguous and x.flags.writeable and x.ctypes.data % ALIGNMENT == 0:
+        return x
+    copy = aligned_empty(x.shape, x.dtype)
+    copy[...] = x
+    return copy
+
+
 def cpu_argument(array: np.ndarray) -> tvm.runtime.Tensor:
     """``array`` as a TVM CPU tensor: shared memory when it is contiguous, aligned and
-    writeable (no copy), else an aligned copy."""
+    writeable (no copy), else an aligned copy (:func:`aligned`)."""
     if array.size == 0:  # numpy places empty arrays anywhere: let TVM allocate
         return tvm.runtime.empty(array.shape, str(array.dtype), tvm.cpu())
-    if array.flags.c_contiguous and array.flags.writeable and array.ctypes.data % ALIGNMENT == 0:
-        return tvm.runtime.from_dlpack(array)
-    copy = aligned_empty(array.shape, array.dtype)
-    copy[...] = array
-    return tvm.runtime.from_dlpack(copy)
+    return tvm.runtime.from_dlpack(aligned(array))
 
 
 def compile_computation(
