@@ -249,6 +249,30 @@ class ConvAlgorithm:
     #: Whether :meth:`pack` changes a constant weight's layout (the kernel then reads it so).
     packs: ClassVar[bool] = False
 
+    @classmethod
+    def choose(
+        cls,
+        geom: shapes.ConvGeometry,
+        dtype: str,
+        target: tvm.target.Target,
+        *,
+        constant_weight: bool,
+    ) -> ConvAlgorithm | None:
+        raise NotImplementedError(f"{cls.__name__} must define choose")
+
+    def compute(
+        self,
+        tx: te.Tensor,
+        tw: te.Tensor,
+        tb: te.Tensor | None,
+        tr: te.Tensor | None,
+        geom: shapes.ConvGeometry,
+        activation: str | None,
+        *,
+        packed: bool,
+    ) -> te.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define compute")
+
     @property
     def label(self) -> str:
         return ""
@@ -438,8 +462,6 @@ class ConvPlan:
     fused_pool: shapes.PoolGeometry | None
     #: Strides by which x is sliced before the kernel (a strided unpadded 1x1), or None.
     subsample: tuple[int, ...] | None
-    #: The ``algorithm=`` asked (:func:`direct` keeps everything else).
-    requested: str
     target: tvm.target.Target = field(compare=False, repr=False)
 
     @property
@@ -672,7 +694,7 @@ def plan_conv(
     if resize is not None:
         return ConvPlan(
             geom, geom, dtype, ResizeConv(resize), activation, bias, residual,
-            constant_weight, pool, None, algorithm, target,
+            constant_weight, pool, None, target,
         )  # fmt: skip
     sliced = _subsampled(geom, target) if reshape else geom
     subsample = None if sliced is geom else geom.stride
@@ -692,7 +714,7 @@ def plan_conv(
         chosen = chosen.pooled(kernel_geom, pool, dtype, target) or chosen
     return ConvPlan(
         geom, kernel_geom, dtype, chosen, activation, bias, residual, constant_weight, pool,
-        subsample, algorithm, target,
+        subsample, target,
     )  # fmt: skip
 
 
