@@ -651,7 +651,6 @@ def choose_algorithm(
     raise _winograd_refusal(geom, dtype, target)
 
 
-@functools.lru_cache(maxsize=1024)  # target queries take ~1 ms: cf.conv plans per call
 def plan_conv(
     geom: shapes.ConvGeometry,
     dtype: str,
@@ -686,11 +685,33 @@ def plan_conv(
     ``reshape=False`` keeps the kernel geometry the convolution's (no subsample, no row of
     positions): the kernel reads x and w as given (an exported library's caller).
 
-    Cached by its arguments (hashable; the target queries cost about 1 ms): a plan is
-    computed once per distinct call, never partly recomputed by callees.
+    Cached by its arguments, the target resolved (the target queries cost about 1 ms,
+    and ``cf.conv`` plans on every call): a plan is computed once per distinct call, never
+    partly recomputed by callees.
     """
     check_algorithm(algorithm)
-    target = resolve_target(target)
+    return _plan_conv(
+        geom, dtype, resolve_target(target), constant_weight, algorithm, strict, pool, resize,
+        activation, bias, residual, reshape,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_conv(
+    geom: shapes.ConvGeometry,
+    dtype: str,
+    target: tvm.target.Target,
+    constant_weight: bool,
+    algorithm: str,
+    strict: bool,
+    pool: shapes.PoolGeometry | None,
+    resize: shapes.ResizeGeometry | None,
+    activation: str | None,
+    bias: bool,
+    residual: bool,
+    reshape: bool,
+) -> ConvPlan:
+    """:func:`plan_conv` (arguments checked, target resolved), cached."""
     if resize is not None:
         return ConvPlan(
             geom, geom, dtype, ResizeConv(resize), activation, bias, residual,

@@ -176,6 +176,7 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_schedule_names_resolve_and_plans_are_cached",
         "test_dense_plan_packs_the_weight_for_the_kernel",
         "test_plan_module_holds_the_choice_functions",
+        "test_plan_takes_a_target_dict_and_refuses_bad_arguments",
     },
     "test_winograd": {
         "test_chooser_keeps_the_direct_convolution_elsewhere",

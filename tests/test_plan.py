@@ -217,3 +217,13 @@ def test_plan_module_holds_the_choice_functions():
     for name in ("channel_blocks", "dense_conv_blocks", "register_tile"):
         assert not hasattr(cpu_conv, name)
     assert callable(planning.winograd_tiles) and callable(planning.dense_conv_blocks)
+
+
+def test_plan_takes_a_target_dict_and_refuses_bad_arguments():
+    """Any target form resolves before the cache (a dict is not hashable); a bad
+    ``algorithm`` is a ValueError naming it."""
+    geom = _geom((1, 8, 10, 10), (8, 8, 3, 3), padding=1)
+    as_dict = plan_conv(geom, "float32", {"kind": "llvm", "mcpu": "haswell"})
+    assert as_dict == plan_conv(geom, "float32", AVX2)
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        plan_conv(geom, "float32", AVX2, algorithm="Winograd")
