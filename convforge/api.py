@@ -6,7 +6,6 @@ Every argument is validated by :mod:`convforge.shapes` before anything is compil
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -24,17 +23,12 @@ from convforge.build import (
     compile_computation,
 )
 from convforge.ops.activation import check_activation
-from convforge.schedules.cpu_conv import dense_conv_blocks
-from convforge.schedules.cpu_winograd import MIN_CHANNELS as MIN_WINOGRAD_CHANNELS
-from convforge.schedules.cpu_winograd import winograd_tiles
+from convforge.plan import ALGORITHMS as ALGORITHMS  # re-exported: algorithm= values
+from convforge.plan import ConvPlan, check_algorithm, conv_transpose_op, plan_conv
 from convforge.targets import TargetArg, resolve_target, target_key
 
 #: dtypes the compiled kernels accept.
 DTYPES = ("float16", "float32", "float64")
-
-#: Values of every ``algorithm=`` argument: ``auto`` (Winograd where :func:`conv_layout`
-#: finds it faster), ``direct`` (never Winograd) or ``winograd`` (wherever it applies).
-ALGORITHMS = ("auto", "direct", "winograd")
 
 #: Winograd's float32 error bound, measured (``benchmarks/winograd_error.py``):
 #: ``|y - y_exact| <= WINOGRAD_ERROR_BOUND[form] * max|x| * sum|w_k|`` for every output of
@@ -50,12 +44,6 @@ ALGORITHMS = ("auto", "direct", "winograd")
 #: (the direct convolution's 1e-7), enough to flip the sign of small outputs. Such data
 #: wants ``algorithm="direct"``.
 WINOGRAD_ERROR_BOUND = {"F(4x4,3x3)": 2e-6, "F(2x2,3x3)": 1e-7, "stride-2 phases": 1.5e-6}
-
-
-def check_algorithm(algorithm: str) -> None:
-    """ValueError unless ``algorithm`` is one of :data:`ALGORITHMS`."""
-    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
 
 
 def nonfinite_check(size: int, target: TargetArg = None) -> Kernel:
@@ -128,13 +116,16 @@ def conv(
     per-axis ints, per-axis (lo, hi) pairs or a mode ('valid', 'same', 'same_lower', 'full').
     ``activation``: None, 'relu', 'silu', 'sigmoid' or 'tanh', fused into the kernel.
 
-    ``algorithm``: 'auto' (Winograd where :func:`conv_layout` picks it, as before), 'direct'
-    (never Winograd: float32 rounding about 1e-7 of ``max|x| * sum|w|``), or 'winograd'
-    (wherever it applies, else ValueError): its error is bounded by
+    Computed as :func:`convforge.plan.plan_conv` plans it, exactly as a compiled model
+    computes the same Conv (e.g. a strided unpadded 1x1 as x subsampled by the stride, then
+    the dense 1x1 kernel). ``algorithm``: 'auto' (Winograd where the plan picks it),
+    'direct' (never Winograd: float32 rounding about 1e-7 of ``max|x| * sum|w|``), or
+    'winograd' (wherever it applies, else ValueError): its error is bounded by
     :data:`WINOGRAD_ERROR_BOUND` ``* max|x| * sum|w|`` (2e-6 for F(4x4, 3x3), measured),
-    which next to an outlier can exceed a small output and flip its sign. Non-finite inputs: an output is NaN or
-    +-inf exactly where the direct convolution gives one (a Winograd call whose x holds a
-    NaN or an infinity runs the direct kernel instead, which the check of x decides).
+    which next to an outlier can exceed a small output and flip its sign. Non-finite
+    inputs: an output is NaN or +-inf exactly where the direct convolution gives one (a
+    Winograd call whose x holds a NaN or an infinity runs the direct kernel instead,
+    which the check of x decides).
     """
     dtype, (x, w, bias) = as_float_arrays(x=x, w=w, bias=bias)
     geom = shapes.conv_geometry(
@@ -144,165 +135,30 @@ def conv(
     check_activation(activation)
     check_algorithm(algorithm)
     target = resolve_target(target)
-    computed = kernel_geometry(geom, dtype, target)
-    layout = conv_layout(computed, dtype, target, algorithm=algorithm)
-    if isinstance(layout, ops.WinogradTiles):
+    plan = plan_conv(
+        geom, dtype, target, algorithm=algorithm, activation=activation, bias=bias is not None
+    )
+    if plan.needs_finite_check:
         x = aligned(x)
         if nonfinite_check(x.size, target)(x.reshape(-1)):
-            algorithm = "direct"  # Winograd would spread a NaN/inf over its whole tile
-            layout = conv_layout(computed, dtype, target, algorithm=algorithm)
-    build = conv_computation(
-        computed, dtype, bias is not None, activation, target, algorithm=algorithm
-    )
-    key = (computed, dtype, bias is not None, activation, layout)  # layout: the algorithm
-    arrays = (x.reshape(computed.x_shape), w.reshape(computed.w_shape), bias)
-    return _run("conv", key, build, arrays, target).reshape(geom.out_shape)
-
-
-def kernel_geometry(
-    geom: shapes.ConvGeometry, dtype: str, target: TargetArg = None
-) -> shapes.ConvGeometry:
-    """The geometry the kernel for ``geom`` computes (x, w and the output reshaped to it).
-
-    On a CPU a dense 2-D/3-D 1x1 convolution with stride 1 and no padding is a matrix
-    multiply over the positions: it is computed over one row of prod(spatial) positions, so
-    that 14- and 7-wide maps do not cap the register tile's width (ResNet-50's 14x14 1x1
-    convolutions: up to 1.6x faster). Any other ``geom`` is computed as it is.
-    """
-    target = resolve_target(target)
-    pointwise = geom.ndim in (2, 3) and geom.is_pointwise and any(n > 1 for n in geom.in_size[:-1])
-    if not pointwise or dense_conv_blocks(geom, dtype, target) is None:
-        return geom
-    positions = math.prod(geom.in_size)
-    return shapes.conv_geometry(
-        (geom.batch, geom.in_channels, 1, positions), (geom.out_channels, geom.in_channels, 1, 1)
-    )
-
-
-def conv_computation(
-    geom: shapes.ConvGeometry,
-    dtype: str,
-    bias: bool,
-    activation: str | None,
-    target: TargetArg = None,
-    packed_weight_shape: tuple[int, ...] | None = None,
-    algorithm: str = "auto",
-) -> Computation:
-    """The TE computation :func:`conv` compiles for ``geom`` on ``target``, over
-    :func:`kernel_geometry`'s shapes (tuning uses it too, so a tuned record is found for
-    exactly the PrimFunc the API builds); with ``packed_weight_shape``, the one
-    :func:`prepare_conv` compiles, reading a weight :func:`pack_conv_weight` packed.
-    ``algorithm`` as :func:`conv_layout`'s."""
-    geom = kernel_geometry(geom, dtype, target)
-
-    def build():
-        tx, tw, tb = placeholders(
-            dtype, x=geom.x_shape, w=packed_weight_shape or geom.w_shape,
-            bias=(geom.out_channels,) if bias else None,
-        )  # fmt: skip
-        out = conv_for_target(
-            tx, tw, tb, geom, activation, target,
-            weight_packed=packed_weight_shape is not None, algorithm=algorithm,
-        )  # fmt: skip
-        return [t for t in (tx, tw, tb) if t is not None], [out]
-
-    return build
-
-
-def conv_layout(
-    geom: shapes.ConvGeometry,
-    dtype: str,
-    target: TargetArg = None,
-    constant_weight: bool = False,
-    algorithm: str = "auto",
-) -> ops.WinogradTiles | ops.ChannelBlocks | None:
-    """How :func:`conv_for_target` computes ``geom`` on ``target``: Winograd tiles
-    (:func:`winograd_tiles`: 3x3 stride-1 float32 on a CPU; more of them with a
-    ``constant_weight``, transformed once), else NCHW[x]c blocks (:func:`dense_conv_blocks`:
-    other dense 2-D/3-D on a CPU), else None (generic).
-
-    ``algorithm`` (:data:`ALGORITHMS`): 'auto' is the choice above; 'direct' never takes
-    Winograd; 'winograd' takes it wherever it applies (as for a constant weight, whatever
-    the weight) and raises ValueError naming ``algorithm`` where it does not."""
-    check_algorithm(algorithm)
-    target = resolve_target(target)
-    if algorithm == "direct":
-        return dense_conv_blocks(geom, dtype, target)
-    if algorithm == "winograd":
-        winograd = winograd_tiles(geom, dtype, target, True)
-        if winograd is None:
-            raise ValueError(
-                f"algorithm='winograd' does not apply to this convolution ({dtype}, "
-                f"{geom.ndim}-D, kernel {geom.kernel}, stride {geom.stride}, dilation "
-                f"{geom.dilation}, groups {geom.groups}, {geom.in_channels}->"
-                f"{geom.out_channels} channels, output {geom.out_size}) on target "
-                f"{target.kind.name}: Winograd needs a CPU, float32, an ungrouped 2-D "
-                f"convolution with at least {MIN_WINOGRAD_CHANNELS} channels in and out, 3x3 "
-                "with stride 1 or a square kernel with stride 2 (undilated, within the "
-                "channel limits of cpu_winograd.MAX_PHASE_CHANNELS), and an output of at "
-                "least one tile per axis; use algorithm='auto' or 'direct'"
-            )
-        return winograd
-    winograd = winograd_tiles(geom, dtype, target, constant_weight)
-    return winograd or dense_conv_blocks(geom, dtype, target)
-
-
-def conv_for_target(
-    x: te.Tensor,
-    w: te.Tensor,
-    bias: te.Tensor | None,
-    geom: shapes.ConvGeometry,
-    activation: str | None,
-    target: TargetArg = None,
-    *,
-    weight_packed: bool = False,
-    residual: te.Tensor | None = None,
-    algorithm: str = "auto",
-) -> te.Tensor:
-    """The convolution computation for ``target`` (the numpy API's and compiled models'),
-    chosen by :func:`conv_layout` (with ``algorithm``): :func:`convforge.ops.conv2d_winograd`,
-    :func:`convforge.ops.conv_nchwc` or the generic :func:`convforge.ops.conv`.
-    x (N, C, *I), w (O, C/groups, *K), or with ``weight_packed`` w already in the layout
-    the computation reads (:func:`pack_conv_weight`, a constant); ``residual`` (N, O, *out)
-    is added before the activation."""
-    layout = conv_layout(
-        geom, str(x.dtype), target, constant_weight=weight_packed, algorithm=algorithm
-    )
-    if isinstance(layout, ops.WinogradTiles):
-        return ops.conv2d_winograd(
-            x, w, bias, geom, layout, activation,
-            weight_transformed=weight_packed, residual=residual,
-        )  # fmt: skip
-    if layout is None:
-        if weight_packed:
-            raise ValueError("weight_packed needs a CPU layout (conv_layout is None)")
-        return ops.conv(x, w, bias, geom, activation, residual=residual)
-    return ops.conv_nchwc(
-        x, w, bias, geom, layout, activation, weight_packed=weight_packed, residual=residual
-    )
-
-
-def pack_conv_weight(w: np.ndarray, layout: ops.WinogradTiles | ops.ChannelBlocks) -> np.ndarray:
-    """A constant weight (O, C, *K) in ``layout`` (:func:`conv_layout` with
-    ``constant_weight=True``), as :func:`conv_for_target` reads it with ``weight_packed``
-    (packed once, at compile time)."""
-    if isinstance(layout, ops.WinogradTiles):
-        return ops.transform_weight_array(w, layout)
-    return ops.pack_weight_array(w, layout)
+            plan = plan.direct()  # Winograd would spread a NaN/inf over its whole tile
+    arrays = (plan.prepare_x(x), w.reshape(plan.kernel_geometry.w_shape), bias)
+    return _run("conv", plan.key, plan.computation(), arrays, target).reshape(geom.out_shape)
 
 
 @dataclass(frozen=True)
 class PreparedConv:
     """:func:`conv` with one weight, packed once (:func:`prepare_conv`): ``op(x)`` for x of
-    ``geom.x_shape`` runs only the compiled ``kernel`` on x and ``constants`` (the packed
-    weight, then the bias if any). A Winograd kernel has a ``direct`` fallback (prepared on
-    its first use) that runs where x holds a NaN or an infinity."""
+    ``geom.x_shape`` runs only the compiled ``kernel`` on x (as ``plan.prepare_x`` gives
+    it) and ``constants`` (the packed weight, then the bias if any). A Winograd kernel has
+    a ``direct`` fallback (prepared on its first use) that runs where x holds a NaN or an
+    infinity."""
 
     geom: shapes.ConvGeometry
     kernel: Kernel
     constants: tuple[np.ndarray, ...]
-    #: The layout the kernel computes in (Winograd tiles, channel blocks or None: generic).
-    layout: ops.WinogradTiles | ops.ChannelBlocks | None = None
+    #: How the kernel computes (:func:`convforge.plan.plan_conv`, constant weight).
+    plan: ConvPlan
     #: For a Winograd kernel: prepares the same convolution with algorithm='direct'.
     direct: Callable[[], PreparedConv] | None = None
     #: For a Winograd kernel: :func:`nonfinite_check` of x.
@@ -311,7 +167,7 @@ class PreparedConv:
     @property
     def algorithm(self) -> str:
         """'winograd' or 'direct': how :attr:`kernel` computes (finite inputs)."""
-        return "winograd" if isinstance(self.layout, ops.WinogradTiles) else "direct"
+        return "direct" if self.plan.algorithm.exact else self.plan.algorithm.name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -325,7 +181,7 @@ class PreparedConv:
             x = aligned(x)
             if self.check(x.reshape(-1)):
                 return self.direct()(x)
-        y = self.kernel(x.reshape(self.kernel.input_shapes[0]), *self.constants)
+        y = self.kernel(self.plan.prepare_x(x), *self.constants)
         return y.reshape(self.geom.out_shape)
 
 
@@ -348,7 +204,8 @@ def prepare_conv(
     ...)`` with the same arguments. It holds a copy: later changes to w do not reach it.
 
     ``algorithm`` and non-finite inputs as in :func:`conv` (a constant weight admits
-    Winograd on more shapes under 'auto'); ``op.algorithm`` says which one was taken.
+    Winograd on more shapes under 'auto'); ``op.algorithm`` says which one was taken,
+    ``op.plan`` how.
     """
     dtype, (w, bias) = as_float_arrays(w=w, bias=bias)
     geom = shapes.conv_geometry(
@@ -358,20 +215,15 @@ def prepare_conv(
     check_activation(activation)
     check_algorithm(algorithm)
     target = resolve_target(target)
-    computed = kernel_geometry(geom, dtype, target)
-    layout = conv_layout(computed, dtype, target, constant_weight=True, algorithm=algorithm)
-    original = w
-    w = w.reshape(computed.w_shape)
-    packed = w.copy() if layout is None else pack_conv_weight(w, layout)
-    packed_shape = None if layout is None else packed.shape
-    build = conv_computation(
-        computed, dtype, bias is not None, activation, target, packed_shape, algorithm
-    )
-    key = (computed, dtype, bias is not None, activation, layout)  # layout fixes the packing
-    kernel = cached_kernel("prepared_conv", key, build, target)
+    plan = plan_conv(
+        geom, dtype, target, constant_weight=True, algorithm=algorithm, activation=activation,
+        bias=bias is not None,
+    )  # fmt: skip
+    packed = plan.pack(w)  # a new array: later changes to w do not reach it
+    kernel = cached_kernel("prepared_conv", plan.key, plan.computation(), target)
     constants = (packed,) if bias is None else (packed, bias.copy())
     direct = check = None
-    if isinstance(layout, ops.WinogradTiles):
+    if plan.needs_finite_check:
         check = nonfinite_check(math.prod(geom.x_shape), target)
         direct_args = dict(
             x_shape=geom.x_shape, stride=geom.stride, padding=geom.padding,
@@ -380,9 +232,9 @@ def prepare_conv(
         )  # fmt: skip
         bias_copy = None if bias is None else bias.copy()
         direct = functools.cache(
-            functools.partial(prepare_conv, original.copy(), bias_copy, **direct_args)
+            functools.partial(prepare_conv, w.copy(), bias_copy, **direct_args)
         )
-    return PreparedConv(geom, kernel, constants, layout, direct, check)
+    return PreparedConv(geom, kernel, constants, plan, direct, check)
 
 
 def conv_transpose(
@@ -437,53 +289,6 @@ def conv_transpose_computation(
         return [t for t in (tx, tw, tb) if t is not None], outputs
 
     return build
-
-
-#: Sub-pixel transposed convolutions have at most this many stride phases; above it each
-#: output gathers its taps (``ops.conv_transpose_gather``, stride-independent size). The
-#: phases' interleave crashed TVM at stride 40 in 2-D (1600 branches), and compile time
-#: grows with them (2 Zen 3 cores: k3 s8 3.7 s, k16 s8 145 s; the gather 0.2-0.5 s, as
-#: fast at k16 s8, 1.7-2.5x slower on the suite's s2 workloads, which stay sub-pixel).
-MAX_SUBPIXEL_PHASES = 16
-
-
-def conv_transpose_op(
-    geom: shapes.ConvTransposeGeometry, target: TargetArg = None
-) -> Callable[..., te.Tensor]:
-    """The TE form used for ``geom`` on ``target``: sub-pixel phases for stride > 1 (no
-    products of inserted zeros) up to :data:`MAX_SUBPIXEL_PHASES` phases, a gather per
-    output above (bounded compile time for any stride), else the plain flipped-kernel
-    convolution (the dilate form, which inserts no zeros at stride 1). The phases are
-    NCHW[x]c convolutions where
-    :func:`dense_conv_blocks` has blocks that the output channels fill (AVX-512, 2 cores:
-    256->128 k4 s2 16->32 in 1.08 instead of 1.70 ms), else direct ones (64->3 k4 s2
-    64->128, one ragged block: 0.22 ms direct, 0.80 blocked)."""
-    if not any(s > 1 for s in geom.stride):
-        return ops.conv_transpose
-    if math.prod(geom.stride) > MAX_SUBPIXEL_PHASES:
-        return ops.conv_transpose_gather
-    target = resolve_target(target)
-    phase_geoms = [g for _, _, g in ops.subpixel_phases(geom)[2] if g is not None]
-
-    @functools.cache
-    def shared_out_block(dtype: str) -> int | None:
-        """The phases share one output-channel block (the interleave's schedule splits the
-        channels by it): the smallest any phase's register tile takes, so every phase's
-        tile stays within the registers its own choice fits; None: direct phases."""
-        blocks = [dense_conv_blocks(g, dtype, target) for g in phase_geoms]
-        if not blocks or any(b is None or geom.out_channels % b.out_block for b in blocks):
-            return None
-        return min(b.out_block for b in blocks)
-
-    def phase_conv(x, w, bias, phase_geom, activation):
-        out_block = shared_out_block(str(x.dtype))
-        if out_block is None:
-            return ops.conv(x, w, bias, phase_geom, activation)
-        blocks = dense_conv_blocks(phase_geom, str(x.dtype), target)
-        blocks = dataclasses.replace(blocks, out_block=out_block)
-        return ops.conv_nchwc(x, w, bias, phase_geom, blocks, activation)
-
-    return functools.partial(ops.conv_transpose_subpixel, phase_conv=phase_conv)
 
 
 def causal_conv1d(

@@ -167,6 +167,17 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_use_tuning_db_refuses_a_file",
     },
     "test_targets": "*",
+    "test_plan": {
+        "test_registry_order_and_algorithm_filter",
+        "test_constant_weight_and_stride_phases",
+        "test_blocked_pack_is_the_blocked_weight",
+        "test_pointwise_plans_reshape_and_subsample",
+        "test_fused_pool_inside_the_kernel_where_the_plan_allows",
+        "test_schedule_names_resolve_and_plans_are_cached",
+        "test_dense_plan_packs_the_weight_for_the_kernel",
+        "test_plan_module_holds_the_choice_functions",
+        "test_plan_takes_a_target_dict_and_refuses_bad_arguments",
+    },
     "test_winograd": {
         "test_chooser_keeps_the_direct_convolution_elsewhere",
         "test_input_transform_has_integer_entries",

@@ -20,6 +20,7 @@ from convforge.export.check import compare, run_onnxruntime
 from convforge.export.model import import_model
 from convforge.export.onnx_graphs import save_model
 from convforge.export.pipeline import schedule_tvm_elementwise
+from convforge.plan import plan_conv
 from convforge.schedules.cpu_elementwise import schedule_elementwise
 from convforge.targets import host_target
 
@@ -200,8 +201,6 @@ def test_strided_pointwise_convs_run_on_the_subsampled_input_and_match_onnxrunti
 ):
     """A strided unpadded 1x1 Conv (1-D, 2-D, 3-D, odd sizes) is a slice then a stride-1
     1x1 kernel: the kernel's input is the subsampled map."""
-    from convforge.export.lowering import subsampled_pointwise
-
     nd = len(x_shape) - 2
     w = _he(rng, (6, x_shape[1], *[1] * nd))
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1] * nd, strides=strides)
@@ -209,8 +208,9 @@ def test_strided_pointwise_convs_run_on_the_subsampled_input_and_match_onnxrunti
     feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
     _assert_matches_onnxruntime(model, feeds)
     geom = cf.shapes.conv_geometry(x_shape, w.shape, stride=strides)
-    sub = subsampled_pointwise(geom, host_target())
-    assert sub.stride == (1,) * nd and sub.in_size == sub.out_size == geom.out_size
+    plan = plan_conv(geom, "float32", host_target(), constant_weight=True)
+    assert plan.subsample == geom.stride and plan.x_shape == (*x_shape[:2], *geom.out_size)
+    assert all(s == 1 for s in plan.kernel_geometry.stride)
 
 
 def test_resize_non_integer_scales_every_mode_matches_onnxruntime(rng):

@@ -16,9 +16,9 @@ from tvm import s_tir, te
 
 import convforge as cf
 from convforge import ops, shapes
-from convforge.api import conv_layout
 from convforge.build import compile_computation
 from convforge.export.check import compare, run_onnxruntime
+from convforge.plan import plan_conv
 from convforge.schedules.cpu import schedule_cpu
 from convforge.targets import host_target
 
@@ -223,7 +223,7 @@ def test_winograd_pool_runs_in_the_tasks_that_write_its_tiles():
     geom = shapes.conv_geometry((1, 16, 18, 18), (16, 16, 3, 3), padding=1)
     pool = shapes.pool_geometry(geom.out_shape, 2, kind="max", stride=2)
     target = host_target()
-    tiles = conv_layout(geom, "float32", target, constant_weight=True)
+    tiles = plan_conv(geom, "float32", target, constant_weight=True).algorithm.tiles
     x, w = te.placeholder(geom.x_shape, "float32", "x"), te.placeholder(geom.w_shape, "float32", "w")  # fmt: skip
     out = ops.window_max(ops.conv2d_winograd(x, w, None, geom, tiles), pool)
     buffers = _allocations(schedule_cpu(te.create_prim_func([x, w, out]), target))

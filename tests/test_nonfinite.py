@@ -22,7 +22,7 @@ from onnx.reference import ReferenceEvaluator
 
 import convforge as cf
 from convforge import shapes
-from convforge.api import WINOGRAD_ERROR_BOUND, conv_layout
+from convforge.api import WINOGRAD_ERROR_BOUND
 from convforge.build import cache_size, recording_kernels
 from convforge.export import (
     compare,
@@ -34,6 +34,7 @@ from convforge.export import (
 )
 from convforge.export.onnx_graphs import make_model
 from convforge.ops import WinogradTiles
+from convforge.plan import plan_conv
 
 #: Every special float32 value, and large finite ones either side of exp's range.
 SPECIAL = np.array(
@@ -174,7 +175,8 @@ def _reference(geom, x, w, bias, activation=None):
 def test_winograd_nonfinite_outputs_are_the_direct_convolutions(name):
     x, w, bias, kwargs = _inputs(name, np.random.default_rng(1))
     geom = shapes.conv_geometry(x.shape, w.shape, bias_shape=bias.shape, **kwargs)
-    assert isinstance(conv_layout(geom, "float32", algorithm="winograd"), WinogradTiles)
+    plan = plan_conv(geom, "float32", algorithm="winograd")
+    assert isinstance(plan.algorithm.tiles, WinogradTiles)
     prepared = cf.prepare_conv(w, bias, x_shape=x.shape, algorithm="winograd", **kwargs)
     assert prepared.algorithm == "winograd"
     for placement in PLACEMENTS:

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 import convforge as cf
-from convforge import api, ops, shapes
+from convforge import ops, shapes
 from convforge.export import compare, conv_model, run_onnxruntime
+from convforge.plan import plan_conv
 
 # (x shape, w shape, conv keyword arguments): each packed form of a weight (Winograd at
 # stride 1 and over stride phases, NCHW[x]c blocks, a 1x1 over one row, generic), with
@@ -53,11 +54,12 @@ def test_stride_phase_winograd_is_what_a_prepared_conv_runs():
     (4 x 32 = 128 channels), where the per-call API keeps the direct convolution."""
     x_shape, w_shape, kwargs = CASES["winograd_stride_phases"]
     geom = shapes.conv_geometry(x_shape, w_shape, **kwargs)
-    tiles = api.conv_layout(geom, "float32", constant_weight=True)
-    assert isinstance(tiles, ops.WinogradTiles) and tiles.stride == (2, 2)
-    assert not isinstance(api.conv_layout(geom, "float32"), ops.WinogradTiles)
     _, w, _ = _arrays(x_shape, w_shape)
     op = cf.prepare_conv(w, x_shape=x_shape, **kwargs)
+    tiles = op.plan.algorithm.tiles
+    assert isinstance(tiles, ops.WinogradTiles) and tiles.stride == (2, 2)
+    assert op.plan.label == "conv2d (winograd F4x4, stride 2x2 phases)"
+    assert not plan_conv(geom, "float32").needs_finite_check  # per call: direct
     assert op.constants[0].shape == (5, 5, -(-40 // tiles.out_block), 128, tiles.out_block)
 
 

@@ -20,6 +20,7 @@ import convforge as cf
 from convforge import ops, shapes
 from convforge.build import compile_computation, prim_func, recording_kernels
 from convforge.export import compare, conv_model, run_onnxruntime
+from convforge.plan import channel_blocks, dense_conv_blocks, plan_conv
 from convforge.schedules.cpu import (
     MIN_PARALLEL_ITERATIONS,
     block_iterations,
@@ -27,7 +28,6 @@ from convforge.schedules.cpu import (
     is_small,
     schedule_cpu,
 )
-from convforge.schedules.cpu_conv import channel_blocks, dense_conv_blocks
 from convforge.targets import host_target, vector_lanes, vector_registers
 
 AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
@@ -302,7 +302,8 @@ def test_small_kernels_run_on_one_thread_and_large_ones_in_parallel():
     target = host_target()
     for x_shape, expect_parallel in [((1, 8, 10, 12), False), ((1, 64, 56, 56), True)]:
         geom = shapes.conv_geometry(x_shape, (x_shape[1], x_shape[1], 3, 3), padding=1)
-        func = prim_func(cf.api.conv_computation(geom, "float32", True, "relu", target))
+        plan = plan_conv(geom, "float32", target, activation="relu", bias=True)
+        func = prim_func(plan.computation())
         assert (block_iterations(func) >= MIN_PARALLEL_ITERATIONS) == expect_parallel
         assert ("T.parallel" in schedule_cpu(func, target).script()) == expect_parallel
         x, w, b = _arrays(x_shape, geom.w_shape)
@@ -396,7 +397,7 @@ def test_pointwise_row_rule_matches_onnxruntime(bias, activation):
 def test_short_reductions_take_at_most_two_channel_vectors():
     """With 32 registers, a conv of at most SHORT_REDUCTION multiply-adds per output takes
     2 channel vectors (its write-back dominates), a long one 4."""
-    from convforge.schedules.cpu_conv import SHORT_REDUCTION
+    from convforge.plan import SHORT_REDUCTION
 
     target = tvm.target.Target(ZEN4)
     short = shapes.conv_geometry((1, 3, 256, 256), (64, 3, 3, 3), padding=1)

@@ -20,12 +20,8 @@ from convforge import api, ops, shapes
 from convforge.build import compile_computation
 from convforge.export import compare, conv_model, run_onnxruntime
 from convforge.ops.winograd import phase_weight_array, winograd_matrices
-from convforge.schedules.cpu_winograd import (
-    MAX_PHASE_CHANNELS,
-    MIN_TILES_PER_CALL_WEIGHT,
-    schedule_winograd,
-    winograd_tiles,
-)
+from convforge.plan import MAX_PHASE_CHANNELS, MIN_TILES_PER_CALL_WEIGHT, plan_conv, winograd_tiles
+from convforge.schedules.cpu_winograd import schedule_winograd
 from convforge.targets import host_target
 
 ZEN3 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}
@@ -83,7 +79,7 @@ def test_per_call_weight_matches_onnxruntime(case):
     x_shape, w_shape, kwargs, activation = CASES[case]
     x, w, b = _arrays(x_shape, w_shape)
     geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
-    tiles = api.conv_layout(geom, "float32")
+    tiles = _tiles(geom)
     assert isinstance(tiles, ops.WinogradTiles), tiles
     _check_schedule_applies(geom, tiles, weight_transformed=False)
     y = cf.conv(x, w, b, activation=activation, **kwargs)
@@ -103,20 +99,22 @@ def _check_schedule_applies(geom, tiles, weight_transformed):
     schedule_winograd(func, host_target())  # raises a ScheduleError if a step does not apply
 
 
+def _tiles(geom, target=None, constant_weight=False):
+    """The Winograd tiles the plan computes ``geom`` with, or None (another algorithm)."""
+    plan = plan_conv(geom, "float32", target, constant_weight=constant_weight)
+    return getattr(plan.algorithm, "tiles", None)
+
+
 def _constant_weight_conv(x, w, b, geom, activation=None, target=None):
-    """The compiled-model path: the weight transformed once (pack_conv_weight), then the
-    computation that reads it (conv_for_target with weight_packed)."""
+    """The compiled-model path: the plan of a constant weight, transformed once
+    (``plan.pack``), then the computation that reads it."""
     target = tvm.target.Target(target) if target else host_target()
-    packed = api.pack_conv_weight(w, api.conv_layout(geom, "float32", target, True))
-
-    def computation():
-        tx = te.placeholder(x.shape, "float32", name="x")
-        tw = te.placeholder(packed.shape, "float32", name="w")
-        tb = te.placeholder(b.shape, "float32", name="b")
-        out = api.conv_for_target(tx, tw, tb, geom, activation, target, weight_packed=True)
-        return [tx, tw, tb], [out]
-
-    return compile_computation("conv", computation, target)(x, packed, b)
+    plan = plan_conv(
+        geom, "float32", target, constant_weight=True, activation=activation, bias=True
+    )
+    assert plan.needs_finite_check and plan.packs
+    packed = plan.pack(w)
+    return compile_computation("conv", plan.computation(), target)(x, packed, b)
 
 
 @pytest.mark.parametrize(
@@ -129,8 +127,8 @@ def test_constant_weight_matches_onnxruntime(x_shape, w_shape, m):
     F(2x2, 3x3) keeps the float32 rounding within tolerance."""
     x, w, b = _arrays(x_shape, w_shape, seed=1)
     geom = shapes.conv_geometry(x.shape, w.shape, padding=1)
-    assert not isinstance(api.conv_layout(geom, "float32"), ops.WinogradTiles)
-    tiles = api.conv_layout(geom, "float32", constant_weight=True)
+    assert _tiles(geom) is None
+    tiles = _tiles(geom, constant_weight=True)
     assert isinstance(tiles, ops.WinogradTiles) and tiles.m == m
     _check_schedule_applies(geom, tiles, weight_transformed=True)
     y = _constant_weight_conv(x, w, b, geom, activation="relu")
@@ -156,7 +154,7 @@ def test_strided_constant_weight_matches_onnxruntime(case):
     x_shape, w_shape, kwargs = STRIDED_CASES[case]
     x, w, b = _arrays(x_shape, w_shape, seed=4)
     geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
-    tiles = api.conv_layout(geom, "float32", constant_weight=True)
+    tiles = _tiles(geom, constant_weight=True)
     assert isinstance(tiles, ops.WinogradTiles) and tiles.stride == (2, 2), tiles
     _check_schedule_applies(geom, tiles, weight_transformed=True)
     _check_schedule_applies(geom, tiles, weight_transformed=False)
@@ -272,14 +270,10 @@ def test_stride_phases_build_for_avx2_and_neon():
     y = _constant_weight_conv(x, w, b, geom, "relu", target=ZEN3)
     assert compare(y, _ort_reference(x, w, b, geom, "relu")).ok
     neon = tvm.target.Target(NEON)
-    tiles = api.conv_layout(geom, "float32", neon, constant_weight=True)
+    plan = plan_conv(geom, "float32", neon, constant_weight=True)
+    tiles = plan.algorithm.tiles
     assert isinstance(tiles, ops.WinogradTiles) and tiles.stride == (2, 2)
-    packed = api.pack_conv_weight(w, tiles)
-
-    def computation():
-        tx, tw = api.placeholders("float32", x=x.shape, w=packed.shape)
-        return [tx, tw], [api.conv_for_target(tx, tw, None, geom, None, neon, weight_packed=True)]
-
+    computation = plan.computation()
     asm = compile_computation("conv", computation, neon).executable.mod.inspect_source("asm")
     assert re.search(r"\bfmla\s+v\d+\.4s", asm), "no NEON vector fmla"
 

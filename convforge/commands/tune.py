@@ -22,6 +22,7 @@ from convforge import api, shapes
 from convforge.build import prim_func
 from convforge.commands._model_args import add_algorithm_argument
 from convforge.extras import require
+from convforge.plan import plan_conv
 from convforge.schedules import tuning
 from convforge.targets import resolve_target
 
@@ -43,7 +44,10 @@ class ConvWorkload:
         on ``target`` (the API's own computation: direct, NCHWc, sub-pixel...)."""
         geom = self.geometry
         if isinstance(geom, shapes.ConvGeometry):
-            build = api.conv_computation(geom, self.dtype, self.bias, self.activation, target)
+            plan = plan_conv(
+                geom, self.dtype, target, activation=self.activation, bias=self.bias
+            )  # the API's plan
+            build = plan.computation()
         else:
             build = api.conv_transpose_computation(
                 geom, self.dtype, self.bias, self.activation, target

@@ -29,9 +29,9 @@ import tvm
 from tvm import te
 
 from convforge import ops, shapes
-from convforge.api import conv_transpose_op
 from convforge.build import Kernel, compile_computation, schedule_for
 from convforge.filemode import atomic_write
+from convforge.plan import conv_transpose_op, plan_conv
 from convforge.schedules.gpu_source import compile_fatbin, cuda_source, launch_config, nvcc_path
 from convforge.targets import TargetArg, is_gpu, resolve_target
 
@@ -146,18 +146,22 @@ def _computation(workload: AotWorkload, target: tvm.target.Target):
 
         def build(x, w, bias):
             return ops.grid_pool_head(x, w, bias, pool_geom)
-    elif workload.op == "resize_conv":
-        resize_geom, geom = workload.resize_geometry(), workload.geometry()
-
-        def build(x, w, bias):
-            return ops.resize_conv(x, w, bias, resize_geom, geom, activation)
-    else:
+    elif workload.op == "conv_transpose":
         geom = workload.geometry()
         # the API's form: sub-pixel phases for strided transposed convolutions
-        op = conv_transpose_op(geom, target) if workload.op == "conv_transpose" else ops.conv
+        op = conv_transpose_op(geom, target)
 
         def build(x, w, bias):
             return op(x, w, bias, geom, activation)
+    else:  # the plan, on the arrays as given and exact ('direct': no non-finite fallback)
+        resize = workload.resize_geometry() if workload.op == "resize_conv" else None
+        plan = plan_conv(
+            workload.geometry(), workload.dtype, target, algorithm="direct", reshape=False,
+            resize=resize, activation=activation, bias="bias" in workload.shapes,
+        )  # fmt: skip
+
+        def build(x, w, bias):
+            return plan.compute(x, w, bias)
 
     def computation():
         inputs = [

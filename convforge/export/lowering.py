@@ -33,17 +33,9 @@ import tvm_ffi
 from tvm import relax, te
 
 from convforge import ops, shapes
-from convforge.api import (
-    conv_for_target,
-    conv_layout,
-    conv_transpose_op,
-    kernel_geometry,
-    pack_conv_weight,
-)
 from convforge.build import schedule_for
-from convforge.schedules.cpu_conv import channel_blocks
+from convforge.plan import ConvPlan, conv_transpose_op, plan_conv, plan_dense
 from convforge.schedules.tuning import RECORD_ATTR
-from convforge.targets import is_cpu, vector_lanes
 
 #: Attribute names the fusion pass sets on a fused ONNX node.
 ACTIVATION_ATTR = "convforge_activation"
@@ -240,8 +232,10 @@ def _node_name(attrs: dict) -> str:
 
 def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     """ONNX Conv (1-D, 2-D, 3-D, any auto_pad, groups, bias, fused residual and activation,
-    and a fused max pool: inside the convolution's kernel where :func:`pooled_layout`
-    allows, else as its own kernel after the convolution's)."""
+    a folded Resize, and a fused max pool: inside the convolution's kernel where the plan
+    allows, else as its own kernel after the convolution's), as
+    :func:`convforge.plan.plan_conv` plans it: this function parses the node and emits
+    the plan's slice, reshapes, packed weight and kernel call."""
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     residual = inputs[3] if RESIDUAL_ATTR in attrs else None
@@ -264,141 +258,89 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
         padding=onnx_padding(attrs, nd), groups=int(attrs.get("group", 1)),
         bias_shape=None if bias is None else static_shape(bias, "bias"),
     )  # fmt: skip
-    activation = activation_of(attrs)
-    bb = ctx.bb
-    subsampled = None if resize_geom else subsampled_pointwise(geom, ctx.target)
-    if subsampled is not None:
-        nd_axes = list(range(2, 2 + nd))
-        x = bb.emit(
-            relax.op.strided_slice(x, nd_axes, [0] * nd, list(geom.in_size), list(geom.stride))
-        )
-        geom = subsampled
-    node_geom = geom
-    if resize_geom is None:  # e.g. 1x1 convolutions run over one row of positions
-        geom = kernel_geometry(geom, tensor_dtype(x), ctx.target)
-    if geom != node_geom:
-        x = bb.emit(relax.op.reshape(x, geom.x_shape))
-        if isinstance(w, tvm.ir.expr.Constant):
-            w = relax.const(w.value.numpy().reshape(geom.w_shape))
-        else:
-            w = bb.emit(relax.op.reshape(w, geom.w_shape))
-        if residual is not None:
-            residual = bb.emit(relax.op.reshape(residual, geom.out_shape))
-    constant = resize_geom is None and isinstance(w, tvm.ir.expr.Constant)
-    algorithm = _conv_algorithm(ctx, geom, tensor_dtype(x))
-    layout = (
-        None if resize_geom else conv_layout(geom, tensor_dtype(x), ctx.target, constant, algorithm)
-    )
-    pool_node, pool_geom = _fused_max_pool(attrs, node_geom)
-    pooled = None
-    if pool_geom is not None and geom == node_geom:
-        pooled = pooled_layout(layout, geom, pool_geom, tensor_dtype(x), ctx.target)
-    layout = pooled or layout
-    packed = constant and layout is not None
-    unpacked = w
-    if packed:  # pack the constant weight once, here, not on every inference
-        w = relax.const(pack_conv_weight(w.value.numpy(), layout))
-
-    def compute(tx, tw, *rest):
-        tb = rest[0] if bias is not None else None
-        tr = rest[-1] if residual is not None else None
-        if resize_geom is not None:
-            return [ops.resize_conv(tx, tw, tb, resize_geom, geom, activation)]
-        if isinstance(pooled, ops.ChannelBlocks):
-            out = ops.conv_nchwc_max_pool(
-                tx, tw, tb, geom, pooled, pool_geom, activation,
-                weight_packed=packed, residual=tr,
-            )  # fmt: skip
-            return [out]
-        out = conv_for_target(
-            tx, tw, tb, geom, activation, ctx.target, weight_packed=packed, residual=tr,
-            algorithm=algorithm,
-        )  # fmt: skip
-        return [out if pooled is None else ops.window_max(out, pool_geom)]
-
+    pool_node, pool_geom = _fused_max_pool(attrs, geom)
+    constant = isinstance(w, tvm.ir.expr.Constant)
+    plan = plan_conv(
+        geom, tensor_dtype(x), ctx.target, constant_weight=constant, algorithm=ctx.algorithm,
+        strict=False, pool=pool_geom, resize=resize_geom, activation=activation_of(attrs),
+        bias=bias is not None, residual=residual is not None,
+    )  # fmt: skip
+    x, unpacked, residual = _kernel_inputs(ctx, plan, x, w, residual)
+    w = _kernel_weight(ctx, plan, w)
     args = [a for a in (x, w, bias, residual) if a is not None]
-    kernel = f"conv{nd}d" if resize_geom is None else f"resize_conv{nd}d"
-    if isinstance(layout, ops.WinogradTiles):
-        phases = "" if layout.stride == (1, 1) else ", stride {}x{} phases".format(*layout.stride)
-        kernel += f" (winograd F{layout.m}x{layout.m}{phases})"
-    if pooled is not None:
-        kernel += f" + max_pool{nd}d"
-    elif pool_node is not None:  # the pool runs as its own kernel
+    if plan.pool is None and pool_node is not None:  # the pool runs as its own kernel
         unpooled = tuple(name for name in fused_nodes(attrs) if name != pool_node)
         attrs = {**attrs, FUSED_ATTR: unpooled}
-    if isinstance(layout, ops.WinogradTiles):  # the direct kernel where x is not finite
-        fused_pool = None if pooled is None else pool_geom
-        direct = _direct_conv(ctx, node, geom, x, unpacked, bias, residual, activation, fused_pool)
-        out = _finite_or_direct(ctx, node, x, (kernel, attrs, args, compute, geom.macs), direct)
+    step = (plan.label, attrs, args, _plan_compute(plan), plan.kernel_geometry.macs)
+    if plan.needs_finite_check:  # the direct kernel where x is not finite
+        direct = plan.direct()
+        steps: list[_Step] = [
+            (
+                f"conv{nd}d (direct)", {}, [x, _kernel_weight(ctx, direct, unpacked), *args[2:]],
+                _plan_compute(direct), direct.kernel_geometry.macs,
+            )
+        ]  # fmt: skip
+        if plan.pool is not None and direct.pool is None:
+            pool = plan.pool
+            steps.append(("max_pool (direct)", {}, [None], lambda t: [ops.pool(t, pool)], 0))
+        out = _finite_or_direct(ctx, node, x, step, steps)
     else:
-        out = ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, geom.macs)
-    if geom != node_geom:
-        out = relax.op.reshape(bb.emit(out), node_geom.out_shape)
-    if pool_node is None or pooled is not None:
+        out = ctx.emit_kernel(node, "Conv", *step)
+    if plan.reshapes:
+        out = relax.op.reshape(ctx.bb.emit(out), plan.geometry.out_shape)
+    if pool_node is None or plan.pool is not None:
         return out
-    return _emit_pool(ctx, pool_node, "MaxPool", bb.emit(out), pool_geom)
+    return _emit_pool(ctx, pool_node, "MaxPool", ctx.bb.emit(out), pool_geom)
 
 
-def _conv_algorithm(ctx: LoweringContext, geom: shapes.ConvGeometry, dtype: str) -> str:
-    """The ``algorithm`` for one convolution of a model compiled with ``ctx.algorithm``:
-    a model's 'winograd' means Winograd wherever it applies ('auto' elsewhere)."""
-    if ctx.algorithm != "winograd":
-        return ctx.algorithm
-    try:
-        conv_layout(geom, dtype, ctx.target, True, "winograd")
-    except ValueError:
-        return "auto"
-    return "winograd"
+def _kernel_inputs(
+    ctx: LoweringContext,
+    plan: ConvPlan,
+    x: relax.Expr,
+    w: relax.Expr,
+    residual: relax.Expr | None,
+) -> tuple[relax.Expr, relax.Expr, relax.Expr | None]:
+    """x sliced by the plan's ``subsample`` and x, w and the residual reshaped to its kernel
+    geometry (w unpacked: a constant w stays a constant)."""
+    bb, geom = ctx.bb, plan.kernel_geometry
+    if plan.subsample is not None:
+        nd = plan.geometry.ndim
+        in_size, axes = list(plan.geometry.in_size), list(range(2, 2 + nd))
+        x = bb.emit(relax.op.strided_slice(x, axes, [0] * nd, in_size, list(plan.subsample)))
+    if not plan.reshapes:
+        return x, w, residual
+    x = bb.emit(relax.op.reshape(x, geom.x_shape))
+    if isinstance(w, tvm.ir.expr.Constant):
+        w = relax.const(w.value.numpy().reshape(geom.w_shape))
+    else:
+        w = bb.emit(relax.op.reshape(w, geom.w_shape))
+    if residual is not None:
+        residual = bb.emit(relax.op.reshape(residual, geom.out_shape))
+    return x, w, residual
+
+
+def _kernel_weight(ctx: LoweringContext, plan: ConvPlan, w: relax.Expr) -> relax.Expr:
+    """w as the plan's kernel reads it: a constant packed once, here (not on every
+    inference); any other w as it is."""
+    if not plan.packs:
+        return w
+    return relax.const(plan.pack(w.value.numpy()))
+
+
+def _plan_compute(plan: ConvPlan) -> Callable[..., list[te.Tensor]]:
+    """The ``compute(tx, tw, [tb], [tr])`` of :meth:`LoweringContext.add_kernel` for
+    ``plan`` (bias and residual present as the plan says)."""
+
+    def compute(tx, tw, *rest):
+        tb = rest[0] if plan.bias else None
+        tr = rest[-1] if plan.residual else None
+        return [plan.compute(tx, tw, tb, tr)]
+
+    return compute
 
 
 #: One kernel call: (kernel name, attrs, args, compute, macs), as :meth:`LoweringContext.add_kernel`.
 _Step = tuple[str, dict, list, Callable[..., Sequence[te.Tensor]], int]
-
-
-def _direct_conv(
-    ctx: LoweringContext,
-    node: str,
-    geom: shapes.ConvGeometry,
-    x: relax.Expr,
-    w: relax.Expr,
-    bias: relax.Expr | None,
-    residual: relax.Expr | None,
-    activation: str | None,
-    pool_geom: shapes.PoolGeometry | None,
-) -> list[_Step]:
-    """The kernel calls of the convolution ``geom`` by the direct algorithm (w unpacked:
-    packed here for it when constant), then its fused max pool ``pool_geom`` if any (in
-    the same kernel where :func:`pooled_layout` allows, else a second one); the first
-    call's args are x, w, bias, residual, the second's the first's output (None)."""
-    dtype = tensor_dtype(x)
-    constant = isinstance(w, tvm.ir.expr.Constant)
-    layout = conv_layout(geom, dtype, ctx.target, constant, "direct")
-    packed = constant and layout is not None
-    if packed:
-        w = relax.const(pack_conv_weight(w.value.numpy(), layout))
-    pooled = (
-        None if pool_geom is None else pooled_layout(layout, geom, pool_geom, dtype, ctx.target)
-    )
-
-    def compute(tx, tw, *rest):
-        tb = rest[0] if bias is not None else None
-        tr = rest[-1] if residual is not None else None
-        if isinstance(pooled, ops.ChannelBlocks):
-            out = ops.conv_nchwc_max_pool(
-                tx, tw, tb, geom, pooled, pool_geom, activation, weight_packed=packed, residual=tr
-            )
-            return [out]
-        out = conv_for_target(
-            tx, tw, tb, geom, activation, ctx.target, weight_packed=packed, residual=tr,
-            algorithm="direct",
-        )  # fmt: skip
-        return [out]
-
-    args = [a for a in (x, w, bias, residual) if a is not None]
-    steps: list[_Step] = [(f"conv{geom.ndim}d (direct)", {}, args, compute, geom.macs)]
-    if pool_geom is not None and pooled is None:
-        steps.append(("max_pool (direct)", {}, [None], lambda t: [ops.pool(t, pool_geom)], 0))
-    return steps
 
 
 def _finite_or_direct(
@@ -468,48 +410,6 @@ def _fused_max_pool(
     return _text(attrs[MAX_POOL_ATTRS["node"]]), geom
 
 
-def pooled_layout(
-    layout: ops.WinogradTiles | ops.ChannelBlocks | None,
-    geom: shapes.ConvGeometry,
-    pool: shapes.PoolGeometry,
-    dtype: str,
-    target: tvm.target.Target,
-) -> ops.WinogradTiles | ops.ChannelBlocks | None:
-    """The layout (:func:`convforge.api.conv_layout`'s ``layout`` for ``geom``) in which the
-    max ``pool`` of the convolution's output is computed inside its kernel, or None where
-    the pool runs as its own kernel. It needs windows inside the output
-    (``PoolGeometry.windows_inside``), and NCHW[x]c blocks in whole output channel blocks
-    (the pooled channels are vectorized by blocks; the width block is re-chosen to divide
-    the pool's width or be a multiple of it: :func:`convforge.ops.conv_nchwc_max_pool`),
-    or undilated Winograd tiles that each hold whole windows (the pool runs in the tasks
-    that write them: ``cpu_winograd.schedule_winograd_pool``); the generic convolution never.
-    """
-    if not pool.windows_inside:
-        return None
-    if isinstance(layout, ops.WinogradTiles):
-        whole = all(layout.m % k == 0 for k in pool.kernel) and geom.dilation == (1, 1)
-        return layout if whole else None
-    if isinstance(layout, ops.ChannelBlocks):
-        blocks = channel_blocks(geom, dtype, target, pool_width=pool.kernel[-1])
-        return blocks if geom.out_channels % blocks.out_block == 0 else None
-    return None
-
-
-def subsampled_pointwise(
-    geom: shapes.ConvGeometry, target: tvm.target.Target
-) -> shapes.ConvGeometry | None:
-    """For a strided, unpadded 1x1 convolution on a CPU, the stride-1 convolution of the
-    input subsampled by the stride (the same outputs), else None: the dense 1x1 kernels
-    then read contiguous rows. ResNet-50's projection shortcuts on 2 AVX-512 cores, with
-    the slice: 256->512 s2 56x56 1.14 instead of 1.33 ms, 512->1024 28x28 0.90 instead of
-    1.07, 1024->2048 14x14 0.78 instead of 0.90."""
-    if not is_cpu(target) or not geom.is_unpadded_1x1 or geom.is_pointwise:
-        return None
-    return shapes.conv_geometry(
-        (geom.batch, geom.in_channels, *geom.out_size), geom.w_shape, groups=geom.groups
-    )
-
-
 def lower_conv_transpose(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     """ONNX ConvTranspose (output_shape, output_padding, every auto_pad, groups with bias)."""
     x, w = inputs[0], inputs[1]
@@ -567,14 +467,9 @@ def lower_causal_conv_with_state(ctx: LoweringContext, inputs: list, attrs: dict
 
 
 def lower_gemm(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
-    """ONNX Gemm ``A (N, K) @ B + C`` with a constant B, as a convolution over packed B.
-
-    B^T (K, O) is padded to O' (a multiple of the vector width W, zero columns) and packed
-    at compile time into (O'/W, K, 1, W): block r holds the K x W slice of output features
-    r*W .. r*W+W-1, contiguous. The convolution ``out[r, n, 0, w] = sum_k P[r, k, 0, w] *
-    A[n, k]`` (input P, kernel A seen as (N, K, 1, 1)) streams each block once, vectorized
-    along W, blocks in parallel; TVM permutes (O'/W, N, W) to (N, O'), slices and adds C.
-    Declines (TVM's converter takes the node) for transA, alpha/beta != 1 or a non-constant B.
+    """ONNX Gemm ``A (N, K) @ B + C`` with a constant B, as a convolution over packed B
+    (:func:`convforge.plan.plan_dense`); TVM permutes the kernel's (O'/W, N, W) to (N, O'),
+    slices and adds C. Declines (TVM's converter takes the node) for transA, alpha/beta != 1 or a non-constant B.
     """
     b = inputs[1]
     if (
@@ -589,24 +484,16 @@ def lower_gemm(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | 
     c = inputs[2] if len(inputs) > 2 else None
     n, k = static_shape(a, f"Gemm {node!r} A")
     matrix = b.value.numpy()
-    matrix = matrix.T if attrs.get("transB", 0) else matrix  # (K, O)
-    out_features = matrix.shape[1]
-    width = vector_lanes(ctx.target, tensor_dtype(a))
-    padded = -(-out_features // width) * width
-    blocks = padded // width
-    geom = shapes.conv_geometry((blocks, k, 1, width), (n, k, 1, 1))
-    packed = np.pad(matrix, ((0, 0), (0, padded - out_features)))
-    packed = packed.reshape(k, blocks, width).transpose(1, 0, 2).reshape(geom.x_shape)
+    w = matrix if attrs.get("transB", 0) else matrix.T  # (O, K)
+    plan = plan_dense((n, k), w.shape, tensor_dtype(a), ctx.target)
+    geom, padded, out_features = plan.kernel_geometry, plan.padded, plan.out_features
     bb = ctx.bb
-    args = [
-        bb.emit(relax.const(np.ascontiguousarray(packed))),
-        bb.emit(relax.op.reshape(a, geom.w_shape)),
-    ]
+    args = [bb.emit(relax.const(plan.pack(w))), bb.emit(relax.op.reshape(a, geom.w_shape))]
 
     def compute(tx, tw):
-        return [ops.conv(tx, tw, None, geom)]
+        return [plan.compute(tx, tw)]
 
-    out = bb.emit(ctx.emit_kernel(node, "Gemm", "dense", attrs, args, compute, geom.macs))
+    out = bb.emit(ctx.emit_kernel(node, "Gemm", plan.label, attrs, args, compute, geom.macs))
     if n > 1:
         out = bb.emit(relax.op.permute_dims(out, [1, 0, 2, 3]))
     out = relax.op.reshape(out, (n, padded))

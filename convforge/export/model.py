@@ -649,14 +649,14 @@ def compile_model(
     BatchNormalization with ``training_mode=1`` and MaxUnpool with ``output_shape`` are
     written out in primitive ops with onnxruntime's semantics.
 
-    ``algorithm`` (``convforge.api.ALGORITHMS``): 'auto' (Winograd where
-    :func:`convforge.api.conv_layout` picks it), 'direct' (no Winograd anywhere: the
+    ``algorithm`` (``convforge.plan.ALGORITHMS``): 'auto' (Winograd where
+    :func:`convforge.plan.plan_conv` picks it), 'direct' (no Winograd anywhere: the
     precise choice for data with outliers, see ``convforge.api.WINOGRAD_ERROR_BOUND``) or
     'winograd' (for every convolution it applies to, 'auto' elsewhere). A Winograd kernel
     first checks its input: where it holds a NaN or an infinity the direct kernel runs, so
     non-finite outputs are exactly onnxruntime's (report() counts the check in its share).
     """
-    from convforge.api import check_algorithm
+    from convforge.plan import check_algorithm
 
     check_algorithm(algorithm)
     from convforge.export.compile_profile import CompileProfile, tvm_compile

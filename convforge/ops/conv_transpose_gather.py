@@ -16,7 +16,7 @@ sub-pixel form (:mod:`convforge.ops.conv_transpose_subpixel`), which builds one
 convolution per phase and an interleave with one branch per phase: its if-then-else
 chain over ``prod(stride)`` phases overflowed TVM's recursive expression visitors
 (SIGSEGV from stride 40 in 2-D, 12 in 3-D). The sub-pixel form stays the fast path for
-ordinary strides (:data:`convforge.api.MAX_SUBPIXEL_PHASES`).
+ordinary strides (:data:`convforge.plan.MAX_SUBPIXEL_PHASES`).
 
 Block names (contract with ``convforge.schedules``): ``conv_transpose_taps`` (the
 products), ``conv_transpose_gather`` (the masked sum of taps per output) and

@@ -1,10 +1,8 @@
 """Default CPU schedule of dense convolutions with blocked output channels (no tuning).
 
-:func:`channel_blocks` picks the block sizes of :func:`convforge.ops.conv_nchwc` for a
-target: the output-channel block is ``m`` vector registers wide (the vectorized axis), the
-width block ``wb`` output positions, and the ``m * wb`` accumulators of one register tile
-take at most half the target's vector registers (AVX2: 16 ymm, AVX-512: 32 zmm, NEON: 32
-q), leaving the rest to weight vectors and broadcast inputs. :func:`schedule_conv_nchwc`
+The block sizes of :func:`convforge.ops.conv_nchwc` are chosen by the plan layer
+(:func:`convforge.plan.channel_blocks`: one register tile of ``out_block`` channels x
+``width_block`` positions, at most half the vector registers). :func:`schedule_conv_nchwc`
 orders the loops of ``conv_nchwc`` as ``n, ob, *outer, wo | c, *k | wi (unrolled), oi
 (vectorized)``, keeps the tile in local (register) storage, writes it back through the
 fused unpack/epilogue block (vectorized along the width) and runs the outer tiles in
@@ -17,14 +15,11 @@ computed (:func:`schedule_conv_max_pool`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import tvm
 from tvm import s_tir
 
-from convforge.ops.conv import accumulator_dtype
-from convforge.ops.conv_nchwc import ChannelBlocks
 from convforge.schedules.cpu_direct import (
     accumulator_budget,
     default_tiles,
@@ -34,98 +29,12 @@ from convforge.schedules.cpu_direct import (
     single_conv,
     smallest_divisor_at_least,
 )
-from convforge.shapes import ConvGeometry
-from convforge.targets import is_cpu, vector_bits, vector_lanes, vector_registers
+from convforge.targets import vector_lanes
 
-#: Output-channel vectors per tile: powers of two (3 x 16 lanes ran over 10x slower on Zen 4).
-_CHANNEL_VECTORS = (1, 2, 4)
 #: Parallel tasks wanted; with fewer (batch x channel block x row) tiles, the width tiles
 #: are split too (the 1x1 256->64 56x56 conv in one 64-channel block and one row of 3136
 #: positions ran on one of two cores: 0.89 instead of 0.50 ms, AVX-512).
 PARALLEL_TASKS = 8
-#: Independent accumulators that keep the FMA units busy (about 2 units x 4 cycles latency).
-_LATENCY_ACCUMULATORS = 8
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def channel_blocks(
-    geom: ConvGeometry, dtype: str, target: tvm.target.Target, pool_width: int | None = None
-) -> ChannelBlocks:
-    """Block sizes of the NCHW[x]c layout for ``geom`` on ``target``; with ``pool_width``
-    (a max pool computed in the kernel, :func:`schedule_conv_max_pool`) the width block
-    divides it or is a multiple of it.
-
-    Chooses ``m`` (1, 2 or, with 32 registers, 4) output-channel vectors and ``wb`` output
-    columns per register tile with at most half the vector registers as accumulators
-    (measured on Zen 4: tiles of 24 zmm accumulators ran 2-3x slower than 16, LLVM spills
-    the hoisted weight vectors and broadcasts), minimizing (padding waste)^3 x (1 + loads per multiply-add) x (latency
-    stall when fewer than 8 accumulators). Waste counts thrice: on Zen 3 the 8x7 tile of a
-    14- or 7-wide map ran 12-15% faster than the 16x4 tile that rounds it up to 16 or 8,
-    and 16x3 on a 9-wide map up to 20% faster than 16x4, though the model without the cube
-    prefers 16x4 (fewer loads, 8 accumulators); on 27- and 56-wide maps 16x4 stays.
-    """
-    lanes = vector_lanes(target, accumulator_dtype(dtype))
-    reduction = geom.in_channels // geom.groups * math.prod(geom.kernel)
-    tile = register_tile(
-        geom.out_channels, geom.out_size[-1], lanes, vector_registers(target), reduction,
-        pool_width,
-    )  # fmt: skip
-    # A 1x1 over a short row reads its input as contiguous panels (nchwc_pack_x): the
-    # strided column reads missed cold caches. 1024->256 over 196 positions, one AVX-512
-    # core, caches flushed: 1.41 -> 0.98 ms (0.68 -> 0.66 warm); ResNet-50 in one process,
-    # 2 cores: 33.5-33.6 vs 34.5-34.9 ms. Over 3136 positions (AVX2 code) it ran 1.20
-    # instead of 0.83 ms warm.
-    pack_input = geom.is_row_pointwise and geom.out_size[-1] < POINTWISE_ROW_POSITIONS
-    return ChannelBlocks(*tile, pack_input=pack_input)
-
-
-#: Multiply-adds per output at most which a register tile takes at most 2 channel
-#: vectors: with a short reduction the tile's write-back dominates, and a tile of 2 x 8
-#: (AVX-512, 2 cores) ran faster than 4 x 4: 3x3 3->64 on 256x256 (27 multiply-adds)
-#: 1.16 vs 2.05 ms, 8->64 (72) 0.54 vs 0.63, 16->64 (144) 0.95 vs 1.13; the 7x7 stride-2
-#: 3->64 stem (147) 0.79 vs 0.78 alone, 0.92 vs 0.87 onnxruntime's in the benchmark; 3x3
-#: 128->128 (1152) ran 1.35 vs 0.89.
-SHORT_REDUCTION = 144
-
-
-def register_tile(
-    out_channels: int,
-    width: int,
-    lanes: int,
-    registers: int,
-    reduction: int | None = None,
-    aligned: int | None = None,
-) -> tuple[int, int]:
-    """``(out_block, width_block)`` of :func:`channel_blocks`' rule for a multiply of
-    ``out_channels`` (vectorized, in blocks of 1, 2 or 4 vectors of ``lanes``) by ``width``
-    columns (broadcast) over ``reduction`` multiply-adds (None: long) on a target with
-    ``registers`` vector registers; ``aligned``: only width blocks dividing it or
-    multiples of it."""
-    best: tuple[float, int, int] | None = None
-    for m in _CHANNEL_VECTORS:
-        if m > 2 and registers <= 16:
-            break  # 4 vectors of 16 registers ran 1.2-2.3x slower than 2 (AVX2, Zen 3)
-        if m > 2 and reduction is not None and reduction <= SHORT_REDUCTION:
-            break  # see SHORT_REDUCTION
-        if m > 1 and (m // 2) * lanes >= out_channels:
-            break  # a smaller block already covers every output channel
-        ob = m * lanes
-        channel_waste = _ceil_div(out_channels, ob) * ob / out_channels
-        for wb in range(1, min(registers // 2 // m, width) + 1):
-            if aligned is not None and aligned % wb and wb % aligned:
-                continue
-            waste = channel_waste * _ceil_div(width, wb) * wb / width
-            loads_per_fma = (m + wb) / (m * wb)
-            latency_stall = max(1.0, _LATENCY_ACCUMULATORS / (m * wb))
-            score = waste**3 * (1 + loads_per_fma) * latency_stall
-            if best is None or score < best[0] - 1e-9:
-                best = (score, m, wb)
-    assert best is not None
-    _, m, wb = best
-    return m * lanes, wb
 
 
 def schedule_conv_nchwc(
@@ -223,26 +132,8 @@ def schedule_conv_max_pool(
     return [sch.get(pool).name_hint, sch.get(pooled).name_hint]
 
 
-@functools.lru_cache(maxsize=1024)  # the target queries take ~1 ms: keep API calls cheap
-def dense_conv_blocks(
-    geom: ConvGeometry, dtype: str, target: tvm.target.Target
-) -> ChannelBlocks | None:
-    """NCHW[x]c blocks when ``geom`` is computed in that layout on ``target``, else None.
-
-    Dense (groups == 1) 2-D and 3-D convolutions on CPU targets, except a 1x1 convolution
-    over one long row on AVX-512 (:func:`is_pointwise_row`); 1-D (causal) convolutions and
-    grouped/depthwise ones keep the generic computation and their own schedules.
-    """
-    if not is_cpu(target) or geom.groups != 1 or geom.ndim not in (2, 3):
-        return None
-    long_row = geom.is_row_pointwise and geom.out_size[-1] >= POINTWISE_ROW_POSITIONS
-    if long_row and vector_bits(target) >= 512:
-        return None
-    return channel_blocks(geom, dtype, target)
-
-
 #: A 1x1 stride-1 convolution over one row of at least this many positions (how the API
-#: computes 1x1 convolutions, :func:`convforge.api.kernel_geometry`) is a matrix multiply
+#: computes 1x1 convolutions, :func:`convforge.plan.plan_conv`) is a matrix multiply
 #: ``W (O x C) @ X (C x P)`` computed directly on AVX-512: the positions vectorized and
 #: the weights broadcast, in parallel time tiles (:func:`pointwise_time_tile`).
 #: On 2 AVX-512 cores this beat NCHW[x]c: 256->64 over 3136 positions 0.38 vs 0.43 ms,

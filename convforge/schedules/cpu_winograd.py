@@ -1,4 +1,4 @@
-"""CPU schedule of the Winograd convolution (ops.winograd), and when to use it.
+"""CPU schedule of the Winograd convolution (ops.winograd; when to use it: plan.winograd_tiles).
 
 One parallel loop over tasks (batch x tile rows x blocks of tiles, about 256 KB of
 intermediates each) runs the whole pipeline for its task while it is in cache: the
@@ -17,91 +17,12 @@ runs in the tasks that wrote its tiles (:func:`schedule_winograd_pool`).
 
 from __future__ import annotations
 
-import functools
-import math
-
 import tvm
 from tvm import s_tir, tirx
 
-from convforge.ops.conv import accumulator_dtype
-from convforge.ops.winograd import DILATION_ATTR, WinogradTiles
-from convforge.schedules.cpu_conv import register_tile
+from convforge.ops.winograd import DILATION_ATTR
 from convforge.schedules.cpu_direct import has_block, largest_divisor
-from convforge.shapes import ConvGeometry
-from convforge.targets import is_cpu, vector_lanes, vector_registers
-
-
-@functools.lru_cache(maxsize=1024)
-def winograd_tiles(
-    geom: ConvGeometry, dtype: str, target: tvm.target.Target, constant_weight: bool = False
-) -> WinogradTiles | None:
-    """The Winograd tiles for ``geom`` on ``target``, or None where the direct
-    convolution is used: dense float32 2-D convolutions on CPUs, 3x3 with stride 1, or
-    square kernels with stride 2 (undilated; :data:`MAX_PHASE_CHANNELS`).
-
-    A weight given on every call is transformed on every call, which costs about as much
-    as the multiplies of 16 tiles (ResNet-50's 3x3 256->256 at 14x14: 2.1 ms against 1.8 ms
-    direct, 0.7 ms with the weight transformed once): such convolutions need
-    :data:`MIN_TILES_PER_CALL_WEIGHT` tiles; a ``constant_weight`` (transformed at
-    compile time) needs none.
-
-    F(4x4, 3x3) up to 256 input channels, F(2x2, 3x3) above: F(4x4)'s rounding grows with
-    the channel sum (measured max error / max |output|, random normal data: 4e-6 at 64
-    channels, 1.4e-5 at 512, against a float32 tolerance of 1e-5; F(2x2) 5e-7).
-
-    Stride 2 is F(4x4, r x r) over the four stride phases (``ops.winograd``), r = ceil(k/2):
-    a 3x3 kernel does 4 * 25/16 = 6.25 instead of 9 multiply-adds per output and input
-    channel, the 7x7 stem 4 * 49/16 = 12.25 instead of 49. Its transformed weight holds
-    (4 + r - 1)^2 * 4C * K values: one larger than :data:`CACHED_WEIGHT_FLOATS` is
-    transformed once or not at all. On 2 Zen 4 cores, 3x3 s2 128->128 56->28 took 0.86 ms
-    with the weight transformed once, 1.14 ms direct; transformed per call it took 0.90x
-    the direct time at 128 channels, 0.92-1.05x at 64 and 0.97-1.01x at 32 (batch 1-8):
-    too little, too unevenly, to take. The 7x7 s2 3->64 stem at 224 (a small transformed
-    weight): 0.89 ms against 1.14 ms direct.
-    """
-    if (
-        not is_cpu(target)
-        or dtype != "float32"
-        or geom.ndim != 2
-        or geom.groups != 1
-        or min(geom.in_channels * math.prod(geom.stride), geom.out_channels) < MIN_CHANNELS
-    ):
-        return None
-    if geom.stride == (1, 1) and geom.kernel == (3, 3):
-        m = 4 if geom.in_channels <= 256 else 2
-    elif geom.stride == (2, 2) and geom.dilation == (1, 1) and len(set(geom.kernel)) == 1:
-        m, taps, channels = 4, -(-geom.kernel[0] // 2), 4 * geom.in_channels
-        if channels > MAX_PHASE_CHANNELS.get(taps, 0):
-            return None
-        if not constant_weight and (m + taps - 1) ** 2 * channels * geom.out_channels > (
-            CACHED_WEIGHT_FLOATS
-        ):
-            return None
-    else:
-        return None
-    (oh, ow), (dh, dw) = geom.out_size, geom.dilation
-    if oh < m * dh or ow < m * dw:
-        return None
-    tiles_w = -(-ow // (m * dw))
-    tiles = geom.batch * -(-oh // (m * dh)) * dh * tiles_w * dw
-    if not constant_weight and tiles < MIN_TILES_PER_CALL_WEIGHT:
-        return None
-    lanes = vector_lanes(target, accumulator_dtype(dtype))
-    out_block, tile_block = register_tile(
-        geom.out_channels, tiles_w, lanes, vector_registers(target)
-    )
-    return WinogradTiles(m, out_block, tile_block, geom.stride)
-
-
-#: Fewer channels than this keep the direct convolution (the transforms would dominate).
-MIN_CHANNELS = 8
-#: Stride-2 convolutions by F(4x4, r x r) over their stride phases: the most phase channels
-#: (4 x input channels) per phase kernel size r. The rounding grows with both (max error /
-#: max |output|, random normal data): r=2 (3x3, 4x4 kernels) 7.5e-6 at 512, r=3 (5x5) 7.4e-6
-#: at 128 and 3.3e-6 at 64, r=4 (7x7) 4.6e-6 at 128 and 1.9e-6 at 12.
-MAX_PHASE_CHANNELS = {2: 512, 3: 64, 4: 64}
-#: Tiles a convolution whose weight is transformed on every call needs (see winograd_tiles).
-MIN_TILES_PER_CALL_WEIGHT = 32
+from convforge.targets import vector_lanes
 
 
 def is_winograd(func: tirx.PrimFunc) -> bool:

@@ -1,0 +1,829 @@
+"""The plan layer: the one place that decides how a convolution is computed.
+
+:func:`plan_conv` takes what was asked (a :class:`~convforge.shapes.ConvGeometry`, dtype,
+target, whether the weight is a constant, ``algorithm=``, a fused max pool, a folded
+resize, bias / residual / activation) and returns a frozen :class:`ConvPlan` that knows
+everything downstream needs:
+
+- ``kernel_geometry``: the shapes the kernel runs on (a dense 1x1 over one row of H*W
+  positions; a strided unpadded 1x1 after x is subsampled by the stride);
+- ``algorithm``: one instance of a class of :data:`CONV_ALGORITHMS` (its parameters:
+  :class:`~convforge.ops.WinogradTiles`, :class:`~convforge.ops.ChannelBlocks`), which
+  knows its computation, its weight packing, its label and its schedule rule;
+- ``prepare_x`` / ``pack`` (numpy) and ``subsample`` / ``reshapes`` (for relax): the
+  slice and reshapes of x, w and the residual around the kernel;
+- ``compute`` (the TE computation, fused epilogue and pool included), ``computation``
+  (placeholders + compute: what the API compiles and ``convforge tune`` tunes), ``label``
+  (``report()``), ``key`` (kernel cache), ``needs_finite_check`` and ``direct()``.
+
+Callers (``cf.conv``, ``cf.prepare_conv``, the ONNX lowering, ``convforge tune``,
+``convforge aot``) call :func:`plan_conv` once and never branch on the algorithm's type.
+Adding an algorithm: one class here (``choose``, ``compute``, ``pack``, ``label``,
+``schedule``), its schedule rule in ``schedules/``, one line in :data:`CONV_ALGORITHMS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import tvm
+from tvm import te
+
+from convforge import ops, shapes
+from convforge.ops.conv import accumulator_dtype
+from convforge.schedules.cpu_conv import POINTWISE_ROW_POSITIONS
+from convforge.schedules.cpu_winograd import CACHED_WEIGHT_FLOATS
+from convforge.targets import (
+    TargetArg,
+    is_cpu,
+    resolve_target,
+    vector_bits,
+    vector_lanes,
+    vector_registers,
+)
+
+#: Builds the computation: returns (input placeholders, output tensors).
+Computation = Callable[[], tuple[Sequence[te.Tensor], Sequence[te.Tensor]]]
+
+#: Values of every ``algorithm=`` argument: ``auto`` (Winograd where :func:`plan_conv`
+#: finds it faster), ``direct`` (never Winograd) or ``winograd`` (wherever it applies).
+ALGORITHMS = ("auto", "direct", "winograd")
+
+
+def check_algorithm(algorithm: str) -> None:
+    """ValueError unless ``algorithm`` is one of :data:`ALGORITHMS`."""
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+
+
+# --- thresholds of the choices (evidence: CHANGELOG and benchmarks/results/) -----------
+
+#: Output-channel vectors per register tile: powers of two (3 x 16 lanes ran over 10x
+#: slower on Zen 4).
+CHANNEL_VECTORS = (1, 2, 4)
+#: Independent accumulators that keep the FMA units busy (about 2 units x 4 cycles latency).
+LATENCY_ACCUMULATORS = 8
+#: Multiply-adds per output at most for which a register tile takes at most 2 channel
+#: vectors: with a short reduction the tile's write-back dominates (AVX-512, 2 cores: 3x3
+#: 3->64 on 256x256, 27 multiply-adds, 1.16 ms with 2 x 8 against 2.05 with 4 x 4).
+SHORT_REDUCTION = 144
+#: Winograd: fewer channels than this keep the direct convolution (the transforms dominate).
+MIN_WINOGRAD_CHANNELS = 8
+#: Stride-2 convolutions by F(4x4, r x r) over their stride phases: the most phase channels
+#: (4 x input channels) per phase kernel size r, where the rounding stays below float32's
+#: 1e-5 tolerance (max error / max |output|, random normal data: r=2 7.5e-6 at 512, r=3
+#: 7.4e-6 at 128, r=4 4.6e-6 at 128).
+MAX_PHASE_CHANNELS = {2: 512, 3: 64, 4: 64}
+#: Tiles a convolution whose weight is transformed on every call needs (the transform
+#: costs about as much as the multiplies of 16 tiles).
+MIN_TILES_PER_CALL_WEIGHT = 32
+#: Sub-pixel transposed convolutions have at most this many stride phases; above it each
+#: output gathers its taps (``ops.conv_transpose_gather``, stride-independent size): the
+#: phases' interleave crashed TVM at stride 40 in 2-D and compile time grows with them.
+MAX_SUBPIXEL_PHASES = 16
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# --- the choice functions --------------------------------------------------------------
+
+
+def register_tile(
+    out_channels: int,
+    width: int,
+    lanes: int,
+    registers: int,
+    reduction: int | None = None,
+    aligned: int | None = None,
+) -> tuple[int, int]:
+    """``(out_block, width_block)`` of a register tile for a multiply of ``out_channels``
+    (vectorized, in blocks of 1, 2 or 4 vectors of ``lanes``) by ``width`` columns
+    (broadcast) over ``reduction`` multiply-adds (None: long) on a target with
+    ``registers`` vector registers; ``aligned``: only width blocks dividing it or
+    multiples of it. At most half the registers hold accumulators; minimizes (padding
+    waste)^3 x (1 + loads per multiply-add) x (latency stall below
+    :data:`LATENCY_ACCUMULATORS` accumulators)."""
+    best: tuple[float, int, int] | None = None
+    for m in CHANNEL_VECTORS:
+        if m > 2 and registers <= 16:
+            break  # 4 vectors of 16 registers ran 1.2-2.3x slower than 2 (AVX2, Zen 3)
+        if m > 2 and reduction is not None and reduction <= SHORT_REDUCTION:
+            break  # see SHORT_REDUCTION
+        if m > 1 and (m // 2) * lanes >= out_channels:
+            break  # a smaller block already covers every output channel
+        ob = m * lanes
+        channel_waste = _ceil_div(out_channels, ob) * ob / out_channels
+        for wb in range(1, min(registers // 2 // m, width) + 1):
+            if aligned is not None and aligned % wb and wb % aligned:
+                continue
+            waste = channel_waste * _ceil_div(width, wb) * wb / width
+            loads_per_fma = (m + wb) / (m * wb)
+            latency_stall = max(1.0, LATENCY_ACCUMULATORS / (m * wb))
+            score = waste**3 * (1 + loads_per_fma) * latency_stall
+            if best is None or score < best[0] - 1e-9:
+                best = (score, m, wb)
+    assert best is not None
+    _, m, wb = best
+    return m * lanes, wb
+
+
+def channel_blocks(
+    geom: shapes.ConvGeometry,
+    dtype: str,
+    target: tvm.target.Target,
+    pool_width: int | None = None,
+) -> ops.ChannelBlocks:
+    """Block sizes of the NCHW[x]c layout for ``geom`` on ``target`` (:func:`register_tile`
+    over the output channels and the innermost output axis); with ``pool_width`` (a max
+    pool computed in the kernel) the width block divides it or is a multiple of it. A 1x1
+    over a row shorter than ``cpu_conv.POINTWISE_ROW_POSITIONS`` packs its input into
+    contiguous panels (``pack_input``)."""
+    lanes = vector_lanes(target, accumulator_dtype(dtype))
+    reduction = geom.in_channels // geom.groups * math.prod(geom.kernel)
+    tile = register_tile(
+        geom.out_channels, geom.out_size[-1], lanes, vector_registers(target), reduction,
+        pool_width,
+    )  # fmt: skip
+    pack_input = geom.is_row_pointwise and geom.out_size[-1] < POINTWISE_ROW_POSITIONS
+    return ops.ChannelBlocks(*tile, pack_input=pack_input)
+
+
+def dense_conv_blocks(
+    geom: shapes.ConvGeometry, dtype: str, target: tvm.target.Target
+) -> ops.ChannelBlocks | None:
+    """NCHW[x]c blocks when ``geom`` is computed in that layout on ``target``, else None:
+    dense (groups == 1) 2-D and 3-D convolutions on CPU targets, except a 1x1 over one row
+    of at least ``cpu_conv.POINTWISE_ROW_POSITIONS`` positions on AVX-512 (computed
+    directly, positions vectorized: ``cpu_conv.schedule_pointwise_row``)."""
+    if not is_cpu(target) or geom.groups != 1 or geom.ndim not in (2, 3):
+        return None
+    long_row = geom.is_row_pointwise and geom.out_size[-1] >= POINTWISE_ROW_POSITIONS
+    if long_row and vector_bits(target) >= 512:
+        return None
+    return channel_blocks(geom, dtype, target)
+
+
+def winograd_tiles(
+    geom: shapes.ConvGeometry,
+    dtype: str,
+    target: tvm.target.Target,
+    constant_weight: bool = False,
+) -> ops.WinogradTiles | None:
+    """The Winograd tiles for ``geom`` on ``target``, or None where the direct convolution
+    is used: dense float32 2-D convolutions on CPUs with at least
+    :data:`MIN_WINOGRAD_CHANNELS` channels, 3x3 with stride 1 (F(4x4, 3x3) up to 256 input
+    channels, F(2x2, 3x3) above, where F(4x4)'s rounding grows past float32's tolerance),
+    or square undilated kernels with stride 2 as F(4x4, r x r) over the stride phases
+    (within :data:`MAX_PHASE_CHANNELS`; a transformed weight over
+    ``cpu_winograd.CACHED_WEIGHT_FLOATS`` only when ``constant_weight``). A weight given on
+    every call is transformed on every call: such convolutions need
+    :data:`MIN_TILES_PER_CALL_WEIGHT` tiles; a ``constant_weight`` needs none."""
+    if (
+        not is_cpu(target)
+        or dtype != "float32"
+        or geom.ndim != 2
+        or geom.groups != 1
+        or min(geom.in_channels * math.prod(geom.stride), geom.out_channels) < MIN_WINOGRAD_CHANNELS
+    ):
+        return None
+    if geom.stride == (1, 1) and geom.kernel == (3, 3):
+        m = 4 if geom.in_channels <= 256 else 2
+    elif geom.stride == (2, 2) and geom.dilation == (1, 1) and len(set(geom.kernel)) == 1:
+        m, taps, channels = 4, -(-geom.kernel[0] // 2), 4 * geom.in_channels
+        if channels > MAX_PHASE_CHANNELS.get(taps, 0):
+            return None
+        if not constant_weight and (m + taps - 1) ** 2 * channels * geom.out_channels > (
+            CACHED_WEIGHT_FLOATS
+        ):
+            return None
+    else:
+        return None
+    (oh, ow), (dh, dw) = geom.out_size, geom.dilation
+    if oh < m * dh or ow < m * dw:
+        return None
+    tiles_w = -(-ow // (m * dw))
+    tiles = geom.batch * -(-oh // (m * dh)) * dh * tiles_w * dw
+    if not constant_weight and tiles < MIN_TILES_PER_CALL_WEIGHT:
+        return None
+    lanes = vector_lanes(target, accumulator_dtype(dtype))
+    out_block, tile_block = register_tile(
+        geom.out_channels, tiles_w, lanes, vector_registers(target)
+    )
+    return ops.WinogradTiles(m, out_block, tile_block, geom.stride)
+
+
+# --- the algorithms --------------------------------------------------------------------
+
+
+class ConvAlgorithm:
+    """One way of computing a convolution. Subclasses are frozen dataclasses carrying their
+    parameters, and define:
+
+    - ``choose(geom, dtype, target, *, constant_weight)`` (classmethod): the instance for
+      ``geom`` (the kernel geometry) or None where the algorithm does not apply;
+    - ``compute(tx, tw, tb, tr, geom, activation, *, packed)``: the TE computation (w
+      packed by :meth:`pack` when ``packed``);
+    - ``pack(w)`` / ``packed_shape(geom)``: a constant weight in the layout ``compute``
+      reads with ``packed`` (identity by default);
+    - ``pooled(geom, pool, dtype, target)``: the algorithm that also computes the max
+      ``pool`` of the output inside the kernel, or None;
+    - ``x_shape(geom)``: the input the computation reads (``geom.x_shape`` but for a
+      folded resize);
+    - ``label`` (suffix of the kernel name in ``report()``), ``schedule`` (the schedule
+      rule that serves it, ``module.function`` under ``convforge.schedules``), ``exact``
+      (False: non-finite inputs must take the direct plan)."""
+
+    name: ClassVar[str]
+    #: The operator's name in a kernel label (``conv`` -> ``conv2d``).
+    op: ClassVar[str] = "conv"
+    schedule: str  # a class constant, or a property where a variant has its own rule
+    exact: ClassVar[bool] = True
+    #: Whether :meth:`pack` changes a constant weight's layout (the kernel then reads it so).
+    packs: ClassVar[bool] = False
+
+    @classmethod
+    def choose(
+        cls,
+        geom: shapes.ConvGeometry,
+        dtype: str,
+        target: tvm.target.Target,
+        *,
+        constant_weight: bool,
+    ) -> ConvAlgorithm | None:
+        raise NotImplementedError(f"{cls.__name__} must define choose")
+
+    def compute(
+        self,
+        tx: te.Tensor,
+        tw: te.Tensor,
+        tb: te.Tensor | None,
+        tr: te.Tensor | None,
+        geom: shapes.ConvGeometry,
+        activation: str | None,
+        *,
+        packed: bool,
+    ) -> te.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define compute")
+
+    @property
+    def label(self) -> str:
+        return ""
+
+    def x_shape(self, geom: shapes.ConvGeometry) -> tuple[int, ...]:
+        """The shape of the x the computation reads for the convolution ``geom``."""
+        return geom.x_shape
+
+    def pack(self, w: np.ndarray) -> np.ndarray:
+        return w
+
+    def packed_shape(self, geom: shapes.ConvGeometry) -> tuple[int, ...]:
+        return geom.w_shape
+
+    def pooled(
+        self,
+        geom: shapes.ConvGeometry,
+        pool: shapes.PoolGeometry,
+        dtype: str,
+        target: tvm.target.Target,
+    ) -> ConvAlgorithm | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Winograd(ConvAlgorithm):
+    """Winograd F(m x m, r x s) (stride 1) or F(4x4, r x r) over the stride-2 phases
+    (:func:`winograd_tiles`); a constant weight is transformed once
+    (``ops.transform_weight_array``). A fused max pool whose windows lie in whole tiles
+    runs in the tasks that write them (``window_max``)."""
+
+    tiles: ops.WinogradTiles
+    pool: shapes.PoolGeometry | None = None
+
+    name: ClassVar[str] = "winograd"
+    exact: ClassVar[bool] = False
+    packs: ClassVar[bool] = True
+
+    @property
+    def schedule(self) -> str:
+        pooled = "" if self.pool is None else "_pool"
+        return f"cpu_winograd.schedule_winograd{pooled}"
+
+    @classmethod
+    def choose(cls, geom, dtype, target, *, constant_weight):
+        tiles = winograd_tiles(geom, dtype, target, constant_weight)
+        return None if tiles is None else cls(tiles)
+
+    @property
+    def label(self) -> str:
+        t = self.tiles
+        phases = "" if t.stride == (1, 1) else ", stride {}x{} phases".format(*t.stride)
+        return f" (winograd F{t.m}x{t.m}{phases})"
+
+    def compute(self, tx, tw, tb, tr, geom, activation, *, packed):
+        out = ops.conv2d_winograd(
+            tx, tw, tb, geom, self.tiles, activation, weight_transformed=packed, residual=tr
+        )
+        return out if self.pool is None else ops.window_max(out, self.pool)
+
+    def pack(self, w):
+        return ops.transform_weight_array(w, self.tiles)
+
+    def packed_shape(self, geom):
+        t = self.tiles
+        (sh, sw), (k, c, r, s) = t.stride, geom.w_shape
+        rh, rw = _ceil_div(r, sh), _ceil_div(s, sw)
+        chunks = _ceil_div(k, t.out_block)
+        return (t.m + rh - 1, t.m + rw - 1, chunks, sh * sw * c, t.out_block)
+
+    def pooled(self, geom, pool, dtype, target):
+        whole = all(self.tiles.m % k == 0 for k in pool.kernel) and geom.dilation == (1, 1)
+        return dataclasses.replace(self, pool=pool) if whole else None
+
+
+@dataclass(frozen=True)
+class Blocked(ConvAlgorithm):
+    """Dense NCHW[x]c: output channels in blocks (:func:`dense_conv_blocks`); a constant
+    weight is packed once (``ops.pack_weight_array``). Its pooled variant re-chooses the
+    width block to divide the pool's width and reads the pool from the accumulators
+    (``ops.conv_nchwc_max_pool``)."""
+
+    blocks: ops.ChannelBlocks
+    pool: shapes.PoolGeometry | None = None
+
+    name: ClassVar[str] = "blocked"
+    packs: ClassVar[bool] = True
+
+    @property
+    def schedule(self) -> str:
+        return (
+            "cpu_conv.schedule_conv_nchwc"
+            if self.pool is None
+            else "cpu_conv.schedule_conv_max_pool"
+        )
+
+    @classmethod
+    def choose(cls, geom, dtype, target, *, constant_weight):
+        blocks = dense_conv_blocks(geom, dtype, target)
+        return None if blocks is None else cls(blocks)
+
+    def compute(self, tx, tw, tb, tr, geom, activation, *, packed):
+        if self.pool is not None:
+            return ops.conv_nchwc_max_pool(
+                tx, tw, tb, geom, self.blocks, self.pool, activation,
+                weight_packed=packed, residual=tr,
+            )  # fmt: skip
+        return ops.conv_nchwc(
+            tx, tw, tb, geom, self.blocks, activation, weight_packed=packed, residual=tr
+        )
+
+    def pack(self, w):
+        return ops.pack_weight_array(w, self.blocks)
+
+    def packed_shape(self, geom):
+        ob = self.blocks.out_block
+        return (_ceil_div(geom.out_channels, ob), geom.in_channels, *geom.kernel, ob)
+
+    def pooled(self, geom, pool, dtype, target):
+        blocks = channel_blocks(geom, dtype, target, pool_width=pool.kernel[-1])
+        if geom.out_channels % blocks.out_block:
+            return None
+        return Blocked(blocks, pool)
+
+
+@dataclass(frozen=True)
+class Generic(ConvAlgorithm):
+    """The generic N-d convolution (``ops.conv``): any groups, dilation, dtype and target."""
+
+    name: ClassVar[str] = "generic"
+    #: the CPU dispatch: grouped, 1x1 over a long row, long 1-D, else register tiles
+    schedule: ClassVar[str] = "cpu.schedule_cpu"
+
+    @classmethod
+    def choose(cls, geom, dtype, target, *, constant_weight):
+        return cls()
+
+    def compute(self, tx, tw, tb, tr, geom, activation, *, packed):
+        return ops.conv(tx, tw, tb, geom, activation, residual=tr)
+
+
+@dataclass(frozen=True)
+class ResizeConv(ConvAlgorithm):
+    """A resize folded into the convolution (``ops.resize_conv``, an ONNX Resize + Conv):
+    not in :data:`CONV_ALGORITHMS`, :func:`plan_conv` takes it when given ``resize``."""
+
+    resize: shapes.ResizeGeometry
+
+    name: ClassVar[str] = "resize_conv"
+    op: ClassVar[str] = "resize_conv"
+    schedule: ClassVar[str] = "cpu.schedule_cpu"
+
+    def x_shape(self, geom):
+        return self.resize.x_shape
+
+    def compute(self, tx, tw, tb, tr, geom, activation, *, packed):
+        return ops.resize_conv(tx, tw, tb, self.resize, geom, activation)
+
+
+#: The algorithms :func:`plan_conv` tries, in order; the first whose ``choose`` returns an
+#: instance computes the convolution. ``algorithm='direct'`` skips the inexact ones
+#: (Winograd), ``'winograd'`` takes only those. Adding an algorithm is one line here.
+CONV_ALGORITHMS: tuple[type[ConvAlgorithm], ...] = (Winograd, Blocked, Generic)
+
+
+# --- the plan --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """How one convolution is computed (:func:`plan_conv`): frozen, hashable by
+    :attr:`key`. ``geometry`` is the convolution asked, ``kernel_geometry`` the one the
+    kernel runs on: x is subsampled by :attr:`subsample` (a strided unpadded 1x1) and
+    reshaped to ``kernel_geometry.x_shape``, w to its ``w_shape`` (then :meth:`pack`-ed
+    where the weight is constant), a residual to its ``out_shape``; the kernel's output is
+    reshaped back to :attr:`out_shape`."""
+
+    geometry: shapes.ConvGeometry
+    kernel_geometry: shapes.ConvGeometry
+    dtype: str
+    algorithm: ConvAlgorithm
+    activation: str | None
+    bias: bool
+    residual: bool
+    constant_weight: bool
+    #: The max pool asked to be fused (the pool of the convolution's output), or None.
+    fused_pool: shapes.PoolGeometry | None
+    #: Strides by which x is sliced before the kernel (a strided unpadded 1x1), or None.
+    subsample: tuple[int, ...] | None
+    target: tvm.target.Target = field(compare=False, repr=False)
+
+    @property
+    def pool(self) -> shapes.PoolGeometry | None:
+        """The max pool computed inside the kernel, or None (a fused pool the kernel does
+        not compute runs as its own kernel after it)."""
+        return getattr(self.algorithm, "pool", None)
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """The shape x has before the kernel's reshape (after :attr:`subsample`)."""
+        g = self.geometry
+        if self.subsample is not None:
+            return (g.batch, g.in_channels, *g.out_size)
+        return self.algorithm.x_shape(g)
+
+    @property
+    def kernel_x_shape(self) -> tuple[int, ...]:
+        """The shape of the x the kernel reads."""
+        return self.algorithm.x_shape(self.kernel_geometry)
+
+    @property
+    def reshapes(self) -> bool:
+        """Whether x, w, the residual and the output are reshaped around the kernel."""
+        return self.kernel_x_shape != self.x_shape
+
+    @property
+    def packs(self) -> bool:
+        """Whether the kernel reads a constant weight in :meth:`pack`'s layout."""
+        return self.constant_weight and self.algorithm.packs
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The shape of the weight the kernel reads."""
+        if self.packs:
+            return self.algorithm.packed_shape(self.kernel_geometry)
+        return self.kernel_geometry.w_shape
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The shape of the result (the pooled output where the kernel pools)."""
+        return self.geometry.out_shape if self.pool is None else self.pool.out_shape
+
+    @property
+    def needs_finite_check(self) -> bool:
+        """Whether x must be checked for NaN/inf first, running :meth:`direct` where it
+        holds one (Winograd spreads a non-finite value over its whole tile)."""
+        return not self.algorithm.exact
+
+    @property
+    def schedule(self) -> str:
+        """The schedule rule that serves the kernel (``convforge.schedules.<module>.<fn>``)."""
+        return self.algorithm.schedule
+
+    @property
+    def label(self) -> str:
+        """The kernel's name in ``report()``: ``conv2d``, ``conv2d (winograd F4x4)``,
+        ``... + max_pool2d``, ``resize_conv2d``."""
+        nd = self.geometry.ndim
+        pool = "" if self.pool is None else f" + max_pool{nd}d"
+        return f"{self.algorithm.op}{nd}d{self.algorithm.label}{pool}"
+
+    @property
+    def key(self) -> tuple:
+        """The kernel cache key (with the target, which the caches add)."""
+        return (
+            self.kernel_geometry, self.dtype, self.algorithm, self.activation, self.bias,
+            self.residual, self.packs,
+        )  # fmt: skip
+
+    def direct(self) -> ConvPlan:
+        """The plan of the same convolution by the direct algorithm (``algorithm='direct'``),
+        with the fused pool only where this plan computes it (then inside the direct kernel
+        where that allows, else the caller runs it after: see :attr:`pool`)."""
+        return plan_conv(
+            self.geometry, self.dtype, self.target, constant_weight=self.constant_weight,
+            algorithm="direct", pool=None if self.pool is None else self.fused_pool,
+            activation=self.activation, bias=self.bias, residual=self.residual,
+        )  # fmt: skip
+
+    def prepare_x(self, x: np.ndarray) -> np.ndarray:
+        """x (``geometry.x_shape``) as the kernel reads it: subsampled, reshaped."""
+        if self.subsample is not None:
+            x = x[(..., *(slice(None, None, s) for s in self.subsample))]
+        return x.reshape(self.kernel_x_shape)
+
+    def pack(self, w: np.ndarray) -> np.ndarray:
+        """w (``geometry.w_shape``) as the kernel reads it: reshaped, and in the algorithm's
+        layout where the weight is constant (a new array, never a view of w)."""
+        w = np.asarray(w).reshape(self.kernel_geometry.w_shape)
+        return self.algorithm.pack(w) if self.packs else w.copy()
+
+    def compute(
+        self,
+        tx: te.Tensor,
+        tw: te.Tensor,
+        tb: te.Tensor | None = None,
+        tr: te.Tensor | None = None,
+    ) -> te.Tensor:
+        """The TE computation on the kernel's shapes: x, w (:attr:`weight_shape`), bias
+        (O,), residual (``kernel_geometry.out_shape``, added before the activation)."""
+        return self.algorithm.compute(
+            tx, tw, tb, tr, self.kernel_geometry, self.activation, packed=self.packs
+        )
+
+    def computation(self) -> Computation:
+        """Placeholders and :meth:`compute`: what the API compiles and ``convforge tune``
+        tunes (so a tuning record is found for exactly this PrimFunc)."""
+
+        def build():
+            g = self.kernel_geometry
+            names = {"x": self.kernel_x_shape, "w": self.weight_shape}
+            if self.bias:
+                names["bias"] = (g.out_channels,)
+            if self.residual:
+                names["residual"] = g.out_shape
+            tensors = {n: te.placeholder(s, self.dtype, name=n) for n, s in names.items()}
+            out = self.compute(
+                tensors["x"], tensors["w"], tensors.get("bias"), tensors.get("residual")
+            )
+            return list(tensors.values()), [out]
+
+        return build
+
+
+def _kernel_geometry(
+    geom: shapes.ConvGeometry, dtype: str, target: tvm.target.Target
+) -> shapes.ConvGeometry:
+    """A dense 2-D/3-D 1x1 stride-1 convolution computed in NCHW[x]c runs over one row of
+    prod(spatial) positions (14- and 7-wide maps no longer cap the register tile's width);
+    any other ``geom`` as it is."""
+    pointwise = geom.ndim in (2, 3) and geom.is_pointwise and any(n > 1 for n in geom.in_size[:-1])
+    if not pointwise or dense_conv_blocks(geom, dtype, target) is None:
+        return geom
+    positions = math.prod(geom.in_size)
+    return shapes.conv_geometry(
+        (geom.batch, geom.in_channels, 1, positions), (geom.out_channels, geom.in_channels, 1, 1)
+    )
+
+
+def _subsampled(geom: shapes.ConvGeometry, target: tvm.target.Target) -> shapes.ConvGeometry:
+    """A strided unpadded 1x1 convolution on a CPU is the stride-1 convolution of x
+    subsampled by the stride (the dense 1x1 kernels then read contiguous rows: ResNet-50's
+    projection shortcuts 1.15-1.2x faster); any other ``geom`` as it is."""
+    if not is_cpu(target) or not geom.is_unpadded_1x1 or geom.is_pointwise:
+        return geom
+    return shapes.conv_geometry(
+        (geom.batch, geom.in_channels, *geom.out_size), geom.w_shape, groups=geom.groups
+    )
+
+
+def _winograd_refusal(geom: shapes.ConvGeometry, dtype: str, target) -> ValueError:
+    return ValueError(
+        f"algorithm='winograd' does not apply to this convolution ({dtype}, "
+        f"{geom.ndim}-D, kernel {geom.kernel}, stride {geom.stride}, dilation "
+        f"{geom.dilation}, groups {geom.groups}, {geom.in_channels}->"
+        f"{geom.out_channels} channels, output {geom.out_size}) on target "
+        f"{target.kind.name}: Winograd needs a CPU, float32, an ungrouped 2-D "
+        f"convolution with at least {MIN_WINOGRAD_CHANNELS} channels in and out, 3x3 "
+        "with stride 1 or a square kernel with stride 2 (undilated, within the "
+        "channel limits of plan.MAX_PHASE_CHANNELS), and an output of at "
+        "least one tile per axis; use algorithm='auto' or 'direct'"
+    )
+
+
+def choose_algorithm(
+    geom: shapes.ConvGeometry,
+    dtype: str,
+    target: tvm.target.Target,
+    *,
+    constant_weight: bool,
+    algorithm: str = "auto",
+) -> ConvAlgorithm:
+    """The first algorithm of :data:`CONV_ALGORITHMS` (filtered by ``algorithm``) that
+    applies to the kernel geometry ``geom``. 'winograd' takes the inexact algorithms
+    wherever they apply, as for a constant weight (ValueError naming ``algorithm``
+    where none does); 'direct' never does."""
+    for cls in CONV_ALGORITHMS:
+        if algorithm == "direct" and not cls.exact:
+            continue
+        if algorithm == "winograd" and cls.exact:
+            continue
+        constant = constant_weight or algorithm == "winograd"
+        chosen = cls.choose(geom, dtype, target, constant_weight=constant)
+        if chosen is not None:
+            return chosen
+    raise _winograd_refusal(geom, dtype, target)
+
+
+def plan_conv(
+    geom: shapes.ConvGeometry,
+    dtype: str,
+    target: TargetArg = None,
+    *,
+    constant_weight: bool = False,
+    algorithm: str = "auto",
+    strict: bool = True,
+    pool: shapes.PoolGeometry | None = None,
+    resize: shapes.ResizeGeometry | None = None,
+    activation: str | None = None,
+    bias: bool = False,
+    residual: bool = False,
+    reshape: bool = True,
+) -> ConvPlan:
+    """THE decision of how to compute ``geom`` (validated by ``shapes.conv_geometry``):
+
+    1. the kernel geometry: a strided unpadded 1x1 on a CPU subsamples x by the stride; a
+       dense 1x1 computed in NCHW[x]c runs over one row of positions; a ``resize``
+       (:class:`~convforge.shapes.ResizeGeometry` whose output ``geom`` convolves) is
+       folded into the kernel (:class:`ResizeConv`, nothing else changes);
+    2. the algorithm: the first of :data:`CONV_ALGORITHMS` that applies (``algorithm``:
+       :data:`ALGORITHMS`; 'winograd' raises ValueError where Winograd does not apply,
+       unless ``strict=False``, which then plans as 'auto': a compiled model's choice);
+       ``constant_weight`` (packed once, by :meth:`ConvPlan.pack`) admits Winograd on more
+       shapes;
+    3. the fused max ``pool`` of the output (windows tiling it): inside the kernel where
+       the kernel geometry is the convolution's and the algorithm has a pooled variant,
+       else :attr:`ConvPlan.pool` is None and the caller runs it after the kernel;
+    4. the epilogue: ``activation(acc + bias + residual)``.
+
+    ``reshape=False`` keeps the kernel geometry the convolution's (no subsample, no row of
+    positions): the kernel reads x and w as given (an exported library's caller).
+
+    Cached by its arguments, the target resolved (the target queries cost about 1 ms,
+    and ``cf.conv`` plans on every call): a plan is computed once per distinct call, never
+    partly recomputed by callees.
+    """
+    check_algorithm(algorithm)
+    return _plan_conv(
+        geom, dtype, resolve_target(target), constant_weight, algorithm, strict, pool, resize,
+        activation, bias, residual, reshape,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_conv(
+    geom: shapes.ConvGeometry,
+    dtype: str,
+    target: tvm.target.Target,
+    constant_weight: bool,
+    algorithm: str,
+    strict: bool,
+    pool: shapes.PoolGeometry | None,
+    resize: shapes.ResizeGeometry | None,
+    activation: str | None,
+    bias: bool,
+    residual: bool,
+    reshape: bool,
+) -> ConvPlan:
+    """:func:`plan_conv` (arguments checked, target resolved), cached."""
+    if resize is not None:
+        return ConvPlan(
+            geom, geom, dtype, ResizeConv(resize), activation, bias, residual,
+            constant_weight, pool, None, target,
+        )  # fmt: skip
+    sliced = _subsampled(geom, target) if reshape else geom
+    subsample = None if sliced is geom else geom.stride
+    kernel_geom = _kernel_geometry(sliced, dtype, target) if reshape else geom
+    if algorithm == "winograd" and not strict:
+        try:
+            chosen = choose_algorithm(
+                kernel_geom, dtype, target, constant_weight=constant_weight, algorithm=algorithm
+            )
+        except ValueError:
+            chosen = choose_algorithm(kernel_geom, dtype, target, constant_weight=constant_weight)
+    else:
+        chosen = choose_algorithm(
+            kernel_geom, dtype, target, constant_weight=constant_weight, algorithm=algorithm
+        )
+    if pool is not None and pool.windows_inside and kernel_geom == sliced:
+        chosen = chosen.pooled(kernel_geom, pool, dtype, target) or chosen
+    return ConvPlan(
+        geom, kernel_geom, dtype, chosen, activation, bias, residual, constant_weight, pool,
+        subsample, target,
+    )  # fmt: skip
+
+
+def conv_transpose_op(
+    geom: shapes.ConvTransposeGeometry, target: TargetArg = None
+) -> Callable[..., te.Tensor]:
+    """The TE form of the transposed convolution ``geom`` on ``target``: sub-pixel phases
+    for stride > 1 (no products of inserted zeros) up to :data:`MAX_SUBPIXEL_PHASES`
+    phases, a gather per output above (bounded compile time for any stride), else the
+    plain flipped-kernel convolution (the dilate form, which inserts no zeros at stride
+    1). The phases are NCHW[x]c convolutions where :func:`dense_conv_blocks` has blocks
+    that the output channels fill, else direct ones (one ragged block runs slower
+    blocked)."""
+    if not any(s > 1 for s in geom.stride):
+        return ops.conv_transpose
+    if math.prod(geom.stride) > MAX_SUBPIXEL_PHASES:
+        return ops.conv_transpose_gather
+    target = resolve_target(target)
+    phase_geoms = [g for _, _, g in ops.subpixel_phases(geom)[2] if g is not None]
+
+    @functools.cache
+    def shared_out_block(dtype: str) -> int | None:
+        """The phases share one output-channel block (the interleave's schedule splits the
+        channels by it): the smallest any phase's register tile takes, so every phase's
+        tile stays within the registers its own choice fits; None: direct phases."""
+        blocks = [dense_conv_blocks(g, dtype, target) for g in phase_geoms]
+        if not blocks or any(b is None or geom.out_channels % b.out_block for b in blocks):
+            return None
+        return min(b.out_block for b in blocks)
+
+    def phase_conv(x, w, bias, phase_geom, activation):
+        out_block = shared_out_block(str(x.dtype))
+        if out_block is None:
+            return ops.conv(x, w, bias, phase_geom, activation)
+        blocks = dense_conv_blocks(phase_geom, str(x.dtype), target)
+        blocks = dataclasses.replace(blocks, out_block=out_block)
+        return ops.conv_nchwc(x, w, bias, phase_geom, blocks, activation)
+
+    return functools.partial(ops.conv_transpose_subpixel, phase_conv=phase_conv)
+
+
+@dataclass(frozen=True)
+class DensePlan:
+    """``x (N, F) @ w.T`` with a constant ``w (K, F)`` as a convolution over the packed
+    weight (an ONNX Gemm): w^T (F, K) is padded to K' (a multiple of the vector width W,
+    zero columns) and packed once into (K'/W, F, 1, W), block r holding the F x W slice of
+    outputs r*W .. r*W+W-1, contiguous. The kernel ``out[r, n, 0, w] = sum_f P[r, f, 0, w]
+    * x[n, f]`` (input P, kernel x seen as (N, F, 1, 1)) streams each block once,
+    vectorized along W, blocks in parallel; the caller permutes (K'/W, N, W) to (N, K'),
+    slices K and adds the bias."""
+
+    batch: int
+    features: int
+    out_features: int
+    width: int
+    dtype: str
+
+    label: ClassVar[str] = "dense"
+
+    @property
+    def padded(self) -> int:
+        """K rounded up to whole vectors."""
+        return _ceil_div(self.out_features, self.width) * self.width
+
+    @property
+    def kernel_geometry(self) -> shapes.ConvGeometry:
+        blocks = self.padded // self.width
+        return shapes.conv_geometry(
+            (blocks, self.features, 1, self.width), (self.batch, self.features, 1, 1)
+        )
+
+    def pack(self, w: np.ndarray) -> np.ndarray:
+        """w (K, F) packed as the kernel's first input (K'/W, F, 1, W)."""
+        matrix = np.pad(np.asarray(w).T, ((0, 0), (0, self.padded - self.out_features)))
+        blocks = self.padded // self.width
+        packed = matrix.reshape(self.features, blocks, self.width).transpose(1, 0, 2)
+        return np.ascontiguousarray(packed.reshape(self.kernel_geometry.x_shape))
+
+    def compute(self, packed: te.Tensor, x: te.Tensor) -> te.Tensor:
+        """The kernel: ``packed`` (K'/W, F, 1, W), x as (N, F, 1, 1) -> (K'/W, N, 1, W)."""
+        return ops.conv(packed, x, None, self.kernel_geometry)
+
+
+def plan_dense(
+    x_shape: Sequence[int], w_shape: Sequence[int], dtype: str, target: TargetArg = None
+) -> DensePlan:
+    """The packed-weight plan of a dense layer x (N, F) @ w.T, w (K, F) a constant
+    (shapes validated by ``shapes.dense_geometry``); the vector width is ``target``'s."""
+    target = resolve_target(target)
+    (n, f), (k, _) = x_shape, w_shape
+    return DensePlan(int(n), int(f), int(k), vector_lanes(target, dtype), dtype)
