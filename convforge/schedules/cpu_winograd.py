@@ -111,8 +111,8 @@ def is_winograd(func: tirx.PrimFunc) -> bool:
 
 #: Input columns per block of the padding's transpose to channels last.
 TRANSPOSE_COLUMNS = 16
-#: Parallel tasks wanted (at least), and the floats of V and M one task may hold (256 KB:
-#: half of Zen 3's L2).
+#: Parallel tasks wanted (at least), and the floats of V and M one task may hold (256 KB;
+#: evidence: benchmarks/results/thresholds.md#winograd-task-floats).
 MIN_TASKS = 8
 TASK_FLOATS = 64 * 1024
 
@@ -124,13 +124,12 @@ def _groups_per_task(inner: int, groups: int, group_floats: int) -> int:
     return largest_divisor(inner, limit)
 
 
-#: A transformed weight up to this size (1 MB) is re-read from cache by every task: the
-#: dilated 64x64 64-channel 3x3 (U 0.6 MB, 32 tasks) ran in 1.7 ms by rows and 2.2-2.6 ms
-#: by passes, which the traffic count below preferred.
+#: A transformed weight up to this size (1 MB) is re-read from cache by every task (evidence:
+#: benchmarks/results/thresholds.md#winograd-cached-weight).
 CACHED_WEIGHT_FLOATS = 256 * 1024
 #: Memory traffic of an intermediate written out and read back, in units of its size
-#: (write-allocate, write back, read). With 2, the 56x56 64-channel 3x3 convolution went to
-#: passes and ran in 1.36 ms instead of 1.09 ms by rows (medians, one process, Zen 3).
+#: (write-allocate, write back, read; evidence:
+#: benchmarks/results/thresholds.md#winograd-pass-traffic).
 PASS_TRAFFIC = 3
 
 
@@ -138,9 +137,8 @@ def _fuse_tasks(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, tasks: int) -> bool:
     """Whether to run the whole pipeline per task (every task reads all of the transformed
     weight U) rather than in passes (V and M written out and read back once, the multiply
     parallel over transform points and channel blocks, U read once): by rows while U stays
-    in cache (:data:`CACHED_WEIGHT_FLOATS`), else the one moving less data. ResNet-50's
-    7x7 512-channel 3x3 convolution, whose U is 17 MB, ran in 4.2 ms by rows and 2.1 ms by
-    passes.
+    in cache (:data:`CACHED_WEIGHT_FLOATS`), else the one moving less data (evidence:
+    benchmarks/results/thresholds.md#winograd-rows-or-passes).
     """
     n, rows, tb, pw, a, b, kb, ti, ki, c = (
         int(sch.get(loop).extent) for loop in sch.get_loops(gemm)
@@ -238,10 +236,10 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     sch.reorder(ti, c_outer, a, b, c_inner)
     _separable_in_registers(sch, block("winograd_input_rows"), c_outer, 4, [a, b, c_inner])
 
-    # padding to channels last, per undilated task, so that its input rows stay in cache (with one
-    # padded copy of the whole input, the 56x56 3x3 took 1.5 ms at batch 1 and 2.3 ms per
-    # image at batch 8; per task, and by rows, 1.1 and 1.2 ms), as a blocked transpose of
-    # 16 columns x a vector of channels (a plain loop reads one channel row per element)
+    # padding to channels last, per undilated task, so that its input rows stay in cache
+    # (evidence: benchmarks/results/thresholds.md#winograd-padding-per-task), as a blocked
+    # transpose of 16 columns x a vector of channels (a plain loop reads one channel row per
+    # element)
     pad = block("winograd_pad")
     if dh == dw == 1:
         sch.compute_at(pad, input_task, preserve_unit_loops=True)
