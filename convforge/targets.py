@@ -101,38 +101,6 @@ def target_key(target: tvm.target.Target) -> str:
     return json.dumps(target.export(), sort_keys=True, default=str)
 
 
-#: The schedule thresholds every profile carries (no family overrides one yet). Each was
-#: measured on x86 (2-core Zen 3 / Zen 4 and AVX-512 machines); AArch64 and the generic
-#: fallback inherit them unmeasured. The evidence for each lives in
-#: benchmarks/results/thresholds.md under the anchor named. Read them through
-#: :func:`profile`; a predicate that is not given a target yet reads this table.
-THRESHOLDS: dict[str, int] = {
-    # evidence: benchmarks/results/thresholds.md#min-parallel-iterations
-    "min_parallel_iterations": 3 << 20,
-    # evidence: benchmarks/results/thresholds.md#min-parallel-bytes
-    "min_parallel_bytes": 1 << 20,
-    # evidence: benchmarks/results/thresholds.md#accumulator-budget
-    "accumulator_budget": 8,
-    # evidence: benchmarks/results/thresholds.md#parallel-tasks
-    "parallel_tasks": 8,
-    # evidence: benchmarks/results/thresholds.md#latency-accumulators
-    "latency_accumulators": 8,
-    # evidence: benchmarks/results/thresholds.md#short-reduction
-    "short_reduction": 144,
-    # evidence: benchmarks/results/thresholds.md#pointwise-row-positions
-    "pointwise_row_positions": 512,
-    # evidence: benchmarks/results/thresholds.md#pointwise-time-tile
-    "pointwise_time_tile": 64,
-    # evidence: benchmarks/results/thresholds.md#long-1d-convolutions
-    "long_1d_min_length": 1024,
-    "long_1d_time_tile": 1024,
-    # evidence: benchmarks/results/thresholds.md#elementwise-min-parallel
-    "elementwise_min_parallel": 4096,
-    # evidence: benchmarks/results/thresholds.md#long-chunk-columns
-    "long_chunk_columns": 64,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class TargetProfile:
     """What convforge's schedules know of one target family, and the thresholds they use.
@@ -142,51 +110,58 @@ class TargetProfile:
     decision that depends on the target reads it from here: no other module compares
     target kinds or queries ISA features.
 
-    Hardware (CPU families): ``vector_bits`` (0 on a GPU), the architectural
-    ``vector_registers``, and per-core cache sizes in bytes (``l1d_bytes``, ``l2_bytes``,
-    ``l3_bytes``: the L3 divided among the cores sharing it), read from Linux's sysfs for the
-    host target, else the family's typical part (documented per profile). ``threads``: the
-    target's ``num-cores`` if it names one, else this machine's physical cores.
-    ``direct_accumulators``: vector accumulators one direct-convolution register block may
-    hold (three quarters of the registers).
-
-    Thresholds (measured; evidence in ``benchmarks/results/thresholds.md``, one section per
-    name): ``min_parallel_iterations``/``min_parallel_bytes`` (a kernel below both runs on
-    one thread), ``accumulator_budget`` (accumulators of the generic register tile),
-    ``parallel_tasks`` (parallel tiles a blocked or sub-pixel schedule wants before it splits
-    the width), ``latency_accumulators`` (independent accumulators that hide the FMA
-    latency), ``short_reduction`` (multiply-adds per output at most which a channel block
-    stays at 2 vectors), ``pointwise_row_positions``/``pointwise_time_tile`` (the 1x1
-    row-matrix rule), ``long_1d_min_length``/``long_1d_time_tile`` (the long 1-D rule),
-    ``elementwise_min_parallel`` (outputs from which an element-wise kernel is parallel),
-    ``long_chunk_columns`` (streaming chunks from which the throughput schedule is used).
-
-    GPU fields (CUDA; 0 on CPUs): ``max_threads_per_block``, ``static_shared_bytes`` (the
-    static shared memory one block may declare), ``registers_per_block``, ``warp_size``,
-    ``multiprocessors`` (for the target's ``arch``; 100 when unknown).
+    The thresholds were measured on x86 (2-core Zen 3 / Zen 4 and AVX-512 machines) and no
+    family overrides one yet: AArch64 and the generic fallback inherit them unmeasured. The
+    evidence for each is the section of ``benchmarks/results/thresholds.md`` named beside
+    it (``#min-parallel-iterations``: benchmarks/results/thresholds.md#min-parallel-iterations). A predicate that is not given a target yet reads the class default
+    (``TargetProfile.pointwise_row_positions``), which every profile carries.
     """
 
     name: str
+    #: The TVM target kind of the family ("llvm" or "cuda").
     kind: str
+    #: Vector register width in bits (0 on a GPU) and architectural vector registers.
     vector_bits: int
     vector_registers: int
+    #: Per-core cache sizes in bytes (the L3 divided among the cores sharing it): from
+    #: Linux's sysfs for the host target, else the family's typical part (:data:`PROFILES`).
     l1d_bytes: int
     l2_bytes: int
     l3_bytes: int
+    #: The target's ``num-cores`` if it names one, else this machine's physical cores.
     threads: int = 1
+    #: Vector accumulators one direct-convolution register block may hold (3/4 of the
+    #: registers). #accumulator-budget
     direct_accumulators: int = 12
-    min_parallel_iterations: int = THRESHOLDS["min_parallel_iterations"]
-    min_parallel_bytes: int = THRESHOLDS["min_parallel_bytes"]
-    accumulator_budget: int = THRESHOLDS["accumulator_budget"]
-    parallel_tasks: int = THRESHOLDS["parallel_tasks"]
-    latency_accumulators: int = THRESHOLDS["latency_accumulators"]
-    short_reduction: int = THRESHOLDS["short_reduction"]
-    pointwise_row_positions: int = THRESHOLDS["pointwise_row_positions"]
-    pointwise_time_tile: int = THRESHOLDS["pointwise_time_tile"]
-    long_1d_min_length: int = THRESHOLDS["long_1d_min_length"]
-    long_1d_time_tile: int = THRESHOLDS["long_1d_time_tile"]
-    elementwise_min_parallel: int = THRESHOLDS["elementwise_min_parallel"]
-    long_chunk_columns: int = THRESHOLDS["long_chunk_columns"]
+    #: A kernel below both runs on one thread. #min-parallel-iterations, #min-parallel-bytes
+    min_parallel_iterations: int = 3 << 20
+    min_parallel_bytes: int = 1 << 20
+    #: Accumulators of the generic register tile (schedules/cpu.py). #accumulator-budget
+    accumulator_budget: int = 8
+    #: Parallel tiles a blocked or sub-pixel schedule wants before it splits the width (or
+    #: the rows) too. #parallel-tasks
+    parallel_tasks: int = 8
+    #: Independent accumulators that hide the FMA latency. #latency-accumulators
+    latency_accumulators: int = 8
+    #: Multiply-adds per output at most which a channel block stays at 2 vectors.
+    #: #short-reduction
+    short_reduction: int = 144
+    #: A 1x1 over one row this long is computed as a row matrix (AVX-512), and the fewest
+    #: positions of its parallel time tiles. #pointwise-row-positions, #pointwise-time-tile
+    pointwise_row_positions: int = 512
+    pointwise_time_tile: int = 64
+    #: The long 1-D rule: the shortest output it takes, its time tile (upper bound).
+    #: #long-1d-convolutions
+    long_1d_min_length: int = 1024
+    long_1d_time_tile: int = 1024
+    #: Outputs from which an element-wise kernel runs in parallel.
+    #: #elementwise-min-parallel
+    elementwise_min_parallel: int = 4096
+    #: Streaming chunks (batch x time columns) from which the throughput schedule is used.
+    #: #long-chunk-columns
+    long_chunk_columns: int = 64
+    #: CUDA (0 on CPUs): threads per block, the static shared memory one block may declare,
+    #: 32-bit registers per block, warp size and SM count (of the ``arch``; 100 if unknown).
     max_threads_per_block: int = 0
     static_shared_bytes: int = 0
     registers_per_block: int = 0

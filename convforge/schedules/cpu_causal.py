@@ -19,18 +19,18 @@ from convforge.schedules.cpu_direct import (
     single_conv,
     width_tile,
 )
-from convforge.targets import THRESHOLDS, profile
+from convforge.targets import TargetProfile, profile
 
 
 def is_long_1d(func: tirx.PrimFunc) -> bool:
     """A plain 1-D convolution whose output is at least ``long_1d_min_length`` long (the
-    predicate has no target: it reads :data:`convforge.targets.THRESHOLDS`)."""
+    predicate has no target: it reads the default every profile carries)."""
     sch = s_tir.Schedule(func)
     block = single_conv(sch)
     if block is None:
         return False
     shape = sch.get(block).writes[0].source.shape
-    return len(shape) == 3 and int(shape[-1]) >= THRESHOLDS["long_1d_min_length"]
+    return len(shape) == 3 and int(shape[-1]) >= TargetProfile.long_1d_min_length
 
 
 def long_1d_tiles(

@@ -36,7 +36,7 @@ from convforge.schedules.cpu_direct import (
 )
 from convforge.shapes import ConvGeometry
 from convforge.targets import (
-    THRESHOLDS,
+    TargetProfile,
     is_cpu,
     profile,
     vector_bits,
@@ -50,7 +50,7 @@ _CHANNEL_VECTORS = (1, 2, 4)
 #: Independent accumulators that keep the FMA units busy (about 2 units x 4 cycles latency;
 #: evidence: benchmarks/results/thresholds.md#latency-accumulators). Read by
 #: :func:`register_tile`, a choice function that takes no target yet.
-_LATENCY_ACCUMULATORS = THRESHOLDS["latency_accumulators"]
+_LATENCY_ACCUMULATORS = TargetProfile.latency_accumulators
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -92,7 +92,7 @@ def channel_blocks(
 #: (with a short reduction the tile's write-back dominates). The profile's
 #: ``short_reduction``, read here by :func:`register_tile`, a choice function that takes no
 #: target yet. Evidence: benchmarks/results/thresholds.md#short-reduction.
-SHORT_REDUCTION = THRESHOLDS["short_reduction"]
+SHORT_REDUCTION = TargetProfile.short_reduction
 
 
 def register_tile(
@@ -254,7 +254,7 @@ def dense_conv_blocks(
 #: profile's ``pointwise_row_positions``, read here by :func:`is_pointwise_row` and the
 #: choice functions, which take no target yet. Evidence:
 #: benchmarks/results/thresholds.md#pointwise-row-positions.
-POINTWISE_ROW_POSITIONS = THRESHOLDS["pointwise_row_positions"]
+POINTWISE_ROW_POSITIONS = TargetProfile.pointwise_row_positions
 
 
 def is_pointwise_row(func: tvm.tirx.PrimFunc) -> bool:
