@@ -160,6 +160,11 @@ class TargetProfile:
     #: Streaming chunks (batch x time columns) from which the throughput schedule is used.
     #: #long-chunk-columns
     long_chunk_columns: int = 64
+    #: Winograd: the V and M floats one parallel task may hold (#winograd-task-floats), and
+    #: the traffic of an intermediate written out and read back, in units of its size
+    #: (write-allocate, write back, read; #winograd-pass-traffic).
+    winograd_task_floats: int = 64 * 1024
+    pass_traffic: int = 3
     #: CUDA (0 on CPUs): threads per block, the static shared memory one block may declare,
     #: 32-bit registers per block, warp size and SM count (of the ``arch``; 100 if unknown).
     max_threads_per_block: int = 0

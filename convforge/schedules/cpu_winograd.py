@@ -28,7 +28,7 @@ from convforge.ops.winograd import DILATION_ATTR, WinogradTiles
 from convforge.schedules.cpu_conv import register_tile
 from convforge.schedules.cpu_direct import has_block, largest_divisor
 from convforge.shapes import ConvGeometry
-from convforge.targets import is_cpu, vector_lanes, vector_registers
+from convforge.targets import TargetProfile, is_cpu, profile, vector_lanes, vector_registers
 
 
 @functools.lru_cache(maxsize=1024)
@@ -111,34 +111,31 @@ def is_winograd(func: tirx.PrimFunc) -> bool:
 
 #: Input columns per block of the padding's transpose to channels last.
 TRANSPOSE_COLUMNS = 16
-#: Parallel tasks wanted (at least), and the floats of V and M one task may hold (256 KB;
-#: evidence: benchmarks/results/thresholds.md#winograd-task-floats).
-MIN_TASKS = 8
-TASK_FLOATS = 64 * 1024
 
 
-def _groups_per_task(inner: int, groups: int, group_floats: int) -> int:
+def _groups_per_task(inner: int, groups: int, group_floats: int, thresholds: TargetProfile) -> int:
     """Tile blocks per task: the largest divisor of the ``inner`` tile loop whose V and M fit
-    :data:`TASK_FLOATS` and that leaves :data:`MIN_TASKS` of the ``groups`` tile blocks' tasks."""
-    limit = max(1, min(TASK_FLOATS // group_floats, groups // MIN_TASKS))
+    the profile's ``winograd_task_floats`` and that leaves its ``parallel_tasks`` of the
+    ``groups`` tile blocks' tasks."""
+    task_floats, tasks = thresholds.winograd_task_floats, thresholds.parallel_tasks
+    limit = max(1, min(task_floats // group_floats, groups // tasks))
     return largest_divisor(inner, limit)
 
 
 #: A transformed weight up to this size (1 MB) is re-read from cache by every task (evidence:
 #: benchmarks/results/thresholds.md#winograd-cached-weight).
 CACHED_WEIGHT_FLOATS = 256 * 1024
-#: Memory traffic of an intermediate written out and read back, in units of its size
-#: (write-allocate, write back, read; evidence:
-#: benchmarks/results/thresholds.md#winograd-pass-traffic).
-PASS_TRAFFIC = 3
 
 
-def _fuse_tasks(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, tasks: int) -> bool:
+def _fuse_tasks(
+    sch: s_tir.Schedule, gemm: s_tir.SBlockRV, tasks: int, thresholds: TargetProfile
+) -> bool:
     """Whether to run the whole pipeline per task (every task reads all of the transformed
     weight U) rather than in passes (V and M written out and read back once, the multiply
     parallel over transform points and channel blocks, U read once): by rows while U stays
-    in cache (:data:`CACHED_WEIGHT_FLOATS`), else the one moving less data (evidence:
-    benchmarks/results/thresholds.md#winograd-rows-or-passes).
+    in cache (:data:`CACHED_WEIGHT_FLOATS`), else the one moving less data, an
+    intermediate written out and read back counting the profile's ``pass_traffic`` times
+    its size (evidence: benchmarks/results/thresholds.md#winograd-rows-or-passes).
     """
     n, rows, tb, pw, a, b, kb, ti, ki, c = (
         int(sch.get(loop).extent) for loop in sch.get_loops(gemm)
@@ -147,7 +144,7 @@ def _fuse_tasks(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, tasks: int) -> bool:
     u_size, v_size, m_size = a * b * kb * ki * c, a * b * tiles * c, a * b * tiles * kb * ki
     if u_size <= CACHED_WEIGHT_FLOATS:
         return True
-    return tasks * u_size <= u_size + PASS_TRAFFIC * (v_size + m_size)
+    return tasks * u_size <= u_size + thresholds.pass_traffic * (v_size + m_size)
 
 
 def _separable_in_registers(
@@ -171,6 +168,7 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     block = sch.get_sblock
     lanes = vector_lanes(target, str(sch.get(block("winograd_gemm")).writes[0].source.dtype))
+    thresholds = profile(target)
     if "winograd_weight" in names:  # per (channel block, channel): G w G^T, vectorized
         weight = block("winograd_weight")
         a, b, kb, c, ki = sch.get_loops(weight)
@@ -194,14 +192,14 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
         th, jh = sch.split(oh, [qh_n, mh])
         tb, ti, jw = sch.split(ow, [tb_n, tile_block, mw])
         sch.reorder(n, th, tb, kb, jh, ki, ti, jw)
-        per_task = _groups_per_task(tb_n, n_n * qh_n * tb_n, group)
+        per_task = _groups_per_task(tb_n, n_n * qh_n * tb_n, group, thresholds)
         tb_outer, _ = sch.split(tb, [None, per_task])
         task = sch.fuse(n, th, tb_outer)
         sch.compute_at(y, kb, preserve_unit_loops=True)
         sch.vectorize(sch.fuse(ti, jw))
     else:  # (n, qh, tb, pwo) | pwi, kb, ...; written back by its own pass
         n, qh, tb, pw, *_ = sch.get_loops(y)
-        per_task = _groups_per_task(pw_n, n_n * qh_n * tb_n * pw_n, group)
+        per_task = _groups_per_task(pw_n, n_n * qh_n * tb_n * pw_n, group, thresholds)
         pw_outer, _ = sch.split(pw, [None, per_task])
         task = sch.fuse(n, qh, tb, pw_outer)
         sch.parallel(sch.fuse(*sch.get_loops(unpack)[:2]))
@@ -218,7 +216,7 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     sch.vectorize(ki)
 
     v = block("winograd_input")
-    if _fuse_tasks(sch, gemm, int(sch.get(task).extent)):
+    if _fuse_tasks(sch, gemm, int(sch.get(task).extent), thresholds):
         sch.compute_at(gemm, task, preserve_unit_loops=True)
         sch.compute_at(v, task, preserve_unit_loops=True)
         input_task = task
