@@ -102,6 +102,19 @@ def target_key(target: tvm.target.Target) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class CudaLimits:
+    """What a CUDA target allows one block (sm_70 .. sm_90 alike) and its SM count."""
+
+    max_threads_per_block: int
+    #: Static shared memory one block may declare, and its 32-bit registers.
+    static_shared_bytes: int
+    registers_per_block: int
+    warp_size: int
+    #: Streaming multiprocessors of the target's ``arch`` (100 when unknown).
+    multiprocessors: int
+
+
+@dataclasses.dataclass(frozen=True)
 class TargetProfile:
     """What convforge's schedules know of one target family, and the thresholds they use.
 
@@ -113,7 +126,8 @@ class TargetProfile:
     The thresholds were measured on x86 (2-core Zen 3 / Zen 4 and AVX-512 machines) and no
     family overrides one yet: AArch64 and the generic fallback inherit them unmeasured. The
     evidence for each is the section of ``benchmarks/results/thresholds.md`` named beside
-    it (``#min-parallel-iterations``: benchmarks/results/thresholds.md#min-parallel-iterations). A predicate that is not given a target yet reads the class default
+    it (``#min-parallel-iterations``: benchmarks/results/thresholds.md#min-parallel-iterations).
+    A predicate that is not given a target yet reads the class default
     (``TargetProfile.pointwise_row_positions``), which every profile carries.
     """
 
@@ -130,8 +144,11 @@ class TargetProfile:
     l3_bytes: int
     #: The target's ``num-cores`` if it names one, else this machine's physical cores.
     threads: int = 1
-    #: Vector accumulators one direct-convolution register block may hold (3/4 of the
-    #: registers). #accumulator-budget
+    #: CUDA targets' limits (None on CPUs).
+    cuda: CudaLimits | None = None
+    #: Vector accumulators one direct-convolution register block may hold: 24 of AVX-512's
+    #: 32 registers, else 12 (of 16; AArch64 keeps 12 of its 32, unmeasured).
+    #: #accumulator-budget
     direct_accumulators: int = 12
     #: A kernel below both runs on one thread. #min-parallel-iterations, #min-parallel-bytes
     min_parallel_iterations: int = 3 << 20
@@ -165,13 +182,6 @@ class TargetProfile:
     #: (write-allocate, write back, read; #winograd-pass-traffic).
     winograd_task_floats: int = 64 * 1024
     pass_traffic: int = 3
-    #: CUDA (0 on CPUs): threads per block, the static shared memory one block may declare,
-    #: 32-bit registers per block, warp size and SM count (of the ``arch``; 100 if unknown).
-    max_threads_per_block: int = 0
-    static_shared_bytes: int = 0
-    registers_per_block: int = 0
-    warp_size: int = 0
-    multiprocessors: int = 0
 
     def vector_lanes(self, dtype: str) -> int:
         """Lanes of ``dtype`` in one vector register (1 on a GPU or for wider types)."""
@@ -182,6 +192,16 @@ class TargetProfile:
 
 _KIB = 1024
 _MIB = 1024 * _KIB
+
+#: The CUDA limits of every architecture convforge targets (:data:`CUDA_DEFAULTS`), with
+#: the SM count of an unknown ``arch``.
+CUDA_LIMITS = CudaLimits(
+    max_threads_per_block=CUDA_DEFAULTS["max_threads_per_block"],
+    static_shared_bytes=CUDA_DEFAULTS["max_shared_memory_per_block"],
+    registers_per_block=64 * _KIB,
+    warp_size=CUDA_DEFAULTS["thread_warp_size"],
+    multiprocessors=100,
+)
 
 #: The families. Cache sizes are per core and typical of each family when the target is
 #: not the host: AVX2 a Zen 3 core (32 KiB L1d, 512 KiB L2, 4 MiB of L3), AVX-512 a Skylake-SP
@@ -197,20 +217,7 @@ PROFILES: dict[str, TargetProfile] = {
         ),
         TargetProfile("aarch64-neon", "llvm", 128, 32, 64 * _KIB, 1 * _MIB, 1 * _MIB),
         TargetProfile("llvm-generic", "llvm", 128, 16, 32 * _KIB, 256 * _KIB, 1 * _MIB),
-        TargetProfile(
-            "cuda",
-            "cuda",
-            0,
-            0,
-            0,
-            0,
-            0,
-            max_threads_per_block=CUDA_DEFAULTS["max_threads_per_block"],
-            static_shared_bytes=CUDA_DEFAULTS["max_shared_memory_per_block"],
-            registers_per_block=64 * _KIB,
-            warp_size=CUDA_DEFAULTS["thread_warp_size"],
-            multiprocessors=100,
-        ),
+        TargetProfile("cuda", "cuda", 0, 0, 0, 0, 0, cuda=CUDA_LIMITS),
     )
 }
 
@@ -236,8 +243,9 @@ def profile(target: tvm.target.Target) -> TargetProfile:
 def _profile(target: tvm.target.Target) -> TargetProfile:
     if family(target) == "gpu":
         arch = str(target.attrs.get("arch", ""))
-        sms = CUDA_MULTIPROCESSORS.get(arch, PROFILES["cuda"].multiprocessors)
-        return dataclasses.replace(PROFILES["cuda"], multiprocessors=sms)
+        sms = CUDA_MULTIPROCESSORS.get(arch, CUDA_LIMITS.multiprocessors)
+        cuda = dataclasses.replace(CUDA_LIMITS, multiprocessors=sms)
+        return dataclasses.replace(PROFILES["cuda"], cuda=cuda)
     base = PROFILES[_cpu_family(target)]
     caches = _host_caches() if _is_host(target) else None
     cores = target.attrs.get("num-cores")

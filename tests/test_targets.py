@@ -138,16 +138,18 @@ def test_cpu_targets_get_their_family_profile(target, name, bits, registers):
     assert (vector_bits(resolved), vector_registers(resolved)) == (bits, registers)
     assert vector_lanes(resolved, "float32") == bits // 32
     assert vector_lanes(resolved, "float16") == bits // 16
-    assert min(p.l1d_bytes, p.l2_bytes, p.l3_bytes) > 0
+    assert min(p.l1d_bytes, p.l2_bytes, p.l3_bytes) > 0 and p.cuda is None
     assert 0 < p.accumulator_budget <= p.direct_accumulators < p.vector_registers
+    assert p.direct_accumulators == (24 if bits == 512 else 12)
 
 
 @pytest.mark.parametrize("arch, sms", [(None, 132), ("sm_80", 108), ("sm_61", 100)])
 def test_cuda_targets_get_the_cuda_profile(arch, sms):
     target = resolve_target({"kind": "cuda", **({"arch": arch} if arch else {})})
     p = profile(target)
-    assert (p.name, p.kind, p.multiprocessors) == ("cuda", "cuda", sms)
-    assert (p.max_threads_per_block, p.warp_size, p.static_shared_bytes) == (1024, 32, 48 * 1024)
+    assert (p.name, p.kind, p.cuda.multiprocessors) == ("cuda", "cuda", sms)
+    limits = (p.cuda.max_threads_per_block, p.cuda.warp_size, p.cuda.static_shared_bytes)
+    assert limits == (1024, 32, 48 * 1024)
     assert (p.vector_bits, vector_lanes(target, "float32")) == (0, 1)
 
 

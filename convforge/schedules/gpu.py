@@ -326,7 +326,7 @@ def _weight_vector(shape: ConvShape, tiles: ConvTiles, weight_is_input: bool) ->
 def multiprocessors(target: tvm.target.Target) -> int:
     """SM count assumed for ``target``'s architecture: its profile's ``multiprocessors``
     (the most common part of each architecture; 100 when unknown)."""
-    return profile(target).multiprocessors
+    return profile(target).cuda.multiprocessors
 
 
 def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV, min_blocks: int = 1) -> ConvTiles:
