@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +168,33 @@ def test_a_target_naming_its_cores_sets_the_profile_threads():
 def test_profiles_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         profile(host_target()).vector_bits = 1  # type: ignore[misc]
+
+
+PACKAGE = Path(__file__).resolve().parent.parent / "convforge"
+EVIDENCE = PACKAGE.parent / "benchmarks" / "results" / "thresholds.md"
+
+
+def test_evidence_links_name_sections_of_thresholds_md():
+    """Every ``thresholds.md#anchor`` written in the package is a section of the file."""
+    sections = set(re.findall(r"^## (\S+)$", EVIDENCE.read_text(), re.M))
+    linked = {
+        (path.name, anchor)
+        for path in PACKAGE.rglob("*.py")
+        for anchor in re.findall(r"thresholds\.md#([a-z0-9-]+)", path.read_text())
+    }
+    assert linked, "no evidence links found"
+    assert {(name, a) for name, a in linked if a not in sections} == set()
+
+
+def test_only_targets_py_queries_isa_features_or_compares_target_kinds():
+    """ISA feature queries and target-kind compares live in targets.py (the profiles)."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "targets.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            feature_query = "llvm_cpu_has_features" in line
+            kind_compare = re.search(r"(?<!inst)\.kind\.name\s*(==|!=|\bin\b)", line)
+            if feature_query or kind_compare:
+                offenders.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    assert offenders == []
