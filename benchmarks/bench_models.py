@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tvm
 
+from convforge.demo import Row, table_header, table_line
 from convforge.examples import networks
 from convforge.export.check import compare, quiet_thread_pools, session
 from convforge.export.check_model import make_inputs
@@ -109,21 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(MODELS)}")
     results = []
-    header = (
-        f"{'model':<22} {'nodes':>5} {'compile':>8} {'convforge':>11} {'onnxruntime':>12} "
-        f"{'ratio':>6} {'max err':>9}"
-    )
-    print(header)
-    print("-" * len(header))
+    print(table_header())
     for name in names:
         r = measure(name, args.rounds, args.tuning_db)
         results.append(r)
-        print(
-            f"{name:<22} {r['onnx_nodes']:>5} {r['compile_seconds']:>7.1f}s "
-            f"{r['convforge_median_ms']:>9.2f}ms {r['onnxruntime_median_ms']:>10.2f}ms "
-            f"{r['ratio']:>6.2f} {r['max_abs_error']:>9.1e}{'' if r['agree'] else '  MISMATCH'}",
-            flush=True,
-        )
+        row = Row(
+            name, r["onnx_nodes"], r["compile_seconds"], r["convforge_median_ms"] / 1e3,
+            r["onnxruntime_median_ms"] / 1e3, r["max_abs_error"], r["agree"],
+        )  # fmt: skip
+        print(table_line(row), flush=True)
     schedules = "tuned records" if args.tuning_db else "default schedules"
     target = 1.0 if args.tuning_db else 1.5
     worst = max(r["ratio"] for r in results)

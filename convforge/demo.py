@@ -65,20 +65,30 @@ def run_network(name: str, model, folder: str, repeat: int) -> tuple[Row, Compil
     return row, loaded, feeds
 
 
-def print_table(rows: list[Row]) -> None:
+def table_header() -> str:
+    """The two header lines of the convforge-vs-onnxruntime table (:func:`table_line` rows);
+    ``benchmarks/bench_models.py`` prints the same table."""
     header = (
         f"{'network':<22} {'ONNX nodes':>10} {'compile':>9} {'convforge':>10} "
         f"{'onnxruntime':>11} {'ratio':>6} {'max error':>10}  check"
     )
-    print(header)
-    print("-" * len(header))
+    return f"{header}\n{'-' * len(header)}"
+
+
+def table_line(r: Row) -> str:
+    """One network's row of the table: latencies in ms, their ratio, the max error."""
+    return (
+        f"{r.network:<22} {r.nodes:>10} {r.compile_seconds:>8.1f}s "
+        f"{1e3 * r.convforge_seconds:>8.2f}ms {1e3 * r.onnxruntime_seconds:>9.2f}ms "
+        f"{r.convforge_seconds / r.onnxruntime_seconds:>6.2f} {r.max_abs_error:>10.2e}  "
+        f"{'ok' if r.ok else 'MISMATCH'}"
+    )
+
+
+def print_table(rows: list[Row]) -> None:
+    print(table_header())
     for r in rows:
-        print(
-            f"{r.network:<22} {r.nodes:>10} {r.compile_seconds:>8.1f}s "
-            f"{1e3 * r.convforge_seconds:>8.2f}ms {1e3 * r.onnxruntime_seconds:>9.2f}ms "
-            f"{r.convforge_seconds / r.onnxruntime_seconds:>6.2f} {r.max_abs_error:>10.2e}  "
-            f"{'ok' if r.ok else 'MISMATCH'}"
-        )
+        print(table_line(r))
 
 
 def save_png(image: np.ndarray, path: str) -> None:

@@ -348,6 +348,28 @@ class ConvGeometry(_ConvFields):
         return self.is_pointwise and self.ndim == 2 and self.in_size[0] == 1
 
 
+def _conv_arguments(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    stride: int | Sequence[int],
+    dilation: int | Sequence[int],
+    groups: int,
+    ndim: int | None,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+    """The arguments a convolution and a transposed convolution validate alike: both shapes
+    (as int tuples of one rank, :func:`_check_rank`), ``stride`` and ``dilation`` per
+    spatial axis, ``groups`` positive and dividing the input channels. Returns
+    ``(x_shape, w_shape, stride, dilation, groups)``; a ValueError names the parameter."""
+    x_shape, w_shape = as_shape(x_shape, "x_shape"), as_shape(w_shape, "w_shape")
+    nd = _check_rank(x_shape, w_shape, ndim)
+    stride_t = as_tuple(stride, nd, "stride")
+    dilation_t = as_tuple(dilation, nd, "dilation")
+    groups = check_positive_int(groups, "groups")
+    if x_shape[1] % groups:
+        raise ValueError(f"groups ({groups}) must divide the input channels ({x_shape[1]})")
+    return x_shape, w_shape, stride_t, dilation_t, groups
+
+
 def conv_geometry(
     x_shape: Sequence[int],
     w_shape: Sequence[int],
@@ -364,15 +386,11 @@ def conv_geometry(
     Sizes are ints, numpy integers or sequences (lists, tuples, integer arrays) of them
     (see :func:`as_ints`); anything else raises ValueError naming the parameter.
     """
-    x_shape, w_shape = as_shape(x_shape, "x_shape"), as_shape(w_shape, "w_shape")
-    nd = _check_rank(x_shape, w_shape, ndim)
-    batch, channels, *in_size = (int(v) for v in x_shape)
-    out_channels, w_in, *kernel = (int(v) for v in w_shape)
-    stride_t = as_tuple(stride, nd, "stride")
-    dilation_t = as_tuple(dilation, nd, "dilation")
-    groups = check_positive_int(groups, "groups")
-    if channels % groups:
-        raise ValueError(f"groups ({groups}) must divide the input channels ({channels})")
+    x_shape, w_shape, stride_t, dilation_t, groups = _conv_arguments(
+        x_shape, w_shape, stride, dilation, groups, ndim
+    )
+    batch, channels, *in_size = x_shape
+    out_channels, w_in, *kernel = w_shape
     if out_channels % groups:
         raise ValueError(f"groups ({groups}) must divide the output channels ({out_channels})")
     if w_in != channels // groups:
@@ -515,16 +533,13 @@ def conv_transpose_geometry(
     result). ``output_padding`` must be < max(stride, dilation) (PyTorch's rule);
     onnxruntime refuses any ``output_padding >= stride``.
     """
-    x_shape, w_shape = as_shape(x_shape, "x_shape"), as_shape(w_shape, "w_shape")
-    nd = _check_rank(x_shape, w_shape, None)
-    batch, channels, *in_size = (int(v) for v in x_shape)
-    w_in, w_out, *kernel = (int(v) for v in w_shape)
-    stride_t = as_tuple(stride, nd, "stride")
-    dilation_t = as_tuple(dilation, nd, "dilation")
+    x_shape, w_shape, stride_t, dilation_t, groups = _conv_arguments(
+        x_shape, w_shape, stride, dilation, groups, None
+    )
+    nd = len(stride_t)
+    batch, channels, *in_size = x_shape
+    w_in, w_out, *kernel = w_shape
     out_pad = as_tuple(output_padding, nd, "output_padding", minimum=0)
-    groups = check_positive_int(groups, "groups")
-    if channels % groups:
-        raise ValueError(f"groups ({groups}) must divide the input channels ({channels})")
     if w_in != channels:
         raise ValueError(
             f"weight shape {tuple(w_shape)} does not match: axis 0 must be in_channels = {channels}"

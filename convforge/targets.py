@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import glob
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import tvm
 
-from convforge.threads import physical_cores  # noqa: F401  (sets TVM_NUM_THREADS)
+from convforge.threads import physical_cores  # (importing it sets TVM_NUM_THREADS)
 
 TargetArg = tvm.target.Target | dict[str, Any] | str | None
 
@@ -98,27 +101,241 @@ def target_key(target: tvm.target.Target) -> str:
     return json.dumps(target.export(), sort_keys=True, default=str)
 
 
+@dataclasses.dataclass(frozen=True)
+class CudaLimits:
+    """What a CUDA target allows one block (sm_70 .. sm_90 alike) and its SM count."""
+
+    max_threads_per_block: int
+    #: Static shared memory one block may declare, and its 32-bit registers.
+    static_shared_bytes: int
+    registers_per_block: int
+    warp_size: int
+    #: Streaming multiprocessors of the target's ``arch`` (100 when unknown).
+    multiprocessors: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetProfile:
+    """What convforge's schedules know of one target family, and the thresholds they use.
+
+    One profile per family (:data:`PROFILES`); :func:`profile` maps a target to its own,
+    with the host's cache sizes and each target's thread count filled in. Every schedule
+    decision that depends on the target reads it from here: no other module compares
+    target kinds or queries ISA features.
+
+    The thresholds were measured on x86 (2-core Zen 3 / Zen 4 and AVX-512 machines) and no
+    family overrides one yet: AArch64 and the generic fallback inherit them unmeasured. The
+    evidence for each is the section of ``benchmarks/results/thresholds.md`` named beside
+    it (``#min-parallel-iterations``: benchmarks/results/thresholds.md#min-parallel-iterations).
+    A predicate that is not given a target yet reads the class default
+    (``TargetProfile.pointwise_row_positions``), which every profile carries.
+    """
+
+    name: str
+    #: The TVM target kind of the family ("llvm" or "cuda").
+    kind: str
+    #: Vector register width in bits (0 on a GPU) and architectural vector registers.
+    vector_bits: int
+    vector_registers: int
+    #: Per-core cache sizes in bytes (the L3 divided among the cores sharing it): from
+    #: Linux's sysfs for the host target, else the family's typical part (:data:`PROFILES`).
+    l1d_bytes: int
+    l2_bytes: int
+    l3_bytes: int
+    #: The target's ``num-cores`` if it names one, else this machine's physical cores.
+    threads: int = 1
+    #: CUDA targets' limits (None on CPUs).
+    cuda: CudaLimits | None = None
+    #: Vector accumulators one direct-convolution register block may hold: 24 of AVX-512's
+    #: 32 registers, else 12 (of 16; AArch64 keeps 12 of its 32, unmeasured).
+    #: #accumulator-budget
+    direct_accumulators: int = 12
+    #: A kernel below both runs on one thread. #min-parallel-iterations, #min-parallel-bytes
+    min_parallel_iterations: int = 3 << 20
+    min_parallel_bytes: int = 1 << 20
+    #: Accumulators of the generic register tile (schedules/cpu.py). #accumulator-budget
+    accumulator_budget: int = 8
+    #: Parallel tiles a blocked or sub-pixel schedule wants before it splits the width (or
+    #: the rows) too. #parallel-tasks
+    parallel_tasks: int = 8
+    #: Independent accumulators that hide the FMA latency. #latency-accumulators
+    latency_accumulators: int = 8
+    #: Multiply-adds per output at most which a channel block stays at 2 vectors.
+    #: #short-reduction
+    short_reduction: int = 144
+    #: A 1x1 over one row this long is computed as a row matrix (AVX-512), and the fewest
+    #: positions of its parallel time tiles. #pointwise-row-positions, #pointwise-time-tile
+    pointwise_row_positions: int = 512
+    pointwise_time_tile: int = 64
+    #: The long 1-D rule: the shortest output it takes, its time tile (upper bound).
+    #: #long-1d-convolutions
+    long_1d_min_length: int = 1024
+    long_1d_time_tile: int = 1024
+    #: Outputs from which an element-wise kernel runs in parallel.
+    #: #elementwise-min-parallel
+    elementwise_min_parallel: int = 4096
+    #: Streaming chunks (batch x time columns) from which the throughput schedule is used.
+    #: #long-chunk-columns
+    long_chunk_columns: int = 64
+    #: Winograd: the V and M floats one parallel task may hold (#winograd-task-floats), and
+    #: the traffic of an intermediate written out and read back, in units of its size
+    #: (write-allocate, write back, read; #winograd-pass-traffic).
+    winograd_task_floats: int = 64 * 1024
+    pass_traffic: int = 3
+
+    def vector_lanes(self, dtype: str) -> int:
+        """Lanes of ``dtype`` in one vector register (1 on a GPU or for wider types)."""
+        if not self.vector_bits:
+            return 1
+        return max(1, self.vector_bits // tvm.DataType(dtype).bits)
+
+
+_KIB = 1024
+_MIB = 1024 * _KIB
+
+#: The CUDA limits of every architecture convforge targets (:data:`CUDA_DEFAULTS`), with
+#: the SM count of an unknown ``arch``.
+CUDA_LIMITS = CudaLimits(
+    max_threads_per_block=CUDA_DEFAULTS["max_threads_per_block"],
+    static_shared_bytes=CUDA_DEFAULTS["max_shared_memory_per_block"],
+    registers_per_block=64 * _KIB,
+    warp_size=CUDA_DEFAULTS["thread_warp_size"],
+    multiprocessors=100,
+)
+
+#: The families. Cache sizes are per core and typical of each family when the target is
+#: not the host: AVX2 a Zen 3 core (32 KiB L1d, 512 KiB L2, 4 MiB of L3), AVX-512 a Skylake-SP
+#: core (32 KiB, 1 MiB, 1.375 MiB), NEON a Neoverse N1 core (64 KiB, 1 MiB, 1 MiB), SSE and
+#: other LLVM CPUs the smallest of these. CUDA: limits shared by sm_70 .. sm_90.
+PROFILES: dict[str, TargetProfile] = {
+    p.name: p
+    for p in (
+        TargetProfile("x86-sse", "llvm", 128, 16, 32 * _KIB, 256 * _KIB, 1 * _MIB),
+        TargetProfile("x86-avx2", "llvm", 256, 16, 32 * _KIB, 512 * _KIB, 4 * _MIB),
+        TargetProfile(
+            "x86-avx512", "llvm", 512, 32, 32 * _KIB, 1 * _MIB, 1408 * _KIB, direct_accumulators=24
+        ),
+        TargetProfile("aarch64-neon", "llvm", 128, 32, 64 * _KIB, 1 * _MIB, 1 * _MIB),
+        TargetProfile("llvm-generic", "llvm", 128, 16, 32 * _KIB, 256 * _KIB, 1 * _MIB),
+        TargetProfile("cuda", "cuda", 0, 0, 0, 0, 0, cuda=CUDA_LIMITS),
+    )
+}
+
+#: Streaming multiprocessors per CUDA architecture (the most common part of each).
+CUDA_MULTIPROCESSORS = {
+    "sm_70": 80, "sm_75": 68, "sm_80": 108, "sm_86": 84, "sm_89": 128, "sm_90": 132,
+}  # fmt: skip
+
+
+def profile(target: tvm.target.Target) -> TargetProfile:
+    """The :class:`TargetProfile` of ``target``'s family, for this target.
+
+    LLVM targets: an ``aarch64``/``arm64`` triple is ``aarch64-neon``; an x86 triple (or
+    none) is ``x86-avx512`` with AVX-512F, ``x86-avx2`` with AVX or AVX2 (256-bit), else
+    ``x86-sse``; any other triple is ``llvm-generic`` (128-bit, 16 registers). CUDA
+    targets are ``cuda`` with the SM count of their ``arch``. Any other kind is the
+    ValueError of :func:`family`. Cached per target (the feature queries take ~1 ms).
+    """
+    return _profile(target)
+
+
+@functools.lru_cache(maxsize=256)
+def _profile(target: tvm.target.Target) -> TargetProfile:
+    if family(target) == "gpu":
+        arch = str(target.attrs.get("arch", ""))
+        sms = CUDA_MULTIPROCESSORS.get(arch, CUDA_LIMITS.multiprocessors)
+        cuda = dataclasses.replace(CUDA_LIMITS, multiprocessors=sms)
+        return dataclasses.replace(PROFILES["cuda"], cuda=cuda)
+    base = PROFILES[_cpu_family(target)]
+    caches = _host_caches() if _is_host(target) else None
+    cores = target.attrs.get("num-cores")
+    threads = int(cores) if cores else physical_cores()
+    if caches:
+        l1d, l2, l3 = (caches.get(level) or getattr(base, f"{level}_bytes") for level in _LEVELS)
+        return dataclasses.replace(base, threads=threads, l1d_bytes=l1d, l2_bytes=l2, l3_bytes=l3)
+    return dataclasses.replace(base, threads=threads)
+
+
+def _cpu_family(target: tvm.target.Target) -> str:
+    triple = str(target.attrs.get("mtriple", "") or "x86_64")
+    arch = triple.split("-")[0]
+    if arch in ("aarch64", "arm64"):
+        return "aarch64-neon"
+    if "x86" not in arch and arch not in ("i386", "i686"):
+        return "llvm-generic"
+    has = tvm.target.codegen.llvm_cpu_has_features
+    if has("avx512f", target):
+        return "x86-avx512"
+    return "x86-avx2" if has("avx2", target) or has("avx", target) else "x86-sse"
+
+
+def _is_host(target: tvm.target.Target) -> bool:
+    host = host_target()
+    return all(
+        str(target.attrs.get(key, "") or host.attrs[key]) == str(host.attrs[key])
+        for key in ("mtriple", "mcpu")
+    )
+
+
+_LEVELS = ("l1d", "l2", "l3")
+
+
+@functools.cache
+def _host_caches() -> dict[str, int]:
+    """Per-core data cache sizes of this machine from sysfs (cpu0), by level; {} where
+    unreadable. A cache shared by several CPUs counts its share for one."""
+    found: dict[str, int] = {}
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index[0-9]*")):
+        try:
+            level, kind, size, shared = (
+                Path(index, name).read_text().strip()
+                for name in ("level", "type", "size", "shared_cpu_list")
+            )
+            name = {"1": "l1d", "2": "l2", "3": "l3"}.get(level)
+            if name is None or kind == "Instruction":
+                continue
+            found[name] = _size_bytes(size) // max(1, _cpu_count(shared))
+        except (OSError, ValueError):
+            continue
+    return {k: v for k, v in found.items() if v > 0}
+
+
+def _size_bytes(text: str) -> int:
+    """``"32K"`` -> 32768 (sysfs cache sizes: a number with an optional K, M or G)."""
+    scale = {"K": _KIB, "M": _MIB, "G": 1024 * _MIB}.get(text[-1:].upper(), 1)
+    return int(text.rstrip("KMGkmg")) * scale
+
+
+def _cpu_count(cpu_list: str) -> int:
+    """CPUs in a sysfs list such as ``"0-3,8"``."""
+    count = 0
+    for part in cpu_list.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
+
+
 def vector_lanes(target: tvm.target.Target, dtype: str) -> int:
     """Lanes of ``dtype`` in one vector register of ``target`` (1 for non-CPU targets)."""
-    if not is_cpu(target):
-        return 1
-    return max(1, vector_bits(target) // tvm.DataType(dtype).bits)
+    return profile(target).vector_lanes(dtype)
 
 
 def vector_bits(target: tvm.target.Target) -> int:
-    """Vector register width in bits (LLVM's own query answers 512 for every x86 CPU)."""
-    has = tvm.target.codegen.llvm_cpu_has_features
-    if "x86" not in str(target.attrs.get("mtriple", "x86_64")):
-        return 128  # AArch64 NEON / others
-    if has("avx512f", target):
-        return 512
-    return 256 if has("avx2", target) or has("avx", target) else 128
+    """Vector register width in bits of ``target``'s profile (LLVM's own query answers 512
+    for every x86 CPU); 0 on a GPU."""
+    return profile(target).vector_bits
 
 
 def vector_registers(target: tvm.target.Target) -> int:
-    """Architectural vector registers: 32 with AVX-512 (zmm) or on AArch64 (NEON q), else 16."""
-    if not is_cpu(target):
-        return 0
-    if "x86" not in str(target.attrs.get("mtriple", "x86_64")):
-        return 32
-    return 32 if tvm.target.codegen.llvm_cpu_has_features("avx512f", target) else 16
+    """Architectural vector registers: 32 with AVX-512 (zmm) or on AArch64 (NEON q), 16 on
+    other x86 and generic LLVM CPUs, 0 on a GPU."""
+    return profile(target).vector_registers
+
+
+def tensor_intrinsics_module(target: tvm.target.Target) -> str | None:
+    """The submodule of ``tvm.s_tir.tensor_intrin`` holding ``target``'s CPU intrinsics
+    (``"x86"``, ``"arm_cpu"`` or ``"riscv_cpu"``, by the LLVM triple; a target without one
+    is taken for x86), or None for other architectures."""
+    triple = str(target.attrs.get("mtriple", "x86_64"))
+    arches = (("x86", "x86"), ("aarch64", "arm_cpu"), ("arm", "arm_cpu"), ("riscv", "riscv_cpu"))
+    return next((module for arch, module in arches if arch in triple), None)

@@ -22,13 +22,12 @@ from convforge.build import compile_computation, prim_func, recording_kernels
 from convforge.export import compare, conv_model, run_onnxruntime
 from convforge.plan import channel_blocks, dense_conv_blocks, plan_conv
 from convforge.schedules.cpu import (
-    MIN_PARALLEL_ITERATIONS,
     block_iterations,
     generic_cpu_schedule,
     is_small,
     schedule_cpu,
 )
-from convforge.targets import host_target, vector_lanes, vector_registers
+from convforge.targets import host_target, profile, vector_lanes, vector_registers
 
 AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
 ZEN3 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}
@@ -166,7 +165,7 @@ def test_schedule_rule_applies_to_every_dense_case():
         assert 'scope="local"' in source
         # the rule runs the tiles in parallel; these small cases then run on one thread
         assert "T.parallel" in str(generic_cpu_schedule(func, target).mod)
-        assert ("T.parallel" in source) == (not is_small(func))
+        assert ("T.parallel" in source) == (not is_small(func, target))
 
 
 @pytest.mark.parametrize(
@@ -297,14 +296,15 @@ def test_pointwise_convolutions_run_over_one_row_of_positions(x_shape, w_shape):
 
 
 def test_small_kernels_run_on_one_thread_and_large_ones_in_parallel():
-    """Below MIN_PARALLEL_ITERATIONS block iterations the default schedule has no parallel
-    loop (waking idle workers would cost more); both agree with onnxruntime."""
+    """Below the profile's min_parallel_iterations block iterations the default schedule has
+    no parallel loop (waking idle workers would cost more); both agree with onnxruntime."""
     target = host_target()
+    min_parallel_iterations = profile(target).min_parallel_iterations
     for x_shape, expect_parallel in [((1, 8, 10, 12), False), ((1, 64, 56, 56), True)]:
         geom = shapes.conv_geometry(x_shape, (x_shape[1], x_shape[1], 3, 3), padding=1)
         plan = plan_conv(geom, "float32", target, activation="relu", bias=True)
         func = prim_func(plan.computation())
-        assert (block_iterations(func) >= MIN_PARALLEL_ITERATIONS) == expect_parallel
+        assert (block_iterations(func) >= min_parallel_iterations) == expect_parallel
         assert ("T.parallel" in schedule_cpu(func, target).script()) == expect_parallel
         x, w, b = _arrays(x_shape, geom.w_shape)
         y = cf.conv(x, w, b, padding=1, activation="relu")
@@ -321,7 +321,8 @@ def test_few_iterations_over_a_large_operand_run_in_parallel():
     with recording_kernels() as kernels:
         y = cf.grid_pool_head(x, w, b, grid=1)
     func = kernels[0].func
-    assert block_iterations(func) < MIN_PARALLEL_ITERATIONS and not is_small(func)
+    small = is_small(func, host_target())
+    assert block_iterations(func) < profile(host_target()).min_parallel_iterations and not small
     assert "T.parallel" in schedule_cpu(func, host_target()).script()
     logits = x.astype(np.float64).mean(axis=(2, 3)) @ w.T + b
     expected = np.exp(logits - logits.max())
@@ -331,15 +332,13 @@ def test_few_iterations_over_a_large_operand_run_in_parallel():
 def test_one_channel_block_over_one_row_splits_the_width_into_parallel_tasks():
     """A 1x1 conv in one output-channel block over one row of positions (ResNet-50's
     256->64 56x56 on AVX-512) has a single (batch x block x row) tile: its width tiles are
-    split into PARALLEL_TASKS parallel tasks, and the result agrees with onnxruntime."""
-    from convforge.schedules.cpu_conv import PARALLEL_TASKS
-
+    split into the profile's parallel_tasks tasks, and the result agrees with onnxruntime."""
     geom = shapes.conv_geometry((1, 32, 1, 392), (16, 32, 1, 1))
     blocks = ops.ChannelBlocks(16, 7)  # 392 = 8 tasks x 7 tiles of 7 positions
     schedule = generic_cpu_schedule(_nchwc_func(geom, blocks), host_target())
     # parallel loops in block order: the weight packing (32 channels), then the conv
     parallel = re.findall(r"T\.parallel\((\d+)\)", schedule.mod.script())
-    assert parallel == ["32", str(PARALLEL_TASKS)]
+    assert parallel == ["32", str(profile(host_target()).parallel_tasks)]
 
     def computation():
         tx = te.placeholder(geom.x_shape, "float32", name="x")
@@ -409,21 +408,19 @@ def test_short_reductions_take_at_most_two_channel_vectors():
 
 @pytest.mark.parametrize("positions", [512, 700, 784, 3136, 12544])
 def test_pointwise_time_tiles_leave_enough_tasks(positions):
-    """Whole width tiles, at least POINTWISE_TIME_TILE positions, and the longest that
-    still gives PARALLEL_TASKS tasks when the row is long enough."""
-    from convforge.schedules.cpu_conv import (
-        PARALLEL_TASKS,
-        POINTWISE_TIME_TILE,
-        pointwise_time_tile,
-    )
+    """Whole width tiles, at least the profile's pointwise_time_tile positions, and the
+    longest that still gives its parallel_tasks tasks when the row is long enough."""
+    from convforge.schedules.cpu_conv import pointwise_time_tile
 
+    target = tvm.target.Target(AVX512)
+    least, wanted = profile(target).pointwise_time_tile, profile(target).parallel_tasks
     for width in (16, 32):
-        tile = pointwise_time_tile(positions, width)
-        assert tile % width == 0 and tile >= POINTWISE_TIME_TILE
+        tile = pointwise_time_tile(positions, width, target)
+        assert tile % width == 0 and tile >= least
         tasks = -(-positions // tile)
-        assert tasks >= PARALLEL_TASKS or tile == -(-POINTWISE_TIME_TILE // width) * width
+        assert tasks >= wanted or tile == -(-least // width) * width
         if positions >= 2048:  # long rows get longer tiles than the minimum
-            assert tile > POINTWISE_TIME_TILE
+            assert tile > least
 
 
 def test_short_pointwise_rows_pack_their_input_and_match_onnxruntime():

@@ -13,6 +13,24 @@ import numpy as np
 from convforge.filemode import atomic_write
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ONNX ``model`` file argument, then :func:`add_target_arguments` (compile, report
+    and check take them alike)."""
+    parser.add_argument("model", help="ONNX model file")
+    add_target_arguments(parser)
+
+
+def compile_from_args(args: argparse.Namespace, progress: Callable[[str], None] | None):
+    """``compile_model`` of ``args.model`` with the options :func:`add_model_arguments`
+    added (target, tuning database, input shapes, algorithm); ``progress`` as there."""
+    from convforge.export.model import compile_model
+
+    return compile_model(
+        args.model, target=resolved_target(args), tuning_db=tuning_db(args),
+        input_shapes=input_shapes(args), progress=progress, algorithm=args.algorithm,
+    )  # fmt: skip
+
+
 def add_target_arguments(parser: argparse.ArgumentParser, tuning: bool = True) -> None:
     parser.add_argument(
         "--target", default=None,

@@ -10,7 +10,7 @@ import argparse
 import json
 
 from convforge.commands._model_args import (
-    add_target_arguments,
+    add_model_arguments,
     progress,
     read_npz,
     resolved_target,
@@ -21,13 +21,12 @@ HELP = "compile an ONNX model with convforge, run it and onnxruntime, compare th
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="ONNX model file")
+    add_model_arguments(parser)
     parser.add_argument("--inputs", default=None, help=".npz of inputs (default: seeded random)")
     parser.add_argument("--rtol", type=float, default=None, help="relative tolerance")
     parser.add_argument("--atol", type=float, default=None, help="absolute tolerance")
     parser.add_argument("--per-node", action="store_true", help="also compare every node's output")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    add_target_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

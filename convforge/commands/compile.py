@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from convforge.commands._model_args import (
-    add_target_arguments,
-    input_shapes,
-    progress,
-    resolved_target,
-    tuning_db,
-)
+from convforge.commands._model_args import add_model_arguments, compile_from_args, progress
 
 HELP = "compile an ONNX model with convforge kernels into one shared library"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="ONNX model file")
+    add_model_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="library to write (MODEL.so)")
-    add_target_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from convforge.export.model import compile_model
-
     say = progress()
-    compiled = compile_model(
-        args.model, target=resolved_target(args), tuning_db=tuning_db(args),
-        input_shapes=input_shapes(args), progress=say, algorithm=args.algorithm,
-    )  # fmt: skip
+    compiled = compile_from_args(args, say)
     compiled.export_library(args.output)
     say(f"wrote {args.output}")
     return 0

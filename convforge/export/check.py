@@ -44,9 +44,8 @@ def session(
     )
 
 
-#: Yields an idle TVM worker spins before it blocks (TVM's default is 300000). Measured on
-#: 2 AVX-512 cores, CPU time the process burnt in the 50 ms after one kernel: 0.1 ms at 0,
-#: 0.3 ms at 1000, 1.7 ms at 10000, 45 ms at 300000.
+#: Yields an idle TVM worker spins before it blocks (TVM's default is 300000; evidence:
+#: benchmarks/results/thresholds.md#tvm-spin-count).
 TVM_SPIN_COUNT = 1000
 
 
@@ -54,14 +53,11 @@ def quiet_thread_pools() -> None:
     """Make idle TVM workers block after a short spin, and OpenMP (PyTorch) ones at once.
 
     For timing runtimes side by side in one process, together with onnxruntime sessions
-    made with ``spinning=False``: on a 2-core machine one runtime's long-spinning idle
-    workers took a core from the one being timed (convforge's depthwise kernel ran 13x
-    slower right after onnxruntime, onnxruntime's 1x1 conv 1.6x slower after convforge at
-    TVM's default spin; with onnxruntime spinning, convforge's kernels ran 1.3-2x slower).
-    TVM's workers spin :data:`TVM_SPIN_COUNT` yields (about 0.2 ms), which bridges the gaps
-    between the parallel loops of one model run (ResNet-50: 35-36 instead of 38-39 ms) and
-    leaves onnxruntime's timings unchanged (measured, the suite at 0 and 1000).
-    onnxruntime's spin cannot be shortened, only turned off. Call it before the first TVM
+    made with ``spinning=False``: one runtime's long-spinning idle workers would take a core
+    from the one being timed. TVM's workers spin :data:`TVM_SPIN_COUNT` yields (about
+    0.2 ms), which bridges the gaps between the parallel loops of one model run and leaves
+    onnxruntime's timings unchanged (evidence:
+    benchmarks/results/thresholds.md#quiet-thread-pools). onnxruntime's spin cannot be shortened, only turned off. Call it before the first TVM
     kernel runs (TVM reads the setting when its thread pool starts); settings the user
     made stay.
     """

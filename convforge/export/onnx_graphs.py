@@ -120,10 +120,7 @@ def conv_model(
     it are ``geom.padding`` (convforge's 'same', 'same_lower', 'valid'). onnxruntime 1.32
     refuses SAME_* with a dilation above 1 ("Dilation not supported"); explicit pads work.
     """
-    attrs = dict(
-        kernel_shape=list(geom.kernel), strides=list(geom.stride),
-        dilations=list(geom.dilation), group=geom.groups,
-    )  # fmt: skip
+    attrs = _conv_attrs(geom)
     if auto_pad == "NOTSET":
         attrs["pads"] = flat_pads(geom.padding)
     else:
@@ -171,11 +168,7 @@ def conv_transpose_model(
     """
     if auto_pad not in AUTO_PADS:
         raise ValueError(f"auto_pad must be one of {AUTO_PADS}, got {auto_pad!r}")
-    attrs = dict(
-        kernel_shape=list(geom.kernel), strides=list(geom.stride),
-        dilations=list(geom.dilation), output_padding=list(geom.output_padding),
-        group=geom.groups,
-    )  # fmt: skip
+    attrs = {**_conv_attrs(geom), "output_padding": list(geom.output_padding)}
     if auto_pad != "NOTSET":
         attrs["auto_pad"] = auto_pad
     if output_shape:
@@ -215,6 +208,14 @@ def conv_transpose_model(
     )
 
 
+def _conv_attrs(geom: ConvGeometry | ConvTransposeGeometry) -> dict:
+    """The attributes Conv and ConvTranspose share: kernel_shape, strides, dilations, group."""
+    return dict(
+        kernel_shape=list(geom.kernel), strides=list(geom.stride),
+        dilations=list(geom.dilation), group=geom.groups,
+    )  # fmt: skip
+
+
 def _single_conv_model(
     op_type: str,
     attrs: dict,
@@ -227,11 +228,8 @@ def _single_conv_model(
     name: str,
 ) -> onnx.ModelProto:
     """One ``op_type`` node with ``attrs`` on inputs x, w[, bias] (+ activation) -> y."""
-    names = ["x", "w", "bias"] if bias else ["x", "w"]
-    node = helper.make_node(op_type, names, ["conv"], **attrs)
-    inputs = {"x": (geom.x_shape, dtype), "w": (geom.w_shape, dtype)}
-    if bias:
-        inputs["bias"] = ((geom.out_channels,), dtype)
+    node = helper.make_node(op_type, _operands("x", bias), ["conv"], **attrs)
+    inputs = _inputs(geom.x_shape, geom.w_shape, geom.out_channels, dtype, bias)
     return make_model(
         [node, *activation_nodes(activation, "conv", "y")], inputs,
         {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name=name,
@@ -270,6 +268,19 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
 
 
 # --- Resize, pooling, dense layers, heads ------------------------------------------------
+
+
+def _operands(src: str, bias: bool) -> list[str]:
+    """The inputs of a Conv/Gemm node reading ``src`` and the graph's ``w`` (and ``bias``)."""
+    return [src, "w", "bias"] if bias else [src, "w"]
+
+
+def _inputs(x_shape, w_shape, out_channels: int, dtype: str, bias: bool) -> dict:
+    """``make_model``'s graph inputs x, w and, with ``bias``, bias (out_channels,)."""
+    inputs = {"x": (tuple(x_shape), dtype), "w": (tuple(w_shape), dtype)}
+    if bias:
+        inputs["bias"] = ((out_channels,), dtype)
+    return inputs
 
 
 def _constant(name: str, values: Sequence[int | float], dtype=np.int64) -> onnx.NodeProto:
@@ -324,15 +335,11 @@ def resize_conv_model(
     opset: int = DEFAULT_OPSET,
 ) -> onnx.ModelProto:
     """ONNX Resize followed by Conv (+ activation); inputs x, w[, bias] -> output y."""
-    names = ["resized", "w", "bias"] if bias else ["resized", "w"]
     conv = helper.make_node(
-        "Conv", names, ["conv"], kernel_shape=list(conv_geom.kernel),
-        strides=list(conv_geom.stride), dilations=list(conv_geom.dilation),
-        pads=flat_pads(conv_geom.padding), group=conv_geom.groups,
+        "Conv", _operands("resized", bias), ["conv"], pads=flat_pads(conv_geom.padding),
+        **_conv_attrs(conv_geom),
     )  # fmt: skip
-    inputs = {"x": (resize_geom.x_shape, dtype), "w": (conv_geom.w_shape, dtype)}
-    if bias:
-        inputs["bias"] = ((conv_geom.out_channels,), dtype)
+    inputs = _inputs(resize_geom.x_shape, conv_geom.w_shape, conv_geom.out_channels, dtype, bias)
     nodes = [
         *resize_nodes(resize_geom, "x", "resized"), conv,
         *activation_nodes(activation, "conv", "y"),
@@ -420,14 +427,7 @@ def adaptive_pool_model(
 
 
 def _gemm(src: str, dst: str, bias: bool) -> onnx.NodeProto:
-    return helper.make_node("Gemm", [src, "w", "bias"] if bias else [src, "w"], [dst], transB=1)
-
-
-def _inputs(x_shape, w_shape, classes, dtype, bias):
-    inputs = {"x": (tuple(x_shape), dtype), "w": (tuple(w_shape), dtype)}
-    if bias:
-        inputs["bias"] = ((classes,), dtype)
-    return inputs
+    return helper.make_node("Gemm", _operands(src, bias), [dst], transB=1)
 
 
 def dense_model(
@@ -509,9 +509,8 @@ def fully_conv_head_model(
 ) -> onnx.ModelProto:
     """1x1 Conv -> GlobalAveragePool -> Flatten -> Softmax: x (N, C, *S) -> y (N, K)."""
     conv = helper.make_node(
-        "Conv", ["x", "w", "bias"] if bias else ["x", "w"], ["scores"],
-        kernel_shape=list(geom.kernel),
-    )  # fmt: skip
+        "Conv", _operands("x", bias), ["scores"], kernel_shape=list(geom.kernel)
+    )
     nodes = [
         conv, helper.make_node("GlobalAveragePool", ["scores"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),

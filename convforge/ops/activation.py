@@ -1,8 +1,8 @@
 """Element-wise activations fused into convolution epilogues, and their float32 math.
 
-LLVM turns ``exp`` and ``tanh`` of a float32 vector into one libm call per lane (4.5 and
-9.5 ns per element on Zen 3), which made a fused sigmoid or tanh cost more than the
-convolution it ends. :func:`exp` and :func:`tanh` are polynomial forms that vectorize: the
+LLVM turns ``exp`` and ``tanh`` of a float32 vector into one libm call per lane, which made a
+fused sigmoid or tanh cost more than the convolution it ends (evidence:
+benchmarks/results/thresholds.md#polynomial-activations). :func:`exp` and :func:`tanh` are polynomial forms that vectorize: the
 Cephes ``expf`` range reduction and polynomial (about 2 ulp), and the rational ``tanh`` of
 Eigen (and TVM's ``fast_tanh``), exact to a few ulp. float64 keeps the libm functions.
 

@@ -75,13 +75,28 @@ def conv(
         return te.sum(prod, axis=[rc, *rk])
 
     out = te.compute(geom.out_shape, body, name="conv")
+    return with_epilogue(out, bias, residual, activation, dtype)
+
+
+def with_epilogue(
+    out: te.Tensor,
+    bias: te.Tensor | None,
+    residual: te.Tensor | None,
+    activation: str | None,
+    dtype: str,
+) -> te.Tensor:
+    """``out`` (a convolution's accumulated output, (N, O, *P)) followed by its element-wise
+    ``conv_epilogue`` block (:func:`convforge.ops.activation.conv_epilogue_value`: bias,
+    residual, activation, cast to ``dtype``); ``out`` itself when there is nothing to add,
+    activate or cast."""
+    acc = str(out.dtype)
     if bias is None and residual is None and activation is None and acc == dtype:
         return out
 
     def epilogue(*index):
         return conv_epilogue_value(out[index], index, bias, residual, activation, acc, dtype)
 
-    return te.compute(geom.out_shape, epilogue, name="conv_epilogue")
+    return te.compute(out.shape, epilogue, name="conv_epilogue")
 
 
 def transpose_weight(w: te.Tensor, groups: int) -> te.Tensor:

@@ -18,7 +18,8 @@ in and out), computed as four TE blocks (names are the contract with
   over each pooling window of the same values, read from ``y``.
 
 The input is not blocked: the kernel only broadcasts single input values, so the packing
-pass would cost more than it saves (measured on Zen 4). Output channels and the output
+pass would cost more than it saves (evidence:
+benchmarks/results/thresholds.md#nchwc-unblocked-input). Output channels and the output
 width are rounded up to whole blocks, so every register tile is full and the schedule needs
 no boundary checks; the extra outputs are never read back.
 """

@@ -29,8 +29,7 @@ import math
 
 from tvm import te, tirx
 
-from convforge.ops.activation import conv_epilogue_value
-from convforge.ops.conv import accumulator_dtype
+from convforge.ops.conv import accumulator_dtype, with_epilogue
 from convforge.shapes import ConvTransposeGeometry, check_index_range
 
 
@@ -100,10 +99,4 @@ def conv_transpose_gather(
         return te.sum(tirx.Select(tirx.all(*valid), value, zero), axis=rt)
 
     out = te.compute(geom.out_shape, body, name="conv_transpose_gather")
-    if bias is None and activation is None and acc == dtype:
-        return out
-
-    def epilogue(*index):
-        return conv_epilogue_value(out[index], index, bias, None, activation, acc, dtype)
-
-    return te.compute(geom.out_shape, epilogue, name="conv_epilogue")
+    return with_epilogue(out, bias, None, activation, dtype)

@@ -28,10 +28,7 @@ from convforge.schedules import (
 from convforge.schedules.cpu_conv import schedule_conv_nchwc
 from convforge.schedules.cpu_direct import largest_divisor
 from convforge.schedules.cpu_pool import schedule_named_block
-from convforge.targets import vector_lanes
-
-#: Accumulator registers a register block may use (AVX2 has 16 vector registers).
-_ACCUMULATOR_BUDGET = 8
+from convforge.targets import profile
 
 
 def _vector_tile(n: int, lanes: int) -> int:
@@ -52,8 +49,9 @@ def _schedule_injective(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
         sch.parallel(loops[0])
 
 
-def _register_tile(sch: s_tir.Schedule, anchor: s_tir.SBlockRV, lanes: int) -> tuple:
-    """Split ``anchor``'s loops (N, C, *spatial) into parallel outer tiles and a register block.
+def _register_tile(sch: s_tir.Schedule, anchor: s_tir.SBlockRV, lanes: int, budget: int) -> tuple:
+    """Split ``anchor``'s loops (N, C, *spatial) into parallel outer tiles and a register block
+    of at most ``budget`` vector accumulators (the profile's ``accumulator_budget``).
 
     Returns (loop to compute the reduction at, channel-inner loop, width-inner loop).
     """
@@ -63,7 +61,7 @@ def _register_tile(sch: s_tir.Schedule, anchor: s_tir.SBlockRV, lanes: int) -> t
         raise ValueError("needs at least two output axes")
     width_tile = _vector_tile(extents[-1], lanes)
     vectors = -(-width_tile // lanes)
-    channel_tile = largest_divisor(extents[1], max(1, _ACCUMULATOR_BUDGET // vectors))
+    channel_tile = largest_divisor(extents[1], max(1, budget // vectors))
     c_outer, c_inner = sch.split(loops[1], [None, channel_tile])
     w_outer, w_inner = sch.split(loops[-1], [None, width_tile])
     middle = list(loops[2:-1])
@@ -76,8 +74,12 @@ def _register_tile(sch: s_tir.Schedule, anchor: s_tir.SBlockRV, lanes: int) -> t
     return w_outer, c_inner, w_inner
 
 
-def _schedule_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> str:
+def _schedule_reduction(
+    sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+) -> str:
     """Tile one reduction block; returns the name of the block whose loops hold the tile."""
+    target_profile = profile(target)
+    lanes = target_profile.vector_lanes(str(sch.get(block).writes[0].source.dtype))
     iter_vars = sch.get(block).iter_vars
     n_spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in iter_vars)
     consumers = sch.get_consumers(block)
@@ -90,7 +92,7 @@ def _schedule_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) 
         anchor = consumers[0]  # fuse the element-wise epilogue into the tile
     else:
         anchor = sch.cache_write(block, 0, "global")
-    at, c_inner, w_inner = _register_tile(sch, anchor, lanes)
+    at, c_inner, w_inner = _register_tile(sch, anchor, lanes, target_profile.accumulator_budget)
     sch.vectorize(w_inner)
     sch.unroll(c_inner)
     sch.compute_at(block, at, preserve_unit_loops=True)
@@ -127,18 +129,6 @@ BLOCK_RULES = {
 }
 
 
-#: Kernels doing fewer block iterations than this run on one thread: waking the pool's
-#: idle workers costs more than a second core gives them. On 2 Zen 3 cores, one thread ran
-#: the image decoder's transposed convolutions (1.2M iterations) in 0.06 instead of 0.12 ms
-#: and a 3x3 32->32 16x16 conv (2.4M) in 0.07 instead of 0.10 ms, while a 3x3 depthwise
-#: 128ch 56x56 (4.0M) took 0.23 instead of 0.19 ms.
-MIN_PARALLEL_ITERATIONS = 3 << 20
-#: ... unless their arguments weigh this many bytes: streaming a large operand from memory
-#: (or L3) goes faster on every core. The classifier head 512 -> 1000 (a 2 MB weight,
-#: 0.5M iterations) ran in 21 instead of 36 us on 2 Zen 4 cores.
-MIN_PARALLEL_BYTES = 1 << 20
-
-
 def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
     """Apply the first special rule that fits ``func``, else the default CPU schedule.
 
@@ -153,18 +143,22 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
             break
     if sch is None:
         sch = generic_cpu_schedule(func, target)
-    if is_small(func):
+    if is_small(func, target):
         sch = without_parallel_loops(sch, func)
     return sch.mod
 
 
-def is_small(func: tirx.PrimFunc) -> bool:
-    """Whether ``func`` runs faster on one thread: fewer than :data:`MIN_PARALLEL_ITERATIONS`
-    block iterations over arguments of fewer than :data:`MIN_PARALLEL_BYTES`."""
-    if block_iterations(func) >= MIN_PARALLEL_ITERATIONS:
+def is_small(func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+    """Whether ``func`` runs on one thread on ``target``: fewer than the profile's
+    ``min_parallel_iterations`` block iterations over arguments of fewer than its
+    ``min_parallel_bytes`` (waking the pool's idle workers would cost more than the other
+    cores give). Evidence: benchmarks/results/thresholds.md#min-parallel-iterations and
+    #min-parallel-bytes."""
+    thresholds = profile(target)
+    if block_iterations(func) >= thresholds.min_parallel_iterations:
         return False
     sizes = (math.prod(int(n) for n in p.shape) * tvm.DataType(p.dtype).bits for p in func.params)
-    return sum(sizes) // 8 < MIN_PARALLEL_BYTES
+    return sum(sizes) // 8 < thresholds.min_parallel_bytes
 
 
 def block_iterations(func: tirx.PrimFunc) -> int:
@@ -202,8 +196,7 @@ def generic_cpu_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> s_ti
             elif rule is not None:
                 fused.update(rule(trial, block, target) or ())
             elif _is_reduction(trial, block):
-                lanes = vector_lanes(target, str(trial.get(block).writes[0].source.dtype))
-                fused.add(_schedule_reduction(trial, block, lanes))
+                fused.add(_schedule_reduction(trial, block, target))
             else:
                 _schedule_injective(trial, block)
         except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError

@@ -19,34 +19,32 @@ from convforge.schedules.cpu_direct import (
     single_conv,
     width_tile,
 )
-from convforge.targets import vector_lanes
-
-#: Sequences at least this long take this rule.
-MIN_LENGTH = 1024
-#: Outputs per parallel time tile (upper bound).
-TIME_TILE = 1024
+from convforge.targets import TargetProfile, profile
 
 
 def is_long_1d(func: tirx.PrimFunc) -> bool:
-    """A plain 1-D convolution whose output is at least :data:`MIN_LENGTH` long."""
+    """A plain 1-D convolution whose output is at least ``long_1d_min_length`` long (the
+    predicate has no target: it reads the default every profile carries)."""
     sch = s_tir.Schedule(func)
     block = single_conv(sch)
     if block is None:
         return False
     shape = sch.get(block).writes[0].source.shape
-    return len(shape) == 3 and int(shape[-1]) >= MIN_LENGTH
+    return len(shape) == 3 and int(shape[-1]) >= TargetProfile.long_1d_min_length
 
 
-def long_1d_tiles(out_shape: tuple[int, ...], lanes: int, budget: int) -> DirectTiles:
-    """Width tile, as many channels as registers allow, and a time tile of up to
-    :data:`TIME_TILE` outputs (a divisor of the width tiles when a good one exists)."""
+def long_1d_tiles(
+    out_shape: tuple[int, ...], lanes: int, budget: int, time_tile: int
+) -> DirectTiles:
+    """Width tile, as many channels as ``budget`` accumulators allow, and a time tile of up
+    to ``time_tile`` outputs (a divisor of the width tiles when a good one exists)."""
     width = width_tile(out_shape[-1], lanes)
     vectors = -(-width // lanes)
     channels = largest_divisor(out_shape[1], max(1, budget // vectors))
     tiles = -(-out_shape[-1] // width)
-    chunks = largest_divisor(tiles, max(1, TIME_TILE // width))
-    if 4 * chunks * width < TIME_TILE:  # no good divisor: a ragged last time tile
-        chunks = max(1, TIME_TILE // width)
+    chunks = largest_divisor(tiles, max(1, time_tile // width))
+    if 4 * chunks * width < time_tile:  # no good divisor: a ragged last time tile
+        chunks = max(1, time_tile // width)
     return DirectTiles(channels, width, time_tile=chunks * width, pad="tile")
 
 
@@ -55,7 +53,11 @@ def schedule_long_1d(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Sc
     sch = s_tir.Schedule(func)
     block = single_conv(sch)
     out = sch.get(block).writes[0].source
-    lanes = vector_lanes(target, str(out.dtype))
+    target_profile = profile(target)
+    lanes = target_profile.vector_lanes(str(out.dtype))
     shape = tuple(int(v) for v in out.shape)
-    schedule_direct(sch, block, long_1d_tiles(shape, lanes, accumulator_budget(target)))
+    tiles = long_1d_tiles(
+        shape, lanes, accumulator_budget(target), target_profile.long_1d_time_tile
+    )
+    schedule_direct(sch, block, tiles)
     return sch

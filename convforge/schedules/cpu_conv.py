@@ -29,23 +29,19 @@ from convforge.schedules.cpu_direct import (
     single_conv,
     smallest_divisor_at_least,
 )
-from convforge.targets import vector_lanes
-
-#: Parallel tasks wanted; with fewer (batch x channel block x row) tiles, the width tiles
-#: are split too (the 1x1 256->64 56x56 conv in one 64-channel block and one row of 3136
-#: positions ran on one of two cores: 0.89 instead of 0.50 ms, AVX-512).
-PARALLEL_TASKS = 8
+from convforge.targets import TargetProfile, profile, vector_lanes
 
 
 def schedule_conv_nchwc(
-    sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target | None = None
+    sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
 ) -> list[str]:
     """Register-tile the ``conv_nchwc`` block (see the module docstring); the tile sizes are
-    those of the computation (``target`` is not needed). Returns the name of the unpack
-    block fused into the tile; a ``nchwc_max_pool`` instead gets :func:`schedule_conv_max_pool`."""
+    those of the computation, ``target``'s profile gives the ``parallel_tasks`` wanted
+    before the width tiles are split too. Returns the name of the unpack block fused into
+    the tile; a ``nchwc_max_pool`` instead gets :func:`schedule_conv_max_pool`."""
     (unpack,) = sch.get_consumers(block)
     if sch.get(unpack).name_hint == "nchwc_max_pool":
-        return schedule_conv_max_pool(sch, block, unpack)
+        return schedule_conv_max_pool(sch, block, unpack, target)
     loops = sch.get_loops(block)
     iter_vars = sch.get(block).iter_vars
     n_reduce = sum(int(iv.iter_type) == tvm.tirx.IterVar.CommReduce for iv in iter_vars)
@@ -54,10 +50,11 @@ def schedule_conv_nchwc(
     n, ob, *outer, wo, wi, oi = spatial
     parallel = [n, ob, *outer[:2]]
     tasks = math.prod(int(sch.get(loop).extent) for loop in parallel)
-    if tasks < PARALLEL_TASKS:
+    wanted = profile(target).parallel_tasks
+    if tasks < wanted:
         # too few (batch x channel block x row) tiles, e.g. a 1x1 convolution computed
         # over one row: split the width tiles too
-        parts = smallest_divisor_at_least(int(sch.get(wo).extent), -(-PARALLEL_TASKS // tasks))
+        parts = smallest_divisor_at_least(int(sch.get(wo).extent), -(-wanted // tasks))
         wo_part, wo = sch.split(wo, [parts, None])
         parallel.append(wo_part)
     sch.reorder(*parallel, wo, *reduce_, wi, oi)
@@ -67,14 +64,14 @@ def schedule_conv_nchwc(
     sch.unroll(wi)
     sch.vectorize(oi)
     sch.decompose_reduction(block, reduce_[0])
-    # write back along the output width: wb contiguous floats per channel (19% faster on the
-    # 7x7 stem than scalar stores)
+    # write back along the output width: wb contiguous floats per channel (evidence:
+    # benchmarks/results/thresholds.md#vectorized-write-back)
     sch.vectorize(sch.get_loops(unpack)[-1])
     return [sch.get(unpack).name_hint]
 
 
 def schedule_conv_max_pool(
-    sch: s_tir.Schedule, conv: s_tir.SBlockRV, pool: s_tir.SBlockRV
+    sch: s_tir.Schedule, conv: s_tir.SBlockRV, pool: s_tir.SBlockRV, target: tvm.target.Target
 ) -> list[str]:
     """``conv_nchwc`` computed inside its ``nchwc_max_pool`` (kernel k along the width,
     a divisor or a multiple of the width block WB): parallel over (batch, channel block,
@@ -82,9 +79,8 @@ def schedule_conv_max_pool(
     the window rows, and for each register tile (WB columns; k/WB tiles per window row)
     its reduction (WB unrolled, OB vectorized) and at once the max of its epilogue into
     the chunk's pooled values, held in registers and written back in NCHW. The
-    full-resolution convolution output is never stored: the lecture classifiers' 3x3
-    3->64 over 256x256 with its 4x4 pool ran in 1.4-1.5 ms inside the model instead of
-    2.0 ms + 0.26 ms for the pool (2 Zen 4 cores). Returns the blocks it scheduled."""
+    full-resolution convolution output is never stored (evidence:
+    benchmarks/results/thresholds.md#conv-max-pool). Returns the blocks it scheduled."""
     iter_vars = sch.get(conv).iter_vars
     reduction = tvm.tirx.IterVar.CommReduce
     spatial = [int(iv.dom.extent) for iv in iter_vars if int(iv.iter_type) != reduction]
@@ -108,8 +104,9 @@ def schedule_conv_max_pool(
         raise ValueError(f"pool width {k} and width block {wb} do not divide one another")
     parallel = [n, cb, *positions[:-1]]
     tasks = math.prod(int(sch.get(loop).extent) for loop in parallel)
-    if tasks < PARALLEL_TASKS:  # few pooled rows: split the chunks too
-        parts = smallest_divisor_at_least(int(sch.get(chunk).extent), -(-PARALLEL_TASKS // tasks))
+    wanted = profile(target).parallel_tasks
+    if tasks < wanted:  # few pooled rows: split the chunks too
+        parts = smallest_divisor_at_least(int(sch.get(chunk).extent), -(-wanted // tasks))
         part, chunk = sch.split(chunk, [parts, None])
         parallel.append(part)
     sch.parallel(sch.fuse(*parallel))
@@ -135,17 +132,11 @@ def schedule_conv_max_pool(
 #: A 1x1 stride-1 convolution over one row of at least this many positions (how the API
 #: computes 1x1 convolutions, :func:`convforge.plan.plan_conv`) is a matrix multiply
 #: ``W (O x C) @ X (C x P)`` computed directly on AVX-512: the positions vectorized and
-#: the weights broadcast, in parallel time tiles (:func:`pointwise_time_tile`).
-#: On 2 AVX-512 cores this beat NCHW[x]c: 256->64 over 3136 positions 0.38 vs 0.43 ms,
-#: 64->256 0.30 vs 0.48, 512->128 over 784 0.37 vs 0.39, 128->512 0.38 vs 0.42; over 196
-#: and 49 positions NCHW[x]c was as fast or 2x faster (too few time tiles).
-POINTWISE_ROW_POSITIONS = 512
-#: Fewest positions per parallel time tile of a pointwise row. Longer tiles read fewer,
-#: longer row segments, which matters with cold caches (as inside a model): 64->256 over
-#: 3136 positions with bias, residual and ReLU, one thread, caches flushed: 1.74 ms in
-#: tiles of 64, 1.05 in 256, 1.00 in 1024 (0.71-0.74 ms warm for all); ResNet-50 in one
-#: process, 2 cores: 34.9-35.7 ms with :func:`pointwise_time_tile`, 35.9-36.0 in tiles of 64.
-POINTWISE_TIME_TILE = 64
+#: the weights broadcast, in parallel time tiles (:func:`pointwise_time_tile`). The
+#: profile's ``pointwise_row_positions``, read here by :func:`is_pointwise_row` and the
+#: choice functions, which take no target yet. Evidence:
+#: benchmarks/results/thresholds.md#pointwise-row-positions.
+POINTWISE_ROW_POSITIONS = TargetProfile.pointwise_row_positions
 
 
 def is_pointwise_row(func: tvm.tirx.PrimFunc) -> bool:
@@ -176,14 +167,18 @@ def schedule_pointwise_row(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -
     lanes = vector_lanes(target, str(out.dtype))
     shape = tuple(int(v) for v in out.shape)
     tiles = default_tiles(shape, lanes, accumulator_budget(target))
-    time_tile = pointwise_time_tile(shape[-1], tiles.width_tile)
+    time_tile = pointwise_time_tile(shape[-1], tiles.width_tile, target)
     schedule_direct(sch, block, dataclasses.replace(tiles, time_tile=time_tile))
     return sch
 
 
-def pointwise_time_tile(positions: int, width_tile: int) -> int:
+def pointwise_time_tile(positions: int, width_tile: int, target: tvm.target.Target) -> int:
     """Positions per parallel time tile: the longest whole number of width tiles that
-    still leaves :data:`PARALLEL_TASKS` tiles, and at least :data:`POINTWISE_TIME_TILE`."""
+    still leaves ``target``'s profile's ``parallel_tasks`` tiles, and at least its
+    ``pointwise_time_tile`` positions (longer tiles read fewer, longer row segments;
+    evidence: benchmarks/results/thresholds.md#pointwise-time-tile)."""
+    thresholds = profile(target)
     tiles = -(-positions // width_tile)
-    chunks = largest_divisor(tiles, max(1, tiles // PARALLEL_TASKS))
-    return max(chunks * width_tile, -(-POINTWISE_TIME_TILE // width_tile) * width_tile)
+    chunks = largest_divisor(tiles, max(1, tiles // thresholds.parallel_tasks))
+    least = thresholds.pointwise_time_tile
+    return max(chunks * width_tile, -(-least // width_tile) * width_tile)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
-from convforge.targets import vector_bits
+from convforge.targets import profile
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,9 @@ class DirectTiles:
 
 
 def accumulator_budget(target: tvm.target.Target) -> int:
-    """Vector accumulators a register block may hold (AVX-512: 32 registers, else 16)."""
-    return 24 if vector_bits(target) >= 512 else 12
+    """Vector accumulators a direct register block may hold on ``target``: its profile's
+    ``direct_accumulators`` (24 of AVX-512's 32 registers, else 12)."""
+    return profile(target).direct_accumulators
 
 
 def has_block(func: tirx.PrimFunc, name: str) -> bool:

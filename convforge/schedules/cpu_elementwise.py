@@ -1,9 +1,8 @@
 """CPU schedule of the element-wise functions a compiled model leaves to TVM (no tuning).
 
 TVM's CPU pipeline legalizes the nodes convforge does not lower (residual Add, Mul of gated
-units, Relu, Transpose, Concat...) to plain loop nests: one thread, scalar code. In ResNet-50
-these took 4% of the run, 2 ms for one residual Add of a 1x256x56x56 tensor. The rule here
-inlines every producer into the last block, runs the outer loops in parallel and vectorizes
+units, Relu, Transpose, Concat...) to plain loop nests: one thread, scalar code (evidence:
+benchmarks/results/thresholds.md#elementwise-min-parallel). The rule here inlines every producer into the last block, runs the outer loops in parallel and vectorizes
 the innermost one; a function it does not fit (a reduction, a non-inlinable producer) is left
 as TVM made it.
 """
@@ -15,10 +14,7 @@ import math
 import tvm
 from tvm import s_tir, tirx
 
-from convforge.targets import vector_lanes
-
-#: Below this many outputs one thread is faster than waking the pool.
-MIN_PARALLEL = 4096
+from convforge.targets import profile
 
 
 def schedule_elementwise(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc | None:
@@ -46,11 +42,14 @@ def _schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc |
     if not all(isinstance(sch.get(loop).extent, tirx.IntImm) for loop in loops):
         return None  # symbolic sizes: left as TVM made them
     extents = [int(sch.get(loop).extent) for loop in loops]
-    lanes = vector_lanes(target, str(sch.get(last).writes[0].source.dtype))
+    target_profile = profile(target)
+    lanes = target_profile.vector_lanes(str(sch.get(last).writes[0].source.dtype))
     if extents[-1] % lanes == 0 and extents[-1] > lanes:
         loops = [*loops[:-1], *sch.split(loops[-1], [None, lanes])]
     if extents[-1] % lanes == 0:
         sch.vectorize(loops[-1])
-    if math.prod(extents) >= MIN_PARALLEL and len(loops) > 1:
+    # below elementwise_min_parallel outputs one thread is faster than waking the pool
+    # (evidence: benchmarks/results/thresholds.md#elementwise-min-parallel)
+    if math.prod(extents) >= target_profile.elementwise_min_parallel and len(loops) > 1:
         sch.parallel(sch.fuse(*loops[:-1]))
     return sch.mod["main"]

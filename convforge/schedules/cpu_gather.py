@@ -16,7 +16,6 @@ import tvm
 from tvm import s_tir, tirx
 
 from convforge.schedules.cpu_direct import has_block
-from convforge.targets import vector_lanes
 
 
 def is_gather(func: tirx.PrimFunc) -> bool:
@@ -33,11 +32,9 @@ def schedule_gather(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Sch
     from convforge.schedules.cpu import _schedule_reduction
 
     sch = s_tir.Schedule(func)
-    taps = sch.get_sblock("conv_transpose_taps")
     trial = sch.copy()
     try:
-        lanes = vector_lanes(target, str(trial.get(taps).writes[0].source.dtype))
-        _schedule_reduction(trial, trial.get_sblock("conv_transpose_taps"), lanes)
+        _schedule_reduction(trial, trial.get_sblock("conv_transpose_taps"), target)
         sch = trial
     except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError
         pass

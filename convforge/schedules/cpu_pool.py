@@ -7,13 +7,11 @@ returns the names of the blocks it scheduled, or ``None`` when the block is not 
 outer loops).
 
 - ``pool`` (max, average, adaptive, global): (N, C) run in parallel. Windows that tile the
-  input walk each window row across the whole output row (2-5x faster on 4x4 stride-4
-  pools of 256x256 maps), the ``pool_epilogue`` division fused per output row. Sliding
-  windows over rows at least a vector long run every tap over the whole output row,
-  vectorized, with the padding written per (N, C) task (ResNet-50's 3x3 stride-2 max pool
-  of 64x112x112, AVX-512, 2 cores: 0.16 instead of 0.37 ms); other pools (adaptive,
-  global) take each output in the plain loop order (LLVM vectorizes it; the
-  register-tiled conv rule was 5-20x slower on pools), the division fused per output.
+  input walk each window row across the whole output row, the ``pool_epilogue`` division
+  fused per output row. Sliding windows over rows at least a vector long run every tap
+  over the whole output row, vectorized, with the padding written per (N, C) task; other
+  pools (adaptive, global) take each output in the plain loop order (LLVM vectorizes it),
+  the division fused per output. Evidence: benchmarks/results/thresholds.md#pool-rows.
 - ``dense`` (x (N, F) @ w (K, F)^T): the reduction over F is split by a vector of lanes and
   ``rfactor``-ed, so ``lanes`` partial sums run as one vector along contiguous x and w
   rows; the output classes run in parallel and the epilogue is fused per class.

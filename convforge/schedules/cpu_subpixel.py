@@ -5,10 +5,9 @@ Phases in NCHW[x]c blocks (dense 2-D/3-D, ``conv_nchwc``): one parallel loop ove
 weight slice (the gather inlined), computes its register tiles (reductions outside an
 unrolled width x vectorized channel tile, the accumulators in registers), writes them
 back and the block is interleaved; the shared padding is one parallel copy that each
-phase reads through a crop. With the TVM pool's workers blocking between parallel loops
-(``TVM_THREAD_POOL_SPIN_COUNT=0``), one parallel region per pass cost more than the
-phases: on AVX-512 (2 cores) the 256->128 k4 s2 16->32 transposed convolution took 1.08 ms
-in one region, 1.5 ms in thirteen, 1.70 ms with the direct phases below.
+phase reads through a crop. One parallel region serves every pass: with the TVM pool's
+workers blocking between parallel loops, a region per pass cost more than the phases
+(evidence: benchmarks/results/thresholds.md#subpixel-one-region).
 
 Direct phases (``conv``: grouped, 1-D, ragged channel blocks): each phase's weight
 gather and input window (a crop of the shared padded input) are inlined into its
@@ -37,10 +36,7 @@ from convforge.schedules.cpu_direct import (
     schedule_direct,
     width_tile,
 )
-from convforge.targets import vector_lanes
-
-#: Parallel tasks wanted; with fewer (batch x channel) tiles, the rows are split in bands.
-PARALLEL_TASKS = 8
+from convforge.targets import profile, vector_lanes
 
 
 def is_subpixel(func: tirx.PrimFunc) -> bool:
@@ -76,10 +72,12 @@ def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
         sch, blocks["subpixel_interleave"], strides, channel_tile
     )
     # one parallel loop over (batch, channel tiles, bands of rows), with
-    # every phase computing its share of the tile inside it
+    # every phase computing its share of the tile inside it; with fewer (batch x channel)
+    # tiles than the profile's parallel_tasks, the rows are split in bands
     tasks = int(sch.get(n).extent) * int(sch.get(c_outer).extent)
+    wanted = profile(target).parallel_tasks
     if len(outer) > 1:  # bands of rows (never of the vectorized width)
-        bands = largest_divisor(int(sch.get(outer[0]).extent), -(-PARALLEL_TASKS // tasks))
+        bands = largest_divisor(int(sch.get(outer[0]).extent), -(-wanted // tasks))
         band, _ = sch.split(outer[0], [bands, None])
         sch.reorder(n, c_outer, band, c_inner)
         parallel = sch.fuse(n, c_outer, band)

@@ -22,7 +22,7 @@ from tvm import s_tir, tirx
 
 from convforge.ops.winograd import DILATION_ATTR
 from convforge.schedules.cpu_direct import has_block, largest_divisor
-from convforge.targets import vector_lanes
+from convforge.targets import TargetProfile, profile, vector_lanes
 
 
 def is_winograd(func: tirx.PrimFunc) -> bool:
@@ -32,36 +32,31 @@ def is_winograd(func: tirx.PrimFunc) -> bool:
 
 #: Input columns per block of the padding's transpose to channels last.
 TRANSPOSE_COLUMNS = 16
-#: Parallel tasks wanted (at least), and the floats of V and M one task may hold (256 KB:
-#: half of Zen 3's L2).
-MIN_TASKS = 8
-TASK_FLOATS = 64 * 1024
 
 
-def _groups_per_task(inner: int, groups: int, group_floats: int) -> int:
+def _groups_per_task(inner: int, groups: int, group_floats: int, thresholds: TargetProfile) -> int:
     """Tile blocks per task: the largest divisor of the ``inner`` tile loop whose V and M fit
-    :data:`TASK_FLOATS` and that leaves :data:`MIN_TASKS` of the ``groups`` tile blocks' tasks."""
-    limit = max(1, min(TASK_FLOATS // group_floats, groups // MIN_TASKS))
+    the profile's ``winograd_task_floats`` and that leaves its ``parallel_tasks`` of the
+    ``groups`` tile blocks' tasks."""
+    task_floats, tasks = thresholds.winograd_task_floats, thresholds.parallel_tasks
+    limit = max(1, min(task_floats // group_floats, groups // tasks))
     return largest_divisor(inner, limit)
 
 
-#: A transformed weight up to this size (1 MB) is re-read from cache by every task: the
-#: dilated 64x64 64-channel 3x3 (U 0.6 MB, 32 tasks) ran in 1.7 ms by rows and 2.2-2.6 ms
-#: by passes, which the traffic count below preferred.
+#: A transformed weight up to this size (1 MB) is re-read from cache by every task (evidence:
+#: benchmarks/results/thresholds.md#winograd-cached-weight).
 CACHED_WEIGHT_FLOATS = 256 * 1024
-#: Memory traffic of an intermediate written out and read back, in units of its size
-#: (write-allocate, write back, read). With 2, the 56x56 64-channel 3x3 convolution went to
-#: passes and ran in 1.36 ms instead of 1.09 ms by rows (medians, one process, Zen 3).
-PASS_TRAFFIC = 3
 
 
-def _fuse_tasks(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, tasks: int) -> bool:
+def _fuse_tasks(
+    sch: s_tir.Schedule, gemm: s_tir.SBlockRV, tasks: int, thresholds: TargetProfile
+) -> bool:
     """Whether to run the whole pipeline per task (every task reads all of the transformed
     weight U) rather than in passes (V and M written out and read back once, the multiply
     parallel over transform points and channel blocks, U read once): by rows while U stays
-    in cache (:data:`CACHED_WEIGHT_FLOATS`), else the one moving less data. ResNet-50's
-    7x7 512-channel 3x3 convolution, whose U is 17 MB, ran in 4.2 ms by rows and 2.1 ms by
-    passes.
+    in cache (:data:`CACHED_WEIGHT_FLOATS`), else the one moving less data, an
+    intermediate written out and read back counting the profile's ``pass_traffic`` times
+    its size (evidence: benchmarks/results/thresholds.md#winograd-rows-or-passes).
     """
     n, rows, tb, pw, a, b, kb, ti, ki, c = (
         int(sch.get(loop).extent) for loop in sch.get_loops(gemm)
@@ -70,7 +65,7 @@ def _fuse_tasks(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, tasks: int) -> bool:
     u_size, v_size, m_size = a * b * kb * ki * c, a * b * tiles * c, a * b * tiles * kb * ki
     if u_size <= CACHED_WEIGHT_FLOATS:
         return True
-    return tasks * u_size <= u_size + PASS_TRAFFIC * (v_size + m_size)
+    return tasks * u_size <= u_size + thresholds.pass_traffic * (v_size + m_size)
 
 
 def _separable_in_registers(
@@ -94,6 +89,7 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     block = sch.get_sblock
     lanes = vector_lanes(target, str(sch.get(block("winograd_gemm")).writes[0].source.dtype))
+    thresholds = profile(target)
     if "winograd_weight" in names:  # per (channel block, channel): G w G^T, vectorized
         weight = block("winograd_weight")
         a, b, kb, c, ki = sch.get_loops(weight)
@@ -117,14 +113,14 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
         th, jh = sch.split(oh, [qh_n, mh])
         tb, ti, jw = sch.split(ow, [tb_n, tile_block, mw])
         sch.reorder(n, th, tb, kb, jh, ki, ti, jw)
-        per_task = _groups_per_task(tb_n, n_n * qh_n * tb_n, group)
+        per_task = _groups_per_task(tb_n, n_n * qh_n * tb_n, group, thresholds)
         tb_outer, _ = sch.split(tb, [None, per_task])
         task = sch.fuse(n, th, tb_outer)
         sch.compute_at(y, kb, preserve_unit_loops=True)
         sch.vectorize(sch.fuse(ti, jw))
     else:  # (n, qh, tb, pwo) | pwi, kb, ...; written back by its own pass
         n, qh, tb, pw, *_ = sch.get_loops(y)
-        per_task = _groups_per_task(pw_n, n_n * qh_n * tb_n * pw_n, group)
+        per_task = _groups_per_task(pw_n, n_n * qh_n * tb_n * pw_n, group, thresholds)
         pw_outer, _ = sch.split(pw, [None, per_task])
         task = sch.fuse(n, qh, tb, pw_outer)
         sch.parallel(sch.fuse(*sch.get_loops(unpack)[:2]))
@@ -141,7 +137,7 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     sch.vectorize(ki)
 
     v = block("winograd_input")
-    if _fuse_tasks(sch, gemm, int(sch.get(task).extent)):
+    if _fuse_tasks(sch, gemm, int(sch.get(task).extent), thresholds):
         sch.compute_at(gemm, task, preserve_unit_loops=True)
         sch.compute_at(v, task, preserve_unit_loops=True)
         input_task = task
@@ -159,10 +155,10 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     sch.reorder(ti, c_outer, a, b, c_inner)
     _separable_in_registers(sch, block("winograd_input_rows"), c_outer, 4, [a, b, c_inner])
 
-    # padding to channels last, per undilated task, so that its input rows stay in cache (with one
-    # padded copy of the whole input, the 56x56 3x3 took 1.5 ms at batch 1 and 2.3 ms per
-    # image at batch 8; per task, and by rows, 1.1 and 1.2 ms), as a blocked transpose of
-    # 16 columns x a vector of channels (a plain loop reads one channel row per element)
+    # padding to channels last, per undilated task, so that its input rows stay in cache
+    # (evidence: benchmarks/results/thresholds.md#winograd-padding-per-task), as a blocked
+    # transpose of 16 columns x a vector of channels (a plain loop reads one channel row per
+    # element)
     pad = block("winograd_pad")
     if dh == dw == 1:
         sch.compute_at(pad, input_task, preserve_unit_loops=True)

@@ -41,6 +41,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.sym.pattern import detect_linear_equation
 
+from convforge.targets import profile
+
 #: Threads per block the tile policy aims at.
 _THREADS = 256
 #: Bytes of shared memory one block may stage (the static limit is 48 KiB on sm_80/sm_90).
@@ -321,13 +323,10 @@ def _weight_vector(shape: ConvShape, tiles: ConvTiles, weight_is_input: bool) ->
     return lanes if aligned and even else 1
 
 
-#: Streaming multiprocessors per architecture (the most common part of each).
-_MULTIPROCESSORS = {"sm_70": 80, "sm_75": 68, "sm_80": 108, "sm_86": 84, "sm_89": 128, "sm_90": 132}
-
-
 def multiprocessors(target: tvm.target.Target) -> int:
-    """SM count assumed for ``target``'s architecture (100 when unknown)."""
-    return _MULTIPROCESSORS.get(str(target.attrs.get("arch", "")), 100)
+    """SM count assumed for ``target``'s architecture: its profile's ``multiprocessors``
+    (the most common part of each architecture; 100 when unknown)."""
+    return profile(target).cuda.multiprocessors
 
 
 def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV, min_blocks: int = 1) -> ConvTiles:

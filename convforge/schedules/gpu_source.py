@@ -20,11 +20,13 @@ from pathlib import Path
 
 import tvm
 
-#: Static shared memory a block may declare (48 KiB on every architecture).
-STATIC_SHARED_BYTES = 48 * 1024
-#: Threads per block and 32-bit registers per block (sm_50 .. sm_90 alike).
-MAX_THREADS_PER_BLOCK = 1024
-REGISTERS_PER_BLOCK = 64 * 1024
+from convforge.targets import CUDA_LIMITS
+
+#: Static shared memory a block may declare (48 KiB on every architecture), threads per
+#: block and 32-bit registers per block (sm_50 .. sm_90 alike): the CUDA profile's limits.
+STATIC_SHARED_BYTES = CUDA_LIMITS.static_shared_bytes
+MAX_THREADS_PER_BLOCK = CUDA_LIMITS.max_threads_per_block
+REGISTERS_PER_BLOCK = CUDA_LIMITS.registers_per_block
 
 _C_BYTES = {"float": 4, "half": 2, "double": 8, "int": 4, "int8_t": 1, "uint8_t": 1, "bool": 1}
 _KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\((\d+)\) )?(\w+)\(')

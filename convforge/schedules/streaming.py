@@ -6,8 +6,8 @@ weight/bias layout views, state concatenation and bias epilogues are inlined; ea
 convolution runs with its reduction loops outside and the output-channel loop innermost
 and vectorized (weights are packed ``(C, k, O)`` so that loop reads contiguous memory);
 element-wise blocks are flattened and vectorized, the new states' copies split where
-they switch from old state to input. Long chunks (batch x time of at least
-:data:`LONG_CHUNK_COLUMNS`) get the default CPU schedule (time tiles, threads) instead.
+they switch from old state to input. Long chunks (batch x time of at least the target
+profile's ``long_chunk_columns``) get the default CPU schedule (time tiles, threads) instead.
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ import tvm
 from tvm import s_tir, tirx
 
 from convforge.schedules.cpu import schedule_cpu
-from convforge.targets import vector_lanes
+from convforge.targets import profile, vector_lanes
 
 #: Blocks computed where they are read (views, concatenation, bias epilogues).
 INLINED = ("weight_layout", "bias_layout", "concat", "pad", "conv_epilogue", "skip_relu")
-
-#: Output columns (batch x time) from which the default (throughput) CPU schedule is used.
-LONG_CHUNK_COLUMNS = 64
 
 
 def _is_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
@@ -72,7 +69,8 @@ def schedule_streaming(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IR
     """Schedule every block of a streaming-step PrimFunc (1-D convolutions, (N, C, L))."""
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    if any(_columns(sch, b) >= LONG_CHUNK_COLUMNS for b in blocks if _is_reduction(sch, b)):
+    long_chunk = profile(target).long_chunk_columns
+    if any(_columns(sch, b) >= long_chunk for b in blocks if _is_reduction(sch, b)):
         return schedule_cpu(func, target)  # a long chunk: throughput first
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         if sch.get(block).name_hint.startswith(INLINED):

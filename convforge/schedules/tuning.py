@@ -69,7 +69,7 @@ from tvm_ffi.structural import structural_equal, structural_hash
 from convforge.extras import require
 from convforge.filemode import atomic_write
 from convforge.schedules.cpu import generic_cpu_schedule, schedule_cpu
-from convforge.targets import is_cpu, target_key
+from convforge.targets import is_cpu, target_key, tensor_intrinsics_module
 
 try:
     import fcntl
@@ -607,12 +607,7 @@ def _cpu_tensor_intrinsics_only(target: tvm.target.Target) -> Iterator[None]:
     ``__init__`` (reusing the submodule already imported).
     """
     package = "tvm.s_tir.tensor_intrin"
-    triple = str(target.attrs.get("mtriple", "x86_64"))
-    submodule = next(
-        (m for arch, m in (("x86", "x86"), ("aarch64", "arm_cpu"), ("arm", "arm_cpu"),
-                           ("riscv", "riscv_cpu")) if arch in triple),
-        None,
-    )  # fmt: skip
+    submodule = tensor_intrinsics_module(target)
     if package in sys.modules or submodule is None:
         yield
         return
