@@ -37,15 +37,14 @@ from tvm import te
 
 from convforge import ops, shapes
 from convforge.ops.conv import accumulator_dtype
-from convforge.schedules.cpu_conv import POINTWISE_ROW_POSITIONS
 from convforge.schedules.cpu_winograd import CACHED_WEIGHT_FLOATS
 from convforge.targets import (
     TargetArg,
+    TargetProfile,
     is_cpu,
+    profile,
     resolve_target,
-    vector_bits,
     vector_lanes,
-    vector_registers,
 )
 
 #: Builds the computation: returns (input placeholders, output tensors).
@@ -62,26 +61,22 @@ def check_algorithm(algorithm: str) -> None:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
 
 
-# --- thresholds of the choices (evidence: CHANGELOG and benchmarks/results/) -----------
+# --- thresholds of the choices (each measured: benchmarks/results/thresholds.md) -------
+# The register-tile and pointwise thresholds are the target's (``targets.profile``).
 
-#: Output-channel vectors per register tile: powers of two (3 x 16 lanes ran over 10x
-#: slower on Zen 4).
+#: Output-channel vectors per register tile: powers of two.
+#: Evidence: benchmarks/results/thresholds.md#channel-vectors
 CHANNEL_VECTORS = (1, 2, 4)
-#: Independent accumulators that keep the FMA units busy (about 2 units x 4 cycles latency).
-LATENCY_ACCUMULATORS = 8
-#: Multiply-adds per output at most for which a register tile takes at most 2 channel
-#: vectors: with a short reduction the tile's write-back dominates (AVX-512, 2 cores: 3x3
-#: 3->64 on 256x256, 27 multiply-adds, 1.16 ms with 2 x 8 against 2.05 with 4 x 4).
-SHORT_REDUCTION = 144
 #: Winograd: fewer channels than this keep the direct convolution (the transforms dominate).
+#: Evidence: benchmarks/results/thresholds.md#winograd-per-call-weight
 MIN_WINOGRAD_CHANNELS = 8
 #: Stride-2 convolutions by F(4x4, r x r) over their stride phases: the most phase channels
 #: (4 x input channels) per phase kernel size r, where the rounding stays below float32's
-#: 1e-5 tolerance (max error / max |output|, random normal data: r=2 7.5e-6 at 512, r=3
-#: 7.4e-6 at 128, r=4 4.6e-6 at 128).
+#: 1e-5 tolerance. Evidence: benchmarks/results/thresholds.md#winograd-accuracy
 MAX_PHASE_CHANNELS = {2: 512, 3: 64, 4: 64}
 #: Tiles a convolution whose weight is transformed on every call needs (the transform
 #: costs about as much as the multiplies of 16 tiles).
+#: Evidence: benchmarks/results/thresholds.md#winograd-per-call-weight
 MIN_TILES_PER_CALL_WEIGHT = 32
 #: Sub-pixel transposed convolutions have at most this many stride phases; above it each
 #: output gathers its taps (``ops.conv_transpose_gather``, stride-independent size): the
@@ -100,23 +95,26 @@ def register_tile(
     out_channels: int,
     width: int,
     lanes: int,
-    registers: int,
+    target_profile: TargetProfile,
     reduction: int | None = None,
     aligned: int | None = None,
 ) -> tuple[int, int]:
     """``(out_block, width_block)`` of a register tile for a multiply of ``out_channels``
     (vectorized, in blocks of 1, 2 or 4 vectors of ``lanes``) by ``width`` columns
-    (broadcast) over ``reduction`` multiply-adds (None: long) on a target with
-    ``registers`` vector registers; ``aligned``: only width blocks dividing it or
-    multiples of it. At most half the registers hold accumulators; minimizes (padding
-    waste)^3 x (1 + loads per multiply-add) x (latency stall below
-    :data:`LATENCY_ACCUMULATORS` accumulators)."""
+    (broadcast) over ``reduction`` multiply-adds (None: long) on a target of
+    ``target_profile``; ``aligned``: only width blocks dividing it or multiples of it. At
+    most half the vector registers hold accumulators; 4 channel vectors need 32 registers
+    and a reduction longer than the profile's ``short_reduction``; minimizes (padding
+    waste)^3 x (1 + loads per multiply-add) x (latency stall below the profile's
+    ``latency_accumulators``). Evidence: benchmarks/results/thresholds.md#channel-blocks"""
+    registers = target_profile.vector_registers
+    short_reduction = target_profile.short_reduction
     best: tuple[float, int, int] | None = None
     for m in CHANNEL_VECTORS:
         if m > 2 and registers <= 16:
-            break  # 4 vectors of 16 registers ran 1.2-2.3x slower than 2 (AVX2, Zen 3)
-        if m > 2 and reduction is not None and reduction <= SHORT_REDUCTION:
-            break  # see SHORT_REDUCTION
+            break  # evidence: benchmarks/results/thresholds.md#channel-vectors
+        if m > 2 and reduction is not None and reduction <= short_reduction:
+            break  # evidence: benchmarks/results/thresholds.md#short-reduction
         if m > 1 and (m // 2) * lanes >= out_channels:
             break  # a smaller block already covers every output channel
         ob = m * lanes
@@ -126,7 +124,7 @@ def register_tile(
                 continue
             waste = channel_waste * _ceil_div(width, wb) * wb / width
             loads_per_fma = (m + wb) / (m * wb)
-            latency_stall = max(1.0, LATENCY_ACCUMULATORS / (m * wb))
+            latency_stall = max(1.0, target_profile.latency_accumulators / (m * wb))
             score = waste**3 * (1 + loads_per_fma) * latency_stall
             if best is None or score < best[0] - 1e-9:
                 best = (score, m, wb)
@@ -144,15 +142,16 @@ def channel_blocks(
     """Block sizes of the NCHW[x]c layout for ``geom`` on ``target`` (:func:`register_tile`
     over the output channels and the innermost output axis); with ``pool_width`` (a max
     pool computed in the kernel) the width block divides it or is a multiple of it. A 1x1
-    over a row shorter than ``cpu_conv.POINTWISE_ROW_POSITIONS`` packs its input into
-    contiguous panels (``pack_input``)."""
+    over a row shorter than the profile's ``pointwise_row_positions`` packs its input into
+    contiguous panels (``pack_input``; evidence: benchmarks/results/thresholds.md#pack-input)."""
     lanes = vector_lanes(target, accumulator_dtype(dtype))
     reduction = geom.in_channels // geom.groups * math.prod(geom.kernel)
+    target_profile = profile(target)
     tile = register_tile(
-        geom.out_channels, geom.out_size[-1], lanes, vector_registers(target), reduction,
-        pool_width,
-    )  # fmt: skip
-    pack_input = geom.is_row_pointwise and geom.out_size[-1] < POINTWISE_ROW_POSITIONS
+        geom.out_channels, geom.out_size[-1], lanes, target_profile, reduction, pool_width
+    )
+    row = target_profile.pointwise_row_positions
+    pack_input = geom.is_row_pointwise and geom.out_size[-1] < row
     return ops.ChannelBlocks(*tile, pack_input=pack_input)
 
 
@@ -161,12 +160,14 @@ def dense_conv_blocks(
 ) -> ops.ChannelBlocks | None:
     """NCHW[x]c blocks when ``geom`` is computed in that layout on ``target``, else None:
     dense (groups == 1) 2-D and 3-D convolutions on CPU targets, except a 1x1 over one row
-    of at least ``cpu_conv.POINTWISE_ROW_POSITIONS`` positions on AVX-512 (computed
-    directly, positions vectorized: ``cpu_conv.schedule_pointwise_row``)."""
+    of at least the profile's ``pointwise_row_positions`` on AVX-512 (computed directly,
+    positions vectorized: ``cpu_conv.schedule_pointwise_row``; evidence:
+    benchmarks/results/thresholds.md#pointwise-row-positions)."""
     if not is_cpu(target) or geom.groups != 1 or geom.ndim not in (2, 3):
         return None
-    long_row = geom.is_row_pointwise and geom.out_size[-1] >= POINTWISE_ROW_POSITIONS
-    if long_row and vector_bits(target) >= 512:
+    target_profile = profile(target)
+    long_row = geom.is_row_pointwise and geom.out_size[-1] >= target_profile.pointwise_row_positions
+    if long_row and target_profile.vector_bits >= 512:
         return None
     return channel_blocks(geom, dtype, target)
 
@@ -214,9 +215,7 @@ def winograd_tiles(
     if not constant_weight and tiles < MIN_TILES_PER_CALL_WEIGHT:
         return None
     lanes = vector_lanes(target, accumulator_dtype(dtype))
-    out_block, tile_block = register_tile(
-        geom.out_channels, tiles_w, lanes, vector_registers(target)
-    )
+    out_block, tile_block = register_tile(geom.out_channels, tiles_w, lanes, profile(target))
     return ops.WinogradTiles(m, out_block, tile_block, geom.stride)
 
 

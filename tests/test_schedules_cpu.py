@@ -394,14 +394,13 @@ def test_pointwise_row_rule_matches_onnxruntime(bias, activation):
 
 
 def test_short_reductions_take_at_most_two_channel_vectors():
-    """With 32 registers, a conv of at most SHORT_REDUCTION multiply-adds per output takes
-    2 channel vectors (its write-back dominates), a long one 4."""
-    from convforge.plan import SHORT_REDUCTION
-
+    """With 32 registers, a conv of at most the profile's short_reduction multiply-adds per
+    output takes 2 channel vectors (its write-back dominates), a long one 4."""
     target = tvm.target.Target(ZEN4)
+    short_reduction = profile(target).short_reduction
     short = shapes.conv_geometry((1, 3, 256, 256), (64, 3, 3, 3), padding=1)
     long = shapes.conv_geometry((1, 128, 56, 56), (128, 128, 3, 3), stride=2, padding=1)
-    assert short.in_channels * 9 <= SHORT_REDUCTION < long.in_channels * 9
+    assert short.in_channels * 9 <= short_reduction < long.in_channels * 9
     assert channel_blocks(short, "float32", target).out_block == 2 * 16
     assert channel_blocks(long, "float32", target).out_block == 4 * 16
 
