@@ -29,6 +29,7 @@ import math
 
 from tvm import te, tirx
 
+from convforge.ops import blocks
 from convforge.ops.activation import conv_epilogue_value
 from convforge.ops.conv import accumulator_dtype
 from convforge.shapes import ConvTransposeGeometry, check_index_range
@@ -76,7 +77,7 @@ def conv_transpose_gather(
     stacked = te.compute(
         stacked_shape,
         products,
-        name="conv_transpose_taps",
+        name=blocks.CONV_TRANSPOSE_TAPS,
     )
     rt = [te.reduce_axis((0, taps), f"rt{i}") for i, (*_, taps) in enumerate(axes)]
     zero = tirx.const(0, acc)
@@ -99,11 +100,11 @@ def conv_transpose_gather(
         value = stacked[(n, o, *taps, *src)]
         return te.sum(tirx.Select(tirx.all(*valid), value, zero), axis=rt)
 
-    out = te.compute(geom.out_shape, body, name="conv_transpose_gather")
+    out = te.compute(geom.out_shape, body, name=blocks.CONV_TRANSPOSE_GATHER)
     if bias is None and activation is None and acc == dtype:
         return out
 
     def epilogue(*index):
         return conv_epilogue_value(out[index], index, bias, None, activation, acc, dtype)
 
-    return te.compute(geom.out_shape, epilogue, name="conv_epilogue")
+    return te.compute(geom.out_shape, epilogue, name=blocks.CONV_EPILOGUE)
