@@ -19,6 +19,9 @@ atexit.register(shutil.rmtree, _KERNEL_CACHE, ignore_errors=True)
 # Tests count compiled kernels with build.cache_size(): the in-process LRU must not drop one
 # meanwhile (tests/test_kernel_cache.py sets its own bound).
 os.environ["CONVFORGE_MEMORY_CACHE"] = "1000000"
+# A schedule rule that raises is a bug: an error in tests (users get a warning and the
+# generic schedule; convforge/schedules/rules.py). Subprocesses inherit it.
+os.environ["CONVFORGE_STRICT_SCHEDULES"] = "1"
 
 # Default run: >= 200 examples per property family; --slow: thousands.
 settings.register_profile(

@@ -87,6 +87,12 @@ PRESENT_STATE = "present_state"
 STATE_SPLIT_ATTR = "state_split"
 
 
+# --- the fused streaming stack (convforge/streaming.py) -------------------------------
+WEIGHT_LAYOUT = "weight_layout"  # + _<layer name>
+BIAS_LAYOUT = "bias_layout"
+SKIP_RELU = "skip_relu"
+
+
 def is_numbered(name: str, base: str) -> bool:
     """Whether block ``name`` is ``base`` or ``base`` made unique (``base_<digits>``)."""
     if name == base:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.ops.blocks import CONV_TRANSPOSE_GATHER, CONV_TRANSPOSE_TAPS
 from convforge.schedules.cpu_direct import has_block
 from convforge.targets import vector_lanes
 
 
 def is_gather(func: tirx.PrimFunc) -> bool:
     """Whether ``func`` is a gather-form transposed convolution."""
-    return has_block(func, "conv_transpose_gather")
+    return has_block(func, CONV_TRANSPOSE_GATHER)
 
 
 def schedule_gather(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
@@ -33,15 +34,15 @@ def schedule_gather(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Sch
     from convforge.schedules.cpu import _schedule_reduction
 
     sch = s_tir.Schedule(func)
-    taps = sch.get_sblock("conv_transpose_taps")
+    taps = sch.get_sblock(CONV_TRANSPOSE_TAPS)
     trial = sch.copy()
     try:
         lanes = vector_lanes(target, str(trial.get(taps).writes[0].source.dtype))
-        _schedule_reduction(trial, trial.get_sblock("conv_transpose_taps"), lanes)
+        _schedule_reduction(trial, trial.get_sblock(CONV_TRANSPOSE_TAPS), lanes)
         sch = trial
     except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError
         pass
-    gather = sch.get_sblock("conv_transpose_gather")
+    gather = sch.get_sblock(CONV_TRANSPOSE_GATHER)
     consumers = sch.get_consumers(gather)
     anchor = consumers[0] if consumers else gather
     spatial = len(sch.get(anchor).iter_vars)
