@@ -74,6 +74,16 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_runner_rejects_unknown_workload",
         "test_suite_names_are_unique_and_ops_known",
     },
+    "test_schedule_rules": {
+        "test_the_test_run_is_strict",
+        "test_a_broken_rule_raises_in_strict_mode_naming_rule_and_function",
+        "test_a_broken_block_rule_raises_in_strict_mode_naming_the_block",
+        "test_a_broken_cuda_rule_raises_in_strict_mode_and_falls_back_to_dlight_otherwise",
+        "test_a_bad_strict_setting_is_refused",
+        "test_the_first_rule_that_applies_is_the_one_used",
+        "test_no_block_name_is_a_string_literal_in_ops_or_schedules",
+        "test_numbered_block_names",
+    },
     "test_cli": {
         "test_bad_input_exits_2_with_a_clear_message",
         "test_help",
