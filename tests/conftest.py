@@ -84,6 +84,14 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_no_block_name_is_a_string_literal_in_ops_or_schedules",
         "test_numbered_block_names",
     },
+    "test_workloads": {
+        "test_every_workload_is_named_once_with_a_known_op_and_a_set",
+        "test_shapes_are_consistent_and_macs_follow_the_direct_algorithm",
+        "test_the_lists_are_the_registry_sets",
+        "test_the_benchmark_and_gpu_suites_share_their_common_workloads",
+        "test_unknown_op_and_set_are_refused_naming_them",
+        "test_arrays_have_the_declared_shapes_and_dtype",
+    },
     "test_cli": {
         "test_bad_input_exits_2_with_a_clear_message",
         "test_help",
