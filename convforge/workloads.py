@@ -100,8 +100,13 @@ class Workload:
         return shapes.conv_geometry(x_shape, self.shapes["w"], bias_shape=bias, **p)
 
     def resize_geometry(self) -> shapes.ResizeGeometry:
-        """``resize_conv``'s nearest-neighbour resize (asymmetric, integer ``scale``)."""
-        return shapes.resize_geometry(self.shapes["x"], scale=self.params.get("scale", 2))
+        """``resize_conv``'s nearest-neighbour resize (asymmetric; ``nearest_mode`` floor
+        unless the params say otherwise)."""
+        return shapes.resize_geometry(
+            self.shapes["x"],
+            scale=self.params.get("scale", 2),
+            nearest_mode=self.params.get("nearest_mode", "floor"),
+        )
 
     def pool_geometry(self) -> shapes.AdaptivePoolGeometry:
         """``classifier_head``'s global average pool (the dense layer is checked too)."""
