@@ -67,9 +67,12 @@ class Workload:
     @property
     def spec(self) -> Op:
         """This workload's operator (ValueError naming ``op`` when it is unknown)."""
+        self._check_op()
+        return OPS[self.op]
+
+    def _check_op(self) -> None:
         if self.op not in OPS:
             raise ValueError(f"op must be one of {tuple(OPS)}, got {self.op!r}")
-        return OPS[self.op]
 
     def arrays(self, seed: int = 0) -> Arrays:
         """Random inputs in ``dtype``, weights scaled by 1/sqrt(fan-in) so outputs stay O(1)."""
@@ -85,7 +88,7 @@ class Workload:
         resized input; raises ValueError naming the bad parameter, also for the head)."""
         if self.op == "classifier_head":
             raise ValueError("classifier_head has no convolution geometry")
-        self.spec  # noqa: B018 (the op's check)
+        self._check_op()
         p = {k: v for k, v in self.params.items() if k not in _NOT_GEOMETRY}
         bias = self.shapes.get("bias")
         if self.op == "conv_transpose":
