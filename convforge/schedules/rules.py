@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -49,13 +50,14 @@ def strict() -> bool:
     raise ValueError(f"{STRICT_ENV} must be 0 or 1, got {value!r}")
 
 
-def rule_failed(rule: object, where: str, error: Exception) -> None:
+def rule_failed(rule: object, where: str, error: Exception, fallback: str) -> None:
     """Report that ``rule`` raised ``error`` on ``where`` (a function or block name): raise
-    :class:`ScheduleRuleError` in strict mode, else log a warning (the caller falls back)."""
+    :class:`ScheduleRuleError` in strict mode, else log a warning saying what the caller
+    falls back to (``fallback``)."""
     message = f"schedule rule {type(rule).__name__} failed on {where}: {error}"
     if strict():
         raise ScheduleRuleError(message) from error
-    logger.warning("%s; falling back to the generic schedule", message)
+    logger.warning("%s; falling back to %s", message, fallback)
 
 
 def function_name(func: tirx.PrimFunc) -> str:
@@ -68,36 +70,40 @@ def function_name(func: tirx.PrimFunc) -> str:
     return "PrimFunc(" + ", ".join(names) + ")"
 
 
-class ScheduleRule(Generic[Result]):
+class ScheduleRule(ABC, Generic[Result]):
     """A whole-function rule: ``apply`` schedules every block of ``func`` it applies to.
 
     Contract: ``applies`` never raises and does not schedule; ``apply`` is called only where
     ``applies`` holds, and an exception from it is a bug (see :func:`rule_failed`).
     """
 
+    @abstractmethod
     def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
-        raise NotImplementedError
+        """Whether this rule fits ``func`` on ``target``."""
 
+    @abstractmethod
     def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> Result:
-        raise NotImplementedError
+        """``func`` scheduled by this rule."""
 
 
-class BlockRule:
+class BlockRule(ABC):
     """A rule for one block of a schedule (the generic CPU schedule walks the root blocks).
 
     ``apply`` schedules ``block`` in ``sch`` in place and returns the names of the other
     blocks it scheduled with it (fused into its loops), which the walk then skips.
     """
 
+    @abstractmethod
     def applies(
         self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
     ) -> bool:
-        raise NotImplementedError
+        """Whether this rule fits ``block`` of ``sch`` on ``target``."""
 
+    @abstractmethod
     def apply(
         self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
     ) -> set[str]:
-        raise NotImplementedError
+        """Schedule ``block``; the names of the blocks scheduled with it."""
 
 
 def first_rule(
@@ -120,7 +126,8 @@ def apply_rules(
         try:
             return rule.apply(func, target)
         except (ValueError, RuntimeError) as error:  # a ScheduleError is a RuntimeError
-            rule_failed(rule, function_name(func), error)
+            fallback_name = getattr(fallback, "__name__", "the fallback schedule")
+            rule_failed(rule, function_name(func), error, fallback_name)
     return fallback(func, target)
 
 
@@ -144,7 +151,7 @@ def apply_block_rules(
         try:
             done.update(rule.apply(trial, block, target))
         except (ValueError, RuntimeError) as error:
-            rule_failed(rule, f"block {name!r} of {function_name(func)}", error)
+            rule_failed(rule, f"block {name!r} of {function_name(func)}", error, "its plain loops")
             continue
         sch = trial
     return sch
