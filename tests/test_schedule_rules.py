@@ -166,3 +166,35 @@ def test_no_block_name_is_a_string_literal_in_ops_or_schedules():
 )  # fmt: skip
 def test_numbered_block_names(name, base, expected):
     assert blocks.is_numbered(name, base) is expected
+
+
+# --- rules that used to fail silently on degenerate shapes (found with strict mode) -------
+
+
+def test_a_one_element_blocked_conv_is_scheduled_and_correct():
+    """conv_nchwc over a single output value: the write-back has no loop of its own (the
+    rule used to raise in ``vectorize`` and leave the kernel unscheduled)."""
+    import convforge as cf
+
+    x = np.array([[[[1.5]]]], np.float32)
+    w = np.array([[[[-2.0]]]], np.float32)
+    assert cf.conv(x, w).item() == -3.0
+
+
+def test_a_degenerate_gather_is_scheduled_and_matches_the_sparse_transpose():
+    """A gather-form transposed conv (18 phases) whose masked taps index past its products:
+    TVM cannot move its blocks, so the rule runs them as parallel loops (it used to raise
+    in ``compute_at`` and fall back to the generic schedule, which vectorizes the gather)."""
+    import convforge as cf
+
+    geom = shapes.conv_transpose_geometry(
+        (1, 1, 2, 2, 2), (1, 1, 1, 1, 1), stride=(2, 3, 3), padding=1, bias_shape=(1,)
+    )
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(geom.x_shape).astype(np.float32)
+    w = rng.standard_normal(geom.w_shape).astype(np.float32)
+    b = rng.standard_normal(1).astype(np.float32)
+    y = cf.conv_transpose(x, w, b, stride=(2, 3, 3), padding=1)
+    c = cf.conv_matrix(w.astype(np.float64), geom.adjoint())
+    expected = (c.T @ x.astype(np.float64).ravel()).reshape(geom.out_shape) + b[0]
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)

@@ -160,8 +160,10 @@ def schedule_conv_nchwc(
     sch.vectorize(oi)
     sch.decompose_reduction(block, reduce_[0])
     # write back along the output width: wb contiguous floats per channel (19% faster on the
-    # 7x7 stem than scalar stores)
-    sch.vectorize(sch.get_loops(unpack)[-1])
+    # 7x7 stem than scalar stores); a tile of one value has no loop of its own to vectorize
+    write_back = sch.get_loops(unpack)[-1]
+    if len(sch.get_child_blocks(write_back)) == 1:
+        sch.vectorize(write_back)
     return [sch.get(unpack).name_hint]
 
 
