@@ -14,24 +14,12 @@ import time
 import numpy as np
 import tvm
 
-from convforge import api, shapes
 from convforge.build import recording_kernels
-from convforge.export import conv_model, conv_transpose_model
 from convforge.export.check import quiet_thread_pools, session
+from convforge.workloads import CPU_SPECIAL, convforge_function, select
 
-#: name -> (kind, x_shape, w_shape, attributes)
-WORKLOADS = {
-    "depthwise3x3": ("conv", (1, 128, 56, 56), (128, 1, 3, 3), dict(padding=1, groups=128)),
-    "grouped8": ("conv", (1, 128, 28, 28), (128, 16, 3, 3), dict(padding=1, groups=8)),
-    "causal_k2_d8": ("conv", (1, 64, 16000), (64, 64, 2), dict(padding="causal", dilation=8)),
-    "causal_k3_d512": ("conv", (1, 64, 16000), (64, 64, 3), dict(padding="causal", dilation=512)),
-    "transposed_256_128": (
-        "conv_transpose", (1, 256, 16, 16), (256, 128, 4, 4), dict(stride=2, padding=1),
-    ),
-    "transposed_64_3": (
-        "conv_transpose", (1, 64, 64, 64), (64, 3, 4, 4), dict(stride=2, padding=1),
-    ),
-}  # fmt: skip
+#: The registry's ``cpu_special`` set (:mod:`convforge.workloads`), by name.
+WORKLOADS = {wl.name: wl for wl in select(CPU_SPECIAL)}
 
 
 #: Clock of the measurements: wall time, or process CPU time (``--cpu-time``: with one
@@ -49,18 +37,16 @@ def seconds_per_call(fn, calls: int) -> float:
 def measure(name: str, threads: int, rounds: int = 9, budget: float = 0.05) -> tuple[float, float]:
     """Median seconds of convforge and of onnxruntime, measured in alternating rounds
     (the machine is shared: alternating exposes both to the same load)."""
-    kind, x_shape, w_shape, attrs = WORKLOADS[name]
+    wl = WORKLOADS[name]
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    w = rng.standard_normal(w_shape).astype(np.float32)
+    x = rng.standard_normal(wl.shapes["x"]).astype(np.float32)
+    w = rng.standard_normal(wl.shapes["w"]).astype(np.float32)
+    fn, why = convforge_function(wl)
+    if fn is None:
+        raise ValueError(f"{name}: {why}")
+    model = wl.spec.onnx(wl, {"x": x, "w": w})
     with recording_kernels() as kernels:
-        if kind == "conv":
-            model = conv_model(shapes.conv_geometry(x_shape, w_shape, **attrs), weights={"w": w})
-            api.conv(x, w, **attrs)
-        else:
-            geom = shapes.conv_transpose_geometry(x_shape, w_shape, **attrs)
-            model = conv_transpose_model(geom, weights={"w": w})
-            api.conv_transpose(x, w, **attrs)
+        fn(x, w, **wl.params)
     (kernel,) = kernels
     device = kernel.device
     args = [tvm.runtime.tensor(a.reshape(s), device) for a, s in zip((x, w), kernel.input_shapes)]

@@ -36,8 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from convforge import shapes
-from convforge.export.aot import GPU_SUITE, AotWorkload, export_suite
+from convforge.export.aot import export_suite
 from convforge.filemode import atomic_write
+from convforge.workloads import GPU, select
+from convforge.workloads import Workload as AotWorkload
+
+#: The registry's GPU set (convforge/workloads.py).
+GPU_SUITE = select(GPU)
 
 #: Version of apache-tvm-ffi that TVM 0.27 works with (0.1.15 segfaults).
 TVM_FFI_VERSION = "0.1.14.post1"

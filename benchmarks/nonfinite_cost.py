@@ -28,7 +28,7 @@ from unittest import mock
 import numpy as np
 
 import convforge as cf
-from benchmarks.workloads import SUITE, _conv_onnx, _prepared_conv
+from benchmarks.workloads import SUITE
 from convforge.export import lowering
 from convforge.export.check import quiet_thread_pools
 
@@ -58,13 +58,13 @@ def main() -> None:
         if wl.op != "conv":
             continue
         arrays = wl.arrays()
-        op = _prepared_conv(wl, arrays)
+        op = wl.spec.prepared(wl, arrays)
         if op.algorithm != "winograd":
             continue
         x = arrays["x"]
         # PreparedConv as before: no check
         unchecked = dataclasses.replace(op, direct=None, check=None)
-        model = _conv_onnx(wl, arrays)
+        model = wl.spec.onnx(wl, arrays)
         with mock.patch.object(lowering, "_finite_or_direct", _winograd_only):
             before_model = cf.compile_model(model)
         after_model = cf.compile_model(model)

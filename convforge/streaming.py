@@ -34,7 +34,7 @@ from tvm import te, tirx
 from convforge import shapes
 from convforge.build import Kernel, compile_computation
 from convforge.filemode import atomic_write
-from convforge.ops import causal_conv_state, conv
+from convforge.ops import blocks, causal_conv_state, conv
 from convforge.schedules.streaming import schedule_streaming
 from convforge.targets import TargetArg, is_cpu, resolve_target, target_key
 
@@ -139,16 +139,18 @@ def _weight_view(packed: te.Tensor, layer: int | None, name: str) -> te.Tensor:
     *_, c, k, o = (int(v) for v in packed.shape)
     if layer is None:
         return te.compute(
-            (o, c, k), lambda oo, cc, kk: packed[cc, kk, oo], name=f"weight_layout_{name}"
+            (o, c, k), lambda oo, cc, kk: packed[cc, kk, oo], name=f"{blocks.WEIGHT_LAYOUT}_{name}"
         )
     return te.compute(
-        (o, c, k), lambda oo, cc, kk: packed[layer, cc, kk, oo], name=f"weight_layout_{name}"
+        (o, c, k),
+        lambda oo, cc, kk: packed[layer, cc, kk, oo],
+        name=f"{blocks.WEIGHT_LAYOUT}_{name}",
     )
 
 
 def _bias_view(packed: te.Tensor, layer: int) -> te.Tensor:
     size = int(packed.shape[1])
-    return te.compute((size,), lambda o: packed[layer, o], name="bias_layout")
+    return te.compute((size,), lambda o: packed[layer, o], name=blocks.BIAS_LAYOUT)
 
 
 def _gate(pre: te.Tensor, channels: int) -> te.Tensor:
@@ -225,7 +227,7 @@ def stack_step(
     rectified = te.compute(
         skip.shape,
         lambda n, o, t: tirx.max(skip[n, o, t], tirx.const(0, dtype)),
-        name="skip_relu",
+        name=blocks.SKIP_RELU,
     )
     y = pointwise(rectified, _weight_view(params["head_w"], None, "head"), params["head_b"])
     return [x, *params.values(), *states], [y, *new_states]

@@ -19,6 +19,9 @@ atexit.register(shutil.rmtree, _KERNEL_CACHE, ignore_errors=True)
 # Tests count compiled kernels with build.cache_size(): the in-process LRU must not drop one
 # meanwhile (tests/test_kernel_cache.py sets its own bound).
 os.environ["CONVFORGE_MEMORY_CACHE"] = "1000000"
+# A schedule rule that raises is a bug: an error in tests (users get a warning and the
+# generic schedule; convforge/schedules/rules.py). Subprocesses inherit it.
+os.environ["CONVFORGE_STRICT_SCHEDULES"] = "1"
 
 # Default run: >= 200 examples per property family; --slow: thousands.
 settings.register_profile(
@@ -70,6 +73,24 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_resize_conv_graph_matches_numpy",
         "test_runner_rejects_unknown_workload",
         "test_suite_names_are_unique_and_ops_known",
+    },
+    "test_schedule_rules": {
+        "test_the_test_run_is_strict",
+        "test_a_broken_rule_raises_in_strict_mode_naming_rule_and_function",
+        "test_a_broken_block_rule_raises_in_strict_mode_naming_the_block",
+        "test_a_broken_cuda_rule_raises_in_strict_mode_and_falls_back_to_dlight_otherwise",
+        "test_a_bad_strict_setting_is_refused",
+        "test_the_first_rule_that_applies_is_the_one_used",
+        "test_no_block_name_is_a_string_literal_in_ops_or_schedules",
+        "test_numbered_block_names",
+    },
+    "test_workloads": {
+        "test_every_workload_is_named_once_with_a_known_op_and_a_set",
+        "test_shapes_are_consistent_and_macs_follow_the_direct_algorithm",
+        "test_the_lists_are_the_registry_sets",
+        "test_the_benchmark_and_gpu_suites_share_their_common_workloads",
+        "test_unknown_op_and_set_are_refused_naming_them",
+        "test_arrays_have_the_declared_shapes_and_dtype",
     },
     "test_cli": {
         "test_bad_input_exits_2_with_a_clear_message",

@@ -210,14 +210,16 @@ def test_sliding_windows_run_vectorized_rows_and_match_onnxruntime(kind, x_shape
     from tvm import s_tir, te
 
     from convforge import ops
-    from convforge.schedules.cpu_pool import schedule_named_block
+    from convforge.schedules.cpu_pool import PoolRule
     from convforge.targets import host_target, vector_lanes
 
     geom = shapes.pool_geometry(x_shape, kernel, kind=kind, **args)
     tx = te.placeholder(x_shape, "float32", name="x")
     sch = s_tir.Schedule(te.create_prim_func([tx, ops.pool(tx, geom)]))
     assert geom.out_size[-1] >= vector_lanes(host_target(), "float32")
-    assert "pool_pad" in schedule_named_block(sch, sch.get_sblock("pool"), host_target())
+    rule, block = PoolRule(), sch.get_sblock("pool")
+    assert rule.applies(sch, block, host_target())
+    assert "pool_pad" in rule.apply(sch, block, host_target())
     assert "T.vectorized" in sch.mod.script()
     x = np.random.default_rng(2).standard_normal(x_shape).astype(np.float32)
     y = (cf.max_pool if kind == "max" else cf.avg_pool)(x, kernel, **args)

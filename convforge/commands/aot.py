@@ -17,15 +17,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convforge.export.aot import GPU_SUITE, export_suite
+    from convforge.export.aot import export_suite
+    from convforge.workloads import GPU, select
+
+    gpu_suite = select(GPU)
 
     if not re.fullmatch(r"sm_\d+a?", args.arch):
         raise ValueError(f"--arch must look like sm_90, got {args.arch!r}")
-    known = {w.name: w for w in GPU_SUITE}
+    known = {w.name: w for w in gpu_suite}
     unknown = sorted(set(args.only or ()) - set(known))
     if unknown:
         raise ValueError(f"--only names unknown workloads {unknown}; known: {sorted(known)}")
-    chosen = [known[name] for name in args.only] if args.only else list(GPU_SUITE)
+    chosen = [known[name] for name in args.only] if args.only else list(gpu_suite)
     manifest = export_suite(args.out_dir, {"kind": "cuda", "arch": args.arch}, chosen)
     if args.json:
         print(json.dumps(manifest, indent=1))

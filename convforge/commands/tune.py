@@ -19,6 +19,7 @@ import onnx
 import tvm
 
 from convforge import api, shapes
+from convforge import workloads as registry
 from convforge.build import prim_func
 from convforge.commands._model_args import add_algorithm_argument
 from convforge.extras import require
@@ -55,30 +56,24 @@ class ConvWorkload:
         return prim_func(build)
 
 
-def _conv(name: str, x, w, **kwargs) -> ConvWorkload:
-    return ConvWorkload(name, shapes.conv_geometry(x, w, **kwargs))
+def _named(workload: registry.Workload) -> ConvWorkload:
+    return ConvWorkload(
+        workload.tune_name or workload.name,
+        workload.geometry(),
+        workload.dtype,
+        "bias" in workload.shapes,
+        workload.params.get("activation"),
+    )
 
 
-#: Named workloads (ResNet / MobileNet / 1-D / decoder convolutions, batch 1, float32): the
-#: shipped records in convforge/tuned are for these.
+#: Named workloads: the registry's ``tune`` set (:mod:`convforge.workloads`; ResNet /
+#: MobileNet / 1-D / decoder convolutions, batch 1, float32): the shipped records in
+#: convforge/tuned are for these. Those shared with the benchmark suite (known here by their
+#: ``tune_name``) are listed last, as ``--help`` always listed them.
 WORKLOADS: dict[str, ConvWorkload] = {
     w.name: w
-    for w in (
-        _conv("resnet_3x3_64_56", (1, 64, 56, 56), (64, 64, 3, 3), padding=1),
-        _conv("resnet_3x3_128_28", (1, 128, 28, 28), (128, 128, 3, 3), padding=1),
-        _conv("resnet_3x3_s2_64_56", (1, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1),
-        _conv("resnet_1x1_256_14", (1, 256, 14, 14), (256, 256, 1, 1)),
-        _conv("mobilenet_dw3x3_128_28", (1, 128, 28, 28), (128, 1, 3, 3), padding=1, groups=128),
-        _conv("conv1d_k3_64_4096", (1, 64, 4096), (64, 64, 3), padding=1),
-        ConvWorkload(
-            "decoder_transpose_4x4_s2_64_28",
-            shapes.conv_transpose_geometry((1, 64, 28, 28), (64, 32, 4, 4), stride=2, padding=1),
-        ),
-        ConvWorkload(  # the benchmark suite's convT_256_128_16
-            "transpose_4x4_s2_256_16_bias",
-            shapes.conv_transpose_geometry((1, 256, 16, 16), (256, 128, 4, 4), stride=2, padding=1),
-            bias=True,
-        ),
+    for w in map(
+        _named, sorted(registry.select(registry.TUNE), key=lambda w: w.tune_name is not None)
     )
 }
 

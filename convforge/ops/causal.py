@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from convforge.ops import blocks
 from convforge.ops.conv import conv, pad
 from convforge.shapes import CausalStateGeometry, depthwise_causal_state_geometry
 
@@ -19,7 +20,7 @@ ONNX_ACTIVATIONS = {None: None, "none": None, "silu": "silu", "swish": "silu"}
 def concat_state(state: te.Tensor | None, x: te.Tensor, geom: CausalStateGeometry) -> te.Tensor:
     """``concat(state, x)`` along time: (N, C, d*(k-1) + L); a ``None`` state is zeros."""
     if state is None:
-        return pad(x, ((geom.state_length, 0),), name="concat")
+        return pad(x, ((geom.state_length, 0),), name=blocks.CONCAT)
     if geom.state_length == 0:
         return x
     s = geom.state_length
@@ -27,7 +28,7 @@ def concat_state(state: te.Tensor | None, x: te.Tensor, geom: CausalStateGeometr
     def body(n, c, t):  # if_then_else reads only the branch taken
         return tirx.if_then_else(t < s, state[n, c, t], x[n, c, t - s])
 
-    return te.compute(geom.conv.x_shape, body, name="concat")
+    return te.compute(geom.conv.x_shape, body, name=blocks.CONCAT)
 
 
 def present_state(joined: te.Tensor, geom: CausalStateGeometry) -> te.Tensor:
@@ -40,8 +41,8 @@ def present_state(joined: te.Tensor, geom: CausalStateGeometry) -> te.Tensor:
     return te.compute(
         geom.state_shape,
         lambda n, c, t: joined[n, c, t + start],
-        name="present_state",
-        attrs={"state_split": max(geom.state_length - geom.length, 0)},
+        name=blocks.PRESENT_STATE,
+        attrs={blocks.STATE_SPLIT_ATTR: max(geom.state_length - geom.length, 0)},
     )
 
 

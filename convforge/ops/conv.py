@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from tvm import te, tirx
 
+from convforge.ops import blocks
 from convforge.ops.activation import conv_epilogue_value
 from convforge.shapes import ConvGeometry, ConvTransposeGeometry
 
@@ -20,7 +21,7 @@ def accumulator_dtype(dtype: str) -> str:
     return "float32" if dtype == "float16" else dtype
 
 
-def pad(x: te.Tensor, pads: Sequence[tuple[int, int]], name: str = "pad") -> te.Tensor:
+def pad(x: te.Tensor, pads: Sequence[tuple[int, int]], name: str = blocks.PAD) -> te.Tensor:
     """Zero-pad the spatial axes of ``x`` by ``(lo, hi)`` pairs; negative pads crop."""
     if all(lo == 0 and hi == 0 for lo, hi in pads):
         return x
@@ -74,7 +75,7 @@ def conv(
         prod = xp[(n, base + rc, *src)].astype(acc) * w[(o, rc, *rk)].astype(acc)
         return te.sum(prod, axis=[rc, *rk])
 
-    out = te.compute(geom.out_shape, body, name="conv")
+    out = te.compute(geom.out_shape, body, name=blocks.CONV)
     return with_epilogue(out, bias, residual, activation, dtype)
 
 
@@ -96,7 +97,7 @@ def with_epilogue(
     def epilogue(*index):
         return conv_epilogue_value(out[index], index, bias, residual, activation, acc, dtype)
 
-    return te.compute(out.shape, epilogue, name="conv_epilogue")
+    return te.compute(out.shape, epilogue, name=blocks.CONV_EPILOGUE)
 
 
 def transpose_weight(w: te.Tensor, groups: int) -> te.Tensor:
@@ -110,10 +111,10 @@ def transpose_weight(w: te.Tensor, groups: int) -> te.Tensor:
             ((o // opg) * cpg + c if groups > 1 else c, o % opg if groups > 1 else o, *flipped)
         ]
 
-    return te.compute((opg * groups, cpg, *kernel), body, name="weight_transpose")
+    return te.compute((opg * groups, cpg, *kernel), body, name=blocks.WEIGHT_TRANSPOSE)
 
 
-def dilate(x: te.Tensor, strides: Sequence[int], name: str = "dilate") -> te.Tensor:
+def dilate(x: te.Tensor, strides: Sequence[int], name: str = blocks.DILATE) -> te.Tensor:
     """Insert ``s - 1`` zeros between neighbouring samples of every spatial axis."""
     if all(s == 1 for s in strides):
         return x

@@ -32,6 +32,14 @@ import numpy as np
 from tvm import te, tirx
 
 from convforge.ops.activation import conv_epilogue_value
+from convforge.ops.blocks import (
+    CONV_NCHWC,
+    NCHWC_MAX_POOL,
+    NCHWC_PACK_W,
+    NCHWC_PACK_X,
+    NCHWC_PAD_X,
+    NCHWC_UNPACK,
+)
 from convforge.ops.conv import accumulator_dtype, pad
 from convforge.shapes import ConvGeometry, PoolGeometry, check_positive_int
 
@@ -70,7 +78,7 @@ def pack_weight(w: te.Tensor, geom: ConvGeometry, blocks: ChannelBlocks) -> te.T
         return tirx.if_then_else(o < out_channels, value, tirx.const(0, w.dtype))
 
     shape = (_ceil_div(out_channels, ob), geom.in_channels, *geom.kernel, ob)
-    return te.compute(shape, pack_w, name="nchwc_pack_w")
+    return te.compute(shape, pack_w, name=NCHWC_PACK_W)
 
 
 def pack_weight_array(w: np.ndarray, blocks: ChannelBlocks) -> np.ndarray:
@@ -110,7 +118,7 @@ def conv_nchwc(
         value = y[(n, o // ob, *outer, last // wb, last % wb, o % ob)]
         return conv_epilogue_value(value, (n, o, *pos), bias, residual, activation, acc, x.dtype)
 
-    return te.compute(geom.out_shape, unpack, name="nchwc_unpack")
+    return te.compute(geom.out_shape, unpack, name=NCHWC_UNPACK)
 
 
 def conv_nchwc_max_pool(
@@ -149,7 +157,7 @@ def conv_nchwc_max_pool(
         value = conv_epilogue_value(value, index, bias, residual, activation, acc, dtype)
         return te.max(value, axis=taps)
 
-    return te.compute(pool.out_shape, body, name="nchwc_max_pool")
+    return te.compute(pool.out_shape, body, name=NCHWC_MAX_POOL)
 
 
 def _accumulate(
@@ -173,7 +181,7 @@ def _accumulate(
         for o, k, s, d in zip(padded_out, geom.kernel, geom.stride, geom.dilation)
     ]
     pads = [(lo, e - i - lo) for e, i, (lo, _) in zip(extents, geom.in_size, geom.padding)]
-    xp = pad(x, pads, name="nchwc_pad_x")
+    xp = pad(x, pads, name=NCHWC_PAD_X)
     wp = w if weight_packed else pack_weight(w, geom, blocks)
     rc = te.reduce_axis((0, geom.in_channels), "rc")
     rk = [te.reduce_axis((0, k), f"rk{i}") for i, k in enumerate(geom.kernel)]
@@ -181,7 +189,7 @@ def _accumulate(
         xb = te.compute(
             (geom.batch, width_chunks, geom.in_channels, wb),
             lambda n, wo, c, wi: xp[n, c, 0, wo * wb + wi],
-            name="nchwc_pack_x",
+            name=NCHWC_PACK_X,
         )
 
         def read_x(n, outer, wo, wi):
@@ -199,5 +207,7 @@ def _accumulate(
         return te.sum(prod, axis=[rc, *rk])
 
     return te.compute(
-        (geom.batch, out_chunks, *padded_out[:-1], width_chunks, wb, ob), body, name="conv_nchwc"
+        (geom.batch, out_chunks, *padded_out[:-1], width_chunks, wb, ob),
+        body,
+        name=CONV_NCHWC,
     )

@@ -29,6 +29,7 @@ import math
 
 from tvm import te, tirx
 
+from convforge.ops import blocks
 from convforge.ops.conv import accumulator_dtype, with_epilogue
 from convforge.shapes import ConvTransposeGeometry, check_index_range
 
@@ -75,7 +76,7 @@ def conv_transpose_gather(
     stacked = te.compute(
         stacked_shape,
         products,
-        name="conv_transpose_taps",
+        name=blocks.CONV_TRANSPOSE_TAPS,
     )
     rt = [te.reduce_axis((0, taps), f"rt{i}") for i, (*_, taps) in enumerate(axes)]
     zero = tirx.const(0, acc)
@@ -98,5 +99,5 @@ def conv_transpose_gather(
         value = stacked[(n, o, *taps, *src)]
         return te.sum(tirx.Select(tirx.all(*valid), value, zero), axis=rt)
 
-    out = te.compute(geom.out_shape, body, name="conv_transpose_gather")
+    out = te.compute(geom.out_shape, body, name=blocks.CONV_TRANSPOSE_GATHER)
     return with_epilogue(out, bias, None, activation, dtype)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
+from convforge.ops import blocks
 from convforge.ops.activation import activate
 from convforge.ops.conv import accumulator_dtype, conv, pad
 from convforge.shapes import ConvGeometry, ConvTransposeGeometry
@@ -85,7 +86,9 @@ def phase_weight(w: te.Tensor, taps: list[tuple[int, ...]], groups: int) -> te.T
             return w[(c, o, *src)]
         return w[((o // opg) * cpg + c, o % opg, *src)]
 
-    return te.compute((opg * groups, cpg, *(len(t) for t in taps)), gather, name="subpixel_weight")
+    return te.compute(
+        (opg * groups, cpg, *(len(t) for t in taps)), gather, name=blocks.SUBPIXEL_WEIGHT
+    )
 
 
 def subpixel_phases(
@@ -149,7 +152,7 @@ def conv_transpose_subpixel(
     """
     dtype = x.dtype
     per_axis, shared_pads, phases = subpixel_phases(geom)
-    padded = pad(x, shared_pads, name="subpixel_pad")
+    padded = pad(x, shared_pads, name=blocks.SUBPIXEL_PAD)
     results: dict[tuple[int, ...], te.Tensor | None] = {}
     for key, taps, phase_geom in phases:
         if phase_geom is None:
@@ -186,5 +189,8 @@ def conv_transpose_subpixel(
         return value
 
     return te.compute(
-        geom.out_shape, interleave, name="subpixel_interleave", attrs={"strides": geom.stride}
+        geom.out_shape,
+        interleave,
+        name=blocks.SUBPIXEL_INTERLEAVE,
+        attrs={blocks.SUBPIXEL_STRIDES_ATTR: geom.stride},
     )

@@ -11,6 +11,7 @@ import math
 
 from tvm import te
 
+from convforge.ops import blocks
 from convforge.ops.activation import exp
 from convforge.ops.conv import accumulator_dtype, conv
 from convforge.ops.pool import adaptive_pool
@@ -31,7 +32,7 @@ def flatten(x: te.Tensor) -> te.Tensor:
             rest = rest // size
         return x[(n, *reversed(idx))]
 
-    return te.compute((sizes[0], math.prod(tail)), body, name="flatten")
+    return te.compute((sizes[0], math.prod(tail)), body, name=blocks.FLATTEN)
 
 
 def dense(x: te.Tensor, w: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
@@ -44,7 +45,7 @@ def dense(x: te.Tensor, w: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
     out = te.compute(
         (batch, classes),
         lambda n, k: te.sum(x[n, rf].astype(acc) * w[k, rf].astype(acc), axis=rf),
-        name="dense",
+        name=blocks.DENSE,
     )
     if bias is None and acc == dtype:
         return out
@@ -55,7 +56,7 @@ def dense(x: te.Tensor, w: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
             value = value + bias[k].astype(acc)
         return value.astype(dtype)
 
-    return te.compute((batch, classes), epilogue, name="dense_epilogue")
+    return te.compute((batch, classes), epilogue, name=blocks.DENSE_EPILOGUE)
 
 
 def softmax(x: te.Tensor) -> te.Tensor:
@@ -68,20 +69,22 @@ def softmax(x: te.Tensor) -> te.Tensor:
     shape = [int(v) for v in x.shape]
     rest = shape[:1] + shape[2:]
     rk = te.reduce_axis((0, shape[1]), "rk")
-    peak = te.compute(rest, lambda n, *tail: te.max(x[(n, rk, *tail)], axis=rk), name="softmax_max")
+    peak = te.compute(
+        rest, lambda n, *tail: te.max(x[(n, rk, *tail)], axis=rk), name=blocks.SOFTMAX_MAX
+    )
     exps = te.compute(
         shape,
         lambda n, k, *tail: exp((x[(n, k, *tail)] - peak[(n, *tail)]).astype(acc), acc),
-        name="softmax_exp",
+        name=blocks.SOFTMAX_EXP,
     )
     rs = te.reduce_axis((0, shape[1]), "rs")
     total = te.compute(
-        rest, lambda n, *tail: te.sum(exps[(n, rs, *tail)], axis=rs), name="softmax_sum"
+        rest, lambda n, *tail: te.sum(exps[(n, rs, *tail)], axis=rs), name=blocks.SOFTMAX_SUM
     )
     return te.compute(
         shape,
         lambda n, k, *tail: (exps[(n, k, *tail)] / total[(n, *tail)]).astype(dtype),
-        name="softmax_norm",
+        name=blocks.SOFTMAX_NORM,
     )
 
 

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 
 from tvm import te, tirx
 
+from convforge.ops import blocks
 from convforge.ops.conv import accumulator_dtype
 from convforge.shapes import AdaptivePoolGeometry, PoolGeometry
 
 #: Annotation of a ``pool`` block whose windows tile the input (kernel == stride, no dilation).
-WINDOWS_TILE_ATTR = "pool_windows_tile"
+WINDOWS_TILE_ATTR = blocks.POOL_WINDOWS_TILE_ATTR
 
 
 def lowest_value(dtype) -> tirx.PrimExpr:
@@ -37,7 +38,7 @@ max_reduce = te.comm_reducer(lambda a, b: tirx.max(a, b), lowest_value, name="ma
 
 
 def fill_pad(
-    x: te.Tensor, pads: Sequence[tuple[int, int]], fill: tirx.PrimExpr, name: str = "pool_pad"
+    x: te.Tensor, pads: Sequence[tuple[int, int]], fill: tirx.PrimExpr, name: str = blocks.POOL_PAD
 ) -> te.Tensor:
     """Pad the spatial axes of ``x`` by ``(lo, hi)`` pairs with the value ``fill``."""
     if all(lo == 0 and hi == 0 for lo, hi in pads):
@@ -84,7 +85,7 @@ def pool(x: te.Tensor, geom: PoolGeometry) -> te.Tensor:
         return te.sum(value.astype(acc), axis=taps)
 
     attrs = {WINDOWS_TILE_ATTR: 1} if geom.windows_tile else None
-    out = te.compute(geom.out_shape, reduce_body, name="pool", attrs=attrs)
+    out = te.compute(geom.out_shape, reduce_body, name=blocks.POOL, attrs=attrs)
     if is_max:
         return out
 
@@ -105,7 +106,7 @@ def pool(x: te.Tensor, geom: PoolGeometry) -> te.Tensor:
         count = math.prod(window_length(p, a) for a, p in enumerate(pos))
         return (out[(n, c, *pos)] / count.astype(acc)).astype(dtype)
 
-    return te.compute(geom.out_shape, epilogue, name="pool_epilogue")
+    return te.compute(geom.out_shape, epilogue, name=blocks.POOL_EPILOGUE)
 
 
 def window_max(x: te.Tensor, geom: PoolGeometry) -> te.Tensor:
@@ -123,7 +124,7 @@ def window_max(x: te.Tensor, geom: PoolGeometry) -> te.Tensor:
         values = (x[(n, c, *(s + r for s, r in zip(starts, tap)))] for tap in taps)
         return functools.reduce(tirx.max, values)
 
-    return te.compute(geom.out_shape, body, name="window_max")
+    return te.compute(geom.out_shape, body, name=blocks.WINDOW_MAX)
 
 
 def adaptive_pool(x: te.Tensor, geom: AdaptivePoolGeometry) -> te.Tensor:
@@ -167,7 +168,7 @@ def adaptive_pool(x: te.Tensor, geom: AdaptivePoolGeometry) -> te.Tensor:
             value = tirx.if_then_else(tirx.all(*inside), value, tirx.const(0, acc))
         return te.sum(value, axis=taps)
 
-    out = te.compute(geom.out_shape, reduce_body, name="pool")
+    out = te.compute(geom.out_shape, reduce_body, name=blocks.POOL)
     if is_max:
         return out
 
@@ -180,7 +181,7 @@ def adaptive_pool(x: te.Tensor, geom: AdaptivePoolGeometry) -> te.Tensor:
             return (out[(n, c, *pos)] * tirx.const(1.0 / count, acc)).astype(dtype)
         return (out[(n, c, *pos)] / count.astype(acc)).astype(dtype)
 
-    return te.compute(geom.out_shape, epilogue, name="pool_epilogue")
+    return te.compute(geom.out_shape, epilogue, name=blocks.POOL_EPILOGUE)
 
 
 def max_pool_with_indices(
@@ -241,13 +242,13 @@ def max_pool_with_indices(
         keep = tirx.all(inside, tirx.Not(is_nan(value)))
         return max_reduce(tirx.if_then_else(keep, value, lowest_value(dtype)), axis=value_taps)
 
-    best = te.compute(geom.out_shape, value_body, name="max_pool_value")
+    best = te.compute(geom.out_shape, value_body, name=blocks.MAX_POOL_VALUE)
 
     def output_body(n, c, *pos):
         first = x[(n, c, *first_source(pos))]
         return tirx.if_then_else(is_nan(first), first, best[(n, c, *pos)])
 
-    output = te.compute(geom.out_shape, output_body, name="max_pool_output")
+    output = te.compute(geom.out_shape, output_body, name=blocks.MAX_POOL_OUTPUT)
     index_taps = [te.reduce_axis((0, k), f"ri{a}") for a, k in enumerate(geom.kernel)]
 
     def index_body(n, c, *pos):
@@ -257,7 +258,7 @@ def max_pool_with_indices(
         hit = tirx.all(inside, x[(n, c, *clamped)] == best[(n, c, *pos)])
         return te.min(tirx.if_then_else(hit, flat_index(n, c, src), none), axis=index_taps)
 
-    index = te.compute(geom.out_shape, index_body, name="max_pool_argmax")
+    index = te.compute(geom.out_shape, index_body, name=blocks.MAX_POOL_ARGMAX)
     plane = math.prod(sizes)
 
     def indices_body(n, c, *pos):
@@ -277,7 +278,7 @@ def max_pool_with_indices(
             stride *= size
         return column
 
-    indices = te.compute(geom.out_shape, indices_body, name="max_pool_indices")
+    indices = te.compute(geom.out_shape, indices_body, name=blocks.MAX_POOL_INDICES)
     return output, indices
 
 
@@ -301,10 +302,10 @@ def lp_pool(x: te.Tensor, geom: PoolGeometry, p: float) -> te.Tensor:
         src = [q * s + r * d for q, r, s, d in zip(pos, taps, geom.stride, geom.dilation)]
         return te.sum(tirx.power(tirx.abs(xp[(n, c, *src)].astype(acc)), power), axis=taps)
 
-    out = te.compute(geom.out_shape, reduce_body, name="pool")
+    out = te.compute(geom.out_shape, reduce_body, name=blocks.POOL)
     inverse = tirx.const(1.0 / float(p), acc)
     return te.compute(
         geom.out_shape,
         lambda *idx: tirx.power(out[idx], inverse).astype(dtype),
-        name="pool_epilogue",
+        name=blocks.POOL_EPILOGUE,
     )

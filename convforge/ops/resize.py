@@ -20,6 +20,7 @@ import itertools
 import numpy as np
 from tvm import te, tirx
 
+from convforge.ops import blocks
 from convforge.ops.activation import activate
 from convforge.ops.conv import accumulator_dtype, conv, pad
 from convforge.shapes import ConvGeometry, PhaseConvLayout, ResizeGeometry
@@ -192,10 +193,12 @@ def _antialias_pass(t: te.Tensor, axis: int, geom: ResizeGeometry, dtype: str) -
             valid += [first + j >= 0, first + j < in_len]
         return tirx.if_then_else(tirx.all(*valid), w, _f32(0.0))
 
-    weights = te.compute((out_len, taps), weight, name=f"resize_weight{axis}")
+    weights = te.compute((out_len, taps), weight, name=f"{blocks.RESIZE_WEIGHT}{axis}")
     rk = te.reduce_axis((0, taps), f"rw{axis}")
     total = te.compute(
-        (out_len,), lambda p: te.sum(weights[p, rk], axis=rk), name=f"resize_weight_sum{axis}"
+        (out_len,),
+        lambda p: te.sum(weights[p, rk], axis=rk),
+        name=f"{blocks.RESIZE_WEIGHT_SUM}{axis}",
     )
     rj = te.reduce_axis((0, taps), f"rj{axis}")
 
@@ -211,10 +214,10 @@ def _antialias_pass(t: te.Tensor, axis: int, geom: ResizeGeometry, dtype: str) -
 
     shape = [int(v) for v in t.shape]
     shape[axis + 2] = out_len
-    return te.compute(shape, body, name=f"resize_pass{axis}")
+    return te.compute(shape, body, name=f"{blocks.RESIZE_PASS}{axis}")
 
 
-def resize_antialias(x: te.Tensor, geom: ResizeGeometry, name: str = "resize") -> te.Tensor:
+def resize_antialias(x: te.Tensor, geom: ResizeGeometry, name: str = blocks.RESIZE) -> te.Tensor:
     """Antialiased linear or cubic resize (``geom.antialias``): one filter pass
     (:func:`_antialias_pass`) per axis whose length changes (onnxruntime copies an axis of
     unchanged length), in float32 (float64 for float64 ``x``), then the ``resize`` block
@@ -249,7 +252,7 @@ def _extrapolated(
     return tirx.if_then_else(tirx.all(*inside), value, tirx.const(geom.extrapolation_value, dtype))
 
 
-def resize(x: te.Tensor, geom: ResizeGeometry, name: str = "resize") -> te.Tensor:
+def resize(x: te.Tensor, geom: ResizeGeometry, name: str = blocks.RESIZE) -> te.Tensor:
     """Resize the spatial axes of ``x`` (N, C, *I) to ``geom.out_size`` (nearest, N-linear or
     N-cubic; taps as :func:`axis_taps`; with ``geom.antialias``: :func:`resize_antialias`).
 
@@ -321,7 +324,7 @@ def fold_phase_weights(
         return te.sum(value, axis=rk)
 
     shape = (out_channels, cin, *layout.factors, *layout.taps)
-    return te.compute(shape, body, name="phase_weight")
+    return te.compute(shape, body, name=blocks.PHASE_WEIGHT)
 
 
 def nearest_upsample_conv(
@@ -363,7 +366,7 @@ def nearest_upsample_conv(
         return te.sum(prod, axis=[rc, *rm])
 
     shape = (conv_geom.batch, conv_geom.out_channels, *layout.factors, *layout.rows)
-    phases = te.compute(shape, body, name="phase_conv")
+    phases = te.compute(shape, body, name=blocks.PHASE_CONV)
 
     def interleave(n, o, *pos):
         phase = [p % f for p, f in zip(pos, layout.factors)]
@@ -373,4 +376,4 @@ def nearest_upsample_conv(
             value = value + bias[o].astype(acc)
         return activate(value, activation, acc).astype(dtype)
 
-    return te.compute(conv_geom.out_shape, interleave, name="phase_interleave")
+    return te.compute(conv_geom.out_shape, interleave, name=blocks.PHASE_INTERLEAVE)

@@ -50,6 +50,7 @@ from fractions import Fraction
 import numpy as np
 from tvm import te, tirx
 
+from convforge.ops import blocks
 from convforge.ops.activation import conv_epilogue_value
 from convforge.ops.conv import accumulator_dtype
 from convforge.shapes import ConvGeometry, check_positive_int
@@ -57,7 +58,7 @@ from convforge.shapes import ConvGeometry, check_positive_int
 #: Interpolation points, in the order used (infinity is always the last one).
 POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))
 #: Annotation of ``winograd_output``: the (dh, dw) dilation its tiles are spaced by.
-DILATION_ATTR = "winograd_dilation"
+DILATION_ATTR = blocks.WINOGRAD_DILATION_ATTR
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ def conv2d_winograd(
         ws = tirx.min(tirx.max(w_ - lo_w, 0), in_w - 1)
         return tirx.if_then_else(inside, x[n, cx, hs, ws], tirx.const(0, dtype))
 
-    xp = te.compute((batch, ext_h, ext_w, c_in), pad_nhwc, name="winograd_pad")
+    xp = te.compute((batch, ext_h, ext_w, c_in), pad_nhwc, name=blocks.WINOGRAD_PAD)
     tile_shape = (batch, th_n * dh, tb_n, dw)
 
     def input_rows(n, qh, tb, pw, a, j, ti, c):
@@ -249,13 +250,15 @@ def conv2d_winograd(
         w0 = (tb * tb_size + ti) * m * dw + pw
         return _combine(bt_h, a, lambda i: xp[n, h0 + i * dh, w0 + j * dw, c].astype(acc), acc)
 
-    rows = te.compute((*tile_shape, ah, aw, tb_size, c_in), input_rows, name="winograd_input_rows")
+    rows = te.compute(
+        (*tile_shape, ah, aw, tb_size, c_in), input_rows, name=blocks.WINOGRAD_INPUT_ROWS
+    )
     v = te.compute(
         (*tile_shape, ah, aw, tb_size, c_in),
         lambda n, qh, tb, pw, a, b, ti, c: _combine(
             bt_w, b, lambda j: rows[n, qh, tb, pw, a, j, ti, c], acc
         ),
-        name="winograd_input",
+        name=blocks.WINOGRAD_INPUT,
     )
 
     def weight_tap(k, c, i, j):  # phase_weight_array(w)[k, c, i, j]
@@ -276,11 +279,11 @@ def conv2d_winograd(
     if weight_transformed:
         u = w
     else:
-        rows_w = te.compute((ah, s, kb_n, c_in, ob), weight_rows, name="winograd_weight_rows")
+        rows_w = te.compute((ah, s, kb_n, c_in, ob), weight_rows, name=blocks.WINOGRAD_WEIGHT_ROWS)
         u = te.compute(
             (ah, aw, kb_n, c_in, ob),
             lambda a, b, kb, c, ki: _combine(g_w, b, lambda j: rows_w[a, j, kb, c, ki], acc),
-            name="winograd_weight",
+            name=blocks.WINOGRAD_WEIGHT,
         )
     rc = te.reduce_axis((0, c_in), "rc")
     product = te.compute(
@@ -288,21 +291,21 @@ def conv2d_winograd(
         lambda n, qh, tb, pw, a, b, kb, ti, ki: te.sum(
             v[n, qh, tb, pw, a, b, ti, rc] * u[a, b, kb, rc, ki].astype(acc), axis=rc
         ),
-        name="winograd_gemm",
+        name=blocks.WINOGRAD_GEMM,
     )
     out_rows = te.compute(
         (*tile_shape, kb_n, m, aw, tb_size, ob),
         lambda n, qh, tb, pw, kb, jh, b, ti, ki: _combine(
             at_h, jh, lambda a: product[n, qh, tb, pw, a, b, kb, ti, ki], acc
         ),
-        name="winograd_output_rows",
+        name=blocks.WINOGRAD_OUTPUT_ROWS,
     )
     y = te.compute(
         (*tile_shape, kb_n, m, m, tb_size, ob),
         lambda n, qh, tb, pw, kb, jh, jw, ti, ki: _combine(
             at_w, jw, lambda b: out_rows[n, qh, tb, pw, kb, jh, b, ti, ki], acc
         ),
-        name="winograd_output",
+        name=blocks.WINOGRAD_OUTPUT,
         attrs={DILATION_ATTR: [dh, dw]},
     )
 
@@ -312,7 +315,7 @@ def conv2d_winograd(
         value = y[n, qh, tw // tb_size, pw, k // ob, jh, jw, tw % tb_size, k % ob]
         return conv_epilogue_value(value, (n, k, oh, ow), bias, residual, activation, acc, dtype)
 
-    return te.compute(geom.out_shape, unpack, name="winograd_unpack")
+    return te.compute(geom.out_shape, unpack, name=blocks.WINOGRAD_UNPACK)
 
 
 def nonfinite_flag(x: te.Tensor, lanes: int = 16, chunks: int = 64) -> te.Tensor:
@@ -340,8 +343,8 @@ def nonfinite_flag(x: te.Tensor, lanes: int = 16, chunks: int = 64) -> te.Tensor
         lambda p, j: te.max(
             tirx.reinterpret("int32", x[(p * inner + ri) * lanes + j]) & exponent, axis=ri
         ),
-        name="nonfinite_rows",
+        name=blocks.NONFINITE_ROWS,
     )
     rp, rj = te.reduce_axis((0, parts), "rp"), te.reduce_axis((0, lanes), "rj")
-    flag = te.compute((), lambda: te.max(rows[rp, rj], axis=[rp, rj]), name="nonfinite_any")
-    return te.compute((), lambda: flag[()] == exponent, name="nonfinite_flag")
+    flag = te.compute((), lambda: te.max(rows[rp, rj], axis=[rp, rj]), name=blocks.NONFINITE_ANY)
+    return te.compute((), lambda: flag[()] == exponent, name=blocks.NONFINITE_FLAG)

@@ -11,23 +11,24 @@ element-wise epilogues (bias, activation, cast) are fused into the tile.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.ops import blocks
 from convforge.schedules import (
     cpu_causal,
     cpu_conv,
     cpu_gather,
     cpu_grouped,
+    cpu_pool,
     cpu_subpixel,
     cpu_winograd,
 )
 from convforge.schedules.cpu_conv import schedule_conv_nchwc
 from convforge.schedules.cpu_direct import largest_divisor
-from convforge.schedules.cpu_pool import schedule_named_block
+from convforge.schedules.rules import BlockRule, ScheduleRule, apply_block_rules, apply_rules
 from convforge.targets import profile
 
 
@@ -50,25 +51,20 @@ def _schedule_injective(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
 
 
 def _register_tile(sch: s_tir.Schedule, anchor: s_tir.SBlockRV, lanes: int, budget: int) -> tuple:
-    """Split ``anchor``'s loops (N, C, *spatial) into parallel outer tiles and a register block
-    of at most ``budget`` vector accumulators (the profile's ``accumulator_budget``).
+    """Split ``anchor``'s loops (N, C, *spatial, W; at least three) into parallel outer
+    tiles and a register block of at most ``budget`` vector accumulators (the profile's
+    ``accumulator_budget``).
 
     Returns (loop to compute the reduction at, channel-inner loop, width-inner loop).
     """
     loops = sch.get_loops(anchor)
     extents = [int(sch.get(loop).extent) for loop in loops]
-    if len(loops) < 2:
-        raise ValueError("needs at least two output axes")
     width_tile = _vector_tile(extents[-1], lanes)
     vectors = -(-width_tile // lanes)
     channel_tile = largest_divisor(extents[1], max(1, budget // vectors))
     c_outer, c_inner = sch.split(loops[1], [None, channel_tile])
     w_outer, w_inner = sch.split(loops[-1], [None, width_tile])
     middle = list(loops[2:-1])
-    if len(loops) == 2:  # (N, C): the width axis is the channel axis itself
-        sch.reorder(loops[0], w_outer, c_outer, c_inner, w_inner)
-        sch.parallel(sch.fuse(loops[0], w_outer))
-        return c_outer, c_inner, w_inner
     sch.reorder(loops[0], c_outer, *middle, w_outer, c_inner, w_inner)
     sch.parallel(sch.fuse(loops[0], c_outer, *middle[:1]))
     return w_outer, c_inner, w_inner
@@ -107,42 +103,173 @@ def _schedule_reduction(
     return sch.get(anchor).name_hint
 
 
-#: Whole-function rules, tried in order: (predicate on the PrimFunc, its schedule). The
-#: first rule whose predicate holds schedules ``func``; on a schedule error the generic
-#: per-block rule below does.
-SPECIAL_RULES = (
-    (cpu_winograd.is_winograd_pool, cpu_winograd.schedule_winograd_pool),
-    (cpu_winograd.is_winograd, cpu_winograd.schedule_winograd),
-    (cpu_winograd.is_nonfinite_flag, cpu_winograd.schedule_nonfinite_flag),
-    (cpu_subpixel.is_subpixel, cpu_subpixel.schedule_subpixel),
-    (cpu_gather.is_gather, cpu_gather.schedule_gather),
-    (cpu_grouped.is_grouped, cpu_grouped.schedule_grouped),
-    (cpu_conv.is_pointwise_row, cpu_conv.schedule_pointwise_row),
-    (cpu_causal.is_long_1d, cpu_causal.schedule_long_1d),
+# --- whole-function rules (each schedules every block of the functions it applies to) ---
+
+
+class WinogradPoolRule(ScheduleRule[s_tir.Schedule]):
+    """A Winograd convolution with its max pool fused per task (``window_max``)."""
+
+    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+        return cpu_winograd.is_winograd_pool(func)
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+        return cpu_winograd.schedule_winograd_pool(func, target)
+
+
+class WinogradRule(ScheduleRule[s_tir.Schedule]):
+    """A Winograd convolution (``winograd_gemm``): the pipeline of ``cpu_winograd``."""
+
+    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+        return cpu_winograd.is_winograd(func)
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+        return cpu_winograd.schedule_winograd(func, target)
+
+
+class NonfiniteFlagRule(ScheduleRule[s_tir.Schedule]):
+    """The non-finite check before a Winograd call (``nonfinite_rows``)."""
+
+    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+        return cpu_winograd.is_nonfinite_flag(func)
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+        return cpu_winograd.schedule_nonfinite_flag(func, target)
+
+
+class SubpixelRule(ScheduleRule[s_tir.Schedule]):
+    """A sub-pixel transposed convolution (``subpixel_interleave``)."""
+
+    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+        return cpu_subpixel.is_subpixel(func)
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+        return cpu_subpixel.schedule_subpixel(func, target)
+
+
+class GatherRule(ScheduleRule[s_tir.Schedule]):
+    """The gather form of a large-stride transposed convolution."""
+
+    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+        return cpu_gather.is_gather(func)
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+        return cpu_gather.schedule_gather(func, target)
+
+
+class GroupedRule(ScheduleRule[s_tir.Schedule]):
+    """A depthwise or grouped direct convolution."""
+
+    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+        return cpu_grouped.is_grouped(func)
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+        return cpu_grouped.schedule_grouped(func, target)
+
+
+class PointwiseRowRule(ScheduleRule[s_tir.Schedule]):
+    """A 1x1 convolution over one long row (positions vectorized)."""
+
+    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+        return cpu_conv.is_pointwise_row(func)
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+        return cpu_conv.schedule_pointwise_row(func, target)
+
+
+class LongSequenceRule(ScheduleRule[s_tir.Schedule]):
+    """A 1-D (causal or dilated) convolution over a long sequence."""
+
+    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+        return cpu_causal.is_long_1d(func)
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+        return cpu_causal.schedule_long_1d(func, target)
+
+
+#: The CPU's whole-function rules, in order: the first that applies schedules the function
+#: (:func:`schedule_cpu`); a function none applies to gets :data:`CPU_BLOCK_RULES`.
+CPU_RULES: tuple[ScheduleRule[s_tir.Schedule], ...] = (
+    WinogradPoolRule(),
+    WinogradRule(),
+    NonfiniteFlagRule(),
+    SubpixelRule(),
+    GatherRule(),
+    GroupedRule(),
+    PointwiseRowRule(),
+    LongSequenceRule(),
 )
 
-#: Blocks with a dedicated schedule: name -> rule(schedule, block, target), which returns
-#: the names of the other blocks it scheduled (fused into its loops). Other reduction
-#: blocks get the generic register tiling, element-wise blocks a parallel loop.
-BLOCK_RULES = {
-    "conv_nchwc": schedule_conv_nchwc,
-}
+
+# --- block rules (the generic schedule: each root block by the first that applies) -------
+
+
+class ConvNchwcRule(BlockRule):
+    """``conv_nchwc``: its register tile, the unpack (or its max pool) fused into it."""
+
+    def applies(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> bool:
+        return sch.get(block).name_hint == blocks.CONV_NCHWC and cpu_conv.fits_conv_nchwc(
+            sch, block
+        )
+
+    def apply(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> set[str]:
+        return set(schedule_conv_nchwc(sch, block, target))
+
+
+class ReductionRule(BlockRule):
+    """Any other reduction with at least three output axes (N, C, ..., W): the generic
+    register tiling. Fewer axes (a row of sums, a flag) keep their plain loops."""
+
+    def applies(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> bool:
+        iter_vars = sch.get(block).iter_vars
+        spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in iter_vars)
+        return spatial >= 3 and spatial < len(iter_vars)
+
+    def apply(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> set[str]:
+        return {_schedule_reduction(sch, block, target)}
+
+
+class InjectiveRule(BlockRule):
+    """An element-wise block: its outer loops fused and run in parallel."""
+
+    def applies(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> bool:
+        return not _is_reduction(sch, block)
+
+    def apply(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> set[str]:
+        _schedule_injective(sch, block)
+        return set()
+
+
+#: The CPU's block rules, in order (:func:`generic_cpu_schedule`): pools, dense and softmax
+#: by name (``cpu_pool``), ``conv_nchwc``, then any reduction, then element-wise blocks. A
+#: block none applies to (a reduction to a scalar or a vector) keeps its plain loops.
+CPU_BLOCK_RULES: tuple[BlockRule, ...] = (
+    *cpu_pool.BLOCK_RULES,
+    ConvNchwcRule(),
+    ReductionRule(),
+    InjectiveRule(),
+)
 
 
 def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
-    """Apply the first special rule that fits ``func``, else the default CPU schedule.
-
-    A block the rule does not fit stays as it is (correct, slower) rather than failing.
-    A small ``func`` (:func:`is_small`) gets the same schedule on one thread.
+    """Schedule ``func`` by the first of :data:`CPU_RULES` that applies, else block by
+    block (:func:`generic_cpu_schedule`). A small ``func`` (:func:`is_small`) gets the same
+    schedule on one thread. A rule that raises is an error under
+    ``CONVFORGE_STRICT_SCHEDULES=1`` and otherwise a warning on the ``convforge`` logger,
+    after which the generic schedule is used (see :mod:`convforge.schedules.rules`).
     """
-    sch = None
-    for applies, rule in SPECIAL_RULES:
-        if applies(func):
-            with contextlib.suppress(ValueError, RuntimeError):  # ScheduleError: RuntimeError
-                sch = rule(func, target)
-            break
-    if sch is None:
-        sch = generic_cpu_schedule(func, target)
+    sch = apply_rules(CPU_RULES, func, target, generic_cpu_schedule)
     if is_small(func, target):
         sch = without_parallel_loops(sch, func)
     return sch.mod
@@ -180,26 +307,6 @@ def without_parallel_loops(sch: s_tir.Schedule, func: tirx.PrimFunc) -> s_tir.Sc
 
 
 def generic_cpu_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-    """The block-by-block rules of :func:`schedule_cpu` (no special rule), as a Schedule
-    whose trace replays them (tuning seeds its search from it)."""
-    sch = s_tir.Schedule(func)
-    fused: set[str] = set()
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        if sch.get(block).name_hint in fused:
-            continue
-        trial = sch.copy()
-        rule = BLOCK_RULES.get(trial.get(block).name_hint)
-        try:
-            named = schedule_named_block(trial, block, target)  # pool, dense, softmax
-            if named is not None:
-                fused.update(named)
-            elif rule is not None:
-                fused.update(rule(trial, block, target) or ())
-            elif _is_reduction(trial, block):
-                fused.add(_schedule_reduction(trial, block, target))
-            else:
-                _schedule_injective(trial, block)
-        except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError
-            continue
-        sch = trial
-    return sch
+    """:data:`CPU_BLOCK_RULES` over the root blocks of ``func`` (no whole-function rule), as
+    a Schedule whose trace replays them (tuning seeds its search from it)."""
+    return apply_block_rules(CPU_BLOCK_RULES, func, target)

@@ -20,6 +20,7 @@ import math
 import tvm
 from tvm import s_tir
 
+from convforge.ops.blocks import NCHWC_MAX_POOL, PAD
 from convforge.schedules.cpu_direct import (
     accumulator_budget,
     default_tiles,
@@ -40,7 +41,7 @@ def schedule_conv_nchwc(
     before the width tiles are split too. Returns the name of the unpack block fused into
     the tile; a ``nchwc_max_pool`` instead gets :func:`schedule_conv_max_pool`."""
     (unpack,) = sch.get_consumers(block)
-    if sch.get(unpack).name_hint == "nchwc_max_pool":
+    if sch.get(unpack).name_hint == NCHWC_MAX_POOL:
         return schedule_conv_max_pool(sch, block, unpack, target)
     loops = sch.get_loops(block)
     iter_vars = sch.get(block).iter_vars
@@ -65,9 +66,28 @@ def schedule_conv_nchwc(
     sch.vectorize(oi)
     sch.decompose_reduction(block, reduce_[0])
     # write back along the output width: wb contiguous floats per channel (evidence:
-    # benchmarks/results/thresholds.md#vectorized-write-back)
-    sch.vectorize(sch.get_loops(unpack)[-1])
+    # benchmarks/results/thresholds.md#vectorized-write-back); a tile of one value has no
+    # loop of its own to vectorize
+    write_back = sch.get_loops(unpack)[-1]
+    if len(sch.get_child_blocks(write_back)) == 1:
+        sch.vectorize(write_back)
     return [sch.get(unpack).name_hint]
+
+
+def fits_conv_nchwc(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
+    """Whether :func:`schedule_conv_nchwc` fits the ``conv_nchwc`` ``block``: always, except
+    a ``nchwc_max_pool`` consumer whose kernel width and the width block WB do not divide
+    one another (the conv then keeps its plain loops)."""
+    consumers = sch.get_consumers(block)
+    if len(consumers) != 1 or sch.get(consumers[0]).name_hint != NCHWC_MAX_POOL:
+        return len(consumers) == 1
+    spatial = [
+        int(iv.dom.extent)
+        for iv in sch.get(block).iter_vars
+        if int(iv.iter_type) != tvm.tirx.IterVar.CommReduce
+    ]
+    k, wb = int(sch.get(sch.get_loops(consumers[0])[-1]).extent), spatial[-2]
+    return k % wb == 0 or wb % k == 0
 
 
 def schedule_conv_max_pool(
@@ -143,7 +163,7 @@ def is_pointwise_row(func: tvm.tirx.PrimFunc) -> bool:
     """A plain dense 1x1 convolution over (N, C, 1, P >= POINTWISE_ROW_POSITIONS)."""
     sch = s_tir.Schedule(func)
     block = single_conv(sch)
-    if block is None or producer_named(sch, block, "pad") is not None:
+    if block is None or producer_named(sch, block, PAD) is not None:
         return False
     out = sch.get(block).writes[0].source.shape
     reduce_extents = [

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.ops.blocks import CONV, CONV_EPILOGUE, PAD, is_numbered
 from convforge.targets import profile
 
 
@@ -91,7 +92,7 @@ def producer_named(sch: s_tir.Schedule, block: s_tir.SBlockRV, prefix: str):
 def epilogue_of(sch: s_tir.Schedule, block: s_tir.SBlockRV):
     """The element-wise ``conv_epilogue`` consuming ``block``, or None."""
     consumers = sch.get_consumers(block)
-    if len(consumers) == 1 and sch.get(consumers[0]).name_hint.startswith("conv_epilogue"):
+    if len(consumers) == 1 and sch.get(consumers[0]).name_hint.startswith(CONV_EPILOGUE):
         return consumers[0]
     return None
 
@@ -108,7 +109,7 @@ def schedule_direct(
     consumer tile at a time, inside the consumer's parallel loop instead of its own.
     """
     n_spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
-    pad = producer_named(sch, block, "pad")
+    pad = producer_named(sch, block, PAD)
     epilogue = epilogue_of(sch, block)
     anchor = epilogue if epilogue is not None else sch.cache_write(block, 0, "global")
     outer = 0
@@ -188,7 +189,7 @@ def conv_blocks(sch: s_tir.Schedule) -> list[s_tir.SBlockRV]:
     blocks = []
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         name = sch.get(block).name_hint
-        if name == "conv" or (name.startswith("conv_") and name[5:].isdigit()):
+        if is_numbered(name, CONV):
             blocks.append(block)
     return blocks
 
@@ -198,6 +199,6 @@ def single_conv(sch: s_tir.Schedule) -> s_tir.SBlockRV | None:
     (a plain :func:`convforge.ops.conv`), else None."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
-    if names.count("conv") != 1 or not set(names) <= {"pad", "conv", "conv_epilogue"}:
+    if names.count(CONV) != 1 or not set(names) <= {PAD, CONV, CONV_EPILOGUE}:
         return None
-    return blocks[names.index("conv")]
+    return blocks[names.index(CONV)]

@@ -1,8 +1,8 @@
 """Default CPU schedule rules for the blocks of pooling, dense and softmax.
 
-``schedule_cpu`` tries :func:`schedule_named_block` first for every block; a rule applies
-by block name (the contract of ``convforge.ops.pool`` and ``convforge.ops.heads``) and
-returns the names of the blocks it scheduled, or ``None`` when the block is not its own.
+:data:`BLOCK_RULES` come first in ``schedules.cpu.CPU_BLOCK_RULES``; each applies by block
+name (:mod:`convforge.ops.blocks`, the contract with ``convforge.ops.pool`` and
+``convforge.ops.heads``) and returns the names of the blocks it scheduled.
 ``pool_pad`` and ``resize`` fit the generic injective rule of ``schedule_cpu`` (parallel
 outer loops).
 
@@ -25,7 +25,8 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from convforge.ops.pool import WINDOWS_TILE_ATTR
+from convforge.ops import blocks
+from convforge.schedules.rules import BlockRule
 from convforge.targets import vector_lanes
 
 
@@ -36,12 +37,12 @@ def _divisor_up_to(n: int, limit: int) -> int:
 def _schedule_dense(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> set[str]:
     consumers = sch.get_consumers(block)
     epilogue = consumers[0] if len(consumers) == 1 else None
-    if epilogue is not None and sch.get(epilogue).name_hint != "dense_epilogue":
+    if epilogue is not None and sch.get(epilogue).name_hint != blocks.DENSE_EPILOGUE:
         epilogue = None
     last = epilogue if epilogue is not None else block
     _, _, rf = sch.get_loops(block)
     vector = _divisor_up_to(int(sch.get(rf).extent), lanes)
-    names = {sch.get(last).name_hint, "dense"}
+    names = {sch.get(last).name_hint, blocks.DENSE}
     partial = None
     if vector > 1:  # rfactor first: it refuses a block already moved by compute_at
         partial = sch.rfactor(sch.split(rf, [None, vector])[1], factor_axis=2)
@@ -61,11 +62,11 @@ def _schedule_dense(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> s
 
 
 def _schedule_pool(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> set[str]:
-    names = {"pool"}
+    names = {blocks.POOL}
     loops = sch.get_loops(block)
     spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
     outs, taps = loops[2:spatial], loops[spatial:]
-    tiling = WINDOWS_TILE_ATTR in sch.get(block).annotations
+    tiling = blocks.POOL_WINDOWS_TILE_ATTR in sch.get(block).annotations
     sliding = not tiling and len(outs) > 1 and taps and int(sch.get(outs[-1]).extent) >= lanes
     if tiling:  # window rows outside the output row: every input row is read once, in order
         sch.reorder(*outs[:-1], *taps[:-1], outs[-1], taps[-1])
@@ -80,17 +81,17 @@ def _schedule_pool(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> se
         sch.vectorize(sch.split(row, [None, lanes])[1])
         sch.decompose_reduction(block, sch.get_loops(block)[len(outs)])
         pad = next(
-            (b for b in sch.get_producers(block) if sch.get(b).name_hint == "pool_pad"), None
+            (b for b in sch.get_producers(block) if sch.get(b).name_hint == blocks.POOL_PAD), None
         )
         if pad is not None:  # each (batch, channel) task pads its own plane
             sch.compute_at(pad, task, preserve_unit_loops=True)
-            names.add("pool_pad")
+            names.add(blocks.POOL_PAD)
     consumers = sch.get_consumers(block)
-    if len(consumers) == 1 and sch.get(consumers[0]).name_hint == "pool_epilogue":
+    if len(consumers) == 1 and sch.get(consumers[0]).name_hint == blocks.POOL_EPILOGUE:
         # per output row when the window rows are outside it, else per output
         at = spatial - 3 if tiling or sliding else spatial - 2
         sch.reverse_compute_at(consumers[0], sch.get_loops(block)[at])
-        names.add("pool_epilogue")
+        names.add(blocks.POOL_EPILOGUE)
     return names
 
 
@@ -99,13 +100,13 @@ _SOFTMAX_TILE = 64
 
 
 def _schedule_softmax(sch: s_tir.Schedule, lanes: int) -> set[str]:
-    names = ("softmax_max", "softmax_exp", "softmax_sum", "softmax_norm")
-    loops = sch.get_loops(sch.get_sblock("softmax_norm"))  # (N, K, *rest)
+    names = blocks.SOFTMAX
+    loops = sch.get_loops(sch.get_sblock(blocks.SOFTMAX_NORM))  # (N, K, *rest)
     if len(loops) == 2:  # classes innermost: one row per task, vectorized along the classes
         sch.parallel(loops[0])
         for name in reversed(names[:-1]):
             sch.compute_at(sch.get_sblock(name), loops[0], preserve_unit_loops=True)
-        for name in ("softmax_exp", "softmax_norm"):
+        for name in (blocks.SOFTMAX_EXP, blocks.SOFTMAX_NORM):
             inner = sch.get_loops(sch.get_sblock(name))[-1]
             vector = _divisor_up_to(int(sch.get(inner).extent), lanes)
             if vector > 1:
@@ -120,13 +121,13 @@ def _schedule_softmax(sch: s_tir.Schedule, lanes: int) -> set[str]:
     last_outer, last_inner = sch.split(last, [None, tile])
     sch.reorder(n, *outer, last_outer, k, last_inner)
     sch.parallel(sch.fuse(n, *outer, last_outer))
-    at = sch.get_loops(sch.get_sblock("softmax_norm"))[0]
+    at = sch.get_loops(sch.get_sblock(blocks.SOFTMAX_NORM))[0]
     for name in reversed(names[:-1]):
         sch.compute_at(sch.get_sblock(name), at, preserve_unit_loops=True)
     for name in names:
         block = sch.get_sblock(name)
         inner = sch.get_loops(block)[1:]  # below the parallel loop
-        if name in ("softmax_max", "softmax_sum"):
+        if name in (blocks.SOFTMAX_MAX, blocks.SOFTMAX_SUM):
             # the reduction outside, the contiguous positions inside: LLVM vectorizes them
             # (the vectorize primitive refuses a reduction's spatial loop)
             sch.reorder(inner[-1], inner[-2])
@@ -135,17 +136,51 @@ def _schedule_softmax(sch: s_tir.Schedule, lanes: int) -> set[str]:
     return set(names)
 
 
-def schedule_named_block(
-    sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
-) -> set[str] | None:
-    """Schedule ``block`` by its name if a rule here owns it; return the blocks scheduled."""
-    name = sch.get(block).name_hint
-    dtype = str(sch.get(block).writes[0].source.dtype)
-    lanes = vector_lanes(target, dtype)
-    if name == "dense":
-        return _schedule_dense(sch, block, lanes)
-    if name == "pool":
-        return _schedule_pool(sch, block, lanes)
-    if name == "softmax_max":
-        return _schedule_softmax(sch, lanes)
-    return None
+def _lanes(sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target) -> int:
+    return vector_lanes(target, str(sch.get(block).writes[0].source.dtype))
+
+
+class DenseRule(BlockRule):
+    """``dense`` (and its ``dense_epilogue``): rfactor-ed vector partial sums."""
+
+    def applies(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> bool:
+        return sch.get(block).name_hint == blocks.DENSE
+
+    def apply(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> set[str]:
+        return _schedule_dense(sch, block, _lanes(sch, block, target))
+
+
+class PoolRule(BlockRule):
+    """``pool`` (with its ``pool_pad`` and ``pool_epilogue``)."""
+
+    def applies(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> bool:
+        return sch.get(block).name_hint == blocks.POOL
+
+    def apply(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> set[str]:
+        return _schedule_pool(sch, block, _lanes(sch, block, target))
+
+
+class SoftmaxRule(BlockRule):
+    """The four ``softmax_*`` blocks, found from the first (``softmax_max``)."""
+
+    def applies(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> bool:
+        return sch.get(block).name_hint == blocks.SOFTMAX_MAX
+
+    def apply(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> set[str]:
+        return _schedule_softmax(sch, _lanes(sch, block, target))
+
+
+#: This module's block rules, first in ``schedules.cpu.CPU_BLOCK_RULES``.
+BLOCK_RULES: tuple[BlockRule, ...] = (DenseRule(), PoolRule(), SoftmaxRule())

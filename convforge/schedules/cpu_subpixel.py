@@ -26,6 +26,15 @@ import dataclasses
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.ops.blocks import (
+    CONV_NCHWC,
+    NCHWC_PACK_W,
+    NCHWC_PAD_X,
+    SUBPIXEL_INTERLEAVE,
+    SUBPIXEL_PAD,
+    SUBPIXEL_STRIDES_ATTR,
+    SUBPIXEL_WEIGHT,
+)
 from convforge.schedules.cpu_direct import (
     accumulator_budget,
     conv_blocks,
@@ -40,21 +49,31 @@ from convforge.targets import profile, vector_lanes
 
 
 def is_subpixel(func: tirx.PrimFunc) -> bool:
-    """Whether ``func`` is a sub-pixel transposed convolution."""
-    return has_block(func, "subpixel_interleave")
+    """Whether ``func`` is a sub-pixel transposed convolution this schedule fits: any but
+    NCHW[x]c phases with different output-channel blocks (those keep the generic rules)."""
+    if not has_block(func, SUBPIXEL_INTERLEAVE):
+        return False
+    sch = s_tir.Schedule(func)
+    out_blocks = {
+        int(sch.get(b).writes[0].source.shape[-1])
+        for b in sch.get_child_blocks(sch.get_sblock("root"))
+        if sch.get(b).name_hint.startswith(CONV_NCHWC)
+    }
+    return len(out_blocks) <= 1
 
 
 def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
     """Schedule every block of a sub-pixel transposed convolution (see the module doc)."""
     sch = s_tir.Schedule(func)
     strides = [
-        int(v) for v in sch.get(sch.get_sblock("subpixel_interleave")).annotations["strides"]
+        int(v)
+        for v in sch.get(sch.get_sblock(SUBPIXEL_INTERLEAVE)).annotations[SUBPIXEL_STRIDES_ATTR]
     ]
     blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
     for name, block in blocks.items():
-        if name.startswith("subpixel_weight"):
+        if name.startswith(SUBPIXEL_WEIGHT):
             sch.compute_inline(block)
-    if any(name.startswith("conv_nchwc") for name in blocks):
+    if any(name.startswith(CONV_NCHWC) for name in blocks):
         _schedule_blocked_phases(sch, blocks, strides, target)
         return sch
     budget = accumulator_budget(target)
@@ -65,11 +84,11 @@ def schedule_subpixel(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
         lanes = vector_lanes(target, str(out.dtype))
         phases.append((block, shape, lanes, default_tiles(shape, lanes, budget, pad="inline")))
     channel_tile = min((tiles.channel_tile for *_, tiles in phases), default=1)
-    if "subpixel_pad" in blocks:
-        loops = sch.get_loops(blocks["subpixel_pad"])
+    if SUBPIXEL_PAD in blocks:
+        loops = sch.get_loops(blocks[SUBPIXEL_PAD])
         sch.parallel(sch.fuse(*loops[:-1]))
     n, c_outer, c_inner, outer = _split_interleave(
-        sch, blocks["subpixel_interleave"], strides, channel_tile
+        sch, blocks[SUBPIXEL_INTERLEAVE], strides, channel_tile
     )
     # one parallel loop over (batch, channel tiles, bands of rows), with
     # every phase computing its share of the tile inside it; with fewer (batch x channel)
@@ -117,22 +136,22 @@ def _schedule_blocked_phases(sch, blocks, strides, target) -> None:
     """The NCHW[x]c-phase schedule of the module doc (weight gathers already inlined):
     one parallel loop over (batch, output-channel blocks) of the interleave, inside which
     every phase packs its weight slice, computes its register tiles and writes them back."""
-    if "subpixel_pad" in blocks:  # one parallel copy; each phase's own padding is a crop
-        loops = sch.get_loops(blocks["subpixel_pad"])
+    if SUBPIXEL_PAD in blocks:  # one parallel copy; each phase's own padding is a crop
+        loops = sch.get_loops(blocks[SUBPIXEL_PAD])
         sch.parallel(sch.fuse(*loops[:-1]))
         sch.vectorize(loops[-1])
     phases = []  # (pad, pack, conv, unpack) per phase
     for name, conv in blocks.items():
-        if name.startswith("conv_nchwc"):
-            pad = producer_named(sch, conv, "nchwc_pad_x")
-            pack = producer_named(sch, conv, "nchwc_pack_w")
+        if name.startswith(CONV_NCHWC):
+            pad = producer_named(sch, conv, NCHWC_PAD_X)
+            pack = producer_named(sch, conv, NCHWC_PACK_W)
             (unpack,) = sch.get_consumers(conv)
             phases.append((pad, pack, conv, unpack))
     out_blocks = {int(sch.get(conv).writes[0].source.shape[-1]) for _, _, conv, _ in phases}
     if len(out_blocks) != 1:
         raise ValueError(f"phases with different output-channel blocks {sorted(out_blocks)}")
     (out_block,) = out_blocks
-    n, c_outer, _, _ = _split_interleave(sch, blocks["subpixel_interleave"], strides, out_block)
+    n, c_outer, _, _ = _split_interleave(sch, blocks[SUBPIXEL_INTERLEAVE], strides, out_block)
     task = sch.fuse(n, c_outer)
     sch.parallel(task)
     for pad, pack, conv, unpack in phases:

@@ -20,6 +20,19 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.ops.blocks import (
+    NONFINITE_ROWS,
+    WINDOW_MAX,
+    WINOGRAD_GEMM,
+    WINOGRAD_INPUT,
+    WINOGRAD_INPUT_ROWS,
+    WINOGRAD_OUTPUT,
+    WINOGRAD_OUTPUT_ROWS,
+    WINOGRAD_PAD,
+    WINOGRAD_UNPACK,
+    WINOGRAD_WEIGHT,
+    WINOGRAD_WEIGHT_ROWS,
+)
 from convforge.ops.winograd import DILATION_ATTR
 from convforge.schedules.cpu_direct import has_block, largest_divisor
 from convforge.targets import TargetProfile, profile, vector_lanes
@@ -27,7 +40,7 @@ from convforge.targets import TargetProfile, profile, vector_lanes
 
 def is_winograd(func: tirx.PrimFunc) -> bool:
     """Whether ``func`` is a Winograd convolution."""
-    return has_block(func, "winograd_gemm")
+    return has_block(func, WINOGRAD_GEMM)
 
 
 #: Input columns per block of the padding's transpose to channels last.
@@ -88,25 +101,25 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     sch = s_tir.Schedule(func)
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     block = sch.get_sblock
-    lanes = vector_lanes(target, str(sch.get(block("winograd_gemm")).writes[0].source.dtype))
+    lanes = vector_lanes(target, str(sch.get(block(WINOGRAD_GEMM)).writes[0].source.dtype))
     thresholds = profile(target)
-    if "winograd_weight" in names:  # per (channel block, channel): G w G^T, vectorized
-        weight = block("winograd_weight")
+    if WINOGRAD_WEIGHT in names:  # per (channel block, channel): G w G^T, vectorized
+        weight = block(WINOGRAD_WEIGHT)
         a, b, kb, c, ki = sch.get_loops(weight)
         sch.reorder(kb, c, a, b, ki)
         kc = sch.fuse(kb, c)
         sch.parallel(kc)
-        _separable_in_registers(sch, block("winograd_weight_rows"), kc, 5, [a, b, ki])
+        _separable_in_registers(sch, block(WINOGRAD_WEIGHT_ROWS), kc, 5, [a, b, ki])
 
-    y = block("winograd_output")
+    y = block(WINOGRAD_OUTPUT)
     dh, dw = (int(d) for d in sch.get(y).annotations[DILATION_ATTR])
     n_n, qh_n, tb_n, pw_n, kb_n, mh, mw, tile_block, ob = (
         int(sch.get(loop).extent) for loop in sch.get_loops(y)
     )
-    gemm = block("winograd_gemm")
+    gemm = block(WINOGRAD_GEMM)
     *_, a_n, b_n, _, _, _, c_n = (int(sch.get(loop).extent) for loop in sch.get_loops(gemm))
     group = a_n * b_n * tile_block * (c_n + kb_n * ob)  # V and M floats of one tile block
-    unpack = block("winograd_unpack")
+    unpack = block(WINOGRAD_UNPACK)
     if dh == dw == 1:  # write back inside the task: (n, th, tbo) | tbi, kb | jh, ki, (ti, jw)
         n, k, oh, ow = sch.get_loops(unpack)
         kb, ki = sch.split(k, [kb_n, ob])
@@ -125,7 +138,7 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
         task = sch.fuse(n, qh, tb, pw_outer)
         sch.parallel(sch.fuse(*sch.get_loops(unpack)[:2]))
     sch.parallel(task)
-    out_rows = block("winograd_output_rows")
+    out_rows = block(WINOGRAD_OUTPUT_ROWS)
     sch.compute_at(out_rows, sch.get_loops(y)[-5], preserve_unit_loops=True)  # at kb
     *_, jh, b, ti, ki = sch.get_loops(out_rows)
     sch.unroll(jh)
@@ -136,7 +149,7 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     sch.unroll(jw)
     sch.vectorize(ki)
 
-    v = block("winograd_input")
+    v = block(WINOGRAD_INPUT)
     if _fuse_tasks(sch, gemm, int(sch.get(task).extent), thresholds):
         sch.compute_at(gemm, task, preserve_unit_loops=True)
         sch.compute_at(v, task, preserve_unit_loops=True)
@@ -153,13 +166,13 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     c_in = int(sch.get(c).extent)
     c_outer, c_inner = sch.split(c, [None, largest_divisor(c_in, lanes)])
     sch.reorder(ti, c_outer, a, b, c_inner)
-    _separable_in_registers(sch, block("winograd_input_rows"), c_outer, 4, [a, b, c_inner])
+    _separable_in_registers(sch, block(WINOGRAD_INPUT_ROWS), c_outer, 4, [a, b, c_inner])
 
     # padding to channels last, per undilated task, so that its input rows stay in cache
     # (evidence: benchmarks/results/thresholds.md#winograd-padding-per-task), as a blocked
     # transpose of 16 columns x a vector of channels (a plain loop reads one channel row per
     # element)
-    pad = block("winograd_pad")
+    pad = block(WINOGRAD_PAD)
     if dh == dw == 1:
         sch.compute_at(pad, input_task, preserve_unit_loops=True)
     n, h, w, c = sch.get_loops(pad)[-4:]
@@ -185,7 +198,7 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
 
 def is_winograd_pool(func: tirx.PrimFunc) -> bool:
     """Whether ``func`` is a Winograd convolution followed by a ``window_max``."""
-    return is_winograd(func) and has_block(func, "window_max")
+    return is_winograd(func) and has_block(func, WINDOW_MAX)
 
 
 def schedule_winograd_pool(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
@@ -193,21 +206,21 @@ def schedule_winograd_pool(func: tirx.PrimFunc, target: tvm.target.Target) -> s_
     lowering pools only windows inside one output tile of the undilated convolution, so
     each task pools the tiles it wrote)."""
     sch = schedule_winograd(func, target)
-    task = sch.get_loops(sch.get_sblock("winograd_unpack"))[0]
-    sch.reverse_compute_at(sch.get_sblock("window_max"), task)
+    task = sch.get_loops(sch.get_sblock(WINOGRAD_UNPACK))[0]
+    sch.reverse_compute_at(sch.get_sblock(WINDOW_MAX), task)
     return sch
 
 
 def is_nonfinite_flag(func: tirx.PrimFunc) -> bool:
     """Whether ``func`` is ``ops.winograd.nonfinite_flag`` (the check before a Winograd call)."""
-    return has_block(func, "nonfinite_rows")
+    return has_block(func, NONFINITE_ROWS)
 
 
 def schedule_nonfinite_flag(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
     """``ops.winograd.nonfinite_flag``'s schedule: its chunks in parallel, each a pass over
     its part of x vectorized along the lanes (one read of x; the other blocks are tiny)."""
     sch = s_tir.Schedule(func)
-    rows = sch.get_sblock("nonfinite_rows")
+    rows = sch.get_sblock(NONFINITE_ROWS)
     p, j, i = sch.get_loops(rows)
     sch.parallel(p)
     sch.reorder(p, i, j)

@@ -33,7 +33,6 @@ and the interleave runs one thread per output. Not done yet: tensor cores.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import tvm
@@ -41,6 +40,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.sym.pattern import detect_linear_equation
 
+from convforge.ops.blocks import CONV, CONV_EPILOGUE, CONV_TRANSPOSE_GATHER, is_numbered
+from convforge.schedules.rules import ScheduleRule, apply_rules
 from convforge.targets import profile
 
 #: Threads per block the tile policy aims at.
@@ -262,7 +263,7 @@ def _epilogue_of(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> s_tir.SBlockRV | 
     if len(consumers) != 1:
         return None
     name = sch.get(consumers[0]).name_hint
-    return consumers[0] if re.fullmatch(r"conv_epilogue(_\d+)?", name) else None
+    return consumers[0] if is_numbered(name, CONV_EPILOGUE) else None
 
 
 def _bind_one_thread_per_output(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
@@ -389,23 +390,31 @@ def schedule_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV, min_blocks: int = 1
     return tiles
 
 
-def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
-    """Apply the default GPU schedule: implicit-GEMM for ``conv`` blocks, dlight otherwise."""
-    sch = s_tir.Schedule(func)
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    if any(sch.get(b).name_hint == "conv_transpose_gather" for b in blocks):
-        # a large-stride transposed convolution (ops.conv_transpose_gather): dlight refuses
-        # its chained reductions; products, gather and epilogue, one thread per output each
-        for block in blocks:
+class GatherRule(ScheduleRule[tvm.IRModule]):
+    """A large-stride transposed convolution (``ops.conv_transpose_gather``): dlight
+    refuses its chained reductions; products, gather and epilogue, one thread per output."""
+
+    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+        return bool(_root_blocks(func, CONV_TRANSPOSE_GATHER))
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+        sch = s_tir.Schedule(func)
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
             _bind_one_thread_per_output(sch, block)
         return sch.mod
-    convs = [  # one conv block, or one per phase of a sub-pixel transposed convolution
-        sch.get(b).name_hint
-        for b in sch.get_child_blocks(sch.get_sblock("root"))
-        if re.fullmatch(r"conv(_\d+)?", sch.get(b).name_hint)
-    ]
-    if convs:
-        for name in convs:
+
+
+class ConvRule(ScheduleRule[tvm.IRModule]):
+    """One ``conv`` block, or one per phase of a sub-pixel transposed convolution: the
+    implicit-GEMM rule (:func:`schedule_conv`) per block, then one thread per output for
+    anything not yet inside a kernel (the blocks after the epilogue)."""
+
+    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+        return bool(_root_blocks(func, CONV))
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+        sch = s_tir.Schedule(func)
+        for name in _root_blocks(func, CONV):
             schedule_conv(sch, sch.get_sblock(name), min_blocks=2 * multiprocessors(target))
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             if not any(  # anything not yet inside a kernel: blocks after the epilogue
@@ -413,6 +422,11 @@ def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
             ):
                 _bind_one_thread_per_output(sch, block)
         return sch.mod
+
+
+def dlight_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+    """dlight's reduction and fallback rules: pools, heads, resize, element-wise (and the
+    fallback of a CUDA rule that failed)."""
     mod = tvm.IRModule({"main": func})
     with target:
         return dlight.ApplyDefaultSchedule(
@@ -420,3 +434,22 @@ def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
             dlight.gpu.GeneralReduction(),
             dlight.gpu.Fallback(),
         )(mod)
+
+
+#: The CUDA rules, in order: the first that applies schedules the function
+#: (:func:`schedule_gpu`); a function none applies to gets :func:`dlight_schedule`.
+CUDA_RULES: tuple[ScheduleRule[tvm.IRModule], ...] = (GatherRule(), ConvRule())
+
+
+def _root_blocks(func: tirx.PrimFunc, base: str) -> list[str]:
+    """Names of ``func``'s root blocks that are ``base`` or ``base`` made unique."""
+    sch = s_tir.Schedule(func)
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    return [name for name in names if is_numbered(name, base)]
+
+
+def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
+    """Schedule ``func`` by the first of :data:`CUDA_RULES` that applies, else by dlight
+    (:func:`dlight_schedule`); a rule that raises is an error under
+    ``CONVFORGE_STRICT_SCHEDULES=1``, else a logged warning and the dlight schedule."""
+    return apply_rules(CUDA_RULES, func, target, dlight_schedule)

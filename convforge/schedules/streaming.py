@@ -17,11 +17,20 @@ import contextlib
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.ops.blocks import (
+    BIAS_LAYOUT,
+    CONCAT,
+    CONV_EPILOGUE,
+    PAD,
+    SKIP_RELU,
+    STATE_SPLIT_ATTR,
+    WEIGHT_LAYOUT,
+)
 from convforge.schedules.cpu import schedule_cpu
 from convforge.targets import profile, vector_lanes
 
 #: Blocks computed where they are read (views, concatenation, bias epilogues).
-INLINED = ("weight_layout", "bias_layout", "concat", "pad", "conv_epilogue", "skip_relu")
+INLINED = (WEIGHT_LAYOUT, BIAS_LAYOUT, CONCAT, PAD, CONV_EPILOGUE, SKIP_RELU)
 
 
 def _is_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
@@ -44,7 +53,7 @@ def _vectorize_flat(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> N
 def _schedule_state_copy(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
     """Split the time loop where the new state switches from old state to input, so each
     part is a plain contiguous copy (no per-element branch, no gather)."""
-    split = int(sch.get(block).annotations["state_split"])
+    split = int(sch.get(block).annotations[STATE_SPLIT_ATTR])
     *_, t = sch.get_loops(block)
     if 0 < split < int(sch.get(t).extent):
         sch.loop_partition(t, [split, None])
@@ -80,7 +89,7 @@ def schedule_streaming(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IR
         lanes = vector_lanes(target, str(sch.get(block).writes[0].source.dtype))
         if _is_reduction(sch, block):
             _schedule_conv(sch, block)
-        elif "state_split" in sch.get(block).annotations:
+        elif STATE_SPLIT_ATTR in sch.get(block).annotations:
             _schedule_state_copy(sch, block)
         else:
             _vectorize_flat(sch, block, lanes)
