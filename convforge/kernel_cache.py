@@ -123,9 +123,7 @@ def schedule_code_digest() -> str:
     return digest.hexdigest()
 
 
-def key_parts_of(
-    kind: str, digest: str, target: tvm.target.Target, schedule: object
-) -> dict:
+def key_parts_of(kind: str, digest: str, target: tvm.target.Target, schedule: object) -> dict:
     """Key parts of another kind of entry (``kind``: e.g. ``"model"``, whose ``digest``
     identifies it as ``tir`` does a kernel; see :mod:`convforge.export.model_cache`)."""
     import convforge
@@ -198,9 +196,7 @@ def load(parts: dict) -> tuple[tvm.runtime.Module, dict] | None:
 
 
 def _check_parts(path: Path, parts: dict) -> dict:
-    from convforge.export.library import read_trailer
-
-    from convforge.export.library import trailer_bytes
+    from convforge.export.library import read_trailer, trailer_bytes
 
     record, _ = read_trailer(trailer_bytes(str(path)), str(path))
     if record.get("cache") != parts:

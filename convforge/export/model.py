@@ -119,10 +119,12 @@ class CompiledModel:
         if self._cache_entry is not None and isinstance(module, tvm.runtime.Executable):
             # Loading the stored library (machine code already made by its export) is
             # faster than the VM's JIT compile of the executable (0.3 s vs 5 s, ResNet-15).
-            with contextlib.suppress(FileNotFoundError, ValueError, RuntimeError):
-                with verified_library(os.fspath(self._cache_entry)) as library:
-                    with without_scope_warnings():
-                        module = tvm.runtime.load_module(library)
+            with (
+                contextlib.suppress(FileNotFoundError, ValueError, RuntimeError),
+                verified_library(os.fspath(self._cache_entry)) as library,
+                without_scope_warnings(),
+            ):
+                module = tvm.runtime.load_module(library)
         vm = relax.VirtualMachine(module, tvm.cpu())
         return vm, vm["main"]
 
@@ -704,7 +706,7 @@ def compile_model(
     options = {"input_shapes": input_shapes, "algorithm": algorithm}
     cached = _cached_model(model, resolved, options, tuning_db, profile, began)
     if cached is not None:
-        cached_model, parts = cached
+        cached_model = cached[0]
         if cached_model is not None:
             say(f"loaded from the cache ({profile.total:.2f} s)")
             cached_model._specialize = lambda shapes: compile_model(
@@ -754,8 +756,11 @@ def _cached_model(
     """The persistent cache's answer for this compile (:mod:`convforge.export.model_cache`):
     None when nothing is cached (disabled, GPU target, unreadable model), else (the loaded
     model or None on a miss, the entry's key parts)."""
+    from convforge import kernel_cache
     from convforge.export import model_cache
 
+    if not kernel_cache.enabled():
+        return None
     with profile.phase("cache lookup"):
         try:
             parts = model_cache.key_parts(model, target, options, tuning_db)
