@@ -70,11 +70,19 @@ class CompiledModel:
     ``{name: array}``), get a list of arrays; or ``run(output_names, feeds)`` as
     onnxruntime's ``InferenceSession.run``, and ``run_dict(feeds)`` for outputs by name.
 
-    Outputs come in the ONNX model's output order. A dynamic batch dimension compiles as 1
-    and larger batches run sample by sample. Other dynamic dimensions (the spatial sizes of
-    a fully convolutional model): a model from :func:`compile_model` compiles (once, then
-    cached) a specialization for each new size it is called with; a loaded library runs
-    the sizes it was compiled for only.
+    Outputs come in the ONNX model's output order.
+
+    What is static and what is dynamic: every dimension but a symbolic batch is static
+    (the shapes in :attr:`compiled_shapes`). A symbolic batch is dynamic in one library:
+    the model holds batched kernels for each of ``metadata["batch_buckets"]`` (default
+    1, 2, 4, 8) and a call of batch B runs the largest buckets that fit and concatenates
+    (:mod:`convforge.export.buckets`: B=8 is one batch-8 call, B=3 is 2 + 1, B=20 is
+    8 + 8 + 4), whether compiled or loaded. A batch fixed by ``input_shapes`` is static:
+    another batch is refused. Other dynamic dimensions (the spatial sizes of a fully
+    convolutional model): a model from :func:`compile_model` compiles (once, then cached)
+    a specialization for each new size it is called with; a loaded library runs the sizes
+    it was compiled for only. Libraries exported before batch buckets existed run a larger
+    batch sample by sample.
 
     Inputs must have the declared dtype (``TypeError`` otherwise: no implicit cast, as
     onnxruntime); scalar inputs (shape ``()``) are passed as 0-d arrays. An empty dynamic
@@ -108,6 +116,7 @@ class CompiledModel:
         self._rebuild: Callable[[], CompiledModel] | None = None
         self._vm_lock = threading.Lock()
         self._vm_main: tuple[relax.VirtualMachine, Any] | None = None
+        self._functions: dict[str, Any] = {}
         if not lazy:
             self._vm_main = self._make_vm()
         #: Seconds per compile phase (:class:`convforge.export.compile_profile.CompileProfile`)
@@ -137,6 +146,13 @@ class CompiledModel:
                 if self._vm_main is None:
                     self._vm_main = self._make_vm()
         return self._vm_main
+
+    def _function(self, name: str) -> Any:
+        """The VM's function ``name`` (a batch bucket's entry), looked up once."""
+        found = self._functions.get(name)
+        if found is None:
+            found = self._functions[name] = self._vm[name]
+        return found
 
     @property
     def _vm(self) -> relax.VirtualMachine:
@@ -297,6 +313,16 @@ class CompiledModel:
         }
         if size is None or compiled_batch == {size}:
             return self._run(bound)
+        buckets = self.metadata.get("batch_buckets")
+        if buckets:  # one library with batched kernels per bucket: see export/buckets.py
+            from convforge.export.buckets import function_name, split_batch
+
+            parts, start = [], 0
+            for bucket in split_batch(size, buckets):
+                chunk = [a[start : start + bucket] if b else a for a, b in zip(bound, batched)]
+                parts.append(self._run(chunk, function_name(bucket, min(buckets))))
+                start += bucket
+            return [np.concatenate(outs, axis=0) for outs in zip(*parts)]
         if compiled_batch != {1}:
             raise ValueError(f"compiled for batch {compiled_batch.pop()}, got batch {size}")
         samples = [
@@ -333,9 +359,10 @@ class CompiledModel:
         sample = [np.zeros((1, *a.shape[1:]), a.dtype) if b else a for a, b in zip(bound, batched)]
         return [out[:0] for out in self(*sample)]
 
-    def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _run(self, arrays: Sequence[np.ndarray], function: str = "main") -> list[np.ndarray]:
         device = tvm.cpu()
-        result = self._main(*[tvm.runtime.tensor(a, device) for a in arrays])
+        entry = self._main if function == "main" else self._function(function)
+        result = entry(*[tvm.runtime.tensor(a, device) for a in arrays])
         items = list(result) if isinstance(result, tvm.ir.Array | list | tuple) else [result]
         return [item.numpy() for item in items]
 
@@ -665,15 +692,32 @@ def compile_model(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     progress: Callable[[str], None] | None = None,
     algorithm: str = "auto",
+    *,
+    dynamic: Sequence[str] | None = None,
+    batch_buckets: Sequence[int] | None = None,
 ) -> CompiledModel:
     """Compile an ONNX model (ModelProto or path) with convforge kernels for ``target``.
 
     Convolution-family nodes (:data:`convforge.export.lowering.LOWERINGS`) run convforge's
     TE operators with its schedules (tuned where the tuning database directory
     ``tuning_db`` has a record); every other node keeps TVM's
-    default lowering. Dynamic dimensions: the batch compiles as 1 (larger batches run per
-    sample); other dynamic dimensions need ``input_shapes`` (name -> full shape), which
-    may also override declared spatial sizes of fully convolutional models.
+    default lowering.
+
+    Dynamic dimensions: a symbolic batch (dimension 0 of an input declared with a name such
+    as ``'N'`` or no size) stays dynamic: the graph is lowered with batched kernels for each
+    of ``batch_buckets`` (default ``$CONVFORGE_BATCH_BUCKETS``, else 1, 2, 4, 8; positive,
+    holding 1) into one library, and a batch B runs as the largest
+    buckets that fit (:mod:`convforge.export.buckets`). ``dynamic`` (names of symbolic
+    dims, e.g. ``["N"]``) says so explicitly; naming a dim that is not a batch (a spatial
+    one) is refused, as are names no input declares. ``input_shapes`` (name -> full shape)
+    fixes the other dynamic dimensions (required for them) and may override declared
+    spatial sizes of fully convolutional models; giving a symbolic batch a size other than
+    1 there compiles that batch only (static), unless ``dynamic`` or ``batch_buckets``
+    asks for a dynamic batch (then refused as a contradiction).
+
+    The compiled library is kept in the persistent cache (:mod:`convforge.kernel_cache`,
+    :mod:`convforge.export.model_cache`): a later compile of the same model bytes with the
+    same options, target, code and tuning state loads it instead of compiling.
 
     Before TVM's importer sees the model (:mod:`convforge.export.prepare`): a missing
     default opset, a dangling input, an op neither convforge nor TVM converts, integer
@@ -703,25 +747,38 @@ def compile_model(
     if tuning_db is not None:
         tuning_db = open_tuning_db(tuning_db)
     resolved = resolve_target(target)
-    options = {"input_shapes": input_shapes, "algorithm": algorithm}
+    from convforge.export.buckets import default_buckets
+
+    options = {
+        "input_shapes": input_shapes, "algorithm": algorithm, "dynamic": dynamic,
+        "batch_buckets": batch_buckets if batch_buckets is not None else default_buckets(),
+    }  # fmt: skip
     cached = _cached_model(model, resolved, options, tuning_db, profile, began)
     if cached is not None:
         cached_model = cached[0]
         if cached_model is not None:
             say(f"loaded from the cache ({profile.total:.2f} s)")
             cached_model._specialize = lambda shapes: compile_model(
-                model, resolved, tuning_db, shapes, progress, algorithm
-            )
+                model, resolved, tuning_db, shapes, progress, algorithm,
+                dynamic=dynamic, batch_buckets=batch_buckets,
+            )  # fmt: skip
             cached_model._rebuild = lambda: compile_model(
-                model, resolved, tuning_db, input_shapes, progress, algorithm
-            )
+                model, resolved, tuning_db, input_shapes, progress, algorithm,
+                dynamic=dynamic, batch_buckets=batch_buckets,
+            )  # fmt: skip
             return cached_model
     with profile.phase("load"):
         original = load_onnx(model)
-    mod, ctx, metadata = import_model(
-        original, resolved, tuning_db, input_shapes, progress, algorithm=algorithm,
-        profile=profile,
-    )  # fmt: skip
+    buckets = dynamic_batch_buckets(original, input_shapes, dynamic, batch_buckets)
+    if buckets is None:
+        mod, ctx, metadata = import_model(
+            original, resolved, tuning_db, input_shapes, progress, algorithm=algorithm,
+            profile=profile,
+        )  # fmt: skip
+    else:
+        mod, ctx, metadata = _import_buckets(
+            original, resolved, tuning_db, input_shapes, progress, algorithm, profile, buckets
+        )
     mod = _with_metadata(mod, metadata)
     say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
     start = time.perf_counter()
@@ -730,7 +787,10 @@ def compile_model(
 
     def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
         say(f"compiling a specialization for input shapes {shapes}")
-        return compile_model(original, resolved, tuning_db, shapes, progress, algorithm)
+        return compile_model(
+            original, resolved, tuning_db, shapes, progress, algorithm,
+            dynamic=dynamic, batch_buckets=batch_buckets,
+        )  # fmt: skip
 
     # The VM (and the JIT compile of the machine code) on first use: an export needs neither.
     compiled = CompiledModel(executable, json.loads(json.dumps(metadata)), specialize, lazy=True)
@@ -793,6 +853,107 @@ def _store_model(
 
     entry = model_cache.store(parts, write, target, json.loads(json.dumps(metadata)))
     return None if entry is None else str(entry)
+
+
+def _dim_names(model: Any) -> dict[str, list[str | None]]:
+    """Each non-initializer input's dims: the symbolic name (``dim_param``) or None."""
+    constants = {t.name for t in model.graph.initializer}
+    return {
+        v.name: [d.dim_param or None for d in v.type.tensor_type.shape.dim]
+        for v in model.graph.input
+        if v.name not in constants
+    }
+
+
+def dynamic_batch_buckets(
+    model: Any,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    dynamic: Sequence[str] | None,
+    batch_buckets: Sequence[int] | None,
+) -> tuple[int, ...] | None:
+    """The batch buckets to compile ``model`` for (see :func:`compile_model`), None for a
+    static batch. ValueError naming ``dynamic``/``batch_buckets`` and the rule for names no
+    input declares, a dynamic spatial dim, or a dynamic batch the model lacks or
+    ``input_shapes`` fixes."""
+    from convforge.export.buckets import check_buckets, default_buckets
+
+    specs = declared_inputs(model)
+    names = _dim_names(model)
+    given = dict(input_shapes or {}) if isinstance(input_shapes, Mapping) else {}
+    if dynamic is not None:
+        if isinstance(dynamic, str) or not isinstance(dynamic, Sequence):
+            raise ValueError(f"dynamic must be a list of dimension names, got {dynamic!r}")
+        for name in dynamic:
+            where = [(i, k) for i, dims in names.items() for k, d in enumerate(dims) if d == name]
+            if not where:
+                declared = sorted({d for dims in names.values() for d in dims if d})
+                raise ValueError(
+                    f"dynamic: no input declares a dimension named {name!r} (symbolic "
+                    f"dimensions: {declared})"
+                )
+            spatial = [(i, k) for i, k in where if k > 0]
+            if spatial:
+                raise ValueError(
+                    f"dynamic: {name!r} is dimension {spatial[0][1]} of input "
+                    f"{spatial[0][0]!r}; only a batch (dimension 0) can stay dynamic, give "
+                    f"spatial sizes with input_shapes"
+                )
+    asked = dynamic is not None or batch_buckets is not None
+    batched = [s for s in specs if s.shape and s.shape[0] is None]
+    if not batched:
+        if asked:
+            what = "dynamic" if dynamic is not None else "batch_buckets"
+            raise ValueError(f"{what}: no input of this model has a symbolic batch dimension")
+        return None
+    fixed = {
+        s.name: given[s.name][0]
+        for s in batched
+        if isinstance(given.get(s.name), Sequence) and len(given[s.name]) and given[s.name][0] != 1
+    }
+    if fixed:
+        if asked:
+            name, size = next(iter(fixed.items()))
+            raise ValueError(
+                f"input_shapes[{name!r}] fixes the batch to {size}, but dynamic/batch_buckets "
+                "asks for a dynamic batch: give batch 1 there (or leave it out)"
+            )
+        return None
+    return check_buckets(default_buckets() if batch_buckets is None else batch_buckets)
+
+
+def _import_buckets(
+    original: Any,
+    target: tvm.target.Target,
+    tuning_db: str | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    progress: Callable[[str], None] | None,
+    algorithm: str,
+    profile: Any,
+    buckets: Sequence[int],
+) -> tuple[tvm.IRModule, LoweringContext, dict]:
+    """:func:`import_model` once per batch bucket, merged into one module
+    (:func:`convforge.export.buckets.merge_buckets`); the smallest bucket's context and
+    metadata, with ``batch_buckets`` added."""
+    from convforge.export.buckets import merge_buckets
+
+    specs = declared_inputs(original)
+    base = _compiled_shapes(specs, input_shapes)
+    modules, first = {}, None
+    for bucket in buckets:
+        shapes = {
+            s.name: (bucket, *base[s.name][1:]) if s.shape and s.shape[0] is None else base[s.name]
+            for s in specs
+        }
+        (progress or (lambda m: None))(f"lowering for batch {bucket} (buckets {list(buckets)})")
+        modules[bucket], ctx, metadata = import_model(
+            original, target, tuning_db, shapes, progress, algorithm=algorithm, profile=profile
+        )
+        first = first or (ctx, metadata)
+    with profile.phase("merge buckets"):
+        mod = merge_buckets(modules)
+    ctx, metadata = first
+    metadata["batch_buckets"] = list(buckets)
+    return mod, ctx, metadata
 
 
 def import_model(
