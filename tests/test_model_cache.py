@@ -13,6 +13,7 @@ import pytest
 from onnx import helper
 
 import convforge as cf
+from convforge.cli import main
 from convforge.export.check import compare, run_onnxruntime
 from tests.isolated import run_isolated
 
@@ -69,6 +70,7 @@ import json, sys, time
 began = time.perf_counter()
 import numpy as np
 import convforge as cf
+from convforge.cli import main
 model = cf.compile_model(sys.argv[1])
 x = np.load(sys.argv[2])
 y = model(x)[0]
@@ -142,13 +144,16 @@ def test_changed_option_or_model_misses(cache, tmp_path):
     assert _hit(cf.compile_model(model))
     assert not _hit(cf.compile_model(model, algorithm="direct"))
     assert not _hit(cf.compile_model(model, input_shapes={"x": (2, 3, 12, 12)}))
+    database = tmp_path / "tuning-db"
+    database.mkdir()
+    assert not _hit(cf.compile_model(model, tuning_db=database))  # tuning state is in the key
     changed = _model(seed=1)  # other weights
     compiled = cf.compile_model(changed)
     assert not _hit(compiled)
     _assert_matches_onnxruntime(changed, compiled)
-    assert len(_entries(cache)) == 4
+    assert len(_entries(cache)) == 5
     records = [_trailer(entry)["cache"] for entry in _entries(cache)]
-    assert sorted(r["options"]["algorithm"] for r in records) == ["auto", "auto", "auto", "direct"]
+    assert sorted(r["options"]["algorithm"] for r in records) == ["auto"] * 4 + ["direct"]
     assert len({r["model"] for r in records}) == 2
 
 
@@ -156,3 +161,16 @@ def _trailer(path) -> dict:
     from convforge.export.library import read_trailer, trailer_bytes
 
     return read_trailer(trailer_bytes(str(path)), str(path))[0]
+
+
+def test_convforge_compile_uses_the_cache(cache, tmp_path, capsys):
+    model = _model()
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    for name in ("first.so", "second.so"):
+        assert main(["compile", str(path), "-o", str(tmp_path / name)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("loaded from the cache") == 1  # the second compile only
+    assert len(_entries(cache)) == 1
+    for name in ("first.so", "second.so"):
+        _assert_matches_onnxruntime(model, cf.load(tmp_path / name), batch=2)
