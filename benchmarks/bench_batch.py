@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench_compile import resnet15
     from convforge.examples import networks
 
+    os.environ.pop("CONVFORGE_PROFILE_COMPILE", None)  # set by importing bench_compile
     model = resnet15() if args.model == "resnet15" else networks.resnet50()
     name = model.graph.input[0].name
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
