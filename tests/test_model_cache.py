@@ -6,6 +6,9 @@ Every result is checked against onnxruntime running the same ONNX graph (the ora
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import onnx
@@ -174,3 +177,37 @@ def test_convforge_compile_uses_the_cache(cache, tmp_path, capsys):
     assert len(_entries(cache)) == 1
     for name in ("first.so", "second.so"):
         _assert_matches_onnxruntime(model, cf.load(tmp_path / name), batch=2)
+
+
+_WRITER = """
+import sys, numpy as np, convforge as cf
+model = cf.compile_model(sys.argv[1])
+np.save(sys.argv[2], model(np.load(sys.argv[3]))[0])
+"""
+
+
+def test_two_processes_compiling_one_model_both_succeed(cache, tmp_path):
+    model = _model(seed=2)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(4).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    argv = [sys.executable, "-c", textwrap.dedent(_WRITER), str(path)]
+    writers = [
+        subprocess.Popen(
+            [*argv, str(tmp_path / f"y{i}.npy"), str(tmp_path / "x.npy")],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for writer in writers:
+        _, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err
+    (theirs,) = run_onnxruntime(model, {"x": x})
+    for i in range(2):
+        assert compare(np.load(tmp_path / f"y{i}.npy"), theirs).ok
+    assert len(_entries(cache)) == 1  # one entry (valid: hit below), no temporary file left
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]
+    _assert_matches_onnxruntime(model, cf.compile_model(path), batch=2)
+    assert _hit(cf.compile_model(path))
