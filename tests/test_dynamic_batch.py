@@ -79,10 +79,11 @@ def test_one_library_serves_every_batch_size(tmp_path, monkeypatch):
         assert ours["y"].shape == (3, 6, 5, 5)
         assert compare(ours["y"], theirs[0]).ok and compare(ours["z"], theirs[1]).ok
 
-    # The CLI's options reach compile_model.
+    # dynamic=["N"] keeps the batch dynamic where input_shapes gives batch 1; the CLI's
+    # options reach compile_model.
     two = tmp_path / "two.so"
     assert main(["compile", str(path), "-o", str(two), "--dynamic", "N",
-                 "--batch-buckets", "1,4"]) == 0  # fmt: skip
+                 "--batch-buckets", "1,4", "--input-shape", "x=1,3,12,12"]) == 0  # fmt: skip
     loaded = cf.load(two)
     assert loaded.metadata["batch_buckets"] == [1, 4]
     _assert_batches_match_onnxruntime(model, loaded, (6,))
@@ -114,6 +115,9 @@ def test_weights_are_not_repeated_per_bucket(tmp_path):
 
 def test_static_batch_and_refusals(tmp_path, monkeypatch, capsys):
     model = _model()
+    one = cf.compile_model(model, input_shapes={"x": (1, 3, 12, 12)})  # as 0.1.7: batch-1 calls
+    assert "batch_buckets" not in one.metadata
+    _assert_batches_match_onnxruntime(model, one, (3,))
     static = cf.compile_model(model, input_shapes={"x": (2, 3, 12, 12)})  # batch 2 only
     assert "batch_buckets" not in static.metadata
     _assert_batches_match_onnxruntime(model, static, (2,))

@@ -77,12 +77,12 @@ class CompiledModel:
     the model holds batched kernels for each of ``metadata["batch_buckets"]`` (default
     1, 2, 4, 8) and a call of batch B runs the largest buckets that fit and concatenates
     (:mod:`convforge.export.buckets`: B=8 is one batch-8 call, B=3 is 2 + 1, B=20 is
-    8 + 8 + 4), whether compiled or loaded. A batch fixed by ``input_shapes`` is static:
-    another batch is refused. Other dynamic dimensions (the spatial sizes of a fully
+    8 + 8 + 4), whether compiled or loaded. A batch given by ``input_shapes`` is static:
+    another batch is refused, except that a batch-1 build runs a larger batch as batch-1
+    calls (see :func:`compile_model`). Other dynamic dimensions (the spatial sizes of a fully
     convolutional model): a model from :func:`compile_model` compiles (once, then cached)
     a specialization for each new size it is called with; a loaded library runs the sizes
-    it was compiled for only. Libraries exported before batch buckets existed run a larger
-    batch sample by sample.
+    it was compiled for only.
 
     Inputs must have the declared dtype (``TypeError`` otherwise: no implicit cast, as
     onnxruntime); scalar inputs (shape ``()``) are passed as 0-d arrays. An empty dynamic
@@ -704,16 +704,18 @@ def compile_model(
     default lowering.
 
     Dynamic dimensions: a symbolic batch (dimension 0 of an input declared with a name such
-    as ``'N'`` or no size) stays dynamic: the graph is lowered with batched kernels for each
-    of ``batch_buckets`` (default ``$CONVFORGE_BATCH_BUCKETS``, else 1, 2, 4, 8; positive,
-    holding 1) into one library, and a batch B runs as the largest
-    buckets that fit (:mod:`convforge.export.buckets`). ``dynamic`` (names of symbolic
-    dims, e.g. ``["N"]``) says so explicitly; naming a dim that is not a batch (a spatial
-    one) is refused, as are names no input declares. ``input_shapes`` (name -> full shape)
-    fixes the other dynamic dimensions (required for them) and may override declared
-    spatial sizes of fully convolutional models; giving a symbolic batch a size other than
-    1 there compiles that batch only (static), unless ``dynamic`` or ``batch_buckets``
-    asks for a dynamic batch (then refused as a contradiction).
+    as ``'N'`` or no size) that ``input_shapes`` does not give stays dynamic: the graph is
+    lowered with batched kernels for each of ``batch_buckets`` (default
+    ``$CONVFORGE_BATCH_BUCKETS``, else 1, 2, 4, 8; positive, holding 1) into one library,
+    and a batch B runs as the largest buckets that fit (:mod:`convforge.export.buckets`).
+    ``dynamic`` (names of symbolic dims, e.g. ``["N"]``) or ``batch_buckets`` asks for that
+    explicitly, also where ``input_shapes`` gives the input (its batch must then be 1);
+    naming a dim that is not a batch (a spatial one) in ``dynamic`` is refused, as are
+    names no input declares. ``input_shapes`` (name -> full shape) fixes what it gives: the
+    other dynamic dimensions (required for them), declared spatial sizes of fully
+    convolutional models, and, without ``dynamic``/``batch_buckets``, the batch: a batch of
+    B > 1 there is static (another batch is refused), a batch of 1 runs larger batches as
+    batch-1 calls (as convforge 0.1.7 did; what ``convforge check`` compiles).
 
     The compiled library is kept in the persistent cache (:mod:`convforge.kernel_cache`,
     :mod:`convforge.export.model_cache`): a later compile of the same model bytes with the
@@ -905,19 +907,19 @@ def dynamic_batch_buckets(
             what = "dynamic" if dynamic is not None else "batch_buckets"
             raise ValueError(f"{what}: no input of this model has a symbolic batch dimension")
         return None
+    if not asked and any(s.name in given for s in batched):
+        return None  # input_shapes gives the batch: static (batch 1: larger ones per sample)
     fixed = {
         s.name: given[s.name][0]
         for s in batched
         if isinstance(given.get(s.name), Sequence) and len(given[s.name]) and given[s.name][0] != 1
     }
     if fixed:
-        if asked:
-            name, size = next(iter(fixed.items()))
-            raise ValueError(
-                f"input_shapes[{name!r}] fixes the batch to {size}, but dynamic/batch_buckets "
-                "asks for a dynamic batch: give batch 1 there (or leave it out)"
-            )
-        return None
+        name, size = next(iter(fixed.items()))
+        raise ValueError(
+            f"input_shapes[{name!r}] fixes the batch to {size}, but dynamic/batch_buckets "
+            "asks for a dynamic batch: give batch 1 there (or leave it out)"
+        )
     return check_buckets(default_buckets() if batch_buckets is None else batch_buckets)
 
 
