@@ -45,7 +45,8 @@ def _model(seed: int = 0, channels: int = 4) -> onnx.ModelProto:
         nodes, "cached",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 12, 12])],
         [helper.make_tensor_value_info("g", onnx.TensorProto.FLOAT, ["N", 6, 1, 1])],
-        initializer=[onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2")],
+        initializer=[onnx.numpy_helper.from_array(w1, "w1"),
+                     onnx.numpy_helper.from_array(w2, "w2")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10

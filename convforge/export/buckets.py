@@ -1,10 +1,11 @@
 """Dynamic batch: one library, the graph lowered for several batch sizes ("buckets").
 
-A model whose inputs have a symbolic batch dimension is lowered once per bucket size (by
-default :data:`DEFAULT_BATCH_BUCKETS`, or ``$CONVFORGE_BATCH_BUCKETS``), every time with batched convforge kernels of that
-batch. The relax functions of every bucket go into ONE module (:func:`merge_buckets`): the
-smallest bucket's entry function stays ``main`` (the compiled shape, what ``time`` and
-``report`` run), bucket ``b``'s is ``main_b{b}`` and its kernels are suffixed ``_b{b}``.
+A model whose inputs have a symbolic batch dimension is lowered once per bucket size
+(:data:`DEFAULT_BATCH_BUCKETS`, ``$CONVFORGE_BATCH_BUCKETS`` or ``batch_buckets=``), each
+time with batched convforge kernels of that batch. The relax functions of every bucket go
+into ONE module (:func:`merge_buckets`): the smallest bucket's entry function stays
+``main`` (the compiled shape, what ``time`` and ``report`` run), bucket ``b``'s is
+``main_b{b}`` and its kernels are suffixed ``_b{b}``.
 So one shared library serves every batch size: a call of batch ``B`` runs the largest
 buckets that fit, largest first (:func:`split_batch`: with 1, 2, 4, 8, B=8 is one ``b8``
 call, B=3 is b2 + b1, B=20 is b8 + b8 + b4) and concatenates their outputs along axis 0.
@@ -12,8 +13,11 @@ call, B=3 is b2 + b1, B=20 is b8 + b8 + b4) and concatenates their outputs along
 Why buckets and not a symbolic batch in the kernels: convforge's TE kernels and their
 schedules are built for static shapes (tile sizes, packing, Winograd tiles are picked from
 the extents), so a ``tirx.Var`` batch would lose the schedule. The cost is compile time and
-code size: each bucket's kernels are compiled (ResNet-15 at 112x112, 2 cores under load:
-25.6 s -> 79 s compile, .so 67.1 -> 68.9 MB with 1, 2, 4, 8). The weights are not
+code size: each bucket's kernels are compiled (2 cores under load 4: ResNet-15 at
+112x112 25.6 s -> 79 s, the light ResNet-50 23.3 s -> 93.7 s; ResNet-15's .so 67.1 ->
+68.9 MB with 1, 2, 4, 8). Why 1, 2, 4, 8: powers of two split any batch into few calls
+(B <= 15: at most four), and 8 is where batching has paid off (the batch-8 bucket is within
+2% of a batch-8-only library), while each more bucket costs one more compile. The weights are not
 repeated: TVM's VM executable stores structurally equal constants once, so every bucket's
 copy of a weight (and of its packed form) is one constant in the library (measured: a
 2.4 MB weight, 2 388 236 bytes with one bucket, 2 424 468 with four;
@@ -21,9 +25,9 @@ copy of a weight (and of its packed form) is one constant in the library (measur
 thread): the batch-8 bucket runs within 2% of a library compiled for batch 8 only, and
 1.4x faster than eight batch-1 calls (the README has the table).
 
-Samples are assumed independent along the batch (as onnxruntime's result is for these
-models): an op that mixes samples (``BatchNormalization`` in training mode) is refused with
-a dynamic batch (:func:`convforge.export.prepare.expand_training_batch_norm`).
+Samples are assumed independent along the batch, as the per-sample loop of convforge
+0.1.7 assumed: ``BatchNormalization`` in training mode, which mixes samples, is refused
+with a dynamic batch (:func:`convforge.export.prepare.expand_training_batch_norm`).
 """
 
 from __future__ import annotations
