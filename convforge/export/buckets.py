@@ -110,6 +110,8 @@ def merge_buckets(modules: Mapping[int, tvm.IRModule]) -> tvm.IRModule:
     :func:`convforge.export.model.import_model` made for that batch); names as in the
     module doc."""
     smallest = min(modules)
+    if len(modules) == 1:
+        return modules[smallest]
     bb = relax.BlockBuilder()
     for bucket in sorted(modules):
         mod = modules[bucket]
