@@ -59,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("resnet15", "resnet50"), default="resnet15")
     parser.add_argument("--json", help="write the phases here (JSON)")
+    parser.add_argument(
+        "--batch-buckets", default=None, metavar="B1,B2,...",
+        help="batch buckets of the model's dynamic batch (default compile_model's: 1,2,4,8)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    buckets = (
+        None if args.batch_buckets is None else [int(b) for b in args.batch_buckets.split(",")]
+    )
 
     import_started = time.perf_counter()
     import convforge as cf
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = resnet15() if args.model == "resnet15" else networks.resnet50()
     convs = sum(n.op_type == "Conv" for n in model.graph.node)
-    compiled = compile_model(model)
+    compiled = compile_model(model, batch_buckets=buckets)
     profile = compiled.compile_profile
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -88,13 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     phases["export_library"] = exported
     phases["first call (VM, JIT)"] = first_call
     whole = imported + profile.total + exported + first_call
-    print(f"\n{args.model}: {convs} Conv nodes, {profile.kernels} convforge kernels "
+    print(f"\n{args.model}: {convs} Conv nodes, batch buckets "
+          f"{compiled.metadata.get('batch_buckets')}, {profile.kernels} convforge kernels "
           f"({profile.distinct_kernels} functions), load {os.getloadavg()[0]:.2f}")  # fmt: skip
     for name, seconds in phases.items():
         print(f"  {name:<24} {seconds:7.2f} s  {100 * seconds / whole:5.1f}%")
     print(f"  {'total':<24} {whole:7.2f} s")
     if args.json:
         data = {"model": args.model, "convs": convs, **profile.to_dict(), "phases": phases}
+        data["batch_buckets"] = compiled.metadata.get("batch_buckets")
         data["whole"] = whole
         data["loadavg"] = os.getloadavg()[0]
         from convforge.filemode import atomic_write

@@ -12,7 +12,9 @@ holds the key's parts under ``"cache"``. The key is the SHA-256 of those parts:
   (:func:`convforge.schedules.tuning.database_state`: a database that gains a record is
   another key). The tuning record a kernel was scheduled by is stored with the entry.
 
-A hit therefore skips scheduling as well as TVM's compile.
+A hit therefore skips scheduling as well as TVM's compile. Whole compiled models are
+entries of this cache too (:mod:`convforge.export.model_cache`: a ``model`` part instead of
+``tir``), under the same folder, bound and rules.
 
 Contract:
 
@@ -121,6 +123,25 @@ def schedule_code_digest() -> str:
     return digest.hexdigest()
 
 
+def key_parts_of(kind: str, digest: str, target: tvm.target.Target, schedule: object) -> dict:
+    """Key parts of another kind of entry (``kind``: e.g. ``"model"``, whose ``digest``
+    identifies it as ``tir`` does a kernel; see :mod:`convforge.export.model_cache`)."""
+    import convforge
+
+    return {
+        "convforge": convforge.__version__,
+        "tvm": tvm.__version__,
+        "target": target_key(target),
+        kind: digest,
+        "schedule": json.loads(json.dumps(schedule, default=str)),
+    }
+
+
+def entry_path(parts: dict) -> Path:
+    """The file of the entry of ``parts`` (which may not exist)."""
+    return cache_dir() / f"{entry_key(parts)}.so"
+
+
 def entry_key(parts: dict) -> str:
     """The file stem of an entry: SHA-256 of its parts (first 32 hex digits)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
@@ -131,6 +152,11 @@ def _entries(folder: Path) -> list[Path]:
         return [p for p in folder.iterdir() if p.suffix == ".so" and not p.name.startswith(".")]
     except FileNotFoundError:
         return []
+
+
+def discard(path: Path, reason: str) -> None:
+    """Warn that the entry ``path`` is corrupt (``reason``) and delete it."""
+    _discard(path, reason)
 
 
 def _discard(path: Path, reason: str) -> None:
@@ -152,7 +178,7 @@ def load(parts: dict) -> tuple[tvm.runtime.Module, dict] | None:
         return None
     from convforge.export.library import verified_library
 
-    path = cache_dir() / f"{entry_key(parts)}.so"
+    path = entry_path(parts)
     if not path.is_file():
         return None
     try:
@@ -170,11 +196,9 @@ def load(parts: dict) -> tuple[tvm.runtime.Module, dict] | None:
 
 
 def _check_parts(path: Path, parts: dict) -> dict:
-    from convforge.export.library import read_trailer
+    from convforge.export.library import read_trailer, trailer_bytes
 
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - (1 << 16)))
-        record, _ = read_trailer(f.read(), str(path))
+    record, _ = read_trailer(trailer_bytes(str(path)), str(path))
     if record.get("cache") != parts:
         raise ValueError("its recorded key differs from its file name's")
     extra = record.get("extra", {})
@@ -188,13 +212,13 @@ def store(
     executable: tvm.runtime.Executable,
     target: tvm.target.Target,
     extra: dict | None = None,
-) -> None:
+) -> bool:
     """Write ``executable`` as the entry of ``parts`` (atomically), with ``extra`` (a JSON
     object :func:`load` hands back, e.g. the tuning record used), then evict down to the
     bound. Does nothing when the cache is disabled; an OSError (read-only or full disk) is
-    a warning, never a failure of the caller."""
+    a warning, never a failure of the caller. True when the entry was written."""
     if not enabled():
-        return
+        return False
     from convforge.export.library import append_trailer
     from convforge.filemode import atomic_write
 
@@ -214,6 +238,8 @@ def store(
             UserWarning,
             stacklevel=2,
         )
+        return False
+    return True
 
 
 def evict(limit: int | None = None) -> int:

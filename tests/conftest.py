@@ -16,6 +16,10 @@ os.environ["CONVFORGE_CACHE_DIR"] = _KERNEL_CACHE
 os.environ["CONVFORGE_CACHE"] = "0"
 os.environ.pop("CONVFORGE_CACHE_SIZE", None)
 atexit.register(shutil.rmtree, _KERNEL_CACHE, ignore_errors=True)
+# A symbolic batch compiles one function per batch bucket (1, 2, 4, 8 by default: about 3x the
+# compile time); outside tests/test_dynamic_batch.py one bucket (batch 1, larger batches as
+# several batch-1 calls) keeps the run's time.
+os.environ["CONVFORGE_BATCH_BUCKETS"] = "1"
 # Tests count compiled kernels with build.cache_size(): the in-process LRU must not drop one
 # meanwhile (tests/test_kernel_cache.py sets its own bound).
 os.environ["CONVFORGE_MEMORY_CACHE"] = "1000000"

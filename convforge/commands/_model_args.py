@@ -20,14 +20,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
 
 
-def compile_from_args(args: argparse.Namespace, progress: Callable[[str], None] | None):
+def compile_from_args(args: argparse.Namespace, progress: Callable[[str], None] | None, **options):
     """``compile_model`` of ``args.model`` with the options :func:`add_model_arguments`
-    added (target, tuning database, input shapes, algorithm); ``progress`` as there."""
+    added (target, tuning database, input shapes, algorithm) and ``options`` (the command's
+    own, e.g. ``dynamic``); ``progress`` as there."""
     from convforge.export.model import compile_model
 
     return compile_model(
         args.model, target=resolved_target(args), tuning_db=tuning_db(args),
         input_shapes=input_shapes(args), progress=progress, algorithm=args.algorithm,
+        **options,
     )  # fmt: skip
 
 

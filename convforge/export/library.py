@@ -118,6 +118,24 @@ def read_trailer(data: bytes, path: str) -> tuple[dict, int]:
     return record, start
 
 
+def trailer_bytes(path: str) -> bytes:
+    """The end of the file at ``path`` holding its whole trailer (for :func:`read_trailer`),
+    without reading the library before it; a file too short for a trailer is read whole."""
+    tail = _LENGTH.size + len(MAGIC)
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < tail:
+            f.seek(0)
+            return f.read()
+        f.seek(size - tail)
+        end = f.read()
+        if not end.endswith(MAGIC):
+            return end
+        (length,) = _LENGTH.unpack(end[: _LENGTH.size])
+        f.seek(max(0, size - tail - length))
+        return f.read()
+
+
 def host_features() -> set[str]:
     """The LLVM names (keys of :data:`CPUINFO_FLAGS`) of the extensions this CPU has: from
     ``/proc/cpuinfo``'s flags, else LLVM's features of the host CPU."""

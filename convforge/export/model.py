@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -69,11 +70,19 @@ class CompiledModel:
     ``{name: array}``), get a list of arrays; or ``run(output_names, feeds)`` as
     onnxruntime's ``InferenceSession.run``, and ``run_dict(feeds)`` for outputs by name.
 
-    Outputs come in the ONNX model's output order. A dynamic batch dimension compiles as 1
-    and larger batches run sample by sample. Other dynamic dimensions (the spatial sizes of
-    a fully convolutional model): a model from :func:`compile_model` compiles (once, then
-    cached) a specialization for each new size it is called with; a loaded library runs
-    the sizes it was compiled for only.
+    Outputs come in the ONNX model's output order.
+
+    What is static and what is dynamic: every dimension but a symbolic batch is static
+    (the shapes in :attr:`compiled_shapes`). A symbolic batch is dynamic in one library:
+    the model holds batched kernels for each of ``metadata["batch_buckets"]`` (default
+    1, 2, 4, 8) and a call of batch B runs the largest buckets that fit and concatenates
+    (:mod:`convforge.export.buckets`: B=8 is one batch-8 call, B=3 is 2 + 1, B=20 is
+    8 + 8 + 4), whether compiled or loaded. A batch given by ``input_shapes`` is static:
+    another batch is refused, except that a batch-1 build runs a larger batch as batch-1
+    calls (see :func:`compile_model`). Other dynamic dimensions (the spatial sizes of a fully
+    convolutional model): a model from :func:`compile_model` compiles (once, then cached)
+    a specialization for each new size it is called with; a loaded library runs the sizes
+    it was compiled for only.
 
     Inputs must have the declared dtype (``TypeError`` otherwise: no implicit cast, as
     onnxruntime); scalar inputs (shape ``()``) are passed as 0-d arrays. An empty dynamic
@@ -101,8 +110,13 @@ class CompiledModel:
             TensorSpec(o["name"], tuple(o["shape"]), o["dtype"]) for o in metadata["outputs"]
         ]
         self.compiled_shapes = {i["name"]: tuple(i["compiled_shape"]) for i in metadata["inputs"]}
+        #: The persistent cache's entry holding this model's library (export copies it).
+        self._cache_entry: str | os.PathLike | None = None
+        #: For a model loaded from the cache: compiles it again (when its entry is gone).
+        self._rebuild: Callable[[], CompiledModel] | None = None
         self._vm_lock = threading.Lock()
         self._vm_main: tuple[relax.VirtualMachine, Any] | None = None
+        self._functions: dict[str, Any] = {}
         if not lazy:
             self._vm_main = self._make_vm()
         #: Seconds per compile phase (:class:`convforge.export.compile_profile.CompileProfile`)
@@ -110,7 +124,17 @@ class CompiledModel:
         self.compile_profile = None
 
     def _make_vm(self) -> tuple[relax.VirtualMachine, Any]:
-        vm = relax.VirtualMachine(self._module, tvm.cpu())
+        module = self._module
+        if self._cache_entry is not None and isinstance(module, tvm.runtime.Executable):
+            # Loading the stored library (machine code already made by its export) is
+            # faster than the VM's JIT compile of the executable (0.3 s vs 5 s, ResNet-15).
+            with (
+                contextlib.suppress(FileNotFoundError, ValueError, RuntimeError),
+                verified_library(os.fspath(self._cache_entry)) as library,
+                without_scope_warnings(),
+            ):
+                module = tvm.runtime.load_module(library)
+        vm = relax.VirtualMachine(module, tvm.cpu())
         return vm, vm["main"]
 
     def _vm_and_main(self) -> tuple[relax.VirtualMachine, Any]:
@@ -122,6 +146,13 @@ class CompiledModel:
                 if self._vm_main is None:
                     self._vm_main = self._make_vm()
         return self._vm_main
+
+    def _function(self, name: str) -> Any:
+        """The VM's function ``name`` (a batch bucket's entry), looked up once."""
+        found = self._functions.get(name)
+        if found is None:
+            found = self._functions[name] = self._vm[name]
+        return found
 
     @property
     def _vm(self) -> relax.VirtualMachine:
@@ -282,6 +313,16 @@ class CompiledModel:
         }
         if size is None or compiled_batch == {size}:
             return self._run(bound)
+        buckets = self.metadata.get("batch_buckets")
+        if buckets:  # one library with batched kernels per bucket: see export/buckets.py
+            from convforge.export.buckets import function_name, split_batch
+
+            parts, start = [], 0
+            for bucket in split_batch(size, buckets):
+                chunk = [a[start : start + bucket] if b else a for a, b in zip(bound, batched)]
+                parts.append(self._run(chunk, function_name(bucket, min(buckets))))
+                start += bucket
+            return [np.concatenate(outs, axis=0) for outs in zip(*parts)]
         if compiled_batch != {1}:
             raise ValueError(f"compiled for batch {compiled_batch.pop()}, got batch {size}")
         samples = [
@@ -318,9 +359,10 @@ class CompiledModel:
         sample = [np.zeros((1, *a.shape[1:]), a.dtype) if b else a for a, b in zip(bound, batched)]
         return [out[:0] for out in self(*sample)]
 
-    def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _run(self, arrays: Sequence[np.ndarray], function: str = "main") -> list[np.ndarray]:
         device = tvm.cpu()
-        result = self._main(*[tvm.runtime.tensor(a, device) for a in arrays])
+        entry = self._main if function == "main" else self._function(function)
+        result = entry(*[tvm.runtime.tensor(a, device) for a in arrays])
         items = list(result) if isinstance(result, tvm.ir.Array | list | tuple) else [result]
         return [item.numpy() for item in items]
 
@@ -346,7 +388,12 @@ class CompiledModel:
         """Write one shared library (code, weights, description) atomically to ``path``,
         followed by a trailer holding its SHA-256 and target, which :func:`load` verifies
         (see :mod:`convforge.export.library`)."""
+        if self._cache_entry is not None and self._export_cached(path):
+            return
         if not isinstance(self._module, tvm.runtime.Executable):
+            if self._rebuild is not None:  # its cache entry is gone: compile it again
+                self._rebuild().export_library(path)
+                return
             raise ValueError("a loaded model is already a library; copy its file instead")
 
         def write(tmp: str) -> None:
@@ -355,6 +402,21 @@ class CompiledModel:
             append_trailer(tmp, self.target)  # checksum and target, which load() verifies
 
         atomic_write(path, write, executable=True, suffix=".so")
+
+    def _export_cached(self, path: str | os.PathLike) -> bool:
+        """Export by copying the verified library of this model's persistent cache entry
+        (no second link); False when the entry is gone or fails verification."""
+
+        def write(tmp: str) -> None:
+            with verified_library(os.fspath(self._cache_entry)) as library:
+                shutil.copyfile(library, tmp)
+            append_trailer(tmp, self.target)
+
+        try:
+            atomic_write(path, write, executable=True, suffix=".so")
+        except (FileNotFoundError, ValueError):  # evicted, or damaged since it was stored
+            return False
+        return True
 
     def report(self, *arrays: np.ndarray, runs: int = 3) -> ModelReport:
         """Each ONNX node with the kernel serving it and that kernel's time, in milliseconds
@@ -630,15 +692,34 @@ def compile_model(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     progress: Callable[[str], None] | None = None,
     algorithm: str = "auto",
+    *,
+    dynamic: Sequence[str] | None = None,
+    batch_buckets: Sequence[int] | None = None,
 ) -> CompiledModel:
     """Compile an ONNX model (ModelProto or path) with convforge kernels for ``target``.
 
     Convolution-family nodes (:data:`convforge.export.lowering.LOWERINGS`) run convforge's
     TE operators with its schedules (tuned where the tuning database directory
     ``tuning_db`` has a record); every other node keeps TVM's
-    default lowering. Dynamic dimensions: the batch compiles as 1 (larger batches run per
-    sample); other dynamic dimensions need ``input_shapes`` (name -> full shape), which
-    may also override declared spatial sizes of fully convolutional models.
+    default lowering.
+
+    Dynamic dimensions: a symbolic batch (dimension 0 of an input declared with a name such
+    as ``'N'`` or no size) that ``input_shapes`` does not give stays dynamic: the graph is
+    lowered with batched kernels for each of ``batch_buckets`` (default
+    ``$CONVFORGE_BATCH_BUCKETS``, else 1, 2, 4, 8; positive, holding 1) into one library,
+    and a batch B runs as the largest buckets that fit (:mod:`convforge.export.buckets`).
+    ``dynamic`` (names of symbolic dims, e.g. ``["N"]``) or ``batch_buckets`` asks for that
+    explicitly, also where ``input_shapes`` gives the input (its batch must then be 1);
+    naming a dim that is not a batch (a spatial one) in ``dynamic`` is refused, as are
+    names no input declares. ``input_shapes`` (name -> full shape) fixes what it gives: the
+    other dynamic dimensions (required for them), declared spatial sizes of fully
+    convolutional models, and, without ``dynamic``/``batch_buckets``, the batch: a batch of
+    B > 1 there is static (another batch is refused), a batch of 1 runs larger batches as
+    batch-1 calls (as convforge 0.1.7 did; what ``convforge check`` compiles).
+
+    The compiled library is kept in the persistent cache (:mod:`convforge.kernel_cache`,
+    :mod:`convforge.export.model_cache`): a later compile of the same model bytes with the
+    same options, target, code and tuning state loads it instead of compiling.
 
     Before TVM's importer sees the model (:mod:`convforge.export.prepare`): a missing
     default opset, a dangling input, an op neither convforge nor TVM converts, integer
@@ -668,12 +749,38 @@ def compile_model(
     if tuning_db is not None:
         tuning_db = open_tuning_db(tuning_db)
     resolved = resolve_target(target)
+    from convforge.export.buckets import default_buckets
+
+    options = {
+        "input_shapes": input_shapes, "algorithm": algorithm, "dynamic": dynamic,
+        "batch_buckets": batch_buckets if batch_buckets is not None else default_buckets(),
+    }  # fmt: skip
+    cached = _cached_model(model, resolved, options, tuning_db, profile, began)
+    if cached is not None:
+        cached_model = cached[0]
+        if cached_model is not None:
+            say(f"loaded from the cache ({profile.total:.2f} s)")
+            cached_model._specialize = lambda shapes: compile_model(
+                model, resolved, tuning_db, shapes, progress, algorithm,
+                dynamic=dynamic, batch_buckets=batch_buckets,
+            )  # fmt: skip
+            cached_model._rebuild = lambda: compile_model(
+                model, resolved, tuning_db, input_shapes, progress, algorithm,
+                dynamic=dynamic, batch_buckets=batch_buckets,
+            )  # fmt: skip
+            return cached_model
     with profile.phase("load"):
         original = load_onnx(model)
-    mod, ctx, metadata = import_model(
-        original, resolved, tuning_db, input_shapes, progress, algorithm=algorithm,
-        profile=profile,
-    )  # fmt: skip
+    buckets = dynamic_batch_buckets(original, input_shapes, dynamic, batch_buckets)
+    if buckets is None:
+        mod, ctx, metadata = import_model(
+            original, resolved, tuning_db, input_shapes, progress, algorithm=algorithm,
+            profile=profile,
+        )  # fmt: skip
+    else:
+        mod, ctx, metadata = _import_buckets(
+            original, resolved, tuning_db, input_shapes, progress, algorithm, profile, buckets
+        )
     mod = _with_metadata(mod, metadata)
     say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
     start = time.perf_counter()
@@ -682,16 +789,173 @@ def compile_model(
 
     def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
         say(f"compiling a specialization for input shapes {shapes}")
-        return compile_model(original, resolved, tuning_db, shapes, progress, algorithm)
+        return compile_model(
+            original, resolved, tuning_db, shapes, progress, algorithm,
+            dynamic=dynamic, batch_buckets=batch_buckets,
+        )  # fmt: skip
 
     # The VM (and the JIT compile of the machine code) on first use: an export needs neither.
     compiled = CompiledModel(executable, json.loads(json.dumps(metadata)), specialize, lazy=True)
+    if cached is not None:
+        with profile.phase("cache store"):
+            compiled._cache_entry = _store_model(cached[1], executable, resolved, metadata)
     profile.total = time.perf_counter() - began
     profile.kernels = len(ctx.records)
     profile.distinct_kernels = len(ctx.added_functions)
     profile.print_if_enabled()
     compiled.compile_profile = profile
     return compiled
+
+
+def _cached_model(
+    model: Any,
+    target: tvm.target.Target,
+    options: dict,
+    tuning_db: str | None,
+    profile: Any,
+    began: float,
+) -> tuple[CompiledModel | None, dict] | None:
+    """The persistent cache's answer for this compile (:mod:`convforge.export.model_cache`):
+    None when nothing is cached (disabled, GPU target, unreadable model), else (the loaded
+    model or None on a miss, the entry's key parts)."""
+    from convforge import kernel_cache
+    from convforge.export import model_cache
+
+    if not kernel_cache.enabled():
+        return None
+    with profile.phase("cache lookup"):
+        try:
+            parts = model_cache.key_parts(model, target, options, tuning_db)
+        except (TypeError, ValueError):  # options that are not even serializable: compile
+            parts = None  # refuses them with its own message
+        if parts is None:
+            return None
+        with without_scope_warnings():
+            hit = model_cache.load(parts)
+    if hit is None:
+        return None, parts
+    module, metadata, entry = hit
+    compiled = CompiledModel(module, metadata, lazy=True)
+    compiled._cache_entry = entry
+    profile.total = time.perf_counter() - began
+    profile.print_if_enabled()
+    compiled.compile_profile = profile
+    return compiled, parts
+
+
+def _store_model(
+    parts: dict, executable: tvm.runtime.Executable, target: tvm.target.Target, metadata: dict
+) -> str | None:
+    """Store a compiled model in the persistent cache; the entry's path (or None)."""
+    from convforge.export import model_cache
+
+    def write(tmp: str) -> None:
+        with without_scope_warnings():
+            executable.export_library(tmp)
+
+    entry = model_cache.store(parts, write, target, json.loads(json.dumps(metadata)))
+    return None if entry is None else str(entry)
+
+
+def _dim_names(model: Any) -> dict[str, list[str | None]]:
+    """Each non-initializer input's dims: the symbolic name (``dim_param``) or None."""
+    constants = {t.name for t in model.graph.initializer}
+    return {
+        v.name: [d.dim_param or None for d in v.type.tensor_type.shape.dim]
+        for v in model.graph.input
+        if v.name not in constants
+    }
+
+
+def dynamic_batch_buckets(
+    model: Any,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    dynamic: Sequence[str] | None,
+    batch_buckets: Sequence[int] | None,
+) -> tuple[int, ...] | None:
+    """The batch buckets to compile ``model`` for (see :func:`compile_model`), None for a
+    static batch. ValueError naming ``dynamic``/``batch_buckets`` and the rule for names no
+    input declares, a dynamic spatial dim, or a dynamic batch the model lacks or
+    ``input_shapes`` fixes."""
+    from convforge.export.buckets import check_buckets, default_buckets
+
+    specs = declared_inputs(model)
+    names = _dim_names(model)
+    given = dict(input_shapes or {}) if isinstance(input_shapes, Mapping) else {}
+    if dynamic is not None:
+        if isinstance(dynamic, str) or not isinstance(dynamic, Sequence):
+            raise ValueError(f"dynamic must be a list of dimension names, got {dynamic!r}")
+        for name in dynamic:
+            where = [(i, k) for i, dims in names.items() for k, d in enumerate(dims) if d == name]
+            if not where:
+                declared = sorted({d for dims in names.values() for d in dims if d})
+                raise ValueError(
+                    f"dynamic: no input declares a dimension named {name!r} (symbolic "
+                    f"dimensions: {declared})"
+                )
+            spatial = [(i, k) for i, k in where if k > 0]
+            if spatial:
+                raise ValueError(
+                    f"dynamic: {name!r} is dimension {spatial[0][1]} of input "
+                    f"{spatial[0][0]!r}; only a batch (dimension 0) can stay dynamic, give "
+                    f"spatial sizes with input_shapes"
+                )
+    asked = dynamic is not None or batch_buckets is not None
+    batched = [s for s in specs if s.shape and s.shape[0] is None]
+    if not batched:
+        if asked:
+            what = "dynamic" if dynamic is not None else "batch_buckets"
+            raise ValueError(f"{what}: no input of this model has a symbolic batch dimension")
+        return None
+    if not asked and any(s.name in given for s in batched):
+        return None  # input_shapes gives the batch: static (batch 1: larger ones per sample)
+    fixed = {
+        s.name: given[s.name][0]
+        for s in batched
+        if isinstance(given.get(s.name), Sequence) and len(given[s.name]) and given[s.name][0] != 1
+    }
+    if fixed:
+        name, size = next(iter(fixed.items()))
+        raise ValueError(
+            f"input_shapes[{name!r}] fixes the batch to {size}, but dynamic/batch_buckets "
+            "asks for a dynamic batch: give batch 1 there (or leave it out)"
+        )
+    return check_buckets(default_buckets() if batch_buckets is None else batch_buckets)
+
+
+def _import_buckets(
+    original: Any,
+    target: tvm.target.Target,
+    tuning_db: str | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    progress: Callable[[str], None] | None,
+    algorithm: str,
+    profile: Any,
+    buckets: Sequence[int],
+) -> tuple[tvm.IRModule, LoweringContext, dict]:
+    """:func:`import_model` once per batch bucket, merged into one module
+    (:func:`convforge.export.buckets.merge_buckets`); the smallest bucket's context and
+    metadata, with ``batch_buckets`` added."""
+    from convforge.export.buckets import merge_buckets
+
+    specs = declared_inputs(original)
+    base = _compiled_shapes(specs, input_shapes)
+    modules, first = {}, None
+    for bucket in buckets:
+        shapes = {
+            s.name: (bucket, *base[s.name][1:]) if s.shape and s.shape[0] is None else base[s.name]
+            for s in specs
+        }
+        (progress or (lambda m: None))(f"lowering for batch {bucket} (buckets {list(buckets)})")
+        modules[bucket], ctx, metadata = import_model(
+            original, target, tuning_db, shapes, progress, algorithm=algorithm, profile=profile
+        )
+        first = first or (ctx, metadata)
+    with profile.phase("merge buckets"):
+        mod = merge_buckets(modules)
+    ctx, metadata = first
+    metadata["batch_buckets"] = list(buckets)
+    return mod, ctx, metadata
 
 
 def import_model(

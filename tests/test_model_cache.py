@@ -1,0 +1,214 @@
+"""Whole compiled models in the persistent cache (convforge.export.model_cache).
+
+Every result is checked against onnxruntime running the same ONNX graph (the oracle).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import convforge as cf
+from convforge.cli import main
+from convforge.export.check import compare, run_onnxruntime
+from tests.isolated import run_isolated
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("CONVFORGE_CACHE_DIR", str(folder))
+    monkeypatch.delenv("CONVFORGE_CACHE", raising=False)
+    monkeypatch.delenv("CONVFORGE_CACHE_SIZE", raising=False)
+    return folder
+
+
+def _model(seed: int = 0, channels: int = 4) -> onnx.ModelProto:
+    """Conv+Relu, a strided Conv and a global pool over a dynamic batch ``N``."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((channels, 3, 3, 3)) / 5).astype(np.float32)
+    w2 = (rng.standard_normal((6, channels, 3, 3)) / 6).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["y"], ["g"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "cached",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 12, 12])],
+        [helper.make_tensor_value_info("g", onnx.TensorProto.FLOAT, ["N", 6, 1, 1])],
+        initializer=[onnx.numpy_helper.from_array(w1, "w1"),
+                     onnx.numpy_helper.from_array(w2, "w2")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def _entries(folder) -> list:
+    return sorted(p for p in folder.glob("*.so") if not p.name.startswith("."))
+
+
+def _assert_matches_onnxruntime(model, compiled, batch: int = 1) -> None:
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 12, 12)).astype(np.float32)
+    (ours,) = compiled(x)
+    (theirs,) = run_onnxruntime(model, {"x": x})
+    agreement = compare(ours, theirs)
+    assert agreement.ok, agreement
+
+
+def _hit(compiled) -> bool:
+    return set(compiled.compile_profile.phases) == {"cache lookup"}
+
+
+_SECOND_PROCESS = """
+import json, sys, time
+began = time.perf_counter()
+import numpy as np
+import convforge as cf
+from convforge.cli import main
+model = cf.compile_model(sys.argv[1])
+x = np.load(sys.argv[2])
+y = model(x)[0]
+seconds = time.perf_counter() - began
+np.save(sys.argv[3], y)
+model.export_library(sys.argv[4])
+print(json.dumps({"phases": sorted(model.compile_profile.phases), "seconds": seconds}))
+"""
+
+
+def test_second_process_loads_the_model_from_the_cache(cache, tmp_path):
+    model = _model()
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    first = cf.compile_model(path)
+    assert not _hit(first) and len(_entries(cache)) == 1
+    _assert_matches_onnxruntime(model, first)  # its VM loads the stored library
+
+    x = np.random.default_rng(3).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out, library = tmp_path / "y.npy", tmp_path / "exported.so"
+    done = run_isolated(_SECOND_PROCESS, args=[str(path), str(tmp_path / "x.npy"), str(out),
+                                               str(library)])  # fmt: skip
+    assert done.returncode == 0, done.describe()
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["phases"] == ["cache lookup"], report  # nothing compiled
+    assert compare(np.load(out), run_onnxruntime(model, {"x": x})[0]).ok
+    # The export of a model loaded from the cache is a library cf.load verifies and runs.
+    _assert_matches_onnxruntime(model, cf.load(library))
+    assert len(_entries(cache)) == 1
+
+
+def test_corrupt_entry_is_skipped_with_a_warning_and_rebuilt(cache):
+    model = _model()
+    cf.compile_model(model)
+    (entry,) = _entries(cache)
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="corrupt entry"):
+        rebuilt = cf.compile_model(model)
+    assert not _hit(rebuilt)
+    _assert_matches_onnxruntime(model, rebuilt, batch=1)
+    (entry,) = _entries(cache)  # written again, whole
+    again = cf.compile_model(model)
+    assert _hit(again)
+    _assert_matches_onnxruntime(model, again)
+
+    entry.write_bytes(b"garbage")  # not even a trailer
+    with pytest.warns(UserWarning, match="corrupt entry"):
+        rebuilt = cf.compile_model(model)
+    _assert_matches_onnxruntime(model, rebuilt)
+
+
+def test_disabled_cache_is_bypassed(cache, monkeypatch):
+    monkeypatch.setenv("CONVFORGE_CACHE", "0")
+    model = _model()
+    compiled = cf.compile_model(model)
+    assert "cache lookup" not in compiled.compile_profile.phases
+    assert not cache.exists() or _entries(cache) == []
+    monkeypatch.setenv("CONVFORGE_CACHE", "1")
+    cf.compile_model(model)
+    monkeypatch.setenv("CONVFORGE_CACHE", "0")
+    compiled = cf.compile_model(model)  # an entry exists, but the cache is off
+    assert not _hit(compiled) and "load" in compiled.compile_profile.phases
+
+
+def test_changed_option_or_model_misses(cache, tmp_path):
+    model = _model()
+    assert not _hit(cf.compile_model(model))
+    assert _hit(cf.compile_model(model))
+    assert not _hit(cf.compile_model(model, algorithm="direct"))
+    assert not _hit(cf.compile_model(model, input_shapes={"x": (2, 3, 12, 12)}))
+    database = tmp_path / "tuning-db"
+    database.mkdir()
+    assert not _hit(cf.compile_model(model, tuning_db=database))  # tuning state is in the key
+    changed = _model(seed=1)  # other weights
+    compiled = cf.compile_model(changed)
+    assert not _hit(compiled)
+    _assert_matches_onnxruntime(changed, compiled)
+    assert len(_entries(cache)) == 5
+    records = [_trailer(entry)["cache"] for entry in _entries(cache)]
+    assert sorted(r["options"]["algorithm"] for r in records) == ["auto"] * 4 + ["direct"]
+    assert len({r["model"] for r in records}) == 2
+
+
+def _trailer(path) -> dict:
+    from convforge.export.library import read_trailer, trailer_bytes
+
+    return read_trailer(trailer_bytes(str(path)), str(path))[0]
+
+
+def test_convforge_compile_uses_the_cache(cache, tmp_path, capsys):
+    model = _model()
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    for name in ("first.so", "second.so"):
+        assert main(["compile", str(path), "-o", str(tmp_path / name)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("loaded from the cache") == 1  # the second compile only
+    assert len(_entries(cache)) == 1
+    for name in ("first.so", "second.so"):
+        _assert_matches_onnxruntime(model, cf.load(tmp_path / name), batch=2)
+
+
+_WRITER = """
+import sys, numpy as np, convforge as cf
+model = cf.compile_model(sys.argv[1])
+np.save(sys.argv[2], model(np.load(sys.argv[3]))[0])
+"""
+
+
+def test_two_processes_compiling_one_model_both_succeed(cache, tmp_path):
+    model = _model(seed=2)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(4).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    argv = [sys.executable, "-c", textwrap.dedent(_WRITER), str(path)]
+    writers = [
+        subprocess.Popen(
+            [*argv, str(tmp_path / f"y{i}.npy"), str(tmp_path / "x.npy")],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for writer in writers:
+        _, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err
+    (theirs,) = run_onnxruntime(model, {"x": x})
+    for i in range(2):
+        assert compare(np.load(tmp_path / f"y{i}.npy"), theirs).ok
+    assert len(_entries(cache)) == 1  # one entry (valid: hit below), no temporary file left
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]
+    _assert_matches_onnxruntime(model, cf.compile_model(path), batch=2)
+    assert _hit(cf.compile_model(path))
