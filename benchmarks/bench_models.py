@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tvm
 
-from convforge.demo import Row, table_header, table_line
+from convforge.demo import Row, batch_one, table_header, table_line
 from convforge.examples import networks
 from convforge.export.check import compare, quiet_thread_pools, session
 from convforge.export.check_model import make_inputs
@@ -58,7 +58,7 @@ def measure(name: str, rounds: int, tuning_db: str | None) -> dict:
     model = MODELS[name]()
     feeds = make_inputs(model, seed=0)
     start = time.perf_counter()
-    compiled = compile_model(model, tuning_db=tuning_db)
+    compiled = compile_model(model, tuning_db=tuning_db, **batch_one(model))
     compile_seconds = time.perf_counter() - start
     sess = session(model, spinning=False)
     ours, theirs = compiled(**feeds), sess.run(None, feeds)

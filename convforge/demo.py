@@ -22,7 +22,13 @@ import numpy as np
 from convforge.examples import networks
 from convforge.export.check import compare, quiet_thread_pools, session
 from convforge.export.check_model import make_inputs
-from convforge.export.model import CompiledModel, compile_model, load, median_seconds
+from convforge.export.model import (
+    CompiledModel,
+    compile_model,
+    declared_inputs,
+    load,
+    median_seconds,
+)
 from convforge.export.onnx_graphs import save_model
 from convforge.filemode import atomic_write
 
@@ -43,12 +49,19 @@ def onnxruntime_latency(model, feeds: dict, repeat: int = 5) -> float:
     return median_seconds(lambda: sess.run(None, feeds), repeat)
 
 
+def batch_one(model) -> dict:
+    """``compile_model`` options for a model run at batch 1 only: one batch bucket where
+    the batch is symbolic (the default buckets would compile it four times)."""
+    symbolic = any(s.shape and s.shape[0] is None for s in declared_inputs(model))
+    return {"batch_buckets": (1,)} if symbolic else {}
+
+
 def run_network(name: str, model, folder: str, repeat: int) -> tuple[Row, CompiledModel, dict]:
     """Save, compile, export, reload, time and check one network."""
     save_model(model, os.path.join(folder, f"{name}.onnx"))
     feeds = make_inputs(model, seed=0)
     start = time.perf_counter()
-    compiled = compile_model(model)
+    compiled = compile_model(model, **batch_one(model))
     compile_seconds = time.perf_counter() - start
     library = os.path.join(folder, f"{name}.so")
     compiled.export_library(library)
