@@ -29,7 +29,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import tvm
@@ -650,6 +650,22 @@ def choose_algorithm(
     raise _winograd_refusal(geom, dtype, target)
 
 
+def _cached_per_target(plan: Callable[..., ConvPlan]) -> Callable[..., ConvPlan]:
+    """``plan(geom, dtype, target, **options)`` cached by its arguments with ``target``
+    resolved first (:func:`~convforge.targets.resolve_target`), so every way of naming a
+    target shares one entry and the cache key is hashable."""
+    cached = functools.lru_cache(maxsize=1024)(plan)
+
+    @functools.wraps(plan)
+    def planned(
+        geom: shapes.ConvGeometry, dtype: str, target: TargetArg = None, **options: Any
+    ) -> ConvPlan:
+        return cached(geom, dtype, resolve_target(target), **options)
+
+    return planned
+
+
+@_cached_per_target
 def plan_conv(
     geom: shapes.ConvGeometry,
     dtype: str,
@@ -684,33 +700,11 @@ def plan_conv(
     ``reshape=False`` keeps the kernel geometry the convolution's (no subsample, no row of
     positions): the kernel reads x and w as given (an exported library's caller).
 
-    Cached by its arguments, the target resolved (the target queries cost about 1 ms,
-    and ``cf.conv`` plans on every call): a plan is computed once per distinct call, never
-    partly recomputed by callees.
+    Cached by its arguments, the target resolved first (:func:`_cached_per_target`; the
+    target queries cost about 1 ms, and ``cf.conv`` plans on every call): a plan is
+    computed once per distinct call, never partly recomputed by callees.
     """
     check_algorithm(algorithm)
-    return _plan_conv(
-        geom, dtype, resolve_target(target), constant_weight, algorithm, strict, pool, resize,
-        activation, bias, residual, reshape,
-    )  # fmt: skip
-
-
-@functools.lru_cache(maxsize=1024)
-def _plan_conv(
-    geom: shapes.ConvGeometry,
-    dtype: str,
-    target: tvm.target.Target,
-    constant_weight: bool,
-    algorithm: str,
-    strict: bool,
-    pool: shapes.PoolGeometry | None,
-    resize: shapes.ResizeGeometry | None,
-    activation: str | None,
-    bias: bool,
-    residual: bool,
-    reshape: bool,
-) -> ConvPlan:
-    """:func:`plan_conv` (arguments checked, target resolved), cached."""
     if resize is not None:
         return ConvPlan(
             geom, geom, dtype, ResizeConv(resize), activation, bias, residual,
