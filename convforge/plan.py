@@ -352,7 +352,7 @@ class Blocked(ConvAlgorithm):
     """Dense NCHW[x]c: output channels in blocks (:func:`dense_conv_blocks`); a constant
     weight is packed once (``ops.pack_weight_array``). Its pooled variant re-chooses the
     width block to divide the pool's width and reads the pool from the accumulators
-    (``ops.conv_nchwc_max_pool``)."""
+    (``ops.conv_nchwc`` with its ``pool``)."""
 
     blocks: ops.ChannelBlocks
     pool: shapes.PoolGeometry | None = None
@@ -374,14 +374,10 @@ class Blocked(ConvAlgorithm):
         return None if blocks is None else cls(blocks)
 
     def compute(self, tx, tw, tb, tr, geom, activation, *, packed):
-        if self.pool is not None:
-            return ops.conv_nchwc_max_pool(
-                tx, tw, tb, geom, self.blocks, self.pool, activation,
-                weight_packed=packed, residual=tr,
-            )  # fmt: skip
         return ops.conv_nchwc(
-            tx, tw, tb, geom, self.blocks, activation, weight_packed=packed, residual=tr
-        )
+            tx, tw, tb, geom, self.blocks, activation, weight_packed=packed, residual=tr,
+            pool=self.pool,
+        )  # fmt: skip
 
     def pack(self, w):
         return ops.pack_weight_array(w, self.blocks)

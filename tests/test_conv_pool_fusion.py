@@ -199,7 +199,7 @@ def test_nchwc_pool_schedule_keeps_one_register_tile(width_block, rng):
 
     def computation():
         x, w, b = (te.placeholder(s, "float32", n) for s, n in [(geom.x_shape, "x"), (geom.w_shape, "w"), ((16,), "b")])  # fmt: skip
-        return [x, w, b], [ops.conv_nchwc_max_pool(x, w, b, geom, blocks, pool, "relu")]
+        return [x, w, b], [ops.conv_nchwc(x, w, b, geom, blocks, "relu", pool=pool)]
 
     target = host_target()
     inputs, outputs = computation()
@@ -257,7 +257,7 @@ def test_nchwc_pool_builds_for_aarch64_neon():
 
     def computation():
         x, w = te.placeholder(geom.x_shape, "float32", "x"), te.placeholder(geom.w_shape, "float32", "w")  # fmt: skip
-        return [x, w], [ops.conv_nchwc_max_pool(x, w, None, geom, blocks, pool, "relu")]
+        return [x, w], [ops.conv_nchwc(x, w, None, geom, blocks, "relu", pool=pool)]
 
     asm = compile_computation("conv_max_pool", computation, neon).executable.mod.inspect_source(
         "asm"
