@@ -647,16 +647,24 @@ def choose_algorithm(
 
 
 def _cached_per_target(plan: Callable[..., ConvPlan]) -> Callable[..., ConvPlan]:
-    """``plan(geom, dtype, target, **options)`` cached by its arguments with ``target``
-    resolved first (:func:`~convforge.targets.resolve_target`), so every way of naming a
-    target shares one entry and the cache key is hashable."""
+    """``plan(geom, dtype, target, *, algorithm, **options)`` cached by its arguments, with
+    ``algorithm`` checked (:func:`check_algorithm`: ValueError, not the cache's TypeError
+    for an unhashable value) and ``target`` resolved first
+    (:func:`~convforge.targets.resolve_target`: a string or dict names a hashable
+    ``Target``)."""
     cached = functools.lru_cache(maxsize=1024)(plan)
 
     @functools.wraps(plan)
     def planned(
-        geom: shapes.ConvGeometry, dtype: str, target: TargetArg = None, **options: Any
+        geom: shapes.ConvGeometry,
+        dtype: str,
+        target: TargetArg = None,
+        *,
+        algorithm: str = "auto",
+        **options: Any,
     ) -> ConvPlan:
-        return cached(geom, dtype, resolve_target(target), **options)
+        check_algorithm(algorithm)
+        return cached(geom, dtype, resolve_target(target), algorithm=algorithm, **options)
 
     return planned
 
@@ -700,7 +708,6 @@ def plan_conv(
     target queries cost about 1 ms, and ``cf.conv`` plans on every call): a plan is
     computed once per distinct call, never partly recomputed by callees.
     """
-    check_algorithm(algorithm)
     if resize is not None:
         return ConvPlan(
             geom, geom, dtype, ResizeConv(resize), activation, bias, residual,
