@@ -35,8 +35,7 @@ from convforge.export.check import quiet_thread_pools
 
 def _winograd_only(ctx, node, x, winograd, direct):
     """``lowering._finite_or_direct`` as it was before: the Winograd kernel, unchecked."""
-    kernel, attrs, args, compute, macs = winograd
-    return ctx.emit_kernel(node, "Conv", kernel, attrs, args, compute, macs)
+    return ctx.emit_kernel(node, "Conv", winograd)
 
 
 def _median_call(fn, number: int) -> float:

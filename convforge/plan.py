@@ -29,7 +29,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import tvm
@@ -352,7 +352,7 @@ class Blocked(ConvAlgorithm):
     """Dense NCHW[x]c: output channels in blocks (:func:`dense_conv_blocks`); a constant
     weight is packed once (``ops.pack_weight_array``). Its pooled variant re-chooses the
     width block to divide the pool's width and reads the pool from the accumulators
-    (``ops.conv_nchwc_max_pool``)."""
+    (``ops.conv_nchwc`` with its ``pool``)."""
 
     blocks: ops.ChannelBlocks
     pool: shapes.PoolGeometry | None = None
@@ -374,14 +374,10 @@ class Blocked(ConvAlgorithm):
         return None if blocks is None else cls(blocks)
 
     def compute(self, tx, tw, tb, tr, geom, activation, *, packed):
-        if self.pool is not None:
-            return ops.conv_nchwc_max_pool(
-                tx, tw, tb, geom, self.blocks, self.pool, activation,
-                weight_packed=packed, residual=tr,
-            )  # fmt: skip
         return ops.conv_nchwc(
-            tx, tw, tb, geom, self.blocks, activation, weight_packed=packed, residual=tr
-        )
+            tx, tw, tb, geom, self.blocks, activation, weight_packed=packed, residual=tr,
+            pool=self.pool,
+        )  # fmt: skip
 
     def pack(self, w):
         return ops.pack_weight_array(w, self.blocks)
@@ -650,6 +646,30 @@ def choose_algorithm(
     raise _winograd_refusal(geom, dtype, target)
 
 
+def _cached_per_target(plan: Callable[..., ConvPlan]) -> Callable[..., ConvPlan]:
+    """``plan(geom, dtype, target, *, algorithm, **options)`` cached by its arguments, with
+    ``algorithm`` checked (:func:`check_algorithm`: ValueError, not the cache's TypeError
+    for an unhashable value) and ``target`` resolved first
+    (:func:`~convforge.targets.resolve_target`: a string or dict names a hashable
+    ``Target``)."""
+    cached = functools.lru_cache(maxsize=1024)(plan)
+
+    @functools.wraps(plan)
+    def planned(
+        geom: shapes.ConvGeometry,
+        dtype: str,
+        target: TargetArg = None,
+        *,
+        algorithm: str = "auto",
+        **options: Any,
+    ) -> ConvPlan:
+        check_algorithm(algorithm)
+        return cached(geom, dtype, resolve_target(target), algorithm=algorithm, **options)
+
+    return planned
+
+
+@_cached_per_target
 def plan_conv(
     geom: shapes.ConvGeometry,
     dtype: str,
@@ -684,33 +704,10 @@ def plan_conv(
     ``reshape=False`` keeps the kernel geometry the convolution's (no subsample, no row of
     positions): the kernel reads x and w as given (an exported library's caller).
 
-    Cached by its arguments, the target resolved (the target queries cost about 1 ms,
-    and ``cf.conv`` plans on every call): a plan is computed once per distinct call, never
-    partly recomputed by callees.
+    Cached by its arguments, the target resolved first (:func:`_cached_per_target`; the
+    target queries cost about 1 ms, and ``cf.conv`` plans on every call): a plan is
+    computed once per distinct call, never partly recomputed by callees.
     """
-    check_algorithm(algorithm)
-    return _plan_conv(
-        geom, dtype, resolve_target(target), constant_weight, algorithm, strict, pool, resize,
-        activation, bias, residual, reshape,
-    )  # fmt: skip
-
-
-@functools.lru_cache(maxsize=1024)
-def _plan_conv(
-    geom: shapes.ConvGeometry,
-    dtype: str,
-    target: tvm.target.Target,
-    constant_weight: bool,
-    algorithm: str,
-    strict: bool,
-    pool: shapes.PoolGeometry | None,
-    resize: shapes.ResizeGeometry | None,
-    activation: str | None,
-    bias: bool,
-    residual: bool,
-    reshape: bool,
-) -> ConvPlan:
-    """:func:`plan_conv` (arguments checked, target resolved), cached."""
     if resize is not None:
         return ConvPlan(
             geom, geom, dtype, ResizeConv(resize), activation, bias, residual,

@@ -370,6 +370,18 @@ def _conv_arguments(
     return x_shape, w_shape, stride_t, dilation_t, groups
 
 
+def _check_window_fits(axis: int, size: int, k: int, d: int, lo: int, hi: int) -> None:
+    """ValueError unless the dilated window (``d * (k - 1) + 1``) fits the input of ``size``
+    padded by ``lo`` and ``hi`` along spatial ``axis`` (convolutions and pools alike)."""
+    span = d * (k - 1) + 1
+    if span > size + lo + hi:
+        raise ValueError(
+            f"kernel is larger than the padded input along spatial axis {axis}: "
+            f"dilated kernel {span} (k={k}, dilation={d}) > padded input {size + lo + hi} "
+            f"(size {size} + padding {lo}+{hi})"
+        )
+
+
 def conv_geometry(
     x_shape: Sequence[int],
     w_shape: Sequence[int],
@@ -402,13 +414,7 @@ def conv_geometry(
     pads = resolve_padding(padding, in_size, kernel, stride_t, dilation_t)
     out_size = []
     for axis, (i, k, s, d, (lo, hi)) in enumerate(zip(in_size, kernel, stride_t, dilation_t, pads)):
-        span = d * (k - 1) + 1
-        if span > i + lo + hi:
-            raise ValueError(
-                f"kernel is larger than the padded input along spatial axis {axis}: "
-                f"dilated kernel {span} (k={k}, dilation={d}) > padded input {i + lo + hi} "
-                f"(size {i} + padding {lo}+{hi})"
-            )
+        _check_window_fits(axis, i, k, d, lo, hi)
         out_size.append(conv_output_size(i, k, s, lo, hi, d))
     return ConvGeometry(
         batch, channels, out_channels, groups, tuple(in_size), tuple(kernel),
@@ -910,13 +916,7 @@ def pool_geometry(
             raise ValueError(
                 f"padding ({lo}, {hi}) must be smaller than the kernel ({k}) along spatial axis {axis}"
             )
-        span = d * (k - 1) + 1
-        if span > i + lo + hi:
-            raise ValueError(
-                f"kernel is larger than the padded input along spatial axis {axis}: "
-                f"dilated kernel {span} (k={k}, dilation={d}) > padded input {i + lo + hi} "
-                f"(size {i} + padding {lo}+{hi})"
-            )
+        _check_window_fits(axis, i, k, d, lo, hi)
         out_size.append(pool_output_size(i, k, s, lo, hi, d, ceil_mode))
     return PoolGeometry(
         kind, batch, channels, tuple(in_size), kernel_t, stride_t, dilation_t, pads, ceil_mode,

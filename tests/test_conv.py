@@ -9,19 +9,15 @@ from hypothesis import strategies as st
 import convforge as cf
 from convforge import shapes
 from convforge.export import compare, conv_model, run_onnxruntime
+from tests.strategies import grouped_conv_axes
 
 
 @st.composite
 def conv_cases(draw):
-    nd = draw(st.integers(1, 3))
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
-    cin = groups * draw(st.integers(1, 3))
-    cout = groups * draw(st.integers(1, 3))
+    nd, groups, cin, cout, kernel, stride = draw(grouped_conv_axes(in_per_group=3))
     if draw(st.booleans()) and nd < 3:  # depthwise
         groups, cin = cin, cin
         cout = cin * draw(st.integers(1, 2))
-    kernel = tuple(draw(st.integers(1, 4 if nd < 3 else 3)) for _ in range(nd))
-    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
     dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd))
     padding = draw(
         st.one_of(

@@ -53,6 +53,23 @@ def _weights(rng, **shapes_):
     return {n: (rng.standard_normal(s) / np.sqrt(np.prod(s[1:]))).astype(np.float32) for n, s in shapes_.items()}  # fmt: skip
 
 
+def _pooled_convs(k3_activation, ceil_mode):
+    """Three padded 3x3 convs on x pooled by 4, 2 and 3 (``pool_k4``, ``pool_k2``,
+    ``pool_k3``): k4 with bias and ReLU, k2 plain (``ceil_mode`` on its pool), k3 with bias
+    and ``k3_activation`` (node ``<activation>_k3``). Weights w1..w3, biases b1 and b3."""
+    act = k3_activation.lower()
+    return [
+        _conv("conv_k4", "x", "c1", "w1", "b1", pads=[1] * 4),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu_k4"),
+        _pool("pool_k4", "r1", "pool_k4", 4),
+        _conv("conv_k2", "x", "c2", "w2", pads=[1] * 4),
+        _pool("pool_k2", "c2", "pool_k2", 2, ceil_mode=ceil_mode),
+        _conv("conv_k3", "x", "c3", "w3", "b3", pads=[1] * 4),
+        helper.make_node(k3_activation, ["c3"], ["r3"], name=f"{act}_k3"),
+        _pool("pool_k3", "r3", "pool_k3", 3),
+    ]
+
+
 def _compile_and_compare(model, x):
     compiled = cf.compile_model(model)
     ours, theirs = compiled(x=x), run_onnxruntime(model, {"x": x})
@@ -67,14 +84,7 @@ def test_nchwc_conv_pools_fuse_and_match_onnxruntime(rng):
     ceil_mode without overhang, a residual; batch 2."""
     x_shape = (2, 3, 18, 22)
     nodes = [
-        _conv("conv_k4", "x", "c1", "w1", "b1", pads=[1] * 4),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu_k4"),
-        _pool("pool_k4", "r1", "pool_k4", 4),
-        _conv("conv_k2", "x", "c2", "w2", pads=[1] * 4),
-        _pool("pool_k2", "c2", "pool_k2", 2, ceil_mode=1),
-        _conv("conv_k3", "x", "c3", "w3", "b3", pads=[1] * 4),
-        helper.make_node("Sigmoid", ["c3"], ["r3"], name="sigmoid_k3"),
-        _pool("pool_k3", "r3", "pool_k3", 3),
+        *_pooled_convs("Sigmoid", ceil_mode=1),
         _conv("conv_a", "x", "c4", "w4", "b4"),
         _conv("conv_b", "x", "c5", "w5", "b5"),
         helper.make_node("Add", ["c4", "c5"], ["a5"], name="add_residual"),
@@ -99,14 +109,7 @@ def test_winograd_conv_pools_fuse_where_tiles_hold_whole_windows(rng):
     convolutions alike); 3x3 windows straddle tiles, so that pool keeps its own kernel."""
     x_shape = (2, 16, 18, 18)
     nodes = [
-        _conv("conv_k4", "x", "c1", "w1", "b1", pads=[1] * 4),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu_k4"),
-        _pool("pool_k4", "r1", "pool_k4", 4),
-        _conv("conv_k2", "x", "c2", "w2", pads=[1] * 4),
-        _pool("pool_k2", "c2", "pool_k2", 2),
-        _conv("conv_k3", "x", "c3", "w3", "b3", pads=[1] * 4),
-        helper.make_node("Relu", ["c3"], ["r3"], name="relu_k3"),
-        _pool("pool_k3", "r3", "pool_k3", 3),
+        *_pooled_convs("Relu", ceil_mode=0),
         _conv("conv_s2", "x", "c4", "w4", "b4", pads=[1] * 4, strides=[2, 2]),
         _pool("pool_s2", "c4", "pool_s2", 2),
     ]
@@ -196,7 +199,7 @@ def test_nchwc_pool_schedule_keeps_one_register_tile(width_block, rng):
 
     def computation():
         x, w, b = (te.placeholder(s, "float32", n) for s, n in [(geom.x_shape, "x"), (geom.w_shape, "w"), ((16,), "b")])  # fmt: skip
-        return [x, w, b], [ops.conv_nchwc_max_pool(x, w, b, geom, blocks, pool, "relu")]
+        return [x, w, b], [ops.conv_nchwc(x, w, b, geom, blocks, "relu", pool=pool)]
 
     target = host_target()
     inputs, outputs = computation()
@@ -254,7 +257,7 @@ def test_nchwc_pool_builds_for_aarch64_neon():
 
     def computation():
         x, w = te.placeholder(geom.x_shape, "float32", "x"), te.placeholder(geom.w_shape, "float32", "w")  # fmt: skip
-        return [x, w], [ops.conv_nchwc_max_pool(x, w, None, geom, blocks, pool, "relu")]
+        return [x, w], [ops.conv_nchwc(x, w, None, geom, blocks, "relu", pool=pool)]
 
     asm = compile_computation("conv_max_pool", computation, neon).executable.mod.inspect_source(
         "asm"

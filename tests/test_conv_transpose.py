@@ -16,21 +16,17 @@ from hypothesis import strategies as st
 import convforge as cf
 from convforge import shapes
 from convforge.export import compare, conv_transpose_model, run_onnxruntime
+from tests.strategies import grouped_conv_axes
 
 ACTIVATIONS = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0)}
 
 
 @st.composite
 def conv_transpose_cases(draw):
-    nd = draw(st.integers(1, 3))
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
-    cin = groups * draw(st.integers(1, 2))
-    cout = groups * draw(st.integers(1, 3))
+    nd, groups, cin, cout, kernel, stride = draw(grouped_conv_axes(in_per_group=2))
     if draw(st.booleans()):  # depthwise: one input channel per group
         groups = cin = draw(st.integers(1, 4))
         cout = cin * draw(st.integers(1, 2))
-    kernel = tuple(draw(st.integers(1, 4 if nd < 3 else 3)) for _ in range(nd))
-    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
     dilation = tuple(draw(st.integers(1, 3 if nd < 3 else 2)) for _ in range(nd))
     size = tuple(draw(st.integers(1, {1: 9, 2: 6, 3: 4}[nd])) for _ in range(nd))
     output_padding = tuple(

@@ -227,3 +227,21 @@ def test_plan_takes_a_target_dict_and_refuses_bad_arguments():
     assert as_dict == plan_conv(geom, "float32", AVX2)
     with pytest.raises(ValueError, match="algorithm must be one of"):
         plan_conv(geom, "float32", AVX2, algorithm="Winograd")
+
+
+@pytest.mark.parametrize("algorithm", ["fastest", ["winograd"]])
+def test_a_bad_algorithm_is_a_value_error_before_the_cache(algorithm):
+    """Checked before the plan cache: an unhashable value is a ValueError too."""
+    geom = _geom((1, 3, 8, 8), (4, 3, 3, 3))
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        plan_conv(geom, "float32", algorithm=algorithm)
+
+
+def test_plans_are_cached_with_the_target_resolved():
+    """A dict target (unhashable) is resolved before the cache; the default target's plan
+    is computed once."""
+    geom = _geom((1, 3, 8, 8), (4, 3, 3, 3))
+    target = host_target()
+    plan = plan_conv(geom, "float32", dict(target.export()), bias=True)
+    assert isinstance(plan.target, tvm.target.Target)
+    assert plan_conv(geom, "float32", bias=True) is plan_conv(geom, "float32", None, bias=True)

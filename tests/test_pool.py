@@ -210,14 +210,15 @@ def test_sliding_windows_run_vectorized_rows_and_match_onnxruntime(kind, x_shape
     from tvm import s_tir, te
 
     from convforge import ops
-    from convforge.schedules.cpu_pool import PoolRule
+    from convforge.schedules.cpu_pool import BLOCK_RULES
     from convforge.targets import host_target, vector_lanes
 
     geom = shapes.pool_geometry(x_shape, kernel, kind=kind, **args)
     tx = te.placeholder(x_shape, "float32", name="x")
     sch = s_tir.Schedule(te.create_prim_func([tx, ops.pool(tx, geom)]))
     assert geom.out_size[-1] >= vector_lanes(host_target(), "float32")
-    rule, block = PoolRule(), sch.get_sblock("pool")
+    rule = next(r for r in BLOCK_RULES if r.name == "PoolRule")
+    block = sch.get_sblock("pool")
     assert rule.applies(sch, block, host_target())
     assert "pool_pad" in rule.apply(sch, block, host_target())
     assert "T.vectorized" in sch.mod.script()

@@ -108,6 +108,28 @@ def test_a_broken_cuda_rule_raises_in_strict_mode_and_falls_back_to_dlight_other
     assert mod.script() == gpu.dlight_schedule(_func(), target).script()
 
 
+def _explode(*args):
+    raise RuntimeError("deliberately broken adapter")
+
+
+def test_adapter_rules_are_reported_by_their_names(monkeypatch):
+    """A ``FunctionRule`` / ``NamedBlockRule`` that fails is named by its ``name`` (as the
+    rule classes are by theirs); the adapters keep the order and the applies/apply contract."""
+    names = [rules.rule_name(r) for r in (*cpu.CPU_RULES, *cpu.CPU_BLOCK_RULES)]
+    assert names[:3] == ["WinogradPoolRule", "WinogradRule", "NonfiniteFlagRule"]
+    assert names[-6:] == [
+        "DenseRule", "PoolRule", "SoftmaxRule", "ConvNchwcRule", "ReductionRule", "InjectiveRule"
+    ]  # fmt: skip
+    broken = rules.FunctionRule("ExplodingRule", lambda func: True, _explode)
+    monkeypatch.setattr(cpu, "CPU_RULES", (broken, *cpu.CPU_RULES))
+    with pytest.raises(rules.ScheduleRuleError, match=r"ExplodingRule.*broken adapter"):
+        cpu.schedule_cpu(_func(), host_target())
+    broken_block = rules.NamedBlockRule("ExplodingBlockRule", blocks.CONV, _explode)
+    monkeypatch.setattr(cpu, "CPU_BLOCK_RULES", (broken_block, *cpu.CPU_BLOCK_RULES))
+    with pytest.raises(rules.ScheduleRuleError, match=r"ExplodingBlockRule.*block 'conv'"):
+        cpu.generic_cpu_schedule(_func(), host_target())
+
+
 @pytest.mark.parametrize("value", ["2", "maybe"])
 def test_a_bad_strict_setting_is_refused(monkeypatch, value):
     monkeypatch.setenv(rules.STRICT_ENV, value)

@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tvm
@@ -73,6 +73,18 @@ class KernelRecord:
     macs: int = 0  #: multiply-accumulates of the direct algorithm
 
 
+class KernelStep(NamedTuple):
+    """One kernel of a node: ``compute(*placeholders)`` on placeholders of ``args``' shapes
+    (its outputs the kernel's), reported as ``kernel`` with the nodes ``attrs`` says were
+    fused into it and ``macs`` multiply-accumulates of the direct algorithm."""
+
+    kernel: str
+    attrs: dict
+    args: Sequence[relax.Expr]
+    compute: Callable[..., Sequence[te.Tensor]]
+    macs: int = 0
+
+
 @dataclass
 class LoweringContext:
     """State shared by the lowerings of one model: target, block builder, records."""
@@ -95,36 +107,18 @@ class LoweringContext:
     added_functions: set[str] = field(default_factory=set)
     _scheduled: dict[int, tuple[tvm.IRModule, str]] = field(default_factory=dict)
 
-    def emit_kernel(
-        self,
-        node: str,
-        op_type: str,
-        kernel: str,
-        attrs: dict,
-        args: Sequence[relax.Expr],
-        compute: Callable[..., Sequence[te.Tensor]],
-        macs: int = 0,
-    ) -> relax.Expr:
-        """Build ``compute(*placeholders)``, schedule it and emit its ``call_tir`` on ``args``."""
-        gvar, out_ty = self.add_kernel(node, op_type, kernel, attrs, args, compute, macs)
-        return relax.call_tir(gvar, list(args), out_ty)
+    def emit_kernel(self, node: str, op_type: str, step: KernelStep) -> relax.Expr:
+        """:meth:`add_kernel` of ``step``, then its ``call_tir`` on ``step.args``."""
+        gvar, out_ty = self.add_kernel(node, op_type, step)
+        return relax.call_tir(gvar, list(step.args), out_ty)
 
     def add_kernel(
-        self,
-        node: str,
-        op_type: str,
-        kernel: str,
-        attrs: dict,
-        args: Sequence[relax.Expr],
-        compute: Callable[..., Sequence[te.Tensor]],
-        macs: int = 0,
-        *,
-        suffix: str = "",
-        record: bool = True,
+        self, node: str, op_type: str, step: KernelStep, *, suffix: str = "", record: bool = True
     ) -> tuple[relax.GlobalVar, relax.TensorType | list[relax.TensorType]]:
-        """Add the scheduled PrimFunc of ``compute`` on ``args``' shapes (its name the
-        node's, plus ``suffix``); return it and its output type. ``record``: list it in
+        """Add the scheduled PrimFunc of ``step.compute`` on ``step.args``' shapes (its name
+        the node's, plus ``suffix``); return it and its output type. ``record``: list it in
         :attr:`records` and :attr:`functions` (the kernel of the node, reported and tuned)."""
+        kernel, attrs, args, compute, macs = step
         start = time.perf_counter()
         placeholders = [
             te.placeholder(
@@ -271,21 +265,21 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     if plan.pool is None and pool_node is not None:  # the pool runs as its own kernel
         unpooled = tuple(name for name in fused_nodes(attrs) if name != pool_node)
         attrs = {**attrs, FUSED_ATTR: unpooled}
-    step = (plan.label, attrs, args, _plan_compute(plan), plan.kernel_geometry.macs)
+    step = KernelStep(plan.label, attrs, args, _plan_compute(plan), plan.kernel_geometry.macs)
     if plan.needs_finite_check:  # the direct kernel where x is not finite
         direct = plan.direct()
-        steps: list[_Step] = [
-            (
+        steps: list[KernelStep] = [
+            KernelStep(
                 f"conv{nd}d (direct)", {}, [x, _kernel_weight(ctx, direct, unpacked), *args[2:]],
                 _plan_compute(direct), direct.kernel_geometry.macs,
             )
         ]  # fmt: skip
         if plan.pool is not None and direct.pool is None:
             pool = plan.pool
-            steps.append(("max_pool (direct)", {}, [None], lambda t: [ops.pool(t, pool)], 0))
+            steps.append(KernelStep("max_pool (direct)", {}, [None], lambda t: [ops.pool(t, pool)]))
         out = _finite_or_direct(ctx, node, x, step, steps)
     else:
-        out = ctx.emit_kernel(node, "Conv", *step)
+        out = ctx.emit_kernel(node, "Conv", step)
     if plan.reshapes:
         out = relax.op.reshape(ctx.bb.emit(out), plan.geometry.out_shape)
     if pool_node is None or plan.pool is not None:
@@ -339,38 +333,29 @@ def _plan_compute(plan: ConvPlan) -> Callable[..., list[te.Tensor]]:
     return compute
 
 
-#: One kernel call: (kernel name, attrs, args, compute, macs), as :meth:`LoweringContext.add_kernel`.
-_Step = tuple[str, dict, list, Callable[..., Sequence[te.Tensor]], int]
-
-
 def _finite_or_direct(
-    ctx: LoweringContext, node: str, x: relax.Expr, winograd: _Step, direct: list[_Step]
+    ctx: LoweringContext, node: str, x: relax.Expr, winograd: KernelStep, direct: list[KernelStep]
 ) -> relax.Expr:
     """A call of a relax function that runs the Winograd kernel ``winograd`` where x is
     finite and the ``direct`` kernels where x holds a NaN or an infinity
     (:func:`convforge.ops.winograd.nonfinite_flag`, then a ``relax.If``): Winograd's
     outputs are non-finite only where the direct convolution's are. The Winograd kernel is
     the node's (recorded, reported, tuned); the check and the direct kernels are not."""
-    kernel, attrs, args, compute, macs = winograd
-    wino_gv, wino_ty = ctx.add_kernel(node, "Conv", kernel, attrs, args, compute, macs)
+    args = winograd.args
+    wino_gv, wino_ty = ctx.add_kernel(node, "Conv", winograd)
     size = math.prod(static_shape(x, "x"))
     flat = relax.Var("x_flat", relax.TensorType([size], tensor_dtype(x)))
-    flag_gv, flag_ty = ctx.add_kernel(
-        node, "Conv", "nonfinite_flag", {}, [flat], lambda t: [ops.winograd.nonfinite_flag(t)],
-        suffix="_nonfinite", record=False,
-    )  # fmt: skip
+    flag = KernelStep("nonfinite_flag", {}, [flat], lambda t: [ops.winograd.nonfinite_flag(t)])
+    flag_gv, flag_ty = ctx.add_kernel(node, "Conv", flag, suffix="_nonfinite", record=False)
     direct_calls = []
-    for i, (name, _attrs, step_args, step_compute, step_macs) in enumerate(direct):
-        if step_args == [None]:  # the previous step's output
+    for i, step in enumerate(direct):
+        if step.args == [None]:  # the previous step's output
             _, prev_ty = direct_calls[-1]
-            step_args = [relax.Var("prev", prev_ty)]
-        gv_ty = ctx.add_kernel(
-            node, "Conv", name, {}, step_args, step_compute, step_macs,
-            suffix=f"_direct{i or ''}", record=False,
-        )  # fmt: skip
+            step = step._replace(args=[relax.Var("prev", prev_ty)])
+        gv_ty = ctx.add_kernel(node, "Conv", step, suffix=f"_direct{i or ''}", record=False)
         direct_calls.append(gv_ty)
     inputs: list[relax.Expr] = []  # the function's parameters: every non-constant argument
-    for a in [*args, *(a for step in direct for a in step[2] if a is not None)]:
+    for a in [*args, *(a for step in direct for a in step.args if a is not None)]:
         if not isinstance(a, tvm.ir.expr.Constant) and not any(a.same_as(b) for b in inputs):
             inputs.append(a)
     params = [relax.Var(f"arg{i}", a.ty) for i, a in enumerate(inputs)]
@@ -435,9 +420,8 @@ def lower_conv_transpose(ctx: LoweringContext, inputs: list, attrs: dict) -> rel
         return [conv_transpose_op(geom, ctx.target)(tx, tw, tb, geom, activation)]
 
     args = [x, w] if bias is None else [x, w, bias]
-    return ctx.emit_kernel(
-        node, "ConvTranspose", f"conv_transpose{nd}d", attrs, args, compute, geom.macs
-    )
+    step = KernelStep(f"conv_transpose{nd}d", attrs, args, compute, geom.macs)
+    return ctx.emit_kernel(node, "ConvTranspose", step)
 
 
 def lower_causal_conv_with_state(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
@@ -461,9 +445,8 @@ def lower_causal_conv_with_state(ctx: LoweringContext, inputs: list, attrs: dict
         return list(ops.causal_conv_with_state(tx, tw, tb, state, activation))
 
     macs = math.prod(x_shape) * w_shape[-1]
-    return ctx.emit_kernel(
-        node, "CausalConvWithState", "causal_conv_with_state", attrs, args, compute, macs
-    )
+    step = KernelStep("causal_conv_with_state", attrs, args, compute, macs)
+    return ctx.emit_kernel(node, "CausalConvWithState", step)
 
 
 def lower_gemm(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
@@ -493,7 +476,8 @@ def lower_gemm(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | 
     def compute(tx, tw):
         return [plan.compute(tx, tw)]
 
-    out = bb.emit(ctx.emit_kernel(node, "Gemm", plan.label, attrs, args, compute, geom.macs))
+    step = KernelStep(plan.label, attrs, args, compute, geom.macs)
+    out = bb.emit(ctx.emit_kernel(node, "Gemm", step))
     if n > 1:
         out = bb.emit(relax.op.permute_dims(out, [1, 0, 2, 3]))
     out = relax.op.reshape(out, (n, padded))
@@ -520,6 +504,17 @@ RESIZE_ATTRIBUTES = frozenset(
 def refuse(op_type: str, node: str, what: str, why: str) -> ValueError:
     """The one-line error of a node convforge cannot run exactly as onnxruntime does."""
     return ValueError(f"node {node!r} ({op_type}): {what}: {why}")
+
+
+def _node_geometry(
+    op_type: str, node: str, build: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
+    """``build(*args, **kwargs)`` (a ``shapes`` geometry constructor) for ONNX node ``node``;
+    its ValueError becomes :func:`refuse`'s, naming the node and the rule broken."""
+    try:
+        return build(*args, **kwargs)
+    except ValueError as error:
+        raise refuse(op_type, node, "attributes", str(error)) from None
 
 
 def _unknown_attributes(attrs: dict, known: frozenset[str]) -> list[str]:
@@ -593,18 +588,16 @@ def emit_resize(
             op_type, node, f"mode={attributes['mode']!r} on {dtype}",
             "interpolating integers needs onnxruntime's rounding, which convforge lacks",
         )  # fmt: skip
-    try:
-        geom = shapes.resize_geometry(
-            inner, size=list(out_shape[spatial]),
-            roi=full_roi[spatial] if roi is not None else None, **attributes,
-        )  # fmt: skip
-    except ValueError as error:
-        raise refuse(op_type, node, "attributes", str(error)) from None
+    geom = _node_geometry(
+        op_type, node, shapes.resize_geometry, inner, size=list(out_shape[spatial]),
+        roi=full_roi[spatial] if roi is not None else None, **attributes,
+    )  # fmt: skip
     if not by_size:  # the given scales drive the coordinate transform
         geom = dataclasses.replace(geom, scale=tuple(shapes.as_float32(v) for v in scales[spatial]))
     if tuple(inner) != tuple(x_shape):
         x = ctx.bb.emit(relax.op.reshape(x, inner))
-    out = ctx.emit_kernel(node, op_type, "resize", {}, [x], lambda tx: [ops.resize(tx, geom)])
+    step = KernelStep("resize", {}, [x], lambda tx: [ops.resize(tx, geom)])
+    out = ctx.emit_kernel(node, op_type, step)
     if tuple(inner) != tuple(x_shape):
         out = relax.op.reshape(ctx.bb.emit(out), list(out_shape))
     return out
@@ -815,31 +808,28 @@ def lower_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> re
             op, node, f"auto_pad={auto_pad} with dilations={dilations}",
             "onnxruntime pads as if undilated, against ONNX's output shape; give explicit pads",
         )  # fmt: skip
-    try:
-        geom = shapes.pool_geometry(
-            x_shape, tuple(int(k) for k in attrs["kernel_shape"]),
-            kind="max" if kind == "max" else "avg",
-            stride=attrs.get("strides"), padding=onnx_padding(attrs, len(x_shape) - 2),
-            dilation=attrs.get("dilations", 1), ceil_mode=bool(attrs.get("ceil_mode", 0)),
-            count_include_pad=bool(attrs.get("count_include_pad", 0)),
-        )  # fmt: skip
-    except ValueError as error:
-        raise refuse(op, node, "attributes", str(error)) from None
+    geom = _node_geometry(
+        op, node, shapes.pool_geometry, x_shape, tuple(int(k) for k in attrs["kernel_shape"]),
+        kind="max" if kind == "max" else "avg",
+        stride=attrs.get("strides"), padding=onnx_padding(attrs, len(x_shape) - 2),
+        dilation=attrs.get("dilations", 1), ceil_mode=bool(attrs.get("ceil_mode", 0)),
+        count_include_pad=bool(attrs.get("count_include_pad", 0)),
+    )  # fmt: skip
     if kind == "lp":
         p = attrs.get("p", 2)
         if not (isinstance(p, int | float) and math.isfinite(p) and p > 0):
             raise refuse(op, node, f"p={p!r}", "must be a positive finite number")
-        return ctx.emit_kernel(
-            node, op, f"lp_pool{geom.ndim}d", {}, [x], lambda tx: [ops.lp_pool(tx, geom, p)]
-        )
+        step = KernelStep(f"lp_pool{geom.ndim}d", {}, [x], lambda tx: [ops.lp_pool(tx, geom, p)])
+        return ctx.emit_kernel(node, op, step)
     if kind == "max" and attrs["tvm_custom"]["num_outputs"] > 1:
         storage_order = int(attrs.get("storage_order", 0))
         if storage_order not in (0, 1):
             raise refuse(op, node, f"storage_order={storage_order}", "must be 0 or 1")
-        return ctx.emit_kernel(
-            node, op, f"max_pool{geom.ndim}d_with_indices", {}, [x],
+        step = KernelStep(
+            f"max_pool{geom.ndim}d_with_indices", {}, [x],
             lambda tx: list(ops.max_pool_with_indices(tx, geom, storage_order)),
         )  # fmt: skip
+        return ctx.emit_kernel(node, op, step)
     return _emit_pool(ctx, node, op, x, geom)
 
 
@@ -848,7 +838,8 @@ def _emit_pool(
 ) -> relax.Expr:
     """The ``ops.pool`` kernel of ``geom`` on ``x`` for ONNX node ``node``."""
     kernel = f"{geom.kind}_pool{geom.ndim}d"
-    return ctx.emit_kernel(node, op_type, kernel, {}, [x], lambda tx: [ops.pool(tx, geom)])
+    step = KernelStep(kernel, {}, [x], lambda tx: [ops.pool(tx, geom)])
+    return ctx.emit_kernel(node, op_type, step)
 
 
 def lower_global_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> relax.Expr:
@@ -857,9 +848,8 @@ def lower_global_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str
     x = inputs[0]
     geom = shapes.global_pool_geometry(static_shape(x, f"global pool {node!r} input"), kind=kind)
     op_type = "GlobalMaxPool" if kind == "max" else "GlobalAveragePool"
-    return ctx.emit_kernel(
-        node, op_type, f"global_{kind}_pool", attrs, [x], lambda tx: [ops.adaptive_pool(tx, geom)]
-    )
+    step = KernelStep(f"global_{kind}_pool", attrs, [x], lambda tx: [ops.adaptive_pool(tx, geom)])
+    return ctx.emit_kernel(node, op_type, step)
 
 
 def lower_softmax(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr | None:
@@ -871,7 +861,8 @@ def lower_softmax(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr
     if axis != 1 or (ctx.opset < 13 and len(x_shape) > 2):  # before 13: over axes [axis:]
         return None
     shapes.check_softmax_input(x_shape)
-    return ctx.emit_kernel(node, "Softmax", "softmax", attrs, [x], lambda tx: [ops.softmax(tx)])
+    step = KernelStep("softmax", attrs, [x], lambda tx: [ops.softmax(tx)])
+    return ctx.emit_kernel(node, "Softmax", step)
 
 
 def _float_input(x: relax.Expr) -> str | None:

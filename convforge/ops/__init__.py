@@ -6,7 +6,6 @@ from convforge.ops.conv import conv, conv_transpose, pad
 from convforge.ops.conv_nchwc import (
     ChannelBlocks,
     conv_nchwc,
-    conv_nchwc_max_pool,
     pack_weight,
     pack_weight_array,
 )
@@ -41,7 +40,6 @@ __all__ = [
     "conv",
     "conv2d_winograd",
     "conv_nchwc",
-    "conv_nchwc_max_pool",
     "conv_transpose",
     "conv_transpose_gather",
     "conv_transpose_subpixel",

@@ -101,6 +101,7 @@ def conv_nchwc(
     *,
     weight_packed: bool = False,
     residual: te.Tensor | None = None,
+    pool: PoolGeometry | None = None,
 ) -> te.Tensor:
     """Dense convolution through blocked output channels: x (N, C, *I), w (O, C, *K) -> (N, O, *out).
 
@@ -108,56 +109,40 @@ def conv_nchwc(
     ``geom.groups == 1``. ``weight_packed``: w is already :func:`pack_weight`'s
     (ceil(O/OB), C, *K, OB) (a constant packed by :func:`pack_weight_array`); ``residual``:
     as in :func:`convforge.ops.conv`.
-    """
-    y = _accumulate(x, w, geom, blocks, weight_packed)
-    ob, wb = blocks.out_block, blocks.width_block
-    acc = accumulator_dtype(x.dtype)
 
-    def unpack(n, o, *pos):
-        *outer, last = pos
-        value = y[(n, o // ob, *outer, last // wb, last % wb, o % ob)]
-        return conv_epilogue_value(value, (n, o, *pos), bias, residual, activation, acc, x.dtype)
-
-    return te.compute(geom.out_shape, unpack, name=NCHWC_UNPACK)
-
-
-def conv_nchwc_max_pool(
-    x: te.Tensor,
-    w: te.Tensor,
-    bias: te.Tensor | None,
-    geom: ConvGeometry,
-    blocks: ChannelBlocks,
-    pool: PoolGeometry,
-    activation: str | None = None,
-    *,
-    weight_packed: bool = False,
-    residual: te.Tensor | None = None,
-) -> te.Tensor:
-    """:func:`conv_nchwc` followed by a max pool whose windows tile its output
-    (``pool.windows_inside``): x (N, C, *I) -> (N, O, *pool.out_size).
-
-    ``nchwc_max_pool``: ``out[n, o, *p] = max_r act(y[n, o // OB, *(p*k + r) ...] + bias[o]
-    + residual[n, o, *(p*k + r)])``, read from the blocked accumulators (no ``nchwc_unpack``),
+    ``pool``: a max pool of the output whose windows tile it (``pool.windows_inside``,
+    else ValueError), computed with it: -> (N, O, *pool.out_size). Its block
+    ``nchwc_max_pool``, ``out[n, o, *p] = max_r act(y[n, o // OB, *(p*k + r) ...] + bias[o]
+    + residual[n, o, *(p*k + r)])``, reads the blocked accumulators (no ``nchwc_unpack``),
     so a schedule can pool each register tile as it is computed.
     """
-    if pool.kind != "max" or pool.x_shape != geom.out_shape or not pool.windows_inside:
+    if pool is not None and (
+        pool.kind != "max" or pool.x_shape != geom.out_shape or not pool.windows_inside
+    ):
         raise ValueError(
-            f"conv_nchwc_max_pool needs a max pool of the {geom.out_shape} output whose "
+            f"conv_nchwc's pool must be a max pool of the {geom.out_shape} output whose "
             f"windows tile it without padding or overhang, got {pool}"
         )
     y = _accumulate(x, w, geom, blocks, weight_packed)
     ob, wb = blocks.out_block, blocks.width_block
     dtype, acc = x.dtype, accumulator_dtype(x.dtype)
+
+    def read(n, o, *pos):
+        """The epilogue of the accumulator of output ``(n, o, *pos)``."""
+        *outer, last = pos
+        value = y[(n, o // ob, *outer, last // wb, last % wb, o % ob)]
+        return conv_epilogue_value(value, (n, o, *pos), bias, residual, activation, acc, dtype)
+
+    if pool is None:
+        return te.compute(geom.out_shape, read, name=NCHWC_UNPACK)
     taps = [te.reduce_axis((0, k), f"rp{a}") for a, k in enumerate(pool.kernel)]
 
-    def body(n, o, *pos):
-        *outer, last = (p * k + r for p, k, r in zip(pos, pool.kernel, taps))
-        value = y[(n, o // ob, *outer, last // wb, last % wb, o % ob)]
-        index = (n, o, *outer, last)
-        value = conv_epilogue_value(value, index, bias, residual, activation, acc, dtype)
-        return te.max(value, axis=taps)
+    def pooled(n, o, *pos):
+        return te.max(
+            read(n, o, *(p * k + r for p, k, r in zip(pos, pool.kernel, taps))), axis=taps
+        )
 
-    return te.compute(pool.out_shape, body, name=NCHWC_MAX_POOL)
+    return te.compute(pool.out_shape, pooled, name=NCHWC_MAX_POOL)
 
 
 def _accumulate(

@@ -28,7 +28,13 @@ from convforge.schedules import (
 )
 from convforge.schedules.cpu_conv import schedule_conv_nchwc
 from convforge.schedules.cpu_direct import largest_divisor
-from convforge.schedules.rules import BlockRule, ScheduleRule, apply_block_rules, apply_rules
+from convforge.schedules.rules import (
+    BlockRule,
+    FunctionRule,
+    ScheduleRule,
+    apply_block_rules,
+    apply_rules,
+)
 from convforge.targets import profile
 
 
@@ -106,97 +112,58 @@ def _schedule_reduction(
 # --- whole-function rules (each schedules every block of the functions it applies to) ---
 
 
-class WinogradPoolRule(ScheduleRule[s_tir.Schedule]):
-    """A Winograd convolution with its max pool fused per task (``window_max``)."""
-
-    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
-        return cpu_winograd.is_winograd_pool(func)
-
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-        return cpu_winograd.schedule_winograd_pool(func, target)
-
-
-class WinogradRule(ScheduleRule[s_tir.Schedule]):
-    """A Winograd convolution (``winograd_gemm``): the pipeline of ``cpu_winograd``."""
-
-    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
-        return cpu_winograd.is_winograd(func)
-
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-        return cpu_winograd.schedule_winograd(func, target)
-
-
-class NonfiniteFlagRule(ScheduleRule[s_tir.Schedule]):
-    """The non-finite check before a Winograd call (``nonfinite_rows``)."""
-
-    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
-        return cpu_winograd.is_nonfinite_flag(func)
-
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-        return cpu_winograd.schedule_nonfinite_flag(func, target)
-
-
-class SubpixelRule(ScheduleRule[s_tir.Schedule]):
-    """A sub-pixel transposed convolution (``subpixel_interleave``)."""
-
-    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
-        return cpu_subpixel.is_subpixel(func)
-
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-        return cpu_subpixel.schedule_subpixel(func, target)
-
-
-class GatherRule(ScheduleRule[s_tir.Schedule]):
-    """The gather form of a large-stride transposed convolution."""
-
-    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
-        return cpu_gather.is_gather(func)
-
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-        return cpu_gather.schedule_gather(func, target)
-
-
-class GroupedRule(ScheduleRule[s_tir.Schedule]):
-    """A depthwise or grouped direct convolution."""
-
-    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
-        return cpu_grouped.is_grouped(func)
-
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-        return cpu_grouped.schedule_grouped(func, target)
-
-
-class PointwiseRowRule(ScheduleRule[s_tir.Schedule]):
-    """A 1x1 convolution over one long row (positions vectorized)."""
-
-    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
-        return cpu_conv.is_pointwise_row(func)
-
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-        return cpu_conv.schedule_pointwise_row(func, target)
-
-
-class LongSequenceRule(ScheduleRule[s_tir.Schedule]):
-    """A 1-D (causal or dilated) convolution over a long sequence."""
-
-    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
-        return cpu_causal.is_long_1d(func)
-
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
-        return cpu_causal.schedule_long_1d(func, target)
-
-
 #: The CPU's whole-function rules, in order: the first that applies schedules the function
-#: (:func:`schedule_cpu`); a function none applies to gets :data:`CPU_BLOCK_RULES`.
+#: (:func:`schedule_cpu`); a function none applies to gets :data:`CPU_BLOCK_RULES`. Each is
+#: a (name, predicate, schedule) of the module that schedules that algorithm.
 CPU_RULES: tuple[ScheduleRule[s_tir.Schedule], ...] = (
-    WinogradPoolRule(),
-    WinogradRule(),
-    NonfiniteFlagRule(),
-    SubpixelRule(),
-    GatherRule(),
-    GroupedRule(),
-    PointwiseRowRule(),
-    LongSequenceRule(),
+    FunctionRule(
+        "WinogradPoolRule",
+        cpu_winograd.is_winograd_pool,
+        cpu_winograd.schedule_winograd_pool,
+        "A Winograd convolution with its max pool fused per task (``window_max``).",
+    ),
+    FunctionRule(
+        "WinogradRule",
+        cpu_winograd.is_winograd,
+        cpu_winograd.schedule_winograd,
+        "A Winograd convolution (``winograd_gemm``): the pipeline of ``cpu_winograd``.",
+    ),
+    FunctionRule(
+        "NonfiniteFlagRule",
+        cpu_winograd.is_nonfinite_flag,
+        cpu_winograd.schedule_nonfinite_flag,
+        "The non-finite check before a Winograd call (``nonfinite_rows``).",
+    ),
+    FunctionRule(
+        "SubpixelRule",
+        cpu_subpixel.is_subpixel,
+        cpu_subpixel.schedule_subpixel,
+        "A sub-pixel transposed convolution (``subpixel_interleave``).",
+    ),
+    FunctionRule(
+        "GatherRule",
+        cpu_gather.is_gather,
+        cpu_gather.schedule_gather,
+        "The gather form of a large-stride transposed convolution.",
+    ),
+    FunctionRule(
+        "GroupedRule",
+        cpu_grouped.is_grouped,
+        cpu_grouped.schedule_grouped,
+        "A depthwise or grouped direct convolution.",
+    ),
+    FunctionRule(
+        "PointwiseRowRule",
+        cpu_conv.is_pointwise_row,
+        cpu_conv.schedule_pointwise_row,
+        "A 1x1 convolution over one long row (positions vectorized).",
+    ),
+    FunctionRule(
+        "LongSequenceRule",
+        cpu_causal.is_long_1d,
+        cpu_causal.schedule_long_1d,
+        "A 1-D (causal or dilated) convolution over a long sequence.",
+    ),
 )
 
 

@@ -22,11 +22,13 @@ outer loops).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tvm
 from tvm import s_tir, tirx
 
 from convforge.ops import blocks
-from convforge.schedules.rules import BlockRule
+from convforge.schedules.rules import BlockRule, NamedBlockRule
 from convforge.targets import vector_lanes
 
 
@@ -136,51 +138,38 @@ def _schedule_softmax(sch: s_tir.Schedule, lanes: int) -> set[str]:
     return set(names)
 
 
-def _lanes(sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target) -> int:
-    return vector_lanes(target, str(sch.get(block).writes[0].source.dtype))
+def _with_lanes(
+    schedule: Callable[[s_tir.Schedule, s_tir.SBlockRV, int], set[str]],
+) -> Callable[[s_tir.Schedule, s_tir.SBlockRV, tvm.target.Target], set[str]]:
+    """``schedule(sch, block, lanes)`` as a block rule's ``apply``: ``lanes`` is the vector
+    width of the block's output dtype on the target."""
 
+    def apply(sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target) -> set[str]:
+        return schedule(
+            sch, block, vector_lanes(target, str(sch.get(block).writes[0].source.dtype))
+        )
 
-class DenseRule(BlockRule):
-    """``dense`` (and its ``dense_epilogue``): rfactor-ed vector partial sums."""
-
-    def applies(
-        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
-    ) -> bool:
-        return sch.get(block).name_hint == blocks.DENSE
-
-    def apply(
-        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
-    ) -> set[str]:
-        return _schedule_dense(sch, block, _lanes(sch, block, target))
-
-
-class PoolRule(BlockRule):
-    """``pool`` (with its ``pool_pad`` and ``pool_epilogue``)."""
-
-    def applies(
-        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
-    ) -> bool:
-        return sch.get(block).name_hint == blocks.POOL
-
-    def apply(
-        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
-    ) -> set[str]:
-        return _schedule_pool(sch, block, _lanes(sch, block, target))
-
-
-class SoftmaxRule(BlockRule):
-    """The four ``softmax_*`` blocks, found from the first (``softmax_max``)."""
-
-    def applies(
-        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
-    ) -> bool:
-        return sch.get(block).name_hint == blocks.SOFTMAX_MAX
-
-    def apply(
-        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
-    ) -> set[str]:
-        return _schedule_softmax(sch, _lanes(sch, block, target))
+    return apply
 
 
 #: This module's block rules, first in ``schedules.cpu.CPU_BLOCK_RULES``.
-BLOCK_RULES: tuple[BlockRule, ...] = (DenseRule(), PoolRule(), SoftmaxRule())
+BLOCK_RULES: tuple[BlockRule, ...] = (
+    NamedBlockRule(
+        "DenseRule",
+        blocks.DENSE,
+        _with_lanes(_schedule_dense),
+        "``dense`` (and its ``dense_epilogue``): rfactor-ed vector partial sums.",
+    ),
+    NamedBlockRule(
+        "PoolRule",
+        blocks.POOL,
+        _with_lanes(_schedule_pool),
+        "``pool`` (with its ``pool_pad`` and ``pool_epilogue``).",
+    ),
+    NamedBlockRule(
+        "SoftmaxRule",
+        blocks.SOFTMAX_MAX,
+        _with_lanes(lambda sch, _block, lanes: _schedule_softmax(sch, lanes)),
+        "The four ``softmax_*`` blocks, found from the first (``softmax_max``).",
+    ),
+)

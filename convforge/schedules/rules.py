@@ -20,6 +20,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import tvm
@@ -54,10 +55,16 @@ def rule_failed(rule: object, where: str, error: Exception, fallback: str) -> No
     """Report that ``rule`` raised ``error`` on ``where`` (a function or block name): raise
     :class:`ScheduleRuleError` in strict mode, else log a warning saying what the caller
     falls back to (``fallback``)."""
-    message = f"schedule rule {type(rule).__name__} failed on {where}: {error}"
+    message = f"schedule rule {rule_name(rule)} failed on {where}: {error}"
     if strict():
         raise ScheduleRuleError(message) from error
     logger.warning("%s; falling back to %s", message, fallback)
+
+
+def rule_name(rule: object) -> str:
+    """The name a rule is reported by: its ``name`` (:class:`FunctionRule`,
+    :class:`NamedBlockRule`), else its class's name."""
+    return getattr(rule, "name", None) or type(rule).__name__
 
 
 def function_name(func: tirx.PrimFunc) -> str:
@@ -86,6 +93,28 @@ class ScheduleRule(ABC, Generic[Result]):
         """``func`` scheduled by this rule."""
 
 
+@dataclass(frozen=True)
+class FunctionRule(ScheduleRule[Result]):
+    """A whole-function rule made of a predicate and a schedule function, for the many rules
+    whose module already has ``is_x(func)`` and ``schedule_x(func, target)``.
+
+    ``name`` is the rule's name in warnings and errors; ``predicate(func)`` is
+    :meth:`applies` and keeps its contract (cheap, never raises); ``schedule(func, target)``
+    is :meth:`apply`; ``doc`` says what the rule serves.
+    """
+
+    name: str
+    predicate: Callable[[tirx.PrimFunc], bool]
+    schedule: Callable[[tirx.PrimFunc, tvm.target.Target], Result]
+    doc: str = ""
+
+    def applies(self, func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+        return self.predicate(func)
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target) -> Result:
+        return self.schedule(func, target)
+
+
 class BlockRule(ABC):
     """A rule for one block of a schedule (the generic CPU schedule walks the root blocks).
 
@@ -104,6 +133,29 @@ class BlockRule(ABC):
         self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
     ) -> set[str]:
         """Schedule ``block``; the names of the blocks scheduled with it."""
+
+
+@dataclass(frozen=True)
+class NamedBlockRule(BlockRule):
+    """A block rule for the block named ``block_name`` (an ``ops/blocks.py`` constant),
+    scheduled by ``schedule(sch, block, target) -> names scheduled`` (:meth:`BlockRule.apply`'s
+    contract). ``name`` is the rule's name in warnings and errors; ``doc`` says what it serves.
+    """
+
+    name: str
+    block_name: str
+    schedule: Callable[[s_tir.Schedule, s_tir.SBlockRV, tvm.target.Target], set[str]]
+    doc: str = ""
+
+    def applies(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> bool:
+        return sch.get(block).name_hint == self.block_name
+
+    def apply(
+        self, sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+    ) -> set[str]:
+        return self.schedule(sch, block, target)
 
 
 def first_rule(
