@@ -24,7 +24,14 @@ from convforge.build import (
 )
 from convforge.ops.activation import check_activation
 from convforge.plan import ALGORITHMS as ALGORITHMS  # re-exported: algorithm= values
-from convforge.plan import ConvPlan, check_algorithm, conv_transpose_op, plan_conv
+from convforge.plan import (
+    ConvPlan,
+    DensePlan,
+    check_algorithm,
+    conv_transpose_op,
+    plan_conv,
+    plan_dense,
+)
 from convforge.targets import TargetArg, resolve_target, target_key
 
 #: dtypes the compiled kernels accept.
@@ -522,6 +529,63 @@ def dense(
         return [t for t in (tx, tw, tb) if t is not None], [ops.dense(tx, tw, tb)]
 
     return _run("dense", (geom, dtype, bias is not None), build, (x, w, bias), target)
+
+
+@dataclass(frozen=True)
+class PreparedDense:
+    """:func:`dense` with one weight, packed once (:func:`prepare_dense`) as a compiled model
+    packs a Gemm's constant weight (:class:`convforge.plan.DensePlan`): ``op(x)`` for x of
+    ``x_shape`` runs the compiled kernel on x and ``constants`` (the packed weight, then
+    the bias if any)."""
+
+    x_shape: tuple[int, int]
+    kernel: Kernel
+    constants: tuple[np.ndarray, ...]
+    #: How the kernel computes (the ONNX lowering's plan of a Gemm with a constant B).
+    plan: DensePlan
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        dtype = self.constants[0].dtype
+        if x.shape != self.x_shape or x.dtype != dtype:
+            raise ValueError(
+                f"x must have shape {self.x_shape} and dtype {dtype} (the shape and dtype "
+                f"the dense layer was prepared for), got {x.shape} {x.dtype}"
+            )
+        return self.kernel(
+            self.constants[0], x.reshape(self.plan.kernel_geometry.w_shape), *self.constants[1:]
+        )
+
+
+def prepare_dense(
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    x_shape: Sequence[int],
+    target: TargetArg = None,
+) -> PreparedDense:
+    """:func:`dense` of inputs of ``x_shape`` (N, F) with a fixed weight w (K, F): w is
+    packed once, here, into vector-wide column blocks (:func:`convforge.plan.plan_dense`,
+    the kernel a compiled model runs for an ONNX Gemm with a constant B); the result
+    computes ``dense(x, w, bias)``. It holds a copy: later changes to w do not reach it."""
+    dtype, (w, bias) = as_float_arrays(w=w, bias=bias)
+    x_shape = shapes.as_shape(x_shape, "x_shape")
+    geom = shapes.dense_geometry(x_shape, w.shape, None if bias is None else bias.shape)
+    target = resolve_target(target)
+    plan = plan_dense(x_shape, w.shape, dtype, target)
+    packed = plan.pack(w)
+
+    def build():
+        tp, tx, tb = placeholders(
+            dtype, packed=packed.shape, x=plan.kernel_geometry.w_shape,
+            bias=None if bias is None else bias.shape,
+        )  # fmt: skip
+        out = ops.dense_unpack(plan.compute(tp, tx), tb, plan.out_features)
+        return [t for t in (tp, tx, tb) if t is not None], [out]
+
+    kernel = cached_kernel("prepared_dense", (geom, dtype, bias is not None, plan), build, target)
+    constants = (packed,) if bias is None else (packed, bias.copy())
+    return PreparedDense(tuple(x_shape), kernel, constants, plan)
 
 
 def softmax(x: np.ndarray, *, target: TargetArg = None) -> np.ndarray:

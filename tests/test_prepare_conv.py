@@ -96,3 +96,36 @@ def test_bad_arguments_are_refused_before_compiling():
         op(x[:, :, :9])
     with pytest.raises(ValueError, match="dtype float32"):
         op(x.astype(np.float64))
+
+
+@pytest.mark.parametrize(
+    "n, f, k, dtype, with_bias",
+    [(1, 512, 1000, "float32", True), (3, 100, 37, "float32", False), (2, 24, 5, "float64", True)],
+)
+def test_prepare_dense_runs_the_packed_gemm_plan(n, f, k, dtype, with_bias):
+    """cf.prepare_dense packs w once as a compiled model packs a Gemm's constant B (the
+    lowering's plan_dense), output features padded to whole vectors and sliced off again;
+    its result is x @ w.T + bias (numpy in float64), and it holds a copy of w."""
+    rng = np.random.default_rng(n * f + k)
+    x = rng.standard_normal((n, f)).astype(dtype)
+    w = (rng.standard_normal((k, f)) / np.sqrt(f)).astype(dtype)
+    bias = rng.standard_normal(k).astype(dtype) if with_bias else None
+    op = cf.prepare_dense(w, bias, x_shape=x.shape)
+    expected = x.astype(np.float64) @ w.T.astype(np.float64)
+    if with_bias:
+        expected += bias
+    w[:] = 0  # the prepared layer keeps its own packed copy
+    y = op(x)
+    assert y.shape == (n, k) and y.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    assert op.plan.label == "dense" and op.plan.padded % op.plan.width == 0
+    assert op.constants[0].shape == op.plan.kernel_geometry.x_shape
+
+
+def test_prepare_dense_refuses_other_shapes():
+    w = np.ones((4, 3), np.float32)
+    op = cf.prepare_dense(w, x_shape=(2, 3))
+    with pytest.raises(ValueError, match="x must have shape"):
+        op(np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(N, F\)"):
+        cf.prepare_dense(w, x_shape=(2, 3, 1))

@@ -13,6 +13,7 @@ from convforge.ops.conv_transpose_gather import conv_transpose_gather
 from convforge.ops.conv_transpose_subpixel import conv_transpose_subpixel, subpixel_phases
 from convforge.ops.heads import (
     dense,
+    dense_unpack,
     flatten,
     flatten_dense_head,
     fully_conv_head,
@@ -44,6 +45,7 @@ __all__ = [
     "conv_transpose_gather",
     "conv_transpose_subpixel",
     "dense",
+    "dense_unpack",
     "flatten",
     "flatten_dense_head",
     "fully_conv_head",

@@ -73,6 +73,8 @@ MAX_POOL_INDICES = "max_pool_indices"
 FLATTEN = "flatten"
 DENSE = "dense"
 DENSE_EPILOGUE = "dense_epilogue"
+#: (N, K) read out of a packed dense kernel's (K'/W, N, 1, W) output, plus the bias.
+DENSE_UNPACK = "dense_unpack"
 SOFTMAX_MAX = "softmax_max"
 SOFTMAX_EXP = "softmax_exp"
 SOFTMAX_SUM = "softmax_sum"

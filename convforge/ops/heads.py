@@ -59,6 +59,19 @@ def dense(x: te.Tensor, w: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
     return te.compute((batch, classes), epilogue, name=blocks.DENSE_EPILOGUE)
 
 
+def dense_unpack(blocked: te.Tensor, bias: te.Tensor | None, out_features: int) -> te.Tensor:
+    """The (N, K) output of a dense layer computed over a packed weight
+    (``plan.DensePlan``): ``y[n, k] = blocked[k // W, n, 0, k % W] + bias[k]`` from the
+    kernel's ``blocked`` (K'/W, N, 1, W), K = ``out_features`` <= K'."""
+    width, batch = int(blocked.shape[3]), int(blocked.shape[1])
+
+    def body(n, k):
+        value = blocked[k // width, n, 0, k % width]
+        return value if bias is None else value + bias[k]
+
+    return te.compute((batch, out_features), body, name=blocks.DENSE_UNPACK)
+
+
 def softmax(x: te.Tensor) -> te.Tensor:
     """Numerically stable softmax along axis 1 of (N, K, ...): ``exp(x - max) / sum(exp(x - max))``.
 
