@@ -251,3 +251,14 @@ def _no_compile_unless_marked(request, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty persistent cache folder of this test's own, the cache enabled and unbounded
+    by the environment (the session turns it off: CONVFORGE_CACHE=0)."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("CONVFORGE_CACHE_DIR", str(folder))
+    monkeypatch.delenv("CONVFORGE_CACHE", raising=False)
+    monkeypatch.delenv("CONVFORGE_CACHE_SIZE", raising=False)
+    return folder

@@ -28,15 +28,6 @@ from tests.isolated import run_isolated
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "kernels"
-    monkeypatch.setenv("CONVFORGE_CACHE_DIR", str(folder))
-    monkeypatch.delenv("CONVFORGE_CACHE", raising=False)
-    monkeypatch.delenv("CONVFORGE_CACHE_SIZE", raising=False)
-    return folder
-
-
-@pytest.fixture
 def compiles(monkeypatch):
     """Counts TVM compiles made by convforge.build."""
     count = [0]

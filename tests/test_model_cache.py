@@ -21,15 +21,6 @@ from convforge.export.check import compare, run_onnxruntime
 from tests.isolated import run_isolated
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("CONVFORGE_CACHE_DIR", str(folder))
-    monkeypatch.delenv("CONVFORGE_CACHE", raising=False)
-    monkeypatch.delenv("CONVFORGE_CACHE_SIZE", raising=False)
-    return folder
-
-
 def _model(seed: int = 0, channels: int = 4) -> onnx.ModelProto:
     """Conv+Relu, a strided Conv and a global pool over a dynamic batch ``N``."""
     rng = np.random.default_rng(seed)
