@@ -122,3 +122,22 @@ def test_report_lists_every_node(model_file, capsys):
     assert rows["Flatten_3"]["kernel"] == "TVM default"
     assert 0 < rows["Conv_0"]["share"] <= 1
     assert report["tvm_functions"] == []  # Flatten became a view (vm.builtin.reshape)
+
+
+def test_check_takes_input_shapes_for_dynamic_spatial_dims(model_file, tmp_path, capsys):
+    """`convforge check --input-shape` sizes the random inputs of a model with symbolic
+    spatial dimensions (onnxruntime runs the same inputs); without it the check is refused
+    naming what to give, and a shape that does not fit the declaration is refused too."""
+    _, model, _ = model_file
+    dynamic = model.__deepcopy__()
+    dims = dynamic.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    path = tmp_path / "dynamic.onnx"
+    save_model(dynamic, path)
+    assert main(["check", str(path), "--input-shape", "x=1,2,9,7", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] is True and result["outputs"][0]["shape"] == [1, 6]
+    assert main(["check", str(path)]) == 2
+    assert "input_shapes" in capsys.readouterr().err
+    assert main(["check", str(path), "--input-shape", "x=1,3,9,7"]) == 2
+    assert "does not fit the declared shape" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import json
 
 from convforge.commands._model_args import (
     add_model_arguments,
+    input_shapes,
     progress,
     read_npz,
     resolved_target,
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, inputs, rtol=args.rtol, atol=args.atol, target=resolved_target(args),
         tuning_db=tuning_db(args), per_node=args.per_node,
         progress=None if args.json else progress(), algorithm=args.algorithm,
+        input_shapes=input_shapes(args),
     )  # fmt: skip
     print(json.dumps(result.to_dict()) if args.json else result)
     return 0 if result.ok else 1

@@ -22,6 +22,7 @@ from convforge.export.check import compare, run_onnxruntime
 from convforge.export.fusion import name_nodes
 from convforge.export.model import CompiledModel, compile_model, declared_inputs, load_onnx
 from convforge.extras import require
+from convforge.shapes import as_shape
 from convforge.targets import TargetArg
 
 
@@ -114,6 +115,11 @@ def make_inputs(
         missing = [n for n in names if n not in inputs]
         if missing:
             raise ValueError(f"inputs: missing input(s) {missing}; the model's inputs are {names}")
+    unknown = [n for n in (input_shapes or {}) if n not in names]
+    if unknown:
+        raise ValueError(
+            f"input_shapes: unknown input(s) {unknown}; the model's inputs are {names}"
+        )
     rng = np.random.default_rng(seed)
     result = {}
     for spec in specs:
@@ -140,6 +146,14 @@ def make_inputs(
                     f"input {spec.name!r} has dynamic non-batch dimensions: give inputs or input_shapes"
                 )
             shape = tuple(1 if d is None else d for d in spec.shape)
+        shape = as_shape(shape, f"input_shapes[{spec.name!r}]")
+        if len(shape) != len(spec.shape) or any(
+            d is not None and d != s for d, s in zip(spec.shape, shape)
+        ):
+            raise ValueError(
+                f"input_shapes[{spec.name!r}] = {shape} does not fit the declared shape "
+                f"{tuple('?' if d is None else d for d in spec.shape)}"
+            )
         if spec.dtype.startswith("float"):
             result[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         else:
@@ -179,9 +193,12 @@ def check_model(
     compiled: CompiledModel | None = None,
     progress: Callable[[str], None] | None = None,
     algorithm: str = "auto",
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> ModelCheck:
     """Compile ``model`` with convforge (unless ``compiled`` is given), run it and onnxruntime.
-    ``algorithm``: as :func:`convforge.compile_model`'s.
+    ``algorithm``: as :func:`convforge.compile_model`'s. Without ``inputs``, seeded random
+    inputs of the declared shapes, or of ``input_shapes`` (name -> full shape) where given
+    (needed for dynamic dimensions besides the batch).
 
     Tolerances default per dtype (:func:`convforge.export.check.tolerances`). Bad input
     (unreadable model, missing/unknown input, wrong shape) raises ValueError before compiling;
@@ -190,7 +207,7 @@ def check_model(
     """
     require("onnxruntime", "cf.check_model")
     original = name_nodes(load_onnx(model))
-    feeds = make_inputs(original, inputs)
+    feeds = make_inputs(original, inputs, input_shapes)
     producers: dict[str, str] = {}
     if per_node:
         original, producers = expose_intermediates(original)
