@@ -72,7 +72,7 @@ def _compile(family: str, arch: str):
         x = te.placeholder(geom.x_shape, dtype, name="x")
         w = te.placeholder(geom.w_shape, dtype, name="w")
         b = te.placeholder((geom.out_channels,), dtype, name="bias") if bias else None
-        out = getattr(ops, op)(x, w, b, geom, activation)
+        out = getattr(ops, op)(x, w, geom, ops.Epilogue(b, activation))
         return [t for t in (x, w, b) if t is not None], [out]
 
     target = resolve_target({"kind": "cuda", "arch": arch})

@@ -188,7 +188,7 @@ def _reduction_macs(op, geom):
     """Iterations of every reduction block (spatial x reduction extents) in ``op``'s TIR."""
     x = te.placeholder(geom.x_shape, "float32", name="x")
     w = te.placeholder(geom.w_shape, "float32", name="w")
-    sch = s_tir.Schedule(te.create_prim_func([x, w, op(x, w, None, geom)]))
+    sch = s_tir.Schedule(te.create_prim_func([x, w, op(x, w, geom)]))
     total = 0
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         iter_vars = sch.get(block).iter_vars
