@@ -292,7 +292,7 @@ def conv_transpose_computation(
         tx, tw, tb = placeholders(
             dtype, x=geom.x_shape, w=geom.w_shape, bias=(geom.out_channels,) if bias else None
         )
-        outputs = [conv_transpose_op(geom, target)(tx, tw, tb, geom, activation)]
+        outputs = [conv_transpose_op(geom, target)(tx, tw, geom, ops.Epilogue(tb, activation))]
         return [t for t in (tx, tw, tb) if t is not None], outputs
 
     return build
@@ -411,10 +411,11 @@ def resize_conv(
         tx, tw, tb = placeholders(
             dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape
         )
+        epilogue = ops.Epilogue(tb, activation)
         if layout is not None:  # nearest integer upsampling: per-phase folded kernels
-            out = ops.nearest_upsample_conv(tx, tw, tb, layout, cgeom, activation)
+            out = ops.nearest_upsample_conv(tx, tw, layout, cgeom, epilogue)
         else:
-            out = ops.resize_conv(tx, tw, tb, rgeom, cgeom, activation)
+            out = ops.resize_conv(tx, tw, rgeom, cgeom, epilogue)
         return [t for t in (tx, tw, tb) if t is not None], [out]
 
     key = (rgeom, cgeom, dtype, bias is not None, activation)
@@ -715,7 +716,7 @@ def causal_conv_with_state(
             dtype, x=x.shape, w=w.shape, bias=None if bias is None else bias.shape,
             state=None if state is None else state.shape,
         )  # fmt: skip
-        outputs = ops.causal_conv_state(tx, tw, tb, ts, geom, activation)
+        outputs = ops.causal_conv_state(tx, tw, ts, geom, ops.Epilogue(tb, activation))
         return [t for t in (tx, tw, tb, ts) if t is not None], list(outputs)
 
     key = (geom, dtype, bias is not None, state is not None, activation)

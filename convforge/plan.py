@@ -228,8 +228,9 @@ class ConvAlgorithm:
 
     - ``choose(geom, dtype, target, *, constant_weight)`` (classmethod): the instance for
       ``geom`` (the kernel geometry) or None where the algorithm does not apply;
-    - ``compute(tx, tw, tb, tr, geom, activation, *, packed)``: the TE computation (w
-      packed by :meth:`pack` when ``packed``);
+    - ``compute(tx, tw, geom, epilogue, *, packed)``: the TE computation ending in
+      ``epilogue`` (an ``ops.Epilogue``: bias, residual, activation; w packed by
+      :meth:`pack` when ``packed``);
     - ``pack(w)`` / ``packed_shape(geom)``: a constant weight in the layout ``compute``
       reads with ``packed`` (identity by default);
     - ``pooled(geom, pool, dtype, target)``: the algorithm that also computes the max
@@ -263,10 +264,8 @@ class ConvAlgorithm:
         self,
         tx: te.Tensor,
         tw: te.Tensor,
-        tb: te.Tensor | None,
-        tr: te.Tensor | None,
         geom: shapes.ConvGeometry,
-        activation: str | None,
+        epilogue: ops.Epilogue,
         *,
         packed: bool,
     ) -> te.Tensor:
@@ -326,10 +325,8 @@ class Winograd(ConvAlgorithm):
         phases = "" if t.stride == (1, 1) else ", stride {}x{} phases".format(*t.stride)
         return f" (winograd F{t.m}x{t.m}{phases})"
 
-    def compute(self, tx, tw, tb, tr, geom, activation, *, packed):
-        out = ops.conv2d_winograd(
-            tx, tw, tb, geom, self.tiles, activation, weight_transformed=packed, residual=tr
-        )
+    def compute(self, tx, tw, geom, epilogue, *, packed):
+        out = ops.conv2d_winograd(tx, tw, geom, self.tiles, epilogue, weight_transformed=packed)
         return out if self.pool is None else ops.window_max(out, self.pool)
 
     def pack(self, w):
@@ -373,11 +370,10 @@ class Blocked(ConvAlgorithm):
         blocks = dense_conv_blocks(geom, dtype, target)
         return None if blocks is None else cls(blocks)
 
-    def compute(self, tx, tw, tb, tr, geom, activation, *, packed):
+    def compute(self, tx, tw, geom, epilogue, *, packed):
         return ops.conv_nchwc(
-            tx, tw, tb, geom, self.blocks, activation, weight_packed=packed, residual=tr,
-            pool=self.pool,
-        )  # fmt: skip
+            tx, tw, geom, self.blocks, epilogue, weight_packed=packed, pool=self.pool
+        )
 
     def pack(self, w):
         return ops.pack_weight_array(w, self.blocks)
@@ -405,8 +401,8 @@ class Generic(ConvAlgorithm):
     def choose(cls, geom, dtype, target, *, constant_weight):
         return cls()
 
-    def compute(self, tx, tw, tb, tr, geom, activation, *, packed):
-        return ops.conv(tx, tw, tb, geom, activation, residual=tr)
+    def compute(self, tx, tw, geom, epilogue, *, packed):
+        return ops.conv(tx, tw, geom, epilogue)
 
 
 @dataclass(frozen=True)
@@ -423,8 +419,8 @@ class ResizeConv(ConvAlgorithm):
     def x_shape(self, geom):
         return self.resize.x_shape
 
-    def compute(self, tx, tw, tb, tr, geom, activation, *, packed):
-        return ops.resize_conv(tx, tw, tb, self.resize, geom, activation)
+    def compute(self, tx, tw, geom, epilogue, *, packed):
+        return ops.resize_conv(tx, tw, self.resize, geom, epilogue)
 
 
 #: The algorithms :func:`plan_conv` tries, in order; the first whose ``choose`` returns an
@@ -557,10 +553,10 @@ class ConvPlan:
         tr: te.Tensor | None = None,
     ) -> te.Tensor:
         """The TE computation on the kernel's shapes: x, w (:attr:`weight_shape`), bias
-        (O,), residual (``kernel_geometry.out_shape``, added before the activation)."""
-        return self.algorithm.compute(
-            tx, tw, tb, tr, self.kernel_geometry, self.activation, packed=self.packs
-        )
+        (O,), residual (``kernel_geometry.out_shape``, added before the activation), ending
+        in the ``ops.Epilogue`` of ``tb``, :attr:`activation` and ``tr``."""
+        epilogue = ops.Epilogue(tb, self.activation, tr)
+        return self.algorithm.compute(tx, tw, self.kernel_geometry, epilogue, packed=self.packs)
 
     def computation(self) -> Computation:
         """Placeholders and :meth:`compute`: what the API compiles and ``convforge tune``
@@ -762,13 +758,13 @@ def conv_transpose_op(
             return None
         return min(b.out_block for b in blocks)
 
-    def phase_conv(x, w, bias, phase_geom, activation):
+    def phase_conv(x, w, phase_geom, epilogue):
         out_block = shared_out_block(str(x.dtype))
         if out_block is None:
-            return ops.conv(x, w, bias, phase_geom, activation)
+            return ops.conv(x, w, phase_geom, epilogue)
         blocks = dense_conv_blocks(phase_geom, str(x.dtype), target)
         blocks = dataclasses.replace(blocks, out_block=out_block)
-        return ops.conv_nchwc(x, w, bias, phase_geom, blocks, activation)
+        return ops.conv_nchwc(x, w, phase_geom, blocks, epilogue)
 
     return functools.partial(ops.conv_transpose_subpixel, phase_conv=phase_conv)
 
@@ -812,7 +808,7 @@ class DensePlan:
 
     def compute(self, packed: te.Tensor, x: te.Tensor) -> te.Tensor:
         """The kernel: ``packed`` (K'/W, F, 1, W), x as (N, F, 1, 1) -> (K'/W, N, 1, W)."""
-        return ops.conv(packed, x, None, self.kernel_geometry)
+        return ops.conv(packed, x, self.kernel_geometry)
 
 
 def plan_dense(

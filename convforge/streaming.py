@@ -34,7 +34,7 @@ from tvm import te, tirx
 from convforge import shapes
 from convforge.build import Kernel, compile_computation
 from convforge.filemode import atomic_write
-from convforge.ops import blocks, causal_conv_state, conv
+from convforge.ops import Epilogue, blocks, causal_conv_state, conv
 from convforge.schedules.streaming import schedule_streaming
 from convforge.targets import TargetArg, is_cpu, resolve_target, target_key
 
@@ -204,7 +204,7 @@ def stack_step(
             [int(v) for v in inp.shape], [int(v) for v in w.shape],
             bias_shape=[int(v) for v in b.shape],
         )  # fmt: skip
-        return conv(inp, w, b, geom)
+        return conv(inp, w, geom, Epilogue(b))
 
     h = pointwise(x, _weight_view(params["input_w"], None, "input"), params["input_b"])
     skip = None
@@ -215,7 +215,8 @@ def stack_step(
             bias_shape=(2 * c,), state_shape=[int(v) for v in state.shape],
         )  # fmt: skip
         w = _weight_view(params["dilated_w"], i, "dilated")
-        pre, new_state = causal_conv_state(h, w, _bias_view(params["dilated_b"], i), state, geom)
+        epilogue = Epilogue(_bias_view(params["dilated_b"], i))
+        pre, new_state = causal_conv_state(h, w, state, geom, epilogue)
         new_states.append(new_state)
         gated = _gate(pre, c)
         mix = pointwise(

@@ -255,11 +255,12 @@ def _conv_torch(torch, t, params):
 
 
 def _conv_transpose_computation(wl: Workload, target: Any) -> Callable[[], tuple[list, list]]:
+    from convforge import ops
     from convforge.plan import conv_transpose_op
 
     geom, activation = wl.geometry(), wl.params.get("activation")
     op = conv_transpose_op(geom, target)  # the API's form: sub-pixel phases when strided
-    return _te(wl, lambda x, w, bias: op(x, w, bias, geom, activation))
+    return _te(wl, lambda x, w, bias: op(x, w, geom, ops.Epilogue(bias, activation)))
 
 
 def _conv_transpose_onnx(wl: Workload, arrays: Arrays) -> Any:

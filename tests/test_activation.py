@@ -1,10 +1,12 @@
-"""The float32 exp, tanh and sigmoid of the kernels' epilogues against numpy in float64."""
+"""The float32 exp, tanh and sigmoid of the kernels' epilogues against numpy in float64, and
+the contract of :class:`convforge.ops.Epilogue`."""
 
 import numpy as np
 import pytest
 import tvm
 from tvm import s_tir, te
 
+from convforge import ops, shapes
 from convforge.ops import activation
 from convforge.targets import host_target
 
@@ -58,3 +60,20 @@ def test_float64_is_exact_to_float64(name):
     x = np.linspace(-30.0, 30.0, 4001)[:4000]
     got = _vectorized(name, x)
     np.testing.assert_allclose(got, REFERENCES[name](x), rtol=1e-14, atol=0)
+
+
+def test_an_epilogue_refuses_an_unknown_activation_when_made():
+    with pytest.raises(ValueError, match=r"activation must be None or one of .* got 'elu'"):
+        activation.Epilogue(activation="elu")
+
+
+@pytest.mark.parametrize(
+    "op", ["conv_transpose", "conv_transpose_gather", "conv_transpose_subpixel"]
+)
+def test_transposed_convolutions_refuse_a_residual_before_building(op):
+    geom = shapes.conv_transpose_geometry((1, 4, 5, 5), (4, 2, 3, 3), stride=2)
+    x = te.placeholder(geom.x_shape, "float32", "x")
+    w = te.placeholder(geom.w_shape, "float32", "w")
+    r = te.placeholder(geom.out_shape, "float32", "r")
+    with pytest.raises(ValueError, match=f"{op} takes no residual"):
+        getattr(ops, op)(x, w, geom, activation.Epilogue(residual=r))

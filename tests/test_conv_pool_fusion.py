@@ -199,7 +199,7 @@ def test_nchwc_pool_schedule_keeps_one_register_tile(width_block, rng):
 
     def computation():
         x, w, b = (te.placeholder(s, "float32", n) for s, n in [(geom.x_shape, "x"), (geom.w_shape, "w"), ((16,), "b")])  # fmt: skip
-        return [x, w, b], [ops.conv_nchwc(x, w, b, geom, blocks, "relu", pool=pool)]
+        return [x, w, b], [ops.conv_nchwc(x, w, geom, blocks, ops.Epilogue(b, "relu"), pool=pool)]
 
     target = host_target()
     inputs, outputs = computation()
@@ -228,7 +228,7 @@ def test_winograd_pool_runs_in_the_tasks_that_write_its_tiles():
     target = host_target()
     tiles = plan_conv(geom, "float32", target, constant_weight=True).algorithm.tiles
     x, w = te.placeholder(geom.x_shape, "float32", "x"), te.placeholder(geom.w_shape, "float32", "w")  # fmt: skip
-    out = ops.window_max(ops.conv2d_winograd(x, w, None, geom, tiles), pool)
+    out = ops.window_max(ops.conv2d_winograd(x, w, geom, tiles), pool)
     buffers = _allocations(schedule_cpu(te.create_prim_func([x, w, out]), target))
     assert buffers["winograd_unpack"][:3] == (1, 16, tiles.m)  # one row of tiles per task
 
@@ -257,7 +257,8 @@ def test_nchwc_pool_builds_for_aarch64_neon():
 
     def computation():
         x, w = te.placeholder(geom.x_shape, "float32", "x"), te.placeholder(geom.w_shape, "float32", "w")  # fmt: skip
-        return [x, w], [ops.conv_nchwc(x, w, None, geom, blocks, "relu", pool=pool)]
+        relu = ops.Epilogue(activation="relu")
+        return [x, w], [ops.conv_nchwc(x, w, geom, blocks, relu, pool=pool)]
 
     asm = compile_computation("conv_max_pool", computation, neon).executable.mod.inspect_source(
         "asm"

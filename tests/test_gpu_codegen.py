@@ -72,7 +72,7 @@ def _compile(family: str, arch: str):
         x = te.placeholder(geom.x_shape, dtype, name="x")
         w = te.placeholder(geom.w_shape, dtype, name="w")
         b = te.placeholder((geom.out_channels,), dtype, name="bias") if bias else None
-        out = getattr(ops, op)(x, w, b, geom, activation)
+        out = getattr(ops, op)(x, w, geom, ops.Epilogue(b, activation))
         return [t for t in (x, w, b) if t is not None], [out]
 
     target = resolve_target({"kind": "cuda", "arch": arch})
@@ -214,7 +214,7 @@ def test_meta_schedule_cuda_candidates_build_for_sm90():
     _, geom, dtype, *_ = FAMILIES["dense2d_3x3"]
     x = te.placeholder(geom.x_shape, dtype, name="x")
     w = te.placeholder(geom.w_shape, dtype, name="w")
-    func = te.create_prim_func([x, w, ops.conv(x, w, None, geom, "relu")])
+    func = te.create_prim_func([x, w, ops.conv(x, w, geom, ops.Epilogue(activation="relu"))])
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     target = resolve_target({"kind": "cuda", "arch": "sm_90"})
     context = ms.TuneContext(

@@ -89,7 +89,7 @@ def test_conv_transpose_gather_matches_sparse_form(case, dtype, rng):
 
     def build():
         tx, tw, tb = placeholders(dtype, x=x_shape, w=w_shape, bias=b.shape)
-        return [tx, tw, tb], [ops.conv_transpose_gather(tx, tw, tb, geom, "relu")]
+        return [tx, tw, tb], [ops.conv_transpose_gather(tx, tw, geom, ops.Epilogue(tb, "relu"))]
 
     y = compile_computation("gather", build, resolve_target(None))(x, w, b)
     c = cf.conv_matrix(w.astype(np.float64), geom.adjoint())

@@ -9,8 +9,11 @@ from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
 
 import convforge as cf
-from convforge import shapes
+from convforge import ops, shapes
+from convforge.api import placeholders
+from convforge.build import compile_computation
 from convforge.export import compare, resize_conv_model, resize_model, run_onnxruntime
+from convforge.targets import host_target
 
 SCALES = [0.5, 0.75, 1.5, 2, 2.5, 3, 1.25, 0.6, 1.0]
 #: Coordinate/nearest modes under which nearest integer upsampling repeats every sample.
@@ -231,3 +234,34 @@ def test_nearest_repeat_in_other_dtypes(dtype, rng):
     y = cf.resize(x, 2, coordinate_mode="half_pixel", nearest_mode="round_prefer_ceil")
     assert y.dtype == x.dtype
     np.testing.assert_array_equal(y, np.repeat(np.repeat(x, 2, axis=2), 2, axis=3))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])  # folded phases / resize block
+def test_both_resize_conv_forms_end_in_the_epilogue_residual_included(mode, rng):
+    """Either form (:func:`ops.nearest_upsample_conv` where the resize repeats samples,
+    :func:`ops.resize_conv` elsewhere) ends in the whole :class:`ops.Epilogue`: relu(conv +
+    bias + residual) against onnxruntime's Resize + Conv + bias, numpy adding the rest."""
+    rgeom = shapes.resize_geometry((1, 3, 5, 4), scale=2, mode=mode)
+    cgeom = shapes.conv_geometry(rgeom.out_shape, (4, 3, 3, 3), padding=1, bias_shape=(4,))
+    folded = shapes.phase_conv_layout(rgeom, cgeom)
+    assert (folded is not None) == (mode == "nearest")
+    x = rng.standard_normal(rgeom.x_shape).astype(np.float32)
+    w = rng.standard_normal(cgeom.w_shape).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    r = rng.standard_normal(cgeom.out_shape).astype(np.float32)
+
+    def build():
+        tx, tw, tb, tr = placeholders("float32", x=x.shape, w=w.shape, b=b.shape, r=r.shape)
+        epilogue = ops.Epilogue(tb, "relu", tr)
+        if folded is not None:
+            out = ops.nearest_upsample_conv(tx, tw, folded, cgeom, epilogue)
+        else:
+            out = ops.resize_conv(tx, tw, rgeom, cgeom, epilogue)
+        return [tx, tw, tb, tr], [out]
+
+    y = compile_computation("resize_conv", build, host_target())(x, w, b, r)
+    (conv,) = run_onnxruntime(
+        resize_conv_model(rgeom, cgeom, bias=True), {"x": x, "w": w, "bias": b}
+    )
+    agreement = compare(y, np.maximum(conv + r, 0))
+    assert agreement.ok, agreement

@@ -47,7 +47,7 @@ GEOM = shapes.conv_geometry((1, 3, 9, 9), (4, 3, 3, 3), padding=1)
 def _computation():
     x = te.placeholder(GEOM.x_shape, "float32", name="x")
     w = te.placeholder(GEOM.w_shape, "float32", name="w")
-    return [x, w], [ops.conv(x, w, None, GEOM)]
+    return [x, w], [ops.conv(x, w, GEOM)]
 
 
 def _func():

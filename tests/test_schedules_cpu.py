@@ -72,7 +72,7 @@ def _arrays(x_shape, w_shape, dtype="float32", seed=0):
 def _nchwc_func(geom, blocks):
     x = te.placeholder(geom.x_shape, "float32", name="x")
     w = te.placeholder(geom.w_shape, "float32", name="w")
-    func = te.create_prim_func([x, w, ops.conv_nchwc(x, w, None, geom, blocks)])
+    func = te.create_prim_func([x, w, ops.conv_nchwc(x, w, geom, blocks)])
     return func.with_attr("global_symbol", "main")
 
 
@@ -83,7 +83,7 @@ def _nchwc_bias_kernel(geom, blocks, activation):
         tx = te.placeholder(geom.x_shape, "float32", name="x")
         tw = te.placeholder(geom.w_shape, "float32", name="w")
         tb = te.placeholder((geom.out_channels,), "float32", name="bias")
-        return [tx, tw, tb], [ops.conv_nchwc(tx, tw, tb, geom, blocks, activation)]
+        return [tx, tw, tb], [ops.conv_nchwc(tx, tw, geom, blocks, ops.Epilogue(tb, activation))]
 
     return compile_computation("conv_nchwc", computation, host_target())
 
@@ -214,7 +214,7 @@ def _assembly(geom, target):
     def computation():
         x = te.placeholder(geom.x_shape, "float32", name="x")
         w = te.placeholder(geom.w_shape, "float32", name="w")
-        return [x, w], [ops.conv_nchwc(x, w, None, geom, blocks)]
+        return [x, w], [ops.conv_nchwc(x, w, geom, blocks)]
 
     kernel = compile_computation("conv_nchwc", computation, target)
     return kernel.executable.mod.inspect_source("asm")
@@ -260,7 +260,7 @@ def test_channel_blocks_reject_bad_sizes():
     geom = shapes.conv_geometry((1, 4, 6, 6), (4, 2, 3, 3), groups=2)
     x, w = te.placeholder(geom.x_shape, name="x"), te.placeholder(geom.w_shape, name="w")
     with pytest.raises(ValueError, match="groups == 1"):
-        ops.conv_nchwc(x, w, None, geom, ops.ChannelBlocks(8, 2))
+        ops.conv_nchwc(x, w, geom, ops.ChannelBlocks(8, 2))
 
 
 @pytest.mark.parametrize("user_threads", [None, "1"])
@@ -343,7 +343,7 @@ def test_one_channel_block_over_one_row_splits_the_width_into_parallel_tasks():
     def computation():
         tx = te.placeholder(geom.x_shape, "float32", name="x")
         tw = te.placeholder(geom.w_shape, "float32", name="w")
-        return [tx, tw], [ops.conv_nchwc(tx, tw, None, geom, blocks)]
+        return [tx, tw], [ops.conv_nchwc(tx, tw, geom, blocks)]
 
     kernel = compile_computation(
         "conv_nchwc", computation, host_target(), lambda f, t: generic_cpu_schedule(f, t).mod
@@ -382,7 +382,7 @@ def test_pointwise_row_rule_matches_onnxruntime(bias, activation):
         tw = te.placeholder(w.shape, "float32", name="w")
         tb = te.placeholder((geom.out_channels,), "float32", name="bias") if bias else None
         inputs = [t for t in (tx, tw, tb) if t is not None]
-        return inputs, [ops.conv(tx, tw, tb, geom, activation)]
+        return inputs, [ops.conv(tx, tw, geom, ops.Epilogue(tb, activation))]
 
     assert is_pointwise_row(prim_func(computation))
     kernel = compile_computation(
@@ -444,4 +444,4 @@ def test_short_pointwise_rows_pack_their_input_and_match_onnxruntime():
     tx = te.placeholder(grid.x_shape, "float32", name="x")
     tw = te.placeholder(grid.w_shape, "float32", name="w")
     with pytest.raises(ValueError, match="pack_input"):
-        ops.conv_nchwc(tx, tw, None, grid, ops.ChannelBlocks(16, 4, pack_input=True))
+        ops.conv_nchwc(tx, tw, grid, ops.ChannelBlocks(16, 4, pack_input=True))

@@ -26,7 +26,7 @@ def _conv_kernel(geom, dtype, bias, activation, schedule):
         w = te.placeholder(geom.w_shape, dtype, name="w")
         b = te.placeholder((geom.out_channels,), dtype, name="bias") if bias else None
         inputs = [x, w] + ([b] if bias else [])
-        return inputs, [ops.conv(x, w, b, geom, activation)]
+        return inputs, [ops.conv(x, w, geom, ops.Epilogue(b, activation))]
 
     return compile_computation("conv", build, host_target(), lambda f, t: schedule(f, t).mod)
 
@@ -34,7 +34,7 @@ def _conv_kernel(geom, dtype, bias, activation, schedule):
 def _prim_func(geom):
     x = te.placeholder(geom.x_shape, "float32", name="x")
     w = te.placeholder(geom.w_shape, "float32", name="w")
-    return te.create_prim_func([x, w, ops.conv(x, w, None, geom)])
+    return te.create_prim_func([x, w, ops.conv(x, w, geom)])
 
 
 def _check_conv_rule(geom, schedule, rng, *, bias=True, activation="relu", dtype="float32"):
@@ -110,7 +110,7 @@ def _subpixel_kernel(geom, dtype, bias, activation, schedule, op=ops.conv_transp
         w = te.placeholder(geom.w_shape, dtype, name="w")
         b = te.placeholder((geom.out_channels,), dtype, name="bias") if bias else None
         inputs = [x, w] + ([b] if bias else [])
-        return inputs, [op(x, w, b, geom, activation)]
+        return inputs, [op(x, w, geom, ops.Epilogue(b, activation))]
 
     return compile_computation(
         "conv_transpose", build, host_target(), lambda f, t: schedule(f, t).mod
@@ -178,7 +178,7 @@ def test_subpixel_phases_blocked_for_dense_cpu_convolutions(w_shape, groups, tar
     geom = shapes.conv_transpose_geometry((1, 4, 5, 5), w_shape, stride=2, groups=groups)
     x = te.placeholder(geom.x_shape, "float32", name="x")
     w = te.placeholder(geom.w_shape, "float32", name="w")
-    y = api.conv_transpose_op(geom, target)(x, w, None, geom)
+    y = api.conv_transpose_op(geom, target)(x, w, geom)
     func = te.create_prim_func([x, w, y])
     assert has_block(func, "conv_nchwc") == blocked
     assert has_block(func, "subpixel_interleave")
@@ -188,7 +188,7 @@ def _reduction_macs(op, geom):
     """Iterations of every reduction block (spatial x reduction extents) in ``op``'s TIR."""
     x = te.placeholder(geom.x_shape, "float32", name="x")
     w = te.placeholder(geom.w_shape, "float32", name="w")
-    sch = s_tir.Schedule(te.create_prim_func([x, w, op(x, w, None, geom)]))
+    sch = s_tir.Schedule(te.create_prim_func([x, w, op(x, w, geom)]))
     total = 0
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         iter_vars = sch.get(block).iter_vars

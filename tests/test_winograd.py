@@ -94,7 +94,7 @@ def _check_schedule_applies(geom, tiles, weight_transformed):
     channels = sh * sw * geom.in_channels
     w_shape = (a, a, kb, channels, tiles.out_block) if weight_transformed else geom.w_shape
     tw = te.placeholder(w_shape, "float32", name="w")
-    out = ops.conv2d_winograd(tx, tw, None, geom, tiles, weight_transformed=weight_transformed)
+    out = ops.conv2d_winograd(tx, tw, geom, tiles, weight_transformed=weight_transformed)
     func = te.create_prim_func([tx, tw, out])
     schedule_winograd(func, host_target())  # raises a ScheduleError if a step does not apply
 
@@ -172,7 +172,7 @@ def test_strided_winograd_with_weight_per_call_matches_onnxruntime():
 
     def computation():
         tx, tw, tb = api.placeholders("float32", x=x.shape, w=w.shape, b=b.shape)
-        return [tx, tw, tb], [ops.conv2d_winograd(tx, tw, tb, geom, tiles)]
+        return [tx, tw, tb], [ops.conv2d_winograd(tx, tw, geom, tiles, ops.Epilogue(tb))]
 
     y = compile_computation("conv", computation, host_target())(x, w, b)
     agreement = compare(y, _ort_reference(x, w, b, geom))
@@ -193,9 +193,9 @@ def test_winograd_refuses_strided_dilation():
     geom = shapes.conv_geometry((1, 8, 16, 16), (8, 8, 3, 3), stride=2, dilation=2)
     tx, tw = api.placeholders("float32", x=geom.x_shape, w=geom.w_shape)
     with pytest.raises(ValueError, match="undilated"):
-        ops.conv2d_winograd(tx, tw, None, geom, ops.WinogradTiles(4, 8, 1, stride=(2, 2)))
+        ops.conv2d_winograd(tx, tw, geom, ops.WinogradTiles(4, 8, 1, stride=(2, 2)))
     with pytest.raises(ValueError, match=r"tiles\.stride=\(1, 1\)"):
-        ops.conv2d_winograd(tx, tw, None, geom, ops.WinogradTiles(4, 8, 1))
+        ops.conv2d_winograd(tx, tw, geom, ops.WinogradTiles(4, 8, 1))
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -417,7 +417,7 @@ def lower_conv_transpose(ctx: LoweringContext, inputs: list, attrs: dict) -> rel
     activation = activation_of(attrs)
 
     def compute(tx, tw, tb=None):
-        return [conv_transpose_op(geom, ctx.target)(tx, tw, tb, geom, activation)]
+        return [conv_transpose_op(geom, ctx.target)(tx, tw, geom, ops.Epilogue(tb, activation))]
 
     args = [x, w] if bias is None else [x, w, bias]
     step = KernelStep(f"conv_transpose{nd}d", attrs, args, compute, geom.macs)

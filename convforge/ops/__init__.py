@@ -1,6 +1,6 @@
 """Computations only: every operator as a TVM tensor expression (no schedules here)."""
 
-from convforge.ops.activation import ACTIVATIONS, activate
+from convforge.ops.activation import ACTIVATIONS, NO_EPILOGUE, Epilogue, activate
 from convforge.ops.causal import causal_conv_state, causal_conv_with_state
 from convforge.ops.conv import conv, conv_transpose, pad
 from convforge.ops.conv_nchwc import (
@@ -32,7 +32,9 @@ from convforge.ops.winograd import WinogradTiles, conv2d_winograd, transform_wei
 
 __all__ = [
     "ACTIVATIONS",
+    "NO_EPILOGUE",
     "ChannelBlocks",
+    "Epilogue",
     "WinogradTiles",
     "activate",
     "adaptive_pool",

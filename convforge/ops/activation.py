@@ -1,4 +1,5 @@
-"""Element-wise activations fused into convolution epilogues, and their float32 math.
+"""Element-wise activations fused into convolution epilogues, their float32 math, and the
+:class:`Epilogue` every convolution op ends in (bias, residual, activation, cast).
 
 LLVM turns ``exp`` and ``tanh`` of a float32 vector into one libm call per lane, which made a
 fused sigmoid or tanh cost more than the convolution it ends (evidence:
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 from tvm import te, tirx
 
@@ -128,19 +130,45 @@ def activate(value: tirx.PrimExpr, activation: str | None, dtype: str) -> tirx.P
     raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {activation!r}")
 
 
-def conv_epilogue_value(
-    value: tirx.PrimExpr,
-    index: tuple,
-    bias: te.Tensor | None,
-    residual: te.Tensor | None,
-    activation: str | None,
-    acc: str,
-    dtype: str,
-) -> tirx.PrimExpr:
-    """``act(value + bias[o] + residual[n, o, *p])`` as ``dtype`` for the accumulated
-    ``value`` at output ``index = (n, o, *p)``: the epilogue every convolution shares."""
-    if bias is not None:
-        value = value + bias[index[1]].astype(acc)
-    if residual is not None:
-        value = value + residual[index].astype(acc)
-    return activate(value, activation, acc).astype(dtype)
+@dataclass(frozen=True, eq=False)
+class Epilogue:
+    """The element-wise end of a convolution, fused into its kernel: for the accumulated
+    value ``acc`` of output ``(n, o, *p)``, ``act(acc + bias[o] + residual[n, o, *p])`` cast
+    to the output dtype (:meth:`apply`). Every convolution op of :mod:`convforge.ops` takes
+    one; ``Epilogue()`` (:data:`NO_EPILOGUE`) adds nothing and only casts.
+
+    ``bias``: (O,) or None; ``activation``: None or one of :data:`ACTIVATIONS` (else
+    ValueError, when the epilogue is made); ``residual``: a tensor of the convolution's
+    output shape added before the activation (ResNet's shortcut), or None. Holds TE
+    tensors, so it compares by identity.
+    """
+
+    bias: te.Tensor | None = None
+    activation: str | None = None
+    residual: te.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        check_activation(self.activation)
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether it adds and activates nothing (then only the cast remains)."""
+        return self.bias is None and self.residual is None and self.activation is None
+
+    def refuse_residual(self, op: str) -> None:
+        """ValueError naming ``op`` where a residual is given to an op that takes none."""
+        if self.residual is not None:
+            raise ValueError(f"{op} takes no residual: its epilogue's residual must be None")
+
+    def apply(self, value: tirx.PrimExpr, index: tuple, acc: str, dtype: str) -> tirx.PrimExpr:
+        """``act(value + bias[o] + residual[n, o, *p])`` in ``acc``, cast to ``dtype``, for
+        the accumulated ``value`` (of dtype ``acc``) of output ``index = (n, o, *p)``."""
+        if self.bias is not None:
+            value = value + self.bias[index[1]].astype(acc)
+        if self.residual is not None:
+            value = value + self.residual[index].astype(acc)
+        return activate(value, self.activation, acc).astype(dtype)
+
+
+#: The epilogue that adds and activates nothing: the default of every convolution op.
+NO_EPILOGUE = Epilogue()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from convforge.ops import blocks
+from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.conv import conv, pad
 from convforge.shapes import CausalStateGeometry, depthwise_causal_state_geometry
 
@@ -49,18 +50,18 @@ def present_state(joined: te.Tensor, geom: CausalStateGeometry) -> te.Tensor:
 def causal_conv_state(
     x: te.Tensor,
     w: te.Tensor,
-    bias: te.Tensor | None,
     state: te.Tensor | None,
     geom: CausalStateGeometry,
-    activation: str | None = None,
+    epilogue: Epilogue = NO_EPILOGUE,
 ) -> tuple[te.Tensor, te.Tensor]:
     """General (dense, grouped, dilated) causal convolution with state.
 
-    x: (N, C, L), w: (O, C/groups, k), bias: (O,) or None, state: (N, C, d*(k-1)) or None
-    (zeros) -> (y: (N, O, L), present_state: (N, C, d*(k-1))).
+    x: (N, C, L), w: (O, C/groups, k), state: (N, C, d*(k-1)) or None (zeros), the
+    epilogue's bias (O,) -> (y: (N, O, L), present_state: (N, C, d*(k-1))); y ends in
+    ``epilogue`` (as :func:`convforge.ops.conv`'s).
     """
     joined = concat_state(state, x, geom)
-    y = conv(joined, w, bias, geom.conv, activation)
+    y = conv(joined, w, geom.conv, epilogue)
     return y, present_state(joined, geom)
 
 
@@ -90,4 +91,4 @@ def causal_conv_with_state(
         bias_shape=None if bias is None else [int(v) for v in bias.shape],
         state_shape=None if state is None else [int(v) for v in state.shape],
     )  # fmt: skip
-    return causal_conv_state(x, w, bias, state, geom, ONNX_ACTIVATIONS[activation])
+    return causal_conv_state(x, w, state, geom, Epilogue(bias, ONNX_ACTIVATIONS[activation]))

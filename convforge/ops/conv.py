@@ -2,7 +2,8 @@
 
 Layout ``(N, C, *spatial)``; weight ``(O, C/groups, *kernel)``. Block names are part of
 the contract with ``convforge.schedules``: ``pad`` (zero padding, may also crop),
-``conv`` (the reduction), ``conv_epilogue`` (bias, activation, cast).
+``conv`` (the reduction), ``conv_epilogue`` (its :class:`~convforge.ops.activation.Epilogue`:
+bias, residual, activation, cast).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from tvm import te, tirx
 
 from convforge.ops import blocks
-from convforge.ops.activation import conv_epilogue_value
+from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.shapes import ConvGeometry, ConvTransposeGeometry
 
 
@@ -47,19 +48,13 @@ def pad(x: te.Tensor, pads: Sequence[tuple[int, int]], name: str = blocks.PAD) -
 
 
 def conv(
-    x: te.Tensor,
-    w: te.Tensor,
-    bias: te.Tensor | None,
-    geom: ConvGeometry,
-    activation: str | None = None,
-    *,
-    residual: te.Tensor | None = None,
+    x: te.Tensor, w: te.Tensor, geom: ConvGeometry, epilogue: Epilogue = NO_EPILOGUE
 ) -> te.Tensor:
-    """``out[n, o, *p] = act(bias[o] + sum_{c,r} xpad[n, g*C/g + c, *(p*s + r*d)] * w[o, c, *r]
-    + residual[n, o, *p])``.
+    """``out[n, o, *p] = epilogue(sum_{c,r} xpad[n, g*C/g + c, *(p*s + r*d)] * w[o, c, *r])``
+    (:class:`~convforge.ops.activation.Epilogue`: bias, residual, activation, cast).
 
-    x: (N, C, *I), w: (O, C/groups, *K), bias: (O,) or None, residual: (N, O, *out_size)
-    or None (a tensor added before the activation, as ResNet's shortcut) -> (N, O, *out_size).
+    x: (N, C, *I), w: (O, C/groups, *K), the epilogue's bias (O,), its residual
+    (N, O, *out_size) -> (N, O, *out_size).
     """
     dtype = x.dtype
     acc = accumulator_dtype(dtype)
@@ -76,28 +71,22 @@ def conv(
         return te.sum(prod, axis=[rc, *rk])
 
     out = te.compute(geom.out_shape, body, name=blocks.CONV)
-    return with_epilogue(out, bias, residual, activation, dtype)
+    return with_epilogue(out, epilogue, dtype)
 
 
-def with_epilogue(
-    out: te.Tensor,
-    bias: te.Tensor | None,
-    residual: te.Tensor | None,
-    activation: str | None,
-    dtype: str,
-) -> te.Tensor:
+def with_epilogue(out: te.Tensor, epilogue: Epilogue, dtype: str) -> te.Tensor:
     """``out`` (a convolution's accumulated output, (N, O, *P)) followed by its element-wise
-    ``conv_epilogue`` block (:func:`convforge.ops.activation.conv_epilogue_value`: bias,
-    residual, activation, cast to ``dtype``); ``out`` itself when there is nothing to add,
-    activate or cast."""
+    ``conv_epilogue`` block (:meth:`Epilogue.apply <convforge.ops.activation.Epilogue.apply>`:
+    bias, residual, activation, cast to ``dtype``); ``out`` itself when there is nothing to
+    add, activate or cast."""
     acc = str(out.dtype)
-    if bias is None and residual is None and activation is None and acc == dtype:
+    if epilogue.is_identity and acc == dtype:
         return out
 
-    def epilogue(*index):
-        return conv_epilogue_value(out[index], index, bias, residual, activation, acc, dtype)
+    def body(*index):
+        return epilogue.apply(out[index], index, acc, dtype)
 
-    return te.compute(out.shape, epilogue, name=blocks.CONV_EPILOGUE)
+    return te.compute(out.shape, body, name=blocks.CONV_EPILOGUE)
 
 
 def transpose_weight(w: te.Tensor, groups: int) -> te.Tensor:
@@ -131,17 +120,15 @@ def dilate(x: te.Tensor, strides: Sequence[int], name: str = blocks.DILATE) -> t
 
 
 def conv_transpose(
-    x: te.Tensor,
-    w: te.Tensor,
-    bias: te.Tensor | None,
-    geom: ConvTransposeGeometry,
-    activation: str | None = None,
+    x: te.Tensor, w: te.Tensor, geom: ConvTransposeGeometry, epilogue: Epilogue = NO_EPILOGUE
 ) -> te.Tensor:
     """Transposed convolution as the forward conv of the zero-dilated input (tinygrad's way).
 
     x: (N, C, *I), w: (C, O/groups, *K) -> (N, O, *out_size). Equivalent to
     ``conv(dilate(x, s), flip(w)^T, padding = d*(k-1) - pad (+ output_padding at hi))``.
+    ``epilogue``: bias and activation (a residual is a ValueError).
     """
+    epilogue.refuse_residual(conv_transpose.__name__)
     pads = tuple(
         (d * (k - 1) - lo, d * (k - 1) - hi + op)
         for k, d, (lo, hi), op in zip(geom.kernel, geom.dilation, geom.padding, geom.output_padding)
@@ -152,4 +139,4 @@ def conv_transpose(
         tuple(int(v) for v in xd.shape[2:]), geom.kernel, (1,) * geom.ndim, geom.dilation,
         pads, geom.out_size,
     )  # fmt: skip
-    return conv(xd, transpose_weight(w, geom.groups), bias, forward, activation)
+    return conv(xd, transpose_weight(w, geom.groups), forward, epilogue)

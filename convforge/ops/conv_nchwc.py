@@ -13,7 +13,8 @@ in and out), computed as four TE blocks (names are the contract with
 - ``conv_nchwc``: ``y[n, ob, *s, wo, wi, oi] = sum_{c, *k} xp[n, c, *(s*stride + k*dil)] *
   wp[ob, c, *k, oi]``: output channels in blocks of OB (the vectorized axis), the innermost
   output axis in tiles of ``width_block`` positions;
-- ``nchwc_unpack``: ``out[n, o, *s] = act(y[n, o // OB, ..., o % OB] + bias[o])``;
+- ``nchwc_unpack``: ``out[n, o, *s] = epilogue(y[n, o // OB, ..., o % OB])`` (bias,
+  residual, activation, cast);
 - or, in :func:`conv_nchwc_max_pool`, ``nchwc_max_pool`` instead of the unpack: the max
   over each pooling window of the same values, read from ``y``.
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from convforge.ops.activation import conv_epilogue_value
+from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.blocks import (
     CONV_NCHWC,
     NCHWC_MAX_POOL,
@@ -94,27 +95,24 @@ def pack_weight_array(w: np.ndarray, blocks: ChannelBlocks) -> np.ndarray:
 def conv_nchwc(
     x: te.Tensor,
     w: te.Tensor,
-    bias: te.Tensor | None,
     geom: ConvGeometry,
     blocks: ChannelBlocks,
-    activation: str | None = None,
+    epilogue: Epilogue = NO_EPILOGUE,
     *,
     weight_packed: bool = False,
-    residual: te.Tensor | None = None,
     pool: PoolGeometry | None = None,
 ) -> te.Tensor:
     """Dense convolution through blocked output channels: x (N, C, *I), w (O, C, *K) -> (N, O, *out).
 
-    Equal to ``conv(x, w, bias, geom, activation)`` up to float summation order; needs
+    Equal to ``conv(x, w, geom, epilogue)`` up to float summation order; needs
     ``geom.groups == 1``. ``weight_packed``: w is already :func:`pack_weight`'s
-    (ceil(O/OB), C, *K, OB) (a constant packed by :func:`pack_weight_array`); ``residual``:
-    as in :func:`convforge.ops.conv`.
+    (ceil(O/OB), C, *K, OB) (a constant packed by :func:`pack_weight_array`).
 
     ``pool``: a max pool of the output whose windows tile it (``pool.windows_inside``,
     else ValueError), computed with it: -> (N, O, *pool.out_size). Its block
-    ``nchwc_max_pool``, ``out[n, o, *p] = max_r act(y[n, o // OB, *(p*k + r) ...] + bias[o]
-    + residual[n, o, *(p*k + r)])``, reads the blocked accumulators (no ``nchwc_unpack``),
-    so a schedule can pool each register tile as it is computed.
+    ``nchwc_max_pool``, ``out[n, o, *p] = max_r epilogue(y[n, o // OB, *(p*k + r) ...])``
+    (the epilogue at output ``(n, o, *(p*k + r))``), reads the blocked accumulators (no
+    ``nchwc_unpack``), so a schedule can pool each register tile as it is computed.
     """
     if pool is not None and (
         pool.kind != "max" or pool.x_shape != geom.out_shape or not pool.windows_inside
@@ -131,7 +129,7 @@ def conv_nchwc(
         """The epilogue of the accumulator of output ``(n, o, *pos)``."""
         *outer, last = pos
         value = y[(n, o // ob, *outer, last // wb, last % wb, o % ob)]
-        return conv_epilogue_value(value, (n, o, *pos), bias, residual, activation, acc, dtype)
+        return epilogue.apply(value, (n, o, *pos), acc, dtype)
 
     if pool is None:
         return te.compute(geom.out_shape, read, name=NCHWC_UNPACK)

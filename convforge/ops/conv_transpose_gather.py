@@ -30,6 +30,7 @@ import math
 from tvm import te, tirx
 
 from convforge.ops import blocks
+from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.conv import accumulator_dtype, with_epilogue
 from convforge.shapes import ConvTransposeGeometry, check_index_range
 
@@ -43,19 +44,16 @@ def _axis_taps(stride: int, dilation: int, kernel: int) -> tuple[int, int, int, 
 
 
 def conv_transpose_gather(
-    x: te.Tensor,
-    w: te.Tensor,
-    bias: te.Tensor | None,
-    geom: ConvTransposeGeometry,
-    activation: str | None = None,
+    x: te.Tensor, w: te.Tensor, geom: ConvTransposeGeometry, epilogue: Epilogue = NO_EPILOGUE
 ) -> te.Tensor:
     """Transposed convolution, each output gathering its taps (see the module doc).
 
-    x: (N, C, *I), w: (C, O/groups, *K), bias: (O,) or None -> (N, O, *out_size); the
+    x: (N, C, *I), w: (C, O/groups, *K), the epilogue's bias (O,) -> (N, O, *out_size); the
     same result as :func:`convforge.ops.conv.conv_transpose` for any stride, dilation,
     padding, output padding and groups, from an expression whose size does not grow with
-    the stride.
+    the stride. ``epilogue``: bias and activation (a residual is a ValueError).
     """
+    epilogue.refuse_residual(conv_transpose_gather.__name__)
     dtype = x.dtype
     acc = accumulator_dtype(dtype)
     cpg = geom.in_channels // geom.groups
@@ -100,4 +98,4 @@ def conv_transpose_gather(
         return te.sum(tirx.Select(tirx.all(*valid), value, zero), axis=rt)
 
     out = te.compute(geom.out_shape, body, name=blocks.CONV_TRANSPOSE_GATHER)
-    return with_epilogue(out, bias, None, activation, dtype)
+    return with_epilogue(out, epilogue, dtype)

@@ -29,15 +29,13 @@ from dataclasses import dataclass
 from tvm import te, tirx
 
 from convforge.ops import blocks
-from convforge.ops.activation import activate
+from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.conv import accumulator_dtype, conv, pad
 from convforge.shapes import ConvGeometry, ConvTransposeGeometry
 
 #: A dense convolution builder with :func:`convforge.ops.conv.conv`'s signature
-#: ``(x, w, bias, geom, activation) -> y``.
-PhaseConv = Callable[
-    [te.Tensor, te.Tensor, "te.Tensor | None", ConvGeometry, "str | None"], te.Tensor
-]
+#: ``(x, w, geom, epilogue) -> y``.
+PhaseConv = Callable[[te.Tensor, te.Tensor, ConvGeometry, Epilogue], te.Tensor]
 
 
 @dataclass(frozen=True)
@@ -137,19 +135,20 @@ def subpixel_phases(
 def conv_transpose_subpixel(
     x: te.Tensor,
     w: te.Tensor,
-    bias: te.Tensor | None,
     geom: ConvTransposeGeometry,
-    activation: str | None = None,
+    epilogue: Epilogue = NO_EPILOGUE,
     *,
     phase_conv: PhaseConv = conv,
 ) -> te.Tensor:
     """Transposed convolution as ``prod(stride)`` dense phase convolutions, interleaved.
 
-    x: (N, C, *I), w: (C, O/groups, *K), bias: (O,) or None -> (N, O, *out_size); the
+    x: (N, C, *I), w: (C, O/groups, *K), the epilogue's bias (O,) -> (N, O, *out_size); the
     same result as :func:`convforge.ops.conv.conv_transpose` (groups, dilation, padding,
     output_padding all supported) with no products of inserted zeros. ``phase_conv``
-    builds each phase's convolution (x (N, C, *P), w (O, C/groups, *taps)).
+    builds each phase's convolution (x (N, C, *P), w (O, C/groups, *taps)), each ending
+    in ``epilogue``: bias and activation (a residual is a ValueError).
     """
+    epilogue.refuse_residual(conv_transpose_subpixel.__name__)
     dtype = x.dtype
     per_axis, shared_pads, phases = subpixel_phases(geom)
     padded = pad(x, shared_pads, name=blocks.SUBPIXEL_PAD)
@@ -159,13 +158,12 @@ def conv_transpose_subpixel(
             results[key] = None  # no outputs, or outputs that see no input (bias only)
             continue
         phase_w = phase_weight(w, taps, geom.groups)
-        results[key] = phase_conv(padded, phase_w, bias, phase_geom, activation)
+        results[key] = phase_conv(padded, phase_w, phase_geom, epilogue)
 
     acc = accumulator_dtype(dtype)
 
-    def bias_only(o):
-        value = bias[o].astype(acc) if bias is not None else tirx.const(0, acc)
-        return activate(value, activation, acc).astype(dtype)
+    def bias_only(n, o):  # the epilogue of an empty sum
+        return epilogue.apply(tirx.const(0, acc), (n, o), acc, dtype)
 
     def interleave(n, o, *pos):
         shifted = [p + lo for p, (lo, _) in zip(pos, geom.padding)]
@@ -177,7 +175,7 @@ def conv_transpose_subpixel(
                 continue  # no output position has this phase
             tensor = results[key]
             if tensor is None:
-                branch = bias_only(o)
+                branch = bias_only(n, o)
             else:
                 m = [q // s - p.first for q, s, p in zip(shifted, geom.stride, combo)]
                 branch = tensor[(n, o, *m)]

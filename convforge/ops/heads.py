@@ -12,7 +12,7 @@ import math
 from tvm import te
 
 from convforge.ops import blocks
-from convforge.ops.activation import exp
+from convforge.ops.activation import Epilogue, exp
 from convforge.ops.conv import accumulator_dtype, conv
 from convforge.ops.pool import adaptive_pool
 from convforge.shapes import AdaptivePoolGeometry, ConvGeometry, global_pool_geometry
@@ -119,6 +119,6 @@ def fully_conv_head(
 ) -> te.Tensor:
     """``softmax(global_avg_pool(conv1x1(x)))``: x (N, C, *S) of any size, w (K, C, 1, ...)
     -> (N, K)."""
-    scores = conv(x, w, bias, conv_geom)
+    scores = conv(x, w, conv_geom, Epilogue(bias))
     pooled = adaptive_pool(scores, global_pool_geometry(conv_geom.out_shape, kind="avg"))
     return softmax(flatten(pooled))

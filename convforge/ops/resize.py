@@ -21,7 +21,7 @@ import numpy as np
 from tvm import te, tirx
 
 from convforge.ops import blocks
-from convforge.ops.activation import activate
+from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.conv import accumulator_dtype, conv, pad
 from convforge.shapes import ConvGeometry, PhaseConvLayout, ResizeGeometry
 
@@ -291,17 +291,17 @@ def resize(x: te.Tensor, geom: ResizeGeometry, name: str = blocks.RESIZE) -> te.
 def resize_conv(
     x: te.Tensor,
     w: te.Tensor,
-    bias: te.Tensor | None,
     resize_geom: ResizeGeometry,
     conv_geom: ConvGeometry,
-    activation: str | None = None,
+    epilogue: Epilogue = NO_EPILOGUE,
 ) -> te.Tensor:
     """``conv(resize(x))`` as one computation: the ``resize`` block feeds the convolution.
 
     x: (N, C, *I), w: (O, C/groups, *K) -> (N, O, *conv_geom.out_size); ``conv_geom`` is the
-    geometry of the convolution on the resized tensor.
+    geometry of the convolution on the resized tensor, ``epilogue`` its end (as in
+    :func:`convforge.ops.conv`).
     """
-    return conv(resize(x, resize_geom), w, bias, conv_geom, activation)
+    return conv(resize(x, resize_geom), w, conv_geom, epilogue)
 
 
 def fold_phase_weights(
@@ -330,10 +330,9 @@ def fold_phase_weights(
 def nearest_upsample_conv(
     x: te.Tensor,
     w: te.Tensor,
-    bias: te.Tensor | None,
     layout: PhaseConvLayout,
     conv_geom: ConvGeometry,
-    activation: str | None = None,
+    epilogue: Epilogue = NO_EPILOGUE,
 ) -> te.Tensor:
     """``conv(nearest_upsample(x, f))`` (stride 1) as per-phase convolutions of the
     low-resolution x with folded kernels (see :class:`convforge.shapes.PhaseConvLayout`);
@@ -342,8 +341,8 @@ def nearest_upsample_conv(
     ``phase_conv[n, o, *ph, *j] = sum_{c, m} xpad[n, c, *(j + (ph + shift)//f + m)] *
     W[o, c, *((ph + shift) % f), *m]`` is an ordinary convolution per output phase ``ph``
     (its width ``j`` contiguous in x), and ``phase_interleave`` writes output
-    ``p = f*j + ph`` (adding bias and activation). Blocks: ``phase_weight``, ``pad``,
-    ``phase_conv``, ``phase_interleave``.
+    ``p = f*j + ph``, ending in ``epilogue`` (as :func:`convforge.ops.conv`'s). Blocks:
+    ``phase_weight``, ``pad``, ``phase_conv``, ``phase_interleave``.
     """
     dtype = x.dtype
     acc = accumulator_dtype(dtype)
@@ -371,9 +370,6 @@ def nearest_upsample_conv(
     def interleave(n, o, *pos):
         phase = [p % f for p, f in zip(pos, layout.factors)]
         row = [p // f for p, f in zip(pos, layout.factors)]
-        value = phases[(n, o, *phase, *row)]
-        if bias is not None:
-            value = value + bias[o].astype(acc)
-        return activate(value, activation, acc).astype(dtype)
+        return epilogue.apply(phases[(n, o, *phase, *row)], (n, o, *pos), acc, dtype)
 
     return te.compute(conv_geom.out_shape, interleave, name=blocks.PHASE_INTERLEAVE)

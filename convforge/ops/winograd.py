@@ -36,8 +36,8 @@ Blocks (the contract with ``convforge.schedules.cpu_winograd``):
   U[a, b, kb, c, ki]`` (output channels in blocks of OB, the vectorized axis);
 - ``winograd_output_rows``, ``winograd_output``: ``Y[n, qh, tb, pw, kb, jh, jw, ti, ki] =
   (A^T M A)[jh, jw]`` (annotated with the dilation, :data:`DILATION_ATTR`);
-- ``winograd_unpack``: ``out[n, k, oh, ow] = act(Y[...] + bias[k] + residual[n, k, oh, ow])``
-  in NCHW.
+- ``winograd_unpack``: ``out[n, k, oh, ow] = epilogue(Y[...])`` in NCHW (bias, residual,
+  activation, cast).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import numpy as np
 from tvm import te, tirx
 
 from convforge.ops import blocks
-from convforge.ops.activation import conv_epilogue_value
+from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.conv import accumulator_dtype
 from convforge.shapes import ConvGeometry, check_positive_int
 
@@ -182,23 +182,21 @@ def transform_weight_array(w: np.ndarray, tiles: WinogradTiles) -> np.ndarray:
 def conv2d_winograd(
     x: te.Tensor,
     w: te.Tensor,
-    bias: te.Tensor | None,
     geom: ConvGeometry,
     tiles: WinogradTiles,
-    activation: str | None = None,
+    epilogue: Epilogue = NO_EPILOGUE,
     *,
     weight_transformed: bool = False,
-    residual: te.Tensor | None = None,
 ) -> te.Tensor:
     """2-D convolution by F(m x m, r x s): x (N, C, H, W), w (K, C, r, s) -> (N, K, *out);
     a strided one over its stride phases (``tiles.stride``, which must be ``geom``'s;
     undilated).
 
-    Equal to ``conv(x, w, bias, geom, activation)`` up to float rounding, which the
+    Equal to ``conv(x, w, geom, epilogue)`` up to float rounding, which the
     transforms raise (float32, random data: F(4x4, 3x3) about 4e-6 of the output's range
     at 64 channels, 1.4e-5 at 512; F(4x4, 2x2) of a 3x3 stride-2 convolution 8e-6 at 128).
     ``weight_transformed``: w is already :func:`transform_weight_array`'s
-    (a, b, ceil(K/OB), C', OB); ``residual``: as in :func:`convforge.ops.conv`.
+    (a, b, ceil(K/OB), C', OB).
     """
     strided = geom.stride != (1, 1)
     if geom.ndim != 2 or geom.groups != 1 or tiles.stride != geom.stride:
@@ -313,7 +311,7 @@ def conv2d_winograd(
         qh, jh = oh // (m * dh) * dh + oh % dh, oh // dh % m
         tw, pw, jw = ow // (m * dw), ow % dw, ow // dw % m
         value = y[n, qh, tw // tb_size, pw, k // ob, jh, jw, tw % tb_size, k % ob]
-        return conv_epilogue_value(value, (n, k, oh, ow), bias, residual, activation, acc, dtype)
+        return epilogue.apply(value, (n, k, oh, ow), acc, dtype)
 
     return te.compute(geom.out_shape, unpack, name=blocks.WINOGRAD_UNPACK)
 
