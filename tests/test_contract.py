@@ -157,11 +157,11 @@ def test_refused_state_leaves_the_stack_unchanged(stack):
 def test_compile_model_input_shapes_take_numpy_integers_and_refuse_fractions():
     from onnx import helper
 
-    from convforge.export.model import TensorSpec, _compiled_shapes
+    from convforge.export.model import TensorSpec, compiled_shapes
     from convforge.export.onnx_graphs import make_model
 
     specs = [TensorSpec("x", (None, 3, None, None), "float32")]
-    assert _compiled_shapes(specs, {"x": np.array([1, 3, 8, 8])}) == {"x": (1, 3, 8, 8)}
+    assert compiled_shapes(specs, {"x": np.array([1, 3, 8, 8])}) == {"x": (1, 3, 8, 8)}
     node = helper.make_node("Relu", ["x"], ["y"])
     model = make_model(
         [node], {"x": (("N", 3, "H", "W"), "float32")}, {"y": (("N", 3, "H", "W"), "float32")}

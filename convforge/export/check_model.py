@@ -20,9 +20,14 @@ import onnx
 
 from convforge.export.check import compare, run_onnxruntime
 from convforge.export.fusion import name_nodes
-from convforge.export.model import CompiledModel, compile_model, declared_inputs, load_onnx
+from convforge.export.model import (
+    CompiledModel,
+    compile_model,
+    compiled_shapes,
+    declared_inputs,
+    load_onnx,
+)
 from convforge.extras import require
-from convforge.shapes import as_shape
 from convforge.targets import TargetArg
 
 
@@ -103,8 +108,9 @@ def make_inputs(
 ) -> dict[str, np.ndarray]:
     """The given inputs, checked against the declared ones, or seeded random ones.
 
-    Random inputs are standard normal (floats) of the declared shape, a dynamic batch as 1.
-    Raises ValueError for a missing or unknown input, a wrong dtype kind or a wrong shape.
+    Random inputs are standard normal (floats) of the declared shape, a dynamic batch as 1,
+    or of ``input_shapes`` (:func:`~convforge.export.model.compiled_shapes`). Raises
+    ValueError for a missing or unknown input, a wrong dtype kind or a wrong shape.
     """
     specs = declared_inputs(model)
     names = [s.name for s in specs]
@@ -115,11 +121,7 @@ def make_inputs(
         missing = [n for n in names if n not in inputs]
         if missing:
             raise ValueError(f"inputs: missing input(s) {missing}; the model's inputs are {names}")
-    unknown = [n for n in (input_shapes or {}) if n not in names]
-    if unknown:
-        raise ValueError(
-            f"input_shapes: unknown input(s) {unknown}; the model's inputs are {names}"
-        )
+    sizes = None if inputs is not None else compiled_shapes(specs, input_shapes)
     rng = np.random.default_rng(seed)
     result = {}
     for spec in specs:
@@ -139,21 +141,7 @@ def make_inputs(
                 )
             result[spec.name] = array.astype(spec.dtype, copy=False)
             continue
-        shape = (input_shapes or {}).get(spec.name)
-        if shape is None:
-            if any(d is None for d in spec.shape[1:]):
-                raise ValueError(
-                    f"input {spec.name!r} has dynamic non-batch dimensions: give inputs or input_shapes"
-                )
-            shape = tuple(1 if d is None else d for d in spec.shape)
-        shape = as_shape(shape, f"input_shapes[{spec.name!r}]")
-        if len(shape) != len(spec.shape) or any(
-            d is not None and d != s for d, s in zip(spec.shape, shape)
-        ):
-            raise ValueError(
-                f"input_shapes[{spec.name!r}] = {shape} does not fit the declared shape "
-                f"{tuple('?' if d is None else d for d in spec.shape)}"
-            )
+        shape = sizes[spec.name]
         if spec.dtype.startswith("float"):
             result[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         else:

@@ -653,9 +653,12 @@ def _spec(value: Any) -> TensorSpec:
     return TensorSpec(value.name, shape, dtype)
 
 
-def _compiled_shapes(
+def compiled_shapes(
     specs: Sequence[TensorSpec], input_shapes: Mapping[str, Sequence[int]] | None
 ) -> dict[str, tuple[int, ...]]:
+    """Each input's shape: ``input_shapes``' where given (ValueError for an unknown name or a
+    shape that does not fit the declaration), else the declared one with a dynamic batch as
+    1 (ValueError for other dynamic dimensions, which need ``input_shapes``)."""
     input_shapes = dict(input_shapes or {})
     names = [s.name for s in specs]
     for name in input_shapes:
@@ -939,7 +942,7 @@ def _import_buckets(
     from convforge.export.buckets import merge_buckets
 
     specs = declared_inputs(original)
-    base = _compiled_shapes(specs, input_shapes)
+    base = compiled_shapes(specs, input_shapes)
     modules, first = {}, None
     for bucket in buckets:
         shapes = {
@@ -991,7 +994,7 @@ def import_model(
     prepare_started = time.perf_counter()
     original = name_nodes(load_onnx(model))
     specs = declared_inputs(original)
-    compiled = _compiled_shapes(specs, input_shapes)
+    compiled = compiled_shapes(specs, input_shapes)
     for name, shape in compiled.items():  # TVM indexes with int32: refuse before importing
         check_index_range(**{f"input {name!r}": shape})
     original = fold_static_shapes(original, compiled)
