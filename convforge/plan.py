@@ -67,17 +67,12 @@ def check_algorithm(algorithm: str) -> None:
 #: Output-channel vectors per register tile: powers of two.
 #: Evidence: benchmarks/results/thresholds.md#channel-vectors
 CHANNEL_VECTORS = (1, 2, 4)
-#: Winograd: fewer channels than this keep the direct convolution (the transforms dominate).
-#: Evidence: benchmarks/results/thresholds.md#winograd-per-call-weight
-MIN_WINOGRAD_CHANNELS = 8
 #: Stride-2 convolutions by F(4x4, r x r) over their stride phases: the most phase channels
 #: (4 x input channels) per phase kernel size r, where the rounding stays below float32's
-#: 1e-5 tolerance. Evidence: benchmarks/results/thresholds.md#winograd-accuracy
+#: 1e-5 tolerance (a numerical bound, the same on every target; the speed thresholds of the
+#: choice are the profile's ``min_winograd_channels`` and ``min_tiles_per_call_weight``).
+#: Evidence: benchmarks/results/thresholds.md#winograd-accuracy
 MAX_PHASE_CHANNELS = {2: 512, 3: 64, 4: 64}
-#: Tiles a convolution whose weight is transformed on every call needs (the transform
-#: costs about as much as the multiplies of 16 tiles).
-#: Evidence: benchmarks/results/thresholds.md#winograd-per-call-weight
-MIN_TILES_PER_CALL_WEIGHT = 32
 #: Sub-pixel transposed convolutions have at most this many stride phases; above it each
 #: output gathers its taps (``ops.conv_transpose_gather``, stride-independent size): the
 #: phases' interleave crashed TVM at stride 40 in 2-D and compile time grows with them.
@@ -180,20 +175,20 @@ def winograd_tiles(
 ) -> ops.WinogradTiles | None:
     """The Winograd tiles for ``geom`` on ``target``, or None where the direct convolution
     is used: dense float32 2-D convolutions on CPUs with at least
-    :data:`MIN_WINOGRAD_CHANNELS` channels, 3x3 with stride 1 (F(4x4, 3x3) up to 256 input
-    channels, F(2x2, 3x3) above, where F(4x4)'s rounding grows past float32's tolerance),
+    :attr:`~convforge.targets.TargetProfile.min_winograd_channels` channels, 3x3 with
+    stride 1 (F(4x4, 3x3) up to 256 input channels, F(2x2, 3x3) above, where F(4x4)'s
+    rounding grows past float32's tolerance),
     or square undilated kernels with stride 2 as F(4x4, r x r) over the stride phases
     (within :data:`MAX_PHASE_CHANNELS`; a transformed weight over
     ``cpu_winograd.CACHED_WEIGHT_FLOATS`` only when ``constant_weight``). A weight given on
     every call is transformed on every call: such convolutions need
-    :data:`MIN_TILES_PER_CALL_WEIGHT` tiles; a ``constant_weight`` needs none."""
-    if (
-        not is_cpu(target)
-        or dtype != "float32"
-        or geom.ndim != 2
-        or geom.groups != 1
-        or min(geom.in_channels * math.prod(geom.stride), geom.out_channels) < MIN_WINOGRAD_CHANNELS
-    ):
+    :attr:`~convforge.targets.TargetProfile.min_tiles_per_call_weight` tiles; a
+    ``constant_weight`` needs none."""
+    if not is_cpu(target) or dtype != "float32" or geom.ndim != 2 or geom.groups != 1:
+        return None
+    thresholds = profile(target)
+    channels_in = geom.in_channels * math.prod(geom.stride)
+    if min(channels_in, geom.out_channels) < thresholds.min_winograd_channels:
         return None
     if geom.stride == (1, 1) and geom.kernel == (3, 3):
         m = 4 if geom.in_channels <= 256 else 2
@@ -212,10 +207,10 @@ def winograd_tiles(
         return None
     tiles_w = -(-ow // (m * dw))
     tiles = geom.batch * -(-oh // (m * dh)) * dh * tiles_w * dw
-    if not constant_weight and tiles < MIN_TILES_PER_CALL_WEIGHT:
+    if not constant_weight and tiles < thresholds.min_tiles_per_call_weight:
         return None
     lanes = vector_lanes(target, accumulator_dtype(dtype))
-    out_block, tile_block = register_tile(geom.out_channels, tiles_w, lanes, profile(target))
+    out_block, tile_block = register_tile(geom.out_channels, tiles_w, lanes, thresholds)
     return ops.WinogradTiles(m, out_block, tile_block, geom.stride)
 
 
@@ -611,7 +606,8 @@ def _winograd_refusal(geom: shapes.ConvGeometry, dtype: str, target) -> ValueErr
         f"{geom.dilation}, groups {geom.groups}, {geom.in_channels}->"
         f"{geom.out_channels} channels, output {geom.out_size}) on target "
         f"{target.kind.name}: Winograd needs a CPU, float32, an ungrouped 2-D "
-        f"convolution with at least {MIN_WINOGRAD_CHANNELS} channels in and out, 3x3 "
+        f"convolution with at least {profile(target).min_winograd_channels} channels in and "
+        "out, 3x3 "
         "with stride 1 or a square kernel with stride 2 (undilated, within the "
         "channel limits of plan.MAX_PHASE_CHANNELS), and an output of at "
         "least one tile per axis; use algorithm='auto' or 'direct'"

@@ -182,6 +182,11 @@ class TargetProfile:
     #: (write-allocate, write back, read; #winograd-pass-traffic).
     winograd_task_floats: int = 64 * 1024
     pass_traffic: int = 3
+    #: Winograd's choice (``plan.winograd_tiles``): fewer channels in or out than this keep
+    #: the direct convolution (the transforms dominate), and a convolution whose weight is
+    #: transformed on every call needs this many tiles. #winograd-per-call-weight
+    min_winograd_channels: int = 8
+    min_tiles_per_call_weight: int = 32
 
     def vector_lanes(self, dtype: str) -> int:
         """Lanes of ``dtype`` in one vector register (1 on a GPU or for wider types)."""

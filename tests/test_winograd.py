@@ -20,9 +20,9 @@ from convforge import api, ops, shapes
 from convforge.build import compile_computation
 from convforge.export import compare, conv_model, run_onnxruntime
 from convforge.ops.winograd import phase_weight_array, winograd_matrices
-from convforge.plan import MAX_PHASE_CHANNELS, MIN_TILES_PER_CALL_WEIGHT, plan_conv, winograd_tiles
+from convforge.plan import MAX_PHASE_CHANNELS, plan_conv, winograd_tiles
 from convforge.schedules.cpu_winograd import schedule_winograd
-from convforge.targets import host_target
+from convforge.targets import host_target, profile
 
 ZEN3 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}
 NEON = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}
@@ -310,6 +310,6 @@ def test_chooser_keeps_the_direct_convolution_elsewhere():
     geom = shapes.conv_geometry(big["x_shape"], big["w_shape"], padding=1)
     assert winograd_tiles(geom, "float32", cuda, True) is None
     small = shapes.conv_geometry((1, 16, 14, 14), (16, 16, 3, 3), padding=1)  # 16 tiles
-    assert MIN_TILES_PER_CALL_WEIGHT > 16
+    assert profile(target).min_tiles_per_call_weight > 16
     assert winograd_tiles(small, "float32", target) is None
     assert winograd_tiles(small, "float32", target, True) is not None
