@@ -12,20 +12,15 @@ call, B=3 is b2 + b1, B=20 is b8 + b8 + b4) and concatenates their outputs along
 
 Why buckets and not a symbolic batch in the kernels: convforge's TE kernels and their
 schedules are built for static shapes (tile sizes, packing, Winograd tiles are picked from
-the extents), so a ``tirx.Var`` batch would lose the schedule. The cost is compile time and
-code size: each bucket's kernels are compiled (2 cores under load 4: ResNet-15 at
-112x112 25.6 s -> 79 s, the light ResNet-50 23.3 s -> 93.7 s; ResNet-15's .so 67.1 ->
-68.9 MB with 1, 2, 4, 8). Why 1, 2, 4, 8: powers of two split any batch into few calls
-(B <= 15: at most four), and 8 is where batching has paid off (the batch-8 bucket runs the
-kernels a batch-8-only library runs), while each more bucket costs one more compile. The
-weights are not repeated: TVM's VM executable stores structurally equal constants once, so
-every bucket's copy of a weight (and of its packed form) is one constant in the library (measured: a
-2.4 MB weight, 2 388 236 bytes with one bucket, 2 424 468 with four;
-``tests/test_dynamic_batch.py`` checks it). What it buys, batch 8 on ResNet-15 (one
-thread, ``benchmarks/bench_batch.py``, two runs on a loaded 2-core EPYC): the dynamic
-library's median is as fast as a library compiled for batch 8 only (69.8 vs 76.1 ms,
-79.5 vs 78.9 ms: the same kernels, the rest noise), and 1.5-2x below eight batch-1 calls
-(145.3, 120.5 ms).
+the extents), so a ``tirx.Var`` batch would lose the schedule. The cost is compile time
+(each bucket's kernels are compiled) and code size. Why 1, 2, 4, 8: powers of two split
+any batch into few calls (B <= 15: at most four), the batch-8 bucket runs the kernels a
+batch-8-only library runs, and each more bucket costs one more compile. The weights are
+not repeated: TVM's VM executable stores structurally equal constants once, so every
+bucket's copy of a weight (and of its packed form) is one constant in the library
+(``tests/test_dynamic_batch.py`` checks it). Evidence (compile cost, library size, batch-8
+latency against a batch-8-only library and eight batch-1 calls):
+benchmarks/results/thresholds.md#batch-buckets
 
 Samples are assumed independent along the batch, as the per-sample loop of convforge
 0.1.7 assumed: ``BatchNormalization`` in training mode, which mixes samples, is refused
