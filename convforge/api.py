@@ -153,6 +153,18 @@ def conv(
     return _run("conv", plan.key, plan.computation(), arrays, target).reshape(geom.out_shape)
 
 
+def prepared_input(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
+    """x as an array, ValueError unless it has the ``shape`` and ``dtype`` a prepared
+    ``what`` (:class:`PreparedConv`, :class:`PreparedDense`) was prepared for."""
+    x = np.asarray(x)
+    if x.shape != shape or x.dtype != dtype:
+        raise ValueError(
+            f"x must have shape {shape} and dtype {dtype} (the shape and dtype the {what} "
+            f"was prepared for), got {x.shape} {x.dtype}"
+        )
+    return x
+
+
 @dataclass(frozen=True)
 class PreparedConv:
     """:func:`conv` with one weight, packed once (:func:`prepare_conv`): ``op(x)`` for x of
@@ -177,13 +189,7 @@ class PreparedConv:
         return "direct" if self.plan.algorithm.exact else self.plan.algorithm.name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        dtype = self.constants[0].dtype
-        if x.shape != self.geom.x_shape or x.dtype != dtype:
-            raise ValueError(
-                f"x must have shape {self.geom.x_shape} and dtype {dtype} (the shape and "
-                f"dtype the convolution was prepared for), got {x.shape} {x.dtype}"
-            )
+        x = prepared_input(x, self.geom.x_shape, self.constants[0].dtype, "convolution")
         if self.direct is not None and self.check is not None:
             x = aligned(x)
             if self.check(x.reshape(-1)):
@@ -546,16 +552,9 @@ class PreparedDense:
     plan: DensePlan
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        dtype = self.constants[0].dtype
-        if x.shape != self.x_shape or x.dtype != dtype:
-            raise ValueError(
-                f"x must have shape {self.x_shape} and dtype {dtype} (the shape and dtype "
-                f"the dense layer was prepared for), got {x.shape} {x.dtype}"
-            )
-        return self.kernel(
-            self.constants[0], x.reshape(self.plan.kernel_geometry.w_shape), *self.constants[1:]
-        )
+        x = prepared_input(x, self.x_shape, self.constants[0].dtype, "dense layer")
+        as_kernel = x.reshape(*x.shape, 1, 1)  # x (N, F) as the kernel's (N, F, 1, 1)
+        return self.kernel(self.constants[0], as_kernel, *self.constants[1:])
 
 
 def prepare_dense(
