@@ -116,6 +116,9 @@ _LAZY: dict[str, str] = {
     "check_model": "convforge.export.check_model",
 }
 
+#: The modules of _LAZY that import no TVM.
+_WITHOUT_TVM = ("convforge.shapes", "convforge.reference")
+
 
 def __getattr__(name: str) -> Any:
     """Resolve a public name by importing its module once; later lookups find it in globals."""
@@ -124,6 +127,10 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'convforge' has no attribute {name!r}")
     import importlib
 
+    if module not in _WITHOUT_TVM:  # import TVM first, the quick way (convforge.tvm_import)
+        from convforge.tvm_import import import_tvm
+
+        import_tvm()
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

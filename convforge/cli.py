@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (see ``EPILOG``). Argument errors exit 2
     (argparse's own ``SystemExit(2)``)."""
     try:
+        from convforge.tvm_import import import_tvm
+
+        import_tvm()  # before the commands import it: the quick way
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         print("convforge: interrupted", file=sys.stderr)

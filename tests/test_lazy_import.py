@@ -59,3 +59,33 @@ def test_bare_import_loads_neither_tvm_nor_onnx():
     assert size == (8 + 2 * 1 - 3) // 2 + 1
     assert tvm_loaded and ok
     assert version == cf.__version__
+
+
+@pytest.mark.parametrize("opt_in", [False, True])
+def test_tvm_is_imported_without_ml_dtypes_unless_asked(opt_in):
+    """convforge.tvm_import: TVM comes in without ml_dtypes (a ~1 s import), which a later
+    ``import ml_dtypes`` (onnx's, the user's) still gets; CONVFORGE_ML_DTYPES=1 keeps it. The
+    kernel run after the hidden import must still agree with numpy."""
+    out = run_isolated(
+        f"""
+        import json, os, sys
+        import numpy as np
+        if {opt_in}:
+            os.environ["CONVFORGE_ML_DTYPES"] = "1"
+        import convforge as cf
+        x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype("float32")
+        w = np.random.default_rng(1).standard_normal((3, 2, 1, 1)).astype("float32")
+        y = cf.conv(x, w)
+        expected = np.einsum("nchw,oc->nohw", x, w[:, :, 0, 0])
+        hidden = "ml_dtypes" not in sys.modules
+        import ml_dtypes
+        import onnx  # imports ml_dtypes itself
+        print(json.dumps([hidden, float(np.abs(y - expected).max()),
+                          str(np.dtype(ml_dtypes.bfloat16)), onnx.__name__]))
+        """
+    )
+    assert out.returncode == 0, out.describe()
+    hidden, error, bf16, onnx_name = json.loads(out.stdout.strip().splitlines()[-1])
+    assert hidden is (not opt_in)
+    assert error < 1e-5
+    assert bf16 == "bfloat16" and onnx_name == "onnx"
