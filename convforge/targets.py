@@ -171,6 +171,10 @@ class TargetProfile:
     #: #long-1d-convolutions
     long_1d_min_length: int = 1024
     long_1d_time_tile: int = 1024
+    #: LLVM's optimization level for convforge's kernels in a compiled model (their
+    #: schedules vectorize and unroll them; TVM's own functions keep -O3).
+    #: #kernel-opt-level
+    kernel_opt_level: int = 1
     #: Outputs from which an element-wise kernel runs in parallel.
     #: #elementwise-min-parallel
     elementwise_min_parallel: int = 4096

@@ -3,9 +3,9 @@
 Every compile collects wall-clock seconds per phase (``time.perf_counter``; a few
 microseconds per phase) into a :class:`CompileProfile`, kept on the compiled model as
 ``CompiledModel.compile_profile``. With ``CONVFORGE_PROFILE_COMPILE=1`` in the environment the
-table is also printed to stderr when the compile ends, and ``tvm.compile`` runs under a pass
-instrument that splits it into relax passes, TIR passes and the rest (LLVM code generation
-and linking, which are not passes); without it nothing is printed and no instrument runs.
+table is also printed to stderr when the compile ends, and on GPU targets ``tvm.compile`` runs
+under a pass instrument that splits it into passes and the rest (code generation and linking,
+which are not passes); without it nothing is printed and no instrument runs.
 
 Phases (each compile's phases add up to its ``total``, up to ``other``):
 
@@ -16,12 +16,19 @@ Phases (each compile's phases add up to its ``total``, up to ``other``):
   kernel phases below, which run inside it;
 - ``kernel compute``: building convforge's TE computations and their PrimFuncs;
 - ``kernel schedule``: scheduling them (once per distinct PrimFunc);
-- ``relax pipeline``: the relax passes (convforge's CPU pipeline: legalization, fusion, ...);
-- ``tir passes`` (profiling only): TVM's TIR lowering passes on every PrimFunc (on GPU
-  targets, whose relax pipeline is TVM's own, ``relax + tir passes`` together);
-- ``codegen`` : the rest of ``tvm.compile`` (with profiling: LLVM code generation and VM
-  linking; without it, also the TIR passes, and the phase is named ``tir + codegen``, or
-  ``relax + tir + codegen`` on GPU targets).
+- ``relax pipeline``: the relax passes (convforge's CPU pipeline: legalization, fusion, ...).
+
+On CPU targets (:mod:`convforge.export.codegen`):
+
+- ``codegen``: every PrimFunc's TIR passes, LLVM optimization and object file, in parallel;
+- ``pack``: the VM executable (bytecode, constants) linked and packed into an object file;
+- ``link``: the shared library linked; ``load library``: loaded.
+
+On GPU targets, ``tvm.compile`` (TVM's default relax pipeline):
+
+- ``relax + tir passes`` (profiling only): TVM's passes on the module and every PrimFunc;
+- ``codegen``: the rest of ``tvm.compile`` (code generation and VM linking; without
+  profiling the whole is one phase, ``relax + tir + codegen``).
 """
 
 from __future__ import annotations
@@ -92,18 +99,15 @@ class CompileProfile:
 
 
 def tvm_compile(mod, target, relax_pipeline, profile: CompileProfile):
-    """``tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)``, its time split into
-    ``profile``'s phases (see the module docstring)."""
+    """``tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)`` for a GPU target
+    (CPU targets: :mod:`convforge.export.codegen`), its time split into ``profile``'s
+    phases (see the module docstring)."""
     import tvm
 
     start = time.perf_counter()
     if not profiling_enabled():
         executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
-        if "relax pipeline" in profile.phases:  # CPU: timed inside convforge's pipeline
-            rest = time.perf_counter() - start - profile.phases["relax pipeline"]
-            profile.add("tir + codegen", rest)
-        else:  # GPU: TVM's default relax pipeline, not timed apart
-            profile.add("relax + tir + codegen", time.perf_counter() - start)
+        profile.add("relax + tir + codegen", time.perf_counter() - start)
         return executable
 
     @tvm.instrument.pass_instrument
@@ -113,7 +117,7 @@ def tvm_compile(mod, target, relax_pipeline, profile: CompileProfile):
         def __init__(self) -> None:
             self.depth = 0
             self.started = 0.0
-            self.seconds: dict[str, float] = {}
+            self.seconds = 0.0
 
         def run_before_pass(self, _mod, info) -> None:
             if self.depth == 0:
@@ -123,10 +127,7 @@ def tvm_compile(mod, target, relax_pipeline, profile: CompileProfile):
         def run_after_pass(self, _mod, info) -> None:
             self.depth -= 1
             if self.depth == 0:
-                name = info.name
-                self.seconds[name] = (
-                    self.seconds.get(name, 0.0) + time.perf_counter() - self.started
-                )
+                self.seconds += time.perf_counter() - self.started
 
     timer = _TopLevelTimer()
     current = tvm.transform.PassContext.current()
@@ -139,13 +140,6 @@ def tvm_compile(mod, target, relax_pipeline, profile: CompileProfile):
     )
     with context:
         executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
-    elapsed = time.perf_counter() - start
-    relax_seconds = profile.phases.get("relax pipeline", 0.0)  # timed inside the pipeline
-    passes = sum(s for n, s in timer.seconds.items() if n != "ConvforgeCPUPipeline")
-    if "relax pipeline" not in profile.phases:  # GPU: TVM's default relax pipeline
-        profile.add("relax + tir passes", passes)
-        profile.add("codegen", elapsed - passes)
-        return executable
-    profile.add("tir passes", passes)
-    profile.add("codegen", elapsed - relax_seconds - passes)
+    profile.add("relax + tir passes", timer.seconds)
+    profile.add("codegen", time.perf_counter() - start - timer.seconds)
     return executable

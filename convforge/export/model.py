@@ -37,7 +37,7 @@ from tvm import relax
 from convforge.export.library import append_trailer, verified_library
 from convforge.filemode import atomic_write
 from convforge.shapes import as_shape, check_index_range
-from convforge.targets import TargetArg, resolve_target
+from convforge.targets import TargetArg, is_cpu, resolve_target
 
 if TYPE_CHECKING:
     from convforge.export.lowering import LoweringContext
@@ -112,6 +112,8 @@ class CompiledModel:
         self.compiled_shapes = {i["name"]: tuple(i["compiled_shape"]) for i in metadata["inputs"]}
         #: The persistent cache's entry holding this model's library (export copies it).
         self._cache_entry: str | os.PathLike | None = None
+        #: The library compile_model linked for a CPU target (export copies it).
+        self._library: _PrivateLibrary | None = None
         #: For a model loaded from the cache: compiles it again (when its entry is gone).
         self._rebuild: Callable[[], CompiledModel] | None = None
         self._vm_lock = threading.Lock()
@@ -124,23 +126,13 @@ class CompiledModel:
         self.compile_profile = None
 
     def _make_vm(self) -> tuple[relax.VirtualMachine, Any]:
-        module = self._module
-        if self._cache_entry is not None and isinstance(module, tvm.runtime.Executable):
-            # Loading the stored library (machine code already made by its export) is
-            # faster than the VM's JIT compile of the executable (0.3 s vs 5 s, ResNet-15).
-            with (
-                contextlib.suppress(FileNotFoundError, ValueError, RuntimeError),
-                verified_library(os.fspath(self._cache_entry)) as library,
-                without_scope_warnings(),
-            ):
-                module = tvm.runtime.load_module(library)
-        vm = relax.VirtualMachine(module, tvm.cpu())
+        vm = relax.VirtualMachine(self._module, tvm.cpu())
         return vm, vm["main"]
 
     def _vm_and_main(self) -> tuple[relax.VirtualMachine, Any]:
-        """The VM and its ``main``, created once. Creating the VM JIT-compiles every kernel's
-        machine code (LLVM's back end: seconds for a ResNet), which a compile that is only
-        exported (``convforge compile``) never needs: :func:`compile_model` defers it."""
+        """The VM and its ``main``, created once, on first use: a compile that is only
+        exported (``convforge compile``) never needs it. (On a GPU target, creating it
+        JIT-compiles the host code; a CPU model's library is already linked and loaded.)"""
         if self._vm_main is None:
             with self._vm_lock:
                 if self._vm_main is None:
@@ -388,6 +380,15 @@ class CompiledModel:
         """Write one shared library (code, weights, description) atomically to ``path``,
         followed by a trailer holding its SHA-256 and target, which :func:`load` verifies
         (see :mod:`convforge.export.library`)."""
+        if self._library is not None:
+            library = self._library
+
+            def copy(tmp: str) -> None:
+                shutil.copyfile(library.path, tmp)
+                append_trailer(tmp, self.target)
+
+            atomic_write(path, copy, executable=True, suffix=".so")
+            return
         if self._cache_entry is not None and self._export_cached(path):
             return
         if not isinstance(self._module, tvm.runtime.Executable):
@@ -787,7 +788,11 @@ def compile_model(
     mod = _with_metadata(mod, metadata)
     say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
     start = time.perf_counter()
-    executable = tvm_compile(mod, resolved, relax_pipeline(resolved, profile), profile)
+    pipeline = relax_pipeline(resolved, profile)
+    if is_cpu(resolved):  # kernels built in parallel and linked once (export/codegen.py)
+        module, library = _build_and_load(mod, resolved, pipeline, profile)
+    else:
+        module, library = tvm_compile(mod, resolved, pipeline, profile), None
     say(f"compiled in {time.perf_counter() - start:.1f} s")
 
     def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
@@ -797,11 +802,12 @@ def compile_model(
             dynamic=dynamic, batch_buckets=batch_buckets,
         )  # fmt: skip
 
-    # The VM (and the JIT compile of the machine code) on first use: an export needs neither.
-    compiled = CompiledModel(executable, json.loads(json.dumps(metadata)), specialize, lazy=True)
+    # The VM on first use (on a GPU target, with the JIT compile of the machine code).
+    compiled = CompiledModel(module, json.loads(json.dumps(metadata)), specialize, lazy=True)
+    compiled._library = library
     if cached is not None:
         with profile.phase("cache store"):
-            compiled._cache_entry = _store_model(cached[1], executable, resolved, metadata)
+            compiled._cache_entry = _store_model(cached[1], module, library, resolved, metadata)
     profile.total = time.perf_counter() - began
     profile.kernels = len(ctx.records)
     profile.distinct_kernels = len(ctx.added_functions)
@@ -846,15 +852,54 @@ def _cached_model(
     return compiled, parts
 
 
+def _build_and_load(
+    mod: tvm.IRModule, target: tvm.target.Target, pipeline: Any, profile: Any
+) -> tuple[tvm.runtime.Module, _PrivateLibrary]:
+    """Compile ``mod`` for a CPU target with :mod:`convforge.export.codegen` and load the
+    linked library: (the loaded module, the library file, kept while the model lives)."""
+    from convforge.export import codegen
+
+    built = codegen.build(mod, target, pipeline, profile.phase)
+    try:
+        library = _PrivateLibrary()
+        with profile.phase("link"):
+            built.link(library.path)
+    finally:
+        built.close()
+    with profile.phase("load library"), without_scope_warnings():
+        module = tvm.runtime.load_module(library.path)
+    return module, library
+
+
+class _PrivateLibrary:
+    """A compiled model's linked library in a private temporary folder (mode 0700), which
+    is removed when this object is collected or the interpreter exits."""
+
+    def __init__(self) -> None:
+        import weakref
+
+        self.folder = tempfile.mkdtemp(prefix="convforge-model-")
+        self.path = os.path.join(self.folder, "model.so")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+
+
 def _store_model(
-    parts: dict, executable: tvm.runtime.Executable, target: tvm.target.Target, metadata: dict
+    parts: dict,
+    module: tvm.runtime.Module | tvm.runtime.Executable,
+    library: _PrivateLibrary | None,
+    target: tvm.target.Target,
+    metadata: dict,
 ) -> str | None:
-    """Store a compiled model in the persistent cache; the entry's path (or None)."""
+    """Store a compiled model in the persistent cache (a copy of its linked ``library``, or
+    ``module`` exported); the entry's path (or None)."""
     from convforge.export import model_cache
 
     def write(tmp: str) -> None:
+        if library is not None:
+            shutil.copyfile(library.path, tmp)
+            return
         with without_scope_warnings():
-            executable.export_library(tmp)
+            module.export_library(tmp)
 
     entry = model_cache.store(parts, write, target, json.loads(json.dumps(metadata)))
     return None if entry is None else str(entry)

@@ -229,6 +229,36 @@ def schedule_tvm_elementwise(target: tvm.target.Target) -> tvm.transform.Pass:
     return apply
 
 
+@relax.expr_functor.mutator
+class _EmptyConstantsAsZeros(relax.PyExprMutator):
+    def visit_generic_const_(self, op: tvm.ir.expr.Constant) -> relax.Expr:
+        value = op.value
+        if not isinstance(value, tvm.runtime.Tensor) or 0 not in value.shape:
+            return op
+        # an allocation, which no later pass folds back into a constant (zeros would be):
+        # with no elements, there is nothing to fill
+        return relax.op.builtin.alloc_tensor(
+            relax.ShapeExpr(list(value.shape)), str(value.dtype), runtime_device_index=0
+        )
+
+
+def empty_constants_as_zeros() -> tvm.transform.Pass:
+    """Every constant tensor with no elements becomes an allocation of its shape: TVM
+    0.27 writes such a constant into a library but cannot read it back (``Tensor::Load``
+    fails on its 0 data bytes: "Invalid DLTensor file format"), e.g. the empty state of a
+    kernel-size-1 CausalConvWithState."""
+
+    @tvm.transform.module_pass(opt_level=0, name="EmptyConstantsAsZeros")
+    def apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mutator = _EmptyConstantsAsZeros(mod)
+                mod[gvar] = mutator.visit_expr(func)
+        return mod
+
+    return apply
+
+
 def relax_pipeline(target: tvm.target.Target, profile=None) -> tvm.transform.Pass | str:
     """The pipeline for ``tvm.compile(mod, target, relax_pipeline=...)``; ``profile`` (a
     :class:`convforge.export.compile_profile.CompileProfile`) gets its seconds as
@@ -241,6 +271,7 @@ def relax_pipeline(target: tvm.target.Target, profile=None) -> tvm.transform.Pas
         timed = profile.phase("relax pipeline") if profile is not None else nullcontext()
         with target, timed:
             passes = [
+                empty_constants_as_zeros(),
                 *cpu_generic.library_dispatch_passes(target),
                 relax.transform.LegalizeOps(LEGALIZE),
                 *cpu_generic.legalize_passes(target),
