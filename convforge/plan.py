@@ -243,6 +243,10 @@ class ConvAlgorithm:
     exact: ClassVar[bool] = True
     #: Whether :meth:`pack` changes a constant weight's layout (the kernel then reads it so).
     packs: ClassVar[bool] = False
+    #: Whether its schedule vectorizes and unrolls all the code itself, so that LLVM's
+    #: optimizer has little left to do: a compiled model builds it at the target profile's
+    #: ``kernel_opt_level`` (:attr:`ConvPlan.llvm_opt_level`).
+    explicit_code: ClassVar[bool] = False
 
     @classmethod
     def choose(
@@ -303,6 +307,7 @@ class Winograd(ConvAlgorithm):
     name: ClassVar[str] = "winograd"
     exact: ClassVar[bool] = False
     packs: ClassVar[bool] = True
+    explicit_code: ClassVar[bool] = True
 
     @property
     def schedule(self) -> str:
@@ -351,6 +356,7 @@ class Blocked(ConvAlgorithm):
 
     name: ClassVar[str] = "blocked"
     packs: ClassVar[bool] = True
+    explicit_code: ClassVar[bool] = True
 
     @property
     def schedule(self) -> str:
@@ -449,6 +455,15 @@ class ConvPlan:
     #: Strides by which x is sliced before the kernel (a strided unpadded 1x1), or None.
     subsample: tuple[int, ...] | None
     target: tvm.target.Target = field(compare=False, repr=False)
+
+    @property
+    def llvm_opt_level(self) -> int | None:
+        """LLVM's optimization level for this kernel in a compiled model: the target
+        profile's ``kernel_opt_level`` where the algorithm's code is explicit (Winograd,
+        blocked), else None (LLVM's default, -O3). thresholds.md#kernel-opt-level"""
+        if not self.algorithm.explicit_code:
+            return None
+        return profile(self.target).kernel_opt_level
 
     @property
     def pool(self) -> shapes.PoolGeometry | None:

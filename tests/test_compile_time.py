@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper
 
 import convforge as cf
@@ -46,7 +47,7 @@ def test_identical_convs_share_one_kernel_profile_and_lazy_vm(rng, monkeypatch, 
     assert "convforge compile profile" in err
     profile = compiled.compile_profile
     for phase in ("load", "prepare", "fusion", "import", "kernel compute", "kernel schedule",
-                  "relax pipeline", "codegen", "pack", "link", "load library"):  # fmt: skip
+                  "relax pipeline", "codegen", "objects", "link", "load library"):  # fmt: skip
         assert phase in profile.phases, phase
         assert profile.phases[phase] >= 0.0, phase
         assert phase in err, phase
@@ -102,3 +103,110 @@ def test_profile_table_rows_add_up_to_the_total(monkeypatch, capsys):
     monkeypatch.setenv("CONVFORGE_PROFILE_COMPILE", "1")
     profile.print_if_enabled()
     assert "codegen" in capsys.readouterr().err
+
+
+def _winograd_then_pool(rng):
+    """Conv 3x3 16->16 (Winograd under 'winograd') -> MaxPool 3x3 stride 2 pads 1 (a
+    separate pool kernel: overlapping windows are not fused)."""
+    w = (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Softmax", ["c"], ["s"], axis=1),
+        helper.make_node("MaxPool", ["s"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "winograd_pool",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16, 16, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 16, 8, 8])],
+        initializer=[onnx.numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def _opt_levels(monkeypatch) -> dict[str, int]:
+    """The LLVM opt level each PrimFunc of the next compile is built at (by name)."""
+    from convforge.export import codegen
+
+    seen: dict[str, int] = {}
+    original = codegen._function_target
+
+    def spy(target, func):
+        chosen = original(target, func)
+        name = str(func.attrs["global_symbol"]) if "global_symbol" in func.attrs else "?"
+        seen[name] = int(chosen.attrs.get("opt-level", 3))
+        return chosen
+
+    monkeypatch.setattr(codegen, "_function_target", spy)
+    return seen
+
+
+def test_explicit_kernels_build_at_the_profiles_opt_level_others_at_llvms(rng, monkeypatch):
+    """Winograd and blocked convolutions carry the profile's kernel_opt_level (and their
+    library agrees with onnxruntime); the pool, the softmax and TVM's functions keep -O3;
+    a target naming opt-level gets it everywhere. Sequential (CONVFORGE_COMPILE_JOBS=1)
+    and parallel builds give the same numbers."""
+    from convforge.export.codegen import OPT_LEVEL_ATTR
+    from convforge.targets import host_target, profile
+
+    model = _winograd_then_pool(rng)
+    x = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)
+    (expected,) = run_onnxruntime(model, {"x": x})
+    level = profile(host_target()).kernel_opt_level
+    for jobs in ("1", "2"):
+        monkeypatch.setenv("CONVFORGE_COMPILE_JOBS", jobs)
+        seen = _opt_levels(monkeypatch)
+        compiled = cf.compile_model(model, algorithm="winograd")
+        kernels = {k["function"]: k["kernel"] for k in compiled.metadata["kernels"]}
+        assert any("winograd" in kernel for kernel in kernels.values()), kernels
+        for function, kernel in kernels.items():
+            wanted = level if kernel.startswith("conv2d") else 3
+            assert seen[function] == wanted, (function, kernel, seen)
+        assert all(v == 3 for name, v in seen.items() if not name.startswith("cf_")), seen
+        agreement = compare(compiled(x=x)[0], expected)
+        assert agreement.ok, agreement
+
+    import tvm
+
+    seen = _opt_levels(monkeypatch)
+    o2 = tvm.target.Target({**dict(host_target().export()), "opt-level": 2})
+    compiled = cf.compile_model(model, target=o2, algorithm="winograd")
+    assert seen and set(seen.values()) == {2}, seen
+    assert compare(compiled(x=x)[0], expected).ok
+    assert OPT_LEVEL_ATTR.startswith("convforge.")
+
+
+def test_compile_jobs_is_checked(monkeypatch):
+    from convforge.export.codegen import compile_jobs
+    from convforge.threads import physical_cores
+
+    monkeypatch.delenv("CONVFORGE_COMPILE_JOBS", raising=False)
+    assert compile_jobs() == physical_cores()
+    monkeypatch.setenv("CONVFORGE_COMPILE_JOBS", "3")
+    assert compile_jobs() == 3
+    for bad in ("0", "-1", "two"):
+        monkeypatch.setenv("CONVFORGE_COMPILE_JOBS", bad)
+        with pytest.raises(ValueError, match="CONVFORGE_COMPILE_JOBS must be a positive"):
+            compile_jobs()
+
+
+def test_light_shape_inference_infers_what_onnx_does_on_the_whole_model(rng):
+    """prepare.infer_shapes leaves the weights out of ONNX's shape inference: the inferred
+    shapes of every value are onnx's own on the whole model."""
+    from convforge.examples import networks
+    from convforge.export.prepare import infer_shapes
+
+    model = networks.classifier_flatten()
+
+    def shapes(m):
+        graph = m.graph
+        return {
+            v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+            for v in (*graph.value_info, *graph.output)
+        }
+
+    expected = shapes(onnx.shape_inference.infer_shapes(model, data_prop=True))
+    assert expected
+    assert shapes(infer_shapes(model, data_prop=True)) == expected

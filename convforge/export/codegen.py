@@ -7,18 +7,22 @@ ResNet-50 on a 2-core Zen 3 that was 10.8 s of TIR passes and LLVM optimization,
 object emission and 6.7 s of JIT (``benchmarks/bench_compile.py``). Here, instead:
 
 1. the relax pipeline and the VM's bytecode generation run as in ``relax.build``;
-2. each PrimFunc becomes its own LLVM module, built (``tvm.tirx.build``: TIR passes, LLVM IR,
-   LLVM's optimizer) and written as an object file by a pool of :func:`compile_jobs` threads
-   (TVM releases the GIL while it compiles), the largest kernels first;
-3. the VM executable (bytecode and constants) is packed into one more object, as
-   ``export_library`` packs it (``ModulePackImportsToLLVM``), and everything is linked once
-   into a shared library (TVM's ``cc.create_shared``), which the model then loads: no JIT.
+2. each PrimFunc becomes its own LLVM module (``tvm.tirx.build``: TIR passes, LLVM IR, LLVM's
+   optimizer), on a pool of :func:`compile_jobs` threads (TVM releases the GIL while it
+   compiles), convforge's kernels first;
+3. the VM executable (bytecode and constants) is linked with them and packed into one more
+   object, as ``export_library`` packs it (``ModulePackImportsToLLVM``), while the same
+   threads write each kernel's object file;
+4. everything is linked once into a shared library (TVM's ``cc.create_shared``), which the
+   model then loads: no JIT, and a cache entry or an export is a copy of that file.
 
-convforge's kernels (``cf_*`` functions: explicitly vectorized and unrolled by their
-schedules) are optimized at the target profile's ``kernel_opt_level`` (LLVM -O1 on x86:
-half the compile time of -O3 for the same speed, ``benchmarks/results/thresholds.md
-#kernel-opt-level``); TVM's own functions keep LLVM's default (-O3, whose loop vectorizer
-they rely on). A target that names ``opt-level`` itself gets exactly that everywhere.
+A PrimFunc that carries :data:`OPT_LEVEL_ATTR` is optimized at that LLVM level: the
+lowering stamps convforge's Winograd and blocked convolutions, whose schedules vectorize and
+unroll all their code, with the target profile's ``kernel_opt_level`` (-O1: about half the
+compile time of -O3 at the same speed, ``benchmarks/results/thresholds.md#kernel-opt-level``);
+every other function keeps LLVM's default, -O3 (pools and softmax rely on its vectorizer:
+up to 5x slower at -O1). A target that names ``opt-level`` itself gets exactly that
+everywhere.
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ import tvm
 from tvm import relax
 from tvm.runtime import _ffi_api as runtime_api
 
-from convforge.targets import profile as target_profile
 from convforge.threads import physical_cores
 
 #: Threads that compile a model's kernels (default: this machine's physical cores).
 COMPILE_JOBS_ENV = "CONVFORGE_COMPILE_JOBS"
 
-#: The name prefix of convforge's kernels in a model (``export.lowering``).
+#: PrimFunc attribute: the LLVM optimization level to build the function at.
+OPT_LEVEL_ATTR = "convforge.llvm_opt_level"
+
+#: The name prefix of convforge's kernels in a model (``export.lowering``): built first.
 KERNEL_PREFIX = "cf_"
 
 
@@ -77,11 +83,13 @@ class Built:
         self.folder.cleanup()
 
 
-def _function_target(target: tvm.target.Target, name: str) -> tvm.target.Target:
-    if not name.startswith(KERNEL_PREFIX) or "opt-level" in target.attrs:
+def _function_target(target: tvm.target.Target, func: tvm.tirx.PrimFunc) -> tvm.target.Target:
+    """``target``, at the function's :data:`OPT_LEVEL_ATTR` level where it has one and the
+    target names none."""
+    level = func.attrs.get(OPT_LEVEL_ATTR) if func.attrs is not None else None
+    if level is None or "opt-level" in target.attrs:
         return target
-    level = target_profile(target).kernel_opt_level
-    return tvm.target.Target({**_target_config(target), "opt-level": level})
+    return tvm.target.Target({**_target_config(target), "opt-level": int(level)})
 
 
 def _target_config(target: tvm.target.Target) -> dict:
@@ -99,7 +107,8 @@ def build(
 ) -> Built:
     """Run the relax pipeline on ``mod`` for the CPU ``target``, then write its machine code
     as object files (module doc). ``phase(name)`` is a context manager timing each step
-    (``CompileProfile.phase``): "codegen" (the parallel build) and "pack"."""
+    (``CompileProfile.phase``): "codegen" (every PrimFunc's TIR passes, LLVM IR and
+    optimizer) and "objects" (their object files and the packed VM executable's)."""
     with target:
         mod = relax_pipeline(mod)
     attrs = dict(mod.attrs) if mod.attrs else {}
@@ -113,47 +122,17 @@ def build(
         for gvar, func in leftover.functions.items()
         if isinstance(func, tvm.tirx.PrimFunc)
     ]
-    folder = tempfile.TemporaryDirectory(prefix="convforge-codegen-")
-    try:
-        with phase("codegen"):
-            libraries, objects = _build_functions(
-                functions, leftover.attrs, target, folder.name, jobs or compile_jobs()
-            )
-        with phase("pack"):
-            library = libraries[0] if libraries else None
-            for other in libraries[1:]:
-                library.import_module(other)
-            executable = relax._ffi_api.VMLink(builder, target, library, [], params)
-            packed = os.path.join(folder.name, "devc.o")
-            # export_library's choice: the LLVM module's own target string
-            llvm_target = (
-                library.get_function("_get_target_string")()
-                if library is not None
-                else str(tvm.target.Target(_target_config(target)))
-            )
-            pack = runtime_api.ModulePackImportsToLLVM(executable, False, llvm_target, "")
-            pack.write_to_file(packed)
-    except BaseException:
-        folder.cleanup()
-        raise
-    return Built(folder, [*objects, packed])
-
-
-def _build_functions(
-    functions: list, attrs, target: tvm.target.Target, folder: str, jobs: int
-) -> tuple[list, list[str]]:
-    """Build each PrimFunc as its own LLVM module and write its object file, ``jobs`` at a
-    time, convforge's kernels (the large ones) first; (modules, object paths) in the
-    functions' order. Each worker runs under a copy of the caller's PassContext (its
-    options; no instruments, which are not thread-safe)."""
-    current = tvm.transform.PassContext.current()
+    # convforge's kernels (the large ones) first, so that no long one starts last
     order = sorted(
         range(len(functions)),
         key=lambda i: not functions[i][0].name_hint.startswith(KERNEL_PREFIX),
     )
+    current = tvm.transform.PassContext.current()
 
-    def one(index: int) -> tuple:
+    def build_one(index: int) -> tvm.runtime.Module:
         gvar, func = functions[index]
+        # the caller's options (PassContext is per thread), without its instruments, which
+        # are not thread-safe
         context = tvm.transform.PassContext(
             opt_level=current.opt_level,
             required_pass=list(current.required_pass),
@@ -161,20 +140,42 @@ def _build_functions(
             config=dict(current.config),
         )
         with context:
-            module = tvm.IRModule({gvar: func}, attrs=attrs)
-            library = tvm.tirx.build(module, target=_function_target(target, gvar.name_hint))
-        path = os.path.join(folder, f"lib{index}.o")
-        library.write_to_file(path)
-        return library, path
+            module = tvm.IRModule({gvar: func}, attrs=leftover.attrs)
+            return tvm.tirx.build(module, target=_function_target(target, func))
 
-    results: dict[int, tuple] = {}
-    if jobs == 1 or len(functions) < 2:
-        for index in order:
-            results[index] = one(index)
-    else:
-        with concurrent.futures.ThreadPoolExecutor(min(jobs, len(functions))) as pool:
-            futures = {pool.submit(one, index): index for index in order}
-            for future in concurrent.futures.as_completed(futures):
-                results[futures[future]] = future.result()
-    built = [results[i] for i in range(len(functions))]
-    return [b[0] for b in built], [b[1] for b in built]
+    folder = tempfile.TemporaryDirectory(prefix="convforge-codegen-")
+    objects = [os.path.join(folder.name, f"lib{i}.o") for i in range(len(functions))]
+    packed = os.path.join(folder.name, "devc.o")
+    threads = max(1, min(jobs or compile_jobs(), len(functions) + 1))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            with phase("codegen"):
+                built = dict(zip(order, pool.map(build_one, order)))
+                libraries = [built[i] for i in range(len(functions))]
+            with phase("objects"):
+                library = libraries[0] if libraries else None
+                for other in libraries[1:]:
+                    library.import_module(other)
+                executable = relax._ffi_api.VMLink(builder, target, library, [], params)
+                # export_library's choice: the LLVM module's own target string
+                llvm_target = (
+                    library.get_function("_get_target_string")()
+                    if library is not None
+                    else str(tvm.target.Target(_target_config(target)))
+                )
+
+                def pack() -> None:
+                    imports = runtime_api.ModulePackImportsToLLVM(
+                        executable, False, llvm_target, ""
+                    )
+                    imports.write_to_file(packed)
+
+                # the constants' object (the longest task) first, the kernels' beside it
+                tasks = [pool.submit(pack)]
+                tasks += [pool.submit(m.write_to_file, o) for m, o in zip(libraries, objects)]
+                for task in tasks:
+                    task.result()
+    except BaseException:
+        folder.cleanup()
+        raise
+    return Built(folder, [*objects, packed])

