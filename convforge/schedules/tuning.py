@@ -14,9 +14,10 @@ finished before the kill. Re-running a tuning run continues from the records alr
 
 Before searching, the default schedule (:func:`schedule_cpu`) is measured with the same
 builder and runner as the candidates and stored as the file's ``default_seconds`` (timed
-again after each search, keeping the faster: one slow timing on a shared machine made a
-no-better candidate look faster); a lookup uses the fastest record only if it beats that,
-so tuning never makes a kernel slower than its default schedule as measured. Each workload's first record is the trace of the generic
+twice, then again after each batch of candidates, keeping the fastest: one slow timing on a
+shared machine made a no-better candidate look faster); a lookup uses the fastest record
+only if it beats that, so tuning never makes a kernel slower than its default schedule as
+measured. Each workload's first record is the trace of the generic
 default rules (:func:`generic_cpu_schedule`, equal to the default unless a special rule
 applies): it seeds the evolutionary search, which starts its population from the
 database's best records.
@@ -49,6 +50,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -60,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
+import tvm_ffi
 from tvm import tirx
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -83,6 +86,12 @@ SHIPPED_DB = Path(__file__).resolve().parent.parent / "tuned"
 #: IRModule attribute naming the record a tuned module was built from.
 RECORD_ATTR = "convforge.tuning_record"
 _FORMAT = 1
+#: Candidates per search batch: measured, then committed to the database together.
+BATCH = 16
+
+
+def _tuning_record_as_json(record: ms.database.TuningRecord):
+    return tvm.get_global_func("s_tir.meta_schedule.TuningRecordAsJSON")(record)
 
 
 def _digest(text: str) -> str:
@@ -153,6 +162,34 @@ def _record_key(record) -> str:
     return json.dumps(record, sort_keys=True)
 
 
+def _to_json(obj):
+    """A TVM JSON-style object (what ``TuningRecordAsJSON`` returns) as plain JSON values.
+
+    As TVM's own ``JSONDatabase`` writes it: an ``IndexMap`` input of a trace instruction
+    (``TransformLayout``, in the traces of fused conv + pool kernels) becomes its
+    ``tvm.ir.save_json`` text, which ``TuningRecord.from_json`` parses back.
+    (MetaSchedule's Python ``TuningRecord.as_json`` raises TypeError on one.)
+    """
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, tirx.IndexMap):
+        return tvm.ir.save_json(obj)
+    if isinstance(obj, tvm.tirx.IntImm | tvm.tirx.FloatImm):
+        return obj.value
+    if isinstance(obj, tvm_ffi.Array | list | tuple):
+        return [_to_json(item) for item in obj]
+    if isinstance(obj, tvm_ffi.Map | dict):
+        return {_to_json(k): _to_json(v) for k, v in obj.items()}
+    raise TypeError(f"a tuning record holds a {type(obj).__name__}, which JSON cannot store")
+
+
+def record_json(record: ms.database.TuningRecord) -> list:
+    """``record`` as JSON values, ``[trace, run_secs, target, args_info]`` (TVM's
+    ``TuningRecord.as_json`` layout, the layout of ``JSONDatabase``'s files), for every
+    trace: one holding an ``IndexMap`` too."""
+    return _to_json(_tuning_record_as_json(record))
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path``'s workload file across processes (``fcntl.flock`` on a
@@ -177,12 +214,16 @@ def merge_records(
     *,
     default_seconds: float | None = None,
     seeded: bool = False,
+    seed: list | None = None,
 ) -> _WorkloadRecords:
     """Write ``records`` of ``workload`` on ``target`` to ``path`` without losing any record
     another writer put there: under an exclusive file lock, read the file, append the
     records it lacks (in order; equal records are stored once), keep the faster
     ``default_seconds``, and replace the file atomically. A file that is corrupt, of another
     format or target, or of another workload is replaced (with a warning if corrupt).
+
+    ``seed``: the seed record (JSON), stored first and marked ``seeded`` in the same write
+    (a file is marked seeded only when it holds its seed: a kill can never separate them).
 
     Returns what was written (the merged records).
     """
@@ -195,6 +236,10 @@ def merge_records(
         ):
             current = None  # a hash collision or another workload: ours replaces it
         merged = list(current.records) if current is not None else []
+        was_seeded = current is not None and current.seeded
+        if seed is not None and not was_seeded:
+            merged = [seed, *(r for r in merged if _record_key(r) != _record_key(seed))]
+            was_seeded = True
         seen = {_record_key(r) for r in merged}
         for record in records:
             key = _record_key(record)
@@ -204,7 +249,7 @@ def merge_records(
         timings = [t for t in (default_seconds, current and current.default_seconds) if t]
         result = _WorkloadRecords(
             path, workload, merged, min(timings) if timings else None,
-            bool(seeded or (current is not None and current.seeded)),
+            bool((seeded or was_seeded) and merged),
         )  # fmt: skip
         payload = {
             "format": _FORMAT,
@@ -295,10 +340,12 @@ class _WorkloadRecords:
         except Exception as err:  # unreadable, not JSON, wrong structure, TVM parse error
             _warn_corrupt(path, err)
             return None
-        return cls(
-            path, workload, payload["records"], payload.get("default_seconds"),
-            bool(payload.get("seeded")),
-        )  # fmt: skip
+        records = payload["records"]
+        # ``seeded`` with no record: a file written by convforge <= 0.1.8 killed between its
+        # two writes of the seed; its next run measures and seeds again.
+        broken = bool(payload.get("seeded")) and not records
+        default = None if broken else payload.get("default_seconds")
+        return cls(path, workload, records, default, bool(payload.get("seeded")) and not broken)
 
     def tuning_records(self) -> list[ms.database.TuningRecord]:
         """The records MetaSchedule can parse (one that it cannot is skipped with a warning)."""
@@ -362,7 +409,7 @@ class TuningDatabase(ms.database.PyDatabase):
         with self._lock:
             entry = self._entry(record.workload.mod)
             self._memory.commit_tuning_record(record)
-            entry.records.append(record.as_json())
+            entry.records.append(record_json(record))
             entry.save(self.target)
 
     def get_top_k(self, workload: ms.database.Workload, top_k: int) -> list:
@@ -400,12 +447,22 @@ class TuningDatabase(ms.database.PyDatabase):
             entry = self._entry(mod)
             return max(0, len(entry.records) - entry.seeded)
 
-    def set_default_seconds(self, mod: tvm.IRModule, seconds: float, seeded: bool) -> None:
-        """Store the default schedule's latency; ``seeded``: a seed record follows."""
+    def set_default_seconds(
+        self, mod: tvm.IRModule, seconds: float, seed: ms.database.TuningRecord | None = None
+    ) -> None:
+        """Store the default schedule's latency and its ``seed`` record (if any) in one
+        atomic write."""
         with self._lock:
             entry = self._entry(mod)
-            entry.default_seconds, entry.seeded = seconds, seeded
-            entry.save(self.target)
+            seed_json = None if seed is None else record_json(seed)
+            merged = merge_records(
+                entry.path, self.target, entry.workload, entry.records,
+                default_seconds=seconds, seed=seed_json,
+            )  # fmt: skip
+            entry.records, entry.default_seconds = merged.records, merged.default_seconds
+            entry.seeded = merged.seeded
+            if seed is not None:
+                self._memory.commit_tuning_record(seed)
 
     def lower_default_seconds(self, mod: tvm.IRModule, seconds: float) -> None:
         """Keep the faster of the stored default latency and ``seconds`` (a new timing)."""
@@ -674,8 +731,9 @@ def _measure_default(
     builder: ms.builder.Builder,
     runner: ms.runner.Runner,
 ) -> None:
-    """Store the default schedule's latency, then the generic rules' trace as the seed
-    (if that trace replays: some hand rules do not record a replayable trace)."""
+    """Store the default schedule's latency (the faster of two timings: the first also warms
+    the runner) and the generic rules' trace as the seed (if that trace replays: some hand
+    rules do not record a replayable trace), both in one write."""
     seed = generic_cpu_schedule(mod["main"], target)
     replayed = tvm.s_tir.Schedule(mod)
     try:
@@ -686,31 +744,143 @@ def _measure_default(
     seed_secs = _time(seed.mod, target, builder, runner)
     default = schedule_cpu(mod["main"], target)
     same = structural_equal(default, seed.mod)
-    default_secs = seed_secs if same else _time(default, target, builder, runner)
-    database.set_default_seconds(mod, _mean(default_secs), seeded)
+    timings = [seed_secs] if same else []
+    while len(timings) < 2:
+        timings.append(_time(default, target, builder, runner))
+    record = None
     if seeded:
         args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
         workload = database.commit_workload(mod)
-        database.commit_tuning_record(
-            ms.database.TuningRecord(seed.trace, workload, seed_secs, target, args_info)
-        )
+        record = ms.database.TuningRecord(seed.trace, workload, seed_secs, target, args_info)
+    database.set_default_seconds(mod, min(map(_mean, timings)), record)
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Make a Ctrl-C (SIGINT) during tuning a KeyboardInterrupt, always.
+
+    A SIGINT arriving while TVM's C++ code calls back into Python (the runner, a measure
+    callback) raises KeyboardInterrupt there, which TVM's FFI hands back as a RuntimeError.
+    Here any exception raised after a SIGINT is raised as KeyboardInterrupt instead. Only in
+    the main thread with Python's default SIGINT handler (which this keeps in effect).
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    interrupted = threading.Event()
+
+    def handler(signum, frame):
+        interrupted.set()
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    except Exception as err:
+        if interrupted.is_set():
+            raise KeyboardInterrupt(f"interrupted ({type(err).__name__} from TVM)") from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class _Tracker:
+    """Trials done and best latency of one tuning run, reported to ``progress`` after each
+    measured candidate.
+
+    The best is the minimum over the stored default latency and every measured candidate's
+    mean (:func:`_best`): the rule of :attr:`TuningResult.best_seconds`, so the last report
+    and the final figure agree.
+    """
+
+    def __init__(
+        self, progress: Callable[[int, int, float], None] | None, done: int, total: int,
+        best: float,
+    ) -> None:  # fmt: skip
+        self.progress, self.done, self.total, self.best = progress, done, total, best
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total, self.best)
+
+    def measured(self, result: ms.runner.RunnerResult) -> None:
+        """One candidate measured (or failed: it counts as a trial, as in the database)."""
+        self.done += 1
+        self.best = min(self.best, _mean(result.run_secs))
+        self.report()
+
+    def sync(self, done: int, best: float) -> None:
+        """A batch was committed: the database's count (build failures included) and best."""
+        if (done, best) != (self.done, self.best):
+            self.done, self.best = done, best
+            self.report()
 
 
 @derived_object
-class _Progress(ms.measure_callback.PyMeasureCallback):
-    """Reports trials done and best latency after each measured batch."""
+class _ReportingFuture(ms.runner.PyRunnerFuture):
+    """A runner future that reports its result to ``measured`` once, when it is done."""
 
-    def __init__(self, report: Callable[[int, float], None], best: float) -> None:
+    def __init__(self, inner: ms.runner.RunnerFuture, measured: Callable) -> None:
         super().__init__()
-        self.report = report
-        self.done = 0
-        self.best = best
+        self.inner, self.measured, self.value = inner, measured, None
+
+    def _fetch(self) -> ms.runner.RunnerResult:
+        if self.value is None:
+            self.value = self.inner.result()
+            self.measured(self.value)
+        return self.value
+
+    def done(self) -> bool:
+        return self.value is not None or (bool(self.inner.done()) and self._fetch() is not None)
+
+    def result(self) -> ms.runner.RunnerResult:
+        return self._fetch()
+
+
+@derived_object
+class _ReportingRunner(ms.runner.PyRunner):
+    """``inner``, reporting each candidate as it is measured (not once per batch).
+
+    A :class:`ms.runner.LocalRunner` measures a whole batch inside ``run``: it is given one
+    candidate at a time (it measures them one after the other anyway). Other runners (RPC)
+    run a batch in parallel; their futures report as each completes.
+    """
+
+    def __init__(self, inner: ms.runner.Runner, measured: Callable) -> None:
+        super().__init__()
+        self.inner, self.measured = inner, measured
+
+    def run(self, runner_inputs: list) -> list:
+        if isinstance(self.inner, ms.runner.LocalRunner):
+            futures = []
+            for runner_input in runner_inputs:
+                (future,) = self.inner.run([runner_input])
+                self.measured(future.result())
+                futures.append(future)
+            return futures
+        return [_ReportingFuture(f, self.measured) for f in self.inner.run(runner_inputs)]
+
+
+@derived_object
+class _BatchDone(ms.measure_callback.PyMeasureCallback):
+    """Calls ``sync`` after each batch is committed (it follows MetaSchedule's
+    AddToDatabase): the tracker then counts build failures too, as the database does."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        super().__init__()
+        self.sync = sync
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-        for result in runner_results:
-            self.best = min(self.best, _mean(result.run_secs))
-        self.done += len(runner_results)
-        self.report(self.done, self.best)
+        self.sync()
+
+
+def _best(database: TuningDatabase, mod: tvm.IRModule) -> float:
+    """The best latency of workload ``mod``: its default schedule's or a faster record's."""
+    records = database.records(mod)
+    return min([database.default_seconds(mod), *(_mean(r.run_secs) for r in records)])
 
 
 def require_tuning_extra() -> None:
@@ -734,11 +904,15 @@ def tune(
     """Tune ``func`` for ``target`` until ``db`` holds ``trials`` measured candidates.
 
     Candidates already in ``db`` for this (workload, target) count: re-running continues
-    where a previous (possibly killed) run stopped. The default schedule is measured first,
-    and again after a search (the faster timing is kept); the generic default rules' trace
-    seeds the search. ``progress(done, total, best_seconds)`` is called after each measured
-    batch. ``rpc`` measures on the devices of a TVM RPC tracker; ``jobs`` is the number of
-    parallel builds (and of RPC sessions). ``verbose`` shows MetaSchedule's log on stdout
+    where a previous (possibly killed or interrupted) run stopped. The default schedule is
+    timed twice first, and again after each batch of the search, interleaved with the
+    candidates (its fastest timing is kept); the generic default rules' trace seeds the
+    search. ``progress(done, total, best_seconds)`` is called once before the search, after
+    each measured candidate and after each committed batch; ``best_seconds`` follows the rule of
+    ``TuningResult.best_seconds`` (the stored default latency or a faster candidate's mean),
+    so the last call's figures are the result's. A KeyboardInterrupt (Ctrl-C) propagates;
+    every record committed before it is in ``db``. ``rpc`` measures on the devices of a TVM
+    RPC tracker; ``jobs`` is the number of parallel builds (and of RPC sessions). ``verbose`` shows MetaSchedule's log on stdout
     (it always goes to files in a temporary work directory).
     """
     if not is_cpu(target):
@@ -750,37 +924,41 @@ def tune(
     start = time.perf_counter()
     mod = workload_module(func)
     database = TuningDatabase(db, target)
-    records = database.records(mod)
-    with _cpu_tensor_intrinsics_only(target), _meta_schedule_console(verbose):
+    with _interruptible(), _cpu_tensor_intrinsics_only(target), _meta_schedule_console(verbose):
         builder, runner = make_builder(jobs), make_runner(rpc, jobs)
         if database.default_seconds(mod) is None:
             _measure_default(database, mod, target, builder, runner)
         done = database.candidates(mod)
-        records = database.records(mod)
-        best = min(database.default_seconds(mod), *(_mean(r.run_secs) for r in records))
         remaining = max(0, trials - done)
-        if progress:
-            progress(done, trials, best)
+        tracker = _Tracker(progress, done, trials, _best(database, mod))
+        tracker.report()
         if remaining:
-            callback = _Progress(lambda n, b: progress and progress(done + n, trials, b), best)
+            default_mod = schedule_cpu(mod["main"], target)
+
+            def after_batch() -> None:
+                # The default is timed again after each batch, interleaved with the
+                # candidates (its stored figure is the fastest timing): one slow timing on
+                # a shared machine must not make a no-better candidate "beat" it. The
+                # report that follows uses the figure the result will.
+                again = _time(default_mod, target, builder, runner)
+                database.lower_default_seconds(mod, _mean(again))
+                tracker.sync(database.candidates(mod), _best(database, mod))
+
+            callbacks = [
+                *ms.measure_callback.MeasureCallback.create("default"), _BatchDone(after_batch)
+            ]  # fmt: skip
             with tempfile.TemporaryDirectory(prefix="convforge-tune-") as work_dir:
                 ms.tune_tir(
                     mod, target, work_dir, max_trials_global=remaining,
-                    num_trials_per_iter=min(remaining, 16), builder=builder, runner=runner,
-                    database=database,
-                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
-                    strategy=_search_strategy(remaining), num_tuning_cores=jobs or "physical",
-                    seed=seed,
+                    num_trials_per_iter=min(remaining, BATCH), builder=builder,
+                    runner=_ReportingRunner(runner, tracker.measured), database=database,
+                    measure_callbacks=callbacks, strategy=_search_strategy(remaining),
+                    num_tuning_cores=jobs or "physical", seed=seed,
                 )  # fmt: skip
-            # A second timing of the default after the search: on a shared machine one
-            # timing can be slow enough that a no-better candidate "beats" it.
-            again = _time(schedule_cpu(mod["main"], target), target, builder, runner)
-            database.lower_default_seconds(mod, _mean(again))
-    records, default = database.records(mod), database.default_seconds(mod)
     return TuningResult(
         database_file=workload_file(db, mod, target),
-        default_seconds=default,
-        best_seconds=min(default, *(_mean(r.run_secs) for r in records)),
+        default_seconds=database.default_seconds(mod),
+        best_seconds=_best(database, mod),
         trials=database.candidates(mod),
         new_trials=database.candidates(mod) - done,
         elapsed_seconds=time.perf_counter() - start,
