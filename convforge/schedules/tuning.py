@@ -223,7 +223,8 @@ def merge_records(
     format or target, or of another workload is replaced (with a warning if corrupt).
 
     ``seed``: the seed record (JSON), stored first and marked ``seeded`` in the same write
-    (a file is marked seeded only when it holds its seed: a kill can never separate them).
+    (a file is marked seeded only when it holds its seed: a kill can never separate them);
+    a record already there with the seed's trace becomes the seed instead.
 
     Returns what was written (the merged records).
     """
@@ -238,7 +239,10 @@ def merge_records(
         merged = list(current.records) if current is not None else []
         was_seeded = current is not None and current.seeded
         if seed is not None and not was_seeded:
-            merged = [seed, *(r for r in merged if _record_key(r) != _record_key(seed))]
+            # A record with the seed's trace (one imported, say) becomes the seed.
+            same = [r for r in merged if _record_key(r[0]) == _record_key(seed[0])]
+            seed = same[0] if same else seed
+            merged = [seed, *(r for r in merged if r is not seed)]
             was_seeded = True
         seen = {_record_key(r) for r in merged}
         for record in records:
@@ -327,12 +331,16 @@ class _WorkloadRecords:
         self.seeded = merged.seeded
 
     @classmethod
-    def load(cls, path: Path, target: tvm.target.Target) -> _WorkloadRecords | None:
-        """Records in ``path``, or None if it is missing, names another target or cannot be
-        read (then with a warning naming the file: a corrupt database never stops a compile)."""
+    def load(
+        cls, path: Path, target: tvm.target.Target, *, key: str | None = None
+    ) -> _WorkloadRecords | None:
+        """Records in ``path``, or None if it is missing, names another target than ``key``
+        (default: ``target``'s key) or cannot be read (then with a warning naming the file: a
+        corrupt database never stops a compile)."""
+        key = target_key(target) if key is None else key
         try:
             payload = _read_payload(path)
-            if payload.get("format") != _FORMAT or payload.get("target") != target_key(target):
+            if payload.get("format") != _FORMAT or payload.get("target") != key:
                 return None
             workload = ms.database.Workload.from_json(payload["workload"])
         except FileNotFoundError:
@@ -481,33 +489,81 @@ class TuningDatabase(ms.database.PyDatabase):
 _active: contextvars.ContextVar[tuple[Path | None, bool]] = contextvars.ContextVar(
     "convforge_tuning_db", default=(None, True)
 )
+#: The match mode set by use_tuning_db / use_tuning_match (None: ``$CONVFORGE_TUNING_MATCH``).
+_match: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "convforge_tuning_match", default=None
+)
+#: Environment variable choosing the match mode where none is set in code.
+MATCH_ENV = "CONVFORGE_TUNING_MATCH"
+#: How a lookup matches a record's target to the target compiled for: ``exact`` (the
+#: default: kind, triple, CPU, features and core count) or ``cpu`` (the same, except that a
+#: record tuned for another core count, ``num-cores``, may serve when the database has none
+#: for this one; said once per process by a :class:`CoreCountMatchWarning`).
+MATCH_MODES = ("exact", "cpu")
+
+
+class CoreCountMatchWarning(UserWarning):
+    """A record tuned for another core count serves this target (``match='cpu'``)."""
+
+
+def _check_match(match: str, name: str) -> str:
+    if match not in MATCH_MODES:
+        raise ValueError(f"{name} must be one of {', '.join(MATCH_MODES)}, got {match!r}")
+    return match
 
 
 @contextlib.contextmanager
-def _restoring(previous: tuple[Path | None, bool]) -> Iterator[None]:
+def _restoring(previous: tuple[Path | None, bool], match: str | None) -> Iterator[None]:
     try:
         yield
     finally:
         _active.set(previous)
+        _match.set(match)
 
 
 def use_tuning_db(
-    path: str | os.PathLike | None, *, shipped: bool = True
+    path: str | os.PathLike | None, *, shipped: bool = True, match: str | None = None
 ) -> contextlib.AbstractContextManager[None]:
     """Compile with the tuned records of database directory ``path`` from now on, in the
     calling thread (or ``contextvars`` context) only: other threads keep their own setting,
     and a new thread starts from ``$CONVFORGE_TUNING_DB``.
 
     ``shipped``: also use the records shipped in ``convforge/tuned`` (after ``path``).
-    ``path=None`` goes back to ``$CONVFORGE_TUNING_DB`` (if set). Used as ``with
-    use_tuning_db(p): ...`` the previous setting comes back at the end of the block.
-    ``path`` naming a file (not a directory) raises ValueError.
+    ``path=None`` goes back to ``$CONVFORGE_TUNING_DB`` (if set). ``match`` (see
+    :data:`MATCH_MODES`): ``'cpu'`` lets a record tuned on a target that differs only in its
+    core count serve (opt-in; a :class:`CoreCountMatchWarning` says so once); None keeps the
+    mode in effect (:func:`use_tuning_match`, else ``$CONVFORGE_TUNING_MATCH``, else
+    ``'exact'``). Used as ``with use_tuning_db(p): ...`` the previous setting comes back at
+    the end of the block. ``path`` naming a file (not a directory) or an unknown ``match``
+    raises ValueError.
     """
     if path is not None:
         check_database_path(path, "path")
-    previous = _active.get()
+    if match is not None:
+        _check_match(match, "match")
+    previous, previous_match = _active.get(), _match.get()
     _active.set((None if path is None else Path(path), shipped))
-    return _restoring(previous)
+    if match is not None:
+        _match.set(match)
+    return _restoring(previous, previous_match)
+
+
+def use_tuning_match(match: str | None) -> contextlib.AbstractContextManager[None]:
+    """Set only the match mode of lookups (as ``use_tuning_db(..., match=)``), in the calling
+    thread or context; None goes back to ``$CONVFORGE_TUNING_MATCH``."""
+    if match is not None:
+        _check_match(match, "match")
+    previous, previous_match = _active.get(), _match.get()
+    _match.set(match)
+    return _restoring(previous, previous_match)
+
+
+def active_match() -> str:
+    """The match mode lookups use now (ValueError for a bad ``$CONVFORGE_TUNING_MATCH``)."""
+    match = _match.get()
+    if match is None:
+        match = _check_match(os.environ.get(MATCH_ENV) or "exact", f"${MATCH_ENV}")
+    return match
 
 
 def active_databases() -> list[Path]:
@@ -517,31 +573,109 @@ def active_databases() -> list[Path]:
     return [p for p in (chosen, SHIPPED_DB if shipped else None) if p is not None]
 
 
+def _cpu_key(key: str) -> str | None:
+    """Target key ``key`` without its core count (None if it is not a target key)."""
+    try:
+        fields = json.loads(key)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(fields, dict):
+        return None
+    fields.pop("num-cores", None)
+    return json.dumps(fields, sort_keys=True)
+
+
+def _core_count(key: str) -> int | None:
+    try:
+        return int(json.loads(key)["num-cores"])
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+_folder_targets: dict[tuple[Path, int], str | None] = {}
+
+
+def _folder_target(folder: Path) -> str | None:
+    """The target key of the records in ``folder`` (read from one of its files; cached by
+    the folder's mtime), None if no file there can be read."""
+    try:
+        stamp = (folder, folder.stat().st_mtime_ns)
+    except OSError:
+        return None
+    if stamp not in _folder_targets:
+        key = None
+        for path in sorted(folder.glob("*.json")):
+            if path.name.startswith("."):
+                continue
+            with contextlib.suppress(Exception):
+                key = _read_payload(path).get("target")
+                if isinstance(key, str):
+                    break
+        _folder_targets[stamp] = key
+    return _folder_targets[stamp]
+
+
+def _matching_folders(
+    db: str | os.PathLike, target: tvm.target.Target, match: str
+) -> list[tuple[Path, str]]:
+    """``(folder, target key)`` of ``db`` whose records may serve ``target``: its own; with
+    ``match='cpu'`` also (after it, in name order) those of targets that differ only in
+    ``num-cores``."""
+    key = target_key(target)
+    own = target_dir(db, target)
+    found = [(own, key)]
+    if match == "cpu" and Path(db).is_dir():
+        cpu = _cpu_key(key)
+        for folder in sorted(p for p in Path(db).iterdir() if p.is_dir()):
+            other = _folder_target(folder) if folder != own else None
+            if other is not None and other != key and _cpu_key(other) == cpu:
+                found.append((folder, other))
+    return found
+
+
 def database_state(target: tvm.target.Target) -> tuple:
-    """Changes whenever lookups for ``target`` could answer differently (a cache-key part)."""
-    state = []
+    """Changes whenever lookups for ``target`` could answer differently (a cache-key part):
+    the match mode, and each consulted folder's modification time."""
+    match = active_match()
+    state: list[tuple] = [("match", match)]
     for db in active_databases():
-        folder = target_dir(db, target)
-        state.append((str(db), folder.stat().st_mtime_ns if folder.is_dir() else None))
+        for folder, _ in _matching_folders(db, target, match):
+            state.append((str(folder), folder.stat().st_mtime_ns if folder.is_dir() else None))
     return tuple(state)
 
 
-def ranked_records(
-    func: tirx.PrimFunc | tvm.IRModule, target: tvm.target.Target, db: str | os.PathLike
-) -> list[ms.database.TuningRecord]:
-    """Records of ``func`` on ``target`` in ``db`` that beat the default schedule, fastest
-    first."""
+def _ranked(
+    func: tirx.PrimFunc | tvm.IRModule, target: tvm.target.Target, db: str | os.PathLike,
+    match: str,
+) -> list[tuple[ms.database.TuningRecord, str]]:  # fmt: skip
+    """``(record, its target key)`` of :func:`ranked_records`."""
     mod = workload_module(func)
-    entry = _WorkloadRecords.load(workload_file(db, mod, target), target)
-    if entry is None or not structural_equal(entry.workload.mod, mod):
-        return []
     ranked = []
-    for record in entry.faster_than_default():
-        try:
-            ranked.append(ms.database.TuningRecord.from_json(record, entry.workload))
-        except Exception as err:  # a record MetaSchedule cannot parse: skip it
-            _warn_corrupt(entry.path, err, "a record")
+    for folder, key in _matching_folders(db, target, match):
+        path = folder / workload_file(db, mod, target).name
+        entry = _WorkloadRecords.load(path, target, key=key)
+        if entry is None or not structural_equal(entry.workload.mod, mod):
+            continue
+        for record in entry.faster_than_default():
+            try:
+                ranked.append((ms.database.TuningRecord.from_json(record, entry.workload), key))
+            except Exception as err:  # a record MetaSchedule cannot parse: skip it
+                _warn_corrupt(entry.path, err, "a record")
     return ranked
+
+
+def ranked_records(
+    func: tirx.PrimFunc | tvm.IRModule,
+    target: tvm.target.Target,
+    db: str | os.PathLike,
+    match: str | None = None,
+) -> list[ms.database.TuningRecord]:
+    """Records of ``func`` on ``target`` in ``db`` that beat the default schedule (as
+    measured where they were tuned), fastest first; with ``match='cpu'`` (None: the mode in
+    effect, :func:`active_match`) followed by those of targets differing only in core
+    count."""
+    match = active_match() if match is None else _check_match(match, "match")
+    return [record for record, _ in _ranked(func, target, db, match)]
 
 
 def best_record(
@@ -581,8 +715,9 @@ def tuned_module(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
     """
     if not is_cpu(target):
         return None
+    match = active_match()
     for db in active_databases():
-        for record in ranked_records(func, target, db):
+        for record, key in _ranked(func, target, db, match):
             sch = tvm.s_tir.Schedule(workload_module(func))
             try:
                 record.trace.apply_to_schedule(sch, remove_postproc=False)
@@ -592,8 +727,30 @@ def tuned_module(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
                     _warn_corrupt(path, err, "a record whose trace does not apply")
                 continue
             name = f"{db}@{_mean(record.run_secs):.6g}s"
+            if key != target_key(target):
+                name += f" (tuned for {_core_count(key)} cores)"
+                _warn_core_count(db, key, target)
             return sch.mod.with_attr(RECORD_ATTR, name)
     return None
+
+
+_core_count_warned: set[tuple[str, str, str]] = set()
+
+
+def _warn_core_count(db: Path, key: str, target: tvm.target.Target) -> None:
+    """Warn once per process and (database, record target, target) that a record tuned for
+    another core count serves ``target``."""
+    seen = (str(db), key, target_key(target))
+    if seen in _core_count_warned:
+        return
+    _core_count_warned.add(seen)
+    warnings.warn(
+        f"tuning database {os.fspath(db)!r}: records tuned for {_core_count(key)} cores serve "
+        f"this {_core_count(target_key(target))}-core target (match='cpu'; their timings, "
+        f"and the default's they beat, were measured there)",
+        CoreCountMatchWarning,
+        stacklevel=3,
+    )
 
 
 # --------------------------------------------------------------------------- tuning
@@ -970,3 +1127,157 @@ def _search_strategy(trials: int) -> ms.search_strategy.EvolutionarySearch:
     return ms.search_strategy.EvolutionarySearch(
         population_size=min(512, max(64, 8 * trials)), init_min_unmeasured=min(50, 4 * trials)
     )
+
+
+# --------------------------------------------------------------------------- MetaSchedule
+
+#: File names of a MetaSchedule ``JSONDatabase`` (``ms.database.JSONDatabase(work_dir=...)``).
+MS_WORKLOAD_FILE = "database_workload.json"
+MS_RECORD_FILE = "database_tuning_record.json"
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What :func:`export_metaschedule` wrote."""
+
+    directory: Path
+    workloads: int
+    records: int
+    skipped: int  # records not written: failed measurements, or unreadable files/records
+
+
+def _database_files(db: Path) -> list[Path]:
+    return sorted(p for p in db.glob("*/*.json") if not p.name.startswith("."))
+
+
+def export_metaschedule(db: str | os.PathLike, directory: str | os.PathLike) -> ExportSummary:
+    """Write every measured record of convforge database ``db`` (every target) into
+    ``directory`` as a TVM MetaSchedule ``JSONDatabase``: ``database_workload.json`` (one
+    line per workload, ``Workload.as_json()``) and ``database_tuning_record.json`` (one line
+    per record, ``[workload index, [trace, run_secs, target, args_info]]``), which
+    ``ms.database.JSONDatabase(work_dir=directory)`` reads and
+    ``ms.tir_integration.compile_tir`` / ``MetaScheduleApplyDatabase`` apply (the fastest
+    record of a workload and target).
+
+    Records whose measurement failed are left out; so are files and records that cannot be
+    read (a :class:`CorruptRecordWarning` names them). Each file is written atomically,
+    the workloads first; files of an earlier export in ``directory`` are replaced.
+    ValueError if ``db`` is not a database directory or ``directory`` is a file.
+    """
+    db, directory = Path(db), Path(directory)
+    if not db.is_dir():
+        raise ValueError(f"db: {os.fspath(db)!r} is not a tuning database directory")
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"directory: {os.fspath(directory)!r} is a file, not a directory")
+    workloads: dict[str, int] = {}  # workload JSON -> line
+    workload_lines: list[str] = []
+    record_lines: list[str] = []
+    skipped = 0
+    for path in _database_files(db):
+        try:
+            payload = _read_payload(path)
+            workload = ms.database.Workload.from_json(payload["workload"])
+        except Exception as err:
+            _warn_corrupt(path, err)
+            continue
+        line = json.dumps(workload.as_json())
+        for raw in payload["records"]:
+            if not (isinstance(raw, list) and len(raw) > 1 and _is_valid(raw[1])):
+                skipped += 1
+                continue
+            try:  # parse it as TVM will: a record TVM cannot read is not written
+                record_json(ms.database.TuningRecord.from_json(raw, workload))
+            except Exception as err:
+                _warn_corrupt(path, err, "a record")
+                skipped += 1
+                continue
+            if line not in workloads:
+                workloads[line] = len(workload_lines)
+                workload_lines.append(line)
+            record_lines.append(json.dumps([workloads[line], raw]))
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, lines in ((MS_WORKLOAD_FILE, workload_lines), (MS_RECORD_FILE, record_lines)):
+        atomic_write(directory / name, "".join(f"{line}\n" for line in lines), suffix=".json")
+    return ExportSummary(directory, len(workload_lines), len(record_lines), skipped)
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What :func:`import_metaschedule` read into a convforge database."""
+
+    records: int  # records in the MetaSchedule database
+    added: int  # of which new to the convforge database
+    #: target key -> number of workloads (files) of that target written to
+    targets: dict[str, int]
+    #: workloads whose default schedule was measured here (records then apply at once)
+    measured: int
+    #: workloads whose default is not measured (another target): their records apply once
+    #: ``convforge tune`` (``--trials 0`` suffices) has run for them on their target
+    unmeasured: int
+
+
+def import_metaschedule(
+    directory: str | os.PathLike,
+    db: str | os.PathLike,
+    *,
+    measure_on: tvm.target.Target | None = None,
+) -> ImportSummary:
+    """Read the MetaSchedule ``JSONDatabase`` in ``directory`` (``database_workload.json``,
+    ``database_tuning_record.json``, as :func:`export_metaschedule` or TVM's tuning writes
+    them) into convforge database ``db``, each record under its own target (records with
+    no target are refused). Records already there are not added twice; every write is the
+    atomic merge of :func:`merge_records`.
+
+    A record is applied only where it beats the default schedule as measured (see the
+    module doc): ``measure_on`` (this machine's target) measures the default schedule of
+    each imported workload whose records are for exactly that target and whose default is
+    not measured yet (as ``tune(..., trials=0)``: the seed record too). Others keep
+    ``default_seconds`` unset until tuned on their own target.
+    ValueError if ``directory`` lacks either file or a line cannot be parsed.
+    """
+    directory = Path(directory)
+    check_database_path(db, "db")
+    for name in (MS_WORKLOAD_FILE, MS_RECORD_FILE):
+        if not (directory / name).is_file():
+            raise ValueError(f"directory: {os.fspath(directory)!r} has no {name}")
+    try:
+        source = ms.database.JSONDatabase(
+            path_workload=os.fspath(directory / MS_WORKLOAD_FILE),
+            path_tuning_record=os.fspath(directory / MS_RECORD_FILE),
+            allow_missing=False,
+        )
+        records = list(source.get_all_tuning_records())
+    except Exception as err:
+        message = " ".join(str(err).split())[-300:]
+        raise ValueError(
+            f"directory: {os.fspath(directory)!r} is not a MetaSchedule JSON database "
+            f"that TVM can read ({message})"
+        ) from None
+    grouped: dict[Path, tuple[tvm.target.Target, ms.database.Workload, list]] = {}
+    for record in records:
+        if record.target is None:
+            raise ValueError(
+                f"directory: a record of {os.fspath(directory / MS_RECORD_FILE)!r} names no "
+                f"target (convforge keys records by target)"
+            )
+        target = record.target
+        mod = record.workload.mod
+        path = workload_file(db, mod, target)
+        entry = grouped.setdefault(path, (target, ms.database.Workload(mod), []))
+        entry[2].append(record_json(record))
+    added, targets, measured, unmeasured = 0, {}, 0, 0
+    for path, (target, workload, raws) in grouped.items():
+        before = _WorkloadRecords.load(path, target)
+        count = len(before.records) if before is not None else 0
+        merged = merge_records(path, target, workload, raws)
+        added += len(merged.records) - count
+        key = target_key(target)
+        targets[key] = targets.get(key, 0) + 1
+        if merged.default_seconds is not None:
+            continue
+        if measure_on is not None and key == target_key(measure_on):
+            tune(workload.mod["main"], target, db, 0)
+            measured += 1
+        else:
+            unmeasured += 1
+    return ImportSummary(len(records), added, targets, measured, unmeasured)
