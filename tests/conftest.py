@@ -197,6 +197,11 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_progress_state_estimates_time_left_from_this_runs_candidates",
         "test_plain_progress_prints_flushed_lines_and_a_heartbeat",
     },
+    "test_tuning_exchange": {
+        "test_import_and_export_refuse_bad_directories",
+        "test_match_cpu_uses_another_core_counts_record_and_says_so",
+        "test_db_command_exports_and_imports",
+    },
     "test_targets": "*",
     "test_plan": {
         "test_registry_order_and_algorithm_filter",

@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -96,6 +97,13 @@ def _tuning_record_as_json(record: ms.database.TuningRecord):
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _copy(mod: tvm.IRModule) -> tvm.IRModule:
+    """A deep copy of ``mod``: replaying a trace on ``s_tir.Schedule(mod)`` can change the
+    PrimFunc ``mod`` shares with the caller in place (TVM 0.27: the caller's function then
+    hashes differently, and the next lookup of it finds nothing)."""
+    return tvm.ir.load_json(tvm.ir.save_json(mod))
 
 
 def workload_module(func: tirx.PrimFunc | tvm.IRModule) -> tvm.IRModule:
@@ -573,23 +581,34 @@ def active_databases() -> list[Path]:
     return [p for p in (chosen, SHIPPED_DB if shipped else None) if p is not None]
 
 
-def _cpu_key(key: str) -> str | None:
-    """Target key ``key`` without its core count (None if it is not a target key)."""
+_CORES = re.compile(r'"num-cores": (\d+)')
+
+
+def _split_cores(key: str) -> tuple[str, int] | None:
+    """Target key ``key`` (:func:`convforge.targets.target_key`: the JSON text of the
+    target's export as printed) without its core count, and that count; None if it names
+    no core count."""
     try:
-        fields = json.loads(key)
+        text = json.loads(key)
     except (TypeError, ValueError):
         return None
-    if not isinstance(fields, dict):
+    if not isinstance(text, str):
         return None
-    fields.pop("num-cores", None)
-    return json.dumps(fields, sort_keys=True)
+    found = _CORES.findall(text)
+    if len(found) != 1:
+        return None
+    return _CORES.sub('"num-cores": *', text), int(found[0])
+
+
+def _cpu_key(key: str) -> str | None:
+    """Target key ``key`` without its core count (None if it names none)."""
+    split = _split_cores(key)
+    return None if split is None else split[0]
 
 
 def _core_count(key: str) -> int | None:
-    try:
-        return int(json.loads(key)["num-cores"])
-    except (TypeError, ValueError, KeyError):
-        return None
+    split = _split_cores(key)
+    return None if split is None else split[1]
 
 
 _folder_targets: dict[tuple[Path, int], str | None] = {}
@@ -627,7 +646,7 @@ def _matching_folders(
     if match == "cpu" and Path(db).is_dir():
         cpu = _cpu_key(key)
         for folder in sorted(p for p in Path(db).iterdir() if p.is_dir()):
-            other = _folder_target(folder) if folder != own else None
+            other = _folder_target(folder) if folder != own and cpu is not None else None
             if other is not None and other != key and _cpu_key(other) == cpu:
                 found.append((folder, other))
     return found
@@ -718,7 +737,7 @@ def tuned_module(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
     match = active_match()
     for db in active_databases():
         for record, key in _ranked(func, target, db, match):
-            sch = tvm.s_tir.Schedule(workload_module(func))
+            sch = tvm.s_tir.Schedule(_copy(workload_module(func)))
             try:
                 record.trace.apply_to_schedule(sch, remove_postproc=False)
             except Exception as err:  # some candidates' traces do not replay; a corrupt one
@@ -892,7 +911,7 @@ def _measure_default(
     the runner) and the generic rules' trace as the seed (if that trace replays: some hand
     rules do not record a replayable trace), both in one write."""
     seed = generic_cpu_schedule(mod["main"], target)
-    replayed = tvm.s_tir.Schedule(mod)
+    replayed = tvm.s_tir.Schedule(_copy(mod))
     try:
         seed.trace.apply_to_schedule(replayed, remove_postproc=False)
         seeded = structural_equal(replayed.mod, seed.mod)
