@@ -201,6 +201,7 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_import_and_export_refuse_bad_directories",
         "test_match_cpu_uses_another_core_counts_record_and_says_so",
         "test_db_command_exports_and_imports",
+        "test_the_match_mode_is_part_of_the_model_cache_key",
     },
     "test_targets": "*",
     "test_plan": {

@@ -56,7 +56,7 @@ def tvm_tuned(tmp_path_factory):
     work = tmp_path_factory.mktemp("tvm-tuned")
     target = host_target()
     mod = tuning.workload_module(ConvWorkload("c", GEOM).prim_func(target))
-    with tuning._cpu_tensor_intrinsics_only(target), tuning._meta_schedule_console(False):
+    with tuning._cpu_tensor_intrinsics_only(target), tuning._meta_schedule_console(False):  # ~25 s
         database = ms.tune_tir(
             mod, target, str(work), max_trials_global=2, num_trials_per_iter=2,
             builder=tuning.make_builder(), runner=tuning.make_runner(),
@@ -66,6 +66,7 @@ def tvm_tuned(tmp_path_factory):
     return work, mod
 
 
+@pytest.mark.slow
 def test_a_record_tvm_tuned_imports_and_applies(tvm_tuned, tmp_path):
     work, mod = tvm_tuned
     target = host_target()
@@ -90,34 +91,36 @@ def test_a_record_tvm_tuned_imports_and_applies(tvm_tuned, tmp_path):
     assert compare(y, _expected(GEOM, x, w)).ok
 
 
-def test_export_applies_in_tvm_and_round_trips(tvm_tuned, tmp_path):
-    work, mod = tvm_tuned
+def test_export_applies_in_tvm_and_round_trips(tmp_path):
     target = host_target()
+    func = ConvWorkload("c", GEOM).prim_func(target)
+    mod = tuning.workload_module(func)
     db = tmp_path / "db"
-    tuning.import_metaschedule(work, db, measure_on=target)  # + convforge's seed record
+    _seed_file(db, target, func)  # convforge's seed record (its trace: the default rules')
+    _seed_file(db, _other_cores(target), func)  # and one for another target
     payload = json.loads(tuning.workload_file(db, mod, target).read_text())
     out = tmp_path / "exported"
     summary = tuning.export_metaschedule(db, out)
-    assert summary.workloads == 1 and summary.records == len(payload["records"])
+    assert (summary.workloads, summary.records, summary.skipped) == (1, 2, 0)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [tuning.MS_WORKLOAD_FILE, tuning.MS_RECORD_FILE]
     )
-    # TVM reads it and applies its best record to the workload's PrimFunc.
+    # TVM reads it and applies the record of this target to the workload's PrimFunc.
     database = ms.database.JSONDatabase(work_dir=str(out))
     assert len(database.get_all_tuning_records()) == summary.records
     sch = ms.tir_integration.compile_tir(database, mod, target)
     assert sch is not None
     executable = tvm.compile(sch.mod, target=target)
     x, w = _inputs(GEOM, seed=1)
-    y = np.empty(GEOM.out_shape, np.float32)
-    args = [tvm.runtime.tensor(a) for a in (x, w, y)]
+    args = [tvm.runtime.tensor(a) for a in (x, w, np.empty(GEOM.out_shape, np.float32))]
     executable["main"](*args)
     assert compare(args[2].numpy(), _expected(GEOM, x, w)).ok
-    # Round trip: importing the export gives back the same records.
+    # Round trip: importing the export gives back the same records, each under its target.
     again = tmp_path / "again"
-    tuning.import_metaschedule(out, again)
+    imported = tuning.import_metaschedule(out, again)
+    assert imported.added == 2 and len(imported.targets) == 2
     back = json.loads(tuning.workload_file(again, mod, target).read_text())
-    assert sorted(map(json.dumps, back["records"])) == sorted(map(json.dumps, payload["records"]))
+    assert back["records"] == payload["records"]
     assert back["default_seconds"] is None  # not measured without measure_on
 
 
@@ -226,3 +229,21 @@ def test_db_command_exports_and_imports(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exited:  # --format is required (argparse: exit 2)
         main(["db", "export", str(out), "--db", str(db)])
     assert exited.value.code == 2
+
+
+def test_the_match_mode_is_part_of_the_model_cache_key(tmp_path, monkeypatch):
+    from convforge.export import model_cache
+
+    monkeypatch.setenv("CONVFORGE_CACHE", "1")
+    monkeypatch.setenv("CONVFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(tuning.MATCH_ENV, raising=False)
+    model = conv_model(GEOM)
+    db = tmp_path / "db"
+    db.mkdir()
+    exact = model_cache.key_parts(model, host_target(), {}, tuning_db=db)
+    assert exact is not None
+    with tuning.use_tuning_match("cpu"):
+        cpu = model_cache.key_parts(model, host_target(), {}, tuning_db=db)
+    monkeypatch.setenv(tuning.MATCH_ENV, "cpu")
+    from_env = model_cache.key_parts(model, host_target(), {}, tuning_db=db)
+    assert exact != cpu == from_env
