@@ -3,10 +3,15 @@
 What to tune: named workloads of the benchmark suite (``--workload``), explicit shapes
 (``--conv x=1,64,56,56 w=64,64,3,3 stride=1 padding=1``) or every kernel of an ONNX model
 as ``convforge compile`` builds it, fused epilogues and pools included (``--onnx
-model.onnx``). Records go to
-``--db`` (default ``$CONVFORGE_TUNING_DB``), keyed by workload and target; compile with
-them through ``convforge.use_tuning_db(path)``, ``CONVFORGE_TUNING_DB`` or
-``convforge compile --tuning-db``.
+model.onnx``). Records go to ``--db`` (default ``$CONVFORGE_TUNING_DB``), keyed by workload
+and target; compile with them through ``convforge.use_tuning_db(path)``,
+``CONVFORGE_TUNING_DB`` or ``convforge compile --tuning-db``.
+
+Progress: after each measured candidate, trials done/total, the best latency so far (by the
+rule of the final "default -> best" line) and the time left; a rich bar on a terminal, plain
+flushed lines when stdout is not one (on stderr with ``--json``), with a line every 10 s
+while a batch is being built. Ctrl-C stops with one line and exit code 130; the records
+committed before it are kept and the same command resumes. So does a killed run.
 """
 
 from __future__ import annotations

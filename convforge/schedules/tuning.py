@@ -6,19 +6,25 @@ Layout on disk (one directory per database)::
 
 The target digest names the exact target (kind, triple, ``mcpu``, cores: see
 :func:`convforge.targets.target_key`), so a record tuned for one CPU is never looked up for
-another. The workload digest is TVM's structural hash of the PrimFunc; the file also holds
-the workload itself and lookups check structural equality. Each file holds every measured
-record of one (workload, target) and is rewritten atomically (temp file + ``os.replace``)
-after each record: a run killed at any moment leaves a valid database with every record
-finished before the kill. Re-running a tuning run continues from the records already there.
+another; the opt-in ``match='cpu'`` (:func:`use_tuning_db`, :func:`use_tuning_match`,
+``$CONVFORGE_TUNING_MATCH``) also lets records of a target differing only in its core count
+serve, with a :class:`CoreCountMatchWarning` once. The workload digest is TVM's structural
+hash of the PrimFunc; the file also holds the workload itself and lookups check structural
+equality. Each file holds every measured record of one (workload, target), in TVM's
+``TuningRecord`` JSON layout (:func:`record_json`; the layout of MetaSchedule's
+``JSONDatabase``, :func:`export_metaschedule` / :func:`import_metaschedule`), and is
+rewritten atomically (temp file + ``os.replace``) at each write: the default's timing with
+the seed record (one write), then each committed batch of candidates. A run killed at any
+moment (SIGKILL included) leaves a valid database with every record committed before the
+kill; re-running continues from the records already there (a file marked seeded without
+records, left by convforge <= 0.1.8, is measured again).
 
 Before searching, the default schedule (:func:`schedule_cpu`) is measured with the same
 builder and runner as the candidates and stored as the file's ``default_seconds`` (timed
 twice, then again after each batch of candidates, keeping the fastest: one slow timing on a
 shared machine made a no-better candidate look faster); a lookup uses the fastest record
 only if it beats that, so tuning never makes a kernel slower than its default schedule as
-measured. Each workload's first record is the trace of the generic
-default rules (:func:`generic_cpu_schedule`, equal to the default unless a special rule
+measured. Each workload's first record is the trace of the generic default rules (:func:`generic_cpu_schedule`, equal to the default unless a special rule
 applies): it seeds the evolutionary search, which starts its population from the
 database's best records.
 
