@@ -202,6 +202,7 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_match_cpu_uses_another_core_counts_record_and_says_so",
         "test_db_command_exports_and_imports",
         "test_the_match_mode_is_part_of_the_model_cache_key",
+        "test_model_commands_take_tuning_match",
     },
     "test_targets": "*",
     "test_plan": {

@@ -247,3 +247,18 @@ def test_the_match_mode_is_part_of_the_model_cache_key(tmp_path, monkeypatch):
     monkeypatch.setenv(tuning.MATCH_ENV, "cpu")
     from_env = model_cache.key_parts(model, host_target(), {}, tuning_db=db)
     assert exact != cpu == from_env
+
+
+@pytest.mark.parametrize("command", ["compile", "check", "report"])
+def test_model_commands_take_tuning_match(command, monkeypatch):
+    from convforge.cli import build_parser
+    from convforge.commands._model_args import tuning_match
+
+    monkeypatch.delenv(tuning.MATCH_ENV, raising=False)
+    extra = ["-o", "m.so"] if command == "compile" else []
+    args = build_parser().parse_args([command, "m.onnx", "--tuning-match", "cpu", *extra])
+    with tuning_match(args):
+        assert tuning.active_match() == "cpu"
+    assert tuning.active_match() == "exact"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "m.onnx", "--tuning-match", "cores", *extra])

@@ -25,9 +25,8 @@ def compile_from_args(args: argparse.Namespace, progress: Callable[[str], None] 
     added (target, tuning database, input shapes, algorithm) and ``options`` (the command's
     own, e.g. ``dynamic``); ``progress`` as there."""
     from convforge.export.model import compile_model
-    from convforge.schedules.tuning import use_tuning_match
 
-    with use_tuning_match(getattr(args, "tuning_match", None)):
+    with tuning_match(args):
         return compile_model(
             args.model, target=resolved_target(args), tuning_db=tuning_db(args),
             input_shapes=input_shapes(args), progress=progress, algorithm=args.algorithm,
@@ -105,6 +104,14 @@ def tuning_db(args: argparse.Namespace):
     from convforge.export.model import open_tuning_db
 
     return open_tuning_db(args.tuning_db)
+
+
+def tuning_match(args: argparse.Namespace):
+    """A context in which tuning lookups use ``--tuning-match`` (the mode in effect without
+    the option: ``$CONVFORGE_TUNING_MATCH``, else exact)."""
+    from convforge.schedules.tuning import use_tuning_match
+
+    return use_tuning_match(getattr(args, "tuning_match", None))
 
 
 def progress() -> Callable[[str], None]:
