@@ -1122,8 +1122,11 @@ def tune(
                 # candidates (its stored figure is the fastest timing): one slow timing on
                 # a shared machine must not make a no-better candidate "beat" it. The
                 # report that follows uses the figure the result will.
-                again = _time(default_mod, target, builder, runner)
-                database.lower_default_seconds(mod, _mean(again))
+                try:
+                    again = _time(default_mod, target, builder, runner)
+                    database.lower_default_seconds(mod, _mean(again))
+                except RuntimeError as err:  # a lost RPC device, say: the search goes on
+                    logging.getLogger("convforge").warning("re-timing the default: %s", err)
                 tracker.sync(database.candidates(mod), _best(database, mod))
 
             callbacks = [
