@@ -38,7 +38,10 @@ from convforge.plan import plan_conv
 from convforge.schedules import tuning
 from convforge.targets import resolve_target
 
-HELP = "autotune convolutions (named, by shape, or from an ONNX model) into a tuning database"
+HELP = (
+    "autotune convolutions (named, by shape, or every kernel of an ONNX model) into a tuning "
+    "database (resumable after a kill or Ctrl-C)"
+)
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     what.add_argument("--onnx", help="tune every kernel this ONNX model compiles to")
     add_algorithm_argument(what)
-    parser.add_argument("--trials", type=int, default=64, help="measured candidates per workload")
+    parser.add_argument(
+        "--trials", type=int, default=64,
+        help="measured candidates per workload, those already in --db included (a rerun "
+        "resumes)",
+    )  # fmt: skip
     parser.add_argument(
         "--db", default=os.environ.get(tuning.DB_ENV),
         help=f"tuning database directory (default ${tuning.DB_ENV})",
@@ -198,7 +205,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--jobs", type=int, help="parallel builds (and RPC sessions)")
     parser.add_argument("--seed", type=int, help="random seed of the search")
-    parser.add_argument("--json", action="store_true", help="print results as JSON lines")
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print results as JSON lines (plain progress lines then go to stderr)",
+    )  # fmt: skip
     parser.add_argument("--verbose", action="store_true", help="show MetaSchedule's log")
 
 
