@@ -100,12 +100,17 @@ def _seconds(record: list) -> float | None:
 def tuned(tmp_path_factory):
     """A small conv tuned with candidates measured by two RPC servers through a tracker."""
     db = tmp_path_factory.mktemp("tuning-db")
+    PROGRESS.clear()
     with rpc_servers() as (tracker, _):
         result = tuning.tune(
             WORKLOAD.prim_func(host_target()), host_target(), db, TRIALS, rpc=tracker, jobs=2,
-            seed=1,
+            seed=1, progress=lambda *call: PROGRESS.append(call),
         )  # fmt: skip
     return db, result
+
+
+#: The ``progress`` calls of the ``tuned`` run: (done, total, best_seconds).
+PROGRESS: list[tuple[int, int, float]] = []
 
 
 def test_tuning_measures_candidates_and_never_loses_to_default(tuned):
@@ -118,6 +123,12 @@ def test_tuning_measures_candidates_and_never_loses_to_default(tuned):
     assert len(measured) > payload["seeded"], "no candidate was measured"
     assert payload["default_seconds"] == result.default_seconds
     assert result.best_seconds == min([result.default_seconds, *measured])
+    # Progress per candidate (RPC futures report as each completes), never backwards, and
+    # its last figures are the result's.
+    done = [call[0] for call in PROGRESS]
+    assert done[0] == 0 and done[-1] == TRIALS and done == sorted(done)
+    assert len(set(done) & set(range(1, TRIALS))) >= TRIALS // 2, PROGRESS
+    assert PROGRESS[-1][2] == result.best_seconds
 
 
 def _replayed(record, func) -> tvm.IRModule | None:
