@@ -10,8 +10,9 @@ and target; compile with them through ``convforge.use_tuning_db(path)``,
 Progress: after each measured candidate, trials done/total, the best latency so far (by the
 rule of the final "default -> best" line) and the time left; a rich bar on a terminal, plain
 flushed lines when stdout is not one (on stderr with ``--json``), with a line every 10 s
-while a batch is being built. Ctrl-C stops with one line and exit code 130; the records
-committed before it are kept and the same command resumes. So does a killed run.
+while a batch is being built. Ctrl-C stops with one line and exit code 130; every candidate
+measured before it is kept (each is committed as it is measured) and the same command
+resumes. So does a killed run.
 """
 
 from __future__ import annotations
@@ -364,8 +365,8 @@ def _progress(name: str, total: int, plain, json_lines: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Tune each workload in turn; on Ctrl-C stop with one line and exit 130 (every record
-    committed before it is kept: the same command again resumes)."""
+    """Tune each workload in turn; on Ctrl-C stop with one line and exit 130 (every candidate
+    measured before it is kept: the same command again resumes)."""
     require("rich", "convforge tune", extra="tune")
     tuning.require_tuning_extra()
     if not args.db:
@@ -388,9 +389,8 @@ def run(args: argparse.Namespace) -> int:
             _print_result(workload.name, result, args.json)
     except KeyboardInterrupt:
         print(
-            f"convforge tune: interrupted; the records committed so far are kept in "
-            f"{args.db} (candidates are committed in batches of up to {tuning.BATCH}); "
-            f"the same command again resumes",
+            f"convforge tune: interrupted; every candidate measured so far is kept in "
+            f"{args.db}; the same command again resumes",
             file=sys.stderr, flush=True,
         )  # fmt: skip
         return EXIT_INTERRUPTED

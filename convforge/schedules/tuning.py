@@ -14,9 +14,9 @@ equality. Each file holds every measured record of one (workload, target), in TV
 ``TuningRecord`` JSON layout (:func:`record_json`; the layout of MetaSchedule's
 ``JSONDatabase``, :func:`export_metaschedule` / :func:`import_metaschedule`), and is
 rewritten atomically (temp file + ``os.replace``) at each write: the default's timing with
-the seed record (one write), then each committed batch of candidates. A run killed at any
-moment (SIGKILL included) leaves a valid database with every record committed before the
-kill; re-running continues from the records already there (a file marked seeded without
+the seed record (one write), then each candidate as soon as it is measured. A run killed at
+any moment (SIGKILL included) leaves a valid database with every candidate measured before
+the kill; re-running continues from the records already there (a file marked seeded without
 records, left by convforge <= 0.1.8, is measured again).
 
 Before searching, the default schedule (:func:`schedule_cpu`) is measured with the same
@@ -93,7 +93,7 @@ SHIPPED_DB = Path(__file__).resolve().parent.parent / "tuned"
 #: IRModule attribute naming the record a tuned module was built from.
 RECORD_ATTR = "convforge.tuning_record"
 _FORMAT = 1
-#: Candidates per search batch: measured, then committed to the database together.
+#: Candidates per search batch (built together; each committed as soon as it is measured).
 BATCH = 16
 
 
@@ -428,10 +428,15 @@ class TuningDatabase(ms.database.PyDatabase):
             return self._entry(mod).workload
 
     def commit_tuning_record(self, record: ms.database.TuningRecord) -> None:
+        """Store ``record`` (in memory, and in its file at once); one already stored (the
+        same trace, timings, target and arguments) is not stored again."""
         with self._lock:
             entry = self._entry(record.workload.mod)
+            raw = record_json(record)
+            if any(_record_key(r) == _record_key(raw) for r in entry.records):
+                return
             self._memory.commit_tuning_record(record)
-            entry.records.append(record_json(record))
+            entry.records.append(raw)
             entry.save(self.target)
 
     def get_top_k(self, workload: ms.database.Workload, top_k: int) -> list:
@@ -1001,18 +1006,70 @@ class _Tracker:
             self.report()
 
 
+class _Batch:
+    """The batch of candidates being measured: ``candidates`` in the search's order,
+    ``built`` the indexes of those whose build succeeded (the runner's inputs, in order)."""
+
+    def __init__(self) -> None:
+        self.candidates: list = []
+        self.built: list[int] = []
+
+
+@derived_object
+class _RememberingStrategy(ms.search_strategy.PySearchStrategy):
+    """``inner`` (a search strategy), remembering each batch of candidates in ``batch``."""
+
+    def __init__(self, inner: ms.search_strategy.SearchStrategy, batch: _Batch) -> None:
+        super().__init__()
+        self.inner, self.batch = inner, batch
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):
+        candidates = self.inner.generate_measure_candidates()
+        self.batch.candidates, self.batch.built = list(candidates or []), []
+        return candidates
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self):
+        return _RememberingStrategy(self.inner.clone(), self.batch)
+
+
+@derived_object
+class _RememberingBuilder(ms.builder.PyBuilder):
+    """``inner`` (a builder), remembering which candidates of the batch built."""
+
+    def __init__(self, inner: ms.builder.Builder, batch: _Batch) -> None:
+        super().__init__()
+        self.inner, self.batch = inner, batch
+
+    def build(self, build_inputs: list) -> list:
+        results = self.inner.build(build_inputs)
+        self.batch.built = [i for i, r in enumerate(results) if r.error_msg is None]
+        return results
+
+
 @derived_object
 class _ReportingFuture(ms.runner.PyRunnerFuture):
-    """A runner future that reports its result to ``measured`` once, when it is done."""
+    """A runner future that reports ``(index, result)`` to ``measured`` once, when done."""
 
-    def __init__(self, inner: ms.runner.RunnerFuture, measured: Callable) -> None:
+    def __init__(self, inner: ms.runner.RunnerFuture, measured: Callable, index: int) -> None:
         super().__init__()
-        self.inner, self.measured, self.value = inner, measured, None
+        self.inner, self.measured, self.index, self.value = inner, measured, index, None
 
     def _fetch(self) -> ms.runner.RunnerResult:
         if self.value is None:
             self.value = self.inner.result()
-            self.measured(self.value)
+            self.measured(self.index, self.value)
         return self.value
 
     def done(self) -> bool:
@@ -1024,7 +1081,8 @@ class _ReportingFuture(ms.runner.PyRunnerFuture):
 
 @derived_object
 class _ReportingRunner(ms.runner.PyRunner):
-    """``inner``, reporting each candidate as it is measured (not once per batch).
+    """``inner``, calling ``measured(index, result)`` as each candidate is measured (not once
+    per batch; ``index``: of the runner's inputs).
 
     A :class:`ms.runner.LocalRunner` measures a whole batch inside ``run``: it is given one
     candidate at a time (it measures them one after the other anyway). Other runners (RPC)
@@ -1038,12 +1096,13 @@ class _ReportingRunner(ms.runner.PyRunner):
     def run(self, runner_inputs: list) -> list:
         if isinstance(self.inner, ms.runner.LocalRunner):
             futures = []
-            for runner_input in runner_inputs:
+            for index, runner_input in enumerate(runner_inputs):
                 (future,) = self.inner.run([runner_input])
-                self.measured(future.result())
+                self.measured(index, future.result())
                 futures.append(future)
             return futures
-        return [_ReportingFuture(f, self.measured) for f in self.inner.run(runner_inputs)]
+        futures = self.inner.run(runner_inputs)
+        return [_ReportingFuture(f, self.measured, i) for i, f in enumerate(futures)]
 
 
 @derived_object
@@ -1132,12 +1191,32 @@ def tune(
             callbacks = [
                 *ms.measure_callback.MeasureCallback.create("default"), _BatchDone(after_batch)
             ]  # fmt: skip
+            batch, workload = _Batch(), database.commit_workload(mod)
+
+            def measured(index: int, result: ms.runner.RunnerResult) -> None:
+                # Committed at once (MetaSchedule commits a batch at its end; the same
+                # record again is not stored twice): a kill or Ctrl-C loses no measurement.
+                if _is_valid(result.run_secs) and index < len(batch.built):
+                    candidate = batch.candidates[batch.built[index]]
+                    database.commit_tuning_record(
+                        ms.database.TuningRecord(
+                            candidate.sch.trace,
+                            workload,
+                            result.run_secs,
+                            target,
+                            candidate.args_info,
+                        )
+                    )
+                tracker.measured(result)
+
             with tempfile.TemporaryDirectory(prefix="convforge-tune-") as work_dir:
                 ms.tune_tir(
                     mod, target, work_dir, max_trials_global=remaining,
-                    num_trials_per_iter=min(remaining, BATCH), builder=builder,
-                    runner=_ReportingRunner(runner, tracker.measured), database=database,
-                    measure_callbacks=callbacks, strategy=_search_strategy(remaining),
+                    num_trials_per_iter=min(remaining, BATCH),
+                    builder=_RememberingBuilder(builder, batch),
+                    runner=_ReportingRunner(runner, measured), database=database,
+                    measure_callbacks=callbacks,
+                    strategy=_RememberingStrategy(_search_strategy(remaining), batch),
                     num_tuning_cores=jobs or "physical", seed=seed,
                 )  # fmt: skip
     return TuningResult(
