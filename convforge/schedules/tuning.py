@@ -1383,8 +1383,16 @@ def import_metaschedule(
         if merged.default_seconds is not None:
             continue
         if measure_on is not None and key == target_key(measure_on):
-            tune(workload.mod["main"], target, db, 0)
-            measured += 1
-        else:
-            unmeasured += 1
+            try:
+                tune(workload.mod["main"], target, db, 0)
+                measured += 1
+                continue
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                message = " ".join(str(err).split())[-200:]
+                warnings.warn(
+                    f"{os.fspath(path)}: the default schedule could not be measured "
+                    f"({type(err).__name__}: {message}); its records apply once it is",
+                    stacklevel=2,
+                )
+        unmeasured += 1
     return ImportSummary(len(records), added, targets, measured, unmeasured)
