@@ -20,6 +20,7 @@ COMMANDS = {
     "check": "check",
     "report": "report",
     "tune": "tune",
+    "db": "db",
     "aot": "aot",
     "cache": "cache",
 }

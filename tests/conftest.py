@@ -191,6 +191,19 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_active_database_is_per_thread",
         "test_use_tuning_db_refuses_a_file",
     },
+    "test_tuning_robust": {
+        "test_a_file_left_seeded_without_records_resumes",
+        "test_a_record_whose_trace_holds_an_index_map_round_trips",
+        "test_progress_state_estimates_time_left_from_this_runs_candidates",
+        "test_plain_progress_prints_flushed_lines_and_a_heartbeat",
+    },
+    "test_tuning_exchange": {
+        "test_import_and_export_refuse_bad_directories",
+        "test_match_cpu_uses_another_core_counts_record_and_says_so",
+        "test_db_command_exports_and_imports",
+        "test_the_match_mode_is_part_of_the_model_cache_key",
+        "test_model_commands_take_tuning_match",
+    },
     "test_targets": "*",
     "test_plan": {
         "test_registry_order_and_algorithm_filter",

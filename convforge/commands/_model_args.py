@@ -26,11 +26,12 @@ def compile_from_args(args: argparse.Namespace, progress: Callable[[str], None] 
     own, e.g. ``dynamic``); ``progress`` as there."""
     from convforge.export.model import compile_model
 
-    return compile_model(
-        args.model, target=resolved_target(args), tuning_db=tuning_db(args),
-        input_shapes=input_shapes(args), progress=progress, algorithm=args.algorithm,
-        **options,
-    )  # fmt: skip
+    with tuning_match(args):
+        return compile_model(
+            args.model, target=resolved_target(args), tuning_db=tuning_db(args),
+            input_shapes=input_shapes(args), progress=progress, algorithm=args.algorithm,
+            **options,
+        )  # fmt: skip
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, tuning: bool = True) -> None:
@@ -42,6 +43,12 @@ def add_target_arguments(parser: argparse.ArgumentParser, tuning: bool = True) -
         parser.add_argument(
             "--tuning-db", default=None, metavar="DIR",
             help="tuning database directory: tuned schedules where it has records",
+        )  # fmt: skip
+        parser.add_argument(
+            "--tuning-match", choices=("exact", "cpu"), default=None,
+            help="which records serve this target: exact (default; or "
+            "$CONVFORGE_TUNING_MATCH) or cpu (also records tuned for another core count "
+            "of the same CPU, with a warning)",
         )  # fmt: skip
     parser.add_argument(
         "--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
@@ -97,6 +104,14 @@ def tuning_db(args: argparse.Namespace):
     from convforge.export.model import open_tuning_db
 
     return open_tuning_db(args.tuning_db)
+
+
+def tuning_match(args: argparse.Namespace):
+    """A context in which tuning lookups use ``--tuning-match`` (the mode in effect without
+    the option: ``$CONVFORGE_TUNING_MATCH``, else exact)."""
+    from convforge.schedules.tuning import use_tuning_match
+
+    return use_tuning_match(getattr(args, "tuning_match", None))
 
 
 def progress() -> Callable[[str], None]:

@@ -16,6 +16,7 @@ from convforge.commands._model_args import (
     read_npz,
     resolved_target,
     tuning_db,
+    tuning_match,
 )
 
 HELP = "compile an ONNX model with convforge, run it and onnxruntime, compare the outputs"
@@ -34,11 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from convforge.export.check_model import check_model
 
     inputs = read_npz(args.inputs) if args.inputs else None
-    result = check_model(
-        args.model, inputs, rtol=args.rtol, atol=args.atol, target=resolved_target(args),
-        tuning_db=tuning_db(args), per_node=args.per_node,
-        progress=None if args.json else progress(), algorithm=args.algorithm,
-        input_shapes=input_shapes(args),
-    )  # fmt: skip
+    with tuning_match(args):
+        result = check_model(
+            args.model, inputs, rtol=args.rtol, atol=args.atol, target=resolved_target(args),
+            tuning_db=tuning_db(args), per_node=args.per_node,
+            progress=None if args.json else progress(), algorithm=args.algorithm,
+            input_shapes=input_shapes(args),
+        )  # fmt: skip
     print(json.dumps(result.to_dict()) if args.json else result)
     return 0 if result.ok else 1

@@ -1,18 +1,29 @@
 """``convforge tune``: autotune convolutions with MetaSchedule into a tuning database.
 
 What to tune: named workloads of the benchmark suite (``--workload``), explicit shapes
-(``--conv x=1,64,56,56 w=64,64,3,3 stride=1 padding=1``) or every convolution kernel of an
-ONNX model as ``convforge compile`` builds it (``--onnx model.onnx``). Records go to
-``--db`` (default ``$CONVFORGE_TUNING_DB``), keyed by workload and target; compile with
-them through ``convforge.use_tuning_db(path)``, ``CONVFORGE_TUNING_DB`` or
-``convforge compile --tuning-db``.
+(``--conv x=1,64,56,56 w=64,64,3,3 stride=1 padding=1``) or every kernel of an ONNX model
+as ``convforge compile`` builds it, fused epilogues and pools included (``--onnx
+model.onnx``). Records go to ``--db`` (default ``$CONVFORGE_TUNING_DB``), keyed by workload
+and target; compile with them through ``convforge.use_tuning_db(path)``,
+``CONVFORGE_TUNING_DB`` or ``convforge compile --tuning-db``.
+
+Progress: after each measured candidate, trials done/total, the best latency so far (by the
+rule of the final "default -> best" line) and the time left; a rich bar on a terminal, plain
+flushed lines when stdout is not one (on stderr with ``--json``), with a line every 10 s
+while a batch is being built. Ctrl-C stops with one line and exit code 130; every candidate
+measured before it is kept (each is committed as it is measured) and the same command
+resumes. So does a killed run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import onnx
@@ -21,13 +32,17 @@ import tvm
 from convforge import api, shapes
 from convforge import workloads as registry
 from convforge.build import prim_func
+from convforge.cli import EXIT_INTERRUPTED
 from convforge.commands._model_args import add_algorithm_argument
 from convforge.extras import require
 from convforge.plan import plan_conv
 from convforge.schedules import tuning
 from convforge.targets import resolve_target
 
-HELP = "autotune convolutions (named, by shape, or from an ONNX model) into a tuning database"
+HELP = (
+    "autotune convolutions (named, by shape, or every kernel of an ONNX model) into a tuning "
+    "database (resumable after a kill or Ctrl-C)"
+)
 
 
 @dataclass(frozen=True)
@@ -139,25 +154,23 @@ class ModelKernel:
         return self.func
 
 
-#: ONNX op types whose kernels ``--onnx`` tunes.
-TUNED_OP_TYPES = ("Conv", "ConvTranspose", "CausalConvWithState")
-
-
 def onnx_workloads(
     model: onnx.ModelProto | str,
     target: tvm.target.Target | None = None,
     algorithm: str = "auto",
 ) -> list[ModelKernel]:
-    """One workload per distinct convolution kernel of ``model`` (ModelProto or path) as
+    """One workload per distinct kernel of ``model`` (ModelProto or path) as
     :func:`convforge.compile_model` lowers it for ``target`` (the host by default) with
-    ``algorithm``, so that compiling the model with the tuning database (and the same
-    ``algorithm``) finds every record tuned here."""
+    ``algorithm``: every kernel it reports (convolutions with their fused epilogues and
+    pools, pools, dense layers, resizes, ...), in the model's order, so that compiling the
+    model with the tuning database (and the same ``algorithm``) finds every record tuned
+    here."""
     from convforge.export.model import import_model
 
     _, ctx, _ = import_model(model, resolve_target(target), algorithm=algorithm)
     found: dict[str, ModelKernel] = {}
     for record in ctx.records:
-        if record.op_type in TUNED_OP_TYPES and record.function not in found:
+        if record.function not in found:
             name = f"{record.op_type}:{record.node}"
             found[record.function] = ModelKernel(name, ctx.functions[record.function])
     return list(found.values())
@@ -173,9 +186,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--conv", nargs="+", action="append", default=[], metavar="KEY=VALUE",
         help="one convolution: x=1,64,56,56 w=64,64,3,3 stride=1 padding=1 (repeatable)",
     )  # fmt: skip
-    what.add_argument("--onnx", help="tune every convolution kernel of this ONNX model")
+    what.add_argument("--onnx", help="tune every kernel this ONNX model compiles to")
     add_algorithm_argument(what)
-    parser.add_argument("--trials", type=int, default=64, help="measured candidates per workload")
+    parser.add_argument(
+        "--trials", type=int, default=64,
+        help="measured candidates per workload, those already in --db included (a rerun "
+        "resumes)",
+    )  # fmt: skip
     parser.add_argument(
         "--db", default=os.environ.get(tuning.DB_ENV),
         help=f"tuning database directory (default ${tuning.DB_ENV})",
@@ -189,7 +206,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--jobs", type=int, help="parallel builds (and RPC sessions)")
     parser.add_argument("--seed", type=int, help="random seed of the search")
-    parser.add_argument("--json", action="store_true", help="print results as JSON lines")
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print results as JSON lines (plain progress lines then go to stderr)",
+    )  # fmt: skip
     parser.add_argument("--verbose", action="store_true", help="show MetaSchedule's log")
 
 
@@ -221,9 +241,104 @@ def _rpc(args: argparse.Namespace) -> tuning.RPCTracker | None:
     return tracker
 
 
-def run(args: argparse.Namespace) -> int:
-    require("rich", "convforge tune", extra="tune")
-    tuning.require_tuning_extra()
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class ProgressState:
+    """Trials, best latency, elapsed and estimated time left of one workload's tuning.
+
+    The estimate: seconds per candidate measured so far in this run times the candidates
+    left (unknown until this run has measured one)."""
+
+    def __init__(self, name: str, total: int, clock=time.monotonic) -> None:
+        self.name, self.clock, self.start = name, clock, clock()
+        self.done, self.total = 0, total
+        self.best: float | None = None
+        self.first: tuple[float, int] | None = None  # (time, done) of the first report
+
+    def update(self, done: int, total: int, best: float) -> None:
+        now = self.clock()
+        if self.first is None:
+            self.first = (now, done)
+        self.done, self.total, self.best = done, total, best
+
+    def left(self) -> float | None:
+        """Seconds left, estimated; None before this run has measured a candidate."""
+        if self.first is None or self.done <= self.first[1]:
+            return None if self.done < self.total else 0.0
+        since, base = self.first
+        return (self.clock() - since) / (self.done - base) * max(0, self.total - self.done)
+
+    def fields(self) -> dict[str, str]:
+        left = self.left()
+        return {
+            "best": "-" if self.best is None else f"{self.best * 1e3:.4f} ms",
+            "left": "unknown" if left is None else _duration(left),
+        }
+
+    def line(self) -> str:
+        """One plain progress line."""
+        fields = self.fields()
+        return (
+            f"{self.name}: {self.done}/{self.total} trials, best {fields['best']}, "
+            f"{_duration(self.clock() - self.start)} elapsed, time left {fields['left']}"
+        )
+
+
+class PlainProgress:
+    """Progress as plain lines on ``stream`` (each flushed), for output that is not a
+    terminal: a line when the default schedule is measured, one per measured candidate (at
+    most one per ``min_gap_s``, and always the last), and while nothing is measured (building
+    a batch) one every ``heartbeat_s`` seconds, so a run is never silent."""
+
+    def __init__(
+        self, name: str, total: int, stream, heartbeat_s: float = 10.0, min_gap_s: float = 1.0
+    ) -> None:
+        self.state, self.stream = ProgressState(name, total), stream
+        self.heartbeat_s, self.min_gap_s = heartbeat_s, min_gap_s
+        self.last_line = 0.0
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._heartbeat, daemon=True)
+
+    def __enter__(self) -> PlainProgress:
+        self._print(f"{self.state.name}: measuring the default schedule")
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _print(self, text: str) -> None:
+        with self.lock:
+            print(text, file=self.stream, flush=True)
+            self.last_line = time.monotonic()
+
+    def _heartbeat(self) -> None:
+        while not self.stopped.wait(1.0):
+            if time.monotonic() - self.last_line >= self.heartbeat_s:
+                self._print(self.state.line())
+
+    def __call__(self, done: int, total: int, best: float) -> None:
+        first, previous = self.state.first is None, (self.state.done, self.state.best)
+        self.state.update(done, total, best)
+        changed = (done, best) != previous
+        quiet = time.monotonic() - self.last_line >= self.min_gap_s
+        if first or (changed and (quiet or done >= total)):
+            self._print(self.state.line())
+
+
+@contextlib.contextmanager
+def _progress(name: str, total: int, plain, json_lines: bool):
+    """A progress callback for tuning workload ``name``: plain lines on stdout (stderr with
+    ``--json``) when stdout is not a terminal, else a rich bar on stderr."""
+    if plain:
+        with PlainProgress(name, total, sys.stderr if json_lines else sys.stdout) as report:
+            yield report
+        return
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -231,9 +346,29 @@ def run(args: argparse.Namespace) -> int:
         Progress,
         TextColumn,
         TimeElapsedColumn,
-        TimeRemainingColumn,
     )  # fmt: skip
 
+    state = ProgressState(name, total)
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+        TextColumn("left {task.fields[left]}"),
+    )  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True), refresh_per_second=4) as bar:
+        task = bar.add_task(name, total=total, **state.fields())
+
+        def report(done: int, total: int, best: float) -> None:
+            state.update(done, total, best)
+            bar.update(task, completed=min(done, total), **state.fields())
+
+        yield report
+
+
+def run(args: argparse.Namespace) -> int:
+    """Tune each workload in turn; on Ctrl-C stop with one line and exit 130 (every candidate
+    measured before it is kept: the same command again resumes)."""
+    require("rich", "convforge tune", extra="tune")
+    tuning.require_tuning_extra()
     if not args.db:
         raise ValueError(f"--db is required (or set ${tuning.DB_ENV})")
     tuning.check_database_path(args.db, "--db")
@@ -243,40 +378,42 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     workloads, rpc = _workloads(args), _rpc(args)
     target = resolve_target(args.target)
-    console = Console(stderr=True)
-    columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn("left"),
-        TimeRemainingColumn(),
-    )  # fmt: skip
-    for workload in workloads:
-        with Progress(*columns, console=console, transient=not console.is_terminal) as bar:
-            task = bar.add_task(workload.name, total=args.trials, best="-")
-
-            def report(done: int, total: int, best: float, task=task, bar=bar) -> None:
-                bar.update(task, completed=min(done, total), best=f"{best * 1e3:.4f} ms")
-
-            result = tuning.tune(
-                workload.prim_func(target), target, args.db, args.trials, rpc=rpc,
-                jobs=args.jobs, seed=args.seed, progress=report, verbose=args.verbose,
-            )  # fmt: skip
-        summary = {
-            "workload": workload.name,
-            "default_ms": result.default_seconds * 1e3,
-            "best_ms": result.best_seconds * 1e3,
-            "speedup": result.default_seconds / result.best_seconds,
-            "trials": result.trials,
-            "new_trials": result.new_trials,
-            "seconds": round(result.elapsed_seconds, 1),
-            "record_file": str(result.database_file),
-        }
-        if args.json:
-            print(json.dumps(summary), flush=True)
-        else:
-            print(
-                f"{workload.name}: default {summary['default_ms']:.4f} ms -> best "
-                f"{summary['best_ms']:.4f} ms ({summary['speedup']:.2f}x), "
-                f"{result.trials} trials ({result.new_trials} new) in {summary['seconds']} s",
-                flush=True,
-            )
+    plain = not sys.stdout.isatty()
+    try:
+        for workload in workloads:
+            with _progress(workload.name, args.trials, plain, args.json) as report:
+                result = tuning.tune(
+                    workload.prim_func(target), target, args.db, args.trials, rpc=rpc,
+                    jobs=args.jobs, seed=args.seed, progress=report, verbose=args.verbose,
+                )  # fmt: skip
+            _print_result(workload.name, result, args.json)
+    except KeyboardInterrupt:
+        print(
+            f"convforge tune: interrupted; every candidate measured so far is kept in "
+            f"{args.db}; the same command again resumes",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+        return EXIT_INTERRUPTED
     return 0
+
+
+def _print_result(name: str, result: tuning.TuningResult, json_lines: bool) -> None:
+    summary = {
+        "workload": name,
+        "default_ms": result.default_seconds * 1e3,
+        "best_ms": result.best_seconds * 1e3,
+        "speedup": result.default_seconds / result.best_seconds,
+        "trials": result.trials,
+        "new_trials": result.new_trials,
+        "seconds": round(result.elapsed_seconds, 1),
+        "record_file": str(result.database_file),
+    }
+    if json_lines:
+        print(json.dumps(summary), flush=True)
+    else:
+        print(
+            f"{name}: default {summary['default_ms']:.4f} ms -> best "
+            f"{summary['best_ms']:.4f} ms ({summary['speedup']:.2f}x), "
+            f"{result.trials} trials ({result.new_trials} new) in {summary['seconds']} s",
+            flush=True,
+        )

@@ -6,18 +6,25 @@ Layout on disk (one directory per database)::
 
 The target digest names the exact target (kind, triple, ``mcpu``, cores: see
 :func:`convforge.targets.target_key`), so a record tuned for one CPU is never looked up for
-another. The workload digest is TVM's structural hash of the PrimFunc; the file also holds
-the workload itself and lookups check structural equality. Each file holds every measured
-record of one (workload, target) and is rewritten atomically (temp file + ``os.replace``)
-after each record: a run killed at any moment leaves a valid database with every record
-finished before the kill. Re-running a tuning run continues from the records already there.
+another; the opt-in ``match='cpu'`` (:func:`use_tuning_db`, :func:`use_tuning_match`,
+``$CONVFORGE_TUNING_MATCH``) also lets records of a target differing only in its core count
+serve, with a :class:`CoreCountMatchWarning` once. The workload digest is TVM's structural
+hash of the PrimFunc; the file also holds the workload itself and lookups check structural
+equality. Each file holds every measured record of one (workload, target), in TVM's
+``TuningRecord`` JSON layout (:func:`record_json`; the layout of MetaSchedule's
+``JSONDatabase``, :func:`export_metaschedule` / :func:`import_metaschedule`), and is
+rewritten atomically (temp file + ``os.replace``) at each write: the default's timing with
+the seed record (one write), then each candidate as soon as it is measured. A run killed at
+any moment (SIGKILL included) leaves a valid database with every candidate measured before
+the kill; re-running continues from the records already there (a file marked seeded without
+records, left by convforge <= 0.1.8, is measured again).
 
 Before searching, the default schedule (:func:`schedule_cpu`) is measured with the same
 builder and runner as the candidates and stored as the file's ``default_seconds`` (timed
-again after each search, keeping the faster: one slow timing on a shared machine made a
-no-better candidate look faster); a lookup uses the fastest record only if it beats that,
-so tuning never makes a kernel slower than its default schedule as measured. Each workload's first record is the trace of the generic
-default rules (:func:`generic_cpu_schedule`, equal to the default unless a special rule
+twice, then again after each batch of candidates, keeping the fastest: one slow timing on a
+shared machine made a no-better candidate look faster); a lookup uses the fastest record
+only if it beats that, so tuning never makes a kernel slower than its default schedule as
+measured. Each workload's first record is the trace of the generic default rules (:func:`generic_cpu_schedule`, equal to the default unless a special rule
 applies): it seeds the evolutionary search, which starts its population from the
 database's best records.
 
@@ -49,6 +56,8 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import sys
 import tempfile
 import threading
@@ -60,6 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
+import tvm_ffi
 from tvm import tirx
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -83,10 +93,23 @@ SHIPPED_DB = Path(__file__).resolve().parent.parent / "tuned"
 #: IRModule attribute naming the record a tuned module was built from.
 RECORD_ATTR = "convforge.tuning_record"
 _FORMAT = 1
+#: Candidates per search batch (built together; each committed as soon as it is measured).
+BATCH = 16
+
+
+def _tuning_record_as_json(record: ms.database.TuningRecord):
+    return tvm.get_global_func("s_tir.meta_schedule.TuningRecordAsJSON")(record)
 
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _copy(mod: tvm.IRModule) -> tvm.IRModule:
+    """A deep copy of ``mod``: replaying a trace on ``s_tir.Schedule(mod)`` can change the
+    PrimFunc ``mod`` shares with the caller in place (TVM 0.27: the caller's function then
+    hashes differently, and the next lookup of it finds nothing)."""
+    return tvm.ir.load_json(tvm.ir.save_json(mod))
 
 
 def workload_module(func: tirx.PrimFunc | tvm.IRModule) -> tvm.IRModule:
@@ -153,6 +176,34 @@ def _record_key(record) -> str:
     return json.dumps(record, sort_keys=True)
 
 
+def _to_json(obj):
+    """A TVM JSON-style object (what ``TuningRecordAsJSON`` returns) as plain JSON values.
+
+    As TVM's own ``JSONDatabase`` writes it: an ``IndexMap`` input of a trace instruction
+    (``TransformLayout``, in the traces of fused conv + pool kernels) becomes its
+    ``tvm.ir.save_json`` text, which ``TuningRecord.from_json`` parses back.
+    (MetaSchedule's Python ``TuningRecord.as_json`` raises TypeError on one.)
+    """
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, tirx.IndexMap):
+        return tvm.ir.save_json(obj)
+    if isinstance(obj, tvm.tirx.IntImm | tvm.tirx.FloatImm):
+        return obj.value
+    if isinstance(obj, tvm_ffi.Array | list | tuple):
+        return [_to_json(item) for item in obj]
+    if isinstance(obj, tvm_ffi.Map | dict):
+        return {_to_json(k): _to_json(v) for k, v in obj.items()}
+    raise TypeError(f"a tuning record holds a {type(obj).__name__}, which JSON cannot store")
+
+
+def record_json(record: ms.database.TuningRecord) -> list:
+    """``record`` as JSON values, ``[trace, run_secs, target, args_info]`` (TVM's
+    ``TuningRecord.as_json`` layout, the layout of ``JSONDatabase``'s files), for every
+    trace: one holding an ``IndexMap`` too."""
+    return _to_json(_tuning_record_as_json(record))
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path``'s workload file across processes (``fcntl.flock`` on a
@@ -177,12 +228,17 @@ def merge_records(
     *,
     default_seconds: float | None = None,
     seeded: bool = False,
+    seed: list | None = None,
 ) -> _WorkloadRecords:
     """Write ``records`` of ``workload`` on ``target`` to ``path`` without losing any record
     another writer put there: under an exclusive file lock, read the file, append the
     records it lacks (in order; equal records are stored once), keep the faster
     ``default_seconds``, and replace the file atomically. A file that is corrupt, of another
     format or target, or of another workload is replaced (with a warning if corrupt).
+
+    ``seed``: the seed record (JSON), stored first and marked ``seeded`` in the same write
+    (a file is marked seeded only when it holds its seed: a kill can never separate them);
+    a record already there with the seed's trace becomes the seed instead.
 
     Returns what was written (the merged records).
     """
@@ -195,6 +251,13 @@ def merge_records(
         ):
             current = None  # a hash collision or another workload: ours replaces it
         merged = list(current.records) if current is not None else []
+        was_seeded = current is not None and current.seeded
+        if seed is not None and not was_seeded:
+            # A record with the seed's trace (one imported, say) becomes the seed.
+            same = [r for r in merged if _record_key(r[0]) == _record_key(seed[0])]
+            seed = same[0] if same else seed
+            merged = [seed, *(r for r in merged if r is not seed)]
+            was_seeded = True
         seen = {_record_key(r) for r in merged}
         for record in records:
             key = _record_key(record)
@@ -204,7 +267,7 @@ def merge_records(
         timings = [t for t in (default_seconds, current and current.default_seconds) if t]
         result = _WorkloadRecords(
             path, workload, merged, min(timings) if timings else None,
-            bool(seeded or (current is not None and current.seeded)),
+            bool((seeded or was_seeded) and merged),
         )  # fmt: skip
         payload = {
             "format": _FORMAT,
@@ -282,12 +345,16 @@ class _WorkloadRecords:
         self.seeded = merged.seeded
 
     @classmethod
-    def load(cls, path: Path, target: tvm.target.Target) -> _WorkloadRecords | None:
-        """Records in ``path``, or None if it is missing, names another target or cannot be
-        read (then with a warning naming the file: a corrupt database never stops a compile)."""
+    def load(
+        cls, path: Path, target: tvm.target.Target, *, key: str | None = None
+    ) -> _WorkloadRecords | None:
+        """Records in ``path``, or None if it is missing, names another target than ``key``
+        (default: ``target``'s key) or cannot be read (then with a warning naming the file: a
+        corrupt database never stops a compile)."""
+        key = target_key(target) if key is None else key
         try:
             payload = _read_payload(path)
-            if payload.get("format") != _FORMAT or payload.get("target") != target_key(target):
+            if payload.get("format") != _FORMAT or payload.get("target") != key:
                 return None
             workload = ms.database.Workload.from_json(payload["workload"])
         except FileNotFoundError:
@@ -295,10 +362,12 @@ class _WorkloadRecords:
         except Exception as err:  # unreadable, not JSON, wrong structure, TVM parse error
             _warn_corrupt(path, err)
             return None
-        return cls(
-            path, workload, payload["records"], payload.get("default_seconds"),
-            bool(payload.get("seeded")),
-        )  # fmt: skip
+        records = payload["records"]
+        # ``seeded`` with no record: a file written by convforge <= 0.1.8 killed between its
+        # two writes of the seed; its next run measures and seeds again.
+        broken = bool(payload.get("seeded")) and not records
+        default = None if broken else payload.get("default_seconds")
+        return cls(path, workload, records, default, bool(payload.get("seeded")) and not broken)
 
     def tuning_records(self) -> list[ms.database.TuningRecord]:
         """The records MetaSchedule can parse (one that it cannot is skipped with a warning)."""
@@ -359,10 +428,15 @@ class TuningDatabase(ms.database.PyDatabase):
             return self._entry(mod).workload
 
     def commit_tuning_record(self, record: ms.database.TuningRecord) -> None:
+        """Store ``record`` (in memory, and in its file at once); one already stored (the
+        same trace, timings, target and arguments) is not stored again."""
         with self._lock:
             entry = self._entry(record.workload.mod)
+            raw = record_json(record)
+            if any(_record_key(r) == _record_key(raw) for r in entry.records):
+                return
             self._memory.commit_tuning_record(record)
-            entry.records.append(record.as_json())
+            entry.records.append(raw)
             entry.save(self.target)
 
     def get_top_k(self, workload: ms.database.Workload, top_k: int) -> list:
@@ -400,12 +474,22 @@ class TuningDatabase(ms.database.PyDatabase):
             entry = self._entry(mod)
             return max(0, len(entry.records) - entry.seeded)
 
-    def set_default_seconds(self, mod: tvm.IRModule, seconds: float, seeded: bool) -> None:
-        """Store the default schedule's latency; ``seeded``: a seed record follows."""
+    def set_default_seconds(
+        self, mod: tvm.IRModule, seconds: float, seed: ms.database.TuningRecord | None = None
+    ) -> None:
+        """Store the default schedule's latency and its ``seed`` record (if any) in one
+        atomic write."""
         with self._lock:
             entry = self._entry(mod)
-            entry.default_seconds, entry.seeded = seconds, seeded
-            entry.save(self.target)
+            seed_json = None if seed is None else record_json(seed)
+            merged = merge_records(
+                entry.path, self.target, entry.workload, entry.records,
+                default_seconds=seconds, seed=seed_json,
+            )  # fmt: skip
+            entry.records, entry.default_seconds = merged.records, merged.default_seconds
+            entry.seeded = merged.seeded
+            if seed is not None:
+                self._memory.commit_tuning_record(seed)
 
     def lower_default_seconds(self, mod: tvm.IRModule, seconds: float) -> None:
         """Keep the faster of the stored default latency and ``seconds`` (a new timing)."""
@@ -424,33 +508,81 @@ class TuningDatabase(ms.database.PyDatabase):
 _active: contextvars.ContextVar[tuple[Path | None, bool]] = contextvars.ContextVar(
     "convforge_tuning_db", default=(None, True)
 )
+#: The match mode set by use_tuning_db / use_tuning_match (None: ``$CONVFORGE_TUNING_MATCH``).
+_match: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "convforge_tuning_match", default=None
+)
+#: Environment variable choosing the match mode where none is set in code.
+MATCH_ENV = "CONVFORGE_TUNING_MATCH"
+#: How a lookup matches a record's target to the target compiled for: ``exact`` (the
+#: default: kind, triple, CPU, features and core count) or ``cpu`` (the same, except that a
+#: record tuned for another core count, ``num-cores``, may serve when the database has none
+#: for this one; said once per process by a :class:`CoreCountMatchWarning`).
+MATCH_MODES = ("exact", "cpu")
+
+
+class CoreCountMatchWarning(UserWarning):
+    """A record tuned for another core count serves this target (``match='cpu'``)."""
+
+
+def _check_match(match: str, name: str) -> str:
+    if match not in MATCH_MODES:
+        raise ValueError(f"{name} must be one of {', '.join(MATCH_MODES)}, got {match!r}")
+    return match
 
 
 @contextlib.contextmanager
-def _restoring(previous: tuple[Path | None, bool]) -> Iterator[None]:
+def _restoring(previous: tuple[Path | None, bool], match: str | None) -> Iterator[None]:
     try:
         yield
     finally:
         _active.set(previous)
+        _match.set(match)
 
 
 def use_tuning_db(
-    path: str | os.PathLike | None, *, shipped: bool = True
+    path: str | os.PathLike | None, *, shipped: bool = True, match: str | None = None
 ) -> contextlib.AbstractContextManager[None]:
     """Compile with the tuned records of database directory ``path`` from now on, in the
     calling thread (or ``contextvars`` context) only: other threads keep their own setting,
     and a new thread starts from ``$CONVFORGE_TUNING_DB``.
 
     ``shipped``: also use the records shipped in ``convforge/tuned`` (after ``path``).
-    ``path=None`` goes back to ``$CONVFORGE_TUNING_DB`` (if set). Used as ``with
-    use_tuning_db(p): ...`` the previous setting comes back at the end of the block.
-    ``path`` naming a file (not a directory) raises ValueError.
+    ``path=None`` goes back to ``$CONVFORGE_TUNING_DB`` (if set). ``match`` (see
+    :data:`MATCH_MODES`): ``'cpu'`` lets a record tuned on a target that differs only in its
+    core count serve (opt-in; a :class:`CoreCountMatchWarning` says so once); None keeps the
+    mode in effect (:func:`use_tuning_match`, else ``$CONVFORGE_TUNING_MATCH``, else
+    ``'exact'``). Used as ``with use_tuning_db(p): ...`` the previous setting comes back at
+    the end of the block. ``path`` naming a file (not a directory) or an unknown ``match``
+    raises ValueError.
     """
     if path is not None:
         check_database_path(path, "path")
-    previous = _active.get()
+    if match is not None:
+        _check_match(match, "match")
+    previous, previous_match = _active.get(), _match.get()
     _active.set((None if path is None else Path(path), shipped))
-    return _restoring(previous)
+    if match is not None:
+        _match.set(match)
+    return _restoring(previous, previous_match)
+
+
+def use_tuning_match(match: str | None) -> contextlib.AbstractContextManager[None]:
+    """Set only the match mode of lookups (as ``use_tuning_db(..., match=)``), in the calling
+    thread or context; None goes back to ``$CONVFORGE_TUNING_MATCH``."""
+    if match is not None:
+        _check_match(match, "match")
+    previous, previous_match = _active.get(), _match.get()
+    _match.set(match)
+    return _restoring(previous, previous_match)
+
+
+def active_match() -> str:
+    """The match mode lookups use now (ValueError for a bad ``$CONVFORGE_TUNING_MATCH``)."""
+    match = _match.get()
+    if match is None:
+        match = _check_match(os.environ.get(MATCH_ENV) or "exact", f"${MATCH_ENV}")
+    return match
 
 
 def active_databases() -> list[Path]:
@@ -460,31 +592,120 @@ def active_databases() -> list[Path]:
     return [p for p in (chosen, SHIPPED_DB if shipped else None) if p is not None]
 
 
+_CORES = re.compile(r'"num-cores": (\d+)')
+
+
+def _split_cores(key: str) -> tuple[str, int] | None:
+    """Target key ``key`` (:func:`convforge.targets.target_key`: the JSON text of the
+    target's export as printed) without its core count, and that count; None if it names
+    no core count."""
+    try:
+        text = json.loads(key)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(text, str):
+        return None
+    found = _CORES.findall(text)
+    if len(found) != 1:
+        return None
+    return _CORES.sub('"num-cores": *', text), int(found[0])
+
+
+def _cpu_key(key: str) -> str | None:
+    """Target key ``key`` without its core count (None if it names none)."""
+    split = _split_cores(key)
+    return None if split is None else split[0]
+
+
+def _core_count(key: str) -> int | None:
+    split = _split_cores(key)
+    return None if split is None else split[1]
+
+
+_folder_targets: dict[tuple[Path, int], str | None] = {}
+
+
+def _folder_target(folder: Path) -> str | None:
+    """The target key of the records in ``folder`` (read from one of its files; cached by
+    the folder's mtime), None if no file there can be read."""
+    try:
+        stamp = (folder, folder.stat().st_mtime_ns)
+    except OSError:
+        return None
+    if stamp not in _folder_targets:
+        key = None
+        for path in sorted(folder.glob("*.json")):
+            if path.name.startswith("."):
+                continue
+            with contextlib.suppress(Exception):
+                key = _read_payload(path).get("target")
+                if isinstance(key, str):
+                    break
+        _folder_targets[stamp] = key
+    return _folder_targets[stamp]
+
+
+def _matching_folders(
+    db: str | os.PathLike, target: tvm.target.Target, match: str
+) -> list[tuple[Path, str]]:
+    """``(folder, target key)`` of ``db`` whose records may serve ``target``: its own; with
+    ``match='cpu'`` also (after it, in name order) those of targets that differ only in
+    ``num-cores``."""
+    key = target_key(target)
+    own = target_dir(db, target)
+    found = [(own, key)]
+    if match == "cpu" and Path(db).is_dir():
+        cpu = _cpu_key(key)
+        for folder in sorted(p for p in Path(db).iterdir() if p.is_dir()):
+            other = _folder_target(folder) if folder != own and cpu is not None else None
+            if other is not None and other != key and _cpu_key(other) == cpu:
+                found.append((folder, other))
+    return found
+
+
 def database_state(target: tvm.target.Target) -> tuple:
-    """Changes whenever lookups for ``target`` could answer differently (a cache-key part)."""
-    state = []
+    """Changes whenever lookups for ``target`` could answer differently (a cache-key part):
+    the match mode, and each consulted folder's modification time."""
+    match = active_match()
+    state: list[tuple] = [("match", match)]
     for db in active_databases():
-        folder = target_dir(db, target)
-        state.append((str(db), folder.stat().st_mtime_ns if folder.is_dir() else None))
+        for folder, _ in _matching_folders(db, target, match):
+            state.append((str(folder), folder.stat().st_mtime_ns if folder.is_dir() else None))
     return tuple(state)
 
 
-def ranked_records(
-    func: tirx.PrimFunc | tvm.IRModule, target: tvm.target.Target, db: str | os.PathLike
-) -> list[ms.database.TuningRecord]:
-    """Records of ``func`` on ``target`` in ``db`` that beat the default schedule, fastest
-    first."""
+def _ranked(
+    func: tirx.PrimFunc | tvm.IRModule, target: tvm.target.Target, db: str | os.PathLike,
+    match: str,
+) -> list[tuple[ms.database.TuningRecord, str]]:  # fmt: skip
+    """``(record, its target key)`` of :func:`ranked_records`."""
     mod = workload_module(func)
-    entry = _WorkloadRecords.load(workload_file(db, mod, target), target)
-    if entry is None or not structural_equal(entry.workload.mod, mod):
-        return []
     ranked = []
-    for record in entry.faster_than_default():
-        try:
-            ranked.append(ms.database.TuningRecord.from_json(record, entry.workload))
-        except Exception as err:  # a record MetaSchedule cannot parse: skip it
-            _warn_corrupt(entry.path, err, "a record")
+    for folder, key in _matching_folders(db, target, match):
+        path = folder / workload_file(db, mod, target).name
+        entry = _WorkloadRecords.load(path, target, key=key)
+        if entry is None or not structural_equal(entry.workload.mod, mod):
+            continue
+        for record in entry.faster_than_default():
+            try:
+                ranked.append((ms.database.TuningRecord.from_json(record, entry.workload), key))
+            except Exception as err:  # a record MetaSchedule cannot parse: skip it
+                _warn_corrupt(entry.path, err, "a record")
     return ranked
+
+
+def ranked_records(
+    func: tirx.PrimFunc | tvm.IRModule,
+    target: tvm.target.Target,
+    db: str | os.PathLike,
+    match: str | None = None,
+) -> list[ms.database.TuningRecord]:
+    """Records of ``func`` on ``target`` in ``db`` that beat the default schedule (as
+    measured where they were tuned), fastest first; with ``match='cpu'`` (None: the mode in
+    effect, :func:`active_match`) followed by those of targets differing only in core
+    count."""
+    match = active_match() if match is None else _check_match(match, "match")
+    return [record for record, _ in _ranked(func, target, db, match)]
 
 
 def best_record(
@@ -524,9 +745,10 @@ def tuned_module(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
     """
     if not is_cpu(target):
         return None
+    match = active_match()
     for db in active_databases():
-        for record in ranked_records(func, target, db):
-            sch = tvm.s_tir.Schedule(workload_module(func))
+        for record, key in _ranked(func, target, db, match):
+            sch = tvm.s_tir.Schedule(_copy(workload_module(func)))
             try:
                 record.trace.apply_to_schedule(sch, remove_postproc=False)
             except Exception as err:  # some candidates' traces do not replay; a corrupt one
@@ -535,8 +757,30 @@ def tuned_module(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
                     _warn_corrupt(path, err, "a record whose trace does not apply")
                 continue
             name = f"{db}@{_mean(record.run_secs):.6g}s"
+            if key != target_key(target):
+                name += f" (tuned for {_core_count(key)} cores)"
+                _warn_core_count(db, key, target)
             return sch.mod.with_attr(RECORD_ATTR, name)
     return None
+
+
+_core_count_warned: set[tuple[str, str, str]] = set()
+
+
+def _warn_core_count(db: Path, key: str, target: tvm.target.Target) -> None:
+    """Warn once per process and (database, record target, target) that a record tuned for
+    another core count serves ``target``."""
+    seen = (str(db), key, target_key(target))
+    if seen in _core_count_warned:
+        return
+    _core_count_warned.add(seen)
+    warnings.warn(
+        f"tuning database {os.fspath(db)!r}: records tuned for {_core_count(key)} cores serve "
+        f"this {_core_count(target_key(target))}-core target (match='cpu'; their timings, "
+        f"and the default's they beat, were measured there)",
+        CoreCountMatchWarning,
+        stacklevel=3,
+    )
 
 
 # --------------------------------------------------------------------------- tuning
@@ -674,10 +918,11 @@ def _measure_default(
     builder: ms.builder.Builder,
     runner: ms.runner.Runner,
 ) -> None:
-    """Store the default schedule's latency, then the generic rules' trace as the seed
-    (if that trace replays: some hand rules do not record a replayable trace)."""
+    """Store the default schedule's latency (the faster of two timings: the first also warms
+    the runner) and the generic rules' trace as the seed (if that trace replays: some hand
+    rules do not record a replayable trace), both in one write."""
     seed = generic_cpu_schedule(mod["main"], target)
-    replayed = tvm.s_tir.Schedule(mod)
+    replayed = tvm.s_tir.Schedule(_copy(mod))
     try:
         seed.trace.apply_to_schedule(replayed, remove_postproc=False)
         seeded = structural_equal(replayed.mod, seed.mod)
@@ -686,31 +931,197 @@ def _measure_default(
     seed_secs = _time(seed.mod, target, builder, runner)
     default = schedule_cpu(mod["main"], target)
     same = structural_equal(default, seed.mod)
-    default_secs = seed_secs if same else _time(default, target, builder, runner)
-    database.set_default_seconds(mod, _mean(default_secs), seeded)
+    timings = [seed_secs] if same else []
+    while len(timings) < 2:
+        timings.append(_time(default, target, builder, runner))
+    record = None
     if seeded:
         args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
         workload = database.commit_workload(mod)
-        database.commit_tuning_record(
-            ms.database.TuningRecord(seed.trace, workload, seed_secs, target, args_info)
-        )
+        record = ms.database.TuningRecord(seed.trace, workload, seed_secs, target, args_info)
+    database.set_default_seconds(mod, min(map(_mean, timings)), record)
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Make a Ctrl-C (SIGINT) during tuning a KeyboardInterrupt, always.
+
+    A SIGINT arriving while TVM's C++ code calls back into Python (the runner, a measure
+    callback) raises KeyboardInterrupt there, which TVM's FFI hands back as a RuntimeError.
+    Here any exception raised after a SIGINT is raised as KeyboardInterrupt instead. Only in
+    the main thread with Python's default SIGINT handler (which this keeps in effect).
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    interrupted = threading.Event()
+
+    def handler(signum, frame):
+        interrupted.set()
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    except Exception as err:
+        if interrupted.is_set():
+            raise KeyboardInterrupt(f"interrupted ({type(err).__name__} from TVM)") from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class _Tracker:
+    """Trials done and best latency of one tuning run, reported to ``progress`` after each
+    measured candidate.
+
+    The best is the minimum over the stored default latency and every measured candidate's
+    mean (:func:`_best`): the rule of :attr:`TuningResult.best_seconds`, so the last report
+    and the final figure agree.
+    """
+
+    def __init__(
+        self, progress: Callable[[int, int, float], None] | None, done: int, total: int,
+        best: float,
+    ) -> None:  # fmt: skip
+        self.progress, self.done, self.total, self.best = progress, done, total, best
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total, self.best)
+
+    def measured(self, result: ms.runner.RunnerResult) -> None:
+        """One candidate measured (or failed: it counts as a trial, as in the database)."""
+        self.done += 1
+        self.best = min(self.best, _mean(result.run_secs))
+        self.report()
+
+    def sync(self, done: int, best: float) -> None:
+        """A batch was committed: the database's count (build failures included) and best."""
+        if (done, best) != (self.done, self.best):
+            self.done, self.best = done, best
+            self.report()
+
+
+class _Batch:
+    """The batch of candidates being measured: ``candidates`` in the search's order,
+    ``built`` the indexes of those whose build succeeded (the runner's inputs, in order)."""
+
+    def __init__(self) -> None:
+        self.candidates: list = []
+        self.built: list[int] = []
 
 
 @derived_object
-class _Progress(ms.measure_callback.PyMeasureCallback):
-    """Reports trials done and best latency after each measured batch."""
+class _RememberingStrategy(ms.search_strategy.PySearchStrategy):
+    """``inner`` (a search strategy), remembering each batch of candidates in ``batch``."""
 
-    def __init__(self, report: Callable[[int, float], None], best: float) -> None:
+    def __init__(self, inner: ms.search_strategy.SearchStrategy, batch: _Batch) -> None:
         super().__init__()
-        self.report = report
-        self.done = 0
-        self.best = best
+        self.inner, self.batch = inner, batch
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):
+        candidates = self.inner.generate_measure_candidates()
+        self.batch.candidates, self.batch.built = list(candidates or []), []
+        return candidates
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self):
+        return _RememberingStrategy(self.inner.clone(), self.batch)
+
+
+@derived_object
+class _RememberingBuilder(ms.builder.PyBuilder):
+    """``inner`` (a builder), remembering which candidates of the batch built."""
+
+    def __init__(self, inner: ms.builder.Builder, batch: _Batch) -> None:
+        super().__init__()
+        self.inner, self.batch = inner, batch
+
+    def build(self, build_inputs: list) -> list:
+        results = self.inner.build(build_inputs)
+        self.batch.built = [i for i, r in enumerate(results) if r.error_msg is None]
+        return results
+
+
+@derived_object
+class _ReportingFuture(ms.runner.PyRunnerFuture):
+    """A runner future that reports ``(index, result)`` to ``measured`` once, when done."""
+
+    def __init__(self, inner: ms.runner.RunnerFuture, measured: Callable, index: int) -> None:
+        super().__init__()
+        self.inner, self.measured, self.index, self.value = inner, measured, index, None
+
+    def _fetch(self) -> ms.runner.RunnerResult:
+        if self.value is None:
+            self.value = self.inner.result()
+            self.measured(self.index, self.value)
+        return self.value
+
+    def done(self) -> bool:
+        return self.value is not None or (bool(self.inner.done()) and self._fetch() is not None)
+
+    def result(self) -> ms.runner.RunnerResult:
+        return self._fetch()
+
+
+@derived_object
+class _ReportingRunner(ms.runner.PyRunner):
+    """``inner``, calling ``measured(index, result)`` as each candidate is measured (not once
+    per batch; ``index``: of the runner's inputs).
+
+    A :class:`ms.runner.LocalRunner` measures a whole batch inside ``run``: it is given one
+    candidate at a time (it measures them one after the other anyway). Other runners (RPC)
+    run a batch in parallel; their futures report as each completes.
+    """
+
+    def __init__(self, inner: ms.runner.Runner, measured: Callable) -> None:
+        super().__init__()
+        self.inner, self.measured = inner, measured
+
+    def run(self, runner_inputs: list) -> list:
+        if isinstance(self.inner, ms.runner.LocalRunner):
+            futures = []
+            for index, runner_input in enumerate(runner_inputs):
+                (future,) = self.inner.run([runner_input])
+                self.measured(index, future.result())
+                futures.append(future)
+            return futures
+        futures = self.inner.run(runner_inputs)
+        return [_ReportingFuture(f, self.measured, i) for i, f in enumerate(futures)]
+
+
+@derived_object
+class _BatchDone(ms.measure_callback.PyMeasureCallback):
+    """Calls ``sync`` after each batch is committed (it follows MetaSchedule's
+    AddToDatabase): the tracker then counts build failures too, as the database does."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        super().__init__()
+        self.sync = sync
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-        for result in runner_results:
-            self.best = min(self.best, _mean(result.run_secs))
-        self.done += len(runner_results)
-        self.report(self.done, self.best)
+        self.sync()
+
+
+def _best(database: TuningDatabase, mod: tvm.IRModule) -> float:
+    """The best latency of workload ``mod``: its default schedule's or a faster record's."""
+    records = database.records(mod)
+    return min([database.default_seconds(mod), *(_mean(r.run_secs) for r in records)])
 
 
 def require_tuning_extra() -> None:
@@ -734,11 +1145,15 @@ def tune(
     """Tune ``func`` for ``target`` until ``db`` holds ``trials`` measured candidates.
 
     Candidates already in ``db`` for this (workload, target) count: re-running continues
-    where a previous (possibly killed) run stopped. The default schedule is measured first,
-    and again after a search (the faster timing is kept); the generic default rules' trace
-    seeds the search. ``progress(done, total, best_seconds)`` is called after each measured
-    batch. ``rpc`` measures on the devices of a TVM RPC tracker; ``jobs`` is the number of
-    parallel builds (and of RPC sessions). ``verbose`` shows MetaSchedule's log on stdout
+    where a previous (possibly killed or interrupted) run stopped. The default schedule is
+    timed twice first, and again after each batch of the search, interleaved with the
+    candidates (its fastest timing is kept); the generic default rules' trace seeds the
+    search. ``progress(done, total, best_seconds)`` is called once before the search, after
+    each measured candidate and after each committed batch; ``best_seconds`` follows the rule of
+    ``TuningResult.best_seconds`` (the stored default latency or a faster candidate's mean),
+    so the last call's figures are the result's. A KeyboardInterrupt (Ctrl-C) propagates;
+    every record committed before it is in ``db``. ``rpc`` measures on the devices of a TVM
+    RPC tracker; ``jobs`` is the number of parallel builds (and of RPC sessions). ``verbose`` shows MetaSchedule's log on stdout
     (it always goes to files in a temporary work directory).
     """
     if not is_cpu(target):
@@ -750,37 +1165,64 @@ def tune(
     start = time.perf_counter()
     mod = workload_module(func)
     database = TuningDatabase(db, target)
-    records = database.records(mod)
-    with _cpu_tensor_intrinsics_only(target), _meta_schedule_console(verbose):
+    with _interruptible(), _cpu_tensor_intrinsics_only(target), _meta_schedule_console(verbose):
         builder, runner = make_builder(jobs), make_runner(rpc, jobs)
         if database.default_seconds(mod) is None:
             _measure_default(database, mod, target, builder, runner)
         done = database.candidates(mod)
-        records = database.records(mod)
-        best = min(database.default_seconds(mod), *(_mean(r.run_secs) for r in records))
         remaining = max(0, trials - done)
-        if progress:
-            progress(done, trials, best)
+        tracker = _Tracker(progress, done, trials, _best(database, mod))
+        tracker.report()
         if remaining:
-            callback = _Progress(lambda n, b: progress and progress(done + n, trials, b), best)
+            default_mod = schedule_cpu(mod["main"], target)
+
+            def after_batch() -> None:
+                # The default is timed again after each batch, interleaved with the
+                # candidates (its stored figure is the fastest timing): one slow timing on
+                # a shared machine must not make a no-better candidate "beat" it. The
+                # report that follows uses the figure the result will.
+                try:
+                    again = _time(default_mod, target, builder, runner)
+                    database.lower_default_seconds(mod, _mean(again))
+                except RuntimeError as err:  # a lost RPC device, say: the search goes on
+                    logging.getLogger("convforge").warning("re-timing the default: %s", err)
+                tracker.sync(database.candidates(mod), _best(database, mod))
+
+            callbacks = [
+                *ms.measure_callback.MeasureCallback.create("default"), _BatchDone(after_batch)
+            ]  # fmt: skip
+            batch, workload = _Batch(), database.commit_workload(mod)
+
+            def measured(index: int, result: ms.runner.RunnerResult) -> None:
+                # Committed at once (MetaSchedule commits a batch at its end; the same
+                # record again is not stored twice): a kill or Ctrl-C loses no measurement.
+                if _is_valid(result.run_secs) and index < len(batch.built):
+                    candidate = batch.candidates[batch.built[index]]
+                    database.commit_tuning_record(
+                        ms.database.TuningRecord(
+                            candidate.sch.trace,
+                            workload,
+                            result.run_secs,
+                            target,
+                            candidate.args_info,
+                        )
+                    )
+                tracker.measured(result)
+
             with tempfile.TemporaryDirectory(prefix="convforge-tune-") as work_dir:
                 ms.tune_tir(
                     mod, target, work_dir, max_trials_global=remaining,
-                    num_trials_per_iter=min(remaining, 16), builder=builder, runner=runner,
-                    database=database,
-                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
-                    strategy=_search_strategy(remaining), num_tuning_cores=jobs or "physical",
-                    seed=seed,
+                    num_trials_per_iter=min(remaining, BATCH),
+                    builder=_RememberingBuilder(builder, batch),
+                    runner=_ReportingRunner(runner, measured), database=database,
+                    measure_callbacks=callbacks,
+                    strategy=_RememberingStrategy(_search_strategy(remaining), batch),
+                    num_tuning_cores=jobs or "physical", seed=seed,
                 )  # fmt: skip
-            # A second timing of the default after the search: on a shared machine one
-            # timing can be slow enough that a no-better candidate "beats" it.
-            again = _time(schedule_cpu(mod["main"], target), target, builder, runner)
-            database.lower_default_seconds(mod, _mean(again))
-    records, default = database.records(mod), database.default_seconds(mod)
     return TuningResult(
         database_file=workload_file(db, mod, target),
-        default_seconds=default,
-        best_seconds=min(default, *(_mean(r.run_secs) for r in records)),
+        default_seconds=database.default_seconds(mod),
+        best_seconds=_best(database, mod),
         trials=database.candidates(mod),
         new_trials=database.candidates(mod) - done,
         elapsed_seconds=time.perf_counter() - start,
@@ -792,3 +1234,165 @@ def _search_strategy(trials: int) -> ms.search_strategy.EvolutionarySearch:
     return ms.search_strategy.EvolutionarySearch(
         population_size=min(512, max(64, 8 * trials)), init_min_unmeasured=min(50, 4 * trials)
     )
+
+
+# --------------------------------------------------------------------------- MetaSchedule
+
+#: File names of a MetaSchedule ``JSONDatabase`` (``ms.database.JSONDatabase(work_dir=...)``).
+MS_WORKLOAD_FILE = "database_workload.json"
+MS_RECORD_FILE = "database_tuning_record.json"
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What :func:`export_metaschedule` wrote."""
+
+    directory: Path
+    workloads: int
+    records: int
+    skipped: int  # records not written: failed measurements, or unreadable files/records
+
+
+def _database_files(db: Path) -> list[Path]:
+    return sorted(p for p in db.glob("*/*.json") if not p.name.startswith("."))
+
+
+def export_metaschedule(db: str | os.PathLike, directory: str | os.PathLike) -> ExportSummary:
+    """Write every measured record of convforge database ``db`` (every target) into
+    ``directory`` as a TVM MetaSchedule ``JSONDatabase``: ``database_workload.json`` (one
+    line per workload, ``Workload.as_json()``) and ``database_tuning_record.json`` (one line
+    per record, ``[workload index, [trace, run_secs, target, args_info]]``), which
+    ``ms.database.JSONDatabase(work_dir=directory)`` reads and
+    ``ms.tir_integration.compile_tir`` / ``MetaScheduleApplyDatabase`` apply (the fastest
+    record of a workload and target).
+
+    Records whose measurement failed are left out; so are files and records that cannot be
+    read (a :class:`CorruptRecordWarning` names them). Each file is written atomically,
+    the workloads first; files of an earlier export in ``directory`` are replaced.
+    ValueError if ``db`` is not a database directory or ``directory`` is a file.
+    """
+    db, directory = Path(db), Path(directory)
+    if not db.is_dir():
+        raise ValueError(f"db: {os.fspath(db)!r} is not a tuning database directory")
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"directory: {os.fspath(directory)!r} is a file, not a directory")
+    workloads: dict[str, int] = {}  # workload JSON -> line
+    workload_lines: list[str] = []
+    record_lines: list[str] = []
+    skipped = 0
+    for path in _database_files(db):
+        try:
+            payload = _read_payload(path)
+            workload = ms.database.Workload.from_json(payload["workload"])
+        except Exception as err:
+            _warn_corrupt(path, err)
+            continue
+        line = json.dumps(workload.as_json())
+        for raw in payload["records"]:
+            if not (isinstance(raw, list) and len(raw) > 1 and _is_valid(raw[1])):
+                skipped += 1
+                continue
+            try:  # parse it as TVM will: a record TVM cannot read is not written
+                record_json(ms.database.TuningRecord.from_json(raw, workload))
+            except Exception as err:
+                _warn_corrupt(path, err, "a record")
+                skipped += 1
+                continue
+            if line not in workloads:
+                workloads[line] = len(workload_lines)
+                workload_lines.append(line)
+            record_lines.append(json.dumps([workloads[line], raw]))
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, lines in ((MS_WORKLOAD_FILE, workload_lines), (MS_RECORD_FILE, record_lines)):
+        atomic_write(directory / name, "".join(f"{line}\n" for line in lines), suffix=".json")
+    return ExportSummary(directory, len(workload_lines), len(record_lines), skipped)
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What :func:`import_metaschedule` read into a convforge database."""
+
+    records: int  # records in the MetaSchedule database
+    added: int  # of which new to the convforge database
+    #: target key -> number of workloads (files) of that target written to
+    targets: dict[str, int]
+    #: workloads whose default schedule was measured here (records then apply at once)
+    measured: int
+    #: workloads whose default is not measured (another target): their records apply once
+    #: ``convforge tune`` (``--trials 0`` suffices) has run for them on their target
+    unmeasured: int
+
+
+def import_metaschedule(
+    directory: str | os.PathLike,
+    db: str | os.PathLike,
+    *,
+    measure_on: tvm.target.Target | None = None,
+) -> ImportSummary:
+    """Read the MetaSchedule ``JSONDatabase`` in ``directory`` (``database_workload.json``,
+    ``database_tuning_record.json``, as :func:`export_metaschedule` or TVM's tuning writes
+    them) into convforge database ``db``, each record under its own target (records with
+    no target are refused). Records already there are not added twice; every write is the
+    atomic merge of :func:`merge_records`.
+
+    A record is applied only where it beats the default schedule as measured (see the
+    module doc): ``measure_on`` (this machine's target) measures the default schedule of
+    each imported workload whose records are for exactly that target and whose default is
+    not measured yet (as ``tune(..., trials=0)``: the seed record too). Others keep
+    ``default_seconds`` unset until tuned on their own target.
+    ValueError if ``directory`` lacks either file or a line cannot be parsed.
+    """
+    directory = Path(directory)
+    check_database_path(db, "db")
+    for name in (MS_WORKLOAD_FILE, MS_RECORD_FILE):
+        if not (directory / name).is_file():
+            raise ValueError(f"directory: {os.fspath(directory)!r} has no {name}")
+    try:
+        source = ms.database.JSONDatabase(
+            path_workload=os.fspath(directory / MS_WORKLOAD_FILE),
+            path_tuning_record=os.fspath(directory / MS_RECORD_FILE),
+            allow_missing=False,
+        )
+        records = list(source.get_all_tuning_records())
+    except Exception as err:
+        message = " ".join(str(err).split())[-300:]
+        raise ValueError(
+            f"directory: {os.fspath(directory)!r} is not a MetaSchedule JSON database "
+            f"that TVM can read ({message})"
+        ) from None
+    grouped: dict[Path, tuple[tvm.target.Target, ms.database.Workload, list]] = {}
+    for record in records:
+        if record.target is None:
+            raise ValueError(
+                f"directory: a record of {os.fspath(directory / MS_RECORD_FILE)!r} names no "
+                f"target (convforge keys records by target)"
+            )
+        target = record.target
+        mod = record.workload.mod
+        path = workload_file(db, mod, target)
+        entry = grouped.setdefault(path, (target, ms.database.Workload(mod), []))
+        entry[2].append(record_json(record))
+    added, targets, measured, unmeasured = 0, {}, 0, 0
+    for path, (target, workload, raws) in grouped.items():
+        before = _WorkloadRecords.load(path, target)
+        count = len(before.records) if before is not None else 0
+        merged = merge_records(path, target, workload, raws)
+        added += len(merged.records) - count
+        key = target_key(target)
+        targets[key] = targets.get(key, 0) + 1
+        if merged.default_seconds is not None:
+            continue
+        if measure_on is not None and key == target_key(measure_on):
+            try:
+                tune(workload.mod["main"], target, db, 0)
+                measured += 1
+                continue
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                message = " ".join(str(err).split())[-200:]
+                warnings.warn(
+                    f"{os.fspath(path)}: the default schedule could not be measured "
+                    f"({type(err).__name__}: {message}); its records apply once it is",
+                    stacklevel=2,
+                )
+        unmeasured += 1
+    return ImportSummary(len(records), added, targets, measured, unmeasured)
