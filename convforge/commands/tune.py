@@ -25,8 +25,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import onnx
 import tvm
 
 from convforge import api, shapes
@@ -38,6 +38,9 @@ from convforge.extras import require
 from convforge.plan import plan_conv
 from convforge.schedules import tuning
 from convforge.targets import resolve_target
+
+if TYPE_CHECKING:  # onnx only where a model is tuned: the CLI starts without it
+    import onnx
 
 HELP = (
     "autotune convolutions (named, by shape, or every kernel of an ONNX model) into a tuning "
