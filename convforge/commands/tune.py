@@ -42,6 +42,25 @@ from convforge.targets import resolve_target
 if TYPE_CHECKING:  # onnx only where a model is tuned: the CLI starts without it
     import onnx
 
+
+def _quiet_pool_teardown() -> None:
+    """After a Ctrl-C, silence one known message of TVM's process pools (a
+    ``PopenPoolExecutor``, which MetaSchedule's builder makes per batch). The interrupt
+    leaves a pool whose last reference a worker thread of its own drops; its destructor then
+    kills its processes and fails to join that very thread, and Python prints the
+    "Exception ignored ... cannot join current thread" traceback. Any other unraisable
+    exception is reported as before (``sys.unraisablehook``)."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        where = getattr(unraisable.object, "__qualname__", "")
+        if where == "PopenPoolExecutor.__del__" and isinstance(unraisable.exc_value, RuntimeError):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 HELP = (
     "autotune convolutions (named, by shape, or every kernel of an ONNX model) into a tuning "
     "database (resumable after a kill or Ctrl-C)"
@@ -382,6 +401,7 @@ def run(args: argparse.Namespace) -> int:
     workloads, rpc = _workloads(args), _rpc(args)
     target = resolve_target(args.target)
     plain = not sys.stdout.isatty()
+    interrupted = False
     try:
         for workload in workloads:
             with _progress(workload.name, args.trials, plain, args.json) as report:
@@ -391,6 +411,9 @@ def run(args: argparse.Namespace) -> int:
                 )  # fmt: skip
             _print_result(workload.name, result, args.json)
     except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:
+        _quiet_pool_teardown()
         print(
             f"convforge tune: interrupted; every candidate measured so far is kept in "
             f"{args.db}; the same command again resumes",

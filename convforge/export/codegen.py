@@ -18,8 +18,8 @@ object emission and 6.7 s of JIT (``benchmarks/bench_compile.py``). Here, instea
 
 A PrimFunc that carries :data:`OPT_LEVEL_ATTR` is optimized at that LLVM level: the
 lowering stamps convforge's Winograd and blocked convolutions, whose schedules vectorize and
-unroll all their code, with the target profile's ``kernel_opt_level`` (-O1: about half the
-compile time of -O3 at the same speed, ``benchmarks/results/thresholds.md#kernel-opt-level``);
+unroll all their code, with the target profile's ``kernel_opt_level`` (-O1: a quarter less
+compile time than -O3 at the same speed, ``benchmarks/results/thresholds.md#kernel-opt-level``);
 every other function keeps LLVM's default, -O3 (pools and softmax rely on its vectorizer:
 up to 5x slower at -O1). A target that names ``opt-level`` itself gets exactly that
 everywhere.

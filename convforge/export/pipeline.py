@@ -230,7 +230,7 @@ def schedule_tvm_elementwise(target: tvm.target.Target) -> tvm.transform.Pass:
 
 
 @relax.expr_functor.mutator
-class _EmptyConstantsAsZeros(relax.PyExprMutator):
+class _EmptyConstantsAsAllocations(relax.PyExprMutator):
     def visit_generic_const_(self, op: tvm.ir.expr.Constant) -> relax.Expr:
         value = op.value
         if not isinstance(value, tvm.runtime.Tensor) or 0 not in value.shape:
@@ -242,17 +242,17 @@ class _EmptyConstantsAsZeros(relax.PyExprMutator):
         )
 
 
-def empty_constants_as_zeros() -> tvm.transform.Pass:
+def empty_constants_as_allocations() -> tvm.transform.Pass:
     """Every constant tensor with no elements becomes an allocation of its shape: TVM
     0.27 writes such a constant into a library but cannot read it back (``Tensor::Load``
     fails on its 0 data bytes: "Invalid DLTensor file format"), e.g. the empty state of a
     kernel-size-1 CausalConvWithState."""
 
-    @tvm.transform.module_pass(opt_level=0, name="EmptyConstantsAsZeros")
+    @tvm.transform.module_pass(opt_level=0, name="EmptyConstantsAsAllocations")
     def apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
-                mutator = _EmptyConstantsAsZeros(mod)
+                mutator = _EmptyConstantsAsAllocations(mod)
                 mod[gvar] = mutator.visit_expr(func)
         return mod
 
@@ -271,7 +271,7 @@ def relax_pipeline(target: tvm.target.Target, profile=None) -> tvm.transform.Pas
         timed = profile.phase("relax pipeline") if profile is not None else nullcontext()
         with target, timed:
             passes = [
-                empty_constants_as_zeros(),
+                empty_constants_as_allocations(),
                 *cpu_generic.library_dispatch_passes(target),
                 relax.transform.LegalizeOps(LEGALIZE),
                 *cpu_generic.legalize_passes(target),
