@@ -57,6 +57,24 @@ def add_target_arguments(parser: argparse.ArgumentParser, tuning: bool = True) -
     add_algorithm_argument(parser)
 
 
+def add_db_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--db DIR`` (``convforge tune``, ``convforge db``), by default ``$CONVFORGE_TUNING_DB``;
+    :func:`checked_db` checks it."""
+    from convforge.schedules.tuning import DB_ENV
+
+    parser.add_argument("--db", default=os.environ.get(DB_ENV), help=f"{what} (default ${DB_ENV})")
+
+
+def checked_db(args: argparse.Namespace) -> str:
+    """``args.db``: ValueError when it is missing or not a usable database path."""
+    from convforge.schedules import tuning
+
+    if not args.db:
+        raise ValueError(f"--db is required (or set ${tuning.DB_ENV})")
+    tuning.check_database_path(args.db, "--db")
+    return args.db
+
+
 def add_algorithm_argument(parser: argparse.ArgumentParser) -> None:
     """``--algorithm auto|direct|winograd`` (``compile_model``'s ``algorithm``)."""
     parser.add_argument(

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 
+from convforge.commands._model_args import add_db_argument, checked_db
 from convforge.schedules import tuning
 from convforge.targets import resolve_target, target_key
 
@@ -36,10 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="metaschedule: database_workload.json + database_tuning_record.json "
         "(tvm.s_tir.meta_schedule.database.JSONDatabase)",
     )  # fmt: skip
-    parser.add_argument(
-        "--db", default=os.environ.get(tuning.DB_ENV),
-        help=f"convforge tuning database directory (default ${tuning.DB_ENV})",
-    )  # fmt: skip
+    add_db_argument(parser, "convforge tuning database directory")
     parser.add_argument(
         "--target", help="import: the target whose defaults are measured (default: this CPU)"
     )
@@ -52,9 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.db:
-        raise ValueError(f"--db is required (or set ${tuning.DB_ENV})")
-    tuning.check_database_path(args.db, "--db")
+    checked_db(args)
     if args.action == "export":
         if not os.path.isdir(args.db):
             raise ValueError(f"--db: no such directory {args.db!r}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ from convforge import api, shapes
 from convforge import workloads as registry
 from convforge.build import prim_func
 from convforge.cli import EXIT_INTERRUPTED
-from convforge.commands._model_args import add_algorithm_argument
+from convforge.commands._model_args import add_algorithm_argument, add_db_argument, checked_db
 from convforge.extras import require
 from convforge.plan import plan_conv
 from convforge.schedules import tuning
@@ -215,10 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measured candidates per workload, those already in --db included (a rerun "
         "resumes)",
     )  # fmt: skip
-    parser.add_argument(
-        "--db", default=os.environ.get(tuning.DB_ENV),
-        help=f"tuning database directory (default ${tuning.DB_ENV})",
-    )  # fmt: skip
+    add_db_argument(parser, "tuning database directory")
     parser.add_argument("--target", help='JSON target, e.g. {"kind": "llvm", "mcpu": "znver3"}')
     parser.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure via a TVM RPC tracker")
     parser.add_argument("--rpc-key", help="device key registered at the RPC tracker")
@@ -391,9 +387,7 @@ def run(args: argparse.Namespace) -> int:
     measured before it is kept: the same command again resumes)."""
     require("rich", "convforge tune", extra="tune")
     tuning.require_tuning_extra()
-    if not args.db:
-        raise ValueError(f"--db is required (or set ${tuning.DB_ENV})")
-    tuning.check_database_path(args.db, "--db")
+    checked_db(args)
     if args.trials < 0:
         raise ValueError(f"--trials must be >= 0, got {args.trials}")
     if args.jobs is not None and args.jobs < 1:
