@@ -42,24 +42,6 @@ if TYPE_CHECKING:  # onnx only where a model is tuned: the CLI starts without it
     import onnx
 
 
-def _quiet_pool_teardown() -> None:
-    """After a Ctrl-C, silence one known message of TVM's process pools (a
-    ``PopenPoolExecutor``, which MetaSchedule's builder makes per batch). The interrupt
-    leaves a pool whose last reference a worker thread of its own drops; its destructor then
-    kills its processes and fails to join that very thread, and Python prints the
-    "Exception ignored ... cannot join current thread" traceback. Any other unraisable
-    exception is reported as before (``sys.unraisablehook``)."""
-    previous = sys.unraisablehook
-
-    def hook(unraisable) -> None:
-        where = getattr(unraisable.object, "__qualname__", "")
-        if where == "PopenPoolExecutor.__del__" and isinstance(unraisable.exc_value, RuntimeError):
-            return
-        previous(unraisable)
-
-    sys.unraisablehook = hook
-
-
 HELP = (
     "autotune convolutions (named, by shape, or every kernel of an ONNX model) into a tuning "
     "database (resumable after a kill or Ctrl-C)"
@@ -380,6 +362,24 @@ def _progress(name: str, total: int, plain, json_lines: bool):
             bar.update(task, completed=min(done, total), **state.fields())
 
         yield report
+
+
+def _quiet_pool_teardown() -> None:
+    """After a Ctrl-C, silence one known message of TVM's process pools (a
+    ``PopenPoolExecutor``, which MetaSchedule's builder makes per batch). The interrupt
+    leaves a pool whose last reference a worker thread of its own drops; its destructor then
+    kills its processes and fails to join that very thread, and Python prints the
+    "Exception ignored ... cannot join current thread" traceback. Any other unraisable
+    exception is reported as before (``sys.unraisablehook``)."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        where = getattr(unraisable.object, "__qualname__", "")
+        if where == "PopenPoolExecutor.__del__" and isinstance(unraisable.exc_value, RuntimeError):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def run(args: argparse.Namespace) -> int:
