@@ -381,16 +381,14 @@ class CompiledModel:
         followed by a trailer holding its SHA-256 and target, which :func:`load` verifies
         (see :mod:`convforge.export.library`)."""
         if self._library is not None:
-            library = self._library
-
-            def copy(tmp: str) -> None:
-                shutil.copyfile(library.path, tmp)
-                append_trailer(tmp, self.target)
-
-            atomic_write(path, copy, executable=True, suffix=".so")
+            self._export_copy(path, contextlib.nullcontext(self._library.path))
             return
-        if self._cache_entry is not None and self._export_cached(path):
-            return
+        if self._cache_entry is not None:
+            try:
+                self._export_copy(path, verified_library(os.fspath(self._cache_entry)))
+                return
+            except (FileNotFoundError, ValueError):  # evicted, or damaged since it was stored
+                pass
         if not isinstance(self._module, tvm.runtime.Executable):
             if self._rebuild is not None:  # its cache entry is gone: compile it again
                 self._rebuild().export_library(path)
@@ -404,20 +402,17 @@ class CompiledModel:
 
         atomic_write(path, write, executable=True, suffix=".so")
 
-    def _export_cached(self, path: str | os.PathLike) -> bool:
-        """Export by copying the verified library of this model's persistent cache entry
-        (no second link); False when the entry is gone or fails verification."""
+    def _export_copy(self, path: str | os.PathLike, source: Any) -> None:
+        """Export by copying a library already linked (no second link): ``source`` is a
+        context manager yielding its path (this model's own library, or its cache entry's
+        verified copy), followed by the trailer."""
 
         def write(tmp: str) -> None:
-            with verified_library(os.fspath(self._cache_entry)) as library:
+            with source as library:
                 shutil.copyfile(library, tmp)
             append_trailer(tmp, self.target)
 
-        try:
-            atomic_write(path, write, executable=True, suffix=".so")
-        except (FileNotFoundError, ValueError):  # evicted, or damaged since it was stored
-            return False
-        return True
+        atomic_write(path, write, executable=True, suffix=".so")
 
     def report(self, *arrays: np.ndarray, runs: int = 3) -> ModelReport:
         """Each ONNX node with the kernel serving it and that kernel's time, in milliseconds
@@ -807,7 +802,7 @@ def compile_model(
     compiled._library = library
     if cached is not None:
         with profile.phase("cache store"):
-            compiled._cache_entry = _store_model(cached[1], module, library, resolved, metadata)
+            compiled._cache_entry = _store_model(cached[1], library, resolved, metadata)
     profile.total = time.perf_counter() - began
     profile.kernels = len(ctx.records)
     profile.distinct_kernels = len(ctx.added_functions)
@@ -884,22 +879,14 @@ class _PrivateLibrary:
 
 
 def _store_model(
-    parts: dict,
-    module: tvm.runtime.Module | tvm.runtime.Executable,
-    library: _PrivateLibrary | None,
-    target: tvm.target.Target,
-    metadata: dict,
+    parts: dict, library: _PrivateLibrary, target: tvm.target.Target, metadata: dict
 ) -> str | None:
-    """Store a compiled model in the persistent cache (a copy of its linked ``library``, or
-    ``module`` exported); the entry's path (or None)."""
+    """Store a compiled model in the persistent cache (only CPU models are cached: a copy of
+    the library :func:`_build_and_load` linked); the entry's path (or None)."""
     from convforge.export import model_cache
 
     def write(tmp: str) -> None:
-        if library is not None:
-            shutil.copyfile(library.path, tmp)
-            return
-        with without_scope_warnings():
-            module.export_library(tmp)
+        shutil.copyfile(library.path, tmp)
 
     entry = model_cache.store(parts, write, target, json.loads(json.dumps(metadata)))
     return None if entry is None else str(entry)
