@@ -26,8 +26,10 @@ os.environ["CONVFORGE_CACHE"] = "0"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.bench_compile import MODEL_NAMES, build_model
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("resnet15", "resnet50"), default="resnet15")
+    parser.add_argument("--model", choices=MODEL_NAMES, default="resnet15")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", help="write the table here (JSON)")
@@ -36,11 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     import convforge as cf
-    from benchmarks.bench_compile import resnet15
-    from convforge.examples import networks
 
     os.environ.pop("CONVFORGE_PROFILE_COMPILE", None)  # set by importing bench_compile
-    model = resnet15() if args.model == "resnet15" else networks.resnet50()
+    model = build_model(args.model)
     name = model.graph.input[0].name
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     builds = {

@@ -41,19 +41,18 @@ print(json.dumps({"imports": imported - began, "compile_model": compiled - impor
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, ROOT)
+    from benchmarks.bench_compile import MODEL_NAMES, build_model
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("resnet15", "resnet50"), default="resnet15")
+    parser.add_argument("--model", choices=MODEL_NAMES, default="resnet15")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
-    sys.path.insert(0, ROOT)
     import onnx
-
-    from benchmarks.bench_compile import resnet15
-    from convforge.examples import networks
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        onnx.save(resnet15() if args.model == "resnet15" else networks.resnet50(), path)
+        onnx.save(build_model(args.model), path)
         env = {**os.environ, "CONVFORGE_CACHE_DIR": os.path.join(tmp, "cache"),
                "CONVFORGE_CACHE": "1", "PYTHONPATH": ROOT}  # fmt: skip
         started = time.perf_counter()

@@ -45,26 +45,25 @@ print(json.dumps({"imports": imported - began, "compile_model": compiled - impor
 
 
 def main(argv: list[str] | None = None) -> int:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    from benchmarks.bench_compile import MODEL_NAMES, build_model
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before")
     parser.add_argument("after")
-    parser.add_argument("--model", choices=("resnet15", "resnet50"), default="resnet50")
+    parser.add_argument("--model", choices=MODEL_NAMES, default="resnet50")
     parser.add_argument("--buckets", default="1", help="batch buckets, comma-separated")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, root)
     import onnx
-
-    from benchmarks.bench_compile import resnet15
-    from convforge.examples import networks
 
     buckets = json.dumps([int(b) for b in args.buckets.split(",")])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        onnx.save(resnet15() if args.model == "resnet15" else networks.resnet50(), path)
+        onnx.save(build_model(args.model), path)
         order = [("before", args.before), ("after", args.after)]
         for run in range(args.runs):
             for label, tree in order if run % 2 == 0 else order[::-1]:

@@ -55,9 +55,21 @@ def resnet15(size: int = 112, classes: int = 1000, seed: int = 0):
     )
 
 
+#: The models of the compile benchmarks (this one, bench_batch, bench_cached_start,
+#: bench_cold_ab), by --model name.
+MODEL_NAMES = ("resnet15", "resnet50")
+
+
+def build_model(name: str):
+    """The model ``name`` of :data:`MODEL_NAMES` (see the module docstring)."""
+    from convforge.examples import networks
+
+    return resnet15() if name == "resnet15" else networks.resnet50()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("resnet15", "resnet50"), default="resnet15")
+    parser.add_argument("--model", choices=MODEL_NAMES, default="resnet15")
     parser.add_argument("--json", help="write the phases here (JSON)")
     parser.add_argument(
         "--batch-buckets", default=None, metavar="B1,B2,...",
@@ -74,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     compile_model = cf.compile_model  # imports TVM, onnx and the exporter
     imported = time.perf_counter() - import_started
 
-    from convforge.examples import networks
-
-    model = resnet15() if args.model == "resnet15" else networks.resnet50()
+    model = build_model(args.model)
     convs = sum(n.op_type == "Conv" for n in model.graph.node)
     compiled = compile_model(model, batch_buckets=buckets)
     profile = compiled.compile_profile
