@@ -96,15 +96,8 @@ def key_parts(
     PrimFunc (or a module), ``schedule`` a JSON-serializable identity of how it is
     scheduled (:func:`convforge.build.compile_computation` passes the digest of the
     schedule code and the tuning databases' state)."""
-    import convforge
-
-    return {
-        "convforge": convforge.__version__,
-        "tvm": tvm.__version__,
-        "target": target_key(target),
-        "tir": hashlib.sha256(func.script(show_meta=True).encode()).hexdigest(),
-        "schedule": json.loads(json.dumps(schedule, default=str)),
-    }
+    digest = hashlib.sha256(func.script(show_meta=True).encode()).hexdigest()
+    return key_parts_of("tir", digest, target, schedule)
 
 
 @functools.cache
@@ -156,10 +149,6 @@ def _entries(folder: Path) -> list[Path]:
 
 def discard(path: Path, reason: str) -> None:
     """Warn that the entry ``path`` is corrupt (``reason``) and delete it."""
-    _discard(path, reason)
-
-
-def _discard(path: Path, reason: str) -> None:
     warnings.warn(
         f"convforge kernel cache: skipping corrupt entry {str(path)!r} ({reason}); "
         "deleted, the kernel is rebuilt",
@@ -188,7 +177,7 @@ def load(parts: dict) -> tuple[tvm.runtime.Module, dict] | None:
     except FileNotFoundError:  # evicted or replaced meanwhile
         return None
     except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: TVM could not load it
-        _discard(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        discard(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
         return None
     with contextlib.suppress(OSError):
         os.utime(path)
