@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time every name is lazy 
     )
     from convforge.build import clear_cache
     from convforge.export.check_model import check_model
-    from convforge.export.model import CompiledModel, compile_model, load
+    from convforge.export.compiled import CompiledModel, compile_model, load
     from convforge.reference import conv_matrix
     from convforge.schedules.tuning import use_tuning_db
     from convforge.shapes import (
@@ -110,14 +110,14 @@ _LAZY: dict[str, str] = {
     "StackSpec": "convforge.streaming",
     "StreamingCausalStack": "convforge.streaming",
     "host_target": "convforge.targets",
-    "CompiledModel": "convforge.export.model",
-    "compile_model": "convforge.export.model",
-    "load": "convforge.export.model",
+    "CompiledModel": "convforge.export.compiled",
+    "compile_model": "convforge.export.compiled",
+    "load": "convforge.export.compiled",
     "check_model": "convforge.export.check_model",
 }
 
 #: The modules of _LAZY that import no TVM.
-_WITHOUT_TVM = ("convforge.shapes", "convforge.reference")
+_WITHOUT_TVM = ("convforge.shapes", "convforge.reference", "convforge.export.compiled")
 
 
 def __getattr__(name: str) -> Any:

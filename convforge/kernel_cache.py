@@ -41,12 +41,13 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import tvm
-
-from convforge.targets import target_key
+if TYPE_CHECKING:  # imported where a key is made: a lookup by key needs no TVM
+    import tvm
 
 #: Default bound of the folder's entries, bytes.
 DEFAULT_SIZE = 1 << 30
@@ -72,6 +73,11 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
     return base / "convforge"
+
+
+def index_dir() -> Path:
+    """The folder of the model entries' quick index (:mod:`convforge.export.model_cache`)."""
+    return cache_dir() / "index"
 
 
 def size_limit() -> int:
@@ -119,7 +125,10 @@ def schedule_code_digest() -> str:
 def key_parts_of(kind: str, digest: str, target: tvm.target.Target, schedule: object) -> dict:
     """Key parts of another kind of entry (``kind``: e.g. ``"model"``, whose ``digest``
     identifies it as ``tir`` does a kernel; see :mod:`convforge.export.model_cache`)."""
+    import tvm
+
     import convforge
+    from convforge.targets import target_key
 
     return {
         "convforge": convforge.__version__,
@@ -159,10 +168,12 @@ def discard(path: Path, reason: str) -> None:
         path.unlink()
 
 
-def load(parts: dict) -> tuple[tvm.runtime.Module, dict] | None:
+def load(
+    parts: dict, load_module: Callable[[str], Any] | None = None
+) -> tuple[tvm.runtime.Module, dict] | None:
     """The cached module of ``parts`` and its entry's ``extra`` record (see :func:`store`),
     else None (missing, disabled, or corrupt: see the module doc). A hit marks the entry as
-    used now."""
+    used now. ``load_module(path)`` loads the verified library (default TVM's loader)."""
     if not enabled():
         return None
     from convforge.export.library import verified_library
@@ -171,9 +182,13 @@ def load(parts: dict) -> tuple[tvm.runtime.Module, dict] | None:
     if not path.is_file():
         return None
     try:
-        with verified_library(str(path)) as copy:
+        with verified_library(str(path), copy=False) as copy:
             extra = _check_parts(path, parts)
-            module = tvm.runtime.load_module(copy)
+            if load_module is None:
+                import tvm
+
+                load_module = tvm.runtime.load_module
+            module = load_module(copy)
     except FileNotFoundError:  # evicted or replaced meanwhile
         return None
     except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: TVM could not load it
@@ -282,6 +297,9 @@ def clear() -> int:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             deleted += 1
+    for path in index_dir().glob("*.json"):
+        with contextlib.suppress(OSError):
+            path.unlink()
     _remove_stale_temporaries()
     return deleted
 

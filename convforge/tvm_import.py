@@ -1,40 +1,104 @@
-"""Import TVM without ml_dtypes: about half of TVM's import time on our stack.
+"""Import TVM (or only its runtime) without the optional imports convforge does not use.
 
-TVM and tvm_ffi import ``ml_dtypes`` optionally (``try: import ml_dtypes except ImportError``),
-only to map bfloat16 and float8 arrays to numpy. With numpy 2.4 and ml_dtypes 0.7 that import
-costs 0.8-1.3 s of TVM's 2.1-2.7 s on a 2-core machine (``python -X importtime``: numpy's
-``PyUFunc_AddLoop`` searches every ufunc's loop list for each of the many loops ml_dtypes
-registers). convforge computes in float32, float16, float64 and integers, none of which needs
-it, so :func:`import_tvm` imports TVM with ml_dtypes hidden (``sys.modules["ml_dtypes"] =
-None``, Python's documented way to make an import fail) and then unhides it: a later ``import
-ml_dtypes`` (by onnx, or by the user) works as usual.
+TVM and tvm_ffi import two packages optionally (``try: import X except ImportError``), only to
+exchange arrays with them:
+
+- ``ml_dtypes``, to map bfloat16 and float8 arrays to numpy. With numpy 2.4 and ml_dtypes 0.7
+  that import costs 0.8-1.3 s of TVM's 2.1-2.7 s on a 2-core machine (``python -X
+  importtime``: numpy's ``PyUFunc_AddLoop`` searches every ufunc's loop list for each of the
+  many loops ml_dtypes registers);
+- ``torch`` (tvm_ffi's ``__init__`` and ``_convert``), to take torch tensors: where PyTorch is
+  installed, 4-5 s more on the same machine.
+
+convforge computes in float32, float16, float64 and integers on numpy arrays, so
+:func:`import_tvm` and :func:`import_runtime` import with both hidden (``sys.modules[name] =
+None``, Python's documented way to make an import fail) and then unhide them: a later
+``import ml_dtypes`` or ``import torch`` (by onnx, or by the user) works as usual.
 
 What it changes: in a process where convforge imported TVM first, TVM cannot convert
-bfloat16/float8 tensors to numpy. It does nothing (TVM imports ml_dtypes as usual) when TVM or
-ml_dtypes is already imported, or when ``CONVFORGE_ML_DTYPES=1``.
+bfloat16/float8 tensors to numpy, and tvm_ffi does not convert torch tensors by itself.
+Nothing is hidden that is already imported, nor ``ml_dtypes`` with ``CONVFORGE_ML_DTYPES=1``
+or ``torch`` with ``CONVFORGE_TORCH=1``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 #: Set to 1 to let TVM import ml_dtypes (bfloat16/float8 arrays through TVM in this process).
 ML_DTYPES_ENV = "CONVFORGE_ML_DTYPES"
+#: Set to 1 to let tvm_ffi import torch (torch tensors through tvm_ffi in this process).
+TORCH_ENV = "CONVFORGE_TORCH"
+
+_OPTIONAL = {"ml_dtypes": ML_DTYPES_ENV, "torch": TORCH_ENV}
+
+
+@contextlib.contextmanager
+def _without_optional_imports() -> Iterator[None]:
+    hidden = [
+        name
+        for name, env in _OPTIONAL.items()
+        if name not in sys.modules and os.environ.get(env) != "1"
+    ]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def import_tvm() -> ModuleType:
-    """``import tvm``, without ml_dtypes unless it is already imported or asked for (module
-    doc); returns the module."""
+    """``import tvm``, without ml_dtypes and torch unless they are already imported or asked
+    for (module doc); returns the module."""
     if "tvm" in sys.modules:
         return sys.modules["tvm"]
-    hide = "ml_dtypes" not in sys.modules and os.environ.get(ML_DTYPES_ENV) != "1"
-    if hide:
-        sys.modules["ml_dtypes"] = None  # type: ignore[assignment]
-    try:
+    with _without_optional_imports():
         return importlib.import_module("tvm")
-    finally:
-        if hide and "ml_dtypes" in sys.modules and sys.modules["ml_dtypes"] is None:
-            del sys.modules["ml_dtypes"]
+
+
+def runtime_library() -> str:
+    """The path of TVM's runtime library (``libtvm_runtime.so``), found as ``tvm.base``
+    finds it, without importing TVM."""
+    from tvm_ffi import libinfo
+
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("TVM is not installed (apache-tvm)")
+    package = Path(next(iter(spec.submodule_search_locations))).resolve()
+    paths = [Path(os.environ["TVM_LIBRARY_PATH"])] if os.environ.get("TVM_LIBRARY_PATH") else []
+    paths.append(package / "lib")
+    return str(libinfo._find_library_by_basename("tvm", "tvm_runtime", extra_lib_paths=paths))
+
+
+def import_runtime() -> ModuleType:
+    """TVM's runtime only: ``tvm_ffi`` (without the optional imports) and TVM's runtime library
+    loaded as ``tvm.base`` loads it first (``RTLD_GLOBAL``), enough to load an exported
+    library and run its VM; a later ``import tvm`` loads the same file again (the same
+    handle) and the compiler beside it. About 0.1 s where ``import tvm`` takes 1-1.5 s.
+    Returns ``tvm_ffi``."""
+    with _without_optional_imports():
+        tvm_ffi = importlib.import_module("tvm_ffi")
+    if "tvm" not in sys.modules:
+        _load_runtime_library()
+    return tvm_ffi
+
+
+_RUNTIME: list = []
+
+
+def _load_runtime_library() -> None:
+    if _RUNTIME:
+        return
+    import ctypes
+
+    _RUNTIME.append(ctypes.CDLL(runtime_library(), ctypes.RTLD_GLOBAL))

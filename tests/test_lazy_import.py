@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 
 import pytest
 
 import convforge as cf
 from tests.isolated import run_isolated
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_public_name_resolves_to_its_modules_object():
@@ -89,3 +92,35 @@ def test_tvm_is_imported_without_ml_dtypes_unless_asked(opt_in):
     assert hidden is (not opt_in)
     assert error < 1e-5
     assert bf16 == "bfloat16" and onnx_name == "onnx"
+
+
+def test_tvm_and_its_runtime_are_imported_without_torch(tmp_path, monkeypatch):
+    """tvm_ffi imports torch where it is installed (4-5 s): convforge.tvm_import hides it, for
+    TVM and for the runtime alone, and unhides it after (a later import reaches the package:
+    here a stand-in that refuses to be imported, so any import of it would fail the run)."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('torch imported')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), ROOT]))
+    monkeypatch.delenv("CONVFORGE_TORCH", raising=False)
+    out = run_isolated(
+        """
+        import json, sys
+        import numpy as np
+        from convforge.tvm_import import import_runtime
+        import_runtime()
+        runtime_only = "tvm" not in sys.modules and "torch" not in sys.modules
+        import convforge as cf
+        x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype("float32")
+        w = np.random.default_rng(1).standard_normal((3, 2, 1, 1)).astype("float32")
+        error = float(np.abs(cf.conv(x, w) - np.einsum("nchw,oc->nohw", x, w[:, :, 0, 0])).max())
+        try:
+            import torch  # the stand-in: reached, so no longer hidden
+        except RuntimeError as err:
+            reached = str(err)
+        print(json.dumps([runtime_only, error, reached]))
+        """
+    )
+    assert out.returncode == 0, out.describe()
+    runtime_only, error, reached = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runtime_only and error < 1e-5 and reached == "torch imported"

@@ -72,7 +72,9 @@ y = model(x)[0]
 seconds = time.perf_counter() - began
 np.save(sys.argv[3], y)
 model.export_library(sys.argv[4])
-print(json.dumps({"phases": sorted(model.compile_profile.phases), "seconds": seconds}))
+tvm_imported = "tvm" in sys.modules  # a quick hit runs (and exports) on TVM's runtime alone
+print(json.dumps({"phases": sorted(model.compile_profile.phases), "seconds": seconds,
+                  "tvm": tvm_imported}))
 """
 
 
@@ -92,6 +94,7 @@ def test_second_process_loads_the_model_from_the_cache(cache, tmp_path):
     assert done.returncode == 0, done.describe()
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["phases"] == ["cache lookup"], report  # nothing compiled
+    assert report["tvm"] is False, report  # found by the quick index, run without TVM
     assert compare(np.load(out), run_onnxruntime(model, {"x": x})[0]).ok
     # The export of a model loaded from the cache is a library cf.load verifies and runs.
     _assert_matches_onnxruntime(model, cf.load(library))
@@ -203,3 +206,83 @@ def test_two_processes_compiling_one_model_both_succeed(cache, tmp_path):
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]
     _assert_matches_onnxruntime(model, cf.compile_model(path), batch=2)
     assert _hit(cf.compile_model(path))
+
+
+_QUICK = """
+import json, sys
+import numpy as np
+import convforge as cf
+model = cf.compile_model(sys.argv[1]) if sys.argv[1].endswith(".onnx") else cf.load(sys.argv[1])
+y = model(np.load(sys.argv[2]))[0]
+np.save(sys.argv[3], y)
+print(json.dumps({"tvm": "tvm" in sys.modules,
+                  "phases": sorted((model.compile_profile or None) and
+                                   model.compile_profile.phases or [])}))
+"""
+
+
+def _quick_run(target: str, x, tmp_path) -> tuple[dict, np.ndarray]:
+    np.save(tmp_path / "x.npy", x)
+    done = run_isolated(_QUICK, args=[target, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")])
+    assert done.returncode == 0, done.describe()
+    return json.loads(done.stdout.strip().splitlines()[-1]), np.load(tmp_path / "y.npy")
+
+
+def test_quick_index_is_rechecked_against_the_tuning_databases(cache, tmp_path, monkeypatch):
+    """A cache hit in a new process runs without importing TVM, and the quick index is
+    trusted only while the tuning databases it recorded are unchanged: a folder added to the
+    database (records of another core count, which ``match="cpu"`` would read) sends the
+    next process through the usual lookup (TVM imported; still a hit here), which renews
+    the index."""
+    database = tmp_path / "tuning-db"
+    database.mkdir()
+    monkeypatch.setenv("CONVFORGE_TUNING_DB", str(database))
+    model = _model(seed=5)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    assert not _hit(cf.compile_model(path))
+    x = np.random.default_rng(6).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    (theirs,) = run_onnxruntime(model, {"x": x})
+    first, y = _quick_run(str(path), x, tmp_path)
+    assert first == {"tvm": False, "phases": ["cache lookup"]}
+    assert compare(y, theirs).ok
+    (database / "another-target").mkdir()
+    second, y = _quick_run(str(path), x, tmp_path)
+    assert second == {"tvm": True, "phases": ["cache lookup"]}  # the usual lookup: a hit
+    assert compare(y, theirs).ok
+    third, y = _quick_run(str(path), x, tmp_path)
+    assert third == {"tvm": False, "phases": ["cache lookup"]}
+    assert compare(y, theirs).ok
+    assert len(_entries(cache)) == 1
+
+
+def test_load_runs_a_library_without_tvm(cache, tmp_path):
+    """cf.load verifies and runs an exported library on TVM's runtime alone."""
+    model = _model(seed=7)
+    library = tmp_path / "model.so"
+    cf.compile_model(model).export_library(library)
+    x = np.random.default_rng(8).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    report, y = _quick_run(str(library), x, tmp_path)
+    assert report["tvm"] is False
+    assert compare(y, run_onnxruntime(model, {"x": x})[0]).ok
+
+
+def test_verified_cache_entry_is_loaded_as_checked(tmp_path):
+    """verified_library(copy=False) yields the verified file itself, through its open
+    descriptor: replacing the path afterwards (as a cache writer does) changes nothing."""
+    import os
+
+    from convforge.export.library import append_trailer, verified_library
+    from convforge.targets import host_target
+
+    path, other = tmp_path / "entry.so", tmp_path / "other.so"
+    path.write_bytes(b"first library bytes")
+    other.write_bytes(b"second library bytes")
+    for f in (path, other):
+        append_trailer(str(f), host_target())
+    with verified_library(str(path), copy=False) as loadable:
+        assert loadable.endswith(".so")
+        os.replace(other, path)
+        with open(loadable, "rb") as f:
+            assert f.read().startswith(b"first library bytes")
+    assert not os.path.exists(loadable)

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import tvm
-from tvm import relax
+if TYPE_CHECKING:  # imported by merge_buckets: the batch rules need no TVM (a loaded model)
+    import tvm
 
 #: Buckets of a dynamic batch when ``compile_model`` is given none (and
 #: ``$CONVFORGE_BATCH_BUCKETS`` is unset).
@@ -90,22 +91,23 @@ def function_name(bucket: int, smallest: int) -> str:
     return "main" if bucket == smallest else f"main_b{bucket}"
 
 
-@relax.expr_functor.mutator
-class _Substitute(relax.PyExprMutator):
-    """Replaces global variables by the given ones."""
-
-    def __init__(self, globals_: Mapping):
-        super().__init__()
-        self.globals_ = globals_
-
-    def visit_global_var_(self, op: tvm.ir.GlobalVar) -> relax.Expr:
-        return self.globals_.get(op, op)
-
-
 def merge_buckets(modules: Mapping[int, tvm.IRModule]) -> tvm.IRModule:
     """One module holding every bucket's functions (``modules``: bucket -> the module
     :func:`convforge.export.model.import_model` made for that batch); names as in the
     module doc."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Substitute(relax.PyExprMutator):
+        """Replaces global variables by the given ones."""
+
+        def __init__(self, globals_: Mapping):
+            super().__init__()
+            self.globals_ = globals_
+
+        def visit_global_var_(self, op: tvm.ir.GlobalVar) -> relax.Expr:
+            return self.globals_.get(op, op)
+
     smallest = min(modules)
     if len(modules) == 1:
         return modules[smallest]
@@ -128,7 +130,7 @@ def merge_buckets(modules: Mapping[int, tvm.IRModule]) -> tvm.IRModule:
         for gv, func in relax_funcs:
             main = gv.name_hint == "main"
             name = function_name(bucket, smallest) if main else gv.name_hint + suffix
-            func = _Substitute(mapping).visit_expr(func)
+            func = Substitute(mapping).visit_expr(func)
             if func.attrs is not None and "global_symbol" in func.attrs:
                 func = func.with_attr("global_symbol", name)
             mapping[gv] = bb.add_func(func, name)

@@ -27,13 +27,14 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import struct
 import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import tvm
-
-from convforge.targets import is_cpu
+if TYPE_CHECKING:  # this module imports no TVM until a trailer is written
+    import tvm
 
 #: Last bytes of every library convforge writes.
 MAGIC = b"CONVFORGE-LIB\x00v1"
@@ -59,18 +60,24 @@ CPUINFO_FLAGS = {
 
 def target_record(target: tvm.target.Target) -> dict:
     """What the trailer records of ``target``: kind, mtriple, mcpu and ISA ``features``."""
+    from tvm.target import codegen
+
+    from convforge.targets import is_cpu
+
     record = {"kind": target.kind.name}
     if not is_cpu(target):
         return record
     attrs = target.attrs
-    record["mtriple"] = str(attrs.get("mtriple", "") or tvm.target.codegen.llvm_get_system_triple())
+    record["mtriple"] = str(attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
     record["mcpu"] = str(attrs.get("mcpu", "") or "generic")
     record["features"] = sorted(_llvm_features(target) & set(CPUINFO_FLAGS))
     return record
 
 
 def _llvm_features(target: tvm.target.Target) -> set[str]:
-    features = {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(target)}
+    from tvm.target import codegen
+
+    features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
     for attr in target.attrs.get("mattr", None) or ():
         attr = str(attr)
         if attr.startswith("+"):
@@ -80,9 +87,21 @@ def _llvm_features(target: tvm.target.Target) -> set[str]:
     return features
 
 
-def append_trailer(path: str, target: tvm.target.Target, extra: dict | None = None) -> None:
-    """Append the trailer (checksum of the file as it is, and ``target``) to ``path``;
-    ``extra`` (JSON-serializable) is recorded in the trailer's JSON too."""
+#: The trailer's fields that describe the target (what :func:`target_record` returns).
+TARGET_FIELDS = ("kind", "mtriple", "mcpu", "features")
+
+
+def target_fields(path: str) -> dict:
+    """The target fields (:data:`TARGET_FIELDS`) of the trailer of ``path`` (ValueError if
+    it has none): what :func:`append_trailer` takes to describe a copy of that library."""
+    record, _ = read_trailer(trailer_bytes(path), path)
+    return {k: record[k] for k in TARGET_FIELDS if k in record}
+
+
+def append_trailer(path: str, target: tvm.target.Target | dict, extra: dict | None = None) -> None:
+    """Append the trailer (checksum of the file as it is, and ``target``: a target, or the
+    fields :func:`target_fields` read from another trailer) to ``path``; ``extra``
+    (JSON-serializable) is recorded in the trailer's JSON too."""
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
@@ -90,7 +109,7 @@ def append_trailer(path: str, target: tvm.target.Target, extra: dict | None = No
             digest.update(chunk)
             size += len(chunk)
     record = {**(extra or {}), "format": FORMAT, "size": size, "sha256": digest.hexdigest(),
-              **target_record(target)}  # fmt: skip
+              **(target if isinstance(target, dict) else target_record(target))}  # fmt: skip
     payload = json.dumps(record, sort_keys=True).encode()
     with open(path, "ab") as f:
         f.write(payload + _LENGTH.pack(len(payload)) + MAGIC)
@@ -152,20 +171,29 @@ def host_features() -> set[str]:
     return {feature for feature, flag in CPUINFO_FLAGS.items() if flag in flags}
 
 
+#: ``platform.machine()`` -> the architecture as LLVM's target triples name it.
+_LLVM_ARCH = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "i386": "i686"}
+
+
+def host_arch() -> str:
+    """This machine's architecture as the first component of LLVM's triple names it
+    (``x86_64``, ``aarch64``, ...), without TVM."""
+    machine = platform.machine().lower()
+    return _LLVM_ARCH.get(machine, machine)
+
+
 def check_target(record: dict, path: str) -> None:
     """Refuse a library whose recorded target this CPU cannot run (see the module doc)."""
     kind = record.get("kind")
     if kind != "llvm":
         raise ValueError(f"path: {path!r} was built for target kind {kind!r}, not this CPU")
-    host_triple = tvm.target.codegen.llvm_get_system_triple()
-    arch, host_arch = str(record.get("mtriple", "")).split("-")[0], host_triple.split("-")[0]
-    if arch != host_arch:
+    arch, host = str(record.get("mtriple", "")).split("-")[0], host_arch()
+    if arch != host:
         raise ValueError(
-            f"path: {path!r} was built for {record.get('mtriple')!r}, this machine is "
-            f"{host_triple!r}"
+            f"path: {path!r} was built for {record.get('mtriple')!r}, this machine is {host!r}"
         )
     needed = set(record.get("features", ()))
-    missing = sorted(needed - host_features()) if host_arch in ("x86_64", "i686") else []
+    missing = sorted(needed - host_features()) if host in ("x86_64", "i686") else []
     if missing:
         raise ValueError(
             f"path: {path!r} was built for CPU {record.get('mcpu')!r}, whose instructions "
@@ -184,29 +212,51 @@ def _private_file(path: str) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def verified_library(path: str) -> Iterator[str]:
+def verified_library(path: str, *, copy: bool = True) -> Iterator[str]:
     """Check ``path`` (trailer, size, SHA-256, target; ValueError naming the file and the
-    reason) and yield a private copy of the verified library bytes to load: what is
-    loaded is what was checked, even if ``path`` changes meanwhile."""
+    reason) and yield a path to load the verified library from: what is loaded is what was
+    checked, even if ``path`` is replaced meanwhile.
+
+    ``copy=True``: a private copy of the verified bytes. ``copy=False`` (Linux, for files
+    that are only ever replaced whole, never rewritten in place: the cache's entries): the
+    verified file itself, through the descriptor it was read from (a symbolic link named
+    ``*.so``, as TVM's loader wants, to ``/proc/self/fd/N``), which saves writing a copy of
+    a library of tens or hundreds of MB; elsewhere a copy as with ``copy=True``."""
     with open(path, "rb") as f:
         data = f.read()
-    record, start = read_trailer(data, path)
-    if record.get("format") != FORMAT:
-        raise ValueError(f"path: {path!r} has trailer format {record.get('format')!r}, "
-                         f"this convforge reads {FORMAT}")  # fmt: skip
-    if record.get("size") != start:
-        raise ValueError(
-            f"path: {path!r} is damaged: {start} library bytes, the trailer says "
-            f"{record.get('size')}"
-        )
-    if hashlib.sha256(memoryview(data)[:start]).hexdigest() != record.get("sha256"):
-        raise ValueError(f"path: {path!r} is damaged: its SHA-256 differs from the one recorded")
-    check_target(record, path)
-    fd, copy = _private_file(path)
+        record, start = read_trailer(data, path)
+        if record.get("format") != FORMAT:
+            raise ValueError(f"path: {path!r} has trailer format {record.get('format')!r}, "
+                             f"this convforge reads {FORMAT}")  # fmt: skip
+        if record.get("size") != start:
+            raise ValueError(
+                f"path: {path!r} is damaged: {start} library bytes, the trailer says "
+                f"{record.get('size')}"
+            )
+        if hashlib.sha256(memoryview(data)[:start]).hexdigest() != record.get("sha256"):
+            raise ValueError(
+                f"path: {path!r} is damaged: its SHA-256 differs from the one recorded"
+            )
+        check_target(record, path)
+        descriptor = f"/proc/self/fd/{f.fileno()}"
+        if not copy and os.path.exists(descriptor):
+            del data
+            folder = tempfile.mkdtemp(prefix="convforge-load-")
+            link = os.path.join(folder, "library.so")
+            try:
+                os.symlink(descriptor, link)
+                yield link
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(link)
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+            return
+    fd, private = _private_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(memoryview(data)[:start])
         del data
-        yield copy
+        yield private
     finally:
-        os.unlink(copy)
+        os.unlink(private)

@@ -23,22 +23,40 @@ Key parts (a different value of any of them is another entry):
   ``tuning_db`` of the call made active: a database that gains a record is another key).
 
 Only CPU (``llvm``) targets are cached, as for kernels.
+
+**The quick lookup.** Computing those parts takes TVM (the host target's exact features, the
+tuning databases of that target), and importing TVM takes 1-1.5 s on a 2-core machine, more
+than loading and running a cached model. So each time a model entry is stored or hit, an
+index file ``<dir>/index/<start key>.json`` records its parts, where the *start key*
+(:func:`start_key`) is the SHA-256 of what those parts are computed from, all read without
+TVM: convforge's version and code digest, TVM's installed build (its version file and
+compiler library), the ``target`` argument as given (None or a string), this machine (its
+CPU's model name and flags from ``/proc/cpuinfo``, CPU counts), every ``CONVFORGE_*`` and
+``TVM_*`` environment variable, the model's digest, the options and the ``tuning_db`` path.
+The index file also holds the modification time of each tuning database folder the parts'
+state consulted and of each database's root (a folder added there: another core count's
+records under ``match="cpu"``). :func:`quick_load` trusts an index file only while every
+one of those times is unchanged, and loads the entry through TVM's runtime alone
+(:mod:`convforge.export.runtime`), verified as any entry and checked against the parts its
+own trailer records. Anything else (no index file, a changed time, an entry evicted or
+corrupt, a ``use_tuning_db`` context in effect) is the usual lookup.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
-
-import tvm
+from typing import TYPE_CHECKING, Any
 
 from convforge import kernel_cache
-from convforge.targets import is_cpu
+
+if TYPE_CHECKING:  # a quick lookup (start_key, quick_load) imports no TVM
+    import tvm
 
 
 @functools.cache
@@ -74,6 +92,8 @@ def key_parts(
 ) -> dict | None:
     """The parts of ``model``'s entry (module doc), or None when nothing is to be cached:
     the cache disabled, a non-CPU target, or a model whose bytes cannot be read."""
+    from convforge.targets import is_cpu
+
     if not kernel_cache.enabled() or not is_cpu(target):
         return None
     digest = model_digest(model)
@@ -90,11 +110,143 @@ def key_parts(
     return parts
 
 
-def load(parts: dict) -> tuple[tvm.runtime.Module, dict, Path] | None:
+def compile_options(input_shapes: Any, algorithm: Any, dynamic: Any, batch_buckets: Any) -> dict:
+    """The ``options`` part of a model's key, as :func:`convforge.compile_model` was called
+    (the batch buckets resolved: ``$CONVFORGE_BATCH_BUCKETS`` or the default)."""
+    from convforge.export.buckets import default_buckets
+
+    return {
+        "input_shapes": input_shapes, "algorithm": algorithm, "dynamic": dynamic,
+        "batch_buckets": batch_buckets if batch_buckets is not None else default_buckets(),
+    }  # fmt: skip
+
+
+@functools.cache
+def _tvm_build() -> list:
+    """TVM's installed build without importing it: its version file's digest and its
+    libraries' sizes and modification times."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    package = Path(next(iter(spec.submodule_search_locations)))
+    facts: list = []
+    for path in [package / "_version.py", *sorted((package / "lib").glob("*.so"))]:
+        try:
+            stat = path.stat()
+        except OSError:
+            facts.append([path.name, None])
+            continue
+        if path.suffix == ".py":
+            facts.append([path.name, hashlib.sha256(path.read_bytes()).hexdigest()])
+        else:
+            facts.append([path.name, stat.st_size, stat.st_mtime_ns])
+    return facts
+
+
+@functools.cache
+def _host_facts() -> dict:
+    """What the host target is derived from, read without TVM (see the module doc)."""
+    import platform
+
+    found: dict = {"machine": platform.machine(), "cpus": os.cpu_count()}
+    if hasattr(os, "sched_getaffinity"):
+        found["affinity"] = len(os.sched_getaffinity(0))
+    try:
+        with open("/proc/cpuinfo", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name in ("vendor_id", "model name", "flags", "cpu family", "model", "Features",
+                            "CPU implementer", "CPU part") and name not in found:  # fmt: skip
+                    found[name] = value.strip()
+    except OSError:
+        found["cpuinfo"] = None
+    return found
+
+
+def start_key(
+    model: Any, target: Any, options: dict, tuning_db: str | os.PathLike | None
+) -> str | None:
+    """The start key of a compile (module doc), computed without TVM; None where a quick
+    lookup does not apply: a ``target`` that is neither None nor a string, a model whose
+    bytes cannot be read, options that are not JSON data."""
+    if target is not None and not isinstance(target, str):
+        return None
+    digest = model_digest(model)
+    if digest is None:
+        return None
+    import convforge
+
+    facts = {
+        "convforge": convforge.__version__, "code": code_digest(), "tvm": _tvm_build(),
+        "target": target, "host": _host_facts(),
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("CONVFORGE_", "TVM_"))},
+        "model": digest, "options": options,
+        "tuning_db": None if tuning_db is None else os.path.abspath(os.fspath(tuning_db)),
+    }  # fmt: skip
+    try:
+        text = json.dumps(facts, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _index_file(start: str) -> Path:
+    return kernel_cache.index_dir() / f"{start}.json"
+
+
+def _mtime(path: str | os.PathLike) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns if os.path.isdir(path) else None
+    except OSError:
+        return None
+
+
+def remember(start: str | None, parts: dict, tuning_db: str | os.PathLike | None) -> None:
+    """Record ``start`` -> ``parts`` in the quick index (module doc), with the times to
+    recheck: the tuning folders in the parts' state and the active databases' roots (with
+    ``tuning_db`` active, as when the parts were made). Best effort: an OSError is ignored
+    (the usual lookup still works)."""
+    if start is None:
+        return
+    from convforge.filemode import atomic_write
+    from convforge.schedules import tuning
+
+    with tuning.use_tuning_db(tuning_db) if tuning_db is not None else nullcontext():
+        roots = [str(db) for db in tuning.active_databases()]
+    state = parts["schedule"][-1] if isinstance(parts.get("schedule"), list) else []
+    folders = [item[0] for item in state if isinstance(item, list) and item[0] != "match"]
+    recheck = [[path, _mtime(path)] for path in [*roots, *folders]]
+    record = json.dumps({"parts": parts, "recheck": recheck}, sort_keys=True)
+    with contextlib.suppress(OSError):
+        kernel_cache.index_dir().mkdir(parents=True, exist_ok=True)
+        atomic_write(_index_file(start), record)
+
+
+def quick_load(start: str | None) -> tuple[Any, dict, Path] | None:
+    """The cached model of the start key ``start`` through the quick index (module doc),
+    loaded by TVM's runtime alone: (module, model description, entry path), or None."""
+    if start is None or not kernel_cache.enabled():
+        return None
+    try:
+        record = json.loads(_index_file(start).read_text())
+        parts, recheck = record["parts"], record["recheck"]
+        if any(_mtime(path) != mtime for path, mtime in recheck):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    from convforge.export import runtime
+
+    return load(parts, runtime.load_module)
+
+
+def load(parts: dict, load_module: Any = None) -> tuple[tvm.runtime.Module, dict, Path] | None:
     """The cached library of ``parts``: (module, model description, entry path), or None
     (miss, or a corrupt entry, which :func:`convforge.kernel_cache.load` deletes with a
-    warning)."""
-    hit = kernel_cache.load(parts)
+    warning). ``load_module`` as :func:`convforge.kernel_cache.load` takes it."""
+    hit = kernel_cache.load(parts, load_module)
     if hit is None:
         return None
     module, extra = hit

@@ -577,6 +577,12 @@ def use_tuning_match(match: str | None) -> contextlib.AbstractContextManager[Non
     return _restoring(previous, previous_match)
 
 
+def context_active() -> bool:
+    """Whether a :func:`use_tuning_db` or :func:`use_tuning_match` context is in effect (the
+    model cache's quick lookup, which reads only the environment, then stands aside)."""
+    return _active.get() != (None, True) or _match.get() is not None
+
+
 def active_match() -> str:
     """The match mode lookups use now (ValueError for a bad ``$CONVFORGE_TUNING_MATCH``)."""
     match = _match.get()
