@@ -48,7 +48,8 @@ def _start(checkout: str, path: str, env: dict) -> dict:
     from process start to its output and to its exit (measured here)."""
     started = time.time()
     done = subprocess.run([sys.executable, "-c", _CHILD, path], check=True, text=True,
-                          capture_output=True, env={**env, "PYTHONPATH": checkout})  # fmt: skip
+                          capture_output=True, env={**env, "PYTHONPATH": checkout},
+                          cwd=os.path.dirname(path))  # fmt: skip
     ended = time.time()
     parts = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(parts["phases"]) == {"cache lookup"}, parts["phases"]
@@ -85,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                "CONVFORGE_CACHE": "1"}  # fmt: skip
         for name, checkout in checkouts.items():
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", _CHILD, path], check=True,
+            # run in the model's folder: the current folder comes first on sys.path
+            subprocess.run([sys.executable, "-c", _CHILD, path], check=True, cwd=tmp,
                            capture_output=True, env={**env, "PYTHONPATH": checkout})  # fmt: skip
-            print(f"{args.model} ({name}): cold (compile + store + first call) "
+            print(f"{args.model} ({name}, {checkout}): cold (compile + store + first call) "
                   f"{time.perf_counter() - started:.2f} s")  # fmt: skip
         for _ in range(args.runs):
             for name, checkout in checkouts.items():

@@ -10,11 +10,13 @@ object emission and 6.7 s of JIT (``benchmarks/bench_compile.py``). Here, instea
 2. each PrimFunc becomes its own LLVM module (``tvm.tirx.build``: TIR passes, LLVM IR, LLVM's
    optimizer), on a pool of :func:`compile_jobs` threads (TVM releases the GIL while it
    compiles), convforge's kernels first;
-3. the VM executable (bytecode and constants) is linked with them and packed into one more
-   object, as ``export_library`` packs it (``ModulePackImportsToLLVM``), while the same
+3. the VM executable (bytecode and small constants: the weights are lifted out of it,
+   :func:`convforge.export.weights.lift_weights`) is linked with them and packed into one
+   more object, as ``export_library`` packs it (``ModulePackImportsToLLVM``), while the same
    threads write each kernel's object file;
-4. everything is linked once into a shared library (TVM's ``cc.create_shared``), which the
-   model then loads: no JIT, and a cache entry or an export is a copy of that file.
+4. everything is linked once into a shared library (TVM's ``cc.create_shared``), the
+   weights appended as a section after it, which the model then loads: no JIT, and a cache
+   entry or an export is a copy of that file.
 
 A PrimFunc that carries :data:`OPT_LEVEL_ATTR` is optimized at that LLVM level: the
 lowering stamps convforge's Winograd and blocked convolutions, whose schedules vectorize and
@@ -71,13 +73,19 @@ class Built:
 
     folder: tempfile.TemporaryDirectory
     objects: list[str]
+    #: The model's weights, in the order its entry functions take them after their inputs.
+    weights: list
 
     def link(self, path: str) -> None:
         """Link the objects into the shared library ``path`` (TVM's ``cc.create_shared``,
-        what ``export_library`` runs)."""
+        what ``export_library`` runs), followed by the weights section
+        (:mod:`convforge.export.weights`)."""
         from tvm.support import cc
 
+        from convforge.export.weights import append_weights
+
         cc.create_shared(path, self.objects)
+        append_weights(path, self.weights)
 
     def close(self) -> None:
         self.folder.cleanup()
@@ -109,8 +117,11 @@ def build(
     as object files (module doc). ``phase(name)`` is a context manager timing each step
     (``CompileProfile.phase``): "codegen" (every PrimFunc's TIR passes, LLVM IR and
     optimizer) and "objects" (their object files and the packed VM executable's)."""
+    from convforge.export.weights import lift_weights
+
     with target:
         mod = relax_pipeline(mod)
+    mod, weights = lift_weights(mod)  # stored beside the code, not in the executable
     attrs = dict(mod.attrs) if mod.attrs else {}
     if attrs.get("external_mods"):
         raise ValueError("external modules (BYOC) are not supported by convforge's codegen")
@@ -178,4 +189,4 @@ def build(
     except BaseException:
         folder.cleanup()
         raise
-    return Built(folder, [*objects, packed])
+    return Built(folder, [*objects, packed], weights)

@@ -80,9 +80,13 @@ class CompiledModel:
         specialize: Callable[[dict[str, tuple[int, ...]]], CompiledModel] | None = None,
         *,
         lazy: bool = False,
+        weights: Sequence[Any] = (),
     ):
-        """``lazy``: create the VM on first use, not here (see :attr:`_vm`)."""
+        """``lazy``: create the VM on first use, not here (see :attr:`_vm`). ``weights``:
+        the library's weights (:func:`convforge.export.runtime.load_model`), passed to every
+        entry function after the inputs."""
         self._module = module
+        self._weights = list(weights)
         self._specialize = specialize
         self._specializations: dict[tuple, CompiledModel] = {}
         self.metadata = metadata
@@ -336,7 +340,7 @@ class CompiledModel:
 
     def _run(self, arrays: Sequence[np.ndarray], function: str = "main") -> list[np.ndarray]:
         entry = self._main if function == "main" else self._function(function)
-        return runtime.outputs(entry(*[runtime.tensor(a) for a in arrays]))
+        return runtime.outputs(entry(*[runtime.tensor(a) for a in arrays], *self._weights))
 
     def time(self, *arrays: np.ndarray, number: int = 5, repeat: int = 5) -> float:
         """Median over ``repeat`` rounds of the mean seconds of ``number`` whole-model runs on
@@ -345,7 +349,7 @@ class CompiledModel:
         feed dict."""
         bound = self._bind_any(arrays)
         vm = self._vm.module
-        vm["set_input"]("main", *[runtime.tensor(a) for a in bound])
+        vm["set_input"]("main", *[runtime.tensor(a) for a in bound], *self._weights)
         invoke = vm["invoke_stateful"]
         invoke("main")  # warm-up
         results = []
@@ -632,13 +636,14 @@ def load(path: str | os.PathLike) -> CompiledModel:
     if not os.path.isfile(path):
         raise ValueError(f"path: no such file {path!r}")
     with verified_library(path) as verified, without_scope_warnings():
-        module = runtime.load_module(verified)
+        module, weights = runtime.load_model(verified)
     vm = runtime.make_vm(module)
     try:
         raw = vm[METADATA_FUNCTION]()
     except (AttributeError, RuntimeError) as err:
         raise ValueError(f"path: {path!r} is not a model library written by convforge") from err
-    return CompiledModel(module, json.loads(runtime.outputs(raw)[0].tobytes().decode()))
+    metadata = json.loads(runtime.outputs(raw)[0].tobytes().decode())
+    return CompiledModel(module, metadata, weights=weights)
 
 
 def compile_model(
@@ -743,8 +748,8 @@ def _quick_hit(
         return None
     if hit is None:
         return None
-    module, metadata, entry = hit
-    compiled = CompiledModel(module, metadata, lazy=True)
+    (module, weights), metadata, entry = hit
+    compiled = CompiledModel(module, metadata, lazy=True, weights=weights)
     compiled._cache_entry = entry
 
     def again(shapes: Any) -> CompiledModel:

@@ -5,6 +5,9 @@ library followed by a trailer (ELF loaders ignore bytes past the image)::
 
     <library bytes> <JSON, UTF-8> <JSON length: 8 bytes, little-endian> <MAGIC: 16 bytes>
 
+(the library bytes of a CPU model: the linked image, then its weights section,
+:mod:`convforge.export.weights`).
+
 The JSON holds ``format``, ``size`` and ``sha256`` (of the library bytes before the
 trailer) and the target the code was built for: ``kind``, ``mtriple``, ``mcpu`` and
 ``features``, the instruction-set extensions its code may use (LLVM's features of

@@ -30,6 +30,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from convforge.export import runtime
 from convforge.export.compiled import (  # noqa: F401  (re-exported: this module's public API)
     METADATA_FUNCTION,
     NONFINITE_CHECK_SUFFIX,
@@ -196,9 +197,9 @@ def compile_model(
     start = time.perf_counter()
     pipeline = relax_pipeline(resolved, profile)
     if is_cpu(resolved):  # kernels built in parallel and linked once (export/codegen.py)
-        module, library = _build_and_load(mod, resolved, pipeline, profile)
+        (module, weights), library = _build_and_load(mod, resolved, pipeline, profile)
     else:
-        module, library = tvm_compile(mod, resolved, pipeline, profile), None
+        module, weights, library = tvm_compile(mod, resolved, pipeline, profile), [], None
     say(f"compiled in {time.perf_counter() - start:.1f} s")
 
     def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
@@ -209,7 +210,9 @@ def compile_model(
         )  # fmt: skip
 
     # The VM on first use (on a GPU target, with the JIT compile of the machine code).
-    compiled = CompiledModel(module, json.loads(json.dumps(metadata)), specialize, lazy=True)
+    compiled = CompiledModel(
+        module, json.loads(json.dumps(metadata)), specialize, lazy=True, weights=weights
+    )
     compiled._library = library
     if cached is not None:
         with profile.phase("cache store"):
@@ -248,11 +251,11 @@ def _cached_model(
         if parts is None:
             return None
         with without_scope_warnings():
-            hit = model_cache.load(parts)
+            hit = model_cache.load(parts, runtime.load_model)
     if hit is None:
         return None, parts
-    module, metadata, entry = hit
-    compiled = CompiledModel(module, metadata, lazy=True)
+    (module, weights), metadata, entry = hit
+    compiled = CompiledModel(module, metadata, lazy=True, weights=weights)
     compiled._cache_entry = entry
     profile.total = time.perf_counter() - began
     profile.print_if_enabled()
@@ -262,9 +265,10 @@ def _cached_model(
 
 def _build_and_load(
     mod: tvm.IRModule, target: tvm.target.Target, pipeline: Any, profile: Any
-) -> tuple[tvm.runtime.Module, _PrivateLibrary]:
+) -> tuple[tuple[tvm.runtime.Module, list], _PrivateLibrary]:
     """Compile ``mod`` for a CPU target with :mod:`convforge.export.codegen` and load the
-    linked library: (the loaded module, the library file, kept while the model lives)."""
+    linked library: ((the loaded module, its weights), the library file, kept while the
+    model lives)."""
     from convforge.export import codegen
 
     built = codegen.build(mod, target, pipeline, profile.phase)
@@ -275,8 +279,8 @@ def _build_and_load(
     finally:
         built.close()
     with profile.phase("load library"), without_scope_warnings():
-        module = tvm.runtime.load_module(library.path)
-    return module, library
+        module, weights = runtime.load_model(library.path)
+    return (module, weights), library
 
 
 def _store_model(

@@ -239,7 +239,7 @@ def quick_load(start: str | None) -> tuple[Any, dict, Path] | None:
         return None
     from convforge.export import runtime
 
-    return load(parts, runtime.load_module)
+    return load(parts, runtime.load_model)
 
 
 def load(parts: dict, load_module: Any = None) -> tuple[tvm.runtime.Module, dict, Path] | None:

@@ -37,6 +37,17 @@ def load_module(path: str) -> Any:
     return tvm_ffi.load_module(path)
 
 
+def load_model(path: str) -> tuple[Any, list[Any]]:
+    """A model library: (its runtime module, its weights as tensors, in the order its entry
+    functions take them after their inputs; :mod:`convforge.export.weights`)."""
+    from convforge.export.weights import read_weights
+
+    module = load_module(path)
+    tvm_ffi = import_runtime()
+    weights = [tvm_ffi.from_dlpack(w, require_alignment=ALIGNMENT) for w in read_weights(path)]
+    return module, weights
+
+
 def is_executable(module: Any) -> bool:
     """Whether ``module`` is a relax ``Executable`` not yet compiled to machine code (what a
     GPU build returns); it needs TVM's ``relax.VirtualMachine`` (its JIT)."""
