@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be >= 1")
     if args.threads < 1:
         parser.error("--threads must be >= 1")
-    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    # before TVM's thread pool starts (at the first parallel kernel): --threads workers,
+    # unpinned (a pinned worker waits for its core on a shared machine; see benchmarks/run.py)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
     quiet_thread_pools()  # idle workers must not take the cores of the runtime being timed
     names = [m for n in args.models.split(",") for m in GROUPS.get(n, [n])]
     unknown = [n for n in names if n not in MODELS]
@@ -193,8 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'model':24s} {'compile s':>9s} {'convforge':>10s} {'onnxrt':>9s}"
     header += f" {'openvino':>9s}" if peers else ""
     print(header + f" {'cf/ort':>7s} {'cf/best':>8s}  agree")
+    failed = {}
     for name in names:
-        r = measure(name, args.rounds, args.tuning_db, args.threads, peers)
+        try:
+            r = measure(name, args.rounds, args.tuning_db, args.threads, peers)
+        except Exception as err:  # one model convforge cannot compile must not stop the rest
+            failed[name] = f"{type(err).__name__}: {err}"[:500]
+            print(f"{name:24s} failed: {failed[name]}", flush=True)
+            continue
         results.append(r)
         line = f"{name:24s} {r['compile_seconds']:9.1f} {r['convforge_median_ms']:8.2f}ms"
         line += f" {r['onnxruntime_median_ms']:7.2f}ms"
@@ -205,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         print(line + "".join(f"  ({k}: {v})" for k, v in r["notes"].items()), flush=True)
     load_after = os.getloadavg()
     schedules = "tuned records" if args.tuning_db else "default schedules"
+    if not results:
+        print("no model ran", file=sys.stderr)
+        return 1
     summary = {
         "geomean_ratio_to_onnxruntime": geometric_mean([r["ratio"] for r in results]),
         "geomean_ratio_to_best": geometric_mean([r["ratio_to_best"] for r in results]),
@@ -232,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "summary": summary,
             "results": results,
+            "failed": failed,
         },
     )
     print(f"wrote {args.out}")

@@ -159,3 +159,33 @@ def test_light_zoo_refuses_an_unknown_name():
 
     with pytest.raises(ValueError, match=r"light zoo model must be one of .*'resnet51'"):
         networks.light_zoo("resnet51")
+
+
+def test_model_benchmark_checks_and_times_every_runtime(tmp_path, monkeypatch, capsys):
+    """bench_models on a one-conv model: convforge and OpenVINO (when installed) agree with
+    onnxruntime and are timed; convforge / best peer is over the fastest peer."""
+    import benchmarks.bench_models as bench
+    from convforge.examples import networks
+
+    def tiny():
+        g = networks._Graph(0)
+        y = g.conv("x", 3, 8, (3, 3), pads=[1] * 4, activation="Relu")
+        return g.model(
+            "tiny", {"x": (("N", 3, 16, 16), "float32")}, {y: (("N", 8, 16, 16), "float32")}
+        )
+
+    monkeypatch.setitem(bench.MODELS, "tiny", tiny)
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    monkeypatch.setenv("TVM_BIND_THREADS", "0")
+    out = tmp_path / "models.json"
+    assert bench.main(["--models", "tiny", "--rounds", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (r,) = report["results"]
+    assert r["agree"] and r["max_abs_error"] < 1e-4
+    present, _ = peers.available(["openvino"])
+    assert r["peers_agree"] == {name: True for name in present}
+    timed = {n: r[f"{n}_median_ms"] for n in ("onnxruntime", *present)}
+    assert r["best_peer"] == min(timed, key=timed.get)
+    assert r["ratio_to_best"] == pytest.approx(r["convforge_median_ms"] / min(timed.values()))
+    assert report["summary"]["geomean_ratio_to_best"] == pytest.approx(r["ratio_to_best"])
+    assert "onnx2torch" in capsys.readouterr().out  # PyTorch is named as no model peer
