@@ -10,7 +10,9 @@ schedules, or tuned records with --tuning-db), check its outputs and OpenVINO's 
 installed: ``benchmarks/peers.py``, f32, latency hint, one stream) against onnxruntime,
 then time every runtime interleaved (one run of each per round, in a rotating order,
 after warm-up) on the same threads, so machine load hits all alike. Peers get the model
-with its batch fixed at 1. PyTorch is not a peer here: it has no ONNX importer
+with its batch fixed at 1. convforge's time is TVM's time_evaluator of one run (as before),
+the peers' the wall time of one call (onnxruntime's run, OpenVINO's infer with its inputs
+shared). PyTorch is not a peer here: it has no ONNX importer
 (onnx2torch is not available), so it is one for the operator suite only. Prints medians,
 convforge / onnxruntime and convforge / the best peer, their geometric means, and writes
 JSON atomically (with machine, versions and load).
@@ -98,9 +100,9 @@ def measure(name: str, rounds: int, tuning_db: str | None, threads: int, peers: 
     sess = session(fixed, threads, spinning=False)
     theirs = sess.run(None, feeds)
     args = list(feeds.values())
-    runs = {
-        "convforge": lambda: compiled(*args),
-        "onnxruntime": lambda: sess.run(None, feeds),
+    runs = {  # a run returns its own time (TVM's time_evaluator: inputs bound) or None
+        "convforge": lambda: compiled.time(*args, number=1, repeat=1),
+        "onnxruntime": lambda: sess.run(None, feeds) and None,
     }
     outputs = {"convforge": compiled(**feeds)}
     notes = {}
@@ -130,8 +132,8 @@ def measure(name: str, rounds: int, tuning_db: str | None, threads: int, peers: 
     for r in range(rounds):
         for runtime in order[r % len(order) :] + order[: r % len(order)]:
             begin = time.perf_counter()
-            runs[runtime]()
-            times[runtime].append(time.perf_counter() - begin)
+            own = runs[runtime]()
+            times[runtime].append(own if own is not None else time.perf_counter() - begin)
     medians = {runtime: statistics.median(t) for runtime, t in times.items()}
     best = min((t, runtime) for runtime, t in medians.items() if runtime != "convforge")
     kernels = compiled.metadata["kernels"]

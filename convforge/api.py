@@ -132,9 +132,10 @@ class WeightCache:
         self._entries: OrderedDict[tuple, list[np.ndarray | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def packed(self, w: np.ndarray, plan: ConvPlan) -> np.ndarray | None:
+    def packed(self, w: np.ndarray, plan: ConvPlan, target: TargetArg = None) -> np.ndarray | None:
         """``w`` packed for ``plan.with_constant_weight()`` when ``w`` was seen before with
-        the same bytes and plan; else None (``w`` remembered, to be packed next time)."""
+        the same bytes and plan; else None (``w`` remembered, to be packed next time; or
+        never, where ``plan``'s per-call kernel on ``target`` has a tuning record)."""
         if w.nbytes > self.max_bytes or self.max_entries <= 0:
             return None
         key = (id(w), plan.key)
@@ -143,8 +144,15 @@ class WeightCache:
             if entry is not None and _same_bits(entry[0], w):
                 self._entries.move_to_end(key)
                 if entry[1] is None:
-                    entry[1] = plan.with_constant_weight().pack(w)
+                    per_call = cached_kernel("conv", plan.key, plan.computation(), target)
+                    if getattr(per_call, "tuning_record", None) is not None:
+                        entry[1] = _TUNED  # its record is for the per-call PrimFunc
+                        return None
+                    # aligned once: the kernel reads it in place
+                    entry[1] = aligned(plan.with_constant_weight().pack(w))
                     self.packs += 1
+                elif entry[1] is _TUNED:
+                    return None
                 else:
                     self.hits += 1
                 return entry[1]
@@ -162,6 +170,10 @@ class WeightCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+#: A :class:`WeightCache` entry whose per-call kernel is tuned: never packed.
+_TUNED = np.empty(0)
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -230,15 +242,11 @@ def conv(
         x = aligned(x)
         if nonfinite_check(x.size, target)(x.reshape(-1)):
             plan = plan.direct()  # Winograd would spread a NaN/inf over its whole tile
-    kernel = cached_kernel("conv", plan.key, plan.computation(), target)
-    weight = w.reshape(plan.kernel_geometry.w_shape)
-    # a tuned kernel keeps its weight per call: its record is for exactly this PrimFunc
-    packed = None
-    if plan.algorithm.packs and getattr(kernel, "tuning_record", None) is None:
-        packed = WEIGHT_CACHE.packed(w, plan)
+    name, weight = "conv", w.reshape(plan.kernel_geometry.w_shape)
+    packed = WEIGHT_CACHE.packed(w, plan, target) if plan.algorithm.packs else None
     if packed is not None:  # w seen before, unchanged: its pack, as prepare_conv runs it
-        plan, weight = plan.with_constant_weight(), packed
-        kernel = cached_kernel("prepared_conv", plan.key, plan.computation(), target)
+        name, plan, weight = "prepared_conv", plan.with_constant_weight(), packed
+    kernel = cached_kernel(name, plan.key, plan.computation(), target)
     arrays = (plan.prepare_x(x), weight, bias)
     return kernel(*[a for a in arrays if a is not None]).reshape(geom.out_shape)
 

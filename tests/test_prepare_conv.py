@@ -200,3 +200,20 @@ def test_weight_cache_is_bounded_and_can_be_turned_off():
     assert off.packed(weights[0], plan) is None and off.packed(weights[0], plan) is None
     small = api.WeightCache(max_bytes=100)
     assert small.packed(weights[0], plan) is None and len(small) == 0
+
+
+def test_weight_cache_leaves_a_tuned_kernel_its_weight_per_call(monkeypatch):
+    """A tuning record is for the per-call PrimFunc: where the per-call kernel has one, the
+    weight is never packed (the tuned kernel keeps running)."""
+    from types import SimpleNamespace
+
+    from convforge import api
+
+    geom = shapes.conv_geometry((1, 8, 6, 6), (16, 8, 1, 1))
+    plan = plan_conv(geom, "float32")
+    tuned = SimpleNamespace(tuning_record="a record")
+    monkeypatch.setattr(api, "cached_kernel", lambda *args, **kwargs: tuned)
+    cache = api.WeightCache()
+    w = np.ones((16, 8, 1, 1), np.float32)
+    assert [cache.packed(w, plan) for _ in range(3)] == [None, None, None]
+    assert (cache.packs, cache.hits) == (0, 0)
