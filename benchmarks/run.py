@@ -1,7 +1,11 @@
-"""Run the benchmark suite: convforge (default and tuned schedules), onnxruntime, PyTorch.
+"""Run the benchmark suite: convforge (default and tuned schedules), onnxruntime, OpenVINO, PyTorch.
 
-``python -m benchmarks.run [--quick] [--only NAME[,NAME]] [--json out.json] [--png out.png]
-[--repeat N] [--tuning-db DIR] [--threads 2]``
+``python -m benchmarks.run [--quick] [--only NAME[,NAME]] [--set bench|peers] [--json out.json]
+[--png out.png] [--repeat N] [--tuning-db DIR] [--threads 2]``
+
+The peers (``benchmarks/peers.py``: OpenVINO with f32 precision, latency hint and one stream;
+PyTorch's ``torch.nn.functional`` under ``inference_mode``) run when installed (``pip install
+-e ".[peers]"``), on the same threads; a missing one is named once as skipped.
 
 Every implementation of a workload is first checked against onnxruntime (``compare``),
 then timed interleaved in one process: each repeat runs one timed sample of every
@@ -151,6 +155,19 @@ def convforge_impl(tuning_db: str | None, packed: bool = True):
     return prepare
 
 
+def openvino_impl(threads: int):
+    """OpenVINO on the workload's ONNX graph (the one onnxruntime runs), weights as
+    initializers: compiled once, inputs shared with the request (no copy per call)."""
+    from benchmarks.peers import OpenVINOModel
+
+    def prepare(wl, arrays) -> Prepared:
+        model = OpenVINOModel(wl.spec.onnx(wl, arrays), threads)
+        (output,) = model({"x": arrays["x"]})
+        return Prepared(model.run, output, "ONNX graph, f32, latency, 1 stream")
+
+    return prepare
+
+
 def torch_impl(threads: int):
     import torch
 
@@ -182,10 +199,13 @@ def implementations(args) -> tuple[dict[str, Callable], list[str]]:
         notes.append("convforge-tuned: left out (convforge.schedules.tuning not in this checkout)")
     else:
         impls["convforge-tuned"] = convforge_impl(args.tuning_db)
-    if importlib.util.find_spec("torch") is None:
-        notes.append("pytorch: left out (torch not importable)")
-    else:
-        impls["pytorch"] = torch_impl(args.threads)
+    from benchmarks.peers import available
+
+    present, missing = available()
+    notes += missing
+    peers = {"openvino": openvino_impl, "pytorch": torch_impl}
+    for name in present:
+        impls[name] = peers[name](args.threads)
     return impls, notes
 
 
@@ -332,12 +352,31 @@ def measure_workload(wl, impls, repeat: int, sample_s: float, seed: int = 0) -> 
     }
 
 
+#: The runtimes convforge is compared with ("the best peer": the fastest of these measured).
+PEERS = ("onnxruntime", "openvino", "pytorch")
+
+
 def add_ratios(result: dict[str, Any], sgemm_gflops: float) -> None:
+    """Each entry's time / onnxruntime's and share of the sgemm ceiling; the result's
+    ``best_peer`` (the fastest of :data:`PEERS` that ran and agreed) and convforge's time
+    over it, ``convforge_to_best`` (None without a peer)."""
     ort = result["impls"].get("onnxruntime", {}).get("median_s")
     for entry in result["impls"].values():
         t = entry["median_s"]
         entry["ratio_to_onnxruntime"] = t / ort if t and ort else None
         entry["percent_of_sgemm"] = 100 * entry["gflops"] / sgemm_gflops if t else None
+    peers = [(e["median_s"], name) for name, e in result["impls"].items()
+             if name in PEERS and e["median_s"]]  # fmt: skip
+    best = min(peers, default=None)
+    ours = result["impls"].get("convforge", {}).get("median_s")
+    result["best_peer"] = best[1] if best else None
+    result["convforge_to_best"] = ours / best[0] if best and ours else None
+
+
+def geometric_mean(values: Sequence[float]) -> float | None:
+    """The geometric mean of the positive ``values`` (None when there are none)."""
+    values = [v for v in values if v]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
 
 # --- output ----------------------------------------------------------------------------
@@ -357,6 +396,7 @@ def print_table(report: dict[str, Any], impl_names: Sequence[str]) -> None:
     for name in impl_names:
         table.add_column(name, justify="right")
     table.add_column("convforge % sgemm (dense)", justify="right")
+    table.add_column("convforge / best peer", justify="right")
     for result in report["workloads"]:
         row = [result["description"] or result["name"], f"{result['flops'] / 1e9:.3f}"]
         for name in impl_names:
@@ -376,9 +416,14 @@ def print_table(report: dict[str, Any], impl_names: Sequence[str]) -> None:
         cf = result["impls"].get("convforge", {})
         dense = result["dense"] and cf.get("percent_of_sgemm")
         row.append(f"{cf['percent_of_sgemm']:.0f}%" if dense else "")
+        best = result.get("convforge_to_best")
+        row.append(f"{best:.2f}x ({result['best_peer']})" if best else "")
         table.add_row(*row)
-    console = Console(width=200)
+    console = Console(width=240)
     console.print(table)
+    summary = report.get("convforge_to_best_geomean")
+    if summary:
+        console.print(f"  convforge / best peer: geometric mean {summary:.2f}x")
     for result in report["workloads"]:
         for name, e in result["impls"].items():
             if e["status"] != "ok":
@@ -445,6 +490,22 @@ def machine_info(threads: int, load_before: tuple[float, ...]) -> dict[str, Any]
     }
 
 
+def versions() -> dict[str, str | None]:
+    """Versions of convforge, TVM and every runtime timed (None: not installed)."""
+    import onnxruntime
+    import tvm
+
+    import convforge
+    from benchmarks.peers import PEER_MODULES, version
+
+    return {
+        "convforge": getattr(convforge, "__version__", None),
+        "tvm": tvm.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        **{name: version(name) for name in PEER_MODULES},
+    }
+
+
 #: 1-minute load average per core above which timings are flagged as unreliable.
 BUSY_LOAD_PER_CORE = 0.5
 
@@ -455,6 +516,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="fewer, shorter samples")
     parser.add_argument("--only", help="comma-separated workload names (substrings match)")
+    parser.add_argument(
+        "--set", default="bench",
+        help="workload set of convforge.workloads (bench: the CI suite; models: the extended "
+        "suite of shapes from MobileNet, EfficientNet, ResNeXt, U-Net, video and audio nets)",
+    )  # fmt: skip
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--png", help="draw the ratio chart here (needs matplotlib)")
     parser.add_argument("--repeat", type=int, help="timed samples per implementation")
@@ -495,7 +561,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_thread_pools()
     threadpool_limits(args.threads, user_api="blas")  # numpy's sgemm, for the ceiling
     from benchmarks.workloads import SUITE
+    from convforge.workloads import select
 
+    if args.set != "bench":
+        try:
+            SUITE = select(args.set)
+        except ValueError as err:
+            print(f"--set: {err}", file=sys.stderr)
+            return 2
     if args.list:
         for wl in SUITE:
             print(f"{wl.name:36s} {wl.description}")
@@ -528,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sgemm = sgemm_ceiling(timers, sgemm_before, sgemm_after)
     for result in results:
         add_ratios(result, sgemm["gflops"])
+    geomean = geometric_mean([r["convforge_to_best"] for r in results])
     machine = machine_info(args.threads, load_before)
     if machine["busy"]:
         notes.append(
@@ -537,12 +611,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "machine": machine,
         "settings": {"repeat": args.repeat, "sample_ms": args.sample_ms, "quick": args.quick,
-                     "tuning_db": args.tuning_db,
+                     "set": args.set, "tuning_db": args.tuning_db,
                      **{k: os.environ.get(k) for k in (
                          "TVM_NUM_THREADS", "TVM_BIND_THREADS", "TVM_THREAD_POOL_SPIN_COUNT",
                          "OMP_WAIT_POLICY")},
                      "onnxruntime_spinning": False},
+        "versions": versions(),
         "sgemm": sgemm,
+        "convforge_to_best_geomean": geomean,
         "notes": notes,
         "workloads": results,
     }  # fmt: skip

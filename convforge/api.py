@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -99,6 +101,93 @@ def placeholders(dtype: str, **shapes_: Sequence[int] | None) -> list[te.Tensor 
     ]
 
 
+class WeightCache:
+    """:func:`conv`'s packed weights: a weight array passed again, unchanged, is packed
+    once (the NCHW[x]c blocks or Winograd transform its kernel would otherwise compute on
+    every call) and the kernel that reads it packed runs.
+
+    Keyed safely: an entry is found by the array's ``id`` and the plan, and used only when
+    the array's bytes equal, bit for bit, a private copy taken when it was first seen (so
+    an array mutated in place, or a new array that reuses a freed one's id, is never
+    computed with a stale pack: it is remembered anew and computed as on a first call).
+    The first call with a weight computes as before (packing in the kernel) and keeps the
+    copy; the second packs. A kernel with a tuning record keeps packing per call (the
+    record is for that PrimFunc). The comparison costs one pass over the weight (memcmp speed,
+    about 10x cheaper than hashing it). A Winograd weight is transformed in float64 once
+    packed (``plan.pack``), in float32 inside the kernel before: the second and later
+    calls may differ from the first in the last bits (both within
+    :data:`WINOGRAD_ERROR_BOUND`); blocked packing is a copy and changes nothing.
+
+    At most ``max_entries`` weights (least recently used dropped); a weight over
+    ``max_bytes`` is never cached. :data:`WEIGHT_CACHE` is :func:`conv`'s; ``clear()``
+    empties it, ``max_entries = 0`` turns it off. Thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 32, max_bytes: int = 64 << 20):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        #: Calls that used a cached pack, and packs made.
+        self.hits = 0
+        self.packs = 0
+        self._entries: OrderedDict[tuple, list[np.ndarray | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def packed(self, w: np.ndarray, plan: ConvPlan, target: TargetArg = None) -> np.ndarray | None:
+        """``w`` packed for ``plan.with_constant_weight()`` when ``w`` was seen before with
+        the same bytes and plan; else None (``w`` remembered, to be packed next time; or
+        never, where ``plan``'s per-call kernel on ``target`` has a tuning record)."""
+        if w.nbytes > self.max_bytes or self.max_entries <= 0:
+            return None
+        key = (id(w), plan.key)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and _same_bits(entry[0], w):
+                self._entries.move_to_end(key)
+                if entry[1] is None:
+                    per_call = cached_kernel("conv", plan.key, plan.computation(), target)
+                    if getattr(per_call, "tuning_record", None) is not None:
+                        entry[1] = _TUNED  # its record is for the per-call PrimFunc
+                        return None
+                    # aligned once: the kernel reads it in place
+                    entry[1] = aligned(plan.with_constant_weight().pack(w))
+                    self.packs += 1
+                elif entry[1] is _TUNED:
+                    return None
+                else:
+                    self.hits += 1
+                return entry[1]
+            self._entries[key] = [w.copy(), None]
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+            return None
+
+    def clear(self) -> None:
+        """Forget every weight (and the counters)."""
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.packs = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+#: A :class:`WeightCache` entry whose per-call kernel is tuned: never packed.
+_TUNED = np.empty(0)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether a and b hold the same values bit for bit (NaN payloads, -0.0 included)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    bits = np.dtype(f"u{a.dtype.itemsize}")
+    return bool(np.array_equal(a.view(bits), b.view(bits)))
+
+
+#: :func:`conv`'s cache of packed weights (:class:`WeightCache`).
+WEIGHT_CACHE = WeightCache()
+
+
 def _run(name, key, build, arrays, target):
     kernel = cached_kernel(name, key, build, target)
     return kernel(*[a for a in arrays if a is not None])
@@ -133,6 +222,10 @@ def conv(
     inputs: an output is NaN or +-inf exactly where the direct convolution gives one (a
     Winograd call whose x holds a NaN or an infinity runs the direct kernel instead,
     which the check of x decides).
+
+    A weight array passed again with the same bytes is packed once and reused
+    (:class:`WeightCache`: keyed by identity and checked bit for bit, so a mutated array is
+    never computed with a stale pack).
     """
     dtype, (x, w, bias) = as_float_arrays(x=x, w=w, bias=bias)
     geom = shapes.conv_geometry(
@@ -149,8 +242,13 @@ def conv(
         x = aligned(x)
         if nonfinite_check(x.size, target)(x.reshape(-1)):
             plan = plan.direct()  # Winograd would spread a NaN/inf over its whole tile
-    arrays = (plan.prepare_x(x), w.reshape(plan.kernel_geometry.w_shape), bias)
-    return _run("conv", plan.key, plan.computation(), arrays, target).reshape(geom.out_shape)
+    name, weight = "conv", w.reshape(plan.kernel_geometry.w_shape)
+    packed = WEIGHT_CACHE.packed(w, plan, target) if plan.algorithm.packs else None
+    if packed is not None:  # w seen before, unchanged: its pack, as prepare_conv runs it
+        name, plan, weight = "prepared_conv", plan.with_constant_weight(), packed
+    kernel = cached_kernel(name, plan.key, plan.computation(), target)
+    arrays = (plan.prepare_x(x), weight, bias)
+    return kernel(*[a for a in arrays if a is not None]).reshape(geom.out_shape)
 
 
 def prepared_input(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:

@@ -183,7 +183,8 @@ def winograd_tiles(
     ``cpu_winograd.CACHED_WEIGHT_FLOATS`` only when ``constant_weight``). A weight given on
     every call is transformed on every call: such convolutions need
     :attr:`~convforge.targets.TargetProfile.min_tiles_per_call_weight` tiles; a
-    ``constant_weight`` needs none."""
+    ``constant_weight`` needs none. algorithm='auto' passes over stride-phase tiles for
+    kernels below the profile's ``stride_phase_min_kernel`` (AVX2: 7; :meth:`Winograd.auto`)."""
     if not is_cpu(target) or dtype != "float32" or geom.ndim != 2 or geom.groups != 1:
         return None
     thresholds = profile(target)
@@ -230,6 +231,7 @@ class ConvAlgorithm:
       reads with ``packed`` (identity by default);
     - ``pooled(geom, pool, dtype, target)``: the algorithm that also computes the max
       ``pool`` of the output inside the kernel, or None;
+    - ``auto(geom, target)``: whether 'auto' takes it where it applies (True by default);
     - ``x_shape(geom)``: the input the computation reads (``geom.x_shape`` but for a
       folded resize);
     - ``label`` (suffix of the kernel name in ``report()``), ``schedule`` (the schedule
@@ -273,6 +275,11 @@ class ConvAlgorithm:
     @property
     def label(self) -> str:
         return ""
+
+    def auto(self, geom: shapes.ConvGeometry, target: tvm.target.Target) -> bool:
+        """Whether algorithm='auto' takes this choice for ``geom`` on ``target`` (else the
+        next algorithm)."""
+        return True
 
     def x_shape(self, geom: shapes.ConvGeometry) -> tuple[int, ...]:
         """The shape of the x the computation reads for the convolution ``geom``."""
@@ -338,6 +345,12 @@ class Winograd(ConvAlgorithm):
         rh, rw = _ceil_div(r, sh), _ceil_div(s, sw)
         chunks = _ceil_div(k, t.out_block)
         return (t.m + rh - 1, t.m + rw - 1, chunks, sh * sw * c, t.out_block)
+
+    def auto(self, geom, target):
+        """Stride-phase Winograd only from the profile's ``stride_phase_min_kernel`` (on
+        AVX2 the smaller kernels ran slower than the direct convolution)."""
+        stride_one = self.tiles.stride == (1, 1)
+        return stride_one or geom.kernel[0] >= profile(target).stride_phase_min_kernel
 
     def pooled(self, geom, pool, dtype, target):
         whole = all(self.tiles.m % k == 0 for k in pool.kernel) and geom.dilation == (1, 1)
@@ -533,6 +546,11 @@ class ConvPlan:
             self.residual, self.packs,
         )  # fmt: skip
 
+    def with_constant_weight(self) -> ConvPlan:
+        """This plan (the same algorithm and parameters) computing from a weight packed once
+        by :meth:`pack` (the numpy API's cache of a weight passed again unchanged)."""
+        return dataclasses.replace(self, constant_weight=True)
+
     def direct(self) -> ConvPlan:
         """The plan of the same convolution by the direct algorithm (``algorithm='direct'``),
         with the fused pool only where this plan computes it (then inside the direct kernel
@@ -640,7 +658,8 @@ def choose_algorithm(
     """The first algorithm of :data:`CONV_ALGORITHMS` (filtered by ``algorithm``) that
     applies to the kernel geometry ``geom``. 'winograd' takes the inexact algorithms
     wherever they apply, as for a constant weight (ValueError naming ``algorithm``
-    where none does); 'direct' never does."""
+    where none does); 'direct' never does; 'auto' skips one whose ``auto(geom, target)``
+    is False (stride-phase Winograd below the profile's ``stride_phase_min_kernel``)."""
     for cls in CONV_ALGORITHMS:
         if algorithm == "direct" and not cls.exact:
             continue
@@ -648,7 +667,7 @@ def choose_algorithm(
             continue
         constant = constant_weight or algorithm == "winograd"
         chosen = cls.choose(geom, dtype, target, constant_weight=constant)
-        if chosen is not None:
+        if chosen is not None and (algorithm != "auto" or chosen.auto(geom, target)):
             return chosen
     raise _winograd_refusal(geom, dtype, target)
 

@@ -191,6 +191,12 @@ class TargetProfile:
     #: transformed on every call needs this many tiles. #winograd-per-call-weight
     min_winograd_channels: int = 8
     min_tiles_per_call_weight: int = 32
+    #: The smallest (square) kernel for which 'auto' takes stride-2 Winograd (F(4x4, r x r)
+    #: over the stride phases stacked as channels) where it applies: every kernel by
+    #: default (AVX-512); 7 on AVX2, where the 3x3, 4x4 and 5x5 ran 1.1-1.5x slower than the
+    #: direct convolution and 7x7 0.4-0.9x (an explicit algorithm='winograd' takes any).
+    #: #stride-phase-winograd
+    stride_phase_min_kernel: int = 0
 
     def vector_lanes(self, dtype: str) -> int:
         """Lanes of ``dtype`` in one vector register (1 on a GPU or for wider types)."""
@@ -220,7 +226,16 @@ PROFILES: dict[str, TargetProfile] = {
     p.name: p
     for p in (
         TargetProfile("x86-sse", "llvm", 128, 16, 32 * _KIB, 256 * _KIB, 1 * _MIB),
-        TargetProfile("x86-avx2", "llvm", 256, 16, 32 * _KIB, 512 * _KIB, 4 * _MIB),
+        TargetProfile(
+            "x86-avx2",
+            "llvm",
+            256,
+            16,
+            32 * _KIB,
+            512 * _KIB,
+            4 * _MIB,
+            stride_phase_min_kernel=7,
+        ),
         TargetProfile(
             "x86-avx512", "llvm", 512, 32, 32 * _KIB, 1 * _MIB, 1408 * _KIB, direct_accumulators=24
         ),

@@ -6,7 +6,10 @@ A :class:`Workload` is data (operator, input shapes, keyword arguments, dtype) n
 ``tune_suite.py``, ``nonfinite_cost.py``), :data:`GPU` (``convforge aot``,
 ``benchmarks/gpu_package.py`` and ``gpu_bench.py``), :data:`TUNE` (``convforge tune
 --workload``; a workload may carry the older name that command knows it by,
-``tune_name``) and :data:`CPU_SPECIAL` (``benchmarks/cpu_special.py``). :func:`select`
+``tune_name``), :data:`CPU_SPECIAL` (``benchmarks/cpu_special.py``) and :data:`NETS`
+(``benchmarks/run.py --set nets``: the benchmark suite plus shapes from MobileNetV2/V3,
+EfficientNet, ResNeXt, U-Net decoders, 3-D video and 1-D audio networks, timed against
+every installed peer). :func:`select`
 gives a set in registry order. Adding a workload is one line in :data:`REGISTRY`.
 
 :data:`OPS` maps each operator name to an :class:`Op`: the convforge function that runs it,
@@ -38,7 +41,10 @@ GPU = "gpu"
 TUNE = "tune"
 #: The special-convolution CPU paths timed by ``benchmarks/cpu_special.py`` (no bias).
 CPU_SPECIAL = "cpu_special"
-SETS = (BENCH, GPU, TUNE, CPU_SPECIAL)
+#: The extended CPU suite (``benchmarks/run.py --set nets``): :data:`BENCH`'s float32
+#: workloads plus convolutions from more networks; :data:`BENCH` stays CI's short list.
+NETS = "nets"
+SETS = (BENCH, GPU, TUNE, CPU_SPECIAL, NETS)
 
 
 @dataclass(frozen=True)
@@ -244,7 +250,8 @@ def _conv_torch(torch, t, params):
     if params.get("causal"):
         x = torch.nn.functional.pad(x, (params["dilation"] * (t["w"].shape[-1] - 1), 0))
         geom_pad = 0
-    fn = {3: torch.nn.functional.conv1d, 4: torch.nn.functional.conv2d}[x.dim()]
+    fn = {3: torch.nn.functional.conv1d, 4: torch.nn.functional.conv2d,
+          5: torch.nn.functional.conv3d}[x.dim()]  # fmt: skip
     return fn(
         x, t["w"], t.get("bias"), stride=params.get("stride", 1), padding=geom_pad,
         dilation=params.get("dilation", 1), groups=params.get("groups", 1),
@@ -270,9 +277,12 @@ def _conv_transpose_onnx(wl: Workload, arrays: Arrays) -> Any:
 
 
 def _conv_transpose_torch(torch, t, params):
-    return torch.nn.functional.conv_transpose2d(
+    fn = {3: torch.nn.functional.conv_transpose1d, 4: torch.nn.functional.conv_transpose2d,
+          5: torch.nn.functional.conv_transpose3d}[t["x"].dim()]  # fmt: skip
+    return fn(
         t["x"], t["w"], t.get("bias"), stride=params.get("stride", 1),
-        padding=params.get("padding", 0), dilation=params.get("dilation", 1),
+        padding=params.get("padding", 0), output_padding=params.get("output_padding", 0),
+        groups=params.get("groups", 1), dilation=params.get("dilation", 1),
     )  # fmt: skip
 
 
@@ -415,7 +425,7 @@ def _wl(name, op, shapes_, params=None, *, sets, desc="", tune_name=None) -> Wor
     return Workload(name, op, shapes_, params or {}, description=desc, sets=frozenset(sets), tune_name=tune_name)  # fmt: skip
 
 
-_BG = (BENCH, GPU)
+_BG = (BENCH, GPU, NETS)
 
 #: Every named workload, once (float32, batch 1 unless named otherwise).
 REGISTRY: tuple[Workload, ...] = (
@@ -426,8 +436,8 @@ REGISTRY: tuple[Workload, ...] = (
     _conv("conv7x7_s2_3_64_224", 3, 64, 224, 7, stride=2, padding=3, desc="stem 7x7 s2 3->64 224", sets=_BG),
     _conv("conv3x3_d2_64_64", 64, 64, 64, 3, dilation=2, padding=2, desc="dilated 3x3 d=2 64->64 64x64", sets=_BG),
     _conv("depthwise3x3_128_56", 128, 128, 56, 3, groups=128, padding=1, desc="depthwise 3x3 128ch 56x56", sets=_BG),
-    _conv("grouped3x3_g32_256_28", 256, 256, 28, 3, groups=32, padding=1, desc="ResNeXt 3x3 g=32 256ch 28x28", sets=[GPU]),
-    _conv("conv3d_3x3x3_32_64_16x28", 32, 64, (16, 28, 28), 3, padding=1, desc="3-D 3x3x3 32->64 16x28x28", sets=[GPU]),
+    _conv("grouped3x3_g32_256_28", 256, 256, 28, 3, groups=32, padding=1, desc="ResNeXt 3x3 g=32 256ch 28x28", sets=[GPU, NETS]),
+    _conv("conv3d_3x3x3_32_64_16x28", 32, 64, (16, 28, 28), 3, padding=1, desc="3-D 3x3x3 32->64 16x28x28", sets=[GPU, NETS]),
     _wl("causal1d_k2_d8", "causal_conv1d", {"x": (1, 64, 16000), "w": (64, 64, 2), "bias": (64,)}, {"dilation": 8}, desc="causal 1-D 64->64 L=16000 k=2 d=8", sets=_BG),
     _wl("causal1d_k3_d512", "causal_conv1d", {"x": (1, 64, 16000), "w": (64, 64, 3), "bias": (64,)}, {"dilation": 512}, desc="causal 1-D 64->64 L=16000 k=3 d=512", sets=_BG),
     _wl("convT_256_128_16", "conv_transpose", {"x": (1, 256, 16, 16), "w": (256, 128, 4, 4), "bias": (128,)}, {"stride": 2, "padding": 1}, desc="transposed 256->128 k4 s2 16->32", sets=(*_BG, TUNE), tune_name="transpose_4x4_s2_256_16_bias"),
@@ -437,6 +447,23 @@ REGISTRY: tuple[Workload, ...] = (
     _conv("conv3x3_64_56_b8", 64, 64, 56, 3, batch=8, padding=1, desc="ResNet-50 3x3 64->64 56x56, batch 8", sets=_BG),
     _conv("conv3x3_64_56_fp16", 64, 64, 56, 3, padding=1, dtype="float16", desc="3x3 64->64 56x56 float16 (float32 accumulation)", sets=[GPU]),
     _conv("depthwise3x3_128_56_fp16", 128, 128, 56, 3, groups=128, padding=1, dtype="float16", desc="depthwise 3x3 128ch 56x56 float16", sets=[GPU]),
+    # the extended suite (NETS): MobileNetV2/V3, EfficientNet-B0, ResNeXt-50, U-Net decoders,
+    # 3-D video (C3D / R3D-style), 1-D audio (wav2vec 2.0 feature encoder, a 5-tap conv)
+    _conv("mbv2_1x1_24_144_56", 24, 144, 56, 1, desc="MobileNetV2 expand 1x1 24->144 56x56", sets=[NETS]),
+    _conv("mbv2_dw3x3_s2_144_56", 144, 144, 56, 3, stride=2, padding=1, groups=144, desc="MobileNetV2 depthwise 3x3 s2 144ch 56->28", sets=[NETS]),
+    _conv("mbv2_1x1_144_32_28", 144, 32, 28, 1, desc="MobileNetV2 project 1x1 144->32 28x28", sets=[NETS]),
+    _conv("mbv2_dw3x3_960_7", 960, 960, 7, 3, padding=1, groups=960, desc="MobileNetV2 depthwise 3x3 960ch 7x7", sets=[NETS]),
+    _conv("mbv3_dw5x5_s2_72_56", 72, 72, 56, 5, stride=2, padding=2, groups=72, desc="MobileNetV3 depthwise 5x5 s2 72ch 56->28", sets=[NETS]),
+    _conv("mbv3_dw5x5_480_14", 480, 480, 14, 5, padding=2, groups=480, desc="MobileNetV3 depthwise 5x5 480ch 14x14", sets=[NETS]),
+    _conv("effnet_dw5x5_240_28", 240, 240, 28, 5, padding=2, groups=240, desc="EfficientNet-B0 depthwise 5x5 240ch 28x28", sets=[NETS]),
+    _conv("effnet_dw3x3_s2_96_112", 96, 96, 112, 3, stride=2, padding=1, groups=96, desc="EfficientNet-B0 depthwise 3x3 s2 96ch 112->56", sets=[NETS]),
+    _conv("effnet_1x1_1152_192_7", 1152, 192, 7, 1, desc="EfficientNet-B0 project 1x1 1152->192 7x7", sets=[NETS]),
+    _conv("resnext_g32_s2_512_28", 512, 512, 28, 3, stride=2, padding=1, groups=32, desc="ResNeXt-50 3x3 g=32 s2 512ch 28->14", sets=[NETS]),
+    _wl("unet_convT_k2s2_512_256_28", "conv_transpose", {"x": (1, 512, 28, 28), "w": (512, 256, 2, 2), "bias": (256,)}, {"stride": 2}, desc="U-Net up 2x2 s2 512->256 28->56", sets=[NETS]),
+    _wl("unet_convT_k3s2op1_128_64_56", "conv_transpose", {"x": (1, 128, 56, 56), "w": (128, 64, 3, 3), "bias": (64,)}, {"stride": 2, "padding": 1, "output_padding": 1}, desc="transposed 3x3 s2 output_padding 1 128->64 56->112", sets=[NETS]),
+    _conv("video_3x3x3_s2_64_128_16x56", 64, 128, (16, 56, 56), 3, stride=2, padding=1, desc="3-D 3x3x3 s2 64->128 16x56x56 -> 8x28x28", sets=[NETS]),
+    _conv("audio_k5_256_4096", 256, 256, (4096,), 5, padding=2, desc="1-D 5-tap 256->256 L=4096", sets=[NETS]),
+    _conv("wav2vec_k3_s2_512_1600", 512, 512, (1600,), 3, stride=2, desc="wav2vec 2.0 1-D k3 s2 512->512 L=1600", sets=[NETS]),
     # convforge tune --workload (ResNet / MobileNet / 1-D / decoder convolutions, no bias)
     _conv("resnet_3x3_64_56", 64, 64, 56, 3, padding=1, bias=False, sets=[TUNE]),
     _conv("resnet_3x3_128_28", 128, 128, 28, 3, padding=1, bias=False, sets=[TUNE]),

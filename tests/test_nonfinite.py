@@ -21,7 +21,7 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 import convforge as cf
-from convforge import shapes
+from convforge import api, shapes
 from convforge.api import WINOGRAD_ERROR_BOUND
 from convforge.build import cache_size, recording_kernels
 from convforge.export import (
@@ -301,6 +301,7 @@ def test_algorithm_is_part_of_the_kernel_cache_key_and_the_report():
     expected = run_onnxruntime(conv_model(geom), {"x": x, "w": w})[0]
     kernels = {}
     for algorithm in ("direct", "winograd", "auto"):
+        api.WEIGHT_CACHE.clear()  # each a first call with w: its plan's kernel, not a pack
         before = cache_size()
         with recording_kernels() as used:
             y = cf.conv(x, w, padding=1, algorithm=algorithm)

@@ -56,15 +56,20 @@ def test_registry_order_and_algorithm_filter():
 
 
 def test_constant_weight_and_stride_phases():
-    """A constant weight admits Winograd on few tiles and on large stride-2 convolutions;
-    its packed shape is what ``pack`` returns."""
+    """A constant weight admits Winograd on few tiles and on large stride-2 convolutions
+    (their stride phases: 'auto' on AVX-512, only algorithm='winograd' on AVX2); its
+    packed shape is what ``pack`` returns."""
     small = _geom((1, 16, 9, 11), (24, 16, 3, 3), padding=1)
     assert plan_conv(small, "float32", AVX2).algorithm.name == "blocked"
     packed = plan_conv(small, "float32", AVX2, constant_weight=True)
     assert packed.label == "conv2d (winograd F4x4)" and packed.packs
     strided = _geom((1, 32, 28, 28), (40, 32, 3, 3), stride=2, padding=1)
-    phases = plan_conv(strided, "float32", AVX2, constant_weight=True)
+    phases = plan_conv(strided, "float32", AVX512, constant_weight=True)
     assert phases.label == "conv2d (winograd F4x4, stride 2x2 phases)"
+    on_avx2 = plan_conv(strided, "float32", AVX2, constant_weight=True)
+    assert on_avx2.algorithm.name == "blocked" and not on_avx2.needs_finite_check
+    asked = plan_conv(strided, "float32", AVX2, constant_weight=True, algorithm="winograd")
+    assert asked.label == phases.label
     rng = np.random.default_rng(0)
     for plan in (packed, phases, plan_conv(small, "float32", AVX2, constant_weight=True,
                                            algorithm="direct")):  # fmt: skip

@@ -10,10 +10,12 @@ from convforge.plan import plan_conv
 
 # (x shape, w shape, conv keyword arguments): each packed form of a weight (Winograd at
 # stride 1 and over stride phases, NCHW[x]c blocks, a 1x1 over one row, generic), with
-# bias and activation, and the dtypes without a CPU packing.
+# bias and activation, and the dtypes without a CPU packing. The 3x3's stride phases are
+# asked for (algorithm='winograd'): 'auto' takes them for a 3x3 on AVX-512 only, for a 7x7
+# everywhere (profile.stride_phase_min_kernel).
 CASES = {
     "winograd_few_tiles": ((1, 16, 9, 11), (24, 16, 3, 3), dict(padding=1)),
-    "winograd_stride_phases": ((1, 32, 20, 18), (40, 32, 3, 3), dict(stride=2, padding=1)),
+    "winograd_stride_phases": ((1, 32, 20, 18), (40, 32, 3, 3), dict(stride=2, padding=1, algorithm="winograd")),
     "winograd_stem": ((2, 3, 21, 19), (16, 3, 7, 7), dict(stride=2, padding=3)),
     "nchwc_5x5": ((2, 4, 13, 11), (16, 4, 5, 5), dict(stride=(1, 2), padding=2)),
     "pointwise_row": ((1, 32, 14, 14), (64, 32, 1, 1), {}),
@@ -43,6 +45,7 @@ def test_prepared_conv_matches_onnxruntime(case, bias, activation):
     x, w, b = _arrays(x_shape, w_shape)
     b = b if bias else None
     op = cf.prepare_conv(w, b, x_shape=x.shape, activation=activation, **kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k != "algorithm"}
     geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
     assert op.geom == geom
     agreement = compare(op(x), _onnxruntime(x, w, b, geom, activation))
@@ -53,7 +56,7 @@ def test_stride_phase_winograd_is_what_a_prepared_conv_runs():
     """The packed weight is the F(4x4, 2x2) transform of the four stride phases
     (4 x 32 = 128 channels), where the per-call API keeps the direct convolution."""
     x_shape, w_shape, kwargs = CASES["winograd_stride_phases"]
-    geom = shapes.conv_geometry(x_shape, w_shape, **kwargs)
+    geom = shapes.conv_geometry(x_shape, w_shape, stride=2, padding=1)
     _, w, _ = _arrays(x_shape, w_shape)
     op = cf.prepare_conv(w, x_shape=x_shape, **kwargs)
     tiles = op.plan.algorithm.tiles
@@ -129,3 +132,88 @@ def test_prepare_dense_refuses_other_shapes():
         op(np.ones((2, 4), np.float32))
     with pytest.raises(ValueError, match=r"shape \(N, F\)"):
         cf.prepare_dense(w, x_shape=(2, 3, 1))
+
+
+# --- cf.conv's cache of packed weights (api.WeightCache) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs",
+    [
+        ((1, 24, 14, 14), (48, 24, 1, 1), {}),  # blocked 1x1 over one row
+        ((1, 16, 20, 20), (16, 16, 3, 3), dict(padding=1)),  # Winograd, weight per call
+    ],
+    ids=["blocked_1x1", "winograd_3x3"],
+)
+def test_a_reused_weight_is_packed_once_and_a_mutated_one_never_reuses_its_pack(
+    x_shape, w_shape, kwargs
+):
+    """Against the sparse-matrix oracle on every call: the second call with the same array
+    packs it, the third reuses the pack; after an in-place change (one element, or only
+    the sign of a zero) the result follows the new weight and the old pack is not used."""
+    from convforge import api
+
+    x, w, b = _arrays(x_shape, w_shape, seed=5)
+    w[0, 0, 0, 0] = 0.0
+    geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
+
+    def expected():
+        y = cf.conv_matrix(w.astype(np.float64), geom) @ x.astype(np.float64).ravel()
+        return (y.reshape(geom.out_shape) + b.reshape(1, -1, 1, 1)).astype(np.float32)
+
+    cache = api.WEIGHT_CACHE
+    cache.clear()
+    for packs, hits in [(0, 0), (1, 0), (1, 1)]:
+        assert compare(cf.conv(x, w, b, **kwargs), expected()).ok
+        assert (cache.packs, cache.hits) == (packs, hits)
+    w[1, 2, 0, 0] += 3.0  # changed in place: same id, other bytes
+    assert compare(cf.conv(x, w, b, **kwargs), expected()).ok
+    assert (cache.packs, cache.hits) == (1, 1)  # remembered anew, not packed yet
+    assert compare(cf.conv(x, w, b, **kwargs), expected()).ok
+    assert (cache.packs, cache.hits) == (2, 1)
+    w[0, 0, 0, 0] = -0.0  # equal as a float, other bits: not the same weight
+    cf.conv(x, w, b, **kwargs)
+    assert (cache.packs, cache.hits) == (2, 1)
+    other = w.copy()  # same bytes, another array: its own entry
+    assert compare(cf.conv(x, other, b, **kwargs), expected()).ok
+    assert (cache.packs, cache.hits) == (2, 1)
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_weight_cache_is_bounded_and_can_be_turned_off():
+    from convforge import api
+    from convforge.plan import plan_conv as plan_of
+
+    geom = shapes.conv_geometry((1, 8, 6, 6), (16, 8, 1, 1))
+    plan = plan_of(geom, "float32")
+    assert plan.algorithm.packs
+    cache = api.WeightCache(max_entries=2)
+    weights = [np.full((16, 8, 1, 1), i, np.float32) for i in range(3)]
+    for w in weights:
+        assert cache.packed(w, plan) is None
+    assert len(cache) == 2  # the least recently used (weights[0]) dropped
+    assert cache.packed(weights[0], plan) is None  # so it is remembered anew
+    packed = cache.packed(weights[0], plan)
+    np.testing.assert_array_equal(packed, plan.with_constant_weight().pack(weights[0]))
+    off = api.WeightCache(max_entries=0)
+    assert off.packed(weights[0], plan) is None and off.packed(weights[0], plan) is None
+    small = api.WeightCache(max_bytes=100)
+    assert small.packed(weights[0], plan) is None and len(small) == 0
+
+
+def test_weight_cache_leaves_a_tuned_kernel_its_weight_per_call(monkeypatch):
+    """A tuning record is for the per-call PrimFunc: where the per-call kernel has one, the
+    weight is never packed (the tuned kernel keeps running)."""
+    from types import SimpleNamespace
+
+    from convforge import api
+
+    geom = shapes.conv_geometry((1, 8, 6, 6), (16, 8, 1, 1))
+    plan = plan_conv(geom, "float32")
+    tuned = SimpleNamespace(tuning_record="a record")
+    monkeypatch.setattr(api, "cached_kernel", lambda *args, **kwargs: tuned)
+    cache = api.WeightCache()
+    w = np.ones((16, 8, 1, 1), np.float32)
+    assert [cache.packed(w, plan) for _ in range(3)] == [None, None, None]
+    assert (cache.packs, cache.hits) == (0, 0)

@@ -143,6 +143,8 @@ def test_cpu_targets_get_their_family_profile(target, name, bits, registers):
     assert min(p.l1d_bytes, p.l2_bytes, p.l3_bytes) > 0 and p.cuda is None
     assert 0 < p.accumulator_budget <= p.direct_accumulators < p.vector_registers
     assert p.direct_accumulators == (24 if bits == 512 else 12)
+    # stride-phase Winograd from 7x7 only on AVX2 (thresholds.md#stride-phase-winograd)
+    assert p.stride_phase_min_kernel == (7 if name == "x86-avx2" else 0)
 
 
 @pytest.mark.parametrize("arch, sms", [(None, 132), ("sm_80", 108), ("sm_61", 100)])

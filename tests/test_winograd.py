@@ -25,6 +25,7 @@ from convforge.schedules.cpu_winograd import schedule_winograd
 from convforge.targets import host_target, profile
 
 ZEN3 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}
+AVX512 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}
 NEON = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}
 
 
@@ -99,19 +100,20 @@ def _check_schedule_applies(geom, tiles, weight_transformed):
     schedule_winograd(func, host_target())  # raises a ScheduleError if a step does not apply
 
 
-def _tiles(geom, target=None, constant_weight=False):
+def _tiles(geom, target=None, constant_weight=False, algorithm="auto"):
     """The Winograd tiles the plan computes ``geom`` with, or None (another algorithm)."""
-    plan = plan_conv(geom, "float32", target, constant_weight=constant_weight)
+    plan = plan_conv(geom, "float32", target, constant_weight=constant_weight, algorithm=algorithm)
     return getattr(plan.algorithm, "tiles", None)
 
 
-def _constant_weight_conv(x, w, b, geom, activation=None, target=None):
+def _constant_weight_conv(x, w, b, geom, activation=None, target=None, algorithm="auto"):
     """The compiled-model path: the plan of a constant weight, transformed once
     (``plan.pack``), then the computation that reads it."""
     target = tvm.target.Target(target) if target else host_target()
     plan = plan_conv(
-        geom, "float32", target, constant_weight=True, activation=activation, bias=True
-    )
+        geom, "float32", target, constant_weight=True, activation=activation, bias=True,
+        algorithm=algorithm,
+    )  # fmt: skip
     assert plan.needs_finite_check and plan.packs
     packed = plan.pack(w)
     return compile_computation("conv", plan.computation(), target)(x, packed, b)
@@ -137,7 +139,9 @@ def test_constant_weight_matches_onnxruntime(x_shape, w_shape, m):
 
 
 # (x shape, w shape, conv keyword arguments): stride-2 convolutions, computed by F(4x4,
-# r x r) over the four stride phases (r = ceil(k/2)) when the weight is transformed once.
+# r x r) over the four stride phases (r = ceil(k/2)) when the weight is transformed once:
+# 'auto' takes them on AVX-512 (planned for skylake-avx512, not run: this host may lack
+# it), not on AVX2 (the host's runs take them by algorithm='winograd').
 STRIDED_CASES = {
     "resnet_128ch": ((1, 128, 28, 28), (128, 128, 3, 3), dict(stride=2, padding=1)),
     "asymmetric_pads_batch2": ((2, 16, 23, 18), (24, 16, 3, 3), dict(stride=2, padding=((1, 0), (2, 1)))),
@@ -154,11 +158,14 @@ def test_strided_constant_weight_matches_onnxruntime(case):
     x_shape, w_shape, kwargs = STRIDED_CASES[case]
     x, w, b = _arrays(x_shape, w_shape, seed=4)
     geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
-    tiles = _tiles(geom, constant_weight=True)
+    assert _tiles(geom, AVX512, constant_weight=True) == _tiles(
+        geom, AVX512, constant_weight=True, algorithm="winograd"
+    )
+    tiles = _tiles(geom, constant_weight=True, algorithm="winograd")
     assert isinstance(tiles, ops.WinogradTiles) and tiles.stride == (2, 2), tiles
     _check_schedule_applies(geom, tiles, weight_transformed=True)
     _check_schedule_applies(geom, tiles, weight_transformed=False)
-    y = _constant_weight_conv(x, w, b, geom, activation="relu")
+    y = _constant_weight_conv(x, w, b, geom, activation="relu", algorithm="winograd")
     agreement = compare(y, _ort_reference(x, w, b, geom, "relu"))
     assert agreement.ok, agreement
 
@@ -230,7 +237,8 @@ def test_compiled_model_uses_winograd_and_matches_onnxruntime(stride):
         [numpy_helper.from_array(a, name) for name, a in weights.items()],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    compiled = cf.compile_model(model)
+    # a 3x3 at stride 2: 'auto' keeps the direct convolution on AVX2 (stride_phase_min_kernel)
+    compiled = cf.compile_model(model, algorithm="auto" if stride == 1 else "winograd")
     rows = {row.node: row for row in compiled.report().rows}
     phases = ", stride 2x2 phases" if stride == 2 else ""
     assert rows["Conv_0"].kernel == f"conv2d (winograd F4x4{phases})", rows["Conv_0"]
@@ -267,7 +275,7 @@ def test_stride_phases_build_for_avx2_and_neon():
     onnxruntime, and its AArch64 build (cross-compiled, not run): vector multiply-adds."""
     x, w, b = _arrays((1, 16, 22, 20), (24, 16, 3, 3), seed=8)
     geom = shapes.conv_geometry(x.shape, w.shape, stride=2, padding=1)
-    y = _constant_weight_conv(x, w, b, geom, "relu", target=ZEN3)
+    y = _constant_weight_conv(x, w, b, geom, "relu", target=ZEN3, algorithm="winograd")
     assert compare(y, _ort_reference(x, w, b, geom, "relu")).ok
     neon = tvm.target.Target(NEON)
     plan = plan_conv(geom, "float32", neon, constant_weight=True)
@@ -309,6 +317,16 @@ def test_chooser_keeps_the_direct_convolution_elsewhere():
     cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host=target)
     geom = shapes.conv_geometry(big["x_shape"], big["w_shape"], padding=1)
     assert winograd_tiles(geom, "float32", cuda, True) is None
+    strided_geom = shapes.conv_geometry(big["x_shape"], big["w_shape"], stride=2, padding=1)
+    stem_geom = shapes.conv_geometry(**stem)
+    for mcpu, phases in (("znver3", False), ("haswell", False), ("skylake-avx512", True)):
+        cpu = tvm.target.Target({**ZEN3, "mcpu": mcpu})
+        assert profile(cpu).stride_phase_min_kernel == (0 if phases else 7), mcpu
+        auto = _tiles(strided_geom, cpu, constant_weight=True)
+        assert (auto is not None and auto.stride == (2, 2)) is phases, (mcpu, auto)
+        assert _tiles(strided_geom, cpu, True, "winograd").stride == (2, 2)  # asked for
+        assert _tiles(stem_geom, cpu, constant_weight=True).stride == (2, 2)  # 7x7: always
+    assert _tiles(shapes.conv_geometry(**big, padding=1), ZEN3, True).stride == (1, 1)
     small = shapes.conv_geometry((1, 16, 14, 14), (16, 16, 3, 3), padding=1)  # 16 tiles
     assert profile(target).min_tiles_per_call_weight > 16
     assert winograd_tiles(small, "float32", target) is None

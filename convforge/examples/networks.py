@@ -324,3 +324,187 @@ def resnet50(size: int = 224, classes: int = 1000, seed: int = 0) -> onnx.ModelP
     return g.model(
         "resnet50", {"x": (("N", 3, size, size), "float32")}, {probs: (("N", classes), "float32")}
     )
+
+
+# --- MobileNetV2 and the ONNX package's light model zoo ----------------------------------
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    """MobileNet's channel rounding: the nearest multiple of ``divisor``, never 10% lower."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def _conv_bn_relu6(
+    g: _Graph, x: str, cin: int, cout: int, k: int, stride: int, groups: int, relu6: bool
+) -> str:
+    """Conv (no bias) + BatchNorm (+ ReLU6 as Clip(0, 6)), He-normal weights over the fan-in
+    of one group, BN statistics near identity: activations stay O(1) through the network."""
+    w = g.he((cout, cin // groups, k, k), cin // groups * k * k)
+    y = g.node(
+        "Conv", [x, g.const("w", w)], kernel_shape=[k, k], strides=[stride, stride],
+        pads=[k // 2] * 4, group=groups,
+    )  # fmt: skip
+    stats = [
+        (g.rng.random(cout) * 0.5 + 0.75).astype(np.float32),  # gamma
+        (g.rng.standard_normal(cout) * 0.1).astype(np.float32),  # beta
+        (g.rng.standard_normal(cout) * 0.1).astype(np.float32),  # mean
+        (g.rng.random(cout) * 0.5 + 0.75).astype(np.float32),  # var
+    ]
+    y = g.node("BatchNormalization", [y, *[g.const("bn", s) for s in stats]], epsilon=1e-5)
+    if not relu6:
+        return y
+    low, high = g.const("lo", np.float32(0.0)), g.const("hi", np.float32(6.0))
+    return g.node("Clip", [y, low, high])
+
+
+#: MobileNetV2's inverted residual stages: (expansion t, channels c, repeats n, stride s).
+MOBILENET_V2_STAGES = (
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+    (6, 160, 3, 2), (6, 320, 1, 1),
+)  # fmt: skip
+
+
+def mobilenet_v2(
+    size: int = 224, width: float = 1.0, classes: int = 1000, seed: int = 0
+) -> onnx.ModelProto:
+    """MobileNetV2 (Sandler et al. 2018) with BatchNorm and ReLU6, random He-normal weights.
+
+    x: (N, 3, size, size) -> softmax probabilities (N, classes). A 3x3 s2 stem to 32
+    channels, the inverted residual blocks of :data:`MOBILENET_V2_STAGES` (1x1 expansion +
+    ReLU6, 3x3 depthwise + ReLU6, 1x1 linear projection, a residual Add where the shape is
+    kept), a 1x1 to 1280, global average pool, dense, softmax; channels times ``width``
+    rounded to multiples of 8.
+    """
+    g = _Graph(seed)
+    cin = _make_divisible(32 * width)
+    y = _conv_bn_relu6(g, "x", 3, cin, 3, 2, 1, relu6=True)
+    for t, c, n, s in MOBILENET_V2_STAGES:
+        cout = _make_divisible(c * width)
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = cin * t
+            h = y if t == 1 else _conv_bn_relu6(g, y, cin, hidden, 1, 1, 1, relu6=True)
+            h = _conv_bn_relu6(g, h, hidden, hidden, 3, stride, hidden, relu6=True)
+            h = _conv_bn_relu6(g, h, hidden, cout, 1, 1, 1, relu6=False)
+            y = g.node("Add", [y, h]) if stride == 1 and cin == cout else h
+            cin = cout
+    last = _make_divisible(1280 * max(1.0, width))
+    y = _conv_bn_relu6(g, y, cin, last, 1, 1, 1, relu6=True)
+    y = g.node("Flatten", [g.node("GlobalAveragePool", [y])], axis=1)
+    probs = _dense_softmax(g, y, last, classes)
+    return g.model(
+        "mobilenet_v2",
+        {"x": (("N", 3, size, size), "float32")},
+        {probs: (("N", classes), "float32")},
+    )
+
+
+#: The ONNX package's "light" zoo models (``onnx/backend/test/data/light``) that the model
+#: benchmark runs (VGG-19 and ZFNet-512, also there, are left out: mostly their dense layers).
+LIGHT_ZOO = (
+    "bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
+    "squeezenet",
+)  # fmt: skip
+
+
+def light_zoo_path(name: str) -> str:
+    """The file of light zoo model ``name`` inside the installed onnx package."""
+    import os
+
+    folder = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+    path = os.path.join(folder, f"light_{name}.onnx")
+    if not os.path.exists(path):
+        available = sorted(f[6:-5] for f in os.listdir(folder) if f.endswith(".onnx"))
+        raise ValueError(f"light zoo model must be one of {available}, got {name!r}")
+    return path
+
+
+#: Producers whose outputs are rectified (non-negative): He's gain 2 for the next weight.
+_RECTIFIED = ("Relu", "Clip", "MaxPool", "AveragePool", "Concat", "LRN", "Dropout")
+
+
+def light_zoo(name: str, seed: int = 0) -> onnx.ModelProto:
+    """Light zoo model ``name`` (:func:`light_zoo_path`) with random weights that keep its
+    activations O(1), as a model with one input (the image, (1, 3, 224, 224)).
+
+    The light files carry no weights: each is a ``ConstantOfShape`` of its shape (a
+    constant 0.02), and some small tensors (biases, BN statistics) are stored. Every float
+    weight is drawn here by its role, found from the node that consumes it (through
+    ``Unsqueeze``/``Reshape``): a Conv or Gemm weight normal with variance gain / fan-in (gain
+    2 after a rectifying producer, :data:`_RECTIFIED`, else 1), a bias
+    ``N(0, 0.01)``, a BatchNormalization scale and variance uniform in [0.75, 1.25] (the scale
+    in [0.2, 0.4] where the BN ends a residual branch, so sums do not grow per block), its
+    mean and shift ``N(0, 0.1)``, a Mul's scale near 1, an Add's shift ``N(0, 0.1)``; integer
+    tensors (shapes) are kept. Initializers leave the graph's inputs (IR version at least 4,
+    where they may; the opset as in the file).
+    """
+    from onnx import numpy_helper
+
+    model = onnx.load(light_zoo_path(name))
+    graph = model.graph
+    rng = np.random.default_rng(seed)
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    producers = {value: node.op_type for node in graph.node for value in node.output}
+    for node in graph.node:
+        for index, value in enumerate(node.input):
+            consumers.setdefault(value, []).append((node, index))
+
+    def role(value: str) -> tuple[str, int, onnx.NodeProto | None]:
+        """(op, input index, node) of the first consumer that is not a pass-through."""
+        for node, index in consumers.get(value, []):
+            if node.op_type in ("Unsqueeze", "Reshape") and index == 0:
+                return role(node.output[0])
+            return node.op_type, index, node
+        return "", -1, None
+
+    def draw(value: str, shape: tuple[int, ...]) -> np.ndarray:
+        op, index, node = role(value)
+        if op in ("Conv", "Gemm") and index == 1:
+            trans_b = node is not None and any(a.name == "transB" and a.i for a in node.attribute)
+            fan_in = int(np.prod(shape[1:])) if op == "Conv" or trans_b else shape[0]
+            # He's gain 2 after a ReLU (half the inputs zero), 1 otherwise (a linear input)
+            gain = 2.0 if producers.get(node.input[0]) in _RECTIFIED else 1.0
+            return rng.standard_normal(shape) * np.sqrt(gain / max(1, fan_in))
+        if op == "BatchNormalization" and index == 1 and node is not None:
+            # the last BN of a residual branch starts small (as zero-init / Fixup do): the
+            # sum of branches must not double the variance per block
+            residual = any(c.op_type in ("Add", "Sum") for c, _ in consumers[node.output[0]])
+            return rng.uniform(0.2, 0.4, shape) if residual else rng.uniform(0.75, 1.25, shape)
+        if op == "BatchNormalization" and index == 4:
+            return rng.uniform(0.75, 1.25, shape)
+        if op == "Mul":
+            return rng.uniform(0.75, 1.25, shape)
+        if op in ("BatchNormalization", "Add", "Sum"):
+            return rng.standard_normal(shape) * 0.1
+        return rng.standard_normal(shape) * 0.01  # Conv / Gemm bias and anything else
+
+    stored = {t.name: t for t in graph.initializer}
+    weights: dict[str, np.ndarray] = {}
+    kept_nodes = []
+    for node in graph.node:
+        if node.op_type == "ConstantOfShape" and node.input[0] in stored:
+            shape = tuple(int(d) for d in numpy_helper.to_array(stored[node.input[0]]))
+            weights[node.output[0]] = draw(node.output[0], shape).astype(np.float32)
+        else:
+            kept_nodes.append(node)
+    used = {value for node in kept_nodes for value in node.input}
+    initializers = []
+    for tensor in graph.initializer:
+        if tensor.name not in used:
+            continue  # a __SHAPE tensor of a weight drawn above
+        array = numpy_helper.to_array(tensor)
+        if array.dtype == np.float32:
+            array = draw(tensor.name, array.shape).astype(np.float32)
+        initializers.append(numpy_helper.from_array(array, tensor.name))
+    initializers += [numpy_helper.from_array(a, n) for n, a in weights.items()]
+    inputs = [i for i in graph.input if i.name not in stored and i.name not in weights]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    del graph.input[:]
+    graph.input.extend(inputs)
+    model.ir_version = max(model.ir_version, 4)  # IR 4: initializers need not be inputs
+    onnx.checker.check_model(model)
+    return model
