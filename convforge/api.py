@@ -118,14 +118,18 @@ class WeightCache:
     calls may differ from the first in the last bits (both within
     :data:`WINOGRAD_ERROR_BOUND`); blocked packing is a copy and changes nothing.
 
-    At most ``max_entries`` weights (least recently used dropped); a weight over
-    ``max_bytes`` is never cached. :data:`WEIGHT_CACHE` is :func:`conv`'s; ``clear()``
-    empties it, ``max_entries = 0`` turns it off. Thread-safe.
+    At most ``max_entries`` weights and ``max_total_bytes`` of copies and packs together
+    (least recently used dropped); a weight over ``max_bytes`` is never cached.
+    :data:`WEIGHT_CACHE` is :func:`conv`'s; ``clear()`` empties it, ``max_entries = 0``
+    turns it off. Thread-safe.
     """
 
-    def __init__(self, max_entries: int = 32, max_bytes: int = 64 << 20):
+    def __init__(
+        self, max_entries: int = 32, max_bytes: int = 64 << 20, max_total_bytes: int = 256 << 20
+    ):
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.max_total_bytes = max_total_bytes
         #: Calls that used a cached pack, and packs made.
         self.hits = 0
         self.packs = 0
@@ -151,6 +155,7 @@ class WeightCache:
                     # aligned once: the kernel reads it in place
                     entry[1] = aligned(plan.with_constant_weight().pack(w))
                     self.packs += 1
+                    self._evict()
                 elif entry[1] is _TUNED:
                     return None
                 else:
@@ -158,9 +163,20 @@ class WeightCache:
                 return entry[1]
             self._entries[key] = [w.copy(), None]
             self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._evict()
             return None
+
+    def _evict(self) -> None:
+        """Drop least recently used entries down to the bounds (the newest always stays)."""
+
+        def size(entry: list) -> int:
+            return sum(a.nbytes for a in entry if a is not None)
+
+        total = sum(size(e) for e in self._entries.values())
+        while len(self._entries) > 1 and (
+            len(self._entries) > self.max_entries or total > self.max_total_bytes
+        ):
+            total -= size(self._entries.popitem(last=False)[1])
 
     def clear(self) -> None:
         """Forget every weight (and the counters)."""

@@ -200,6 +200,13 @@ def test_weight_cache_is_bounded_and_can_be_turned_off():
     assert off.packed(weights[0], plan) is None and off.packed(weights[0], plan) is None
     small = api.WeightCache(max_bytes=100)
     assert small.packed(weights[0], plan) is None and len(small) == 0
+    # the bytes of copies and packs together are bounded too (each weight: 512 bytes)
+    total = api.WeightCache(max_total_bytes=1100)
+    for w in weights:
+        assert total.packed(w, plan) is None
+    assert len(total) == 2  # three copies (1536 bytes) did not fit: the oldest dropped
+    assert total.packed(weights[2], plan) is not None  # its pack (512 more) evicts weights[1]
+    assert len(total) == 1
 
 
 def test_weight_cache_leaves_a_tuned_kernel_its_weight_per_call(monkeypatch):
