@@ -23,6 +23,7 @@ from convforge.schedules import (
     cpu_gather,
     cpu_grouped,
     cpu_pool,
+    cpu_qconv,
     cpu_subpixel,
     cpu_winograd,
 )
@@ -116,6 +117,12 @@ def _schedule_reduction(
 #: (:func:`schedule_cpu`); a function none applies to gets :data:`CPU_BLOCK_RULES`. Each is
 #: a (name, predicate, schedule) of the module that schedules that algorithm.
 CPU_RULES: tuple[ScheduleRule[s_tir.Schedule], ...] = (
+    FunctionRule(
+        "QConvRule",
+        cpu_qconv.is_qconv,
+        cpu_qconv.schedule_qconv,
+        "An integer convolution (``qconv``, ConvInteger/QLinearConv): int32 register tiles.",
+    ),
     FunctionRule(
         "WinogradPoolRule",
         cpu_winograd.is_winograd_pool,

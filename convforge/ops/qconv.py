@@ -1,0 +1,206 @@
+"""Integer convolutions in TE: ONNX ConvInteger and QLinearConv.
+
+Layout ``(N, C, *spatial)``; weight ``(O, C/groups, *kernel)``; uint8 or int8 activations
+and weights; every shape rule is :class:`~convforge.shapes.ConvGeometry`'s.
+
+ONNX defines, for output ``(n, o, *p)`` of group ``g = o // (O/groups)``::
+
+    acc = sum_{c, r} (x[n, g*C/groups + c, *(p*s + r*d)] - x_zp) * (w[o, c, *r] - w_zp[o])
+
+in int32, the padding being ``x_zp`` (a real 0). ConvInteger returns ``acc``; QLinearConv
+returns ``saturate(round(acc_real / y_scale) + y_zp)``, ``acc_real = (acc + bias[o]) *
+x_scale * w_scale[o]``. The kernel computes ``acc`` with the zero points folded out of its
+inner loop::
+
+    acc = sum x*w  +  term[o]  -  w_zp[o] * sum_{c, r} x     (x padded with x_zp)
+    term[o] = bias[o] - x_zp * sum_{c, r} w[o] + (C/groups * prod(kernel)) * x_zp * w_zp[o]
+
+so the reduction (block ``qconv``) is a plain integer dot product; ``term`` (:func:`weight_term`)
+is computed once per weight, and the window sums of x (block ``qconv_x_sum``, one per
+position and group, shared by the group's output channels) only where a weight zero point
+is not 0. Sums are modulo 2**32 (int32 wraps), so the folded form equals ONNX's ``acc``
+wherever that fits int32, as onnxruntime's does.
+
+Requantization (block ``qconv_requant``) is onnxruntime's (MLAS ``MlasRequantizeOutput``),
+bit for bit: the multiplier ``x_scale * w_scale[o] / y_scale`` in float32 (two float32
+roundings, :func:`requant_multiplier`), ``float32(acc) * multiplier`` rounded half to even,
+clamped to ``[lo, hi]`` and ``y_zp`` added. ``lo``/``hi`` are the output type's range, or
+narrower for a fused ReLU (``lo = y_zp``) or Clip (:func:`activation_bounds`). Where
+``float32(acc) * multiplier`` is not exact, this can differ by 1 from round-half-even of
+the exact real ``acc * x_scale * w_scale / y_scale``: measured in tests/test_qconv.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from tvm import te, tirx
+
+from convforge.ops import blocks
+from convforge.shapes import ConvGeometry
+
+#: The integer dtypes of activations and weights.
+INT8_DTYPES = ("uint8", "int8")
+#: Kernel parameter vector (int32) indices: x zero point, y zero point, output bounds.
+X_ZP, Y_ZP, LO, HI = range(4)
+
+
+def dtype_range(dtype: str) -> tuple[int, int]:
+    """(min, max) of an 8-bit integer dtype."""
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def product_dtype(x_dtype: str, w_dtype: str) -> str:
+    """The narrowest dtype that holds every product x*w exactly: int16 unless both are
+    uint8 (255*255 > 32767), then int32."""
+    return "int32" if x_dtype == w_dtype == "uint8" else "int16"
+
+
+def pad_with(x: te.Tensor, pads: Sequence[tuple[int, int]], value: tirx.PrimExpr) -> te.Tensor:
+    """``x`` with its spatial axes padded by ``(lo, hi)`` pairs of ``value`` (block
+    ``qconv_pad``); ``x`` itself without padding."""
+    if all(lo == 0 and hi == 0 for lo, hi in pads):
+        return x
+    lead = len(x.shape) - len(pads)
+    sizes = [int(v) for v in x.shape]
+    shape = sizes[:lead] + [n + lo + hi for n, (lo, hi) in zip(sizes[lead:], pads)]
+
+    def body(*idx):
+        src = list(idx[:lead])
+        inside = []
+        for i, n, (lo, hi) in zip(idx[lead:], sizes[lead:], pads):
+            src.append(i - lo)
+            if lo > 0:
+                inside.append(i >= lo)
+            if hi > 0:
+                inside.append(i < n + lo)
+        return tirx.if_then_else(tirx.all(*inside), x[tuple(src)], value)
+
+    return te.compute(shape, body, name=blocks.QCONV_PAD)
+
+
+def qconv(
+    x: te.Tensor,
+    w: te.Tensor,
+    params: te.Tensor,
+    term: te.Tensor,
+    geom: ConvGeometry,
+    *,
+    multiplier: te.Tensor | None = None,
+    w_zero_point: te.Tensor | None = None,
+    out_dtype: str = "int32",
+) -> te.Tensor:
+    """ConvInteger (``multiplier`` None, ``out_dtype`` int32) or QLinearConv (``out_dtype``
+    uint8/int8) as the module doc says.
+
+    x: (N, C, *I) uint8/int8; w: (O, C/groups, *K) uint8/int8; params: int32 (4,) =
+    (x_zp, y_zp, lo, hi) (:data:`X_ZP` ...; y_zp, lo, hi unused by ConvInteger); term:
+    int32 (O,) (:func:`weight_term`); multiplier: float32 (O,); w_zero_point: int32 (O,),
+    or None where every weight zero point is 0 -> (N, O, *out_size) of ``out_dtype``.
+    """
+    x_zp = params[X_ZP]
+    xp = pad_with(x, geom.padding, x_zp.astype(x.dtype))
+    cin = geom.in_channels // geom.groups
+    opg = geom.out_channels // geom.groups
+    prod = product_dtype(str(x.dtype), str(w.dtype))
+
+    def window(pos, rk):
+        return [p * s + r * d for p, r, s, d in zip(pos, rk, geom.stride, geom.dilation)]
+
+    rc = te.reduce_axis((0, cin), "rc")
+    rk = [te.reduce_axis((0, k), f"rk{i}") for i, k in enumerate(geom.kernel)]
+
+    def dot(n, o, *pos):
+        base = 0 if geom.groups == 1 else (o // opg) * cin
+        value = xp[(n, base + rc, *window(pos, rk))].astype(prod) * w[(o, rc, *rk)].astype(prod)
+        return te.sum(value.astype("int32"), axis=[rc, *rk])
+
+    acc = te.compute(geom.out_shape, dot, name=blocks.QCONV)
+    x_sum = None
+    if w_zero_point is not None:
+        sc = te.reduce_axis((0, cin), "sc")
+        sk = [te.reduce_axis((0, k), f"sk{i}") for i, k in enumerate(geom.kernel)]
+
+        def window_sum(n, g, *pos):
+            value = xp[(n, g * cin + sc, *window(pos, sk))].astype("int32")
+            return te.sum(value, axis=[sc, *sk])
+
+        x_sum = te.compute(
+            (geom.batch, geom.groups, *geom.out_size), window_sum, name=blocks.QCONV_X_SUM
+        )
+
+    def requant(n, o, *pos):
+        value = acc[(n, o, *pos)] + term[o]
+        if x_sum is not None:
+            value = value - w_zero_point[o] * x_sum[(n, o // opg, *pos)]
+        if multiplier is None:
+            return value
+        y_zp = params[Y_ZP]
+        scaled = value.astype("float32") * multiplier[o]
+        low = (params[LO] - y_zp).astype("float32")
+        high = (params[HI] - y_zp).astype("float32")
+        clamped = tirx.max(tirx.min(scaled, high), low)
+        return (tirx.nearbyint(clamped).astype("int32") + y_zp).astype(out_dtype)
+
+    return te.compute(geom.out_shape, requant, name=blocks.QCONV_REQUANT)
+
+
+# --- the per-channel constants (numpy; once per weight) --------------------------------
+
+
+def weight_term(
+    w: np.ndarray, x_zero_point: int, w_zero_point: np.ndarray, bias: np.ndarray | None
+) -> np.ndarray:
+    """int32 (O,): ``bias[o] - x_zp * sum(w[o]) + w[o].size * x_zp * w_zp[o]`` (modulo
+    2**32), the part of ``acc`` that does not depend on x (the module doc).
+
+    w: (O, C/groups, *K) integer; w_zero_point: (O,) integers; bias: (O,) int32 or None.
+    """
+    w64 = np.asarray(w, np.int64).reshape(len(w), -1)
+    count = w64.shape[1]
+    x_zp = int(x_zero_point)
+    term = -x_zp * w64.sum(axis=1) + count * x_zp * np.asarray(w_zero_point, np.int64)
+    if bias is not None:
+        term = term + np.asarray(bias, np.int64)
+    return (term & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+
+
+def requant_multiplier(
+    x_scale: float, w_scale: np.ndarray, y_scale: float, channels: int
+) -> np.ndarray:
+    """float32 (O,): ``x_scale * w_scale[o] / y_scale``, each operation rounded to float32
+    (onnxruntime's order); a scalar ``w_scale`` serves every channel."""
+    xs = np.float32(x_scale)
+    ws = np.broadcast_to(np.asarray(w_scale, np.float32).reshape(-1), (channels,))
+    return ((xs * ws).astype(np.float32) / np.float32(y_scale)).astype(np.float32)
+
+
+def activation_bounds(
+    activation: str | tuple[float, float] | None, y_scale: float, y_zero_point: int, dtype: str
+) -> tuple[int, int]:
+    """The output's integer bounds (lo, hi): ``dtype``'s range, narrowed by a fused
+    ``activation``: 'relu' (lo = y_zp: a real 0) or a Clip's real bounds ``(low, high)``
+    (each quantized as the output is: round half to even of bound / y_scale, + y_zp).
+    Quantizing is monotone, so clamping after it equals quantizing the clipped value."""
+    lo, hi = dtype_range(dtype)
+    if activation is None:
+        return lo, hi
+    if activation == "relu":
+        return max(lo, int(y_zero_point)), hi
+    low, high = activation
+    ys = np.float32(y_scale)
+
+    def quantized(bound: float) -> int | None:
+        if math.isinf(bound):
+            return None
+        return int(np.rint(np.float32(bound) / ys)) + int(y_zero_point)
+
+    qlow, qhigh = quantized(low), quantized(high)
+    if qlow is not None:
+        lo = min(max(lo, qlow), hi)
+    if qhigh is not None:
+        hi = max(min(hi, qhigh), lo)
+    return lo, hi
