@@ -16,9 +16,11 @@ import itertools
 import zlib
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
 
 import convforge as cf
 from convforge import shapes
@@ -377,3 +379,90 @@ def test_conv_integer_refusals():
         cf.conv_integer(_X, _W, 0, 200)
     with pytest.raises(ValueError, match="padding"):
         cf.conv_integer(_X, _W, padding="bogus")
+
+
+# --- compiled models: QDQ from onnxruntime's quantizer --------------------------------
+
+
+def _small_cnn(rng) -> onnx.ModelProto:
+    """A float CNN: strided 3x3, 3x3, depthwise 3x3 + residual Add, 1x1, MaxPool, 3x3,
+    GlobalAveragePool (every Conv but the depthwise followed by a Relu)."""
+    inits, nodes = [], []
+
+    def conv(name, x, cin, cout, k, stride=1, relu=True, groups=1):
+        fan_in = cin // groups * k * k
+        w = rng.standard_normal((cout, cin // groups, k, k)) * np.sqrt(2 / fan_in)
+        b = rng.standard_normal(cout) * 0.1
+        inits.extend(
+            numpy_helper.from_array(a.astype(np.float32), f"{name}_{s}")
+            for a, s in ((w, "w"), (b, "b"))
+        )
+        nodes.append(
+            helper.make_node(
+                "Conv", [x, f"{name}_w", f"{name}_b"], [name], name=name, pads=[k // 2] * 4,
+                strides=[stride] * 2, group=groups,
+            )
+        )  # fmt: skip
+        if not relu:
+            return name
+        nodes.append(helper.make_node("Relu", [name], [f"{name}_relu"], name=f"{name}_relu"))
+        return f"{name}_relu"
+
+    a = conv("c1", "x", 3, 16, 3, 2)
+    c = conv("c3", conv("c2", a, 16, 16, 3), 16, 16, 3, relu=False, groups=16)
+    nodes.append(helper.make_node("Add", [a, c], ["add"], name="add"))
+    d = conv("c4", "add", 16, 32, 1)
+    nodes.append(helper.make_node("MaxPool", [d], ["pool"], kernel_shape=[2, 2], strides=[2, 2]))
+    e = conv("c5", "pool", 32, 32, 3)
+    nodes.append(helper.make_node("GlobalAveragePool", [e], ["y"], name="gap"))
+    graph = helper.make_graph(
+        nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 24, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 1, 1])], initializer=inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_a_quantize_static_qdq_model_runs_every_conv_on_the_integer_kernel(tmp_path):
+    """onnxruntime's quantize_static (QDQ, per-channel int8 weights, uint8 activations;
+    ``reduce_range`` keeps onnxruntime's own AVX2 kernels exact, module doc): every Conv
+    becomes one integer kernel and the outputs agree with onnxruntime on the same model
+    within 1 LSB of the output's scale."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.random((1, 3, 24, 24)).astype(np.float32)} for _ in range(3)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter(samples)
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    onnx.save(_small_cnn(rng), tmp_path / "float.onnx")
+    quantize_static(
+        tmp_path / "float.onnx", tmp_path / "qdq.onnx", Reader(), quant_format=QuantFormat.QDQ,
+        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    qdq = onnx.load(tmp_path / "qdq.onnx")
+    model = cf.compile_model(qdq)
+    kernels = {k["node"]: k for k in model.metadata["kernels"]}
+    for name in ("c1", "c2", "c3", "c4", "c5"):
+        assert kernels[name]["kernel"] == "qlinear_conv2d (int8)", kernels[name]
+    x = rng.random((1, 3, 24, 24)).astype(np.float32)
+    y = model(x)
+    (expected,) = run_onnxruntime(qdq, {"x": x})
+    (last_quantize,) = [n for n in qdq.graph.node if n.op_type == "QuantizeLinear"][-1:]
+    scale = numpy_helper.to_array(
+        next(t for t in qdq.graph.initializer if t.name == last_quantize.input[1])
+    )
+    assert np.abs(y - expected).max() <= 1.001 * scale
+    assert np.ptp(expected) > 10 * scale  # not a constant output
