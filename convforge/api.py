@@ -751,7 +751,7 @@ def _integer_conv(
         w_zero_point=args.has_w_zero_point,
     )  # fmt: skip
     kernel = cached_kernel("qconv", plan.key, plan.computation(), plan.target)
-    return kernel(x, w, *args.kernel_constants(w))
+    return kernel(x, plan.pack(w), *args.kernel_constants(w))
 
 
 def qconv(

@@ -42,6 +42,7 @@ from convforge.schedules.cpu_winograd import CACHED_WEIGHT_FLOATS
 from convforge.targets import (
     TargetArg,
     TargetProfile,
+    has_x86_feature,
     is_cpu,
     profile,
     resolve_target,
@@ -852,9 +853,15 @@ class QConvPlan:
     out_dtype: str
     #: Whether a weight zero point is not 0 (the window sums of x are then computed).
     w_zero_point: bool
+    #: The blocked ``vpmaddwd`` form (:func:`convforge.ops.qconv.qconv_packed`): w packed
+    #: by :meth:`pack`, x widened and blocked by channel pairs in the kernel.
+    packed: bool
     target: tvm.target.Target = field(compare=False, repr=False)
 
-    schedule: ClassVar[str] = "cpu_qconv.schedule_qconv"
+    @property
+    def schedule(self) -> str:
+        """The schedule rule that serves the kernel (``convforge.schedules.<module>.<fn>``)."""
+        return "cpu_qconv.schedule_qconv_packed" if self.packed else "cpu_qconv.schedule_qconv"
 
     @property
     def requantizes(self) -> bool:
@@ -866,19 +873,27 @@ class QConvPlan:
         """The kernel's name in ``report()``: ``qlinear_conv2d (int8)``,
         ``conv_integer2d (int8)``."""
         op = "qlinear_conv" if self.requantizes else "conv_integer"
-        return f"{op}{self.geometry.ndim}d (int8)"
+        form = ", vpmaddwd" if self.packed else ""
+        return f"{op}{self.geometry.ndim}d (int8{form})"
 
     @property
     def key(self) -> tuple:
         """The kernel cache key (with the target, which the caches add)."""
         return ("qconv", self.geometry, self.x_dtype, self.w_dtype, self.out_dtype,
-                self.w_zero_point)  # fmt: skip
+                self.w_zero_point, self.packed)  # fmt: skip
+
+    def pack(self, w: np.ndarray) -> np.ndarray:
+        """w (``geometry.w_shape``) as the kernel reads it (a new array)."""
+        w = np.asarray(w)
+        return qconv_ops.pack_weight(w) if self.packed else w.copy()
 
     def input_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """The kernel's inputs in order: name -> (shape, dtype)."""
         g = self.geometry
         shapes_ = {
-            "x": (g.x_shape, self.x_dtype), "w": (g.w_shape, self.w_dtype),
+            "x": (g.x_shape, self.x_dtype),
+            "w": (qconv_ops.packed_weight_shape(g), "int16") if self.packed
+            else (g.w_shape, self.w_dtype),
             "params": ((4,), "int32"), "term": ((g.out_channels,), "int32"),
         }  # fmt: skip
         if self.requantizes:
@@ -890,6 +905,11 @@ class QConvPlan:
     def compute(self, *tensors: te.Tensor) -> te.Tensor:
         """The TE computation on placeholders of :meth:`input_shapes`, in order."""
         named = dict(zip(self.input_shapes(), tensors))
+        if self.packed:
+            return qconv_ops.qconv_packed(
+                named["x"], named["w"], named["params"], named["term"], self.geometry,
+                multiplier=named.get("multiplier"), out_dtype=self.out_dtype,
+            )  # fmt: skip
         return qconv_ops.qconv(
             named["x"], named["w"], named["params"], named["term"], self.geometry,
             multiplier=named.get("multiplier"), w_zero_point=named.get("w_zero_point"),
@@ -911,7 +931,8 @@ class QConvPlan:
 
 @functools.lru_cache(maxsize=1024)
 def _plan_qconv(geom, x_dtype, w_dtype, out_dtype, w_zero_point, target) -> QConvPlan:
-    return QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, target)
+    packed = geom.groups == 1 and not w_zero_point and has_x86_feature(target, "avx2")
+    return QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, packed, target)
 
 
 def plan_qconv(
@@ -927,7 +948,9 @@ def plan_qconv(
     of ``x_dtype`` activations and ``w_dtype`` weights (uint8/int8, checked by the caller:
     :mod:`convforge.qparams`): QLinearConv where ``requantize`` (output of x's dtype), else
     ConvInteger (int32); ``w_zero_point``: whether some weight zero point is not 0. CPU
-    targets only (ValueError naming ``target`` otherwise)."""
+    targets only (ValueError naming ``target`` otherwise). On x86 with AVX2, a convolution
+    of one group whose weight zero points are all 0 (onnxruntime's quantizer's int8
+    weights) takes the blocked ``vpmaddwd`` form; anything else the direct one."""
     target = resolve_target(target)
     if not is_cpu(target):
         raise ValueError(

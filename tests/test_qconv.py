@@ -456,7 +456,7 @@ def test_a_quantize_static_qdq_model_runs_every_conv_on_the_integer_kernel(tmp_p
     model = cf.compile_model(qdq)
     kernels = {k["node"]: k for k in model.metadata["kernels"]}
     for name in ("c1", "c2", "c3", "c4", "c5"):
-        assert kernels[name]["kernel"] == "qlinear_conv2d (int8)", kernels[name]
+        assert kernels[name]["kernel"].startswith("qlinear_conv2d (int8"), kernels[name]
     x = rng.random((1, 3, 24, 24)).astype(np.float32)
     y = model(x)
     (expected,) = run_onnxruntime(qdq, {"x": x})

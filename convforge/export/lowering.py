@@ -997,7 +997,8 @@ def _integer_conv(
         geom, x_dtype, w_dtype, ctx.target, requantize=requantize,
         w_zero_point=args.has_w_zero_point,
     )  # fmt: skip
-    kernel_args = [x, relax.const(w_value), *map(relax.const, args.kernel_constants(w_value))]
+    constants = [plan.pack(w_value), *args.kernel_constants(w_value)]
+    kernel_args = [x, *map(relax.const, constants)]
     step = KernelStep(plan.label, attrs, kernel_args, lambda *t: [plan.compute(*t)], geom.macs)
     return ctx.emit_kernel(node, op_type, step)
 

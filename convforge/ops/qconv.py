@@ -136,16 +136,29 @@ def qconv(
         value = acc[(n, o, *pos)] + term[o]
         if x_sum is not None:
             value = value - w_zero_point[o] * x_sum[(n, o // opg, *pos)]
-        if multiplier is None:
-            return value
-        y_zp = params[Y_ZP]
-        scaled = value.astype("float32") * multiplier[o]
-        low = (params[LO] - y_zp).astype("float32")
-        high = (params[HI] - y_zp).astype("float32")
-        clamped = tirx.max(tirx.min(scaled, high), low)
-        return (tirx.nearbyint(clamped).astype("int32") + y_zp).astype(out_dtype)
+        return requantize(value, o, params, multiplier, out_dtype)
 
     return te.compute(geom.out_shape, requant, name=blocks.QCONV_REQUANT)
+
+
+def requantize(
+    value: tirx.PrimExpr,
+    o: tirx.PrimExpr,
+    params: te.Tensor,
+    multiplier: te.Tensor | None,
+    out_dtype: str,
+) -> tirx.PrimExpr:
+    """The int32 accumulator ``value`` (bias and zero-point terms included) of output
+    channel ``o``: itself (ConvInteger, ``multiplier`` None), else onnxruntime's
+    requantization (module doc) to ``out_dtype``."""
+    if multiplier is None:
+        return value
+    y_zp = params[Y_ZP]
+    scaled = value.astype("float32") * multiplier[o]
+    low = (params[LO] - y_zp).astype("float32")
+    high = (params[HI] - y_zp).astype("float32")
+    clamped = tirx.max(tirx.min(scaled, high), low)
+    return (tirx.nearbyint(clamped).astype("int32") + y_zp).astype(out_dtype)
 
 
 # --- the per-channel constants (numpy; once per weight) --------------------------------
@@ -204,3 +217,81 @@ def activation_bounds(
     if qhigh is not None:
         hi = max(min(hi, qhigh), lo)
     return lo, hi
+
+
+# --- the blocked form for x86 ``vpmaddwd`` (pairs of int16 products summed in int32) ------
+
+#: Output channels per block (one int32 vector of AVX2) and input channels per pair.
+OUT_BLOCK, PAIR = 8, 2
+
+
+def packed_weight_shape(geom: ConvGeometry) -> tuple[int, ...]:
+    """(ceil(O/8), ceil(C/2), *K, 8, 2): the int16 weight :func:`qconv_packed` reads."""
+    return (-(-geom.out_channels // OUT_BLOCK), -(-geom.in_channels // PAIR), *geom.kernel,
+            OUT_BLOCK, PAIR)  # fmt: skip
+
+
+def pack_weight(w: np.ndarray) -> np.ndarray:
+    """w (O, C, *K) of uint8/int8 -> int16 :func:`packed_weight_shape` (zeros where O or C
+    is not a multiple of its block), the layout one ``vpmaddwd`` reads: 8 output channels
+    x 2 input channels, consecutive."""
+    out_channels, in_channels, *kernel = w.shape
+    blocks, pairs = -(-out_channels // OUT_BLOCK), -(-in_channels // PAIR)
+    padded = np.zeros((blocks * OUT_BLOCK, pairs * PAIR, *kernel), np.int16)
+    padded[:out_channels, :in_channels] = w
+    padded = padded.reshape(blocks, OUT_BLOCK, pairs, PAIR, *kernel)
+    nd = len(kernel)
+    order = (0, 2, *range(4, 4 + nd), 1, 3)
+    return np.ascontiguousarray(padded.transpose(order))
+
+
+def qconv_packed(
+    x: te.Tensor,
+    w: te.Tensor,
+    params: te.Tensor,
+    term: te.Tensor,
+    geom: ConvGeometry,
+    *,
+    multiplier: te.Tensor | None = None,
+    out_dtype: str = "int32",
+) -> te.Tensor:
+    """:func:`qconv` (groups 1, every weight zero point 0) with w packed by
+    :func:`pack_weight`: x is padded (x_zp), widened to int16 and blocked by channel pairs
+    (block ``qconv_pack_x``: (N, ceil(C/2), *padded, 2)); the dot product (block ``qconv``)
+    accumulates (N, ceil(O/8), *out, 8) int32, each step one pair of input channels for
+    8 output channels (what ``vpmaddwd`` computes; exact: |x*w| < 2**16); the
+    requantization (``qconv_requant``) reads it back in (N, O, *out). Extra channels carry
+    zero weights."""
+    x_zp = params[X_ZP].astype("int16")
+    pairs = -(-geom.in_channels // PAIR)
+    padded_size = [n + lo + hi for n, (lo, hi) in zip(geom.in_size, geom.padding)]
+
+    def pack(n, cb, *rest):
+        pos, ci = rest[:-1], rest[-1]
+        c = cb * PAIR + ci
+        inside = [c < geom.in_channels]
+        src = []
+        for i, n_in, (lo, _) in zip(pos, geom.in_size, geom.padding):
+            src.append(i - lo)
+            inside += [i >= lo, i < n_in + lo]
+        return tirx.if_then_else(tirx.all(*inside), x[(n, c, *src)].astype("int16"), x_zp)
+
+    xp = te.compute((geom.batch, pairs, *padded_size, PAIR), pack, name=blocks.QCONV_PACK_X)
+    rc = te.reduce_axis((0, pairs), "rc")
+    rk = [te.reduce_axis((0, k), f"rk{i}") for i, k in enumerate(geom.kernel)]
+    ri = te.reduce_axis((0, PAIR), "ri")
+    out_blocks = -(-geom.out_channels // OUT_BLOCK)
+
+    def dot(n, ob, *rest):
+        pos, oi = rest[:-1], rest[-1]
+        src = [p * s + r * d for p, r, s, d in zip(pos, rk, geom.stride, geom.dilation)]
+        value = xp[(n, rc, *src, ri)].astype("int32") * w[(ob, rc, *rk, oi, ri)].astype("int32")
+        return te.sum(value, axis=[rc, *rk, ri])
+
+    acc = te.compute((geom.batch, out_blocks, *geom.out_size, OUT_BLOCK), dot, name=blocks.QCONV)
+
+    def requant(n, o, *pos):
+        value = acc[(n, o // OUT_BLOCK, *pos, o % OUT_BLOCK)] + term[o]
+        return requantize(value, o, params, multiplier, out_dtype)
+
+    return te.compute(geom.out_shape, requant, name=blocks.QCONV_REQUANT)

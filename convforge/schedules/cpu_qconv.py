@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import tvm
 from tvm import s_tir, tirx
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
 
-from convforge.ops.blocks import QCONV, QCONV_PAD, QCONV_REQUANT, QCONV_X_SUM
-from convforge.schedules.cpu_direct import default_tiles, has_block
+from convforge.ops.blocks import QCONV, QCONV_PACK_X, QCONV_PAD, QCONV_REQUANT, QCONV_X_SUM
+from convforge.schedules.cpu_direct import default_tiles, has_block, largest_divisor
 from convforge.targets import profile
 
 
@@ -107,3 +109,100 @@ def group_channels(func: tirx.PrimFunc) -> int:
     x, w = func.params[:2]
     groups = int(x.shape[1]) // int(w.shape[1])
     return int(w.shape[0]) // groups
+
+
+# --- the blocked vpmaddwd form (ops.qconv.qconv_packed) ----------------------------------
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_desc(
+    a: T.Buffer((2,), "int16", offset_factor=1),
+    b: T.Buffer((8, 2), "int16", offset_factor=1),
+    c: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+        T.writes(c[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_avx2(
+    a: T.Buffer((2,), "int16", offset_factor=1),
+    b: T.Buffer((8, 2), "int16", offset_factor=1),
+    c: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+        T.writes(c[0:8])
+        pair = T.reinterpret(a.vload([0], "int16x2"), dtype="int32")
+        pairs = T.reinterpret(T.broadcast(pair, 8), dtype="int16x16")
+        c[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            pairs,
+            b.vload([0, 0], dtype="int16x16"),
+            dtype="int32x8",
+        )
+
+
+#: ``c[i] += sum_k a[k] * b[i, k]`` for 8 int32 lanes and 2 int16 products each: one
+#: ``vpmaddwd`` of the broadcast pair a and 16 consecutive int16 of b, added to c.
+DOT_8X2_AVX2 = "convforge_dot_8x2_i16i16i32_avx2"
+TensorIntrin.register(DOT_8X2_AVX2, _dot_8x2_desc, _dot_8x2_avx2, override=True)
+
+#: Register tile of the blocked form: output-channel blocks x positions (int32 vectors).
+PACKED_TILE = (2, 6)
+
+
+def is_qconv_packed(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` is :func:`convforge.ops.qconv.qconv_packed`."""
+    return has_block(func, QCONV_PACK_X) and has_block(func, QCONV)
+
+
+def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """The blocked form: x packed in parallel over (N, channel pairs); the dot product's
+    output (N, O/8, *spatial, 8) tiled ``PACKED_TILE`` = 2 channel blocks x 6 positions of
+    the last axis (12 int32 accumulators of the 16 ymm registers), parallel over
+    (N, channel-block tiles, the outer spatial axes), the reduction (channel pairs, kernel)
+    outside the register tile and each (8 channels x 2 products) step tensorized to one
+    ``vpmaddwd`` (:data:`DOT_8X2_AVX2`); the requantization parallel and vectorized."""
+    sch = s_tir.Schedule(func)
+    pack = _named(sch, QCONV_PACK_X)
+    conv = _named(sch, QCONV)
+    requant = _named(sch, QCONV_REQUANT)
+    _parallel_root(sch, pack, 3)
+    loops = sch.get_loops(conv)
+    iters = sch.get(conv).iter_vars
+    spatial = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) != tirx.IterVar.CommReduce]
+    reduce_ = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) == tirx.IterVar.CommReduce]
+    n, ob, *positions, oi = spatial
+    *rc_rk, ri = reduce_
+    blocks_ = int(sch.get(ob).extent)
+    width = int(sch.get(positions[-1]).extent)
+    ob_tile = largest_divisor(blocks_, PACKED_TILE[0])
+    w_tile = largest_divisor(width, PACKED_TILE[1] * PACKED_TILE[0] // ob_tile)
+    ob_o, ob_i = sch.split(ob, [None, ob_tile])
+    w_o, w_i = sch.split(positions[-1], [None, w_tile])
+    outer = positions[:-1]
+    sch.reorder(n, ob_o, *outer, w_o, *rc_rk, ob_i, w_i, oi, ri)
+    sch.parallel(sch.fuse(n, ob_o, *outer[:1]))
+    sch.decompose_reduction(conv, rc_rk[0])
+    sch.unroll(ob_i)
+    sch.unroll(w_i)
+    sch.tensorize(oi, DOT_8X2_AVX2)
+    init = _named(sch, QCONV + "_init")
+    if init is not None:
+        sch.vectorize(sch.get_loops(init)[-1])
+    rloops = sch.get_loops(requant)
+    r_outer = rloops[:-1]
+    sch.parallel(sch.fuse(*r_outer[: min(3, len(r_outer))]))
+    r_width = int(sch.get(rloops[-1]).extent)
+    lanes = profile(target).vector_lanes("int32")
+    if r_width >= lanes:
+        _, inner = sch.split(rloops[-1], [None, lanes])
+        sch.vectorize(inner)
+    return sch
