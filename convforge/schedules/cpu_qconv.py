@@ -22,6 +22,8 @@ per-position window sums of x (``qconv_x_sum``) are computed once, in parallel, 
 
 from __future__ import annotations
 
+import functools
+
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import TensorIntrin
@@ -114,45 +116,52 @@ def group_channels(func: tirx.PrimFunc) -> int:
 # --- the blocked vpmaddwd form (ops.qconv.qconv_packed) ----------------------------------
 
 
-@T.prim_func(s_tir=True)
-def _dot_8x2_desc(
-    a: T.Buffer((2,), "int16", offset_factor=1),
-    b: T.Buffer((8, 2), "int16", offset_factor=1),
-    c: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:8], a[0:2], b[0:8, 0:2])
-        T.writes(c[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _dot_8x2_avx2(
-    a: T.Buffer((2,), "int16", offset_factor=1),
-    b: T.Buffer((8, 2), "int16", offset_factor=1),
-    c: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:8], a[0:2], b[0:8, 0:2])
-        T.writes(c[0:8])
-        pair = T.reinterpret(a.vload([0], "int16x2"), dtype="int32")
-        pairs = T.reinterpret(T.broadcast(pair, 8), dtype="int16x16")
-        c[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-            pairs,
-            b.vload([0, 0], dtype="int16x16"),
-            dtype="int32x8",
-        )
-
-
 #: ``c[i] += sum_k a[k] * b[i, k]`` for 8 int32 lanes and 2 int16 products each: one
-#: ``vpmaddwd`` of the broadcast pair a and 16 consecutive int16 of b, added to c.
+#: ``vpmaddwd`` of the broadcast pair a and 16 consecutive int16 of b, added to c
+#: (registered on first use: parsing its TVMScript costs about 0.5 s).
 DOT_8X2_AVX2 = "convforge_dot_8x2_i16i16i32_avx2"
-TensorIntrin.register(DOT_8X2_AVX2, _dot_8x2_desc, _dot_8x2_avx2, override=True)
+
+
+@functools.cache
+def dot_8x2_avx2() -> str:
+    """Register :data:`DOT_8X2_AVX2` (once per process); its name."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        a: T.Buffer((2,), "int16", offset_factor=1),
+        b: T.Buffer((8, 2), "int16", offset_factor=1),
+        c: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+            T.writes(c[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        a: T.Buffer((2,), "int16", offset_factor=1),
+        b: T.Buffer((8, 2), "int16", offset_factor=1),
+        c: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+            T.writes(c[0:8])
+            pair = T.reinterpret(a.vload([0], "int16x2"), dtype="int32")
+            pairs = T.reinterpret(T.broadcast(pair, 8), dtype="int16x16")
+            c[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                pairs,
+                b.vload([0, 0], dtype="int16x16"),
+                dtype="int32x8",
+            )
+
+    TensorIntrin.register(DOT_8X2_AVX2, desc, impl, override=True)
+    return DOT_8X2_AVX2
+
 
 #: Register tile of the blocked form: output-channel blocks x positions (int32 vectors).
 PACKED_TILE = (2, 6)
@@ -193,7 +202,7 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     sch.decompose_reduction(conv, rc_rk[0])
     sch.unroll(ob_i)
     sch.unroll(w_i)
-    sch.tensorize(oi, DOT_8X2_AVX2)
+    sch.tensorize(oi, dot_8x2_avx2())
     init = _named(sch, QCONV + "_init")
     if init is not None:
         sch.vectorize(sch.get_loops(init)[-1])
