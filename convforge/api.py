@@ -23,6 +23,7 @@ from convforge.build import (
     compile_computation,
 )
 from convforge.ops.activation import check_activation
+from convforge.ops.qconv import fits_pmaddubsw
 from convforge.plan import ALGORITHMS as ALGORITHMS  # re-exported: algorithm= values
 from convforge.plan import (
     ConvPlan,
@@ -748,7 +749,7 @@ def _integer_conv(
     args = quant(str(x.dtype), str(w.dtype), geom.out_channels)
     plan = plan_qconv(
         geom, str(x.dtype), str(w.dtype), target, requantize=args.requantizes,
-        w_zero_point=args.has_w_zero_point,
+        w_zero_point=args.has_w_zero_point, narrow_weights=fits_pmaddubsw(w),
     )  # fmt: skip
     kernel = cached_kernel("qconv", plan.key, plan.computation(), plan.target)
     return kernel(x, plan.pack(w), *args.kernel_constants(w))

@@ -853,15 +853,26 @@ class QConvPlan:
     out_dtype: str
     #: Whether a weight zero point is not 0 (the window sums of x are then computed).
     w_zero_point: bool
-    #: The blocked ``vpmaddwd`` form (:func:`convforge.ops.qconv.qconv_packed`): w packed
-    #: by :meth:`pack`, x widened and blocked by channel pairs in the kernel.
-    packed: bool
+    #: 'direct' (:func:`convforge.ops.qconv.qconv`), or a blocked form
+    #: (:func:`~convforge.ops.qconv.qconv_packed`, w packed by :meth:`pack`): 'vpmaddwd'
+    #: (int16 channel pairs) or 'vpmaddubsw' (uint8 x int8 channel quads).
+    form: str
     target: tvm.target.Target = field(compare=False, repr=False)
 
     @property
     def schedule(self) -> str:
         """The schedule rule that serves the kernel (``convforge.schedules.<module>.<fn>``)."""
         return "cpu_qconv.schedule_qconv_packed" if self.packed else "cpu_qconv.schedule_qconv"
+
+    @property
+    def packed(self) -> bool:
+        """Whether the kernel is a blocked form reading w packed (:meth:`pack`)."""
+        return self.form != "direct"
+
+    @property
+    def step(self) -> int:
+        """Input channels per int32 lane of the blocked form's instruction."""
+        return qconv_ops.QUAD if self.form == "vpmaddubsw" else qconv_ops.PAIR
 
     @property
     def requantizes(self) -> bool:
@@ -873,26 +884,27 @@ class QConvPlan:
         """The kernel's name in ``report()``: ``qlinear_conv2d (int8)``,
         ``conv_integer2d (int8)``."""
         op = "qlinear_conv" if self.requantizes else "conv_integer"
-        form = ", vpmaddwd" if self.packed else ""
+        form = f", {self.form}" if self.packed else ""
         return f"{op}{self.geometry.ndim}d (int8{form})"
 
     @property
     def key(self) -> tuple:
         """The kernel cache key (with the target, which the caches add)."""
         return ("qconv", self.geometry, self.x_dtype, self.w_dtype, self.out_dtype,
-                self.w_zero_point, self.packed)  # fmt: skip
+                self.w_zero_point, self.form)  # fmt: skip
 
     def pack(self, w: np.ndarray) -> np.ndarray:
         """w (``geometry.w_shape``) as the kernel reads it (a new array)."""
         w = np.asarray(w)
-        return qconv_ops.pack_weight(w) if self.packed else w.copy()
+        return qconv_ops.pack_weight(w, self.step) if self.packed else w.copy()
 
     def input_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """The kernel's inputs in order: name -> (shape, dtype)."""
         g = self.geometry
         shapes_ = {
             "x": (g.x_shape, self.x_dtype),
-            "w": (qconv_ops.packed_weight_shape(g), "int16") if self.packed
+            "w": (qconv_ops.packed_weight_shape(g, self.step),
+                  "int16" if self.step == qconv_ops.PAIR else "int8") if self.packed
             else (g.w_shape, self.w_dtype),
             "params": ((4,), "int32"), "term": ((g.out_channels,), "int32"),
         }  # fmt: skip
@@ -930,9 +942,11 @@ class QConvPlan:
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan_qconv(geom, x_dtype, w_dtype, out_dtype, w_zero_point, target) -> QConvPlan:
-    packed = geom.groups == 1 and not w_zero_point and has_x86_feature(target, "avx2")
-    return QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, packed, target)
+def _plan_qconv(geom, x_dtype, w_dtype, out_dtype, w_zero_point, narrow, target) -> QConvPlan:
+    form = "direct"
+    if geom.groups == 1 and not w_zero_point and has_x86_feature(target, "avx2"):
+        form = "vpmaddubsw" if narrow and (x_dtype, w_dtype) == ("uint8", "int8") else "vpmaddwd"
+    return QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, form, target)
 
 
 def plan_qconv(
@@ -943,6 +957,7 @@ def plan_qconv(
     *,
     requantize: bool,
     w_zero_point: bool,
+    narrow_weights: bool = False,
 ) -> QConvPlan:
     """The plan of an integer convolution ``geom`` (validated by ``shapes.conv_geometry``)
     of ``x_dtype`` activations and ``w_dtype`` weights (uint8/int8, checked by the caller:
@@ -950,11 +965,15 @@ def plan_qconv(
     ConvInteger (int32); ``w_zero_point``: whether some weight zero point is not 0. CPU
     targets only (ValueError naming ``target`` otherwise). On x86 with AVX2, a convolution
     of one group whose weight zero points are all 0 (onnxruntime's quantizer's int8
-    weights) takes the blocked ``vpmaddwd`` form; anything else the direct one."""
+    weights) takes a blocked form: ``vpmaddubsw`` where x is uint8 and ``narrow_weights``
+    (int8 weights that :func:`convforge.ops.qconv.fits_pmaddubsw`: exact), else
+    ``vpmaddwd``; anything else the direct one."""
     target = resolve_target(target)
     if not is_cpu(target):
         raise ValueError(
             f"target must be a CPU target for integer convolutions, got {target.kind.name}"
         )
     out_dtype = x_dtype if requantize else "int32"
-    return _plan_qconv(geom, x_dtype, w_dtype, out_dtype, bool(w_zero_point), target)
+    return _plan_qconv(
+        geom, x_dtype, w_dtype, out_dtype, bool(w_zero_point), bool(narrow_weights), target
+    )

@@ -215,6 +215,36 @@ def test_full_range_weights_and_what_onnxruntime_lacks_equal_the_integer_oracle(
     np.testing.assert_array_equal(y, exact_acc(x, wu, 9, w_zp, geom))
 
 
+@pytest.mark.parametrize("edge", [128, 129])
+def test_the_vpmaddubsw_form_is_taken_only_where_exact(edge):
+    """x = 255 everywhere and neighbouring weight pairs summing |w| to 128 (the most
+    ``vpmaddubsw``'s saturating int16 pair sum holds: 255 * 128 = 32640) or 129: the
+    first takes that form, the second ``vpmaddwd``; both exact (ConvInteger: no
+    saturation of the output hides an error)."""
+    from convforge.ops.qconv import fits_pmaddubsw
+    from convforge.plan import plan_qconv
+    from convforge.targets import has_x86_feature, resolve_target
+
+    geom = shapes.conv_geometry((1, 8, 3, 5), (16, 8, 1, 3), padding=(0, 1))
+    x = np.full(geom.x_shape, 255, np.uint8)
+    pairs = [(-128, 0), (64, 64), (-64, -64), (0, -128)]
+    if edge == 129:
+        pairs[1] = (65, 64)
+    w = np.array(
+        [pairs[(o + c // 2) % 4][c % 2] for o in range(16) for c in range(8) for _ in range(3)]
+    )
+    w = w.astype(np.int8).reshape(geom.w_shape)
+    assert fits_pmaddubsw(w) == (edge == 128)
+    form = plan_qconv(geom, "uint8", "int8", requantize=False, w_zero_point=False,
+                      narrow_weights=fits_pmaddubsw(w)).form  # fmt: skip
+    if has_x86_feature(resolve_target(None), "avx2"):
+        assert form == ("vpmaddubsw" if edge == 128 else "vpmaddwd")
+    else:
+        assert form == "direct"
+    y = cf.conv_integer(x, w, np.uint8(0), padding=(0, 1))
+    np.testing.assert_array_equal(y, exact_acc(x, w, 0, 0, geom))
+
+
 def test_ties_round_half_to_even():
     """y_scale = 2 * x_scale * w_scale: every odd accumulator is an exact tie (float32
     exact), rounded to even as ONNX says, by both runtimes."""

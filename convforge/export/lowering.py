@@ -35,6 +35,7 @@ from tvm import relax, te
 from convforge import ops, shapes
 from convforge.build import schedule_for
 from convforge.export.codegen import OPT_LEVEL_ATTR
+from convforge.ops.qconv import fits_pmaddubsw
 from convforge.plan import ConvPlan, conv_transpose_op, plan_conv, plan_dense, plan_qconv
 from convforge.schedules.tuning import RECORD_ATTR
 
@@ -995,7 +996,7 @@ def _integer_conv(
         raise refuse(op_type, node, "inputs", str(error)) from None
     plan = plan_qconv(
         geom, x_dtype, w_dtype, ctx.target, requantize=requantize,
-        w_zero_point=args.has_w_zero_point,
+        w_zero_point=args.has_w_zero_point, narrow_weights=fits_pmaddubsw(w_value),
     )  # fmt: skip
     constants = [plan.pack(w_value), *args.kernel_constants(w_value)]
     kernel_args = [x, *map(relax.const, constants)]

@@ -395,7 +395,9 @@ def qdq_conv_model(
             )
         )  # fmt: skip
         operands.append("bias_real")
-    nodes.append(helper.make_node("Conv", operands, ["conv"], **_conv_padding_attrs(geom, "NOTSET")))
+    nodes.append(
+        helper.make_node("Conv", operands, ["conv"], **_conv_padding_attrs(geom, "NOTSET"))
+    )
     src = "conv"
     if activation == "relu":
         nodes.append(helper.make_node("Relu", ["conv"], ["act"]))

@@ -219,30 +219,46 @@ def activation_bounds(
     return lo, hi
 
 
-# --- the blocked form for x86 ``vpmaddwd`` (pairs of int16 products summed in int32) ------
+# --- the blocked forms for x86 ``vpmaddwd`` / ``vpmaddubsw`` -----------------------------
 
-#: Output channels per block (one int32 vector of AVX2) and input channels per pair.
-OUT_BLOCK, PAIR = 8, 2
-
-
-def packed_weight_shape(geom: ConvGeometry) -> tuple[int, ...]:
-    """(ceil(O/8), ceil(C/2), *K, 8, 2): the int16 weight :func:`qconv_packed` reads."""
-    return (-(-geom.out_channels // OUT_BLOCK), -(-geom.in_channels // PAIR), *geom.kernel,
-            OUT_BLOCK, PAIR)  # fmt: skip
+#: Output channels per block (one int32 vector of AVX2); input channels per int32 lane of
+#: one instruction: a pair of int16 (``vpmaddwd``), a quad of uint8 x int8 (``vpmaddubsw``).
+OUT_BLOCK, PAIR, QUAD = 8, 2, 4
 
 
-def pack_weight(w: np.ndarray) -> np.ndarray:
-    """w (O, C, *K) of uint8/int8 -> int16 :func:`packed_weight_shape` (zeros where O or C
-    is not a multiple of its block), the layout one ``vpmaddwd`` reads: 8 output channels
-    x 2 input channels, consecutive."""
+def packed_weight_shape(geom: ConvGeometry, step: int = PAIR) -> tuple[int, ...]:
+    """(ceil(O/8), ceil(C/step), *K, 8, step): the weight :func:`qconv_packed` reads
+    (int16 for pairs, int8 for quads)."""
+    return (-(-geom.out_channels // OUT_BLOCK), -(-geom.in_channels // step), *geom.kernel,
+            OUT_BLOCK, step)  # fmt: skip
+
+
+def pack_weight(w: np.ndarray, step: int = PAIR) -> np.ndarray:
+    """w (O, C, *K) of uint8/int8 -> :func:`packed_weight_shape` (int16 for ``step`` 2,
+    int8 for 4; zeros where O or C is not a multiple of its block), the layout one
+    instruction reads: 8 output channels x ``step`` input channels, consecutive."""
     out_channels, in_channels, *kernel = w.shape
-    blocks, pairs = -(-out_channels // OUT_BLOCK), -(-in_channels // PAIR)
-    padded = np.zeros((blocks * OUT_BLOCK, pairs * PAIR, *kernel), np.int16)
+    blocks_, groups_ = -(-out_channels // OUT_BLOCK), -(-in_channels // step)
+    dtype = np.int16 if step == PAIR else np.int8
+    padded = np.zeros((blocks_ * OUT_BLOCK, groups_ * step, *kernel), dtype)
     padded[:out_channels, :in_channels] = w
-    padded = padded.reshape(blocks, OUT_BLOCK, pairs, PAIR, *kernel)
+    padded = padded.reshape(blocks_, OUT_BLOCK, groups_, step, *kernel)
     nd = len(kernel)
     order = (0, 2, *range(4, 4 + nd), 1, 3)
     return np.ascontiguousarray(padded.transpose(order))
+
+
+def fits_pmaddubsw(w: np.ndarray) -> bool:
+    """Whether int8 weights w (O, C, *K) can be read by ``vpmaddubsw`` exactly with any
+    uint8 x: it sums two products x_a*w_a + x_b*w_b of neighbouring input channels in
+    int16, saturating, so every such pair needs ``255 * (|w_a| + |w_b|) <= 32767``, i.e.
+    ``|w_a| + |w_b| <= 128`` (always true for 7-bit weights, onnxruntime's quantizer's
+    ``reduce_range``)."""
+    if np.asarray(w).dtype != np.int8:
+        return False
+    packed = np.abs(pack_weight(w, QUAD).astype(np.int16))
+    sums = packed[..., 0::2] + packed[..., 1::2]
+    return bool(sums.max(initial=0) <= 128)
 
 
 def qconv_packed(
@@ -256,30 +272,32 @@ def qconv_packed(
     out_dtype: str = "int32",
 ) -> te.Tensor:
     """:func:`qconv` (groups 1, every weight zero point 0) with w packed by
-    :func:`pack_weight`: x is padded (x_zp), widened to int16 and blocked by channel pairs
-    (block ``qconv_pack_x``: (N, ceil(C/2), *padded, 2)); the dot product (block ``qconv``)
-    accumulates (N, ceil(O/8), *out, 8) int32, each step one pair of input channels for
-    8 output channels (what ``vpmaddwd`` computes; exact: |x*w| < 2**16); the
-    requantization (``qconv_requant``) reads it back in (N, O, *out). Extra channels carry
-    zero weights."""
-    x_zp = params[X_ZP].astype("int16")
-    pairs = -(-geom.in_channels // PAIR)
+    :func:`pack_weight` (its last axis, ``step``, 2 or 4): x is padded (x_zp) and blocked
+    by ``step`` channels (block ``qconv_pack_x``: (N, ceil(C/step), *padded, step); widened
+    to int16 for pairs, uint8 for quads); the dot product (block ``qconv``) accumulates
+    (N, ceil(O/8), *out, 8) int32, each step ``step`` input channels for 8 output channels
+    (what ``vpmaddwd`` / ``vpmaddubsw`` + ``vpmaddwd`` compute); the requantization
+    (``qconv_requant``) reads it back in (N, O, *out). Extra channels carry zero weights."""
+    step = int(w.shape[-1])
+    x_dtype = "int16" if step == PAIR else str(x.dtype)
+    x_zp = params[X_ZP].astype(x_dtype)
+    pairs = -(-geom.in_channels // step)
     padded_size = [n + lo + hi for n, (lo, hi) in zip(geom.in_size, geom.padding)]
 
     def pack(n, cb, *rest):
         pos, ci = rest[:-1], rest[-1]
-        c = cb * PAIR + ci
+        c = cb * step + ci
         inside = [c < geom.in_channels]
         src = []
         for i, n_in, (lo, _) in zip(pos, geom.in_size, geom.padding):
             src.append(i - lo)
             inside += [i >= lo, i < n_in + lo]
-        return tirx.if_then_else(tirx.all(*inside), x[(n, c, *src)].astype("int16"), x_zp)
+        return tirx.if_then_else(tirx.all(*inside), x[(n, c, *src)].astype(x_dtype), x_zp)
 
-    xp = te.compute((geom.batch, pairs, *padded_size, PAIR), pack, name=blocks.QCONV_PACK_X)
+    xp = te.compute((geom.batch, pairs, *padded_size, step), pack, name=blocks.QCONV_PACK_X)
     rc = te.reduce_axis((0, pairs), "rc")
     rk = [te.reduce_axis((0, k), f"rk{i}") for i, k in enumerate(geom.kernel)]
-    ri = te.reduce_axis((0, PAIR), "ri")
+    ri = te.reduce_axis((0, step), "ri")
     out_blocks = -(-geom.out_channels // OUT_BLOCK)
 
     def dot(n, ob, *rest):

@@ -163,6 +163,60 @@ def dot_8x2_avx2() -> str:
     return DOT_8X2_AVX2
 
 
+#: ``c[i] += sum_k a[k] * b[i, k]`` for 8 int32 lanes of 4 uint8 x int8 products each:
+#: ``vpmaddubsw`` of the broadcast quad a and 32 consecutive int8 of b (pairs summed in
+#: int16, saturating: exact only for weights that ``ops.qconv.fits_pmaddubsw``), then
+#: ``vpmaddwd`` by ones, added to c.
+DOT_8X4_AVX2 = "convforge_dot_8x4_u8i8i32_avx2"
+
+
+@functools.cache
+def dot_8x4_avx2() -> str:
+    """Register :data:`DOT_8X4_AVX2` (once per process); its name."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((8, 4), "int8", offset_factor=1),
+        c: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:4], b[0:8, 0:4])
+            T.writes(c[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((8, 4), "int8", offset_factor=1),
+        c: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:4], b[0:8, 0:4])
+            T.writes(c[0:8])
+            quad = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            quads = T.reinterpret(T.broadcast(quad, 8), dtype="uint8x32")
+            pairs = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                quads,
+                b.vload([0, 0], dtype="int8x32"),
+                dtype="int16x16",
+            )
+            c[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                pairs,
+                T.int16x16(1),
+                dtype="int32x8",
+            )
+
+    TensorIntrin.register(DOT_8X4_AVX2, desc, impl, override=True)
+    return DOT_8X4_AVX2
+
+
 #: Register tile of the blocked form: output-channel blocks x positions (int32 vectors).
 PACKED_TILE = (2, 6)
 
@@ -202,7 +256,8 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     sch.decompose_reduction(conv, rc_rk[0])
     sch.unroll(ob_i)
     sch.unroll(w_i)
-    sch.tensorize(oi, dot_8x2_avx2())
+    quads = int(sch.get(ri).extent) == 4
+    sch.tensorize(oi, dot_8x4_avx2() if quads else dot_8x2_avx2())
     init = _named(sch, QCONV + "_init")
     if init is not None:
         sch.vectorize(sch.get_loops(init)[-1])
