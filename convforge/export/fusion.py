@@ -264,6 +264,35 @@ def fuse_qdq_convolutions(g: _Graph) -> None:
         absorbed += [n.name for n in followers]
         node.attribute.append(helper.make_attribute(FUSED_ATTR, absorbed))
         g.graph.node.insert(position, node)
+    _fold_constant_dequantize(g)
+
+
+def _fold_constant_dequantize(g: _Graph) -> None:
+    """A DequantizeLinear of constants that is left (the weight of a Gemm, of a Conv that
+    stayed float) becomes its float32 value, computed once here as onnxruntime computes
+    it (``float(q - zero_point) * scale``, per tensor or along ``axis``), so the float
+    kernel reading it sees a constant (a packed weight) instead of a dequantization on
+    every run."""
+    for dq in list(g.graph.node):
+        if dq.op_type != "DequantizeLinear" or _attribute(dq, "block_size", 0):
+            continue
+        values = [g.constant(name) if name else None for name in dq.input]
+        if values[0] is None or any(name and v is None for name, v in zip(dq.input, values)):
+            continue
+        q, scale = values[0], values[1]
+        zero = values[2] if len(values) > 2 and values[2] is not None else np.zeros((), q.dtype)
+        if scale.dtype != np.float32 or q.dtype not in (np.int8, np.uint8, np.int32):
+            continue
+        shape = [1] * q.ndim
+        if scale.size > 1:
+            axis = _attribute(dq, "axis", 1) % max(1, q.ndim)
+            shape[axis] = scale.size
+        centered = q.astype(np.int64) - zero.astype(np.int64).reshape(
+            shape if zero.size > 1 else ()
+        )
+        value = centered.astype(np.float32) * scale.reshape(shape if scale.size > 1 else ())
+        g.graph.node.remove(dq)
+        g.add_constant(dq.output[0], value.astype(np.float32))
 
 
 def _absorb_resize(g: _Graph, conv: onnx.NodeProto) -> list[str]:
