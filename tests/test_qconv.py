@@ -488,7 +488,7 @@ def test_a_quantize_static_qdq_model_runs_every_conv_on_the_integer_kernel(tmp_p
     for name in ("c1", "c2", "c3", "c4", "c5"):
         assert kernels[name]["kernel"].startswith("qlinear_conv2d (int8"), kernels[name]
     x = rng.random((1, 3, 24, 24)).astype(np.float32)
-    y = model(x)
+    (y,) = model(x)
     (expected,) = run_onnxruntime(qdq, {"x": x})
     (last_quantize,) = [n for n in qdq.graph.node if n.op_type == "QuantizeLinear"][-1:]
     scale = numpy_helper.to_array(
@@ -496,3 +496,53 @@ def test_a_quantize_static_qdq_model_runs_every_conv_on_the_integer_kernel(tmp_p
     )
     assert np.abs(y - expected).max() <= 1.001 * scale
     assert np.ptp(expected) > 10 * scale  # not a constant output
+
+
+def _quantize_qdq(model: onnx.ModelProto, shape, tmp_path, rng) -> onnx.ModelProto:
+    """``model`` quantized by onnxruntime (pre-processing, then quantize_static: QDQ,
+    per-channel int8 weights with reduce_range, uint8 activations; random calibration)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    samples = iter([{"x": rng.random(shape).astype(np.float32)} for _ in range(3)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(samples, None)
+
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = shape[0]
+    onnx.save(model, tmp_path / "float.onnx")
+    quant_pre_process(tmp_path / "float.onnx", tmp_path / "prepared.onnx")
+    quantize_static(
+        tmp_path / "prepared.onnx", tmp_path / "qdq.onnx", Reader(),
+        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    return onnx.load(tmp_path / "qdq.onnx")
+
+
+@pytest.mark.slow
+def test_the_quantized_demo_resnet_runs_on_integer_kernels(tmp_path):
+    """The benchmarks' ResNet-15 (112x112) quantized by onnxruntime: every Conv on an
+    integer kernel, the same top-1 as onnxruntime on the same QDQ model and every
+    probability within 1 LSB of the output's scale (1/255 here)."""
+    from benchmarks.bench_compile import resnet15
+
+    rng = np.random.default_rng(1)
+    qdq = _quantize_qdq(resnet15(size=112), (1, 3, 112, 112), tmp_path, rng)
+    model = cf.compile_model(qdq)
+    convs = [k for k in model.metadata["kernels"] if k["op_type"] == "QLinearConv"]
+    assert len(convs) == 15
+    assert all(k["kernel"].startswith("qlinear_conv2d (int8") for k in convs)
+    assert not [k for k in model.metadata["kernels"] if k["op_type"] == "Conv"]
+    for _ in range(2):
+        x = rng.random((1, 3, 112, 112)).astype(np.float32)
+        (y,) = model(x)
+        (expected,) = run_onnxruntime(qdq, {"x": x})
+        assert y.argmax() == expected.argmax()
+        assert np.abs(y - expected).max() <= 1.001 / 255
