@@ -30,7 +30,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from convforge.ops.blocks import QCONV, QCONV_PACK_X, QCONV_PAD, QCONV_REQUANT, QCONV_X_SUM
-from convforge.schedules.cpu_direct import default_tiles, has_block, largest_divisor
+from convforge.schedules.cpu_direct import default_tiles, has_block
 from convforge.targets import profile
 
 
@@ -217,8 +217,22 @@ def dot_8x4_avx2() -> str:
     return DOT_8X4_AVX2
 
 
-#: Register tile of the blocked form: output-channel blocks x positions (int32 vectors).
-PACKED_TILE = (2, 6)
+#: Vector registers of AVX2 (ymm0-15): a register tile of the blocked form holds its
+#: accumulators, one weight vector per channel block and three temporaries (the broadcast
+#: x, the instructions' result, vpmaddubsw's vector of ones).
+VECTOR_REGISTERS = 16
+
+
+def packed_tile(blocks: int, width: int) -> tuple[int, int]:
+    """(channel blocks, positions) of the blocked form's register tile: divisors of
+    ``blocks`` (up to 4) and of the last axis ``width`` with the most accumulators that
+    fit the registers (``acc + blocks + 3 <= 16``), more positions first on a tie."""
+    best = (1, 1)
+    for ob in (d for d in range(1, 5) if blocks % d == 0):
+        for w in (d for d in range(1, width + 1) if width % d == 0):
+            if ob * w + ob + 3 <= VECTOR_REGISTERS and (ob * w, w) > (best[0] * best[1], best[1]):
+                best = (ob, w)
+    return best
 
 
 def is_qconv_packed(func: tirx.PrimFunc) -> bool:
@@ -228,8 +242,8 @@ def is_qconv_packed(func: tirx.PrimFunc) -> bool:
 
 def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
     """The blocked form: x packed in parallel over (N, channel pairs); the dot product's
-    output (N, O/8, *spatial, 8) tiled ``PACKED_TILE`` = 2 channel blocks x 6 positions of
-    the last axis (12 int32 accumulators of the 16 ymm registers), parallel over
+    output (N, O/8, *spatial, 8) tiled by channel blocks x positions of
+    the last axis (:func:`packed_tile`: up to 12 int32 accumulators), parallel over
     (N, channel-block tiles, the outer spatial axes), the reduction (channel pairs, kernel)
     outside the register tile and each (8 channels x 2 products) step tensorized to one
     ``vpmaddwd`` (:data:`DOT_8X2_AVX2`); the requantization parallel and vectorized."""
@@ -244,10 +258,7 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     reduce_ = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) == tirx.IterVar.CommReduce]
     n, ob, *positions, oi = spatial
     *rc_rk, ri = reduce_
-    blocks_ = int(sch.get(ob).extent)
-    width = int(sch.get(positions[-1]).extent)
-    ob_tile = largest_divisor(blocks_, PACKED_TILE[0])
-    w_tile = largest_divisor(width, PACKED_TILE[1] * PACKED_TILE[0] // ob_tile)
+    ob_tile, w_tile = packed_tile(int(sch.get(ob).extent), int(sch.get(positions[-1]).extent))
     ob_o, ob_i = sch.split(ob, [None, ob_tile])
     w_o, w_i = sch.split(positions[-1], [None, w_tile])
     outer = positions[:-1]
