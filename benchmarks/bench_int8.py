@@ -1,7 +1,7 @@
 """int8 convolutions: convforge's integer kernel against convforge's float32 direct kernel
 and onnxruntime's QLinearConv, on the suite's 3x3 64->64 56x56 and 1x1 256->64 56x56.
 
-    python benchmarks/bench_int8.py [--rounds 5] [--json OUT]
+    python benchmarks/bench_int8.py [--rounds 5] [--json OUT] [--model resnet15]
 
 uint8 activations, int8 per-channel weights in [-64, 63] (onnxruntime's ``reduce_range``:
 its AVX2 kernel saturates beyond, see tests/test_qconv.py), weight packed once for all
@@ -10,6 +10,12 @@ three (convforge's kernel called on the packed weight, ``cf.prepare_conv(algorit
 round times the three interleaved (10 calls each, the median of 3); the table gives the
 median and minimum over ``--rounds`` rounds, with the load average: on a loaded machine
 compare the ratios. Set ``TVM_NUM_THREADS`` (and onnxruntime gets as many threads).
+
+``--model resnet15`` (benchmarks/bench_compile.py's, 112x112, batch 1) also quantizes a
+whole model with onnxruntime (pre-processing, ``quantize_static``: QDQ, per-channel,
+``reduce_range``, random calibration) and times convforge's int8 build, onnxruntime on the
+QDQ model and convforge's float32 build the same way (top-1 and the largest difference
+from onnxruntime are printed).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", help="write the table here (JSON)")
+    parser.add_argument("--model", choices=["resnet15"], help="also time a quantized model")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, values in samples.items():
             row[label] = {"median_ms": statistics.median(values) * 1e3, "min_ms": min(values) * 1e3}
         rows.append(row)
+    if args.model:
+        rows.append(_model_row(args.model, threads, args.rounds))
     load = os.getloadavg()[0]
     print(f"TVM_NUM_THREADS={threads}, load average {load:.2f} (medians; min in brackets)")
     header = "workload                convforge int8     float32 direct     onnxruntime int8   int8/f32  int8/ort"
@@ -115,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         ratio_f = cells[0]["median_ms"] / cells[1]["median_ms"]
         ratio_o = cells[0]["median_ms"] / cells[2]["median_ms"]
         print(f"{row['workload']:22s}  {text}  {ratio_f:6.2f}x  {ratio_o:6.2f}x")
-        if not row["equal_to_onnxruntime"]:
+        if "max_difference" in row:
+            print(f"  top-1 as onnxruntime: {row['equal_to_onnxruntime']}, largest difference "
+                  f"{row['max_difference']:.4g}; float32 column: the float32 model")  # fmt: skip
+        elif not row["equal_to_onnxruntime"]:
             print("  (outputs differ from onnxruntime's)")
     if args.json:
         import platform
@@ -128,6 +140,69 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         atomic_write(args.json, json.dumps(data, indent=1))
     return 0
+
+
+def _model_row(name: str, threads: int, rounds: int) -> dict:
+    """Quantize ``name`` with onnxruntime and time the three builds (module doc)."""
+    import tempfile
+
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import convforge as cf
+    from benchmarks.bench_compile import resnet15
+    from convforge.export.check import session
+
+    rng = np.random.default_rng(0)
+    shape = (1, 3, 112, 112)
+    model = resnet15(size=shape[-1])
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    samples = iter([{"x": rng.random(shape).astype(np.float32)} for _ in range(4)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(samples, None)
+
+    with tempfile.TemporaryDirectory() as folder:
+        onnx.save(model, f"{folder}/float.onnx")
+        quant_pre_process(f"{folder}/float.onnx", f"{folder}/prepared.onnx")
+        quantize_static(
+            f"{folder}/prepared.onnx", f"{folder}/qdq.onnx", Reader(),
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+        qdq = onnx.load(f"{folder}/qdq.onnx")
+    int8 = cf.compile_model(qdq)
+    float32 = cf.compile_model(model)
+    sess = session(qdq, threads=threads, spinning=False)
+    x = rng.random(shape).astype(np.float32)
+    (y,) = int8(x)
+    expected = sess.run(None, {"x": x})[0]
+    calls = {
+        "convforge int8": functools.partial(int8, x),
+        "convforge float32 direct": functools.partial(float32, x),
+        "onnxruntime int8": functools.partial(sess.run, None, {"x": x}),
+    }
+    samples_: dict[str, list[float]] = {label: [] for label in calls}
+    for _ in range(rounds):
+        for label, call in calls.items():
+            samples_[label].append(_seconds(call, number=5))
+    kernels = {k["kernel"] for k in int8.metadata["kernels"] if k["op_type"] == "QLinearConv"}
+    row = {
+        "workload": f"{name} (model)", "label": ", ".join(sorted(kernels)),
+        "equal_to_onnxruntime": bool(y.argmax() == expected.argmax()),
+        "max_difference": float(np.abs(y - expected).max()),
+    }  # fmt: skip
+    for label, values in samples_.items():
+        row[label] = {"median_ms": statistics.median(values) * 1e3, "min_ms": min(values) * 1e3}
+    return row
 
 
 if __name__ == "__main__":
