@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from convforge.build import cached_kernel, cpu_argument
     from convforge.export.check import quiet_thread_pools, session
     from convforge.export.onnx_graphs import qlinear_conv_model
+    from convforge.ops.qconv import fits_pmaddubsw
     from convforge.plan import plan_qconv
 
     quiet_thread_pools()
@@ -79,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             w_zero_point=np.zeros(channels, np.int8), y_scale=4.0, y_zero_point=np.uint8(128),
         )  # fmt: skip
         quant_args = qparams.quant_args("uint8", "int8", channels, requantize=True, **quant)
-        plan = plan_qconv(geom, "uint8", "int8", requantize=True, w_zero_point=False)
+        plan = plan_qconv(
+            geom, "uint8", "int8", requantize=True, w_zero_point=False,
+            narrow_weights=fits_pmaddubsw(w),
+        )  # fmt: skip
         kernel = cached_kernel("qconv", plan.key, plan.computation(), plan.target)
         int8_args = [cpu_argument(a) for a in (x, plan.pack(w), *quant_args.kernel_constants(w))]
         int8_out = cpu_argument(np.empty(geom.out_shape, np.uint8))
