@@ -83,6 +83,8 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_bad_arguments_are_refused_naming_them",
         "test_a_bad_activation_is_refused",
         "test_conv_integer_refusals",
+        "test_the_qdq_fusion_takes_exactly_what_it_can_compute",
+        "test_the_qdq_fusion_keeps_a_dequantize_read_elsewhere",
     },
     "test_schedule_rules": {
         "test_the_test_run_is_strict",

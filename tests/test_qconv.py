@@ -546,3 +546,60 @@ def test_the_quantized_demo_resnet_runs_on_integer_kernels(tmp_path):
         (expected,) = run_onnxruntime(qdq, {"x": x})
         assert y.argmax() == expected.argmax()
         assert np.abs(y - expected).max() <= 1.001 / 255
+
+
+def _qdq_graph(bias: str, extra_reader: bool = False) -> onnx.ModelProto:
+    """DQ(x), DQ(W) [, DQ(bias) | float bias] -> Conv -> Relu -> Q, and optionally a second
+    reader (Identity) of DQ(x)'s output. ``bias``: 'int32' (scale x_scale * w_scale),
+    'int32-other-scale', 'float' or 'none'."""
+    rng = np.random.default_rng(0)
+    geom = shapes.conv_geometry((1, 4, 6, 6), (8, 4, 3, 3), padding=1)
+    w = integers(rng, "int8", geom.w_shape, 7)
+    w_scale = np.full(8, 0.01, np.float32)
+    model = qdq_conv_model(
+        geom, w=w, x_dtype="uint8", x_scale=0.5, x_zero_point=3, w_scale=w_scale,
+        w_zero_point=np.zeros(8, np.int8), y_scale=0.25, y_zero_point=128,
+        bias=None if bias == "none" else np.arange(8, dtype=np.int32), activation="relu",
+    )  # fmt: skip
+    graph = model.graph
+    if bias == "int32-other-scale":
+        scale = next(t for t in graph.initializer if t.name == "bias_scale")
+        scale.CopyFrom(numpy_helper.from_array(np.full(8, 0.006, np.float32), "bias_scale"))
+    if bias == "float":
+        conv = next(n for n in graph.node if n.op_type == "Conv")
+        conv.input[2] = "bias_float"
+        graph.initializer.append(numpy_helper.from_array(np.ones(8, np.float32), "bias_float"))
+        dq_b = next(n for n in graph.node if "bias_q" in n.input)
+        graph.node.remove(dq_b)
+    if extra_reader:
+        graph.node.append(helper.make_node("Identity", ["x_real"], ["x_copy"]))
+        graph.output.append(helper.make_tensor_value_info("x_copy", TensorProto.FLOAT, None))
+    return model
+
+
+@pytest.mark.parametrize(
+    "bias, fused", [("int32", True), ("none", True), ("int32-other-scale", False), ("float", False)]
+)
+def test_the_qdq_fusion_takes_exactly_what_it_can_compute(bias, fused):
+    from convforge.export.fusion import fuse_convolutions
+
+    result = fuse_convolutions(_qdq_graph(bias))
+    ops = [n.op_type for n in result.graph.node]
+    if fused:
+        assert ops == ["QLinearConv"], ops
+        (node,) = result.graph.node
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["convforge_activation"] == b"relu"
+        assert node.output[0] == "y" and node.input[0] == "x"
+    else:  # the Conv stays float (its weight dequantized once: a constant)
+        assert "QLinearConv" not in ops and "Conv" in ops, ops
+
+
+def test_the_qdq_fusion_keeps_a_dequantize_read_elsewhere():
+    from convforge.export.fusion import fuse_convolutions
+
+    result = fuse_convolutions(_qdq_graph("int32", extra_reader=True))
+    ops = [n.op_type for n in result.graph.node]
+    assert ops.count("QLinearConv") == 1 and ops.count("DequantizeLinear") == 1, ops
+    dq = next(n for n in result.graph.node if n.op_type == "DequantizeLinear")
+    assert dq.input[0] == "x" and dq.output[0] == "x_real"
