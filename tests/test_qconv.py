@@ -457,7 +457,7 @@ def _small_cnn(rng) -> onnx.ModelProto:
 def test_a_quantize_static_qdq_model_runs_every_conv_on_the_integer_kernel(tmp_path):
     """onnxruntime's quantize_static (QDQ, per-channel int8 weights, uint8 activations;
     ``reduce_range`` keeps onnxruntime's own AVX2 kernels exact, module doc): every Conv
-    becomes one integer kernel and the outputs agree with onnxruntime on the same model
+    becomes one integer kernel, the MaxPool runs on the integers, and the outputs agree with onnxruntime on the same model
     within 1 LSB of the output's scale."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -487,6 +487,9 @@ def test_a_quantize_static_qdq_model_runs_every_conv_on_the_integer_kernel(tmp_p
     kernels = {k["node"]: k for k in model.metadata["kernels"]}
     for name in ("c1", "c2", "c3", "c4", "c5"):
         assert kernels[name]["kernel"].startswith("qlinear_conv2d (int8"), kernels[name]
+    # the MaxPool between two of them stays integer (its Q/DQ pair is dropped)
+    (pool,) = [k for k in model.metadata["kernels"] if k["op_type"] == "MaxPool"]
+    assert pool["kernel"] == "max_pool2d (int8)" and len(pool["fused"]) == 2
     x = rng.random((1, 3, 24, 24)).astype(np.float32)
     (y,) = model(x)
     (expected,) = run_onnxruntime(qdq, {"x": x})

@@ -207,7 +207,8 @@ def fuse_qdq_convolutions(g: _Graph) -> None:
     becomes one QLinearConv node (named as the Conv; the activation as ``convforge_activation``
     or ``convforge_clip``) reading the quantized x and writing the quantized y, so chains of
     Q/DQ between such convolutions disappear; a DequantizeLinear nothing else reads goes
-    too. A Conv that does not fit (a float bias, a bias scale other than x_scale * w_scale,
+    too. A MaxPool between a DequantizeLinear and a QuantizeLinear of the same scale and
+    zero point then runs on the integers (:func:`_integer_max_pool`). A Conv that does not fit (a float bias, a bias scale other than x_scale * w_scale,
     y of another type than x, a DQ with a block size, ...) stays float. The QLinearConv
     computes exactly what onnxruntime's own QDQ-to-QLinearConv fusion does (its
     requantization: :mod:`convforge.ops.qconv`)."""
@@ -264,7 +265,40 @@ def fuse_qdq_convolutions(g: _Graph) -> None:
         absorbed += [n.name for n in followers]
         node.attribute.append(helper.make_attribute(FUSED_ATTR, absorbed))
         g.graph.node.insert(position, node)
+    for pool in list(g.graph.node):
+        if pool.op_type == "MaxPool":
+            _integer_max_pool(g, pool)
     _fold_constant_dequantize(g)
+
+
+def _integer_max_pool(g: _Graph, pool: onnx.NodeProto) -> None:
+    """``DequantizeLinear -> MaxPool -> QuantizeLinear`` with one scale and zero point
+    (per tensor, the same values and type on both sides) becomes the MaxPool of the
+    quantized tensor: the maximum commutes with the increasing dequantization and
+    QuantizeLinear(DequantizeLinear(q)) is q, so the result is exact (onnxruntime drops
+    such Q/DQ pairs around a MaxPool too)."""
+    if len(pool.output) != 1 or pool.output[0] in g.outputs:
+        return
+    dq = _dequantized(g, pool.input[0], constant=False)
+    quantize = g.sole_consumer(pool.output[0])
+    if dq is None or quantize is None or quantize.op_type != "QuantizeLinear":
+        return
+    if len(quantize.input) < 3 or _attribute(quantize, "block_size", 0):
+        return
+    before = [g.constant(name) for name in dq.input[1:3]]
+    after = [g.constant(name) for name in quantize.input[1:3]]
+    if any(v is None or v.size != 1 for v in (*before, *after)):
+        return
+    if any(a.dtype != b.dtype or a.item() != b.item() for a, b in zip(before, after)):
+        return
+    pool.input[0] = dq.input[0]
+    pool.output[0] = quantize.output[0]
+    g.graph.node.remove(quantize)
+    absorbed = [quantize.name]
+    if not g.consumers(dq.output[0]) and dq.output[0] not in g.outputs:
+        g.graph.node.remove(dq)
+        absorbed.insert(0, dq.name)
+    pool.attribute.append(helper.make_attribute(FUSED_ATTR, absorbed))
 
 
 def _fold_constant_dequantize(g: _Graph) -> None:

@@ -788,7 +788,7 @@ def lower_upsample(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Exp
 
 #: Attributes of ONNX MaxPool / AveragePool that :func:`lower_pool` honours.
 POOL_ATTRIBUTES = frozenset(
-    {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides"}
+    {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides", FUSED_ATTR}
 )
 
 
@@ -844,15 +844,23 @@ def lower_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> re
             lambda tx: list(ops.max_pool_with_indices(tx, geom, storage_order)),
         )  # fmt: skip
         return ctx.emit_kernel(node, op, step)
-    return _emit_pool(ctx, node, op, x, geom)
+    return _emit_pool(ctx, node, op, x, geom, attrs)
 
 
 def _emit_pool(
-    ctx: LoweringContext, node: str, op_type: str, x: relax.Expr, geom: shapes.PoolGeometry
+    ctx: LoweringContext,
+    node: str,
+    op_type: str,
+    x: relax.Expr,
+    geom: shapes.PoolGeometry,
+    attrs: dict | None = None,
 ) -> relax.Expr:
-    """The ``ops.pool`` kernel of ``geom`` on ``x`` for ONNX node ``node``."""
+    """The ``ops.pool`` kernel of ``geom`` on ``x`` for ONNX node ``node`` (``attrs``: the
+    node's, for the nodes fused into it); labelled ``(int8)`` on 8-bit integers."""
     kernel = f"{geom.kind}_pool{geom.ndim}d"
-    step = KernelStep(kernel, {}, [x], lambda tx: [ops.pool(tx, geom)])
+    if tensor_dtype(x) in ("uint8", "int8"):
+        kernel += " (int8)"
+    step = KernelStep(kernel, attrs or {}, [x], lambda tx: [ops.pool(tx, geom)])
     return ctx.emit_kernel(node, op_type, step)
 
 
