@@ -499,6 +499,9 @@ def test_a_quantize_static_qdq_model_runs_every_conv_on_the_integer_kernel(tmp_p
     )
     assert np.abs(y - expected).max() <= 1.001 * scale
     assert np.ptp(expected) > 10 * scale  # not a constant output
+    # convforge check: the output is a quantized value, compared within one step
+    check = cf.check_model(qdq, {"x": x}, compiled=model)
+    assert check.ok and check.atol == pytest.approx(1.001 * scale / max(1, np.abs(expected).max()))
 
 
 def _quantize_qdq(model: onnx.ModelProto, shape, tmp_path, rng) -> onnx.ModelProto:
@@ -606,3 +609,20 @@ def test_the_qdq_fusion_keeps_a_dequantize_read_elsewhere():
     assert ops.count("QLinearConv") == 1 and ops.count("DequantizeLinear") == 1, ops
     dq = next(n for n in result.graph.node if n.op_type == "DequantizeLinear")
     assert dq.input[0] == "x" and dq.output[0] == "x_real"
+
+
+def test_quantized_outputs_are_checked_within_one_step():
+    from convforge.export.check_model import quantization_steps
+
+    rng = np.random.default_rng(0)
+    geom = shapes.conv_geometry((1, 2, 4, 4), (2, 2, 1, 1))
+    qdq = qdq_conv_model(
+        geom, w=integers(rng, "int8", geom.w_shape), x_dtype="uint8", x_scale=0.5,
+        x_zero_point=3, w_scale=0.25, w_zero_point=0, y_scale=0.125, y_zero_point=7,
+    )  # fmt: skip
+    assert quantization_steps(qdq) == {"y": 1.0}  # an integer output of QuantizeLinear
+    qdq.graph.node.append(helper.make_node("DequantizeLinear", ["y", "y_scale"], ["y_real"]))
+    qdq.graph.output.append(helper.make_tensor_value_info("y_real", TensorProto.FLOAT, None))
+    assert quantization_steps(qdq) == {"y": 1.0, "y_real": 0.125}
+    float_model = conv_integer_model(geom, w=integers(rng, "int8", geom.w_shape), x_dtype="uint8")
+    assert quantization_steps(float_model) == {}
