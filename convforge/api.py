@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te
 
-from convforge import ops, shapes
+from convforge import ops, qparams, shapes
 from convforge.build import (
     Computation,
     Kernel,
@@ -25,6 +25,7 @@ from convforge.build import (
     compile_computation,
 )
 from convforge.ops.activation import check_activation
+from convforge.ops.qconv import fits_pmaddubsw
 from convforge.plan import ALGORITHMS as ALGORITHMS  # re-exported: algorithm= values
 from convforge.plan import (
     ConvPlan,
@@ -33,6 +34,7 @@ from convforge.plan import (
     conv_transpose_op,
     plan_conv,
     plan_dense,
+    plan_qconv,
 )
 from convforge.targets import TargetArg, resolve_target, target_key
 
@@ -836,3 +838,105 @@ def causal_conv_with_state(
     kernel = cached_kernel("causal_conv_with_state", key, build, target)
     y, new_state = kernel(*[a for a in (x, w, bias, state) if a is not None])
     return y, new_state
+
+
+# --- integer convolutions (ONNX QLinearConv, ConvInteger) ------------------------------
+
+
+def _integer_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    quant: Callable[[str, str, int], qparams.QuantArgs],
+    stride: int | Sequence[int],
+    padding: shapes.PaddingArg,
+    dilation: int | Sequence[int],
+    groups: int,
+    target: TargetArg,
+) -> np.ndarray:
+    """Validate x, w, the geometry and ``quant(x_dtype, w_dtype, channels)``'s arguments,
+    then run the planned integer kernel (:func:`convforge.plan.plan_qconv`)."""
+    x = qparams.integer_array(x, "x")
+    w = qparams.integer_array(w, "w")
+    geom = shapes.conv_geometry(
+        x.shape, w.shape, stride=stride, padding=padding, dilation=dilation, groups=groups
+    )
+    args = quant(str(x.dtype), str(w.dtype), geom.out_channels)
+    plan = plan_qconv(
+        geom, str(x.dtype), str(w.dtype), target, requantize=args.requantizes,
+        w_zero_point=args.has_w_zero_point, narrow_weights=fits_pmaddubsw(w),
+    )  # fmt: skip
+    kernel = cached_kernel("qconv", plan.key, plan.computation(), plan.target)
+    return kernel(x, plan.pack(w), *args.kernel_constants(w))
+
+
+def qconv(
+    x: np.ndarray,
+    x_scale: float | np.ndarray,
+    x_zero_point: int | np.ndarray,
+    w: np.ndarray,
+    w_scale: float | np.ndarray,
+    w_zero_point: int | np.ndarray,
+    y_scale: float | np.ndarray,
+    y_zero_point: int | np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: shapes.PaddingArg = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    activation: str | tuple[float, float] | None = None,
+    target: TargetArg = None,
+) -> np.ndarray:
+    """ONNX QLinearConv (QLinearConv's argument order; geometry keywords as :func:`conv`,
+    ``padding='same'``/``'same_lower'``/``'valid'`` being ``auto_pad``).
+
+    x: (N, C, *I) uint8 or int8; w: (O, C/groups, *K) uint8 or int8; x_scale, y_scale:
+    float32 scalars > 0; w_scale: a scalar or (O,) (per output channel); zero points: x's
+    and y's scalars of x's dtype, w's a scalar or (O,) of w's dtype; bias: int32 (O,) of
+    scale x_scale * w_scale -> (N, O, *out) of x's dtype::
+
+        y = saturate(round((acc + bias[o]) * x_scale * w_scale[o] / y_scale) + y_zp)
+
+    ``acc`` the exact int32 sum of ``(x - x_zp) * (w - w_zp)`` (padding is x_zp, a real
+    0), rounded half to even as onnxruntime does it: the multiplier ``x_scale *
+    w_scale[o] / y_scale`` and ``float32(acc) * multiplier`` in float32
+    (:mod:`convforge.ops.qconv`). ``activation``: None, 'relu' or a Clip's real bounds
+    ``(low, high)``, applied in the requantization (as the float Relu/Clip of the real
+    value, quantized). Every argument is validated (ValueError naming it and the rule,
+    :mod:`convforge.qparams`) before anything is compiled; CPU targets only.
+    """
+
+    def quant(x_dtype: str, w_dtype: str, channels: int) -> qparams.QuantArgs:
+        return qparams.quant_args(
+            x_dtype, w_dtype, channels, x_zero_point=x_zero_point, w_zero_point=w_zero_point,
+            x_scale=x_scale, w_scale=w_scale, y_scale=y_scale, y_zero_point=y_zero_point,
+            bias=bias, activation=activation, requantize=True,
+        )  # fmt: skip
+
+    return _integer_conv(x, w, quant, stride, padding, dilation, groups, target)
+
+
+def conv_integer(
+    x: np.ndarray,
+    w: np.ndarray,
+    x_zero_point: int | np.ndarray | None = None,
+    w_zero_point: int | np.ndarray | None = None,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: shapes.PaddingArg = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    target: TargetArg = None,
+) -> np.ndarray:
+    """ONNX ConvInteger: ``sum (x - x_zp) * (w - w_zp)`` as int32 (modulo 2**32), x padded
+    with x_zp. x: (N, C, *I) uint8 or int8; w: (O, C/groups, *K) uint8 or int8; x_zero_point
+    a scalar of x's dtype, w_zero_point a scalar or (O,) of w's dtype (None: 0) -> (N, O,
+    *out) int32. Geometry keywords and validation as :func:`qconv`."""
+
+    def quant(x_dtype: str, w_dtype: str, channels: int) -> qparams.QuantArgs:
+        return qparams.quant_args(
+            x_dtype, w_dtype, channels, x_zero_point=x_zero_point, w_zero_point=w_zero_point,
+            requantize=False,
+        )  # fmt: skip
+
+    return _integer_conv(x, w, quant, stride, padding, dilation, groups, target)

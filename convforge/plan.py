@@ -36,11 +36,13 @@ import tvm
 from tvm import te
 
 from convforge import ops, shapes
+from convforge.ops import qconv as qconv_ops
 from convforge.ops.conv import accumulator_dtype
 from convforge.schedules.cpu_winograd import CACHED_WEIGHT_FLOATS
 from convforge.targets import (
     TargetArg,
     TargetProfile,
+    has_x86_feature,
     is_cpu,
     profile,
     resolve_target,
@@ -849,3 +851,148 @@ def plan_dense(
     target = resolve_target(target)
     (n, f), (k, _) = x_shape, w_shape
     return DensePlan(int(n), int(f), int(k), vector_lanes(target, dtype), dtype)
+
+
+# --- integer convolutions (ConvInteger, QLinearConv) -----------------------------------
+
+
+@dataclass(frozen=True)
+class QConvPlan:
+    """How one integer convolution is computed (:func:`plan_qconv`): the TE of
+    :func:`convforge.ops.qconv.qconv` (an int32 dot product with the zero points folded
+    into a per-channel term, then the requantization) scheduled by
+    ``cpu_qconv.schedule_qconv``. Its kernel reads x, w, the int32 parameters (x_zp, y_zp,
+    lo, hi), the int32 per-channel term, then the float32 multipliers (QLinearConv) and
+    the int32 weight zero points (where one is not 0): :meth:`computation`."""
+
+    geometry: shapes.ConvGeometry
+    x_dtype: str
+    w_dtype: str
+    #: 'int32' (ConvInteger) or the output's 8-bit dtype (QLinearConv: x's).
+    out_dtype: str
+    #: Whether a weight zero point is not 0 (the window sums of x are then computed).
+    w_zero_point: bool
+    #: 'direct' (:func:`convforge.ops.qconv.qconv`), or a blocked form
+    #: (:func:`~convforge.ops.qconv.qconv_packed`, w packed by :meth:`pack`): 'vpmaddwd'
+    #: (int16 channel pairs) or 'vpmaddubsw' (uint8 x int8 channel quads).
+    form: str
+    target: tvm.target.Target = field(compare=False, repr=False)
+
+    @property
+    def schedule(self) -> str:
+        """The schedule rule that serves the kernel (``convforge.schedules.<module>.<fn>``)."""
+        return "cpu_qconv.schedule_qconv_packed" if self.packed else "cpu_qconv.schedule_qconv"
+
+    @property
+    def packed(self) -> bool:
+        """Whether the kernel is a blocked form reading w packed (:meth:`pack`)."""
+        return self.form != "direct"
+
+    @property
+    def step(self) -> int:
+        """Input channels per int32 lane of the blocked form's instruction."""
+        return qconv_ops.QUAD if self.form == "vpmaddubsw" else qconv_ops.PAIR
+
+    @property
+    def requantizes(self) -> bool:
+        """QLinearConv (requantized 8-bit output) rather than ConvInteger (int32)."""
+        return self.out_dtype != "int32"
+
+    @property
+    def label(self) -> str:
+        """The kernel's name in ``report()``: ``qlinear_conv2d (int8)``,
+        ``conv_integer2d (int8)``."""
+        op = "qlinear_conv" if self.requantizes else "conv_integer"
+        form = f", {self.form}" if self.packed else ""
+        return f"{op}{self.geometry.ndim}d (int8{form})"
+
+    @property
+    def key(self) -> tuple:
+        """The kernel cache key (with the target, which the caches add)."""
+        return ("qconv", self.geometry, self.x_dtype, self.w_dtype, self.out_dtype,
+                self.w_zero_point, self.form)  # fmt: skip
+
+    def pack(self, w: np.ndarray) -> np.ndarray:
+        """w (``geometry.w_shape``) as the kernel reads it (a new array)."""
+        w = np.asarray(w)
+        return qconv_ops.pack_weight(w, self.step) if self.packed else w.copy()
+
+    def input_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The kernel's inputs in order: name -> (shape, dtype)."""
+        g = self.geometry
+        shapes_ = {
+            "x": (g.x_shape, self.x_dtype),
+            "w": (qconv_ops.packed_weight_shape(g, self.step),
+                  "int16" if self.step == qconv_ops.PAIR else "int8") if self.packed
+            else (g.w_shape, self.w_dtype),
+            "params": ((4,), "int32"), "term": ((g.out_channels,), "int32"),
+        }  # fmt: skip
+        if self.requantizes:
+            shapes_["multiplier"] = ((g.out_channels,), "float32")
+        if self.w_zero_point:
+            shapes_["w_zero_point"] = ((g.out_channels,), "int32")
+        return shapes_
+
+    def compute(self, *tensors: te.Tensor) -> te.Tensor:
+        """The TE computation on placeholders of :meth:`input_shapes`, in order."""
+        named = dict(zip(self.input_shapes(), tensors))
+        if self.packed:
+            return qconv_ops.qconv_packed(
+                named["x"], named["w"], named["params"], named["term"], self.geometry,
+                multiplier=named.get("multiplier"), out_dtype=self.out_dtype,
+            )  # fmt: skip
+        return qconv_ops.qconv(
+            named["x"], named["w"], named["params"], named["term"], self.geometry,
+            multiplier=named.get("multiplier"), w_zero_point=named.get("w_zero_point"),
+            out_dtype=self.out_dtype,
+        )  # fmt: skip
+
+    def computation(self) -> Computation:
+        """Placeholders and :meth:`compute`: what the API compiles."""
+
+        def build():
+            tensors = [
+                te.placeholder(shape, dtype, name=name)
+                for name, (shape, dtype) in self.input_shapes().items()
+            ]
+            return tensors, [self.compute(*tensors)]
+
+        return build
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_qconv(geom, x_dtype, w_dtype, out_dtype, w_zero_point, narrow, target) -> QConvPlan:
+    form = "direct"
+    if geom.groups == 1 and not w_zero_point and has_x86_feature(target, "avx2"):
+        form = "vpmaddubsw" if narrow and (x_dtype, w_dtype) == ("uint8", "int8") else "vpmaddwd"
+    return QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, form, target)
+
+
+def plan_qconv(
+    geom: shapes.ConvGeometry,
+    x_dtype: str,
+    w_dtype: str,
+    target: TargetArg = None,
+    *,
+    requantize: bool,
+    w_zero_point: bool,
+    narrow_weights: bool = False,
+) -> QConvPlan:
+    """The plan of an integer convolution ``geom`` (validated by ``shapes.conv_geometry``)
+    of ``x_dtype`` activations and ``w_dtype`` weights (uint8/int8, checked by the caller:
+    :mod:`convforge.qparams`): QLinearConv where ``requantize`` (output of x's dtype), else
+    ConvInteger (int32); ``w_zero_point``: whether some weight zero point is not 0. CPU
+    targets only (ValueError naming ``target`` otherwise). On x86 with AVX2, a convolution
+    of one group whose weight zero points are all 0 (onnxruntime's quantizer's int8
+    weights) takes a blocked form: ``vpmaddubsw`` where x is uint8 and ``narrow_weights``
+    (int8 weights that :func:`convforge.ops.qconv.fits_pmaddubsw`: exact), else
+    ``vpmaddwd``; anything else the direct one."""
+    target = resolve_target(target)
+    if not is_cpu(target):
+        raise ValueError(
+            f"target must be a CPU target for integer convolutions, got {target.kind.name}"
+        )
+    out_dtype = x_dtype if requantize else "int32"
+    return _plan_qconv(
+        geom, x_dtype, w_dtype, out_dtype, bool(w_zero_point), bool(narrow_weights), target
+    )

@@ -293,6 +293,17 @@ def _cpu_family(target: tvm.target.Target) -> str:
     return "x86-avx2" if has("avx2", target) or has("avx", target) else "x86-sse"
 
 
+def has_x86_feature(target: tvm.target.Target, feature: str) -> bool:
+    """Whether ``target`` is an x86 LLVM CPU target with ISA ``feature`` (LLVM's name,
+    e.g. 'avx2'): what an instruction-specific kernel (the int8 ``vpmaddwd`` form) needs."""
+    if target.kind.name != "llvm":
+        return False
+    arch = str(target.attrs.get("mtriple", "") or "x86_64").split("-")[0]
+    if "x86" not in arch and arch not in ("i386", "i686"):
+        return False
+    return bool(tvm.target.codegen.llvm_cpu_has_features(feature, target))
+
+
 def _is_host(target: tvm.target.Target) -> bool:
     host = host_target()
     return all(

@@ -78,6 +78,15 @@ FAST_TESTS: dict[str, set[str] | str] = {
         "test_runner_rejects_unknown_workload",
         "test_suite_names_are_unique_and_ops_known",
     },
+    "test_qconv": {
+        "test_float32_requantization_against_exact_rounding",
+        "test_bad_arguments_are_refused_naming_them",
+        "test_a_bad_activation_is_refused",
+        "test_conv_integer_refusals",
+        "test_the_qdq_fusion_takes_exactly_what_it_can_compute",
+        "test_the_qdq_fusion_keeps_a_dequantize_read_elsewhere",
+        "test_quantized_outputs_are_checked_within_one_step",
+    },
     "test_schedule_rules": {
         "test_the_test_run_is_strict",
         "test_a_broken_rule_raises_in_strict_mode_naming_rule_and_function",

@@ -49,10 +49,18 @@ _RESIZE_INPUT = (
 #: Runs refused on purpose, with the reason. Key: case name (both forms) or
 #: ``name[form]``; value: (a regular expression the refusal's message matches, why).
 REFUSED: dict[str, tuple[str, str]] = {
-    # Integer convolutions: int8 kernels are another issue's work.
-    "test_convinteger_without_padding": ("ConvInteger.*integer", "int8 kernels not built yet"),
-    "test_convinteger_with_padding": ("ConvInteger.*integer", "int8 kernels not built yet"),
-    "test_qlinearconv": ("QLinearConv.*integer", "int8 kernels not built yet"),
+    # Integer convolutions fold their weights, zero points and scales into the kernel.
+    **{
+        f"test_{name}[inputs]": (
+            f"{op}.*must be a constant",
+            "integer weights and quantization parameters as graph inputs",
+        )
+        for name, op in (
+            ("convinteger_without_padding", "ConvInteger"),
+            ("convinteger_with_padding", "ConvInteger"),
+            ("qlinearconv", "QLinearConv"),
+        )
+    },
     # Neither convforge nor TVM's importer has these ops.
     **{
         f"test_{name}": ("DeformConv.*not supported", "no DeformConv kernel (convforge nor TVM)")

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from convforge.export.check import compare, run_onnxruntime
+from convforge.export.check import compare, run_onnxruntime, tolerances
 from convforge.export.fusion import name_nodes
 from convforge.export.model import (
     CompiledModel,
@@ -169,6 +170,31 @@ def expose_intermediates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[
     return exposed, producers
 
 
+def quantization_steps(model: onnx.ModelProto) -> dict[str, float]:
+    """Graph outputs that are quantized values, with their quantization step (1 LSB): the
+    constant per-tensor scale of the DequantizeLinear producing a float output, 1 for an
+    integer output of a QuantizeLinear. Two runtimes may round a quantized value one step
+    apart (onnxruntime computes a QDQ Add, Softmax or Gemm with its own integer kernels),
+    so such an output agrees within one step; every other output keeps its dtype's
+    tolerance."""
+    constants = {t.name: t for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    steps = {}
+    for output in model.graph.output:
+        node = producers.get(output.name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "QuantizeLinear":
+            steps[output.name] = 1.0
+        elif node.op_type == "DequantizeLinear" and len(node.input) > 1:
+            scale = constants.get(node.input[1])
+            if scale is not None:
+                value = numpy_helper.to_array(scale)
+                if value.size == 1 and np.isfinite(value).all():
+                    steps[output.name] = float(value.reshape(()))
+    return steps
+
+
 def check_model(
     model: onnx.ModelProto | str | os.PathLike,
     inputs: Mapping[str, np.ndarray] | None = None,
@@ -188,7 +214,9 @@ def check_model(
     inputs of the declared shapes, or of ``input_shapes`` (name -> full shape) where given
     (needed for dynamic dimensions besides the batch).
 
-    Tolerances default per dtype (:func:`convforge.export.check.tolerances`). Bad input
+    Tolerances default per dtype (:func:`convforge.export.check.tolerances`); an output that
+    is a quantized value (a QDQ model's, :func:`quantization_steps`) agrees within one
+    quantization step unless ``atol`` is given. Bad input
     (unreadable model, missing/unknown input, wrong shape) raises ValueError before compiling;
     so does a model onnxruntime (the reference) refuses. Needs onnxruntime: MissingExtraError
     (``pip install 'convforge[check]'``) first without it.
@@ -215,16 +243,23 @@ def check_model(
             algorithm=algorithm,
         )  # fmt: skip
     ours = compiled(**feeds)
+    steps = quantization_steps(original) if atol is None else {}
     results = []
+    first_atol = atol
     for spec, actual, expected in zip(compiled.outputs, ours, theirs):
-        agreement = compare(actual, expected, rtol=rtol, atol=atol)
+        output_atol = atol
+        if spec.name in steps:  # one quantization step (1 LSB) of a quantized output
+            scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+            output_atol = max(tolerances(str(expected.dtype))[1], 1.001 * steps[spec.name] / scale)
+        agreement = compare(actual, expected, rtol=rtol, atol=output_atol)
+        first_atol = output_atol if not results else first_atol
         results.append(
             TensorCheck(
                 spec.name, tuple(expected.shape), agreement.max_abs, agreement.max_rel,
                 agreement.ok, top1_agreement(actual, expected), producers.get(spec.name),
             )
         )  # fmt: skip
-    used = compare(ours[0], theirs[0], rtol=rtol, atol=atol)
+    used = compare(ours[0], theirs[0], rtol=rtol, atol=first_atol)
     declared = [r for r in results if r.node is None]
     nodes = [r for r in results if r.node is not None]
     return ModelCheck(declared, used.rtol, used.atol, nodes)

@@ -36,6 +36,7 @@ from onnx import helper, numpy_helper
 from convforge import shapes
 from convforge.export.lowering import (
     ACTIVATION_ATTR,
+    CLIP_ATTR,
     FUSED_ATTR,
     MAX_POOL_ATTRS,
     RESIDUAL_ATTR,
@@ -123,12 +124,209 @@ def fuse_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     convolutions."""
     model = name_nodes(model)
     g = _Graph(model)
+    fuse_qdq_convolutions(g)
     for conv in list(g.graph.node):
         if conv.op_type not in ("Conv", "ConvTranspose"):
             continue
         fused = _absorb_resize(g, conv) if conv.op_type == "Conv" else []
         _absorb_followers(g, conv, fused, plain=conv.op_type == "Conv" and not fused)
     return model
+
+
+# --- QDQ convolutions -> one integer kernel ---------------------------------------------
+
+_INT8_TYPES = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)
+
+
+def _producer(g: _Graph, tensor: str) -> onnx.NodeProto | None:
+    return next((n for n in g.graph.node if tensor in n.output), None)
+
+
+def _attribute(node: onnx.NodeProto, name: str, default=None):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _dequantized(g: _Graph, tensor: str, constant: bool) -> onnx.NodeProto | None:
+    """The DequantizeLinear producing ``tensor`` with constant scale and zero point (and a
+    constant input where ``constant``), per tensor or per channel along axis 0 (weights,
+    bias) of an 8-bit or int32 input, no ``block_size``; else None."""
+    dq = _producer(g, tensor)
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx"):
+        return None
+    if len(dq.input) < 3 or any(g.constant(name) is None for name in dq.input[1:3]):
+        return None
+    if constant and g.constant(dq.input[0]) is None:
+        return None
+    scale = g.constant(dq.input[1])
+    if _attribute(dq, "block_size", 0) or scale.dtype != np.float32:
+        return None
+    if scale.size > 1 and (not constant or _attribute(dq, "axis", 1) != 0):
+        return None
+    return dq
+
+
+def _quantize_after(g: _Graph, tensor: str) -> tuple[list[onnx.NodeProto], object] | None:
+    """The nodes from ``tensor`` to the QuantizeLinear ending a QDQ Conv: [Relu | Clip]
+    QuantizeLinear, each the sole reader of the last (per-tensor constant scale and zero
+    point); with the activation ('relu', a Clip's (low, high), or None). Else None."""
+    nodes: list[onnx.NodeProto] = []
+    activation: object = None
+    nxt = g.sole_consumer(tensor)
+    if nxt is not None and nxt.op_type == "Relu":
+        nodes, activation = [nxt], "relu"
+    elif nxt is not None and nxt.op_type == "Clip":
+        if len(nxt.input) > 1:  # opset 11+: min/max inputs
+            bounds = [g.constant(name) if name else None for name in list(nxt.input[1:3])]
+            if any(name and b is None for name, b in zip(nxt.input[1:3], bounds)):
+                return None
+            low = -np.inf if len(bounds) < 1 or bounds[0] is None else float(bounds[0])
+            high = np.inf if len(bounds) < 2 or bounds[1] is None else float(bounds[1])
+        else:
+            low = float(_attribute(nxt, "min", -np.inf))
+            high = float(_attribute(nxt, "max", np.inf))
+        nodes, activation = [nxt], (low, high)
+    if nodes:
+        nxt = g.sole_consumer(nodes[-1].output[0])
+    if nxt is None or nxt.op_type != "QuantizeLinear" or len(nxt.input) < 3:
+        return None
+    scale, zero = (g.constant(name) for name in nxt.input[1:3])
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+        return None
+    if scale.dtype != np.float32 or _attribute(nxt, "block_size", 0):
+        return None
+    return [*nodes, nxt], activation
+
+
+def fuse_qdq_convolutions(g: _Graph) -> None:
+    """Each QDQ convolution ``DequantizeLinear(x), DequantizeLinear(W const)
+    [, DequantizeLinear(int32 bias const)] -> Conv [-> Relu | Clip] -> QuantizeLinear``
+    (onnxruntime's quantizer's form: per-tensor x and y, per-tensor or per-channel W)
+    becomes one QLinearConv node (named as the Conv; the activation as ``convforge_activation``
+    or ``convforge_clip``) reading the quantized x and writing the quantized y, so chains of
+    Q/DQ between such convolutions disappear; a DequantizeLinear nothing else reads goes
+    too. A MaxPool between a DequantizeLinear and a QuantizeLinear of the same scale and
+    zero point then runs on the integers (:func:`_integer_max_pool`). A Conv that does not fit (a float bias, a bias scale other than x_scale * w_scale,
+    y of another type than x, a DQ with a block size, ...) stays float. The QLinearConv
+    computes exactly what onnxruntime's own QDQ-to-QLinearConv fusion does (its
+    requantization: :mod:`convforge.ops.qconv`)."""
+    for conv in list(g.graph.node):
+        if conv.op_type != "Conv" or len(conv.input) < 2 or conv.output[0] in g.outputs:
+            continue
+        dq_x = _dequantized(g, conv.input[0], constant=False)
+        dq_w = _dequantized(g, conv.input[1], constant=True)
+        if dq_x is None or dq_w is None or g.constant(dq_x.input[1]).size != 1:
+            continue
+        x_type = g.types.get(dq_x.input[0])
+        if x_type is None or x_type.elem_type not in _INT8_TYPES:
+            continue
+        if g.constant(dq_w.input[0]).dtype not in (np.int8, np.uint8):
+            continue
+        dq_b = None
+        if len(conv.input) > 2 and conv.input[2]:
+            dq_b = _dequantized(g, conv.input[2], constant=True)
+            if dq_b is None or g.constant(dq_b.input[0]).dtype != np.int32:
+                continue
+            expected = (g.constant(dq_x.input[1]) * g.constant(dq_w.input[1])).astype(np.float32)
+            bias_scale = g.constant(dq_b.input[1])
+            if np.any(np.broadcast_to(bias_scale, expected.shape) != expected) or np.any(
+                g.constant(dq_b.input[2]) != 0
+            ):
+                continue
+        tail = _quantize_after(g, conv.output[0])
+        if tail is None:
+            continue
+        followers, activation = tail
+        quantize = followers[-1]
+        if g.constant(quantize.input[2]).dtype != np.dtype(
+            onnx.helper.tensor_dtype_to_np_dtype(x_type.elem_type)
+        ):
+            continue
+        inputs = [*dq_x.input[:3], *dq_w.input[:3], *quantize.input[1:3]]
+        if dq_b is not None:
+            inputs.append(dq_b.input[0])
+        node = helper.make_node("QLinearConv", inputs, [quantize.output[0]], name=conv.name)
+        node.attribute.extend(conv.attribute)
+        if activation == "relu":
+            node.attribute.append(helper.make_attribute(ACTIVATION_ATTR, "relu"))
+        elif activation is not None:
+            node.attribute.append(helper.make_attribute(CLIP_ATTR, list(activation)))
+        position = list(g.graph.node).index(conv)
+        for gone in (conv, *followers):
+            g.graph.node.remove(gone)
+        absorbed = []
+        for dq in (dq_x, dq_w, dq_b):  # one still read by another node stays
+            if dq is not None and not g.consumers(dq.output[0]) and dq.output[0] not in g.outputs:
+                position -= list(g.graph.node).index(dq) < position
+                g.graph.node.remove(dq)
+                absorbed.append(dq.name)
+        absorbed += [n.name for n in followers]
+        node.attribute.append(helper.make_attribute(FUSED_ATTR, absorbed))
+        g.graph.node.insert(position, node)
+    for pool in list(g.graph.node):
+        if pool.op_type == "MaxPool":
+            _integer_max_pool(g, pool)
+    _fold_constant_dequantize(g)
+
+
+def _integer_max_pool(g: _Graph, pool: onnx.NodeProto) -> None:
+    """``DequantizeLinear -> MaxPool -> QuantizeLinear`` with one scale and zero point
+    (per tensor, the same values and type on both sides) becomes the MaxPool of the
+    quantized tensor: the maximum commutes with the increasing dequantization and
+    QuantizeLinear(DequantizeLinear(q)) is q, so the result is exact (onnxruntime drops
+    such Q/DQ pairs around a MaxPool too)."""
+    if len(pool.output) != 1 or pool.output[0] in g.outputs:
+        return
+    dq = _dequantized(g, pool.input[0], constant=False)
+    quantize = g.sole_consumer(pool.output[0])
+    if dq is None or quantize is None or quantize.op_type != "QuantizeLinear":
+        return
+    if len(quantize.input) < 3 or _attribute(quantize, "block_size", 0):
+        return
+    before = [g.constant(name) for name in dq.input[1:3]]
+    after = [g.constant(name) for name in quantize.input[1:3]]
+    if any(v is None or v.size != 1 for v in (*before, *after)):
+        return
+    if any(a.dtype != b.dtype or a.item() != b.item() for a, b in zip(before, after)):
+        return
+    pool.input[0] = dq.input[0]
+    pool.output[0] = quantize.output[0]
+    g.graph.node.remove(quantize)
+    absorbed = [quantize.name]
+    if not g.consumers(dq.output[0]) and dq.output[0] not in g.outputs:
+        g.graph.node.remove(dq)
+        absorbed.insert(0, dq.name)
+    pool.attribute.append(helper.make_attribute(FUSED_ATTR, absorbed))
+
+
+def _fold_constant_dequantize(g: _Graph) -> None:
+    """A DequantizeLinear of constants that is left (the weight of a Gemm, of a Conv that
+    stayed float) becomes its float32 value, computed once here as onnxruntime computes
+    it (``float(q - zero_point) * scale``, per tensor or along ``axis``), so the float
+    kernel reading it sees a constant (a packed weight) instead of a dequantization on
+    every run."""
+    for dq in list(g.graph.node):
+        if dq.op_type != "DequantizeLinear" or _attribute(dq, "block_size", 0):
+            continue
+        values = [g.constant(name) if name else None for name in dq.input]
+        if values[0] is None or any(name and v is None for name, v in zip(dq.input, values)):
+            continue
+        q, scale = values[0], values[1]
+        zero = values[2] if len(values) > 2 and values[2] is not None else np.zeros((), q.dtype)
+        if scale.dtype != np.float32 or q.dtype not in (np.int8, np.uint8, np.int32):
+            continue
+        shape = [1] * q.ndim
+        if scale.size > 1:
+            axis = _attribute(dq, "axis", 1) % max(1, q.ndim)
+            shape[axis] = scale.size
+        centered = q.astype(np.int64) - zero.astype(np.int64).reshape(
+            shape if zero.size > 1 else ()
+        )
+        value = centered.astype(np.float32) * scale.reshape(shape if scale.size > 1 else ())
+        g.graph.node.remove(dq)
+        g.add_constant(dq.output[0], value.astype(np.float32))
 
 
 def _absorb_resize(g: _Graph, conv: onnx.NodeProto) -> list[str]:

@@ -35,7 +35,8 @@ from tvm import relax, te
 from convforge import ops, shapes
 from convforge.build import schedule_for
 from convforge.export.codegen import OPT_LEVEL_ATTR
-from convforge.plan import ConvPlan, conv_transpose_op, plan_conv, plan_dense
+from convforge.ops.qconv import fits_pmaddubsw
+from convforge.plan import ConvPlan, conv_transpose_op, plan_conv, plan_dense, plan_qconv
 from convforge.schedules.tuning import RECORD_ATTR
 
 #: Attribute names the fusion pass sets on a fused ONNX node.
@@ -56,6 +57,10 @@ RESIZE_ATTRS = {
 #: output: strides == kernel_shape, no pads or dilation): the pool's node name, its
 #: kernel_shape and ceil_mode.
 MAX_POOL_ATTRS = {key: f"convforge_max_pool_{key}" for key in ("node", "kernel_shape", "ceil_mode")}
+
+#: Set on a QLinearConv the fusion made of a QDQ Conv followed by a Clip: the Clip's real
+#: (low, high), applied in the requantization (``convforge_activation`` 'relu' for a Relu).
+CLIP_ATTR = "convforge_clip"
 
 #: relax's kOpaque: keeps FuseOps from merging other ops into an already scheduled kernel.
 _OPAQUE = 8
@@ -783,7 +788,7 @@ def lower_upsample(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Exp
 
 #: Attributes of ONNX MaxPool / AveragePool that :func:`lower_pool` honours.
 POOL_ATTRIBUTES = frozenset(
-    {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides"}
+    {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides", FUSED_ATTR}
 )
 
 
@@ -839,15 +844,23 @@ def lower_pool(ctx: LoweringContext, inputs: list, attrs: dict, kind: str) -> re
             lambda tx: list(ops.max_pool_with_indices(tx, geom, storage_order)),
         )  # fmt: skip
         return ctx.emit_kernel(node, op, step)
-    return _emit_pool(ctx, node, op, x, geom)
+    return _emit_pool(ctx, node, op, x, geom, attrs)
 
 
 def _emit_pool(
-    ctx: LoweringContext, node: str, op_type: str, x: relax.Expr, geom: shapes.PoolGeometry
+    ctx: LoweringContext,
+    node: str,
+    op_type: str,
+    x: relax.Expr,
+    geom: shapes.PoolGeometry,
+    attrs: dict | None = None,
 ) -> relax.Expr:
-    """The ``ops.pool`` kernel of ``geom`` on ``x`` for ONNX node ``node``."""
+    """The ``ops.pool`` kernel of ``geom`` on ``x`` for ONNX node ``node`` (``attrs``: the
+    node's, for the nodes fused into it); labelled ``(int8)`` on 8-bit integers."""
     kernel = f"{geom.kind}_pool{geom.ndim}d"
-    step = KernelStep(kernel, {}, [x], lambda tx: [ops.pool(tx, geom)])
+    if tensor_dtype(x) in ("uint8", "int8"):
+        kernel += " (int8)"
+    step = KernelStep(kernel, attrs or {}, [x], lambda tx: [ops.pool(tx, geom)])
     return ctx.emit_kernel(node, op_type, step)
 
 
@@ -933,6 +946,92 @@ def lower_thresholded_relu(ctx: LoweringContext, inputs: list, attrs: dict) -> r
     return ctx.bb.call_te(thresholded, x, primfunc_name_hint="thresholded_relu")
 
 
+#: The attributes a QLinearConv/ConvInteger node may carry (ONNX's, and the fusion's).
+_INTEGER_CONV_ATTRIBUTES = frozenset(
+    {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides", ACTIVATION_ATTR,
+     CLIP_ATTR, FUSED_ATTR}
+)  # fmt: skip
+
+
+def _integer_conv(
+    ctx: LoweringContext, op_type: str, x: relax.Expr, w: relax.Expr, attrs: dict, quant: dict
+) -> relax.Expr:
+    """The integer kernel of a QLinearConv (``quant`` holds scales) or ConvInteger node:
+    x a tensor; w and every value of ``quant`` (name -> relax expression or None)
+    constants, validated by :mod:`convforge.qparams` and folded into the kernel's
+    per-channel constants (:meth:`convforge.qparams.QuantArgs.kernel_constants`)."""
+    from convforge import qparams
+
+    node = _node_name(attrs)
+    unknown = _unknown_attributes(attrs, _INTEGER_CONV_ATTRIBUTES)
+    if unknown:
+        raise refuse(op_type, node, "attributes", f"unknown attributes {unknown}")
+    values = {"w": w, **quant}
+    constants = {}
+    for name, expr in values.items():
+        if expr is None:
+            constants[name] = None
+            continue
+        value = _constant(expr)
+        if value is None:
+            raise refuse(
+                op_type, node, f"input {name!r}",
+                "must be a constant (an initializer or Constant node): convforge folds the "
+                "weights, zero points and scales into the kernel's per-channel constants",
+            )  # fmt: skip
+        constants[name] = value
+    w_value = constants.pop("w")
+    x_shape = static_shape(x, f"{op_type} {node!r} input")
+    x_dtype, w_dtype = tensor_dtype(x), str(w_value.dtype)
+    nd = len(x_shape) - 2
+    geom = _node_geometry(
+        op_type, node, shapes.conv_geometry, x_shape, w_value.shape,
+        stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
+        padding=onnx_padding(attrs, nd), groups=int(attrs.get("group", 1)),
+    )  # fmt: skip
+    activation: Any = activation_of(attrs)
+    if CLIP_ATTR in attrs:
+        activation = tuple(float(v) for v in attrs[CLIP_ATTR])
+    requantize = op_type == "QLinearConv"
+    try:
+        qparams.integer_array(np.zeros(0, x_dtype), "x")
+        qparams.integer_array(w_value, "w")
+        args = qparams.quant_args(
+            x_dtype, w_dtype, geom.out_channels, requantize=requantize,
+            activation=activation, **constants,
+        )  # fmt: skip
+    except ValueError as error:
+        raise refuse(op_type, node, "inputs", str(error)) from None
+    plan = plan_qconv(
+        geom, x_dtype, w_dtype, ctx.target, requantize=requantize,
+        w_zero_point=args.has_w_zero_point, narrow_weights=fits_pmaddubsw(w_value),
+    )  # fmt: skip
+    constants = [plan.pack(w_value), *args.kernel_constants(w_value)]
+    kernel_args = [x, *map(relax.const, constants)]
+    step = KernelStep(plan.label, attrs, kernel_args, lambda *t: [plan.compute(*t)], geom.macs)
+    return ctx.emit_kernel(node, op_type, step)
+
+
+def lower_qlinear_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
+    """ONNX QLinearConv (x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale,
+    y_zero_point[, B]; N-d, every auto_pad, groups; a fused Relu/Clip of a QDQ Conv) as
+    convforge's integer kernel (:func:`convforge.plan.plan_qconv`); every input but x a
+    constant."""
+    names = ("x_scale", "x_zero_point", "w", "w_scale", "w_zero_point", "y_scale",
+             "y_zero_point", "bias")  # fmt: skip
+    given = dict(zip(names, list(inputs[1:]) + [None] * (len(names) + 1 - len(inputs))))
+    w = given.pop("w")
+    return _integer_conv(ctx, "QLinearConv", inputs[0], w, attrs, given)
+
+
+def lower_conv_integer(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
+    """ONNX ConvInteger (x, w[, x_zero_point[, w_zero_point]]) as convforge's integer
+    kernel; w and the zero points constants."""
+    rest = [*inputs[2:], None, None]
+    quant = {"x_zero_point": rest[0], "w_zero_point": rest[1]}
+    return _integer_conv(ctx, "ConvInteger", inputs[0], inputs[1], attrs, quant)
+
+
 #: ONNX op_type -> lowering to a convforge kernel; a lowering returning ``None`` declines the
 #: node, and it and every other op type go to TVM's own converter.
 LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr | None]] = {
@@ -950,6 +1049,8 @@ LOWERINGS: dict[str, Callable[[LoweringContext, list, dict], relax.Expr | None]]
     "Softmax": lower_softmax,
     "Clip": lower_clip,
     "ThresholdedRelu": lower_thresholded_relu,
+    "QLinearConv": lower_qlinear_conv,
+    "ConvInteger": lower_conv_integer,
 }
 
 

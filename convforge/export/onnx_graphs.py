@@ -34,6 +34,9 @@ _ONNX_DTYPES = {
     "float32": TensorProto.FLOAT,
     "float64": TensorProto.DOUBLE,
     "int64": TensorProto.INT64,
+    "int32": TensorProto.INT32,
+    "uint8": TensorProto.UINT8,
+    "int8": TensorProto.INT8,
 }
 
 
@@ -120,6 +123,13 @@ def conv_model(
     it are ``geom.padding`` (convforge's 'same', 'same_lower', 'valid'). onnxruntime 1.32
     refuses SAME_* with a dilation above 1 ("Dilation not supported"); explicit pads work.
     """
+    attrs = _conv_padding_attrs(geom, auto_pad)
+    return _single_conv_model("Conv", attrs, geom, dtype, bias, activation, weights, opset, name)
+
+
+def _conv_padding_attrs(geom: ConvGeometry, auto_pad: str) -> dict:
+    """A (Q)Conv node's attributes for ``geom``: explicit ``pads`` ('NOTSET'), or
+    ``auto_pad`` where the pads ONNX derives from it are ``geom.padding`` (else ValueError)."""
     attrs = _conv_attrs(geom)
     if auto_pad == "NOTSET":
         attrs["pads"] = flat_pads(geom.padding)
@@ -138,7 +148,7 @@ def conv_model(
                 f"auto_pad={auto_pad} means pads {derived}, not the geometry's {geom.padding}"
             )
         attrs["auto_pad"] = auto_pad
-    return _single_conv_model("Conv", attrs, geom, dtype, bias, activation, weights, opset, name)
+    return attrs
 
 
 def conv_transpose_model(
@@ -265,6 +275,143 @@ def causal_conv1d_model(
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Write ``model`` atomically: a crash leaves either the old file or the new one."""
     atomic_write(path, model.SerializeToString(), suffix=".onnx")
+
+
+# --- integer convolutions: QLinearConv, ConvInteger, QDQ ----------------------------------
+
+
+def qlinear_conv_model(
+    geom: ConvGeometry,
+    *,
+    w: np.ndarray,
+    x_dtype: str,
+    x_scale: float,
+    x_zero_point: int,
+    w_scale: float | np.ndarray,
+    w_zero_point: int | np.ndarray,
+    y_scale: float,
+    y_zero_point: int,
+    bias: np.ndarray | None = None,
+    auto_pad: str = "NOTSET",
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """ONNX QLinearConv for ``geom``: input x (``x_dtype``), every other operand an
+    initializer (w of its own dtype, float32 scales, zero points of x's and w's dtypes,
+    w's scale and zero point scalars or per output channel, int32 bias) -> y of x's dtype.
+    ``auto_pad`` as :func:`conv_model`."""
+    w_dtype = str(w.dtype)
+    consts = {
+        "x_scale": np.asarray(x_scale, np.float32),
+        "x_zero_point": np.asarray(x_zero_point, x_dtype),
+        "w": w,
+        "w_scale": np.asarray(w_scale, np.float32),
+        "w_zero_point": np.asarray(w_zero_point, w_dtype),
+        "y_scale": np.asarray(y_scale, np.float32),
+        "y_zero_point": np.asarray(y_zero_point, x_dtype),
+    }
+    if bias is not None:
+        consts["bias"] = np.asarray(bias, np.int32)
+    node = helper.make_node(
+        "QLinearConv", ["x", *consts], ["y"], **_conv_padding_attrs(geom, auto_pad)
+    )
+    return make_model(
+        [node], {"x": (geom.x_shape, x_dtype)}, {"y": (geom.out_shape, x_dtype)},
+        initializers=consts, opset=opset, name="qlinear_conv",
+    )  # fmt: skip
+
+
+def conv_integer_model(
+    geom: ConvGeometry,
+    *,
+    w: np.ndarray,
+    x_dtype: str,
+    x_zero_point: int | None = None,
+    w_zero_point: int | np.ndarray | None = None,
+    auto_pad: str = "NOTSET",
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """ONNX ConvInteger for ``geom``: input x (``x_dtype``); w and the zero points (None:
+    absent, 0) initializers -> y int32. ``auto_pad`` as :func:`conv_model`."""
+    consts: dict[str, np.ndarray] = {"w": w}
+    operands = ["x", "w"]
+    if x_zero_point is not None or w_zero_point is not None:
+        consts["x_zero_point"] = np.asarray(x_zero_point or 0, x_dtype)
+        operands.append("x_zero_point")
+    if w_zero_point is not None:
+        consts["w_zero_point"] = np.asarray(w_zero_point, w.dtype)
+        operands.append("w_zero_point")
+    node = helper.make_node("ConvInteger", operands, ["y"], **_conv_padding_attrs(geom, auto_pad))
+    return make_model(
+        [node], {"x": (geom.x_shape, x_dtype)}, {"y": (geom.out_shape, "int32")},
+        initializers=consts, opset=opset, name="conv_integer",
+    )  # fmt: skip
+
+
+def qdq_conv_model(
+    geom: ConvGeometry,
+    *,
+    w: np.ndarray,
+    x_dtype: str,
+    x_scale: float,
+    x_zero_point: int,
+    w_scale: float | np.ndarray,
+    w_zero_point: int | np.ndarray,
+    y_scale: float,
+    y_zero_point: int,
+    bias: np.ndarray | None = None,
+    activation: str | tuple[float, float] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """The QDQ form of :func:`qlinear_conv_model` (what onnxruntime's quantizer writes):
+    DequantizeLinear of x, of w (axis 0 where per channel) and of the int32 bias (scale
+    x_scale * w_scale) -> Conv [-> Relu | Clip(low, high)] -> QuantizeLinear."""
+    w_scale = np.asarray(w_scale, np.float32)
+    per_channel = w_scale.ndim == 1
+    consts = {
+        "x_scale": np.asarray(x_scale, np.float32),
+        "x_zero_point": np.asarray(x_zero_point, x_dtype),
+        "w_q": w,
+        "w_scale": w_scale,
+        "w_zero_point": np.asarray(w_zero_point, w.dtype),
+        "y_scale": np.asarray(y_scale, np.float32),
+        "y_zero_point": np.asarray(y_zero_point, x_dtype),
+    }
+    axis = {"axis": 0} if per_channel else {}
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "x_scale", "x_zero_point"], ["x_real"]),
+        helper.make_node(
+            "DequantizeLinear", ["w_q", "w_scale", "w_zero_point"], ["w_real"], **axis
+        ),
+    ]
+    operands = ["x_real", "w_real"]
+    if bias is not None:
+        consts["bias_q"] = np.asarray(bias, np.int32)
+        consts["bias_scale"] = (np.float32(x_scale) * w_scale).astype(np.float32)
+        consts["bias_zero_point"] = np.zeros(w_scale.shape, np.int32)
+        nodes.append(
+            helper.make_node(
+                "DequantizeLinear", ["bias_q", "bias_scale", "bias_zero_point"], ["bias_real"],
+                **axis,
+            )
+        )  # fmt: skip
+        operands.append("bias_real")
+    nodes.append(
+        helper.make_node("Conv", operands, ["conv"], **_conv_padding_attrs(geom, "NOTSET"))
+    )
+    src = "conv"
+    if activation == "relu":
+        nodes.append(helper.make_node("Relu", ["conv"], ["act"]))
+        src = "act"
+    elif activation is not None:
+        consts["clip_low"] = np.asarray(activation[0], np.float32)
+        consts["clip_high"] = np.asarray(activation[1], np.float32)
+        nodes.append(helper.make_node("Clip", ["conv", "clip_low", "clip_high"], ["act"]))
+        src = "act"
+    nodes.append(helper.make_node("QuantizeLinear", [src, "y_scale", "y_zero_point"], ["y"]))
+    return make_model(
+        nodes, {"x": (geom.x_shape, x_dtype)}, {"y": (geom.out_shape, x_dtype)},
+        initializers=consts, opset=opset, name="qdq_conv",
+    )  # fmt: skip
 
 
 # --- Resize, pooling, dense layers, heads ------------------------------------------------

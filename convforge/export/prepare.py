@@ -76,8 +76,6 @@ def check_shape_inputs(model: onnx.ModelProto) -> None:
 
 #: Op types refused whatever their attributes, with the reason (checked before TVM).
 UNSUPPORTED_OPS = {
-    "ConvInteger": "integer (int8/uint8) convolution is not supported yet (no integer kernels)",
-    "QLinearConv": "integer (int8/uint8) convolution is not supported yet (no integer kernels)",
     "DeformConv": "deformable convolution is not supported (neither convforge nor TVM)",
     "Col2Im": "Col2Im is not supported (neither convforge nor TVM)",
 }
@@ -86,7 +84,7 @@ UNSUPPORTED_OPS = {
 def check_graph(model: onnx.ModelProto) -> None:
     """Refuse (``ValueError`` naming node and op) a model TVM's importer cannot import
     correctly: no default-domain opset, a dangling input, an unconvertible op, an op of
-    :data:`UNSUPPORTED_OPS` (integer convolutions, DeformConv, Col2Im). Shape-defining
+    :data:`UNSUPPORTED_OPS` (DeformConv, Col2Im). Shape-defining
     inputs are checked after folding by :func:`check_shape_inputs`."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 

@@ -50,6 +50,13 @@ SUBPIXEL_STRIDES_ATTR = "strides"
 CONV_TRANSPOSE_TAPS = "conv_transpose_taps"
 CONV_TRANSPOSE_GATHER = "conv_transpose_gather"
 
+# --- integer convolutions (ops/qconv.py) ------------------------------------------------
+QCONV_PAD = "qconv_pad"
+QCONV_PACK_X = "qconv_pack_x"
+QCONV = "qconv"
+QCONV_X_SUM = "qconv_x_sum"
+QCONV_REQUANT = "qconv_requant"
+
 # --- resize (ops/resize.py) -----------------------------------------------------------
 RESIZE = "resize"
 RESIZE_WEIGHT = "resize_weight"  # + axis

@@ -23,6 +23,7 @@ from convforge.schedules import (
     cpu_gather,
     cpu_grouped,
     cpu_pool,
+    cpu_qconv,
     cpu_subpixel,
     cpu_winograd,
 )
@@ -163,6 +164,18 @@ CPU_RULES: tuple[ScheduleRule[s_tir.Schedule], ...] = (
         cpu_causal.is_long_1d,
         cpu_causal.schedule_long_1d,
         "A 1-D (causal or dilated) convolution over a long sequence.",
+    ),
+    FunctionRule(
+        "QConvPackedRule",
+        cpu_qconv.is_qconv_packed,
+        cpu_qconv.schedule_qconv_packed,
+        "An integer convolution in the blocked vpmaddwd form (``qconv_pack_x``).",
+    ),
+    FunctionRule(
+        "QConvRule",
+        cpu_qconv.is_qconv,
+        cpu_qconv.schedule_qconv,
+        "An integer convolution (``qconv``, ConvInteger/QLinearConv): int32 register tiles.",
     ),
 )
 

@@ -1,0 +1,283 @@
+"""Default CPU schedule of the integer convolutions (``ops/qconv.py``: ConvInteger,
+QLinearConv).
+
+The output ``(N, O, *spatial)`` of the ``qconv_requant`` block (the int32 dot product
+``qconv`` fused into it) is tiled as the direct float convolution is
+(:mod:`convforge.schedules.cpu_direct`)::
+
+    parallel( N, O/channel_tile, rows/row_tile )
+      width/width_tile
+        reduction loops (C/groups, *kernel)
+          channel_tile (unrolled) x row_tile (unrolled) x width_tile (vectorized, int32)
+
+``channel_tile * row_tile * width_tile / lanes`` int32 vector accumulators stay in
+registers (lanes: int32 lanes of the target's vectors, 8 on AVX2); every reduction step
+widens ``row_tile * width_tile`` activations and broadcasts ``channel_tile`` weights, whose
+products are formed in int16 where they fit (:func:`convforge.ops.qconv.product_dtype`).
+The requantization (add the per-channel term, float32 multiply, round, clamp, narrow) runs
+on the register block before it is stored. The padded input (padding value x_zp) is
+written per parallel tile. Where a weight zero point is not 0, the padded input and the
+per-position window sums of x (``qconv_x_sum``) are computed once, in parallel, before.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+from convforge.ops.blocks import QCONV, QCONV_PACK_X, QCONV_PAD, QCONV_REQUANT, QCONV_X_SUM
+from convforge.schedules.cpu_direct import default_tiles, has_block
+from convforge.targets import profile
+
+
+def is_qconv(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` is an integer convolution of :func:`convforge.ops.qconv.qconv`."""
+    return has_block(func, QCONV) and has_block(func, QCONV_REQUANT)
+
+
+def _named(sch: s_tir.Schedule, name: str) -> s_tir.SBlockRV | None:
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint == name:
+            return block
+    return None
+
+
+def _parallel_root(sch: s_tir.Schedule, block: s_tir.SBlockRV, outer: int) -> None:
+    """A root block's first ``outer`` loops (spatial ones) fused and run in parallel."""
+    loops = sch.get_loops(block)[:outer]
+    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
+def schedule_qconv(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """The schedule of the module doc for ``func`` (:func:`is_qconv`) on a CPU ``target``."""
+    sch = s_tir.Schedule(func)
+    conv = _named(sch, QCONV)
+    requant = _named(sch, QCONV_REQUANT)
+    pad = _named(sch, QCONV_PAD)
+    x_sum = _named(sch, QCONV_X_SUM)
+    n_spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in sch.get(conv).iter_vars)
+    out_shape = tuple(int(sch.get(loop).extent) for loop in sch.get_loops(requant))
+    lanes = profile(target).vector_lanes("int32")
+    budget = profile(target).direct_accumulators
+    tiles = default_tiles(out_shape, lanes, budget, channel_limit=group_channels(func))
+
+    loops = sch.get_loops(requant)
+    n, channels, *spatial = loops
+    width = out_shape[-1]
+    c_outer, c_inner = sch.split(channels, [None, tiles.channel_tile])
+    rows_outer, rows_inner = [], []
+    if len(spatial) > 1:
+        r_outer, r_inner = sch.split(spatial[-2], [None, tiles.row_tile])
+        rows_outer, rows_inner = [*spatial[:-2], r_outer], [r_inner]
+    w_outer, w_inner = sch.split(spatial[-1], [None, tiles.width_tile])
+    sch.reorder(n, c_outer, *rows_outer, w_outer, c_inner, *rows_inner, w_inner)
+    parallel = sch.fuse(n, c_outer, *rows_outer)
+    if width % tiles.width_tile:
+        for loop in (parallel, w_outer):
+            sch.annotate(loop, "pragma_loop_partition_hint", 1)
+    sch.parallel(parallel)
+    sch.vectorize(w_inner)
+    sch.unroll(c_inner)
+    for loop in rows_inner:
+        sch.unroll(loop)
+    sch.compute_at(conv, w_outer, preserve_unit_loops=True)
+    inner = sch.get_loops(conv)[-len(sch.get(conv).iter_vars) :]
+    spatial_loops, reduce_loops = inner[:n_spatial], inner[n_spatial:]
+    sch.reorder(*reduce_loops, *spatial_loops)
+    for loop in spatial_loops[:-1]:
+        sch.unroll(loop)
+    sch.vectorize(spatial_loops[-1])
+    sch.decompose_reduction(conv, reduce_loops[0])
+    if x_sum is not None:
+        # read by the window sums and the dot product: both computed whole, before
+        if pad is not None:
+            _parallel_root(sch, pad, len(sch.get_loops(pad)) - 1)
+        _parallel_root(sch, x_sum, min(3, n_spatial - 1))
+    elif pad is not None:
+        sch.compute_at(pad, parallel, preserve_unit_loops=True)
+        pad_loops = sch.get_loops(pad)[1:]
+        if pad_loops:
+            sch.vectorize(pad_loops[-1])
+    return sch
+
+
+def group_channels(func: tirx.PrimFunc) -> int:
+    """The output channels of one group of ``func`` (x, w its first two arguments:
+    groups = x's channels / w's axis 1), which bound a register tile's channels."""
+    x, w = func.params[:2]
+    groups = int(x.shape[1]) // int(w.shape[1])
+    return int(w.shape[0]) // groups
+
+
+# --- the blocked vpmaddwd form (ops.qconv.qconv_packed) ----------------------------------
+
+
+#: ``c[i] += sum_k a[k] * b[i, k]`` for 8 int32 lanes and 2 int16 products each: one
+#: ``vpmaddwd`` of the broadcast pair a and 16 consecutive int16 of b, added to c
+#: (registered on first use: parsing its TVMScript costs about 0.5 s).
+DOT_8X2_AVX2 = "convforge_dot_8x2_i16i16i32_avx2"
+
+
+@functools.cache
+def dot_8x2_avx2() -> str:
+    """Register :data:`DOT_8X2_AVX2` (once per process); its name."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        a: T.Buffer((2,), "int16", offset_factor=1),
+        b: T.Buffer((8, 2), "int16", offset_factor=1),
+        c: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+            T.writes(c[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        a: T.Buffer((2,), "int16", offset_factor=1),
+        b: T.Buffer((8, 2), "int16", offset_factor=1),
+        c: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+            T.writes(c[0:8])
+            pair = T.reinterpret(a.vload([0], "int16x2"), dtype="int32")
+            pairs = T.reinterpret(T.broadcast(pair, 8), dtype="int16x16")
+            c[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                pairs,
+                b.vload([0, 0], dtype="int16x16"),
+                dtype="int32x8",
+            )
+
+    TensorIntrin.register(DOT_8X2_AVX2, desc, impl, override=True)
+    return DOT_8X2_AVX2
+
+
+#: ``c[i] += sum_k a[k] * b[i, k]`` for 8 int32 lanes of 4 uint8 x int8 products each:
+#: ``vpmaddubsw`` of the broadcast quad a and 32 consecutive int8 of b (pairs summed in
+#: int16, saturating: exact only for weights that ``ops.qconv.fits_pmaddubsw``), then
+#: ``vpmaddwd`` by ones, added to c.
+DOT_8X4_AVX2 = "convforge_dot_8x4_u8i8i32_avx2"
+
+
+@functools.cache
+def dot_8x4_avx2() -> str:
+    """Register :data:`DOT_8X4_AVX2` (once per process); its name."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((8, 4), "int8", offset_factor=1),
+        c: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:4], b[0:8, 0:4])
+            T.writes(c[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((8, 4), "int8", offset_factor=1),
+        c: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:4], b[0:8, 0:4])
+            T.writes(c[0:8])
+            quad = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            quads = T.reinterpret(T.broadcast(quad, 8), dtype="uint8x32")
+            pairs = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                quads,
+                b.vload([0, 0], dtype="int8x32"),
+                dtype="int16x16",
+            )
+            c[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                pairs,
+                T.int16x16(1),
+                dtype="int32x8",
+            )
+
+    TensorIntrin.register(DOT_8X4_AVX2, desc, impl, override=True)
+    return DOT_8X4_AVX2
+
+
+#: Vector registers of AVX2 (ymm0-15): a register tile of the blocked form holds its
+#: accumulators, one weight vector per channel block and three temporaries (the broadcast
+#: x, the instructions' result, vpmaddubsw's vector of ones).
+VECTOR_REGISTERS = 16
+
+
+def packed_tile(blocks: int, width: int) -> tuple[int, int]:
+    """(channel blocks, positions) of the blocked form's register tile: divisors of
+    ``blocks`` (up to 4) and of the last axis ``width`` with the most accumulators that
+    fit the registers (``acc + blocks + 3 <= 16``), more positions first on a tie."""
+    best = (1, 1)
+    for ob in (d for d in range(1, 5) if blocks % d == 0):
+        for w in (d for d in range(1, width + 1) if width % d == 0):
+            if ob * w + ob + 3 <= VECTOR_REGISTERS and (ob * w, w) > (best[0] * best[1], best[1]):
+                best = (ob, w)
+    return best
+
+
+def is_qconv_packed(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` is :func:`convforge.ops.qconv.qconv_packed`."""
+    return has_block(func, QCONV_PACK_X) and has_block(func, QCONV)
+
+
+def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """The blocked form: x packed in parallel over (N, channel pairs); the dot product's
+    output (N, O/8, *spatial, 8) tiled by channel blocks x positions of
+    the last axis (:func:`packed_tile`: up to 12 int32 accumulators), parallel over
+    (N, channel-block tiles, the outer spatial axes), the reduction (channel pairs, kernel)
+    outside the register tile and each (8 channels x 2 products) step tensorized to one
+    ``vpmaddwd`` (:data:`DOT_8X2_AVX2`); the requantization parallel and vectorized."""
+    sch = s_tir.Schedule(func)
+    pack = _named(sch, QCONV_PACK_X)
+    conv = _named(sch, QCONV)
+    requant = _named(sch, QCONV_REQUANT)
+    _parallel_root(sch, pack, 3)
+    loops = sch.get_loops(conv)
+    iters = sch.get(conv).iter_vars
+    spatial = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) != tirx.IterVar.CommReduce]
+    reduce_ = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) == tirx.IterVar.CommReduce]
+    n, ob, *positions, oi = spatial
+    *rc_rk, ri = reduce_
+    ob_tile, w_tile = packed_tile(int(sch.get(ob).extent), int(sch.get(positions[-1]).extent))
+    ob_o, ob_i = sch.split(ob, [None, ob_tile])
+    w_o, w_i = sch.split(positions[-1], [None, w_tile])
+    outer = positions[:-1]
+    sch.reorder(n, ob_o, *outer, w_o, *rc_rk, ob_i, w_i, oi, ri)
+    sch.parallel(sch.fuse(n, ob_o, *outer[:1]))
+    sch.decompose_reduction(conv, rc_rk[0])
+    sch.unroll(ob_i)
+    sch.unroll(w_i)
+    quads = int(sch.get(ri).extent) == 4
+    sch.tensorize(oi, dot_8x4_avx2() if quads else dot_8x2_avx2())
+    init = _named(sch, QCONV + "_init")
+    if init is not None:
+        sch.vectorize(sch.get_loops(init)[-1])
+    rloops = sch.get_loops(requant)
+    r_outer = rloops[:-1]
+    sch.parallel(sch.fuse(*r_outer[: min(3, len(r_outer))]))
+    r_width = int(sch.get(rloops[-1]).extent)
+    lanes = profile(target).vector_lanes("int32")
+    if r_width >= lanes:
+        _, inner = sch.split(rloops[-1], [None, lanes])
+        sch.vectorize(inner)
+    return sch
