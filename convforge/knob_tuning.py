@@ -10,12 +10,16 @@ Measurement: locally, each candidate is compiled in this process (``tvm.compile`
 TVM imports each on a busy 2-core machine) and timed by TVM's ``time_evaluator`` with the
 numbers of MetaSchedule's runner (``tuning.EVALUATOR``); with an RPC tracker, by
 MetaSchedule's builder and ``RPCRunner`` (``tuning.make_builder`` / ``make_runner``). The
-default plan and the candidates are measured the same way, and every figure is the fastest
-of its measurements (each the mean of ``repeat`` runs): the default is measured twice at
-the start, once after every batch, and once after each confirmation round, in which the
-leading configurations are measured again; a lookup
-(:func:`convforge.knobs.tuned_plan`) applies a record only if its figure beats the
-default's.
+default plan and the candidates are measured the same way (each figure the fastest of its
+measurements, each the mean of ``repeat`` runs) to rank them; the default is measured twice
+at the start and once after every batch. A configuration applies only once *confirmed*: at
+the end the leading configurations (figures within ``CONFIRM_SLACK`` of the default's) are
+timed against the default interleaved, ``CONFIRM_ROUNDS`` rounds of default, leaders,
+default, and a leader's ratio is the median over the rounds of its time / the mean of the
+two default timings around it (load that drifts hits both alike); a lookup
+(:func:`convforge.knobs.tuned_plan`) applies the lowest ratio below
+``knobs.CONFIRM_MARGIN`` (0.98). Progress and the result report that confirmed figure
+(``default_seconds x ratio``), so they never claim a gain that was not confirmed.
 
 The search. The space is small and structured (an algorithm, then 2 to 7 knobs of a few
 values each; 15 to about 3000 configurations), and a measurement costs about a second, so:
@@ -74,10 +78,10 @@ from convforge.threads import physical_cores
 
 #: Configurations built together (on ``jobs`` threads or processes), then timed one by one.
 BATCH = 8
-#: Configurations measured again at the end, in each of ``CONFIRM_ROUNDS`` rounds (each
-#: round followed by the default).
+#: The leading configurations timed against the default at the end, interleaved, in
+#: ``CONFIRM_ROUNDS`` rounds (``knobs.CONFIRM_MARGIN``: how much faster one must be).
 CONFIRM = 2
-CONFIRM_ROUNDS = 2
+CONFIRM_ROUNDS = 3
 #: Leaders within this factor of the default's figure are confirmed (a candidate measured
 #: once at a busy moment may be faster than the default's fastest timing says).
 CONFIRM_SLACK = 1.1
@@ -330,6 +334,46 @@ def tune_knobs(
                 records = merge_knob_records(path, key, text, [entry])
                 report()
 
+        def confirm() -> None:
+            """The leaders against the default, interleaved: ``CONFIRM_ROUNDS`` rounds of
+            default, leaders, default; a leader's ratio is the median over the rounds of
+            its time / the mean of the two default timings around it."""
+            nonlocal records
+            ranked_all = sorted(records.figures().values(), key=lambda fc: fc[0])
+            leaders = [
+                c for s, c in ranked_all
+                if s < CONFIRM_SLACK * records.default_seconds and c in space
+            ][:CONFIRM]  # fmt: skip
+            if not leaders:
+                return
+            mods = [default_mod, *(scheduled_module(with_knobs(plan, c)) for c in leaders)]
+            built = measurer.build(mods)
+            try:
+                if built[0][1] is not None:
+                    return
+                ok = [i for i in range(1, len(mods)) if built[i][1] is None]
+                ratios: dict[int, list[float]] = {i: [] for i in ok}
+                defaults = []
+                for _ in range(CONFIRM_ROUNDS):
+                    before = tuning._mean(measurer.time(built[0][0], mods[0]))
+                    times = {i: tuning._mean(measurer.time(built[i][0], mods[i])) for i in ok}
+                    after = tuning._mean(measurer.time(built[0][0], mods[0]))
+                    defaults += [before, after]
+                    for i, seconds in times.items():
+                        ratios[i].append(seconds / ((before + after) / 2))
+            except RuntimeError as err:  # a lost RPC device: no confirmation this time
+                logging.getLogger("convforge").warning("confirming the leaders: %s", err)
+                return
+            finally:
+                for handle, error in built:
+                    if error is None:
+                        measurer.release(handle)
+            found = [
+                {"config": leaders[i - 1], "ratio": float(np.median(r)), "rounds": len(r)}
+                for i, r in ratios.items()
+            ]
+            records = merge_knob_records(path, key, text, [], min(defaults), found)
+
         if records.default_seconds is None:
             time_default()
             time_default()
@@ -361,15 +405,8 @@ def tune_knobs(
             measure(batch)
             time_default()
             report()
-        for _ in range(CONFIRM_ROUNDS):  # the leaders again, interleaved with the default
-            leaders = sorted(records.figures().values(), key=lambda fc: fc[0])[:CONFIRM]
-            leaders = [
-                c for s, c in leaders if s < CONFIRM_SLACK * records.default_seconds and c in space
-            ]
-            if not leaders or not in_time():
-                break
-            measure([(c, scheduled_module(with_knobs(plan, c))) for c in leaders])
-            time_default()
+        if in_time():
+            confirm()
         report()
     found = records.best()
     return KnobTuningResult(

@@ -212,6 +212,26 @@ def _schedule_defaults(plan: ConvPlan) -> dict[str, int]:
     }
 
 
+#: The one-thread threshold is a knob of kernels up to this many times its iterations.
+THREADS_RANGE = 4
+
+
+def _thread_choices(plan: ConvPlan) -> tuple[int, ...]:
+    """Values of the ``threads`` knob: the one-thread threshold (``cpu.is_small``) is tuned
+    near its boundary: a kernel it keeps on one thread may run on all (2), one with up to
+    :data:`THREADS_RANGE` times the threshold's iterations on one (1); a larger kernel has
+    only the default (one thread for it wins only on a machine whose other cores are
+    busy, which a quiet one would pay for)."""
+    from convforge.build import prim_func
+    from convforge.schedules.cpu import block_iterations, is_small
+
+    func = prim_func(plan.computation())
+    if is_small(func, plan.target):
+        return (0, 2)
+    limit = THREADS_RANGE * profile(plan.target).min_parallel_iterations
+    return (0, 1) if block_iterations(func) < limit else (0,)
+
+
 def knob_space(plan: ConvPlan) -> KnobSpace:
     """The :class:`KnobSpace` of the default plan ``plan`` (see the module docstring);
     ValueError if ``plan`` is not :func:`tunable`."""
@@ -237,7 +257,7 @@ def _knob_space(plan: ConvPlan, _target: str) -> KnobSpace:
         if (v <= 2 or registers > 16) and not (v > 1 and (v // 2) * lanes >= geom.out_channels)
     ]  # fmt: skip
     out_blocks = tuple(v * lanes for v in vector_counts)
-    threads = Knob(THREADS_KNOB, (0, 1, 2), "0 auto, 1 one thread, 2 all threads")
+    threads = Knob(THREADS_KNOB, _thread_choices(plan), "0 auto, 1 one thread, 2 all threads")
     grain = Knob(
         "parallel_tasks",
         tuple(sorted({*PARALLEL_TASKS, thresholds.parallel_tasks})),
@@ -385,6 +405,9 @@ class KnobRecords:
     default_seconds: float | None = None
     #: ``{"config": Config, "run_secs": [seconds, ...]}`` in measuring order.
     records: list[dict] = dataclasses.field(default_factory=list)
+    #: ``{"config": Config, "ratio": r, "rounds": n}``: a configuration timed against the
+    #: default interleaved (``knob_tuning``), the median of its time / the default's.
+    confirmations: list[dict] = dataclasses.field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path, target: str, plan: str) -> KnobRecords | None:
@@ -413,7 +436,12 @@ class KnobRecords:
             return None
         if payload.get("plan") != plan:
             return None
-        return cls(Path(path), target, plan, default, records)
+        confirmations = [
+            c for c in payload.get("confirmations", [])
+            if isinstance(c, dict) and isinstance(c.get("config"), dict)
+            and isinstance(c.get("ratio"), int | float)
+        ]  # fmt: skip
+        return cls(Path(path), target, plan, default, records, confirmations)
 
     def figures(self) -> dict[str, tuple[float, Config]]:
         """Config key -> (its figure, config): the fastest of its measurements (each the
@@ -430,15 +458,22 @@ class KnobRecords:
         return figures
 
     def best(self) -> tuple[Config, float] | None:
-        """The configuration with the fastest figure if it beats ``default_seconds``, with
-        that figure; else None."""
+        """The confirmed configuration (its latest interleaved ratio to the default below
+        :data:`CONFIRM_MARGIN`) with the lowest ratio, and its figure ``default_seconds x
+        ratio``; else None: an unconfirmed record never applies."""
         if self.default_seconds is None:
             return None
-        winners = [fc for fc in self.figures().values() if fc[0] < self.default_seconds]
+        latest = {config_key(c["config"]): c for c in self.confirmations}
+        winners = [c for c in latest.values() if c["ratio"] < CONFIRM_MARGIN]
         if not winners:
             return None
-        seconds, config = min(winners, key=lambda fc: fc[0])
-        return config, seconds
+        best = min(winners, key=lambda c: c["ratio"])
+        return best["config"], self.default_seconds * best["ratio"]
+
+
+#: A configuration applies only where it ran at most this fraction of the default's time,
+#: timed interleaved with it (2% for the noise of a shared machine).
+CONFIRM_MARGIN = 0.98
 
 
 def records_file(db: str | os.PathLike, plan: ConvPlan) -> Path:
@@ -454,6 +489,7 @@ def merge_knob_records(
     plan: str,
     records: list[dict],
     default_seconds: float | None = None,
+    confirmations: list[dict] | None = None,
 ) -> KnobRecords:
     """Add ``records`` (and the faster ``default_seconds``) to ``path`` without losing what
     another writer put there: under the database's file lock, re-read, append the records
@@ -471,9 +507,11 @@ def merge_knob_records(
                 current.records.append(record)
         timings = [t for t in (default_seconds, current.default_seconds) if t]
         current.default_seconds = min(timings) if timings else None
+        current.confirmations.extend(confirmations or [])
         payload = {
             "format": _FORMAT, "kind": "knobs", "target": target, "plan": plan,
             "default_seconds": current.default_seconds, "records": current.records,
+            "confirmations": current.confirmations,
         }  # fmt: skip
         _write_atomically(path, json.dumps(payload))
     return current

@@ -148,7 +148,7 @@ def _oracle(x, w, b, geom, pool):
 
 #: Sampled configurations per geometry (the default included), compiled and run.
 SAMPLED = [
-    (((1, 16, 14, 14), (16, 16, 3, 3), {"padding": 1}, True, None), 4),
+    (((1, 16, 14, 14), (16, 16, 3, 3), {"padding": 1}, True, None), 3),
     (((1, 8, 10, 10), (8, 4, 3, 3), {"padding": 1, "groups": 2}, False, None), 2),
     (((1, 16, 6, 6), (24, 16, 1, 1), {}, True, None), 3),
     (((1, 8, 12, 12), (8, 8, 3, 3), {"stride": 2, "padding": 1}, True, None), 2),

@@ -1,4 +1,12 @@
-"""``convforge tune``: autotune convolutions with MetaSchedule into a tuning database.
+"""``convforge tune``: autotune convolutions into a tuning database.
+
+How: a planned convolution (``plan_conv``: Winograd, blocked or direct, CPU) by searching
+the knobs of its plan (:mod:`convforge.knob_tuning`; ``--search knobs``, the default),
+every other kernel (and all with ``--search metaschedule``) by MetaSchedule's search seeded
+with the default schedule. ``--onnx MODEL --budget 20m`` spends about that long on the
+model's planned convolutions, each a share proportional to its time in the default build's
+``report()``, then prints each kernel's default -> tuned and the whole model's latency
+before and after (the two builds timed interleaved).
 
 What to tune: named workloads of the benchmark suite (``--workload``), explicit shapes
 (``--conv x=1,64,56,56 w=64,64,3,3 stride=1 padding=1``) or every kernel of an ONNX model

@@ -738,13 +738,18 @@ def copy_best_records(source: str | os.PathLike, destination: str | os.PathLike)
     written = 0
     for path in sorted(Path(source).glob(f"*/*{KNOB_SUFFIX}")):
         payload = json.loads(path.read_text())
-        records = KnobRecords(path, payload["target"], payload["plan"],
-                              payload.get("default_seconds"), payload["records"])  # fmt: skip
+        records = KnobRecords(
+            path, payload["target"], payload["plan"], payload.get("default_seconds"),
+            payload["records"], payload.get("confirmations", []),
+        )  # fmt: skip
         best = records.best()
         if best is None:
             continue
         key = config_key(best[0])
         payload["records"] = [r for r in records.records if config_key(r["config"]) == key]
+        payload["confirmations"] = [
+            c for c in payload.get("confirmations", []) if config_key(c["config"]) == key
+        ]
         _write_atomically(Path(destination) / path.parent.name / path.name, json.dumps(payload))
         written += 1
     for path in sorted(Path(source).glob("*/*.json")):
