@@ -23,7 +23,8 @@ from convforge import knobs, reference, shapes
 from convforge.build import recording_kernels
 from convforge.commands.tune import budget_shares, onnx_workloads, parse_duration
 from convforge.export import compare, run_onnxruntime
-from convforge.knob_tuning import tune_knobs
+from convforge.export.model import import_model
+from convforge.knob_tuning import default_plan, tune_knobs
 from convforge.plan import plan_conv
 from convforge.schedules import tuning
 from convforge.targets import host_target
@@ -178,7 +179,11 @@ def _check_budget_run(lines: list[str], budget: str, db: Path, model: Path, tmp:
     assert payload["records"] and payload["default_seconds"] > 0
     x = np.random.default_rng(1).standard_normal((1, 4, 16, 16)).astype(np.float32)
     (expected,) = run_onnxruntime(onnx.load(str(model)), {"x": x})
-    for tuning_db in (db, _forced(db, tmp / "forced")):
+    forced = _forced(db, tmp / "forced")
+    _, ctx, _ = import_model(str(model), host_target(), tuning_db=forced)
+    (plan,) = ctx.plans.values()  # the lowering planned the conv with the forced record
+    assert plan.algorithm.knobs or plan != default_plan(plan), plan
+    for tuning_db in (db, forced):
         compiled = cf.compile_model(str(model), tuning_db=tuning_db)
         (record,) = compiled.metadata["kernels"]
         assert record["fused"] == ["Relu_1", "MaxPool_2"]
