@@ -27,7 +27,8 @@ knob                     values (where it applies)
                          passes
 ``winograd_task_floats`` V and M floats per task: the profile's value / 2, x 1, x 2
 ``accumulators``         direct: vector accumulators per register block (0: the profile's)
-``threads``              0 auto (the profile's one-thread threshold), 1 one thread, 2 all
+``threads``              0 auto (the profile's one-thread threshold), 2 all threads (for a
+                         kernel the threshold keeps on one; ``with_knobs`` also takes 1)
 ======================== ==================================================================
 
 :func:`knob_space` gives a plan's :class:`KnobSpace`; :func:`with_knobs` gives the plan of
@@ -212,24 +213,16 @@ def _schedule_defaults(plan: ConvPlan) -> dict[str, int]:
     }
 
 
-#: The one-thread threshold is a knob of kernels up to this many times its iterations.
-THREADS_RANGE = 4
-
-
 def _thread_choices(plan: ConvPlan) -> tuple[int, ...]:
     """Values of the ``threads`` knob: the one-thread threshold (``cpu.is_small``) is tuned
-    near its boundary: a kernel it keeps on one thread may run on all (2), one with up to
-    :data:`THREADS_RANGE` times the threshold's iterations on one (1); a larger kernel has
-    only the default (one thread for it wins only on a machine whose other cores are
-    busy, which a quiet one would pay for)."""
+    upwards only: a kernel it keeps on one thread may run on all (2). Running a larger
+    kernel on one thread (1) is left out: on the shared 2-core machine it won only while
+    the other core was busy and lost 1.1-1.7x once it was quiet
+    (benchmarks/results/knobs_real_epyc_quiet.json), a choice a record must not freeze."""
     from convforge.build import prim_func
-    from convforge.schedules.cpu import block_iterations, is_small
+    from convforge.schedules.cpu import is_small
 
-    func = prim_func(plan.computation())
-    if is_small(func, plan.target):
-        return (0, 2)
-    limit = THREADS_RANGE * profile(plan.target).min_parallel_iterations
-    return (0, 1) if block_iterations(func) < limit else (0,)
+    return (0, 2) if is_small(prim_func(plan.computation()), plan.target) else (0,)
 
 
 def knob_space(plan: ConvPlan) -> KnobSpace:
