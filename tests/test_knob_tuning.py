@@ -286,3 +286,15 @@ def test_knobs_tune_over_an_rpc_tracker_with_two_servers(tmp_path):
     assert all(r["run_secs"] or "error" in r for r in payload["records"])
     assert sum(bool(r["run_secs"]) for r in payload["records"]) >= 5
     assert result.default_seconds == payload["default_seconds"] > 0
+
+
+def test_shipped_knob_records_are_confirmed_winners():
+    """Every knob record shipped in convforge/tuned reads back whole and holds a
+    configuration confirmed faster than the default that does not force one thread."""
+    shipped = sorted(tuning.SHIPPED_DB.glob(f"*/*{knobs.KNOB_SUFFIX}"))
+    for path in shipped:
+        payload = json.loads(path.read_text())
+        records = knobs.KnobRecords.load(path, payload["target"], payload["plan"])
+        assert records is not None and path.parent.name == tuning._digest(payload["target"])
+        config, seconds = records.best()
+        assert seconds < records.default_seconds and config.get("threads") != 1
