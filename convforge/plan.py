@@ -312,6 +312,8 @@ class Winograd(ConvAlgorithm):
 
     tiles: ops.WinogradTiles
     pool: shapes.PoolGeometry | None = None
+    #: Schedule knobs of a tuned plan (``knobs.with_knobs``), sorted (name, value) pairs.
+    knobs: tuple[tuple[str, int], ...] = ()
 
     name: ClassVar[str] = "winograd"
     exact: ClassVar[bool] = False
@@ -335,7 +337,9 @@ class Winograd(ConvAlgorithm):
         return f" (winograd F{t.m}x{t.m}{phases})"
 
     def compute(self, tx, tw, geom, epilogue, *, packed):
-        out = ops.conv2d_winograd(tx, tw, geom, self.tiles, epilogue, weight_transformed=packed)
+        out = ops.conv2d_winograd(
+            tx, tw, geom, self.tiles, epilogue, weight_transformed=packed, knobs=dict(self.knobs)
+        )
         return out if self.pool is None else ops.window_max(out, self.pool)
 
     def pack(self, w):
@@ -368,6 +372,8 @@ class Blocked(ConvAlgorithm):
 
     blocks: ops.ChannelBlocks
     pool: shapes.PoolGeometry | None = None
+    #: Schedule knobs of a tuned plan (``knobs.with_knobs``), sorted (name, value) pairs.
+    knobs: tuple[tuple[str, int], ...] = ()
 
     name: ClassVar[str] = "blocked"
     packs: ClassVar[bool] = True
@@ -388,8 +394,9 @@ class Blocked(ConvAlgorithm):
 
     def compute(self, tx, tw, geom, epilogue, *, packed):
         return ops.conv_nchwc(
-            tx, tw, geom, self.blocks, epilogue, weight_packed=packed, pool=self.pool
-        )
+            tx, tw, geom, self.blocks, epilogue, weight_packed=packed, pool=self.pool,
+            knobs=dict(self.knobs),
+        )  # fmt: skip
 
     def pack(self, w):
         return ops.pack_weight_array(w, self.blocks)
@@ -402,12 +409,15 @@ class Blocked(ConvAlgorithm):
         blocks = channel_blocks(geom, dtype, target, pool_width=pool.kernel[-1])
         if geom.out_channels % blocks.out_block:
             return None
-        return Blocked(blocks, pool)
+        return Blocked(blocks, pool, self.knobs)
 
 
 @dataclass(frozen=True)
 class Generic(ConvAlgorithm):
     """The generic N-d convolution (``ops.conv``): any groups, dilation, dtype and target."""
+
+    #: Schedule knobs of a tuned plan (``knobs.with_knobs``), sorted (name, value) pairs.
+    knobs: tuple[tuple[str, int], ...] = ()
 
     name: ClassVar[str] = "generic"
     #: the CPU dispatch: grouped, 1x1 over a long row, long 1-D, else register tiles
@@ -418,7 +428,7 @@ class Generic(ConvAlgorithm):
         return cls()
 
     def compute(self, tx, tw, geom, epilogue, *, packed):
-        return ops.conv(tx, tw, geom, epilogue)
+        return ops.conv(tx, tw, geom, epilogue, knobs=dict(self.knobs))
 
 
 @dataclass(frozen=True)
@@ -679,7 +689,9 @@ def _cached_per_target(plan: Callable[..., ConvPlan]) -> Callable[..., ConvPlan]
     ``algorithm`` checked (:func:`check_algorithm`: ValueError, not the cache's TypeError
     for an unhashable value) and ``target`` resolved first
     (:func:`~convforge.targets.resolve_target`: a string or dict names a hashable
-    ``Target``)."""
+    ``Target``). With ``algorithm='auto'`` (and reshapes), the plan of a knob record in the
+    active tuning databases that beats the default (:func:`convforge.knobs.tuned_plan`);
+    ``tuned=False``: always the default plan (what the tuner tunes)."""
     cached = functools.lru_cache(maxsize=1024)(plan)
 
     @functools.wraps(plan)
@@ -689,10 +701,16 @@ def _cached_per_target(plan: Callable[..., ConvPlan]) -> Callable[..., ConvPlan]
         target: TargetArg = None,
         *,
         algorithm: str = "auto",
+        tuned: bool = True,
         **options: Any,
     ) -> ConvPlan:
         check_algorithm(algorithm)
-        return cached(geom, dtype, resolve_target(target), algorithm=algorithm, **options)
+        chosen = cached(geom, dtype, resolve_target(target), algorithm=algorithm, **options)
+        if not tuned or algorithm != "auto" or not options.get("reshape", True):
+            return chosen
+        from convforge.knobs import tuned_plan
+
+        return tuned_plan(chosen)
 
     return planned
 

@@ -44,7 +44,11 @@ CPU_SPECIAL = "cpu_special"
 #: The extended CPU suite (``benchmarks/run.py --set nets``): :data:`BENCH`'s float32
 #: workloads plus convolutions from more networks; :data:`BENCH` stays CI's short list.
 NETS = "nets"
-SETS = (BENCH, GPU, TUNE, CPU_SPECIAL, NETS)
+#: Shapes from real networks that are not in the benchmark suite, for measuring the knob
+#: tuner (``benchmarks/tune_suite.py --set knobs_real``): MobileNetV2 / EfficientNet-B0
+#: depthwise and pointwise, ResNeXt grouped, Inception asymmetric, U-Net, 3-D, 1-D audio.
+KNOBS_REAL = "knobs_real"
+SETS = (BENCH, GPU, TUNE, CPU_SPECIAL, NETS, KNOBS_REAL)
 
 
 @dataclass(frozen=True)
@@ -405,7 +409,8 @@ OPS: dict[str, Op] = {
 def _conv(name, cin, cout, size, k, *, sets, batch=1, desc="", dtype="float32", bias=True, dense=True, tune_name=None, **params) -> Workload:  # fmt: skip
     size = (size,) * 2 if isinstance(size, int) else tuple(size)
     groups = params.get("groups", 1)
-    shapes_ = {"x": (batch, cin, *size), "w": (cout, cin // groups, *(k,) * len(size))}
+    kernel = (k,) * len(size) if isinstance(k, int) else tuple(k)
+    shapes_ = {"x": (batch, cin, *size), "w": (cout, cin // groups, *kernel)}
     if bias:
         shapes_["bias"] = (cout,)
     return Workload(
@@ -472,6 +477,21 @@ REGISTRY: tuple[Workload, ...] = (
     _conv("mobilenet_dw3x3_128_28", 128, 128, 28, 3, padding=1, groups=128, bias=False, sets=[TUNE]),
     _conv("conv1d_k3_64_4096", 64, 64, (4096,), 3, padding=1, bias=False, sets=[TUNE]),
     _wl("decoder_transpose_4x4_s2_64_28", "conv_transpose", {"x": (1, 64, 28, 28), "w": (64, 32, 4, 4)}, {"stride": 2, "padding": 1}, sets=[TUNE]),
+    # shapes from real networks, not in the suite (benchmarks/tune_suite.py --set knobs_real)
+    _conv("mbv2_dw3x3_144_56", 144, 144, 56, 3, padding=1, groups=144, desc="MobileNetV2 depthwise 3x3 144ch 56x56", sets=[KNOBS_REAL]),
+    _conv("mbv2_dw3x3_s2_96_112", 96, 96, 112, 3, stride=2, padding=1, groups=96, desc="MobileNetV2 depthwise 3x3 s2 96ch 112->56", sets=[KNOBS_REAL]),
+    _conv("mbv2_pw_144_24_56", 144, 24, 56, 1, desc="MobileNetV2 pointwise 144->24 56x56", sets=[KNOBS_REAL]),
+    _conv("mbv2_pw_32_192_28", 32, 192, 28, 1, desc="MobileNetV2 pointwise 32->192 28x28", sets=[KNOBS_REAL]),
+    _conv("effb0_dw5x5_240_28", 240, 240, 28, 5, padding=2, groups=240, desc="EfficientNet-B0 depthwise 5x5 240ch 28x28", sets=[KNOBS_REAL]),
+    _conv("effb0_pw_480_80_14", 480, 80, 14, 1, desc="EfficientNet-B0 pointwise 480->80 14x14", sets=[KNOBS_REAL]),
+    _conv("resnext_g32_3x3_128_56", 128, 128, 56, 3, padding=1, groups=32, desc="ResNeXt-50 32x4d grouped 3x3 128ch 56x56", sets=[KNOBS_REAL]),
+    _conv("inception_1x7_128_17", 128, 128, (17, 17), (1, 7), padding=(0, 3), desc="Inception-v3 1x7 128->128 17x17", sets=[KNOBS_REAL]),
+    _conv("inception_7x1_128_192_17", 128, 192, (17, 17), (7, 1), padding=(3, 0), desc="Inception-v3 7x1 128->192 17x17", sets=[KNOBS_REAL]),
+    _conv("unet_3x3_128_64_128", 128, 64, 128, 3, padding=1, desc="U-Net decoder 3x3 128->64 128x128", sets=[KNOBS_REAL]),
+    _wl("unet_convT_2x2_s2_128_64", "conv_transpose", {"x": (1, 128, 64, 64), "w": (128, 64, 2, 2), "bias": (64,)}, {"stride": 2}, desc="U-Net up-convolution 2x2 s2 128->64 64->128", sets=[KNOBS_REAL]),
+    _conv("c3d_3x3x3_64_8x28", 64, 64, (8, 28, 28), 3, padding=1, desc="3-D (C3D/I3D) 3x3x3 64->64 8x28x28", sets=[KNOBS_REAL]),
+    _conv("audio1d_k3_s2_256_4000", 256, 256, (4000,), 3, stride=2, padding=1, desc="1-D audio encoder k3 s2 256->256 L=4000", sets=[KNOBS_REAL]),
+    _conv("audio1d_k5_80_256_3000", 80, 256, (3000,), 5, padding=2, desc="1-D audio (mel 80) k5 80->256 L=3000", sets=[KNOBS_REAL]),
     # benchmarks/cpu_special.py (no bias)
     _conv("depthwise3x3", 128, 128, 56, 3, padding=1, groups=128, bias=False, sets=[CPU_SPECIAL]),
     _conv("grouped8", 128, 128, 28, 3, padding=1, groups=8, bias=False, sets=[CPU_SPECIAL]),

@@ -128,7 +128,16 @@ def test_conv_relu_maxpool_tunes_survives_kill_and_ctrl_c_and_builds_correctly(t
     (kernel,) = onnx_workloads(str(model))  # one kernel: Relu and the pool fused in
     assert kernel.name.startswith("Conv:")
     db, trials = tmp_path / "db", 3
-    argv = ["--onnx", str(model), "--trials", str(trials), "--db", str(db)]
+    argv = [
+        "--onnx",
+        str(model),
+        "--trials",
+        str(trials),
+        "--db",
+        str(db),
+        "--search",
+        "metaschedule",
+    ]
 
     # 1. kill -9 at some moment after the first record (the seed, with the default's
     # timing) is written: measuring the default again, building or measuring candidates.

@@ -1,4 +1,12 @@
-"""``convforge tune``: autotune convolutions with MetaSchedule into a tuning database.
+"""``convforge tune``: autotune convolutions into a tuning database.
+
+How: a planned convolution (``plan_conv``: Winograd, blocked or direct, CPU) by searching
+the knobs of its plan (:mod:`convforge.knob_tuning`; ``--search knobs``, the default),
+every other kernel (and all with ``--search metaschedule``) by MetaSchedule's search seeded
+with the default schedule. ``--onnx MODEL --budget 20m`` spends about that long on the
+model's planned convolutions, each a share proportional to its time in the default build's
+``report()``, then prints each kernel's default -> tuned and the whole model's latency
+before and after (the two builds timed interleaved).
 
 What to tune: named workloads of the benchmark suite (``--workload``), explicit shapes
 (``--conv x=1,64,56,56 w=64,64,3,3 stride=1 padding=1``) or every kernel of an ONNX model
@@ -26,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import tvm
 
 from convforge import api, shapes
@@ -34,7 +43,9 @@ from convforge.build import prim_func
 from convforge.cli import EXIT_INTERRUPTED
 from convforge.commands._model_args import add_algorithm_argument, add_db_argument, checked_db
 from convforge.extras import require
-from convforge.plan import plan_conv
+from convforge.knob_tuning import KnobTuningResult, default_plan, describe, tune_knobs
+from convforge.knobs import tunable
+from convforge.plan import ConvPlan, plan_conv
 from convforge.schedules import tuning
 from convforge.targets import resolve_target
 
@@ -58,14 +69,22 @@ class ConvWorkload:
     bias: bool = False
     activation: str | None = None
 
+    def plan(self, target: tvm.target.Target) -> ConvPlan | None:
+        """The default plan ``convforge.conv`` takes for these arguments on ``target`` (None
+        for a transposed convolution: it has no knob space)."""
+        if not isinstance(self.geometry, shapes.ConvGeometry):
+            return None
+        return plan_conv(
+            self.geometry, self.dtype, target, activation=self.activation, bias=self.bias,
+            tuned=False,
+        )  # fmt: skip
+
     def prim_func(self, target: tvm.target.Target) -> tvm.tirx.PrimFunc:
         """The PrimFunc ``convforge.conv`` / ``conv_transpose`` compiles for these arguments
         on ``target`` (the API's own computation: direct, NCHWc, sub-pixel...)."""
         geom = self.geometry
         if isinstance(geom, shapes.ConvGeometry):
-            plan = plan_conv(
-                geom, self.dtype, target, activation=self.activation, bias=self.bias
-            )  # the API's plan
+            plan = self.plan(target)  # the API's default plan
             build = plan.computation()
         else:
             build = api.conv_transpose_computation(
@@ -152,6 +171,13 @@ class ModelKernel:
 
     name: str
     func: tvm.tirx.PrimFunc
+    #: The function's name in the compiled model (its rows of ``report()``).
+    function: str = ""
+    #: The default plan of a Conv kernel (its knobs are tuned), else None.
+    conv_plan: ConvPlan | None = None
+
+    def plan(self, target: tvm.target.Target) -> ConvPlan | None:
+        return self.conv_plan
 
     def prim_func(self, target: tvm.target.Target) -> tvm.tirx.PrimFunc:
         return self.func
@@ -175,7 +201,12 @@ def onnx_workloads(
     for record in ctx.records:
         if record.function not in found:
             name = f"{record.op_type}:{record.node}"
-            found[record.function] = ModelKernel(name, ctx.functions[record.function])
+            plan = ctx.plans.get(record.function)
+            if plan is not None:
+                plan = default_plan(plan) if algorithm == "auto" and tunable(plan) else None
+            found[record.function] = ModelKernel(
+                name, ctx.functions[record.function], record.function, plan
+            )
     return list(found.values())
 
 
@@ -191,6 +222,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     what.add_argument("--onnx", help="tune every kernel this ONNX model compiles to")
     add_algorithm_argument(what)
+    parser.add_argument(
+        "--search", choices=SEARCHES, default="knobs",
+        help="knobs (default): search the knob space of convforge's own plan where the kernel "
+        "is a planned convolution, MetaSchedule elsewhere; metaschedule: MetaSchedule's "
+        "search for every kernel",
+    )  # fmt: skip
+    parser.add_argument(
+        "--budget", metavar="DURATION",
+        help="with --onnx: spend about this long in all (e.g. 30s, 20m, 1h), split over "
+        "the model's planned convolutions by their share of its time (report()); prints "
+        "each kernel's default -> tuned and the whole model before/after",
+    )  # fmt: skip
     parser.add_argument(
         "--trials", type=int, default=64,
         help="measured candidates per workload, those already in --db included (a rerun "
@@ -211,6 +254,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print results as JSON lines (plain progress lines then go to stderr)",
     )  # fmt: skip
     parser.add_argument("--verbose", action="store_true", help="show MetaSchedule's log")
+
+
+#: Values of ``--search``.
+SEARCHES = ("knobs", "metaschedule")
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str, name: str = "--budget") -> float:
+    """Seconds of a duration such as ``90``, ``30s``, ``20m``, ``1h30m`` (ValueError naming
+    ``name`` otherwise, or for zero)."""
+    import re
+
+    cleaned = str(text).strip().lower()
+    parts = re.fullmatch(
+        r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", cleaned
+    )
+    if not cleaned or parts is None or not any(parts.groups()):
+        raise ValueError(f"{name} must be a duration such as 90, 30s, 20m or 1h30m, got {text!r}")
+    h, m, sec = (float(v) if v else 0.0 for v in parts.groups())
+    seconds = 3600 * h + 60 * m + sec
+    if seconds <= 0:
+        raise ValueError(f"{name} must be longer than 0 seconds, got {text!r}")
+    return seconds
 
 
 def _workloads(args: argparse.Namespace) -> list[ConvWorkload | ModelKernel]:
@@ -392,18 +459,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--trials must be >= 0, got {args.trials}")
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    workloads, rpc = _workloads(args), _rpc(args)
+    budget = None if args.budget is None else parse_duration(args.budget)
+    if budget is not None and not args.onnx:
+        raise ValueError("--budget needs --onnx (the model's report() weighs its kernels)")
+    if budget is not None and args.search != "knobs":
+        raise ValueError("--budget tunes knobs only: leave out --search metaschedule")
     target = resolve_target(args.target)
+    workloads, rpc = _workloads(args), _rpc(args)
     plain = not sys.stdout.isatty()
     interrupted = False
     try:
-        for workload in workloads:
-            with _progress(workload.name, args.trials, plain, args.json) as report:
-                result = tuning.tune(
-                    workload.prim_func(target), target, args.db, args.trials, rpc=rpc,
-                    jobs=args.jobs, seed=args.seed, progress=report, verbose=args.verbose,
-                )  # fmt: skip
-            _print_result(workload.name, result, args.json)
+        if budget is not None:
+            _run_budget(args, workloads, target, rpc, budget, plain)
+        else:
+            for workload in workloads:
+                _tune_one(args, workload, target, rpc, plain)
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:
@@ -417,7 +487,138 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_result(name: str, result: tuning.TuningResult, json_lines: bool) -> None:
+def _tune_one(
+    args: argparse.Namespace,
+    workload: ConvWorkload | ModelKernel,
+    target: tvm.target.Target,
+    rpc: tuning.RPCTracker | None,
+    plain: bool,
+    time_limit_s: float | None = None,
+) -> KnobTuningResult | tuning.TuningResult:
+    """Tune one workload: its plan's knobs (``--search knobs`` and a planned convolution),
+    else MetaSchedule's search; print its result line."""
+    plan = workload.plan(target) if args.search == "knobs" else None
+    with _progress(workload.name, args.trials, plain, args.json) as report:
+        if plan is not None and tunable(plan):
+            result = tune_knobs(
+                plan, args.db, args.trials, rpc=rpc, jobs=args.jobs, seed=args.seed,
+                progress=report, time_limit_s=time_limit_s,
+            )  # fmt: skip
+        else:
+            result = tuning.tune(
+                workload.prim_func(target), target, args.db, args.trials, rpc=rpc,
+                jobs=args.jobs, seed=args.seed, progress=report, verbose=args.verbose,
+            )  # fmt: skip
+    _print_result(workload.name, result, args.json)
+    return result
+
+
+#: A planned convolution whose share of the budget is shorter than this is not tuned.
+MIN_KERNEL_SECONDS = 5.0
+
+
+def budget_shares(
+    seconds: dict[str, float], budget_s: float, least_s: float = MIN_KERNEL_SECONDS
+) -> dict[str, float]:
+    """Seconds of ``budget_s`` for each kernel of ``seconds`` (kernel -> its time in the
+    model), proportional to its time; kernels whose share would be under ``least_s`` get
+    none and their time goes to the others (the largest first)."""
+    kept = {k: s for k, s in seconds.items() if s > 0}
+    while kept:
+        total = sum(kept.values())
+        shares = {k: budget_s * s / total for k, s in kept.items()}
+        small = [k for k, v in shares.items() if v < least_s]
+        if not small:
+            return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+        del kept[min(small, key=lambda k: kept[k])]
+    return {}
+
+
+def _run_budget(
+    args: argparse.Namespace,
+    workloads: list,
+    target: tvm.target.Target,
+    rpc: tuning.RPCTracker | None,
+    budget_s: float,
+    plain: bool,
+) -> None:
+    """``--onnx MODEL --budget``: the default build's ``report()`` weighs the planned
+    convolutions; each gets its share of what is left of the budget after that build and a
+    reserve for the tuned build and the comparison (as long as the default build took);
+    then the default and tuned builds are timed interleaved (5 rounds, medians)."""
+    import tempfile
+
+    from convforge.export.model import compile_model, random_inputs
+
+    start = time.monotonic()
+    out = sys.stderr if args.json else sys.stdout
+    with (
+        tempfile.TemporaryDirectory(prefix="convforge-nodb-") as empty,
+        tuning.use_tuning_db(empty, shipped=False),
+    ):
+        report = compile_model(args.onnx, target=target, algorithm=args.algorithm).report(runs=3)
+        # a model that ran report() keeps a per-call instrument callback, which slows it:
+        # the default build is timed on a fresh instance (the model cache's copy)
+        before = compile_model(args.onnx, target=target, algorithm=args.algorithm)
+    per_function: dict[str, float] = {}
+    for row in report.rows:
+        per_function[row.function] = per_function.get(row.function, 0.0) + row.milliseconds
+    planned = {w.function: w for w in workloads if isinstance(w, ModelKernel) and w.conv_plan}
+    setup = time.monotonic() - start
+    left = budget_s - 2 * setup
+    shares = budget_shares({f: per_function.get(f, 0.0) for f in planned}, left)
+    whole = report.total_ms
+    print(
+        f"budget {_duration(budget_s)}: default build {whole:.3f} ms; {len(shares)} of "
+        f"{len(planned)} planned convolutions get a share of {_duration(max(0, left))}",
+        file=out, flush=True,
+    )  # fmt: skip
+    lines = []
+    for function, share_s in shares.items():
+        remaining = budget_s - setup - (time.monotonic() - start)
+        limit = min(share_s, remaining)
+        if limit < MIN_KERNEL_SECONDS / 2:
+            break
+        workload = planned[function]
+        result = _tune_one(args, workload, target, rpc, plain, time_limit_s=limit)
+        share = per_function.get(function, 0.0) / whole if whole else 0.0
+        lines.append((workload.name, share, result))
+    with tuning.use_tuning_db(args.db, shipped=False):
+        after = compile_model(args.onnx, target=target, algorithm=args.algorithm)
+    inputs = random_inputs(before, seed=0)
+    before(*inputs), after(*inputs)  # warm: first-call allocations, the thread pool
+    befores, afters = [], []
+    for _ in range(5):  # interleaved: the machine's load hits both alike
+        befores.append(before.time(*inputs, number=10, repeat=1))
+        afters.append(after.time(*inputs, number=10, repeat=1))
+    b_ms, a_ms = 1e3 * float(np.median(befores)), 1e3 * float(np.median(afters))
+    summary = {
+        "model": str(args.onnx), "default_ms": b_ms, "tuned_ms": a_ms, "ratio": a_ms / b_ms,
+        "seconds": round(time.monotonic() - start, 1),
+        "kernels": [
+            {"kernel": name, "share": share, "default_ms": r.default_seconds * 1e3,
+             "tuned_ms": r.best_seconds * 1e3}
+            for name, share, r in lines
+        ],
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(summary), flush=True)
+        return
+    for name, share, r in lines:
+        print(
+            f"  {name} ({100 * share:.1f}% of the model): {r.default_seconds * 1e3:.4f} ms -> "
+            f"{r.best_seconds * 1e3:.4f} ms", flush=True,
+        )  # fmt: skip
+    print(
+        f"model {args.onnx}: default {b_ms:.3f} ms -> tuned {a_ms:.3f} ms "
+        f"({a_ms / b_ms:.3f}x, medians of 5 interleaved runs) in {summary['seconds']} s",
+        flush=True,
+    )  # fmt: skip
+
+
+def _print_result(
+    name: str, result: tuning.TuningResult | KnobTuningResult, json_lines: bool
+) -> None:
     summary = {
         "workload": name,
         "default_ms": result.default_seconds * 1e3,
@@ -428,12 +629,17 @@ def _print_result(name: str, result: tuning.TuningResult, json_lines: bool) -> N
         "seconds": round(result.elapsed_seconds, 1),
         "record_file": str(result.database_file),
     }
+    knobs = isinstance(result, KnobTuningResult)
+    summary["search"] = "knobs" if knobs else "metaschedule"
+    if knobs:
+        summary["config"] = result.best_config
     if json_lines:
         print(json.dumps(summary), flush=True)
     else:
         print(
             f"{name}: default {summary['default_ms']:.4f} ms -> best "
             f"{summary['best_ms']:.4f} ms ({summary['speedup']:.2f}x), "
-            f"{result.trials} trials ({result.new_trials} new) in {summary['seconds']} s",
+            f"{result.trials} trials ({result.new_trials} new) in {summary['seconds']} s"
+            + (f", knobs: {describe(result.best_config)}" if knobs else ""),
             flush=True,
         )

@@ -114,6 +114,9 @@ class LoweringContext:
     #: structurally equal to one already added under the first one's name: identical kernels
     #: of several nodes are one function, compiled once).
     added_functions: set[str] = field(default_factory=set)
+    #: Recorded function name -> the plan of the Conv it computes (``convforge tune
+    #: --onnx`` tunes its knobs).
+    plans: dict[str, ConvPlan] = field(default_factory=dict)
     _scheduled: dict[int, tuple[tvm.IRModule, str]] = field(default_factory=dict)
 
     def emit_kernel(self, node: str, op_type: str, step: KernelStep) -> relax.Expr:
@@ -166,6 +169,14 @@ class LoweringContext:
             self.progress(f"kernel {len(self.records)}: {node} -> {kernel} ({schedule_kind})")
         return gvar, out_ty
 
+    def tuning_scope(self) -> contextlib.AbstractContextManager:
+        """``tuning_db`` made the active tuning database (nothing changes without one)."""
+        if self.tuning_db is None:
+            return contextlib.nullcontext()
+        from convforge.schedules import tuning
+
+        return tuning.use_tuning_db(self.tuning_db)
+
     def _schedule(self, func: tvm.tirx.PrimFunc) -> tuple[tvm.IRModule, str]:
         """Schedule ``func`` once per structure (repeated layers share the result)."""
         key = tvm_ffi.structural_hash(func)
@@ -177,12 +188,7 @@ class LoweringContext:
         """``schedule_for`` (which takes a tuned record where an active tuning database has
         one), with ``tuning_db`` made the active database while it runs."""
         func = func.with_attr("global_symbol", "main")
-        scope = contextlib.nullcontext()
-        if self.tuning_db is not None:
-            from convforge.schedules import tuning
-
-            scope = tuning.use_tuning_db(self.tuning_db)
-        with scope:
+        with self.tuning_scope():
             mod = schedule_for(func, self.target)
         tuned = mod.attrs is not None and RECORD_ATTR in mod.attrs
         return mod, "tuned" if tuned else "default"
@@ -265,11 +271,14 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
     )  # fmt: skip
     pool_node, pool_geom = _fused_max_pool(attrs, geom)
     constant = isinstance(w, tvm.ir.expr.Constant)
-    plan = plan_conv(
-        geom, tensor_dtype(x), ctx.target, constant_weight=constant, algorithm=ctx.algorithm,
-        strict=False, pool=pool_geom, resize=resize_geom, activation=activation_of(attrs),
-        bias=bias is not None, residual=residual is not None,
-    )  # fmt: skip
+    with ctx.tuning_scope():  # a knob record of the tuning database changes the plan
+        plan = plan_conv(
+            geom, tensor_dtype(x), ctx.target, constant_weight=constant,
+            algorithm=ctx.algorithm, strict=False, pool=pool_geom, resize=resize_geom,
+            activation=activation_of(attrs), bias=bias is not None,
+            residual=residual is not None,
+        )  # fmt: skip
+    recorded = len(ctx.records)
     x, unpacked, residual = _kernel_inputs(ctx, plan, x, w, residual)
     w = _kernel_weight(ctx, plan, w)
     args = [a for a in (x, w, bias, residual) if a is not None]
@@ -294,6 +303,8 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
         out = _finite_or_direct(ctx, node, x, step, steps)
     else:
         out = ctx.emit_kernel(node, "Conv", step)
+    for kernel_record in ctx.records[recorded:]:
+        ctx.plans.setdefault(kernel_record.function, plan)
     if plan.reshapes:
         out = relax.op.reshape(ctx.bb.emit(out), plan.geometry.out_shape)
     if pool_node is None or plan.pool is not None:

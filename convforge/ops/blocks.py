@@ -37,6 +37,9 @@ WINOGRAD_OUTPUT = "winograd_output"
 WINOGRAD_UNPACK = "winograd_unpack"
 #: Annotation of ``winograd_output``: the dilation of a dilated Winograd convolution.
 WINOGRAD_DILATION_ATTR = "winograd_dilation"
+#: Annotation of a convolution's main block (``conv``, ``conv_nchwc``, ``winograd_gemm``):
+#: the schedule knobs of a tuned plan (name -> int; :func:`knob_attrs`), absent by default.
+SCHEDULE_KNOBS_ATTR = "schedule_knobs"
 NONFINITE_ROWS = "nonfinite_rows"
 NONFINITE_ANY = "nonfinite_any"
 NONFINITE_FLAG = "nonfinite_flag"
@@ -108,3 +111,9 @@ def is_numbered(name: str, base: str) -> bool:
         return True
     prefix = base + "_"
     return name.startswith(prefix) and name[len(prefix) :].isdigit()
+
+
+def knob_attrs(knobs: dict[str, int] | None) -> dict | None:
+    """The ``te.compute`` attributes carrying schedule ``knobs`` (None when there are none,
+    so the default plan's TIR is unchanged)."""
+    return {SCHEDULE_KNOBS_ATTR: dict(sorted(knobs.items()))} if knobs else None

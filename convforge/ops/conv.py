@@ -48,13 +48,19 @@ def pad(x: te.Tensor, pads: Sequence[tuple[int, int]], name: str = blocks.PAD) -
 
 
 def conv(
-    x: te.Tensor, w: te.Tensor, geom: ConvGeometry, epilogue: Epilogue = NO_EPILOGUE
+    x: te.Tensor,
+    w: te.Tensor,
+    geom: ConvGeometry,
+    epilogue: Epilogue = NO_EPILOGUE,
+    *,
+    knobs: dict[str, int] | None = None,
 ) -> te.Tensor:
     """``out[n, o, *p] = epilogue(sum_{c,r} xpad[n, g*C/g + c, *(p*s + r*d)] * w[o, c, *r])``
     (:class:`~convforge.ops.activation.Epilogue`: bias, residual, activation, cast).
 
     x: (N, C, *I), w: (O, C/groups, *K), the epilogue's bias (O,), its residual
-    (N, O, *out_size) -> (N, O, *out_size).
+    (N, O, *out_size) -> (N, O, *out_size). ``knobs``: schedule knobs annotated on the
+    ``conv`` block (``blocks.SCHEDULE_KNOBS_ATTR``).
     """
     dtype = x.dtype
     acc = accumulator_dtype(dtype)
@@ -70,7 +76,7 @@ def conv(
         prod = xp[(n, base + rc, *src)].astype(acc) * w[(o, rc, *rk)].astype(acc)
         return te.sum(prod, axis=[rc, *rk])
 
-    out = te.compute(geom.out_shape, body, name=blocks.CONV)
+    out = te.compute(geom.out_shape, body, name=blocks.CONV, attrs=blocks.knob_attrs(knobs))
     return with_epilogue(out, epilogue, dtype)
 
 

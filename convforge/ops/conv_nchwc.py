@@ -40,6 +40,7 @@ from convforge.ops.blocks import (
     NCHWC_PACK_X,
     NCHWC_PAD_X,
     NCHWC_UNPACK,
+    knob_attrs,
 )
 from convforge.ops.conv import accumulator_dtype, pad
 from convforge.shapes import ConvGeometry, PoolGeometry, check_positive_int
@@ -101,6 +102,7 @@ def conv_nchwc(
     *,
     weight_packed: bool = False,
     pool: PoolGeometry | None = None,
+    knobs: dict[str, int] | None = None,
 ) -> te.Tensor:
     """Dense convolution through blocked output channels: x (N, C, *I), w (O, C, *K) -> (N, O, *out).
 
@@ -113,6 +115,9 @@ def conv_nchwc(
     ``nchwc_max_pool``, ``out[n, o, *p] = max_r epilogue(y[n, o // OB, *(p*k + r) ...])``
     (the epilogue at output ``(n, o, *(p*k + r))``), reads the blocked accumulators (no
     ``nchwc_unpack``), so a schedule can pool each register tile as it is computed.
+
+    ``knobs``: schedule knobs annotated on the ``conv_nchwc`` block
+    (``blocks.SCHEDULE_KNOBS_ATTR``).
     """
     if pool is not None and (
         pool.kind != "max" or pool.x_shape != geom.out_shape or not pool.windows_inside
@@ -121,7 +126,7 @@ def conv_nchwc(
             f"conv_nchwc's pool must be a max pool of the {geom.out_shape} output whose "
             f"windows tile it without padding or overhang, got {pool}"
         )
-    y = _accumulate(x, w, geom, blocks, weight_packed)
+    y = _accumulate(x, w, geom, blocks, weight_packed, knobs)
     ob, wb = blocks.out_block, blocks.width_block
     dtype, acc = x.dtype, accumulator_dtype(x.dtype)
 
@@ -144,7 +149,12 @@ def conv_nchwc(
 
 
 def _accumulate(
-    x: te.Tensor, w: te.Tensor, geom: ConvGeometry, blocks: ChannelBlocks, weight_packed: bool
+    x: te.Tensor,
+    w: te.Tensor,
+    geom: ConvGeometry,
+    blocks: ChannelBlocks,
+    weight_packed: bool,
+    knobs: dict[str, int] | None = None,
 ) -> te.Tensor:
     """The ``conv_nchwc`` block (with its padding and packing):
     (N, ceil(O/OB), *out[:-1], ceil(out[-1]/WB), WB, OB) accumulators."""
@@ -193,4 +203,5 @@ def _accumulate(
         (geom.batch, out_chunks, *padded_out[:-1], width_chunks, wb, ob),
         body,
         name=CONV_NCHWC,
+        attrs=knob_attrs(knobs),
     )

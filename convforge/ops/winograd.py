@@ -187,6 +187,7 @@ def conv2d_winograd(
     epilogue: Epilogue = NO_EPILOGUE,
     *,
     weight_transformed: bool = False,
+    knobs: dict[str, int] | None = None,
 ) -> te.Tensor:
     """2-D convolution by F(m x m, r x s): x (N, C, H, W), w (K, C, r, s) -> (N, K, *out);
     a strided one over its stride phases (``tiles.stride``, which must be ``geom``'s;
@@ -196,7 +197,8 @@ def conv2d_winograd(
     transforms raise (float32, random data: F(4x4, 3x3) about 4e-6 of the output's range
     at 64 channels, 1.4e-5 at 512; F(4x4, 2x2) of a 3x3 stride-2 convolution 8e-6 at 128).
     ``weight_transformed``: w is already :func:`transform_weight_array`'s
-    (a, b, ceil(K/OB), C', OB).
+    (a, b, ceil(K/OB), C', OB). ``knobs``: schedule knobs annotated on the
+    ``winograd_gemm`` block (``blocks.SCHEDULE_KNOBS_ATTR``).
     """
     strided = geom.stride != (1, 1)
     if geom.ndim != 2 or geom.groups != 1 or tiles.stride != geom.stride:
@@ -290,6 +292,7 @@ def conv2d_winograd(
             v[n, qh, tb, pw, a, b, ti, rc] * u[a, b, kb, rc, ki].astype(acc), axis=rc
         ),
         name=blocks.WINOGRAD_GEMM,
+        attrs=blocks.knob_attrs(knobs),
     )
     out_rows = te.compute(
         (*tile_shape, kb_n, m, aw, tb_size, ob),

@@ -28,7 +28,12 @@ from convforge.schedules import (
     cpu_winograd,
 )
 from convforge.schedules.cpu_conv import schedule_conv_nchwc
-from convforge.schedules.cpu_direct import largest_divisor
+from convforge.schedules.cpu_direct import (
+    function_knobs,
+    knobbed_profile,
+    largest_divisor,
+    schedule_knobs,
+)
 from convforge.schedules.rules import (
     BlockRule,
     FunctionRule,
@@ -81,7 +86,7 @@ def _schedule_reduction(
     sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
 ) -> str:
     """Tile one reduction block; returns the name of the block whose loops hold the tile."""
-    target_profile = profile(target)
+    target_profile = knobbed_profile(target, schedule_knobs(sch, block))
     lanes = target_profile.vector_lanes(str(sch.get(block).writes[0].source.dtype))
     iter_vars = sch.get(block).iter_vars
     n_spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in iter_vars)
@@ -250,9 +255,16 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
     after which the generic schedule is used (see :mod:`convforge.schedules.rules`).
     """
     sch = apply_rules(CPU_RULES, func, target, generic_cpu_schedule)
-    if is_small(func, target):
+    threads = function_knobs(func).get(THREADS_KNOB)
+    if threads == THREADS_ONE or (threads != THREADS_ALL and is_small(func, target)):
         sch = without_parallel_loops(sch, func)
     return sch.mod
+
+
+#: The schedule knob overriding :func:`is_small` for a tuned plan: :data:`THREADS_ONE` runs
+#: the kernel on one thread, :data:`THREADS_ALL` in parallel (absent: :func:`is_small`).
+THREADS_KNOB = "threads"
+THREADS_ONE, THREADS_ALL = 1, 2
 
 
 def is_small(func: tirx.PrimFunc, target: tvm.target.Target) -> bool:

@@ -24,9 +24,11 @@ from convforge.ops.blocks import NCHWC_MAX_POOL, PAD
 from convforge.schedules.cpu_direct import (
     accumulator_budget,
     default_tiles,
+    knobbed_profile,
     largest_divisor,
     producer_named,
     schedule_direct,
+    schedule_knobs,
     single_conv,
     smallest_divisor_at_least,
 )
@@ -51,7 +53,7 @@ def schedule_conv_nchwc(
     n, ob, *outer, wo, wi, oi = spatial
     parallel = [n, ob, *outer[:2]]
     tasks = math.prod(int(sch.get(loop).extent) for loop in parallel)
-    wanted = profile(target).parallel_tasks
+    wanted = knobbed_profile(target, schedule_knobs(sch, block)).parallel_tasks
     if tasks < wanted:
         # too few (batch x channel block x row) tiles, e.g. a 1x1 convolution computed
         # over one row: split the width tiles too
@@ -124,7 +126,7 @@ def schedule_conv_max_pool(
         raise ValueError(f"pool width {k} and width block {wb} do not divide one another")
     parallel = [n, cb, *positions[:-1]]
     tasks = math.prod(int(sch.get(loop).extent) for loop in parallel)
-    wanted = profile(target).parallel_tasks
+    wanted = knobbed_profile(target, schedule_knobs(sch, conv)).parallel_tasks
     if tasks < wanted:  # few pooled rows: split the chunks too
         parts = smallest_divisor_at_least(int(sch.get(chunk).extent), -(-wanted // tasks))
         part, chunk = sch.split(chunk, [parts, None])

@@ -20,13 +20,47 @@ full tiles run without bounds tests.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import tvm
 from tvm import s_tir, tirx
 
-from convforge.ops.blocks import CONV, CONV_EPILOGUE, PAD, is_numbered
-from convforge.targets import profile
+from convforge.ops.blocks import CONV, CONV_EPILOGUE, PAD, SCHEDULE_KNOBS_ATTR, is_numbered
+from convforge.targets import TargetProfile, profile
+
+#: Schedule knobs that override the :class:`~convforge.targets.TargetProfile` field of the
+#: same name for one kernel (:func:`knobbed_profile`).
+PROFILE_KNOBS = (
+    "parallel_tasks",
+    "winograd_task_floats",
+    "direct_accumulators",
+    "accumulator_budget",
+)
+
+
+def schedule_knobs(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> dict[str, int]:
+    """The schedule knobs a tuned plan annotated on ``block`` (``ops.blocks.knob_attrs``);
+    {} for a default plan."""
+    knobs = sch.get(block).annotations.get(SCHEDULE_KNOBS_ATTR)
+    return {} if knobs is None else {str(k): int(v) for k, v in knobs.items()}
+
+
+def function_knobs(func: tirx.PrimFunc) -> dict[str, int]:
+    """The schedule knobs annotated on any root block of ``func`` ({} for a default plan)."""
+    sch = s_tir.Schedule(func)
+    knobs: dict[str, int] = {}
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        knobs.update(schedule_knobs(sch, block))
+    return knobs
+
+
+def knobbed_profile(target: tvm.target.Target, knobs: dict[str, int]) -> TargetProfile:
+    """``target``'s profile with the fields named in :data:`PROFILE_KNOBS` that ``knobs``
+    sets replaced (the profile itself when it sets none)."""
+    changes = {k: v for k, v in knobs.items() if k in PROFILE_KNOBS}
+    base = profile(target)
+    return dataclasses.replace(base, **changes) if changes else base
 
 
 @dataclass(frozen=True)

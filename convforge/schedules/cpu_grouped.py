@@ -15,6 +15,7 @@ from convforge.schedules.cpu_direct import (
     accumulator_budget,
     default_tiles,
     schedule_direct,
+    schedule_knobs,
     single_conv,
 )
 from convforge.targets import vector_lanes
@@ -41,8 +42,7 @@ def schedule_grouped(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Sc
     shape = tuple(int(v) for v in out.shape)
     out_per_group = shape[1] // conv_groups(sch, block)
     lanes = vector_lanes(target, str(out.dtype))
-    tiles = default_tiles(
-        shape, lanes, accumulator_budget(target), channel_limit=out_per_group, pad="tile"
-    )
+    budget = schedule_knobs(sch, block).get("direct_accumulators", accumulator_budget(target))
+    tiles = default_tiles(shape, lanes, budget, channel_limit=out_per_group, pad="tile")
     schedule_direct(sch, block, tiles)
     return sch

@@ -34,14 +34,24 @@ from convforge.ops.blocks import (
     WINOGRAD_WEIGHT_ROWS,
 )
 from convforge.ops.winograd import DILATION_ATTR
-from convforge.schedules.cpu_direct import has_block, largest_divisor
-from convforge.targets import TargetProfile, profile, vector_lanes
+from convforge.schedules.cpu_direct import (
+    has_block,
+    knobbed_profile,
+    largest_divisor,
+    schedule_knobs,
+)
+from convforge.targets import TargetProfile, vector_lanes
 
 
 def is_winograd(func: tirx.PrimFunc) -> bool:
     """Whether ``func`` is a Winograd convolution."""
     return has_block(func, WINOGRAD_GEMM)
 
+
+#: The schedule knob choosing the pipeline per task (:data:`PIPELINE_TASKS`) or the passes
+#: (:data:`PIPELINE_PASSES`) where a tuned plan sets it; else :func:`_fuse_tasks` decides.
+PIPELINE_KNOB = "winograd_pipeline"
+PIPELINE_TASKS, PIPELINE_PASSES = 1, 2
 
 #: Input columns per block of the padding's transpose to channels last.
 TRANSPOSE_COLUMNS = 16
@@ -102,7 +112,8 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     block = sch.get_sblock
     lanes = vector_lanes(target, str(sch.get(block(WINOGRAD_GEMM)).writes[0].source.dtype))
-    thresholds = profile(target)
+    knobs = schedule_knobs(sch, block(WINOGRAD_GEMM))
+    thresholds = knobbed_profile(target, knobs)
     if WINOGRAD_WEIGHT in names:  # per (channel block, channel): G w G^T, vectorized
         weight = block(WINOGRAD_WEIGHT)
         a, b, kb, c, ki = sch.get_loops(weight)
@@ -150,7 +161,14 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     sch.vectorize(ki)
 
     v = block(WINOGRAD_INPUT)
-    if _fuse_tasks(sch, gemm, int(sch.get(task).extent), thresholds):
+    pipeline = knobs.get(PIPELINE_KNOB)
+    if pipeline is None:
+        pipeline = (
+            PIPELINE_TASKS
+            if _fuse_tasks(sch, gemm, int(sch.get(task).extent), thresholds)
+            else PIPELINE_PASSES
+        )
+    if pipeline == PIPELINE_TASKS:
         sch.compute_at(gemm, task, preserve_unit_loops=True)
         sch.compute_at(v, task, preserve_unit_loops=True)
         input_task = task

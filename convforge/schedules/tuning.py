@@ -647,6 +647,13 @@ def _folder_target(folder: Path) -> str | None:
                 key = _read_payload(path).get("target")
                 if isinstance(key, str):
                     break
+        if not isinstance(key, str):  # a folder of knob records only (convforge.knobs)
+            for path in sorted(folder.glob("*.knobs")):
+                with contextlib.suppress(Exception):
+                    key = json.loads(path.read_text()).get("target")
+                    if isinstance(key, str):
+                        break
+            key = key if isinstance(key, str) else None
         _folder_targets[stamp] = key
     return _folder_targets[stamp]
 
@@ -727,9 +734,30 @@ def copy_best_records(source: str | os.PathLike, destination: str | os.PathLike)
     seed record and its three fastest candidates (how ``convforge/tuned`` is made; more than
     one because some candidates' traces do not replay in a new process).
 
+    Knob record files (``convforge.knobs``) are copied with the measurements of their
+    winning configuration only, and only where one beats the default.
+
     Returns the number of files written.
     """
+    from convforge.knobs import KNOB_SUFFIX, KnobRecords, config_key
+
     written = 0
+    for path in sorted(Path(source).glob(f"*/*{KNOB_SUFFIX}")):
+        payload = json.loads(path.read_text())
+        records = KnobRecords(
+            path, payload["target"], payload["plan"], payload.get("default_seconds"),
+            payload["records"], payload.get("confirmations", []),
+        )  # fmt: skip
+        best = records.best()
+        if best is None:
+            continue
+        key = config_key(best[0])
+        payload["records"] = [r for r in records.records if config_key(r["config"]) == key]
+        payload["confirmations"] = [
+            c for c in payload.get("confirmations", []) if config_key(c["config"]) == key
+        ]
+        _write_atomically(Path(destination) / path.parent.name / path.name, json.dumps(payload))
+        written += 1
     for path in sorted(Path(source).glob("*/*.json")):
         if path.name.startswith("."):
             continue  # a write in progress
@@ -834,9 +862,14 @@ def make_builder(jobs: int | None = None, timeout_s: float = 60.0) -> ms.builder
     )
 
 
+#: How every candidate and default is timed (MetaSchedule's ``EvaluatorConfig``; the knob
+#: tuner's in-process timing uses the same numbers).
+EVALUATOR = {"number": 3, "repeat": 3, "min_repeat_ms": 40}
+
+
 def make_runner(rpc: RPCTracker | None = None, jobs: int | None = None) -> ms.runner.Runner:
     """Runner timing candidates here, or on the devices of an RPC tracker."""
-    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=40)
+    evaluator = ms.runner.EvaluatorConfig(**EVALUATOR)
     if rpc is None:
         return ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=60)
     config = ms.runner.RPCConfig(
