@@ -6,7 +6,11 @@ import convforge as cf
 from convforge import build
 
 
-def test_identical_call_reuses_kernel_and_new_attribute_compiles():
+def test_identical_call_reuses_kernel_and_new_attribute_compiles(monkeypatch):
+    from convforge import api
+
+    # the kernel cache alone: no packed-weight kernel for the weight passed again
+    monkeypatch.setattr(api.WEIGHT_CACHE, "max_entries", 0)
     rng = np.random.default_rng(3)
     # Shapes no other test uses, so the first call here must compile.
     x = rng.standard_normal((1, 7, 13, 11)).astype(np.float32)

@@ -133,6 +133,18 @@ def test_report_milliseconds_add_up_to_the_measured_whole(compiled):
     assert cm.time({"input": x}, number=2, repeat=2) > 0
 
 
+def test_report_leaves_no_instrument_on_the_model(compiled, monkeypatch):
+    """report() times every VM call through an instrument callback; it removes it after, so
+    later calls run without a Python callback around each kernel (it slowed them 2-5x)."""
+    _, cm, _ = compiled
+    vm = cm._vm
+    installed = []
+    original = vm.set_instrument
+    monkeypatch.setattr(vm, "set_instrument", lambda f: (installed.append(f), original(f)))
+    cm.report(_x(1), runs=1)
+    assert len(installed) == 2 and callable(installed[0]) and installed[-1] is None
+
+
 PERMISSIONS = """
 import json, os, sys
 import numpy as np

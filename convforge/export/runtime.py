@@ -67,9 +67,11 @@ class VirtualMachine:
     def __getitem__(self, name: str) -> Any:
         return self.module[name]
 
-    def set_instrument(self, instrument: Callable[..., int]) -> None:
-        """Call ``instrument(func, symbol, before, ret, *args)`` around every VM call."""
-        self.module["set_instrument"](import_runtime().convert(instrument))
+    def set_instrument(self, instrument: Callable[..., int] | None) -> None:
+        """Call ``instrument(func, symbol, before, ret, *args)`` around every VM call (None:
+        no instrument)."""
+        convert = import_runtime().convert
+        self.module["set_instrument"](None if instrument is None else convert(instrument))
 
 
 def make_vm(module: Any) -> Any:
