@@ -36,6 +36,7 @@ from convforge.plan import (
     plan_dense,
     plan_qconv,
 )
+from convforge.schedules import tuning
 from convforge.targets import TargetArg, resolve_target, target_key
 
 #: dtypes the compiled kernels accept.
@@ -108,7 +109,8 @@ class WeightCache:
     once (the NCHW[x]c blocks or Winograd transform its kernel would otherwise compute on
     every call) and the kernel that reads it packed runs.
 
-    Keyed safely: an entry is found by the array's ``id`` and the plan, and used only when
+    Keyed safely: an entry is found by the array's ``id``, the plan and the tuning
+    databases' state (:func:`~convforge.schedules.tuning.database_state`), and used only when
     the array's bytes equal, bit for bit, a private copy taken when it was first seen (so
     an array mutated in place, or a new array that reuses a freed one's id, is never
     computed with a stale pack: it is remembered anew and computed as on a first call).
@@ -144,7 +146,9 @@ class WeightCache:
         never, where ``plan``'s per-call kernel on ``target`` has a tuning record)."""
         if w.nbytes > self.max_bytes or self.max_entries <= 0:
             return None
-        key = (id(w), plan.key)
+        # the tuning databases' state: whether the per-call kernel has a record (and so
+        # whether w is packed at all) is decided again when they change
+        key = (id(w), plan.key, tuning.database_state(resolve_target(target)))
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and _same_bits(entry[0], w):

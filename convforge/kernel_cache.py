@@ -173,7 +173,8 @@ def load(
 ) -> tuple[tvm.runtime.Module, dict] | None:
     """The cached module of ``parts`` and its entry's ``extra`` record (see :func:`store`),
     else None (missing, disabled, or corrupt: see the module doc). A hit marks the entry as
-    used now. ``load_module(path)`` loads the verified library (default TVM's loader)."""
+    used now. ``load_module(path)`` loads the verified library (default
+    :func:`convforge.export.runtime.load_module`)."""
     if not enabled():
         return None
     from convforge.export.library import verified_library
@@ -182,12 +183,10 @@ def load(
     if not path.is_file():
         return None
     try:
-        with verified_library(str(path), copy=False) as copy:
+        with verified_library(str(path)) as copy:
             extra = _check_parts(path, parts)
             if load_module is None:
-                import tvm
-
-                load_module = tvm.runtime.load_module
+                from convforge.export.runtime import load_module
             module = load_module(copy)
     except FileNotFoundError:  # evicted or replaced meanwhile
         return None

@@ -268,8 +268,8 @@ def test_load_runs_a_library_without_tvm(cache, tmp_path):
 
 
 def test_verified_cache_entry_is_loaded_as_checked(tmp_path):
-    """verified_library(copy=False) yields the verified file itself, through its open
-    descriptor: replacing the path afterwards (as a cache writer does) changes nothing."""
+    """verified_library yields a private copy of the verified bytes: replacing the path
+    afterwards (as a cache writer does) or rewriting it in place changes nothing."""
     import os
 
     from convforge.export.library import append_trailer, verified_library
@@ -280,9 +280,41 @@ def test_verified_cache_entry_is_loaded_as_checked(tmp_path):
     other.write_bytes(b"second library bytes")
     for f in (path, other):
         append_trailer(str(f), host_target())
-    with verified_library(str(path), copy=False) as loadable:
+    with verified_library(str(path)) as loadable:
         assert loadable.endswith(".so")
         os.replace(other, path)
+        path.write_bytes(b"x")  # cut short in place
         with open(loadable, "rb") as f:
             assert f.read().startswith(b"first library bytes")
     assert not os.path.exists(loadable)
+
+
+_CUT_SHORT = """
+import sys
+import numpy as np
+import convforge as cf
+model = cf.compile_model(sys.argv[1])
+assert set(model.compile_profile.phases) == {"cache lookup"}, model.compile_profile.phases
+with open(sys.argv[2], "r+b") as f:  # the entry it was loaded from, cut short in place
+    f.truncate(16)
+x = np.load(sys.argv[3])
+np.save(sys.argv[4], model(x)[0])
+del model
+"""
+
+
+def test_cache_entry_cut_short_under_a_running_model_harms_nothing(cache, tmp_path):
+    """A model loaded from a cache entry keeps running, and its process exits normally,
+    when the entry is truncated in place meanwhile (a library or weights mapped from the
+    entry itself would die with SIGBUS)."""
+    model = _model(seed=5)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    cf.compile_model(path)
+    (entry,) = _entries(cache)
+    x = np.random.default_rng(4).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    args = [str(path), str(entry), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
+    done = run_isolated(_CUT_SHORT, args=args)
+    assert done.returncode == 0, done.describe()
+    assert compare(np.load(tmp_path / "y.npy"), run_onnxruntime(model, {"x": x})[0]).ok

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import convforge as cf
-from convforge import shapes
+from convforge import api, shapes
 from convforge.build import recording_kernels
 from convforge.commands.tune import ConvWorkload
 from convforge.export import compare, conv_model, run_onnxruntime
@@ -86,6 +86,30 @@ def test_corrupt_record_is_skipped_with_a_warning_and_the_default_matches_onnxru
     with cf.use_tuning_db(db), recording_kernels() as kernels, warns:
         y = cf.conv(x, w, padding=1)
     assert kernels[-1].tuning_record is None  # the default schedule ran
+    (expected,) = run_onnxruntime(conv_model(GEOM), {"x": x, "w": w})
+    assert compare(y, expected).ok
+
+
+def test_weight_cache_asks_the_databases_again_when_they_change(tmp_path):
+    """A weight packed by the numpy API's weight cache (seen twice) is not reused once
+    another database is active: the per-call kernel's records are looked up again (the
+    corrupt file's warning shows it) and the result still matches onnxruntime."""
+    target = host_target()
+    mod = tuning.workload_module(ConvWorkload("w", GEOM).prim_func(target))
+    path = tuning.workload_file(tmp_path / "db", mod, target)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(CORRUPT["json-list"](mod, target))
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(GEOM.x_shape).astype(np.float32)
+    w = rng.standard_normal(GEOM.w_shape).astype(np.float32)
+    api.WEIGHT_CACHE.clear()
+    for _ in range(2):
+        cf.conv(x, w, padding=1)
+    assert api.WEIGHT_CACHE.packs == 1
+    warns = pytest.warns(tuning.CorruptRecordWarning, match=re.escape(str(path)))
+    with cf.use_tuning_db(tmp_path / "db"), recording_kernels() as kernels, warns:
+        y = cf.conv(x, w, padding=1)
+    assert api.WEIGHT_CACHE.hits == 0 and kernels[-1].tuning_record is None
     (expected,) = run_onnxruntime(conv_model(GEOM), {"x": x, "w": w})
     assert compare(y, expected).ok
 

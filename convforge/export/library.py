@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import platform
 import struct
@@ -121,7 +122,7 @@ def append_trailer(path: str, target: tvm.target.Target | dict, extra: dict | No
 def read_trailer(data: bytes, path: str) -> tuple[dict, int]:
     """The trailer's record and the length of the library before it (ValueError if none)."""
     tail = _LENGTH.size + len(MAGIC)
-    if len(data) < tail or not data.endswith(MAGIC):
+    if len(data) < tail or data[-len(MAGIC) :] != MAGIC:
         raise ValueError(
             f"path: {path!r} is not a model library written by convforge's export_library "
             "(no convforge trailer: a truncated file, another shared library, or a library "
@@ -214,47 +215,90 @@ def _private_file(path: str) -> tuple[int, str]:
         return tempfile.mkstemp(prefix="convforge-load-", suffix=".so")
 
 
-@contextlib.contextmanager
-def verified_library(path: str, *, copy: bool = True) -> Iterator[str]:
-    """Check ``path`` (trailer, size, SHA-256, target; ValueError naming the file and the
-    reason) and yield a path to load the verified library from: what is loaded is what was
-    checked, even if ``path`` is replaced meanwhile.
+def _memory_copy(f) -> int | None:
+    """A new file in memory (Linux's memfd) holding a copy of the open file ``f`` (copied
+    by the kernel), as an open descriptor; None where the system has none."""
+    create = getattr(os, "memfd_create", None)
+    if create is None or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        fd = create("convforge-library", getattr(os, "MFD_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        size, done = os.fstat(f.fileno()).st_size, 0
+        try:
+            while done < size and (sent := os.sendfile(fd, f.fileno(), done, size - done)):
+                done += sent
+        except OSError:  # no sendfile between these files: copy through this process
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            f.seek(0)
+            while chunk := f.read(16 << 20):
+                os.write(fd, chunk)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
-    ``copy=True``: a private copy of the verified bytes. ``copy=False`` (Linux, for files
-    that are only ever replaced whole, never rewritten in place: the cache's entries): the
-    verified file itself, through the descriptor it was read from (a symbolic link named
-    ``*.so``, as TVM's loader wants, to ``/proc/self/fd/N``), which saves writing a copy of
-    a library of tens or hundreds of MB; elsewhere a copy as with ``copy=True``."""
+
+def _verify(data, path: str) -> int:
+    """Check the library bytes ``data`` read from ``path`` (trailer, size, SHA-256, target;
+    ValueError naming the file and the reason); the length of the library before the
+    trailer."""
+    record, start = read_trailer(data, path)
+    if record.get("format") != FORMAT:
+        raise ValueError(f"path: {path!r} has trailer format {record.get('format')!r}, "
+                         f"this convforge reads {FORMAT}")  # fmt: skip
+    if record.get("size") != start:
+        raise ValueError(
+            f"path: {path!r} is damaged: {start} library bytes, the trailer says "
+            f"{record.get('size')}"
+        )
+    with memoryview(data) as whole, whole[:start] as library:
+        digest = hashlib.sha256(library).hexdigest()
+    if digest != record.get("sha256"):
+        raise ValueError(f"path: {path!r} is damaged: its SHA-256 differs from the one recorded")
+    check_target(record, path)
+    return start
+
+
+@contextlib.contextmanager
+def verified_library(path: str) -> Iterator[str]:
+    """Check ``path`` (trailer, size, SHA-256, target; ValueError naming the file and the
+    reason) and yield a path to load the verified library from: a private copy, checked
+    itself, so what is loaded is what was checked, and it stays intact while loaded even
+    if ``path`` is replaced or rewritten in place meanwhile (a mapped file cut short under
+    a process would kill it with SIGBUS).
+
+    The copy is a file in memory where the system has one (Linux: a memfd filled by the
+    kernel, named ``*.so`` as TVM's loader wants by a symbolic link to
+    ``/proc/self/fd/N``; nothing written to disk), else a file beside ``path`` or in the
+    temporary folder. Either is gone once the block ends; what was loaded from it stays
+    mapped."""
     with open(path, "rb") as f:
-        data = f.read()
-        record, start = read_trailer(data, path)
-        if record.get("format") != FORMAT:
-            raise ValueError(f"path: {path!r} has trailer format {record.get('format')!r}, "
-                             f"this convforge reads {FORMAT}")  # fmt: skip
-        if record.get("size") != start:
-            raise ValueError(
-                f"path: {path!r} is damaged: {start} library bytes, the trailer says "
-                f"{record.get('size')}"
-            )
-        if hashlib.sha256(memoryview(data)[:start]).hexdigest() != record.get("sha256"):
-            raise ValueError(
-                f"path: {path!r} is damaged: its SHA-256 differs from the one recorded"
-            )
-        check_target(record, path)
-        descriptor = f"/proc/self/fd/{f.fileno()}"
-        if not copy and os.path.exists(descriptor):
-            del data
+        fd = _memory_copy(f)
+        data = f.read() if fd is None else None
+    if fd is not None:
+        folder = None
+        try:
+            size = os.fstat(fd).st_size
+            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else _empty() as view:
+                start = _verify(view, path)
+            os.ftruncate(fd, start)  # the library without its trailer, as exported
             folder = tempfile.mkdtemp(prefix="convforge-load-")
             link = os.path.join(folder, "library.so")
-            try:
-                os.symlink(descriptor, link)
-                yield link
-            finally:
+            os.symlink(f"/proc/self/fd/{fd}", link)
+            yield link
+        finally:
+            os.close(fd)
+            if folder is not None:
                 with contextlib.suppress(OSError):
-                    os.unlink(link)
+                    os.unlink(os.path.join(folder, "library.so"))
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)
-            return
+        return
+    start = _verify(data, path)
     fd, private = _private_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -263,3 +307,8 @@ def verified_library(path: str, *, copy: bool = True) -> Iterator[str]:
         yield private
     finally:
         os.unlink(private)
+
+
+@contextlib.contextmanager
+def _empty() -> Iterator[bytes]:
+    yield b""

@@ -30,11 +30,12 @@ ALIGNMENT = 64
 
 
 def load_module(path: str) -> Any:
-    """The shared library ``path`` as a runtime module (TVM's loader where TVM is imported)."""
-    tvm_ffi = import_runtime()
-    if "tvm" in sys.modules:
-        return sys.modules["tvm"].runtime.load_module(path)
-    return tvm_ffi.load_module(path)
+    """The shared library ``path`` as a runtime module: TVM-FFI's loader, which TVM's
+    ``tvm.runtime.load_module`` also calls for a ``.so`` (a TVM module where TVM is
+    imported), though without resolving ``path``'s symbolic links first (a verified copy in
+    memory is a link ``*.so`` to ``/proc/self/fd/N``: :func:`~convforge.export.library.
+    verified_library`)."""
+    return import_runtime().load_module(path)
 
 
 def load_model(path: str) -> tuple[Any, list[Any]]:
