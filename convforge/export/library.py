@@ -283,7 +283,8 @@ def verified_library(path: str) -> Iterator[str]:
         folder = None
         try:
             size = os.fstat(fd).st_size
-            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else _empty() as view:
+            mapped = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+            with mapped or contextlib.nullcontext(b"") as view:
                 start = _verify(view, path)
             os.ftruncate(fd, start)  # the library without its trailer, as exported
             folder = tempfile.mkdtemp(prefix="convforge-load-")
@@ -307,8 +308,3 @@ def verified_library(path: str) -> Iterator[str]:
         yield private
     finally:
         os.unlink(private)
-
-
-@contextlib.contextmanager
-def _empty() -> Iterator[bytes]:
-    yield b""
