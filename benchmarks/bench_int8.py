@@ -1,7 +1,7 @@
 """int8 convolutions: convforge's integer kernel against convforge's float32 direct kernel
 and onnxruntime's QLinearConv, on the suite's 3x3 64->64 56x56 and 1x1 256->64 56x56.
 
-    python benchmarks/bench_int8.py [--rounds 5] [--json OUT] [--model resnet15]
+    python benchmarks/bench_int8.py [--rounds 5] [--json OUT] [--model NAME ...]
 
 uint8 activations, int8 per-channel weights in [-64, 63] (onnxruntime's ``reduce_range``:
 its AVX2 kernel saturates beyond, see tests/test_qconv.py), weight packed once for all
@@ -11,11 +11,14 @@ round times the three interleaved (10 calls each, the median of 3); the table gi
 median and minimum over ``--rounds`` rounds, with the load average: on a loaded machine
 compare the ratios. Set ``TVM_NUM_THREADS`` (and onnxruntime gets as many threads).
 
-``--model resnet15`` (benchmarks/bench_compile.py's, 112x112, batch 1) also quantizes a
-whole model with onnxruntime (pre-processing, ``quantize_static``: QDQ, per-channel,
+``--model NAME`` (repeatable: ``resnet15``, benchmarks/bench_compile.py's at 112x112;
+``squeezenet`` and ``resnet50``, the light zoo graphs of ``networks.light_zoo``;
+``mobilenet_v2``, ``networks.mobilenet_v2``; all batch 1, the zoo at 224x224) also
+quantizes a whole model with onnxruntime (pre-processing, ``quantize_static``: QDQ, per-channel,
 ``reduce_range``, random calibration) and times convforge's int8 build, onnxruntime on the
-QDQ model and convforge's float32 build the same way (top-1 and the largest difference
-from onnxruntime are printed).
+QDQ model and convforge's float32 build the same way (top-1, the largest difference from
+onnxruntime relative to the output range, and how many Convs run as integer kernels are
+printed).
 """
 
 from __future__ import annotations
@@ -52,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", help="write the table here (JSON)")
-    parser.add_argument("--model", choices=["resnet15"], help="also time a quantized model")
+    parser.add_argument(
+        "--model", action="append", choices=sorted(MODELS), default=[],
+        help="also time this quantized model (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -116,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, values in samples.items():
             row[label] = {"median_ms": statistics.median(values) * 1e3, "min_ms": min(values) * 1e3}
         rows.append(row)
-    if args.model:
-        rows.append(_model_row(args.model, threads, args.rounds))
+    for name in args.model:
+        rows.append(_model_row(name, threads, args.rounds))
     load = os.getloadavg()[0]
     print(f"TVM_NUM_THREADS={threads}, load average {load:.2f} (medians; min in brackets)")
     header = "workload                convforge int8     float32 direct     onnxruntime int8   int8/f32  int8/ort"
@@ -130,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['workload']:22s}  {text}  {ratio_f:6.2f}x  {ratio_o:6.2f}x")
         if "max_difference" in row:
             print(f"  top-1 as onnxruntime: {row['equal_to_onnxruntime']}, largest difference "
-                  f"{row['max_difference']:.4g}; float32 column: the float32 model")  # fmt: skip
+                  f"{row['max_difference']:.4g} ({row['relative_difference']:.2%} of the output "
+                  f"range); integer Convs {row['integer_convs']}; float32 column: the float32 "
+                  "model")  # fmt: skip
         elif not row["equal_to_onnxruntime"]:
             print("  (outputs differ from onnxruntime's)")
     if args.json:
@@ -144,6 +152,37 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         atomic_write(args.json, json.dumps(data, indent=1))
     return 0
+
+
+def _resnet15():
+    from benchmarks.bench_compile import resnet15
+
+    return resnet15(size=112)
+
+
+def _zoo(name: str):
+    def build():
+        from onnx import version_converter
+
+        from convforge.examples import networks
+
+        # opset 9 -> 13: the quantizer writes per-channel DequantizeLinear (axis: opset 13)
+        return version_converter.convert_version(networks.light_zoo(name), 13)
+
+    return build
+
+
+def _mobilenet_v2():
+    from convforge.examples import networks
+
+    return networks.mobilenet_v2()
+
+
+#: --model: name -> the float32 ONNX model (its first input's batch is set to 1).
+MODELS = {
+    "resnet15": _resnet15, "squeezenet": _zoo("squeezenet"), "resnet50": _zoo("resnet50"),
+    "mobilenet_v2": _mobilenet_v2,
+}  # fmt: skip
 
 
 def _model_row(name: str, threads: int, rounds: int) -> dict:
@@ -161,14 +200,15 @@ def _model_row(name: str, threads: int, rounds: int) -> dict:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     import convforge as cf
-    from benchmarks.bench_compile import resnet15
     from convforge.export.check import session
 
     rng = np.random.default_rng(0)
-    shape = (1, 3, 112, 112)
-    model = resnet15(size=shape[-1])
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
-    samples = iter([{"x": rng.random(shape).astype(np.float32)} for _ in range(4)])
+    model = MODELS[name]()
+    graph_input = model.graph.input[0]
+    graph_input.type.tensor_type.shape.dim[0].dim_value = 1
+    feed = graph_input.name
+    shape = tuple(d.dim_value for d in graph_input.type.tensor_type.shape.dim)
+    samples = iter([{feed: rng.random(shape).astype(np.float32)} for _ in range(4)])
 
     class Reader(CalibrationDataReader):
         def get_next(self):
@@ -188,21 +228,25 @@ def _model_row(name: str, threads: int, rounds: int) -> dict:
     sess = session(qdq, threads=threads, spinning=False)
     x = rng.random(shape).astype(np.float32)
     (y,) = int8(x)
-    expected = sess.run(None, {"x": x})[0]
+    expected = sess.run(None, {feed: x})[0]
     calls = {
         "convforge int8": functools.partial(int8, x),
         "convforge float32 direct": functools.partial(float32, x),
-        "onnxruntime int8": functools.partial(sess.run, None, {"x": x}),
+        "onnxruntime int8": functools.partial(sess.run, None, {feed: x}),
     }
     samples_: dict[str, list[float]] = {label: [] for label in calls}
     for _ in range(rounds):
         for label, call in calls.items():
             samples_[label].append(_seconds(call, number=5))
-    kernels = {k["kernel"] for k in int8.metadata["kernels"] if k["op_type"] == "QLinearConv"}
+    integer = [k for k in int8.metadata["kernels"] if k["op_type"] == "QLinearConv"]
+    convs = [k for k in int8.metadata["kernels"] if k["op_type"] in ("Conv", "QLinearConv")]
+    difference = float(np.abs(y - expected).max())
     row = {
-        "workload": f"{name} (model)", "label": ", ".join(sorted(kernels)),
+        "workload": f"{name} (model)", "label": ", ".join(sorted({k["kernel"] for k in integer})),
         "equal_to_onnxruntime": bool(y.argmax() == expected.argmax()),
-        "max_difference": float(np.abs(y - expected).max()),
+        "max_difference": difference,
+        "relative_difference": difference / max(float(np.ptp(expected)), 1e-30),
+        "integer_convs": f"{len(integer)}/{len(convs)}",
     }  # fmt: skip
     for label, values in samples_.items():
         row[label] = {"median_ms": statistics.median(values) * 1e3, "min_ms": min(values) * 1e3}
