@@ -109,8 +109,8 @@ class WeightCache:
     once (the NCHW[x]c blocks or Winograd transform its kernel would otherwise compute on
     every call) and the kernel that reads it packed runs.
 
-    Keyed safely: an entry is found by the array's ``id``, the plan and the tuning
-    databases' state (:func:`~convforge.schedules.tuning.database_state`), and used only when
+    Keyed safely: an entry is found by the array's ``id``, the plan and the active tuning
+    databases (:func:`~convforge.schedules.tuning.active_databases`), and used only when
     the array's bytes equal, bit for bit, a private copy taken when it was first seen (so
     an array mutated in place, or a new array that reuses a freed one's id, is never
     computed with a stale pack: it is remembered anew and computed as on a first call).
@@ -146,9 +146,11 @@ class WeightCache:
         never, where ``plan``'s per-call kernel on ``target`` has a tuning record)."""
         if w.nbytes > self.max_bytes or self.max_entries <= 0:
             return None
-        # the tuning databases' state: whether the per-call kernel has a record (and so
-        # whether w is packed at all) is decided again when they change
-        key = (id(w), plan.key, tuning.database_state(resolve_target(target)))
+        # the active tuning databases: whether the per-call kernel has a record (and so
+        # whether w is packed at all) is decided again under others (their folders' state,
+        # tuning.database_state, would cost 25-40 us more per call)
+        databases = (tuple(map(str, tuning.active_databases())), tuning.active_match())
+        key = (id(w), plan.key, databases)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and _same_bits(entry[0], w):
