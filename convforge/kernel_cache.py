@@ -177,14 +177,14 @@ def load(
     :func:`convforge.export.runtime.load_module`)."""
     if not enabled():
         return None
-    from convforge.export.library import verified_library
+    from convforge.export.library import verified_copy
 
     path = entry_path(parts)
     if not path.is_file():
         return None
     try:
-        with verified_library(str(path)) as copy:
-            extra = _check_parts(path, parts)
+        with verified_copy(str(path)) as (copy, record):
+            extra = _check_parts(record, parts)
             if load_module is None:
                 from convforge.export.runtime import load_module
             module = load_module(copy)
@@ -198,10 +198,9 @@ def load(
     return module, extra
 
 
-def _check_parts(path: Path, parts: dict) -> dict:
-    from convforge.export.library import read_trailer, trailer_bytes
-
-    record, _ = read_trailer(trailer_bytes(str(path)), str(path))
+def _check_parts(record: dict, parts: dict) -> dict:
+    """The ``extra`` record of an entry whose verified trailer record is ``record``
+    (ValueError unless it was stored under ``parts``)."""
     if record.get("cache") != parts:
         raise ValueError("its recorded key differs from its file name's")
     extra = record.get("extra", {})

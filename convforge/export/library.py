@@ -242,10 +242,10 @@ def _memory_copy(f) -> int | None:
     return fd
 
 
-def _verify(data, path: str) -> int:
+def _verify(data, path: str) -> tuple[dict, int]:
     """Check the library bytes ``data`` read from ``path`` (trailer, size, SHA-256, target;
-    ValueError naming the file and the reason); the length of the library before the
-    trailer."""
+    ValueError naming the file and the reason): the trailer's record and the length of the
+    library before it."""
     record, start = read_trailer(data, path)
     if record.get("format") != FORMAT:
         raise ValueError(f"path: {path!r} has trailer format {record.get('format')!r}, "
@@ -260,7 +260,7 @@ def _verify(data, path: str) -> int:
     if digest != record.get("sha256"):
         raise ValueError(f"path: {path!r} is damaged: its SHA-256 differs from the one recorded")
     check_target(record, path)
-    return start
+    return record, start
 
 
 @contextlib.contextmanager
@@ -276,6 +276,14 @@ def verified_library(path: str) -> Iterator[str]:
     ``/proc/self/fd/N``; nothing written to disk), else a file beside ``path`` or in the
     temporary folder. Either is gone once the block ends; what was loaded from it stays
     mapped."""
+    with verified_copy(path) as (copy, _):
+        yield copy
+
+
+@contextlib.contextmanager
+def verified_copy(path: str) -> Iterator[tuple[str, dict]]:
+    """:func:`verified_library`, yielding ``(the copy's path, the trailer's record)`` (the
+    record as verified, read from the bytes that are loaded)."""
     with open(path, "rb") as f:
         fd = _memory_copy(f)
         data = f.read() if fd is None else None
@@ -285,12 +293,12 @@ def verified_library(path: str) -> Iterator[str]:
             size = os.fstat(fd).st_size
             mapped = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
             with mapped or contextlib.nullcontext(b"") as view:
-                start = _verify(view, path)
+                record, start = _verify(view, path)
             os.ftruncate(fd, start)  # the library without its trailer, as exported
             folder = tempfile.mkdtemp(prefix="convforge-load-")
             link = os.path.join(folder, "library.so")
             os.symlink(f"/proc/self/fd/{fd}", link)
-            yield link
+            yield link, record
         finally:
             os.close(fd)
             if folder is not None:
@@ -299,12 +307,12 @@ def verified_library(path: str) -> Iterator[str]:
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)
         return
-    start = _verify(data, path)
+    record, start = _verify(data, path)
     fd, private = _private_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(memoryview(data)[:start])
         del data
-        yield private
+        yield private, record
     finally:
         os.unlink(private)
