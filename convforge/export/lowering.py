@@ -280,7 +280,7 @@ def lower_conv(ctx: LoweringContext, inputs: list, attrs: dict) -> relax.Expr:
         )  # fmt: skip
     recorded = len(ctx.records)
     x, unpacked, residual = _kernel_inputs(ctx, plan, x, w, residual)
-    w = _kernel_weight(ctx, plan, w)
+    w = _kernel_weight(ctx, plan, unpacked)
     args = [a for a in (x, w, bias, residual) if a is not None]
     if plan.pool is None and pool_node is not None:  # the pool runs as its own kernel
         unpooled = tuple(name for name in fused_nodes(attrs) if name != pool_node)
