@@ -10,7 +10,7 @@ knob                     values (where it applies)
 ======================== ==================================================================
 ``algorithm``            ``winograd`` (where :func:`~convforge.plan.winograd_tiles` applies:
                          then it is the default), ``blocked`` (NCHW[x]c, where
-                         :func:`~convforge.plan.dense_conv_blocks` applies), ``direct``
+                         :func:`~convforge.plan.nchwc_blocks` applies), ``direct``
                          (the generic convolution, always)
 ``winograd_m``           F(2x2) / F(4x4) (3x3 stride 1: F(4) only up to 256 input channels,
                          the accuracy bound; stride 2: F(4))
@@ -69,7 +69,7 @@ from convforge.plan import (
     ConvPlan,
     Generic,
     Winograd,
-    dense_conv_blocks,
+    nchwc_blocks,
     winograd_tiles,
 )
 from convforge.schedules.cpu import THREADS_KNOB
@@ -249,7 +249,7 @@ def _knob_space(plan: ConvPlan, _target: str) -> KnobSpace:
         v for v in CHANNEL_VECTORS
         if (v <= 2 or registers > 16) and not (v > 1 and (v // 2) * lanes >= geom.out_channels)
     ]  # fmt: skip
-    out_blocks = tuple(v * lanes for v in vector_counts)
+    out_blocks = tuple(v * lanes for v in vector_counts if ops.blocks_fit(geom, v * lanes))
     threads = Knob(THREADS_KNOB, _thread_choices(plan), "0 auto, 1 one thread, 2 all threads")
     grain = Knob(
         "parallel_tasks",
@@ -284,7 +284,7 @@ def _knob_space(plan: ConvPlan, _target: str) -> KnobSpace:
                 ),
             )
         )
-    if dense_conv_blocks(geom, dtype, target) is not None:
+    if nchwc_blocks(geom, dtype, target) is not None:
         knobs = [
             Knob("out_block", out_blocks, "output channels per register tile"),
             Knob("width_block", tuple(range(1, registers)), "positions per register tile"),
@@ -348,12 +348,17 @@ def with_knobs(plan: ConvPlan, config: Config) -> ConvPlan:
         if pool is not None:
             algorithm = algorithm.pooled(geom, pool, plan.dtype, target)
     elif name == "blocked":
-        if dense_conv_blocks(geom, plan.dtype, target) is None:
+        if nchwc_blocks(geom, plan.dtype, target) is None:
             raise ValueError("config: algorithm 'blocked' does not apply to this convolution")
         blocks = ops.ChannelBlocks(
             int(config["out_block"]), int(config["width_block"]),
             bool(config.get("pack_input", 0)),
         )  # fmt: skip
+        if not ops.blocks_fit(geom, blocks.out_block):
+            raise ValueError(
+                f"config: out_block {blocks.out_block} does not divide the "
+                f"{geom.out_channels // geom.groups} output channels per group"
+            )
         algorithm = Blocked(blocks, None, tuple(sorted(schedule.items())))
         if pool is not None:
             k, wb = pool.kernel[-1], blocks.width_block

@@ -137,33 +137,49 @@ def channel_blocks(
     pool_width: int | None = None,
 ) -> ops.ChannelBlocks:
     """Block sizes of the NCHW[x]c layout for ``geom`` on ``target`` (:func:`register_tile`
-    over the output channels and the innermost output axis); with ``pool_width`` (a max
-    pool computed in the kernel) the width block divides it or is a multiple of it. A 1x1
-    over a row shorter than the profile's ``pointwise_row_positions`` packs its input into
-    contiguous panels (``pack_input``; evidence: benchmarks/results/thresholds.md#pack-input)."""
+    over the output channels, or a grouped convolution's channels per group, and the
+    innermost output axis); with ``pool_width`` (a max pool computed in the kernel) the
+    width block divides it or is a multiple of it. A grouped convolution's block divides
+    its channels per group (``ops.blocks_fit``; one vector where the tile's would not). A
+    1x1 over a row shorter than the profile's ``pointwise_row_positions`` packs its input
+    into contiguous panels (``pack_input``; evidence:
+    benchmarks/results/thresholds.md#pack-input)."""
     lanes = vector_lanes(target, accumulator_dtype(dtype))
     reduction = geom.in_channels // geom.groups * math.prod(geom.kernel)
     target_profile = profile(target)
-    tile = register_tile(
-        geom.out_channels, geom.out_size[-1], lanes, target_profile, reduction, pool_width
+    channels = geom.out_channels // geom.groups
+    out_block, width_block = register_tile(
+        channels, geom.out_size[-1], lanes, target_profile, reduction, pool_width
     )
+    if not ops.blocks_fit(geom, out_block):
+        out_block, width_block = register_tile(
+            lanes, geom.out_size[-1], lanes, target_profile, reduction, pool_width
+        )
     row = target_profile.pointwise_row_positions
     pack_input = geom.is_row_pointwise and geom.out_size[-1] < row
-    return ops.ChannelBlocks(*tile, pack_input=pack_input)
+    return ops.ChannelBlocks(out_block, width_block, pack_input=pack_input)
 
 
-def dense_conv_blocks(
+def nchwc_blocks(
     geom: shapes.ConvGeometry, dtype: str, target: tvm.target.Target
 ) -> ops.ChannelBlocks | None:
     """NCHW[x]c blocks when ``geom`` is computed in that layout on ``target``, else None:
-    dense (groups == 1) 2-D and 3-D convolutions on CPU targets, except a 1x1 over one row
-    of at least the profile's ``pointwise_row_positions`` on AVX-512 (computed directly,
-    positions vectorized: ``cpu_conv.schedule_pointwise_row``; evidence:
-    benchmarks/results/thresholds.md#pointwise-row-positions)."""
-    if not is_cpu(target) or geom.groups != 1 or geom.ndim not in (2, 3):
+    2-D and 3-D convolutions on CPU targets, dense or grouped with a whole number of
+    vectors of output channels per group (ResNeXt; not depthwise), except a grouped 1x1
+    over at least the profile's ``pointwise_row_positions`` positions (evidence:
+    benchmarks/results/thresholds.md#grouped-nchwc) and a dense 1x1 over one row that long
+    on AVX-512 (computed directly, positions vectorized:
+    ``cpu_conv.schedule_pointwise_row``; #pointwise-row-positions)."""
+    if not is_cpu(target) or geom.ndim not in (2, 3):
         return None
     target_profile = profile(target)
-    long_row = geom.is_row_pointwise and geom.out_size[-1] >= target_profile.pointwise_row_positions
+    lanes = vector_lanes(target, accumulator_dtype(dtype))
+    if geom.groups != 1 and (geom.out_channels // geom.groups) % lanes:
+        return None
+    row = target_profile.pointwise_row_positions
+    if geom.groups != 1 and geom.is_pointwise and math.prod(geom.out_size) >= row:
+        return None  # the grouped direct schedule: 0.75-0.95x the time (#grouped-nchwc)
+    long_row = geom.is_row_pointwise and geom.out_size[-1] >= row
     if long_row and target_profile.vector_bits >= 512:
         return None
     return channel_blocks(geom, dtype, target)
@@ -365,7 +381,8 @@ class Winograd(ConvAlgorithm):
 
 @dataclass(frozen=True)
 class Blocked(ConvAlgorithm):
-    """Dense NCHW[x]c: output channels in blocks (:func:`dense_conv_blocks`); a constant
+    """NCHW[x]c: output channels in blocks (:func:`nchwc_blocks`; dense, or grouped with
+    each block inside one group); a constant
     weight is packed once (``ops.pack_weight_array``). Its pooled variant re-chooses the
     width block to divide the pool's width and reads the pool from the accumulators
     (``ops.conv_nchwc`` with its ``pool``)."""
@@ -389,7 +406,7 @@ class Blocked(ConvAlgorithm):
 
     @classmethod
     def choose(cls, geom, dtype, target, *, constant_weight):
-        blocks = dense_conv_blocks(geom, dtype, target)
+        blocks = nchwc_blocks(geom, dtype, target)
         return None if blocks is None else cls(blocks)
 
     def compute(self, tx, tw, geom, epilogue, *, packed):
@@ -403,7 +420,8 @@ class Blocked(ConvAlgorithm):
 
     def packed_shape(self, geom):
         ob = self.blocks.out_block
-        return (_ceil_div(geom.out_channels, ob), geom.in_channels, *geom.kernel, ob)
+        group_in = geom.in_channels // geom.groups
+        return (_ceil_div(geom.out_channels, ob), group_in, *geom.kernel, ob)
 
     def pooled(self, geom, pool, dtype, target):
         blocks = channel_blocks(geom, dtype, target, pool_width=pool.kernel[-1])
@@ -621,15 +639,43 @@ class ConvPlan:
 def _kernel_geometry(
     geom: shapes.ConvGeometry, dtype: str, target: tvm.target.Target
 ) -> shapes.ConvGeometry:
-    """A dense 2-D/3-D 1x1 stride-1 convolution computed in NCHW[x]c runs over one row of
-    prod(spatial) positions (14- and 7-wide maps no longer cap the register tile's width);
-    any other ``geom`` as it is."""
+    """The geometry the kernel computes ``geom`` as (else ``geom`` itself):
+
+    - a 2-D/3-D 1x1 stride-1 convolution on a CPU runs over one row of prod(spatial)
+      positions (14- and 7-wide maps no longer cap the register tile's width; a grouped
+      1x1 left to the direct schedule takes 0.45x the time over the row as over the map,
+      #grouped-nchwc);
+    - a 1-D convolution runs as 2-D over one row, (N, C, L) as (N, C, 1, L): the blocked
+      kernel broadcasts single inputs, so a stride costs it nothing, where the direct
+      schedule vectorizes along a strided time axis (wav2vec's strided layers 0.09-0.6x
+      the time). A stride-1 one with a kernel wider than 1 whose output is at least the
+      profile's ``row_1d_max_length`` keeps the direct schedule that tiles time
+      (``cpu_causal.schedule_long_1d``: from 2048 outputs the two are even, from 8000
+      the direct one takes 0.4-0.6x the time). Evidence:
+      benchmarks/results/thresholds.md#one-d-as-a-row."""
+    if geom.ndim == 1:
+        long_sequence = (
+            geom.stride == (1,)
+            and not geom.is_pointwise
+            and geom.out_size[0] >= profile(target).row_1d_max_length
+        )
+        (lo, hi), (out_channels, group_in, k) = geom.padding[0], geom.w_shape
+        row = shapes.conv_geometry(
+            (geom.batch, geom.in_channels, 1, geom.in_size[0]), (out_channels, group_in, 1, k),
+            stride=(1, geom.stride[0]), padding=((0, 0), (lo, hi)),
+            dilation=(1, geom.dilation[0]), groups=geom.groups,
+        )  # fmt: skip
+        if long_sequence or nchwc_blocks(row, dtype, target) is None:
+            return geom
+        return row
     pointwise = geom.ndim in (2, 3) and geom.is_pointwise and any(n > 1 for n in geom.in_size[:-1])
-    if not pointwise or dense_conv_blocks(geom, dtype, target) is None:
+    if not pointwise or not is_cpu(target):
         return geom
     positions = math.prod(geom.in_size)
     return shapes.conv_geometry(
-        (geom.batch, geom.in_channels, 1, positions), (geom.out_channels, geom.in_channels, 1, 1)
+        (geom.batch, geom.in_channels, 1, positions),
+        (*geom.w_shape[:2], 1, 1),
+        groups=geom.groups,
     )
 
 
@@ -788,7 +834,7 @@ def conv_transpose_op(
     for stride > 1 (no products of inserted zeros) up to :data:`MAX_SUBPIXEL_PHASES`
     phases, a gather per output above (bounded compile time for any stride), else the
     plain flipped-kernel convolution (the dilate form, which inserts no zeros at stride
-    1). The phases are NCHW[x]c convolutions where :func:`dense_conv_blocks` has blocks
+    1). The phases are NCHW[x]c convolutions where :func:`nchwc_blocks` has blocks
     that the output channels fill, else direct ones (one ragged block runs slower
     blocked)."""
     if not any(s > 1 for s in geom.stride):
@@ -803,16 +849,17 @@ def conv_transpose_op(
         """The phases share one output-channel block (the interleave's schedule splits the
         channels by it): the smallest any phase's register tile takes, so every phase's
         tile stays within the registers its own choice fits; None: direct phases."""
-        blocks = [dense_conv_blocks(g, dtype, target) for g in phase_geoms]
+        blocks = [nchwc_blocks(g, dtype, target) for g in phase_geoms]
         if not blocks or any(b is None or geom.out_channels % b.out_block for b in blocks):
             return None
-        return min(b.out_block for b in blocks)
+        out_block = min(b.out_block for b in blocks)
+        return out_block if all(ops.blocks_fit(g, out_block) for g in phase_geoms) else None
 
     def phase_conv(x, w, phase_geom, epilogue):
         out_block = shared_out_block(str(x.dtype))
         if out_block is None:
             return ops.conv(x, w, phase_geom, epilogue)
-        blocks = dense_conv_blocks(phase_geom, str(x.dtype), target)
+        blocks = nchwc_blocks(phase_geom, str(x.dtype), target)
         blocks = dataclasses.replace(blocks, out_block=out_block)
         return ops.conv_nchwc(x, w, phase_geom, blocks, epilogue)
 

@@ -171,6 +171,10 @@ class TargetProfile:
     #: #long-1d-convolutions
     long_1d_min_length: int = 1024
     long_1d_time_tile: int = 1024
+    #: A stride-1 1-D convolution (kernel wider than 1) with at least this many outputs
+    #: stays 1-D for the long 1-D rule; a shorter or strided one runs as a 2-D row in
+    #: NCHW[x]c (``plan._kernel_geometry``). #one-d-as-a-row
+    row_1d_max_length: int = 2048
     #: LLVM's optimization level for convforge's kernels in a compiled model (their
     #: schedules vectorize and unroll them; TVM's own functions keep -O3).
     #: #kernel-opt-level

@@ -67,6 +67,37 @@ def test_conv_every_auto_pad_matches_onnxruntime(nd, rng):
     assert {k.kernel for k in compiled.report().rows if k.op_type == "Conv"} == {f"conv{nd}d"}
 
 
+def test_grouped_and_1d_blocked_convolutions_in_a_model_match_onnxruntime(rng):
+    """ResNeXt's grouped 3x3 (16 channels per group) with its residual Add and Relu fused,
+    and a wav2vec-style strided 1-D convolution (run as a 2-D row), both in NCHW[x]c
+    (packed constant weights), against onnxruntime; the report keeps their own names."""
+    grouped = [
+        helper.make_node("Conv", ["x", "wg", "bg"], ["g"], group=2, pads=[1] * 4, kernel_shape=[3, 3]),
+        helper.make_node("Add", ["g", "x"], ["ga"]),
+        helper.make_node("Relu", ["ga"], ["y"]),
+        helper.make_node("Conv", ["s", "w1"], ["s1"], strides=[2], kernel_shape=[3]),
+        helper.make_node("Relu", ["s1"], ["z"]),
+    ]  # fmt: skip
+    weights = {
+        "wg": _he(rng, (32, 16, 3, 3)),
+        "bg": rng.standard_normal(32).astype(np.float32),
+        "w1": _he(rng, (24, 16, 3)),
+    }
+    model = _model(grouped, {"x": (1, 32, 7, 9), "s": (2, 16, 41)}, {"y": None, "z": None}, weights)
+    feeds = {
+        "x": rng.standard_normal((1, 32, 7, 9)).astype(np.float32),
+        "s": rng.standard_normal((2, 16, 41)).astype(np.float32),
+    }
+    compiled = _assert_matches_onnxruntime(model, feeds)
+    plans = [
+        plan_conv(cf.shapes.conv_geometry((1, 32, 7, 9), (32, 16, 3, 3), padding=1, groups=2), "float32"),
+        plan_conv(cf.shapes.conv_geometry((2, 16, 41), (24, 16, 3), stride=2), "float32"),
+    ]  # fmt: skip
+    assert [p.algorithm.name for p in plans] == ["blocked", "blocked"]
+    kernels = {row.kernel for row in compiled.report().rows if row.op_type == "Conv"}
+    assert kernels == {"conv2d", "conv1d"}
+
+
 def _model(nodes, inputs, outputs, weights, opset=22):
     """A model whose output shapes come from onnx shape inference (``None`` shapes)."""
     graph = helper.make_graph(

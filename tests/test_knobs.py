@@ -28,7 +28,8 @@ GEOMETRIES = [
     ((1, 16, 30, 30), (24, 16, 3, 3), {"stride": 2}, True, None),  # stride-2 phases
     ((1, 8, 9, 40), (8, 8, 1, 7), {"padding": (0, 3)}, False, None),  # Inception 1x7
     ((1, 16, 12, 12), (24, 16, 3, 3), {"padding": 1}, True, 2),  # conv + fused max pool
-    ((1, 4, 16), (8, 4, 5), {"padding": 2}, False, None),  # 1-D
+    ((1, 4, 16), (8, 4, 5), {"padding": 2}, False, None),  # 1-D (blocked, as a row)
+    ((1, 64, 14, 14), (64, 16, 3, 3), {"padding": 1, "groups": 4}, True, None),  # ResNeXt
 ]
 
 
@@ -93,6 +94,11 @@ def test_bad_configs_are_refused_by_name():
         )
     with pytest.raises(ValueError, match="has no knob space"):
         knobs.knob_space(knobs.with_knobs(plan, {**space.default, "threads": 1}))
+    grouped = _plan((1, 32, 8, 8), (32, 8, 3, 3), {"padding": 1, "groups": 4}, True, None, AVX2)
+    grouped_space = knobs.knob_space(grouped)
+    assert dict(grouped_space.algorithms)["blocked"][0].values == (8,)  # 8 per group
+    with pytest.raises(ValueError, match="out_block 16 does not divide the 8 output channels"):
+        knobs.with_knobs(grouped, {**grouped_space.default, "out_block": 16})
 
 
 def _scheduled(plan):
@@ -150,6 +156,7 @@ def _oracle(x, w, b, geom, pool):
 SAMPLED = [
     (((1, 16, 14, 14), (16, 16, 3, 3), {"padding": 1}, True, None), 3),
     (((1, 8, 10, 10), (8, 4, 3, 3), {"padding": 1, "groups": 2}, False, None), 2),
+    (((1, 32, 8, 8), (64, 16, 3, 3), {"padding": 1, "groups": 2}, True, None), 2),
     (((1, 16, 6, 6), (24, 16, 1, 1), {}, True, None), 3),
     (((1, 8, 12, 12), (8, 8, 3, 3), {"stride": 2, "padding": 1}, True, None), 2),
     (((1, 16, 12, 12), (24, 16, 3, 3), {"padding": 1}, True, 2), 2),

@@ -88,8 +88,9 @@ def test_blocked_pack_is_the_blocked_weight():
     for o in range(-(-20 // ob) * ob):
         expect = w[o] if o < 20 else np.zeros_like(w[0])
         np.testing.assert_array_equal(packed[o // ob, ..., o % ob], expect)
-    generic = plan_conv(_geom((1, 4, 8), (4, 4, 3)), "float32", AVX2, constant_weight=True)
-    w1 = np.ones((4, 4, 3), np.float32)
+    depthwise = _geom((1, 4, 8, 8), (4, 1, 3, 3), groups=4)
+    generic = plan_conv(depthwise, "float32", AVX2, constant_weight=True)
+    w1 = np.ones((4, 1, 3, 3), np.float32)
     assert not generic.packs and not np.shares_memory(generic.pack(w1), w1)
 
 
@@ -219,9 +220,9 @@ def test_plan_module_holds_the_choice_functions():
 
     for name in ("winograd_tiles", "MIN_CHANNELS", "MAX_PHASE_CHANNELS"):
         assert not hasattr(cpu_winograd, name)
-    for name in ("channel_blocks", "dense_conv_blocks", "register_tile"):
+    for name in ("channel_blocks", "nchwc_blocks", "register_tile"):
         assert not hasattr(cpu_conv, name)
-    assert callable(planning.winograd_tiles) and callable(planning.dense_conv_blocks)
+    assert callable(planning.winograd_tiles) and callable(planning.nchwc_blocks)
 
 
 def test_plan_takes_a_target_dict_and_refuses_bad_arguments():

@@ -20,7 +20,7 @@ import convforge as cf
 from convforge import ops, shapes
 from convforge.build import compile_computation, prim_func, recording_kernels
 from convforge.export import compare, conv_model, run_onnxruntime
-from convforge.plan import channel_blocks, dense_conv_blocks, plan_conv
+from convforge.plan import channel_blocks, nchwc_blocks, plan_conv
 from convforge.schedules.cpu import (
     block_iterations,
     generic_cpu_schedule,
@@ -98,7 +98,7 @@ def test_dense_conv_matches_onnxruntime(case):
     x_shape, w_shape, kwargs = DENSE_CASES[case]
     x, w, b = _arrays(x_shape, w_shape)
     geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
-    assert dense_conv_blocks(geom, "float32", host_target()) is not None
+    assert nchwc_blocks(geom, "float32", host_target()) is not None
     activation = "relu" if case.startswith("odd") else None
     y = cf.conv(x, w, b, activation=activation, **kwargs)
     agreement = compare(y, _ort_reference(x, w, b, geom, activation))
@@ -116,7 +116,7 @@ def test_avx2_tiles_run_and_match_onnxruntime(case):
     x_shape, w_shape, kwargs = DENSE_CASES[case]
     x, w, b = _arrays(x_shape, w_shape)
     geom = shapes.conv_geometry(x.shape, w.shape, **kwargs)
-    assert dense_conv_blocks(geom, "float32", tvm.target.Target(ZEN3)).out_block % 8 == 0
+    assert nchwc_blocks(geom, "float32", tvm.target.Target(ZEN3)).out_block % 8 == 0
     y = cf.conv(x, w, b, target=ZEN3, **kwargs)
     agreement = compare(y, _ort_reference(x, w, b, geom))
     assert agreement.ok, agreement
@@ -245,11 +245,11 @@ def test_grouped_and_1d_convolutions_keep_the_generic_computation():
     target = host_target()
     depthwise = shapes.conv_geometry((1, 8, 9, 9), (8, 1, 3, 3), groups=8)
     causal = shapes.conv_geometry((1, 4, 20), (4, 4, 2), padding="causal", dilation=2)
-    assert dense_conv_blocks(depthwise, "float32", target) is None
-    assert dense_conv_blocks(causal, "float32", target) is None
+    assert nchwc_blocks(depthwise, "float32", target) is None
+    assert nchwc_blocks(causal, "float32", target) is None
     cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host=target)
     dense = shapes.conv_geometry((1, 8, 9, 9), (8, 8, 3, 3))
-    assert dense_conv_blocks(dense, "float32", cuda) is None
+    assert nchwc_blocks(dense, "float32", cuda) is None
 
 
 def test_channel_blocks_reject_bad_sizes():
@@ -259,7 +259,7 @@ def test_channel_blocks_reject_bad_sizes():
         ops.ChannelBlocks(16, -1)
     geom = shapes.conv_geometry((1, 4, 6, 6), (4, 2, 3, 3), groups=2)
     x, w = te.placeholder(geom.x_shape, name="x"), te.placeholder(geom.w_shape, name="w")
-    with pytest.raises(ValueError, match="groups == 1"):
+    with pytest.raises(ValueError, match="must divide the output channels per group"):
         ops.conv_nchwc(x, w, geom, ops.ChannelBlocks(8, 2))
 
 
@@ -363,8 +363,8 @@ def test_long_pointwise_rows_are_computed_directly_on_avx512():
     short = shapes.conv_geometry((1, 16, 1, POINTWISE_ROW_POSITIONS - 1), (8, 16, 1, 1))
     for target, direct in [(AVX512, True), (ZEN4, True), (ZEN3, False), (NEON, False)]:
         target = tvm.target.Target(target)
-        assert (dense_conv_blocks(row, "float32", target) is None) == direct
-        assert dense_conv_blocks(short, "float32", target) is not None
+        assert (nchwc_blocks(row, "float32", target) is None) == direct
+        assert nchwc_blocks(short, "float32", target) is not None
 
 
 @pytest.mark.parametrize("bias, activation", [(False, None), (True, "relu")])

@@ -142,6 +142,8 @@ SUBPIXEL = [
             True,
         ),  # 7/6-wide phases
         ((1, 4, 3, 4, 5), (4, 16, 2, 3, 2), dict(stride=(2, 1, 3), padding=1), "float32", True),
+        # grouped, 16 output channels per group: each phase's blocks inside one group
+        ((1, 8, 5, 6), (8, 16, 3, 3), dict(stride=2, padding=1, groups=2), "float32", True),
     ],
 )
 def test_subpixel_rule_matches_onnxruntime(x_shape, w_shape, attrs, dtype, blocked, rng):
@@ -170,7 +172,8 @@ def test_conv_transpose_selects_subpixel_for_strides_above_one():
     [
         ((4, 32, 4, 4), 1, host_target(), True),
         ((4, 3, 4, 4), 1, host_target(), False),  # a ragged channel block: direct phases
-        ((4, 16, 4, 4), 2, host_target(), False),  # grouped: direct phases
+        ((4, 16, 4, 4), 2, host_target(), True),  # 16 channels per group: blocks in a group
+        ((4, 4, 4, 4), 2, host_target(), False),  # 4 per group, under a vector: direct phases
         ((4, 32, 4, 4), 1, {"kind": "cuda", "arch": "sm_80"}, False),
     ],
 )

@@ -5,6 +5,7 @@ from convforge.ops.causal import causal_conv_state, causal_conv_with_state
 from convforge.ops.conv import conv, conv_transpose, pad
 from convforge.ops.conv_nchwc import (
     ChannelBlocks,
+    blocks_fit,
     conv_nchwc,
     pack_weight,
     pack_weight_array,
@@ -38,6 +39,7 @@ __all__ = [
     "WinogradTiles",
     "activate",
     "adaptive_pool",
+    "blocks_fit",
     "causal_conv_state",
     "causal_conv_with_state",
     "conv",

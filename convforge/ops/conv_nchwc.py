@@ -1,18 +1,20 @@
-"""Dense convolution with output channels blocked (NCHW[x]c), and its layout transforms.
+"""Convolution with output channels blocked (NCHW[x]c), and its layout transforms.
 
-Same result as :func:`convforge.ops.conv` for ``groups == 1`` (layout ``(N, C, *spatial)``
-in and out), computed as four TE blocks (names are the contract with
+Same result as :func:`convforge.ops.conv` (layout ``(N, C, *spatial)`` in and out) for
+dense convolutions and for grouped ones whose output block lies inside one group
+(:func:`blocks_fit`), computed as four TE blocks (names are the contract with
 ``convforge.schedules.cpu_conv``):
 
 - ``nchwc_pad_x``: the input zero-padded (NCHW; also extended on the high side so that the
   rounded-up output width reads inside it);
 - ``nchwc_pack_x`` (with ``pack_input``): ``xb[n, wo, c, wi] = xp[n, c, 0, wo*WB + wi]``;
-- ``nchwc_pack_w``: ``wp[ob, c, *k, oi] = w[ob*OB + oi, c, *k]`` (zeros past the last
-  output channel); a compiled model packs its constant weights once instead
+- ``nchwc_pack_w``: ``wp[ob, c, *k, oi] = w[ob*OB + oi, c, *k]`` (c < C/groups; zeros
+  past the last output channel); a compiled model packs its constant weights once instead
   (:func:`pack_weight_array`, ``weight_packed=True``);
-- ``conv_nchwc``: ``y[n, ob, *s, wo, wi, oi] = sum_{c, *k} xp[n, c, *(s*stride + k*dil)] *
-  wp[ob, c, *k, oi]``: output channels in blocks of OB (the vectorized axis), the innermost
-  output axis in tiles of ``width_block`` positions;
+- ``conv_nchwc``: ``y[n, ob, *s, wo, wi, oi] = sum_{c, *k} xp[n, g*C/groups + c,
+  *(s*stride + k*dil)] * wp[ob, c, *k, oi]`` with ``g = ob*OB // (O/groups)`` the group of
+  the block: output channels in blocks of OB (the vectorized axis), the innermost output
+  axis in tiles of ``width_block`` positions;
 - ``nchwc_unpack``: ``out[n, o, *s] = epilogue(y[n, o // OB, ..., o % OB])`` (bias,
   residual, activation, cast);
 - or, in :func:`conv_nchwc_max_pool`, ``nchwc_max_pool`` instead of the unpack: the max
@@ -67,8 +69,16 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def blocks_fit(geom: ConvGeometry, out_block: int) -> bool:
+    """Whether output blocks of ``out_block`` channels compute ``geom``: always for a dense
+    convolution; a grouped one needs the block to divide the output channels per group
+    (each block then reads one group's input channels)."""
+    return geom.groups == 1 or (geom.out_channels // geom.groups) % out_block == 0
+
+
 def pack_weight(w: te.Tensor, geom: ConvGeometry, blocks: ChannelBlocks) -> te.Tensor:
-    """``nchwc_pack_w``: w (O, C, *K) -> (ceil(O/OB), C, *K, OB), zeros past channel O."""
+    """``nchwc_pack_w``: w (O, C/groups, *K) -> (ceil(O/OB), C/groups, *K, OB), zeros past
+    channel O."""
     ob, out_channels = blocks.out_block, geom.out_channels
 
     def pack_w(obi, c, *rest):
@@ -79,7 +89,7 @@ def pack_weight(w: te.Tensor, geom: ConvGeometry, blocks: ChannelBlocks) -> te.T
         value = w[(tirx.min(o, out_channels - 1), c, *k)]
         return tirx.if_then_else(o < out_channels, value, tirx.const(0, w.dtype))
 
-    shape = (_ceil_div(out_channels, ob), geom.in_channels, *geom.kernel, ob)
+    shape = (_ceil_div(out_channels, ob), geom.in_channels // geom.groups, *geom.kernel, ob)
     return te.compute(shape, pack_w, name=NCHWC_PACK_W)
 
 
@@ -104,11 +114,13 @@ def conv_nchwc(
     pool: PoolGeometry | None = None,
     knobs: dict[str, int] | None = None,
 ) -> te.Tensor:
-    """Dense convolution through blocked output channels: x (N, C, *I), w (O, C, *K) -> (N, O, *out).
+    """Convolution through blocked output channels: x (N, C, *I), w (O, C/groups, *K) ->
+    (N, O, *out).
 
-    Equal to ``conv(x, w, geom, epilogue)`` up to float summation order; needs
-    ``geom.groups == 1``. ``weight_packed``: w is already :func:`pack_weight`'s
-    (ceil(O/OB), C, *K, OB) (a constant packed by :func:`pack_weight_array`).
+    Equal to ``conv(x, w, geom, epilogue)`` up to float summation order; a grouped ``geom``
+    needs ``blocks_fit(geom, blocks.out_block)`` (else ValueError). ``weight_packed``: w is
+    already :func:`pack_weight`'s (ceil(O/OB), C/groups, *K, OB) (a constant packed by
+    :func:`pack_weight_array`).
 
     ``pool``: a max pool of the output whose windows tile it (``pool.windows_inside``,
     else ValueError), computed with it: -> (N, O, *pool.out_size). Its block
@@ -158,8 +170,11 @@ def _accumulate(
 ) -> te.Tensor:
     """The ``conv_nchwc`` block (with its padding and packing):
     (N, ceil(O/OB), *out[:-1], ceil(out[-1]/WB), WB, OB) accumulators."""
-    if geom.groups != 1:
-        raise ValueError(f"conv_nchwc needs groups == 1, got groups={geom.groups}")
+    if not blocks_fit(geom, blocks.out_block):
+        raise ValueError(
+            f"conv_nchwc's out_block ({blocks.out_block}) must divide the output channels per "
+            f"group ({geom.out_channels // geom.groups}, groups={geom.groups})"
+        )
     if blocks.pack_input and not geom.is_row_pointwise:
         raise ValueError("ChannelBlocks.pack_input needs a 1x1 stride-1 convolution over one row")
     dtype = x.dtype
@@ -176,7 +191,9 @@ def _accumulate(
     pads = [(lo, e - i - lo) for e, i, (lo, _) in zip(extents, geom.in_size, geom.padding)]
     xp = pad(x, pads, name=NCHWC_PAD_X)
     wp = w if weight_packed else pack_weight(w, geom, blocks)
-    rc = te.reduce_axis((0, geom.in_channels), "rc")
+    group_in = geom.in_channels // geom.groups
+    blocks_per_group = geom.out_channels // geom.groups // ob  # 0 when dense (unused)
+    rc = te.reduce_axis((0, group_in), "rc")
     rk = [te.reduce_axis((0, k), f"rk{i}") for i, k in enumerate(geom.kernel)]
     if blocks.pack_input:
         xb = te.compute(
@@ -185,18 +202,19 @@ def _accumulate(
             name=NCHWC_PACK_X,
         )
 
-        def read_x(n, outer, wo, wi):
-            return xb[n, wo, rc, wi]
+        def read_x(n, c, outer, wo, wi):
+            return xb[n, wo, c, wi]
     else:
 
-        def read_x(n, outer, wo, wi):
+        def read_x(n, c, outer, wo, wi):
             pos = [*outer, wo * wb + wi]
             src = [p * s + r * d for p, r, s, d in zip(pos, rk, geom.stride, geom.dilation)]
-            return xp[(n, rc, *src)]
+            return xp[(n, c, *src)]
 
     def body(n, obi, *rest):
         *outer, wo, wi, oi = rest
-        prod = read_x(n, outer, wo, wi).astype(acc) * wp[(obi, rc, *rk, oi)].astype(acc)
+        c = rc if geom.groups == 1 else obi // blocks_per_group * group_in + rc
+        prod = read_x(n, c, outer, wo, wi).astype(acc) * wp[(obi, rc, *rk, oi)].astype(acc)
         return te.sum(prod, axis=[rc, *rk])
 
     return te.compute(
