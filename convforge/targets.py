@@ -175,6 +175,11 @@ class TargetProfile:
     #: stays 1-D for the long 1-D rule; a shorter or strided one runs as a 2-D row in
     #: NCHW[x]c (``plan._kernel_geometry``). #one-d-as-a-row
     row_1d_max_length: int = 2048
+    #: A strided grouped/depthwise convolution stores its padded input as stride phases
+    #: where its kernel is at least this wide or its output at most this wide.
+    #: #deinterleaved-depthwise
+    deinterleave_min_kernel: int = 5
+    deinterleave_max_width: int = 14
     #: LLVM's optimization level for convforge's kernels in a compiled model (their
     #: schedules vectorize and unroll them; TVM's own functions keep -O3).
     #: #kernel-opt-level

@@ -445,3 +445,37 @@ def test_short_pointwise_rows_pack_their_input_and_match_onnxruntime():
     tw = te.placeholder(grid.w_shape, "float32", name="w")
     with pytest.raises(ValueError, match="pack_input"):
         ops.conv_nchwc(tx, tw, grid, ops.ChannelBlocks(16, 4, pack_input=True))
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, stride, groups, phased",
+    [
+        ((1, 16, 14, 14), (16, 1, 5, 5), 2, 16, True),  # 5x5 depthwise: phases
+        ((2, 8, 12, 12), (8, 1, 3, 3), 2, 8, True),  # a 6-wide output: phases
+        ((1, 8, 13, 13), (8, 1, 3, 3), 2, 8, False),  # padded width 15: no phases
+        ((1, 8, 6, 40), (8, 1, 3, 3), 2, 8, False),  # 3x3 over a 20-wide output: direct
+        ((1, 12, 9, 16), (24, 2, 5, 5), (1, 2), 6, True),  # grouped, 4 per group
+        ((1, 8, 32), (8, 1, 5), 3, 8, True),  # 1-D depthwise, stride 3
+    ],
+)
+def test_strided_grouped_convolutions_read_stride_phases(
+    x_shape, w_shape, stride, groups, phased, rng
+):
+    """The grouped direct schedule stores a strided convolution's padded input as stride
+    phases where the profile says (cpu_grouped.deinterleave_strided_input: the padded
+    buffer gains an axis); the results equal onnxruntime's either way."""
+    k = w_shape[-1]
+    geom = shapes.conv_geometry(x_shape, w_shape, stride=stride, padding=k // 2, groups=groups)
+    plan = plan_conv(geom, "float32", host_target())
+    assert plan.algorithm.name == "generic" and plan.kernel_geometry == geom
+    mod = schedule_cpu(prim_func(plan.computation()), host_target())
+    pad_dims = {len(b.shape) for b in mod["main"].body.block.alloc_buffers if b.name == "pad"}
+    assert pad_dims == {geom.ndim + 2 + int(phased)}
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(geom.out_channels).astype(np.float32)
+    y = cf.conv(x, w, b, stride=stride, padding=k // 2, groups=groups, activation="relu")
+    (expected,) = run_onnxruntime(
+        conv_model(geom, bias=True, activation="relu"), {"x": x, "w": w, "bias": b}
+    )
+    assert compare(y, expected).ok, compare(y, expected)
