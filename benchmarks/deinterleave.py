@@ -16,10 +16,7 @@ benchmarks/results/thresholds.md#deinterleaved-depthwise.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,6 +45,7 @@ def main() -> None:
 
     from unittest import mock
 
+    from benchmarks.kernel_ab import summary, time_interleaved, write_results
     from convforge import shapes
     from convforge.knob_tuning import _InProcess, scheduled_module
     from convforge.plan import plan_conv
@@ -67,15 +65,11 @@ def main() -> None:
             before = scheduled_module(plan)
         after = scheduled_module(plan)
         mods = {"before": before, "after": after}
-        built = dict(zip(mods, (b for b, _ in runner.build(list(mods.values())))))
-        times: dict[str, list[float]] = {form: [] for form in mods}
-        for _ in range(args.rounds):
-            for form, mod in mods.items():
-                times[form].append(statistics.median(runner.time(built[form], mod)))
-        ms = {form: 1e3 * statistics.median(t) for form, t in times.items()}
+        times = time_interleaved(runner, mods, args.rounds)
+        ms, ranges = summary(times)
         row = {
             "name": name, "x": geom.x_shape, "w": geom.w_shape, "stride": stride, "ms": ms,
-            "range_ms": {f: [1e3 * min(t), 1e3 * max(t)] for f, t in times.items()},
+            "range_ms": ranges,
             "after_over_before": ms["after"] / ms["before"],
         }  # fmt: skip
         rows.append(row)
@@ -85,17 +79,7 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        result = {
-            "machine": platform.processor() or platform.machine(),
-            "target": str(target),
-            "threads": os.environ.get("TVM_NUM_THREADS", "one per physical core"),
-            "load_average": os.getloadavg(),
-            "rounds": args.rounds,
-            "rows": rows,
-        }
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1, default=list)
-        print(f"wrote {args.json}")
+        write_results(args.json, target, args.rounds, rows)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,7 @@ one per physical core). Evidence for benchmarks/results/thresholds.md#grouped-nc
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,20 +76,14 @@ def _forms(x_shape, w_shape, options):
     the kernel runs, a 1-D one's row; None where no block fits) and ``direct`` (the
     generic direct kernel on that geometry)."""
     from convforge import knobs, shapes
-    from convforge.plan import plan_conv
+    from convforge.plan import plan_conv, row_geometry
 
     geom = shapes.conv_geometry(x_shape, w_shape, **options)
     chosen = plan_conv(geom, "float32", constant_weight=True, tuned=False)
     asked = plan_conv(geom, "float32", constant_weight=True, tuned=False, reshape=False)
     kernel = chosen
     if geom.ndim == 1 and not chosen.reshapes:  # a long 1-D one: its row, for the record
-        (lo, hi), (o, c, k) = geom.padding[0], geom.w_shape
-        row = shapes.conv_geometry(
-            (geom.batch, geom.in_channels, 1, geom.in_size[0]), (o, c, 1, k),
-            stride=(1, geom.stride[0]), padding=((0, 0), (lo, hi)),
-            dilation=(1, geom.dilation[0]), groups=geom.groups,
-        )  # fmt: skip
-        kernel = plan_conv(row, "float32", constant_weight=True, tuned=False)
+        kernel = plan_conv(row_geometry(geom), "float32", constant_weight=True, tuned=False)
     forms = {
         "before": knobs.with_knobs(asked, DIRECT),
         "blocked": kernel if kernel.algorithm.name == "blocked" else None,
@@ -108,6 +99,7 @@ def main() -> None:
     parser.add_argument("--only", help="substring of the workload names")
     args = parser.parse_args()
 
+    from benchmarks.kernel_ab import summary, time_interleaved, write_results
     from convforge.knob_tuning import _InProcess, scheduled_module
     from convforge.targets import host_target
 
@@ -119,12 +111,8 @@ def main() -> None:
             continue
         chosen, forms = _forms(x_shape, w_shape, options)
         mods = {form: scheduled_module(plan) for form, plan in forms.items()}
-        built = dict(zip(mods, (b for b, _ in runner.build(list(mods.values())))))
-        times: dict[str, list[float]] = {form: [] for form in forms}
-        for _ in range(args.rounds):  # interleaved: every form once per round
-            for form, mod in mods.items():
-                times[form].append(statistics.median(runner.time(built[form], mod)))
-        ms = {form: 1e3 * statistics.median(t) for form, t in times.items()}
+        times = time_interleaved(runner, mods, args.rounds)
+        ms, ranges = summary(times)
         if chosen.algorithm.name == "blocked":
             now = "blocked"
         else:  # the direct kernel, over the kernel geometry or (not reshaped) as asked
@@ -132,7 +120,7 @@ def main() -> None:
         row = {
             "name": name, "x": x_shape, "w": w_shape, "options": options,
             "plan": chosen.algorithm.name + (" (row)" if chosen.reshapes else ""),
-            "ms": ms, "range_ms": {f: [1e3 * min(t), 1e3 * max(t)] for f, t in times.items()},
+            "ms": ms, "range_ms": ranges,
             "now_over_before": ms[now] / ms["before"],
         }  # fmt: skip
         if "blocked" in ms:
@@ -147,17 +135,7 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        result = {
-            "machine": platform.processor() or platform.machine(),
-            "target": str(target),
-            "threads": os.environ.get("TVM_NUM_THREADS", "one per physical core"),
-            "load_average": os.getloadavg(),
-            "rounds": args.rounds,
-            "rows": rows,
-        }
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1, default=list)
-        print(f"wrote {args.json}")
+        write_results(args.json, target, args.rounds, rows)
 
 
 if __name__ == "__main__":

@@ -636,6 +636,17 @@ class ConvPlan:
         return build
 
 
+def row_geometry(geom: shapes.ConvGeometry) -> shapes.ConvGeometry:
+    """The 1-D convolution ``geom`` as a 2-D one over one row: x (N, C, 1, L), w (O, C/g,
+    1, K), stride, padding and dilation 1 / none along the new axis (the same outputs)."""
+    (lo, hi), (out_channels, group_in, k) = geom.padding[0], geom.w_shape
+    return shapes.conv_geometry(
+        (geom.batch, geom.in_channels, 1, geom.in_size[0]), (out_channels, group_in, 1, k),
+        stride=(1, geom.stride[0]), padding=((0, 0), (lo, hi)),
+        dilation=(1, geom.dilation[0]), groups=geom.groups,
+    )  # fmt: skip
+
+
 def _kernel_geometry(
     geom: shapes.ConvGeometry, dtype: str, target: tvm.target.Target
 ) -> shapes.ConvGeometry:
@@ -659,12 +670,7 @@ def _kernel_geometry(
             and not geom.is_pointwise
             and geom.out_size[0] >= profile(target).row_1d_max_length
         )
-        (lo, hi), (out_channels, group_in, k) = geom.padding[0], geom.w_shape
-        row = shapes.conv_geometry(
-            (geom.batch, geom.in_channels, 1, geom.in_size[0]), (out_channels, group_in, 1, k),
-            stride=(1, geom.stride[0]), padding=((0, 0), (lo, hi)),
-            dilation=(1, geom.dilation[0]), groups=geom.groups,
-        )  # fmt: skip
+        row = row_geometry(geom)
         if long_sequence or nchwc_blocks(row, dtype, target) is None:
             return geom
         return row

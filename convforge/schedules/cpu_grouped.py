@@ -3,9 +3,10 @@
 The output channel tile divides the channels per group, so each register block reads one
 group's input; the spatial tile is up to two vectors of width, plus rows when the width is
 a single vector; the zero padding is computed per parallel tile (channels x rows), never
-as a whole padded copy. With a stride s > 1 along the width, that padded input is stored
-as s phases, ``(..., w % s, w // s)`` (:func:`deinterleave_strided_input`), so the width
-vectors of a register tile are contiguous loads instead of strided gathers.
+as a whole padded copy. With a stride s > 1 along the width (and a wide kernel or a narrow
+output: the target profile's thresholds), that padded input is stored as s phases,
+``(..., w % s, w // s)`` (:func:`deinterleave_strided_input`), so the width vectors of a
+register tile are contiguous loads instead of strided ones.
 """
 
 from __future__ import annotations
