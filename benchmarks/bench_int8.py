@@ -18,7 +18,8 @@ quantizes a whole model with onnxruntime (pre-processing, ``quantize_static``: Q
 ``reduce_range``, random calibration) and times convforge's int8 build, onnxruntime on the
 QDQ model and convforge's float32 build the same way (top-1, the largest difference from
 onnxruntime relative to the output range, and how many Convs run as integer kernels are
-printed).
+printed; where the model ends in a Softmax, also its logits against onnxruntime's: top-1,
+top-5 overlap, the largest difference in quantization steps and relative to their range).
 """
 
 from __future__ import annotations
@@ -141,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
                   "model")  # fmt: skip
         elif not row["equal_to_onnxruntime"]:
             print("  (outputs differ from onnxruntime's)")
+        if "logits" in row:
+            lg = row["logits"]
+            steps = (
+                ""
+                if lg["max_difference_steps"] is None
+                else f"{lg['max_difference_steps']:.1f} steps, "
+            )
+            print(f"  logits ({lg['tensor']}): top-1 as onnxruntime: {lg['top1_equal']}, top-5 "
+                  f"overlap {lg['top5_overlap']}/5, largest difference {lg['max_difference']:.4g} "
+                  f"({steps}{lg['relative_difference']:.2%} of their range {lg['range']:.4g})")  # fmt: skip
     if args.json:
         import platform
 
@@ -248,9 +259,56 @@ def _model_row(name: str, threads: int, rounds: int) -> dict:
         "relative_difference": difference / max(float(np.ptp(expected)), 1e-30),
         "integer_convs": f"{len(integer)}/{len(convs)}",
     }  # fmt: skip
+    logits = _logits_check(qdq, feed, x, threads)
+    if logits is not None:
+        row["logits"] = logits
     for label, values in samples_.items():
         row[label] = {"median_ms": statistics.median(values) * 1e3, "min_ms": min(values) * 1e3}
     return row
+
+
+def _logits_check(qdq, feed: str, x, threads: int) -> dict | None:
+    """convforge's int8 build against onnxruntime on the logits, the input of the model's
+    final Softmax (under the quantizer's Q/DQ; a near-uniform softmax of random weights hides differences: its output
+    spans one or two quantization steps), made a graph output of a copy of ``qdq``. None
+    where the model does not end in a Softmax. Gives top-1 agreement, the top-5 overlap, and
+    the largest difference in quantization steps of the logits' DequantizeLinear (where
+    one produces them) and relative to the logits' range."""
+    import numpy as np
+    import onnx
+
+    import convforge as cf
+    from convforge.export.check import session
+
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    last = producers.get(qdq.graph.output[0].name)
+    while last is not None and last.op_type in ("QuantizeLinear", "DequantizeLinear", "Reshape"):
+        last = producers.get(last.input[0])  # Q/DQ around the Softmax, a final Reshape
+    if last is None or last.op_type != "Softmax":
+        return None
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    name = last.input[0]
+    model.graph.output.insert(
+        0, onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    )
+    ours = cf.compile_model(model)(x)[0].reshape(-1)
+    theirs = session(model, threads=threads, spinning=False).run(None, {feed: x})[0].reshape(-1)
+    step = None
+    dq = producers.get(name)
+    if dq is not None and dq.op_type == "DequantizeLinear":
+        scales = {t.name: onnx.numpy_helper.to_array(t) for t in qdq.graph.initializer}
+        if dq.input[1] in scales and scales[dq.input[1]].size == 1:
+            step = float(scales[dq.input[1]])
+    difference = float(np.abs(ours - theirs).max())
+    top5 = set(np.argsort(ours)[-5:]) & set(np.argsort(theirs)[-5:])
+    return {
+        "tensor": name, "top1_equal": bool(ours.argmax() == theirs.argmax()),
+        "top5_overlap": len(top5), "max_difference": difference,
+        "max_difference_steps": None if step is None else difference / step,
+        "relative_difference": difference / max(float(np.ptp(theirs)), 1e-30),
+        "range": float(np.ptp(theirs)),
+    }  # fmt: skip
 
 
 if __name__ == "__main__":
