@@ -98,6 +98,22 @@ def test_grouped_and_1d_blocked_convolutions_in_a_model_match_onnxruntime(rng):
     assert kernels == {"conv2d", "conv1d"}
 
 
+@pytest.mark.parametrize("op", ["Add", "Sum"])
+def test_residual_add_or_two_input_sum_fuses_into_the_conv(op, rng):
+    """A residual written as Sum of two inputs (the ONNX zoo's ResNet-50) fuses into the
+    convolution with the Relu after it, as Add does; results as onnxruntime's."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4, kernel_shape=[3, 3]),
+        helper.make_node(op, ["c", "x"], ["s"]),
+        helper.make_node("Relu", ["s"], ["y"]),
+    ]
+    model = _model(nodes, {"x": (1, 16, 9, 9)}, {"y": None}, {"w": _he(rng, (16, 16, 3, 3))})
+    feeds = {"x": rng.standard_normal((1, 16, 9, 9)).astype(np.float32)}
+    compiled = _assert_matches_onnxruntime(model, feeds)
+    kernels = {row.op_type: row.kernel for row in compiled.report().rows}
+    assert kernels[op].startswith("fused into") and kernels["Relu"].startswith("fused into")
+
+
 def _model(nodes, inputs, outputs, weights, opset=22):
     """A model whose output shapes come from onnx shape inference (``None`` shapes)."""
     graph = helper.make_graph(

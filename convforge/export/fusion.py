@@ -9,8 +9,9 @@ and is not a graph output:
   folded into the weight and bias, ``w' = w * g/sqrt(v+eps)``, ``b' = (b - m) * g/sqrt(v+eps) + beta``;
 - ``Add`` of a constant per-channel tensor (shape ``(C, 1, ...)`` or ``(1, C, 1, ...)``):
   folded into the bias;
-- ``Add`` of a tensor of exactly the convolution's output shape (a residual connection;
-  Conv only, not a resize-convolution), which becomes the Conv's 4th input: after it only
+- ``Add`` (or a two-input ``Sum``) of a tensor of exactly the convolution's output shape (a
+  residual connection; Conv only, not a resize-convolution), which becomes the Conv's 4th
+  input: after it only
   an activation is absorbed, and the Conv moves to just before its first consumer (after
   the residual's producer);
 - one element-wise activation (``Relu``, ``Sigmoid``, ``Tanh``, or ``x * Sigmoid(x)`` =
@@ -447,10 +448,11 @@ def _absorb_max_pool(g: _Graph, conv: onnx.NodeProto, fused: list[str]) -> None:
 
 
 def _add_residual(g: _Graph, conv: onnx.NodeProto, add: onnx.NodeProto) -> bool:
-    """Make the other input of ``add`` (a tensor of ``conv``'s output type) ``conv``'s
-    residual: its 4th input, after a bias (zeros when it had none)."""
+    """Make the other input of ``add`` (an Add, or a Sum of two inputs: the same, as older
+    exports such as the ONNX zoo's ResNet-50 write it; a tensor of ``conv``'s output type)
+    ``conv``'s residual: its 4th input, after a bias (zeros when it had none)."""
     out = conv.output[0]
-    if add.op_type != "Add" or len(add.input) != 2 or list(add.input).count(out) != 1:
+    if add.op_type not in ("Add", "Sum") or len(add.input) != 2 or list(add.input).count(out) != 1:
         return False
     other = add.input[1] if add.input[0] == out else add.input[0]
     if other in g.constants or not g.same_type(out, other):
