@@ -11,9 +11,8 @@ and is not a graph output:
   folded into the bias;
 - ``Add`` (or a two-input ``Sum``) of a tensor of exactly the convolution's output shape (a
   residual connection; Conv only, not a resize-convolution), which becomes the Conv's 4th
-  input: after it only
-  an activation is absorbed, and the Conv moves to just before its first consumer (after
-  the residual's producer);
+  input: after it only an activation is absorbed, and the Conv moves to just before its
+  first consumer (after the residual's producer);
 - one element-wise activation (``Relu``, ``Sigmoid``, ``Tanh``, or ``x * Sigmoid(x)`` =
   SiLU), after which only a pool may follow;
 - last, a ``MaxPool`` (Conv only, not a resize-convolution) whose windows tile its input
