@@ -269,9 +269,9 @@ def _model_row(name: str, threads: int, rounds: int) -> dict:
 
 def _logits_check(qdq, feed: str, x, threads: int) -> dict | None:
     """convforge's int8 build against onnxruntime on the logits, the input of the model's
-    final Softmax (under the quantizer's Q/DQ; a near-uniform softmax of random weights hides differences: its output
-    spans one or two quantization steps), made a graph output of a copy of ``qdq``. None
-    where the model does not end in a Softmax. Gives top-1 agreement, the top-5 overlap, and
+    final Softmax (under the quantizer's Q/DQ; a near-uniform softmax of random weights
+    hides differences: its output spans one or two quantization steps), made a graph output
+    of a copy of ``qdq``. None where the model does not end in a Softmax. Gives top-1 agreement, the top-5 overlap, and
     the largest difference in quantization steps of the logits' DequantizeLinear (where
     one produces them) and relative to the logits' range."""
     import numpy as np

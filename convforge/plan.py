@@ -172,14 +172,13 @@ def nchwc_blocks(
     ``cpu_conv.schedule_pointwise_row``; #pointwise-row-positions)."""
     if not is_cpu(target) or geom.ndim not in (2, 3):
         return None
+    if not ops.blocks_fit(geom, vector_lanes(target, accumulator_dtype(dtype))):
+        return None  # a group narrower than a vector (depthwise)
     target_profile = profile(target)
-    lanes = vector_lanes(target, accumulator_dtype(dtype))
-    if geom.groups != 1 and (geom.out_channels // geom.groups) % lanes:
-        return None
-    row = target_profile.pointwise_row_positions
-    if geom.groups != 1 and geom.is_pointwise and math.prod(geom.out_size) >= row:
+    positions = target_profile.pointwise_row_positions
+    if geom.groups != 1 and geom.is_pointwise and math.prod(geom.out_size) >= positions:
         return None  # the grouped direct schedule: 0.75-0.95x the time (#grouped-nchwc)
-    long_row = geom.is_row_pointwise and geom.out_size[-1] >= row
+    long_row = geom.is_row_pointwise and geom.out_size[-1] >= positions
     if long_row and target_profile.vector_bits >= 512:
         return None
     return channel_blocks(geom, dtype, target)
