@@ -281,3 +281,27 @@ def test_plain_progress_prints_flushed_lines_and_a_heartbeat():
               if m]  # fmt: skip
     assert counts[0] == 0 and counts.count(0) >= 2 and counts[-3:] == [1, 2, 3]
     assert stream.flushes >= len(stream.lines)
+
+
+def _swallowed_ctrl_c() -> None:
+    """A SIGINT whose KeyboardInterrupt is caught (as TVM's C++ may catch a callback's error
+    and go on)."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the handler runs in this (main) thread, here
+    except KeyboardInterrupt:
+        pass
+
+
+def test_a_ctrl_c_that_tvm_swallows_still_interrupts_the_run():
+    """After a swallowed Ctrl-C the tuning call raises KeyboardInterrupt when it returns
+    normally, and the runner refuses to measure more (its error comes back through TVM's
+    FFI, as in a search); the default handler is back after each."""
+    with pytest.raises(KeyboardInterrupt, match="swallowed"), tuning._interruptible():
+        _swallowed_ctrl_c()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt, match="from TVM"), tuning._interruptible():
+        _swallowed_ctrl_c()
+        tuning._ReportingRunner(None, lambda *_: None).run([])  # before it uses its inner
+        pytest.fail("the runner measured after a Ctrl-C")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

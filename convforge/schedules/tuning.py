@@ -981,14 +981,21 @@ def _measure_default(
     database.set_default_seconds(mod, min(map(_mean, timings)), record)
 
 
+#: Set by a SIGINT inside :func:`_interruptible`; the runner raises again while it is set.
+_INTERRUPTED = threading.Event()
+
+
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
     """Make a Ctrl-C (SIGINT) during tuning a KeyboardInterrupt, always.
 
     A SIGINT arriving while TVM's C++ code calls back into Python (the runner, a measure
-    callback) raises KeyboardInterrupt there, which TVM's FFI hands back as a RuntimeError.
-    Here any exception raised after a SIGINT is raised as KeyboardInterrupt instead. Only in
-    the main thread with Python's default SIGINT handler (which this keeps in effect).
+    callback) raises KeyboardInterrupt there, which TVM's FFI hands back as a RuntimeError,
+    or which TVM's C++ catches and logs (seen in a test run: the search went on to its
+    end and returned normally, exit 0). Here any exception raised after a SIGINT, and a
+    normal return after one, is raised as KeyboardInterrupt instead, and
+    :class:`_ReportingRunner` raises again before measuring anything more. Only in the main
+    thread with Python's default SIGINT handler (which this keeps in effect).
     """
     if (
         threading.current_thread() is not threading.main_thread()
@@ -996,7 +1003,8 @@ def _interruptible() -> Iterator[None]:
     ):
         yield
         return
-    interrupted = threading.Event()
+    interrupted = _INTERRUPTED
+    interrupted.clear()
 
     def handler(signum, frame):
         interrupted.set()
@@ -1009,6 +1017,9 @@ def _interruptible() -> Iterator[None]:
         if interrupted.is_set():
             raise KeyboardInterrupt(f"interrupted ({type(err).__name__} from TVM)") from None
         raise
+    else:
+        if interrupted.is_set():
+            raise KeyboardInterrupt("interrupted (swallowed inside TVM)")
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -1133,6 +1144,8 @@ class _ReportingRunner(ms.runner.PyRunner):
         self.inner, self.measured = inner, measured
 
     def run(self, runner_inputs: list) -> list:
+        if _INTERRUPTED.is_set():  # a Ctrl-C that TVM swallowed: measure nothing more
+            raise KeyboardInterrupt("interrupted")
         if isinstance(self.inner, ms.runner.LocalRunner):
             futures = []
             for index, runner_input in enumerate(runner_inputs):
