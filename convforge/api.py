@@ -234,7 +234,8 @@ def conv(
 
     x: (N, C, *I), w: (O, C/groups, *K), bias: (O,) -> (N, O, *out). ``padding`` is an int,
     per-axis ints, per-axis (lo, hi) pairs or a mode ('valid', 'same', 'same_lower', 'full').
-    ``activation``: None, 'relu', 'silu', 'sigmoid' or 'tanh', fused into the kernel.
+    ``activation``: None, 'relu', 'relu6' (``min(max(x, 0), 6)``), 'silu', 'sigmoid' or
+    'tanh', fused into the kernel.
 
     Computed as :func:`convforge.plan.plan_conv` plans it, exactly as a compiled model
     computes the same Conv (e.g. a strided unpadded 1x1 as x subsampled by the stride, then

@@ -114,6 +114,39 @@ def test_residual_add_or_two_input_sum_fuses_into_the_conv(op, rng):
     assert kernels[op].startswith("fused into") and kernels["Relu"].startswith("fused into")
 
 
+def test_clip_0_6_fuses_as_relu6_and_other_clips_stay_separate(rng):
+    """MobileNetV2's ReLU6 (``Clip(x, 0, 6)``: bounds as initializers, or opset 6's
+    attributes) fuses into the convolution before it; a Clip with other bounds does not.
+    Inputs scaled so that values fall on both sides of both bounds."""
+    shape = (1, 16, 9, 9)
+    for opset, clip_6, clip_5 in (
+        (22, helper.make_node("Clip", ["c1", "zero", "six"], ["r"], name="relu6"),
+         helper.make_node("Clip", ["c2", "zero", "five"], ["y"], name="clip5")),
+        (10, helper.make_node("Clip", ["c1"], ["r"], name="relu6", min=0.0, max=6.0),
+         helper.make_node("Clip", ["c2"], ["y"], name="clip5", min=0.0, max=5.0)),
+    ):  # fmt: skip
+        nodes = [
+            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1] * 4, kernel_shape=[3, 3]),
+            clip_6,
+            helper.make_node("Conv", ["r", "w2"], ["c2"], kernel_shape=[1, 1]),
+            clip_5,
+        ]
+        weights = {"w1": 8 * _he(rng, (16, 16, 3, 3)), "w2": 8 * _he(rng, (16, 16, 1, 1))}
+        if opset > 10:
+            weights |= {
+                k: np.array(v, np.float32) for k, v in (("zero", 0), ("six", 6), ("five", 5))
+            }
+        model = _model(nodes, {"x": shape}, {"y": None}, weights, opset=opset)
+        feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
+        # direct: Winograd's error on outputs this large is beyond compare's tolerance
+        compiled = _assert_matches_onnxruntime(
+            model, feeds, cf.compile_model(model, algorithm="direct")
+        )
+        kernels = {row.node: row.kernel for row in compiled.report().rows}
+        assert kernels["relu6"].startswith("fused into"), (opset, kernels)
+        assert kernels["clip5"] == "TVM default", (opset, kernels)
+
+
 def _model(nodes, inputs, outputs, weights, opset=22):
     """A model whose output shapes come from onnx shape inference (``None`` shapes)."""
     graph = helper.make_graph(

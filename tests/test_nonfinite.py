@@ -58,7 +58,7 @@ def assert_like(actual: np.ndarray, expected: np.ndarray) -> None:
 # --- fused activations and softmax ------------------------------------------------------
 
 
-@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "silu"])
+@pytest.mark.parametrize("activation", ["relu", "relu6", "sigmoid", "tanh", "silu"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fused_activation_maps_special_values_as_onnxruntime(activation, dtype):
     x = SPECIAL.astype(dtype).reshape(1, 1, 1, -1)

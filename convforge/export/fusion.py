@@ -13,8 +13,8 @@ and is not a graph output:
   residual connection; Conv only, not a resize-convolution), which becomes the Conv's 4th
   input: after it only an activation is absorbed, and the Conv moves to just before its
   first consumer (after the residual's producer);
-- one element-wise activation (``Relu``, ``Sigmoid``, ``Tanh``, or ``x * Sigmoid(x)`` =
-  SiLU), after which only a pool may follow;
+- one element-wise activation (``Relu``, ``Clip(x, 0, 6)`` = ReLU6, ``Sigmoid``, ``Tanh``,
+  or ``x * Sigmoid(x)`` = SiLU), after which only a pool may follow;
 - last, a ``MaxPool`` (Conv only, not a resize-convolution) whose windows tile its input
   (kernel == strides, no pads, no dilation, no Indices output): the lowering computes the
   pool inside the convolution's kernel where the shapes allow (no ``ceil_mode`` overhang;
@@ -168,6 +168,21 @@ def _dequantized(g: _Graph, tensor: str, constant: bool) -> onnx.NodeProto | Non
     return dq
 
 
+def _clip_bounds(g: _Graph, clip: onnx.NodeProto) -> tuple[float, float] | None:
+    """A Clip's (low, high), +-inf where a bound is absent; None where a bound is not a
+    constant scalar (opset 11+ inputs; opset 6's attributes)."""
+    if len(clip.input) == 1:
+        return float(_attribute(clip, "min", -np.inf)), float(_attribute(clip, "max", np.inf))
+    bounds = [-np.inf, np.inf]
+    for side, name in enumerate(clip.input[1:3]):
+        if name:
+            value = g.constant(name)
+            if value is None or value.size != 1:
+                return None
+            bounds[side] = float(value.reshape(()))
+    return bounds[0], bounds[1]
+
+
 def _quantize_after(g: _Graph, tensor: str) -> tuple[list[onnx.NodeProto], object] | None:
     """The nodes from ``tensor`` to the QuantizeLinear ending a QDQ Conv: [Relu | Clip]
     QuantizeLinear, each the sole reader of the last (per-tensor constant scale and zero
@@ -178,16 +193,10 @@ def _quantize_after(g: _Graph, tensor: str) -> tuple[list[onnx.NodeProto], objec
     if nxt is not None and nxt.op_type == "Relu":
         nodes, activation = [nxt], "relu"
     elif nxt is not None and nxt.op_type == "Clip":
-        if len(nxt.input) > 1:  # opset 11+: min/max inputs
-            bounds = [g.constant(name) if name else None for name in list(nxt.input[1:3])]
-            if any(name and b is None for name, b in zip(nxt.input[1:3], bounds)):
-                return None
-            low = -np.inf if len(bounds) < 1 or bounds[0] is None else float(bounds[0])
-            high = np.inf if len(bounds) < 2 or bounds[1] is None else float(bounds[1])
-        else:
-            low = float(_attribute(nxt, "min", -np.inf))
-            high = float(_attribute(nxt, "max", np.inf))
-        nodes, activation = [nxt], (low, high)
+        activation = _clip_bounds(g, nxt)
+        if activation is None:
+            return None
+        nodes = [nxt]
     if nodes:
         nxt = g.sole_consumer(nodes[-1].output[0])
     if nxt is None or nxt.op_type != "QuantizeLinear" or len(nxt.input) < 3:
@@ -389,6 +398,8 @@ def _absorb_followers(g: _Graph, conv: onnx.NodeProto, fused: list[str], plain: 
         nxt = users[0] if len(users) == 1 else None
         if nxt is not None and nxt.op_type in _ACTIVATIONS:
             activation = _ACTIVATIONS[nxt.op_type]
+        elif nxt is not None and nxt.op_type == "Clip" and _clip_bounds(g, nxt) == (0.0, 6.0):
+            activation = "relu6"
         elif _is_silu(g, out, users):
             sigmoid, nxt = sorted(users, key=lambda n: n.op_type != "Sigmoid")
             g.graph.node.remove(sigmoid)

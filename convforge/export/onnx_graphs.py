@@ -53,12 +53,21 @@ def flat_pads(padding: Sequence[tuple[int, int]]) -> list[int]:
     return [lo for lo, _ in padding] + [hi for _, hi in padding]
 
 
-def activation_nodes(activation: str | None, src: str, dst: str) -> list[onnx.NodeProto]:
-    """Nodes computing ``dst = activation(src)`` (an Identity for ``None``)."""
+def activation_nodes(
+    activation: str | None, src: str, dst: str, dtype: str = "float32"
+) -> list[onnx.NodeProto]:
+    """Nodes computing ``dst = activation(src)`` (an Identity for ``None``) on ``dtype``."""
     if activation is None:
         return [helper.make_node("Identity", [src], [dst])]
     if activation == "relu":
         return [helper.make_node("Relu", [src], [dst])]
+    if activation == "relu6":  # Clip(x, 0, 6), its bounds as Constant nodes (opset 11+)
+        bounds = [f"{src}_relu6_{side}" for side in ("low", "high")]
+        return [
+            *(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
+                np.array(value, dtype))) for name, value in zip(bounds, (0, 6))),
+            helper.make_node("Clip", [src, *bounds], [dst]),
+        ]  # fmt: skip
     if activation == "sigmoid":
         return [helper.make_node("Sigmoid", [src], [dst])]
     if activation == "tanh":
@@ -241,7 +250,7 @@ def _single_conv_model(
     node = helper.make_node(op_type, _operands("x", bias), ["conv"], **attrs)
     inputs = _inputs(geom.x_shape, geom.w_shape, geom.out_channels, dtype, bias)
     return make_model(
-        [node, *activation_nodes(activation, "conv", "y")], inputs,
+        [node, *activation_nodes(activation, "conv", "y", dtype)], inputs,
         {"y": (geom.out_shape, dtype)}, initializers=weights, opset=opset, name=name,
     )  # fmt: skip
 
@@ -489,7 +498,7 @@ def resize_conv_model(
     inputs = _inputs(resize_geom.x_shape, conv_geom.w_shape, conv_geom.out_channels, dtype, bias)
     nodes = [
         *resize_nodes(resize_geom, "x", "resized"), conv,
-        *activation_nodes(activation, "conv", "y"),
+        *activation_nodes(activation, "conv", "y", dtype),
     ]  # fmt: skip
     return make_model(
         nodes, inputs, {"y": (conv_geom.out_shape, dtype)}, initializers=weights, opset=opset,

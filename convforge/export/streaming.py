@@ -103,7 +103,7 @@ def causal_conv_state_model(
         pads=[0, 0],
     )  # fmt: skip
     nodes.append(conv_node)
-    nodes += activation_nodes(activation, "conv", "y")
+    nodes += activation_nodes(activation, "conv", "y", dtype)
     inputs = {"x": (geom.x_shape, dtype), "w": (conv.w_shape, dtype)}
     if bias:
         inputs["bias"] = ((conv.out_channels,), dtype)

@@ -9,7 +9,9 @@ Eigen (and TVM's ``fast_tanh``), exact to a few ulp. float64 keeps the libm func
 
 Non-finite values follow onnxruntime (the same op of the exported ONNX graph) exactly: every
 activation maps NaN to NaN (the polynomial forms clamp their argument, so a select on
-a bit test passes NaN through); ``relu(+inf) = +inf``, ``relu(-inf) = 0``; ``sigmoid(+-inf) =
+a bit test passes NaN through); ``relu(+inf) = +inf``, ``relu(-inf) = 0``;
+``relu6(x) = min(max(x, 0), 6)`` (ONNX ``Clip(x, 0, 6)``, PyTorch's ``relu6``), so
+``relu6(+inf) = 6``; ``sigmoid(+-inf) =
 1, 0``; ``tanh(+-inf) = +-1``; ``silu(+inf) = +inf``, ``silu(-inf) = NaN`` (``-inf * 0``, as
 ONNX's ``x * Sigmoid(x)``). ``exp`` overflows to +inf above 88.72 and is 0 below -87.34
 (where expf's subnormal results begin), so ``silu`` of a large negative number is -0, as in
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 
 #: Names accepted by every ``activation=`` argument.
-ACTIVATIONS = ("relu", "silu", "sigmoid", "tanh")
+ACTIVATIONS = ("relu", "relu6", "silu", "sigmoid", "tanh")
 
 
 def check_activation(activation: str | None) -> None:
@@ -119,8 +121,16 @@ def activate(value: tirx.PrimExpr, activation: str | None, dtype: str) -> tirx.P
     """Apply ``activation`` to one scalar expression of ``dtype`` (``None``: identity)."""
     if activation is None:
         return value
-    if activation == "relu":  # max(value, 0) alone is 0 for NaN (LLVM's maxnum)
-        return tirx.Select(is_nan(value, dtype), value, tirx.max(value, tirx.const(0, dtype)))
+    if activation in ("relu", "relu6"):
+        # Selects on ordered compares, false for NaN, so NaN passes through: x86's own
+        # max/min semantics, one vmaxps/vminps each (max(value, 0) is LLVM's maxnum, 0 for
+        # NaN, and took a NaN test and a blend more: evidence in thresholds.md#relu-selects)
+        zero = tirx.const(0, dtype)
+        value = tirx.Select(value < zero, zero, value)
+        if activation == "relu6":
+            six = tirx.const(6, dtype)
+            value = tirx.Select(value > six, six, value)
+        return value
     if activation == "sigmoid":
         return sigmoid(value, dtype)
     if activation == "silu":
