@@ -8,11 +8,11 @@ Cephes ``expf`` range reduction and polynomial (about 2 ulp), and the rational `
 Eigen (and TVM's ``fast_tanh``), exact to a few ulp. float64 keeps the libm functions.
 
 Non-finite values follow onnxruntime (the same op of the exported ONNX graph) exactly: every
-activation maps NaN to NaN (the polynomial forms clamp their argument, so a select on
-a bit test passes NaN through); ``relu(+inf) = +inf``, ``relu(-inf) = 0``;
-``relu6(x) = min(max(x, 0), 6)`` (ONNX ``Clip(x, 0, 6)``, PyTorch's ``relu6``), so
-``relu6(+inf) = 6``; ``sigmoid(+-inf) =
-1, 0``; ``tanh(+-inf) = +-1``; ``silu(+inf) = +inf``, ``silu(-inf) = NaN`` (``-inf * 0``, as
+activation maps NaN to NaN (the polynomial forms clamp their argument, so a select on a bit
+test passes NaN through; relu and relu6 select on ordered compares, false for NaN);
+``relu(+inf) = +inf``, ``relu(-inf) = 0``; ``relu6(x) = min(max(x, 0), 6)`` (ONNX
+``Clip(x, 0, 6)``, PyTorch's ``relu6``), so ``relu6(+inf) = 6``; ``sigmoid(+-inf) = 1, 0``;
+``tanh(+-inf) = +-1``; ``silu(+inf) = +inf``, ``silu(-inf) = NaN`` (``-inf * 0``, as
 ONNX's ``x * Sigmoid(x)``). ``exp`` overflows to +inf above 88.72 and is 0 below -87.34
 (where expf's subnormal results begin), so ``silu`` of a large negative number is -0, as in
 onnxruntime, not ``x * 2**-126``.
@@ -122,9 +122,9 @@ def activate(value: tirx.PrimExpr, activation: str | None, dtype: str) -> tirx.P
     if activation is None:
         return value
     if activation in ("relu", "relu6"):
-        # Selects on ordered compares, false for NaN, so NaN passes through: x86's own
-        # max/min semantics, one vmaxps/vminps each (max(value, 0) is LLVM's maxnum, 0 for
-        # NaN, and took a NaN test and a blend more: evidence in thresholds.md#relu-selects)
+        # Selects on ordered compares, false for NaN, so NaN passes through with no test
+        # (LLVM emits a compare and mask, or x86's vminps). max(value, 0) is LLVM's maxnum,
+        # 0 for NaN, and needed a NaN test and blend more (thresholds.md#relu-selects).
         zero = tirx.const(0, dtype)
         value = tirx.Select(value < zero, zero, value)
         if activation == "relu6":

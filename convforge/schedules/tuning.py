@@ -1021,6 +1021,7 @@ def _interruptible() -> Iterator[None]:
         if interrupted.is_set():
             raise KeyboardInterrupt("interrupted (swallowed inside TVM)")
     finally:
+        interrupted.clear()  # set only inside the run it interrupted
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
