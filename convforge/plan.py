@@ -168,8 +168,8 @@ def nchwc_blocks(
     vectors of output channels per group (ResNeXt; not depthwise), except a grouped 1x1
     over at least the profile's ``pointwise_row_positions`` positions (evidence:
     benchmarks/results/thresholds.md#grouped-nchwc) and a dense 1x1 over one row that long
-    on AVX-512 (computed directly, positions vectorized:
-    ``cpu_conv.schedule_pointwise_row``; #pointwise-row-positions)."""
+    where the profile's ``pointwise_row`` says so (AVX2, AVX-512: computed directly,
+    positions vectorized: ``cpu_conv.schedule_pointwise_row``; #pointwise-row-positions)."""
     if not is_cpu(target) or geom.ndim not in (2, 3):
         return None
     if not ops.blocks_fit(geom, vector_lanes(target, accumulator_dtype(dtype))):
@@ -179,7 +179,7 @@ def nchwc_blocks(
     if geom.groups != 1 and geom.is_pointwise and math.prod(geom.out_size) >= positions:
         return None  # the grouped direct schedule: 0.75-0.95x the time (#grouped-nchwc)
     long_row = geom.is_row_pointwise and geom.out_size[-1] >= positions
-    if long_row and target_profile.vector_bits >= 512:
+    if long_row and target_profile.pointwise_row:
         return None
     return channel_blocks(geom, dtype, target)
 

@@ -163,8 +163,10 @@ class TargetProfile:
     #: Multiply-adds per output at most which a channel block stays at 2 vectors.
     #: #short-reduction
     short_reduction: int = 144
-    #: A 1x1 over one row this long is computed as a row matrix (AVX-512), and the fewest
-    #: positions of its parallel time tiles. #pointwise-row-positions, #pointwise-time-tile
+    #: A 1x1 over one row this long is computed as a row matrix where ``pointwise_row``
+    #: (positions in vector lanes; else NCHW[x]c), and the fewest positions of its
+    #: parallel time tiles. #pointwise-row-positions, #pointwise-time-tile
+    pointwise_row: bool = False
     pointwise_row_positions: int = 512
     pointwise_time_tile: int = 64
     #: The long 1-D rule: the shortest output it takes, its time tile (upper bound).
@@ -244,9 +246,18 @@ PROFILES: dict[str, TargetProfile] = {
             512 * _KIB,
             4 * _MIB,
             stride_phase_min_kernel=7,
+            pointwise_row=True,
         ),
         TargetProfile(
-            "x86-avx512", "llvm", 512, 32, 32 * _KIB, 1 * _MIB, 1408 * _KIB, direct_accumulators=24
+            "x86-avx512",
+            "llvm",
+            512,
+            32,
+            32 * _KIB,
+            1 * _MIB,
+            1408 * _KIB,
+            direct_accumulators=24,
+            pointwise_row=True,
         ),
         TargetProfile("aarch64-neon", "llvm", 128, 32, 64 * _KIB, 1 * _MIB, 1 * _MIB),
         TargetProfile("llvm-generic", "llvm", 128, 16, 32 * _KIB, 256 * _KIB, 1 * _MIB),
