@@ -15,7 +15,6 @@ benchmarks/results/thresholds.md#relu-selects.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -46,22 +45,25 @@ def _maxnum_form(value, activation, dtype):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--json", help="write the results here")
+    from benchmarks.kernel_ab import (
+        ab_parser,
+        host_runner,
+        summary,
+        time_interleaved,
+        write_results,
+    )
+
+    parser = ab_parser(__doc__, rounds=7)
     args = parser.parse_args()
 
     from unittest import mock
 
-    from benchmarks.kernel_ab import summary, time_interleaved, write_results
     from convforge import shapes
-    from convforge.knob_tuning import _InProcess, scheduled_module
+    from convforge.knob_tuning import scheduled_module
     from convforge.ops import activation as act
     from convforge.plan import plan_conv
-    from convforge.targets import host_target
 
-    target = host_target()
-    runner = _InProcess(target, None)
+    target, runner = host_runner()
     rows = []
     for name, (x_shape, w_shape, groups, padding) in KERNELS.items():
         geom = shapes.conv_geometry(x_shape, w_shape, padding=padding, groups=groups)

@@ -15,7 +15,6 @@ benchmarks/results/thresholds.md#deinterleaved-depthwise.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -38,22 +37,25 @@ DEPTHWISE = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--json", help="write the results here")
+    from benchmarks.kernel_ab import (
+        ab_parser,
+        host_runner,
+        summary,
+        time_interleaved,
+        write_results,
+    )
+
+    parser = ab_parser(__doc__, rounds=5)
     args = parser.parse_args()
 
     from unittest import mock
 
-    from benchmarks.kernel_ab import summary, time_interleaved, write_results
     from convforge import shapes
-    from convforge.knob_tuning import _InProcess, scheduled_module
+    from convforge.knob_tuning import scheduled_module
     from convforge.plan import plan_conv
     from convforge.schedules import cpu_grouped
-    from convforge.targets import host_target
 
-    target = host_target()
-    runner = _InProcess(target, None)
+    target, runner = host_runner()
     rows = []
     for name, (channels, size, k, stride) in DEPTHWISE.items():
         geom = shapes.conv_geometry(

@@ -1,13 +1,33 @@
-"""Shared by the kernel A/B benchmarks (nchwc_forms.py, deinterleave.py): time scheduled
+"""Shared by the kernel A/B benchmarks (nchwc_forms.py, deinterleave.py,
+activation_cost.py, pointwise_row.py): their command line and runner, time scheduled
 PrimFuncs interleaved in one process, and write their results."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
 from typing import Any
+
+
+def ab_parser(doc: str, rounds: int) -> argparse.ArgumentParser:
+    """The A/B scripts' command line, ``--rounds`` (default ``rounds``) and ``--json``,
+    described by the first line of ``doc``; a script may add its own options."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--json", help="write the results here")
+    return parser
+
+
+def host_runner() -> tuple[Any, Any]:
+    """The host target and knob tuning's in-process runner for it."""
+    from convforge.knob_tuning import _InProcess
+    from convforge.targets import host_target
+
+    target = host_target()
+    return target, _InProcess(target, None)
 
 
 def time_interleaved(runner: Any, mods: dict[str, Any], rounds: int) -> dict[str, list[float]]:

@@ -18,7 +18,6 @@ one per physical core). Evidence for benchmarks/results/thresholds.md#grouped-nc
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -93,18 +92,21 @@ def _forms(x_shape, w_shape, options):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--json", help="write the results here")
+    from benchmarks.kernel_ab import (
+        ab_parser,
+        host_runner,
+        summary,
+        time_interleaved,
+        write_results,
+    )
+
+    parser = ab_parser(__doc__, rounds=5)
     parser.add_argument("--only", help="substring of the workload names")
     args = parser.parse_args()
 
-    from benchmarks.kernel_ab import summary, time_interleaved, write_results
-    from convforge.knob_tuning import _InProcess, scheduled_module
-    from convforge.targets import host_target
+    from convforge.knob_tuning import scheduled_module
 
-    target = host_target()
-    runner = _InProcess(target, None)
+    target, runner = host_runner()
     rows = []
     for name, (x_shape, w_shape, options) in {**GROUPED, **ONE_D}.items():
         if args.only and args.only not in name:

@@ -15,7 +15,6 @@ benchmarks/results/thresholds.md#pointwise-row-positions.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -49,20 +48,23 @@ POINTWISE = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--json", help="write the results here")
+    from benchmarks.kernel_ab import (
+        ab_parser,
+        host_runner,
+        summary,
+        time_interleaved,
+        write_results,
+    )
+
+    parser = ab_parser(__doc__, rounds=7)
     args = parser.parse_args()
 
-    from benchmarks.kernel_ab import summary, time_interleaved, write_results
     from convforge import shapes
-    from convforge.knob_tuning import _InProcess, scheduled_module
+    from convforge.knob_tuning import scheduled_module
     from convforge.knobs import with_knobs
     from convforge.plan import Blocked, channel_blocks, plan_conv
-    from convforge.targets import host_target
 
-    target = host_target()
-    runner = _InProcess(target, None)
+    target, runner = host_runner()
     rows = []
     for name, (cin, cout, size, activation) in POINTWISE.items():
         geom = shapes.conv_geometry((1, cin, size, size), (cout, cin, 1, 1))
