@@ -45,15 +45,9 @@ def _maxnum_form(value, activation, dtype):
 
 
 def main() -> None:
-    from benchmarks.kernel_ab import (
-        ab_parser,
-        host_runner,
-        summary,
-        time_interleaved,
-        write_results,
-    )
+    from benchmarks import kernel_ab as ab
 
-    parser = ab_parser(__doc__, rounds=7)
+    parser = ab.ab_parser(__doc__, rounds=7)
     args = parser.parse_args()
 
     from unittest import mock
@@ -63,7 +57,7 @@ def main() -> None:
     from convforge.ops import activation as act
     from convforge.plan import plan_conv
 
-    target, runner = host_runner()
+    target, runner = ab.host_runner()
     rows = []
     for name, (x_shape, w_shape, groups, padding) in KERNELS.items():
         geom = shapes.conv_geometry(x_shape, w_shape, padding=padding, groups=groups)
@@ -74,8 +68,8 @@ def main() -> None:
             if activation is not None:
                 with mock.patch.object(act, "activate", _maxnum_form):
                     mods[f"{activation} maxnum"] = scheduled_module(plan)
-        times = time_interleaved(runner, mods, args.rounds)
-        ms, ranges = summary(times)
+        times = ab.time_interleaved(runner, mods, args.rounds)
+        ms, ranges = ab.summary(times)
         ratios = {form: t / ms["None"] for form, t in ms.items()}
         rows.append({"name": name, "x": x_shape, "w": w_shape, "ms": ms, "range_ms": ranges,
                      "over_none": ratios})  # fmt: skip
@@ -85,7 +79,7 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        write_results(args.json, target, args.rounds, rows)
+        ab.write_results(args.json, target, args.rounds, rows)
 
 
 if __name__ == "__main__":

@@ -37,15 +37,9 @@ DEPTHWISE = {
 
 
 def main() -> None:
-    from benchmarks.kernel_ab import (
-        ab_parser,
-        host_runner,
-        summary,
-        time_interleaved,
-        write_results,
-    )
+    from benchmarks import kernel_ab as ab
 
-    parser = ab_parser(__doc__, rounds=5)
+    parser = ab.ab_parser(__doc__, rounds=5)
     args = parser.parse_args()
 
     from unittest import mock
@@ -55,7 +49,7 @@ def main() -> None:
     from convforge.plan import plan_conv
     from convforge.schedules import cpu_grouped
 
-    target, runner = host_runner()
+    target, runner = ab.host_runner()
     rows = []
     for name, (channels, size, k, stride) in DEPTHWISE.items():
         geom = shapes.conv_geometry(
@@ -67,8 +61,8 @@ def main() -> None:
             before = scheduled_module(plan)
         after = scheduled_module(plan)
         mods = {"before": before, "after": after}
-        times = time_interleaved(runner, mods, args.rounds)
-        ms, ranges = summary(times)
+        times = ab.time_interleaved(runner, mods, args.rounds)
+        ms, ranges = ab.summary(times)
         row = {
             "name": name, "x": geom.x_shape, "w": geom.w_shape, "stride": stride, "ms": ms,
             "range_ms": ranges,
@@ -81,7 +75,7 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        write_results(args.json, target, args.rounds, rows)
+        ab.write_results(args.json, target, args.rounds, rows)
 
 
 if __name__ == "__main__":

@@ -92,29 +92,23 @@ def _forms(x_shape, w_shape, options):
 
 
 def main() -> None:
-    from benchmarks.kernel_ab import (
-        ab_parser,
-        host_runner,
-        summary,
-        time_interleaved,
-        write_results,
-    )
+    from benchmarks import kernel_ab as ab
 
-    parser = ab_parser(__doc__, rounds=5)
+    parser = ab.ab_parser(__doc__, rounds=5)
     parser.add_argument("--only", help="substring of the workload names")
     args = parser.parse_args()
 
     from convforge.knob_tuning import scheduled_module
 
-    target, runner = host_runner()
+    target, runner = ab.host_runner()
     rows = []
     for name, (x_shape, w_shape, options) in {**GROUPED, **ONE_D}.items():
         if args.only and args.only not in name:
             continue
         chosen, forms = _forms(x_shape, w_shape, options)
         mods = {form: scheduled_module(plan) for form, plan in forms.items()}
-        times = time_interleaved(runner, mods, args.rounds)
-        ms, ranges = summary(times)
+        times = ab.time_interleaved(runner, mods, args.rounds)
+        ms, ranges = ab.summary(times)
         if chosen.algorithm.name == "blocked":
             now = "blocked"
         else:  # the direct kernel, over the kernel geometry or (not reshaped) as asked
@@ -137,7 +131,7 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        write_results(args.json, target, args.rounds, rows)
+        ab.write_results(args.json, target, args.rounds, rows)
 
 
 if __name__ == "__main__":

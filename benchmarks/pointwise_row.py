@@ -48,15 +48,9 @@ POINTWISE = {
 
 
 def main() -> None:
-    from benchmarks.kernel_ab import (
-        ab_parser,
-        host_runner,
-        summary,
-        time_interleaved,
-        write_results,
-    )
+    from benchmarks import kernel_ab as ab
 
-    parser = ab_parser(__doc__, rounds=7)
+    parser = ab.ab_parser(__doc__, rounds=7)
     args = parser.parse_args()
 
     from convforge import shapes
@@ -64,7 +58,7 @@ def main() -> None:
     from convforge.knobs import with_knobs
     from convforge.plan import Blocked, channel_blocks, plan_conv
 
-    target, runner = host_runner()
+    target, runner = ab.host_runner()
     rows = []
     for name, (cin, cout, size, activation) in POINTWISE.items():
         geom = shapes.conv_geometry((1, cin, size, size), (cout, cin, 1, 1))
@@ -78,8 +72,8 @@ def main() -> None:
             "blocked": scheduled_module(blocked),
             "direct": scheduled_module(with_knobs(plan, {"algorithm": "direct"})),
         }
-        times = time_interleaved(runner, mods, args.rounds)
-        ms, ranges = summary(times)
+        times = ab.time_interleaved(runner, mods, args.rounds)
+        ms, ranges = ab.summary(times)
         row = {
             "name": name, "x": geom.x_shape, "w": geom.w_shape, "activation": activation,
             "ms": ms, "range_ms": ranges, "direct_over_blocked": ms["direct"] / ms["blocked"],
@@ -92,7 +86,7 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        write_results(args.json, target, args.rounds, rows)
+        ab.write_results(args.json, target, args.rounds, rows)
 
 
 if __name__ == "__main__":
