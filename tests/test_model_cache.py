@@ -318,3 +318,48 @@ def test_cache_entry_cut_short_under_a_running_model_harms_nothing(cache, tmp_pa
     done = run_isolated(_CUT_SHORT, args=args)
     assert done.returncode == 0, done.describe()
     assert compare(np.load(tmp_path / "y.npy"), run_onnxruntime(model, {"x": x})[0]).ok
+
+
+def _digest_memos(cache) -> list:
+    return sorted((cache / "index").glob("digest-*.json"))
+
+
+def test_a_model_files_digest_is_remembered_only_for_its_unchanged_settled_state(
+    cache, tmp_path, monkeypatch
+):
+    """model_cache.model_digest remembers a settled file's SHA-256 (hashlib's own, the
+    oracle) and answers from the memo while the file is unchanged; bytes rewritten in place
+    at the same size with the old modification time put back are hashed again, and a file
+    changed within the last two seconds gets no memo (a later write in the same timestamp
+    tick could leave its times as they were)."""
+    import hashlib
+    import os
+    import time
+
+    from convforge.export import model_cache
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"a" * 4096)
+    assert model_cache.model_digest(path) == hashlib.sha256(b"a" * 4096).hexdigest()
+    assert _digest_memos(cache) == []  # just written: not settled, no memo
+
+    later = time.time_ns() + 3_000_000_000
+    monkeypatch.setattr(model_cache.time, "time_ns", lambda: later)
+    assert model_cache.model_digest(path) == hashlib.sha256(b"a" * 4096).hexdigest()
+    (memo,) = _digest_memos(cache)
+
+    hashed = []
+    real_file_digest = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda *a: hashed.append(1) or real_file_digest(*a))
+    assert model_cache.model_digest(path) == hashlib.sha256(b"a" * 4096).hexdigest()
+    assert hashed == []  # answered by the memo
+
+    stat = path.stat()
+    time.sleep(0.05)  # past the file system's timestamp tick
+    with open(path, "r+b") as f:  # same size, other bytes, in place (same inode)
+        f.write(b"b")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old modification time
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns and path.stat().st_size == stat.st_size
+    assert model_cache.model_digest(path) == hashlib.sha256(b"b" + b"a" * 4095).hexdigest()
+    assert hashed == [1]
+    assert memo.exists() and len(_digest_memos(cache)) == 2

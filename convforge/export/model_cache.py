@@ -13,8 +13,9 @@ Key parts (a different value of any of them is another entry):
 
 - ``convforge``, ``tvm``: the versions; ``target``: :func:`convforge.targets.target_key`;
 - ``model``: SHA-256 of the model's bytes: the file's bytes for a path (so a hit never
-  imports onnx), ``SerializeToString()`` for a ``ModelProto`` (the same model given both
-  ways may be two entries);
+  imports onnx; remembered for the file's unchanged state, :func:`_memo`, so a settled
+  file is hashed once), ``SerializeToString()`` for a ``ModelProto`` (the same model given
+  both ways may be two entries);
 - ``options``: every compile option (``input_shapes``, ``algorithm``, the batch buckets...,
   as :func:`convforge.export.model.compile_model` passes them);
 - ``schedule``: SHA-256 of convforge's schedule code, SHA-256 of all of convforge's code
@@ -32,7 +33,8 @@ index file ``<dir>/index/<start key>.json`` records its parts, where the *start 
 TVM: convforge's version and code digest, TVM's installed build (its version file and
 compiler library), the ``target`` argument as given (None or a string), this machine (its
 CPU's model name and flags from ``/proc/cpuinfo``, CPU counts), every ``CONVFORGE_*`` and
-``TVM_*`` environment variable, the model's digest, the options and the ``tuning_db`` path.
+``TVM_*`` environment variable (but TVM's thread pool spin, which the runtime alone reads
+and convforge sets: :data:`convforge.tvm_import.SPIN_ENV`), the model's digest, the options and the ``tuning_db`` path.
 The index file also holds the modification time of each tuning database folder the parts'
 state consulted and of each database's root (a folder added there: another core count's
 records under ``match="cpu"``). :func:`quick_load` trusts an index file only while every
@@ -49,11 +51,14 @@ import functools
 import hashlib
 import json
 import os
+import threading
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convforge import kernel_cache
+from convforge.tvm_import import SPIN_ENV
 
 if TYPE_CHECKING:  # a quick lookup (start_key, quick_load) imports no TVM
     import tvm
@@ -69,19 +74,60 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
+#: A file whose modification or status-change time is this recent (nanoseconds) when it is
+#: hashed gets no digest memo: a write later in the same timestamp tick would leave its
+#: times unchanged ("racy git").
+_MEMO_SETTLED_NS = 2_000_000_000
+
+
 def model_digest(model: Any) -> str | None:
     """SHA-256 of the model's bytes (see the module doc); None when a path cannot be read
-    (the compile then refuses it as before)."""
+    (the compile then refuses it as before). A file's digest is remembered (:func:`_memo`)."""
     if isinstance(model, str | os.PathLike):
         try:
             with open(model, "rb") as f:
-                return hashlib.file_digest(f, "sha256").hexdigest()
+                return _file_digest(f)
         except OSError:
             return None
     serialize = getattr(model, "SerializeToString", None)
     if serialize is None:
         return None
     return hashlib.sha256(serialize(deterministic=True)).hexdigest()
+
+
+def _memo(stat: os.stat_result) -> Path:
+    """The digest memo of a file in the state ``stat``: ``<dir>/index/digest-<key>.json``, the
+    key made of the file's device, inode, size and modification and status-change times in
+    nanoseconds, as git's index trusts a file whose status is unchanged. Rewriting a file,
+    renaming another one over it or touching it changes one of them (the status-change
+    time cannot be set back), so a memo never answers for other bytes; a file hashed within
+    :data:`_MEMO_SETTLED_NS` of its last change gets none."""
+    facts = [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+    key = hashlib.sha256(json.dumps(facts).encode()).hexdigest()
+    return kernel_cache.index_dir() / f"digest-{key}.json"
+
+
+def _file_digest(f: Any) -> str:
+    """SHA-256 of the open file ``f``: its memo's (:func:`_memo`) where the cache is on and
+    one was written for the file's current state, else hashed (and a memo written, best
+    effort, when the file is settled and did not change while it was read)."""
+    if not kernel_cache.enabled():
+        return hashlib.file_digest(f, "sha256").hexdigest()
+    before = os.fstat(f.fileno())
+    memo = _memo(before)
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        digest = json.loads(memo.read_text())["sha256"]
+        if isinstance(digest, str) and len(digest) == 64:
+            return digest
+    digest = hashlib.file_digest(f, "sha256").hexdigest()
+    settled = time.time_ns() - max(before.st_mtime_ns, before.st_ctime_ns) > _MEMO_SETTLED_NS
+    if settled and _memo(os.fstat(f.fileno())) == memo:
+        from convforge.filemode import atomic_write
+
+        with contextlib.suppress(OSError):
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(memo, json.dumps({"sha256": digest}))
+    return digest
 
 
 def key_parts(
@@ -182,7 +228,8 @@ def start_key(
     facts = {
         "convforge": convforge.__version__, "code": code_digest(), "tvm": _tvm_build(),
         "target": target, "host": _host_facts(),
-        "env": {k: v for k, v in os.environ.items() if k.startswith(("CONVFORGE_", "TVM_"))},
+        "env": {k: v for k, v in os.environ.items()
+                if k.startswith(("CONVFORGE_", "TVM_")) and k != SPIN_ENV},
         "model": digest, "options": options,
         "tuning_db": None if tuning_db is None else os.path.abspath(os.fspath(tuning_db)),
     }  # fmt: skip
@@ -239,7 +286,23 @@ def quick_load(start: str | None) -> tuple[Any, dict, Path] | None:
         return None
     from convforge.export import runtime
 
-    return load(parts, runtime.load_model)
+    # TVM's runtime is imported (mostly Python, ~0.2 s) while the entry is verified (hashing
+    # and copying, which release the GIL); an import error is raised again by the load
+    warm = threading.Thread(target=_import_runtime_quietly, daemon=True)
+    warm.start()
+
+    def load_model(path: str) -> Any:
+        warm.join()
+        return runtime.load_model(path)
+
+    return load(parts, load_model)
+
+
+def _import_runtime_quietly() -> None:
+    from convforge.tvm_import import import_runtime
+
+    with contextlib.suppress(Exception):
+        import_runtime()
 
 
 def load(parts: dict, load_module: Any = None) -> tuple[tvm.runtime.Module, dict, Path] | None:
