@@ -1,6 +1,6 @@
 """Start-up of a model whose library is in the persistent cache (issue #17), end to end.
 
-    python benchmarks/bench_cached_start.py [--model resnet15|resnet50] [--runs 3]
+    python benchmarks/bench_cached_start.py [--model resnet15|resnet50|zoo_NAME] [--runs 3]
 
 Writes the model as ONNX, compiles it once in a new process (filling a temporary cache
 folder), then runs ``--runs`` new processes that each do ``import convforge``,
@@ -62,9 +62,11 @@ def _start(checkout: str, path: str, env: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, ROOT)
     from benchmarks.bench_compile import MODEL_NAMES, build_model
+    from convforge.examples import networks
 
+    zoo = {f"zoo_{name}": name for name in networks.LIGHT_ZOO}  # the ONNX package's graphs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=MODEL_NAMES, default="resnet15")
+    parser.add_argument("--model", choices=[*MODEL_NAMES, *zoo], default="resnet15")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--compare", metavar="CHECKOUT",
@@ -81,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {name: [] for name in checkouts}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        onnx.save(build_model(args.model), path)
+        model = (
+            networks.light_zoo(zoo[args.model]) if args.model in zoo else build_model(args.model)
+        )
+        onnx.save(model, path)
         env = {**os.environ, "CONVFORGE_CACHE_DIR": os.path.join(tmp, "cache"),
                "CONVFORGE_CACHE": "1"}  # fmt: skip
         for name, checkout in checkouts.items():

@@ -19,6 +19,13 @@ What it changes: in a process where convforge imported TVM first, TVM cannot con
 bfloat16/float8 tensors to numpy, and tvm_ffi does not convert torch tensors by itself.
 Nothing is hidden that is already imported, nor ``ml_dtypes`` with ``CONVFORGE_ML_DTYPES=1``
 or ``torch`` with ``CONVFORGE_TORCH=1``.
+
+Both also set ``TVM_THREAD_POOL_SPIN_COUNT`` to :data:`SPIN_COUNT` unless it is set: TVM's
+idle workers then spin about 0.2 ms before they block, not TVM's default 300000 yields
+(about half a second of a core after every call, and as long again at exit: a cached
+model's start to its exit 1.4 -> 1.1 s). The short spin still bridges the gaps between a
+model's parallel loops (benchmarks/results/thresholds.md#tvm-spin-count); the benchmarks
+always ran with it.
 """
 
 from __future__ import annotations
@@ -39,9 +46,16 @@ TORCH_ENV = "CONVFORGE_TORCH"
 
 _OPTIONAL = {"ml_dtypes": ML_DTYPES_ENV, "torch": TORCH_ENV}
 
+#: TVM's setting of how many times an idle worker of its thread pool yields before it blocks,
+#: read when the pool starts (runtime only: compiled code does not depend on it).
+SPIN_ENV = "TVM_THREAD_POOL_SPIN_COUNT"
+#: Its value unless the user set one (module doc; TVM's default is 300000).
+SPIN_COUNT = 1000
+
 
 @contextlib.contextmanager
 def _without_optional_imports() -> Iterator[None]:
+    os.environ.setdefault(SPIN_ENV, str(SPIN_COUNT))  # before TVM's thread pool starts
     hidden = [
         name
         for name, env in _OPTIONAL.items()

@@ -124,3 +124,38 @@ def test_tvm_and_its_runtime_are_imported_without_torch(tmp_path, monkeypatch):
     assert out.returncode == 0, out.describe()
     runtime_only, error, reached = json.loads(out.stdout.strip().splitlines()[-1])
     assert runtime_only and error < 1e-5 and reached == "torch imported"
+
+
+@pytest.mark.parametrize("setting", [None, "300000"])
+def test_idle_tvm_workers_block_after_a_short_spin_unless_the_user_sets_it(setting, monkeypatch):
+    """convforge.tvm_import sets TVM_THREAD_POOL_SPIN_COUNT to 1000 unless it is set: after a
+    parallel kernel the process burns well under 25 ms of CPU time in the next 0.3 s, the
+    operating system's count (TVM's default spin, kept where the user sets it, burns a core
+    for most of that time)."""
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    monkeypatch.delenv("TVM_THREAD_POOL_SPIN_COUNT", raising=False)
+    if setting is not None:
+        monkeypatch.setenv("TVM_THREAD_POOL_SPIN_COUNT", setting)
+    out = run_isolated(
+        """
+        import json, os, time
+        import numpy as np
+        import convforge as cf
+        x = np.random.default_rng(0).standard_normal((1, 64, 56, 56)).astype("float32")
+        w = np.random.default_rng(1).standard_normal((64, 64, 3, 3)).astype("float32")
+        cf.conv(x, w, padding=1)
+        before = time.process_time()
+        cf.conv(x, w, padding=1)
+        ran = time.process_time()
+        time.sleep(0.3)
+        idle = time.process_time() - ran
+        print(json.dumps([os.environ["TVM_THREAD_POOL_SPIN_COUNT"], idle, ran - before]))
+        """
+    )
+    assert out.returncode == 0, out.describe()
+    value, idle, busy = json.loads(out.stdout.strip().splitlines()[-1])
+    assert value == (setting or "1000")
+    if setting is None:
+        assert idle < 0.025, (idle, busy)
+    else:
+        assert idle > 0.025, (idle, busy)

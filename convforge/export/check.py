@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from convforge import tvm_import
 from convforge.extras import require
 
 if TYPE_CHECKING:
@@ -44,24 +45,19 @@ def session(
     )
 
 
-#: Yields an idle TVM worker spins before it blocks (TVM's default is 300000; evidence:
-#: benchmarks/results/thresholds.md#tvm-spin-count).
-TVM_SPIN_COUNT = 1000
-
-
 def quiet_thread_pools() -> None:
     """Make idle TVM workers block after a short spin, and OpenMP (PyTorch) ones at once.
 
     For timing runtimes side by side in one process, together with onnxruntime sessions
     made with ``spinning=False``: one runtime's long-spinning idle workers would take a core
-    from the one being timed. TVM's workers spin :data:`TVM_SPIN_COUNT` yields (about
-    0.2 ms), which bridges the gaps between the parallel loops of one model run and leaves
-    onnxruntime's timings unchanged (evidence:
-    benchmarks/results/thresholds.md#quiet-thread-pools). onnxruntime's spin cannot be shortened, only turned off. Call it before the first TVM
-    kernel runs (TVM reads the setting when its thread pool starts); settings the user
-    made stay.
+    from the one being timed. TVM's workers spin :data:`convforge.tvm_import.SPIN_COUNT`
+    yields (about 0.2 ms; convforge's own imports of TVM set it too), which bridges the gaps
+    between the parallel loops of one model run and leaves onnxruntime's timings unchanged
+    (evidence: benchmarks/results/thresholds.md#quiet-thread-pools). onnxruntime's spin
+    cannot be shortened, only turned off. Call it before the first TVM kernel runs (TVM
+    reads the setting when its thread pool starts); settings the user made stay.
     """
-    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(TVM_SPIN_COUNT))
+    os.environ.setdefault(tvm_import.SPIN_ENV, str(tvm_import.SPIN_COUNT))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
