@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -455,7 +455,8 @@ def import_model(
         f"importing {len(original.graph.node)} ONNX nodes (convforge kernels scheduled as they come)"
     )
     opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), None)
-    with convforge_converters(ctx), naming_node_errors(), warnings.catch_warnings():
+    with convforge_converters(ctx), naming_node_errors(), _checker_without_weights(), \
+            warnings.catch_warnings():  # fmt: skip
         # TVM's importer runs onnx's checker, which flags the fusion attributes and a
         # fused residual (a Conv's 4th input).
         warnings.filterwarnings("ignore", message="Unrecognized attribute: convforge_")
@@ -484,6 +485,29 @@ def import_model(
         "algorithm": algorithm,
     }
     return mod, ctx, metadata
+
+
+@contextlib.contextmanager
+def _checker_without_weights() -> Iterator[None]:
+    """Within this context onnx's checker checks a model without its weights
+    (:func:`convforge.export.prepare.without_weights`). TVM's importer runs the checker on
+    the whole model only to warn; serializing the weights for it took 0.8 s of the light
+    ResNet-50's 100 MB."""
+    import onnx.checker
+
+    from convforge.export.prepare import without_weights
+
+    real = onnx.checker.check_model
+
+    def check(model: Any, *args: Any, **kwargs: Any) -> None:
+        light = without_weights(model) if isinstance(model, onnx.ModelProto) else model
+        real(light, *args, **kwargs)
+
+    onnx.checker.check_model = check
+    try:
+        yield
+    finally:
+        onnx.checker.check_model = real
 
 
 def _one_line(err: BaseException) -> str:
