@@ -176,6 +176,51 @@ def test_explicit_kernels_build_at_the_profiles_opt_level_others_at_llvms(rng, m
     assert compare(compiled(x=x)[0], expected).ok
 
 
+def test_kernels_built_during_the_import_are_taken_only_while_unchanged(rng, monkeypatch):
+    """codegen.EarlyBuilds: a compile takes the kernels built while the model was imported
+    (at least the first, which starts at once) and its library agrees with onnxruntime; an
+    early build of a function that differs from the model's final one is not taken."""
+    import tvm
+    import tvm_ffi
+    from tvm import te
+
+    from convforge.export import codegen
+    from convforge.targets import host_target
+
+    taken: list[int] = []
+    real = codegen.EarlyBuilds.take
+
+    def spy(self, functions):
+        got = real(self, functions)
+        taken.append(len(got))
+        return got
+
+    monkeypatch.setattr(codegen.EarlyBuilds, "take", spy)
+    model = _winograd_then_pool(rng)
+    x = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)
+    compiled = cf.compile_model(model, algorithm="winograd")
+    assert len(taken) == 1 and taken[0] >= 1, taken
+    agreement = compare(compiled(x=x)[0], run_onnxruntime(model, {"x": x})[0])
+    assert agreement.ok, agreement
+
+    def func(scale: float) -> tvm.tirx.PrimFunc:
+        a = te.placeholder((64,), "float32", "a")
+        b = te.compute((64,), lambda i: a[i] * scale, "b")
+        return te.create_prim_func([a, b])
+
+    early = codegen.EarlyBuilds(host_target())
+    try:
+        early.submit("cf_scale", func(2.0))
+        early._builds["cf_scale"][1].result()  # built: only the comparison can refuse it
+        final = func(3.0).with_attr("global_symbol", "cf_scale")
+        assert not tvm_ffi.structural_equal(early._builds["cf_scale"][0], final)
+        assert early.take([(tvm.ir.GlobalVar("cf_scale"), final)]) == {}
+        same = func(2.0).with_attr("global_symbol", "cf_scale")
+        assert list(early.take([(tvm.ir.GlobalVar("cf_scale"), same)])) == [0]
+    finally:
+        early.close()
+
+
 def test_compile_jobs_is_checked(monkeypatch):
     from convforge.export.codegen import compile_jobs
     from convforge.threads import physical_cores

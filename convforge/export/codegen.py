@@ -6,10 +6,15 @@ cache entry or an export needs) and by the VM's JIT when the model first runs. F
 ResNet-50 on a 2-core Zen 3 that was 10.8 s of TIR passes and LLVM optimization, 7.7 s of
 object emission and 6.7 s of JIT (``benchmarks/bench_compile.py``). Here, instead:
 
+0. while the model is still being imported (Python, one core), each of convforge's
+   kernels is built, and its object file written, as soon as it is scheduled, on
+   :func:`compile_jobs` - 1 threads (:class:`EarlyBuilds`);
 1. the relax pipeline and the VM's bytecode generation run as in ``relax.build``;
 2. each PrimFunc becomes its own LLVM module (``tvm.tirx.build``: TIR passes, LLVM IR, LLVM's
    optimizer), on a pool of :func:`compile_jobs` threads (TVM releases the GIL while it
-   compiles), convforge's kernels first;
+   compiles), convforge's kernels first; a kernel built early is taken where the pipeline
+   left it structurally equal (every one, so far), and one whose early build has not
+   started yet is built here instead;
 3. the VM executable (bytecode and small constants: the weights are lifted out of it,
    :func:`convforge.export.weights.lift_weights`) is linked with them and packed into one
    more object, as ``export_library`` packs it (``ModulePackImportsToLLVM``), while the same
@@ -34,8 +39,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.runtime import _ffi_api as runtime_api
 
@@ -106,12 +113,108 @@ def _target_config(target: tvm.target.Target) -> dict:
     return config
 
 
+@dataclass(frozen=True)
+class _Options:
+    """What a build thread takes of the caller's ``PassContext`` (one per thread in TVM),
+    without its instruments, which are not thread-safe."""
+
+    opt_level: int
+    required_pass: tuple
+    disabled_pass: tuple
+    config: dict
+
+    @staticmethod
+    def current() -> _Options:
+        context = tvm.transform.PassContext.current()
+        return _Options(
+            context.opt_level,
+            tuple(context.required_pass),
+            tuple(context.disabled_pass),
+            dict(context.config),
+        )
+
+    def context(self) -> tvm.transform.PassContext:
+        return tvm.transform.PassContext(
+            opt_level=self.opt_level,
+            required_pass=list(self.required_pass),
+            disabled_pass=list(self.disabled_pass),
+            config=dict(self.config),
+        )
+
+
+def _build_function(
+    gvar: tvm.ir.GlobalVar,
+    func: tvm.tirx.PrimFunc,
+    target: tvm.target.Target,
+    options: _Options,
+    attrs: Any = None,
+) -> tvm.runtime.Module:
+    """``func`` built alone as an LLVM module, at its :data:`OPT_LEVEL_ATTR` level."""
+    with options.context():
+        module = tvm.IRModule({gvar: func}, attrs=attrs)
+        return tvm.tirx.build(module, target=_function_target(target, func))
+
+
+class EarlyBuilds:
+    """convforge's kernels built (and their object files written) while the model is still
+    being imported (module doc, step 0): :meth:`submit` each new kernel function (the
+    lowering's ``prebuild``), pass this to :func:`build`, then :meth:`close`. Only the
+    thread that made it calls its methods."""
+
+    def __init__(self, target: tvm.target.Target, jobs: int | None = None) -> None:
+        self.target = target
+        self._options = _Options.current()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, (jobs or compile_jobs()) - 1))
+        self._folder = tempfile.TemporaryDirectory(prefix="convforge-early-")
+        self._builds: dict[str, tuple[tvm.tirx.PrimFunc, concurrent.futures.Future, str]] = {}
+
+    def submit(self, name: str, func: tvm.tirx.PrimFunc) -> None:
+        """Start building ``func`` as the model's function ``name`` (its global symbol, as
+        the relax pipeline names it)."""
+        if name in self._builds or not isinstance(func, tvm.tirx.PrimFunc):
+            return
+        func = func.with_attr("global_symbol", name)
+        path = os.path.join(self._folder.name, f"early{len(self._builds)}.o")
+        future = self._pool.submit(self._build, tvm.ir.GlobalVar(name), func, path)
+        self._builds[name] = (func, future, path)
+
+    def _build(self, gvar: tvm.ir.GlobalVar, func: tvm.tirx.PrimFunc, path: str):
+        module = _build_function(gvar, func, self.target, self._options)
+        module.write_to_file(path)
+        return module
+
+    def take(
+        self, functions: list[tuple[tvm.ir.GlobalVar, tvm.tirx.PrimFunc]]
+    ) -> dict[int, tuple[concurrent.futures.Future, str]]:
+        """The early builds of the model's ``functions`` (after the pipeline), by index: each
+        one's future (its module) and object file. Builds not started yet are cancelled
+        first (the caller builds those, on all its threads); a function that changed since
+        it was submitted (not structurally equal) is not taken."""
+        for _, future, _ in self._builds.values():
+            future.cancel()
+        taken = {}
+        for index, (gvar, func) in enumerate(functions):
+            entry = self._builds.get(gvar.name_hint)
+            if entry is None or entry[1].cancelled():
+                continue
+            early, future, path = entry
+            if tvm_ffi.structural_equal(early, func):
+                taken[index] = (future, path)
+        return taken
+
+    def close(self) -> None:
+        """Stop: builds not started are dropped, a running one finished, files removed."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._folder.cleanup()
+
+
 def build(
     mod: tvm.IRModule,
     target: tvm.target.Target,
     relax_pipeline: tvm.transform.Pass,
     phase: Callable[[str], object],
     jobs: int | None = None,
+    early: EarlyBuilds | None = None,
 ) -> Built:
     """Run the relax pipeline on ``mod`` for the CPU ``target``, then write its machine code
     as object files (module doc). ``phase(name)`` is a context manager timing each step
@@ -138,24 +241,22 @@ def build(
         range(len(functions)),
         key=lambda i: not functions[i][0].name_hint.startswith(KERNEL_PREFIX),
     )
-    current = tvm.transform.PassContext.current()
+    options = _Options.current()
+    # early builds (module doc): their modules (a running one waited for by a pool thread)
+    # and object files, already written
+    taken = early.take(functions) if early is not None else {}
 
     def build_one(index: int) -> tvm.runtime.Module:
+        if index in taken:
+            return taken[index][0].result()
         gvar, func = functions[index]
-        # the caller's options (PassContext is per thread), without its instruments, which
-        # are not thread-safe
-        context = tvm.transform.PassContext(
-            opt_level=current.opt_level,
-            required_pass=list(current.required_pass),
-            disabled_pass=list(current.disabled_pass),
-            config=dict(current.config),
-        )
-        with context:
-            module = tvm.IRModule({gvar: func}, attrs=leftover.attrs)
-            return tvm.tirx.build(module, target=_function_target(target, func))
+        return _build_function(gvar, func, target, options, leftover.attrs)
 
     folder = tempfile.TemporaryDirectory(prefix="convforge-codegen-")
-    objects = [os.path.join(folder.name, f"lib{i}.o") for i in range(len(functions))]
+    objects = [
+        taken[i][1] if i in taken else os.path.join(folder.name, f"lib{i}.o")
+        for i in range(len(functions))
+    ]
     packed = os.path.join(folder.name, "devc.o")
     threads = max(1, min(jobs or compile_jobs(), len(functions) + 1))
     try:
@@ -183,7 +284,11 @@ def build(
 
                 # the constants' object (the longest task) first, the kernels' beside it
                 tasks = [pool.submit(pack)]
-                tasks += [pool.submit(m.write_to_file, o) for m, o in zip(libraries, objects)]
+                tasks += [
+                    pool.submit(m.write_to_file, o)
+                    for i, (m, o) in enumerate(zip(libraries, objects))
+                    if i not in taken
+                ]
                 for task in tasks:
                     task.result()
     except BaseException:

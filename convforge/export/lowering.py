@@ -117,6 +117,10 @@ class LoweringContext:
     #: Recorded function name -> the plan of the Conv it computes (``convforge tune
     #: --onnx`` tunes its knobs).
     plans: dict[str, ConvPlan] = field(default_factory=dict)
+    #: Called with (name, PrimFunc) for each new kernel function as it is added, or None:
+    #: the CPU codegen builds it while the import goes on
+    #: (:class:`convforge.export.codegen.EarlyBuilds`).
+    prebuild: Callable[[str, tvm.tirx.PrimFunc], None] | None = None
     _scheduled: dict[int, tuple[tvm.IRModule, str]] = field(default_factory=dict)
 
     def emit_kernel(self, node: str, op_type: str, step: KernelStep) -> relax.Expr:
@@ -154,6 +158,8 @@ class LoweringContext:
             prim = prim.with_attr(OPT_LEVEL_ATTR, opt_level)
         name = "cf_" + re.sub(r"\W", "_", node) + suffix
         gvar = self.bb.add_func(prim, name)
+        if self.prebuild is not None and gvar.name_hint not in self.added_functions:
+            self.prebuild(gvar.name_hint, prim)
         self.added_functions.add(gvar.name_hint)
         out_ty = [relax.TensorType([int(v) for v in t.shape], str(t.dtype)) for t in outputs]
         out_ty = out_ty[0] if len(out_ty) == 1 else out_ty

@@ -30,7 +30,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from convforge.export import runtime
+from convforge.export import codegen, runtime
 from convforge.export.compiled import (  # noqa: F401  (re-exported: this module's public API)
     METADATA_FUNCTION,
     NONFINITE_CHECK_SUFFIX,
@@ -183,23 +183,30 @@ def compile_model(
     with profile.phase("load"):
         original = load_onnx(model)
     buckets = dynamic_batch_buckets(original, input_shapes, dynamic, batch_buckets)
-    if buckets is None:
-        mod, ctx, metadata = import_model(
-            original, resolved, tuning_db, input_shapes, progress, algorithm=algorithm,
-            profile=profile,
-        )  # fmt: skip
-    else:
-        mod, ctx, metadata = _import_buckets(
-            original, resolved, tuning_db, input_shapes, progress, algorithm, profile, buckets
-        )
-    mod = _with_metadata(mod, metadata)
-    say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
-    start = time.perf_counter()
-    pipeline = relax_pipeline(resolved, profile)
-    if is_cpu(resolved):  # kernels built in parallel and linked once (export/codegen.py)
-        (module, weights), library = _build_and_load(mod, resolved, pipeline, profile)
-    else:
-        module, weights, library = tvm_compile(mod, resolved, pipeline, profile), [], None
+    # CPU kernels built while the import goes on (one bucket; export/codegen.py)
+    early = codegen.EarlyBuilds(resolved) if is_cpu(resolved) and buckets is None else None
+    try:
+        if buckets is None:
+            mod, ctx, metadata = import_model(
+                original, resolved, tuning_db, input_shapes, progress, algorithm=algorithm,
+                profile=profile, early=early,
+            )  # fmt: skip
+        else:
+            mod, ctx, metadata = _import_buckets(
+                original, resolved, tuning_db, input_shapes, progress, algorithm, profile,
+                buckets,
+            )  # fmt: skip
+        mod = _with_metadata(mod, metadata)
+        say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
+        start = time.perf_counter()
+        pipeline = relax_pipeline(resolved, profile)
+        if is_cpu(resolved):  # kernels built in parallel and linked once (export/codegen.py)
+            (module, weights), library = _build_and_load(mod, resolved, pipeline, profile, early)
+        else:
+            module, weights, library = tvm_compile(mod, resolved, pipeline, profile), [], None
+    finally:
+        if early is not None:
+            early.close()
     say(f"compiled in {time.perf_counter() - start:.1f} s")
 
     def specialize(shapes: dict[str, tuple[int, ...]]) -> CompiledModel:
@@ -264,14 +271,16 @@ def _cached_model(
 
 
 def _build_and_load(
-    mod: tvm.IRModule, target: tvm.target.Target, pipeline: Any, profile: Any
+    mod: tvm.IRModule,
+    target: tvm.target.Target,
+    pipeline: Any,
+    profile: Any,
+    early: codegen.EarlyBuilds | None = None,
 ) -> tuple[tuple[tvm.runtime.Module, list], _PrivateLibrary]:
-    """Compile ``mod`` for a CPU target with :mod:`convforge.export.codegen` and load the
-    linked library: ((the loaded module, its weights), the library file, kept while the
-    model lives)."""
-    from convforge.export import codegen
-
-    built = codegen.build(mod, target, pipeline, profile.phase)
+    """Compile ``mod`` for a CPU target with :mod:`convforge.export.codegen` (``early``: its
+    kernels built during the import) and load the linked library: ((the loaded module, its
+    weights), the library file, kept while the model lives)."""
+    built = codegen.build(mod, target, pipeline, profile.phase, early=early)
     try:
         library = _PrivateLibrary()
         with profile.phase("link"):
@@ -407,11 +416,13 @@ def import_model(
     *,
     algorithm: str = "auto",
     profile: Any = None,
+    early: Any = None,
 ) -> tuple[tvm.IRModule, LoweringContext, dict]:
     """The relax module of ``model`` with convforge's kernels (scheduled, not compiled),
     the lowering context (its ``records`` and unscheduled ``functions``) and the metadata;
     ``algorithm`` as :func:`compile_model`'s; ``profile`` (a
-    :class:`convforge.export.compile_profile.CompileProfile`) gets the phases' seconds."""
+    :class:`convforge.export.compile_profile.CompileProfile`) gets the phases' seconds;
+    ``early`` (a :class:`convforge.export.codegen.EarlyBuilds`) gets each new kernel."""
     from convforge.export.compile_profile import CompileProfile
 
     profile = profile if profile is not None else CompileProfile()
@@ -445,8 +456,9 @@ def import_model(
     with profile.phase("fusion"):
         fused = fuse_convolutions(original)
     ctx = LoweringContext(
-        target, tuning_db, progress=progress, algorithm=algorithm, profile=profile
-    )
+        target, tuning_db, progress=progress, algorithm=algorithm, profile=profile,
+        prebuild=None if early is None else early.submit,
+    )  # fmt: skip
     import_started = time.perf_counter()
     kernel_seconds = profile.phases.get("kernel compute", 0.0) + profile.phases.get(
         "kernel schedule", 0.0
