@@ -11,14 +11,13 @@ object emission and 6.7 s of JIT (``benchmarks/bench_compile.py``). Here, instea
    :func:`compile_jobs` - 1 threads (:class:`EarlyBuilds`);
 1. the relax pipeline and the VM's bytecode generation run as in ``relax.build``;
 2. each PrimFunc becomes its own LLVM module (``tvm.tirx.build``: TIR passes, LLVM IR, LLVM's
-   optimizer), on a pool of :func:`compile_jobs` threads (TVM releases the GIL while it
-   compiles), convforge's kernels first; a kernel built early is taken where the pipeline
-   left it structurally equal (every one, so far), and one whose early build has not
-   started yet is built here instead;
+   optimizer) and writes its object file at once, on a pool of :func:`compile_jobs`
+   threads (TVM releases the GIL while it compiles), convforge's kernels first; a kernel
+   built early is taken where the pipeline left it structurally equal (every one, so
+   far), and one whose early build has not started yet is built here instead;
 3. the VM executable (bytecode and small constants: the weights are lifted out of it,
    :func:`convforge.export.weights.lift_weights`) is linked with them and packed into one
-   more object, as ``export_library`` packs it (``ModulePackImportsToLLVM``), while the same
-   threads write each kernel's object file;
+   more object, as ``export_library`` packs it (``ModulePackImportsToLLVM``);
 4. everything is linked once into a shared library (TVM's ``cc.create_shared``), the
    weights appended as a section after it, which the model then loads: no JIT, and a cache
    entry or an export is a copy of that file.
@@ -218,8 +217,8 @@ def build(
 ) -> Built:
     """Run the relax pipeline on ``mod`` for the CPU ``target``, then write its machine code
     as object files (module doc). ``phase(name)`` is a context manager timing each step
-    (``CompileProfile.phase``): "codegen" (every PrimFunc's TIR passes, LLVM IR and
-    optimizer) and "objects" (their object files and the packed VM executable's)."""
+    (``CompileProfile.phase``): "codegen" (every PrimFunc's TIR passes, LLVM IR, optimizer
+    and object file) and "objects" (the packed VM executable's)."""
     from convforge.export.weights import lift_weights
 
     with target:
@@ -250,7 +249,9 @@ def build(
         if index in taken:
             return taken[index][0].result()
         gvar, func = functions[index]
-        return _build_function(gvar, func, target, options, leftover.attrs)
+        module = _build_function(gvar, func, target, options, leftover.attrs)
+        module.write_to_file(objects[index])  # at once: no thread waits for the slowest build
+        return module
 
     folder = tempfile.TemporaryDirectory(prefix="convforge-codegen-")
     objects = [
@@ -276,21 +277,8 @@ def build(
                     else str(tvm.target.Target(_target_config(target)))
                 )
 
-                def pack() -> None:
-                    imports = runtime_api.ModulePackImportsToLLVM(
-                        executable, False, llvm_target, ""
-                    )
-                    imports.write_to_file(packed)
-
-                # the constants' object (the longest task) first, the kernels' beside it
-                tasks = [pool.submit(pack)]
-                tasks += [
-                    pool.submit(m.write_to_file, o)
-                    for i, (m, o) in enumerate(zip(libraries, objects))
-                    if i not in taken
-                ]
-                for task in tasks:
-                    task.result()
+                imports = runtime_api.ModulePackImportsToLLVM(executable, False, llvm_target, "")
+                imports.write_to_file(packed)
     except BaseException:
         folder.cleanup()
         raise

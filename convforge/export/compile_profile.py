@@ -20,9 +20,9 @@ Phases (each compile's phases add up to its ``total``, up to ``other``):
 
 On CPU targets (:mod:`convforge.export.codegen`):
 
-- ``codegen``: every PrimFunc's TIR passes, LLVM IR and optimizer, in parallel;
-- ``objects``: their object files and the VM executable's (bytecode, constants), in
-  parallel;
+- ``codegen``: every PrimFunc's TIR passes, LLVM IR, optimizer and object file, in
+  parallel (what was not built during the import);
+- ``objects``: the VM executable's object file (bytecode, constants);
 - ``link``: the shared library linked; ``load library``: loaded.
 
 On GPU targets, ``tvm.compile`` (TVM's default relax pipeline):
