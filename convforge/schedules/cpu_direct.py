@@ -21,6 +21,7 @@ full tiles run without bounds tests.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import tvm
@@ -87,8 +88,16 @@ def accumulator_budget(target: tvm.target.Target) -> int:
 def has_block(func: tirx.PrimFunc, name: str) -> bool:
     """Whether ``func``'s root holds a block named ``name`` (block names are the contract
     between ops/ and schedules/)."""
+    return name in _root_block_names(func)
+
+
+@functools.lru_cache(maxsize=64)
+def _root_block_names(func: tirx.PrimFunc) -> frozenset[str]:
+    """The names of the blocks under ``func``'s root (kept per function object, which the
+    cache holds: the schedule rules ask several times about one function, and making a
+    schedule costs about a millisecond)."""
     sch = s_tir.Schedule(func)
-    return any(sch.get(b).name_hint == name for b in sch.get_child_blocks(sch.get_sblock("root")))
+    return frozenset(sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root")))
 
 
 def largest_divisor(n: int, limit: int) -> int:
