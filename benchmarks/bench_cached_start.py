@@ -61,12 +61,10 @@ def _start(checkout: str, path: str, env: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, ROOT)
-    from benchmarks.bench_compile import MODEL_NAMES, build_model
-    from convforge.examples import networks
+    from benchmarks.bench_compile import MODEL_NAMES, build_model, zoo_names
 
-    zoo = {f"zoo_{name}": name for name in networks.LIGHT_ZOO}  # the ONNX package's graphs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=[*MODEL_NAMES, *zoo], default="resnet15")
+    parser.add_argument("--model", choices=[*MODEL_NAMES, *zoo_names()], default="resnet15")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--compare", metavar="CHECKOUT",
@@ -83,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {name: [] for name in checkouts}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        model = (
-            networks.light_zoo(zoo[args.model]) if args.model in zoo else build_model(args.model)
-        )
-        onnx.save(model, path)
+        onnx.save(build_model(args.model), path)
         env = {**os.environ, "CONVFORGE_CACHE_DIR": os.path.join(tmp, "cache"),
                "CONVFORGE_CACHE": "1"}  # fmt: skip
         for name, checkout in checkouts.items():

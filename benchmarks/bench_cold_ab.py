@@ -1,7 +1,7 @@
 """Cold compile to the first output, two checkouts alternated (issue #17 before/after).
 
-    python benchmarks/bench_cold_ab.py BEFORE_DIR AFTER_DIR [--model resnet50|resnet15]
-        [--buckets 1] [--runs 2] [--out FILE]
+    python benchmarks/bench_cold_ab.py BEFORE_DIR AFTER_DIR [--model resnet50|resnet15|zoo_NAME]
+        [--buckets 1|B1,B2,...|none] [--runs 2] [--out FILE]
 
 Each run is a new process for one checkout (alternating before, after, after, before, ...),
 with a fresh empty cache folder and profiling off, as a user's first compile: it times the
@@ -47,19 +47,23 @@ print(json.dumps({"imports": imported - began, "compile_model": compiled - impor
 def main(argv: list[str] | None = None) -> int:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
-    from benchmarks.bench_compile import MODEL_NAMES, build_model
+    from benchmarks.bench_compile import MODEL_NAMES, build_model, zoo_names
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before")
     parser.add_argument("after")
-    parser.add_argument("--model", choices=MODEL_NAMES, default="resnet50")
-    parser.add_argument("--buckets", default="1", help="batch buckets, comma-separated")
+    parser.add_argument("--model", choices=[*MODEL_NAMES, *zoo_names()], default="resnet50")
+    parser.add_argument(
+        "--buckets", default="1",
+        help="batch buckets, comma-separated, or 'none' (a model without a symbolic batch)",
+    )  # fmt: skip
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     import onnx
 
-    buckets = json.dumps([int(b) for b in args.buckets.split(",")])
+    none = args.buckets.strip().lower() == "none"
+    buckets = json.dumps(None if none else [int(b) for b in args.buckets.split(",")])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")

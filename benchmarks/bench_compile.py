@@ -61,10 +61,22 @@ MODEL_NAMES = ("resnet15", "resnet50")
 
 
 def build_model(name: str):
-    """The model ``name`` of :data:`MODEL_NAMES` (see the module docstring)."""
+    """The model ``name`` of :data:`MODEL_NAMES` (see the module docstring), or of
+    :func:`zoo_names`."""
     from convforge.examples import networks
 
+    if name.startswith("zoo_"):
+        return networks.light_zoo(name.removeprefix("zoo_"))
     return resnet15() if name == "resnet15" else networks.resnet50()
+
+
+def zoo_names() -> list[str]:
+    """``zoo_NAME`` for each of the ONNX package's light zoo graphs (their own weights: the
+    issue's "light ResNet-50" is ``zoo_resnet50``). Imports convforge's examples: for the
+    scripts that time other processes, not this one's imports."""
+    from convforge.examples import networks
+
+    return [f"zoo_{name}" for name in networks.LIGHT_ZOO]
 
 
 def main(argv: list[str] | None = None) -> int:
