@@ -111,8 +111,8 @@ def _file_digest(f: Any) -> str:
     """SHA-256 of the open file ``f``: its memo's (:func:`_memo`) where the cache is on and
     one was written for the file's current state, else hashed (and a memo written, best
     effort, when the file is settled and did not change while it was read)."""
-    if not kernel_cache.enabled():
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    if not kernel_cache.enabled() or os.name != "posix":  # elsewhere st_ctime is the birth
+        return hashlib.file_digest(f, "sha256").hexdigest()  # time, which a rewrite keeps
     before = os.fstat(f.fileno())
     memo = _memo(before)
     with contextlib.suppress(OSError, ValueError, TypeError):
