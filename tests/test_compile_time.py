@@ -16,8 +16,9 @@ from convforge.export.check import compare, run_onnxruntime
 from convforge.export.compile_profile import CompileProfile
 
 
-def _repeated_convs(rng, layers: int = 3, channels: int = 8, size: int = 10):
-    """``layers`` Conv+Relu of one geometry (3x3, same padding), each with its own weights."""
+def _repeated_convs(rng, layers: int = 3, channels: int = 8, size: int = 10, batch=1):
+    """``layers`` Conv+Relu of one geometry (3x3, same padding), each with its own weights
+    (``batch``: the input's batch dimension, a number or a symbol)."""
     nodes, weights, x = [], {}, "x"
     for i in range(layers):
         weights[f"w{i}"] = (rng.standard_normal((channels, channels, 3, 3)) / 8).astype(np.float32)
@@ -27,8 +28,8 @@ def _repeated_convs(rng, layers: int = 3, channels: int = 8, size: int = 10):
         x = f"y{i}"
     graph = helper.make_graph(
         nodes, "repeated",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, channels, size, size])],
-        [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, channels, size, size])],
+        [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [batch, channels, size, size])],
         initializer=[onnx.numpy_helper.from_array(v, n) for n, v in weights.items()],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -188,19 +189,38 @@ def test_kernels_built_during_the_import_are_taken_only_while_unchanged(rng, mon
     from convforge.targets import host_target
 
     taken: list[int] = []
-    real = codegen.EarlyBuilds.take
+    submitted: set[str] = set()
+    final: set[str] = set()
+    real_take, real_submit = codegen.EarlyBuilds.take, codegen.EarlyBuilds.submit
 
-    def spy(self, functions):
-        got = real(self, functions)
+    def take(self, functions):
+        got = real_take(self, functions)
         taken.append(len(got))
+        final.update(gvar.name_hint for gvar, _ in functions)
         return got
 
-    monkeypatch.setattr(codegen.EarlyBuilds, "take", spy)
+    def submit(self, name, func):
+        submitted.add(name)
+        real_submit(self, name, func)
+
+    monkeypatch.setattr(codegen.EarlyBuilds, "take", take)
+    monkeypatch.setattr(codegen.EarlyBuilds, "submit", submit)
     model = _winograd_then_pool(rng)
     x = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)
     compiled = cf.compile_model(model, algorithm="winograd")
     assert len(taken) == 1 and taken[0] >= 1, taken
+    assert submitted and submitted <= final, (submitted, final)
     agreement = compare(compiled(x=x)[0], run_onnxruntime(model, {"x": x})[0])
+    assert agreement.ok, agreement
+
+    # A dynamic batch: every bucket's kernels go early, under their merged names.
+    taken.clear(), submitted.clear(), final.clear()
+    dynamic = _repeated_convs(rng, batch="N")
+    compiled = cf.compile_model(dynamic, algorithm="direct", batch_buckets=[1, 2])
+    assert {n for n in submitted if n.endswith("_b2")} and submitted <= final, submitted
+    assert len(taken) == 1 and taken[0] >= 1, taken
+    x3 = rng.standard_normal((3, 8, 10, 10)).astype(np.float32)
+    agreement = compare(compiled(x=x3)[0], run_onnxruntime(dynamic, {"x": x3})[0])
     assert agreement.ok, agreement
 
     def func(scale: float) -> tvm.tirx.PrimFunc:
@@ -208,13 +228,15 @@ def test_kernels_built_during_the_import_are_taken_only_while_unchanged(rng, mon
         b = te.compute((64,), lambda i: a[i] * scale, "b")
         return te.create_prim_func([a, b])
 
+    monkeypatch.setattr(codegen.EarlyBuilds, "take", real_take)
+    monkeypatch.setattr(codegen.EarlyBuilds, "submit", real_submit)
     early = codegen.EarlyBuilds(host_target())
     try:
         early.submit("cf_scale", func(2.0))
         early._builds["cf_scale"][1].result()  # built: only the comparison can refuse it
-        final = func(3.0).with_attr("global_symbol", "cf_scale")
-        assert not tvm_ffi.structural_equal(early._builds["cf_scale"][0], final)
-        assert early.take([(tvm.ir.GlobalVar("cf_scale"), final)]) == {}
+        changed = func(3.0).with_attr("global_symbol", "cf_scale")
+        assert not tvm_ffi.structural_equal(early._builds["cf_scale"][0], changed)
+        assert early.take([(tvm.ir.GlobalVar("cf_scale"), changed)]) == {}
         same = func(2.0).with_attr("global_symbol", "cf_scale")
         assert list(early.take([(tvm.ir.GlobalVar("cf_scale"), same)])) == [0]
     finally:

@@ -91,6 +91,12 @@ def function_name(bucket: int, smallest: int) -> str:
     return "main" if bucket == smallest else f"main_b{bucket}"
 
 
+def name_suffix(bucket: int, smallest: int) -> str:
+    """What the merged module appends to the names of ``bucket``'s functions (none for the
+    smallest bucket's)."""
+    return "" if bucket == smallest else f"_b{bucket}"
+
+
 def merge_buckets(modules: Mapping[int, tvm.IRModule]) -> tvm.IRModule:
     """One module holding every bucket's functions (``modules``: bucket -> the module
     :func:`convforge.export.model.import_model` made for that batch); names as in the
@@ -114,7 +120,7 @@ def merge_buckets(modules: Mapping[int, tvm.IRModule]) -> tvm.IRModule:
     bb = relax.BlockBuilder()
     for bucket in sorted(modules):
         mod = modules[bucket]
-        suffix = "" if bucket == smallest else f"_b{bucket}"
+        suffix = name_suffix(bucket, smallest)
         mapping: dict = {}
         relax_funcs = []
         for gv, func in mod.functions.items():

@@ -183,18 +183,18 @@ def compile_model(
     with profile.phase("load"):
         original = load_onnx(model)
     buckets = dynamic_batch_buckets(original, input_shapes, dynamic, batch_buckets)
-    # CPU kernels built while the import goes on (one bucket; export/codegen.py)
-    early = codegen.EarlyBuilds(resolved) if is_cpu(resolved) and buckets is None else None
+    # CPU kernels built while the import goes on (export/codegen.py)
+    early = codegen.EarlyBuilds(resolved) if is_cpu(resolved) else None
     try:
         if buckets is None:
             mod, ctx, metadata = import_model(
                 original, resolved, tuning_db, input_shapes, progress, algorithm=algorithm,
-                profile=profile, early=early,
+                profile=profile, prebuild=None if early is None else early.submit,
             )  # fmt: skip
         else:
             mod, ctx, metadata = _import_buckets(
                 original, resolved, tuning_db, input_shapes, progress, algorithm, profile,
-                buckets,
+                buckets, early,
             )  # fmt: skip
         mod = _with_metadata(mod, metadata)
         say(f"compiling ({len(ctx.records)} convforge kernels, the rest TVM's default lowering)")
@@ -381,11 +381,13 @@ def _import_buckets(
     algorithm: str,
     profile: Any,
     buckets: Sequence[int],
+    early: codegen.EarlyBuilds | None = None,
 ) -> tuple[tvm.IRModule, LoweringContext, dict]:
     """:func:`import_model` once per batch bucket, merged into one module
     (:func:`convforge.export.buckets.merge_buckets`); the smallest bucket's context and
-    metadata, with ``batch_buckets`` added."""
-    from convforge.export.buckets import merge_buckets
+    metadata, with ``batch_buckets`` added. ``early`` gets each bucket's kernels under
+    their names in the merged module."""
+    from convforge.export.buckets import merge_buckets, name_suffix
 
     specs = declared_inputs(original)
     base = compiled_shapes(specs, input_shapes)
@@ -396,9 +398,12 @@ def _import_buckets(
             for s in specs
         }
         (progress or (lambda m: None))(f"lowering for batch {bucket} (buckets {list(buckets)})")
+        suffix = name_suffix(bucket, min(buckets))
+        prebuild = None if early is None else (lambda n, f, s=suffix: early.submit(n + s, f))
         modules[bucket], ctx, metadata = import_model(
-            original, target, tuning_db, shapes, progress, algorithm=algorithm, profile=profile
-        )
+            original, target, tuning_db, shapes, progress, algorithm=algorithm, profile=profile,
+            prebuild=prebuild,
+        )  # fmt: skip
         first = first or (ctx, metadata)
     with profile.phase("merge buckets"):
         mod = merge_buckets(modules)
@@ -416,13 +421,13 @@ def import_model(
     *,
     algorithm: str = "auto",
     profile: Any = None,
-    early: Any = None,
+    prebuild: Callable[[str, tvm.tirx.PrimFunc], None] | None = None,
 ) -> tuple[tvm.IRModule, LoweringContext, dict]:
     """The relax module of ``model`` with convforge's kernels (scheduled, not compiled),
     the lowering context (its ``records`` and unscheduled ``functions``) and the metadata;
     ``algorithm`` as :func:`compile_model`'s; ``profile`` (a
     :class:`convforge.export.compile_profile.CompileProfile`) gets the phases' seconds;
-    ``early`` (a :class:`convforge.export.codegen.EarlyBuilds`) gets each new kernel."""
+    ``prebuild(name, func)`` gets each new kernel function (the lowering context's)."""
     from convforge.export.compile_profile import CompileProfile
 
     profile = profile if profile is not None else CompileProfile()
@@ -457,7 +462,7 @@ def import_model(
         fused = fuse_convolutions(original)
     ctx = LoweringContext(
         target, tuning_db, progress=progress, algorithm=algorithm, profile=profile,
-        prebuild=None if early is None else early.submit,
+        prebuild=prebuild,
     )  # fmt: skip
     import_started = time.perf_counter()
     kernel_seconds = profile.phases.get("kernel compute", 0.0) + profile.phases.get(
