@@ -64,18 +64,28 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[np.ndarray]]:
     weights: list = []  # the Constant of each weight
     index: dict[tuple, int] = {}
 
+    met: dict = {}  # tensor -> its weight's index or None: a tensor met again is not hashed
+
     def weight_of(const: Any) -> int | None:
         value = const.value
         if not hasattr(value, "numpy"):
             return None
-        array = value.numpy()
-        if array.nbytes < WEIGHT_MIN_BYTES:
-            return None
-        key = (str(array.dtype), array.shape, hashlib.sha256(array.tobytes()).digest())
-        if key not in index:
-            index[key] = len(weights)
-            weights.append(const)
-        return index[key]
+        if value in met:
+            return met[value]
+        try:
+            array = np.from_dlpack(value)  # the constant's own memory (CPU), not a copy
+        except (TypeError, ValueError, BufferError, RuntimeError):  # a dtype numpy lacks
+            array = value.numpy()
+        found = None
+        if array.nbytes >= WEIGHT_MIN_BYTES:
+            data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+            key = (str(array.dtype), array.shape, hashlib.sha256(data).digest())
+            if key not in index:
+                index[key] = len(weights)
+                weights.append(const)
+            found = index[key]
+        met[value] = found
+        return found
 
     own: dict = {}
     callees: dict = {}
