@@ -183,14 +183,17 @@ class EarlyBuilds:
         return module
 
     def take(
-        self, functions: list[tuple[tvm.ir.GlobalVar, tvm.tirx.PrimFunc]]
+        self, functions: list[tuple[tvm.ir.GlobalVar, tvm.tirx.PrimFunc]], attrs: Any = None
     ) -> dict[int, tuple[concurrent.futures.Future, str]]:
         """The early builds of the model's ``functions`` (after the pipeline), by index: each
         one's future (its module) and object file. Builds not started yet are cancelled
         first (the caller builds those, on all its threads); a function that changed since
-        it was submitted (not structurally equal) is not taken."""
+        it was submitted (not structurally equal) is not taken, nor any where the functions
+        are built in a module with attributes (``attrs``: early builds had none)."""
         for _, future, _ in self._builds.values():
             future.cancel()
+        if attrs:
+            return {}
         taken = {}
         for index, (gvar, func) in enumerate(functions):
             entry = self._builds.get(gvar.name_hint)
@@ -243,7 +246,7 @@ def build(
     options = _Options.current()
     # early builds (module doc): their modules (a running one waited for by a pool thread)
     # and object files, already written
-    taken = early.take(functions) if early is not None else {}
+    taken = early.take(functions, leftover.attrs) if early is not None else {}
 
     def build_one(index: int) -> tvm.runtime.Module:
         if index in taken:
