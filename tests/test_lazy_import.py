@@ -128,10 +128,11 @@ def test_tvm_and_its_runtime_are_imported_without_torch(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("setting", [None, "300000"])
 def test_idle_tvm_workers_block_after_a_short_spin_unless_the_user_sets_it(setting, monkeypatch):
-    """convforge.tvm_import sets TVM_THREAD_POOL_SPIN_COUNT to 1000 unless it is set: after a
-    parallel kernel the process burns well under 25 ms of CPU time in the next 0.3 s, the
-    operating system's count (TVM's default spin, kept where the user sets it, burns a core
-    for most of that time)."""
+    """convforge.tvm_import sets TVM_THREAD_POOL_SPIN_COUNT to 1000 before TVM's thread pool
+    starts, unless the user set it (then kept). At 1000, after a parallel kernel the process
+    burns under 10 ms of CPU time in the next 0.5 s (the operating system's count; TVM's
+    default spin burnt a core for most of that on an idle machine, but how much a spinning
+    thread gets beside other load varies, so that case is not timed here)."""
     monkeypatch.setenv("TVM_NUM_THREADS", "2")
     monkeypatch.delenv("TVM_THREAD_POOL_SPIN_COUNT", raising=False)
     if setting is not None:
@@ -147,7 +148,7 @@ def test_idle_tvm_workers_block_after_a_short_spin_unless_the_user_sets_it(setti
         before = time.process_time()
         cf.conv(x, w, padding=1)
         ran = time.process_time()
-        time.sleep(0.3)
+        time.sleep(0.5)
         idle = time.process_time() - ran
         print(json.dumps([os.environ["TVM_THREAD_POOL_SPIN_COUNT"], idle, ran - before]))
         """
@@ -156,6 +157,4 @@ def test_idle_tvm_workers_block_after_a_short_spin_unless_the_user_sets_it(setti
     value, idle, busy = json.loads(out.stdout.strip().splitlines()[-1])
     assert value == (setting or "1000")
     if setting is None:
-        assert idle < 0.025, (idle, busy)
-    else:
-        assert idle > 0.025, (idle, busy)
+        assert idle < 0.01, (idle, busy)
