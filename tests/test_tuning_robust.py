@@ -62,9 +62,24 @@ def _env() -> dict[str, str]:
     }
 
 
+def _sigint_default() -> None:
+    """In a child before it runs: SIGINT handled as usual, as under a terminal (a test run
+    launched as a background job ignores SIGINT, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's default SIGINT handler in this process for the test (restored after): the
+    premise of ``tuning._interruptible``, which a background job's ignored SIGINT lacks."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class _Tuner:
-    """``convforge tune`` in a subprocess (its own process group), stdout read line by line
-    (a pipe: not a terminal)."""
+    """``convforge tune`` in a subprocess (its own process group, SIGINT as under a
+    terminal), stdout read line by line (a pipe: not a terminal)."""
 
     def __init__(self, argv: list[str], stderr: Path) -> None:
         self.lines: list[str] = []
@@ -73,6 +88,7 @@ class _Tuner:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "convforge", "tune", *argv], env=_env(),
                 stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
+                preexec_fn=_sigint_default,
             )  # fmt: skip
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -293,7 +309,7 @@ def _swallowed_ctrl_c() -> None:
         pass
 
 
-def test_a_ctrl_c_that_tvm_swallows_still_interrupts_the_run():
+def test_a_ctrl_c_that_tvm_swallows_still_interrupts_the_run(python_sigint):
     """After a swallowed Ctrl-C the tuning call raises KeyboardInterrupt when it returns
     normally, and the runner refuses to measure more (its error comes back through TVM's
     FFI, as in a search); the default handler is back after each."""
