@@ -34,7 +34,8 @@ TVM: convforge's version and code digest, TVM's installed build (its version fil
 compiler library), the ``target`` argument as given (None or a string), this machine (its
 CPU's model name and flags from ``/proc/cpuinfo``, CPU counts), every ``CONVFORGE_*`` and
 ``TVM_*`` environment variable (but TVM's thread pool spin, which the runtime alone reads
-and convforge sets: :data:`convforge.tvm_import.SPIN_ENV`), the model's digest, the options and the ``tuning_db`` path.
+and convforge sets: :data:`convforge.tvm_import.SPIN_ENV`), the model's digest, the
+options and the ``tuning_db`` path.
 The index file also holds the modification time of each tuning database folder the parts'
 state consulted and of each database's root (a folder added there: another core count's
 records under ``match="cpu"``). :func:`quick_load` trusts an index file only while every
