@@ -363,3 +363,28 @@ def test_a_model_files_digest_is_remembered_only_for_its_unchanged_settled_state
     assert model_cache.model_digest(path) == hashlib.sha256(b"b" + b"a" * 4095).hexdigest()
     assert hashed == [1]
     assert memo.exists() and len(_digest_memos(cache)) == 2
+
+
+def test_a_compile_hashes_its_model_file_once(cache, tmp_path, monkeypatch):
+    """cf.compile_model of a freshly written file (no digest memo yet) reads it through
+    SHA-256 once for its start key, entry key and quick index (it was three times), and the
+    entry it stores is the one a second compile of the same bytes loads; a file rewritten
+    with other bytes is another entry (the digests counted: hashlib's own)."""
+    import hashlib
+
+    hashed = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda *a: hashed.append(1) or real(*a))
+    model = _model(seed=7)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    first = cf.compile_model(path)
+    assert not _hit(first) and len(hashed) == 1, hashed
+    _assert_matches_onnxruntime(model, first)
+    hashed.clear()
+    assert _hit(cf.compile_model(path)) and len(hashed) == 1
+    other = _model(seed=8)
+    onnx.save(other, path)
+    changed = cf.compile_model(path)
+    assert not _hit(changed) and len(_entries(cache)) == 2
+    _assert_matches_onnxruntime(other, changed)

@@ -701,20 +701,23 @@ def compile_model(
     first checks its input: where it holds a NaN or an infinity the direct kernel runs, so
     non-finite outputs are exactly onnxruntime's (report() counts the check in its share).
     """
-    hit = _quick_hit(
-        model, target, tuning_db, input_shapes, progress, algorithm, dynamic, batch_buckets
-    )
-    if hit is not None:
-        return hit
-    from convforge.tvm_import import import_tvm
+    from convforge.export import model_cache
 
-    import_tvm()
-    from convforge.export import model as full
+    with model_cache.one_digest_per_file():  # the model file hashed once, not per key
+        hit = _quick_hit(
+            model, target, tuning_db, input_shapes, progress, algorithm, dynamic, batch_buckets
+        )
+        if hit is not None:
+            return hit
+        from convforge.tvm_import import import_tvm
 
-    return full.compile_model(
-        model, target, tuning_db, input_shapes, progress, algorithm,
-        dynamic=dynamic, batch_buckets=batch_buckets,
-    )  # fmt: skip
+        import_tvm()
+        from convforge.export import model as full
+
+        return full.compile_model(
+            model, target, tuning_db, input_shapes, progress, algorithm,
+            dynamic=dynamic, batch_buckets=batch_buckets,
+        )  # fmt: skip
 
 
 def _quick_hit(

@@ -54,6 +54,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,14 +109,43 @@ def _memo(stat: os.stat_result) -> Path:
     return kernel_cache.index_dir() / f"digest-{key}.json"
 
 
+_SCOPE = threading.local()
+
+
+@contextlib.contextmanager
+def one_digest_per_file() -> Iterator[None]:
+    """Within this context (one compile, in this thread) a model file is hashed once per
+    state (device, inode, size and times, as :func:`_memo` keys it): the start key, the
+    entry's key and the quick index then name the bytes first hashed, as the compile reads
+    them (a fresh 100 MB file was hashed three times per compile)."""
+    outer = getattr(_SCOPE, "digests", None)
+    _SCOPE.digests = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _SCOPE.digests = outer
+
+
 def _file_digest(f: Any) -> str:
-    """SHA-256 of the open file ``f``: its memo's (:func:`_memo`) where the cache is on and
-    one was written for the file's current state, else hashed (and a memo written, best
-    effort, when the file is settled and did not change while it was read)."""
+    """SHA-256 of the open file ``f``: the one computed for its current state in this
+    :func:`one_digest_per_file` scope, or its memo's (:func:`_memo`) where the cache is on
+    and one was written for that state, else hashed (and a memo written, best effort, when
+    the file is settled and did not change while it was read)."""
     if not kernel_cache.enabled() or os.name != "posix":  # elsewhere st_ctime is the birth
         return hashlib.file_digest(f, "sha256").hexdigest()  # time, which a rewrite keeps
     before = os.fstat(f.fileno())
+    scope = getattr(_SCOPE, "digests", None)
     memo = _memo(before)
+    if scope is not None and memo in scope:
+        return scope[memo]
+    digest = _settled_digest(f, before, memo)
+    if scope is not None:
+        scope[memo] = digest
+    return digest
+
+
+def _settled_digest(f: Any, before: os.stat_result, memo: Path) -> str:
+    """:func:`_file_digest` past its scope: the memo's digest, else the file hashed."""
     with contextlib.suppress(OSError, ValueError, TypeError):
         digest = json.loads(memo.read_text())["sha256"]
         if isinstance(digest, str) and len(digest) == 64:
