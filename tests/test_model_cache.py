@@ -365,11 +365,12 @@ def test_a_model_files_digest_is_remembered_only_for_its_unchanged_settled_state
     assert memo.exists() and len(_digest_memos(cache)) == 2
 
 
-def test_a_compile_hashes_its_model_file_once(cache, tmp_path, monkeypatch):
+def test_a_compile_hashes_its_model_once(cache, tmp_path, monkeypatch):
     """cf.compile_model of a freshly written file (no digest memo yet) reads it through
     SHA-256 once for its start key, entry key and quick index (it was three times), and the
     entry it stores is the one a second compile of the same bytes loads; a file rewritten
-    with other bytes is another entry (the digests counted: hashlib's own)."""
+    with other bytes is another entry; a ModelProto is hashed once too (the digests
+    counted: hashlib's own)."""
     import hashlib
 
     hashed = []
@@ -388,3 +389,20 @@ def test_a_compile_hashes_its_model_file_once(cache, tmp_path, monkeypatch):
     changed = cf.compile_model(path)
     assert not _hit(changed) and len(_entries(cache)) == 2
     _assert_matches_onnxruntime(other, changed)
+
+    # A ModelProto is serialized for its digest once per compile too (it was three times).
+    from convforge.export import model_cache
+
+    proto = _model(seed=9)
+    size = len(proto.SerializeToString(deterministic=True))
+    lengths = []
+    real_sha = hashlib.sha256
+    monkeypatch.setattr(
+        model_cache.hashlib,
+        "sha256",
+        lambda *a: lengths.append(len(a[0]) if a else 0) or real_sha(*a),
+    )
+    compiled = cf.compile_model(proto)
+    assert not _hit(compiled)
+    _assert_matches_onnxruntime(proto, compiled)
+    assert lengths.count(size) == 1, (size, lengths)  # the model's bytes, hashed once
