@@ -53,9 +53,14 @@ SPIN_ENV = "TVM_THREAD_POOL_SPIN_COUNT"
 SPIN_COUNT = 1000
 
 
+def short_idle_spin() -> None:
+    """Set ``TVM_THREAD_POOL_SPIN_COUNT`` to :data:`SPIN_COUNT` unless it is set (module doc);
+    TVM reads it when its thread pool starts, so before the first parallel kernel."""
+    os.environ.setdefault(SPIN_ENV, str(SPIN_COUNT))
+
+
 @contextlib.contextmanager
 def _without_optional_imports() -> Iterator[None]:
-    os.environ.setdefault(SPIN_ENV, str(SPIN_COUNT))  # before TVM's thread pool starts
     hidden = [
         name
         for name, env in _OPTIONAL.items()
@@ -76,6 +81,7 @@ def import_tvm() -> ModuleType:
     for (module doc); returns the module."""
     if "tvm" in sys.modules:
         return sys.modules["tvm"]
+    short_idle_spin()
     with _without_optional_imports():
         return importlib.import_module("tvm")
 
@@ -100,6 +106,7 @@ def import_runtime() -> ModuleType:
     library and run its VM; a later ``import tvm`` loads the same file again (the same
     handle) and the compiler beside it. About 0.1 s where ``import tvm`` takes 1-1.5 s.
     Returns ``tvm_ffi``."""
+    short_idle_spin()
     with _without_optional_imports():
         tvm_ffi = importlib.import_module("tvm_ffi")
     if "tvm" not in sys.modules:

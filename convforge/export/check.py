@@ -57,7 +57,7 @@ def quiet_thread_pools() -> None:
     cannot be shortened, only turned off. Call it before the first TVM kernel runs (TVM
     reads the setting when its thread pool starts); settings the user made stay.
     """
-    os.environ.setdefault(tvm_import.SPIN_ENV, str(tvm_import.SPIN_COUNT))
+    tvm_import.short_idle_spin()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
