@@ -32,10 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _conv_relu_maxpool(path: Path) -> Path:
-    """Conv(4 -> 8, 3x3, pad 1, bias) -> Relu -> MaxPool(2x2, stride 2) on 1x4x12x12."""
+    """Conv(4 -> 16, 3x3, pad 1, bias) -> Relu -> MaxPool(2x2, stride 2) on 1x4x12x12 (16
+    output channels: a whole channel block of AVX-512 too, where the pool fuses)."""
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(8).astype(np.float32)
+    w = rng.standard_normal((16, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
     nodes = [
         helper.make_node(
             "Conv", ["x", "w", "b"], ["c"], "Conv_0", kernel_shape=[3, 3], pads=[1] * 4
@@ -46,7 +47,7 @@ def _conv_relu_maxpool(path: Path) -> Path:
     graph = helper.make_graph(
         nodes, "crp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 6])],
         initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
