@@ -120,8 +120,12 @@ _LAZY: dict[str, str] = {
     "check_model": "convforge.export.check_model",
 }
 
-#: The modules of _LAZY that import no TVM.
-_WITHOUT_TVM = ("convforge.shapes", "convforge.reference", "convforge.export.compiled")
+#: The modules of _LAZY that import no TVM (the numpy API's import TVM's compiler when a
+#: call compiles: a cached kernel runs on TVM's runtime alone, convforge.build).
+_WITHOUT_TVM = (
+    "convforge.api", "convforge.build", "convforge.targets", "convforge.shapes",
+    "convforge.reference", "convforge.export.compiled",
+)  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

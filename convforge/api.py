@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tvm import te
 
 from convforge import ops, qparams, shapes
 from convforge.build import (
@@ -22,7 +21,7 @@ from convforge.build import (
     Kernel,
     aligned,
     cached_kernel,
-    compile_computation,
+    persistent_kernel,
 )
 from convforge.ops.activation import check_activation
 from convforge.ops.qconv import fits_pmaddubsw
@@ -36,8 +35,9 @@ from convforge.plan import (
     plan_dense,
     plan_qconv,
 )
-from convforge.schedules import tuning
+from convforge.schedules import tuning_dbs
 from convforge.targets import TargetArg, resolve_target, target_key
+from convforge.tvm_import import te
 
 #: dtypes the compiled kernels accept.
 DTYPES = ("float16", "float32", "float64")
@@ -73,7 +73,7 @@ def nonfinite_check(size: int, target: TargetArg = None) -> Kernel:
             return [tx], [ops.winograd.nonfinite_flag(tx)]
 
         kernel = _nonfinite_checks.setdefault(
-            key, compile_computation("nonfinite_flag", build, target, persistent=True)
+            key, persistent_kernel("nonfinite_flag", (size,), build, target)
         )
     return kernel
 
@@ -149,7 +149,7 @@ class WeightCache:
         # the active tuning databases: whether the per-call kernel has a record (and so
         # whether w is packed at all) is decided again under others (their folders' state,
         # tuning.database_state, would cost 25-40 us more per call)
-        databases = (tuple(map(str, tuning.active_databases())), tuning.active_match())
+        databases = (tuple(map(str, tuning_dbs.active_databases())), tuning_dbs.active_match())
         key = (id(w), plan.key, databases)
         with self._lock:
             entry = self._entries.get(key)

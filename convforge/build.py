@@ -16,18 +16,27 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import tvm
-from tvm import te
 
 from convforge import kernel_cache
-from convforge.schedules import tuning
-from convforge.targets import TargetArg, family, is_cpu, resolve_target, target_key
+from convforge.export import runtime
+from convforge.schedules import tuning_dbs
+from convforge.targets import (
+    HostTarget,
+    TargetArg,
+    family,
+    is_cpu,
+    resolve_target,
+    target_key,
+    tvm_target,
+)
+from convforge.tvm_import import import_runtime, import_tvm, te, tvm
 
 #: Builds the computation: returns (input placeholders, output tensors).
-Computation = Callable[[], tuple[Sequence[te.Tensor], Sequence[te.Tensor]]]
+Computation = Callable[[], tuple[Sequence["te.Tensor"], Sequence["te.Tensor"]]]
 
 
 def prim_func(computation: Computation) -> tvm.tirx.PrimFunc:
@@ -39,6 +48,9 @@ def prim_func(computation: Computation) -> tvm.tirx.PrimFunc:
 def schedule_for(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule:
     """``func`` scheduled by its best tuned record for ``target`` (see
     :func:`convforge.use_tuning_db`), else by the default schedule."""
+    import_tvm()  # the schedules import TVM themselves: first the quick way (tvm_import)
+    from convforge.schedules import tuning
+
     tuned = tuning.tuned_module(func, target)
     if tuned is not None:
         return tuned
@@ -56,23 +68,39 @@ class Kernel:
     """A compiled operator: call with numpy arrays (inputs in order), get numpy outputs."""
 
     name: str
-    executable: tvm.runtime.Executable
-    target: tvm.target.Target
+    #: The compiled code: TVM's ``Executable``, or, found in the kernel cache by a process
+    #: without TVM's compiler, the loaded library (:attr:`compiled` wraps it when asked).
+    executable: Any
+    #: TVM's target, or the host's :class:`~convforge.targets.HostTarget`.
+    target: Any
     input_shapes: tuple[tuple[int, ...], ...]
     output_shapes: tuple[tuple[int, ...], ...]
     output_dtypes: tuple[str, ...]
     #: The tuning record the kernel was scheduled by (database and latency), else None.
     tuning_record: str | None = None
-    #: The unscheduled PrimFunc (what tuning tunes for this kernel).
-    func: tvm.tirx.PrimFunc | None = None
+    #: The computation compiled (:attr:`func` is made from it when asked).
+    computation: Computation | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def func(self) -> tvm.tirx.PrimFunc | None:
+        """The unscheduled PrimFunc (what tuning tunes for this kernel)."""
+        return None if self.computation is None else prim_func(self.computation)
+
+    @functools.cached_property
+    def compiled(self) -> tvm.runtime.Executable:
+        """:attr:`executable` as TVM's ``Executable`` (imports TVM)."""
+        if isinstance(self.executable, tvm.runtime.Executable):
+            return self.executable
+        return tvm.runtime.Executable(self.executable)
 
     @property
     def device(self) -> tvm.runtime.Device:
         return tvm.cpu() if is_cpu(self.target) else tvm.device(self.target.kind.name)
 
     @functools.cached_property
-    def function(self) -> tvm.runtime.Function:
-        return self.executable.mod["main"]  # a lookup costs ~0.15 ms: once per kernel
+    def function(self) -> Any:
+        module = getattr(self.executable, "mod", self.executable)
+        return module["main"]  # a lookup costs ~0.15 ms: once per kernel
 
     def _runnable_device(self) -> tvm.runtime.Device:
         device = self.device
@@ -86,8 +114,10 @@ class Kernel:
     @functools.cached_property
     def _on_cpu(self) -> bool:
         """Whether the kernel runs on the host CPU (its device checked once, not per call)."""
-        device = self._runnable_device()
-        return device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
+        if is_cpu(self.target):
+            return True
+        self._runnable_device()
+        return False
 
     def _bind(self, arrays: Sequence[np.ndarray]) -> tuple[list, list[np.ndarray] | list]:
         """TVM arguments for ``arrays`` and the outputs; on the CPU both share numpy memory."""
@@ -111,9 +141,7 @@ class Kernel:
     def time(self, *arrays: np.ndarray, number: int = 10, repeat: int = 5) -> np.ndarray:
         """Seconds per call, ``repeat`` medians of ``number`` runs (TVM's time_evaluator)."""
         args, _ = self._bind(arrays)
-        timer = self.executable.mod.time_evaluator(
-            "main", self.device, number=number, repeat=repeat
-        )
+        timer = self.compiled.mod.time_evaluator("main", self.device, number=number, repeat=repeat)
         return np.array(timer(*args).results)
 
 
@@ -142,16 +170,18 @@ def aligned(x: np.ndarray) -> np.ndarray:
 
 def cpu_argument(array: np.ndarray) -> tvm.runtime.Tensor:
     """``array`` as a TVM CPU tensor: shared memory when it is contiguous, aligned and
-    writeable (no copy), else an aligned copy (:func:`aligned`)."""
-    if array.size == 0:  # numpy places empty arrays anywhere: let TVM allocate
-        return tvm.runtime.empty(array.shape, str(array.dtype), tvm.cpu())
-    return tvm.runtime.from_dlpack(aligned(array))
+    writeable (no copy), else an aligned copy (:func:`aligned`). TVM's runtime only."""
+    if array.size == 0:  # numpy places empty arrays anywhere: let TVM's runtime allocate
+        return runtime.empty(array.shape, str(array.dtype))
+    return import_runtime().from_dlpack(
+        aligned(array), require_alignment=ALIGNMENT, require_contiguous=True
+    )
 
 
 def compile_computation(
     name: str,
     computation: Computation,
-    target: tvm.target.Target,
+    target: tvm.target.Target | HostTarget,
     schedule: Callable[[tvm.tirx.PrimFunc, tvm.target.Target], tvm.IRModule] | None = None,
     persistent: bool = False,
 ) -> Kernel:
@@ -164,25 +194,42 @@ def compile_computation(
     The kernel's executable is then a loaded library, which cannot be exported again:
     callers that export (AOT) leave ``persistent`` False.
     """
+    return _compile(name, computation, target, schedule, persistent)[0]
+
+
+def _compile(
+    name: str,
+    computation: Computation,
+    target: tvm.target.Target | HostTarget,
+    schedule: Callable[[tvm.tirx.PrimFunc, tvm.target.Target], tvm.IRModule] | None,
+    persistent: bool,
+) -> tuple[Kernel, dict | None]:
+    """:func:`compile_computation`, and the key parts of its on-disk entry (None where it
+    has none: not persistent, or the entry could not be written)."""
+    import_tvm()  # tuning imports TVM itself: first the quick way (tvm_import)
+    from convforge.schedules import tuning
+
+    target = tvm_target(target)
     inputs, outputs = computation()
-    # Scheduling may rewrite the PrimFunc it is given in place: keep a separate one.
-    func = prim_func(lambda: (inputs, outputs))
     executable = parts = record = None
     if persistent and schedule is None and is_cpu(target) and kernel_cache.enabled():
         how = [kernel_cache.schedule_code_digest(), tuning.database_state(target)]
-        parts = kernel_cache.key_parts(func, target, how)
+        parts = kernel_cache.key_parts(prim_func(lambda: (inputs, outputs)), target, how)
         hit = kernel_cache.load(parts)
         if hit is not None:
             executable = tvm.runtime.Executable(hit[0])
             record = hit[1].get("record")
     if executable is None:
+        # scheduling may rewrite the PrimFunc it is given in place: a separate one
         mod = (schedule or schedule_for)(prim_func(lambda: (inputs, outputs)), target)
         record = mod.attrs.get(tuning.RECORD_ATTR) if mod.attrs else None
         record = None if record is None else str(record)
         executable = tvm.compile(mod, target=target)
-        if parts is not None:
-            kernel_cache.store(parts, executable, target, {"record": record})
-    return Kernel(
+        if parts is not None and not kernel_cache.store(
+            parts, executable, target, {"record": record}
+        ):
+            parts = None
+    kernel = Kernel(
         name,
         executable,
         target,
@@ -190,8 +237,42 @@ def compile_computation(
         tuple(tuple(int(v) for v in t.shape) for t in outputs),
         tuple(str(t.dtype) for t in outputs),
         record,
-        func,
+        lambda: (inputs, outputs),
     )
+    return kernel, parts
+
+
+def persistent_kernel(
+    name: str, key: Hashable, computation: Computation, target: tvm.target.Target | HostTarget
+) -> Kernel:
+    """``compile_computation(name, computation, target, persistent=True)``, found first by
+    its start key (:func:`convforge.kernel_cache.kernel_start_key`: ``name``, ``key`` (what
+    ``computation`` is made from: plain data, e.g. a plan's key), the target, the tuning
+    databases' state, convforge's code and TVM's build) in the kernel cache's index, and
+    then loaded by TVM's runtime alone: the numpy API runs a cached kernel in a new process
+    without importing TVM's compiler (its import takes 1-1.5 s of a 2-core machine). A
+    kernel compiled or loaded the usual way is indexed so for the next process."""
+    start = None
+    if is_cpu(target) and kernel_cache.enabled():
+        start = kernel_cache.kernel_start_key(
+            name, key, target_key(target), tuning_dbs.database_state(target)
+        )
+        hit = kernel_cache.quick_kernel(start)
+        if hit is not None:
+            module, meta = hit
+            shapes_ = [tuple(tuple(s) for s in meta[k]) for k in ("inputs", "outputs")]
+            return Kernel(
+                name, module, target, *shapes_, tuple(meta["dtypes"]), meta.get("record"),
+                computation,
+            )  # fmt: skip
+    kernel, parts = _compile(name, computation, target, None, True)
+    if start is not None and parts is not None:
+        meta = {
+            "inputs": kernel.input_shapes, "outputs": kernel.output_shapes,
+            "dtypes": kernel.output_dtypes, "record": kernel.tuning_record,
+        }  # fmt: skip
+        kernel_cache.remember_kernel(start, parts, meta)
+    return kernel
 
 
 #: Default bound of the in-process kernel cache (entries).
@@ -226,14 +307,14 @@ def cached_kernel(
     calls reuse the kernel (least recently used dropped beyond :func:`memory_cache_limit`).
     A kernel not held in memory comes from the on-disk cache when it is there."""
     resolved = resolve_target(target)
-    full_key = (name, key, target_key(resolved), tuning.database_state(resolved))
+    full_key = (name, key, target_key(resolved), tuning_dbs.database_state(resolved))
     with _lock:
         kernel = _cache.get(full_key)
         if kernel is not None:
             _cache.move_to_end(full_key)
     if kernel is None:
         limit = memory_cache_limit()
-        kernel = compile_computation(name, computation, resolved, persistent=True)
+        kernel = persistent_kernel(name, key, computation, resolved)
         with _lock:
             _cache[full_key] = kernel
             while len(_cache) > limit:

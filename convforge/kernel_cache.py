@@ -122,14 +122,168 @@ def schedule_code_digest() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of every ``.py`` file of the convforge package (names and bytes)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+@functools.cache
+def tvm_build() -> list:
+    """TVM's installed build without importing it: its version file's digest and its
+    libraries' sizes and modification times."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    package = Path(next(iter(spec.submodule_search_locations)))
+    facts: list = []
+    for path in [package / "_version.py", *sorted((package / "lib").glob("*.so"))]:
+        try:
+            stat = path.stat()
+        except OSError:
+            facts.append([path.name, None])
+            continue
+        if path.suffix == ".py":
+            facts.append([path.name, hashlib.sha256(path.read_bytes()).hexdigest()])
+        else:
+            facts.append([path.name, stat.st_size, stat.st_mtime_ns])
+    return facts
+
+
+@functools.cache
+def host_facts() -> dict:
+    """What the host target is derived from (LLVM's CPU detection), read without TVM: the
+    architecture, CPU counts, and the CPU's vendor, model and flags from ``/proc/cpuinfo``."""
+    import platform
+
+    found: dict = {"machine": platform.machine(), "cpus": os.cpu_count()}
+    if hasattr(os, "sched_getaffinity"):
+        found["affinity"] = len(os.sched_getaffinity(0))
+    try:
+        with open("/proc/cpuinfo", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name in ("vendor_id", "model name", "flags", "cpu family", "model", "Features",
+                            "CPU implementer", "CPU part") and name not in found:  # fmt: skip
+                    found[name] = value.strip()
+    except OSError:
+        found["cpuinfo"] = None
+    return found
+
+
+def start_facts() -> dict:
+    """What every start key (a key computed without TVM: :func:`quick_kernel`, the model
+    cache's and the host target's) is made of besides its own subject: convforge's version
+    and code digest, TVM's installed build, this machine, and every ``CONVFORGE_*`` and
+    ``TVM_*`` environment variable but TVM's thread pool spin (read by the runtime alone, and
+    set by convforge: :data:`convforge.tvm_import.SPIN_ENV`)."""
+    import convforge
+    from convforge.tvm_import import SPIN_ENV
+
+    return {
+        "convforge": convforge.__version__, "code": code_digest(), "tvm": tvm_build(),
+        "host": host_facts(),
+        "env": {k: v for k, v in os.environ.items()
+                if k.startswith(("CONVFORGE_", "TVM_")) and k != SPIN_ENV},
+    }  # fmt: skip
+
+
+def kernel_start_key(name: str, key: Any, target_key: str, tuning_state: Any) -> str | None:
+    """The start key of a numpy API kernel: SHA-256 of :func:`start_facts`, the kernel's
+    ``name`` and ``key`` (the plain data its computation is made from, as
+    :func:`convforge.build.cached_kernel` takes it), the target's key and the tuning
+    databases' state; all read without TVM. None when ``key`` holds something other than
+    plain data (:func:`plain_key`)."""
+    plain = plain_key(key)
+    if plain is None:
+        return None
+    facts = {
+        **start_facts(), "kernel": name, "key": plain, "target": target_key,
+        "tuning": plain_key(tuning_state),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def plain_key(value: Any) -> Any:
+    """``value`` (a cache key: tuples, dataclasses, enums, numbers, strings) as JSON data
+    that two keys share only when they are equal: every container and object tagged with
+    its type, a dataclass by the fields it compares; None for anything else (a function,
+    an arbitrary object), which no start key is made for."""
+    import dataclasses
+    import enum
+    import numbers
+
+    if isinstance(value, _SCALARS):
+        return [type(value).__name__, value]
+    if isinstance(value, enum.Enum):
+        return ["enum", f"{type(value).__module__}.{type(value).__qualname__}", value.name]
+    if isinstance(value, numbers.Integral):
+        return ["int", int(value)]
+    if isinstance(value, tuple | list | frozenset):
+        items = [plain_key(v) for v in value]
+        if any(v is None for v in items):
+            return None
+        if isinstance(value, frozenset):
+            items.sort(key=json.dumps)
+        return [type(value).__name__, items]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {}
+        for f in dataclasses.fields(value):
+            if f.compare:
+                fields[f.name] = plain_key(getattr(value, f.name))
+                if fields[f.name] is None:
+                    return None
+        return ["dataclass", f"{type(value).__module__}.{type(value).__qualname__}", fields]
+    return None
+
+
+def _kernel_index(start: str) -> Path:
+    return index_dir() / f"kernel-{start}.json"
+
+
+def remember_kernel(start: str, parts: dict, meta: dict) -> None:
+    """Record the start key ``start`` -> the entry of ``parts`` and the kernel's ``meta``
+    (shapes, dtypes, tuning record) in the index; best effort (an OSError is ignored)."""
+    from convforge.filemode import atomic_write
+
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        index_dir().mkdir(parents=True, exist_ok=True)
+        atomic_write(_kernel_index(start), json.dumps({"parts": parts, "kernel": meta}))
+
+
+def quick_kernel(start: str | None) -> tuple[Any, dict] | None:
+    """The kernel of the start key ``start`` (:func:`kernel_start_key`), loaded by TVM's
+    runtime alone: (module, its ``meta`` as remembered), or None (no index record, or its
+    entry missing or corrupt: :func:`load`)."""
+    if start is None or not enabled():
+        return None
+    try:
+        record = json.loads(_kernel_index(start).read_text())
+        parts, meta = record["parts"], record["kernel"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    hit = load(parts)
+    return None if hit is None else (hit[0], meta)
+
+
 def key_parts_of(kind: str, digest: str, target: tvm.target.Target, schedule: object) -> dict:
     """Key parts of another kind of entry (``kind``: e.g. ``"model"``, whose ``digest``
     identifies it as ``tir`` does a kernel; see :mod:`convforge.export.model_cache`)."""
-    import tvm
-
     import convforge
     from convforge.targets import target_key
+    from convforge.tvm_import import import_tvm
 
+    tvm = import_tvm()
     return {
         "convforge": convforge.__version__,
         "tvm": tvm.__version__,

@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from convforge import ops
+from convforge.ops.blocks import PIPELINE_KNOB, THREADS_KNOB
 from convforge.ops.conv import accumulator_dtype
 from convforge.plan import (
     CHANNEL_VECTORS,
@@ -72,9 +73,9 @@ from convforge.plan import (
     nchwc_blocks,
     winograd_tiles,
 )
-from convforge.schedules.cpu import THREADS_KNOB
-from convforge.schedules.cpu_winograd import PIPELINE_KNOB
+from convforge.schedules import tuning_dbs
 from convforge.targets import is_cpu, profile, target_key, vector_lanes
+from convforge.tvm_import import import_tvm
 
 #: A configuration: knob name -> value (``algorithm`` a string, every other knob an int).
 Config = dict[str, Any]
@@ -411,7 +412,7 @@ class KnobRecords:
     def load(cls, path: Path, target: str, plan: str) -> KnobRecords | None:
         """The records in ``path`` (None if missing, of another target or plan, or corrupt:
         then with a ``CorruptRecordWarning`` naming the file)."""
-        from convforge.schedules.tuning import _warn_corrupt
+        from convforge.schedules.tuning_dbs import _warn_corrupt
 
         try:
             payload = json.loads(Path(path).read_bytes().decode("utf-8"))
@@ -476,7 +477,7 @@ CONFIRM_MARGIN = 0.98
 
 def records_file(db: str | os.PathLike, plan: ConvPlan) -> Path:
     """The knob record file of default plan ``plan`` in database ``db``."""
-    from convforge.schedules.tuning import target_dir
+    from convforge.schedules.tuning_dbs import target_dir
 
     return target_dir(db, plan.target) / f"{plan_digest(plan)}{KNOB_SUFFIX}"
 
@@ -525,24 +526,23 @@ def tuned_plan(plan: ConvPlan) -> ConvPlan:
     the space (another convforge) is skipped."""
     if not tunable(plan):
         return plan
-    from convforge.schedules import tuning
-
-    return _tuned(plan, target_key(plan.target), tuning.database_state(plan.target))
+    return _tuned(plan, target_key(plan.target), tuning_dbs.database_state(plan.target))
 
 
 @functools.lru_cache(maxsize=1024)
 def _tuned(plan: ConvPlan, key: str, _state: tuple) -> ConvPlan:
-    from convforge.schedules import tuning
-
-    match = tuning.active_match()
+    match = tuning_dbs.active_match()
     digest, text = plan_digest(plan), plan_text(plan)
-    for db in tuning.active_databases():
-        for folder, folder_key in tuning._matching_folders(db, plan.target, match):
+    for db in tuning_dbs.active_databases():
+        for folder, folder_key in tuning_dbs._matching_folders(db, plan.target, match):
             records = KnobRecords.load(folder / f"{digest}{KNOB_SUFFIX}", folder_key, text)
             best = None if records is None else records.best()
             if best is None or best[0] not in knob_space(plan):
                 continue
             if folder_key != key:
+                import_tvm()  # tuning imports TVM itself: first the quick way (tvm_import)
+                from convforge.schedules import tuning
+
                 tuning._warn_core_count(db, folder_key, plan.target)
             return with_knobs(plan, best[0])
     return plan

@@ -32,13 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-import tvm
-from tvm import te
 
 from convforge import ops, shapes
 from convforge.ops import qconv as qconv_ops
 from convforge.ops.conv import accumulator_dtype
-from convforge.schedules.cpu_winograd import CACHED_WEIGHT_FLOATS
 from convforge.targets import (
     TargetArg,
     TargetProfile,
@@ -48,9 +45,10 @@ from convforge.targets import (
     resolve_target,
     vector_lanes,
 )
+from convforge.tvm_import import te, tvm
 
 #: Builds the computation: returns (input placeholders, output tensors).
-Computation = Callable[[], tuple[Sequence[te.Tensor], Sequence[te.Tensor]]]
+Computation = Callable[[], tuple[Sequence["te.Tensor"], Sequence["te.Tensor"]]]
 
 #: Values of every ``algorithm=`` argument: ``auto`` (Winograd where :func:`plan_conv`
 #: finds it faster), ``direct`` (never Winograd) or ``winograd`` (wherever it applies).
@@ -197,7 +195,7 @@ def winograd_tiles(
     rounding grows past float32's tolerance),
     or square undilated kernels with stride 2 as F(4x4, r x r) over the stride phases
     (within :data:`MAX_PHASE_CHANNELS`; a transformed weight over
-    ``cpu_winograd.CACHED_WEIGHT_FLOATS`` only when ``constant_weight``). A weight given on
+    the profile's ``winograd_cached_weight_floats`` only when ``constant_weight``). A weight given on
     every call is transformed on every call: such convolutions need
     :attr:`~convforge.targets.TargetProfile.min_tiles_per_call_weight` tiles; a
     ``constant_weight`` needs none. algorithm='auto' passes over stride-phase tiles for
@@ -215,7 +213,7 @@ def winograd_tiles(
         if channels > MAX_PHASE_CHANNELS.get(taps, 0):
             return None
         if not constant_weight and (m + taps - 1) ** 2 * channels * geom.out_channels > (
-            CACHED_WEIGHT_FLOATS
+            thresholds.winograd_cached_weight_floats
         ):
             return None
     else:

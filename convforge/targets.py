@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import glob
+import hashlib
 import json
 import os
+import re
+import sys
 from pathlib import Path
-from typing import Any
-
-import tvm
+from typing import Any, Union
 
 from convforge.threads import physical_cores  # (importing it sets TVM_NUM_THREADS)
+from convforge.tvm_import import tvm
 
-TargetArg = tvm.target.Target | dict[str, Any] | str | None
+TargetArg = Union["tvm.target.Target", "HostTarget", dict[str, Any], str, None]
 
 #: Per-block limits shared by every CUDA architecture since sm_70 (MetaSchedule's GPU
 #: rules need them in the target); a CUDA target without ``arch`` gets sm_90.
@@ -30,7 +33,7 @@ CUDA_DEFAULTS = {
 def host_target() -> tvm.target.Target:
     """LLVM target for this machine: its CPU name (a bare ``llvm`` emits scalar SSE code)."""
     codegen = tvm.target.codegen
-    return tvm.target.Target(
+    target = tvm.target.Target(
         {
             "kind": "llvm",
             "mtriple": codegen.llvm_get_system_triple(),
@@ -38,6 +41,132 @@ def host_target() -> tvm.target.Target:
             "num-cores": os.cpu_count() or 1,
         }
     )
+    _remember_host(target)
+    return target
+
+
+#: The ISA features a :class:`HostTarget` records (what the profiles and the int8 plan ask).
+HOST_FEATURES = ("avx", "avx2", "fma", "avx512f", "avx512vnni", "avxvnni")
+
+
+class HostTarget:
+    """This machine's LLVM target (:func:`host_target`) as TVM described it the last time it
+    was computed here, read without importing TVM: the numpy API plans a call and finds its
+    cached kernel on it (:mod:`convforge.build`) in a process that has not imported TVM's
+    compiler (1-1.5 s).
+
+    It answers what planning and the cache keys ask of a target, as the TVM target would:
+    ``kind.name``, ``attrs`` (the triple, CPU, core count), :func:`target_key`, ``str()``,
+    :func:`profile` and :func:`has_x86_feature` (:data:`HOST_FEATURES` recorded). Anything
+    else (an attribute, or the target passed to a TVM function) is TVM's own target
+    (:attr:`target`, imported then). Recorded by :func:`host_target` in the kernel cache
+    folder (``index/host-<digest>.json``), keyed by what LLVM's detection reads
+    (:func:`convforge.kernel_cache.start_facts`); :func:`resolve_target` gives one for the
+    host while TVM is not imported and the record is there, else TVM's target.
+    """
+
+    def __init__(self, record: dict) -> None:
+        self.key: str = record["key"]
+        self.text: str = record["text"]
+        self.attrs: dict[str, Any] = dict(record["attrs"])
+        self.family: str = record["family"]
+        self.features: dict[str, bool] = dict(record["features"])
+        self.kind = _Kind(record["kind"])
+
+    @property
+    def target(self) -> tvm.target.Target:
+        """TVM's own target of this machine (imports TVM)."""
+        return host_target()
+
+    def __tvm_ffi_object__(self) -> Any:  # passed to a TVM function: TVM's target
+        return self.target
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.target, name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HostTarget) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"HostTarget({self.text})"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    name: str
+
+
+def _host_record_path() -> Path:
+    from convforge import kernel_cache
+
+    facts = {**kernel_cache.start_facts(), "subject": "host target"}
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+    return kernel_cache.index_dir() / f"host-{digest}.json"
+
+
+def _remember_host(target: tvm.target.Target) -> None:
+    """Record ``target`` (the host's, from LLVM) for :class:`HostTarget`; best effort."""
+    from convforge import kernel_cache
+    from convforge.filemode import atomic_write
+
+    if not kernel_cache.enabled():
+        return
+    record = {
+        "key": target_key(target),
+        "text": str(target),
+        "kind": target.kind.name,
+        "attrs": {k: _plain(target.attrs[k]) for k in ("mtriple", "mcpu", "num-cores")},
+        "family": _cpu_family(target),
+        "features": {f: has_x86_feature(target, f) for f in HOST_FEATURES},
+    }
+    with contextlib.suppress(OSError, ValueError):
+        path = _host_record_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or json.loads(path.read_text()) != record:
+            atomic_write(path, json.dumps(record, sort_keys=True))
+
+
+def _plain(value: Any) -> Any:
+    """A target attribute as a JSON value (TVM gives IntImm and String objects)."""
+    return int(value) if hasattr(value, "__int__") and not isinstance(value, str) else str(value)
+
+
+@functools.cache
+def recorded_host() -> HostTarget | None:
+    """The :class:`HostTarget` recorded for this machine, TVM build and convforge code, or
+    None (none recorded yet, the kernel cache disabled, or an unreadable record)."""
+    from convforge import kernel_cache
+
+    if not kernel_cache.enabled():
+        return None
+    try:
+        return HostTarget(json.loads(_host_record_path().read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def host() -> tvm.target.Target | HostTarget:
+    """The host target: its :class:`HostTarget` record while TVM is not imported (where one
+    is recorded), else TVM's :func:`host_target`."""
+    if "tvm" not in sys.modules:
+        recorded = recorded_host()
+        if recorded is not None:
+            return recorded
+    return host_target()
+
+
+def tvm_target(target: tvm.target.Target | HostTarget) -> tvm.target.Target:
+    """TVM's own target for ``target`` (what TVM's functions take): a :class:`HostTarget`'s
+    :attr:`~HostTarget.target`, else ``target`` itself."""
+    return target.target if isinstance(target, HostTarget) else target
 
 
 #: The target kind of each family convforge schedules: CPUs through LLVM, GPUs through CUDA.
@@ -74,10 +203,9 @@ def resolve_target(target: TargetArg = None) -> tvm.target.Target:
     CUDA dicts get :data:`CUDA_DEFAULTS` for what they leave out, and the host CPU as host.
     A target of any kind other than LLVM or CUDA is a ValueError naming it (:func:`family`).
     """
-    if target is None or target in ("llvm", "cpu", "host"):
-        return host_target()
-    if isinstance(target, tvm.target.Target):
-        family(target)
+    if target is None or (isinstance(target, str) and target in ("llvm", "cpu", "host")):
+        return host()
+    if isinstance(target, HostTarget):
         return target
     if isinstance(target, str):
         try:
@@ -86,6 +214,9 @@ def resolve_target(target: TargetArg = None) -> tvm.target.Target:
             raise ValueError(
                 f"target must be None, 'cpu', 'cuda', a dict or a JSON object, got {target!r}"
             ) from err
+    if not isinstance(target, dict):  # TVM's Target
+        family(target)
+        return target
     if target.get("kind") == "cuda":
         return tvm.target.Target({**CUDA_DEFAULTS, **target}, host=host_target())
     if target.get("kind") == "llvm" and "mcpu" not in target:
@@ -98,6 +229,8 @@ def resolve_target(target: TargetArg = None) -> tvm.target.Target:
 @functools.lru_cache(maxsize=256)
 def target_key(target: tvm.target.Target) -> str:
     """A stable string naming the target exactly (kind, cpu/arch, features): cache/DB key."""
+    if isinstance(target, HostTarget):
+        return target.key
     return json.dumps(target.export(), sort_keys=True, default=str)
 
 
@@ -197,6 +330,10 @@ class TargetProfile:
     #: (write-allocate, write back, read; #winograd-pass-traffic).
     winograd_task_floats: int = 64 * 1024
     pass_traffic: int = 3
+    #: A transformed Winograd weight up to this size (1 MB) is re-read from cache by every
+    #: task, and the largest a per-call weight may have over stride phases.
+    #: #winograd-cached-weight
+    winograd_cached_weight_floats: int = 256 * 1024
     #: Winograd's choice (``plan.winograd_tiles``): fewer channels in or out than this keep
     #: the direct convolution (the transforms dominate), and a convolution whose weight is
     #: transformed on every call needs this many tiles. #winograd-per-call-weight
@@ -213,7 +350,16 @@ class TargetProfile:
         """Lanes of ``dtype`` in one vector register (1 on a GPU or for wider types)."""
         if not self.vector_bits:
             return 1
-        return max(1, self.vector_bits // tvm.DataType(dtype).bits)
+        return max(1, self.vector_bits // _bits(dtype))
+
+
+def _bits(dtype: str) -> int:
+    """Bits of one ``dtype`` value: read from ``int8``, ``uint16``, ``float32``...; TVM's
+    answer for other names."""
+    found = re.fullmatch(r"u?int(\d+)|float(\d+)", str(dtype))
+    if found:
+        return int(found.group(1) or found.group(2))
+    return tvm.DataType(dtype).bits
 
 
 _KIB = 1024
@@ -300,7 +446,9 @@ def _profile(target: tvm.target.Target) -> TargetProfile:
     return dataclasses.replace(base, threads=threads)
 
 
-def _cpu_family(target: tvm.target.Target) -> str:
+def _cpu_family(target: tvm.target.Target | HostTarget) -> str:
+    if isinstance(target, HostTarget):
+        return target.family
     triple = str(target.attrs.get("mtriple", "") or "x86_64")
     arch = triple.split("-")[0]
     if arch in ("aarch64", "arm64"):
@@ -316,6 +464,9 @@ def _cpu_family(target: tvm.target.Target) -> str:
 def has_x86_feature(target: tvm.target.Target, feature: str) -> bool:
     """Whether ``target`` is an x86 LLVM CPU target with ISA ``feature`` (LLVM's name,
     e.g. 'avx2'): what an instruction-specific kernel (the int8 ``vpmaddwd`` form) needs."""
+    if isinstance(target, HostTarget):
+        known = target.features.get(feature)
+        return known if known is not None else has_x86_feature(target.target, feature)
     if target.kind.name != "llvm":
         return False
     arch = str(target.attrs.get("mtriple", "") or "x86_64").split("-")[0]
@@ -324,7 +475,9 @@ def has_x86_feature(target: tvm.target.Target, feature: str) -> bool:
     return bool(tvm.target.codegen.llvm_cpu_has_features(feature, target))
 
 
-def _is_host(target: tvm.target.Target) -> bool:
+def _is_host(target: tvm.target.Target | HostTarget) -> bool:
+    if isinstance(target, HostTarget):
+        return True
     host = host_target()
     return all(
         str(target.attrs.get(key, "") or host.attrs[key]) == str(host.attrs[key])

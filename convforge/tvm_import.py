@@ -38,6 +38,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 #: Set to 1 to let TVM import ml_dtypes (bfloat16/float8 arrays through TVM in this process).
 ML_DTYPES_ENV = "CONVFORGE_ML_DTYPES"
@@ -123,3 +124,27 @@ def _load_runtime_library() -> None:
     import ctypes
 
     _RUNTIME.append(ctypes.CDLL(runtime_library(), ctypes.RTLD_GLOBAL))
+
+
+class LazyModule(ModuleType):
+    """A TVM module imported on its first attribute access (:func:`import_tvm`, then the
+    submodule), so that a module which uses TVM only inside its functions imports without
+    it: ``from convforge.tvm_import import te`` where a module would ``from tvm import te``.
+    The numpy API plans a call and runs a cached kernel without TVM's compiler
+    (:mod:`convforge.build`), and imports it only to compile one."""
+
+    def __getattr__(self, attr: str) -> Any:
+        module = sys.modules.get(self.__name__)
+        if module is None:
+            import_tvm()
+            module = importlib.import_module(self.__name__)
+        return getattr(module, attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self.__name__!r}>"
+
+
+#: ``tvm``, ``tvm.te`` and ``tvm.tirx``, imported when first used (:class:`LazyModule`).
+tvm = LazyModule("tvm")
+te = LazyModule("tvm.te")
+tirx = LazyModule("tvm.tirx")

@@ -48,9 +48,11 @@ def test_bare_import_loads_neither_tvm_nor_onnx():
         after_import = [m for m in heavy if m in sys.modules]
         geometry = cf.conv_output_size(8, 3, 2, 1, 1)  # shapes: still no TVM
         after_shapes = [m for m in heavy if m in sys.modules]
-        from convforge import clear_cache  # a name that needs TVM imports it on first use
-        print(json.dumps([after_import, after_shapes, geometry, "tvm" in sys.modules,
-                          callable(clear_cache), cf.__version__]))
+        from convforge import clear_cache  # the numpy API's modules import no TVM either
+        no_tvm_yet = "tvm" not in sys.modules
+        from convforge import use_tuning_db  # a name that needs TVM imports it on first use
+        print(json.dumps([after_import, after_shapes, geometry, no_tvm_yet and "tvm" in sys.modules,
+                          callable(clear_cache) and callable(use_tuning_db), cf.__version__]))
         """
     )
     assert out.returncode == 0, out.describe()

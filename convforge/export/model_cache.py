@@ -35,7 +35,7 @@ compiler library), the ``target`` argument as given (None or a string), this mac
 CPU's model name and flags from ``/proc/cpuinfo``, CPU counts), every ``CONVFORGE_*`` and
 ``TVM_*`` environment variable (but TVM's thread pool spin, which the runtime alone reads
 and convforge sets: :data:`convforge.tvm_import.SPIN_ENV`), the model's digest, the
-options and the ``tuning_db`` path.
+options and the ``tuning_db`` path (:func:`convforge.kernel_cache.start_facts`).
 The index file also holds the modification time of each tuning database folder the parts'
 state consulted and of each database's root (a folder added there: another core count's
 records under ``match="cpu"``). :func:`quick_load` trusts an index file only while every
@@ -48,7 +48,6 @@ corrupt, a ``use_tuning_db`` context in effect) is the usual lookup.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -60,20 +59,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convforge import kernel_cache
-from convforge.tvm_import import SPIN_ENV
 
 if TYPE_CHECKING:  # a quick lookup (start_key, quick_load) imports no TVM
     import tvm
-
-
-@functools.cache
-def code_digest() -> str:
-    """SHA-256 of every ``.py`` file of the convforge package (names and bytes)."""
-    root = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 #: A file whose modification or status-change time is this recent (nanoseconds) when it is
@@ -189,7 +177,10 @@ def key_parts(
     with tuning.use_tuning_db(tuning_db) if tuning_db is not None else nullcontext():
         state = tuning.database_state(target)
     parts = kernel_cache.key_parts_of(
-        "model", digest, target, [kernel_cache.schedule_code_digest(), code_digest(), state]
+        "model",
+        digest,
+        target,
+        [kernel_cache.schedule_code_digest(), kernel_cache.code_digest(), state],
     )
     parts["options"] = json.loads(json.dumps(options, sort_keys=True, default=str))
     return parts
@@ -206,51 +197,6 @@ def compile_options(input_shapes: Any, algorithm: Any, dynamic: Any, batch_bucke
     }  # fmt: skip
 
 
-@functools.cache
-def _tvm_build() -> list:
-    """TVM's installed build without importing it: its version file's digest and its
-    libraries' sizes and modification times."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("tvm")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    package = Path(next(iter(spec.submodule_search_locations)))
-    facts: list = []
-    for path in [package / "_version.py", *sorted((package / "lib").glob("*.so"))]:
-        try:
-            stat = path.stat()
-        except OSError:
-            facts.append([path.name, None])
-            continue
-        if path.suffix == ".py":
-            facts.append([path.name, hashlib.sha256(path.read_bytes()).hexdigest()])
-        else:
-            facts.append([path.name, stat.st_size, stat.st_mtime_ns])
-    return facts
-
-
-@functools.cache
-def _host_facts() -> dict:
-    """What the host target is derived from, read without TVM (see the module doc)."""
-    import platform
-
-    found: dict = {"machine": platform.machine(), "cpus": os.cpu_count()}
-    if hasattr(os, "sched_getaffinity"):
-        found["affinity"] = len(os.sched_getaffinity(0))
-    try:
-        with open("/proc/cpuinfo", errors="replace") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                name = name.strip()
-                if name in ("vendor_id", "model name", "flags", "cpu family", "model", "Features",
-                            "CPU implementer", "CPU part") and name not in found:  # fmt: skip
-                    found[name] = value.strip()
-    except OSError:
-        found["cpuinfo"] = None
-    return found
-
-
 def start_key(
     model: Any, target: Any, options: dict, tuning_db: str | os.PathLike | None
 ) -> str | None:
@@ -262,14 +208,8 @@ def start_key(
     digest = model_digest(model)
     if digest is None:
         return None
-    import convforge
-
     facts = {
-        "convforge": convforge.__version__, "code": code_digest(), "tvm": _tvm_build(),
-        "target": target, "host": _host_facts(),
-        "env": {k: v for k, v in os.environ.items()
-                if k.startswith(("CONVFORGE_", "TVM_")) and k != SPIN_ENV},
-        "model": digest, "options": options,
+        **kernel_cache.start_facts(), "target": target, "model": digest, "options": options,
         "tuning_db": None if tuning_db is None else os.path.abspath(os.fspath(tuning_db)),
     }  # fmt: skip
     try:

@@ -88,11 +88,22 @@ def tensor(array: np.ndarray) -> Any:
     data, as ``tvm.runtime.tensor`` makes one): the VM never sees the caller's memory."""
     tvm_ffi = import_runtime()
     array = np.asarray(array)
+    if array.size == 0:  # numpy places an empty slice at its base, unaligned
+        return empty(array.shape, str(array.dtype))
     raw = np.empty(array.nbytes + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     copy = raw[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
     copy[...] = array
     return tvm_ffi.from_dlpack(copy, require_alignment=ALIGNMENT, require_contiguous=True)
+
+
+def empty(shape: Sequence[int], dtype: str) -> Any:
+    """An uninitialized CPU tensor allocated by TVM's runtime (``tvm.runtime.empty``)."""
+    tvm_ffi = import_runtime()
+    alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+    return alloc(
+        tvm_ffi.Shape([int(d) for d in shape]), tvm_ffi.dtype(dtype), tvm_ffi.device("cpu", 0), None
+    )
 
 
 def outputs(result: Any) -> list[np.ndarray]:

@@ -24,7 +24,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from tvm import te, tirx
+from convforge.tvm_import import te, tirx
 
 #: Names accepted by every ``activation=`` argument.
 ACTIVATIONS = ("relu", "relu6", "silu", "sigmoid", "tanh")

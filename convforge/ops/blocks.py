@@ -40,6 +40,14 @@ WINOGRAD_DILATION_ATTR = "winograd_dilation"
 #: Annotation of a convolution's main block (``conv``, ``conv_nchwc``, ``winograd_gemm``):
 #: the schedule knobs of a tuned plan (name -> int; :func:`knob_attrs`), absent by default.
 SCHEDULE_KNOBS_ATTR = "schedule_knobs"
+#: The schedule knob overriding ``schedules.cpu.is_small`` for a tuned plan: THREADS_ONE
+#: runs the kernel on one thread, THREADS_ALL in parallel (absent: ``is_small``).
+THREADS_KNOB = "threads"
+THREADS_ONE, THREADS_ALL = 1, 2
+#: The schedule knob choosing Winograd's pipeline per task (PIPELINE_TASKS) or its passes
+#: (PIPELINE_PASSES) where a tuned plan sets it; else ``schedules.cpu_winograd`` decides.
+PIPELINE_KNOB = "winograd_pipeline"
+PIPELINE_TASKS, PIPELINE_PASSES = 1, 2
 NONFINITE_ROWS = "nonfinite_rows"
 NONFINITE_ANY = "nonfinite_any"
 NONFINITE_FLAG = "nonfinite_flag"

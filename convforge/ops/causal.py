@@ -7,12 +7,11 @@ shapes come from :func:`convforge.shapes.causal_state_geometry`.
 
 from __future__ import annotations
 
-from tvm import te, tirx
-
 from convforge.ops import blocks
 from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.conv import conv, pad
 from convforge.shapes import CausalStateGeometry, depthwise_causal_state_geometry
+from convforge.tvm_import import te, tirx
 
 #: ``activation`` values of ONNX CausalConvWithState and the convforge activation they mean.
 ONNX_ACTIVATIONS = {None: None, "none": None, "silu": "silu", "swish": "silu"}

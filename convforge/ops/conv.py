@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tvm import te, tirx
-
 from convforge.ops import blocks
 from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.shapes import ConvGeometry, ConvTransposeGeometry
+from convforge.tvm_import import te, tirx
 
 
 def accumulator_dtype(dtype: str) -> str:

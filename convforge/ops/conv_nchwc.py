@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tvm import te, tirx
 
 from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.blocks import (
@@ -46,6 +45,7 @@ from convforge.ops.blocks import (
 )
 from convforge.ops.conv import accumulator_dtype, pad
 from convforge.shapes import ConvGeometry, PoolGeometry, check_positive_int
+from convforge.tvm_import import te, tirx
 
 
 @dataclass(frozen=True)

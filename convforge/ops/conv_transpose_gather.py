@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import math
 
-from tvm import te, tirx
-
 from convforge.ops import blocks
 from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.conv import accumulator_dtype, with_epilogue
 from convforge.shapes import ConvTransposeGeometry, check_index_range
+from convforge.tvm_import import te, tirx
 
 
 def _axis_taps(stride: int, dilation: int, kernel: int) -> tuple[int, int, int, int]:

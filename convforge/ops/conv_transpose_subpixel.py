@@ -26,16 +26,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tvm import te, tirx
-
 from convforge.ops import blocks
 from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.conv import accumulator_dtype, conv, pad
 from convforge.shapes import ConvGeometry, ConvTransposeGeometry
+from convforge.tvm_import import te, tirx
 
 #: A dense convolution builder with :func:`convforge.ops.conv.conv`'s signature
 #: ``(x, w, geom, epilogue) -> y``.
-PhaseConv = Callable[[te.Tensor, te.Tensor, ConvGeometry, Epilogue], te.Tensor]
+PhaseConv = Callable[["te.Tensor", "te.Tensor", ConvGeometry, Epilogue], "te.Tensor"]
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 
-from tvm import te
-
 from convforge.ops import blocks
 from convforge.ops.activation import Epilogue, exp
 from convforge.ops.conv import accumulator_dtype, conv
 from convforge.ops.pool import adaptive_pool
 from convforge.shapes import AdaptivePoolGeometry, ConvGeometry, global_pool_geometry
+from convforge.tvm_import import te
 
 
 def flatten(x: te.Tensor) -> te.Tensor:

@@ -14,11 +14,10 @@ import itertools
 import math
 from collections.abc import Sequence
 
-from tvm import te, tirx
-
 from convforge.ops import blocks
 from convforge.ops.conv import accumulator_dtype
 from convforge.shapes import AdaptivePoolGeometry, PoolGeometry
+from convforge.tvm_import import te, tirx
 
 #: Annotation of a ``pool`` block whose windows tile the input (kernel == stride, no dilation).
 WINDOWS_TILE_ATTR = blocks.POOL_WINDOWS_TILE_ATTR
@@ -32,9 +31,15 @@ def lowest_value(dtype) -> tirx.PrimExpr:
     return tirx.min_value(dtype)
 
 
-#: Max reduction whose identity is -inf: a window of -inf samples is -inf (TVM's own
-#: ``te.max`` starts at the lowest finite value, and gives that).
-max_reduce = te.comm_reducer(lambda a, b: tirx.max(a, b), lowest_value, name="max_reduce")
+def max_reduce(value, axis):
+    """Max reduction whose identity is -inf: a window of -inf samples is -inf (TVM's own
+    ``te.max`` starts at the lowest finite value, and gives that)."""
+    return _max_reducer()(value, axis=axis)
+
+
+@functools.cache
+def _max_reducer():
+    return te.comm_reducer(lambda a, b: tirx.max(a, b), lowest_value, name="max_reduce")
 
 
 def fill_pad(

@@ -36,10 +36,10 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from tvm import te, tirx
 
 from convforge.ops import blocks
 from convforge.shapes import ConvGeometry
+from convforge.tvm_import import te, tirx
 
 #: The integer dtypes of activations and weights.
 INT8_DTYPES = ("uint8", "int8")

@@ -18,12 +18,12 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from tvm import te, tirx
 
 from convforge.ops import blocks
 from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.conv import accumulator_dtype, conv, pad
 from convforge.shapes import ConvGeometry, PhaseConvLayout, ResizeGeometry
+from convforge.tvm_import import te, tirx
 
 
 def _f32(value: float) -> tirx.PrimExpr:

@@ -48,12 +48,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from tvm import te, tirx
 
 from convforge.ops import blocks
 from convforge.ops.activation import NO_EPILOGUE, Epilogue
 from convforge.ops.conv import accumulator_dtype
 from convforge.shapes import ConvGeometry, check_positive_int
+from convforge.tvm_import import te, tirx
 
 #: Interpolation points, in the order used (infinity is always the last one).
 POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))

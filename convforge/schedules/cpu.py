@@ -261,10 +261,9 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.IRModule
     return sch.mod
 
 
-#: The schedule knob overriding :func:`is_small` for a tuned plan: :data:`THREADS_ONE` runs
-#: the kernel on one thread, :data:`THREADS_ALL` in parallel (absent: :func:`is_small`).
-THREADS_KNOB = "threads"
-THREADS_ONE, THREADS_ALL = 1, 2
+#: The schedule knob overriding :func:`is_small` for a tuned plan (defined with the other
+#: annotation names in :mod:`convforge.ops.blocks`).
+THREADS_KNOB, THREADS_ONE, THREADS_ALL = blocks.THREADS_KNOB, blocks.THREADS_ONE, blocks.THREADS_ALL
 
 
 def is_small(func: tirx.PrimFunc, target: tvm.target.Target) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.ops import blocks
 from convforge.ops.blocks import (
     NONFINITE_ROWS,
     WINDOW_MAX,
@@ -49,9 +50,11 @@ def is_winograd(func: tirx.PrimFunc) -> bool:
 
 
 #: The schedule knob choosing the pipeline per task (:data:`PIPELINE_TASKS`) or the passes
-#: (:data:`PIPELINE_PASSES`) where a tuned plan sets it; else :func:`_fuse_tasks` decides.
-PIPELINE_KNOB = "winograd_pipeline"
-PIPELINE_TASKS, PIPELINE_PASSES = 1, 2
+#: (:data:`PIPELINE_PASSES`) where a tuned plan sets it; else :func:`_fuse_tasks` decides
+#: (defined with the other annotation names in :mod:`convforge.ops.blocks`).
+PIPELINE_KNOB, PIPELINE_TASKS, PIPELINE_PASSES = (
+    blocks.PIPELINE_KNOB, blocks.PIPELINE_TASKS, blocks.PIPELINE_PASSES,
+)  # fmt: skip
 
 #: Input columns per block of the padding's transpose to channels last.
 TRANSPOSE_COLUMNS = 16
@@ -66,18 +69,13 @@ def _groups_per_task(inner: int, groups: int, group_floats: int, thresholds: Tar
     return largest_divisor(inner, limit)
 
 
-#: A transformed weight up to this size (1 MB) is re-read from cache by every task (evidence:
-#: benchmarks/results/thresholds.md#winograd-cached-weight).
-CACHED_WEIGHT_FLOATS = 256 * 1024
-
-
 def _fuse_tasks(
     sch: s_tir.Schedule, gemm: s_tir.SBlockRV, tasks: int, thresholds: TargetProfile
 ) -> bool:
     """Whether to run the whole pipeline per task (every task reads all of the transformed
     weight U) rather than in passes (V and M written out and read back once, the multiply
     parallel over transform points and channel blocks, U read once): by rows while U stays
-    in cache (:data:`CACHED_WEIGHT_FLOATS`), else the one moving less data, an
+    in cache (the profile's ``winograd_cached_weight_floats``), else the one moving less data, an
     intermediate written out and read back counting the profile's ``pass_traffic`` times
     its size (evidence: benchmarks/results/thresholds.md#winograd-rows-or-passes).
     """
@@ -86,7 +84,7 @@ def _fuse_tasks(
     )
     tiles = n * rows * tb * pw * ti
     u_size, v_size, m_size = a * b * kb * ki * c, a * b * tiles * c, a * b * tiles * kb * ki
-    if u_size <= CACHED_WEIGHT_FLOATS:
+    if u_size <= thresholds.winograd_cached_weight_floats:
         return True
     return tasks * u_size <= u_size + thresholds.pass_traffic * (v_size + m_size)
 
