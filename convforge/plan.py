@@ -942,7 +942,8 @@ class QConvPlan:
     w_zero_point: bool
     #: 'direct' (:func:`convforge.ops.qconv.qconv`), or a blocked form
     #: (:func:`~convforge.ops.qconv.qconv_packed`, w packed by :meth:`pack`): 'vpmaddwd'
-    #: (int16 channel pairs) or 'vpmaddubsw' (uint8 x int8 channel quads).
+    #: (int16 channel pairs), 'vpmaddubsw' (uint8 x int8 channel quads, 8 channels a
+    #: block) or 'vpdpbusd' (AVX-512 VNNI: uint8 x int8 quads, 16 channels a block).
     form: str
     target: tvm.target.Target = field(compare=False, repr=False)
 
@@ -959,7 +960,12 @@ class QConvPlan:
     @property
     def step(self) -> int:
         """Input channels per int32 lane of the blocked form's instruction."""
-        return qconv_ops.QUAD if self.form == "vpmaddubsw" else qconv_ops.PAIR
+        return qconv_ops.PAIR if self.form == "vpmaddwd" else qconv_ops.QUAD
+
+    @property
+    def out_block(self) -> int:
+        """Output channels per block of the blocked form (one int32 vector)."""
+        return qconv_ops.VNNI_OUT_BLOCK if self.form == "vpdpbusd" else qconv_ops.OUT_BLOCK
 
     @property
     def requantizes(self) -> bool:
@@ -983,14 +989,14 @@ class QConvPlan:
     def pack(self, w: np.ndarray) -> np.ndarray:
         """w (``geometry.w_shape``) as the kernel reads it (a new array)."""
         w = np.asarray(w)
-        return qconv_ops.pack_weight(w, self.step) if self.packed else w.copy()
+        return qconv_ops.pack_weight(w, self.step, self.out_block) if self.packed else w.copy()
 
     def input_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """The kernel's inputs in order: name -> (shape, dtype)."""
         g = self.geometry
         shapes_ = {
             "x": (g.x_shape, self.x_dtype),
-            "w": (qconv_ops.packed_weight_shape(g, self.step),
+            "w": (qconv_ops.packed_weight_shape(g, self.step, self.out_block),
                   "int16" if self.step == qconv_ops.PAIR else "int8") if self.packed
             else (g.w_shape, self.w_dtype),
             "params": ((4,), "int32"), "term": ((g.out_channels,), "int32"),
@@ -1030,9 +1036,11 @@ class QConvPlan:
 
 @functools.lru_cache(maxsize=1024)
 def _plan_qconv(geom, x_dtype, w_dtype, out_dtype, w_zero_point, narrow, target) -> QConvPlan:
-    form = "direct"
+    form, u8s8 = "direct", (x_dtype, w_dtype) == ("uint8", "int8")
     if geom.groups == 1 and not w_zero_point and has_x86_feature(target, "avx2"):
-        form = "vpmaddubsw" if narrow and (x_dtype, w_dtype) == ("uint8", "int8") else "vpmaddwd"
+        form = "vpmaddubsw" if narrow and u8s8 else "vpmaddwd"
+        if u8s8 and has_x86_feature(target, "avx512vnni"):
+            form = "vpdpbusd"
     return QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, form, target)
 
 
@@ -1052,9 +1060,10 @@ def plan_qconv(
     ConvInteger (int32); ``w_zero_point``: whether some weight zero point is not 0. CPU
     targets only (ValueError naming ``target`` otherwise). On x86 with AVX2, a convolution
     of one group whose weight zero points are all 0 (onnxruntime's quantizer's int8
-    weights) takes a blocked form: ``vpmaddubsw`` where x is uint8 and ``narrow_weights``
-    (int8 weights that :func:`convforge.ops.qconv.fits_pmaddubsw`: exact), else
-    ``vpmaddwd``; anything else the direct one."""
+    weights) takes a blocked form: with uint8 x and int8 w, ``vpdpbusd`` on AVX-512 VNNI
+    (exact), else ``vpmaddubsw`` where ``narrow_weights`` (int8 weights that
+    :func:`convforge.ops.qconv.fits_pmaddubsw`: exact); else ``vpmaddwd``; anything else
+    the direct one."""
     target = resolve_target(target)
     if not is_cpu(target):
         raise ValueError(

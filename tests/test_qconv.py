@@ -1,7 +1,7 @@
 """Integer convolutions (cf.qconv: QLinearConv, cf.conv_integer: ConvInteger) against
 onnxruntime on the exported ONNX graph, and against an exact integer oracle in numpy.
 
-onnxruntime 1.32 on AVX2 without VNNI (this machine, Zen 3) computes QLinearConv of uint8
+onnxruntime 1.32 on AVX2 without VNNI (a Zen 3) computes QLinearConv of uint8
 activations and int8 weights with ``vpmaddubsw``, which saturates a pair of products at
 32767: with full-range weights (|w| > 64 next to a large x) its results are wrong by up to
 tens of LSBs (measured: 170 of 512 outputs, up to 5 LSB on a 16-channel 3x3). Against
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fractions
 import itertools
+import re
 import zlib
 
 import numpy as np
@@ -237,12 +238,71 @@ def test_the_vpmaddubsw_form_is_taken_only_where_exact(edge):
     assert fits_pmaddubsw(w) == (edge == 128)
     form = plan_qconv(geom, "uint8", "int8", requantize=False, w_zero_point=False,
                       narrow_weights=fits_pmaddubsw(w)).form  # fmt: skip
-    if has_x86_feature(resolve_target(None), "avx2"):
+    host = resolve_target(None)
+    if has_x86_feature(host, "avx512vnni"):  # vpdpbusd sums in int32: exact for any weight
+        assert form == "vpdpbusd"
+    elif has_x86_feature(host, "avx2"):
         assert form == ("vpmaddubsw" if edge == 128 else "vpmaddwd")
     else:
         assert form == "direct"
     y = cf.conv_integer(x, w, np.uint8(0), padding=(0, 1))
     np.testing.assert_array_equal(y, exact_acc(x, w, 0, 0, geom))
+
+
+def _host_forms() -> list[str]:
+    from convforge.targets import has_x86_feature, resolve_target
+
+    host = resolve_target(None)
+    forms = ["direct"]
+    if has_x86_feature(host, "avx2"):
+        forms += ["vpmaddwd", "vpmaddubsw"]
+    if has_x86_feature(host, "avx512vnni"):
+        forms.append("vpdpbusd")
+    return forms
+
+
+@pytest.mark.parametrize("form", ["direct", "vpmaddwd", "vpmaddubsw", "vpdpbusd"])
+def test_every_integer_form_equals_the_integer_oracle(form, monkeypatch):
+    """Each form this CPU can run, forced, on channels that fill no block (20 out: 16 + 4
+    of a VNNI block, 8 + 8 + 4 of AVX2's; 6 in: a quad and a half) with a stride and
+    padding: ConvInteger of uint8 x and int8 w (7-bit for ``vpmaddubsw``, full range
+    otherwise) equals the exact integer oracle. A form the CPU lacks is compiled only
+    (``test_the_vnni_form_emits_vpdpbusd``)."""
+    if form not in _host_forms():
+        pytest.skip(f"this CPU cannot run the {form} form")
+    from convforge import plan as plan_module
+
+    def forced(geom, x_dtype, w_dtype, out_dtype, w_zero_point, narrow, target):
+        return plan_module.QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, form, target)
+
+    monkeypatch.setattr(plan_module, "_plan_qconv", forced)
+    rng = np.random.default_rng(11)
+    geom = shapes.conv_geometry((2, 6, 9, 11), (20, 6, 3, 3), stride=(1, 2), padding=1)
+    x = integers(rng, "uint8", geom.x_shape)
+    w = integers(rng, "int8", geom.w_shape, 7 if form == "vpmaddubsw" else 8)
+    y = cf.conv_integer(x, w, np.uint8(7), stride=(1, 2), padding=1)
+    np.testing.assert_array_equal(y, exact_acc(x, w, 7, 0, geom))
+
+
+@pytest.mark.parametrize("mcpu", ["znver4", "cascadelake"])
+def test_the_vnni_form_emits_vpdpbusd(mcpu):
+    """Compiled for an AVX-512 VNNI CPU (run where this CPU has VNNI, by the tests above):
+    uint8 x int8 of one group takes the ``vpdpbusd`` form, 16 channels a block, whose
+    inner loop is ``vpdpbusd`` on zmm registers; without VNNI (Zen 3) the AVX2 forms."""
+    from convforge.build import compile_computation
+    from convforge.plan import plan_qconv
+
+    geom = shapes.conv_geometry((1, 32, 8, 8), (32, 32, 3, 3), padding=1)
+    cpu = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
+    plan = plan_qconv(geom, "uint8", "int8", cpu, requantize=True, w_zero_point=False)
+    assert (plan.form, plan.out_block) == ("vpdpbusd", 16)
+    kernel = compile_computation("qconv", plan.computation(), plan.target)
+    asm = kernel.executable.mod.inspect_source("asm")
+    assert len(re.findall(r"vpdpbusd\s+[^\n]*zmm", asm)) >= 8
+    zen3 = {**cpu, "mcpu": "znver3"}
+    narrow = plan_qconv(geom, "uint8", "int8", zen3, requantize=True, w_zero_point=False,
+                        narrow_weights=True)  # fmt: skip
+    assert narrow.form == "vpmaddubsw"
 
 
 def test_ties_round_half_to_even():

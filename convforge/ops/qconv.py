@@ -219,30 +219,34 @@ def activation_bounds(
     return lo, hi
 
 
-# --- the blocked forms for x86 ``vpmaddwd`` / ``vpmaddubsw`` -----------------------------
+# --- the blocked forms for x86 ``vpmaddwd`` / ``vpmaddubsw`` / ``vpdpbusd`` ---------------
 
-#: Output channels per block (one int32 vector of AVX2); input channels per int32 lane of
-#: one instruction: a pair of int16 (``vpmaddwd``), a quad of uint8 x int8 (``vpmaddubsw``).
+#: Output channels per block (one int32 vector of AVX2; 16, one of AVX-512, for
+#: ``vpdpbusd``: :data:`VNNI_OUT_BLOCK`); input channels per int32 lane of one instruction:
+#: a pair of int16 (``vpmaddwd``), a quad of uint8 x int8 (``vpmaddubsw``, ``vpdpbusd``).
 OUT_BLOCK, PAIR, QUAD = 8, 2, 4
+VNNI_OUT_BLOCK = 16
 
 
-def packed_weight_shape(geom: ConvGeometry, step: int = PAIR) -> tuple[int, ...]:
-    """(ceil(O/8), ceil(C/step), *K, 8, step): the weight :func:`qconv_packed` reads
-    (int16 for pairs, int8 for quads)."""
-    return (-(-geom.out_channels // OUT_BLOCK), -(-geom.in_channels // step), *geom.kernel,
-            OUT_BLOCK, step)  # fmt: skip
+def packed_weight_shape(
+    geom: ConvGeometry, step: int = PAIR, out_block: int = OUT_BLOCK
+) -> tuple[int, ...]:
+    """(ceil(O/out_block), ceil(C/step), *K, out_block, step): the weight
+    :func:`qconv_packed` reads (int16 for pairs, int8 for quads)."""
+    return (-(-geom.out_channels // out_block), -(-geom.in_channels // step), *geom.kernel,
+            out_block, step)  # fmt: skip
 
 
-def pack_weight(w: np.ndarray, step: int = PAIR) -> np.ndarray:
+def pack_weight(w: np.ndarray, step: int = PAIR, out_block: int = OUT_BLOCK) -> np.ndarray:
     """w (O, C, *K) of uint8/int8 -> :func:`packed_weight_shape` (int16 for ``step`` 2,
     int8 for 4; zeros where O or C is not a multiple of its block), the layout one
-    instruction reads: 8 output channels x ``step`` input channels, consecutive."""
+    instruction reads: ``out_block`` output channels x ``step`` input channels, consecutive."""
     out_channels, in_channels, *kernel = w.shape
-    blocks_, groups_ = -(-out_channels // OUT_BLOCK), -(-in_channels // step)
+    blocks_, groups_ = -(-out_channels // out_block), -(-in_channels // step)
     dtype = np.int16 if step == PAIR else np.int8
-    padded = np.zeros((blocks_ * OUT_BLOCK, groups_ * step, *kernel), dtype)
+    padded = np.zeros((blocks_ * out_block, groups_ * step, *kernel), dtype)
     padded[:out_channels, :in_channels] = w
-    padded = padded.reshape(blocks_, OUT_BLOCK, groups_, step, *kernel)
+    padded = padded.reshape(blocks_, out_block, groups_, step, *kernel)
     nd = len(kernel)
     order = (0, 2, *range(4, 4 + nd), 1, 3)
     return np.ascontiguousarray(padded.transpose(order))
@@ -272,13 +276,14 @@ def qconv_packed(
     out_dtype: str = "int32",
 ) -> te.Tensor:
     """:func:`qconv` (groups 1, every weight zero point 0) with w packed by
-    :func:`pack_weight` (its last axis, ``step``, 2 or 4): x is padded (x_zp) and blocked
-    by ``step`` channels (block ``qconv_pack_x``: (N, ceil(C/step), *padded, step); widened
-    to int16 for pairs, uint8 for quads); the dot product (block ``qconv``) accumulates
-    (N, ceil(O/8), *out, 8) int32, each step ``step`` input channels for 8 output channels
-    (what ``vpmaddwd`` / ``vpmaddubsw`` + ``vpmaddwd`` compute); the requantization
+    :func:`pack_weight` (its last axes: ``out_block``, 8 or 16, and ``step``, 2 or 4): x is
+    padded (x_zp) and blocked by ``step`` channels (block ``qconv_pack_x``: (N,
+    ceil(C/step), *padded, step); widened to int16 for pairs, uint8 for quads); the dot
+    product (block ``qconv``) accumulates (N, ceil(O/out_block), *out, out_block) int32,
+    each step ``step`` input channels for ``out_block`` output channels (what ``vpmaddwd``,
+    ``vpmaddubsw`` + ``vpmaddwd`` or ``vpdpbusd`` compute); the requantization
     (``qconv_requant``) reads it back in (N, O, *out). Extra channels carry zero weights."""
-    step = int(w.shape[-1])
+    step, out_block = int(w.shape[-1]), int(w.shape[-2])
     x_dtype = "int16" if step == PAIR else str(x.dtype)
     x_zp = params[X_ZP].astype(x_dtype)
     pairs = -(-geom.in_channels // step)
@@ -298,7 +303,7 @@ def qconv_packed(
     rc = te.reduce_axis((0, pairs), "rc")
     rk = [te.reduce_axis((0, k), f"rk{i}") for i, k in enumerate(geom.kernel)]
     ri = te.reduce_axis((0, step), "ri")
-    out_blocks = -(-geom.out_channels // OUT_BLOCK)
+    out_blocks = -(-geom.out_channels // out_block)
 
     def dot(n, ob, *rest):
         pos, oi = rest[:-1], rest[-1]
@@ -306,10 +311,10 @@ def qconv_packed(
         value = xp[(n, rc, *src, ri)].astype("int32") * w[(ob, rc, *rk, oi, ri)].astype("int32")
         return te.sum(value, axis=[rc, *rk, ri])
 
-    acc = te.compute((geom.batch, out_blocks, *geom.out_size, OUT_BLOCK), dot, name=blocks.QCONV)
+    acc = te.compute((geom.batch, out_blocks, *geom.out_size, out_block), dot, name=blocks.QCONV)
 
     def requant(n, o, *pos):
-        value = acc[(n, o // OUT_BLOCK, *pos, o % OUT_BLOCK)] + term[o]
+        value = acc[(n, o // out_block, *pos, o % out_block)] + term[o]
         return requantize(value, o, params, multiplier, out_dtype)
 
     return te.compute(geom.out_shape, requant, name=blocks.QCONV_REQUANT)

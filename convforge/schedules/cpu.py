@@ -174,7 +174,7 @@ CPU_RULES: tuple[ScheduleRule[s_tir.Schedule], ...] = (
         "QConvPackedRule",
         cpu_qconv.is_qconv_packed,
         cpu_qconv.schedule_qconv_packed,
-        "An integer convolution in the blocked vpmaddwd form (``qconv_pack_x``).",
+        "An integer convolution in a blocked form (``qconv_pack_x``: vpmaddwd, vpmaddubsw, vpdpbusd).",
     ),
     FunctionRule(
         "QConvRule",

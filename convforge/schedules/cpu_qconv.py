@@ -29,6 +29,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from convforge.ops import qconv as qconv_ops
 from convforge.ops.blocks import QCONV, QCONV_PACK_X, QCONV_PAD, QCONV_REQUANT, QCONV_X_SUM
 from convforge.schedules.cpu_direct import default_tiles, has_block
 from convforge.targets import profile
@@ -116,6 +117,28 @@ def group_channels(func: tirx.PrimFunc) -> int:
 # --- the blocked vpmaddwd form (ops.qconv.qconv_packed) ----------------------------------
 
 
+def _dot_desc(lanes: int, step: int, a_dtype: str, b_dtype: str) -> tirx.PrimFunc:
+    """What a dot-product intrinsic computes: ``c[i] += sum_k a[k] * b[i, k]`` over
+    ``lanes`` int32 lanes of ``step`` products each (a broadcast, b consecutive)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        a: T.Buffer((step,), a_dtype, offset_factor=1),
+        b: T.Buffer((lanes, step), b_dtype, offset_factor=1),
+        c: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:step], b[0:lanes, 0:step])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, step):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    return desc
+
+
 #: ``c[i] += sum_k a[k] * b[i, k]`` for 8 int32 lanes and 2 int16 products each: one
 #: ``vpmaddwd`` of the broadcast pair a and 16 consecutive int16 of b, added to c
 #: (registered on first use: parsing its TVMScript costs about 0.5 s).
@@ -126,20 +149,7 @@ DOT_8X2_AVX2 = "convforge_dot_8x2_i16i16i32_avx2"
 def dot_8x2_avx2() -> str:
     """Register :data:`DOT_8X2_AVX2` (once per process); its name."""
 
-    @T.prim_func(s_tir=True)
-    def desc(
-        a: T.Buffer((2,), "int16", offset_factor=1),
-        b: T.Buffer((8, 2), "int16", offset_factor=1),
-        c: T.Buffer((8,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
-            T.writes(c[0:8])
-            for i in T.serial(0, 8):
-                for k in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+    desc = _dot_desc(8, 2, "int16", "int16")
 
     @T.prim_func(s_tir=True)
     def impl(
@@ -174,20 +184,7 @@ DOT_8X4_AVX2 = "convforge_dot_8x4_u8i8i32_avx2"
 def dot_8x4_avx2() -> str:
     """Register :data:`DOT_8X4_AVX2` (once per process); its name."""
 
-    @T.prim_func(s_tir=True)
-    def desc(
-        a: T.Buffer((4,), "uint8", offset_factor=1),
-        b: T.Buffer((8, 4), "int8", offset_factor=1),
-        c: T.Buffer((8,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:8], a[0:4], b[0:8, 0:4])
-            T.writes(c[0:8])
-            for i in T.serial(0, 8):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+    desc = _dot_desc(8, 4, "uint8", "int8")
 
     @T.prim_func(s_tir=True)
     def impl(
@@ -217,20 +214,61 @@ def dot_8x4_avx2() -> str:
     return DOT_8X4_AVX2
 
 
-#: Vector registers of AVX2 (ymm0-15): a register tile of the blocked form holds its
-#: accumulators, one weight vector per channel block and three temporaries (the broadcast
-#: x, the instructions' result, vpmaddubsw's vector of ones).
-VECTOR_REGISTERS = 16
+#: ``c[i] += sum_k a[k] * b[i, k]`` for 16 int32 lanes of 4 uint8 x int8 products each:
+#: one ``vpdpbusd`` (AVX-512 VNNI) of the broadcast quad a and 64 consecutive int8 of b,
+#: accumulated into c in place (exact: the four products are summed in int32).
+DOT_16X4_VNNI = "convforge_dot_16x4_u8i8i32_vnni"
 
 
-def packed_tile(blocks: int, width: int) -> tuple[int, int]:
+@functools.cache
+def dot_16x4_vnni() -> str:
+    """Register :data:`DOT_16X4_VNNI` (once per process); its name."""
+
+    desc = _dot_desc(16, 4, "uint8", "int8")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((16, 4), "int8", offset_factor=1),
+        c: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            quad = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                c.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(quad, 16), dtype="uint8x64"),
+                b.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
+
+    TensorIntrin.register(DOT_16X4_VNNI, desc, impl, override=True)
+    return DOT_16X4_VNNI
+
+
+#: Temporaries a register tile of the blocked form keeps beside its accumulators and one
+#: weight vector per channel block: the broadcast x, the instructions' result and
+#: vpmaddubsw's vector of ones (AVX2); the broadcast x alone for ``vpdpbusd``, which
+#: accumulates in place.
+TEMPORARIES = {qconv_ops.OUT_BLOCK: 3, qconv_ops.VNNI_OUT_BLOCK: 1}
+
+
+def packed_tile(
+    blocks: int, width: int, registers: int = 16, temporaries: int = 3, accumulators: int = 12
+) -> tuple[int, int]:
     """(channel blocks, positions) of the blocked form's register tile: divisors of
     ``blocks`` (up to 4) and of the last axis ``width`` with the most accumulators that
-    fit the registers (``acc + blocks + 3 <= 16``), more positions first on a tie."""
+    fit the vector ``registers`` (``acc + blocks + temporaries <= registers``) and the
+    profile's ``accumulators`` budget, more positions first on a tie. (On AVX-512 VNNI,
+    up to 28 accumulators fit but ran 1.3-1.5x slower than 14-16 on a Zen 4: 3x3 64->64
+    56x56 and 1x1 256->64.)"""
     best = (1, 1)
     for ob in (d for d in range(1, 5) if blocks % d == 0):
         for w in (d for d in range(1, width + 1) if width % d == 0):
-            if ob * w + ob + 3 <= VECTOR_REGISTERS and (ob * w, w) > (best[0] * best[1], best[1]):
+            fits = ob * w + ob + temporaries <= registers and ob * w <= accumulators
+            if fits and (ob * w, w) > (best[0] * best[1], best[1]):
                 best = (ob, w)
     return best
 
@@ -243,10 +281,13 @@ def is_qconv_packed(func: tirx.PrimFunc) -> bool:
 def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
     """The blocked form: x packed in parallel over (N, channel pairs); the dot product's
     output (N, O/8, *spatial, 8) tiled by channel blocks x positions of
-    the last axis (:func:`packed_tile`: up to 12 int32 accumulators), parallel over
-    (N, channel-block tiles, the outer spatial axes), the reduction (channel pairs, kernel)
-    outside the register tile and each (8 channels x 2 products) step tensorized to one
-    ``vpmaddwd`` (:data:`DOT_8X2_AVX2`); the requantization parallel and vectorized."""
+    the last axis (:func:`packed_tile`: up to 12 int32 accumulators on AVX2, 24 on
+    AVX-512), parallel over (N, channel-block tiles, the outer spatial axes), the
+    reduction (channel steps, kernel) outside the register tile and each step tensorized
+    to one instruction: 8 channels x 2 products ``vpmaddwd`` (:data:`DOT_8X2_AVX2`), 8 x 4
+    ``vpmaddubsw`` + ``vpmaddwd`` (:data:`DOT_8X4_AVX2`), 16 x 4 ``vpdpbusd``
+    (:data:`DOT_16X4_VNNI`); the requantization parallel and vectorized (``vpdpbusd``:
+    per register tile, as the tile is finished)."""
     sch = s_tir.Schedule(func)
     pack = _named(sch, QCONV_PACK_X)
     conv = _named(sch, QCONV)
@@ -258,20 +299,38 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     reduce_ = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) == tirx.IterVar.CommReduce]
     n, ob, *positions, oi = spatial
     *rc_rk, ri = reduce_
-    ob_tile, w_tile = packed_tile(int(sch.get(ob).extent), int(sch.get(positions[-1]).extent))
+    lanes = int(sch.get(oi).extent)
+    thresholds = profile(target)
+    ob_tile, w_tile = packed_tile(
+        int(sch.get(ob).extent), int(sch.get(positions[-1]).extent),
+        thresholds.vector_registers, TEMPORARIES[lanes], thresholds.direct_accumulators,
+    )  # fmt: skip
     ob_o, ob_i = sch.split(ob, [None, ob_tile])
     w_o, w_i = sch.split(positions[-1], [None, w_tile])
     outer = positions[:-1]
     sch.reorder(n, ob_o, *outer, w_o, *rc_rk, ob_i, w_i, oi, ri)
     sch.parallel(sch.fuse(n, ob_o, *outer[:1]))
+    # vpdpbusd: each register tile requantized as it is finished, not the int32 output
+    # written whole and read back (3x3 64->64 and 1x1 256->64 56x56 on a 2-core Zen 4:
+    # 0.84-0.87x the time; the AVX2 forms, measured there too, gained 0.90-0.94x or lost
+    # 1.08x: unchanged)
+    fuse_requant = lanes == qconv_ops.VNNI_OUT_BLOCK
+    if fuse_requant:
+        sch.reverse_compute_at(requant, w_o, preserve_unit_loops=True)
     sch.decompose_reduction(conv, rc_rk[0])
     sch.unroll(ob_i)
     sch.unroll(w_i)
     quads = int(sch.get(ri).extent) == 4
-    sch.tensorize(oi, dot_8x4_avx2() if quads else dot_8x2_avx2())
+    if lanes == qconv_ops.VNNI_OUT_BLOCK:
+        sch.tensorize(oi, dot_16x4_vnni())
+    else:
+        sch.tensorize(oi, dot_8x4_avx2() if quads else dot_8x2_avx2())
     init = _named(sch, QCONV + "_init")
     if init is not None:
         sch.vectorize(sch.get_loops(init)[-1])
+    if fuse_requant:
+        sch.vectorize(sch.get_loops(requant)[-1])
+        return sch
     rloops = sch.get_loops(requant)
     r_outer = rloops[:-1]
     sch.parallel(sch.fuse(*r_outer[: min(3, len(r_outer))]))
