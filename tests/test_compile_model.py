@@ -712,3 +712,26 @@ def test_strided_conv_transpose_nodes_take_the_sub_pixel_computation():
     assert len(kernels) == 3
     for record in kernels:
         assert '"subpixel_interleave"' in ctx.functions[record.function].script(), record.node
+
+
+def test_sum_of_two_inputs_is_an_add_and_other_sums_stay_tvms(rng):
+    """A two-input Sum (broadcasting) lowers as an Add (TVM's converter stacks and reduces,
+    which kept a quantized model's DequantizeLinear -> Sum -> Relu -> QuantizeLinear in two
+    kernels with a stacked intermediate); one and three inputs keep TVM's converter. All
+    against onnxruntime."""
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    b = rng.standard_normal((3, 1, 1)).astype(np.float32)
+    c = rng.standard_normal((1, 5)).astype(np.float32)
+    nodes = [
+        helper.make_node("Sum", ["x", "b"], ["two"]),
+        helper.make_node("Relu", ["two"], ["y2"]),
+        helper.make_node("Sum", ["x", "b", "c"], ["y3"]),
+        helper.make_node("Sum", ["x"], ["y1"]),
+    ]
+    model = _model(nodes, {"x": x.shape}, ["y2", "y3", "y1"], {"b": b, "c": c}, opset=13)
+    _assert_matches_onnxruntime(model, {"x": x})
+    two = _model(nodes[:2], {"x": x.shape}, ["y2"], {"b": b}, opset=13)
+    functions = [
+        name for name, _ in _assert_matches_onnxruntime(two, {"x": x}).report(x).tvm_functions
+    ]
+    assert functions and not any("stack" in name for name in functions), functions
