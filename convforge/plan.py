@@ -968,6 +968,20 @@ class QConvPlan:
         return qconv_ops.VNNI_OUT_BLOCK if self.form == "vpdpbusd" else qconv_ops.OUT_BLOCK
 
     @property
+    def acc_width(self) -> int:
+        """The last axis of the blocked form's int32 output (:func:`convforge.ops.qconv.
+        tiled_width`: the output's, or rounded up to fill register tiles)."""
+        width = self.geometry.out_size[-1]
+        if not self.packed:
+            return width
+        thresholds = profile(self.target)
+        return qconv_ops.tiled_width(
+            -(-self.geometry.out_channels // self.out_block), width,
+            thresholds.vector_registers, qconv_ops.TEMPORARIES[self.out_block],
+            thresholds.direct_accumulators,
+        )  # fmt: skip
+
+    @property
     def requantizes(self) -> bool:
         """QLinearConv (requantized 8-bit output) rather than ConvInteger (int32)."""
         return self.out_dtype != "int32"
@@ -1014,6 +1028,7 @@ class QConvPlan:
             return qconv_ops.qconv_packed(
                 named["x"], named["w"], named["params"], named["term"], self.geometry,
                 multiplier=named.get("multiplier"), out_dtype=self.out_dtype,
+                out_width=self.acc_width,
             )  # fmt: skip
         return qconv_ops.qconv(
             named["x"], named["w"], named["params"], named["term"], self.geometry,

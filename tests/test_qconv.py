@@ -265,7 +265,7 @@ def _host_forms() -> list[str]:
 def test_every_integer_form_equals_the_integer_oracle(form, monkeypatch):
     """Each form this CPU can run, forced, on channels that fill no block (20 out: 16 + 4
     of a VNNI block, 8 + 8 + 4 of AVX2's; 6 in: a quad and a half) with a stride and
-    padding: ConvInteger of uint8 x and int8 w (7-bit for ``vpmaddubsw``, full range
+    padding, and a prime output width: ConvInteger of uint8 x and int8 w (7-bit for ``vpmaddubsw``, full range
     otherwise) equals the exact integer oracle. A form the CPU lacks is compiled only
     (``test_the_vnni_form_emits_vpdpbusd``)."""
     if form not in _host_forms():
@@ -277,11 +277,17 @@ def test_every_integer_form_equals_the_integer_oracle(form, monkeypatch):
 
     monkeypatch.setattr(plan_module, "_plan_qconv", forced)
     rng = np.random.default_rng(11)
-    geom = shapes.conv_geometry((2, 6, 9, 11), (20, 6, 3, 3), stride=(1, 2), padding=1)
-    x = integers(rng, "uint8", geom.x_shape)
-    w = integers(rng, "int8", geom.w_shape, 7 if form == "vpmaddubsw" else 8)
-    y = cf.conv_integer(x, w, np.uint8(7), stride=(1, 2), padding=1)
-    np.testing.assert_array_equal(y, exact_acc(x, w, 7, 0, geom))
+    # the second: a prime output width (109, SqueezeNet's first layer), computed over
+    # register tiles past the edge (ops.qconv.tiled_width)
+    for x_shape, w_shape, stride, padding in [
+        ((2, 6, 9, 11), (20, 6, 3, 3), (1, 2), 1),
+        ((1, 3, 9, 223), (16, 3, 7, 7), 2, 0),
+    ]:
+        geom = shapes.conv_geometry(x_shape, w_shape, stride=stride, padding=padding)
+        x = integers(rng, "uint8", geom.x_shape)
+        w = integers(rng, "int8", geom.w_shape, 7 if form == "vpmaddubsw" else 8)
+        y = cf.conv_integer(x, w, np.uint8(7), stride=stride, padding=padding)
+        np.testing.assert_array_equal(y, exact_acc(x, w, 7, 0, geom))
 
 
 @pytest.mark.parametrize("mcpu", ["znver4", "cascadelake"])

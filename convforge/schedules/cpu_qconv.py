@@ -248,31 +248,6 @@ def dot_16x4_vnni() -> str:
     return DOT_16X4_VNNI
 
 
-#: Temporaries a register tile of the blocked form keeps beside its accumulators and one
-#: weight vector per channel block: the broadcast x, the instructions' result and
-#: vpmaddubsw's vector of ones (AVX2); the broadcast x alone for ``vpdpbusd``, which
-#: accumulates in place.
-TEMPORARIES = {qconv_ops.OUT_BLOCK: 3, qconv_ops.VNNI_OUT_BLOCK: 1}
-
-
-def packed_tile(
-    blocks: int, width: int, registers: int = 16, temporaries: int = 3, accumulators: int = 12
-) -> tuple[int, int]:
-    """(channel blocks, positions) of the blocked form's register tile: divisors of
-    ``blocks`` (up to 4) and of the last axis ``width`` with the most accumulators that
-    fit the vector ``registers`` (``acc + blocks + temporaries <= registers``) and the
-    profile's ``accumulators`` budget, more positions first on a tie. (On AVX-512 VNNI,
-    up to 28 accumulators fit but ran 1.3-1.5x slower than 14-16 on a Zen 4: 3x3 64->64
-    56x56 and 1x1 256->64.)"""
-    best = (1, 1)
-    for ob in (d for d in range(1, 5) if blocks % d == 0):
-        for w in (d for d in range(1, width + 1) if width % d == 0):
-            fits = ob * w + ob + temporaries <= registers and ob * w <= accumulators
-            if fits and (ob * w, w) > (best[0] * best[1], best[1]):
-                best = (ob, w)
-    return best
-
-
 def is_qconv_packed(func: tirx.PrimFunc) -> bool:
     """Whether ``func`` is :func:`convforge.ops.qconv.qconv_packed`."""
     return has_block(func, QCONV_PACK_X) and has_block(func, QCONV)
@@ -281,7 +256,7 @@ def is_qconv_packed(func: tirx.PrimFunc) -> bool:
 def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
     """The blocked form: x packed in parallel over (N, channel pairs); the dot product's
     output (N, O/8, *spatial, 8) tiled by channel blocks x positions of
-    the last axis (:func:`packed_tile`: up to 12 int32 accumulators on AVX2, 24 on
+    the last axis (:func:`~convforge.ops.qconv.packed_tile`: up to 12 int32 accumulators on AVX2, 24 on
     AVX-512), parallel over (N, channel-block tiles, the outer spatial axes), the
     reduction (channel steps, kernel) outside the register tile and each step tensorized
     to one instruction: 8 channels x 2 products ``vpmaddwd`` (:data:`DOT_8X2_AVX2`), 8 x 4
@@ -301,9 +276,9 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     *rc_rk, ri = reduce_
     lanes = int(sch.get(oi).extent)
     thresholds = profile(target)
-    ob_tile, w_tile = packed_tile(
+    ob_tile, w_tile = qconv_ops.packed_tile(
         int(sch.get(ob).extent), int(sch.get(positions[-1]).extent),
-        thresholds.vector_registers, TEMPORARIES[lanes], thresholds.direct_accumulators,
+        thresholds.vector_registers, qconv_ops.TEMPORARIES[lanes], thresholds.direct_accumulators,
     )  # fmt: skip
     ob_o, ob_i = sch.split(ob, [None, ob_tile])
     w_o, w_i = sch.split(positions[-1], [None, w_tile])
