@@ -106,7 +106,10 @@ def import_runtime() -> ModuleType:
     loaded as ``tvm.base`` loads it first (``RTLD_GLOBAL``), enough to load an exported
     library and run its VM; a later ``import tvm`` loads the same file again (the same
     handle) and the compiler beside it. About 0.1 s where ``import tvm`` takes 1-1.5 s.
-    Returns ``tvm_ffi``."""
+    Returns ``tvm_ffi`` (at once where it is loaded: a kernel call asks for each argument)."""
+    loaded = sys.modules.get("tvm_ffi")
+    if loaded is not None and (_RUNTIME or "tvm" in sys.modules):
+        return loaded
     short_idle_spin()
     with _without_optional_imports():
         tvm_ffi = importlib.import_module("tvm_ffi")
