@@ -974,12 +974,8 @@ class QConvPlan:
         width = self.geometry.out_size[-1]
         if not self.packed:
             return width
-        thresholds = profile(self.target)
-        return qconv_ops.tiled_width(
-            -(-self.geometry.out_channels // self.out_block), width,
-            thresholds.vector_registers, qconv_ops.TEMPORARIES[self.out_block],
-            thresholds.direct_accumulators,
-        )  # fmt: skip
+        blocks_ = -(-self.geometry.out_channels // self.out_block)
+        return qconv_ops.tiled_width(blocks_, width, self.out_block, profile(self.target))
 
     @property
     def requantizes(self) -> bool:

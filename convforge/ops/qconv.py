@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -259,43 +260,43 @@ def pack_weight(w: np.ndarray, step: int = PAIR, out_block: int = OUT_BLOCK) -> 
 TEMPORARIES = {OUT_BLOCK: 3, VNNI_OUT_BLOCK: 1}
 
 
-def packed_tile(
-    blocks: int, width: int, registers: int = 16, temporaries: int = 3, accumulators: int = 12
-) -> tuple[int, int]:
-    """(channel blocks, positions) of the blocked form's register tile: divisors of
-    ``blocks`` (up to 4) and of the last axis ``width`` with the most accumulators that
-    fit the vector ``registers`` (``acc + blocks + temporaries <= registers``) and the
-    profile's ``accumulators`` budget, more positions first on a tie. (On AVX-512 VNNI,
-    up to 28 accumulators fit but ran 1.3-1.5x slower than 14-16 on a Zen 4: 3x3 64->64
-    56x56 and 1x1 256->64.)"""
-    best = (1, 1)
+def _tiles(blocks: int, width: int, out_block: int, thresholds: Any, dividing: bool):
+    """(accumulators, positions, channel blocks) of each register tile of the blocked form
+    that fits: channel blocks a divisor of ``blocks`` (up to 4), positions of the last axis
+    (divisors of ``width`` where ``dividing``); accumulators, one weight vector per channel
+    block and the :data:`TEMPORARIES` within the profile's ``vector_registers``, the
+    accumulators within its ``direct_accumulators``."""
+    temporaries = TEMPORARIES[out_block]
     for ob in (d for d in range(1, 5) if blocks % d == 0):
-        for w in (d for d in range(1, width + 1) if width % d == 0):
-            fits = ob * w + ob + temporaries <= registers and ob * w <= accumulators
-            if fits and (ob * w, w) > (best[0] * best[1], best[1]):
-                best = (ob, w)
-    return best
+        for w in range(1, width + 1):
+            acc = ob * w
+            fits = acc + ob + temporaries <= thresholds.vector_registers
+            if fits and acc <= thresholds.direct_accumulators and (width % w == 0 or not dividing):
+                yield acc, w, ob
 
 
-def tiled_width(
-    blocks: int, width: int, registers: int = 16, temporaries: int = 3, accumulators: int = 12
-) -> int:
+def packed_tile(blocks: int, width: int, out_block: int, thresholds: Any) -> tuple[int, int]:
+    """(channel blocks, positions) of the blocked form's register tile over ``blocks``
+    channel blocks of ``out_block`` and a last axis ``width`` on a target of profile
+    ``thresholds`` (:func:`_tiles`, positions dividing ``width``): the most accumulators,
+    more positions first on a tie. (On AVX-512 VNNI, up to 28 accumulators fit but ran
+    1.3-1.5x slower than 14-16 on a Zen 4: 3x3 64->64 56x56 and 1x1 256->64.)"""
+    _, w, ob = max(_tiles(blocks, width, out_block, thresholds, dividing=True))
+    return ob, w
+
+
+def tiled_width(blocks: int, width: int, out_block: int, thresholds: Any) -> int:
     """The width the blocked form's int32 output is computed over: ``width`` itself where
-    its divisors allow a register tile of at least half the accumulators of the best tile
-    (:func:`packed_tile`), else (a prime width such as 109, SqueezeNet's first convolution,
-    left one position per tile) the least multiple of a tile of at least 3/4 of them; the
-    extra positions read x's padding value and are never requantized."""
-    ob, fitted = packed_tile(blocks, width, registers, temporaries, accumulators)
-    tiles = [
-        (b * w, w)
-        for b in (d for d in range(1, 5) if blocks % d == 0)
-        for w in range(1, width + 1)
-        if b * w + b + temporaries <= registers and b * w <= accumulators
-    ]
-    best = max(acc for acc, _ in tiles)
-    if 2 * ob * fitted >= best:
+    its divisors allow a register tile (:func:`packed_tile`) of at least half the
+    accumulators of the best tile, else (a prime width such as 109, SqueezeNet's first
+    convolution, left one position per tile) the least multiple of a tile of at least 3/4
+    of them; the extra positions read x's padding value and are never requantized."""
+    fitted, _, _ = max(_tiles(blocks, width, out_block, thresholds, dividing=True))
+    tiles = list(_tiles(blocks, width, out_block, thresholds, dividing=False))
+    best = max(acc for acc, _, _ in tiles)
+    if 2 * fitted >= best:
         return width
-    return min(-(-width // w) * w for acc, w in tiles if 4 * acc >= 3 * best)
+    return min(-(-width // w) * w for acc, w, _ in tiles if 4 * acc >= 3 * best)
 
 
 def fits_pmaddubsw(w: np.ndarray) -> bool:

@@ -256,8 +256,8 @@ def is_qconv_packed(func: tirx.PrimFunc) -> bool:
 def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
     """The blocked form: x packed in parallel over (N, channel pairs); the dot product's
     output (N, O/8, *spatial, 8) tiled by channel blocks x positions of
-    the last axis (:func:`~convforge.ops.qconv.packed_tile`: up to 12 int32 accumulators on AVX2, 24 on
-    AVX-512), parallel over (N, channel-block tiles, the outer spatial axes), the
+    the last axis (:func:`~convforge.ops.qconv.packed_tile`: up to 12 int32 accumulators on
+    AVX2, 24 on AVX-512), parallel over (N, channel-block tiles, the outer spatial axes), the
     reduction (channel steps, kernel) outside the register tile and each step tensorized
     to one instruction: 8 channels x 2 products ``vpmaddwd`` (:data:`DOT_8X2_AVX2`), 8 x 4
     ``vpmaddubsw`` + ``vpmaddwd`` (:data:`DOT_8X4_AVX2`), 16 x 4 ``vpdpbusd``
@@ -275,11 +275,9 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     n, ob, *positions, oi = spatial
     *rc_rk, ri = reduce_
     lanes = int(sch.get(oi).extent)
-    thresholds = profile(target)
     ob_tile, w_tile = qconv_ops.packed_tile(
-        int(sch.get(ob).extent), int(sch.get(positions[-1]).extent),
-        thresholds.vector_registers, qconv_ops.TEMPORARIES[lanes], thresholds.direct_accumulators,
-    )  # fmt: skip
+        int(sch.get(ob).extent), int(sch.get(positions[-1]).extent), lanes, profile(target)
+    )
     ob_o, ob_i = sch.split(ob, [None, ob_tile])
     w_o, w_i = sch.split(positions[-1], [None, w_tile])
     outer = positions[:-1]
