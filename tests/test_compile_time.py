@@ -177,6 +177,52 @@ def test_explicit_kernels_build_at_the_profiles_opt_level_others_at_llvms(rng, m
     assert compare(compiled(x=x)[0], expected).ok
 
 
+def test_only_the_functions_the_model_calls_are_built(rng, monkeypatch):
+    """A reshape in a dataflow block becomes a view (``vm.builtin.reshape``) in the relax
+    pipeline, which leaves its PrimFunc behind uncalled (here the model's Reshape and the
+    one before the Winograd kernel's finite check): every function built is called by the
+    model's relax functions, and the library agrees with onnxruntime."""
+    import tvm
+    from tvm import relax
+
+    w = (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["c", "shape"], ["r"]),
+        helper.make_node("Softmax", ["r"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "conv_reshape",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16, 16, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4096])],
+        initializer=[onnx.numpy_helper.from_array(w, "w"),
+                     onnx.numpy_helper.from_array(np.array([1, -1], np.int64), "shape")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    built = _opt_levels(monkeypatch)
+    modules = []
+    codegen_vm = relax._ffi_api.VMCodeGen
+
+    def spy(builder, mod):
+        modules.append(mod)
+        return codegen_vm(builder, mod)
+
+    monkeypatch.setattr(relax._ffi_api, "VMCodeGen", spy)
+    x = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)
+    compiled = cf.compile_model(model, algorithm="winograd")
+    assert compare(compiled(x=x)[0], run_onnxruntime(model, {"x": x})[0]).ok
+    (mod,) = modules
+    callers = mod.script()  # a call reads "cls.NAME(", a definition "def NAME("
+    called = {
+        g.name_hint
+        for g, f in mod.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f"cls.{g.name_hint}(" in callers
+    }
+    assert "vm.builtin.reshape" in callers  # the reshapes are views
+    assert built and set(built) <= called, (set(built) - called, called)
+
+
 def test_kernels_built_during_the_import_are_taken_only_while_unchanged(rng, monkeypatch):
     """codegen.EarlyBuilds: a compile takes the kernels built while the model was imported
     (at least the first, which starts at once) and its library agrees with onnxruntime; an

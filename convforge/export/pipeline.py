@@ -1,8 +1,10 @@
 """The relax pipeline :func:`convforge.compile_model` builds with on CPU targets.
 
-TVM's own CPU pipeline (``relax.backend.cpu_generic``) with one pass added after operator
-fusion: every PrimFunc that is not already scheduled (convforge's kernels are) and is
-element-wise gets :func:`convforge.schedules.cpu_elementwise.schedule_elementwise`.
+TVM's own CPU pipeline (``relax.backend.cpu_generic``) with two passes added: after operator
+fusion, every PrimFunc that is not already scheduled (convforge's kernels are) and is
+element-wise gets :func:`convforge.schedules.cpu_elementwise.schedule_elementwise`; after the
+dataflow lowering, the PrimFuncs no function calls any more are dropped
+(:func:`drop_uncalled_prim_funcs`: the reshapes that became views).
 GPU targets keep TVM's default pipeline (its dlight rules schedule such functions there).
 ``relax.nn.relu`` (an ONNX Relu that no convolution absorbed) is legalized as convforge's
 relu, which keeps NaN as onnxruntime does (TVM's ``max(x, 0)`` makes it 0). The same holds
@@ -259,6 +261,31 @@ def empty_constants_as_allocations() -> tvm.transform.Pass:
     return apply
 
 
+def drop_uncalled_prim_funcs() -> tvm.transform.Pass:
+    """Every PrimFunc that no relax function of the module refers to is removed.
+    ``RewriteDataflowReshape`` turns each reshape in a dataflow block into a view
+    (``vm.builtin.reshape``) but leaves its PrimFunc in the module, where codegen would still
+    compile it (30 dead reshapes in the light ResNet-50: ~1 s of LLVM). The relax functions
+    themselves are left as they are (TVM's ``DeadCodeElimination`` decides which PrimFuncs
+    are reachable from them; its rewrite of their bodies is not kept)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="DropUncalledPrimFuncs")
+    def apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        entries = [g.name_hint for g, f in mod.functions.items() if isinstance(f, relax.Function)]
+        if not entries:
+            return mod
+        reachable = {
+            g.name_hint for g in relax.transform.DeadCodeElimination(entries)(mod).functions
+        }
+        mod = mod.clone()  # the pass's input stays as it was
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, tirx.PrimFunc) and gvar.name_hint not in reachable:
+                del mod[gvar]
+        return mod
+
+    return apply
+
+
 def relax_pipeline(target: tvm.target.Target, profile=None) -> tvm.transform.Pass | str:
     """The pipeline for ``tvm.compile(mod, target, relax_pipeline=...)``; ``profile`` (a
     :class:`convforge.export.compile_profile.CompileProfile`) gets its seconds as
@@ -277,6 +304,7 @@ def relax_pipeline(target: tvm.target.Target, profile=None) -> tvm.transform.Pas
                 *cpu_generic.legalize_passes(target),
                 schedule_tvm_elementwise(target),
                 *cpu_generic.dataflow_lower_passes(target),
+                drop_uncalled_prim_funcs(),
                 *cpu_generic.finalize_passes(target),
             ]
             return tvm.transform.Sequential(passes)(mod)
