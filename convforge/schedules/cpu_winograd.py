@@ -5,10 +5,10 @@ intermediates each) runs the whole pipeline for its task while it is in cache: t
 channels-last input transform (vectorized along the channels, both separable passes in
 registers), the matrix multiply of every transform point (register tiles of ``out_block``
 channels x ``tile_block`` tiles, like ``cpu_conv.schedule_conv_nchwc``), and the output
-transform (vectorized along the channel block) written back in NCHW with bias and
-activation, the tile's columns vectorized. With dilation the output is written back by its
-own parallel pass (the phase of an output column is not an affine function of the tile
-loops). Where every task would read more of the transformed weight than the pipeline's
+transform (vectorized along the channel block, each pass unrolling the loop that selects its
+row) written back in NCHW with bias and activation, the tile's columns vectorized. With
+dilation the output is written back by its own parallel pass (the phase of an output column
+is not an affine function of the tile loops). Where every task would read more of the transformed weight than the pipeline's
 intermediates weigh, the three steps run as passes instead (:func:`_fuse_tasks`). The
 padding (a blocked transpose to channels last) and the weight transform are parallel
 passes. A ``window_max`` of the output (a max pool whose windows each lie in one tile)
@@ -149,12 +149,13 @@ def schedule_winograd(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     sch.parallel(task)
     out_rows = block(WINOGRAD_OUTPUT_ROWS)
     sch.compute_at(out_rows, sch.get_loops(y)[-5], preserve_unit_loops=True)  # at kb
+    # each pass unrolls only the loop that selects its matrix row (the row's expression folds
+    # to its own terms); the other point loop stays a loop: unrolling it too doubled LLVM's
+    # time for the kernel at the same speed (benchmarks/results/thresholds.md#winograd-unroll)
     *_, jh, b, ti, ki = sch.get_loops(out_rows)
     sch.unroll(jh)
-    sch.unroll(b)
     sch.vectorize(ki)
     *_, jh, jw, ti, ki = sch.get_loops(y)
-    sch.unroll(jh)
     sch.unroll(jw)
     sch.vectorize(ki)
 
