@@ -81,7 +81,7 @@ def zoo_names() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=MODEL_NAMES, default="resnet15")
+    parser.add_argument("--model", choices=[*MODEL_NAMES, *zoo_names()], default="resnet15")
     parser.add_argument("--json", help="write the phases here (JSON)")
     parser.add_argument(
         "--batch-buckets", default=None, metavar="B1,B2,...",
