@@ -1,5 +1,6 @@
 """int8 convolutions: convforge's integer kernel against convforge's float32 direct kernel
-and onnxruntime's QLinearConv, on the suite's 3x3 64->64 56x56 and 1x1 256->64 56x56.
+and onnxruntime's QLinearConv, on the suite's 3x3 64->64 56x56 and 1x1 256->64 56x56, and
+ResNet-50's 1x1 64->256 56x56.
 
     python benchmarks/bench_int8.py [--rounds 5] [--json OUT] [--model NAME ...]
 
@@ -39,6 +40,8 @@ os.environ["CONVFORGE_CACHE"] = "0"
 WORKLOADS = {
     "3x3 64->64 56x56": ((1, 64, 56, 56), (64, 64, 3, 3), 1),
     "1x1 256->64 56x56": ((1, 256, 56, 56), (64, 256, 1, 1), 0),
+    # an expansion (few products per output): the rows form on AVX-512 VNNI
+    "1x1 64->256 56x56": ((1, 64, 56, 56), (256, 64, 1, 1), 0),
 }
 
 

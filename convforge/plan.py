@@ -943,14 +943,23 @@ class QConvPlan:
     #: 'direct' (:func:`convforge.ops.qconv.qconv`), or a blocked form
     #: (:func:`~convforge.ops.qconv.qconv_packed`, w packed by :meth:`pack`): 'vpmaddwd'
     #: (int16 channel pairs), 'vpmaddubsw' (uint8 x int8 channel quads, 8 channels a
-    #: block) or 'vpdpbusd' (AVX-512 VNNI: uint8 x int8 quads, 16 channels a block).
+    #: block) or 'vpdpbusd' (AVX-512 VNNI: uint8 x int8 quads, 16 channels a block); or
+    #: 'vpdpbusd_rows' (:func:`~convforge.ops.qconv.qconv_rows`: a 1x1 convolution on
+    #: AVX-512 VNNI with 16 output positions in the lanes, w packed by :meth:`pack`).
     form: str
     target: tvm.target.Target = field(compare=False, repr=False)
 
     @property
     def schedule(self) -> str:
         """The schedule rule that serves the kernel (``convforge.schedules.<module>.<fn>``)."""
+        if self.rows:
+            return "cpu_qconv.schedule_qconv_rows"
         return "cpu_qconv.schedule_qconv_packed" if self.packed else "cpu_qconv.schedule_qconv"
+
+    @property
+    def rows(self) -> bool:
+        """Whether the kernel is the rows form (:func:`convforge.ops.qconv.qconv_rows`)."""
+        return self.form == ROWS_FORM
 
     @property
     def packed(self) -> bool:
@@ -972,6 +981,8 @@ class QConvPlan:
         """The last axis of the blocked form's int32 output (:func:`convforge.ops.qconv.
         tiled_width`: the output's, or rounded up to fill register tiles)."""
         width = self.geometry.out_size[-1]
+        if self.rows:
+            return qconv_ops.rows_width(width)
         if not self.packed:
             return width
         blocks_ = -(-self.geometry.out_channels // self.out_block)
@@ -999,16 +1010,23 @@ class QConvPlan:
     def pack(self, w: np.ndarray) -> np.ndarray:
         """w (``geometry.w_shape``) as the kernel reads it (a new array)."""
         w = np.asarray(w)
+        if self.rows:
+            return qconv_ops.pack_weight_rows(w)
         return qconv_ops.pack_weight(w, self.step, self.out_block) if self.packed else w.copy()
 
     def input_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """The kernel's inputs in order: name -> (shape, dtype)."""
         g = self.geometry
+        if self.rows:
+            w_shape = (qconv_ops.rows_weight_shape(g), "int8")
+        elif self.packed:
+            w_shape = (qconv_ops.packed_weight_shape(g, self.step, self.out_block),
+                       "int16" if self.step == qconv_ops.PAIR else "int8")  # fmt: skip
+        else:
+            w_shape = (g.w_shape, self.w_dtype)
         shapes_ = {
             "x": (g.x_shape, self.x_dtype),
-            "w": (qconv_ops.packed_weight_shape(g, self.step, self.out_block),
-                  "int16" if self.step == qconv_ops.PAIR else "int8") if self.packed
-            else (g.w_shape, self.w_dtype),
+            "w": w_shape,
             "params": ((4,), "int32"), "term": ((g.out_channels,), "int32"),
         }  # fmt: skip
         if self.requantizes:
@@ -1020,6 +1038,11 @@ class QConvPlan:
     def compute(self, *tensors: te.Tensor) -> te.Tensor:
         """The TE computation on placeholders of :meth:`input_shapes`, in order."""
         named = dict(zip(self.input_shapes(), tensors))
+        if self.rows:
+            return qconv_ops.qconv_rows(
+                named["x"], named["w"], named["params"], named["term"], self.geometry,
+                multiplier=named.get("multiplier"), out_dtype=self.out_dtype,
+            )  # fmt: skip
         if self.packed:
             return qconv_ops.qconv_packed(
                 named["x"], named["w"], named["params"], named["term"], self.geometry,
@@ -1045,13 +1068,32 @@ class QConvPlan:
         return build
 
 
+#: The rows form of :class:`QConvPlan` (output positions in the lanes).
+ROWS_FORM = "vpdpbusd_rows"
+
+
+def _rows_form_fits(geom: shapes.ConvGeometry, target: tvm.target.Target) -> bool:
+    """Whether a uint8 x int8 convolution on AVX-512 VNNI takes the rows form: a 1x1 one
+    (:func:`convforge.ops.qconv.is_rows_geometry`) of few input channels (the profile's
+    ``qconv_rows_max_channels``: few products per output, so that requantizing 16 channels
+    of a position at a time dominates the other form) whose rows fill their 16-position
+    vectors well enough (``qconv_rows_widths``)."""
+    thresholds = profile(target)
+    low, high = thresholds.qconv_rows_widths
+    return (
+        qconv_ops.is_rows_geometry(geom)
+        and geom.in_channels <= thresholds.qconv_rows_max_channels
+        and low <= geom.out_size[-1] <= high
+    )
+
+
 @functools.lru_cache(maxsize=1024)
 def _plan_qconv(geom, x_dtype, w_dtype, out_dtype, w_zero_point, narrow, target) -> QConvPlan:
     form, u8s8 = "direct", (x_dtype, w_dtype) == ("uint8", "int8")
     if geom.groups == 1 and not w_zero_point and has_x86_feature(target, "avx2"):
         form = "vpmaddubsw" if narrow and u8s8 else "vpmaddwd"
         if u8s8 and has_x86_feature(target, "avx512vnni"):
-            form = "vpdpbusd"
+            form = ROWS_FORM if _rows_form_fits(geom, target) else "vpdpbusd"
     return QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, form, target)
 
 

@@ -113,6 +113,11 @@ ORT_CASES = {
         x_shape=(1, 4, 4, 5, 6), w_shape=(6, 2, 2, 3, 3), padding=(0, 1, 1), groups=2,
         xd="uint8", wd="uint8", per_channel=True, bias=True, bits=8, w_zp=True,
     ),
+    # on AVX-512 VNNI the rows form (positions in the lanes; a width of 16 + 11)
+    "u8s8-1x1-rows-per-channel-bias": dict(
+        x_shape=(2, 20, 3, 27), w_shape=(24, 20, 1, 1), xd="uint8", wd="int8",
+        per_channel=True, bias=True, bits=7,
+    ),
     "u8s8-depthwise": dict(
         x_shape=(1, 16, 10, 10), w_shape=(16, 1, 3, 3), padding=1, groups=16, xd="uint8",
         wd="int8", per_channel=True, bias=True, bits=7,
@@ -288,6 +293,66 @@ def test_every_integer_form_equals_the_integer_oracle(form, monkeypatch):
         w = integers(rng, "int8", geom.w_shape, 7 if form == "vpmaddubsw" else 8)
         y = cf.conv_integer(x, w, np.uint8(7), stride=stride, padding=padding)
         np.testing.assert_array_equal(y, exact_acc(x, w, 7, 0, geom))
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape",
+    [
+        ((2, 6, 5, 13), (20, 6, 1, 1)),  # channels in no whole quad, a width of 13 of 16
+        ((1, 16, 4, 55), (64, 16, 1, 1)),  # 48 + 7 positions
+        ((1, 40, 3, 32), (36, 40, 1, 1)),  # whole vectors; 36 channels: tiles of 4
+        ((1, 8, 2, 3, 20), (12, 8, 1, 1, 1)),  # 3-D
+    ],
+)
+def test_the_rows_form_equals_the_integer_oracle(x_shape, w_shape, monkeypatch):
+    """The rows form (``vpdpbusd_rows``: 16 output positions in the lanes), forced on 1x1
+    convolutions whose widths end in a partial vector: ConvInteger of uint8 x and full-range
+    int8 w equals the exact integer oracle (run where the CPU has AVX-512 VNNI)."""
+    if "vpdpbusd" not in _host_forms():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    from convforge import plan as plan_module
+
+    def forced(geom, x_dtype, w_dtype, out_dtype, w_zero_point, narrow, target):
+        return plan_module.QConvPlan(
+            geom, x_dtype, w_dtype, out_dtype, w_zero_point, plan_module.ROWS_FORM, target
+        )
+
+    monkeypatch.setattr(plan_module, "_plan_qconv", forced)
+    rng = np.random.default_rng(sum(x_shape))
+    geom = shapes.conv_geometry(x_shape, w_shape)
+    x = integers(rng, "uint8", geom.x_shape)
+    w = integers(rng, "int8", geom.w_shape)
+    y = cf.conv_integer(x, w, np.uint8(9))
+    np.testing.assert_array_equal(y, exact_acc(x, w, 9, 0, geom))
+
+
+def test_the_rows_form_is_planned_for_few_input_channels_and_emits_vpdpbusd():
+    """On an AVX-512 VNNI CPU a 1x1 uint8 x int8 convolution of at most 128 input channels
+    and a width of 12-64 takes the rows form (thresholds.md#qconv-rows); more input
+    channels, another kernel, a stride or a narrow width keep 16 channels in the lanes. Its
+    inner loop is ``vpdpbusd`` on zmm registers and its requantization reads the int32
+    tile without gathers."""
+    from convforge.build import compile_computation
+    from convforge.plan import ROWS_FORM, plan_qconv
+
+    cpu = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}
+
+    def form(x_shape, w_shape, **kwargs):
+        geom = shapes.conv_geometry(x_shape, w_shape, **kwargs)
+        return plan_qconv(geom, "uint8", "int8", cpu, requantize=True, w_zero_point=False)
+
+    assert form((1, 64, 56, 56), (256, 64, 1, 1)).form == ROWS_FORM
+    assert form((1, 128, 28, 28), (512, 128, 1, 1)).form == ROWS_FORM
+    assert form((1, 256, 56, 56), (64, 256, 1, 1)).form == "vpdpbusd"
+    assert form((1, 64, 56, 56), (64, 64, 3, 3), padding=1).form == "vpdpbusd"
+    assert form((1, 64, 56, 56), (256, 64, 1, 1), stride=2).form == "vpdpbusd"
+    assert form((1, 64, 7, 7), (256, 64, 1, 1)).form == "vpdpbusd"
+    plan = form((1, 32, 6, 28), (48, 32, 1, 1))
+    assert plan.form == ROWS_FORM and plan.label == "qlinear_conv2d (int8, vpdpbusd_rows)"
+    kernel = compile_computation("qconv", plan.computation(), plan.target)
+    asm = kernel.executable.mod.inspect_source("asm")
+    assert len(re.findall(r"vpdpbusd\s+[^\n]*zmm", asm)) >= 8
+    assert "vpgather" not in asm
 
 
 @pytest.mark.parametrize("mcpu", ["znver4", "cascadelake"])

@@ -65,6 +65,7 @@ CONV_TRANSPOSE_GATHER = "conv_transpose_gather"
 QCONV_PAD = "qconv_pad"
 QCONV_PACK_X = "qconv_pack_x"
 QCONV = "qconv"
+QCONV_ROWS = "qconv_rows"
 QCONV_X_SUM = "qconv_x_sum"
 QCONV_REQUANT = "qconv_requant"
 

@@ -371,3 +371,87 @@ def qconv_packed(
         return requantize(value, o, params, multiplier, out_dtype)
 
     return te.compute(geom.out_shape, requant, name=blocks.QCONV_REQUANT)
+
+
+# --- the rows form for AVX-512 VNNI: output positions in the vector lanes ------------------
+
+#: Output positions per int32 vector of the rows form (one ``vpdpbusd`` on zmm registers).
+ROWS_LANES = 16
+
+
+def is_rows_geometry(geom: ConvGeometry) -> bool:
+    """Whether :func:`qconv_rows` computes ``geom``: a 1x1 convolution of one group, stride
+    1, no padding (any number of spatial axes)."""
+    return (
+        geom.groups == 1
+        and all(k == 1 for k in geom.kernel)
+        and all(s == 1 for s in geom.stride)
+        and all(lo == hi == 0 for lo, hi in geom.padding)
+    )
+
+
+def rows_width(width: int) -> int:
+    """The last axis of the rows form's int32 output: ``width`` rounded up to whole
+    vectors of :data:`ROWS_LANES` positions (the extra ones read x's zero point and are
+    never requantized)."""
+    return -(-width // ROWS_LANES) * ROWS_LANES
+
+
+def rows_weight_shape(geom: ConvGeometry) -> tuple[int, int, int]:
+    """(O, ceil(C/4), 4): the int8 weight :func:`qconv_rows` reads."""
+    return geom.out_channels, -(-geom.in_channels // QUAD), QUAD
+
+
+def pack_weight_rows(w: np.ndarray) -> np.ndarray:
+    """w (O, C, 1, ...) int8 -> :func:`rows_weight_shape` (zeros past C): each output
+    channel's quads of input channels, which one ``vpdpbusd`` broadcasts."""
+    out_channels, in_channels = w.shape[:2]
+    quads = -(-in_channels // QUAD)
+    padded = np.zeros((out_channels, quads * QUAD), np.int8)
+    padded[:, :in_channels] = np.asarray(w).reshape(out_channels, in_channels)
+    return padded.reshape(out_channels, quads, QUAD)
+
+
+def qconv_rows(
+    x: te.Tensor,
+    w: te.Tensor,
+    params: te.Tensor,
+    term: te.Tensor,
+    geom: ConvGeometry,
+    *,
+    multiplier: te.Tensor | None = None,
+    out_dtype: str = "int32",
+) -> te.Tensor:
+    """:func:`qconv` of a geometry :func:`is_rows_geometry` accepts (uint8 x, int8 w,
+    every weight zero point 0) with w packed by :func:`pack_weight_rows`: x blocked by
+    quads of channels (block ``qconv_pack_x``: (N, ceil(C/4), *spatial[:-1],
+    rows_width(W), 4) uint8, x_zp past C and W); the dot product (block ``qconv_rows``)
+    accumulates (N, O, *spatial[:-1], rows_width(W)) int32, output positions consecutive,
+    each step one output channel's quad of weights against 16 positions' quads of x (what
+    ``vpdpbusd`` with a broadcast weight computes); the requantization (``qconv_requant``)
+    reads it in the output's own layout (N, O, *spatial): no transposition."""
+    x_zp = params[X_ZP].astype(str(x.dtype))
+    quads = -(-geom.in_channels // QUAD)
+    *rows, width = geom.in_size
+    padded = rows_width(width)
+
+    def pack(n, cb, *rest):
+        *pos, ci = rest
+        c = cb * QUAD + ci
+        inside = tirx.all(c < geom.in_channels, pos[-1] < width)
+        return tirx.if_then_else(inside, x[(n, c, *pos)], x_zp)
+
+    xp = te.compute((geom.batch, quads, *rows, padded, QUAD), pack, name=blocks.QCONV_PACK_X)
+    rc = te.reduce_axis((0, quads), "rc")
+    ri = te.reduce_axis((0, QUAD), "ri")
+
+    def dot(n, o, *pos):
+        value = xp[(n, rc, *pos, ri)].astype("int32") * w[o, rc, ri].astype("int32")
+        return te.sum(value, axis=[rc, ri])
+
+    acc = te.compute((geom.batch, geom.out_channels, *rows, padded), dot, name=blocks.QCONV_ROWS)
+
+    def requant(n, o, *pos):
+        return requantize(acc[(n, o, *pos)] + term[o], o, params, multiplier, out_dtype)
+
+    return te.compute(geom.out_shape, requant, name=blocks.QCONV_REQUANT)

@@ -171,6 +171,12 @@ CPU_RULES: tuple[ScheduleRule[s_tir.Schedule], ...] = (
         "A 1-D (causal or dilated) convolution over a long sequence.",
     ),
     FunctionRule(
+        "QConvRowsRule",
+        cpu_qconv.is_qconv_rows,
+        cpu_qconv.schedule_qconv_rows,
+        "An integer 1x1 convolution in the rows form (``qconv_rows``: vpdpbusd, positions in lanes).",
+    ),
+    FunctionRule(
         "QConvPackedRule",
         cpu_qconv.is_qconv_packed,
         cpu_qconv.schedule_qconv_packed,

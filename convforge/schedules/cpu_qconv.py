@@ -18,6 +18,10 @@ The requantization (add the per-channel term, float32 multiply, round, clamp, na
 on the register block before it is stored. The padded input (padding value x_zp) is
 written per parallel tile. Where a weight zero point is not 0, the padded input and the
 per-position window sums of x (``qconv_x_sum``) are computed once, in parallel, before.
+
+The blocked forms (``qconv_pack_x``: x packed by channel pairs or quads) tile channel
+blocks in the lanes (:func:`schedule_qconv_packed`); the rows form of a 1x1 convolution
+(``qconv_rows``) tiles 16 positions of a row in the lanes (:func:`schedule_qconv_rows`).
 """
 
 from __future__ import annotations
@@ -30,9 +34,16 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from convforge.ops import qconv as qconv_ops
-from convforge.ops.blocks import QCONV, QCONV_PACK_X, QCONV_PAD, QCONV_REQUANT, QCONV_X_SUM
-from convforge.schedules.cpu_direct import default_tiles, has_block
-from convforge.targets import profile
+from convforge.ops.blocks import (
+    QCONV,
+    QCONV_PACK_X,
+    QCONV_PAD,
+    QCONV_REQUANT,
+    QCONV_ROWS,
+    QCONV_X_SUM,
+)
+from convforge.schedules.cpu_direct import default_tiles, has_block, largest_divisor
+from convforge.targets import TargetProfile, profile
 
 
 def is_qconv(func: tirx.PrimFunc) -> bool:
@@ -312,4 +323,111 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     if r_width >= lanes:
         _, inner = sch.split(rloops[-1], [None, lanes])
         sch.vectorize(inner)
+    return sch
+
+
+# --- the rows form (ops.qconv.qconv_rows): output positions in the lanes ------------------
+
+#: ``c[i] += sum_k a[i, k] * b[k]`` for 16 int32 lanes of 4 uint8 x int8 products each:
+#: one ``vpdpbusd`` (AVX-512 VNNI) of 64 consecutive uint8 of a (16 positions' quads of
+#: channels) and the broadcast quad b (one output channel's weights), accumulated into c.
+DOT_16X4_VNNI_ROWS = "convforge_dot_16x4_u8i8i32_vnni_rows"
+
+
+@functools.cache
+def dot_16x4_vnni_rows() -> str:
+    """Register :data:`DOT_16X4_VNNI_ROWS` (once per process); its name."""
+    lanes, step = qconv_ops.ROWS_LANES, qconv_ops.QUAD
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        a: T.Buffer((lanes, step), "uint8", offset_factor=1),
+        b: T.Buffer((step,), "int8", offset_factor=1),
+        c: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:lanes, 0:step], b[0:step])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, step):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vi, vk], "int32") * T.cast(b[vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        a: T.Buffer((16, 4), "uint8", offset_factor=1),
+        b: T.Buffer((4,), "int8", offset_factor=1),
+        c: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:16, 0:4], b[0:4])
+            T.writes(c[0:16])
+            quad = T.reinterpret(b.vload([0], "int8x4"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                c.vload([0], dtype="int32x16"),
+                a.vload([0, 0], dtype="uint8x64"),
+                T.reinterpret(T.broadcast(quad, 16), dtype="int8x64"),
+                dtype="int32x16",
+            )
+
+    TensorIntrin.register(DOT_16X4_VNNI_ROWS, desc, impl, override=True)
+    return DOT_16X4_VNNI_ROWS
+
+
+def is_qconv_rows(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` is :func:`convforge.ops.qconv.qconv_rows`."""
+    return has_block(func, QCONV_ROWS)
+
+
+def rows_tile(channels: int, vectors: int, thresholds: TargetProfile) -> int:
+    """Output channels of the rows form's register tile over ``vectors`` int32 vectors of
+    positions (a whole row): the largest divisor of ``channels`` whose accumulators fit
+    the profile's ``direct_accumulators`` with the row's x vectors and one broadcast weight
+    within its ``vector_registers``."""
+    limit = min(
+        thresholds.direct_accumulators // vectors,
+        (thresholds.vector_registers - vectors - 1) // vectors,
+    )
+    return largest_divisor(channels, max(1, limit))
+
+
+def schedule_qconv_rows(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """The rows form: x packed in parallel over (N, channel quads); the dot product's
+    output (N, O, *rows, width) tiled by output channels (:func:`rows_tile`) x one whole
+    row of 16-position vectors, parallel over (N, channel tiles, rows); the reduction over
+    channel quads outside the register tile, each step one ``vpdpbusd`` of a broadcast
+    weight quad (:data:`DOT_16X4_VNNI_ROWS`); each tile requantized as it is finished,
+    vectorized along the row (the output's own layout)."""
+    sch = s_tir.Schedule(func)
+    pack = _named(sch, QCONV_PACK_X)
+    acc = _named(sch, QCONV_ROWS)
+    requant = _named(sch, QCONV_REQUANT)
+    _parallel_root(sch, pack, 3)
+    n, o, *rows, width, rc, ri = sch.get_loops(acc)
+    lanes = qconv_ops.ROWS_LANES
+    vectors = int(sch.get(width).extent) // lanes
+    o_tile = rows_tile(int(sch.get(o).extent), vectors, profile(target))
+    o_outer, o_inner = sch.split(o, [None, o_tile])
+    w_outer, w_inner = sch.split(width, [None, lanes])
+    sch.reorder(n, o_outer, *rows, rc, o_inner, w_outer, w_inner, ri)
+    task = sch.fuse(n, o_outer, *rows)
+    sch.parallel(task)
+    sch.reverse_compute_at(requant, task, preserve_unit_loops=True)
+    sch.decompose_reduction(acc, rc)
+    sch.unroll(o_inner)
+    sch.unroll(w_outer)
+    sch.tensorize(w_inner, dot_16x4_vnni_rows())
+    init = _named(sch, QCONV_ROWS + "_init")
+    if init is not None:
+        sch.vectorize(sch.get_loops(init)[-1])
+    r_width = sch.get_loops(requant)[-1]
+    extent = int(sch.get(r_width).extent)
+    whole = extent // lanes * lanes
+    parts = [r_width] if whole in (0, extent) else sch.loop_partition(r_width, [whole, None])
+    for part in parts:
+        if int(sch.get(part).extent) > lanes:
+            part = sch.split(part, [None, lanes])[1]
+        sch.vectorize(part)
     return sch
