@@ -1076,13 +1076,14 @@ def _rows_form_fits(geom: shapes.ConvGeometry, target: tvm.target.Target) -> boo
     """Whether a uint8 x int8 convolution on AVX-512 VNNI takes the rows form: a 1x1 one
     (:func:`convforge.ops.qconv.is_rows_geometry`) of few input channels (the profile's
     ``qconv_rows_max_channels``: few products per output, so that requantizing 16 channels
-    of a position at a time dominates the other form) whose rows fill their 16-position
-    vectors well enough (``qconv_rows_widths``)."""
+    of a position at a time dominates the other form), no fewer output channels than input
+    ones, and rows that fill their 16-position vectors well enough (``qconv_rows_widths``)."""
     thresholds = profile(target)
     low, high = thresholds.qconv_rows_widths
     return (
         qconv_ops.is_rows_geometry(geom)
         and geom.in_channels <= thresholds.qconv_rows_max_channels
+        and geom.out_channels >= geom.in_channels
         and low <= geom.out_size[-1] <= high
     )
 

@@ -334,12 +334,13 @@ class TargetProfile:
     #: task, and the largest a per-call weight may have over stride phases.
     #: #winograd-cached-weight
     winograd_cached_weight_floats: int = 256 * 1024
-    #: A 1x1 uint8 x int8 convolution on AVX-512 VNNI of at most this many input channels
-    #: and an output width in ``qconv_rows_widths`` (inclusive) takes the rows form
-    #: (``plan.QConvPlan``: 16 positions of a row in the lanes, its requantization without
-    #: a transposition) rather than 16 channels in the lanes. #qconv-rows
+    #: A 1x1 uint8 x int8 convolution on AVX-512 VNNI of at most this many input channels,
+    #: at least as many output channels as input ones and an output width in
+    #: ``qconv_rows_widths`` (inclusive) takes the rows form (``plan.QConvPlan``: 16
+    #: positions of a row in the lanes, its requantization without a transposition) rather
+    #: than 16 channels in the lanes. #qconv-rows
     qconv_rows_max_channels: int = 128
-    qconv_rows_widths: tuple[int, int] = (12, 64)
+    qconv_rows_widths: tuple[int, int] = (12, 112)
     #: Winograd's choice (``plan.winograd_tiles``): fewer channels in or out than this keep
     #: the direct convolution (the transforms dominate), and a convolution whose weight is
     #: transformed on every call needs this many tiles. #winograd-per-call-weight

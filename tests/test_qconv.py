@@ -302,6 +302,7 @@ def test_every_integer_form_equals_the_integer_oracle(form, monkeypatch):
         ((1, 16, 4, 55), (64, 16, 1, 1)),  # 48 + 7 positions
         ((1, 40, 3, 32), (36, 40, 1, 1)),  # whole vectors; 36 channels: tiles of 4
         ((1, 8, 2, 3, 20), (12, 8, 1, 1, 1)),  # 3-D
+        ((1, 16, 2, 112), (96, 16, 1, 1)),  # seven vectors a row: tiles of 3 channels
     ],
 )
 def test_the_rows_form_equals_the_integer_oracle(x_shape, w_shape, monkeypatch):
@@ -327,11 +328,11 @@ def test_the_rows_form_equals_the_integer_oracle(x_shape, w_shape, monkeypatch):
 
 
 def test_the_rows_form_is_planned_for_few_input_channels_and_emits_vpdpbusd():
-    """On an AVX-512 VNNI CPU a 1x1 uint8 x int8 convolution of at most 128 input channels
-    and a width of 12-64 takes the rows form (thresholds.md#qconv-rows); more input
-    channels, another kernel, a stride or a narrow width keep 16 channels in the lanes. Its
-    inner loop is ``vpdpbusd`` on zmm registers and its requantization reads the int32
-    tile without gathers."""
+    """On an AVX-512 VNNI CPU a 1x1 uint8 x int8 convolution of at most 128 input channels,
+    no fewer output channels and a width of 12-112 takes the rows form
+    (thresholds.md#qconv-rows); more input channels, fewer output ones, another kernel, a
+    stride or a narrow width keep 16 channels in the lanes. Its inner loop is ``vpdpbusd``
+    on zmm registers and its requantization reads the int32 tile without gathers."""
     from convforge.build import compile_computation
     from convforge.plan import ROWS_FORM, plan_qconv
 
@@ -343,7 +344,9 @@ def test_the_rows_form_is_planned_for_few_input_channels_and_emits_vpdpbusd():
 
     assert form((1, 64, 56, 56), (256, 64, 1, 1)).form == ROWS_FORM
     assert form((1, 128, 28, 28), (512, 128, 1, 1)).form == ROWS_FORM
+    assert form((1, 16, 112, 112), (96, 16, 1, 1)).form == ROWS_FORM
     assert form((1, 256, 56, 56), (64, 256, 1, 1)).form == "vpdpbusd"
+    assert form((1, 96, 56, 56), (24, 96, 1, 1)).form == "vpdpbusd"
     assert form((1, 64, 56, 56), (64, 64, 3, 3), padding=1).form == "vpdpbusd"
     assert form((1, 64, 56, 56), (256, 64, 1, 1), stride=2).form == "vpdpbusd"
     assert form((1, 64, 7, 7), (256, 64, 1, 1)).form == "vpdpbusd"
