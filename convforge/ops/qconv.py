@@ -352,7 +352,11 @@ def qconv_packed(
             inside += [i >= lo, i < n_in + lo]
         return tirx.if_then_else(tirx.all(*inside), x[(n, c, *src)].astype(x_dtype), x_zp)
 
-    xp = te.compute((geom.batch, pairs, *padded_size, step), pack, name=blocks.QCONV_PACK_X)
+    interior = [geom.padding[-1][0], geom.padding[-1][0] + geom.in_size[-1]]
+    xp = te.compute(
+        (geom.batch, pairs, *padded_size, step), pack, name=blocks.QCONV_PACK_X,
+        attrs={blocks.QCONV_PACK_INTERIOR_ATTR: interior},
+    )  # fmt: skip
     rc = te.reduce_axis((0, pairs), "rc")
     rk = [te.reduce_axis((0, k), f"rk{i}") for i, k in enumerate(geom.kernel)]
     ri = te.reduce_axis((0, step), "ri")
@@ -441,7 +445,10 @@ def qconv_rows(
         inside = tirx.all(c < geom.in_channels, pos[-1] < width)
         return tirx.if_then_else(inside, x[(n, c, *pos)], x_zp)
 
-    xp = te.compute((geom.batch, quads, *rows, padded, QUAD), pack, name=blocks.QCONV_PACK_X)
+    xp = te.compute(
+        (geom.batch, quads, *rows, padded, QUAD), pack, name=blocks.QCONV_PACK_X,
+        attrs={blocks.QCONV_PACK_INTERIOR_ATTR: [0, width]},
+    )  # fmt: skip
     rc = te.reduce_axis((0, quads), "rc")
     ri = te.reduce_axis((0, QUAD), "ri")
 

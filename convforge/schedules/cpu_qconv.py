@@ -36,6 +36,7 @@ from tvm.script import tirx as T
 from convforge.ops import qconv as qconv_ops
 from convforge.ops.blocks import (
     QCONV,
+    QCONV_PACK_INTERIOR_ATTR,
     QCONV_PACK_X,
     QCONV_PAD,
     QCONV_REQUANT,
@@ -56,6 +57,21 @@ def _named(sch: s_tir.Schedule, name: str) -> s_tir.SBlockRV | None:
         if sch.get(block).name_hint == name:
             return block
     return None
+
+
+def _partition_pack(sch: s_tir.Schedule, pack: s_tir.SBlockRV) -> None:
+    """The packing of x (``qconv_pack_x``) as separate loops over the padding before, the
+    positions that read x and the padding after, along its last spatial axis (the block's
+    ``qconv_pack_interior``): inside, the padding test folds away and LLVM vectorizes the
+    copy (a rows-form pack of 64 channels, 56 positions padded to 64: 9 instead of 63 us,
+    thresholds.md#qconv-pack-interior)."""
+    start, stop = (int(v) for v in sch.get(pack).annotations[QCONV_PACK_INTERIOR_ATTR])
+    width = sch.get_loops(pack)[-2]
+    extent = int(sch.get(width).extent)
+    cuts = [c for c in (start, stop) if 0 < c < extent]
+    if cuts:
+        sizes = [cuts[0], *(cuts[1] - cuts[0] for _ in cuts[1:])]
+        sch.loop_partition(width, [*sizes, None])
 
 
 def _parallel_root(sch: s_tir.Schedule, block: s_tir.SBlockRV, outer: int) -> None:
@@ -279,6 +295,7 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     conv = _named(sch, QCONV)
     requant = _named(sch, QCONV_REQUANT)
     _parallel_root(sch, pack, 3)
+    _partition_pack(sch, pack)
     loops = sch.get_loops(conv)
     iters = sch.get(conv).iter_vars
     spatial = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) != tirx.IterVar.CommReduce]
@@ -405,6 +422,7 @@ def schedule_qconv_rows(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir
     acc = _named(sch, QCONV_ROWS)
     requant = _named(sch, QCONV_REQUANT)
     _parallel_root(sch, pack, 3)
+    _partition_pack(sch, pack)
     n, o, *rows, width, rc, ri = sch.get_loops(acc)
     lanes = qconv_ops.ROWS_LANES
     vectors = int(sch.get(width).extent) // lanes
