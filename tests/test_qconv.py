@@ -270,7 +270,7 @@ def _host_forms() -> list[str]:
 def test_every_integer_form_equals_the_integer_oracle(form, monkeypatch):
     """Each form this CPU can run, forced, on channels that fill no block (20 out: 16 + 4
     of a VNNI block, 8 + 8 + 4 of AVX2's; 6 in: a quad and a half) with a stride and
-    padding, and a prime output width: ConvInteger of uint8 x and int8 w (7-bit for ``vpmaddubsw``, full range
+    padding, a prime output width and a strided 1x1: ConvInteger of uint8 x and int8 w (7-bit for ``vpmaddubsw``, full range
     otherwise) equals the exact integer oracle. A form the CPU lacks is compiled only
     (``test_the_vnni_form_emits_vpdpbusd``)."""
     if form not in _host_forms():
@@ -287,6 +287,8 @@ def test_every_integer_form_equals_the_integer_oracle(form, monkeypatch):
     for x_shape, w_shape, stride, padding in [
         ((2, 6, 9, 11), (20, 6, 3, 3), (1, 2), 1),
         ((1, 3, 9, 223), (16, 3, 7, 7), 2, 0),
+        # a strided 1x1: x packed at the positions it reads only
+        ((2, 6, 9, 13), (20, 6, 1, 1), (2, 3), 0),
     ]:
         geom = shapes.conv_geometry(x_shape, w_shape, stride=stride, padding=padding)
         x = integers(rng, "uint8", geom.x_shape)

@@ -332,7 +332,8 @@ def qconv_packed(
     ``vpmaddubsw`` + ``vpmaddwd`` or ``vpdpbusd`` compute); the requantization
     (``qconv_requant``) reads it back in (N, O, *out). Extra channels carry zero weights;
     ``out_width`` (:func:`tiled_width`) computes the last axis over that many positions,
-    the extra ones on x's padding value."""
+    the extra ones on x's padding value. A strided 1x1 convolution without padding packs x
+    at the positions it reads only (p * stride), and the dot product reads them in order."""
     step, out_block = int(w.shape[-1]), int(w.shape[-2])
     x_dtype = "int16" if step == PAIR else str(x.dtype)
     x_zp = params[X_ZP].astype(x_dtype)
@@ -342,19 +343,34 @@ def qconv_packed(
     padded_size = [n + lo + hi for n, (lo, hi) in zip(geom.in_size, geom.padding)]
     padded_size[-1] += extra
 
+    # a strided 1x1 without padding reads x at p * stride only: packed there, once each
+    subsampled = (
+        all(k == 1 for k in geom.kernel)
+        and not any(lo or hi for lo, hi in geom.padding)
+        and any(s > 1 for s in geom.stride)
+    )
+
     def pack(n, cb, *rest):
         pos, ci = rest[:-1], rest[-1]
         c = cb * step + ci
         inside = [c < geom.in_channels]
         src = []
-        for i, n_in, (lo, _) in zip(pos, geom.in_size, geom.padding):
-            src.append(i - lo)
-            inside += [i >= lo, i < n_in + lo]
+        if subsampled:
+            src = [i * s for i, s in zip(pos, geom.stride)]
+            inside.append(pos[-1] < geom.out_size[-1])
+        else:
+            for i, n_in, (lo, _) in zip(pos, geom.in_size, geom.padding):
+                src.append(i - lo)
+                inside += [i >= lo, i < n_in + lo]
         return tirx.if_then_else(tirx.all(*inside), x[(n, c, *src)].astype(x_dtype), x_zp)
 
-    interior = [geom.padding[-1][0], geom.padding[-1][0] + geom.in_size[-1]]
+    if subsampled:
+        pack_size, interior = out_size, [0, geom.out_size[-1]]
+    else:
+        pack_size = padded_size
+        interior = [geom.padding[-1][0], geom.padding[-1][0] + geom.in_size[-1]]
     xp = te.compute(
-        (geom.batch, pairs, *padded_size, step), pack, name=blocks.QCONV_PACK_X,
+        (geom.batch, pairs, *pack_size, step), pack, name=blocks.QCONV_PACK_X,
         attrs={blocks.QCONV_PACK_INTERIOR_ATTR: interior},
     )  # fmt: skip
     rc = te.reduce_axis((0, pairs), "rc")
@@ -364,7 +380,10 @@ def qconv_packed(
 
     def dot(n, ob, *rest):
         pos, oi = rest[:-1], rest[-1]
-        src = [p * s + r * d for p, r, s, d in zip(pos, rk, geom.stride, geom.dilation)]
+        if subsampled:
+            src = [p + r for p, r in zip(pos, rk)]
+        else:
+            src = [p * s + r * d for p, r, s, d in zip(pos, rk, geom.stride, geom.dilation)]
         value = xp[(n, rc, *src, ri)].astype("int32") * w[(ob, rc, *rk, oi, ri)].astype("int32")
         return te.sum(value, axis=[rc, *rk, ri])
 
