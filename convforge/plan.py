@@ -1115,7 +1115,8 @@ def plan_qconv(
     targets only (ValueError naming ``target`` otherwise). On x86 with AVX2, a convolution
     of one group whose weight zero points are all 0 (onnxruntime's quantizer's int8
     weights) takes a blocked form: with uint8 x and int8 w, ``vpdpbusd`` on AVX-512 VNNI
-    (exact), else ``vpmaddubsw`` where ``narrow_weights`` (int8 weights that
+    (exact; the rows form ``vpdpbusd_rows`` for a 1x1 of few input channels,
+    :func:`_rows_form_fits`), else ``vpmaddubsw`` where ``narrow_weights`` (int8 weights that
     :func:`convforge.ops.qconv.fits_pmaddubsw`: exact); else ``vpmaddwd``; anything else
     the direct one."""
     target = resolve_target(target)

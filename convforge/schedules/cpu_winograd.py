@@ -8,11 +8,12 @@ channels x ``tile_block`` tiles, like ``cpu_conv.schedule_conv_nchwc``), and the
 transform (vectorized along the channel block, each pass unrolling the loop that selects its
 row) written back in NCHW with bias and activation, the tile's columns vectorized. With
 dilation the output is written back by its own parallel pass (the phase of an output column
-is not an affine function of the tile loops). Where every task would read more of the transformed weight than the pipeline's
-intermediates weigh, the three steps run as passes instead (:func:`_fuse_tasks`). The
-padding (a blocked transpose to channels last) and the weight transform are parallel
-passes. A ``window_max`` of the output (a max pool whose windows each lie in one tile)
-runs in the tasks that wrote its tiles (:func:`schedule_winograd_pool`).
+is not an affine function of the tile loops). Where every task would read more of the
+transformed weight than the pipeline's intermediates weigh, the three steps run as passes
+instead (:func:`_fuse_tasks`). The padding (a blocked transpose to channels last) and the
+weight transform are parallel passes. A ``window_max`` of the output (a max pool whose
+windows each lie in one tile) runs in the tasks that wrote its tiles
+(:func:`schedule_winograd_pool`).
 """
 
 from __future__ import annotations
