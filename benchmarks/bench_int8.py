@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if "max_difference" in row:
             print(f"  top-1 as onnxruntime: {row['equal_to_onnxruntime']}, largest difference "
                   f"{row['max_difference']:.4g} ({row['relative_difference']:.2%} of the output "
-                  f"range); integer Convs {row['integer_convs']}; float32 column: the float32 "
+                  f"range); integer Convs/Gemms {row['integer_convs']}; float32 column: the float32 "
                   "model")  # fmt: skip
         elif not row["equal_to_onnxruntime"]:
             print("  (outputs differ from onnxruntime's)")
@@ -252,8 +252,10 @@ def _model_row(name: str, threads: int, rounds: int) -> dict:
     for _ in range(rounds):
         for label, call in calls.items():
             samples_[label].append(_seconds(call, number=5))
-    integer = [k for k in int8.metadata["kernels"] if k["op_type"] == "QLinearConv"]
-    convs = [k for k in int8.metadata["kernels"] if k["op_type"] in ("Conv", "QLinearConv")]
+    # the model's Conv and Gemm nodes, and those served by an integer kernel
+    layers = {n.name for n in qdq.graph.node if n.op_type in ("Conv", "Gemm")}
+    convs = [k for k in int8.metadata["kernels"] if k["node"] in layers]
+    integer = [k for k in convs if k["op_type"] == "QLinearConv"]
     difference = float(np.abs(y - expected).max())
     row = {
         "workload": f"{name} (model)", "label": ", ".join(sorted({k["kernel"] for k in integer})),

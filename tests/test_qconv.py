@@ -668,18 +668,69 @@ def _quantize_qdq(model: onnx.ModelProto, shape, tmp_path, rng) -> onnx.ModelPro
     return onnx.load(tmp_path / "qdq.onnx")
 
 
+def test_a_qdq_gemm_classifier_runs_on_the_integer_kernel(tmp_path):
+    """A classifier head quantized by onnxruntime (Conv -> Relu -> GlobalAveragePool ->
+    Flatten -> Gemm(transB=1, bias) -> Relu -> Gemm(transB=0)): the first Gemm becomes the
+    integer 1x1 convolution over (N, C, 1, 1) (fusion._fuse_qdq_gemm: its Q/DQ fused into
+    it), the second (transB=0: W per channel along axis 1) stays float;
+    outputs as onnxruntime's within one quantization step, at batch 1 and 3."""
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w1", "b1"], ["g1"], transB=1, name="fc1"),
+        helper.make_node("Relu", ["g1"], ["h"], name="relu1"),
+        helper.make_node("Gemm", ["h", "w2"], ["y"], name="fc2"),
+    ]
+    weights = {
+        "cw": rng.standard_normal((24, 3, 3, 3)) / 4, "cb": rng.standard_normal(24) / 4,
+        "w1": rng.standard_normal((20, 24)) / 3, "b1": rng.standard_normal(20) / 3,
+        "w2": rng.standard_normal((20, 10)) / 3,
+    }  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    qdq = _quantize_qdq(model, (3, 3, 12, 12), tmp_path, rng)
+    qdq.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    compiled = cf.compile_model(qdq)
+    kernels = {k["node"]: k for k in compiled.metadata["kernels"]}
+    assert kernels["fc1"]["kernel"].startswith("qlinear_conv2d (int8"), kernels["fc1"]
+    quantizes = {n.name for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    assert set(kernels["fc1"]["fused"]) & quantizes, kernels["fc1"]  # its Q, fused
+    assert kernels["fc2"]["op_type"] == "Gemm" and "int8" not in kernels["fc2"]["kernel"]
+    (last_quantize,) = [n for n in qdq.graph.node if n.op_type == "QuantizeLinear"][-1:]
+    scale = numpy_helper.to_array(
+        next(t for t in qdq.graph.initializer if t.name == last_quantize.input[1])
+    )
+    for batch in (1, 3):
+        x = rng.random((batch, 3, 12, 12)).astype(np.float32)
+        (y,) = compiled(x)
+        (expected,) = run_onnxruntime(qdq, {"x": x})
+        assert y.shape == expected.shape == (batch, 10)
+        assert np.abs(y - expected).max() <= 1.001 * scale
+        assert np.ptp(expected) > 10 * scale  # not a constant output
+
+
 @pytest.mark.slow
 def test_the_quantized_demo_resnet_runs_on_integer_kernels(tmp_path):
-    """The benchmarks' ResNet-15 (112x112) quantized by onnxruntime: every Conv on an
-    integer kernel, the same top-1 as onnxruntime on the same QDQ model and every
-    probability within 1 LSB of the output's scale (1/255 here)."""
+    """The benchmarks' ResNet-15 (112x112) quantized by onnxruntime: every Conv and the
+    classifier's Gemm on an integer kernel, the same top-1 as onnxruntime on the same QDQ
+    model and every probability within 1 LSB of the output's scale (1/255 here)."""
     from benchmarks.bench_compile import resnet15
 
     rng = np.random.default_rng(1)
     qdq = _quantize_qdq(resnet15(size=112), (1, 3, 112, 112), tmp_path, rng)
     model = cf.compile_model(qdq)
     convs = [k for k in model.metadata["kernels"] if k["op_type"] == "QLinearConv"]
-    assert len(convs) == 15
+    layers = [n.name for n in qdq.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(layers) == 16 and sorted(k["node"] for k in convs) == sorted(layers)
     assert all(k["kernel"].startswith("qlinear_conv2d (int8") for k in convs)
     assert not [k for k in model.metadata["kernels"] if k["op_type"] == "Conv"]
     for _ in range(2):

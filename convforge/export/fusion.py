@@ -20,6 +20,10 @@ and is not a graph output:
   pool inside the convolution's kernel where the shapes allow (no ``ceil_mode`` overhang;
   see :func:`convforge.export.lowering.lower_conv`), else as its own kernel.
 
+Before those, a quantized (QDQ) Conv becomes one QLinearConv, and a quantized classifier
+Gemm that QLinearConv over its input reshaped to (N, C, 1, 1)
+(:func:`fuse_qdq_convolutions`).
+
 The fused node keeps its op type and gets attributes read by
 :mod:`convforge.export.lowering`: ``convforge_activation``, ``convforge_residual``,
 ``convforge_max_pool_*`` and ``convforge_fused`` (names of the absorbed nodes, for the
@@ -28,6 +32,9 @@ model.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -216,68 +223,161 @@ def fuse_qdq_convolutions(g: _Graph) -> None:
     becomes one QLinearConv node (named as the Conv; the activation as ``convforge_activation``
     or ``convforge_clip``) reading the quantized x and writing the quantized y, so chains of
     Q/DQ between such convolutions disappear; a DequantizeLinear nothing else reads goes
-    too. A MaxPool between a DequantizeLinear and a QuantizeLinear of the same scale and
-    zero point then runs on the integers (:func:`_integer_max_pool`). A Conv that does not fit (a float bias, a bias scale other than x_scale * w_scale,
-    y of another type than x, a DQ with a block size, ...) stays float. The QLinearConv
-    computes exactly what onnxruntime's own QDQ-to-QLinearConv fusion does (its
-    requantization: :mod:`convforge.ops.qconv`)."""
+    too. A QDQ Gemm of the same form (the classifier: x (N, C), ``transB=1``) becomes that
+    QLinearConv over x reshaped to (N, C, 1, 1) (:func:`_fuse_qdq_gemm`). A MaxPool between
+    a DequantizeLinear and a QuantizeLinear of the same scale and zero point then runs on
+    the integers (:func:`_integer_max_pool`). A Conv or Gemm that does not fit (a float
+    bias, a bias scale other than x_scale * w_scale, y of another type than x, a DQ with a
+    block size, ...) stays float. The QLinearConv computes exactly what onnxruntime's own
+    QDQ-to-QLinearConv fusion does (its requantization: :mod:`convforge.ops.qconv`)."""
     for conv in list(g.graph.node):
         if conv.op_type != "Conv" or len(conv.input) < 2 or conv.output[0] in g.outputs:
             continue
-        dq_x = _dequantized(g, conv.input[0], constant=False)
-        dq_w = _dequantized(g, conv.input[1], constant=True)
-        if dq_x is None or dq_w is None or g.constant(dq_x.input[1]).size != 1:
+        parts = _qdq_parts(g, conv, conv.input[2] if len(conv.input) > 2 else "")
+        if parts is None:
             continue
-        x_type = g.types.get(dq_x.input[0])
-        if x_type is None or x_type.elem_type not in _INT8_TYPES:
-            continue
-        if g.constant(dq_w.input[0]).dtype not in (np.int8, np.uint8):
-            continue
-        dq_b = None
-        if len(conv.input) > 2 and conv.input[2]:
-            dq_b = _dequantized(g, conv.input[2], constant=True)
-            if dq_b is None or g.constant(dq_b.input[0]).dtype != np.int32:
-                continue
-            expected = (g.constant(dq_x.input[1]) * g.constant(dq_w.input[1])).astype(np.float32)
-            bias_scale = g.constant(dq_b.input[1])
-            if np.any(np.broadcast_to(bias_scale, expected.shape) != expected) or np.any(
-                g.constant(dq_b.input[2]) != 0
-            ):
-                continue
-        tail = _quantize_after(g, conv.output[0])
-        if tail is None:
-            continue
-        followers, activation = tail
-        quantize = followers[-1]
-        if g.constant(quantize.input[2]).dtype != np.dtype(
-            onnx.helper.tensor_dtype_to_np_dtype(x_type.elem_type)
-        ):
-            continue
-        inputs = [*dq_x.input[:3], *dq_w.input[:3], *quantize.input[1:3]]
-        if dq_b is not None:
-            inputs.append(dq_b.input[0])
-        node = helper.make_node("QLinearConv", inputs, [quantize.output[0]], name=conv.name)
+        node = helper.make_node(
+            "QLinearConv", _qlinear_inputs(parts), [parts.quantize.output[0]], name=conv.name
+        )
         node.attribute.extend(conv.attribute)
-        if activation == "relu":
-            node.attribute.append(helper.make_attribute(ACTIVATION_ATTR, "relu"))
-        elif activation is not None:
-            node.attribute.append(helper.make_attribute(CLIP_ATTR, list(activation)))
-        position = list(g.graph.node).index(conv)
-        for gone in (conv, *followers):
-            g.graph.node.remove(gone)
-        absorbed = []
-        for dq in (dq_x, dq_w, dq_b):  # one still read by another node stays
-            if dq is not None and not g.consumers(dq.output[0]) and dq.output[0] not in g.outputs:
-                position -= list(g.graph.node).index(dq) < position
-                g.graph.node.remove(dq)
-                absorbed.append(dq.name)
-        absorbed += [n.name for n in followers]
-        node.attribute.append(helper.make_attribute(FUSED_ATTR, absorbed))
-        g.graph.node.insert(position, node)
+        _replace(g, conv, parts, node)
+    for gemm in list(g.graph.node):
+        if gemm.op_type == "Gemm":
+            _fuse_qdq_gemm(g, gemm)
     for pool in list(g.graph.node):
         if pool.op_type == "MaxPool":
             _integer_max_pool(g, pool)
     _fold_constant_dequantize(g)
+
+
+class _QDQParts(NamedTuple):
+    """The nodes around a QDQ Conv or Gemm (:func:`_qdq_parts`)."""
+
+    dq_x: onnx.NodeProto
+    dq_w: onnx.NodeProto
+    dq_b: onnx.NodeProto | None
+    #: [Relu | Clip] QuantizeLinear after the operator.
+    followers: list[onnx.NodeProto]
+    #: 'relu', a Clip's (low, high), or None.
+    activation: object
+
+    @property
+    def quantize(self) -> onnx.NodeProto:
+        return self.followers[-1]
+
+
+def _qdq_parts(g: _Graph, node: onnx.NodeProto, bias: str) -> _QDQParts | None:
+    """The QDQ form around ``node`` (its input 0 the activation x, input 1 the weight W,
+    ``bias`` its bias input or ''): x and y per tensor and of one 8-bit type, W an 8-bit
+    constant per tensor or per channel (axis 0), the bias an int32 constant of scale
+    x_scale * w_scale and zero point 0; else None (the node stays float)."""
+    dq_x = _dequantized(g, node.input[0], constant=False)
+    dq_w = _dequantized(g, node.input[1], constant=True)
+    if dq_x is None or dq_w is None or g.constant(dq_x.input[1]).size != 1:
+        return None
+    x_type = g.types.get(dq_x.input[0])
+    if x_type is None or x_type.elem_type not in _INT8_TYPES:
+        return None
+    if g.constant(dq_w.input[0]).dtype not in (np.int8, np.uint8):
+        return None
+    dq_b = None
+    if bias:
+        dq_b = _dequantized(g, bias, constant=True)
+        if dq_b is None or g.constant(dq_b.input[0]).dtype != np.int32:
+            return None
+        expected = (g.constant(dq_x.input[1]) * g.constant(dq_w.input[1])).astype(np.float32)
+        bias_scale = g.constant(dq_b.input[1])
+        if np.any(np.broadcast_to(bias_scale, expected.shape) != expected) or np.any(
+            g.constant(dq_b.input[2]) != 0
+        ):
+            return None
+    tail = _quantize_after(g, node.output[0])
+    if tail is None:
+        return None
+    followers, activation = tail
+    if g.constant(followers[-1].input[2]).dtype != np.dtype(
+        onnx.helper.tensor_dtype_to_np_dtype(x_type.elem_type)
+    ):
+        return None
+    return _QDQParts(dq_x, dq_w, dq_b, followers, activation)
+
+
+def _qlinear_inputs(parts: _QDQParts, x: str | None = None, w: str | None = None) -> list[str]:
+    """A QLinearConv's inputs from ``parts`` (x and w: other tensors in their place)."""
+    x_scale, x_zero = parts.dq_x.input[1:3]
+    w_scale, w_zero = parts.dq_w.input[1:3]
+    inputs = [x or parts.dq_x.input[0], x_scale, x_zero, w or parts.dq_w.input[0], w_scale,
+              w_zero, *parts.quantize.input[1:3]]  # fmt: skip
+    if parts.dq_b is not None:
+        inputs.append(parts.dq_b.input[0])
+    return inputs
+
+
+def _replace(
+    g: _Graph,
+    node: onnx.NodeProto,
+    parts: _QDQParts,
+    qconv: onnx.NodeProto,
+    before: Sequence[onnx.NodeProto] = (),
+    after: Sequence[onnx.NodeProto] = (),
+) -> None:
+    """Put ``qconv`` (with ``before`` and ``after`` around it) where ``node`` was, with
+    ``parts``' activation; remove ``node``, its followers and the DequantizeLinears nothing
+    else reads (named in ``qconv``'s fused list)."""
+    if parts.activation == "relu":
+        qconv.attribute.append(helper.make_attribute(ACTIVATION_ATTR, "relu"))
+    elif parts.activation is not None:
+        qconv.attribute.append(helper.make_attribute(CLIP_ATTR, list(parts.activation)))
+    position = list(g.graph.node).index(node)
+    for gone in (node, *parts.followers):
+        g.graph.node.remove(gone)
+    absorbed = []
+    for dq in (parts.dq_x, parts.dq_w, parts.dq_b):  # one still read by another node stays
+        if dq is not None and not g.consumers(dq.output[0]) and dq.output[0] not in g.outputs:
+            position -= list(g.graph.node).index(dq) < position
+            g.graph.node.remove(dq)
+            absorbed.append(dq.name)
+    absorbed += [n.name for n in parts.followers]
+    qconv.attribute.append(helper.make_attribute(FUSED_ATTR, absorbed))
+    for offset, new in enumerate((*before, qconv, *after)):
+        g.graph.node.insert(position + offset, new)
+
+
+def _fuse_qdq_gemm(g: _Graph, gemm: onnx.NodeProto) -> None:
+    """A QDQ Gemm ``DequantizeLinear(x (N, C)), DequantizeLinear(W const (O, C))
+    [, DequantizeLinear(int32 bias (O,))] -> Gemm(transB=1, alpha=beta=1, transA=0)
+    [-> Relu | Clip] -> QuantizeLinear`` (onnxruntime's quantizer's classifier) becomes
+    ``Reshape(x, (N, C, 1, 1)) -> QLinearConv(W as (O, C, 1, 1)) -> Reshape(y, (N, O))``:
+    the same sums and requantization as onnxruntime's QGemm, on the integer convolution
+    kernels (a 1x1 over one position)."""
+    if len(gemm.input) < 2 or gemm.output[0] in g.outputs:
+        return
+    if (_attribute(gemm, "transA", 0), _attribute(gemm, "transB", 0)) != (0, 1) or any(
+        float(_attribute(gemm, name, 1.0)) != 1.0 for name in ("alpha", "beta")
+    ):
+        return
+    x_type = g.types.get(gemm.input[0])
+    if x_type is None or len(x_type.shape.dim) != 2 or not x_type.shape.dim[1].dim_value:
+        return
+    bias = gemm.input[2] if len(gemm.input) > 2 else ""
+    parts = _qdq_parts(g, gemm, bias)
+    if parts is None:
+        return
+    w = g.constant(parts.dq_w.input[0])
+    channels = x_type.shape.dim[1].dim_value
+    if w.ndim != 2 or w.shape[1] != channels:
+        return
+    if parts.dq_b is not None and g.constant(parts.dq_b.input[0]).shape != (w.shape[0],):
+        return
+    name = gemm.name
+    w4 = g.add_constant(f"{name}_w_nchw", w.reshape(*w.shape, 1, 1))
+    to_nchw = g.add_constant(f"{name}_nchw_shape", np.array([0, channels, 1, 1], np.int64))
+    to_rows = g.add_constant(f"{name}_rows_shape", np.array([0, w.shape[0]], np.int64))
+    x4, y4 = f"{name}_x_nchw", f"{name}_y_nchw"
+    before = helper.make_node("Reshape", [parts.dq_x.input[0], to_nchw], [x4], name=x4)
+    qconv = helper.make_node("QLinearConv", _qlinear_inputs(parts, x=x4, w=w4), [y4], name=name)
+    after = helper.make_node("Reshape", [y4, to_rows], [parts.quantize.output[0]], name=y4)
+    _replace(g, gemm, parts, qconv, [before], [after])
 
 
 def _integer_max_pool(g: _Graph, pool: onnx.NodeProto) -> None:
