@@ -640,9 +640,13 @@ def test_a_quantize_static_qdq_model_runs_every_conv_on_the_integer_kernel(tmp_p
     assert check.ok and check.atol == pytest.approx(1.001 * scale / max(1, np.abs(expected).max()))
 
 
-def _quantize_qdq(model: onnx.ModelProto, shape, tmp_path, rng) -> onnx.ModelProto:
+def _quantize_qdq(
+    model: onnx.ModelProto, shape, tmp_path, rng, symbolic: bool = True
+) -> onnx.ModelProto:
     """``model`` quantized by onnxruntime (pre-processing, then quantize_static: QDQ,
-    per-channel int8 weights with reduce_range, uint8 activations; random calibration)."""
+    per-channel int8 weights with reduce_range, uint8 activations; random calibration).
+    ``symbolic=False`` skips the pre-processing's symbolic shape inference, which needs
+    sympy (not in the test extra)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -659,7 +663,9 @@ def _quantize_qdq(model: onnx.ModelProto, shape, tmp_path, rng) -> onnx.ModelPro
 
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = shape[0]
     onnx.save(model, tmp_path / "float.onnx")
-    quant_pre_process(tmp_path / "float.onnx", tmp_path / "prepared.onnx")
+    quant_pre_process(
+        tmp_path / "float.onnx", tmp_path / "prepared.onnx", skip_symbolic_shape=not symbolic
+    )
     quantize_static(
         tmp_path / "prepared.onnx", tmp_path / "qdq.onnx", Reader(),
         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
@@ -697,7 +703,7 @@ def test_a_qdq_gemm_classifier_runs_on_the_integer_kernel(tmp_path):
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    qdq = _quantize_qdq(model, (3, 3, 12, 12), tmp_path, rng)
+    qdq = _quantize_qdq(model, (3, 3, 12, 12), tmp_path, rng, symbolic=False)
     qdq.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
     compiled = cf.compile_model(qdq)
     kernels = {k["node"]: k for k in compiled.metadata["kernels"]}
