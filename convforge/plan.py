@@ -39,6 +39,7 @@ from convforge.ops.conv import accumulator_dtype
 from convforge.targets import (
     TargetArg,
     TargetProfile,
+    has_aarch64_feature,
     has_x86_feature,
     is_cpu,
     profile,
@@ -945,7 +946,8 @@ class QConvPlan:
     #: (int16 channel pairs), 'vpmaddubsw' (uint8 x int8 channel quads, 8 channels a
     #: block) or 'vpdpbusd' (AVX-512 VNNI: uint8 x int8 quads, 16 channels a block); or
     #: 'vpdpbusd_rows' (:func:`~convforge.ops.qconv.qconv_rows`: a 1x1 convolution on
-    #: AVX-512 VNNI with 16 output positions in the lanes, w packed by :meth:`pack`).
+    #: AVX-512 VNNI with 16 output positions in the lanes, w packed by :meth:`pack`); or
+    #: 'usdot' (AArch64 with i8mm: the blocked form, uint8 x int8 quads, 4 channels a block).
     form: str
     target: tvm.target.Target = field(compare=False, repr=False)
 
@@ -974,6 +976,8 @@ class QConvPlan:
     @property
     def out_block(self) -> int:
         """Output channels per block of the blocked form (one int32 vector)."""
+        if self.form == "usdot":
+            return qconv_ops.USDOT_OUT_BLOCK
         return qconv_ops.VNNI_OUT_BLOCK if self.form == "vpdpbusd" else qconv_ops.OUT_BLOCK
 
     @property
@@ -1095,6 +1099,8 @@ def _plan_qconv(geom, x_dtype, w_dtype, out_dtype, w_zero_point, narrow, target)
         form = "vpmaddubsw" if narrow and u8s8 else "vpmaddwd"
         if u8s8 and has_x86_feature(target, "avx512vnni"):
             form = ROWS_FORM if _rows_form_fits(geom, target) else "vpdpbusd"
+    elif geom.groups == 1 and not w_zero_point and u8s8 and has_aarch64_feature(target, "i8mm"):
+        form = "usdot"
     return QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, form, target)
 
 
@@ -1117,8 +1123,10 @@ def plan_qconv(
     weights) takes a blocked form: with uint8 x and int8 w, ``vpdpbusd`` on AVX-512 VNNI
     (exact; the rows form ``vpdpbusd_rows`` for a 1x1 of few input channels,
     :func:`_rows_form_fits`), else ``vpmaddubsw`` where ``narrow_weights`` (int8 weights that
-    :func:`convforge.ops.qconv.fits_pmaddubsw`: exact); else ``vpmaddwd``; anything else
-    the direct one."""
+    :func:`convforge.ops.qconv.fits_pmaddubsw`: exact); else ``vpmaddwd``. On AArch64 with
+    the i8mm extension, uint8 x int8 of one group takes ``usdot`` (exact, like
+    ``vpdpbusd``; NEON's ``sdot`` multiplies signed by signed and would need x shifted by
+    128, not built). Anything else the direct one."""
     target = resolve_target(target)
     if not is_cpu(target):
         raise ValueError(

@@ -360,6 +360,46 @@ def test_the_rows_form_is_planned_for_few_input_channels_and_emits_vpdpbusd():
     assert "vpgather" not in asm
 
 
+def test_the_usdot_form_on_aarch64_with_i8mm_emits_usdot_and_computes_the_oracle():
+    """Compiled for AArch64 (never run here): uint8 x int8 of one group takes the ``usdot``
+    form on a CPU with the i8mm extension (Neoverse V1), 4 channels a block, whose inner loop
+    is ``usdot`` (x's broadcast quads the unsigned operand: ACLE's ``vusdotq_s32(r, a, b)``
+    order, checked by hand in the assembly, where they come from ``ld1r``); with dotprod only
+    (Neoverse N1) the direct form. The form's computation (w packed 4 x 4 channels, on
+    channels that fill no block), compiled unscheduled for this machine, equals the exact
+    integer oracle: what the intrinsic replaces is checked by its assembly alone."""
+    import tvm
+
+    from convforge import qparams
+    from convforge.build import compile_computation, prim_func
+    from convforge.plan import plan_qconv
+    from convforge.targets import host_target
+
+    geom = shapes.conv_geometry((1, 6, 7, 9), (10, 6, 3, 3), padding=1)
+    arm = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
+    plan = plan_qconv(geom, "uint8", "int8", {**arm, "mcpu": "neoverse-v1"}, requantize=False,
+                      w_zero_point=False)  # fmt: skip
+    assert (plan.form, plan.out_block, plan.label) == ("usdot", 4, "conv_integer2d (int8, usdot)")
+    kernel = compile_computation("qconv", plan.computation(), plan.target)
+    asm = kernel.executable.mod.inspect_source("asm")
+    assert len(re.findall(r"usdot\s+v\d+\.4s, v\d+\.16b, v\d+\.16b", asm)) >= 8
+    dotprod_only = {**arm, "mcpu": "neoverse-n1"}
+    assert plan_qconv(geom, "uint8", "int8", dotprod_only, requantize=False,
+                      w_zero_point=False).form == "direct"  # fmt: skip
+
+    rng = np.random.default_rng(5)
+    x = integers(rng, "uint8", geom.x_shape)
+    w = integers(rng, "int8", geom.w_shape)
+    args = qparams.quant_args("uint8", "int8", geom.out_channels, requantize=False,
+                              x_zero_point=np.uint8(4), w_zero_point=None)  # fmt: skip
+    library = tvm.compile(tvm.IRModule({"main": prim_func(plan.computation())}), host_target())
+    device = tvm.cpu()
+    tensors = [tvm.runtime.tensor(a, device) for a in (x, plan.pack(w), *args.kernel_constants(w))]
+    y = tvm.runtime.tensor(np.zeros(geom.out_shape, np.int32), device)
+    library["main"](*tensors, y)
+    np.testing.assert_array_equal(y.numpy(), exact_acc(x, w, 4, 0, geom))
+
+
 @pytest.mark.parametrize("mcpu", ["znver4", "cascadelake"])
 def test_the_vnni_form_emits_vpdpbusd(mcpu):
     """Compiled for an AVX-512 VNNI CPU (run where this CPU has VNNI, by the tests above):

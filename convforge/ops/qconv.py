@@ -227,6 +227,8 @@ def activation_bounds(
 #: a pair of int16 (``vpmaddwd``), a quad of uint8 x int8 (``vpmaddubsw``, ``vpdpbusd``).
 OUT_BLOCK, PAIR, QUAD = 8, 2, 4
 VNNI_OUT_BLOCK = 16
+#: Output channels per block of the AArch64 ``usdot`` form (one 128-bit int32 vector).
+USDOT_OUT_BLOCK = 4
 
 
 def packed_weight_shape(
@@ -255,9 +257,9 @@ def pack_weight(w: np.ndarray, step: int = PAIR, out_block: int = OUT_BLOCK) -> 
 
 #: Temporaries a register tile of the blocked form keeps beside its accumulators and one
 #: weight vector per channel block: the broadcast x, the instructions' result and
-#: vpmaddubsw's vector of ones (AVX2); the broadcast x alone for ``vpdpbusd``, which
-#: accumulates in place.
-TEMPORARIES = {OUT_BLOCK: 3, VNNI_OUT_BLOCK: 1}
+#: vpmaddubsw's vector of ones (AVX2); the broadcast x alone for ``vpdpbusd`` and
+#: ``usdot``, which accumulate in place.
+TEMPORARIES = {OUT_BLOCK: 3, VNNI_OUT_BLOCK: 1, USDOT_OUT_BLOCK: 1}
 
 
 def _tiles(blocks: int, width: int, out_block: int, thresholds: Any, dividing: bool):

@@ -275,6 +275,40 @@ def dot_16x4_vnni() -> str:
     return DOT_16X4_VNNI
 
 
+#: ``c[i] += sum_k a[k] * b[i, k]`` for 4 int32 lanes of 4 uint8 x int8 products each: one
+#: AArch64 ``usdot`` (the i8mm extension) of the broadcast quad a and 16 consecutive int8 of
+#: b, accumulated into c (exact, like ``vpdpbusd``).
+DOT_4X4_USDOT = "convforge_dot_4x4_u8i8i32_usdot"
+
+
+@functools.cache
+def dot_4x4_usdot() -> str:
+    """Register :data:`DOT_4X4_USDOT` (once per process); its name."""
+
+    desc = _dot_desc(4, 4, "uint8", "int8")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((4, 4), "int8", offset_factor=1),
+        c: T.Buffer((4,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:4], a[0:4], b[0:4, 0:4])
+            T.writes(c[0:4])
+            quad = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.usdot.v4i32.v16i8"),
+                c.vload([0], dtype="int32x4"),
+                T.reinterpret(T.broadcast(quad, 4), dtype="uint8x16"),
+                b.vload([0, 0], dtype="int8x16"),
+                dtype="int32x4",
+            )
+
+    TensorIntrin.register(DOT_4X4_USDOT, desc, impl, override=True)
+    return DOT_4X4_USDOT
+
+
 def is_qconv_packed(func: tirx.PrimFunc) -> bool:
     """Whether ``func`` is :func:`convforge.ops.qconv.qconv_packed`."""
     return has_block(func, QCONV_PACK_X) and has_block(func, QCONV)
@@ -324,6 +358,8 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     quads = int(sch.get(ri).extent) == 4
     if lanes == qconv_ops.VNNI_OUT_BLOCK:
         sch.tensorize(oi, dot_16x4_vnni())
+    elif lanes == qconv_ops.USDOT_OUT_BLOCK:
+        sch.tensorize(oi, dot_4x4_usdot())
     else:
         sch.tensorize(oi, dot_8x4_avx2() if quads else dot_8x2_avx2())
     init = _named(sch, QCONV + "_init")
