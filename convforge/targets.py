@@ -485,15 +485,17 @@ def has_x86_feature(target: tvm.target.Target, feature: str) -> bool:
 def has_aarch64_feature(target: tvm.target.Target, feature: str) -> bool:
     """Whether ``target`` is an AArch64 LLVM CPU target with ISA ``feature`` (LLVM's name,
     e.g. 'i8mm'): what the int8 ``usdot`` form needs. A target without a triple is this
-    machine's."""
-    if isinstance(target, HostTarget):
-        known = target.features.get(feature)
-        return known if known is not None else has_aarch64_feature(target.target, feature)
+    machine's; another architecture's host target is answered without importing TVM."""
     if target.kind.name != "llvm":
         return False
     arch = str(target.attrs.get("mtriple", "") or os.uname().machine).split("-")[0]
     if arch not in ("aarch64", "arm64"):
         return False
+    if isinstance(target, HostTarget):
+        known = target.features.get(feature)
+        if known is not None:
+            return known
+        target = target.target
     return bool(tvm.target.codegen.llvm_cpu_has_features(feature, target))
 
 
