@@ -241,6 +241,36 @@ def dot_8x4_avx2() -> str:
     return DOT_8X4_AVX2
 
 
+def _broadcast_quad_dot(name: str, lanes: int, instruction: str) -> str:
+    """Register ``name``: ``c[i] += sum_k a[k] * b[i, k]`` for ``lanes`` int32 lanes of 4
+    uint8 x int8 products each, as one accumulating ``instruction`` (an LLVM intrinsic taking
+    c, the unsigned bytes, the signed bytes) of the broadcast quad a and ``4 * lanes``
+    consecutive int8 of b; its name."""
+    desc = _dot_desc(lanes, 4, "uint8", "int8")
+    acc_type, u8_type, s8_type = f"int32x{lanes}", f"uint8x{4 * lanes}", f"int8x{4 * lanes}"
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        c: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            quad = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(instruction),
+                c.vload([0], dtype=acc_type),
+                T.reinterpret(T.broadcast(quad, lanes), dtype=u8_type),
+                b.vload([0, 0], dtype=s8_type),
+                dtype=acc_type,
+            )
+
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name
+
+
 #: ``c[i] += sum_k a[k] * b[i, k]`` for 16 int32 lanes of 4 uint8 x int8 products each:
 #: one ``vpdpbusd`` (AVX-512 VNNI) of the broadcast quad a and 64 consecutive int8 of b,
 #: accumulated into c in place (exact: the four products are summed in int32).
@@ -250,29 +280,7 @@ DOT_16X4_VNNI = "convforge_dot_16x4_u8i8i32_vnni"
 @functools.cache
 def dot_16x4_vnni() -> str:
     """Register :data:`DOT_16X4_VNNI` (once per process); its name."""
-
-    desc = _dot_desc(16, 4, "uint8", "int8")
-
-    @T.prim_func(s_tir=True)
-    def impl(
-        a: T.Buffer((4,), "uint8", offset_factor=1),
-        b: T.Buffer((16, 4), "int8", offset_factor=1),
-        c: T.Buffer((16,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            quad = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                c.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(quad, 16), dtype="uint8x64"),
-                b.vload([0, 0], dtype="int8x64"),
-                dtype="int32x16",
-            )
-
-    TensorIntrin.register(DOT_16X4_VNNI, desc, impl, override=True)
-    return DOT_16X4_VNNI
+    return _broadcast_quad_dot(DOT_16X4_VNNI, 16, "llvm.x86.avx512.vpdpbusd.512")
 
 
 #: ``c[i] += sum_k a[k] * b[i, k]`` for 4 int32 lanes of 4 uint8 x int8 products each: one
@@ -284,29 +292,7 @@ DOT_4X4_USDOT = "convforge_dot_4x4_u8i8i32_usdot"
 @functools.cache
 def dot_4x4_usdot() -> str:
     """Register :data:`DOT_4X4_USDOT` (once per process); its name."""
-
-    desc = _dot_desc(4, 4, "uint8", "int8")
-
-    @T.prim_func(s_tir=True)
-    def impl(
-        a: T.Buffer((4,), "uint8", offset_factor=1),
-        b: T.Buffer((4, 4), "int8", offset_factor=1),
-        c: T.Buffer((4,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:4], a[0:4], b[0:4, 0:4])
-            T.writes(c[0:4])
-            quad = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-            c[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.usdot.v4i32.v16i8"),
-                c.vload([0], dtype="int32x4"),
-                T.reinterpret(T.broadcast(quad, 4), dtype="uint8x16"),
-                b.vload([0, 0], dtype="int8x16"),
-                dtype="int32x4",
-            )
-
-    TensorIntrin.register(DOT_4X4_USDOT, desc, impl, override=True)
-    return DOT_4X4_USDOT
+    return _broadcast_quad_dot(DOT_4X4_USDOT, 4, "llvm.aarch64.neon.usdot.v4i32.v16i8")
 
 
 def is_qconv_packed(func: tirx.PrimFunc) -> bool:
