@@ -74,6 +74,16 @@ def _partition_pack(sch: s_tir.Schedule, pack: s_tir.SBlockRV) -> None:
         sch.loop_partition(width, [*sizes, None])
 
 
+def _pack_x(sch: s_tir.Schedule, dot: str) -> tuple[s_tir.SBlockRV, s_tir.SBlockRV]:
+    """The packing of x of a blocked or rows form scheduled (parallel over (N, channel
+    blocks, the first spatial axis), partitioned along the last: :func:`_partition_pack`);
+    the form's dot-product block ``dot`` and its requantization."""
+    pack = _named(sch, QCONV_PACK_X)
+    _parallel_root(sch, pack, 3)
+    _partition_pack(sch, pack)
+    return _named(sch, dot), _named(sch, QCONV_REQUANT)
+
+
 def _parallel_root(sch: s_tir.Schedule, block: s_tir.SBlockRV, outer: int) -> None:
     """A root block's first ``outer`` loops (spatial ones) fused and run in parallel."""
     loops = sch.get_loops(block)[:outer]
@@ -311,11 +321,7 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     (:data:`DOT_16X4_VNNI`); the requantization parallel and vectorized (``vpdpbusd``:
     per register tile, as the tile is finished)."""
     sch = s_tir.Schedule(func)
-    pack = _named(sch, QCONV_PACK_X)
-    conv = _named(sch, QCONV)
-    requant = _named(sch, QCONV_REQUANT)
-    _parallel_root(sch, pack, 3)
-    _partition_pack(sch, pack)
+    conv, requant = _pack_x(sch, QCONV)
     loops = sch.get_loops(conv)
     iters = sch.get(conv).iter_vars
     spatial = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) != tirx.IterVar.CommReduce]
@@ -440,11 +446,7 @@ def schedule_qconv_rows(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir
     weight quad (:data:`DOT_16X4_VNNI_ROWS`); each tile requantized as it is finished,
     vectorized along the row (the output's own layout)."""
     sch = s_tir.Schedule(func)
-    pack = _named(sch, QCONV_PACK_X)
-    acc = _named(sch, QCONV_ROWS)
-    requant = _named(sch, QCONV_REQUANT)
-    _parallel_root(sch, pack, 3)
-    _partition_pack(sch, pack)
+    acc, requant = _pack_x(sch, QCONV_ROWS)
     n, o, *rows, width, rc, ri = sch.get_loops(acc)
     lanes = qconv_ops.ROWS_LANES
     vectors = int(sch.get(width).extent) // lanes
