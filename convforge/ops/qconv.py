@@ -314,6 +314,52 @@ def fits_pmaddubsw(w: np.ndarray) -> bool:
     return bool(sums.max(initial=0) <= 128)
 
 
+def _pack_x(
+    x: te.Tensor, params: te.Tensor, geom: ConvGeometry, step: int, out_size: Sequence[int]
+) -> tuple[te.Tensor, bool]:
+    """x padded (x_zp) and blocked by ``step`` channels (block ``qconv_pack_x``: (N,
+    ceil(C/step), *positions, step); widened to int16 for pairs), covering the positions an
+    output of ``out_size`` reads (its last axis may run past the output's: those read x_zp),
+    annotated with the interior of its last axis (``qconv_pack_interior``); and whether it
+    is subsampled: a strided 1x1 without padding reads x at p * stride only, so x is packed
+    there, once each, and read at p."""
+    x_dtype = "int16" if step == PAIR else str(x.dtype)
+    x_zp = params[X_ZP].astype(x_dtype)
+    subsampled = (
+        all(k == 1 for k in geom.kernel)
+        and not any(lo or hi for lo, hi in geom.padding)
+        and any(s > 1 for s in geom.stride)
+    )
+    extra = (out_size[-1] - geom.out_size[-1]) * geom.stride[-1]  # read by the extra outputs
+    padded_size = [n + lo + hi for n, (lo, hi) in zip(geom.in_size, geom.padding)]
+    padded_size[-1] += extra
+
+    def pack(n, cb, *rest):
+        pos, ci = rest[:-1], rest[-1]
+        c = cb * step + ci
+        inside = [c < geom.in_channels]
+        src = []
+        if subsampled:
+            src = [i * s for i, s in zip(pos, geom.stride)]
+            inside.append(pos[-1] < geom.out_size[-1])
+        else:
+            for i, n_in, (lo, _) in zip(pos, geom.in_size, geom.padding):
+                src.append(i - lo)
+                inside += [i >= lo, i < n_in + lo]
+        return tirx.if_then_else(tirx.all(*inside), x[(n, c, *src)].astype(x_dtype), x_zp)
+
+    if subsampled:
+        pack_size, interior = list(out_size), [0, geom.out_size[-1]]
+    else:
+        pack_size = padded_size
+        interior = [geom.padding[-1][0], geom.padding[-1][0] + geom.in_size[-1]]
+    xp = te.compute(
+        (geom.batch, -(-geom.in_channels // step), *pack_size, step), pack,
+        name=blocks.QCONV_PACK_X, attrs={blocks.QCONV_PACK_INTERIOR_ATTR: interior},
+    )  # fmt: skip
+    return xp, subsampled
+
+
 def qconv_packed(
     x: te.Tensor,
     w: te.Tensor,
@@ -337,44 +383,9 @@ def qconv_packed(
     the extra ones on x's padding value. A strided 1x1 convolution without padding packs x
     at the positions it reads only (p * stride), and the dot product reads them in order."""
     step, out_block = int(w.shape[-1]), int(w.shape[-2])
-    x_dtype = "int16" if step == PAIR else str(x.dtype)
-    x_zp = params[X_ZP].astype(x_dtype)
     pairs = -(-geom.in_channels // step)
     out_size = [*geom.out_size[:-1], out_width or geom.out_size[-1]]
-    extra = (out_size[-1] - geom.out_size[-1]) * geom.stride[-1]  # read by the extra outputs
-    padded_size = [n + lo + hi for n, (lo, hi) in zip(geom.in_size, geom.padding)]
-    padded_size[-1] += extra
-
-    # a strided 1x1 without padding reads x at p * stride only: packed there, once each
-    subsampled = (
-        all(k == 1 for k in geom.kernel)
-        and not any(lo or hi for lo, hi in geom.padding)
-        and any(s > 1 for s in geom.stride)
-    )
-
-    def pack(n, cb, *rest):
-        pos, ci = rest[:-1], rest[-1]
-        c = cb * step + ci
-        inside = [c < geom.in_channels]
-        src = []
-        if subsampled:
-            src = [i * s for i, s in zip(pos, geom.stride)]
-            inside.append(pos[-1] < geom.out_size[-1])
-        else:
-            for i, n_in, (lo, _) in zip(pos, geom.in_size, geom.padding):
-                src.append(i - lo)
-                inside += [i >= lo, i < n_in + lo]
-        return tirx.if_then_else(tirx.all(*inside), x[(n, c, *src)].astype(x_dtype), x_zp)
-
-    if subsampled:
-        pack_size, interior = out_size, [0, geom.out_size[-1]]
-    else:
-        pack_size = padded_size
-        interior = [geom.padding[-1][0], geom.padding[-1][0] + geom.in_size[-1]]
-    xp = te.compute(
-        (geom.batch, pairs, *pack_size, step), pack, name=blocks.QCONV_PACK_X,
-        attrs={blocks.QCONV_PACK_INTERIOR_ATTR: interior},
-    )  # fmt: skip
+    xp, subsampled = _pack_x(x, params, geom, step, out_size)
     rc = te.reduce_axis((0, pairs), "rc")
     rk = [te.reduce_axis((0, k), f"rk{i}") for i, k in enumerate(geom.kernel)]
     ri = te.reduce_axis((0, step), "ri")
@@ -455,21 +466,10 @@ def qconv_rows(
     each step one output channel's quad of weights against 16 positions' quads of x (what
     ``vpdpbusd`` with a broadcast weight computes); the requantization (``qconv_requant``)
     reads it in the output's own layout (N, O, *spatial): no transposition."""
-    x_zp = params[X_ZP].astype(str(x.dtype))
     quads = -(-geom.in_channels // QUAD)
     *rows, width = geom.in_size
     padded = rows_width(width)
-
-    def pack(n, cb, *rest):
-        *pos, ci = rest
-        c = cb * QUAD + ci
-        inside = tirx.all(c < geom.in_channels, pos[-1] < width)
-        return tirx.if_then_else(inside, x[(n, c, *pos)], x_zp)
-
-    xp = te.compute(
-        (geom.batch, quads, *rows, padded, QUAD), pack, name=blocks.QCONV_PACK_X,
-        attrs={blocks.QCONV_PACK_INTERIOR_ATTR: [0, width]},
-    )  # fmt: skip
+    xp, _ = _pack_x(x, params, geom, QUAD, [*rows, padded])
     rc = te.reduce_axis((0, quads), "rc")
     ri = te.reduce_axis((0, QUAD), "ri")
 
