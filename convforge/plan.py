@@ -993,6 +993,24 @@ class QConvPlan:
         return qconv_ops.tiled_width(blocks_, width, self.out_block, profile(self.target))
 
     @property
+    def blocked_requant(self) -> bool:
+        """Whether the ``vpdpbusd`` form requantizes in its blocked layout and transposes
+        the 8-bit output to (N, O, *out) in registers (:func:`convforge.ops.qconv.
+        qconv_packed`): QLinearConv, O a multiple of 16 and the output width a multiple of
+        at least the profile's ``qconv_transpose_min_chunk`` positions up to 16, on a CPU
+        with AVX-512 VBMI (its byte permutes; without them LLVM moves the bytes one by
+        one)."""
+        block = qconv_ops.VNNI_OUT_BLOCK
+        chunk = qconv_ops.transpose_chunk(self.geometry.out_size[-1], block)
+        return (
+            self.form == "vpdpbusd"
+            and self.requantizes
+            and self.geometry.out_channels % block == 0
+            and chunk >= profile(self.target).qconv_transpose_min_chunk
+            and has_x86_feature(self.target, "avx512vbmi")
+        )
+
+    @property
     def requantizes(self) -> bool:
         """QLinearConv (requantized 8-bit output) rather than ConvInteger (int32)."""
         return self.out_dtype != "int32"
@@ -1051,7 +1069,7 @@ class QConvPlan:
             return qconv_ops.qconv_packed(
                 named["x"], named["w"], named["params"], named["term"], self.geometry,
                 multiplier=named.get("multiplier"), out_dtype=self.out_dtype,
-                out_width=self.acc_width,
+                out_width=self.acc_width, blocked_requant=self.blocked_requant,
             )  # fmt: skip
         return qconv_ops.qconv(
             named["x"], named["w"], named["params"], named["term"], self.geometry,
@@ -1099,6 +1117,12 @@ def _plan_qconv(geom, x_dtype, w_dtype, out_dtype, w_zero_point, narrow, target)
         form = "vpmaddubsw" if narrow and u8s8 else "vpmaddwd"
         if u8s8 and has_x86_feature(target, "avx512vnni"):
             form = ROWS_FORM if _rows_form_fits(geom, target) else "vpdpbusd"
+            channels = QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, "vpdpbusd",
+                                 target)  # fmt: skip
+            min_channels, min_width = profile(target).qconv_rows_over_transposed
+            wide = geom.in_channels >= min_channels and geom.out_size[-1] >= min_width
+            if channels.blocked_requant and not wide:
+                form = "vpdpbusd"
     elif geom.groups == 1 and not w_zero_point and u8s8 and has_aarch64_feature(target, "i8mm"):
         form = "usdot"
     return QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, form, target)
@@ -1122,7 +1146,9 @@ def plan_qconv(
     of one group whose weight zero points are all 0 (onnxruntime's quantizer's int8
     weights) takes a blocked form: with uint8 x and int8 w, ``vpdpbusd`` on AVX-512 VNNI
     (exact; the rows form ``vpdpbusd_rows`` for a 1x1 of few input channels,
-    :func:`_rows_form_fits`), else ``vpmaddubsw`` where ``narrow_weights`` (int8 weights that
+    :func:`_rows_form_fits`, unless the channel form transposes its output in registers,
+    :attr:`QConvPlan.blocked_requant`, and the convolution is narrow: the profile's
+    ``qconv_rows_over_transposed``), else ``vpmaddubsw`` where ``narrow_weights`` (int8 weights that
     :func:`convforge.ops.qconv.fits_pmaddubsw`: exact); else ``vpmaddwd``. On AArch64 with
     the i8mm extension, uint8 x int8 of one group takes ``usdot`` (exact, like
     ``vpdpbusd``; NEON's ``sdot`` multiplies signed by signed and would need x shifted by

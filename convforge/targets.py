@@ -46,7 +46,7 @@ def host_target() -> tvm.target.Target:
 
 
 #: The ISA features a :class:`HostTarget` records (what the profiles and the int8 plan ask).
-HOST_FEATURES = ("avx", "avx2", "fma", "avx512f", "avx512vnni", "avxvnni")
+HOST_FEATURES = ("avx", "avx2", "fma", "avx512f", "avx512vnni", "avx512vbmi", "avxvnni")
 
 
 class HostTarget:
@@ -341,6 +341,17 @@ class TargetProfile:
     #: than 16 channels in the lanes. #qconv-rows
     qconv_rows_max_channels: int = 128
     qconv_rows_widths: tuple[int, int] = (12, 112)
+    #: The ``vpdpbusd`` form requantizes its output in its blocked layout and transposes it
+    #: to NCHW in registers (``QConvPlan.blocked_requant``; byte permutes: AVX-512 VBMI)
+    #: where the output width has a divisor of at least this many positions up to 16
+    #: (``ops.qconv.transpose_chunk``): a 16 x chunk byte transposition per step.
+    #: #qconv-transpose
+    qconv_transpose_min_chunk: int = 3
+    #: Where that transposition applies, the rows form is kept only for 1x1 convolutions of
+    #: at least this many input channels and this output width (a 64->256 56x56 and
+    #: 32->192 28x28 ran 1.04-1.19x slower in the channel form; 14-wide ones and fewer
+    #: input channels 0.39-0.99x). #qconv-transpose
+    qconv_rows_over_transposed: tuple[int, int] = (32, 28)
     #: Winograd's choice (``plan.winograd_tiles``): fewer channels in or out than this keep
     #: the direct convolution (the transforms dominate), and a convolution whose weight is
     #: transformed on every call needs this many tiles. #winograd-per-call-weight

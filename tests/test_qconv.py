@@ -118,6 +118,30 @@ ORT_CASES = {
         x_shape=(2, 20, 3, 27), w_shape=(24, 20, 1, 1), xd="uint8", wd="int8",
         per_channel=True, bias=True, bits=7,
     ),
+    # on AVX-512 VNNI + VBMI the vpdpbusd form's blocks transposed to NCHW in registers
+    # (plan.QConvPlan.blocked_requant): 2 blocks, 12 positions a step; 1-D strided, 14
+    # a step; 3-D, 9 a step; an int32 output tiled past the width (36 of 27), 9 a step;
+    # 3 blocks, 15 a step
+    "u8s8-vnni-transposed-2d": dict(
+        x_shape=(1, 20, 7, 12), w_shape=(32, 20, 3, 3), padding=1, xd="uint8", wd="int8",
+        per_channel=True, bias=True, bits=7,
+    ),
+    "u8s8-vnni-transposed-1d-strided": dict(
+        x_shape=(2, 8, 30), w_shape=(16, 8, 3), stride=2, xd="uint8", wd="int8",
+        per_channel=False, bias=True, bits=7,
+    ),
+    "u8s8-vnni-transposed-3d": dict(
+        x_shape=(1, 8, 3, 4, 9), w_shape=(16, 8, 1, 3, 3), padding=(0, 1, 1), xd="uint8",
+        wd="int8", per_channel=True, bias=False, bits=7,
+    ),
+    "u8s8-vnni-transposed-tiled-past-the-width": dict(
+        x_shape=(1, 16, 3, 29), w_shape=(16, 16, 3, 3), xd="uint8", wd="int8",
+        per_channel=True, bias=True, bits=7,
+    ),
+    "u8s8-vnni-transposed-three-blocks": dict(
+        x_shape=(1, 4, 6, 47), w_shape=(48, 4, 3, 3), xd="uint8", wd="int8",
+        per_channel=True, bias=True, bits=7,
+    ),
     "u8s8-depthwise": dict(
         x_shape=(1, 16, 10, 10), w_shape=(16, 1, 3, 3), padding=1, groups=16, xd="uint8",
         wd="int8", per_channel=True, bias=True, bits=7,
@@ -330,19 +354,30 @@ def test_the_rows_form_equals_the_integer_oracle(x_shape, w_shape, monkeypatch):
 
 
 def test_the_rows_form_is_planned_for_few_input_channels_and_emits_vpdpbusd():
-    """On an AVX-512 VNNI CPU a 1x1 uint8 x int8 convolution of at most 128 input channels,
-    no fewer output channels and a width of 12-112 takes the rows form
-    (thresholds.md#qconv-rows); more input channels, fewer output ones, another kernel, a
-    stride or a narrow width keep 16 channels in the lanes. Its inner loop is ``vpdpbusd``
-    on zmm registers and its requantization reads the int32 tile without gathers."""
+    """On an AVX-512 VNNI CPU without VBMI (Cascade Lake) a 1x1 uint8 x int8 convolution
+    of at most 128 input channels, no fewer output channels and a width of 12-112 takes the
+    rows form (thresholds.md#qconv-rows); more input channels, fewer output ones, another
+    kernel, a stride or a narrow width keep 16 channels in the lanes. Its inner loop is
+    ``vpdpbusd`` on zmm registers and its requantization reads the int32 tile without
+    gathers. With VBMI (Zen 4) the channel form where it transposes in registers (16 output
+    channels a block) and the convolution has fewer than 32 input channels or an output
+    narrower than 28 (thresholds.md#qconv-transpose), the rows form elsewhere."""
     from convforge.build import compile_computation
     from convforge.plan import ROWS_FORM, plan_qconv
 
-    cpu = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}
+    cpu = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}
 
-    def form(x_shape, w_shape, **kwargs):
+    def form(x_shape, w_shape, mcpu="cascadelake", requantize=True, **kwargs):
         geom = shapes.conv_geometry(x_shape, w_shape, **kwargs)
-        return plan_qconv(geom, "uint8", "int8", cpu, requantize=True, w_zero_point=False)
+        target = {**cpu, "mcpu": mcpu}
+        return plan_qconv(geom, "uint8", "int8", target, requantize=requantize,
+                          w_zero_point=False)  # fmt: skip
+
+    assert form((1, 64, 56, 56), (256, 64, 1, 1), "znver4").form == ROWS_FORM
+    assert form((1, 64, 14, 14), (384, 64, 1, 1), "znver4").form == "vpdpbusd"
+    assert form((1, 16, 112, 112), (96, 16, 1, 1), "znver4").form == "vpdpbusd"
+    assert form((1, 16, 112, 112), (96, 16, 1, 1), "znver4", requantize=False).form == ROWS_FORM
+    assert form((1, 16, 3, 20), (40, 16, 1, 1), "znver4").form == ROWS_FORM  # 40: 2.5 blocks
 
     assert form((1, 64, 56, 56), (256, 64, 1, 1)).form == ROWS_FORM
     assert form((1, 128, 28, 28), (512, 128, 1, 1)).form == ROWS_FORM
@@ -419,6 +454,36 @@ def test_the_vnni_form_emits_vpdpbusd(mcpu):
     narrow = plan_qconv(geom, "uint8", "int8", zen3, requantize=True, w_zero_point=False,
                         narrow_weights=True)  # fmt: skip
     assert narrow.form == "vpmaddubsw"
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in sorted(ORT_CASES) if n.startswith("u8s8-vnni-transposed")]
+)
+def test_the_vnni_form_transposes_its_blocks_in_registers_where_vbmi_permutes_bytes(name):
+    """Compiled for Zen 4 (AVX-512 VNNI and VBMI; the outputs are checked against
+    onnxruntime and the oracle above where this CPU has them): the ``vpdpbusd`` form's
+    QLinearConv requantizes in its blocked layout and transposes each 16 channels x chunk
+    positions by byte permutes (``vpermb``/``vpermt2b``). Cascade Lake (VNNI without VBMI)
+    and ConvInteger (an int32 output) keep the requantization in NCHW; so does a width
+    whose divisors up to 16 are too small (23: prime)."""
+    from convforge.build import compile_computation
+    from convforge.plan import plan_qconv
+
+    cpu = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}
+    geom = _geometry(ORT_CASES[name])
+    plan = plan_qconv(geom, "uint8", "int8", cpu, requantize=True, w_zero_point=False)
+    assert plan.form == "vpdpbusd" and plan.blocked_requant
+    kernel = compile_computation("qconv", plan.computation(), plan.target)
+    asm = kernel.executable.mod.inspect_source("asm")
+    assert re.search(r"vperm(t2|i2)?b\s", asm)
+    cascadelake = {**cpu, "mcpu": "cascadelake"}
+    assert not plan_qconv(geom, "uint8", "int8", cascadelake, requantize=True,
+                          w_zero_point=False).blocked_requant  # fmt: skip
+    assert not plan_qconv(geom, "uint8", "int8", cpu, requantize=False,
+                          w_zero_point=False).blocked_requant  # fmt: skip
+    prime = shapes.conv_geometry((1, 4, 5, 23), (16, 4, 3, 3), padding=1)
+    assert not plan_qconv(prime, "uint8", "int8", cpu, requantize=True,
+                          w_zero_point=False).blocked_requant  # fmt: skip
 
 
 def test_ties_round_half_to_even():

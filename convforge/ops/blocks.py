@@ -70,6 +70,8 @@ QCONV = "qconv"
 QCONV_ROWS = "qconv_rows"
 QCONV_X_SUM = "qconv_x_sum"
 QCONV_REQUANT = "qconv_requant"
+#: The blocked form's output in (N, O, *spatial), read from its requantized blocks.
+QCONV_OUT = "qconv_out"
 
 # --- resize (ops/resize.py) -----------------------------------------------------------
 RESIZE = "resize"

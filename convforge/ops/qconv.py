@@ -370,6 +370,7 @@ def qconv_packed(
     multiplier: te.Tensor | None = None,
     out_dtype: str = "int32",
     out_width: int | None = None,
+    blocked_requant: bool = False,
 ) -> te.Tensor:
     """:func:`qconv` (groups 1, every weight zero point 0) with w packed by
     :func:`pack_weight` (its last axes: ``out_block``, 8 or 16, and ``step``, 2 or 4): x is
@@ -381,7 +382,10 @@ def qconv_packed(
     (``qconv_requant``) reads it back in (N, O, *out). Extra channels carry zero weights;
     ``out_width`` (:func:`tiled_width`) computes the last axis over that many positions,
     the extra ones on x's padding value. A strided 1x1 convolution without padding packs x
-    at the positions it reads only (p * stride), and the dot product reads them in order."""
+    at the positions it reads only (p * stride), and the dot product reads them in order.
+    ``blocked_requant`` (out_block dividing O; :func:`transpose_chunk`): the requantization
+    writes the 8-bit output in the dot product's blocked layout (channels in the lanes) and
+    block ``qconv_out`` transposes it to (N, O, *out)."""
     step, out_block = int(w.shape[-1]), int(w.shape[-2])
     pairs = -(-geom.in_channels // step)
     out_size = [*geom.out_size[:-1], out_width or geom.out_size[-1]]
@@ -402,11 +406,33 @@ def qconv_packed(
 
     acc = te.compute((geom.batch, out_blocks, *out_size, out_block), dot, name=blocks.QCONV)
 
+    if blocked_requant:
+
+        def requant_block(n, ob, *rest):
+            pos, oi = rest[:-1], rest[-1]
+            o = ob * out_block + oi
+            return requantize(acc[(n, ob, *pos, oi)] + term[o], o, params, multiplier, out_dtype)
+
+        q = te.compute(acc.shape, requant_block, name=blocks.QCONV_REQUANT)
+        return te.compute(
+            geom.out_shape,
+            lambda n, o, *pos: q[(n, o // out_block, *pos, o % out_block)],
+            name=blocks.QCONV_OUT,
+        )
+
     def requant(n, o, *pos):
         value = acc[(n, o // out_block, *pos, o % out_block)] + term[o]
         return requantize(value, o, params, multiplier, out_dtype)
 
     return te.compute(geom.out_shape, requant, name=blocks.QCONV_REQUANT)
+
+
+def transpose_chunk(width: int, out_block: int) -> int:
+    """Positions per transposition step of the blocked form's 8-bit output
+    (``blocked_requant``): the largest divisor of the output's last axis ``width`` that is
+    at most ``out_block`` (each step permutes ``out_block`` channels x that many positions
+    in registers and stores ``out_block`` rows of them)."""
+    return max(d for d in range(1, min(width, out_block) + 1) if width % d == 0)
 
 
 # --- the rows form for AVX-512 VNNI: output positions in the vector lanes ------------------

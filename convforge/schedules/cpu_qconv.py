@@ -36,6 +36,7 @@ from tvm.script import tirx as T
 from convforge.ops import qconv as qconv_ops
 from convforge.ops.blocks import (
     QCONV,
+    QCONV_OUT,
     QCONV_PACK_INTERIOR_ATTR,
     QCONV_PACK_X,
     QCONV_PAD,
@@ -319,7 +320,8 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     to one instruction: 8 channels x 2 products ``vpmaddwd`` (:data:`DOT_8X2_AVX2`), 8 x 4
     ``vpmaddubsw`` + ``vpmaddwd`` (:data:`DOT_8X4_AVX2`), 16 x 4 ``vpdpbusd``
     (:data:`DOT_16X4_VNNI`); the requantization parallel and vectorized (``vpdpbusd``:
-    per register tile, as the tile is finished)."""
+    per register tile, as the tile is finished; where the form requantizes in its blocked
+    layout, ``qconv_out`` transposes each parallel tile to NCHW: :func:`_transpose_out`)."""
     sch = s_tir.Schedule(func)
     conv, requant = _pack_x(sch, QCONV)
     loops = sch.get_loops(conv)
@@ -336,7 +338,8 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
     w_o, w_i = sch.split(positions[-1], [None, w_tile])
     outer = positions[:-1]
     sch.reorder(n, ob_o, *outer, w_o, *rc_rk, ob_i, w_i, oi, ri)
-    sch.parallel(sch.fuse(n, ob_o, *outer[:1]))
+    parallel = sch.fuse(n, ob_o, *outer[:1])
+    sch.parallel(parallel)
     # vpdpbusd: each register tile requantized as it is finished, not the int32 output
     # written whole and read back (3x3 64->64 and 1x1 256->64 56x56 on a 2-core Zen 4:
     # 0.84-0.87x the time; the AVX2 forms, measured there too, gained 0.90-0.94x or lost
@@ -359,6 +362,9 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
         sch.vectorize(sch.get_loops(init)[-1])
     if fuse_requant:
         sch.vectorize(sch.get_loops(requant)[-1])
+        out = _named(sch, QCONV_OUT)
+        if out is not None:
+            _transpose_out(sch, out, parallel, lanes)
         return sch
     rloops = sch.get_loops(requant)
     r_outer = rloops[:-1]
@@ -369,6 +375,72 @@ def schedule_qconv_packed(func: tirx.PrimFunc, target: tvm.target.Target) -> s_t
         _, inner = sch.split(rloops[-1], [None, lanes])
         sch.vectorize(inner)
     return sch
+
+
+def _transpose_out(
+    sch: s_tir.Schedule, out: s_tir.SBlockRV, parallel: s_tir.LoopRV, lanes: int
+) -> None:
+    """The blocked form's transposition to (N, O, *out) (block ``qconv_out``) computed
+    per parallel tile, after its register tiles are requantized (computed per register
+    tile instead, LLVM merged it into the requantization's stores: byte by byte, slower
+    than the transposition it replaced), each step ``lanes`` channels x a chunk of
+    positions (:func:`convforge.ops.qconv.transpose_chunk`) tensorized as
+    :func:`transpose_block`."""
+    sch.reverse_compute_at(out, parallel, preserve_unit_loops=True)
+    _, channels, *middle, width = sch.get_loops(out)[1:]  # after the parallel loop: N
+    chunk = qconv_ops.transpose_chunk(int(sch.get(width).extent), lanes)
+    c_o, c_i = sch.split(channels, [None, lanes])
+    w_o, w_i = sch.split(width, [None, chunk])
+    sch.reorder(c_o, *middle, w_o, c_i, w_i)
+    dtype = str(sch.get(out).writes[0].source.dtype)
+    sch.tensorize(c_i, transpose_block(lanes, chunk, len(middle), dtype))
+
+
+@functools.cache
+def transpose_block(lanes: int, width: int, middle: int, dtype: str) -> str:
+    """Register (once per process) ``c[i, 0.., j] = a[j, i]`` for ``lanes`` channels x
+    ``width`` positions of 8-bit ``dtype``: a (width, lanes) consecutive (positions of the
+    blocked layout), c (lanes, ``middle`` unit axes, width) with any strides (rows of the
+    NCHW output); as one vector load of a, one shuffle per row of c and its store (LLVM's
+    ``vpermt2b``/``vpermb`` on AVX-512 VBMI); its name."""
+    name = f"convforge_transpose_{lanes}x{width}_{middle}_{dtype}"
+    c_shape = (lanes, *([1] * middle), width)
+    units = [0] * middle
+    size = lanes * width
+
+    @T.prim_func(s_tir=True)
+    def desc(a_handle: T.handle, c_handle: T.handle) -> None:
+        a = T.match_buffer(a_handle, (width, lanes), dtype, offset_factor=1)
+        c = T.match_buffer(
+            c_handle, c_shape, dtype, offset_factor=1,
+            strides=[T.int32() for _ in c_shape[:-1]] + [1],
+        )  # fmt: skip
+        with T.sblock("root"):
+            T.reads(a[0:width, 0:lanes])
+            T.writes(c[(slice(0, lanes), *(slice(0, 1) for _ in units), slice(0, width))])
+            for i, j in T.grid(lanes, width):
+                with T.sblock("transpose"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    c[(vi, *units, vj)] = a[vj, vi]
+
+    @T.prim_func(s_tir=True)
+    def impl(a_handle: T.handle, c_handle: T.handle) -> None:
+        a = T.match_buffer(a_handle, (width, lanes), dtype, offset_factor=1)
+        c = T.match_buffer(
+            c_handle, c_shape, dtype, offset_factor=1,
+            strides=[T.int32() for _ in c_shape[:-1]] + [1],
+        )  # fmt: skip
+        with T.sblock("root"):
+            T.reads(a[0:width, 0:lanes])
+            T.writes(c[(slice(0, lanes), *(slice(0, 1) for _ in units), slice(0, width))])
+            whole = a.vload([0, 0], f"{dtype}x{size}")
+            for i in T.unroll(lanes):
+                c[(i, *units, T.ramp(T.int32(0), 1, width))] = T.Shuffle(
+                    [whole], [j * lanes + i for j in range(width)]
+                )
+
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name
 
 
 # --- the rows form (ops.qconv.qconv_rows): output positions in the lanes ------------------
