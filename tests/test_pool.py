@@ -192,36 +192,46 @@ def test_pools_whose_windows_tile_the_input_match_onnxruntime(kind, x_shape, ker
 
 
 @pytest.mark.parametrize(
-    "kind, x_shape, kernel, args",
+    "kind, x_shape, kernel, args, slides",
     [
-        ("max", (1, 64, 112, 112), (3, 3), dict(stride=2, padding=1)),  # ResNet-50's
-        ("avg", (2, 3, 37, 41), (3, 2), dict(stride=(2, 1), padding=1, count_include_pad=False)),
-        (
-            "max",
-            (1, 4, 3, 20, 41),
-            (2, 3, 3),
-            dict(stride=(1, 2, 2), padding=(0, 1, 1), dilation=(1, 2, 1)),
-        ),
+        # rows of whole vectors (32 positions): every tap outside a vectorized output row
+        ("max", (1, 8, 64, 64), (3, 3), dict(stride=2, padding=1), True),
+        ("avg", (2, 3, 37, 31), (3, 2), dict(stride=(2, 1), padding=1, count_include_pad=False),
+         True),
+        ("max", (1, 4, 3, 20, 63), (2, 3, 3),
+         dict(stride=(1, 2, 2), padding=(0, 1, 1), dilation=(1, 2, 1)), True),
+        # a row narrower than a vector (13 of 16): one vector of its width
+        ("max", (1, 16, 27, 27), (3, 3), dict(stride=2), True),
+        # rows ending in a partial vector (ResNet-50's 56; 55): the taps inside the row
+        ("max", (1, 64, 112, 112), (3, 3), dict(stride=2, padding=1), False),
+        ("max", (1, 8, 111, 111), (3, 3), dict(stride=2), False),
     ],
-)
-def test_sliding_windows_run_vectorized_rows_and_match_onnxruntime(kind, x_shape, kernel, args):
-    """Overlapping windows over rows of at least a vector: the rule applied (every tap
-    outside a vectorized output row, no silent fallback) and agrees with onnxruntime."""
+)  # fmt: skip
+def test_sliding_windows_run_vectorized_rows_and_match_onnxruntime(
+    kind, x_shape, kernel, args, slides
+):
+    """Overlapping windows, scheduled for AVX-512 (16 float lanes): rows of whole vectors
+    or narrower than one (8-16 positions) slide, every tap outside a vectorized output row
+    (each (N, C) task padding its plane); rows ending in a partial vector keep the taps
+    inside the row (thresholds.md#pool-row-vectors). The rule applies (no silent fallback)
+    and the pool agrees with onnxruntime on this CPU."""
     from tvm import s_tir, te
 
     from convforge import ops
     from convforge.schedules.cpu_pool import BLOCK_RULES
-    from convforge.targets import host_target, vector_lanes
+    from convforge.targets import resolve_target
 
+    zen4 = resolve_target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"})
     geom = shapes.pool_geometry(x_shape, kernel, kind=kind, **args)
     tx = te.placeholder(x_shape, "float32", name="x")
     sch = s_tir.Schedule(te.create_prim_func([tx, ops.pool(tx, geom)]))
-    assert geom.out_size[-1] >= vector_lanes(host_target(), "float32")
     rule = next(r for r in BLOCK_RULES if r.name == "PoolRule")
     block = sch.get_sblock("pool")
-    assert rule.applies(sch, block, host_target())
-    assert "pool_pad" in rule.apply(sch, block, host_target())
-    assert "T.vectorized" in sch.mod.script()
+    assert rule.applies(sch, block, zen4)
+    names = rule.apply(sch, block, zen4)
+    padded = any(lo or hi for lo, hi in geom.padding)
+    assert ("pool_pad" in names) == (slides and padded)
+    assert ("T.vectorized" in sch.mod.script()) == slides
     x = np.random.default_rng(2).standard_normal(x_shape).astype(np.float32)
     y = (cf.max_pool if kind == "max" else cf.avg_pool)(x, kernel, **args)
     (expected,) = run_onnxruntime(pool_model(geom), {"x": x})

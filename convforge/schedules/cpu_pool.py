@@ -31,6 +31,23 @@ from convforge.ops import blocks
 from convforge.schedules.rules import BlockRule, NamedBlockRule
 from convforge.targets import vector_lanes
 
+#: Output rows of this many positions (inclusive) narrower than a vector slide as one
+#: vector of their width. #pool-row-vectors
+NARROW_POOL_ROWS = (8, 16)
+
+
+def _sliding_vector(width: int, lanes: int) -> int:
+    """The vector a pool's output row of ``width`` positions slides (its taps outside the
+    row) with ``lanes`` lanes, or 0: the taps stay inside the row (LLVM vectorizes that
+    loop nest itself). Whole vectors where ``lanes`` divides the row; a narrow row as one
+    vector of its width (:data:`NARROW_POOL_ROWS`); a row that would end in a partial vector
+    or is otherwise narrower than one keeps its taps inside (ran 0.15-0.4x the time of
+    sliding a partial last vector, thresholds.md#pool-row-vectors)."""
+    low, high = NARROW_POOL_ROWS
+    if width >= lanes:
+        return lanes if width % lanes == 0 else 0
+    return width if low <= width <= high else 0
+
 
 def _divisor_up_to(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
@@ -69,7 +86,8 @@ def _schedule_pool(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> se
     spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
     outs, taps = loops[2:spatial], loops[spatial:]
     tiling = blocks.POOL_WINDOWS_TILE_ATTR in sch.get(block).annotations
-    sliding = not tiling and len(outs) > 1 and taps and int(sch.get(outs[-1]).extent) >= lanes
+    width = int(sch.get(outs[-1]).extent) if outs else 0
+    sliding = not tiling and len(outs) > 1 and taps and _sliding_vector(width, lanes) > 0
     if tiling:  # window rows outside the output row: every input row is read once, in order
         sch.reorder(*outs[:-1], *taps[:-1], outs[-1], taps[-1])
     elif sliding:  # every tap outside the output row, which is vectorized
@@ -80,7 +98,7 @@ def _schedule_pool(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> se
         sch.decompose_reduction(block, sch.get_loops(block)[spatial - 2])
     elif sliding:
         row = sch.get_loops(block)[-1]
-        sch.vectorize(sch.split(row, [None, lanes])[1])
+        sch.vectorize(sch.split(row, [None, _sliding_vector(width, lanes)])[1])
         sch.decompose_reduction(block, sch.get_loops(block)[len(outs)])
         pad = next(
             (b for b in sch.get_producers(block) if sch.get(b).name_hint == blocks.POOL_PAD), None
