@@ -368,9 +368,14 @@ class Winograd(ConvAlgorithm):
 
     def auto(self, geom, target):
         """Stride-phase Winograd only from the profile's ``stride_phase_min_kernel`` (on
-        AVX2 the smaller kernels ran slower than the direct convolution)."""
-        stride_one = self.tiles.stride == (1, 1)
-        return stride_one or geom.kernel[0] >= profile(target).stride_phase_min_kernel
+        AVX2 the smaller kernels ran slower than the direct convolution), and for 3x3
+        kernels from its ``stride_phase_3x3_min_channels`` input channels."""
+        if self.tiles.stride == (1, 1):
+            return True
+        thresholds = profile(target)
+        if geom.kernel[0] == 3 and geom.in_channels < thresholds.stride_phase_3x3_min_channels:
+            return False
+        return geom.kernel[0] >= thresholds.stride_phase_min_kernel
 
     def pooled(self, geom, pool, dtype, target):
         whole = all(self.tiles.m % k == 0 for k in pool.kernel) and geom.dilation == (1, 1)

@@ -363,6 +363,10 @@ class TargetProfile:
     #: direct convolution and 7x7 0.4-0.9x (an explicit algorithm='winograd' takes any).
     #: #stride-phase-winograd
     stride_phase_min_kernel: int = 0
+    #: ... and, for its 3x3 kernels, the fewest input channels: below, 'auto' keeps the
+    #: direct convolution (a network's first layer, 3-8 channels, ran 0.54-0.8x the time
+    #: direct on Zen 4; 16-32 channels about even). #stride-phase-winograd
+    stride_phase_3x3_min_channels: int = 16
 
     def vector_lanes(self, dtype: str) -> int:
         """Lanes of ``dtype`` in one vector register (1 on a GPU or for wider types)."""
