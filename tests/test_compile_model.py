@@ -22,7 +22,7 @@ from convforge.export.onnx_graphs import save_model
 from convforge.export.pipeline import schedule_tvm_elementwise
 from convforge.plan import plan_conv
 from convforge.schedules.cpu_elementwise import schedule_elementwise
-from convforge.targets import host_target
+from convforge.targets import host_target, resolve_target
 
 
 def _he(rng, shape):
@@ -703,6 +703,31 @@ def test_elementwise_rule_parallelizes_and_vectorizes_and_declines_reductions():
     k = te.reduce_axis((0, 64), "k")
     total = te.compute((4, 64), lambda i, j: te.sum(x[i, j, k], axis=k), name="total")
     assert schedule_elementwise(te.create_prim_func([x, total]), host_target()) is None
+
+
+@pytest.mark.parametrize("width, vector", [(56, 14), (28, 14), (14, 14), (7, None), (64, 16)])
+def test_elementwise_rule_vectorizes_rows_that_whole_vectors_do_not_divide(width, vector):
+    """On AVX-512 (16 float lanes) a row of 14, 28 or 56 runs in vectors of 14 (its largest
+    divisor up to 16: at least half a vector), 64 in whole vectors, 7 stays scalar
+    (thresholds.md#elementwise-vectors); the kernel computes what numpy does."""
+    from tvm import te
+
+    zen4 = resolve_target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"})
+    x = te.placeholder((1, 116, 6, width), "float32", "x")
+    z = te.compute(x.shape, lambda *i: tvm.tirx.max(x(*i), 0.0), name="relu")
+    scheduled = schedule_elementwise(te.create_prim_func([x, z]), zen4)
+    assert scheduled is not None
+    text = scheduled.script()
+    if vector is None:
+        assert "T.vectorized" not in text
+    else:
+        assert f"T.vectorized({vector})" in text
+    built = tvm.compile(tvm.IRModule({"main": scheduled}), target=host_target())
+    shape = (1, 116, 6, width)
+    xs = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out = tvm.runtime.tensor(np.empty(shape, np.float32))
+    built["main"](tvm.runtime.tensor(xs), out)
+    np.testing.assert_array_equal(out.numpy(), np.maximum(xs, 0))
 
 
 def test_strided_conv_transpose_nodes_take_the_sub_pixel_computation():

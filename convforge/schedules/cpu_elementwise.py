@@ -17,6 +17,17 @@ from tvm import s_tir, tirx
 from convforge.targets import profile
 
 
+def _vector(extent: int, lanes: int) -> int:
+    """The vector the innermost loop of ``extent`` runs in: whole vectors of ``lanes`` where
+    they divide it, else its largest divisor up to ``lanes`` if that fills at least half a
+    vector (a 14- or 28-wide row of float32 on AVX-512: 14 lanes), else 0 (scalar; LLVM
+    may still vectorize it). #elementwise-vectors"""
+    if extent % lanes == 0:
+        return lanes
+    divisor = max(d for d in range(1, min(extent, lanes) + 1) if extent % d == 0)
+    return divisor if 2 * divisor >= lanes else 0
+
+
 def schedule_elementwise(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc | None:
     """``func`` with its producers inlined, outer loops parallel and the innermost loop
     vectorized (by whole vectors), or None when ``func`` is not element-wise."""
@@ -44,9 +55,10 @@ def _schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc |
     extents = [int(sch.get(loop).extent) for loop in loops]
     target_profile = profile(target)
     lanes = target_profile.vector_lanes(str(sch.get(last).writes[0].source.dtype))
-    if extents[-1] % lanes == 0 and extents[-1] > lanes:
-        loops = [*loops[:-1], *sch.split(loops[-1], [None, lanes])]
-    if extents[-1] % lanes == 0:
+    vector = _vector(extents[-1], lanes)
+    if vector and extents[-1] > vector:
+        loops = [*loops[:-1], *sch.split(loops[-1], [None, vector])]
+    if vector:
         sch.vectorize(loops[-1])
     # below elementwise_min_parallel outputs one thread is faster than waking the pool
     # (evidence: benchmarks/results/thresholds.md#elementwise-min-parallel)
