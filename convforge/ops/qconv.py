@@ -62,7 +62,8 @@ def product_dtype(x_dtype: str, w_dtype: str) -> str:
 
 def pad_with(x: te.Tensor, pads: Sequence[tuple[int, int]], value: tirx.PrimExpr) -> te.Tensor:
     """``x`` with its spatial axes padded by ``(lo, hi)`` pairs of ``value`` (block
-    ``qconv_pad``); ``x`` itself without padding."""
+    ``qconv_pad``, annotated with the interior of its last axis: ``qconv_pack_interior``);
+    ``x`` itself without padding."""
     if all(lo == 0 and hi == 0 for lo, hi in pads):
         return x
     lead = len(x.shape) - len(pads)
@@ -80,7 +81,11 @@ def pad_with(x: te.Tensor, pads: Sequence[tuple[int, int]], value: tirx.PrimExpr
                 inside.append(i < n + lo)
         return tirx.if_then_else(tirx.all(*inside), x[tuple(src)], value)
 
-    return te.compute(shape, body, name=blocks.QCONV_PAD)
+    lo, _ = pads[-1]
+    interior = [lo, lo + sizes[-1]]
+    return te.compute(
+        shape, body, name=blocks.QCONV_PAD, attrs={blocks.QCONV_PACK_INTERIOR_ATTR: interior}
+    )
 
 
 def qconv(

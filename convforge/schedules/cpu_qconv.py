@@ -66,8 +66,14 @@ def _partition_pack(sch: s_tir.Schedule, pack: s_tir.SBlockRV) -> None:
     ``qconv_pack_interior``): inside, the padding test folds away and LLVM vectorizes the
     copy (a rows-form pack of 64 channels, 56 positions padded to 64: 9 instead of 63 us,
     thresholds.md#qconv-pack-interior)."""
-    start, stop = (int(v) for v in sch.get(pack).annotations[QCONV_PACK_INTERIOR_ATTR])
-    width = sch.get_loops(pack)[-2]
+    _partition_interior(sch, pack, sch.get_loops(pack)[-2])
+
+
+def _partition_interior(sch: s_tir.Schedule, block: s_tir.SBlockRV, width: s_tir.LoopRV) -> None:
+    """``width``, the loop over the last spatial axis of ``block`` (a packing or padding of
+    x annotated ``qconv_pack_interior``), as three loops: the padding before, the positions
+    that read x, the padding after."""
+    start, stop = (int(v) for v in sch.get(block).annotations[QCONV_PACK_INTERIOR_ATTR])
     extent = int(sch.get(width).extent)
     cuts = [c for c in (start, stop) if 0 < c < extent]
     if cuts:
@@ -140,7 +146,7 @@ def schedule_qconv(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Sche
         sch.compute_at(pad, parallel, preserve_unit_loops=True)
         pad_loops = sch.get_loops(pad)[1:]
         if pad_loops:
-            sch.vectorize(pad_loops[-1])
+            _partition_interior(sch, pad, pad_loops[-1])
     return sch
 
 
