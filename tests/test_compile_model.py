@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import tvm
-from onnx import helper
+from onnx import TensorProto, helper
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 import convforge as cf
@@ -760,3 +760,25 @@ def test_sum_of_two_inputs_is_an_add_and_other_sums_stay_tvms(rng):
         name for name, _ in _assert_matches_onnxruntime(two, {"x": x}).report(x).tvm_functions
     ]
     assert functions and not any("stack" in name for name in functions), functions
+
+
+@pytest.mark.parametrize("beta, size, rooted", [(0.75, 5, True), (0.5, 3, True), (0.6, 5, False)])
+def test_lrn_takes_its_power_by_square_roots_and_matches_onnxruntime(beta, size, rooted):
+    """ONNX LRN (GoogLeNet's, AlexNet's): for beta 0.75 and 0.5 the power is taken by square
+    roots (``lowering.lower_lrn``: vectorizable, unlike ``pow``), other betas keep TVM's
+    ``power``; outputs within float32 tolerance of onnxruntime's."""
+    shape = (2, 12, 9, 11)
+    node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=5e-3, beta=beta, bias=1.5)
+    graph = helper.make_graph(
+        [node], "lrn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    mod, _, _ = import_model(model, host_target())
+    text = mod.script()
+    assert ("R.power" not in text and "R.sqrt" in text) == rooted
+    assert ("R.power" in text) != rooted
+    x = (np.random.default_rng(5).standard_normal(shape) * 3).astype(np.float32)
+    (expected,) = run_onnxruntime(model, {"x": x})
+    (y,) = cf.compile_model(model)(x)
+    assert compare(y, expected).ok, compare(y, expected)
