@@ -352,6 +352,10 @@ class TargetProfile:
     #: 32->192 28x28 ran 1.04-1.19x slower in the channel form; 14-wide ones and fewer
     #: input channels 0.39-0.99x). #qconv-transpose
     qconv_rows_over_transposed: tuple[int, int] = (32, 28)
+    #: The direct integer form (depthwise, grouped) stores its padded x as stride phases
+    #: where it reads x with a stride along rows and the output row is at most this wide
+    #: (8-bit x read with a stride: byte by byte). #qconv-phases
+    qconv_phases_max_width: int = 28
     #: Winograd's choice (``plan.winograd_tiles``): fewer channels in or out than this keep
     #: the direct convolution (the transforms dominate), and a convolution whose weight is
     #: transformed on every call needs this many tiles. #winograd-per-call-weight

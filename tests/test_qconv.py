@@ -142,6 +142,21 @@ ORT_CASES = {
         x_shape=(1, 4, 6, 47), w_shape=(48, 4, 3, 3), xd="uint8", wd="int8",
         per_channel=True, bias=True, bits=7,
     ),
+    # the direct form reading x with a stride along rows: x stored as stride phases
+    # (cpu_qconv, thresholds.md#qconv-phases); with a weight zero point the window sums
+    # read the phases too
+    "u8s8-depthwise-strided-phases": dict(
+        x_shape=(1, 16, 11, 12), w_shape=(16, 1, 3, 3), stride=2, padding=1, groups=16,
+        xd="uint8", wd="int8", per_channel=True, bias=True, bits=7,
+    ),
+    "u8u8-grouped-strided-phases-w-zero-point": dict(
+        x_shape=(1, 8, 9, 16), w_shape=(8, 2, 3, 3), stride=2, padding=1, groups=4,
+        xd="uint8", wd="uint8", per_channel=True, bias=True, bits=8,
+    ),
+    "s8s8-1d-depthwise-stride-3-phases": dict(
+        x_shape=(2, 6, 25), w_shape=(6, 1, 5), stride=3, padding=1, groups=6, xd="int8",
+        wd="int8", per_channel=False, bias=False, bits=8,
+    ),
     "u8s8-depthwise": dict(
         x_shape=(1, 16, 10, 10), w_shape=(16, 1, 3, 3), padding=1, groups=16, xd="uint8",
         wd="int8", per_channel=True, bias=True, bits=7,
@@ -484,6 +499,38 @@ def test_the_vnni_form_transposes_its_blocks_in_registers_where_vbmi_permutes_by
     prime = shapes.conv_geometry((1, 4, 5, 23), (16, 4, 3, 3), padding=1)
     assert not plan_qconv(prime, "uint8", "int8", cpu, requantize=True,
                           w_zero_point=False).blocked_requant  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, stride, phased",
+    [
+        ((1, 16, 11, 56), (16, 1, 3, 3), 2, True),  # a 28-wide output row: phases
+        ((1, 16, 11, 112), (16, 1, 3, 3), 2, False),  # 56 wide: strided reads kept
+        ((1, 16, 11, 13), (16, 1, 3, 3), 2, False),  # padded width 15: no whole phases
+    ],
+)
+def test_the_direct_form_stores_strided_x_as_phases_for_narrow_rows(
+    x_shape, w_shape, stride, phased
+):
+    """The direct integer form (depthwise here) stores its padded x as stride phases
+    (``qconv_pad`` (..., s, W/s)) where it reads x with a stride along rows, the padded
+    width is a multiple of the stride and the output row is at most the profile's
+    ``qconv_phases_max_width`` (28) wide; the outputs of such shapes are checked against
+    onnxruntime above (``*-phases`` cases)."""
+    from tvm import te
+
+    from convforge.plan import plan_qconv
+    from convforge.schedules.cpu_qconv import schedule_qconv
+
+    cpu = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}
+    geom = shapes.conv_geometry(x_shape, w_shape, stride=stride, padding=1, groups=16)
+    plan = plan_qconv(geom, "uint8", "int8", cpu, requantize=True, w_zero_point=False)
+    assert plan.form == "direct"
+    inputs, outputs = plan.computation()()
+    sch = schedule_qconv(te.create_prim_func([*inputs, *outputs]), plan.target)
+    padded = x_shape[-1] + 2
+    phases = f"qconv_pad = T.sblock_alloc_buffer((1, 16, 13, {stride}, {padded // stride})"
+    assert (phases in sch.mod.script()) == phased
 
 
 def test_ties_round_half_to_even():

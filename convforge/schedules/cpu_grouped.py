@@ -40,20 +40,15 @@ def is_grouped(func: tirx.PrimFunc) -> bool:
     return block is not None and conv_groups(sch, block) > 1
 
 
-def deinterleave_strided_input(
-    sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
-) -> int:
-    """Where the ``conv`` ``block`` reads its zero-padded input (``pad``) with a stride s > 1
-    along the innermost axis and s divides the padded width, store and compute that input
-    as s phases: ``pad[..., w]`` -> ``pad[..., w % s, w // s]``. The read at ``wo*s + kw``
-    becomes phase ``kw % s`` at ``wo + kw // s`` (contiguous in the output position wo);
-    the pad pass reads x with the stride instead, once. Only for kernels at least the
-    profile's ``deinterleave_min_kernel`` wide or outputs at most its
-    ``deinterleave_max_width`` wide (a 3x3 over wider maps ran slower so). Returns s (1:
-    nothing changed). Evidence: benchmarks/results/thresholds.md#deinterleaved-depthwise."""
-    pad = producer_named(sch, block, PAD)
+def strided_read(
+    sch: s_tir.Schedule, block: s_tir.SBlockRV, prefix: str = PAD
+) -> tuple[s_tir.SBlockRV, int, int, int] | None:
+    """Where ``block`` reads its padded input (the producer whose name starts with
+    ``prefix``) with a stride s > 1 along the innermost axis and s divides the padded width:
+    (that producer, s, the kernel's width, the output's width); else None."""
+    pad = producer_named(sch, block, prefix)
     if pad is None:
-        return 1
+        return None
     padded = sch.get(pad).writes[0].source
     conv = sch.get(block)
     (region,) = [r for r in conv.reads if r.source.same_as(padded)]
@@ -64,14 +59,17 @@ def deinterleave_strided_input(
     )
     coefficients = detect_linear_equation(region.region[-1].min, [spatial[-1].var])
     if len(coefficients) != 2 or not isinstance(coefficients[0], tirx.IntImm):
-        return 1
+        return None
     stride, width = int(coefficients[0]), int(padded.shape[-1])
     if stride <= 1 or width % stride:
-        return 1
-    thresholds = profile(target)
-    narrow = int(spatial[-1].dom.extent) <= thresholds.deinterleave_max_width
-    if kernel_width < thresholds.deinterleave_min_kernel and not narrow:
-        return 1
+        return None
+    return pad, stride, kernel_width, int(spatial[-1].dom.extent)
+
+
+def store_as_phases(sch: s_tir.Schedule, pad: s_tir.SBlockRV, stride: int) -> None:
+    """Store and compute ``pad``'s output as ``stride`` phases of its last axis:
+    ``pad[..., w]`` -> ``pad[..., w % s, w // s]``; every reader is rewritten with it."""
+    padded = sch.get(pad).writes[0].source
 
     def phases(*index):
         *outer, w = index
@@ -82,6 +80,28 @@ def deinterleave_strided_input(
     sch.transform_block_layout(
         pad, tirx.IndexMap.from_func(phases, ndim=len(padded.shape), index_dtype=index_dtype)
     )
+
+
+def deinterleave_strided_input(
+    sch: s_tir.Schedule, block: s_tir.SBlockRV, target: tvm.target.Target
+) -> int:
+    """Where the ``conv`` ``block`` reads its zero-padded input (``pad``) with a stride s > 1
+    along the innermost axis and s divides the padded width (:func:`strided_read`), store
+    and compute that input as s phases (:func:`store_as_phases`). The read at ``wo*s + kw``
+    becomes phase ``kw % s`` at ``wo + kw // s`` (contiguous in the output position wo);
+    the pad pass reads x with the stride instead, once. Only for kernels at least the
+    profile's ``deinterleave_min_kernel`` wide or outputs at most its
+    ``deinterleave_max_width`` wide (a 3x3 over wider maps ran slower so). Returns s (1:
+    nothing changed). Evidence: benchmarks/results/thresholds.md#deinterleaved-depthwise."""
+    found = strided_read(sch, block)
+    if found is None:
+        return 1
+    pad, stride, kernel_width, out_width = found
+    thresholds = profile(target)
+    narrow = out_width <= thresholds.deinterleave_max_width
+    if kernel_width < thresholds.deinterleave_min_kernel and not narrow:
+        return 1
+    store_as_phases(sch, pad, stride)
     return stride
 
 

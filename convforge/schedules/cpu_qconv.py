@@ -45,6 +45,7 @@ from convforge.ops.blocks import (
     QCONV_X_SUM,
 )
 from convforge.schedules.cpu_direct import default_tiles, has_block, largest_divisor
+from convforge.schedules.cpu_grouped import store_as_phases, strided_read
 from convforge.targets import TargetProfile, profile
 
 
@@ -69,11 +70,18 @@ def _partition_pack(sch: s_tir.Schedule, pack: s_tir.SBlockRV) -> None:
     _partition_interior(sch, pack, sch.get_loops(pack)[-2])
 
 
-def _partition_interior(sch: s_tir.Schedule, block: s_tir.SBlockRV, width: s_tir.LoopRV) -> None:
+def _partition_interior(
+    sch: s_tir.Schedule, block: s_tir.SBlockRV, width: s_tir.LoopRV, stride: int = 1
+) -> None:
     """``width``, the loop over the last spatial axis of ``block`` (a packing or padding of
     x annotated ``qconv_pack_interior``), as three loops: the padding before, the positions
-    that read x, the padding after."""
+    that read x, the padding after; where that axis is stored as ``stride`` phases
+    (:func:`~convforge.schedules.cpu_grouped.store_as_phases`), the loop over one phase's
+    positions, cut where every phase reads x."""
     start, stop = (int(v) for v in sch.get(block).annotations[QCONV_PACK_INTERIOR_ATTR])
+    # phase p holds positions i * stride + p: all inside from ceil(start / stride) on, up
+    # to the last phase's end
+    start, stop = -(-start // stride), -(-(stop - stride + 1) // stride)
     extent = int(sch.get(width).extent)
     cuts = [c for c in (start, stop) if 0 < c < extent]
     if cuts:
@@ -103,6 +111,12 @@ def schedule_qconv(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Sche
     conv = _named(sch, QCONV)
     requant = _named(sch, QCONV_REQUANT)
     pad = _named(sch, QCONV_PAD)
+    # a strided read of the padded x along its rows: x stored as stride phases where the
+    # output row is narrow enough (thresholds.md#qconv-phases)
+    strided = strided_read(sch, conv, QCONV_PAD) if pad is not None else None
+    phased = strided is not None and strided[3] <= profile(target).qconv_phases_max_width
+    if phased:
+        store_as_phases(sch, pad, strided[1])
     x_sum = _named(sch, QCONV_X_SUM)
     n_spatial = sum(int(iv.iter_type) != tirx.IterVar.CommReduce for iv in sch.get(conv).iter_vars)
     out_shape = tuple(int(sch.get(loop).extent) for loop in sch.get_loops(requant))
@@ -146,7 +160,7 @@ def schedule_qconv(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Sche
         sch.compute_at(pad, parallel, preserve_unit_loops=True)
         pad_loops = sch.get_loops(pad)[1:]
         if pad_loops:
-            _partition_interior(sch, pad, pad_loops[-1])
+            _partition_interior(sch, pad, pad_loops[-1], strided[1] if phased else 1)
     return sch
 
 
