@@ -16,7 +16,8 @@ widens ``row_tile * width_tile`` activations and broadcasts ``channel_tile`` wei
 products are formed in int16 where they fit (:func:`convforge.ops.qconv.product_dtype`).
 The requantization (add the per-channel term, float32 multiply, round, clamp, narrow) runs
 on the register block before it is stored. The padded input (padding value x_zp) is
-written per parallel tile. Where a weight zero point is not 0, the padded input and the
+written per parallel tile (as stride phases where rows are read with a stride and the
+output row is narrow: ``qconv_phases_max_width``). Where a weight zero point is not 0, the padded input and the
 per-position window sums of x (``qconv_x_sum``) are computed once, in parallel, before.
 
 The blocked forms (``qconv_pack_x``: x packed by channel pairs or quads) tile channel
