@@ -1121,13 +1121,14 @@ def _plan_qconv(geom, x_dtype, w_dtype, out_dtype, w_zero_point, narrow, target)
     if geom.groups == 1 and not w_zero_point and has_x86_feature(target, "avx2"):
         form = "vpmaddubsw" if narrow and u8s8 else "vpmaddwd"
         if u8s8 and has_x86_feature(target, "avx512vnni"):
-            form = ROWS_FORM if _rows_form_fits(geom, target) else "vpdpbusd"
-            channels = QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, "vpdpbusd",
-                                 target)  # fmt: skip
-            min_channels, min_width = profile(target).qconv_rows_over_transposed
-            wide = geom.in_channels >= min_channels and geom.out_size[-1] >= min_width
-            if channels.blocked_requant and not wide:
-                form = "vpdpbusd"
+            form = "vpdpbusd"
+            if _rows_form_fits(geom, target):
+                channels = QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, form,
+                                     target)  # fmt: skip
+                min_channels, min_width = profile(target).qconv_rows_over_transposed
+                wide = geom.in_channels >= min_channels and geom.out_size[-1] >= min_width
+                if wide or not channels.blocked_requant:
+                    form = ROWS_FORM
     elif geom.groups == 1 and not w_zero_point and u8s8 and has_aarch64_feature(target, "i8mm"):
         form = "usdot"
     return QConvPlan(geom, x_dtype, w_dtype, out_dtype, w_zero_point, form, target)

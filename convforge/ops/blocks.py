@@ -64,7 +64,8 @@ CONV_TRANSPOSE_GATHER = "conv_transpose_gather"
 # --- integer convolutions (ops/qconv.py) ------------------------------------------------
 QCONV_PAD = "qconv_pad"
 QCONV_PACK_X = "qconv_pack_x"
-#: The packing of x: [start, stop) of its last axis that reads x (the rest is padding).
+#: The packing or padding of x: [start, stop) of its last axis that reads x (the rest is
+#: padding).
 QCONV_PACK_INTERIOR_ATTR = "qconv_pack_interior"
 QCONV = "qconv"
 QCONV_ROWS = "qconv_rows"

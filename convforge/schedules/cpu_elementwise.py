@@ -14,6 +14,7 @@ import math
 import tvm
 from tvm import s_tir, tirx
 
+from convforge.schedules.cpu_direct import largest_divisor
 from convforge.targets import profile
 
 
@@ -24,7 +25,7 @@ def _vector(extent: int, lanes: int) -> int:
     may still vectorize it). #elementwise-vectors"""
     if extent % lanes == 0:
         return lanes
-    divisor = max(d for d in range(1, min(extent, lanes) + 1) if extent % d == 0)
+    divisor = largest_divisor(extent, lanes)
     return divisor if 2 * divisor >= lanes else 0
 
 

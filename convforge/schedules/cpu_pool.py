@@ -28,6 +28,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from convforge.ops import blocks
+from convforge.schedules.cpu_direct import largest_divisor
 from convforge.schedules.rules import BlockRule, NamedBlockRule
 from convforge.targets import vector_lanes
 
@@ -49,10 +50,6 @@ def _sliding_vector(width: int, lanes: int) -> int:
     return width if low <= width <= high else 0
 
 
-def _divisor_up_to(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 def _schedule_dense(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> set[str]:
     consumers = sch.get_consumers(block)
     epilogue = consumers[0] if len(consumers) == 1 else None
@@ -60,7 +57,7 @@ def _schedule_dense(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> s
         epilogue = None
     last = epilogue if epilogue is not None else block
     _, _, rf = sch.get_loops(block)
-    vector = _divisor_up_to(int(sch.get(rf).extent), lanes)
+    vector = largest_divisor(int(sch.get(rf).extent), lanes)
     names = {sch.get(last).name_hint, blocks.DENSE}
     partial = None
     if vector > 1:  # rfactor first: it refuses a block already moved by compute_at
@@ -128,7 +125,7 @@ def _schedule_softmax(sch: s_tir.Schedule, lanes: int) -> set[str]:
             sch.compute_at(sch.get_sblock(name), loops[0], preserve_unit_loops=True)
         for name in (blocks.SOFTMAX_EXP, blocks.SOFTMAX_NORM):
             inner = sch.get_loops(sch.get_sblock(name))[-1]
-            vector = _divisor_up_to(int(sch.get(inner).extent), lanes)
+            vector = largest_divisor(int(sch.get(inner).extent), lanes)
             if vector > 1:
                 sch.vectorize(sch.split(inner, [None, vector])[1])
         return set(names)
